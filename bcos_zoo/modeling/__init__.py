@@ -1,0 +1,15 @@
+"""The hub-facing model code: this flat folder is copied next to the weights as the model's remote code."""
+
+from .bcos_layers import explanation_mode
+from .configuration_bcos_vit import BcosViTConfig
+from .explanation import BcosExplanation
+from .modeling_bcos_vit import BcosViTForImageClassification, BcosViTModel
+
+
+__all__ = [
+    "BcosExplanation",
+    "BcosViTConfig",
+    "BcosViTForImageClassification",
+    "BcosViTModel",
+    "explanation_mode",
+]

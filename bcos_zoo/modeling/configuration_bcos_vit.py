@@ -1,0 +1,88 @@
+"""Configuration of the B-cos Vision Transformer. Hub-facing: transformers only."""
+
+import math
+
+from transformers import PretrainedConfig
+
+
+class BcosViTConfig(PretrainedConfig):
+    """Configuration of :class:`BcosViTForImageClassification`.
+
+    The architecture fields follow ``ViTConfig``. The B-cos fields:
+
+    Args:
+        b: the B-cos exponent B (1 = the original linear maps; the papers train at 2).
+        use_bias: keep the biases that add constants to the output (B-cos units, value projection, LayerNorm beta).
+            A model with ``use_bias=False``, no class token and no position embeddings is a "pure" B-cos ViT: its
+            explanations account for the whole logit except ``logit_bias``.
+        attention_qk_bias: biases of the query and key projections; they only shape the (detached) attention matrix.
+        use_class_token / use_position_embeddings: the learned constants a ViT adds to its tokens.
+        pooling: ``"cls"`` (the class token) or ``"mean"`` (mean of the patch tokens); the final LayerNorm acts on
+            the pooled vector.
+        pre_layernorm: a LayerNorm on the tokens before the first block (CLIP, timm ``pre_norm``).
+        logit_bias: a constant added to every logit; ``None`` means ``-log(num_labels - 1)``, the B-cos papers'
+            choice, which makes the initial BCE targets of ``1/C`` reachable.
+        loss: ``"bce"`` (binary cross-entropy with off-target labels ``1/C``, the papers' loss) or
+            ``"cross_entropy"``.
+    """
+
+    model_type = "bcos_vit"
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        hidden_size: int = 384,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 6,
+        intermediate_size: int = 1536,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-6,
+        b: float = 2.0,
+        use_bias: bool = False,
+        attention_qk_bias: bool = True,
+        use_class_token: bool = True,
+        use_position_embeddings: bool = True,
+        pooling: str = "cls",
+        pre_layernorm: bool = False,
+        logit_bias: float | None = None,
+        loss: str = "bce",
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}.")
+        if pooling == "cls" and not use_class_token:
+            raise ValueError("pooling='cls' needs use_class_token=True; use pooling='mean' for a model without one.")
+        if loss not in ("bce", "cross_entropy"):
+            raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
+        if b < 1:
+            raise ValueError(f"b must be >= 1, got {b}.")
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.b = float(b)
+        self.use_bias = use_bias
+        self.attention_qk_bias = attention_qk_bias
+        self.use_class_token = use_class_token
+        self.use_position_embeddings = use_position_embeddings
+        self.pooling = pooling
+        self.pre_layernorm = pre_layernorm
+        self.logit_bias = logit_bias
+        self.loss = loss
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+
+    @property
+    def resolved_logit_bias(self) -> float:
+        """The constant added to the logits: ``logit_bias``, or ``-log(C - 1)`` when it is ``None``."""
+        if self.logit_bias is not None:
+            return float(self.logit_bias)
+        return -math.log(self.num_labels - 1) if self.num_labels > 1 else 0.0

@@ -1,0 +1,315 @@
+"""B-cosification of standard pretrained ViTs: read a transformers or timm ViT, map its weights exactly.
+
+Every weight of the B-cos model comes from the source (a missing bias is a zero bias); anything that does not fit
+raises a ``ValueError`` instead of leaving a parameter randomly initialised. Hub-facing: it needs only torch,
+transformers, huggingface_hub and safetensors (timm is read by duck typing and by its Hub file layout).
+"""
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from safetensors.torch import load_file
+from torch import nn
+from transformers import ViTForImageClassification
+from transformers.utils import logging
+
+from .bcos_layers import ACTIVATION_ALIASES
+from .configuration_bcos_vit import BcosViTConfig
+
+
+logger = logging.get_logger(__name__)
+
+SUPPORTED_VIT_SOURCES = (
+    "a transformers ViTForImageClassification (google/vit-*, or facebook/deit-* without distillation token) or a "
+    "timm VisionTransformer classifier (vit_*, deit_*, deit3_*), given as a local folder, a Hub id or a loaded model"
+)
+# Attention heads of timm's named ViT sizes; timm's Hub config names the architecture but not its dimensions.
+TIMM_VIT_HEADS = {"tiny": 3, "small": 6, "medium": 8, "base": 12, "large": 16, "huge": 16, "giant": 16}
+# The mean/std of transformers' ViTImageProcessor, used when a loaded model comes without its processor.
+DEFAULT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+PATCH_WEIGHT = "embeddings.patch_embeddings.projection.weight"
+
+
+@dataclass
+class StandardViT:
+    """A source ViT in B-cos naming: architecture fields of ``BcosViTConfig``, weights, and its normalisation."""
+
+    architecture: dict
+    state: dict[str, torch.Tensor]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+
+def fold_normalization(weight: torch.Tensor, mean, std) -> torch.Tensor:
+    """Make a first-layer weight acting on ``(x - mean) / std`` act on ``[x, 1 - x]`` instead, exactly and bias-free.
+
+    ``W (x - mu) / sigma = W (1 - mu) / sigma * x  -  W mu / sigma * (1 - x)``, because ``x + (1 - x) = 1``.
+    """
+    shape = (1, -1) + (1,) * (weight.ndim - 2)
+    mean = torch.as_tensor(mean, dtype=torch.float64).view(shape)
+    std = torch.as_tensor(std, dtype=torch.float64).view(shape)
+    w = weight.double()
+    return torch.cat([w * (1 - mean) / std, -w * mean / std], dim=1).to(weight.dtype)
+
+
+def resolve_folder(source: str | Path) -> Path:
+    """A local folder as it is; anything else is taken as a Hub repo id and downloaded (config and safetensors)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{source!r} is a file; pass the folder that holds config.json and the weights.")
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as error:
+        raise ValueError(
+            f"{source!r} is neither a local folder nor a Hub repo that could be downloaded ({error}). "
+            f"Supported sources: {SUPPORTED_VIT_SOURCES}."
+        ) from error
+
+
+def load_standard_vit(source) -> StandardViT:
+    """Read a supported standard ViT from a module, a folder or a Hub id."""
+    if isinstance(source, ViTForImageClassification):
+        return from_transformers_vit(source, mean=None, std=None)
+    if is_timm_vit(source):
+        cfg = getattr(source, "pretrained_cfg", None) or {}
+        return from_timm_state(source.state_dict(), timm_module_meta(source), cfg.get("mean"), cfg.get("std"))
+    if isinstance(source, nn.Module):
+        raise ValueError(f"Cannot B-cosify a {type(source).__name__}. Supported sources: {SUPPORTED_VIT_SOURCES}.")
+    folder = resolve_folder(source)
+    config = _read_json(folder / "config.json")
+    if config is None:
+        raise ValueError(f"{folder} has no config.json. Supported sources: {SUPPORTED_VIT_SOURCES}.")
+    if "architecture" in config:
+        weights = folder / "model.safetensors"
+        if not weights.exists():
+            raise ValueError(f"{folder} holds no model.safetensors; only safetensors weights are loaded.")
+        meta = timm_config_meta(config)
+        pretrained = config.get("pretrained_cfg", {})
+        return from_timm_state(load_file(weights), meta, pretrained.get("mean"), pretrained.get("std"))
+    model_type = config.get("model_type")
+    if model_type == "deit":
+        raise ValueError(
+            f"{folder} is a DeiT with a distillation token, which is not supported. The non-distilled "
+            "facebook/deit-*-patch16-224 checkpoints are ViT checkpoints and are supported."
+        )
+    if model_type != "vit":
+        raise ValueError(f"{folder} holds a {model_type!r} model. Supported sources: {SUPPORTED_VIT_SOURCES}.")
+    model, info = ViTForImageClassification.from_pretrained(folder, output_loading_info=True)
+    problems = sorted(info["missing_keys"]) + [str(k) for k in info["mismatched_keys"]]
+    if problems:
+        raise ValueError(
+            f"The weights in {folder} do not fit a ViT image classifier (missing or mismatched: {problems[:8]}). "
+            "A checkpoint without a classification head (e.g. *-in21k feature extractors) cannot be B-cosified "
+            "as a classifier."
+        )
+    processor = _read_json(folder / "preprocessor_config.json") or {}
+    return from_transformers_vit(model, processor.get("image_mean"), processor.get("image_std"))
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def from_transformers_vit(model: ViTForImageClassification, mean, std) -> StandardViT:
+    config = model.config
+    if not isinstance(config.image_size, int) or not isinstance(config.patch_size, int):
+        raise ValueError("Only square images and patches (integer image_size and patch_size) are supported.")
+    if config.hidden_act not in ACTIVATION_ALIASES:
+        raise ValueError(f"Unsupported activation {config.hidden_act!r}; supported: {sorted(ACTIVATION_ALIASES)}.")
+    architecture = dict(
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        num_channels=config.num_channels,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_act=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+        attention_qk_bias=config.qkv_bias,
+        id2label=dict(config.id2label),
+        pooling="cls",
+    )
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("vit.pooler."):
+            continue
+        state[re.sub(r"^vit\.", "", key)] = value
+    return StandardViT(architecture, state, mean, std)
+
+
+def is_timm_vit(module) -> bool:
+    return type(module).__name__ == "VisionTransformer" and type(module).__module__.startswith("timm.")
+
+
+def _timm_activation(act: nn.Module) -> str:
+    if isinstance(act, nn.GELU):
+        return "gelu" if act.approximate == "none" else "gelu_tanh"
+    names = {"GELU": "gelu", "GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}
+    if type(act).__name__ not in names:
+        raise ValueError(f"Unsupported timm activation {type(act).__name__}; supported: GELU, GELUTanh, QuickGELU.")
+    return names[type(act).__name__]
+
+
+def timm_module_meta(model: nn.Module) -> dict:
+    """What a timm VisionTransformer's weights do not say: heads, activation, eps, pooling."""
+    block = model.blocks[0]
+    if type(block).__name__ != "Block" or not hasattr(block, "attn"):
+        raise ValueError(f"Unsupported timm block type {type(block).__name__}; only the standard ViT Block is.")
+    if not isinstance(block.attn.q_norm, nn.Identity):
+        raise ValueError("timm ViTs with qk_norm are not supported.")
+    return dict(
+        num_heads=block.attn.num_heads,
+        activation=_timm_activation(block.mlp.act),
+        eps=block.norm1.eps,
+        global_pool=model.global_pool,
+    )
+
+
+def timm_config_meta(config: dict) -> dict:
+    """The same facts from a timm Hub ``config.json``: the architecture name and optional ``model_args``."""
+    name = config["architecture"]
+    args = config.get("model_args", {})
+    match = re.match(r"^(?:vit|deit3?)_([a-z]+)_", name)
+    if "num_heads" in args:
+        heads = args["num_heads"]
+    elif match and match.group(1) in TIMM_VIT_HEADS:
+        heads = TIMM_VIT_HEADS[match.group(1)]
+    else:
+        raise ValueError(
+            f"Cannot tell the number of attention heads of timm architecture {name!r}: add "
+            '"model_args": {"num_heads": N} to its config.json.'
+        )
+    return dict(
+        num_heads=heads,
+        activation="quick_gelu" if "quickgelu" in name else "gelu",
+        eps=1e-6,
+        global_pool=config.get("global_pool", args.get("global_pool", "token")),
+    )
+
+
+def from_timm_state(sd: dict[str, torch.Tensor], meta: dict, mean, std) -> StandardViT:
+    """Map timm ViT weights to B-cos names, folding layer scale into the layer before it."""
+    sd = dict(sd)
+    if meta["global_pool"] not in ("token", "avg"):
+        raise ValueError(f"Unsupported timm global_pool {meta['global_pool']!r}; supported: 'token', 'avg'.")
+    if "head.weight" not in sd:
+        raise ValueError("This timm ViT has no classification head (num_classes=0); B-cosify a classifier.")
+    patch = sd.pop("patch_embed.proj.weight")
+    hidden, channels, patch_size, _ = patch.shape
+    has_cls = "cls_token" in sd
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    state = {PATCH_WEIGHT: patch}
+    _move(sd, state, "patch_embed.proj.bias", "embeddings.patch_embeddings.projection.bias")
+    _move(sd, state, "cls_token", "embeddings.cls_token")
+    positions = sd.pop("pos_embed", None)
+    if positions is None:
+        raise ValueError("timm ViTs without position embeddings are not supported.")
+    length = positions.shape[1]
+    embeds_class = has_cls and math.isqrt(length - 1) ** 2 == length - 1
+    grid = math.isqrt(length - embeds_class)
+    if grid * grid != length - embeds_class:
+        raise ValueError(f"Only square patch grids are supported, got {length} position embeddings.")
+    if has_cls and not embeds_class:  # timm's no_embed_class: the class token gets no position, i.e. a zero one
+        positions = torch.cat([positions.new_zeros(1, 1, hidden), positions], dim=1)
+    state["embeddings.position_embeddings"] = positions
+    for name in ("weight", "bias"):
+        _move(sd, state, f"norm_pre.{name}", f"pre_layernorm.{name}")
+    for i in range(depth):
+        src, dst = f"blocks.{i}.", f"layers.{i}."
+        for part in ("weight", "bias"):
+            _move(sd, state, f"{src}norm1.{part}", f"{dst}layernorm_before.{part}")
+            _move(sd, state, f"{src}norm2.{part}", f"{dst}layernorm_after.{part}")
+            _move(sd, state, f"{src}attn.proj.{part}", f"{dst}attention.o_proj.{part}")
+            _move(sd, state, f"{src}mlp.fc1.{part}", f"{dst}mlp.fc1.{part}")
+            _move(sd, state, f"{src}mlp.fc2.{part}", f"{dst}mlp.fc2.{part}")
+            qkv = sd.pop(f"{src}attn.qkv.{part}", None)
+            if qkv is not None:
+                for proj, chunk in zip(("q_proj", "k_proj", "v_proj"), qkv.chunk(3, dim=0)):
+                    state[f"{dst}attention.{proj}.{part}"] = chunk
+        for scale, layer in (("ls1", "attention.o_proj"), ("ls2", "mlp.fc2")):
+            gamma = sd.pop(f"{src}{scale}.gamma", None)
+            if gamma is not None:  # gamma * (W x + b) == (gamma W) x + gamma b
+                state[f"{dst}{layer}.weight"] = state[f"{dst}{layer}.weight"] * gamma[:, None]
+                if f"{dst}{layer}.bias" in state:
+                    state[f"{dst}{layer}.bias"] = state[f"{dst}{layer}.bias"] * gamma
+    final_norm = "norm" if meta["global_pool"] == "token" else "fc_norm"
+    for part in ("weight", "bias"):
+        _move(sd, state, f"{final_norm}.{part}", f"layernorm.{part}")
+        _move(sd, state, f"head.{part}", f"classifier.{part}")
+    if sd:
+        raise ValueError(f"Unsupported timm ViT: weights {sorted(sd)[:8]} have no B-cos counterpart.")
+    num_classes = state["classifier.weight"].shape[0]
+    architecture = dict(
+        image_size=grid * patch_size,
+        patch_size=patch_size,
+        num_channels=channels,
+        hidden_size=hidden,
+        num_hidden_layers=depth,
+        num_attention_heads=meta["num_heads"],
+        intermediate_size=state["layers.0.mlp.fc1.weight"].shape[0] if depth else 4 * hidden,
+        hidden_act=meta["activation"],
+        layer_norm_eps=meta["eps"],
+        attention_qk_bias="layers.0.attention.q_proj.bias" in state,
+        use_class_token=has_cls,
+        pooling="cls" if meta["global_pool"] == "token" else "mean",
+        pre_layernorm="pre_layernorm.weight" in state,
+        id2label={i: f"LABEL_{i}" for i in range(num_classes)},
+    )
+    return StandardViT(architecture, state, mean, std)
+
+
+def _move(source: dict, target: dict, old: str, new: str) -> None:
+    if old in source:
+        target[new] = source.pop(old)
+
+
+def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], prefix: str, drop_biases: bool) -> None:
+    """Load ``state`` (B-cos names without the backbone prefix) so that every parameter comes from it.
+
+    A bias the source lacks is a zero bias; with ``drop_biases``, biases the model does not have are dropped.
+    Anything else missing, extra or of the wrong shape raises a ``ValueError``.
+    """
+    prefixed = {(k if k.startswith("classifier.") else prefix + k): v for k, v in state.items()}
+    expected = model.state_dict()
+    for name, param in expected.items():
+        if name not in prefixed and name.endswith(".bias"):
+            prefixed[name] = torch.zeros_like(param)
+    missing = sorted(set(expected) - set(prefixed))
+    extra = sorted(k for k in set(prefixed) - set(expected) if not (drop_biases and k.endswith(".bias")))
+    wrong = sorted(k for k in expected if k in prefixed and prefixed[k].shape != expected[k].shape)
+    if missing or extra or wrong:
+        raise ValueError(
+            f"The source weights do not fit the B-cos model (missing: {missing[:5]}, unexpected: {extra[:5]}, "
+            f"wrong shape: {wrong[:5]}). Supported sources: {SUPPORTED_VIT_SOURCES}."
+        )
+    model.load_state_dict({k: prefixed[k] for k in expected}, strict=True)
+
+
+def bcosify_vit(cls, source, b: float, bias: str, image_mean=None, image_std=None, **overrides):
+    """Build ``cls`` (a B-cos ViT classifier) from a standard ViT; see ``from_pretrained_standard``."""
+    if bias not in ("keep", "remove"):
+        raise ValueError(f"bias must be 'keep' or 'remove', got {bias!r}.")
+    standard = load_standard_vit(source)
+    mean = image_mean if image_mean is not None else standard.mean
+    std = image_std if image_std is not None else standard.std
+    if mean is None or std is None:
+        mean, std = DEFAULT_MEAN_STD
+        logger.warning(
+            "The source came without its image processor, so its normalisation is unknown; assuming mean=std=0.5 "
+            "(transformers' ViTImageProcessor default). Pass image_mean=/image_std= if the source used others."
+        )
+    state = dict(standard.state)
+    state[PATCH_WEIGHT] = fold_normalization(state[PATCH_WEIGHT], mean, std).flatten(1)
+    keep = bias == "keep"
+    fields = {**standard.architecture, "b": b, "use_bias": keep, "logit_bias": 0.0 if keep else None, **overrides}
+    model = cls(BcosViTConfig(**fields))
+    load_exactly(model, state, prefix=f"{model.base_model_prefix}.", drop_biases=not keep)
+    return model

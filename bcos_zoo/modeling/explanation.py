@@ -1,0 +1,135 @@
+"""Exact explanations of B-cos models and the B-cos papers' colour rendering.
+
+In explanation mode a B-cos model computes ``y = W(x) e + c`` with ``e = [x, 1 - x]``: the gradient of a chosen output
+with respect to ``e`` is the row ``W(x)`` of the dynamic linear map, ``e * W(x)`` are the per-pixel contributions, and
+``c`` (the ``bias`` field) collects what does not scale with the input. Hub-facing: torch and siblings only.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bcos_layers import check_pixel_values, encode_inverse, explanation_mode
+
+
+@dataclass
+class BcosExplanation:
+    """One explained output per image.
+
+    Attributes:
+        logits: (N, K) the outputs of the forward pass (class logits, or cosines for CLIP).
+        target: (N,) the explained output index per image.
+        dynamic_weights: (N, 6, H, W) the target row of ``W(x)`` with respect to the ``[x, 1 - x]`` encoding.
+        contributions: (N, H, W) ``sum_c encoding_c * dynamic_weights_c`` per pixel.
+        bias: (N,) target output minus the summed contributions: the part of the output no pixel accounts for.
+    """
+
+    logits: torch.Tensor
+    target: torch.Tensor
+    dynamic_weights: torch.Tensor
+    contributions: torch.Tensor
+    bias: torch.Tensor
+
+    @property
+    def target_logits(self) -> torch.Tensor:
+        """(N,) the explained output of each image."""
+        return self.logits.gather(1, self.target[:, None]).squeeze(1)
+
+    @property
+    def bias_share(self) -> torch.Tensor:
+        """(N,) ``|bias| / (|bias| + |sum of contributions|)``: 0 when the pixels account for the whole output."""
+        total = self.contributions.sum(dim=(1, 2)).abs()
+        return self.bias.abs() / (self.bias.abs() + total).clamp_min(torch.finfo(self.bias.dtype).tiny)
+
+    @property
+    def rgba(self) -> torch.Tensor:
+        """(N, H, W, 4) in [0, 1]: the colour rendering with default settings (see :meth:`render`)."""
+        return self.render()
+
+    def render(self, smooth: int = 0, percentile: float = 99.5) -> torch.Tensor:
+        """The B-cos colour rendering: hue from the dynamic weights, opacity from their norm where they help."""
+        return render_dynamic_weights(self.dynamic_weights, self.contributions, smooth=smooth, percentile=percentile)
+
+    def contribution_map(self, percentile: float = 99.5) -> torch.Tensor:
+        """(N, H, W, 3) in [0, 1]: contributions in a symmetric blue-white-red colormap."""
+        return colorize_contributions(self.contributions, percentile=percentile)
+
+
+def resolve_target(target: int | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """Turn ``None`` (top output), an int or an (N,) tensor into a validated (N,) LongTensor."""
+    batch, classes = logits.shape
+    if target is None:
+        return logits.argmax(dim=1)
+    target = torch.as_tensor(target, device=logits.device)
+    if target.is_floating_point() or target.is_complex():
+        raise ValueError(f"target must be an int or an integer tensor, got dtype {target.dtype}.")
+    target = target.long().expand(batch) if target.ndim == 0 else target.long()
+    if target.shape != (batch,):
+        raise ValueError(f"target must be an int or have shape ({batch},), got shape {tuple(target.shape)}.")
+    if bool(((target < 0) | (target >= classes)).any()):
+        raise ValueError(f"target indices must lie in [0, {classes}), got {target.tolist()}.")
+    return target
+
+
+def compute_explanation(
+    model: nn.Module,
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    pixel_values: torch.Tensor,
+    target: int | torch.Tensor | None = None,
+) -> BcosExplanation:
+    """Explain ``score_fn(encoded) -> (N, K)`` for a batch: one forward and one backward pass in explanation mode."""
+    check_pixel_values(pixel_values)
+    with torch.enable_grad(), explanation_mode(model):
+        encoded = encode_inverse(pixel_values.detach()).requires_grad_(True)
+        logits = score_fn(encoded)
+        target = resolve_target(target, logits.detach())
+        selected = logits.gather(1, target[:, None]).sum()
+        (weights,) = torch.autograd.grad(selected, encoded)
+    encoded = encoded.detach()
+    logits = logits.detach()
+    contributions = (encoded * weights).sum(dim=1)
+    bias = logits.gather(1, target[:, None]).squeeze(1) - contributions.sum(dim=(1, 2))
+    return BcosExplanation(logits, target, weights, contributions, bias)
+
+
+def _per_image_quantile(values: torch.Tensor, percentile: float) -> torch.Tensor:
+    """(N,) percentile of each image's values, as a (N, 1, 1) tensor for broadcasting."""
+    flat = values.flatten(1).float()
+    return torch.quantile(flat, percentile / 100, dim=1).to(values.dtype)[:, None, None]
+
+
+def render_dynamic_weights(
+    dynamic_weights: torch.Tensor, contributions: torch.Tensor, smooth: int = 0, percentile: float = 99.5
+) -> torch.Tensor:
+    """The B-cos papers' rendering of (N, 6, H, W) dynamic weights as (N, H, W, 4) RGBA in [0, 1].
+
+    Colour: the weights over ``[x, 1 - x]`` scaled by their largest magnitude and clamped at 0, then
+    ``rgb = g[:3] / (g[:3] + g[3:])``. Opacity: the weights' norm where the pixel's contribution is positive,
+    optionally averaged over a ``smooth`` x ``smooth`` window, scaled by its ``percentile`` and clipped to [0, 1].
+    """
+    eps = 1e-12
+    weights = dynamic_weights.detach()
+    gain = (weights / weights.abs().amax(dim=1, keepdim=True).clamp_min(eps)).clamp_min(0)
+    rgb = gain[:, :3] / (gain[:, :3] + gain[:, 3:]).clamp_min(eps)
+    alpha = torch.linalg.vector_norm(weights, dim=1)
+    alpha = torch.where(contributions.detach() < 0, torch.zeros_like(alpha), alpha)
+    if smooth > 1:
+        alpha = F.avg_pool2d(alpha[:, None], smooth, stride=1, padding=smooth // 2, count_include_pad=False)[:, 0]
+        alpha = alpha[:, : rgb.shape[2], : rgb.shape[3]]
+    alpha = (alpha / _per_image_quantile(alpha, percentile).clamp_min(eps)).clamp(0, 1)
+    return torch.cat([rgb, alpha[:, None]], dim=1).permute(0, 2, 3, 1).contiguous()
+
+
+def colorize_contributions(contributions: torch.Tensor, percentile: float = 99.5) -> torch.Tensor:
+    """(N, H, W) contributions as (N, H, W, 3) RGB: blue negative, white zero, red positive, clipped symmetrically."""
+    values = contributions.detach()
+    scale = _per_image_quantile(values.abs(), percentile).clamp_min(1e-12)
+    v = (values / scale).clamp(-1, 1)
+    positive, negative = v.clamp_min(0), (-v).clamp_min(0)
+    red = 1 - negative
+    green = 1 - positive - negative
+    blue = 1 - positive
+    return torch.stack([red, green, blue], dim=-1)

@@ -1,0 +1,256 @@
+"""The B-cos Vision Transformer as a transformers model.
+
+Every linear map that carries the signal (patch embedding, attention output, both MLP linears, classifier) is a
+B-cos unit; LayerNorm, GELU and attention are written so that their input-dependent factors can be detached. In
+:func:`explanation_mode` the model is then a dynamic linear map of the encoded image and :meth:`explain` reads the
+map off with one backward pass. Hub-facing: torch, transformers and sibling files only.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, ViTImageProcessor
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+from .bcos_layers import (
+    BcosEncoderLayer,
+    BcosLayerNorm,
+    BcosLinear,
+    BcosPatchEmbedding,
+    check_pixel_values,
+    encode_inverse,
+    explanation_mode,
+)
+from .configuration_bcos_vit import BcosViTConfig
+from .explanation import BcosExplanation, compute_explanation
+
+
+def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The B-cos papers' loss: binary cross-entropy with off-target labels ``1/C`` instead of 0.
+
+    ``labels`` are class indices (N,) or class probabilities (N, C), e.g. from mixup.
+    """
+    num_classes = logits.shape[-1]
+    if labels.ndim == 1:
+        labels = F.one_hot(labels.long(), num_classes)
+    targets = labels.to(logits.dtype).clamp_min(1 / num_classes)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def interpolate_position_embeddings(patch_positions: torch.Tensor, grid: int, height: int, width: int) -> torch.Tensor:
+    """Bicubic resampling of (1, grid*grid, D) patch position embeddings to a height x width patch grid."""
+    dim = patch_positions.shape[-1]
+    square = patch_positions.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
+    resized = F.interpolate(square.float(), size=(height, width), mode="bicubic", align_corners=False)
+    return resized.to(patch_positions.dtype).permute(0, 2, 3, 1).reshape(1, height * width, dim)
+
+
+class BcosViTEmbeddings(nn.Module):
+    """B-cos patch embedding of the encoded image, plus the optional class token and position embeddings."""
+
+    def __init__(self, config: BcosViTConfig):
+        super().__init__()
+        self.grid = config.image_size // config.patch_size
+        self.patch_embeddings = BcosPatchEmbedding(
+            config.num_channels, config.patch_size, config.hidden_size, bias=config.use_bias, b=config.b
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_class_token else None
+        num_positions = self.grid * self.grid + int(config.use_class_token)
+        self.position_embeddings = (
+            nn.Parameter(torch.zeros(1, num_positions, config.hidden_size)) if config.use_position_embeddings else None
+        )
+
+    def forward(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        tokens = self.patch_embeddings(encoded)
+        height = encoded.shape[2] // self.patch_embeddings.patch_size
+        width = encoded.shape[3] // self.patch_embeddings.patch_size
+        prefix = 0 if self.cls_token is None else 1
+        if self.position_embeddings is not None:
+            positions = self.position_embeddings
+            if (height, width) != (self.grid, self.grid):
+                if not interpolate_pos_encoding:
+                    size = self.grid * self.patch_embeddings.patch_size
+                    raise ValueError(
+                        f"This model takes {size}x{size} images, got {encoded.shape[2]}x{encoded.shape[3]}. Resize "
+                        "them (the model's image processor does), or pass interpolate_pos_encoding=True to resample "
+                        "the position embeddings bicubically."
+                    )
+                patch_positions = interpolate_position_embeddings(positions[:, prefix:], self.grid, height, width)
+                positions = torch.cat([positions[:, :prefix], patch_positions], dim=1)
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        if self.position_embeddings is not None:
+            tokens = tokens + positions
+        return tokens
+
+
+class BcosViTPreTrainedModel(PreTrainedModel):
+    config_class = BcosViTConfig
+    base_model_prefix = "bcos_vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["BcosViTEmbeddings", "BcosEncoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (BcosLinear, nn.Linear)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, BcosLayerNorm):
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, BcosViTEmbeddings):
+            if module.cls_token is not None:
+                init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            if module.position_embeddings is not None:
+                init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+
+    def explanation_mode(self):
+        """Context manager: detach every dynamic factor, making the model a dynamic linear map ``W(x) x + c``."""
+        return explanation_mode(self)
+
+
+class BcosViTModel(BcosViTPreTrainedModel):
+    """The B-cos ViT backbone. ``pooler_output`` is the final LayerNorm of the pooled token (class token or mean)."""
+
+    def __init__(self, config: BcosViTConfig):
+        super().__init__(config)
+        self.embeddings = BcosViTEmbeddings(config)
+        self.pre_layernorm = (
+            BcosLayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.use_bias)
+            if config.pre_layernorm
+            else None
+        )
+        self.layers = nn.ModuleList(BcosEncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layernorm = BcosLayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.use_bias)
+        self.post_init()
+
+    def forward_encoded(
+        self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False, output_hidden_states: bool = False
+    ) -> BaseModelOutputWithPooling:
+        """The backbone on an already ``[x, 1 - x]``-encoded image (what :meth:`explain` differentiates)."""
+        hidden_states = self.embeddings(encoded, interpolate_pos_encoding=interpolate_pos_encoding)
+        if self.pre_layernorm is not None:
+            hidden_states = self.pre_layernorm(hidden_states)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        if self.config.pooling == "cls":
+            pooled = hidden_states[:, 0]
+        else:
+            pooled = hidden_states[:, int(self.config.use_class_token) :].mean(dim=1)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states, pooler_output=self.layernorm(pooled), hidden_states=all_hidden_states
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        check_pixel_values(pixel_values, self.config.num_channels)
+        return self.forward_encoded(encode_inverse(pixel_values), interpolate_pos_encoding, bool(output_hidden_states))
+
+
+class BcosViTForImageClassification(BcosViTPreTrainedModel):
+    """A B-cos ViT image classifier that explains its own decisions.
+
+    It takes images in [0, 1] (the saved image processor resizes and rescales but does not normalise), returns an
+    ``ImageClassifierOutput``, and :meth:`explain` returns exact per-pixel contributions to any logit.
+    """
+
+    def __init__(self, config: BcosViTConfig):
+        super().__init__(config)
+        self.bcos_vit = BcosViTModel(config)
+        self.classifier = BcosLinear(config.hidden_size, config.num_labels, bias=config.use_bias, b=config.b)
+        self.post_init()
+
+    def _logits(
+        self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+        outputs = self.bcos_vit.forward_encoded(encoded, interpolate_pos_encoding, output_hidden_states)
+        return self.classifier(outputs.pooler_output) + self.config.resolved_logit_bias, outputs
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        check_pixel_values(pixel_values, self.config.num_channels)
+        logits, outputs = self._logits(encode_inverse(pixel_values), interpolate_pos_encoding, bool(output_hidden_states))
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if self.config.loss == "bce":
+                loss = uniform_off_label_bce(logits, labels)
+            else:
+                loss = F.cross_entropy(logits, labels)
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    def explain(
+        self,
+        pixel_values: torch.Tensor,
+        target: int | torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> BcosExplanation:
+        """Explain one logit per image exactly: ``contributions.sum() + bias == logit``.
+
+        Args:
+            pixel_values: (N, 3, H, W) images in [0, 1].
+            target: the class to explain: ``None`` (each image's top class), an int, or an (N,) tensor.
+        """
+        return compute_explanation(
+            self, lambda encoded: self._logits(encoded, interpolate_pos_encoding)[0], pixel_values, target
+        )
+
+    def default_image_processor(self) -> ViTImageProcessor:
+        """The processor saved with the model: resize to the model's size and rescale to [0, 1]; no normalisation."""
+        size = self.config.image_size
+        return ViTImageProcessor(size={"height": size, "width": size}, do_rescale=True, do_normalize=False)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """Save weights, config, remote code and the image processor, so the folder loads with ``pipeline``."""
+        module = type(self).__module__.rsplit(".", 1)[-1]
+        self.config.auto_map = {**(self.config.auto_map or {}), "AutoModel": f"{module}.{type(self).__name__}"}
+        if kwargs.get("is_main_process", True):
+            os.makedirs(save_directory, exist_ok=True)
+            self.default_image_processor().save_pretrained(save_directory)
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained_standard(
+        cls,
+        source,
+        b: float = 2.0,
+        bias: str = "remove",
+        image_mean: tuple[float, float, float] | None = None,
+        image_std: tuple[float, float, float] | None = None,
+        **config_overrides,
+    ) -> "BcosViTForImageClassification":
+        """B-cosify a standard pretrained ViT: an HF ViT/DeiT classifier or a timm ViT (folder, Hub id or module).
+
+        At ``b=1, bias="keep"`` the result computes the source's logits exactly. The source's mean/std normalisation
+        is folded into the patch embedding; ``image_mean``/``image_std`` override what the source's processor says.
+        ``bias="remove"`` drops every bias that adds a constant to the output (the paper's choice) and sets the logit
+        bias to ``-log(C - 1)``. Extra keyword arguments override config fields (e.g. ``loss="cross_entropy"``).
+        """
+        from .convert_standard import bcosify_vit
+
+        return bcosify_vit(cls, source, b=b, bias=bias, image_mean=image_mean, image_std=image_std, **config_overrides)
+
+
+BcosViTConfig.register_for_auto_class()
+BcosViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
