@@ -200,6 +200,8 @@ def from_timm_state(sd: dict[str, torch.Tensor], meta: dict, mean, std) -> Stand
     sd = dict(sd)
     if meta["global_pool"] not in ("token", "avg"):
         raise ValueError(f"Unsupported timm global_pool {meta['global_pool']!r}; supported: 'token', 'avg'.")
+    if "reg_token" in sd:
+        raise ValueError("timm ViTs with register tokens (reg_token) are not supported.")
     if "head.weight" not in sd:
         raise ValueError("This timm ViT has no classification head (num_classes=0); B-cosify a classifier.")
     patch = sd.pop("patch_embed.proj.weight")

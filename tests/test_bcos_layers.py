@@ -1,0 +1,123 @@
+"""The B-cos primitives: exact formulas, and explanation mode changes gradients, never values."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bcos_zoo.modeling.bcos_layers import (
+    BcosLayerNorm,
+    BcosLinear,
+    BcosSelfAttention,
+    GatedActivation,
+    encode_inverse,
+    explanation_mode,
+)
+
+
+def bcos_unit(b: float, bias: bool = False) -> BcosLinear:
+    torch.manual_seed(0)
+    unit = BcosLinear(7, 5, bias=bias, b=b).double()
+    torch.nn.init.normal_(unit.weight)
+    if bias:
+        torch.nn.init.normal_(unit.bias)
+    return unit
+
+
+def test_encoding_is_x_and_its_inverse():
+    x = torch.rand(2, 3, 4, 4)
+    encoded = encode_inverse(x)
+    assert encoded.shape == (2, 6, 4, 4)
+    assert torch.equal(encoded[:, :3], x) and torch.allclose(encoded[:, :3] + encoded[:, 3:], torch.ones_like(x))
+
+
+def test_bcos_unit_at_b1_is_the_linear_map():
+    unit = bcos_unit(1.0, bias=True)
+    x = torch.randn(4, 7, dtype=torch.float64)
+    assert torch.equal(unit(x), F.linear(x, unit.weight, unit.bias))
+
+
+@pytest.mark.parametrize("b", [1.5, 2.0, 3.0])
+def test_bcos_unit_scales_by_the_cosine_to_the_power_b_minus_1(b):
+    unit = bcos_unit(b)
+    x = torch.randn(4, 7, dtype=torch.float64)
+    linear = x @ unit.weight.T
+    cos = linear / (x.norm(dim=1, keepdim=True) * unit.weight.norm(dim=1))
+    assert torch.allclose(unit(x), linear * cos.abs().pow(b - 1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("b", [1.5, 2.0])
+def test_bcos_unit_dynamic_weight_is_the_cosine_scaled_weight(b):
+    """W(x) = diag(|cos(x, w)|^(B-1)) W. Completeness alone cannot see this detach: the unit is 1-homogeneous."""
+    unit = bcos_unit(b)
+    x = torch.randn(7, dtype=torch.float64)
+    cos = (unit.weight @ x) / (x.norm() * unit.weight.norm(dim=1))
+    expected = cos.abs().pow(b - 1)[:, None] * unit.weight
+    with explanation_mode(unit):
+        explained = torch.autograd.functional.jacobian(unit, x)
+    raw = torch.autograd.functional.jacobian(unit, x)
+    assert torch.allclose(explained, expected, rtol=1e-12)
+    assert not torch.allclose(raw, expected, rtol=1e-3)
+
+
+def layer_norm(bias: bool) -> BcosLayerNorm:
+    norm = BcosLayerNorm(8, eps=1e-6, bias=bias).double()
+    torch.nn.init.normal_(norm.weight)
+    if bias:
+        torch.nn.init.normal_(norm.bias)
+    return norm
+
+
+def attention() -> BcosSelfAttention:
+    torch.manual_seed(0)
+    module = BcosSelfAttention(8, num_heads=2, qk_bias=True, bias=True, b=2.0).double()
+    for param in module.parameters():
+        torch.nn.init.normal_(param, std=0.3)
+    return module
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: bcos_unit(2.0, bias=True),
+        lambda: layer_norm(bias=True),
+        lambda: GatedActivation("gelu").double(),
+        lambda: GatedActivation("gelu_tanh").double(),
+        lambda: GatedActivation("quick_gelu").double(),
+        lambda: attention(),
+    ],
+    ids=["bcos-unit", "layernorm", "gelu", "gelu-tanh", "quick-gelu", "attention"],
+)
+def test_explanation_mode_keeps_the_forward_values(make):
+    module = make()
+    x = torch.randn(2, 3, module.in_features if isinstance(module, BcosLinear) else 8, dtype=torch.float64)
+    expected = module(x)
+    with explanation_mode(module):
+        assert torch.allclose(module(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_norm_matches_torch():
+    norm = layer_norm(bias=True)
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    reference = F.layer_norm(x, (8,), norm.weight, norm.bias, 1e-6)
+    with explanation_mode(norm):
+        assert torch.allclose(norm(x), reference, rtol=1e-12)
+
+
+def test_gelu_variants_match_torch():
+    x = torch.randn(100, dtype=torch.float64)
+    with explanation_mode(GatedActivation("gelu")) as gelu:
+        assert torch.allclose(gelu(x), F.gelu(x), rtol=1e-12)
+    with explanation_mode(GatedActivation("gelu_new")) as gelu_tanh:
+        assert torch.allclose(gelu_tanh(x), F.gelu(x, approximate="tanh"), rtol=1e-12)
+
+
+def test_explanation_mode_restores_the_previous_state():
+    module = layer_norm(bias=False)
+    with explanation_mode(module):
+        assert module.detach_dynamic
+    assert not module.detach_dynamic
+
+
+def test_unknown_activation_is_rejected():
+    with pytest.raises(ValueError, match="Unsupported activation 'relu'"):
+        GatedActivation("relu")

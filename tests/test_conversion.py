@@ -1,0 +1,190 @@
+"""B-cosification at b=1, bias="keep" is the source model: same logits, from every supported kind of source."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, normalize, save_hf_source, timm_vit
+
+from bcos_zoo import BcosViTForImageClassification
+
+
+TOLERANCE = 1e-4
+
+
+def max_logit_diff(source_logits, bcos, pixel_values) -> float:
+    with torch.no_grad():
+        return (source_logits - bcos(pixel_values=pixel_values).logits).abs().max().item()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(hidden=48, layers=2, heads=3, mlp=96, image=32, patch=8),
+        dict(hidden=384, layers=1, heads=6, mlp=1536, image=32, patch=16),  # ViT-S width
+        dict(hidden=64, layers=3, heads=4, mlp=128, image=24, patch=4, act="gelu_new", qkv_bias=False),
+    ],
+    ids=["tiny", "vit-s-width", "tanh-gelu-no-qkv-bias"],
+)
+def test_hf_vit_folder_is_reproduced_exactly(tmp_path, shape):
+    source = hf_vit(**shape)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    save_hf_source(source, tmp_path, mean, std)
+    bcos = BcosViTForImageClassification.from_pretrained_standard(tmp_path, b=1, bias="keep").eval()
+    x = torch.rand(3, 3, shape["image"], shape["image"])
+    with torch.no_grad():
+        expected = source(pixel_values=normalize(x, mean, std)).logits
+    assert max_logit_diff(expected, bcos, x) <= TOLERANCE
+    assert bcos.config.id2label == source.config.id2label
+
+
+def test_deit_checkpoint_is_reproduced_exactly(tmp_path):
+    """Non-distilled DeiT checkpoints are ViT classifiers with ImageNet normalisation and a 384/6-head body."""
+    source = hf_vit(hidden=384, layers=2, heads=6, mlp=1536, image=32, patch=16, labels=10, seed=3)
+    save_hf_source(source, tmp_path, IMAGENET_MEAN, IMAGENET_STD)
+    bcos = BcosViTForImageClassification.from_pretrained_standard(tmp_path, b=1, bias="keep").eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(pixel_values=normalize(x, IMAGENET_MEAN, IMAGENET_STD)).logits
+    assert max_logit_diff(expected, bcos, x) <= TOLERANCE
+
+
+def test_legacy_hub_key_names_load(tmp_path):
+    """Hub ViT checkpoints predate transformers 5 and name their weights encoder.layer.N.attention.attention.*."""
+    source = hf_vit()
+    save_hf_source(source, tmp_path, (0.5,) * 3, (0.5,) * 3)
+    renames = [
+        ("vit.layers.", "vit.encoder.layer."),
+        ("attention.q_proj", "attention.attention.query"),
+        ("attention.k_proj", "attention.attention.key"),
+        ("attention.v_proj", "attention.attention.value"),
+        ("attention.o_proj", "attention.output.dense"),
+        ("mlp.fc1", "intermediate.dense"),
+        ("mlp.fc2", "output.dense"),
+    ]
+    legacy = {}
+    for key, value in source.state_dict().items():
+        for old, new in renames:
+            key = key.replace(old, new)
+        legacy[key] = value.contiguous()
+    assert any("attention.attention.query" in k for k in legacy)
+    save_file(legacy, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    bcos = BcosViTForImageClassification.from_pretrained_standard(tmp_path, b=1, bias="keep").eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(pixel_values=normalize(x, (0.5,) * 3, (0.5,) * 3)).logits
+    assert max_logit_diff(expected, bcos, x) <= TOLERANCE
+
+
+def test_in_memory_hf_model_with_explicit_normalisation():
+    source = hf_vit(seed=1)
+    bcos = BcosViTForImageClassification.from_pretrained_standard(
+        source, b=1, bias="keep", image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+    ).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(pixel_values=normalize(x, IMAGENET_MEAN, IMAGENET_STD)).logits
+    assert max_logit_diff(expected, bcos, x) <= TOLERANCE
+
+
+TIMM_VARIANTS = {
+    "vit-s": dict(),
+    "vit-ti": dict(name="vit_tiny_patch16_224", depth=3),
+    "mean-pool-fc-norm": dict(global_pool="avg"),
+    "no-class-token": dict(class_token=False, global_pool="avg"),
+    "layer-scale-no-embed-class": dict(init_values=0.1, no_embed_class=True, name="deit3_small_patch16_224"),
+    "pre-norm": dict(pre_norm=True),
+    "quick-gelu": dict(name="vit_base_patch32_clip_224", act_layer="quick_gelu", pre_norm=True, depth=1),
+}
+
+
+@pytest.mark.parametrize("variant", TIMM_VARIANTS, ids=list(TIMM_VARIANTS))
+def test_timm_module_is_reproduced_exactly(variant):
+    source = timm_vit(**TIMM_VARIANTS[variant])
+    bcos = BcosViTForImageClassification.from_pretrained_standard(source, b=1, bias="keep").eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(normalize(x, source.pretrained_cfg["mean"], source.pretrained_cfg["std"]))
+    assert max_logit_diff(expected, bcos, x) <= TOLERANCE
+
+
+def test_timm_hub_layout_folder_is_reproduced_exactly(tmp_path):
+    """timm's Hub layout: config.json names the architecture (no dimensions) beside model.safetensors."""
+    from timm.models import save_for_hf
+
+    source = timm_vit(name="deit_small_patch16_224", global_pool="avg")
+    save_for_hf(source, str(tmp_path), safe_serialization=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architecture"] == "deit_small_patch16_224" and "num_heads" not in json.dumps(config)
+    bcos = BcosViTForImageClassification.from_pretrained_standard(tmp_path, b=1, bias="keep").eval()
+    assert bcos.config.num_attention_heads == 6
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(normalize(x, source.pretrained_cfg["mean"], source.pretrained_cfg["std"]))
+    assert max_logit_diff(expected, bcos, x) <= TOLERANCE
+
+
+def test_bias_remove_drops_every_constant_and_sets_the_logit_bias():
+    bcos = BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=5), b=2, bias="remove")
+    names = [name for name, _ in bcos.named_parameters()]
+    constant_biases = [n for n in names if n.endswith(".bias") and not n.endswith(("q_proj.bias", "k_proj.bias"))]
+    assert constant_biases == []
+    assert bcos.config.b == 2 and bcos.config.resolved_logit_bias == pytest.approx(-torch.log(torch.tensor(4.0)))
+
+
+def test_bias_keep_with_b2_keeps_weights_of_the_source():
+    source = hf_vit()
+    bcos = BcosViTForImageClassification.from_pretrained_standard(source, b=2, bias="keep")
+    assert torch.equal(bcos.classifier.weight, source.classifier.weight)
+    assert torch.equal(bcos.classifier.bias, source.classifier.bias)
+
+
+def test_unsupported_module_is_rejected_with_the_supported_list():
+    with pytest.raises(ValueError, match="Supported sources"):
+        BcosViTForImageClassification.from_pretrained_standard(torch.nn.Linear(3, 3))
+
+
+def test_unsupported_checkpoint_type_is_rejected(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "resnet"}))
+    with pytest.raises(ValueError, match="'resnet' model. Supported sources"):
+        BcosViTForImageClassification.from_pretrained_standard(tmp_path)
+
+
+def test_distilled_deit_is_rejected(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "deit"}))
+    with pytest.raises(ValueError, match="distillation token"):
+        BcosViTForImageClassification.from_pretrained_standard(tmp_path)
+
+
+def test_checkpoint_without_classifier_is_rejected(tmp_path):
+    source = hf_vit()
+    save_hf_source(source, tmp_path, (0.5,) * 3, (0.5,) * 3)
+    weights = {k: v.contiguous() for k, v in source.state_dict().items() if not k.startswith("classifier.")}
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="do not fit.*classifier"):
+        BcosViTForImageClassification.from_pretrained_standard(tmp_path)
+
+
+def test_timm_features_without_counterpart_are_rejected():
+    source = timm_vit(reg_tokens=2)
+    with pytest.raises(ValueError, match="reg_token"):
+        BcosViTForImageClassification.from_pretrained_standard(source)
+
+
+def test_timm_architecture_of_unknown_size_asks_for_num_heads(tmp_path):
+    source = timm_vit()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_wide_patch16_224", "num_classes": 6}))
+    with pytest.raises(ValueError, match="num_heads"):
+        BcosViTForImageClassification.from_pretrained_standard(tmp_path)
+
+
+def test_missing_repo_fails_fast_offline():
+    with pytest.raises(ValueError, match="neither a local folder nor a Hub repo"):
+        BcosViTForImageClassification.from_pretrained_standard("nobody/no-such-vit")
+
+
+def test_unknown_bias_mode_is_rejected():
+    with pytest.raises(ValueError, match="'keep' or 'remove'"):
+        BcosViTForImageClassification.from_pretrained_standard(hf_vit(), bias="zero")

@@ -1,0 +1,162 @@
+"""Explanations are exact: contributions + bias = the explained logit, batched, in every dtype."""
+
+import math
+
+import pytest
+import torch
+from sources import hf_vit, perturb_
+
+from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
+from bcos_zoo.modeling.bcos_layers import BcosLayerNorm, BcosSelfAttention, GatedActivation
+
+
+NUM_LABELS = 7
+
+
+def pure_bcos_vit(b: float) -> BcosViTForImageClassification:
+    """A B-cos ViT without any constant: no class token, no position embedding, no bias."""
+    torch.manual_seed(0)
+    config = BcosViTConfig(
+        image_size=16,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        b=b,
+        use_bias=False,
+        use_class_token=False,
+        use_position_embeddings=False,
+        pooling="mean",
+        pre_layernorm=True,
+        num_labels=NUM_LABELS,
+    )
+    return perturb_(BcosViTForImageClassification(config), scale=0.1).double()
+
+
+def relative_completeness_error(model, x, target=None) -> torch.Tensor:
+    explanation = model.explain(x, target=target)
+    explained = explanation.target_logits - model.config.resolved_logit_bias
+    return (explanation.contributions.sum(dim=(1, 2)) - explained).abs() / explained.abs()
+
+
+@pytest.mark.parametrize("b", [1.0, 1.5, 2.0])
+@pytest.mark.parametrize("target", [None, 0, 3, "per-image"])
+def test_pure_model_contributions_sum_to_the_logit_minus_logit_bias(b, target):
+    model = pure_bcos_vit(b)
+    x = torch.rand(4, 3, 16, 16, dtype=torch.float64)
+    if target == "per-image":
+        target = torch.tensor([6, 1, 2, 5])
+    assert relative_completeness_error(model, x, target).max() <= 1e-6
+
+
+def test_pure_model_bias_is_exactly_the_logit_bias():
+    model = pure_bcos_vit(2.0)
+    explanation = model.explain(torch.rand(3, 3, 16, 16, dtype=torch.float64))
+    assert torch.allclose(explanation.bias, torch.full((3,), -math.log(NUM_LABELS - 1), dtype=torch.float64))
+
+
+def _never_detach(monkeypatch, module_type) -> None:
+    """Remove one detach: instances of ``module_type`` ignore explanation mode."""
+    monkeypatch.setattr(module_type, "detach_dynamic", property(lambda self: False, lambda self, value: None))
+
+
+@pytest.mark.parametrize(
+    "module_type", [BcosLayerNorm, GatedActivation, BcosSelfAttention], ids=["layernorm", "gelu-gate", "attention"]
+)
+def test_completeness_fails_when_one_detach_is_removed(monkeypatch, module_type):
+    model = pure_bcos_vit(2.0)
+    x = torch.rand(4, 3, 16, 16, dtype=torch.float64)
+    assert relative_completeness_error(model, x).max() <= 1e-6
+    _never_detach(monkeypatch, module_type)
+    assert relative_completeness_error(model, x).max() > 1e-3
+
+
+def converted_model(b=2.0, bias="keep") -> BcosViTForImageClassification:
+    return BcosViTForImageClassification.from_pretrained_standard(hf_vit(), b=b, bias=bias).eval()
+
+
+def test_bias_of_a_model_with_constants_is_the_logit_minus_the_contributions():
+    model = converted_model().double()
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    explanation = model.explain(x)
+    with torch.no_grad():
+        logits = model(pixel_values=x).logits
+    assert torch.allclose(explanation.logits, logits, rtol=1e-10)
+    selected = logits.gather(1, explanation.target[:, None]).squeeze(1)
+    assert torch.allclose(explanation.bias, selected - explanation.contributions.sum(dim=(1, 2)), rtol=1e-10)
+    assert ((explanation.bias_share > 0) & (explanation.bias_share < 1)).all()
+
+
+def test_default_target_is_the_top_class():
+    model = converted_model()
+    explanation = model.explain(torch.rand(5, 3, 32, 32))
+    assert torch.equal(explanation.target, explanation.logits.argmax(dim=1))
+
+
+def test_batched_explanation_equals_one_image_at_a_time():
+    model = converted_model().double()
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    batched = model.explain(x, target=2)
+    for i in range(3):
+        single = model.explain(x[i : i + 1], target=2)
+        assert torch.allclose(batched.dynamic_weights[i], single.dynamic_weights[0], rtol=1e-9, atol=1e-12)
+
+
+def test_explanation_fields_have_the_documented_shapes_and_dtype():
+    model = converted_model()
+    explanation = model.explain(torch.rand(2, 3, 32, 32), target=1)
+    assert explanation.logits.shape == (2, 5)
+    assert explanation.target.tolist() == [1, 1]
+    assert explanation.dynamic_weights.shape == (2, 6, 32, 32)
+    assert explanation.contributions.shape == (2, 32, 32)
+    assert explanation.bias.shape == (2,)
+    assert all(t.dtype == torch.float32 for t in (explanation.dynamic_weights, explanation.contributions))
+    assert not explanation.dynamic_weights.requires_grad
+
+
+def test_float32_completeness_holds_to_float32_precision():
+    model = converted_model()
+    explanation = model.explain(torch.rand(2, 3, 32, 32))
+    total = explanation.contributions.sum(dim=(1, 2)) + explanation.bias
+    assert torch.allclose(total, explanation.target_logits, atol=1e-5)
+
+
+def test_rgba_rendering_follows_the_papers_recipe():
+    model = converted_model()
+    explanation = model.explain(torch.rand(2, 3, 32, 32))
+    rgba = explanation.rgba
+    assert rgba.shape == (2, 32, 32, 4) and rgba.min() >= 0 and rgba.max() <= 1
+    assert (rgba[..., 3][explanation.contributions < 0] == 0).all()
+    weights = explanation.dynamic_weights
+    gain = (weights / weights.abs().amax(dim=1, keepdim=True)).clamp_min(0)
+    rgb = gain[:, :3] / (gain[:, :3] + gain[:, 3:]).clamp_min(1e-12)
+    assert torch.allclose(rgba[..., :3], rgb.permute(0, 2, 3, 1), atol=1e-6)
+    smoothed = explanation.render(smooth=3)
+    assert smoothed.shape == rgba.shape
+
+
+def test_contribution_map_is_white_at_zero_and_red_for_the_largest_positive():
+    model = converted_model()
+    explanation = model.explain(torch.rand(1, 3, 32, 32))
+    colours = explanation.contribution_map(percentile=100)
+    top = explanation.contributions.abs().flatten().argmax()
+    assert colours.shape == (1, 32, 32, 3)
+    sign = explanation.contributions.flatten()[top].sign()
+    assert torch.allclose(colours.reshape(-1, 3)[top], torch.tensor([1.0, 0, 0] if sign > 0 else [0, 0, 1.0]))
+
+
+@pytest.mark.parametrize("bad", [10, -1, torch.tensor([0, 1, 2])], ids=["too-large", "negative", "wrong-length"])
+def test_invalid_targets_are_rejected(bad):
+    model = converted_model()
+    with pytest.raises(ValueError, match="target"):
+        model.explain(torch.rand(2, 3, 32, 32), target=bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_explanation_on_gpu_matches_cpu():
+    model = converted_model().double()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    cpu = model.explain(x)
+    gpu = model.cuda().explain(x.cuda())
+    assert torch.allclose(gpu.contributions.cpu(), cpu.contributions, rtol=1e-8, atol=1e-10)
