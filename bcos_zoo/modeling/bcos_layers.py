@@ -104,7 +104,8 @@ class BcosLinear(DynamicModule):
         return out
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, b={self.b}, bias={self.bias is not None}"
+        bias = self.bias is not None
+        return f"in_features={self.in_features}, out_features={self.out_features}, b={self.b}, bias={bias}"
 
 
 class BcosLayerNorm(DynamicModule):

@@ -190,7 +190,9 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
         **kwargs,
     ) -> ImageClassifierOutput:
         check_pixel_values(pixel_values, self.config.num_channels)
-        logits, outputs = self._logits(encode_inverse(pixel_values), interpolate_pos_encoding, bool(output_hidden_states))
+        logits, outputs = self._logits(
+            encode_inverse(pixel_values), interpolate_pos_encoding, bool(output_hidden_states)
+        )
         loss = None
         if labels is not None:
             labels = labels.to(logits.device)
@@ -224,7 +226,10 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Save weights, config, remote code and the image processor, so the folder loads with ``pipeline``."""
         module = type(self).__module__.rsplit(".", 1)[-1]
-        self.config.auto_map = {**(self.config.auto_map or {}), "AutoModel": f"{module}.{type(self).__name__}"}
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoModel": f"{module}.{type(self).__name__}",
+        }
         if kwargs.get("is_main_process", True):
             os.makedirs(save_directory, exist_ok=True)
             self.default_image_processor().save_pretrained(save_directory)

@@ -1,0 +1,70 @@
+"""Bad input gets a clear error that says how to fix it."""
+
+import pytest
+import torch
+
+from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = BcosViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    return BcosViTForImageClassification(config).eval()
+
+
+def test_normalised_images_are_rejected_with_the_fix(model):
+    normalised = (torch.rand(2, 3, 32, 32) - 0.485) / 0.229
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*do_normalize=False.*x \* std \+ mean"):
+        model(pixel_values=normalised)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        model.explain(normalised)
+
+
+def test_uint8_images_are_rejected_with_the_fix(model):
+    with pytest.raises(ValueError, match=r"floating point.*float\(\) / 255"):
+        model(pixel_values=torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 32, 32), (1, 4, 32, 32)], ids=["grayscale", "rgba"])
+def test_wrong_channel_count_is_rejected(model, shape):
+    with pytest.raises(ValueError, match=r"shape \(batch, 3, height, width\).*convert grayscale or RGBA"):
+        model(pixel_values=torch.rand(shape))
+
+
+def test_missing_batch_dimension_is_rejected(model):
+    with pytest.raises(ValueError, match="unsqueeze"):
+        model(pixel_values=torch.rand(3, 32, 32))
+
+
+def test_other_image_size_is_rejected_with_the_options(model):
+    with pytest.raises(ValueError, match="takes 32x32 images, got 48x48.*interpolate_pos_encoding=True"):
+        model(pixel_values=torch.rand(1, 3, 48, 48))
+
+
+def test_interpolated_position_embeddings_take_other_sizes(model):
+    out = model(pixel_values=torch.rand(2, 3, 48, 40), interpolate_pos_encoding=True)
+    assert out.logits.shape == (2, 2)
+    explanation = model.explain(torch.rand(1, 3, 48, 40), interpolate_pos_encoding=True)
+    assert explanation.contributions.shape == (1, 48, 40)
+
+
+def test_size_that_is_not_a_multiple_of_the_patch_is_rejected(model):
+    with pytest.raises(ValueError, match="not a multiple of the patch size 8"):
+        model(pixel_values=torch.rand(1, 3, 36, 36), interpolate_pos_encoding=True)
+
+
+def test_nan_input_is_rejected(model):
+    x = torch.rand(1, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model(pixel_values=x)
+
+
+def test_invalid_config_values_are_rejected():
+    with pytest.raises(ValueError, match="use_class_token"):
+        BcosViTConfig(use_class_token=False, pooling="cls")
+    with pytest.raises(ValueError, match="b must be >= 1"):
+        BcosViTConfig(b=0.5)
