@@ -1,0 +1,119 @@
+"""Speed of B-cos models against their standard sources, measured side by side in one run.
+
+    python scripts/benchmark.py                       # CPU, float32, ViT-S at 224 px, batch 8
+    python scripts/benchmark.py --device cuda --dtype bfloat16
+
+Prints, per model: forward throughput of the source and of the B-cos model (images/s), their ratio (target >= 0.9),
+and the cost of one batched explanation in forward passes of the B-cos model (target <= 2.5).
+"""
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+from transformers import ViTConfig, ViTForImageClassification
+
+from bcos_zoo import BcosViTForImageClassification
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def timed(fns: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each function, run in turns so that load from elsewhere hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in tqdm(range(repeats), desc="timing", leave=False):
+        for name, fn in fns.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def vit_s_pair(num_labels: int = 1000) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A standard ViT-S/16 (random weights: speed does not depend on them) and its B-cosified form (B=2)."""
+    config = ViTConfig(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, num_labels=num_labels
+    )
+    source = ViTForImageClassification(config).eval()
+    bcos = BcosViTForImageClassification.from_pretrained_standard(
+        source, b=2.0, bias="remove", image_mean=(0.5,) * 3, image_std=(0.5,) * 3
+    ).eval()
+    return source, bcos
+
+
+def benchmark_vit(device: str, dtype: torch.dtype, batch_size: int, repeats: int) -> dict:
+    source, bcos = vit_s_pair()
+    source, bcos = source.to(device, dtype), bcos.to(device, dtype)
+    images = torch.rand(batch_size, 3, 224, 224, device=device, dtype=dtype)
+    normalised = (images - 0.5) / 0.5
+    return compare(
+        "ViT-S/16 224px",
+        batch_size,
+        source_forward=lambda: source(pixel_values=normalised),
+        bcos_forward=lambda: bcos(pixel_values=images),
+        bcos_explain=lambda: bcos.explain(images),
+        device=device,
+        repeats=repeats,
+    )
+
+
+def compare(model: str, batch_size: int, source_forward, bcos_forward, bcos_explain, device: str, repeats: int) -> dict:
+    """Time the three calls in turns (forward passes without autograd) and form the ratios."""
+
+    def no_grad(fn):
+        def run():
+            with torch.inference_mode():
+                return fn()
+
+        return run
+
+    t = timed(
+        {"source": no_grad(source_forward), "bcos": no_grad(bcos_forward), "explain": bcos_explain}, device, repeats
+    )
+    return dict(
+        model=model,
+        source_images_per_s=batch_size / t["source"],
+        bcos_images_per_s=batch_size / t["bcos"],
+        forward_ratio=t["source"] / t["bcos"],
+        explain_over_forward=t["explain"] / t["bcos"],
+    )
+
+
+CASES = {"vit": benchmark_vit}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"device={args.device} dtype={args.dtype} batch={args.batch_size} threads={torch.get_num_threads()}")
+    header = f"{'model':<18}{'source img/s':>14}{'B-cos img/s':>14}{'fwd ratio':>11}{'explain/fwd':>13}"
+    print(header)
+    print("-" * len(header))
+    for name in args.models:
+        r = CASES[name](args.device, DTYPES[args.dtype], args.batch_size, args.repeats)
+        print(
+            f"{r['model']:<18}{r['source_images_per_s']:>14.1f}{r['bcos_images_per_s']:>14.1f}"
+            f"{r['forward_ratio']:>11.2f}{r['explain_over_forward']:>13.2f}"
+        )
+    print("targets: fwd ratio >= 0.90 (B-cos vs source throughput), explain/fwd <= 2.50")
+
+
+if __name__ == "__main__":
+    main()
