@@ -1,12 +1,25 @@
 """The hub-facing model code: this flat folder is copied next to the weights as the model's remote code."""
 
 from .bcos_layers import explanation_mode
+from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation
+from .modeling_bcos_clip import (
+    BcosCLIPModel,
+    BcosCLIPVisionModel,
+    CLIPDistillationLoss,
+    siglip_distillation_loss,
+)
 from .modeling_bcos_vit import BcosViTForImageClassification, BcosViTModel
 
 
 __all__ = [
+    "BcosCLIPConfig",
+    "BcosCLIPModel",
+    "BcosCLIPVisionConfig",
+    "BcosCLIPVisionModel",
+    "CLIPDistillationLoss",
+    "siglip_distillation_loss",
     "BcosExplanation",
     "BcosViTConfig",
     "BcosViTForImageClassification",

@@ -1,0 +1,211 @@
+"""B-cosification of transformers CLIP models: map the image tower onto the B-cos ViT backbone, exactly.
+
+The CLIP image tower is a ViT (class embedding, position embedding, pre-LayerNorm, pre-norm blocks, post-LayerNorm on
+the class token) followed by a bias-free visual projection, so every weight has a B-cos counterpart; the text tower,
+text projection and ``logit_scale`` are copied unchanged. Anything that does not fit raises a ``ValueError`` instead
+of leaving a parameter randomly initialised. Hub-facing: torch, transformers, huggingface_hub and sibling files only.
+"""
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
+from transformers.utils import logging
+
+from .bcos_layers import ACTIVATION_ALIASES
+from .configuration_bcos_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, BcosCLIPConfig, BcosCLIPVisionConfig
+from .convert_standard import PATCH_WEIGHT, fold_normalization, load_exactly
+
+
+logger = logging.get_logger(__name__)
+
+SUPPORTED_CLIP_SOURCES = (
+    "a transformers CLIPModel (openai/clip-vit-*, laion/CLIP-ViT-*), given as a local folder, a Hub id or a loaded "
+    "model; BcosCLIPVisionModel also takes a CLIPVisionModelWithProjection"
+)
+# CLIP vision-tower names (without the "vision_model." prefix) -> B-cos ViT backbone names
+_VISION_RENAMES = (
+    (r"^pre_layrnorm\.", "pre_layernorm."),
+    (r"^post_layernorm\.", "layernorm."),
+    (r"^encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"layers.\1.attention.o_proj."),
+    (r"^encoder\.layers\.(\d+)\.self_attn\.([qkv]_proj)\.", r"layers.\1.attention.\2."),
+    (r"^encoder\.layers\.(\d+)\.layer_norm1\.", r"layers.\1.layernorm_before."),
+    (r"^encoder\.layers\.(\d+)\.layer_norm2\.", r"layers.\1.layernorm_after."),
+    (r"^encoder\.layers\.(\d+)\.mlp\.(fc[12])\.", r"layers.\1.mlp.\2."),
+)
+
+
+@dataclass
+class StandardCLIP:
+    """A loaded source CLIP and what its folder says about preprocessing."""
+
+    model: CLIPModel | CLIPVisionModelWithProjection
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    tokenizer: object | None
+    image_processor: CLIPImageProcessor | None
+
+
+def resolve_clip_folder(source: str | Path) -> Path:
+    """A local folder as it is; anything else is taken as a Hub repo id and downloaded (config, weights, tokenizer)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{source!r} is a file; pass the folder that holds config.json and the weights.")
+    try:
+        # model*.safetensors skips the open_clip copy of the weights that laion repos also hold
+        patterns = ["*.json", "*.txt", "model*.safetensors"]
+        return Path(snapshot_download(str(source), allow_patterns=patterns))
+    except Exception as error:
+        raise ValueError(
+            f"{source!r} is neither a local folder nor a Hub repo that could be downloaded ({error}). "
+            f"Supported sources: {SUPPORTED_CLIP_SOURCES}."
+        ) from error
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_standard_clip(source, vision_only: bool) -> StandardCLIP:
+    """Read a supported CLIP from a module, a folder or a Hub id."""
+    allowed = (CLIPModel, CLIPVisionModelWithProjection) if vision_only else (CLIPModel,)
+    if isinstance(source, allowed):
+        return StandardCLIP(source, None, None, None, None)
+    if isinstance(source, torch.nn.Module) or not isinstance(source, (str, Path)):
+        raise ValueError(f"Cannot B-cosify a {type(source).__name__}. Supported sources: {SUPPORTED_CLIP_SOURCES}.")
+    folder = resolve_clip_folder(source)
+    config = _read_json(folder / "config.json")
+    if config is None:
+        raise ValueError(f"{folder} has no config.json. Supported sources: {SUPPORTED_CLIP_SOURCES}.")
+    model_type = config.get("model_type")
+    if model_type == "clip":
+        model_class = CLIPModel
+    elif model_type == "clip_vision_model" and vision_only:
+        model_class = CLIPVisionModelWithProjection
+    else:
+        raise ValueError(f"{folder} holds a {model_type!r} model. Supported sources: {SUPPORTED_CLIP_SOURCES}.")
+    model, info = model_class.from_pretrained(folder, output_loading_info=True)
+    problems = sorted(info["missing_keys"]) + [str(k) for k in info["mismatched_keys"]]
+    if problems:
+        raise ValueError(
+            f"The weights in {folder} do not fit a {model_class.__name__} (missing or mismatched: {problems[:8]})."
+        )
+    image_processor, mean, std = _source_image_processor(folder)
+    tokenizer = None
+    if model_class is CLIPModel and any((folder / name).exists() for name in ("tokenizer.json", "vocab.json")):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as error:
+            logger.warning(f"Could not load the tokenizer in {folder} ({error}); explain(text=...) will need one set.")
+    return StandardCLIP(model, mean, std, tokenizer, image_processor)
+
+
+def _source_image_processor(folder: Path) -> tuple[CLIPImageProcessor | None, tuple | None, tuple | None]:
+    """The folder's image processor and the normalisation it applies (older folders keep it in
+    ``preprocessor_config.json``, newer ones inside ``processor_config.json``)."""
+    if not any((folder / name).exists() for name in ("preprocessor_config.json", "processor_config.json")):
+        return None, None, None
+    try:
+        processor = CLIPImageProcessor.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        logger.warning(f"Could not read the image processor in {folder} ({error}).")
+        return None, None, None
+    if not processor.do_normalize:
+        return processor, (0.0,) * 3, (1.0,) * 3
+    return processor, tuple(processor.image_mean), tuple(processor.image_std)
+
+
+def vision_architecture(model: CLIPModel | CLIPVisionModelWithProjection) -> dict:
+    """The ``BcosCLIPVisionConfig`` fields that describe the source's image tower."""
+    config = model.config.vision_config if isinstance(model, CLIPModel) else model.config
+    if not isinstance(config.image_size, int) or not isinstance(config.patch_size, int):
+        raise ValueError("Only square images and patches (integer image_size and patch_size) are supported.")
+    if config.hidden_act not in ACTIVATION_ALIASES:
+        raise ValueError(f"Unsupported activation {config.hidden_act!r}; supported: {sorted(ACTIVATION_ALIASES)}.")
+    return dict(
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        num_channels=config.num_channels,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_act=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+        attention_qk_bias=True,
+        use_class_token=True,
+        use_position_embeddings=True,
+        pooling="cls",
+        pre_layernorm=True,
+        projection_dim=model.visual_projection.out_features,
+    )
+
+
+def vision_state(model: CLIPModel | CLIPVisionModelWithProjection, mean, std) -> dict[str, torch.Tensor]:
+    """The image tower's weights under B-cos names, with the normalisation folded into the patch embedding."""
+    source = dict(model.vision_model.state_dict())
+    source.pop("embeddings.position_ids", None)
+    state = {}
+    patch = source.pop("embeddings.patch_embedding.weight")
+    state[PATCH_WEIGHT] = fold_normalization(patch, mean, std).flatten(1)
+    state["embeddings.cls_token"] = source.pop("embeddings.class_embedding").reshape(1, 1, -1)
+    state["embeddings.position_embeddings"] = source.pop("embeddings.position_embedding.weight").unsqueeze(0)
+    for name, value in source.items():
+        for pattern, replacement in _VISION_RENAMES:
+            renamed, count = re.subn(pattern, replacement, name)
+            if count:
+                state[renamed] = value
+                break
+        else:
+            raise ValueError(f"Unsupported CLIP image tower: weight {name!r} has no B-cos counterpart.")
+    state = {f"vision_model.{name}": value for name, value in state.items()}
+    state["visual_projection.weight"] = model.visual_projection.weight.detach()
+    if model.visual_projection.bias is not None:
+        raise ValueError("CLIP visual projections have no bias; this one has one, so it is not a supported CLIP.")
+    return state
+
+
+def bcosify_clip(cls, source, b: float, bias: str, image_mean=None, image_std=None, **overrides):
+    """Build ``cls`` (``BcosCLIPVisionModel`` or ``BcosCLIPModel``) from a CLIP; see ``from_pretrained_standard``."""
+    if bias not in ("keep", "remove"):
+        raise ValueError(f"bias must be 'keep' or 'remove', got {bias!r}.")
+    vision_only = cls.config_class.model_type == BcosCLIPVisionConfig.model_type
+    standard = load_standard_clip(source, vision_only)
+    mean = image_mean if image_mean is not None else standard.mean
+    std = image_std if image_std is not None else standard.std
+    if mean is None or std is None:
+        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        logger.warning(
+            "The source came without its image processor, so its normalisation is unknown; assuming OpenAI CLIP's "
+            "mean/std (also laion's). Pass image_mean=/image_std= if the source used others."
+        )
+    source_model = standard.model
+    keep = bias == "keep"
+    vision_config = BcosCLIPVisionConfig(**{**vision_architecture(source_model), "b": b, "use_bias": keep, **overrides})
+    state = vision_state(source_model, mean, std)
+    if vision_only:
+        model = cls(vision_config)
+    else:
+        source_config = source_model.config
+        config = BcosCLIPConfig(
+            text_config=copy.deepcopy(source_config.text_config),
+            vision_config=vision_config,
+            projection_dim=source_config.projection_dim,
+            logit_scale_init_value=source_config.logit_scale_init_value,
+        )
+        model = cls(config)
+        for name, value in source_model.state_dict().items():
+            if name.startswith(("text_model.", "text_projection.", "logit_scale")):
+                state[name] = value
+        state.pop("text_model.embeddings.position_ids", None)
+        model.tokenizer = standard.tokenizer
+    load_exactly(model, state, prefix="", drop_biases=not keep)
+    model._image_processor = standard.image_processor
+    return model.to(next(source_model.parameters()).dtype)

@@ -1,0 +1,530 @@
+"""B-cos CLIP: a B-cos image tower in CLIP's joint image-text space, and zero-shot models built on it.
+
+Only the image tower becomes a B-cos network (the B-cosification paper's recipe): it is the B-cos ViT backbone of
+``modeling_bcos_vit`` plus the visual projection as a B-cos unit. The text tower stays the original CLIP text tower,
+frozen, so prompts keep their original embeddings. A prompt is explained through the cosine between the image
+embedding and the prompt's embedding, with the image embedding's norm detached in explanation mode: the cosine is
+then a dynamic linear function of the image and its contributions add up to it. Hub-facing: torch, transformers and
+sibling files only.
+"""
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPProcessor, CLIPTextModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.clip.modeling_clip import CLIPOutput
+from transformers.utils import ModelOutput, logging
+
+from .bcos_layers import BcosLinear, DynamicModule, check_pixel_values, encode_inverse, explanation_mode
+from .configuration_bcos_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, BcosCLIPConfig, BcosCLIPVisionConfig
+from .explanation import BcosExplanation, compute_explanation
+from .modeling_bcos_vit import BcosViTModel
+
+
+logger = logging.get_logger(__name__)
+
+
+def siglip_distillation_loss(
+    student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, scale: float = 10.0, bias: float = -10.0
+) -> torch.Tensor:
+    """The B-cosification paper's CLIP objective: SigLIP-style distillation to the original image embeddings.
+
+    Every (student image i, teacher image j) pair of the batch is a binary problem, positive when ``i == j``:
+    ``loss = -mean_ij log sigmoid(label_ij * (scale * <s_i, t_j> + bias))`` with ``s``, ``t`` L2-normalised and
+    ``label = +1 / -1``. The fixed scale 10 and bias -10 make a perfect match (cosine 1) sit at the sigmoid's
+    midpoint while unrelated images (cosine near 0) are already confidently negative, so the student is pulled
+    towards its own teacher embedding and away from the others'. The teacher side carries no gradient.
+
+    Args:
+        student_embeds: (N, P) image embeddings of the B-cos tower.
+        teacher_embeds: (N, P) image embeddings of the frozen original tower for the same images.
+    """
+    if student_embeds.ndim != 2 or student_embeds.shape != teacher_embeds.shape:
+        raise ValueError(
+            "student_embeds and teacher_embeds must both have shape (batch, projection_dim), got "
+            f"{tuple(student_embeds.shape)} and {tuple(teacher_embeds.shape)}."
+        )
+    student = F.normalize(student_embeds, dim=-1)
+    teacher = F.normalize(teacher_embeds.detach().to(student.dtype), dim=-1)
+    logits = scale * student @ teacher.T + bias
+    labels = 2 * torch.eye(len(student), device=student.device, dtype=student.dtype) - 1
+    return -F.logsigmoid(labels * logits).mean()
+
+
+class CLIPDistillationLoss(nn.Module):
+    """:func:`siglip_distillation_loss` against a frozen original CLIP image tower.
+
+    The teacher (a transformers ``CLIPModel`` or ``CLIPVisionModelWithProjection``) sees the images normalised as
+    it was trained; the B-cos student sees the same images in [0, 1], so one batch of ``pixel_values`` serves both.
+    The teacher stays frozen and in eval mode whatever ``train()`` is called with.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        image_std: Sequence[float] = OPENAI_CLIP_STD,
+        scale: float = 10.0,
+        bias: float = -10.0,
+    ):
+        super().__init__()
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(1, -1, 1, 1), persistent=False)
+        self.scale = scale
+        self.bias = bias
+
+    def train(self, mode: bool = True) -> "CLIPDistillationLoss":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    @torch.no_grad()
+    def teacher_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, P) the teacher's image embeddings of images in [0, 1]."""
+        normalized = (pixel_values - self.image_mean.to(pixel_values)) / self.image_std.to(pixel_values)
+        dtype = next(self.teacher.parameters()).dtype
+        if hasattr(self.teacher, "get_image_features"):
+            outputs = self.teacher.get_image_features(pixel_values=normalized.to(dtype))
+        else:
+            outputs = self.teacher(pixel_values=normalized.to(dtype))
+        if isinstance(outputs, torch.Tensor):
+            return outputs
+        embeds = getattr(outputs, "image_embeds", None)
+        return embeds if embeds is not None else outputs.pooler_output
+
+    def forward(self, student_embeds: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        return siglip_distillation_loss(student_embeds, self.teacher_embeds(pixel_values), self.scale, self.bias)
+
+
+class EmbeddingNormalizer(DynamicModule):
+    """``z / ||z||``, with ``||z||`` detached in explanation mode.
+
+    A cosine does not change when the image embedding is scaled, so differentiated through the norm its gradient is
+    orthogonal to the input and the contributions of a constant-free tower sum to 0. With the norm held fixed, the
+    cosine is ``W(x) x / ||z||`` and the contributions plus the bias sum to it exactly.
+    """
+
+    def __init__(self, eps: float = 1e-12):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(embeds, dim=-1, keepdim=True).clamp_min(self.eps)
+        if self.detach_dynamic:
+            norm = norm.detach()
+        return embeds / norm
+
+
+@dataclass
+class BcosCLIPVisionModelOutput(ModelOutput):
+    """Output of :class:`BcosCLIPVisionModel`.
+
+    Attributes:
+        loss: the distillation loss, when ``teacher_embeds`` were given.
+        image_embeds: (N, P) the image embeddings (projected, not normalised).
+        last_hidden_state: (N, L, D) the tokens after the last block.
+        hidden_states: the tokens after the embedding and after each block, when asked for.
+    """
+
+    loss: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class BcosCLIPPreTrainedModel(PreTrainedModel):
+    config_class = BcosCLIPConfig
+    base_model_prefix = "bcos_clip"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    _no_split_modules = ["BcosViTEmbeddings", "BcosEncoderLayer", "CLIPTextEmbeddings", "CLIPEncoderLayer"]
+
+    @property
+    def vision_config(self) -> BcosCLIPVisionConfig:
+        """The image tower's configuration (the config itself for the vision-only model)."""
+        return getattr(self.config, "vision_config", self.config)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The image backbone and the text tower are sub-models that initialise themselves; what is left are the
+        # projections and the temperature.
+        std = self.vision_config.initializer_range
+        if isinstance(module, (BcosLinear, nn.Linear)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        if isinstance(getattr(module, "logit_scale", None), nn.Parameter):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+    def explanation_mode(self):
+        """Context manager: detach every dynamic factor, making the image tower a dynamic linear map."""
+        return explanation_mode(self)
+
+    # -- the B-cos image tower, shared by both models ------------------------------------------------------------
+
+    def _build_image_tower(self, config: BcosCLIPVisionConfig, projection_dim: int) -> None:
+        self.vision_model = BcosViTModel(config)
+        self.visual_projection = BcosLinear(config.hidden_size, projection_dim, bias=False, b=config.b)
+        self.embedding_normalizer = EmbeddingNormalizer()
+        # what from_pretrained_standard carries over from the source folder, for save_pretrained and explain(text=)
+        self._image_processor = None
+        self._tokenizer = None
+
+    def _image_embeds(
+        self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+        outputs = self.vision_model.forward_encoded(encoded, interpolate_pos_encoding, output_hidden_states)
+        return self.visual_projection(outputs.pooler_output), outputs
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """The image embeddings as ``pooler_output`` (projected, not normalised), as transformers' CLIP returns them.
+
+        Args:
+            pixel_values: (N, 3, H, W) images in [0, 1]; the model folds CLIP's normalisation into its first layer.
+        """
+        check_pixel_values(pixel_values, self.vision_config.num_channels)
+        embeds, outputs = self._image_embeds(
+            encode_inverse(pixel_values), interpolate_pos_encoding, bool(output_hidden_states)
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state, pooler_output=embeds, hidden_states=outputs.hidden_states
+        )
+
+    def _encode_prompts(self, text: list[str]) -> torch.Tensor:
+        raise ValueError(
+            f"{type(self).__name__} has no text tower, so it cannot embed prompts: pass text_embeds=, the (K, P) "
+            "text embeddings of the CLIP model it was B-cosified from (get_text_features(...).pooler_output), or use "
+            "BcosCLIPModel, which carries the text tower."
+        )
+
+    def _prompt_embeds(
+        self, text: str | Sequence[str] | None, text_embeds: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor:
+        """(K, P) unit-norm prompt embeddings from prompts or from given text embeddings, validated."""
+        if (text is None) == (text_embeds is None):
+            raise ValueError(
+                "Pass exactly one of text=[...] (prompts, embedded by the CLIP text tower) or text_embeds= (a (K, P) "
+                f"tensor of text embeddings); got {'neither' if text is None else 'both'}."
+            )
+        width = self.visual_projection.out_features
+        if text is not None:
+            prompts = [text] if isinstance(text, str) else list(text)
+            if not prompts:
+                raise ValueError("text is an empty list of prompts; pass at least one prompt to explain.")
+            if not all(isinstance(prompt, str) for prompt in prompts):
+                raise ValueError("text must be a string or a list of strings.")
+            text_embeds = self._encode_prompts(prompts)
+        text_embeds = torch.as_tensor(text_embeds).detach()
+        if text_embeds.ndim == 1:
+            text_embeds = text_embeds[None]
+        if text_embeds.ndim != 2 or text_embeds.shape[1] != width:
+            raise ValueError(
+                f"text_embeds must have shape (K, {width}): one row per prompt, of the model's projection_dim {width}; "
+                f"got {tuple(text_embeds.shape)}. Use the text embeddings of the CLIP model this one was B-cosified "
+                "from."
+            )
+        if text_embeds.shape[0] == 0:
+            raise ValueError("text_embeds holds no prompt (0 rows); pass at least one.")
+        if not text_embeds.is_floating_point():
+            raise ValueError(f"text_embeds must be floating point, got dtype {text_embeds.dtype}.")
+        return F.normalize(text_embeds.to(device), dim=-1)
+
+    def explain(
+        self,
+        pixel_values: torch.Tensor,
+        text: str | Sequence[str] | None = None,
+        text_embeds: torch.Tensor | None = None,
+        target: int | torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> BcosExplanation:
+        """Explain the cosine similarity between each image and one prompt, exactly.
+
+        ``logits`` of the result are the plain cosines (N, K) between the image embeddings and the prompts, not the
+        ``logit_scale``-scaled zero-shot logits (scaling would scale every contribution alike). The explained cosine
+        is computed with the image embedding's norm detached, so ``contributions.sum((1, 2)) + bias`` equals it; for a
+        tower without biases, class token or position embeddings the bias is 0.
+
+        Args:
+            pixel_values: (N, 3, H, W) images in [0, 1].
+            text: the prompts (a string or a list of K strings); needs the text tower, i.e. :class:`BcosCLIPModel`.
+            text_embeds: alternatively (K, P) text embeddings (normalised here).
+            target: the prompt to explain: ``None`` (each image's best-matching prompt), an int, or an (N,) tensor.
+        """
+        prompts = self._prompt_embeds(text, text_embeds, pixel_values.device)
+
+        def cosines(encoded: torch.Tensor) -> torch.Tensor:
+            embeds, _ = self._image_embeds(encoded, interpolate_pos_encoding)
+            return self.embedding_normalizer(embeds) @ prompts.to(embeds.dtype).T
+
+        return compute_explanation(self, cosines, pixel_values, target)
+
+    # -- saving ------------------------------------------------------------------------------------------------
+
+    def default_image_processor(self) -> CLIPImageProcessor:
+        """The processor saved with the model: CLIP's resize and centre crop, rescaling to [0, 1], no normalisation.
+
+        The source model's processor settings are kept when the model was B-cosified from a folder that had one.
+        """
+        if self._image_processor is not None:
+            processor = CLIPImageProcessor(**self._image_processor.to_dict())
+        else:
+            size = self.vision_config.image_size
+            processor = CLIPImageProcessor(
+                size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_center_crop=True
+            )
+        processor.do_rescale = True
+        processor.do_normalize = False
+        return processor
+
+    def _save_processors(self, save_directory: str | os.PathLike) -> None:
+        self.default_image_processor().save_pretrained(save_directory)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """Save weights, config, remote code and the processor, so the folder loads with ``AutoModel`` alone."""
+        module = type(self).__module__.rsplit(".", 1)[-1]
+        auto_map = getattr(self.config, "auto_map", None) or {}
+        self.config.auto_map = {**auto_map, "AutoModel": f"{module}.{type(self).__name__}"}
+        if kwargs.get("is_main_process", True):
+            os.makedirs(save_directory, exist_ok=True)
+            self._save_processors(save_directory)
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
+    """The B-cos CLIP image tower: image embeddings in the CLIP space and exact explanations of prompt similarities.
+
+    It takes images in [0, 1]. Having no text tower, it explains prompts given as ``text_embeds`` (from the original
+    CLIP model's ``get_text_features``); :class:`BcosCLIPModel` also takes the prompts as text.
+    """
+
+    config_class = BcosCLIPVisionConfig
+    input_modalities = ("image",)
+
+    def __init__(self, config: BcosCLIPVisionConfig):
+        super().__init__(config)
+        self._build_image_tower(config, config.projection_dim)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        teacher_embeds: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BcosCLIPVisionModelOutput:
+        """Image embeddings of (N, 3, H, W) images in [0, 1].
+
+        With ``teacher_embeds`` (N, P), the original model's embeddings of the same images, ``loss`` is the
+        distillation loss (:func:`siglip_distillation_loss`) that B-cosification trains with.
+        """
+        outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, output_hidden_states)
+        loss = None
+        if teacher_embeds is not None:
+            loss = siglip_distillation_loss(outputs.pooler_output, teacher_embeds.to(outputs.pooler_output.device))
+        return BcosCLIPVisionModelOutput(
+            loss=loss,
+            image_embeds=outputs.pooler_output,
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+        )
+
+    @classmethod
+    def from_pretrained_standard(
+        cls,
+        source,
+        b: float = 2.0,
+        bias: str = "remove",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        **config_overrides,
+    ) -> "BcosCLIPVisionModel":
+        """B-cosify the image tower of a transformers CLIP model (folder, Hub id, ``CLIPModel`` or
+        ``CLIPVisionModelWithProjection``).
+
+        At ``b=1, bias="keep"`` the result computes the source's image embeddings exactly. The source's mean/std
+        normalisation is folded into the patch embedding; it is read from the folder's ``preprocessor_config.json``
+        (for a loaded model, OpenAI CLIP's is assumed unless ``image_mean``/``image_std`` are given).
+        ``bias="remove"`` drops every bias that adds a constant to the embedding (the paper's choice). Extra keyword
+        arguments override fields of the vision config.
+        """
+        from .convert_clip import bcosify_clip
+
+        return bcosify_clip(cls, source, b=b, bias=bias, image_mean=image_mean, image_std=image_std, **config_overrides)
+
+
+class BcosCLIPModel(BcosCLIPPreTrainedModel):
+    """B-cos CLIP: the B-cos image tower beside the original (frozen) CLIP text tower.
+
+    ``forward(input_ids, pixel_values)`` returns ``logits_per_image`` / ``logits_per_text`` like transformers'
+    ``CLIPModel``, so ``pipeline("zero-shot-image-classification")`` works with it, and :meth:`explain` shows which
+    pixels make an image match a prompt.
+    """
+
+    config_class = BcosCLIPConfig
+    main_input_name = "input_ids"
+
+    def __init__(self, config: BcosCLIPConfig):
+        super().__init__(config)
+        self._build_image_tower(config.vision_config, config.projection_dim)
+        self.text_model = CLIPTextModel._from_config(config.text_config)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.post_init()
+        if config.freeze_text_model:
+            self.freeze_text_model()
+
+    def freeze_text_model(self) -> None:
+        """Stop gradients to the text tower, the text projection and ``logit_scale``: only the image tower learns."""
+        self.text_model.requires_grad_(False)
+        self.text_projection.requires_grad_(False)
+        self.logit_scale.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading replaces the parameters, which drops the freezing done in __init__: apply it again.
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if model.config.freeze_text_model:
+            model.freeze_text_model()
+        return loaded
+
+    @property
+    def tokenizer(self):
+        """The CLIP tokenizer ``explain(text=...)`` uses: the source's, or the one saved beside the weights."""
+        if self._tokenizer is None and self.name_or_path:
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+            except (OSError, ValueError, KeyError) as error:
+                logger.info(f"No tokenizer could be loaded from {self.name_or_path}: {error}")
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """The text embeddings as ``pooler_output`` (projected, not normalised), as transformers' CLIP returns them."""
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        outputs.pooler_output = self.text_projection(outputs.pooler_output)
+        return outputs
+
+    def _encode_prompts(self, text: list[str]) -> torch.Tensor:
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            raise ValueError(
+                "explain(text=...) needs the CLIP tokenizer, and this model has none (it was built from a loaded "
+                "model or a folder without tokenizer files). Set `model.tokenizer = "
+                "CLIPTokenizer.from_pretrained(...)` or pass text_embeds=."
+            )
+        inputs = tokenizer(text, padding=True, truncation=True, return_tensors="pt")
+        device = self.text_projection.weight.device
+        with torch.no_grad():
+            return self.get_text_features(
+                input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device)
+            ).pooler_output
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        teacher_embeds: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> CLIPOutput:
+        """Zero-shot logits: ``logit_scale.exp()`` times the cosines between image and text embeddings.
+
+        ``loss`` is the distillation loss when ``teacher_embeds`` (N, P) are given, else CLIP's contrastive loss
+        when ``return_loss`` is set.
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError("BcosCLIPModel needs both input_ids (tokenised prompts) and pixel_values (images).")
+        vision_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, output_hidden_states)
+        text_outputs = self.get_text_features(input_ids, attention_mask, position_ids)
+        image_embeds = self.embedding_normalizer(vision_outputs.pooler_output)
+        text_embeds = text_outputs.pooler_output
+        text_embeds = text_embeds / torch.linalg.vector_norm(text_embeds, dim=-1, keepdim=True)
+        logits_per_text = text_embeds @ image_embeds.T.to(text_embeds.device) * self.logit_scale.exp()
+        logits_per_image = logits_per_text.T
+        loss = None
+        if teacher_embeds is not None:
+            student = vision_outputs.pooler_output
+            loss = siglip_distillation_loss(student, teacher_embeds.to(student.device))
+        elif return_loss:
+            labels = torch.arange(len(logits_per_image), device=logits_per_image.device)
+            loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        return CLIPOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+
+    def _save_processors(self, save_directory: str | os.PathLike) -> None:
+        tokenizer = self._tokenizer if self._tokenizer is not None else self.tokenizer
+        if tokenizer is None:
+            logger.warning(
+                "Saving without a tokenizer (the model has none): the folder will not work with "
+                "pipeline('zero-shot-image-classification') until a CLIP tokenizer is saved beside it. Set "
+                "`model.tokenizer` before saving."
+            )
+            super()._save_processors(save_directory)
+            return
+        CLIPProcessor(image_processor=self.default_image_processor(), tokenizer=tokenizer).save_pretrained(
+            save_directory
+        )
+
+    @classmethod
+    def from_pretrained_standard(
+        cls,
+        source,
+        b: float = 2.0,
+        bias: str = "remove",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        **config_overrides,
+    ) -> "BcosCLIPModel":
+        """B-cosify a transformers ``CLIPModel`` (folder, Hub id or loaded model): B-cos image tower, original text.
+
+        At ``b=1, bias="keep"`` the result computes the source's embeddings and zero-shot logits exactly. The source's
+        mean/std normalisation is folded into the patch embedding; it is read from the folder's
+        ``preprocessor_config.json`` (for a loaded model, OpenAI CLIP's is assumed unless ``image_mean``/``image_std``
+        are given). The folder's tokenizer and image processor are kept for ``explain(text=...)`` and
+        ``save_pretrained``. ``bias="remove"`` drops every image-tower bias that adds a constant to the embedding (the
+        paper's choice). Extra keyword arguments override fields of the vision config.
+        """
+        from .convert_clip import bcosify_clip
+
+        return bcosify_clip(cls, source, b=b, bias=bias, image_mean=image_mean, image_std=image_std, **config_overrides)
+
+
+BcosCLIPVisionConfig.register_for_auto_class()
+BcosCLIPConfig.register_for_auto_class()
+BcosCLIPVisionModel.register_for_auto_class("AutoModel")
+BcosCLIPModel.register_for_auto_class("AutoModelForZeroShotImageClassification")
