@@ -1,0 +1,83 @@
+"""The classifier's outputs and losses follow transformers' conventions and the B-cos papers."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bcos_zoo import BcosViTConfig, BcosViTForImageClassification, BcosViTModel
+
+
+def tiny_config(**overrides) -> BcosViTConfig:
+    fields = dict(
+        image_size=16,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=4,
+    )
+    return BcosViTConfig(**{**fields, **overrides})
+
+
+def test_bce_loss_uses_off_target_labels_of_one_over_c():
+    torch.manual_seed(0)
+    model = BcosViTForImageClassification(tiny_config())
+    x, labels = torch.rand(3, 3, 16, 16), torch.tensor([0, 3, 1])
+    out = model(pixel_values=x, labels=labels)
+    targets = F.one_hot(labels, 4).float().clamp_min(1 / 4)
+    assert torch.allclose(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets))
+    soft = model(pixel_values=x, labels=F.one_hot(labels, 4).float())
+    assert torch.allclose(soft.loss, out.loss)
+
+
+def test_cross_entropy_is_selectable():
+    torch.manual_seed(0)
+    model = BcosViTForImageClassification(tiny_config(loss="cross_entropy"))
+    x, labels = torch.rand(2, 3, 16, 16), torch.tensor([2, 1])
+    out = model(pixel_values=x, labels=labels)
+    assert torch.allclose(out.loss, F.cross_entropy(out.logits, labels))
+
+
+def test_default_logit_bias_is_minus_log_c_minus_1():
+    assert tiny_config(num_labels=10).resolved_logit_bias == pytest.approx(-math.log(9))
+    assert tiny_config(logit_bias=0.5).resolved_logit_bias == 0.5
+
+
+def test_hidden_states_are_returned_on_request():
+    model = BcosViTForImageClassification(tiny_config())
+    out = model(pixel_values=torch.rand(1, 3, 16, 16), output_hidden_states=True)
+    assert len(out.hidden_states) == 3 and out.hidden_states[0].shape == (1, 5, 32)
+
+
+def test_backbone_pools_the_class_token_or_the_mean_of_patches():
+    x = torch.rand(2, 3, 16, 16)
+    cls = BcosViTModel(tiny_config())(pixel_values=x)
+    mean = BcosViTModel(tiny_config(use_class_token=False, pooling="mean"))(pixel_values=x)
+    assert cls.last_hidden_state.shape == (2, 5, 32) and mean.last_hidden_state.shape == (2, 4, 32)
+    assert cls.pooler_output.shape == mean.pooler_output.shape == (2, 32)
+
+
+def test_training_step_reduces_the_loss():
+    torch.manual_seed(0)
+    model = BcosViTForImageClassification(tiny_config())
+    x, labels = torch.rand(8, 3, 16, 16), torch.randint(0, 4, (8,))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    first = model(pixel_values=x, labels=labels).loss
+    for _ in range(20):
+        loss = model(pixel_values=x, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first.item()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_bfloat16_forward_and_explanation_run():
+    model = BcosViTForImageClassification(tiny_config()).to(torch.bfloat16).eval()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.bfloat16)
+    explanation = model.explain(x)
+    assert explanation.contributions.dtype == torch.bfloat16 and explanation.rgba.shape == (2, 16, 16, 4)
+    assert torch.isfinite(model(pixel_values=x).logits).all()
