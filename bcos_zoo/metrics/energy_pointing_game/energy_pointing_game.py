@@ -1,0 +1,65 @@
+"""Energy pointing game: the share of an explanation's positive attribution that falls inside the object's box."""
+
+import datasets
+import evaluate
+import numpy as np
+
+
+_DESCRIPTION = """
+Energy pointing game: positive attribution inside the object's bounding box divided by the positive attribution
+in the whole image. Negative attribution is ignored; an explanation with no positive attribution scores 0.
+Boxes are [x0, y0, x1, y1] in pixel coordinates, end-exclusive. Returns the mean score.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    attributions: list of (H, W) arrays, one explanation per image.
+    boxes: list of [x0, y0, x1, y1] boxes (pixels, end-exclusive).
+Returns:
+    energy_pointing_game: mean score in [0, 1].
+Example:
+    >>> metric = evaluate.load("bcos_zoo/metrics/energy_pointing_game")
+    >>> metric.compute(attributions=[np.ones((4, 4))], boxes=[[0, 0, 2, 2]])
+    {'energy_pointing_game': 0.25}
+"""
+
+_CITATION = """
+@inproceedings{wang2020scorecam,
+  title={Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks},
+  author={Wang, Haofan and Wang, Zifan and Du, Mengnan and Yang, Fan and Zhang, Zijian and Ding, Sirui and
+          Mardziel, Piotr and Hu, Xia},
+  booktitle={CVPR Workshops},
+  year={2020}
+}
+"""
+
+
+def box_score(attribution: np.ndarray, box) -> float:
+    """Positive attribution inside ``box`` over positive attribution in the image (0 when there is none)."""
+    positive = np.clip(np.asarray(attribution, dtype=np.float64), 0, None)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    height, width = positive.shape
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(f"Box {list(box)} does not lie inside a {height}x{width} attribution with x0 < x1, y0 < y1.")
+    total = positive.sum()
+    return float(positive[y0:y1, x0:x1].sum() / total) if total > 0 else 0.0
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class EnergyPointingGame(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features(
+                {
+                    "attributions": datasets.Sequence(datasets.Sequence(datasets.Value("float64"))),
+                    "boxes": datasets.Sequence(datasets.Value("float64"), length=4),
+                }
+            ),
+        )
+
+    def _compute(self, attributions, boxes):
+        scores = [box_score(np.asarray(a), b) for a, b in zip(attributions, boxes)]
+        return {"energy_pointing_game": float(np.mean(scores)) if scores else 0.0}

@@ -1,0 +1,92 @@
+"""The localisation metrics score constructed attributions exactly as defined, and load offline with evaluate."""
+
+import evaluate
+import numpy as np
+import pytest
+
+from bcos_zoo.metrics import metric_path
+
+
+@pytest.fixture(scope="module")
+def grid_pg():
+    return evaluate.load(metric_path("grid_pointing_game"))
+
+
+@pytest.fixture(scope="module")
+def energy_pg():
+    return evaluate.load(metric_path("energy_pointing_game"))
+
+
+def grid_with(values: dict[int, float], rows=2, cols=2, cell=3) -> np.ndarray:
+    """A rows x cols grid of cell x cell tiles, tile k filled with values[k] (0 elsewhere)."""
+    grid = np.zeros((rows * cell, cols * cell))
+    for index, value in values.items():
+        r, c = divmod(index, cols)
+        grid[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] = value
+    return grid
+
+
+def test_all_attribution_in_the_target_cell_scores_one(grid_pg):
+    assert grid_pg.compute(attributions=[grid_with({2: 1.0})], cell_index=[2], grid_size=[2, 2]) == {
+        "grid_pointing_game": 1.0
+    }
+
+
+def test_cells_are_numbered_row_major_from_the_top_left(grid_pg):
+    attribution = grid_with({1: 3.0, 2: 1.0}, rows=2, cols=3)  # cell 1: top middle; cell 2: top right
+    result = grid_pg.compute(attributions=[attribution, attribution], cell_index=[1, 2], grid_size=[2, 3])
+    assert result["grid_pointing_game"] == pytest.approx((0.75 + 0.25) / 2)
+
+
+def test_negative_attribution_is_ignored(grid_pg):
+    attribution = grid_with({0: 1.0, 1: 1.0, 3: -5.0})
+    assert grid_pg.compute(attributions=[attribution], cell_index=[0], grid_size=[2, 2])[
+        "grid_pointing_game"
+    ] == pytest.approx(0.5)
+
+
+def test_no_positive_attribution_scores_zero(grid_pg):
+    attributions = [np.zeros((6, 6)), -np.ones((6, 6))]
+    assert grid_pg.compute(attributions=attributions, cell_index=[0, 1], grid_size=[2, 2]) == {
+        "grid_pointing_game": 0.0
+    }
+
+
+def test_grid_that_does_not_divide_the_attribution_is_rejected(grid_pg):
+    with pytest.raises(ValueError, match="does not split"):
+        grid_pg.compute(attributions=[np.ones((5, 6))], cell_index=[0], grid_size=[2, 2])
+
+
+def test_energy_inside_the_box_over_the_total(energy_pg):
+    attribution = np.ones((4, 8))
+    attribution[0, 0] = 5.0  # inside the box
+    attribution[3, 7] = -2.0  # negative, outside: ignored
+    result = energy_pg.compute(attributions=[attribution], boxes=[[0, 0, 2, 2]])
+    assert result["energy_pointing_game"] == pytest.approx(8.0 / 35.0)
+
+
+def test_boxes_are_end_exclusive_pixel_coordinates(energy_pg):
+    attribution = np.zeros((4, 4))
+    attribution[1, 2] = 1.0  # row 1, column 2
+    inside = energy_pg.compute(attributions=[attribution], boxes=[[2, 1, 3, 2]])
+    outside = energy_pg.compute(attributions=[attribution], boxes=[[0, 0, 2, 4]])
+    assert inside["energy_pointing_game"] == 1.0 and outside["energy_pointing_game"] == 0.0
+
+
+def test_energy_of_an_empty_explanation_is_zero(energy_pg):
+    assert energy_pg.compute(attributions=[np.zeros((3, 3))], boxes=[[0, 0, 1, 1]]) == {"energy_pointing_game": 0.0}
+
+
+def test_box_outside_the_image_is_rejected(energy_pg):
+    with pytest.raises(ValueError, match="does not lie inside"):
+        energy_pg.compute(attributions=[np.ones((3, 3))], boxes=[[0, 0, 4, 2]])
+
+
+def test_offline_accuracy():
+    accuracy = evaluate.load(metric_path("bcos_accuracy"))
+    assert accuracy.compute(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2]) == {"accuracy": 0.75}
+
+
+def test_unknown_metric_name_lists_the_available_ones():
+    with pytest.raises(ValueError, match="grid_pointing_game"):
+        metric_path("pointing")
