@@ -176,6 +176,7 @@ class BcosCLIPPreTrainedModel(PreTrainedModel):
         # what from_pretrained_standard carries over from the source folder, for save_pretrained and explain(text=)
         self._image_processor = None
         self._tokenizer = None
+        self._tokenizer_looked_up = False
 
     def _image_embeds(
         self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False, output_hidden_states: bool = False
@@ -405,7 +406,8 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
     @property
     def tokenizer(self):
         """The CLIP tokenizer ``explain(text=...)`` uses: the source's, or the one saved beside the weights."""
-        if self._tokenizer is None and self.name_or_path:
+        if self._tokenizer is None and self.name_or_path and not self._tokenizer_looked_up:
+            self._tokenizer_looked_up = True
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
             except (OSError, ValueError, KeyError) as error:
@@ -415,6 +417,7 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
     @tokenizer.setter
     def tokenizer(self, tokenizer) -> None:
         self._tokenizer = tokenizer
+        self._tokenizer_looked_up = True
 
     def get_text_features(
         self,

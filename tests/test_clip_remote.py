@@ -1,0 +1,81 @@
+"""Saved B-cos CLIP folders stand on their own: AutoModel and the zero-shot pipeline load them as remote code."""
+
+import json
+
+import torch
+from clip_testing import PROMPTS, byte_level_tokenizer, images, save_source
+
+from bcos_zoo import BcosCLIPModel, BcosCLIPVisionModel
+
+
+def test_saved_folders_load_as_remote_code_in_a_clean_interpreter(tmp_path, clean_python):
+    save_source(tmp_path / "source")
+    clip = BcosCLIPModel.from_pretrained_standard(tmp_path / "source").eval()
+    vision = BcosCLIPVisionModel.from_pretrained_standard(tmp_path / "source").eval()
+    clip.save_pretrained(tmp_path / "bcos-clip")
+    vision.save_pretrained(tmp_path / "bcos-clip-vision")
+
+    config = json.loads((tmp_path / "bcos-clip" / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_bcos_clip.BcosCLIPModel"
+    assert config["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_bcos_clip.BcosCLIPModel"
+    processor = json.loads((tmp_path / "bcos-clip" / "processor_config.json").read_text())
+    assert processor["image_processor"]["do_normalize"] is False
+
+    x = images(2)
+    inputs = byte_level_tokenizer()(PROMPTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = {
+            "x": x,
+            "input_ids": inputs["input_ids"],
+            "attention_mask": inputs["attention_mask"],
+            "logits_per_image": clip(**inputs, pixel_values=x).logits_per_image,
+            "image_embeds": vision(x).image_embeds,
+        }
+    torch.save(expected, tmp_path / "expected.pt")
+
+    stdout = clean_python(
+        """
+        import numpy as np
+        import torch
+        from PIL import Image
+        from transformers import AutoModel, AutoProcessor, pipeline
+
+        expected = torch.load("expected.pt")
+        clip = AutoModel.from_pretrained("bcos-clip", trust_remote_code=True).eval()
+        vision = AutoModel.from_pretrained("bcos-clip-vision", trust_remote_code=True).eval()
+        assert type(clip).__name__ == "BcosCLIPModel", type(clip)
+        assert type(vision).__name__ == "BcosCLIPVisionModel", type(vision)
+        assert not type(clip).__module__.startswith("bcos_zoo"), type(clip).__module__
+        with torch.no_grad():
+            logits = clip(
+                input_ids=expected["input_ids"],
+                attention_mask=expected["attention_mask"],
+                pixel_values=expected["x"],
+            ).logits_per_image
+            embeds = vision(pixel_values=expected["x"]).image_embeds
+        assert torch.allclose(logits, expected["logits_per_image"], atol=1e-5), (logits, expected["logits_per_image"])
+        assert torch.allclose(embeds, expected["image_embeds"], atol=1e-5)
+        explanation = clip.explain(expected["x"], text=["a photo of a cat", "a photo of a dog"])
+        assert explanation.contributions.shape == (2, 32, 32)
+
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+        labels = ["cat", "dog", "car"]
+        classifier = pipeline("zero-shot-image-classification", model="bcos-clip", trust_remote_code=True)
+        results = classifier(image, candidate_labels=labels)
+        scores = {r["label"]: r["score"] for r in results}
+        assert sorted(scores) == sorted(labels), results
+        assert abs(sum(scores.values()) - 1) < 1e-5, results
+
+        processor = AutoProcessor.from_pretrained("bcos-clip")
+        prompts = [f"This is a photo of {label}." for label in labels]
+        inputs = processor(text=prompts, images=image, padding=True, return_tensors="pt")
+        assert 0 <= inputs["pixel_values"].min() and inputs["pixel_values"].max() <= 1
+        with torch.no_grad():
+            probs = clip(**inputs).logits_per_image.softmax(-1)[0]
+        for label, prob in zip(labels, probs.tolist()):
+            assert abs(scores[label] - prob) < 1e-5, (label, scores[label], prob)
+        print("remote ok", results[0]["label"])
+        """,
+        cwd=tmp_path,
+    )
+    assert "remote ok" in stdout
