@@ -52,6 +52,8 @@ def test_short_optimisation_of_a_bcos_tower_lowers_the_distillation_loss():
         teacher_embeds = distillation.teacher_embeds(x)
         reference = teacher(pixel_values=normalize(x)).image_embeds
     assert torch.allclose(teacher_embeds, reference, atol=1e-6)
+    # a whole CLIPModel serves as teacher too (its image tower is used)
+    assert torch.allclose(CLIPDistillationLoss(teacher_clip).teacher_embeds(x), reference, atol=1e-6)
 
     def matched_cosine() -> float:
         with torch.no_grad():
