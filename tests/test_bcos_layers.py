@@ -36,10 +36,11 @@ def test_bcos_unit_at_b1_is_the_linear_map():
     assert torch.equal(unit(x), F.linear(x, unit.weight, unit.bias))
 
 
+@pytest.mark.parametrize("batch", [2, 40], ids=["few-rows", "many-rows"])
 @pytest.mark.parametrize("b", [1.5, 2.0, 3.0])
-def test_bcos_unit_scales_by_the_cosine_to_the_power_b_minus_1(b):
+def test_bcos_unit_scales_by_the_cosine_to_the_power_b_minus_1(b, batch):
     unit = bcos_unit(b)
-    x = torch.randn(4, 7, dtype=torch.float64)
+    x = torch.randn(batch, 7, dtype=torch.float64)
     linear = x @ unit.weight.T
     cos = linear / (x.norm(dim=1, keepdim=True) * unit.weight.norm(dim=1))
     assert torch.allclose(unit(x), linear * cos.abs().pow(b - 1), rtol=1e-12)

@@ -95,9 +95,14 @@ class BcosLinear(DynamicModule):
         weight_norm = torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
         if self.b == 2 and not self.detach_dynamic:
             # (w.x)|w.x| / (|w||x|) as y|y| with y = (w/sqrt|w|).(x/sqrt|x|): the norms scale the operands of the
-            # matmul instead of its output, two passes over the output instead of five.
-            scaled = F.linear(x * input_norm.rsqrt(), self.weight * weight_norm.rsqrt())
-            out = scaled * scaled.abs()
+            # matmul rather than its output. |w| goes on the weight or on the output, whichever is smaller.
+            scaled_input = x * input_norm.rsqrt()
+            if x.numel() >= self.weight.numel():
+                scaled = F.linear(scaled_input, self.weight * weight_norm.rsqrt())
+                out = scaled * scaled.abs()
+            else:
+                scaled = F.linear(scaled_input, self.weight)
+                out = scaled * scaled.abs() / weight_norm.T
         else:
             out = F.linear(x, self.weight)
             abs_cos = out.abs() / (input_norm * weight_norm.T)
