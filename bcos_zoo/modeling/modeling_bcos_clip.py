@@ -167,6 +167,30 @@ class BcosCLIPPreTrainedModel(PreTrainedModel):
         """Context manager: detach every dynamic factor, making the image tower a dynamic linear map."""
         return explanation_mode(self)
 
+    @classmethod
+    def from_pretrained_standard(
+        cls,
+        source,
+        b: float = 2.0,
+        bias: str = "remove",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        **config_overrides,
+    ):
+        """B-cosify a transformers CLIP model (folder, Hub id, ``CLIPModel``; for the vision model also
+        ``CLIPVisionModelWithProjection``): a B-cos image tower, and for :class:`BcosCLIPModel` the original text tower.
+
+        At ``b=1, bias="keep"`` the result computes the source's image embeddings (and zero-shot logits) exactly. The
+        source's mean/std normalisation is folded into the patch embedding; it is read from the folder's image
+        processor (for a loaded model, OpenAI CLIP's is assumed unless ``image_mean``/``image_std`` are given). The
+        folder's tokenizer and image processor are kept for ``explain(text=...)`` and ``save_pretrained``.
+        ``bias="remove"`` drops every image-tower bias that adds a constant to the embedding (the paper's choice).
+        Extra keyword arguments override fields of the vision config.
+        """
+        from .convert_clip import bcosify_clip
+
+        return bcosify_clip(cls, source, b=b, bias=bias, image_mean=image_mean, image_std=image_std, **config_overrides)
+
     # -- the B-cos image tower, shared by both models ------------------------------------------------------------
 
     def _build_image_tower(self, config: BcosCLIPVisionConfig, projection_dim: int) -> None:
@@ -343,29 +367,6 @@ class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
             hidden_states=outputs.hidden_states,
         )
 
-    @classmethod
-    def from_pretrained_standard(
-        cls,
-        source,
-        b: float = 2.0,
-        bias: str = "remove",
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
-        **config_overrides,
-    ) -> "BcosCLIPVisionModel":
-        """B-cosify the image tower of a transformers CLIP model (folder, Hub id, ``CLIPModel`` or
-        ``CLIPVisionModelWithProjection``).
-
-        At ``b=1, bias="keep"`` the result computes the source's image embeddings exactly. The source's mean/std
-        normalisation is folded into the patch embedding; it is read from the folder's ``preprocessor_config.json``
-        (for a loaded model, OpenAI CLIP's is assumed unless ``image_mean``/``image_std`` are given).
-        ``bias="remove"`` drops every bias that adds a constant to the embedding (the paper's choice). Extra keyword
-        arguments override fields of the vision config.
-        """
-        from .convert_clip import bcosify_clip
-
-        return bcosify_clip(cls, source, b=b, bias=bias, image_mean=image_mean, image_std=image_std, **config_overrides)
-
 
 class BcosCLIPModel(BcosCLIPPreTrainedModel):
     """B-cos CLIP: the B-cos image tower beside the original (frozen) CLIP text tower.
@@ -502,29 +503,6 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         CLIPProcessor(image_processor=self.default_image_processor(), tokenizer=tokenizer).save_pretrained(
             save_directory
         )
-
-    @classmethod
-    def from_pretrained_standard(
-        cls,
-        source,
-        b: float = 2.0,
-        bias: str = "remove",
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
-        **config_overrides,
-    ) -> "BcosCLIPModel":
-        """B-cosify a transformers ``CLIPModel`` (folder, Hub id or loaded model): B-cos image tower, original text.
-
-        At ``b=1, bias="keep"`` the result computes the source's embeddings and zero-shot logits exactly. The source's
-        mean/std normalisation is folded into the patch embedding; it is read from the folder's
-        ``preprocessor_config.json`` (for a loaded model, OpenAI CLIP's is assumed unless ``image_mean``/``image_std``
-        are given). The folder's tokenizer and image processor are kept for ``explain(text=...)`` and
-        ``save_pretrained``. ``bias="remove"`` drops every image-tower bias that adds a constant to the embedding (the
-        paper's choice). Extra keyword arguments override fields of the vision config.
-        """
-        from .convert_clip import bcosify_clip
-
-        return bcosify_clip(cls, source, b=b, bias=bias, image_mean=image_mean, image_std=image_std, **config_overrides)
 
 
 BcosCLIPVisionConfig.register_for_auto_class()
