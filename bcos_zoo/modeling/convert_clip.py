@@ -17,9 +17,8 @@ from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
 from transformers.utils import logging
 
-from .bcos_layers import ACTIVATION_ALIASES
 from .configuration_bcos_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, BcosCLIPConfig, BcosCLIPVisionConfig
-from .convert_standard import PATCH_WEIGHT, fold_normalization, load_exactly
+from .convert_standard import PATCH_WEIGHT, fold_normalization, load_exactly, transformers_vit_fields
 
 
 logger = logging.get_logger(__name__)
@@ -125,20 +124,8 @@ def _source_image_processor(folder: Path) -> tuple[CLIPImageProcessor | None, tu
 def vision_architecture(model: CLIPModel | CLIPVisionModelWithProjection) -> dict:
     """The ``BcosCLIPVisionConfig`` fields that describe the source's image tower."""
     config = model.config.vision_config if isinstance(model, CLIPModel) else model.config
-    if not isinstance(config.image_size, int) or not isinstance(config.patch_size, int):
-        raise ValueError("Only square images and patches (integer image_size and patch_size) are supported.")
-    if config.hidden_act not in ACTIVATION_ALIASES:
-        raise ValueError(f"Unsupported activation {config.hidden_act!r}; supported: {sorted(ACTIVATION_ALIASES)}.")
     return dict(
-        image_size=config.image_size,
-        patch_size=config.patch_size,
-        num_channels=config.num_channels,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        hidden_act=config.hidden_act,
-        layer_norm_eps=config.layer_norm_eps,
+        transformers_vit_fields(config),
         attention_qk_bias=True,
         use_class_token=True,
         use_position_embeddings=True,

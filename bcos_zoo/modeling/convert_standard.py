@@ -117,22 +117,21 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def from_transformers_vit(model: ViTForImageClassification, mean, std) -> StandardViT:
-    config = model.config
+def transformers_vit_fields(config) -> dict:
+    """The ``BcosViTConfig`` fields a transformers ViT-style config (ViT, CLIP vision) states as they are."""
     if not isinstance(config.image_size, int) or not isinstance(config.patch_size, int):
         raise ValueError("Only square images and patches (integer image_size and patch_size) are supported.")
     if config.hidden_act not in ACTIVATION_ALIASES:
         raise ValueError(f"Unsupported activation {config.hidden_act!r}; supported: {sorted(ACTIVATION_ALIASES)}.")
+    names = ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads")
+    names += ("intermediate_size", "hidden_act", "layer_norm_eps")
+    return {name: getattr(config, name) for name in names}
+
+
+def from_transformers_vit(model: ViTForImageClassification, mean, std) -> StandardViT:
+    config = model.config
     architecture = dict(
-        image_size=config.image_size,
-        patch_size=config.patch_size,
-        num_channels=config.num_channels,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        hidden_act=config.hidden_act,
-        layer_norm_eps=config.layer_norm_eps,
+        transformers_vit_fields(config),
         attention_qk_bias=config.qkv_bias,
         id2label=dict(config.id2label),
         pooling="cls",
