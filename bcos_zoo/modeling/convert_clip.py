@@ -7,18 +7,23 @@ of leaving a parameter randomly initialised. Hub-facing: torch, transformers, hu
 """
 
 import copy
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
 from transformers.utils import logging
 
 from .configuration_bcos_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, BcosCLIPConfig, BcosCLIPVisionConfig
-from .convert_standard import PATCH_WEIGHT, fold_normalization, load_exactly, transformers_vit_fields
+from .convert_standard import (
+    PATCH_WEIGHT,
+    fold_normalization,
+    load_exactly,
+    read_json,
+    resolve_folder,
+    transformers_vit_fields,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -50,28 +55,6 @@ class StandardCLIP:
     image_processor: CLIPImageProcessor | None
 
 
-def resolve_clip_folder(source: str | Path) -> Path:
-    """A local folder as it is; anything else is taken as a Hub repo id and downloaded (config, weights, tokenizer)."""
-    path = Path(source)
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ValueError(f"{source!r} is a file; pass the folder that holds config.json and the weights.")
-    try:
-        # model*.safetensors skips the open_clip copy of the weights that laion repos also hold
-        patterns = ["*.json", "*.txt", "model*.safetensors"]
-        return Path(snapshot_download(str(source), allow_patterns=patterns))
-    except Exception as error:
-        raise ValueError(
-            f"{source!r} is neither a local folder nor a Hub repo that could be downloaded ({error}). "
-            f"Supported sources: {SUPPORTED_CLIP_SOURCES}."
-        ) from error
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def load_standard_clip(source, vision_only: bool) -> StandardCLIP:
     """Read a supported CLIP from a module, a folder or a Hub id."""
     allowed = (CLIPModel, CLIPVisionModelWithProjection) if vision_only else (CLIPModel,)
@@ -79,8 +62,9 @@ def load_standard_clip(source, vision_only: bool) -> StandardCLIP:
         return StandardCLIP(source, None, None, None, None)
     if isinstance(source, torch.nn.Module) or not isinstance(source, (str, Path)):
         raise ValueError(f"Cannot B-cosify a {type(source).__name__}. Supported sources: {SUPPORTED_CLIP_SOURCES}.")
-    folder = resolve_clip_folder(source)
-    config = _read_json(folder / "config.json")
+    # model*.safetensors skips the open_clip copy of the weights that laion repos also hold
+    folder = resolve_folder(source, ("*.json", "*.txt", "model*.safetensors"), SUPPORTED_CLIP_SOURCES)
+    config = read_json(folder / "config.json")
     if config is None:
         raise ValueError(f"{folder} has no config.json. Supported sources: {SUPPORTED_CLIP_SOURCES}.")
     model_type = config.get("model_type")

@@ -57,19 +57,21 @@ def fold_normalization(weight: torch.Tensor, mean, std) -> torch.Tensor:
     return torch.cat([w * (1 - mean) / std, -w * mean / std], dim=1).to(weight.dtype)
 
 
-def resolve_folder(source: str | Path) -> Path:
-    """A local folder as it is; anything else is taken as a Hub repo id and downloaded (config and safetensors)."""
+def resolve_folder(
+    source: str | Path, patterns: tuple[str, ...] = ("*.json", "*.safetensors"), supported: str = SUPPORTED_VIT_SOURCES
+) -> Path:
+    """A local folder as it is; anything else is taken as a Hub repo id and its files matching ``patterns`` fetched."""
     path = Path(source)
     if path.is_dir():
         return path
     if path.exists():
         raise ValueError(f"{source!r} is a file; pass the folder that holds config.json and the weights.")
     try:
-        return Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors"]))
+        return Path(snapshot_download(str(source), allow_patterns=list(patterns)))
     except Exception as error:
         raise ValueError(
             f"{source!r} is neither a local folder nor a Hub repo that could be downloaded ({error}). "
-            f"Supported sources: {SUPPORTED_VIT_SOURCES}."
+            f"Supported sources: {supported}."
         ) from error
 
 
@@ -83,7 +85,7 @@ def load_standard_vit(source) -> StandardViT:
     if isinstance(source, nn.Module):
         raise ValueError(f"Cannot B-cosify a {type(source).__name__}. Supported sources: {SUPPORTED_VIT_SOURCES}.")
     folder = resolve_folder(source)
-    config = _read_json(folder / "config.json")
+    config = read_json(folder / "config.json")
     if config is None:
         raise ValueError(f"{folder} has no config.json. Supported sources: {SUPPORTED_VIT_SOURCES}.")
     if "architecture" in config:
@@ -109,11 +111,11 @@ def load_standard_vit(source) -> StandardViT:
             "A checkpoint without a classification head (e.g. *-in21k feature extractors) cannot be B-cosified "
             "as a classifier."
         )
-    processor = _read_json(folder / "preprocessor_config.json") or {}
+    processor = read_json(folder / "preprocessor_config.json") or {}
     return from_transformers_vit(model, processor.get("image_mean"), processor.get("image_std"))
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
