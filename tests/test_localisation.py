@@ -1,0 +1,256 @@
+"""The localisation harness: which images it picks, how it tiles them, how it explains grids, how it scores."""
+
+import evaluate
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sources import hf_vit
+
+from bcos_zoo import BcosViTForImageClassification
+from bcos_zoo.localisation import (
+    Grid,
+    Predictions,
+    bcos_attribution,
+    confident_pools,
+    energy_pointing_game,
+    evaluate_localisation,
+    grid_pointing_game,
+    image_transform,
+    sample_grids,
+    scaled_box,
+    sliding_window_attribution,
+    tile_grid,
+)
+from bcos_zoo.metrics import metric_path
+
+
+CELL = 8  # pixels per grid cell = the model's input size in these tests
+
+
+def grey_level(label: int) -> float:
+    return (label + 1) / 10
+
+
+def grey_dataset(labels: list[int], size: int = CELL) -> list[tuple[Image.Image, int]]:
+    """Images of class c are a flat grey of level (c + 1) / 10, so the class can be read off every pixel."""
+    return [(Image.new("RGB", (size, size), (round(255 * grey_level(c)),) * 3), c) for c in labels]
+
+
+def grey_classifier(num_classes: int = 6):
+    """Logits that point at the class whose grey level is nearest the image's mean: always right on grey_dataset."""
+    levels = torch.tensor([grey_level(c) for c in range(num_classes)])
+
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        return -100 * (images.mean(dim=(1, 2, 3))[:, None] - levels).abs()
+
+    return classify
+
+
+def finds_the_target(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """An ideal explanation: 1 on the pixels of the target's grey level, 0 elsewhere."""
+    levels = torch.tensor([grey_level(int(t)) for t in targets]).view(-1, 1, 1)
+    return ((images[:, 0] - levels).abs() < 0.02).float()
+
+
+def uniform(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.ones(images.shape[0], *images.shape[2:])
+
+
+def window_coverage(size: int, window: int, stride: int) -> torch.Tensor:
+    """How many half-overlapping windows cover each pixel along one axis: 1 in the outer half windows, 2 inside."""
+    assert stride == window // 2 and size % stride == 0
+    coverage = torch.full((size,), 2.0)
+    coverage[:stride] = 1
+    coverage[-stride:] = 1
+    return coverage
+
+
+# Sliding windows
+
+
+def test_window_attributions_are_summed_back_where_each_window_was_cut():
+    images = torch.rand(2, 3, 2 * CELL, 3 * CELL)
+    summed = sliding_window_attribution(lambda x, t: x[:, 0], images, torch.tensor([0, 1]), window=CELL)
+    half = CELL // 2
+    overlap = torch.outer(window_coverage(2 * CELL, CELL, half), window_coverage(3 * CELL, CELL, half))
+    torch.testing.assert_close(summed, images[:, 0] * overlap)
+
+
+def test_each_window_is_explained_for_its_own_images_target():
+    images = torch.zeros(3, 3, 2 * CELL, 2 * CELL)
+    targets = torch.tensor([4, 1, 7])
+    summed = sliding_window_attribution(
+        lambda x, t: t.float().view(-1, 1, 1).expand(-1, CELL, CELL), images, targets, window=CELL, batch_size=5
+    )
+    overlap = torch.outer(*(window_coverage(2 * CELL, CELL, CELL // 2),) * 2)
+    torch.testing.assert_close(summed, targets.float().view(-1, 1, 1) * overlap)
+
+
+def test_a_stride_that_does_not_tile_the_image_is_rejected():
+    with pytest.raises(ValueError, match="do not tile"):
+        sliding_window_attribution(uniform, torch.zeros(1, 3, 20, 20), torch.tensor([0]), window=8, stride=5)
+
+
+def test_an_attribution_of_the_wrong_shape_is_rejected():
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        sliding_window_attribution(lambda x, t: x, torch.zeros(1, 3, 16, 16), torch.tensor([0]), window=8)
+
+
+# Confident images and grids
+
+
+def test_pools_keep_correct_images_above_the_confidence_threshold_most_confident_first():
+    probabilities = torch.tensor(
+        [
+            [0.6, 0.4, 0.0],  # 0: class 0, right, 0.6
+            [0.9, 0.1, 0.0],  # 1: class 0, right, 0.9
+            [0.2, 0.8, 0.0],  # 2: labelled 0, predicted 1: wrong
+            [0.3, 0.7, 0.0],  # 3: class 1, right, 0.7
+            [0.0, 0.55, 0.45],  # 4: class 1, right, 0.55: under the threshold
+            [0.0, 0.0, 1.0],  # 5: class 2, right, 1.0
+        ]
+    )
+    predictions = Predictions(probabilities, torch.tensor([0, 0, 0, 1, 1, 2]))
+    assert confident_pools(predictions, min_confidence=0.6) == {0: [1, 0], 1: [3], 2: [5]}
+
+
+def test_pools_hold_at_most_max_per_class_of_the_most_confident():
+    probabilities = torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.7, 0.3], [0.2, 0.8]])
+    predictions = Predictions(probabilities, torch.tensor([0, 0, 0, 1]))
+    assert confident_pools(predictions, max_per_class=2) == {0: [1, 2], 1: [3]}
+
+
+@pytest.fixture
+def pools():
+    """Seven classes, class c holding images 10c .. 10c + 2 (most confident first)."""
+    return {c: [10 * c, 10 * c + 1, 10 * c + 2] for c in range(7)}
+
+
+def test_every_grid_holds_images_of_distinct_classes_with_their_labels(pools):
+    grids = sample_grids(pools, grid_size=2, num_grids=30, seed=1)
+    assert len(grids) == 30
+    for grid in grids:
+        assert len(grid.indices) == 4 and len(set(grid.labels)) == 4
+        assert all(index in pools[label] for index, label in zip(grid.indices, grid.labels))
+
+
+def test_grids_use_the_most_confident_images_first(pools):
+    first_use = {}
+    for grid in sample_grids(pools, grid_size=2, num_grids=3, seed=0):
+        for index, label in zip(grid.indices, grid.labels):
+            first_use.setdefault(label, index)
+    assert all(index == pools[label][0] for label, index in first_use.items())
+
+
+def test_grids_are_reproducible_from_the_seed(pools):
+    assert sample_grids(pools, 2, 5, seed=3) == sample_grids(pools, 2, 5, seed=3)
+    assert sample_grids(pools, 2, 5, seed=3) != sample_grids(pools, 2, 5, seed=4)
+
+
+def test_fewer_confident_classes_than_cells_is_an_error(pools):
+    with pytest.raises(ValueError, match="needs 9 classes"):
+        sample_grids(pools, grid_size=3, num_grids=1)
+
+
+# Tiling and cell numbering
+
+
+def test_image_k_lands_in_row_k_div_n_and_column_k_mod_n():
+    n, height, width = 3, 4, 5
+    images = torch.arange(n * n, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 2, height, width)
+    tiled = tile_grid(images, n)
+    assert tiled.shape == (2, n * height, n * width)
+    for k in range(n * n):
+        row, col = divmod(k, n)
+        assert bool((tiled[:, row * height : (row + 1) * height, col * width : (col + 1) * width] == k).all())
+
+
+def test_tiled_cells_are_the_cells_the_grid_pointing_game_metric_scores():
+    metric = evaluate.load(metric_path("grid_pointing_game"))
+    n = 3
+    for k in range(n * n):
+        images = torch.zeros(n * n, 3, 4, 4)
+        images[k] = 1.0
+        attribution = tile_grid(images, n).sum(dim=0).numpy()
+        assert metric.compute(attributions=[attribution], cell_index=[k], grid_size=[n, n])["grid_pointing_game"] == 1
+
+
+# The games
+
+
+def test_an_explanation_that_finds_each_cells_class_scores_one():
+    dataset = grey_dataset([0, 1, 2, 3, 4])
+    grids = [Grid((0, 1, 2, 3), (0, 1, 2, 3)), Grid((4, 2, 0, 1), (4, 2, 0, 1))]
+    scores = grid_pointing_game(
+        finds_the_target, grids, dataset, image_transform(CELL), grid_size=2, window=CELL, progress=False
+    )
+    assert scores == [1.0] * 8
+
+
+def test_a_uniform_explanation_scores_one_over_the_number_of_cells():
+    dataset = grey_dataset([0, 1, 2, 3])
+    scores = grid_pointing_game(
+        uniform, [Grid((0, 1, 2, 3), (0, 1, 2, 3))], dataset, image_transform(CELL), 2, window=CELL, progress=False
+    )
+    assert scores == pytest.approx([0.25] * 4)
+
+
+def test_boxes_are_scaled_with_the_resize_to_the_model_input():
+    assert scaled_box([10, 5, 30, 20], original_size=(40, 20), image_size=8) == [2, 2, 6, 8]
+
+
+def test_energy_pointing_game_explains_each_image_for_its_label_inside_its_box():
+    """A 40x20 image, white where the object is; resized to 8x8 the box is still where the white pixels are."""
+    image = np.zeros((20, 40, 3), dtype=np.uint8)
+    image[:10, :20] = 255
+    dataset = [(Image.fromarray(image), 3, [0, 0, 20, 10]), (Image.fromarray(image), 3, [20, 10, 40, 20])]
+
+    def white_for_class_3(images, targets):
+        return (images[:, 0] > 0.5).float() * (targets == 3).float().view(-1, 1, 1)
+
+    scores = energy_pointing_game(white_for_class_3, [0, 1], dataset, image_size=8, progress=False)
+    assert scores == [1.0, 0.0]
+
+
+def test_every_method_of_a_model_is_scored_on_the_same_grids_with_its_accuracy():
+    labels = [0, 1, 2, 3, 4, 5] * 2
+    dataset = grey_dataset(labels)
+    evaluation = evaluate_localisation(
+        grey_classifier(),
+        {"ideal": finds_the_target, "uniform": uniform},
+        dataset,
+        image_size=CELL,
+        num_grids=3,
+        progress=False,
+    )
+    assert evaluation.accuracy == 1.0 and evaluation.num_images == 12 and evaluation.num_grid_classes == 6
+    assert evaluation.grid_pointing_game["ideal"] == [1.0] * 12
+    assert evaluation.grid_pointing_game["uniform"] == pytest.approx([0.25] * 12)
+    assert evaluation.energy_pointing_game == {}
+    assert evaluation.summary("ideal")["grid_pointing_game"] == 1.0
+
+
+def test_without_enough_confident_classes_there_is_no_grid_to_score():
+    evaluation = evaluate_localisation(
+        grey_classifier(), {"uniform": uniform}, grey_dataset([0, 1, 2]), image_size=CELL, progress=False
+    )
+    assert evaluation.grid_pointing_game == {"uniform": []}
+    assert evaluation.summary("uniform")["grid_pointing_game"] is None
+
+
+def test_a_tiny_bcos_vit_is_explained_on_grids_in_sliding_windows():
+    model = BcosViTForImageClassification.from_pretrained_standard(hf_vit(image=16, patch=4, labels=6), b=2.0).eval()
+    dataset = grey_dataset([0, 1, 2, 3, 4, 5], size=16)
+    calls = []
+
+    def explain(images, targets):
+        calls.append(tuple(images.shape))
+        return bcos_attribution(model)(images, targets)
+
+    evaluation = evaluate_localisation(
+        grey_classifier(), {"B-cos": explain}, dataset, image_size=16, num_grids=2, batch_size=9, progress=False
+    )
+    assert set(calls) == {(9, 3, 16, 16)}  # 2 grids x 4 cells x 9 windows of the model's input size
+    scores = evaluation.grid_pointing_game["B-cos"]
+    assert len(scores) == 8 and all(0 <= s <= 1 for s in scores)
