@@ -462,10 +462,19 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         """Zero-shot logits: ``logit_scale.exp()`` times the cosines between image and text embeddings.
 
         ``loss`` is the distillation loss when ``teacher_embeds`` (N, P) are given, else CLIP's contrastive loss
-        when ``return_loss`` is set.
+        when ``return_loss`` is set. Distillation needs images alone: without ``input_ids`` the text tower is skipped
+        and only ``loss`` and ``image_embeds`` are returned (training goes through ``forward`` so that data-parallel
+        wrappers see it).
         """
+        if pixel_values is not None and input_ids is None and teacher_embeds is not None:
+            student = self.get_image_features(pixel_values, interpolate_pos_encoding).pooler_output
+            loss = siglip_distillation_loss(student, teacher_embeds.to(student.device))
+            return CLIPOutput(loss=loss, image_embeds=self.embedding_normalizer(student))
         if input_ids is None or pixel_values is None:
-            raise ValueError("BcosCLIPModel needs both input_ids (tokenised prompts) and pixel_values (images).")
+            raise ValueError(
+                "BcosCLIPModel needs both input_ids (tokenised prompts) and pixel_values (images), or pixel_values "
+                "and teacher_embeds for distillation."
+            )
         vision_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, output_hidden_states)
         text_outputs = self.get_text_features(input_ids, attention_mask, position_ids)
         image_embeds = self.embedding_normalizer(vision_outputs.pooler_output)

@@ -1,0 +1,138 @@
+"""Model cards (and Space cards) rendered from the Jinja templates in ``hub_cards/`` with huggingface_hub.
+
+The card's YAML header comes from ``ModelCardData``: ``EvalResult`` entries become the ``model-index`` the Hub shows
+as an evaluation widget, and ``base_model`` links the card to its source checkpoint's page.
+"""
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
+
+from .recipes import Recipe
+
+
+HUB_CARDS = Path(__file__).resolve().parents[1] / "hub_cards"
+TAGS = ["custom_code", "b-cos", "interpretability", "explainability", "vision"]
+
+
+def template_path(name: str) -> Path:
+    """A template in ``hub_cards/``, with a clear error when the repository layout is missing."""
+    path = HUB_CARDS / name
+    if not path.is_file():
+        raise FileNotFoundError(f"card template {path} not found; templates live in hub_cards/ of the bcos_zoo repo")
+    return path
+
+
+def hub_id_or_none(source: str) -> str | None:
+    """``source`` when it names a Hub repo (``org/name`` that is not a local path), else None."""
+    looks_like_id = source.count("/") == 1 and not source.startswith((".", "/", "~"))
+    return source if looks_like_id and not Path(source).exists() else None
+
+
+def render_model_card(
+    recipe: Recipe,
+    repo_id: str,
+    metrics: dict[str, float],
+    dataset_id: str,
+    dataset_name: str,
+    example_image: str,
+    base_model: str | None = None,
+) -> ModelCard:
+    """The card of a fine-tuned model: metadata, usage with ``trust_remote_code``, results, training, citations.
+
+    ``metrics`` holds ``accuracy`` (and, when measured, ``source_accuracy``), or for distillation
+    ``zero_shot_accuracy`` / ``source_zero_shot_accuracy`` and ``embedding_cosine``.
+    """
+    distillation = recipe.task == "clip-distillation"
+    metric_key = "zero_shot_accuracy" if distillation else "accuracy"
+    metric_label = "Zero-shot top-1 accuracy" if distillation else "Top-1 accuracy"
+    base_model = base_model or hub_id_or_none(recipe.source)
+    eval_results = []
+    if metric_key in metrics:
+        eval_results.append(
+            EvalResult(
+                task_type="zero-shot-image-classification" if distillation else "image-classification",
+                dataset_type=dataset_id,
+                dataset_name=dataset_name,
+                dataset_split="validation",
+                metric_type="accuracy",
+                metric_name=metric_label,
+                metric_value=round(float(metrics[metric_key]), 4),
+            )
+        )
+    card_data = ModelCardData(
+        model_name=repo_id.split("/")[-1],
+        base_model=base_model,
+        datasets=[dataset_id] if hub_id_or_none(dataset_id) else None,
+        library_name="transformers",
+        pipeline_tag="zero-shot-image-classification" if distillation else "image-classification",
+        license=recipe.license,
+        tags=TAGS + (["clip"] if distillation else ["vit"]),
+        metrics=["accuracy"],
+        eval_results=eval_results or None,
+    )
+    results = [
+        {"name": name, "value": f"{100 * metrics[key]:.2f}%"}
+        for name, key in (
+            (f"`{repo_id}` (this model)", metric_key),
+            (f"`{recipe.source}` (standard source)", f"source_{metric_key}"),
+        )
+        if key in metrics
+    ]
+    if "embedding_cosine" in metrics:
+        cosine = f"{metrics['embedding_cosine']:.4f}"
+        results.append({"name": "Mean cosine to the original embeddings", "value": cosine})
+    hyperparameters = {
+        "B": recipe.b,
+        "biases": recipe.bias,
+        "objective": "SigLIP-style distillation" if distillation else "BCE with uniform off-labels",
+        "optimiser": "Adam (decoupled weight decay)",
+        "learning rate": recipe.learning_rate,
+        "schedule": f"cosine, linear warm-up over {recipe.warmup_ratio:.0%} of steps",
+        "batch size (per device)": recipe.batch_size,
+        "epochs" if recipe.max_steps <= 0 else "steps": recipe.epochs if recipe.max_steps <= 0 else recipe.max_steps,
+        "weight decay": recipe.weight_decay,
+        "gradient clipping": f"adaptive, {recipe.agc_clip}" if recipe.agc_clip else "global norm 1.0",
+        "seed": recipe.seed,
+    }
+    training_summary = f"Fine-tuned with the Hugging Face `Trainer` from the `{recipe.name}` recipe. " + (
+        f"Training took {metrics['train_seconds'] / 60:.1f} minutes. " if "train_seconds" in metrics else ""
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path(recipe.card_template)),
+        model_title=repo_id.split("/")[-1],
+        summary=recipe.summary,
+        task=recipe.task,
+        source=recipe.source,
+        b=recipe.b,
+        bias=recipe.bias,
+        dataset_name=dataset_name,
+        repo_id=repo_id,
+        example_image=example_image,
+        metric_label=metric_label,
+        eval_split="validation",
+        results=results,
+        training_summary=training_summary,
+        hyperparameters=hyperparameters,
+        recipe_name=recipe.name,
+    )
+
+
+def render_space_card(
+    title: str, emoji: str, models: list[str], short_description: str, body: str, sdk_version: str
+) -> SpaceCard:
+    """A Space's README: the YAML header the Hub reads (sdk, app file, models) above ``body``."""
+    data = SpaceCardData(
+        title=title,
+        emoji=emoji,
+        sdk="gradio",
+        sdk_version=sdk_version,
+        app_file="app.py",
+        python_version="3.11",
+        models=models,
+        license="apache-2.0",
+        short_description=short_description,
+        tags=["b-cos", "interpretability"],
+    )
+    return SpaceCard.from_template(data, template_path=str(template_path("space_card.md")), body=body, title=title)

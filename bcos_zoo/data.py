@@ -1,0 +1,247 @@
+"""Image-classification data for fine-tuning and evaluation, all seen as ``(PIL image, label)`` pairs.
+
+Three kinds of source, chosen by one string: ``"fashion-mnist"`` (the IDX files of Debian's
+``dataset-fashion-mnist`` package when installed, the Hub copy otherwise), a local folder with one sub-folder per
+class (optionally under ``train/`` and ``validation/``), or a Hub dataset name. Pixels are turned into tensors later,
+by timm's transform factory (:func:`image_transform`), so augmentation is the familiar timm one.
+"""
+
+import gzip
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+
+from .visualize import load_image
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+TRAIN_FOLDERS = ("train", "training")
+VALIDATION_FOLDERS = ("validation", "val", "valid", "test")
+
+
+@dataclass
+class DatasetSplits:
+    """A training and a validation split; item ``i`` of each is ``(PIL.Image in RGB, int label)``."""
+
+    train: Dataset
+    validation: Dataset
+    class_names: list[str]
+    name: str  # what the model card cites: a Hub dataset id where one exists
+
+
+class ArrayImages(Dataset):
+    """Images held as one uint8 array (N, H, W) or (N, H, W, 3), served as RGB PIL images."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index]).convert("RGB"), int(self.labels[index])
+
+
+class FileImages(Dataset):
+    """Image files with their labels, opened lazily (upright, RGB)."""
+
+    def __init__(self, files: Sequence[Path], labels: Sequence[int]):
+        self.files, self.labels = list(files), list(labels)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return load_image(self.files[index]), self.labels[index]
+
+
+class HubImages(Dataset):
+    """One split of a ``datasets`` dataset, seen through its image and label columns."""
+
+    def __init__(self, split, image_column: str, label_column: str | None):
+        missing = {image_column, label_column or image_column} - set(split.column_names)
+        if missing:
+            raise ValueError(
+                f"the dataset has no column {sorted(missing)}; its columns are {split.column_names}. "
+                "Pass --image-column / --label-column."
+            )
+        self.split, self.image_column, self.label_column = split, image_column, label_column
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        row = self.split[index]
+        label = int(row[self.label_column]) if self.label_column else -1  # image-only data (distillation)
+        return row[self.image_column].convert("RGB"), label
+
+
+class TransformedImages(Dataset):
+    """``(image, label)`` pairs turned into the dicts the ``Trainer`` feeds the model."""
+
+    def __init__(self, pairs: Dataset, transform: Callable[[Image.Image], torch.Tensor]):
+        self.pairs, self.transform = pairs, transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        image, label = self.pairs[index]
+        return {"pixel_values": self.transform(image), "labels": label}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format: big-endian dims, then uint8 data), gzipped or not."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an uint8 IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: expected {shape}, found {array.size} values")
+    return array.reshape(shape)
+
+
+def fashion_mnist(folder: Path = FASHION_MNIST_DIR) -> DatasetSplits:
+    """Fashion-MNIST from the IDX files of Debian's ``dataset-fashion-mnist``, or from the Hub when absent."""
+    if not (folder / "train-images-idx3-ubyte.gz").exists():
+        return hub_dataset(FASHION_MNIST_HUB_ID)
+    splits = {
+        split: ArrayImages(
+            read_idx(folder / f"{prefix}-images-idx3-ubyte.gz"), read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
+        )
+        for split, prefix in (("train", "train"), ("validation", "t10k"))
+    }
+    return DatasetSplits(splits["train"], splits["validation"], list(FASHION_MNIST_CLASSES), FASHION_MNIST_HUB_ID)
+
+
+def _class_files(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+        for file in sorted((folder / name).rglob("*")):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(file)
+                labels.append(label)
+    return files, labels
+
+
+def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) -> DatasetSplits:
+    """A folder of class sub-folders, or of ``train/`` and ``validation/`` (or ``val/``, ``test/``) folders of them.
+
+    Without a validation folder, a seeded ``validation_fraction`` of the images is held out.
+    """
+    train_dir = next((root / name for name in TRAIN_FOLDERS if (root / name).is_dir()), None)
+    val_dir = next((root / name for name in VALIDATION_FOLDERS if (root / name).is_dir()), None)
+    base = train_dir or root
+    class_names = sorted(path.name for path in base.iterdir() if path.is_dir())
+    if not class_names:
+        raise ValueError(f"{root} has no class sub-folders; expected e.g. {root}/cat/*.jpg and {root}/dog/*.jpg")
+    files, labels = _class_files(base, class_names)
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}")
+    if train_dir is not None and val_dir is not None:
+        train = FileImages(files, labels)
+        validation = FileImages(*_class_files(val_dir, class_names))
+    else:
+        everything = FileImages(files, labels)
+        order = torch.randperm(len(everything), generator=torch.Generator().manual_seed(seed)).tolist()
+        held_out = max(1, round(validation_fraction * len(order)))
+        train, validation = Subset(everything, order[held_out:]), Subset(everything, order[:held_out])
+    return DatasetSplits(train, validation, class_names, root.name)
+
+
+def hub_dataset(
+    name: str, image_column: str = "image", label_column: str | None = "label", validation_fraction: float = 0.1
+) -> DatasetSplits:
+    """A Hub dataset: its ``train`` split and its validation (or test) split, or a seeded hold-out of ``train``."""
+    import datasets
+
+    loaded = datasets.load_dataset(name)
+    if "train" not in loaded:
+        raise ValueError(f"{name} has no 'train' split (it has {list(loaded)})")
+    train = loaded["train"]
+    validation_name = next((split for split in ("validation", "valid", "val", "test") if split in loaded), None)
+    if validation_name is None:
+        parts = train.train_test_split(test_size=validation_fraction, seed=0)
+        train, validation = parts["train"], parts["test"]
+    else:
+        validation = loaded[validation_name]
+    class_names = []
+    if label_column:
+        feature = train.features.get(label_column)
+        class_names = list(getattr(feature, "names", None) or [str(i) for i in sorted(set(train[label_column]))])
+    return DatasetSplits(
+        HubImages(train, image_column, label_column),
+        HubImages(validation, image_column, label_column),
+        class_names,
+        name,
+    )
+
+
+def load_dataset_splits(spec: str, image_column: str = "image", label_column: str | None = "label") -> DatasetSplits:
+    """Resolve ``--dataset``: ``"fashion-mnist"``, a local image folder, or a Hub dataset name."""
+    if spec.lower().replace("_", "-") == "fashion-mnist":
+        return fashion_mnist()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return image_folder(path)
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise ValueError(f"--dataset {spec!r} is not a folder of class sub-folders")
+    return hub_dataset(spec, image_column, label_column)
+
+
+def limit(dataset: Dataset, count: int | None) -> Dataset:
+    """The first ``count`` items (all when ``count`` is None): for quick runs and tests."""
+    return dataset if count is None or count >= len(dataset) else Subset(dataset, range(count))
+
+
+def image_transform(
+    image_size: int,
+    training: bool,
+    augment: bool = True,
+    crop_scale: tuple[float, float] = (0.5, 1.0),
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> Callable[[Image.Image], torch.Tensor]:
+    """timm's transform factory; by default for a B-cos model, which takes images in [0, 1] (mean 0, std 1).
+
+    Training adds timm's random-resized-crop and horizontal flip; evaluation resizes the whole image (crop_pct 1),
+    which is also what the processor saved beside the weights does. A standard model passes its own mean/std.
+    """
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=(3, image_size, image_size),
+        is_training=training,
+        no_aug=not augment,
+        scale=crop_scale,
+        color_jitter=None,
+        crop_pct=1.0,
+        mean=mean,
+        std=std,
+    )

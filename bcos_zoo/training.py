@@ -1,0 +1,201 @@
+"""Training through the HF ``Trainer``: arguments from a recipe, the two objectives, and adaptive gradient clipping.
+
+Classification needs nothing special: the B-cos classifier computes the papers' BCE loss itself when given
+``labels``. CLIP distillation trains the B-cos image tower against the frozen original's embeddings of the same
+images, so its trainer computes the teacher's embeddings per batch. Everything else (mixed precision, data
+parallelism through accelerate, checkpoints, resume) is the ``Trainer``'s own.
+"""
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .recipes import Recipe
+
+
+def adaptive_clip_grad_(parameters: Iterable[nn.Parameter], clip: float, eps: float = 1e-3) -> None:
+    """Adaptive gradient clipping (Brock et al., 2021), in place and unit-wise.
+
+    Each output unit's gradient (a row of a weight matrix; a whole vector for 1-d parameters) is scaled down to at
+    most ``clip`` times that unit's weight norm (at least ``eps``), so small and large layers are held to the same
+    relative step size. The B-cos papers train with it instead of a global norm clip.
+    """
+    for parameter in parameters:
+        if parameter.grad is None:
+            continue
+        weight, grad = parameter.detach(), parameter.grad.detach()
+        dims = tuple(range(1, grad.ndim)) if grad.ndim > 1 else None
+        weight_norm = torch.linalg.vector_norm(weight.float(), dim=dims, keepdim=True).clamp_min(eps)
+        grad_norm = torch.linalg.vector_norm(grad.float(), dim=dims, keepdim=True).clamp_min(1e-6)
+        scale = (clip * weight_norm / grad_norm).clamp(max=1.0)
+        grad.mul_(scale.to(grad.dtype))
+
+
+class AdaptiveGradientClipping(TrainerCallback):
+    """Apply :func:`adaptive_clip_grad_` after gradients are synchronised and before each optimiser step."""
+
+    def __init__(self, clip: float, eps: float = 1e-3):
+        self.clip, self.eps = clip, eps
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        adaptive_clip_grad_(model.parameters(), self.clip, self.eps)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A SHA-256 of all parameters, in name order: equal digests mean identical weights."""
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class RankReport(TrainerCallback):
+    """Each process writes ``ranks/rank-<i>.json``: steps taken, samples seen and weight digests.
+
+    On a multi-GPU or multi-node run this shows at a glance that every rank trained (its weights changed) and that
+    all ranks ended on the same weights (data parallelism kept them in sync).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.samples = 0
+        self.start_digest = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.start_digest = weights_digest(model)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.samples += args.per_device_train_batch_size * args.gradient_accumulation_steps
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        report = {
+            "process_index": args.process_index,
+            "world_size": args.world_size,
+            "global_step": state.global_step,
+            "samples_seen_here": self.samples,
+            "start_weights": self.start_digest,
+            "end_weights": weights_digest(model),
+        }
+        (self.folder / f"rank-{args.process_index}.json").write_text(json.dumps(report, indent=2))
+
+
+class DistillationTrainer(Trainer):
+    """A ``Trainer`` whose loss is the SigLIP-style distillation to a frozen teacher's image embeddings.
+
+    ``teacher`` is a :class:`~bcos_zoo.CLIPDistillationLoss`; it is moved to the batch's device on first use and
+    never trained. The student's ``forward(pixel_values=, teacher_embeds=)`` returns the loss.
+    """
+
+    def __init__(self, *args, teacher: nn.Module, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pixel_values = inputs["pixel_values"]
+        self.teacher.to(pixel_values.device)
+        outputs = model(pixel_values=pixel_values, teacher_embeds=self.teacher.teacher_embeds(pixel_values))
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
+def collate_images(batch: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack ``pixel_values`` and ``labels`` from :class:`~bcos_zoo.data.TransformedImages` items."""
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
+        "labels": torch.tensor([item["labels"] for item in batch], dtype=torch.long),
+    }
+
+
+def accuracy_metrics(eval_prediction) -> dict[str, float]:
+    """Top-1 accuracy for ``Trainer.evaluate``, through the offline ``bcos_accuracy`` evaluate module."""
+    import evaluate
+
+    from .metrics import metric_path
+
+    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    metric = evaluate.load(metric_path("bcos_accuracy"))
+    return metric.compute(predictions=np.argmax(logits, axis=-1), references=labels)
+
+
+def training_arguments(
+    recipe: Recipe, checkpoint_dir: Path, device: str | None = None, eval_each_epoch: bool = False, **overrides
+) -> TrainingArguments:
+    """``TrainingArguments`` for a recipe: Adam(W), cosine decay after linear warm-up, safetensors checkpoints.
+
+    With adaptive gradient clipping the Trainer's own global-norm clip is switched off (the callback replaces it).
+    """
+    on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    arguments = dict(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=recipe.batch_size,
+        per_device_eval_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        lr_scheduler_type="cosine",
+        warmup_steps=recipe.warmup_ratio,
+        optim="adamw_torch",
+        max_grad_norm=0.0 if recipe.agc_clip else 1.0,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=2,
+        eval_strategy="epoch" if eval_each_epoch else "no",
+        logging_strategy="steps",
+        logging_steps=max(1, min(50, recipe.save_steps)),
+        report_to="none",
+        seed=recipe.seed,
+        remove_unused_columns=False,
+        use_cpu=on_cpu,
+        bf16=not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        dataloader_num_workers=0 if on_cpu else 8,
+        prediction_loss_only=recipe.task == "clip-distillation",
+    )
+    arguments.update(overrides)
+    return TrainingArguments(**arguments)
+
+
+def build_trainer(
+    model: nn.Module,
+    recipe: Recipe,
+    arguments: TrainingArguments,
+    train_dataset,
+    eval_dataset,
+    teacher: nn.Module | None = None,
+    report_folder: Path | None = None,
+) -> Trainer:
+    """The ``Trainer`` for a recipe's task, with adaptive clipping and the per-rank report attached."""
+    callbacks = []
+    if recipe.agc_clip:
+        callbacks.append(AdaptiveGradientClipping(recipe.agc_clip))
+    if report_folder is not None:
+        callbacks.append(RankReport(report_folder))
+    common = dict(
+        model=model,
+        args=arguments,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate_images,
+        callbacks=callbacks,
+    )
+    if recipe.task == "clip-distillation":
+        if teacher is None:
+            raise ValueError("clip-distillation needs the frozen original model as teacher")
+        return DistillationTrainer(teacher=teacher, **common)
+    return Trainer(compute_metrics=accuracy_metrics, **common)
+
+
+def steps_per_epoch(num_samples: int, arguments: TrainingArguments) -> int:
+    """Optimiser steps in one epoch, all processes together."""
+    per_step = arguments.per_device_train_batch_size * arguments.gradient_accumulation_steps * arguments.world_size
+    return max(1, math.ceil(num_samples / per_step))

@@ -1,0 +1,30 @@
+"""Upload a repo folder written by scripts/finetune.py (its <output-dir>/repo) to the Hub as one commit.
+
+    python scripts/push.py outputs/bcos-vit-s/repo --hub-model-id my-org/bcos-vit-s [--private]
+
+Used to retry a push that failed after training: the folder is complete and untouched by the failure.
+"""
+
+import argparse
+import sys
+
+from bcos_zoo.hub import PushError, check_push_access, push_folder
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder")
+    parser.add_argument("--hub-model-id", required=True)
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        check_push_access(args.hub_model_id)
+        print(push_folder(args.folder, args.hub_model_id, private=args.private))
+    except PushError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
