@@ -1,0 +1,139 @@
+"""scripts/evaluate.py on a tiny B-cos model, its tiny source and an image folder: table, JSON report, bar plot."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, save_hf_source
+
+from bcos_zoo import BcosViTForImageClassification
+from bcos_zoo.baselines import POSTHOC_METHODS, load_standard_classifier
+from bcos_zoo.localisation import image_transform
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE, CLASSES, NUM_GRIDS = 16, 6, 2
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A source ViT, its B-cos form at B = 1 with biases kept (so both predict alike), and an image folder whose
+    validation images sit in the folder of the class the models predict, except every fourth, which is misfiled."""
+    root = tmp_path_factory.mktemp("evaluation")
+    source_dir, bcos_dir, data_dir = root / "source", root / "bcos", root / "data"
+    save_hf_source(hf_vit(image=SIZE, patch=4, labels=CLASSES), source_dir, IMAGENET_MEAN, IMAGENET_STD)
+    BcosViTForImageClassification.from_pretrained_standard(source_dir, b=1.0, bias="keep").save_pretrained(bcos_dir)
+
+    generator = torch.Generator().manual_seed(0)
+    colours = torch.rand(32, 3, 1, 1, generator=generator)
+    pixels = (colours + 0.3 * torch.rand(32, 3, SIZE, SIZE, generator=generator)).clamp(0, 1)
+    images = [Image.fromarray((255 * p.permute(1, 2, 0)).round().byte().numpy()) for p in pixels]
+    with torch.no_grad():
+        seen = torch.stack([image_transform(SIZE)(image) for image in images])
+        predicted = load_standard_classifier(source_dir)(seen).argmax(1).tolist()
+    for split in ("train", "validation"):
+        for label in range(CLASSES):
+            (data_dir / split / f"class_{label}").mkdir(parents=True)
+    filed = [(label + 1) % CLASSES if i % 4 == 3 else label for i, label in enumerate(predicted)]
+    for i, (image, label) in enumerate(zip(images, filed)):
+        for split in ("train", "validation"):
+            image.save(data_dir / split / f"class_{label}" / f"{i:02d}.png")
+    assert len(set(predicted)) >= 4, "the synthetic images must cover enough classes for 2x2 grids"
+    accuracy = sum(p == f for p, f in zip(predicted, filed)) / len(filed)
+    return dict(root=root, source=source_dir, bcos=bcos_dir, data=data_dir, accuracy=accuracy)
+
+
+def common_args(workspace, output: Path) -> list[str]:
+    return [
+        "--model", str(workspace["bcos"]),
+        "--dataset", str(workspace["data"]),
+        "--num-grids", str(NUM_GRIDS),
+        "--min-confidence", "0",
+        "--ig-steps", "4",
+        "--batch-size", "16",
+        "--output-dir", str(output),
+        "--device", "cpu",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def full_run(workspace):
+    """The script run as a file, the way users run it: B-cos model, source and every method."""
+    output = workspace["root"] / "output"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    result = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", *common_args(workspace, output), "--source", str(workspace["source"])],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(stdout=result.stdout, output=output, report=json.loads((output / "evaluation.json").read_text()))
+
+
+def test_the_report_has_a_row_for_the_bcos_model_and_one_per_posthoc_method(full_run):
+    rows = full_run["report"]["rows"]
+    assert [(row["model"], row["method"]) for row in rows] == [("bcos", "bcos")] + [
+        ("source", method) for method in POSTHOC_METHODS
+    ]
+
+
+def test_accuracy_is_the_share_of_images_in_the_folder_of_their_predicted_class(workspace, full_run):
+    models = full_run["report"]["models"]
+    assert models["bcos"]["accuracy"] == pytest.approx(workspace["accuracy"])
+    assert models["source"]["accuracy"] == pytest.approx(workspace["accuracy"])
+
+
+def test_every_method_scores_each_cell_of_the_requested_grids(full_run):
+    report = full_run["report"]
+    for row in report["rows"]:
+        scores = report["scores"][row["method"]]["grid_pointing_game"]
+        assert len(scores) == NUM_GRIDS * 4 and all(0 <= s <= 1 for s in scores)
+        assert row["grid_pointing_game"] == pytest.approx(sum(scores) / len(scores))
+        assert row["energy_pointing_game"] is None  # an image folder has no object boxes
+
+
+def test_the_table_is_printed_and_the_bar_plot_written(full_run):
+    for label in ("B-cos contributions", "Input x Gradient", "Integrated Gradients", "GradCAM", "Attention Rollout"):
+        assert f"| {label} |" in full_run["stdout"]
+    with Image.open(full_run["output"] / "localisation.png") as plot:
+        assert plot.format == "PNG" and plot.width > 200 and plot.height > 200
+
+
+def test_without_a_source_the_posthoc_methods_are_skipped(workspace, tmp_path, capsys):
+    report = load_script().main([*common_args(workspace, tmp_path), "--methods", "bcos", "gradcam"])
+    assert [row["method"] for row in report["rows"]] == ["bcos"] and "source" not in report["models"]
+    assert "skipping gradcam" in capsys.readouterr().out
+
+
+def test_a_model_whose_classes_do_not_match_the_dataset_is_rejected(workspace, tmp_path):
+    (tmp_path / "data" / "only_class").mkdir(parents=True)
+    Image.new("RGB", (SIZE, SIZE)).save(tmp_path / "data" / "only_class" / "a.png")
+    with pytest.raises(ValueError, match="6 classes but the dataset has 1"):
+        load_script().main(
+            ["--model", str(workspace["bcos"]), "--dataset", str(tmp_path / "data"), "--output-dir", str(tmp_path)]
+        )
+
+
+def test_a_sibling_script_that_imports_evaluate_gets_the_package_not_this_script():
+    """Files run from scripts/ have that folder first on the import path, where scripts/evaluate.py lies."""
+    code = "import sys; sys.path.insert(0, 'scripts'); import evaluate; print(evaluate.load.__module__)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().startswith("evaluate.")
