@@ -164,30 +164,51 @@ def two_colour_image(size: int = 64) -> Image.Image:
 
 def odd_images(folder: Path) -> dict[str, tuple[Path, tuple[int, int, int] | None]]:
     """Image files an app must read correctly, each with the RGB colour at the centre of the model's view
-    (None where the colour is not the point)."""
+    (None where the colour is not the point). Files already in ``folder`` are reused."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
 
-    def add(name: str, image: Image.Image, colour, **save_args) -> None:
+    def add(name: str, make, colour, **save_args) -> None:
         path = folder / name
-        image.save(path, **save_args)
+        if not path.exists():
+            make().save(path, **save_args)
         files[name] = (path, colour)
 
-    add("grey.png", Image.new("L", (40, 30), 100), (100, 100, 100))
-    palette = Image.new("P", (40, 30), 0)
-    palette.putpalette([0, 200, 0] + [0, 0, 0] * 255)
-    add("palette.png", palette, (0, 200, 0))
-    add("transparent.png", Image.new("RGBA", (40, 30), (255, 0, 0, 0)), (255, 255, 255))  # transparent: white
-    add("cmyk.jpg", Image.new("CMYK", (40, 30), (255, 0, 0, 0)), (0, 255, 255), quality=100)
-    deep = Image.fromarray(np.full((30, 40), 128 * 257, dtype=np.uint16))  # 128 in 16 bits
-    add("sixteen_bit.png", deep, (128, 128, 128))
+    def palette() -> Image.Image:
+        image = Image.new("P", (40, 30), 0)
+        image.putpalette([0, 200, 0] + [0, 0, 0] * 255)
+        return image
+
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated: a viewer turns it 90 degrees clockwise
-    stored = two_colour_image().transpose(Image.Transpose.ROTATE_90)
-    add("exif_rotated.jpg", stored, None, exif=exif, quality=95)
-    big = Image.linear_gradient("L").resize((8000, 8000)).convert("RGB")
-    add("huge.png", big, None, compress_level=1)
+    add("grey.png", lambda: Image.new("L", (40, 30), 100), (100, 100, 100))
+    add("palette.png", palette, (0, 200, 0))
+    add("transparent.png", lambda: Image.new("RGBA", (40, 30), (255, 0, 0, 0)), (255, 255, 255))  # on white
+    add("cmyk.jpg", lambda: Image.new("CMYK", (40, 30), (255, 0, 0, 0)), (0, 255, 255), quality=100)
+    add("sixteen_bit.png", lambda: Image.fromarray(np.full((30, 40), 128 * 257, dtype=np.uint16)), (128, 128, 128))
+    add("exif_rotated.jpg", lambda: two_colour_image().transpose(Image.Transpose.ROTATE_90), None, exif=exif)
+    add("huge.png", lambda: Image.linear_gradient("L").resize((8000, 8000)).convert("RGB"), None, compress_level=1)
     return files
+
+
+ODD_COLOURS = ["grey.png", "palette.png", "transparent.png", "cmyk.jpg", "sixteen_bit.png"]
+UNREADABLE = ["text file", "truncated png", "truncated jpeg", "garbage with a png header"]
+
+
+def unreadable_files(folder: Path) -> dict[str, Path]:
+    """Files no app can read as an image, by the name the tests use for them."""
+    folder.mkdir(exist_ok=True)
+    png, jpeg = folder / "truncated.png", folder / "truncated.jpg"
+    data = photo((200, 150), seed=1)
+    data.save(png)
+    png.write_bytes(png.read_bytes()[: len(png.read_bytes()) // 2])
+    data.save(jpeg, quality=90)
+    jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])
+    text = folder / "notes.txt"
+    text.write_text("not an image\n" * 20)
+    fake = folder / "fake.png"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    return {"text file": text, "truncated png": png, "truncated jpeg": jpeg, "garbage with a png header": fake}
 
 
 def is_loopback(url: str) -> bool:

@@ -12,6 +12,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 from space_testing import (
+    ODD_COLOURS,
+    UNREADABLE,
     chromium_page,
     expected_top_class,
     odd_images,
@@ -20,6 +22,7 @@ from space_testing import (
     screenshot,
     start_space,
     stop_space,
+    unreadable_files,
 )
 
 
@@ -82,11 +85,28 @@ def test_page_uploads_an_image_and_shows_predictions_and_explanation_in_chromium
         predictions.get_by_text(top_class).first.wait_for(timeout=30_000)
         completeness = page.locator("#completeness").inner_text()
         shot = screenshot(page, "space_vit_explainer")
+        with page.expect_download() as download:
+            page.locator("#explanation").get_by_label("Download").click()
+        downloaded = download.value.path().read_bytes()
 
     assert top_class in completeness and "pixel contributions" in completeness
+    assert downloaded.startswith(b"\x89PNG\r\n\x1a\n")
     assert shot.stat().st_size > 10_000
     assert external == [], f"the page tried to load from the web: {external}"
     assert running.alive()
+
+
+def test_page_explains_a_bundled_example_when_it_is_picked(space):
+    running, *_ = space
+    with chromium_page() as (page, external):
+        page.goto(running.url)
+        page.locator("img[src*='chelsea']").first.click()
+        page.locator("#explanation img").first.wait_for(state="visible", timeout=60_000)
+        page.locator("#predictions").get_by_text("class_").first.wait_for(timeout=30_000)
+        completeness = page.locator("#completeness").inner_text()
+        screenshot(page, "space_vit_explainer_example")
+    assert "pixel contributions" in completeness
+    assert external == []
 
 
 def test_predict_returns_the_models_top5_and_explains_its_top_class(space, client, image_file):
@@ -113,6 +133,7 @@ def test_predict_returns_the_models_top5_and_explains_its_top_class(space, clien
     for path in (seen, colour, contributions):
         assert Image.open(path).format == "PNG"
     assert Image.open(colour).mode == "RGBA"  # transparent where nothing speaks for the class
+    assert Image.open(colour).text["Title"] == f"B-cos explanation of {top_class}"  # a download says what it shows
     assert Image.open(seen).size == Image.open(colour).size == Image.open(contributions).size
 
 
@@ -147,12 +168,9 @@ def test_explain_endpoint_refuses_a_class_the_model_does_not_have(client, image_
         client.predict(handle_file(str(image_file)), "not a class", api_name="/explain")
 
 
-ODD_COLOURS = ["grey.png", "palette.png", "transparent.png", "cmyk.jpg", "sixteen_bit.png"]
-
-
 @pytest.fixture(scope="module")
 def odd_files(tmp_path_factory):
-    return odd_images(tmp_path_factory.mktemp("odd"))
+    return odd_images(tmp_path_factory.getbasetemp() / "odd_images")
 
 
 @pytest.mark.parametrize("name", ODD_COLOURS)
@@ -182,27 +200,12 @@ def test_8000_pixel_image_is_downscaled_and_explained(client, odd_files):
     assert Image.open(colour).format == "PNG"
 
 
-def unreadable_files(folder):
-    folder.mkdir(exist_ok=True)
-    png, jpeg = folder / "truncated.png", folder / "truncated.jpg"
-    data = photo((200, 150), seed=1)
-    data.save(png)
-    png.write_bytes(png.read_bytes()[: len(png.read_bytes()) // 2])
-    data.save(jpeg, quality=90)
-    jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])
-    text = folder / "notes.txt"
-    text.write_text("not an image\n" * 20)
-    fake = folder / "fake.png"
-    fake.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
-    return {"text file": text, "truncated png": png, "truncated jpeg": jpeg, "garbage with a png header": fake}
-
-
 @pytest.fixture(scope="module")
 def broken_files(tmp_path_factory):
     return unreadable_files(tmp_path_factory.mktemp("broken"))
 
 
-@pytest.mark.parametrize("name", ["text file", "truncated png", "truncated jpeg", "garbage with a png header"])
+@pytest.mark.parametrize("name", UNREADABLE)
 def test_unreadable_file_gets_a_short_message_and_the_app_keeps_serving(space, client, broken_files, image_file, name):
     with pytest.raises(AppError) as raised:
         client.predict(handle_file(str(broken_files[name])), api_name="/predict")

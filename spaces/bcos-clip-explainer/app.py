@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import threading
+import uuid
 from pathlib import Path
 
 
@@ -87,12 +88,20 @@ def read_image(upload: str | dict | None) -> Image.Image:
     return image
 
 
-def picture(array: torch.Tensor) -> Image.Image:
-    """An (H, W, C) tensor in [0, 1] as an 8-bit picture, enlarged by a whole factor for display and download."""
+def picture(array: torch.Tensor, title: str) -> Image.Image:
+    """An (H, W, C) tensor in [0, 1] as an 8-bit picture, enlarged by a whole factor, titled for download.
+
+    The PNG text chunks travel with a download. The unique id also keeps identical results apart: Gradio writes a
+    picture to a cache file named by its content, in place, and a concurrent download of the same file could
+    otherwise read it half-written.
+    """
     data = (array.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     image = Image.fromarray(data)
     scale = max(1, -(-DISPLAY_SIZE // max(image.size)))
-    return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    image.info.update(Title=title, Source=MODEL_ID, Software="bcos-clip-explainer", Id=uuid.uuid4().hex)
+    return image
 
 
 def friendly_errors(fn):
@@ -157,15 +166,16 @@ def zero_shot(upload: str | dict | None, prompts_text: str | None, localise: boo
     for k, prompt in enumerate(prompts):
         pixels = float(explanation.contributions[k].double().sum())
         caption = f"{prompt}: cosine {cosines[k]:.4f} = pixels {pixels:.4f} + bias {float(explanation.bias[k]):.4f}"
-        explanations.append((picture(rendered[k]), caption))
+        explanations.append((picture(rendered[k], f"B-cos explanation of {prompt!r}"), caption))
     localised = []
     if localise:
         source = contrast if contrast is not None else explanation
         for k, prompt in enumerate(prompts):
-            localised.append((picture(localisation_view(pixel_values[0], source.contributions[k])), prompt))
+            view = localisation_view(pixel_values[0], source.contributions[k])
+            localised.append((picture(view, f"Localisation of {prompt!r}"), prompt))
     return (
         {prompt: float(score) for prompt, score in zip(prompts, scores)},
-        picture(pixel_values[0].permute(1, 2, 0)),
+        picture(pixel_values[0].permute(1, 2, 0), "Input, as the model sees it"),
         explanations,
         gr.Gallery(value=localised, visible=bool(localise)),
     )
@@ -190,7 +200,10 @@ with gr.Blocks(title="B-cos CLIP explainer", analytics_enabled=False) as demo:
                 height=320,
             )
             prompts = gr.Textbox(
-                "a photo of a cat\na photo of a dog", lines=4, label=f"Prompts (one per line, at most {MAX_PROMPTS})"
+                "a photo of a cat\na photo of a dog",
+                lines=4,
+                label=f"Prompts (one per line, at most {MAX_PROMPTS})",
+                elem_id="prompts",
             )
             localise = gr.Checkbox(False, label="Localisation view (each prompt against the others)")
             button = gr.Button("Explain", variant="primary")

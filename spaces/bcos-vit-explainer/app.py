@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import threading
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -91,12 +92,20 @@ def read_image(upload: str | dict | None) -> Image.Image:
     return image
 
 
-def picture(array: torch.Tensor) -> Image.Image:
-    """An (H, W, C) tensor in [0, 1] as an 8-bit picture, enlarged by a whole factor for display and download."""
+def picture(array: torch.Tensor, title: str) -> Image.Image:
+    """An (H, W, C) tensor in [0, 1] as an 8-bit picture, enlarged by a whole factor, titled for download.
+
+    The PNG text chunks travel with a download. The unique id also keeps identical results apart: Gradio writes a
+    picture to a cache file named by its content, in place, and a concurrent download of the same file could
+    otherwise read it half-written.
+    """
     data = (array.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     image = Image.fromarray(data)
     scale = max(1, -(-DISPLAY_SIZE // max(image.size)))
-    return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    image.info.update(Title=title, Source=MODEL_ID, Software="bcos-vit-explainer", Id=uuid.uuid4().hex)
+    return image
 
 
 def friendly_errors(fn):
@@ -135,9 +144,9 @@ def views(pixel_values: torch.Tensor, explanation) -> tuple[Image.Image, Image.I
         f"(the pixels account for {share:.0%})"
     )
     return (
-        picture(pixel_values[0].permute(1, 2, 0)),
-        picture(explanation.render()[0]),
-        picture(explanation.contribution_map()[0]),
+        picture(pixel_values[0].permute(1, 2, 0), "Input, as the model sees it"),
+        picture(explanation.render()[0], f"B-cos explanation of {LABELS[target]}"),
+        picture(explanation.contribution_map()[0], f"Contributions to {LABELS[target]}"),
         summary,
     )
 

@@ -1,0 +1,77 @@
+"""The Space folders upload as they are: a valid Space card, the app file it names, requirements that cover the app.
+
+The apps load their model as remote code, so a Space must not need this package: everything an app imports is the
+standard library, Gradio (installed by the Space from ``sdk_version``) or listed in its requirements.txt.
+"""
+
+import ast
+import re
+import sys
+
+import gradio
+import pytest
+from huggingface_hub import SpaceCard
+from PIL import Image
+from space_testing import SPACES
+
+
+NAMES = ["bcos-vit-explainer", "bcos-clip-explainer"]
+# import name -> distribution name, for the packages a Space may list
+DISTRIBUTIONS = {"torch": "torch", "transformers": "transformers", "PIL": "pillow", "numpy": "numpy"}
+
+
+def requirements(name: str) -> set[str]:
+    lines = (SPACES / name / "requirements.txt").read_text().splitlines()
+    return {re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower() for line in lines if line.strip()}
+
+
+def imported_modules(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_space_card_parses_and_names_the_app_file_that_exists(name):
+    card = SpaceCard.load(SPACES / name / "README.md")
+    data = card.data
+    assert data.sdk == "gradio"
+    assert (SPACES / name / data.app_file).is_file()
+    assert data.sdk_version == gradio.__version__  # the Gradio these tests run against
+    assert data.title and data.emoji and data.license and data.python_version
+    assert 0 < len(data.short_description) <= 60  # the Hub's limit
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_space_card_lists_the_model_the_app_loads_by_default(name):
+    card = SpaceCard.load(SPACES / name / "README.md")
+    default = re.search(r'os\.environ\.get\("MODEL_ID", "([^"]+)"\)', (SPACES / name / "app.py").read_text())
+    assert default and card.data.models == [default[1]]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_requirements_cover_every_import_of_the_app_and_not_this_package(name):
+    listed = requirements(name)
+    assert {"torch", "transformers", "pillow", "numpy"} <= listed
+    assert "bcos_zoo" not in listed and "bcos-zoo" not in listed
+    third_party = imported_modules(SPACES / name / "app.py") - set(sys.stdlib_module_names) - {"gradio"}
+    assert "bcos_zoo" not in third_party
+    assert {DISTRIBUTIONS.get(module, module) for module in third_party} <= listed
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bundled_examples_are_readable_photos(name):
+    examples = sorted((SPACES / name / "examples").glob("*.jpg"))
+    assert len(examples) >= 3
+    for path in examples:
+        with Image.open(path) as image:
+            image.verify()
+        assert path.stat().st_size < 200_000  # small enough to live in the Space repository
+    app = (SPACES / name / "app.py").read_text()
+    for referenced in re.findall(r'"examples" / "([^"]+)"', app):
+        assert (SPACES / name / "examples" / referenced).is_file()
