@@ -4,11 +4,17 @@
     python scripts/benchmark.py --device cuda --dtype bfloat16
 
 Models: the ViT-S/16 classifier and the CLIP ViT-B/32 image tower (with projection). Prints, per model: forward
-throughput of the source and of the B-cos model (images/s), their ratio (target >= 0.9),
+throughput of the source and of the B-cos model (images/s), their ratio (target >= 0.9), explanation throughput,
 and the cost of one batched explanation in forward passes of the B-cos model (target <= 2.5).
+
+When the B-cos authors' ``bcos`` package is importable (``pip install bcos einops``; not a dependency of this
+project), a second table compares this package's B-cos ViT-S/16 with theirs (``simple_vit_s_patch16_224``, same
+width, depth and heads) in forward and explanation throughput. Their explanation is batched here the same way:
+the gradient of each image's top logit in their explanation mode, times the ``[x, 1 - x]`` input.
 """
 
 import argparse
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -119,12 +125,97 @@ def compare(model: str, batch_size: int, source_forward, bcos_forward, bcos_expl
         model=model,
         source_images_per_s=batch_size / t["source"],
         bcos_images_per_s=batch_size / t["bcos"],
+        explain_images_per_s=batch_size / t["explain"],
         forward_ratio=t["source"] / t["bcos"],
         explain_over_forward=t["explain"] / t["bcos"],
     )
 
 
+def authors_package_available() -> bool:
+    return importlib.util.find_spec("bcos") is not None and importlib.util.find_spec("einops") is not None
+
+
+def authors_vit_s() -> torch.nn.Module:
+    """The authors' B-cos ViT-S/16 (random weights), as their package builds it: input ``[x, 1 - x]``, 1000 classes."""
+    from bcos.models.pretrained import simple_vit_s_patch16_224
+
+    return simple_vit_s_patch16_224(pretrained=False).eval()
+
+
+def explain_authors_model(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Contributions to each image's top logit, batched: their explanation mode, one backward pass."""
+    with torch.enable_grad(), model.explanation_mode():
+        encoded = torch.cat([images, 1 - images], dim=1).requires_grad_(True)
+        logits = model(encoded)
+        top = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
+        (weights,) = torch.autograd.grad(top, encoded)
+    return (encoded.detach() * weights).sum(dim=1)
+
+
+def benchmark_against_authors(device: str, dtype: torch.dtype, batch_size: int, repeats: int) -> dict:
+    """This package's B-cos ViT-S/16 (B-cosified, B=2) against the authors' B-cos ViT-S/16, forward and explanation."""
+    ours = vit_s_pair()[1].to(device, dtype)
+    theirs = authors_vit_s().to(device, dtype)
+    images = torch.rand(batch_size, 3, 224, 224, device=device, dtype=dtype)
+
+    def no_grad(fn):
+        def run():
+            with torch.inference_mode():
+                return fn()
+
+        return run
+
+    t = timed(
+        {
+            "ours": no_grad(lambda: ours(pixel_values=images)),
+            "theirs": no_grad(lambda: theirs(torch.cat([images, 1 - images], dim=1))),
+            "ours_explain": lambda: ours.explain(images),
+            "theirs_explain": lambda: explain_authors_model(theirs, images),
+        },
+        device,
+        repeats,
+    )
+    return dict(
+        model="B-cos ViT-S/16 224px",
+        ours_images_per_s=batch_size / t["ours"],
+        theirs_images_per_s=batch_size / t["theirs"],
+        forward_speedup=t["theirs"] / t["ours"],
+        ours_explain_images_per_s=batch_size / t["ours_explain"],
+        theirs_explain_images_per_s=batch_size / t["theirs_explain"],
+        explain_speedup=t["theirs_explain"] / t["ours_explain"],
+    )
+
+
 CASES = {"vit": benchmark_vit, "clip": benchmark_clip}
+AUTHORS_CASE = "authors-vit"
+
+
+def print_source_comparison(results: list[dict]) -> None:
+    header = (
+        f"{'model':<18}{'source img/s':>14}{'B-cos img/s':>14}{'fwd ratio':>11}{'explain img/s':>15}{'explain/fwd':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r['model']:<18}{r['source_images_per_s']:>14.1f}{r['bcos_images_per_s']:>14.1f}"
+            f"{r['forward_ratio']:>11.2f}{r['explain_images_per_s']:>15.1f}{r['explain_over_forward']:>13.2f}"
+        )
+    print("targets: fwd ratio >= 0.90 (B-cos vs source throughput), explain/fwd <= 2.50")
+
+
+def print_authors_comparison(r: dict) -> None:
+    print(f"\n{r['model']}: this package vs the authors' bcos package (img/s; speed-up = their time / ours)")
+    header = f"{'':<14}{'bcos_zoo':>12}{'bcos':>12}{'speed-up':>10}"
+    print(header)
+    print("-" * len(header))
+    print(
+        f"{'forward':<14}{r['ours_images_per_s']:>12.1f}{r['theirs_images_per_s']:>12.1f}{r['forward_speedup']:>10.2f}"
+    )
+    print(
+        f"{'explanation':<14}{r['ours_explain_images_per_s']:>12.1f}{r['theirs_explain_images_per_s']:>12.1f}"
+        f"{r['explain_speedup']:>10.2f}"
+    )
 
 
 def main() -> None:
@@ -133,20 +224,25 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    available = [*CASES, AUTHORS_CASE] if authors_package_available() else list(CASES)
+    parser.add_argument("--models", nargs="+", default=available, choices=[*CASES, AUTHORS_CASE])
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"device={args.device} dtype={args.dtype} batch={args.batch_size} threads={torch.get_num_threads()}")
-    header = f"{'model':<18}{'source img/s':>14}{'B-cos img/s':>14}{'fwd ratio':>11}{'explain/fwd':>13}"
-    print(header)
-    print("-" * len(header))
-    for name in args.models:
-        r = CASES[name](args.device, DTYPES[args.dtype], args.batch_size, args.repeats)
-        print(
-            f"{r['model']:<18}{r['source_images_per_s']:>14.1f}{r['bcos_images_per_s']:>14.1f}"
-            f"{r['forward_ratio']:>11.2f}{r['explain_over_forward']:>13.2f}"
+    sources = [name for name in args.models if name in CASES]
+    if sources:
+        print_source_comparison(
+            [CASES[name](args.device, DTYPES[args.dtype], args.batch_size, args.repeats) for name in sources]
         )
-    print("targets: fwd ratio >= 0.90 (B-cos vs source throughput), explain/fwd <= 2.50")
+    if AUTHORS_CASE in args.models:
+        if authors_package_available():
+            print_authors_comparison(
+                benchmark_against_authors(args.device, DTYPES[args.dtype], args.batch_size, args.repeats)
+            )
+        else:
+            print("\nThe authors' bcos package is not installed (pip install bcos einops): comparison skipped.")
+    elif not authors_package_available():
+        print("\n(Install the authors' bcos package, pip install bcos einops, to compare with their B-cos ViT-S.)")
 
 
 if __name__ == "__main__":
