@@ -231,6 +231,16 @@ def test_every_method_of_a_model_is_scored_on_the_same_grids_with_its_accuracy()
     assert evaluation.summary("ideal")["grid_pointing_game"] == 1.0
 
 
+def test_items_with_boxes_are_also_scored_by_the_energy_pointing_game():
+    """Boxes over the left half: a uniform explanation puts half its attribution inside."""
+    dataset = [(image, label, [0, 0, CELL // 2, CELL]) for image, label in grey_dataset([0, 1, 2, 3, 4, 5])]
+    evaluation = evaluate_localisation(
+        grey_classifier(), {"uniform": uniform}, dataset, image_size=CELL, num_grids=1, progress=False
+    )
+    assert evaluation.energy_pointing_game == {"uniform": [0.5] * 4}  # one grid's worth of images, one per class
+    assert evaluation.summary("uniform")["energy_pointing_game"] == 0.5
+
+
 def test_without_enough_confident_classes_there_is_no_grid_to_score():
     evaluation = evaluate_localisation(
         grey_classifier(), {"uniform": uniform}, grey_dataset([0, 1, 2]), image_size=CELL, progress=False
