@@ -7,6 +7,7 @@ by timm's transform factory (:func:`image_transform`), so augmentation is the fa
 """
 
 import gzip
+import random
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,17 +100,35 @@ class HubImages(Dataset):
 
 
 class TransformedImages(Dataset):
-    """``(image, label)`` pairs turned into the dicts the ``Trainer`` feeds the model."""
+    """``(image, label)`` pairs turned into the dicts the ``Trainer`` feeds the model.
 
-    def __init__(self, pairs: Dataset, transform: Callable[[Image.Image], torch.Tensor]):
-        self.pairs, self.transform = pairs, transform
+    With a ``seed``, each item's random augmentation is a pure function of (seed, epoch, index): a run resumed from
+    a checkpoint sees exactly the crops and flips the uninterrupted run saw, whatever the global random state and
+    however many loader workers there are. The ``Trainer`` (through accelerate) calls :meth:`set_epoch`.
+    """
+
+    def __init__(self, pairs: Dataset, transform: Callable[[Image.Image], torch.Tensor], seed: int | None = None):
+        self.pairs, self.transform, self.seed = pairs, transform, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         image, label = self.pairs[index]
-        return {"pixel_values": self.transform(image), "labels": label}
+        if self.seed is None:
+            return {"pixel_values": self.transform(image), "labels": label}
+        item_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+        python_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(item_seed)
+            torch.manual_seed(item_seed)
+            pixel_values = self.transform(image)
+        random.setstate(python_state)
+        return {"pixel_values": pixel_values, "labels": label}
 
 
 def read_idx(path: str | Path) -> np.ndarray:

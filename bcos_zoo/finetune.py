@@ -282,6 +282,7 @@ def finetune(
     train_dataset = TransformedImages(
         limit(data.train, recipe.max_train_samples),
         image_transform(image_size, training=True, crop_scale=recipe.crop_scale, mean=mean, std=std),
+        seed=recipe.seed,
     )
     eval_dataset = TransformedImages(
         limit(data.validation, recipe.max_eval_samples), image_transform(image_size, training=False, mean=mean, std=std)

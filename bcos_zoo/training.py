@@ -88,6 +88,21 @@ class RankReport(TrainerCallback):
         (self.folder / f"rank-{args.process_index}.json").write_text(json.dumps(report, indent=2))
 
 
+class EpochSeededData(TrainerCallback):
+    """Tell the training data which epoch is starting, so its augmentation is seeded by (seed, epoch, index).
+
+    accelerate's ``set_epoch`` does not reach the dataset in an epoch resumed part-way, so the epoch is read from
+    the Trainer's state (which holds e.g. 7.5 in the middle of epoch 7).
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
+
+
 class DistillationTrainer(Trainer):
     """A ``Trainer`` whose loss is the SigLIP-style distillation to a frozen teacher's image embeddings.
 
@@ -160,6 +175,7 @@ def training_arguments(
         bf16=not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         dataloader_num_workers=0 if on_cpu else 8,
         prediction_loss_only=recipe.task == "clip-distillation",
+        ddp_find_unused_parameters=recipe.task == "clip-distillation",  # the unused logit scale
     )
     arguments.update(overrides)
     return TrainingArguments(**arguments)
@@ -175,7 +191,7 @@ def build_trainer(
     report_folder: Path | None = None,
 ) -> Trainer:
     """The ``Trainer`` for a recipe's task, with adaptive clipping and the per-rank report attached."""
-    callbacks = []
+    callbacks = [EpochSeededData(train_dataset)]
     if recipe.agc_clip:
         callbacks.append(AdaptiveGradientClipping(recipe.agc_clip))
     if report_folder is not None:

@@ -1,0 +1,90 @@
+"""Interrupted runs resume to the same result, and accelerate runs data-parallel over several processes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_testing import child_env, finetune_command, make_image_folder, make_vit_source
+
+from bcos_zoo import BcosViTForImageClassification
+from bcos_zoo.training import weights_digest
+
+
+STEPS = ["--max-steps", "40", "--save-steps", "10", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    return make_vit_source(root / "source"), make_image_folder(root / "data")
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    completed = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+def kill_after_first_checkpoint(command: list[str], checkpoint_state) -> None:
+    """Start a run and SIGKILL it as soon as its first checkpoint is completely written."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    deadline = time.monotonic() + 300
+    while not checkpoint_state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
+
+
+def final_state(output) -> tuple[dict, dict]:
+    return load_file(output / "repo" / "model.safetensors"), json.loads((output / "results.json").read_text())
+
+
+def test_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(inputs, tmp_path):
+    source, data = inputs
+    run(finetune_command(source, data, tmp_path / "straight", *STEPS))
+    interrupted = tmp_path / "interrupted"
+    command = finetune_command(source, data, interrupted, *STEPS)
+    kill_after_first_checkpoint(command, interrupted / "checkpoints" / "checkpoint-10" / "trainer_state.json")
+    assert not (interrupted / "repo").exists()
+    run(command + ["--resume"])
+
+    straight_weights, straight = final_state(tmp_path / "straight")
+    resumed_weights, resumed = final_state(interrupted)
+    for name, value in straight_weights.items():
+        torch.testing.assert_close(resumed_weights[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert resumed["metrics"]["accuracy"] == straight["metrics"]["accuracy"]
+
+
+def test_resume_skips_a_checkpoint_that_was_cut_off_while_saving(inputs, tmp_path):
+    source, data = inputs
+    output = tmp_path / "out"
+    command = finetune_command(source, data, output, "--max-steps", "20", "--save-steps", "10")
+    run(command)
+    partial = output / "checkpoints" / "checkpoint-30"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"cut off")
+    completed = run(command + ["--resume", "--max-steps", "30"])
+    assert "not completely written" in completed.stderr
+
+
+def test_two_accelerate_processes_train_the_same_model(inputs, tmp_path):
+    source, data = inputs
+    output = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command = finetune_command(source, data, output, "--max-steps", "6", "--save-steps", "6")
+    run(launcher + command[1:])
+
+    reports = [json.loads((output / "ranks" / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [report["world_size"] for report in reports] == [2, 2]
+    assert all(report["global_step"] == 6 and report["samples_seen_here"] > 0 for report in reports)
+    assert all(report["start_weights"] != report["end_weights"] for report in reports), "a rank did not train"
+    assert reports[0]["end_weights"] == reports[1]["end_weights"], "the ranks ended on different weights"
+    saved = BcosViTForImageClassification.from_pretrained(output / "repo")
+    assert weights_digest(saved) == reports[0]["end_weights"]
