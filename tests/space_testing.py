@@ -87,10 +87,19 @@ class RunningSpace:
 
 
 def start_space(name: str, model_folder: Path, workdir: Path, **env: str) -> RunningSpace:
-    """Run ``python app.py`` in ``spaces/<name>`` against a local model folder and wait until it serves its page."""
+    """Run ``python app.py`` in ``spaces/<name>`` against a local model folder and wait until it serves its page.
+
+    The app runs in a fresh interpreter where ``import bcos_zoo`` fails, offline, with its own Hugging Face and
+    Gradio caches under ``workdir``.
+    """
     port = free_port()
+    # A package of the same name, first on the path, that refuses to import: the app must stand without bcos_zoo.
+    shadow = workdir / "without_bcos_zoo" / "bcos_zoo"
+    shadow.mkdir(parents=True, exist_ok=True)
+    (shadow / "__init__.py").write_text('raise ImportError("a Space must not need bcos_zoo")\n')
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     child_env.update(
+        PYTHONPATH=str(shadow.parent),
         MODEL_ID=str(model_folder),
         GRADIO_SERVER_NAME="127.0.0.1",
         GRADIO_SERVER_PORT=str(port),

@@ -5,11 +5,13 @@ It is driven the two ways users reach it: a real headless Chromium (the page) an
 
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError, Status
 from PIL import Image
 from space_testing import (
     ODD_COLOURS,
@@ -26,6 +28,7 @@ from space_testing import (
 )
 
 
+QUEUE_MAX_SIZE = 10  # requests that may wait while one is processed
 SUMMARY = re.compile(
     r"\*\*(?P<label>.+)\*\*: logit (?P<logit>-?\d+\.\d+) = pixel contributions (?P<pixels>-?\d+\.\d+) "
     r"\+ bias (?P<bias>-?\d+\.\d+)"
@@ -38,7 +41,7 @@ def space(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("vit_space")
     folder = workdir / "bcos-vit"
     model = save_vit_folder(folder)
-    running = start_space("bcos-vit-explainer", folder, workdir)
+    running = start_space("bcos-vit-explainer", folder, workdir, QUEUE_MAX_SIZE=str(QUEUE_MAX_SIZE))
     yield running, model, folder
     stop_space(running)
 
@@ -53,6 +56,11 @@ def image_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "photo.png"
     photo().save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def broken_files(tmp_path_factory):
+    return unreadable_files(tmp_path_factory.mktemp("broken"))
 
 
 def pixels_of(path) -> np.ndarray:
@@ -106,6 +114,27 @@ def test_page_explains_a_bundled_example_when_it_is_picked(space):
         completeness = page.locator("#completeness").inner_text()
         screenshot(page, "space_vit_explainer_example")
     assert "pixel contributions" in completeness
+    assert external == []
+
+
+def test_page_answers_a_broken_image_with_a_short_message_and_keeps_working(space, broken_files, image_file):
+    running, model, folder = space
+    top_class = expected_top_class(model, folder, Image.open(image_file))
+    with chromium_page() as (page, external):
+        page.goto(running.url)
+        page.locator("input[type=file]").first.set_input_files(str(broken_files["truncated png"]))
+        page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
+        page.get_by_role("button", name="Explain").click()
+        page.get_by_text("could not be read as an image").first.wait_for(timeout=30_000)
+        text = page.locator("body").inner_text()
+        screenshot(page, "space_vit_explainer_broken_image")
+
+        page.get_by_label("Clear").first.click()
+        page.locator("input[type=file]").first.set_input_files(str(image_file))
+        page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
+        page.get_by_role("button", name="Explain").click()
+        page.locator("#predictions").get_by_text(top_class).first.wait_for(timeout=30_000)
+    assert "Traceback" not in text and 'File "' not in text
     assert external == []
 
 
@@ -200,11 +229,6 @@ def test_8000_pixel_image_is_downscaled_and_explained(client, odd_files):
     assert Image.open(colour).format == "PNG"
 
 
-@pytest.fixture(scope="module")
-def broken_files(tmp_path_factory):
-    return unreadable_files(tmp_path_factory.mktemp("broken"))
-
-
 @pytest.mark.parametrize("name", UNREADABLE)
 def test_unreadable_file_gets_a_short_message_and_the_app_keeps_serving(space, client, broken_files, image_file, name):
     with pytest.raises(AppError) as raised:
@@ -238,3 +262,37 @@ def test_ten_simultaneous_users_all_get_their_explanation(space, image_file):
         thread.join(timeout=120)
     assert errors == []
     assert [result[0]["label"] for result in results] == [expected] * len(clients)
+
+
+def test_queue_turns_away_requests_beyond_its_bound_and_serves_the_rest(space, odd_files, image_file):
+    """Three slow requests (8000x8000 PNGs) hold the single worker while 14 more users arrive: the queue takes as
+    many as it has room for, tells the others it is full, and answers every request it took."""
+    running, *_ = space
+    huge, _ = odd_files["huge.png"]
+    users = [Client(running.url, verbose=False) for _ in range(14)]
+    slow_client = Client(running.url, verbose=False)
+    slow = [slow_client.submit(handle_file(str(huge)), api_name="/predict") for _ in range(3)]
+    while slow[0].status().code != Status.PROCESSING:
+        time.sleep(0.02)
+    start = threading.Barrier(len(users))
+    answered, turned_away, errors = [], [], []
+
+    def use(user: Client) -> None:
+        start.wait()
+        try:
+            answered.append(user.predict(handle_file(str(image_file)), api_name="/predict"))
+        except QueueError:
+            turned_away.append(user)
+        except Exception as error:  # collected and reported below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=use, args=(user,)) for user in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(len(job.result()[0]["confidences"]) == 5 for job in slow)
+    assert errors == []
+    assert turned_away, "the queue took every request: it has no bound"
+    assert len(answered) + len(turned_away) == len(users)
+    assert len(answered) >= QUEUE_MAX_SIZE - (len(slow) - 1)  # every free place in the queue was served
