@@ -9,12 +9,14 @@ import contextlib
 import io
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +220,15 @@ def unreadable_files(folder: Path) -> dict[str, Path]:
     fake = folder / "fake.png"
     fake.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     return {"text file": text, "truncated png": png, "truncated jpeg": jpeg, "garbage with a png header": fake}
+
+
+def png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A small PNG whose header claims ``width`` x ``height``: what an app sees of a huge image before decoding."""
+    data = bytearray(png_bytes(Image.new("RGB", (8, 8))))
+    data[16:24] = struct.pack(">II", width, height)  # IHDR data starts after the signature, length and type
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
 
 
 def is_loopback(url: str) -> bool:

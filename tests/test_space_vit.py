@@ -20,6 +20,7 @@ from space_testing import (
     expected_top_class,
     odd_images,
     photo,
+    png_claiming_size,
     save_vit_folder,
     screenshot,
     start_space,
@@ -262,6 +263,14 @@ def test_ten_simultaneous_users_all_get_their_explanation(space, image_file):
         thread.join(timeout=120)
     assert errors == []
     assert [result[0]["label"] for result in results] == [expected] * len(clients)
+
+
+@pytest.mark.parametrize("side", [12_000, 20_000])
+def test_image_over_100_megapixels_is_refused_before_decoding(space, client, tmp_path, side):
+    claimed = png_claiming_size(tmp_path / "enormous.png", side, side)
+    with pytest.raises(AppError, match=rf"too large \({side}x{side}\); the limit is 100 megapixels"):
+        client.predict(handle_file(str(claimed)), api_name="/predict")
+    assert space[0].alive()
 
 
 def test_queue_turns_away_requests_beyond_its_bound_and_serves_the_rest(space, odd_files, image_file):

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -31,6 +32,7 @@ MODEL_ID = os.environ.get("MODEL_ID", "bcos-zoo/bcos-clip-vit-b32")
 REVISION = os.environ.get("MODEL_REVISION") or None
 QUEUE_MAX_SIZE = int(os.environ.get("QUEUE_MAX_SIZE", "32"))
 MAX_PIXELS = 100_000_000  # checked from the header, before anything is decoded
+Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check is replaced by MAX_PIXELS, with a clear message
 MAX_PROMPTS = 8
 DISPLAY_SIZE = 320  # pictures are enlarged (nearest neighbour, so pixels stay visible) to at least this size
 HERE = Path(__file__).parent
@@ -39,10 +41,12 @@ EXAMPLES = [
     [str(HERE / "examples" / "coffee.jpg"), "a cup of coffee\na spoon\na photo of a cat"],
     [str(HERE / "examples" / "rocket.jpg"), "a rocket\nthe sky\na tree"],
 ]
+CACHE_LIFETIME = (1800, 3600)  # every 30 minutes, drop uploads and results older than an hour
 DOWNLOAD = ["download", "fullscreen"]  # PNG downloads; no share button, the Space stays self-contained
 
 log = logging.getLogger("bcos-clip-explainer")
 model = AutoModel.from_pretrained(MODEL_ID, revision=REVISION, trust_remote_code=True).eval()
+model.to("cuda" if torch.cuda.is_available() else "cpu")
 processor = AutoImageProcessor.from_pretrained(MODEL_ID, revision=REVISION)
 tokenizer = AutoTokenizer.from_pretrained(MODEL_ID, revision=REVISION, trust_remote_code=True)
 SIZE = model.config.vision_config.image_size
@@ -74,7 +78,10 @@ def read_image(upload: str | dict | None) -> Image.Image:
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise gr.Error(f"The image is too large ({image.width}x{image.height}); the limit is 100 megapixels.")
+                limit = MAX_PIXELS // 1_000_000
+                raise gr.Error(
+                    f"The image is too large ({image.width}x{image.height}); the limit is {limit} megapixels."
+                )
             image.draft(None, (2 * SIZE, 2 * SIZE))  # JPEG: decode a big photo at a reduced scale, much faster
             image = to_rgb(ImageOps.exif_transpose(image))
     except gr.Error:
@@ -104,7 +111,7 @@ def picture(array: torch.Tensor, title: str) -> Image.Image:
     return image
 
 
-def friendly_errors(fn):
+def friendly_errors(fn: Callable) -> Callable:
     """Turn an unexpected failure into a short message; the details go to the server log, never to the page."""
 
     @functools.wraps(fn)
@@ -140,7 +147,7 @@ def localisation_view(pixel_values: torch.Tensor, contributions: torch.Tensor) -
 
 
 @friendly_errors
-def zero_shot(upload: str | dict | None, prompts_text: str | None, localise: bool = False):
+def zero_shot(upload: str | dict | None, prompts_text: str | None, localise: bool = False) -> tuple:
     """Zero-shot scores over the prompts, each prompt's explanation and, if asked, the localisation view."""
     prompts = parse_prompts(prompts_text)
     image = read_image(upload)
@@ -169,7 +176,7 @@ def zero_shot(upload: str | dict | None, prompts_text: str | None, localise: boo
         explanations.append((picture(rendered[k], f"B-cos explanation of {prompt!r}"), caption))
     localised = []
     if localise:
-        source = contrast if contrast is not None else explanation
+        source = contrast if contrast is not None else explanation  # a single prompt has no others to beat
         for k, prompt in enumerate(prompts):
             view = localisation_view(pixel_values[0], source.contributions[k])
             localised.append((picture(view, f"Localisation of {prompt!r}"), prompt))
@@ -187,7 +194,7 @@ shows the colours and places in the image that raise its similarity (the model's
 post-hoc estimate). The localisation view explains each prompt against the others and shows the image only where
 it supports that prompt. Model: `{MODEL_ID}`."""
 
-with gr.Blocks(title="B-cos CLIP explainer", analytics_enabled=False) as demo:
+with gr.Blocks(title="B-cos CLIP explainer", analytics_enabled=False, delete_cache=CACHE_LIFETIME) as demo:
     gr.Markdown(INTRO)
     with gr.Row():
         with gr.Column():

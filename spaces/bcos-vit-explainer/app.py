@@ -15,6 +15,7 @@ import os
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -31,12 +32,15 @@ MODEL_ID = os.environ.get("MODEL_ID", "bcos-zoo/bcos-vit-s16")
 REVISION = os.environ.get("MODEL_REVISION") or None
 QUEUE_MAX_SIZE = int(os.environ.get("QUEUE_MAX_SIZE", "32"))
 MAX_PIXELS = 100_000_000  # checked from the header, before anything is decoded
+Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check is replaced by MAX_PIXELS, with a clear message
 DISPLAY_SIZE = 320  # pictures are enlarged (nearest neighbour, so pixels stay visible) to at least this size
 EXAMPLES = sorted(str(path) for path in (Path(__file__).parent / "examples").glob("*.jpg"))
+CACHE_LIFETIME = (1800, 3600)  # every 30 minutes, drop uploads and results older than an hour
 DOWNLOAD = ["download", "fullscreen"]  # PNG downloads; no share button, the Space stays self-contained
 
 log = logging.getLogger("bcos-vit-explainer")
 model = AutoModelForImageClassification.from_pretrained(MODEL_ID, revision=REVISION, trust_remote_code=True).eval()
+model.to("cuda" if torch.cuda.is_available() else "cpu")
 processor = AutoImageProcessor.from_pretrained(MODEL_ID, revision=REVISION)
 SIZE = model.config.image_size
 # explain() switches the shared model into explanation mode, so two explanations must never overlap.
@@ -78,7 +82,10 @@ def read_image(upload: str | dict | None) -> Image.Image:
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise gr.Error(f"The image is too large ({image.width}x{image.height}); the limit is 100 megapixels.")
+                limit = MAX_PIXELS // 1_000_000
+                raise gr.Error(
+                    f"The image is too large ({image.width}x{image.height}); the limit is {limit} megapixels."
+                )
             image.draft(None, (2 * SIZE, 2 * SIZE))  # JPEG: decode a big photo at a reduced scale, much faster
             image = to_rgb(ImageOps.exif_transpose(image))
     except gr.Error:
@@ -108,7 +115,7 @@ def picture(array: torch.Tensor, title: str) -> Image.Image:
     return image
 
 
-def friendly_errors(fn):
+def friendly_errors(fn: Callable) -> Callable:
     """Turn an unexpected failure into a short message; the details go to the server log, never to the page."""
 
     @functools.wraps(fn)
@@ -124,7 +131,7 @@ def friendly_errors(fn):
     return wrapper
 
 
-def explain(image: Image.Image, target: int | None):
+def explain(image: Image.Image, target: int | None) -> tuple[torch.Tensor, object]:
     """Model input and explanation of one image for ``target`` (``None``: the top class)."""
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
     with MODEL_LOCK:
@@ -152,7 +159,7 @@ def views(pixel_values: torch.Tensor, explanation) -> tuple[Image.Image, Image.I
 
 
 @friendly_errors
-def predict(upload: str | dict | None):
+def predict(upload: str | dict | None) -> tuple:
     """Top-5 predictions and the explanation of the top class; the class picker is set to that class."""
     pixel_values, explanation = explain(read_image(upload), None)
     scores = explanation.logits[0].float().softmax(-1)
@@ -162,7 +169,7 @@ def predict(upload: str | dict | None):
 
 
 @friendly_errors
-def explain_class(upload: str | dict | None, class_name: str | None):
+def explain_class(upload: str | dict | None, class_name: str | None) -> tuple:
     """The explanation of the class the user picked."""
     if class_name not in LABEL_INDEX:
         raise gr.Error("Pick one of the model's classes to explain.")
@@ -174,7 +181,7 @@ A B-cos network is a dynamic linear map, `logit = W(x) x + bias`: the explanatio
 `W(x)`, exact, not a post-hoc estimate. Colour: the colours the model looks for where they raise the logit.
 Contributions: `W(x) x` per pixel, red for and blue against the class. Model: `{MODEL_ID}`."""
 
-with gr.Blocks(title="B-cos ViT explainer", analytics_enabled=False) as demo:
+with gr.Blocks(title="B-cos ViT explainer", analytics_enabled=False, delete_cache=CACHE_LIFETIME) as demo:
     gr.Markdown(INTRO)
     with gr.Row():
         with gr.Column():
