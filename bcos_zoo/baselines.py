@@ -46,8 +46,8 @@ class StandardClassifier(nn.Module):
         return self.model.config.image_size
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(pixel_values.dtype), self.std.to(pixel_values.dtype)
-        return self.model(pixel_values=(pixel_values - mean) / std).logits
+        pixel_values = pixel_values.to(self.model.dtype)
+        return self.model(pixel_values=(pixel_values - self.mean.to(pixel_values)) / self.std.to(pixel_values)).logits
 
 
 def load_standard_classifier(
@@ -57,8 +57,8 @@ def load_standard_classifier(
 ) -> StandardClassifier:
     """A transformers ViT classifier (folder, Hub id or loaded model) with its normalisation, in eval mode.
 
-    Mean and std come from the folder's ``preprocessor_config.json`` (identity when it does not normalise), else
-    from ``image_mean``/``image_std``, else transformers' ViT default of 0.5.
+    Mean and std are ``image_mean``/``image_std`` when given, else the folder's ``preprocessor_config.json`` (no
+    change when it does not normalise), else transformers' ViT default of 0.5.
     """
     mean, std = DEFAULT_MEAN_STD
     if isinstance(source, ViTForImageClassification):
@@ -156,12 +156,13 @@ def attention_rollout(classifier: StandardClassifier, images: torch.Tensor, targ
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")  # only eager attention returns the attention matrices
     try:
-        mean, std = classifier.mean.to(images.dtype), classifier.std.to(images.dtype)
-        attentions = model(pixel_values=(images - mean) / std, output_attentions=True).attentions
+        pixels = images.to(model.dtype)
+        normalised = (pixels - classifier.mean.to(pixels)) / classifier.std.to(pixels)
+        attentions = model(pixel_values=normalised, output_attentions=True).attentions
     finally:
         model.set_attn_implementation(previous)
     tokens = attentions[0].shape[-1]
-    identity = torch.eye(tokens, dtype=images.dtype, device=images.device)
+    identity = torch.eye(tokens, dtype=attentions[0].dtype, device=images.device)
     rollout = identity.expand(len(images), tokens, tokens)
     for attention in attentions:
         rollout = ((attention.mean(dim=1) + identity) / 2) @ rollout

@@ -38,7 +38,7 @@ def bcos_attribution(model) -> AttributionFn:
     """A B-cos model's own explanation: the per-pixel contributions ``W(x) x`` to the target logit."""
 
     def attribute(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return model.explain(images, target=targets).contributions
+        return model.explain(images.to(model.dtype), target=targets).contributions
 
     return attribute
 
@@ -47,7 +47,7 @@ def bcos_classifier(model) -> ClassifierFn:
     """A B-cos (or any transformers) image classifier as ``classify(images) -> logits``."""
 
     def classify(images: torch.Tensor) -> torch.Tensor:
-        return model(pixel_values=images).logits
+        return model(pixel_values=images.to(model.dtype)).logits
 
     return classify
 
