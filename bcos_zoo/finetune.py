@@ -112,8 +112,13 @@ def build_model(recipe: Recipe, class_names: list[str]):
                 "clip-distillation starts from the original CLIP checkpoint, which is also the teacher; "
                 "to continue an interrupted run, use --resume with the same --output-dir."
             )
+        from transformers import AutoImageProcessor
+
         model = BcosCLIPModel.from_pretrained_standard(recipe.source, b=recipe.b, bias=recipe.bias)
-        teacher = CLIPDistillationLoss(CLIPModel.from_pretrained(recipe.source))
+        processor = AutoImageProcessor.from_pretrained(recipe.source)  # the teacher sees what it was trained on
+        teacher = CLIPDistillationLoss(
+            CLIPModel.from_pretrained(recipe.source), image_mean=processor.image_mean, image_std=processor.image_std
+        )
         return model, teacher, model.vision_config.image_size
     if recipe.task != "classification":
         raise ValueError(f"unknown task {recipe.task!r}: classification, clip-distillation, standard-classification")

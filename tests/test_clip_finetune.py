@@ -1,0 +1,58 @@
+"""CLIP distillation through the Trainer: the B-cos image tower learns the frozen original's embeddings."""
+
+import pytest
+import torch
+from clip_testing import IMAGE_SIZE, save_source
+from safetensors.torch import load_file
+from training_testing import make_image_folder
+
+from bcos_zoo import BcosCLIPModel
+from bcos_zoo.data import TransformedImages, image_transform, load_dataset_splits
+from bcos_zoo.finetune import build_model, finetune, mean_embedding_cosine
+from bcos_zoo.recipes import Recipe
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clip")
+    save_source(root / "source")
+    recipe = Recipe(
+        name="bcos-clip-tiny",
+        source=str(root / "source"),
+        dataset=str(make_image_folder(root / "data", size=IMAGE_SIZE)),
+        hub_model_id="org/bcos-clip-tiny",
+        task="clip-distillation",
+        max_steps=15,
+        batch_size=8,
+        learning_rate=2e-3,
+        save_steps=15,
+    )
+    return recipe, finetune(recipe, root / "out", device="cpu")
+
+
+def test_distillation_brings_the_image_embeddings_closer_to_the_original(distilled):
+    recipe, result = distilled
+    data = load_dataset_splits(recipe.dataset)
+    untrained, teacher, size = build_model(recipe, data.class_names)
+    validation = TransformedImages(data.validation, image_transform(size, training=False))
+    before = mean_embedding_cosine(untrained, teacher, validation, batch_size=8)
+    assert result.metrics["embedding_cosine"] > before
+
+
+def test_distillation_leaves_the_text_tower_as_it_was(distilled):
+    recipe, result = distilled
+    source = load_file(f"{recipe.source}/model.safetensors")
+    trained = load_file(result.repo_dir / "model.safetensors")
+    text_weights = [name for name in source if name.startswith("text_model.")]
+    assert text_weights
+    for name in text_weights:
+        torch.testing.assert_close(trained[name], source[name], rtol=0, atol=0, msg=name)
+
+
+def test_distilled_repo_is_a_zero_shot_clip_with_a_card(distilled):
+    _, result = distilled
+    model = BcosCLIPModel.from_pretrained(result.repo_dir)
+    explanation = model.explain(torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE), text=["red", "blue"])
+    assert explanation.logits.shape == (1, 2)
+    assert 0.0 <= result.metrics["zero_shot_accuracy"] <= 1.0
+    assert (result.repo_dir / "README.md").read_text().count("zero-shot-image-classification") >= 1

@@ -1,0 +1,115 @@
+"""The parts a fine-tuning run is made of: recipes, data sources, adaptive gradient clipping."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bcos_zoo.data import (
+    FASHION_MNIST_DIR,
+    TransformedImages,
+    image_folder,
+    image_transform,
+    load_dataset_splits,
+    read_idx,
+)
+from bcos_zoo.recipes import RECIPES, get_recipe
+from bcos_zoo.training import adaptive_clip_grad_
+
+
+def test_every_recipe_names_its_source_data_and_hub_repo():
+    for name, recipe in RECIPES.items():
+        assert recipe.name == name
+        assert recipe.source and recipe.dataset and "/" in recipe.hub_model_id
+    assert {"bcos-vit-ti", "bcos-vit-s", "bcos-vit-b", "bcos-clip-vit-b32", "bcos-clip-vit-b16"} <= set(RECIPES)
+
+
+def test_unknown_recipe_error_lists_the_catalogue():
+    with pytest.raises(ValueError, match="bcos-vit-s"):
+        get_recipe("bcos-vit-xxl")
+
+
+def test_overrides_replace_fields_and_none_keeps_the_recipe_value():
+    recipe = get_recipe("bcos-vit-s").with_overrides(learning_rate=3e-5, epochs=None)
+    assert recipe.learning_rate == 3e-5 and recipe.epochs == get_recipe("bcos-vit-s").epochs
+    with pytest.raises(ValueError, match="unknown recipe fields"):
+        recipe.with_overrides(lr=1.0)
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_files_read_back_exactly(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28))
+    write_idx(tmp_path / "images.gz", images)
+    np.testing.assert_array_equal(read_idx(tmp_path / "images.gz"), images)
+
+
+def test_truncated_idx_file_is_refused(tmp_path):
+    write_idx(tmp_path / "images.gz", np.zeros((5, 28, 28)))
+    data = gzip.decompress((tmp_path / "images.gz").read_bytes())
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(data[:-100]))
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "cut.gz")
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="needs Debian's dataset-fashion-mnist (scripts/setup.sh)")
+def test_fashion_mnist_comes_from_the_debian_package():
+    data = load_dataset_splits("fashion-mnist")
+    assert (len(data.train), len(data.validation), len(data.class_names)) == (60000, 10000, 10)
+    image, label = data.train[0]
+    assert image.mode == "RGB" and image.size == (28, 28) and 0 <= label < 10
+
+
+def make_folder(root, names=("cat", "dog"), count=5):
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            Image.new("RGB", (8, 8), (index, 0, 0)).save(root / name / f"{index}.png")
+
+
+def test_image_folder_uses_its_train_and_validation_folders(tmp_path):
+    make_folder(tmp_path / "train")
+    make_folder(tmp_path / "validation", count=2)
+    data = image_folder(tmp_path)
+    assert data.class_names == ["cat", "dog"]
+    assert (len(data.train), len(data.validation)) == (10, 4)
+
+
+def test_image_folder_without_a_split_holds_out_a_seeded_tenth(tmp_path):
+    make_folder(tmp_path, count=10)
+    first, second = image_folder(tmp_path), image_folder(tmp_path)
+    assert (len(first.train), len(first.validation)) == (18, 2)
+    assert first.validation.indices == second.validation.indices
+
+
+def test_folder_without_class_folders_says_what_layout_is_expected(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "lonely.png")
+    with pytest.raises(ValueError, match="class sub-folders"):
+        load_dataset_splits(str(tmp_path))
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
+    pairs = [
+        (Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)), 0) for i in range(2)
+    ]
+    dataset = TransformedImages(pairs, image_transform(32, training=True), seed=7)
+    first = dataset[1]["pixel_values"]
+    torch.manual_seed(123)  # the global random state must not matter
+    assert torch.equal(dataset[1]["pixel_values"], first)
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[1]["pixel_values"], first)
+
+
+def test_adaptive_clipping_bounds_each_row_relative_to_its_weight_norm():
+    weight = torch.nn.Parameter(torch.tensor([[3.0, 4.0], [0.3, 0.4]]))
+    weight.grad = torch.tensor([[0.0, 10.0], [0.001, 0.0]])
+    adaptive_clip_grad_([weight], clip=0.1)
+    torch.testing.assert_close(weight.grad[0].norm(), torch.tensor(0.5))  # 0.1 * |row| = 0.5 < 10: clipped
+    torch.testing.assert_close(weight.grad[1], torch.tensor([0.001, 0.0]))  # already below 0.1 * 0.5: untouched
