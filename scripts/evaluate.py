@@ -125,6 +125,11 @@ def evaluate_models(args: argparse.Namespace) -> dict:
             num_images=evaluation.num_images,
             num_grid_classes=evaluation.num_grid_classes,
         )
+        if evaluation.grid_pointing_game and evaluation.num_grid_classes < args.grid_size**2:
+            print(
+                f"GridPG skipped for {path}: only {evaluation.num_grid_classes} classes have an image it classifies "
+                f"correctly with confidence >= {args.min_confidence}; a grid needs {args.grid_size**2}."
+            )
         methods = evaluation.grid_pointing_game or {None: []}
         for method in methods:
             row = dict(model=role, method=method, label=METHOD_NAMES.get(method, "-"), **evaluation.summary(method))

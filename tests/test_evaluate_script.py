@@ -121,6 +121,13 @@ def test_without_a_source_the_posthoc_methods_are_skipped(workspace, tmp_path, c
     assert "skipping gradcam" in capsys.readouterr().out
 
 
+def test_when_too_few_classes_are_confidently_classified_gridpg_is_reported_as_skipped(workspace, tmp_path, capsys):
+    args = [*common_args(workspace, tmp_path), "--methods", "bcos", "--min-confidence", "0.99"]
+    report = load_script().main(args)
+    assert report["rows"][0]["grid_pointing_game"] is None
+    assert "GridPG skipped" in capsys.readouterr().out
+
+
 def test_a_model_whose_classes_do_not_match_the_dataset_is_rejected(workspace, tmp_path):
     (tmp_path / "data" / "only_class").mkdir(parents=True)
     Image.new("RGB", (SIZE, SIZE)).save(tmp_path / "data" / "only_class" / "a.png")
