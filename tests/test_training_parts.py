@@ -2,6 +2,7 @@
 
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +114,9 @@ def test_adaptive_clipping_bounds_each_row_relative_to_its_weight_norm():
     adaptive_clip_grad_([weight], clip=0.1)
     torch.testing.assert_close(weight.grad[0].norm(), torch.tensor(0.5))  # 0.1 * |row| = 0.5 < 10: clipped
     torch.testing.assert_close(weight.grad[1], torch.tensor([0.001, 0.0]))  # already below 0.1 * 0.5: untouched
+
+
+def test_readme_catalogue_lists_every_recipe():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, recipe in RECIPES.items():
+        assert f"| `{name}` |" in readme and recipe.hub_model_id in readme
