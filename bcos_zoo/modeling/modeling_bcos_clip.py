@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoTokenizer, CLIPImageProcessor, CLIPProcessor, CLIPTextModel, PreTrainedModel
+from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTokenizer, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
@@ -410,7 +410,7 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         if self._tokenizer is None and self.name_or_path and not self._tokenizer_looked_up:
             self._tokenizer_looked_up = True
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+                self._tokenizer = CLIPTokenizer.from_pretrained(self.name_or_path)  # no remote-code prompt
             except (OSError, ValueError, KeyError) as error:
                 logger.info(f"No tokenizer could be loaded from {self.name_or_path}: {error}")
         return self._tokenizer
