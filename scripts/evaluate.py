@@ -1,4 +1,4 @@
-"""Accuracy and localisation of a B-cos model, and of post-hoc explanations of its standard source, side by side.
+r"""Accuracy and localisation of a B-cos model, and of post-hoc explanations of its standard source, side by side.
 
     python scripts/evaluate.py --model outputs/bcos-vit-s --source outputs/vit-s --dataset fashion-mnist \
         --num-grids 50 --output-dir outputs/evaluation
