@@ -119,20 +119,53 @@ def render_model_card(
     )
 
 
-def render_space_card(
-    title: str, emoji: str, models: list[str], short_description: str, body: str, sdk_version: str
-) -> SpaceCard:
-    """A Space's README: the YAML header the Hub reads (sdk, app file, models) above ``body``."""
+# The Spaces in spaces/: their Hub header fields; each shows the model of a zoo recipe by default.
+SPACES = {
+    "bcos-vit-explainer": dict(
+        title="B-cos ViT Explainer",
+        emoji="🔍",
+        colorFrom="indigo",
+        colorTo="red",
+        recipe="bcos-vit-s",
+        short_description="Exact explanations of a B-cos ViT's predictions",
+    ),
+    "bcos-clip-explainer": dict(
+        title="B-cos CLIP Explainer",
+        emoji="🔎",
+        colorFrom="indigo",
+        colorTo="green",
+        recipe="bcos-clip-vit-b32",
+        short_description="Which pixels make an image match a text prompt",
+    ),
+}
+
+
+def render_space_card(name: str, body: str, sdk_version: str | None = None) -> SpaceCard:
+    """The README of ``spaces/<name>``: the YAML header the Hub reads (sdk, app file, model) above ``body``.
+
+    The header comes from :data:`SPACES` and the recipe catalogue, so the Space always names the zoo's model.
+    """
+    from .recipes import get_recipe
+
+    if sdk_version is None:
+        import gradio
+
+        sdk_version = gradio.__version__
+    fields = dict(SPACES[name])
+    model = get_recipe(fields.pop("recipe")).hub_model_id
     data = SpaceCardData(
-        title=title,
-        emoji=emoji,
+        title=fields.pop("title"),
         sdk="gradio",
         sdk_version=sdk_version,
         app_file="app.py",
         python_version="3.11",
-        models=models,
+        models=[model],
         license="apache-2.0",
-        short_description=short_description,
-        tags=["b-cos", "interpretability"],
+        **fields,
     )
-    return SpaceCard.from_template(data, template_path=str(template_path("space_card.md")), body=body, title=title)
+    return SpaceCard.from_template(data, template_path=str(template_path("space_card.md")), body=body.strip())
+
+
+def space_card_body(readme: str) -> str:
+    """The text of a Space README below its YAML header."""
+    return readme.split("\n---\n", 1)[1] if readme.startswith("---\n") else readme

@@ -28,7 +28,7 @@ from PIL import Image, ImageOps  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
 
-MODEL_ID = os.environ.get("MODEL_ID", "bcos-zoo/bcos-vit-s16")
+MODEL_ID = os.environ.get("MODEL_ID", "bcos-zoo/bcos-vit-s")
 REVISION = os.environ.get("MODEL_REVISION") or None
 QUEUE_MAX_SIZE = int(os.environ.get("QUEUE_MAX_SIZE", "32"))
 MAX_PIXELS = 100_000_000  # checked from the header, before anything is decoded

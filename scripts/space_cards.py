@@ -1,0 +1,26 @@
+"""Re-render the README header of every Space in spaces/ from hub_cards/space_card.md and the recipe catalogue.
+
+    python scripts/space_cards.py
+
+The text below each header is kept; the header (title, sdk and its version, app file, models, licence) is
+rewritten, so it names the installed Gradio and the zoo's current model repos.
+"""
+
+from pathlib import Path
+
+from bcos_zoo.cards import SPACES, render_space_card, space_card_body
+
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "spaces"
+
+
+def main() -> None:
+    for name in SPACES:
+        readme = SPACES_DIR / name / "README.md"
+        card = render_space_card(name, space_card_body(readme.read_text()))
+        readme.write_text(str(card))
+        print(f"wrote {readme}")
+
+
+if __name__ == "__main__":
+    main()
