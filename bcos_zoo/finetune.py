@@ -122,7 +122,14 @@ def build_model(recipe: Recipe, class_names: list[str]):
         return model, teacher, model.vision_config.image_size
     if recipe.task != "classification":
         raise ValueError(f"unknown task {recipe.task!r}: classification, clip-distillation, standard-classification")
-    if model_type in BCOS_MODEL_TYPES:
+    if recipe.source == "scratch":  # a B-cos ViT trained from scratch: the papers' baseline for B-cosification
+        from .modeling.configuration_bcos_vit import BcosViTConfig
+
+        if not recipe.architecture:
+            raise ValueError(f"recipe {recipe.name!r} trains from scratch but gives no architecture")
+        config = BcosViTConfig(**recipe.architecture, b=recipe.b, num_labels=len(class_names))
+        model = BcosViTForImageClassification(config)
+    elif model_type in BCOS_MODEL_TYPES:
         model = BcosViTForImageClassification.from_pretrained(recipe.source)
     else:
         model = BcosViTForImageClassification.from_pretrained_standard(recipe.source, b=recipe.b, bias=recipe.bias)
