@@ -75,7 +75,7 @@ def render_model_card(
         {"name": name, "value": f"{100 * metrics[key]:.2f}%"}
         for name, key in (
             (f"`{repo_id}` (this model)", metric_key),
-            (f"`{recipe.source}` (standard source)", f"source_{metric_key}"),
+            (f"`{base_model or Path(recipe.source).name}` (standard source)", f"source_{metric_key}"),
         )
         if key in metrics
     ]
@@ -104,7 +104,7 @@ def render_model_card(
         model_title=repo_id.split("/")[-1],
         summary=recipe.summary,
         task=recipe.task,
-        source=recipe.source,
+        source=base_model or "/".join(Path(recipe.source).parts[-2:]),  # no local absolute paths in a public card
         b=recipe.b,
         bias=recipe.bias,
         dataset_name=dataset_name,
