@@ -7,6 +7,9 @@ Models: the ViT-S/16 classifier and the CLIP ViT-B/32 image tower (with projecti
 throughput of the source and of the B-cos model (images/s), their ratio (target >= 0.9), explanation throughput,
 and the cost of one batched explanation in forward passes of the B-cos model (target <= 2.5).
 
+With ``--train``, fine-tuning throughput through the HF ``Trainer`` (forward, BCE or cross-entropy, backward, AdamW
+step) of the standard ViT-S/16 and its B-cos form under identical ``TrainingArguments``; target ratio >= 0.85.
+
 When the B-cos authors' ``bcos`` package is importable (``pip install bcos einops``; not a dependency of this
 project), a second table compares this package's B-cos ViT-S/16 with theirs (``simple_vit_s_patch16_224``, same
 width, depth and heads) in forward and explanation throughput. Their explanation is batched here the same way:
@@ -191,6 +194,46 @@ def benchmark_against_authors(device: str, dtype: torch.dtype, batch_size: int, 
     )
 
 
+def trainer_throughput(model, device: str, dtype: torch.dtype, batch_size: int, steps: int, folder: str) -> float:
+    """Training images per second of ``model`` through the HF Trainer on random images in [0, 1]."""
+    from transformers import Trainer, TrainingArguments
+
+    from bcos_zoo.training import collate_images
+
+    data = [{"pixel_values": torch.rand(3, 224, 224), "labels": i % 1000} for i in range(batch_size * steps)]
+    arguments = TrainingArguments(
+        output_dir=folder,
+        per_device_train_batch_size=batch_size,
+        max_steps=steps,
+        optim="adamw_torch",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=dtype == torch.bfloat16,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=arguments, train_dataset=data, data_collator=collate_images)
+    start = time.perf_counter()
+    trainer.train()
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def benchmark_training(device: str, dtype: torch.dtype, batch_size: int, repeats: int) -> dict:
+    """Standard vs B-cos ViT-S fine-tuning, in alternating rounds (the first round of each is a warm-up)."""
+    import tempfile
+
+    source, bcos = vit_s_pair()
+    steps = 20 if device.startswith("cuda") else 3
+    rates = {"source": [], "bcos": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in tqdm(range(max(2, repeats)), desc="training rounds", leave=False):
+            for name, model in (("source", source), ("bcos", bcos)):
+                rates[name].append(trainer_throughput(model.train(), device, dtype, batch_size, steps, folder))
+    source_rate, bcos_rate = (statistics.median(rates[name][1:]) for name in ("source", "bcos"))
+    return {"source": source_rate, "bcos": bcos_rate, "ratio": bcos_rate / source_rate}
+
+
 CASES = {"vit": benchmark_vit, "clip": benchmark_clip}
 AUTHORS_CASE = "authors-vit"
 
@@ -229,6 +272,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     available = [*CASES, AUTHORS_CASE] if authors_package_available() else list(CASES)
     parser.add_argument("--models", nargs="+", default=available, choices=[*CASES, AUTHORS_CASE])
+    parser.add_argument("--train", action="store_true", help="also fine-tuning throughput through the HF Trainer")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"device={args.device} dtype={args.dtype} batch={args.batch_size} threads={torch.get_num_threads()}")
@@ -239,6 +283,10 @@ def main() -> None:
         for name in sources:
             print(source_row(CASES[name](args.device, DTYPES[args.dtype], args.batch_size, args.repeats)), flush=True)
         print("targets: fwd ratio >= 0.90 (B-cos vs source throughput), explain/fwd <= 2.50")
+    if args.train:
+        r = benchmark_training(args.device, DTYPES[args.dtype], args.batch_size, args.repeats)
+        print(f"\nViT-S/16 fine-tuning through the Trainer (img/s): standard {r['source']:.1f}, B-cos {r['bcos']:.1f}")
+        print(f"training ratio {r['ratio']:.2f} (target >= 0.85)")
     if AUTHORS_CASE in args.models:
         if authors_package_available():
             print_authors_comparison(
