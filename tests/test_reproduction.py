@@ -1,0 +1,131 @@
+"""The reproduction's arithmetic on constructed curves, and scripts/reproduce.py end to end on a tiny image folder."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from training_testing import make_image_folder
+
+from bcos_zoo.reproduction import accuracy_curve, epochs_to_reach, plot_localisation, speed_up
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = [(0.0, 0.10), (1.0, 0.60), (2.0, 0.70), (3.0, 0.74), (4.0, 0.75)]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("reproduce_script", ROOT / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_accuracy_curve_reads_eval_entries_of_the_trainer_log_and_puts_the_initial_accuracy_at_epoch_0():
+    history = [
+        {"loss": 0.4, "epoch": 0.5},
+        {"eval_accuracy": 0.8, "eval_loss": 0.3, "epoch": 2.0},
+        {"eval_accuracy": 0.7, "eval_loss": 0.4, "epoch": 1.0},
+    ]
+    assert accuracy_curve(history, initial=0.2) == [(0.0, 0.2), (1.0, 0.7), (2.0, 0.8)]
+
+
+def test_epochs_to_reach_is_the_first_evaluated_epoch_at_or_above_the_target():
+    assert epochs_to_reach(SCRATCH, 0.70) == 2.0
+    assert epochs_to_reach(SCRATCH, 0.71) == 3.0
+
+
+def test_epochs_to_reach_is_none_when_the_curve_never_gets_there():
+    assert epochs_to_reach(SCRATCH, 0.9) is None
+
+
+def test_speed_up_divides_the_from_scratch_epochs_by_the_bcosified_epochs():
+    bcosified = [(0.0, 0.30), (1.0, 0.72), (2.0, 0.76), (3.0, 0.78), (4.0, 0.79)]
+    result = speed_up(bcosified, SCRATCH)
+    assert (result.target_accuracy, result.scratch_epochs, result.bcosified_epochs) == (0.75, 4.0, 2.0)
+    assert result.speed_up == 2.0 and not result.lower_bound
+
+
+def test_speed_up_credits_the_from_scratch_run_with_the_first_epoch_it_reached_its_final_accuracy():
+    plateau = [(1.0, 0.60), (2.0, 0.75), (3.0, 0.74), (4.0, 0.75)]
+    assert speed_up([(1.0, 0.80)], plateau).scratch_epochs == 2.0
+
+
+def test_speed_up_reached_at_the_first_evaluation_is_only_a_lower_bound():
+    result = speed_up([(0.0, 0.30), (1.0, 0.80), (2.0, 0.82)], SCRATCH)
+    assert result.speed_up == 4.0 and result.lower_bound
+    assert result.describe().startswith(">= 4.0x")
+
+
+def test_speed_up_is_none_when_the_bcosified_run_never_reaches_the_target():
+    result = speed_up([(0.0, 0.30), (1.0, 0.50), (2.0, 0.60)], SCRATCH)
+    assert result.bcosified_epochs is None and result.speed_up is None
+    assert "never reached" in result.describe()
+
+
+def test_localisation_plot_shows_rows_without_a_score_as_not_available(tmp_path):
+    rows = [
+        dict(label="B-cos", bcos=True, grid_pointing_game=0.8, grid_pointing_game_std=0.1),
+        dict(label="GradCAM", bcos=False, grid_pointing_game=None, grid_pointing_game_std=None),
+    ]
+    plot_localisation(rows, 2, tmp_path / "localisation.png")
+    assert (tmp_path / "localisation.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_reproduction(tmp_path_factory):
+    """The whole script on 48 training and 12 test images of 3 colour classes: one optimiser step per epoch."""
+    root = tmp_path_factory.mktemp("reproduction")
+    make_image_folder(root / "data" / "train", per_class=16)
+    make_image_folder(root / "data" / "validation", per_class=4, seed=1)
+    argv = [
+        "--dataset", str(root / "data"), "--epochs", "2", "--source-epochs", "1",
+        "--num-grids", "2", "--grid-size", "1", "--min-confidence", "0", "--ig-steps", "2", "--num-examples", "3",
+        "--output-dir", str(root / "docs"), "--work-dir", str(root / "work"), "--device", "cpu",
+    ]  # fmt: skip
+    report = load_script().main(argv)
+    return root, argv, report
+
+
+def test_script_writes_the_json_report_the_markdown_and_three_figures(tiny_reproduction):
+    root, _, report = tiny_reproduction
+    names = sorted(path.name for path in (root / "docs").iterdir())
+    assert names == [
+        "accuracy_per_epoch.png",
+        "explanations.png",
+        "localisation.png",
+        "reproduction.json",
+        "reproduction.md",
+    ]
+    assert json.loads((root / "docs" / "reproduction.json").read_text()) == json.loads(json.dumps(report))
+    assert "python scripts/reproduce.py --dataset" in (root / "docs" / "reproduction.md").read_text()
+
+
+def test_script_records_a_curve_from_epoch_0_to_the_last_epoch_for_both_bcos_models(tiny_reproduction):
+    _, _, report = tiny_reproduction
+    for key in ("bcosified", "scratch"):
+        assert [epoch for epoch, _ in report["accuracy"][key]["curve"]] == [0.0, 1.0, 2.0]
+
+
+def test_script_scores_both_bcos_models_and_every_posthoc_method_of_the_standard_model(tiny_reproduction):
+    _, _, report = tiny_reproduction
+    scored = [(row["model"], row["method"]) for row in report["localisation"]["rows"]]
+    posthoc = [
+        ("standard", method) for method in ("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout")
+    ]
+    assert scored == [("bcosified", "bcos"), ("scratch", "bcos"), *posthoc]
+    assert all(row["grid_pointing_game"] is not None for row in report["localisation"]["rows"])
+
+
+def test_script_run_again_reuses_the_finished_models(tiny_reproduction, capsys):
+    root, argv, report = tiny_reproduction
+    again = load_script().main(argv)
+    assert capsys.readouterr().out.count("Re-using the finished run") == 3
+    assert again["accuracy"]["bcosified"]["curve"] == report["accuracy"]["bcosified"]["curve"]
+
+
+def test_script_refuses_a_work_dir_trained_with_other_settings(tiny_reproduction):
+    root, argv, _ = tiny_reproduction
+    changed = [*argv, "--max-train-samples", "24"]
+    with pytest.raises(ValueError, match="different recipe"):
+        load_script().main(changed)
