@@ -22,6 +22,14 @@ from .modeling.convert_standard import DEFAULT_MEAN_STD, read_json, resolve_fold
 
 
 POSTHOC_METHODS = ("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout")
+# How reports and plots name each explanation method ("bcos": a B-cos model's own contributions).
+METHOD_NAMES = {
+    "bcos": "B-cos contributions",
+    "input_x_gradient": "Input x Gradient",
+    "integrated_gradients": "Integrated Gradients",
+    "gradcam": "GradCAM",
+    "attention_rollout": "Attention Rollout",
+}
 
 AttributionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

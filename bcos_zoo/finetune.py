@@ -76,10 +76,8 @@ def set_classes(model, class_names: list[str]) -> None:
         model.classifier = BcosLinear(old.in_features, len(class_names), bias=old.bias is not None, b=config.b)
         model.classifier.to(old.weight.device, old.weight.dtype)
         config.num_labels = len(class_names)
-    generic = all(name.startswith("LABEL_") for name in config.id2label.values())
-    if generic or config.num_labels == len(class_names):
-        config.id2label = dict(enumerate(class_names))
-        config.label2id = {name: index for index, name in enumerate(class_names)}
+    config.id2label = dict(enumerate(class_names))
+    config.label2id = {name: index for index, name in enumerate(class_names)}
 
 
 def build_model(recipe: Recipe, class_names: list[str]):
@@ -148,29 +146,6 @@ def source_model(recipe: Recipe):
     return cls.from_pretrained_standard(recipe.source, b=1.0, bias="keep")
 
 
-@torch.no_grad()
-def predict(model, dataset, batch_size: int, description: str, text_embeds: torch.Tensor | None = None):
-    """Predicted class per item (logits, or zero-shot cosines against ``text_embeds``) and the labels."""
-    device = next(model.parameters()).device
-    predictions, labels = [], []
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_images)
-    for batch in tqdm(loader, desc=description, leave=False):
-        pixel_values = batch["pixel_values"].to(device)
-        if text_embeds is None:
-            scores = model(pixel_values=pixel_values).logits
-        else:
-            scores = model.get_image_features(pixel_values=pixel_values).pooler_output @ text_embeds.T
-        predictions.append(scores.argmax(-1).cpu())
-        labels.append(batch["labels"])
-    return torch.cat(predictions), torch.cat(labels)
-
-
-def accuracy(model, dataset, batch_size: int, description: str, text_embeds=None) -> float:
-    predictions, labels = predict(model, dataset, batch_size, description, text_embeds)
-    return float((predictions == labels).float().mean())
-
-
 def prompt_embeds(model, class_names: list[str]) -> torch.Tensor:
     """Normalised text embeddings of ``a photo of a <class>.`` for zero-shot classification."""
     embeds = model._encode_prompts([f"a photo of a {name}." for name in class_names])
@@ -194,22 +169,32 @@ def mean_embedding_cosine(model, teacher, dataset, batch_size: int) -> float:
 
 def evaluate_run(model, recipe: Recipe, data: DatasetSplits, eval_dataset, teacher=None) -> dict[str, float]:
     """Accuracy of the trained model and of its standard source, measured alike (zero-shot for CLIP)."""
+    from .localisation import bcos_classifier, predict
+
     batch_size = recipe.batch_size
     metrics: dict[str, float] = {}
     source = source_model(recipe) if recipe.task != "standard-classification" else None
     device = next(model.parameters()).device
+    model.eval()
+
+    def accuracy(classify) -> float:
+        return predict(classify, eval_dataset.pairs, eval_dataset.transform, batch_size, device).accuracy()
+
     if recipe.task == "clip-distillation":
         metrics["embedding_cosine"] = mean_embedding_cosine(model, teacher, eval_dataset, batch_size)
         if recipe.label_column and data.class_names:
             texts = prompt_embeds(model, data.class_names).to(device)
-            metrics["zero_shot_accuracy"] = accuracy(model, eval_dataset, batch_size, "zero-shot", texts)
+
+            def zero_shot(clip):
+                return lambda images: clip.get_image_features(pixel_values=images).pooler_output @ texts.T
+
+            metrics["zero_shot_accuracy"] = accuracy(zero_shot(model))
             if source is not None:
-                source.to(device)
-                metrics["source_zero_shot_accuracy"] = accuracy(source, eval_dataset, batch_size, "source", texts)
+                metrics["source_zero_shot_accuracy"] = accuracy(zero_shot(source.to(device).eval()))
         return metrics
-    metrics["accuracy"] = accuracy(model, eval_dataset, batch_size, "accuracy")
+    metrics["accuracy"] = accuracy(bcos_classifier(model))
     if source is not None and source.config.num_labels == len(data.class_names):
-        metrics["source_accuracy"] = accuracy(source.to(device), eval_dataset, batch_size, "source accuracy")
+        metrics["source_accuracy"] = accuracy(bcos_classifier(source.to(device).eval()))
     return metrics
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from .data import DatasetSplits, TransformedImages, image_transform, limit
-from .finetune import accuracy, build_model, finetune, last_complete_checkpoint
+from .data import DatasetSplits, image_transform, limit
+from .finetune import build_model, finetune, last_complete_checkpoint
 from .modeling.explanation import colorize_contributions
 from .recipes import Recipe
 
@@ -135,9 +135,11 @@ def initial_accuracy(
             return float(stored["accuracy"])
     set_seed(recipe.seed)
     model, _, image_size = build_model(recipe, data.class_names)
-    images = TransformedImages(limit(data.validation, recipe.max_eval_samples), image_transform(image_size, False))
+    from .localisation import bcos_classifier, predict
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    value = accuracy(model.to(device), images, recipe.batch_size, f"{recipe.name} before training")
+    pairs, transform = limit(data.validation, recipe.max_eval_samples), image_transform(image_size, False)
+    value = predict(bcos_classifier(model.to(device).eval()), pairs, transform, recipe.batch_size, device).accuracy()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"recipe": record, "accuracy": value}, indent=2))

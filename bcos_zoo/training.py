@@ -8,7 +8,6 @@ parallelism through accelerate, checkpoints, resume) is the ``Trainer``'s own.
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -209,9 +208,3 @@ def build_trainer(
             raise ValueError("clip-distillation needs the frozen original model as teacher")
         return DistillationTrainer(teacher=teacher, **common)
     return Trainer(compute_metrics=accuracy_metrics, **common)
-
-
-def steps_per_epoch(num_samples: int, arguments: TrainingArguments) -> int:
-    """Optimiser steps in one epoch, all processes together."""
-    per_step = arguments.per_device_train_batch_size * arguments.gradient_accumulation_steps * arguments.world_size
-    return max(1, math.ceil(num_samples / per_step))

@@ -22,17 +22,10 @@ from pathlib import Path
 import torch
 
 from bcos_zoo import BcosViTForImageClassification
-from bcos_zoo.baselines import POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
+from bcos_zoo.baselines import METHOD_NAMES, POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
 from bcos_zoo.data import limit, load_dataset_splits
 
 
-METHOD_NAMES = {
-    "bcos": "B-cos contributions",
-    "input_x_gradient": "Input x Gradient",
-    "integrated_gradients": "Integrated Gradients",
-    "gradcam": "GradCAM",
-    "attention_rollout": "Attention Rollout",
-}
 GAMES = {"grid_pointing_game": "GridPG", "energy_pointing_game": "EPG"}
 
 

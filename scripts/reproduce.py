@@ -32,7 +32,7 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _H
 import torch  # noqa: E402
 
 from bcos_zoo import BcosViTForImageClassification  # noqa: E402
-from bcos_zoo.baselines import POSTHOC_METHODS, load_standard_classifier, posthoc_attribution  # noqa: E402
+from bcos_zoo.baselines import METHOD_NAMES, POSTHOC_METHODS, load_standard_classifier, posthoc_attribution  # noqa: E402
 from bcos_zoo.data import limit, load_dataset_splits  # noqa: E402
 from bcos_zoo.recipes import get_recipe  # noqa: E402
 from bcos_zoo.reproduction import (  # noqa: E402
@@ -48,13 +48,6 @@ from bcos_zoo.reproduction import (  # noqa: E402
 )
 
 
-METHOD_NAMES = {
-    "bcos": "B-cos contributions",
-    "input_x_gradient": "Input x Gradient",
-    "integrated_gradients": "Integrated Gradients",
-    "gradcam": "GradCAM",
-    "attention_rollout": "Attention Rollout",
-}
 MODEL_NAMES = {"bcosified": "B-cosified", "scratch": "B-cos from scratch", "standard": "standard ViT"}
 
 
