@@ -16,7 +16,6 @@ from .modeling import (
     BcosViTConfig,
     BcosViTForImageClassification,
     BcosViTModel,
-    CLIPDistillationLoss,
     explanation_mode,
     siglip_distillation_loss,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "BcosCLIPModel",
     "BcosCLIPVisionConfig",
     "BcosCLIPVisionModel",
-    "CLIPDistillationLoss",
     "BcosExplanation",
     "BcosViTConfig",
     "BcosViTForImageClassification",

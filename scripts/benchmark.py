@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, ViTConfig, ViTForImageClassification
 
 from bcos_zoo import BcosCLIPVisionModel, BcosViTForImageClassification
-from bcos_zoo.modeling.configuration_bcos_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from bcos_zoo.conversion.common import OPENAI_CLIP_NORMALIZATION
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -85,7 +85,7 @@ def clip_b32_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
     )
     source = CLIPVisionModelWithProjection(config).eval()
     bcos = BcosCLIPVisionModel.from_pretrained_standard(
-        source, b=2.0, bias="remove", image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD
+        source, b=2.0, bias="remove", image_mean=OPENAI_CLIP_NORMALIZATION[0], image_std=OPENAI_CLIP_NORMALIZATION[1]
     ).eval()
     return source, bcos
 
@@ -95,8 +95,8 @@ def benchmark_clip(device: str, dtype: torch.dtype, batch_size: int, repeats: in
     source, bcos = clip_b32_pair()
     source, bcos = source.to(device, dtype), bcos.to(device, dtype)
     images = torch.rand(batch_size, 3, 224, 224, device=device, dtype=dtype)
-    mean = torch.tensor(OPENAI_CLIP_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_CLIP_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(OPENAI_CLIP_NORMALIZATION[0], device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_NORMALIZATION[1], device=device, dtype=dtype).view(1, 3, 1, 1)
     normalised = (images - mean) / std
     text_embeds = torch.randn(num_prompts, bcos.config.projection_dim, device=device, dtype=dtype)
     return compare(
@@ -198,7 +198,7 @@ def trainer_throughput(model, device: str, dtype: torch.dtype, batch_size: int, 
     """Training images per second of ``model`` through the HF Trainer on random images in [0, 1]."""
     from transformers import Trainer, TrainingArguments
 
-    from bcos_zoo.training import collate_images
+    from bcos_zoo.training.trainer import collate_images
 
     data = [{"pixel_values": torch.rand(3, 224, 224), "labels": i % 1000} for i in range(batch_size * steps)]
     arguments = TrainingArguments(

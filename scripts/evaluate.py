@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from bcos_zoo import BcosViTForImageClassification
-from bcos_zoo.baselines import METHOD_NAMES, POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
-from bcos_zoo.data import limit, load_dataset_splits
+from bcos_zoo.data.datasets import limit, load_dataset_splits
+from bcos_zoo.evaluation.baselines import METHOD_NAMES, POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
 
 
 GAMES = {"grid_pointing_game": "GridPG", "energy_pointing_game": "EPG"}
@@ -76,7 +76,11 @@ def check_classes(name: str, num_labels: int, class_names: list[str]) -> None:
 
 def evaluate_models(args: argparse.Namespace) -> dict:
     """Run the harness on the B-cos model and, with ``--source``, on the source; the report saved as JSON."""
-    from bcos_zoo.localisation import bcos_attribution, bcos_classifier, evaluate_localisation  # needs `evaluate`
+    from bcos_zoo.evaluation.localisation import (  # needs `evaluate`
+        bcos_attribution,
+        bcos_classifier,
+        evaluate_localisation,
+    )
 
     splits = load_dataset_splits(args.dataset)
     dataset = limit(getattr(splits, args.split), args.max_images)

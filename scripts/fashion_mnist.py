@@ -13,8 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from bcos_zoo.finetune import finetune, last_complete_checkpoint
-from bcos_zoo.recipes import get_recipe
+from bcos_zoo.zoo.finetune import finetune, last_complete_checkpoint
+from bcos_zoo.zoo.recipes import get_recipe
 
 
 def train_source(output: Path, epochs: float | None) -> dict:

@@ -13,8 +13,8 @@ import json
 import sys
 from dataclasses import replace
 
-from bcos_zoo.hub import PushError
-from bcos_zoo.recipes import RECIPES, Recipe, get_recipe
+from bcos_zoo.zoo.hub import PushError
+from bcos_zoo.zoo.recipes import RECIPES, Recipe, get_recipe
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,7 +83,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 def main(argv=None) -> int:
     args = parse_args(argv)
     recipe = recipe_from_args(args)
-    from bcos_zoo.finetune import finetune
+    from bcos_zoo.zoo.finetune import finetune
 
     try:
         result = finetune(

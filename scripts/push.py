@@ -8,7 +8,7 @@ Used to retry a push that failed after training: the folder is complete and unto
 import argparse
 import sys
 
-from bcos_zoo.hub import PushError, check_push_access, push_folder
+from bcos_zoo.zoo.hub import PushError, check_push_access, push_folder
 
 
 def main(argv=None) -> int:

@@ -32,10 +32,10 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _H
 import torch  # noqa: E402
 
 from bcos_zoo import BcosViTForImageClassification  # noqa: E402
-from bcos_zoo.baselines import METHOD_NAMES, POSTHOC_METHODS, load_standard_classifier, posthoc_attribution  # noqa: E402
-from bcos_zoo.data import limit, load_dataset_splits  # noqa: E402
-from bcos_zoo.recipes import get_recipe  # noqa: E402
-from bcos_zoo.reproduction import (  # noqa: E402
+from bcos_zoo.data.datasets import limit, load_dataset_splits  # noqa: E402
+from bcos_zoo.evaluation.baselines import METHOD_NAMES, POSTHOC_METHODS, load_standard_classifier, posthoc_attribution  # noqa: E402
+from bcos_zoo.zoo.recipes import get_recipe  # noqa: E402
+from bcos_zoo.zoo.reproduction import (  # noqa: E402
     accuracy_curve,
     initial_accuracy,
     machine_description,
@@ -102,7 +102,7 @@ def recipes(args: argparse.Namespace):
 
 def localisation(args: argparse.Namespace, data, work: Path) -> tuple[list[dict], dict, dict]:
     """GridPG of both B-cos models (own contributions) and of the standard model under each post-hoc method."""
-    from bcos_zoo.localisation import bcos_attribution, bcos_classifier, evaluate_localisation
+    from bcos_zoo.evaluation.localisation import bcos_attribution, bcos_classifier, evaluate_localisation
 
     dataset = limit(data.validation, args.localisation_images)
     settings = dict(
@@ -148,7 +148,7 @@ def localisation(args: argparse.Namespace, data, work: Path) -> tuple[list[dict]
 
 def explanation_grid(args: argparse.Namespace, data, work: Path, path: Path) -> list[int]:
     """The first test image of each of ``--num-examples`` classes, explained for its label by every model."""
-    from bcos_zoo.localisation import bcos_attribution, image_transform
+    from bcos_zoo.evaluation.localisation import bcos_attribution, image_transform
 
     firsts: dict[int, int] = {}
     for index in range(len(data.validation)):

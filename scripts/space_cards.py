@@ -8,7 +8,7 @@ rewritten, so it names the installed Gradio and the zoo's current model repos.
 
 from pathlib import Path
 
-from bcos_zoo.cards import SPACES, render_space_card, space_card_body
+from bcos_zoo.zoo.cards import SPACES, render_space_card, space_card_body
 
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "spaces"

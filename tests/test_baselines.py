@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, normalize, save_hf_source
 
-from bcos_zoo.baselines import POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
+from bcos_zoo.evaluation.baselines import POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from safetensors.torch import load_file
 from training_testing import make_image_folder
 
 from bcos_zoo import BcosCLIPModel
-from bcos_zoo.data import TransformedImages, image_transform, load_dataset_splits
-from bcos_zoo.finetune import build_model, finetune, mean_embedding_cosine
-from bcos_zoo.recipes import Recipe
+from bcos_zoo.data.datasets import TransformedImages, image_transform, load_dataset_splits
+from bcos_zoo.zoo.finetune import build_model, finetune, mean_embedding_cosine
+from bcos_zoo.zoo.recipes import Recipe
 
 
 @pytest.fixture(scope="module")

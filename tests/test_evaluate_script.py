@@ -13,8 +13,8 @@ from PIL import Image
 from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, save_hf_source
 
 from bcos_zoo import BcosViTForImageClassification
-from bcos_zoo.baselines import POSTHOC_METHODS, load_standard_classifier
-from bcos_zoo.localisation import image_transform
+from bcos_zoo.evaluation.baselines import POSTHOC_METHODS, load_standard_classifier
+from bcos_zoo.evaluation.localisation import image_transform
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from training_testing import CLASSES, child_env, finetune_command, make_image_folder, make_vit_source
 
 from bcos_zoo import BcosViTForImageClassification
-from bcos_zoo.finetune import finetune, last_complete_checkpoint
-from bcos_zoo.recipes import Recipe
+from bcos_zoo.zoo.finetune import finetune, last_complete_checkpoint
+from bcos_zoo.zoo.recipes import Recipe
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from PIL import Image
 from sources import hf_vit
 
 from bcos_zoo import BcosViTForImageClassification
-from bcos_zoo.localisation import (
+from bcos_zoo.evaluation.localisation import (
     Grid,
     Predictions,
     bcos_attribution,
@@ -22,7 +22,7 @@ from bcos_zoo.localisation import (
     sliding_window_attribution,
     tile_grid,
 )
-from bcos_zoo.metrics import metric_path
+from bcos_zoo.evaluation.metrics import metric_path
 
 
 CELL = 8  # pixels per grid cell = the model's input size in these tests

@@ -4,7 +4,7 @@ import evaluate
 import numpy as np
 import pytest
 
-from bcos_zoo.metrics import metric_path
+from bcos_zoo.evaluation.metrics import metric_path
 
 
 @pytest.fixture(scope="module")

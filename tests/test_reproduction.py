@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from training_testing import make_image_folder
 
-from bcos_zoo.reproduction import accuracy_curve, epochs_to_reach, plot_localisation, speed_up
+from bcos_zoo.zoo.reproduction import accuracy_curve, epochs_to_reach, plot_localisation, speed_up
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from training_testing import child_env, finetune_command, make_image_folder, make_vit_source
 
 from bcos_zoo import BcosViTForImageClassification
-from bcos_zoo.training import weights_digest
+from bcos_zoo.training.trainer import weights_digest
 
 
 STEPS = ["--max-steps", "40", "--save-steps", "10", "--seed", "3"]

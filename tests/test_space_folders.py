@@ -79,7 +79,7 @@ def test_bundled_examples_are_readable_photos(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_space_readme_is_the_card_rendered_from_hub_cards(name):
-    from bcos_zoo.cards import render_space_card, space_card_body
+    from bcos_zoo.zoo.cards import render_space_card, space_card_body
 
     readme = (SPACES / name / "README.md").read_text()
     assert str(render_space_card(name, space_card_body(readme))) == readme, "run: python scripts/space_cards.py"

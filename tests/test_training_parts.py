@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bcos_zoo.data import (
+from bcos_zoo.data.datasets import (
     FASHION_MNIST_DIR,
     TransformedImages,
     image_folder,
@@ -17,8 +17,8 @@ from bcos_zoo.data import (
     load_dataset_splits,
     read_idx,
 )
-from bcos_zoo.recipes import RECIPES, get_recipe
-from bcos_zoo.training import adaptive_clip_grad_
+from bcos_zoo.training.trainer import adaptive_clip_grad_
+from bcos_zoo.zoo.recipes import RECIPES, get_recipe
 
 
 def test_every_recipe_names_its_source_data_and_hub_repo():

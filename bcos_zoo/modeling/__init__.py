@@ -4,12 +4,7 @@ from .bcos_layers import explanation_mode
 from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation
-from .modeling_bcos_clip import (
-    BcosCLIPModel,
-    BcosCLIPVisionModel,
-    CLIPDistillationLoss,
-    siglip_distillation_loss,
-)
+from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, siglip_distillation_loss
 from .modeling_bcos_vit import BcosViTForImageClassification, BcosViTModel
 
 
@@ -18,7 +13,6 @@ __all__ = [
     "BcosCLIPModel",
     "BcosCLIPVisionConfig",
     "BcosCLIPVisionModel",
-    "CLIPDistillationLoss",
     "siglip_distillation_loss",
     "BcosExplanation",
     "BcosViTConfig",

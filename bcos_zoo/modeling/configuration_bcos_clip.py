@@ -5,11 +5,6 @@ from transformers import CLIPTextConfig, PretrainedConfig
 from .configuration_bcos_vit import BcosViTConfig
 
 
-# The image normalisation OpenAI's CLIP models were trained with (also used by the laion CLIP-ViT models).
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
 class BcosCLIPVisionConfig(BcosViTConfig):
     """Configuration of :class:`BcosCLIPVisionModel`: a B-cos ViT backbone plus a B-cos projection to the shared
     image-text space.

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTokenizer, PreTrainedModel
-from transformers import initialization as init
+from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import ModelOutput, logging
 
-from .bcos_layers import BcosLinear, DynamicModule, check_pixel_values, encode_inverse, explanation_mode
-from .configuration_bcos_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, BcosCLIPConfig, BcosCLIPVisionConfig
+from .bcos_layers import BcosLinear, DynamicModule, check_pixel_values, encode_inverse
+from .bcos_pretrained import BcosPreTrainedModel
+from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
 from .explanation import BcosExplanation, compute_explanation
 from .modeling_bcos_vit import BcosViTModel
 
@@ -55,52 +55,6 @@ def siglip_distillation_loss(
     logits = scale * student @ teacher.T + bias
     labels = 2 * torch.eye(len(student), device=student.device, dtype=student.dtype) - 1
     return -F.logsigmoid(labels * logits).mean()
-
-
-class CLIPDistillationLoss(nn.Module):
-    """:func:`siglip_distillation_loss` against a frozen original CLIP image tower.
-
-    The teacher (a transformers ``CLIPModel`` or ``CLIPVisionModelWithProjection``) sees the images normalised as
-    it was trained; the B-cos student sees the same images in [0, 1], so one batch of ``pixel_values`` serves both.
-    The teacher stays frozen and in eval mode whatever ``train()`` is called with.
-    """
-
-    def __init__(
-        self,
-        teacher: nn.Module,
-        image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
-        image_std: Sequence[float] = OPENAI_CLIP_STD,
-        scale: float = 10.0,
-        bias: float = -10.0,
-    ):
-        super().__init__()
-        self.teacher = teacher.eval().requires_grad_(False)
-        self.register_buffer("image_mean", torch.tensor(image_mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor(image_std).view(1, -1, 1, 1), persistent=False)
-        self.scale = scale
-        self.bias = bias
-
-    def train(self, mode: bool = True) -> "CLIPDistillationLoss":
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    @torch.no_grad()
-    def teacher_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, P) the teacher's image embeddings of images in [0, 1]."""
-        normalized = (pixel_values - self.image_mean.to(pixel_values)) / self.image_std.to(pixel_values)
-        dtype = next(self.teacher.parameters()).dtype
-        if hasattr(self.teacher, "get_image_features"):
-            outputs = self.teacher.get_image_features(pixel_values=normalized.to(dtype))
-        else:
-            outputs = self.teacher(pixel_values=normalized.to(dtype))
-        if isinstance(outputs, torch.Tensor):
-            return outputs
-        embeds = getattr(outputs, "image_embeds", None)
-        return embeds if embeds is not None else outputs.pooler_output
-
-    def forward(self, student_embeds: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        return siglip_distillation_loss(student_embeds, self.teacher_embeds(pixel_values), self.scale, self.bias)
 
 
 class EmbeddingNormalizer(DynamicModule):
@@ -139,57 +93,17 @@ class BcosCLIPVisionModelOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
-class BcosCLIPPreTrainedModel(PreTrainedModel):
+class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
     config_class = BcosCLIPConfig
     base_model_prefix = "bcos_clip"
-    main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     _no_split_modules = ["BcosViTEmbeddings", "BcosEncoderLayer", "CLIPTextEmbeddings", "CLIPEncoderLayer"]
+    _standard_converter = "bcosify_clip"
 
     @property
     def vision_config(self) -> BcosCLIPVisionConfig:
         """The image tower's configuration (the config itself for the vision-only model)."""
         return getattr(self.config, "vision_config", self.config)
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        # The image backbone and the text tower are sub-models that initialise themselves; what is left are the
-        # projections and the temperature.
-        std = self.vision_config.initializer_range
-        if isinstance(module, (BcosLinear, nn.Linear)):
-            init.trunc_normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        if isinstance(getattr(module, "logit_scale", None), nn.Parameter):
-            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
-
-    def explanation_mode(self):
-        """Context manager: detach every dynamic factor, making the image tower a dynamic linear map."""
-        return explanation_mode(self)
-
-    @classmethod
-    def from_pretrained_standard(
-        cls,
-        source,
-        b: float = 2.0,
-        bias: str = "remove",
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
-        **config_overrides,
-    ):
-        """B-cosify a transformers CLIP model (folder, Hub id, ``CLIPModel``; for the vision model also
-        ``CLIPVisionModelWithProjection``): a B-cos image tower, and for :class:`BcosCLIPModel` the original text tower.
-
-        At ``b=1, bias="keep"`` the result computes the source's image embeddings (and zero-shot logits) exactly. The
-        source's mean/std normalisation is folded into the patch embedding; it is read from the folder's image
-        processor (for a loaded model, OpenAI CLIP's is assumed unless ``image_mean``/``image_std`` are given). The
-        folder's tokenizer and image processor are kept for ``explain(text=...)`` and ``save_pretrained``.
-        ``bias="remove"`` drops every image-tower bias that adds a constant to the embedding (the paper's choice).
-        Extra keyword arguments override fields of the vision config.
-        """
-        from .convert_clip import bcosify_clip
-
-        return bcosify_clip(cls, source, b=b, bias=bias, image_mean=image_mean, image_std=image_std, **config_overrides)
 
     # -- the B-cos image tower, shared by both models ------------------------------------------------------------
 
@@ -313,19 +227,6 @@ class BcosCLIPPreTrainedModel(PreTrainedModel):
         processor.do_rescale = True
         processor.do_normalize = False
         return processor
-
-    def _save_processors(self, save_directory: str | os.PathLike) -> None:
-        self.default_image_processor().save_pretrained(save_directory)
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """Save weights, config, remote code and the processor, so the folder loads with ``AutoModel`` alone."""
-        module = type(self).__module__.rsplit(".", 1)[-1]
-        auto_map = getattr(self.config, "auto_map", None) or {}
-        self.config.auto_map = {**auto_map, "AutoModel": f"{module}.{type(self).__name__}"}
-        if kwargs.get("is_main_process", True):
-            os.makedirs(save_directory, exist_ok=True)
-            self._save_processors(save_directory)
-        super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):

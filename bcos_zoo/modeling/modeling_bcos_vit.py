@@ -6,13 +6,10 @@ B-cos unit; LayerNorm, GELU and attention are written so that their input-depend
 map off with one backward pass. Hub-facing: torch, transformers and sibling files only.
 """
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, ViTImageProcessor
-from transformers import initialization as init
+from transformers import ViTImageProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
 from .bcos_layers import (
@@ -22,8 +19,8 @@ from .bcos_layers import (
     BcosPatchEmbedding,
     check_pixel_values,
     encode_inverse,
-    explanation_mode,
 )
+from .bcos_pretrained import BcosPreTrainedModel
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation, compute_explanation
 
@@ -87,33 +84,12 @@ class BcosViTEmbeddings(nn.Module):
         return tokens
 
 
-class BcosViTPreTrainedModel(PreTrainedModel):
+class BcosViTPreTrainedModel(BcosPreTrainedModel):
     config_class = BcosViTConfig
     base_model_prefix = "bcos_vit"
-    main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = ["BcosViTEmbeddings", "BcosEncoderLayer"]
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, (BcosLinear, nn.Linear)):
-            init.trunc_normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, BcosLayerNorm):
-            init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, BcosViTEmbeddings):
-            if module.cls_token is not None:
-                init.trunc_normal_(module.cls_token, mean=0.0, std=std)
-            if module.position_embeddings is not None:
-                init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
-
-    def explanation_mode(self):
-        """Context manager: detach every dynamic factor, making the model a dynamic linear map ``W(x) x + c``."""
-        return explanation_mode(self)
+    _standard_converter = "bcosify_vit"
 
 
 class BcosViTModel(BcosViTPreTrainedModel):
@@ -222,39 +198,6 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
         """The processor saved with the model: resize to the model's size and rescale to [0, 1]; no normalisation."""
         size = self.config.image_size
         return ViTImageProcessor(size={"height": size, "width": size}, do_rescale=True, do_normalize=False)
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """Save weights, config, remote code and the image processor, so the folder loads with ``pipeline``."""
-        module = type(self).__module__.rsplit(".", 1)[-1]
-        self.config.auto_map = {
-            **(getattr(self.config, "auto_map", None) or {}),
-            "AutoModel": f"{module}.{type(self).__name__}",
-        }
-        if kwargs.get("is_main_process", True):
-            os.makedirs(save_directory, exist_ok=True)
-            self.default_image_processor().save_pretrained(save_directory)
-        super().save_pretrained(save_directory, *args, **kwargs)
-
-    @classmethod
-    def from_pretrained_standard(
-        cls,
-        source,
-        b: float = 2.0,
-        bias: str = "remove",
-        image_mean: tuple[float, float, float] | None = None,
-        image_std: tuple[float, float, float] | None = None,
-        **config_overrides,
-    ) -> "BcosViTForImageClassification":
-        """B-cosify a standard pretrained ViT: an HF ViT/DeiT classifier or a timm ViT (folder, Hub id or module).
-
-        At ``b=1, bias="keep"`` the result computes the source's logits exactly. The source's mean/std normalisation
-        is folded into the patch embedding; ``image_mean``/``image_std`` override what the source's processor says.
-        ``bias="remove"`` drops every bias that adds a constant to the output (the paper's choice) and sets the logit
-        bias to ``-log(C - 1)``. Extra keyword arguments override config fields (e.g. ``loss="cross_entropy"``).
-        """
-        from .convert_standard import bcosify_vit
-
-        return bcosify_vit(cls, source, b=b, bias=bias, image_mean=image_mean, image_std=image_std, **config_overrides)
 
 
 BcosViTConfig.register_for_auto_class()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .recipes import Recipe
+from ..zoo.recipes import Recipe
 
 
 def adaptive_clip_grad_(parameters: Iterable[nn.Parameter], clip: float, eps: float = 1e-3) -> None:
@@ -102,26 +102,8 @@ class EpochSeededData(TrainerCallback):
             self.dataset.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
 
 
-class DistillationTrainer(Trainer):
-    """A ``Trainer`` whose loss is the SigLIP-style distillation to a frozen teacher's image embeddings.
-
-    ``teacher`` is a :class:`~bcos_zoo.CLIPDistillationLoss`; it is moved to the batch's device on first use and
-    never trained. The student's ``forward(pixel_values=, teacher_embeds=)`` returns the loss.
-    """
-
-    def __init__(self, *args, teacher: nn.Module, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.teacher = teacher
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        pixel_values = inputs["pixel_values"]
-        self.teacher.to(pixel_values.device)
-        outputs = model(pixel_values=pixel_values, teacher_embeds=self.teacher.teacher_embeds(pixel_values))
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
-
-
 def collate_images(batch: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack ``pixel_values`` and ``labels`` from :class:`~bcos_zoo.data.TransformedImages` items."""
+    """Stack ``pixel_values`` and ``labels`` from :class:`~bcos_zoo.data.datasets.TransformedImages` items."""
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
         "labels": torch.tensor([item["labels"] for item in batch], dtype=torch.long),
@@ -132,7 +114,7 @@ def accuracy_metrics(eval_prediction) -> dict[str, float]:
     """Top-1 accuracy for ``Trainer.evaluate``, through the offline ``bcos_accuracy`` evaluate module."""
     import evaluate
 
-    from .metrics import metric_path
+    from ..evaluation.metrics import metric_path
 
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
     logits = logits[0] if isinstance(logits, tuple) else logits
@@ -206,5 +188,7 @@ def build_trainer(
     if recipe.task == "clip-distillation":
         if teacher is None:
             raise ValueError("clip-distillation needs the frozen original model as teacher")
+        from .clip_distillation import DistillationTrainer
+
         return DistillationTrainer(teacher=teacher, **common)
     return Trainer(compute_metrics=accuracy_metrics, **common)

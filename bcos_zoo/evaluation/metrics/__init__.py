@@ -1,6 +1,6 @@
 """Evaluation modules in ``evaluate``'s folder layout (``name/name.py``); they load offline.
 
-evaluate.load(bcos_zoo.metrics.metric_path("grid_pointing_game"))
+evaluate.load(bcos_zoo.evaluation.metrics.metric_path("grid_pointing_game"))
 """
 
 from pathlib import Path

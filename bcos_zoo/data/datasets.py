@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from .visualize import load_image
+from ..visualize import load_image
 
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

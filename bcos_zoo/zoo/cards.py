@@ -4,6 +4,7 @@ The card's YAML header comes from ``ModelCardData``: ``EvalResult`` entries beco
 as an evaluation widget, and ``base_model`` links the card to its source checkpoint's page.
 """
 
+from importlib.resources import files
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
@@ -11,15 +12,14 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, Spa
 from .recipes import Recipe
 
 
-HUB_CARDS = Path(__file__).resolve().parents[1] / "hub_cards"
 TAGS = ["custom_code", "b-cos", "interpretability", "explainability", "vision"]
 
 
 def template_path(name: str) -> Path:
-    """A template in ``hub_cards/``, with a clear error when the repository layout is missing."""
-    path = HUB_CARDS / name
+    """A template in ``hub_cards/`` (installed with the package as ``bcos_zoo.hub_cards``)."""
+    path = Path(str(files("bcos_zoo.hub_cards") / name))
     if not path.is_file():
-        raise FileNotFoundError(f"card template {path} not found; templates live in hub_cards/ of the bcos_zoo repo")
+        raise FileNotFoundError(f"card template {name!r} not found in {path.parent}; the templates are hub_cards/*.md")
     return path
 
 

@@ -1,25 +1,30 @@
 """B-cosification of standard pretrained ViTs: read a transformers or timm ViT, map its weights exactly.
 
 Every weight of the B-cos model comes from the source (a missing bias is a zero bias); anything that does not fit
-raises a ``ValueError`` instead of leaving a parameter randomly initialised. Hub-facing: it needs only torch,
-transformers, huggingface_hub and safetensors (timm is read by duck typing and by its Hub file layout).
+raises a ``ValueError`` instead of leaving a parameter randomly initialised. timm is read by duck typing and by its
+Hub file layout, so it need not be installed.
 """
 
-import json
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from huggingface_hub import snapshot_download
 from safetensors.torch import load_file
 from torch import nn
 from transformers import ViTForImageClassification
 from transformers.utils import logging
 
-from .bcos_layers import ACTIVATION_ALIASES
-from .configuration_bcos_vit import BcosViTConfig
+from ..modeling.bcos_layers import ACTIVATION_ALIASES
+from ..modeling.configuration_bcos_vit import BcosViTConfig
+from .common import (
+    VIT_DEFAULT_NORMALIZATION,
+    fold_normalization,
+    load_exactly,
+    read_json,
+    resolve_folder,
+    source_normalization,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -30,8 +35,6 @@ SUPPORTED_VIT_SOURCES = (
 )
 # Attention heads of timm's named ViT sizes; timm's Hub config names the architecture but not its dimensions.
 TIMM_VIT_HEADS = {"tiny": 3, "small": 6, "medium": 8, "base": 12, "large": 16, "huge": 16, "giant": 16}
-# The mean/std of transformers' ViTImageProcessor, used when a loaded model comes without its processor.
-DEFAULT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 PATCH_WEIGHT = "embeddings.patch_embeddings.projection.weight"
 
 
@@ -45,36 +48,6 @@ class StandardViT:
     std: tuple[float, ...] | None
 
 
-def fold_normalization(weight: torch.Tensor, mean, std) -> torch.Tensor:
-    """Make a first-layer weight acting on ``(x - mean) / std`` act on ``[x, 1 - x]`` instead, exactly and bias-free.
-
-    ``W (x - mu) / sigma = W (1 - mu) / sigma * x  -  W mu / sigma * (1 - x)``, because ``x + (1 - x) = 1``.
-    """
-    shape = (1, -1) + (1,) * (weight.ndim - 2)
-    mean = torch.as_tensor(mean, dtype=torch.float64).view(shape)
-    std = torch.as_tensor(std, dtype=torch.float64).view(shape)
-    w = weight.double()
-    return torch.cat([w * (1 - mean) / std, -w * mean / std], dim=1).to(weight.dtype)
-
-
-def resolve_folder(
-    source: str | Path, patterns: tuple[str, ...] = ("*.json", "*.safetensors"), supported: str = SUPPORTED_VIT_SOURCES
-) -> Path:
-    """A local folder as it is; anything else is taken as a Hub repo id and its files matching ``patterns`` fetched."""
-    path = Path(source)
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ValueError(f"{source!r} is a file; pass the folder that holds config.json and the weights.")
-    try:
-        return Path(snapshot_download(str(source), allow_patterns=list(patterns)))
-    except Exception as error:
-        raise ValueError(
-            f"{source!r} is neither a local folder nor a Hub repo that could be downloaded ({error}). "
-            f"Supported sources: {supported}."
-        ) from error
-
-
 def load_standard_vit(source) -> StandardViT:
     """Read a supported standard ViT from a module, a folder or a Hub id."""
     if isinstance(source, ViTForImageClassification):
@@ -84,7 +57,7 @@ def load_standard_vit(source) -> StandardViT:
         return from_timm_state(source.state_dict(), timm_module_meta(source), cfg.get("mean"), cfg.get("std"))
     if isinstance(source, nn.Module):
         raise ValueError(f"Cannot B-cosify a {type(source).__name__}. Supported sources: {SUPPORTED_VIT_SOURCES}.")
-    folder = resolve_folder(source)
+    folder = resolve_folder(source, SUPPORTED_VIT_SOURCES)
     config = read_json(folder / "config.json")
     if config is None:
         raise ValueError(f"{folder} has no config.json. Supported sources: {SUPPORTED_VIT_SOURCES}.")
@@ -93,8 +66,8 @@ def load_standard_vit(source) -> StandardViT:
         if not weights.exists():
             raise ValueError(f"{folder} holds no model.safetensors; only safetensors weights are loaded.")
         meta = timm_config_meta(config)
-        pretrained = config.get("pretrained_cfg", {})
-        return from_timm_state(load_file(weights), meta, pretrained.get("mean"), pretrained.get("std"))
+        mean, std = source_normalization(folder) or (None, None)
+        return from_timm_state(load_file(weights), meta, mean, std)
     model_type = config.get("model_type")
     if model_type == "deit":
         raise ValueError(
@@ -111,12 +84,8 @@ def load_standard_vit(source) -> StandardViT:
             "A checkpoint without a classification head (e.g. *-in21k feature extractors) cannot be B-cosified "
             "as a classifier."
         )
-    processor = read_json(folder / "preprocessor_config.json") or {}
-    return from_transformers_vit(model, processor.get("image_mean"), processor.get("image_std"))
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    mean, std = source_normalization(folder) or (None, None)
+    return from_transformers_vit(model, mean, std)
 
 
 def transformers_vit_fields(config) -> dict:
@@ -274,28 +243,6 @@ def _move(source: dict, target: dict, old: str, new: str) -> None:
         target[new] = source.pop(old)
 
 
-def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], prefix: str, drop_biases: bool) -> None:
-    """Load ``state`` (B-cos names without the backbone prefix) so that every parameter comes from it.
-
-    A bias the source lacks is a zero bias; with ``drop_biases``, biases the model does not have are dropped.
-    Anything else missing, extra or of the wrong shape raises a ``ValueError``.
-    """
-    prefixed = {(k if k.startswith("classifier.") else prefix + k): v for k, v in state.items()}
-    expected = model.state_dict()
-    for name, param in expected.items():
-        if name not in prefixed and name.endswith(".bias"):
-            prefixed[name] = torch.zeros_like(param)
-    missing = sorted(set(expected) - set(prefixed))
-    extra = sorted(k for k in set(prefixed) - set(expected) if not (drop_biases and k.endswith(".bias")))
-    wrong = sorted(k for k in expected if k in prefixed and prefixed[k].shape != expected[k].shape)
-    if missing or extra or wrong:
-        raise ValueError(
-            f"The source weights do not fit the B-cos model (missing: {missing[:5]}, unexpected: {extra[:5]}, "
-            f"wrong shape: {wrong[:5]}). Supported sources: {SUPPORTED_VIT_SOURCES}."
-        )
-    model.load_state_dict({k: prefixed[k] for k in expected}, strict=True)
-
-
 def bcosify_vit(cls, source, b: float, bias: str, image_mean=None, image_std=None, **overrides):
     """Build ``cls`` (a B-cos ViT classifier) from a standard ViT; see ``from_pretrained_standard``."""
     if bias not in ("keep", "remove"):
@@ -304,7 +251,7 @@ def bcosify_vit(cls, source, b: float, bias: str, image_mean=None, image_std=Non
     mean = image_mean if image_mean is not None else standard.mean
     std = image_std if image_std is not None else standard.std
     if mean is None or std is None:
-        mean, std = DEFAULT_MEAN_STD
+        mean, std = VIT_DEFAULT_NORMALIZATION
         logger.warning(
             "The source came without its image processor, so its normalisation is unknown; assuming mean=std=0.5 "
             "(transformers' ViTImageProcessor default). Pass image_mean=/image_std= if the source used others."
@@ -314,5 +261,5 @@ def bcosify_vit(cls, source, b: float, bias: str, image_mean=None, image_std=Non
     keep = bias == "keep"
     fields = {**standard.architecture, "b": b, "use_bias": keep, "logit_bias": 0.0 if keep else None, **overrides}
     model = cls(BcosViTConfig(**fields))
-    load_exactly(model, state, prefix=f"{model.base_model_prefix}.", drop_biases=not keep)
+    load_exactly(model, state, f"{model.base_model_prefix}.", not keep, SUPPORTED_VIT_SOURCES)
     return model

@@ -1,8 +1,8 @@
 """The B-cos papers' localisation measures, for any model that can be written as two functions of [0, 1] images.
 
 ``classify(images) -> logits`` picks the images, ``attribute(images, targets) -> (N, H, W)`` explains them; B-cos
-models (:func:`bcos_attribution`) and post-hoc methods on standard models (:mod:`bcos_zoo.baselines`) share one
-harness and one scoring, the ``evaluate`` modules in ``bcos_zoo/metrics``.
+models (:func:`bcos_attribution`) and post-hoc methods on standard models (:mod:`bcos_zoo.evaluation.baselines`)
+share one harness and one scoring, the ``evaluate`` modules in ``bcos_zoo/evaluation/metrics``.
 
 Grid pointing game: among the images a model classifies correctly and confidently, tile ``n x n`` images of
 distinct classes into a grid (cells row-major from the top left), explain each cell's class on the whole grid and

@@ -16,12 +16,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PretrainedConfig, set_seed
 
+from ..data.datasets import DatasetSplits, TransformedImages, image_transform, limit, load_dataset_splits
+from ..modeling.bcos_layers import BcosLinear
+from ..training.trainer import build_trainer, collate_images, training_arguments
 from .cards import render_model_card
-from .data import DatasetSplits, TransformedImages, image_transform, limit, load_dataset_splits
 from .hub import check_push_access, describe_tree, push_folder
-from .modeling.bcos_layers import BcosLinear
 from .recipes import Recipe
-from .training import build_trainer, collate_images, training_arguments
 
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ def build_model(recipe: Recipe, class_names: list[str]):
     Standard sources are B-cosified with the recipe's B and bias handling; a B-cos checkpoint continues as it is;
     ``task="standard-classification"`` trains a plain transformers ViT (from scratch when the source is "scratch").
     """
-    from . import BcosCLIPModel, BcosViTForImageClassification, CLIPDistillationLoss
+    from .. import BcosCLIPModel, BcosViTForImageClassification
+    from ..training.clip_distillation import FrozenCLIPTeacher
 
     model_type = _model_type(recipe.source)
     if recipe.task == "standard-classification":
@@ -114,14 +115,14 @@ def build_model(recipe: Recipe, class_names: list[str]):
 
         model = BcosCLIPModel.from_pretrained_standard(recipe.source, b=recipe.b, bias=recipe.bias)
         processor = AutoImageProcessor.from_pretrained(recipe.source)  # the teacher sees what it was trained on
-        teacher = CLIPDistillationLoss(
+        teacher = FrozenCLIPTeacher(
             CLIPModel.from_pretrained(recipe.source), image_mean=processor.image_mean, image_std=processor.image_std
         )
         return model, teacher, model.vision_config.image_size
     if recipe.task != "classification":
         raise ValueError(f"unknown task {recipe.task!r}: classification, clip-distillation, standard-classification")
     if recipe.source == "scratch":  # a B-cos ViT trained from scratch: the papers' baseline for B-cosification
-        from .modeling.configuration_bcos_vit import BcosViTConfig
+        from ..modeling.configuration_bcos_vit import BcosViTConfig
 
         if not recipe.architecture:
             raise ValueError(f"recipe {recipe.name!r} trains from scratch but gives no architecture")
@@ -138,7 +139,7 @@ def build_model(recipe: Recipe, class_names: list[str]):
 def source_model(recipe: Recipe):
     """The standard source as an exactly equivalent B-cos model (B=1, biases kept): it takes [0, 1] images like
     the fine-tuned model, so both are measured by the same code on the same pixels."""
-    from . import BcosCLIPModel, BcosViTForImageClassification
+    from .. import BcosCLIPModel, BcosViTForImageClassification
 
     if recipe.source == "scratch" or _model_type(recipe.source) in BCOS_MODEL_TYPES:
         return None
@@ -169,7 +170,7 @@ def mean_embedding_cosine(model, teacher, dataset, batch_size: int) -> float:
 
 def evaluate_run(model, recipe: Recipe, data: DatasetSplits, eval_dataset, teacher=None) -> dict[str, float]:
     """Accuracy of the trained model and of its standard source, measured alike (zero-shot for CLIP)."""
-    from .localisation import bcos_classifier, predict
+    from ..evaluation.localisation import bcos_classifier, predict
 
     batch_size = recipe.batch_size
     metrics: dict[str, float] = {}
@@ -200,7 +201,7 @@ def evaluate_run(model, recipe: Recipe, data: DatasetSplits, eval_dataset, teach
 
 def write_examples(model, recipe: Recipe, data: DatasetSplits, eval_dataset, folder: Path) -> list[str]:
     """Explain a few validation images and save panels (input | explanation | contributions) as PNG."""
-    from .visualize import explanation_panel
+    from ..visualize import explanation_panel
 
     folder.mkdir(parents=True, exist_ok=True)
     count = min(EXAMPLE_COUNT, len(eval_dataset))

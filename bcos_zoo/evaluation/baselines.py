@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ViTForImageClassification
 
-from .modeling.convert_standard import DEFAULT_MEAN_STD, read_json, resolve_folder
+from ..conversion.common import VIT_DEFAULT_NORMALIZATION, read_json, resolve_folder, source_normalization
 
 
 POSTHOC_METHODS = ("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout")
@@ -68,11 +68,11 @@ def load_standard_classifier(
     Mean and std are ``image_mean``/``image_std`` when given, else the folder's ``preprocessor_config.json`` (no
     change when it does not normalise), else transformers' ViT default of 0.5.
     """
-    mean, std = DEFAULT_MEAN_STD
+    mean, std = VIT_DEFAULT_NORMALIZATION
     if isinstance(source, ViTForImageClassification):
         model = source
     else:
-        folder = resolve_folder(source, patterns=("*.json", "*.safetensors"))
+        folder = resolve_folder(source, "a transformers ViTForImageClassification (folder or Hub id)")
         config = read_json(folder / "config.json") or {}
         if config.get("model_type") != "vit":
             raise ValueError(
@@ -80,11 +80,7 @@ def load_standard_classifier(
                 "the post-hoc baselines explain ViTForImageClassification sources."
             )
         model = ViTForImageClassification.from_pretrained(folder)
-        processor = read_json(folder / "preprocessor_config.json") or {}
-        if processor.get("do_normalize", True) is False:
-            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-        else:
-            mean, std = processor.get("image_mean", mean), processor.get("image_std", std)
+        mean, std = source_normalization(folder) or (mean, std)
     mean = image_mean if image_mean is not None else mean
     std = image_std if image_std is not None else std
     return StandardClassifier(model, mean, std).eval()

@@ -3,7 +3,7 @@
 The CLIP image tower is a ViT (class embedding, position embedding, pre-LayerNorm, pre-norm blocks, post-LayerNorm on
 the class token) followed by a bias-free visual projection, so every weight has a B-cos counterpart; the text tower,
 text projection and ``logit_scale`` are copied unchanged. Anything that does not fit raises a ``ValueError`` instead
-of leaving a parameter randomly initialised. Hub-facing: torch, transformers, huggingface_hub and sibling files only.
+of leaving a parameter randomly initialised.
 """
 
 import copy
@@ -15,15 +15,16 @@ import torch
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
 from transformers.utils import logging
 
-from .configuration_bcos_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, BcosCLIPConfig, BcosCLIPVisionConfig
-from .convert_standard import (
-    PATCH_WEIGHT,
+from ..modeling.configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
+from .common import (
+    OPENAI_CLIP_NORMALIZATION,
     fold_normalization,
     load_exactly,
     read_json,
     resolve_folder,
-    transformers_vit_fields,
+    source_normalization,
 )
+from .vit import PATCH_WEIGHT, transformers_vit_fields
 
 
 logger = logging.get_logger(__name__)
@@ -63,7 +64,7 @@ def load_standard_clip(source, vision_only: bool) -> StandardCLIP:
     if isinstance(source, torch.nn.Module) or not isinstance(source, (str, Path)):
         raise ValueError(f"Cannot B-cosify a {type(source).__name__}. Supported sources: {SUPPORTED_CLIP_SOURCES}.")
     # model*.safetensors skips the open_clip copy of the weights that laion repos also hold
-    folder = resolve_folder(source, ("*.json", "*.txt", "model*.safetensors"), SUPPORTED_CLIP_SOURCES)
+    folder = resolve_folder(source, SUPPORTED_CLIP_SOURCES, ("*.json", "*.txt", "model*.safetensors"))
     config = read_json(folder / "config.json")
     if config is None:
         raise ValueError(f"{folder} has no config.json. Supported sources: {SUPPORTED_CLIP_SOURCES}.")
@@ -80,7 +81,8 @@ def load_standard_clip(source, vision_only: bool) -> StandardCLIP:
         raise ValueError(
             f"The weights in {folder} do not fit a {model_class.__name__} (missing or mismatched: {problems[:8]})."
         )
-    image_processor, mean, std = _source_image_processor(folder)
+    image_processor = _source_image_processor(folder)
+    mean, std = source_normalization(folder) or (None, None)
     tokenizer = None
     if model_class is CLIPModel and any((folder / name).exists() for name in ("tokenizer.json", "vocab.json")):
         try:
@@ -90,19 +92,16 @@ def load_standard_clip(source, vision_only: bool) -> StandardCLIP:
     return StandardCLIP(model, mean, std, tokenizer, image_processor)
 
 
-def _source_image_processor(folder: Path) -> tuple[CLIPImageProcessor | None, tuple | None, tuple | None]:
-    """The folder's image processor and the normalisation it applies (older folders keep it in
-    ``preprocessor_config.json``, newer ones inside ``processor_config.json``)."""
+def _source_image_processor(folder: Path) -> CLIPImageProcessor | None:
+    """The folder's image processor, kept for ``save_pretrained`` (its normalisation is read by
+    :func:`source_normalization`, like every source's)."""
     if not any((folder / name).exists() for name in ("preprocessor_config.json", "processor_config.json")):
-        return None, None, None
+        return None
     try:
-        processor = CLIPImageProcessor.from_pretrained(folder)
+        return CLIPImageProcessor.from_pretrained(folder)
     except (OSError, ValueError) as error:
         logger.warning(f"Could not read the image processor in {folder} ({error}).")
-        return None, None, None
-    if not processor.do_normalize:
-        return processor, (0.0,) * 3, (1.0,) * 3
-    return processor, tuple(processor.image_mean), tuple(processor.image_std)
+        return None
 
 
 def vision_architecture(model: CLIPModel | CLIPVisionModelWithProjection) -> dict:
@@ -152,7 +151,7 @@ def bcosify_clip(cls, source, b: float, bias: str, image_mean=None, image_std=No
     mean = image_mean if image_mean is not None else standard.mean
     std = image_std if image_std is not None else standard.std
     if mean is None or std is None:
-        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        mean, std = OPENAI_CLIP_NORMALIZATION
         logger.warning(
             "The source came without its image processor, so its normalisation is unknown; assuming OpenAI CLIP's "
             "mean/std (also laion's). Pass image_mean=/image_std= if the source used others."
@@ -177,6 +176,6 @@ def bcosify_clip(cls, source, b: float, bias: str, image_mean=None, image_std=No
                 state[name] = value
         state.pop("text_model.embeddings.position_ids", None)
         model.tokenizer = standard.tokenizer
-    load_exactly(model, state, prefix="", drop_biases=not keep)
+    load_exactly(model, state, "", not keep, SUPPORTED_CLIP_SOURCES)
     model._image_processor = standard.image_processor
     return model.to(next(source_model.parameters()).dtype)

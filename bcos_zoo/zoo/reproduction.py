@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from .data import DatasetSplits, image_transform, limit
+from ..data.datasets import DatasetSplits, image_transform, limit
+from ..modeling.explanation import colorize_contributions
 from .finetune import build_model, finetune, last_complete_checkpoint
-from .modeling.explanation import colorize_contributions
 from .recipes import Recipe
 
 
@@ -135,7 +135,7 @@ def initial_accuracy(
             return float(stored["accuracy"])
     set_seed(recipe.seed)
     model, _, image_size = build_model(recipe, data.class_names)
-    from .localisation import bcos_classifier, predict
+    from ..evaluation.localisation import bcos_classifier, predict
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pairs, transform = limit(data.validation, recipe.max_eval_samples), image_transform(image_size, False)

@@ -1,0 +1,11 @@
+"""B-cosification: turning standard pretrained checkpoints into B-cos models, one module per source family.
+
+The model classes' ``from_pretrained_standard`` call into here; this package is not part of the remote code that
+travels with the weights (a loaded model needs none of it).
+"""
+
+from .clip import bcosify_clip
+from .vit import bcosify_vit
+
+
+__all__ = ["bcosify_clip", "bcosify_vit"]

@@ -1,0 +1,107 @@
+"""What every B-cosification shares: finding a source's files, reading its normalisation, folding that
+normalisation into the first layer, and loading weights so that no parameter is left randomly initialised.
+
+This is the one reader of a source's mean/std: the converters and the post-hoc baselines ask
+:func:`source_normalization`, so a source means the same pixels to all of them.
+"""
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from torch import nn
+
+
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+IDENTITY_NORMALIZATION: Normalization = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+# transformers' ViTImageProcessor default, assumed for a transformers ViT that comes without its processor
+VIT_DEFAULT_NORMALIZATION: Normalization = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# what OpenAI's CLIP models (and laion's CLIP-ViTs) were trained with, assumed for a CLIP without its processor
+OPENAI_CLIP_NORMALIZATION: Normalization = (
+    (0.48145466, 0.4578275, 0.40821073),
+    (0.26862954, 0.26130258, 0.27577711),
+)
+
+
+def read_json(path: Path) -> dict | None:
+    """The parsed JSON file, or ``None`` when it does not exist."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def resolve_folder(source: str | Path, supported: str, patterns: Sequence[str] = ("*.json", "*.safetensors")) -> Path:
+    """A local folder as it is; anything else is taken as a Hub repo id and its files matching ``patterns`` fetched."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{source!r} is a file; pass the folder that holds config.json and the weights.")
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=list(patterns)))
+    except Exception as error:
+        raise ValueError(
+            f"{source!r} is neither a local folder nor a Hub repo that could be downloaded ({error}). "
+            f"Supported sources: {supported}."
+        ) from error
+
+
+def _as_normalization(settings: dict) -> Normalization | None:
+    if settings.get("do_normalize", True) is False:
+        return IDENTITY_NORMALIZATION
+    mean, std = settings.get("image_mean", settings.get("mean")), settings.get("image_std", settings.get("std"))
+    if mean is None or std is None:
+        return None
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def source_normalization(folder: Path) -> Normalization | None:
+    """The mean/std a source folder's model expects its images normalised with, or ``None`` if the folder does not say.
+
+    Read from, in order: ``preprocessor_config.json`` (transformers image processors; ``do_normalize: false`` means
+    no normalisation), ``processor_config.json`` (newer transformers folders nest the image processor there), and the
+    ``pretrained_cfg`` of a timm ``config.json``.
+    """
+    processor = read_json(folder / "preprocessor_config.json")
+    if processor is None:
+        processor = (read_json(folder / "processor_config.json") or {}).get("image_processor")
+    if processor is not None:
+        return _as_normalization(processor)
+    pretrained = (read_json(folder / "config.json") or {}).get("pretrained_cfg")
+    return _as_normalization(pretrained) if pretrained else None
+
+
+def fold_normalization(weight: torch.Tensor, mean, std) -> torch.Tensor:
+    """Make a first-layer weight acting on ``(x - mean) / std`` act on ``[x, 1 - x]`` instead, exactly and bias-free.
+
+    ``W (x - mu) / sigma = W (1 - mu) / sigma * x  -  W mu / sigma * (1 - x)``, because ``x + (1 - x) = 1``.
+    """
+    shape = (1, -1) + (1,) * (weight.ndim - 2)
+    mean = torch.as_tensor(mean, dtype=torch.float64).view(shape)
+    std = torch.as_tensor(std, dtype=torch.float64).view(shape)
+    w = weight.double()
+    return torch.cat([w * (1 - mean) / std, -w * mean / std], dim=1).to(weight.dtype)
+
+
+def load_exactly(
+    model: nn.Module, state: dict[str, torch.Tensor], prefix: str, drop_biases: bool, supported: str
+) -> None:
+    """Load ``state`` (B-cos names without the backbone prefix) so that every parameter comes from it.
+
+    A bias the source lacks is a zero bias; with ``drop_biases``, biases the model does not have are dropped.
+    Anything else missing, extra or of the wrong shape raises a ``ValueError`` naming the supported sources.
+    """
+    prefixed = {(k if k.startswith("classifier.") else prefix + k): v for k, v in state.items()}
+    expected = model.state_dict()
+    for name, param in expected.items():
+        if name not in prefixed and name.endswith(".bias"):
+            prefixed[name] = torch.zeros_like(param)
+    missing = sorted(set(expected) - set(prefixed))
+    extra = sorted(k for k in set(prefixed) - set(expected) if not (drop_biases and k.endswith(".bias")))
+    wrong = sorted(k for k in expected if k in prefixed and prefixed[k].shape != expected[k].shape)
+    if missing or extra or wrong:
+        raise ValueError(
+            f"The source weights do not fit the B-cos model (missing: {missing[:5]}, unexpected: {extra[:5]}, "
+            f"wrong shape: {wrong[:5]}). Supported sources: {supported}."
+        )
+    model.load_state_dict({k: prefixed[k] for k in expected}, strict=True)

@@ -1,0 +1,50 @@
+"""The one path from a PIL image to a model's pixels.
+
+Evaluation, localisation, the example explanations and the Spaces all see an image through the image processor
+saved beside the model's weights (for a B-cos model: resize and rescale to [0, 1], never normalise), so the same
+image gives the same pixels everywhere, including to a user who loads the model from the Hub. Only training adds
+random augmentation (timm's random-resized crop and flip) on top.
+"""
+
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+from transformers.image_processing_utils import BaseImageProcessor
+
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+
+def processor_transform(processor: BaseImageProcessor) -> ImageTransform:
+    """PIL image -> (3, H, W) float tensor, exactly as ``processor`` prepares it for the model."""
+
+    def transform(image: Image.Image) -> torch.Tensor:
+        return processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+    return transform
+
+
+def model_transform(model) -> ImageTransform:
+    """The evaluation transform of a B-cos model: its own saved processor (see ``default_image_processor``)."""
+    return processor_transform(model.default_image_processor())
+
+
+def training_transform(
+    image_size: int,
+    crop_scale: tuple[float, float] = (0.5, 1.0),
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> ImageTransform:
+    """timm's training transform (random-resized crop and horizontal flip, no colour jitter), by default without
+    normalisation: a B-cos model takes images in [0, 1]. A standard model being trained passes its own mean/std."""
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=(3, image_size, image_size),
+        is_training=True,
+        scale=crop_scale,
+        color_jitter=None,
+        mean=mean,
+        std=std,
+    )

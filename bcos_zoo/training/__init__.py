@@ -1,0 +1,1 @@
+"""Training through the HF ``Trainer``: the shared parts, and one module per training task."""
