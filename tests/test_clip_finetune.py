@@ -7,8 +7,10 @@ from safetensors.torch import load_file
 from training_testing import make_image_folder
 
 from bcos_zoo import BcosCLIPModel
-from bcos_zoo.data.datasets import TransformedImages, image_transform, load_dataset_splits
-from bcos_zoo.zoo.finetune import build_model, finetune, mean_embedding_cosine
+from bcos_zoo.data.datasets import TransformedImages, load_dataset_splits
+from bcos_zoo.training import get_task
+from bcos_zoo.training.clip_distillation import mean_embedding_cosine
+from bcos_zoo.zoo.finetune import finetune
 from bcos_zoo.zoo.recipes import Recipe
 
 
@@ -33,9 +35,10 @@ def distilled(tmp_path_factory):
 def test_distillation_brings_the_image_embeddings_closer_to_the_original(distilled):
     recipe, result = distilled
     data = load_dataset_splits(recipe.dataset)
-    untrained, teacher, size = build_model(recipe, data.class_names)
-    validation = TransformedImages(data.validation, image_transform(size, training=False))
-    before = mean_embedding_cosine(untrained, teacher, validation, batch_size=8)
+    task = get_task(recipe)
+    untrained = task.build_model(data.class_names)
+    validation = TransformedImages(data.validation, task.eval_transform(untrained))
+    before = mean_embedding_cosine(untrained, task.teacher, validation, batch_size=8)
     assert result.metrics["embedding_cosine"] > before
 
 

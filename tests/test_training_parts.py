@@ -13,10 +13,10 @@ from bcos_zoo.data.datasets import (
     FASHION_MNIST_DIR,
     TransformedImages,
     image_folder,
-    image_transform,
     load_dataset_splits,
     read_idx,
 )
+from bcos_zoo.data.preprocessing import training_transform
 from bcos_zoo.training.trainer import adaptive_clip_grad_
 from bcos_zoo.zoo.recipes import RECIPES, get_recipe
 
@@ -100,7 +100,7 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
     pairs = [
         (Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)), 0) for i in range(2)
     ]
-    dataset = TransformedImages(pairs, image_transform(32, training=True), seed=7)
+    dataset = TransformedImages(pairs, training_transform(32), seed=7)
     first = dataset[1]["pixel_values"]
     torch.manual_seed(123)  # the global random state must not matter
     assert torch.equal(dataset[1]["pixel_values"], first)

@@ -3,7 +3,7 @@
 Three kinds of source, chosen by one string: ``"fashion-mnist"`` (the IDX files of Debian's
 ``dataset-fashion-mnist`` package when installed, the Hub copy otherwise), a local folder with one sub-folder per
 class (optionally under ``train/`` and ``validation/``), or a Hub dataset name. Pixels are turned into tensors later,
-by timm's transform factory (:func:`image_transform`), so augmentation is the familiar timm one.
+by :mod:`bcos_zoo.data.preprocessing`, the one path from an image to a model's pixels.
 """
 
 import gzip
@@ -237,30 +237,3 @@ def load_dataset_splits(spec: str, image_column: str = "image", label_column: st
 def limit(dataset: Dataset, count: int | None) -> Dataset:
     """The first ``count`` items (all when ``count`` is None): for quick runs and tests."""
     return dataset if count is None or count >= len(dataset) else Subset(dataset, range(count))
-
-
-def image_transform(
-    image_size: int,
-    training: bool,
-    augment: bool = True,
-    crop_scale: tuple[float, float] = (0.5, 1.0),
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0),
-) -> Callable[[Image.Image], torch.Tensor]:
-    """timm's transform factory; by default for a B-cos model, which takes images in [0, 1] (mean 0, std 1).
-
-    Training adds timm's random-resized-crop and horizontal flip; evaluation resizes the whole image (crop_pct 1),
-    which is also what the processor saved beside the weights does. A standard model passes its own mean/std.
-    """
-    from timm.data import create_transform
-
-    return create_transform(
-        input_size=(3, image_size, image_size),
-        is_training=training,
-        no_aug=not augment,
-        scale=crop_scale,
-        color_jitter=None,
-        crop_pct=1.0,
-        mean=mean,
-        std=std,
-    )

@@ -5,9 +5,15 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from transformers import Trainer
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import CLIPModel, Trainer, TrainingArguments
+from transformers.modeling_outputs import ImageClassifierOutput
 
-from ..conversion.common import OPENAI_CLIP_NORMALIZATION
+from ..conversion.common import OPENAI_CLIP_NORMALIZATION, resolve_folder, source_normalization
+from ..data.datasets import DatasetSplits
+from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
+from .trainer import collate_images
 
 
 class FrozenCLIPTeacher(nn.Module):
@@ -65,3 +71,112 @@ class DistillationTrainer(Trainer):
         self.teacher.to(pixel_values.device)
         outputs = model(pixel_values=pixel_values, teacher_embeds=self.teacher.teacher_embeds(pixel_values))
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
+def prompt_embeds(model: nn.Module, class_names: list[str]) -> torch.Tensor:
+    """Normalised text embeddings of ``a photo of a <class>.`` for zero-shot classification."""
+    embeds = model._encode_prompts([f"a photo of a {name}." for name in class_names])
+    return embeds / embeds.norm(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def mean_embedding_cosine(model: nn.Module, teacher: FrozenCLIPTeacher, dataset, batch_size: int) -> float:
+    """How closely the B-cos tower reproduces the original's image embeddings (1 = identical directions)."""
+    device = next(model.parameters()).device
+    teacher.to(device)
+    total, count = 0.0, 0
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_images)
+    for batch in tqdm(loader, desc="embedding cosine", leave=False):
+        pixel_values = batch["pixel_values"].to(device)
+        student = model.get_image_features(pixel_values=pixel_values).pooler_output
+        total += float(torch.cosine_similarity(student, teacher.teacher_embeds(pixel_values), dim=-1).sum())
+        count += len(pixel_values)
+    return total / max(count, 1)
+
+
+class CLIPDistillation(Task):
+    """B-cosify a CLIP model's image tower and distil it to the original tower; the text tower stays frozen.
+
+    Needs images only; with labelled data, zero-shot accuracy (prompts ``a photo of a <class>.``) is reported for
+    the trained model and for its source.
+    """
+
+    name = "clip-distillation"
+    card = CardFields(
+        pipeline_tag="zero-shot-image-classification",
+        metric_key="zero_shot_accuracy",
+        metric_label="Zero-shot top-1 accuracy",
+        objective="SigLIP-style distillation",
+        tags=("clip",),
+    )
+
+    def build_model(self, class_names: list[str]) -> nn.Module:
+        from .. import BcosCLIPModel
+
+        recipe = self.recipe
+        if source_model_type(recipe.source) in BCOS_MODEL_TYPES:
+            raise ValueError(
+                "clip-distillation starts from the original CLIP checkpoint, which is also the teacher; "
+                "to continue an interrupted run, use --resume with the same --output-dir."
+            )
+        mean, std = source_normalization(resolve_folder(recipe.source, "a transformers CLIPModel")) or (
+            OPENAI_CLIP_NORMALIZATION
+        )
+        self.teacher = FrozenCLIPTeacher(CLIPModel.from_pretrained(recipe.source), image_mean=mean, image_std=std)
+        return BcosCLIPModel.from_pretrained_standard(recipe.source, b=recipe.b, bias=recipe.bias)
+
+    def source_model(self) -> nn.Module | None:
+        from .. import BcosCLIPModel
+
+        return BcosCLIPModel.from_pretrained_standard(self.recipe.source, b=1.0, bias="keep")
+
+    def image_size(self, model: nn.Module) -> int:
+        return model.vision_config.image_size
+
+    def training_arguments(self) -> dict:
+        # the loss is the only output; the unused logit scale must not stall data-parallel training
+        return dict(prediction_loss_only=True, ddp_find_unused_parameters=True)
+
+    def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
+        return DistillationTrainer(model=model, args=arguments, teacher=self.teacher, **common)
+
+    def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset) -> dict[str, float]:
+        from .classification import classification_accuracy
+
+        batch_size = self.recipe.batch_size
+        metrics = {"embedding_cosine": mean_embedding_cosine(model, self.teacher, eval_dataset, batch_size)}
+        if not (self.recipe.label_column and data.class_names):
+            return metrics
+        device = next(model.parameters()).device
+        texts = prompt_embeds(model, data.class_names).to(device)
+        metrics["zero_shot_accuracy"] = classification_accuracy(
+            ZeroShotClassifier(model, texts), eval_dataset, batch_size
+        )
+        source = self.source_model().to(device)
+        metrics["source_zero_shot_accuracy"] = classification_accuracy(
+            ZeroShotClassifier(source, texts), eval_dataset, batch_size
+        )
+        return metrics
+
+    def explain_examples(self, model, data, pixel_values):
+        if not (self.recipe.label_column and data.class_names):
+            return None
+        return model.explain(pixel_values, text_embeds=prompt_embeds(model, data.class_names))
+
+
+class ZeroShotClassifier(nn.Module):
+    """A CLIP image tower and fixed prompt embeddings as an image classifier: ``logits`` are the cosines' numerators
+    (image embedding . normalised prompt embedding), whose argmax is the zero-shot prediction."""
+
+    def __init__(self, clip: nn.Module, prompt_embeds: torch.Tensor):
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("prompt_embeds", prompt_embeds, persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.clip.dtype
+
+    def forward(self, pixel_values: torch.Tensor):
+        embeds = self.clip.get_image_features(pixel_values=pixel_values).pooler_output
+        return ImageClassifierOutput(logits=embeds @ self.prompt_embeds.T.to(embeds))

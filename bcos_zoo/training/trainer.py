@@ -1,9 +1,8 @@
-"""Training through the HF ``Trainer``: arguments from a recipe, the two objectives, and adaptive gradient clipping.
+"""What every training task shares: ``TrainingArguments`` from a recipe, the callbacks (adaptive gradient clipping,
+epoch-seeded augmentation, a per-rank report) and the collator.
 
-Classification needs nothing special: the B-cos classifier computes the papers' BCE loss itself when given
-``labels``. CLIP distillation trains the B-cos image tower against the frozen original's embeddings of the same
-images, so its trainer computes the teacher's embeddings per batch. Everything else (mixed precision, data
-parallelism through accelerate, checkpoints, resume) is the ``Trainer``'s own.
+Everything else (mixed precision, data parallelism through accelerate, checkpoints, resume) is the ``Trainer``'s own;
+what differs between tasks (model, loss, evaluation) lives in the task modules beside this one.
 """
 
 import hashlib
@@ -11,10 +10,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from ..zoo.recipes import Recipe
 
@@ -110,18 +108,6 @@ def collate_images(batch: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def accuracy_metrics(eval_prediction) -> dict[str, float]:
-    """Top-1 accuracy for ``Trainer.evaluate``, through the offline ``bcos_accuracy`` evaluate module."""
-    import evaluate
-
-    from ..evaluation.metrics import metric_path
-
-    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    metric = evaluate.load(metric_path("bcos_accuracy"))
-    return metric.compute(predictions=np.argmax(logits, axis=-1), references=labels)
-
-
 def training_arguments(
     recipe: Recipe, checkpoint_dir: Path, device: str | None = None, eval_each_epoch: bool = False, **overrides
 ) -> TrainingArguments:
@@ -155,40 +141,16 @@ def training_arguments(
         use_cpu=on_cpu,
         bf16=not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         dataloader_num_workers=0 if on_cpu else 8,
-        prediction_loss_only=recipe.task == "clip-distillation",
-        ddp_find_unused_parameters=recipe.task == "clip-distillation",  # the unused logit scale
     )
     arguments.update(overrides)
     return TrainingArguments(**arguments)
 
 
-def build_trainer(
-    model: nn.Module,
-    recipe: Recipe,
-    arguments: TrainingArguments,
-    train_dataset,
-    eval_dataset,
-    teacher: nn.Module | None = None,
-    report_folder: Path | None = None,
-) -> Trainer:
-    """The ``Trainer`` for a recipe's task, with adaptive clipping and the per-rank report attached."""
+def trainer_callbacks(recipe: Recipe, train_dataset, report_folder: Path | None = None) -> list[TrainerCallback]:
+    """Every run's callbacks: epoch-seeded augmentation, adaptive clipping when on, and the per-rank report."""
     callbacks = [EpochSeededData(train_dataset)]
     if recipe.agc_clip:
         callbacks.append(AdaptiveGradientClipping(recipe.agc_clip))
     if report_folder is not None:
         callbacks.append(RankReport(report_folder))
-    common = dict(
-        model=model,
-        args=arguments,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=collate_images,
-        callbacks=callbacks,
-    )
-    if recipe.task == "clip-distillation":
-        if teacher is None:
-            raise ValueError("clip-distillation needs the frozen original model as teacher")
-        from .clip_distillation import DistillationTrainer
-
-        return DistillationTrainer(teacher=teacher, **common)
-    return Trainer(compute_metrics=accuracy_metrics, **common)
+    return callbacks

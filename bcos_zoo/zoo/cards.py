@@ -6,10 +6,15 @@ as an evaluation widget, and ``base_model`` links the card to its source checkpo
 
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 
 from .recipes import Recipe
+
+
+if TYPE_CHECKING:
+    from ..training.task import CardFields
 
 
 TAGS = ["custom_code", "b-cos", "interpretability", "explainability", "vision"]
@@ -31,6 +36,7 @@ def hub_id_or_none(source: str) -> str | None:
 
 def render_model_card(
     recipe: Recipe,
+    fields: "CardFields",
     repo_id: str,
     metrics: dict[str, float],
     dataset_id: str,
@@ -40,18 +46,16 @@ def render_model_card(
 ) -> ModelCard:
     """The card of a fine-tuned model: metadata, usage with ``trust_remote_code``, results, training, citations.
 
-    ``metrics`` holds ``accuracy`` (and, when measured, ``source_accuracy``), or for distillation
-    ``zero_shot_accuracy`` / ``source_zero_shot_accuracy`` and ``embedding_cosine``.
+    ``fields`` are the task's (its headline metric, pipeline, objective, tags); ``metrics`` holds that metric and,
+    when measured, ``source_<metric>`` for the standard source, and optionally ``embedding_cosine``.
     """
-    distillation = recipe.task == "clip-distillation"
-    metric_key = "zero_shot_accuracy" if distillation else "accuracy"
-    metric_label = "Zero-shot top-1 accuracy" if distillation else "Top-1 accuracy"
+    metric_key, metric_label = fields.metric_key, fields.metric_label
     base_model = base_model or hub_id_or_none(recipe.source)
     eval_results = []
     if metric_key in metrics:
         eval_results.append(
             EvalResult(
-                task_type="zero-shot-image-classification" if distillation else "image-classification",
+                task_type=fields.pipeline_tag,
                 dataset_type=dataset_id,
                 dataset_name=dataset_name,
                 dataset_split="validation",
@@ -65,9 +69,9 @@ def render_model_card(
         base_model=base_model,
         datasets=[dataset_id] if hub_id_or_none(dataset_id) else None,
         library_name="transformers",
-        pipeline_tag="zero-shot-image-classification" if distillation else "image-classification",
+        pipeline_tag=fields.pipeline_tag,
         license=recipe.license,
-        tags=TAGS + (["clip"] if distillation else ["vit"]),
+        tags=TAGS + list(fields.tags),
         metrics=["accuracy"],
         eval_results=eval_results or None,
     )
@@ -85,7 +89,7 @@ def render_model_card(
     hyperparameters = {
         "B": recipe.b,
         "biases": recipe.bias,
-        "objective": "SigLIP-style distillation" if distillation else "BCE with uniform off-labels",
+        "objective": fields.objective,
         "optimiser": "Adam (decoupled weight decay)",
         "learning rate": recipe.learning_rate,
         "schedule": f"cosine, linear warm-up over {recipe.warmup_ratio:.0%} of steps",
@@ -103,7 +107,7 @@ def render_model_card(
         template_path=str(template_path(recipe.card_template)),
         model_title=repo_id.split("/")[-1],
         summary=recipe.summary,
-        task=recipe.task,
+        pipeline_tag=fields.pipeline_tag,
         source=base_model or "/".join(Path(recipe.source).parts[-2:]),  # no local absolute paths in a public card
         b=recipe.b,
         bias=recipe.bias,

@@ -6,43 +6,57 @@ flags override single fields (``dataclasses.replace``), so a recipe is a startin
 
 The ImageNet and CLIP recipes follow the B-cos papers' optimiser recipe (Adam, cosine decay after a linear warm-up,
 adaptive gradient clipping, B=2, biases removed) and need GPUs and the gated ImageNet / CC3M data on the Hub.
-``bcos-vit-fashion-mnist`` runs offline on a laptop CPU in minutes, from a small standard ViT that
-``vit-fashion-mnist`` (or ``scripts/train_fashion_mnist_source.py``) trains first.
+``bcos-vit-fashion-mnist`` runs offline on a laptop CPU in minutes, from the small standard ViT that
+``vit-fashion-mnist`` trains first (``scripts/fashion_mnist.py`` runs both).
 """
 
-from dataclasses import dataclass, fields, replace
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, replace
+from types import UnionType
+from typing import Union, get_args, get_origin, get_type_hints
+
+
+def _flag(help: str, default=MISSING, **metadata):
+    """A recipe field that is also a ``scripts/finetune.py`` flag (see :func:`add_recipe_flags`)."""
+    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything one fine-tuning run needs; the names match the ``scripts/finetune.py`` flags."""
+    """Everything one fine-tuning run needs. Each field is also a command-line flag of the same name
+    (``max_steps`` -> ``--max-steps``), generated from this class, so a field and its flag cannot drift."""
 
-    name: str
-    source: str  # Hub id or folder: a standard HF ViT/DeiT, timm ViT or HF CLIP checkpoint, or a B-cos checkpoint
-    dataset: str  # "fashion-mnist", an image folder, or a Hub dataset name
-    hub_model_id: str
-    task: str = "classification"  # "classification" (BCE, uniform off-labels) or "clip-distillation" (images only)
-    b: float = 2.0
-    bias: str = "remove"
-    epochs: float = 1.0
-    max_steps: int = -1  # overrides epochs when positive
-    learning_rate: float = 1e-4
-    batch_size: int = 64  # per device
-    gradient_accumulation_steps: int = 1
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    agc_clip: float | None = 0.01  # adaptive gradient clipping factor; None for the Trainer's global-norm clipping
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # timm's random-resized-crop scale during training
-    image_column: str = "image"
-    label_column: str | None = "label"  # None for image-only data (distillation)
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    save_steps: int = 500
-    seed: int = 0
-    architecture: dict | None = None  # config fields of a model trained from scratch (source="scratch")
-    card_template: str = "model_card.md"
-    license: str = "apache-2.0"
-    summary: str = ""
+    name: str = _flag("the run's name (default output folder: outputs/<name>)")
+    source: str = _flag(
+        "Hub id or folder: a standard HF ViT/DeiT, timm ViT or HF CLIP checkpoint, a B-cos checkpoint, or 'scratch'",
+        aliases=("--model",),
+    )
+    dataset: str = _flag("'fashion-mnist', an image folder (one sub-folder per class) or a Hub dataset name")
+    hub_model_id: str = _flag("org/name of the Hub repo --push uploads to")
+    task: str = _flag("what is trained and how (see bcos_zoo.training.TASKS)", "classification")
+    b: float = _flag("the B-cos alignment exponent B", 2.0)
+    bias: str = _flag("'remove' (the paper's conversion) or 'keep' (exact at B=1) the source's biases", "remove")
+    epochs: float = _flag("training epochs", 1.0)
+    max_steps: int = _flag("stop after this many optimiser steps (overrides --epochs when positive)", -1)
+    learning_rate: float = _flag("peak learning rate", 1e-4)
+    batch_size: int = _flag("images per device and step", 64)
+    gradient_accumulation_steps: int = _flag("steps whose gradients are summed before each update", 1)
+    weight_decay: float = _flag("decoupled weight decay", 0.0)
+    warmup_ratio: float = _flag("fraction of the steps spent in linear warm-up", 0.05)
+    agc_clip: float = _flag("adaptive gradient clipping factor; 0 means global-norm clipping at 1.0 instead", 0.01)
+    crop_scale: tuple[float, float] = _flag("area range of the random-resized crop during training", (0.5, 1.0))
+    image_column: str = _flag("image column of a Hub dataset", "image")
+    label_column: str | None = _flag("label column of a Hub dataset ('none' for image-only data)", "label")
+    max_train_samples: int | None = _flag("use only the first N training images", None)
+    max_eval_samples: int | None = _flag("evaluate on the first N evaluation images only", None)
+    save_steps: int = _flag("checkpoint every N steps (what --resume continues from)", 500)
+    seed: int = _flag("seed of initialisation, data order and augmentation", 0)
+    architecture: dict | None = _flag("config fields of a model trained from scratch (JSON)", None)
+    card_template: str = _flag("model card template in hub_cards/", "model_card.md")
+    license: str = _flag("license of the published model", "apache-2.0")
+    summary: str = _flag("one line for the model card", "")
 
     def with_overrides(self, **overrides) -> "Recipe":
         """A copy with the given fields replaced; ``None`` values mean "keep the recipe's"."""
@@ -51,6 +65,36 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe fields {sorted(unknown)}; known: {sorted(known)}")
         return replace(self, **{key: value for key, value in overrides.items() if value is not None})
+
+
+def _parser_type(annotation) -> tuple[Callable, dict]:
+    """argparse ``type`` and extra keywords for a recipe field's annotation."""
+    args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    base = args[0] if get_origin(annotation) in (Union, UnionType) else annotation
+    if get_origin(base) is tuple:
+        return get_args(base)[0], {"nargs": len(get_args(base))}
+    if base is dict:
+        return json.loads, {}
+    if annotation == str | None:
+        return (lambda value: None if value.lower() == "none" else value), {}
+    return base, {}
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`Recipe` field, all defaulting to ``None`` ("keep the recipe's value")."""
+    group = parser.add_argument_group("recipe fields (override the recipe's values)")
+    hints = get_type_hints(Recipe)
+    for spec in fields(Recipe):
+        convert, extra = _parser_type(hints[spec.name])
+        names = [f"--{spec.name.replace('_', '-')}", *spec.metadata.get("aliases", ())]
+        group.add_argument(*names, dest=spec.name, type=convert, default=None, help=spec.metadata["help"], **extra)
+
+
+def recipe_overrides(namespace: argparse.Namespace) -> dict:
+    """The recipe fields given on the command line."""
+    return {
+        spec.name: getattr(namespace, spec.name) for spec in fields(Recipe) if getattr(namespace, spec.name) is not None
+    }
 
 
 IMAGENET = "ILSVRC/imagenet-1k"  # gated on the Hub: accept its terms and log in first
@@ -137,7 +181,7 @@ RECIPES: dict[str, Recipe] = {
             batch_size=128,
             weight_decay=0.05,
             warmup_ratio=0.1,
-            agc_clip=None,
+            agc_clip=0.0,
             crop_scale=(0.8, 1.0),
             summary="The small standard ViT (patch 4, 32 px) that bcos-vit-fashion-mnist starts from, from scratch.",
         ),

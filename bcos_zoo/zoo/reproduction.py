@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from ..data.datasets import DatasetSplits, image_transform, limit
+from ..data.datasets import DatasetSplits, limit
 from ..modeling.explanation import colorize_contributions
-from .finetune import build_model, finetune, last_complete_checkpoint
+from ..training import get_task
+from .finetune import finetune, last_complete_checkpoint
 from .recipes import Recipe
 
 
@@ -134,11 +135,12 @@ def initial_accuracy(
         if stored.get("recipe") == record:
             return float(stored["accuracy"])
     set_seed(recipe.seed)
-    model, _, image_size = build_model(recipe, data.class_names)
+    task = get_task(recipe)
+    model = task.build_model(data.class_names)
     from ..evaluation.localisation import bcos_classifier, predict
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pairs, transform = limit(data.validation, recipe.max_eval_samples), image_transform(image_size, False)
+    pairs, transform = limit(data.validation, recipe.max_eval_samples), task.eval_transform(model)
     value = predict(bcos_classifier(model.to(device).eval()), pairs, transform, recipe.batch_size, device).accuracy()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

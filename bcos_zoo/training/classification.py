@@ -1,0 +1,96 @@
+"""B-cos image classification: B-cosify a standard classifier (or continue a B-cos one, or start from scratch) and
+train it with the B-cos papers' loss, binary cross-entropy with uniform off-labels, which the model computes itself
+from ``labels``."""
+
+import logging
+
+import numpy as np
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainingArguments
+
+from ..data.datasets import DatasetSplits
+from ..modeling.bcos_layers import BcosLinear
+from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
+
+
+logger = logging.getLogger(__name__)
+
+
+def name_classes(model: nn.Module, class_names: list[str]) -> None:
+    """Name the classes after the data; a model with another number of classes gets a new (B-cos) head."""
+    config = model.config
+    if config.num_labels != len(class_names):
+        logger.warning(f"The source has {config.num_labels} classes, the data {len(class_names)}: new classifier head.")
+        old = model.classifier
+        model.classifier = BcosLinear(old.in_features, len(class_names), bias=old.bias is not None, b=config.b)
+        model.classifier.to(old.weight.device, old.weight.dtype)
+        config.num_labels = len(class_names)
+    config.id2label = dict(enumerate(class_names))
+    config.label2id = {name: index for index, name in enumerate(class_names)}
+
+
+def accuracy_metrics(eval_prediction) -> dict[str, float]:
+    """Top-1 accuracy for ``Trainer.evaluate``."""
+    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == labels))}
+
+
+def classification_accuracy(model: nn.Module, eval_dataset: Dataset, batch_size: int) -> float:
+    """Top-1 accuracy of ``model`` on ``eval_dataset``'s images, seen through its transform."""
+    from ..evaluation.localisation import bcos_classifier, predict
+
+    device = next(model.parameters()).device
+    classify = bcos_classifier(model.to(device).eval())
+    return predict(classify, eval_dataset.pairs, eval_dataset.transform, batch_size, device).accuracy()
+
+
+class BcosClassification(Task):
+    """Fine-tune a B-cosified classifier (or train a B-cos ViT from scratch with ``source="scratch"``)."""
+
+    name = "classification"
+    card = CardFields(
+        pipeline_tag="image-classification",
+        metric_key="accuracy",
+        metric_label="Top-1 accuracy",
+        objective="BCE with uniform off-labels",
+        tags=("vit",),
+    )
+
+    def build_model(self, class_names: list[str]) -> nn.Module:
+        from .. import BcosViTConfig, BcosViTForImageClassification
+
+        recipe = self.recipe
+        if recipe.source == "scratch":  # the papers' baseline for B-cosification
+            if not recipe.architecture:
+                raise ValueError(f"recipe {recipe.name!r} trains from scratch but gives no architecture")
+            config = BcosViTConfig(**recipe.architecture, b=recipe.b, num_labels=len(class_names))
+            model = BcosViTForImageClassification(config)
+        elif source_model_type(recipe.source) in BCOS_MODEL_TYPES:
+            model = BcosViTForImageClassification.from_pretrained(recipe.source)
+        else:
+            model = BcosViTForImageClassification.from_pretrained_standard(recipe.source, b=recipe.b, bias=recipe.bias)
+        name_classes(model, class_names)
+        return model
+
+    def source_model(self) -> nn.Module | None:
+        from .. import BcosViTForImageClassification
+
+        if self.recipe.source == "scratch" or source_model_type(self.recipe.source) in BCOS_MODEL_TYPES:
+            return None
+        return BcosViTForImageClassification.from_pretrained_standard(self.recipe.source, b=1.0, bias="keep")
+
+    def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
+        return Trainer(model=model, args=arguments, compute_metrics=accuracy_metrics, **common)
+
+    def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset: Dataset) -> dict[str, float]:
+        """Accuracy of the trained model and of its standard source, on the same pixels."""
+        metrics = {"accuracy": classification_accuracy(model, eval_dataset, self.recipe.batch_size)}
+        source = self.source_model()
+        if source is not None and source.config.num_labels == len(data.class_names):
+            metrics["source_accuracy"] = classification_accuracy(source, eval_dataset, self.recipe.batch_size)
+        return metrics
+
+    def explain_examples(self, model, data, pixel_values):
+        return model.explain(pixel_values)

@@ -1,0 +1,58 @@
+"""Training a standard (not B-cos) transformers ViT classifier, from scratch or from a checkpoint: the sources that
+the offline recipes and the reproductions B-cosify. It sees normalised images, as standard models do."""
+
+from pathlib import Path
+
+from torch import nn
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+from ..conversion.common import VIT_DEFAULT_NORMALIZATION
+from ..data.preprocessing import ImageTransform, processor_transform, training_transform
+from .classification import BcosClassification
+
+
+class StandardClassification(BcosClassification):
+    """Cross-entropy training of a transformers ``ViTForImageClassification`` (``source="scratch"`` with an
+    ``architecture``, or a checkpoint). Its processor normalises with transformers' ViT default mean/std."""
+
+    name = "standard-classification"
+    card = None
+
+    def build_model(self, class_names: list[str]) -> nn.Module:
+        recipe = self.recipe
+        if recipe.source == "scratch":
+            if not recipe.architecture:
+                raise ValueError(f"recipe {recipe.name!r} trains from scratch but gives no architecture")
+            model = ViTForImageClassification(ViTConfig(**recipe.architecture, num_labels=len(class_names)))
+        else:
+            model = ViTForImageClassification.from_pretrained(recipe.source, num_labels=len(class_names))
+        model.config.id2label = dict(enumerate(class_names))
+        model.config.label2id = {name: index for index, name in enumerate(class_names)}
+        return model
+
+    def source_model(self) -> nn.Module | None:
+        return None
+
+    def image_processor(self, model: nn.Module) -> ViTImageProcessor:
+        size = model.config.image_size
+        mean, std = VIT_DEFAULT_NORMALIZATION
+        return ViTImageProcessor(size={"height": size, "width": size}, image_mean=mean, image_std=std)
+
+    def train_transform(self, model: nn.Module) -> ImageTransform:
+        mean, std = VIT_DEFAULT_NORMALIZATION
+        return training_transform(self.image_size(model), crop_scale=self.recipe.crop_scale, mean=mean, std=std)
+
+    def eval_transform(self, model: nn.Module) -> ImageTransform:
+        return processor_transform(self.image_processor(model))
+
+    def evaluate(self, model, data, eval_dataset) -> dict[str, float]:
+        metrics = super().evaluate(model, data, eval_dataset)
+        metrics["source_accuracy"] = metrics["accuracy"]  # the trained model is itself the standard source
+        return metrics
+
+    def explain_examples(self, model, data, pixel_values):
+        return None  # a standard model has no exact explanation
+
+    def save_model(self, model: nn.Module, repo_dir: Path) -> None:
+        model.save_pretrained(repo_dir)
+        self.image_processor(model).save_pretrained(repo_dir)

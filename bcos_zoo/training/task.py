@@ -1,0 +1,115 @@
+"""The interface every training task implements, and what tasks share.
+
+A task knows everything about a run that depends on *what* is trained: how to build the model (and a teacher), the
+pixels it trains and evaluates on, its ``Trainer``, how it is evaluated, which example explanations it shows and
+what its model card says. ``bcos_zoo.zoo.finetune`` only sequences these steps and never names a task; a new task
+is a new module with a :class:`Task` subclass and one line in ``bcos_zoo.training.TASKS``.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import PretrainedConfig, Trainer, TrainingArguments
+
+from ..data.datasets import DatasetSplits
+from ..data.preprocessing import ImageTransform, model_transform, training_transform
+from ..zoo.recipes import Recipe
+
+
+# model_type of the checkpoints a run continues as they are, instead of B-cosifying them
+BCOS_MODEL_TYPES = {"bcos_vit", "bcos_clip", "bcos_clip_vision_model"}
+EXAMPLE_COUNT = 4
+
+
+@dataclass(frozen=True)
+class CardFields:
+    """What a task's model card says about it (``None`` for a task that publishes no card)."""
+
+    pipeline_tag: str
+    metric_key: str  # the headline metric in the run's metrics; ``source_<key>`` is the source's
+    metric_label: str
+    objective: str
+    tags: tuple[str, ...]
+
+
+def source_model_type(source: str) -> str | None:
+    """The ``model_type`` in a source's config (folder or Hub id), or ``None`` when training from scratch."""
+    if source == "scratch":
+        return None
+    config, _ = PretrainedConfig.get_config_dict(source)
+    return config.get("model_type")
+
+
+class Task:
+    """One training task. Instantiated per run with its recipe; defaults suit a B-cos image classifier."""
+
+    name: str = ""
+    card: CardFields | None = None
+    trainer_class: type[Trainer] = Trainer
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
+    # -- model -------------------------------------------------------------------------------------------------
+
+    def build_model(self, class_names: list[str]) -> nn.Module:
+        """The model to train, with its classes named after the data."""
+        raise NotImplementedError
+
+    def source_model(self) -> nn.Module | None:
+        """The standard source as an exactly equivalent model that takes [0, 1] images like the trained one, so that
+        both are measured by the same code on the same pixels; ``None`` when there is no such source."""
+        return None
+
+    # -- data and training -------------------------------------------------------------------------------------
+
+    def image_size(self, model: nn.Module) -> int:
+        return model.config.image_size
+
+    def train_transform(self, model: nn.Module) -> ImageTransform:
+        return training_transform(self.image_size(model), crop_scale=self.recipe.crop_scale)
+
+    def eval_transform(self, model: nn.Module) -> ImageTransform:
+        """The pixels a user gets from the model's saved image processor (see ``bcos_zoo.data.preprocessing``)."""
+        return model_transform(model)
+
+    def training_arguments(self) -> dict:
+        """``TrainingArguments`` fields this task needs beyond the recipe's."""
+        return {}
+
+    def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
+        return self.trainer_class(model=model, args=arguments, **common)
+
+    # -- evaluation and publishing -----------------------------------------------------------------------------
+
+    def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset: Dataset) -> dict[str, float]:
+        raise NotImplementedError
+
+    def explain_examples(self, model: nn.Module, data: DatasetSplits, pixel_values: torch.Tensor):
+        """Explanations of a few evaluation images for the card's example pictures, or ``None`` for no pictures."""
+        return None
+
+    def write_examples(self, model: nn.Module, data: DatasetSplits, eval_dataset: Dataset, folder: Path) -> list[str]:
+        """Explain a few evaluation images and save panels (input | explanation | contributions) as PNG."""
+        from ..visualize import explanation_panel
+
+        count = min(EXAMPLE_COUNT, len(eval_dataset))
+        pixel_values = torch.stack([eval_dataset[i]["pixel_values"] for i in range(count)])
+        explanation = self.explain_examples(model, data, pixel_values.to(next(model.parameters()).device))
+        if explanation is None:
+            return []
+        folder.mkdir(parents=True, exist_ok=True)
+        scale = max(1, 224 // pixel_values.shape[-1])
+        names = []
+        for index in range(count):
+            name = f"explanation_{index}.png"
+            explanation_panel(pixel_values, explanation, index, scale=scale).save(folder / name)
+            names.append(name)
+        return names
+
+    def save_model(self, model: nn.Module, repo_dir: Path) -> None:
+        """Weights, config, remote code and image processor (B-cos models save their processor themselves)."""
+        model.save_pretrained(repo_dir)
