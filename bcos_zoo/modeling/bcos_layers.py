@@ -5,7 +5,7 @@ standard deviation, the activation gate, the attention matrix) can be detached, 
 ``y = W(x) x + c`` exactly. Each such module derives from :class:`DynamicModule`, and
 :func:`explanation_mode` switches all of them at once.
 
-This file is hub-facing: it travels with the weights and may import only torch and sibling files.
+This file is hub-facing: it travels with the weights and may import only torch, transformers and sibling files.
 """
 
 import contextlib
@@ -15,10 +15,17 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
 # Slack for resampling round-off; a normalised image is off by far more than this.
 _RANGE_TOLERANCE = 1e-3
+_RANGE_ADVICE = (
+    "B-cos models take unnormalised images and encode them as [x, 1 - x]; the source model's mean/std normalisation "
+    "is folded into the first layer. Use the image processor saved with the model (it has do_normalize=False), or "
+    "undo the normalisation with `x * std + mean`."
+)
 
 
 def encode_inverse(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -26,8 +33,22 @@ def encode_inverse(pixel_values: torch.Tensor) -> torch.Tensor:
     return torch.cat([pixel_values, 1 - pixel_values], dim=1)
 
 
-def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3) -> None:
-    """Reject inputs the model would silently misread, with a message that says how to fix them."""
+def _is_tracing() -> bool:
+    """Whether the forward pass is being captured into a graph (torch.compile, torch.export, TorchScript tracing)."""
+    return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing())
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_message: bool | None = None) -> None:
+    """Reject inputs the model would silently misread, with a message that says how to fix them.
+
+    Type, dtype and shape are checked always. The [0, 1] range check must not stall an accelerator or break a graph
+    capture, so it takes one of two forms:
+
+    * eager, on the CPU (or ``eager_message=True``): the values are read and a ``ValueError`` names the range found;
+    * under torch.compile / torch.export / tracing, or on an accelerator: ``torch._assert_async``, which becomes part
+      of the graph and, on a GPU, is a device-side assert, so there is no device-to-host synchronisation and no
+      data-dependent Python branch. On the CPU the captured graph still raises with the same advice.
+    """
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
     if not pixel_values.is_floating_point():
@@ -41,16 +62,31 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3) -> Non
             "Add a batch dimension with `unsqueeze(0)` for a single image; convert grayscale or RGBA images to RGB."
         )
     low, high = torch.aminmax(pixel_values.detach())
+    tracing = _is_tracing()
+    if eager_message is None:
+        eager_message = pixel_values.device.type == "cpu"
+    if tracing or not eager_message:
+        # NaN fails both comparisons, so it is refused too.
+        in_range = (low >= -_RANGE_TOLERANCE) & (high <= 1 + _RANGE_TOLERANCE)
+        torch._assert_async(in_range, "pixel_values must lie in [0, 1] and contain no NaN. " + _RANGE_ADVICE)
+        return
     low, high = float(low), float(high)
     if math.isnan(low) or math.isnan(high):
         raise ValueError("pixel_values contain NaN.")
     if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
-        raise ValueError(
-            f"pixel_values must lie in [0, 1], got values in [{low:.3f}, {high:.3f}]. B-cos models take unnormalised "
-            "images and encode them as [x, 1 - x]; the source model's mean/std normalisation is folded into the "
-            "first layer. Use the image processor saved with the model (it has do_normalize=False), or undo the "
-            "normalisation with `x * std + mean`."
-        )
+        raise ValueError(f"pixel_values must lie in [0, 1], got values in [{low:.3f}, {high:.3f}]. " + _RANGE_ADVICE)
+
+
+def prepare_pixel_values(
+    pixel_values: torch.Tensor, num_channels: int, dtype: torch.dtype, eager_message: bool | None = None
+) -> torch.Tensor:
+    """Check ``pixel_values`` (see :func:`check_pixel_values`) and cast them to the model's floating dtype.
+
+    Images arrive in float32 from the processors; a model loaded in bfloat16 or float16 takes them as transformers'
+    own vision models do. The check runs before the cast, on the values the caller passed.
+    """
+    check_pixel_values(pixel_values, num_channels, eager_message=eager_message)
+    return pixel_values if pixel_values.dtype == dtype else pixel_values.to(dtype)
 
 
 class DynamicModule(nn.Module):
@@ -73,6 +109,13 @@ def explanation_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.detach_dynamic = flag
 
 
+def _signed_square(y: torch.Tensor) -> torch.Tensor:
+    """``y * |y|``; without autograd it reuses one buffer (on the CPU a fresh large buffer costs page faults)."""
+    if torch.is_grad_enabled() and y.requires_grad:
+        return y * y.abs()
+    return y.abs().mul_(y)
+
+
 class BcosLinear(DynamicModule):
     """``out = |cos(x, w)|^(B-1) * (w . x) + bias``, with the pretrained, un-normalised ``w``.
 
@@ -92,25 +135,34 @@ class BcosLinear(DynamicModule):
         if self.b == 1:
             return F.linear(x, self.weight, self.bias)
         input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
-        weight_norm = torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
         if self.b == 2 and not self.detach_dynamic:
             # (w.x)|w.x| / (|w||x|) as y|y| with y = (w/sqrt|w|).(x/sqrt|x|): the norms scale the operands of the
             # matmul rather than its output. |w| goes on the weight or on the output, whichever is smaller.
+            weight_norm = torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
             scaled_input = x * input_norm.rsqrt()
             if x.numel() >= self.weight.numel():
-                scaled = F.linear(scaled_input, self.weight * weight_norm.rsqrt())
-                out = scaled * scaled.abs()
+                out = _signed_square(F.linear(scaled_input, self.weight * weight_norm.rsqrt()))
             else:
-                scaled = F.linear(scaled_input, self.weight)
-                out = scaled * scaled.abs() / weight_norm.T
+                out = _signed_square(F.linear(scaled_input, self.weight)) / weight_norm.T
+            return out if self.bias is None else out + self.bias
+        return self.scale_linear_output(F.linear(x, self.weight), input_norm)
+
+    def scale_linear_output(self, linear: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
+        """The B-cos unit from its plain linear output ``w . x`` and the input norm ``||x||`` (shape (..., 1)).
+
+        Lets a caller that computes ``w . x`` and ``||x||`` more cheaply than from ``x`` itself (the patch embedding
+        of ``[x, 1 - x]``) share the unit's B-cos factor, its detaching in explanation mode and its bias.
+        """
+        if self.b == 1:
+            out = linear
         else:
-            out = F.linear(x, self.weight)
-            abs_cos = out.abs() / (input_norm * weight_norm.T)
+            weight_norm = torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
+            abs_cos = linear.abs() / (input_norm.clamp_min(self.eps) * weight_norm.T)
             if self.b != 2:
                 abs_cos = abs_cos.clamp_min(self.eps).pow(self.b - 1)
             if self.detach_dynamic:
                 abs_cos = abs_cos.detach()
-            out = out * abs_cos
+            out = linear * abs_cos
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
@@ -182,34 +234,88 @@ class GatedActivation(DynamicModule):
         return self.name
 
 
+def eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out, so that the attention probabilities can be returned.
+
+    Same calling convention as transformers' attention functions: (batch, heads, length, head_dim) in, the output as
+    (batch, length, heads, head_dim) and the (batch, heads, length, length) probabilities out. The softmax runs in
+    float32 for half-precision inputs and in the input's precision otherwise (float64 stays exact).
+    """
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    softmax_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+    probabilities = F.softmax(scores, dim=-1, dtype=softmax_dtype).to(query.dtype)
+    probabilities = F.dropout(probabilities, p=dropout, training=module.training)
+    return torch.matmul(probabilities, value).transpose(1, 2).contiguous(), probabilities
+
+
 class BcosSelfAttention(DynamicModule):
     """Multi-head self-attention; explanation mode detaches queries and keys, so ``A(x) V x`` is linear in ``x``.
 
     q, k and v are plain linear maps (q and k only shape the detached attention matrix); the output projection is a
-    B-cos unit.
+    B-cos unit. They are stored as three projections (the checkpoints' layout) and applied as one matmul. The
+    attention itself is transformers' choice of ``config._attn_implementation`` ("sdpa" by default, "eager" to get
+    the attention probabilities); detaching q and k works the same way for every implementation.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, qk_bias: bool, bias: bool, b: float):
+    def __init__(self, hidden_size: int, num_heads: int, qk_bias: bool, bias: bool, b: float, config=None):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}.")
+        self.config = config
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=qk_bias)
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=qk_bias)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
         self.o_proj = BcosLinear(hidden_size, hidden_size, bias=bias, b=b)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    @property
+    def attn_implementation(self) -> str:
+        """The attention function in use: the config's ``_attn_implementation``, "sdpa" without a config."""
+        implementation = getattr(self.config, "_attn_implementation", None)
+        return implementation or "sdpa"
+
+    def _qkv_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        biases = [proj.bias for proj in (self.q_proj, self.k_proj, self.v_proj)]
+        if all(bias is None for bias in biases):
+            return weight, None
+        reference = next(bias for bias in biases if bias is not None)
+        width = self.q_proj.out_features
+        return weight, torch.cat([reference.new_zeros(width) if bias is None else bias for bias in biases])
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, width = hidden_states.shape
-        shape = (batch, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        weight, bias = self._qkv_parameters()
+        qkv = F.linear(hidden_states, weight, bias).view(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.detach_dynamic:
             query, key = query.detach(), key.detach()
-        context = F.scaled_dot_product_attention(query, key, value)
-        return self.o_proj(context.transpose(1, 2).reshape(batch, length, width))
+        implementation = self.attn_implementation
+        if implementation == "eager":
+            attention = eager_attention
+        else:
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
+        context, probabilities = attention(
+            self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, **kwargs
+        )
+        return self.o_proj(context.reshape(batch, length, width)), probabilities
 
 
 class BcosMLP(nn.Module):
@@ -225,20 +331,31 @@ class BcosMLP(nn.Module):
         return self.fc2(self.act(self.fc1(hidden_states)))
 
 
-class BcosEncoderLayer(nn.Module):
-    """A pre-norm transformer block: ``h + attn(ln(h))`` then ``h + mlp(ln(h))``."""
+class BcosEncoderLayer(GradientCheckpointingLayer):
+    """A pre-norm transformer block: ``h + attn(ln(h))`` then ``h + mlp(ln(h))``.
+
+    A ``GradientCheckpointingLayer``: ``model.gradient_checkpointing_enable()`` recomputes it in the backward pass.
+    """
 
     def __init__(self, config):
         super().__init__()
         self.layernorm_before = BcosLayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.use_bias)
         self.attention = BcosSelfAttention(
-            config.hidden_size, config.num_attention_heads, config.attention_qk_bias, config.use_bias, config.b
+            config.hidden_size,
+            config.num_attention_heads,
+            config.attention_qk_bias,
+            config.use_bias,
+            config.b,
+            config=config,
         )
         self.layernorm_after = BcosLayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.use_bias)
         self.mlp = BcosMLP(config.hidden_size, config.intermediate_size, config.hidden_act, config.use_bias, config.b)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states + self.attention(self.layernorm_before(hidden_states))
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
+        attended, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
+        hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.layernorm_after(hidden_states))
 
 
@@ -255,11 +372,31 @@ class BcosPatchEmbedding(nn.Module):
         self.num_channels = num_channels
         self.projection = BcosLinear(2 * num_channels * patch_size * patch_size, hidden_size, bias=bias, b=b)
 
-    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = encoded.shape
+    def _patches(self, images: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = images.shape
         p = self.patch_size
         if height % p or width % p:
             raise ValueError(f"Image size {height}x{width} is not a multiple of the patch size {p}.")
-        patches = encoded.reshape(batch, channels, height // p, p, width // p, p)
-        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // p) * (width // p), channels * p * p)
-        return self.projection(patches)
+        patches = images.reshape(batch, channels, height // p, p, width // p, p)
+        return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // p) * (width // p), channels * p * p)
+
+    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
+        """Tokens of an encoded ``[x, 1 - x]`` image (what explanations differentiate)."""
+        return self.projection(self._patches(encoded))
+
+    def forward_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The same tokens computed from ``x`` alone, without building the 6-channel encoding.
+
+        With the weight split as ``[W_x, W_(1-x)]``: ``W [x, 1 - x] = (W_x - W_(1-x)) x + W_(1-x) 1``, and the
+        patch norm is ``||[x, 1 - x]||^2 = n - 2 sum x (1 - x)`` over the patch's ``n`` values. Half the matmul of
+        :meth:`forward`, and equal to it up to float round-off.
+        """
+        patches = self._patches(pixel_values)
+        n = patches.shape[-1]
+        weight = self.projection.weight
+        weight_x, weight_inverse = weight[:, :n], weight[:, n:]
+        linear = F.linear(patches, weight_x - weight_inverse, weight_inverse.sum(dim=1))
+        if self.projection.b == 1:
+            return linear if self.projection.bias is None else linear + self.projection.bias
+        squared_norm = n - 2 * (patches * (1 - patches)).sum(dim=-1, keepdim=True)
+        return self.projection.scale_linear_output(linear, squared_norm.clamp_min(0).sqrt())

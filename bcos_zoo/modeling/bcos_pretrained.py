@@ -5,6 +5,7 @@ Hub-facing: torch, transformers and sibling files only. B-cosification itself (r
 part of the remote code; :meth:`BcosPreTrainedModel.from_pretrained_standard` finds it in the ``bcos_zoo`` package.
 """
 
+import copy
 import importlib
 import os
 
@@ -13,7 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
-from .bcos_layers import BcosLayerNorm, BcosLinear, explanation_mode
+from .bcos_layers import BcosLayerNorm, BcosLinear, explanation_mode, prepare_pixel_values
 
 
 class BcosPreTrainedModel(PreTrainedModel):
@@ -22,6 +23,8 @@ class BcosPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     # the bcos_zoo.conversion function that B-cosifies a standard checkpoint into this class
     _standard_converter: str = ""
+    # the Auto classes a saved folder of this class answers to, besides the one given to register_for_auto_class
+    _extra_auto_classes: tuple[str, ...] = ()
 
     @property
     def _initializer_range(self) -> float:
@@ -58,15 +61,60 @@ class BcosPreTrainedModel(PreTrainedModel):
     def _save_processors(self, save_directory: str | os.PathLike) -> None:
         self.default_image_processor().save_pretrained(save_directory)
 
+    def prepare_pixel_values(self, pixel_values: torch.Tensor, num_channels: int | None = None) -> torch.Tensor:
+        """Checked ``pixel_values`` in the model's dtype (float32 images work with a bfloat16 model).
+
+        The range check is sync-free and traceable (see :func:`check_pixel_values`).
+        """
+        if num_channels is None:
+            num_channels = getattr(self.config, "vision_config", self.config).num_channels
+        return prepare_pixel_values(pixel_values, num_channels, self.dtype)
+
+    def resolve_output_flags(
+        self,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple[bool, bool, bool]:
+        """``(output_attentions, output_hidden_states, return_dict)``: each argument, or else the config's value.
+
+        For forward passes that assemble their outputs by hand; modules with transformers' output capturing get the
+        same resolution from ``capture_outputs`` / ``can_return_tuple``.
+        """
+        config = self.config
+        return (
+            bool(config.output_attentions if output_attentions is None else output_attentions),
+            bool(config.output_hidden_states if output_hidden_states is None else output_hidden_states),
+            bool(config.return_dict if return_dict is None else return_dict),
+        )
+
+    def _auto_map(self) -> dict[str, str]:
+        """The ``auto_map`` of a folder holding this class: its config class and the Auto classes that load it."""
+        model_module = type(self).__module__.rsplit(".", 1)[-1]
+        config_module = type(self.config).__module__.rsplit(".", 1)[-1]
+        auto_map = {"AutoConfig": f"{config_module}.{type(self.config).__name__}"}
+        for auto_class in (self._auto_class, *self._extra_auto_classes):
+            if auto_class is not None:
+                auto_map[auto_class] = f"{model_module}.{type(self).__name__}"
+        return auto_map
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """Save weights, config, remote code and the processor, so that the folder loads with the Auto classes."""
-        module = type(self).__module__.rsplit(".", 1)[-1]
-        auto_map = getattr(self.config, "auto_map", None) or {}
-        self.config.auto_map = {**auto_map, "AutoModel": f"{module}.{type(self).__name__}"}
-        if kwargs.get("is_main_process", True):
-            os.makedirs(save_directory, exist_ok=True)
-            self._save_processors(save_directory)
-        super().save_pretrained(save_directory, *args, **kwargs)
+        """Save weights, config, remote code and the processor, so that the folder loads with the Auto classes.
+
+        The folder's ``auto_map`` names this class (backbone, classifier, tower or full model); it is written into a
+        copy of the config, so a config the caller shares with other models is left as it was.
+        """
+        shared = self.config
+        config = copy.deepcopy(shared)
+        config.auto_map = self._auto_map()
+        self.config = config
+        try:
+            if kwargs.get("is_main_process", True):
+                os.makedirs(save_directory, exist_ok=True)
+                self._save_processors(save_directory)
+            super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config = shared
 
     @classmethod
     def from_pretrained_standard(

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bcos_layers import check_pixel_values, encode_inverse, explanation_mode
+from .bcos_layers import encode_inverse, explanation_mode, prepare_pixel_values
 
 
 @dataclass
@@ -41,8 +41,10 @@ class BcosExplanation:
     @property
     def bias_share(self) -> torch.Tensor:
         """(N,) ``|bias| / (|bias| + |sum of contributions|)``: 0 when the pixels account for the whole output."""
-        total = self.contributions.sum(dim=(1, 2)).abs()
-        return self.bias.abs() / (self.bias.abs() + total).clamp_min(torch.finfo(self.bias.dtype).tiny)
+        accumulate = torch.promote_types(self.bias.dtype, torch.float32)
+        total = self.contributions.to(accumulate).sum(dim=(1, 2)).abs()
+        bias = self.bias.to(accumulate).abs()
+        return bias / (bias + total).clamp_min(torch.finfo(accumulate).tiny)
 
     @property
     def rgba(self) -> torch.Tensor:
@@ -74,24 +76,46 @@ def resolve_target(target: int | torch.Tensor | None, logits: torch.Tensor) -> t
     return target
 
 
+def _floating_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 for a model without any)."""
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32
+
+
 def compute_explanation(
     model: nn.Module,
     score_fn: Callable[[torch.Tensor], torch.Tensor],
     pixel_values: torch.Tensor,
     target: int | torch.Tensor | None = None,
+    num_channels: int = 3,
+    create_graph: bool = False,
 ) -> BcosExplanation:
-    """Explain ``score_fn(encoded) -> (N, K)`` for a batch: one forward and one backward pass in explanation mode."""
-    check_pixel_values(pixel_values)
+    """Explain ``score_fn(encoded) -> (N, K)`` for a batch: one forward and one backward pass in explanation mode.
+
+    ``pixel_values`` are checked (with the readable range message on every device: an explanation reads its
+    results anyway) and cast to the model's dtype. The bias is accumulated in float32 at least, so that a bfloat16
+    explanation still reports how much of the output the pixels account for.
+
+    With ``create_graph=True`` the backward pass is differentiable: ``logits``, ``dynamic_weights`` and
+    ``contributions`` keep their graph, and a loss on them reaches the model's parameters (training with
+    explanations). The dynamic factors stay detached, as in every explanation.
+    """
+    pixel_values = prepare_pixel_values(pixel_values, num_channels, _floating_dtype(model), eager_message=True)
     with torch.enable_grad(), explanation_mode(model):
         encoded = encode_inverse(pixel_values.detach()).requires_grad_(True)
         logits = score_fn(encoded)
         target = resolve_target(target, logits.detach())
         selected = logits.gather(1, target[:, None]).sum()
-        (weights,) = torch.autograd.grad(selected, encoded)
+        (weights,) = torch.autograd.grad(selected, encoded, create_graph=create_graph)
     encoded = encoded.detach()
-    logits = logits.detach()
+    if not create_graph:
+        logits, weights = logits.detach(), weights.detach()
     contributions = (encoded * weights).sum(dim=1)
-    bias = logits.gather(1, target[:, None]).squeeze(1) - contributions.sum(dim=(1, 2))
+    accumulate = torch.promote_types(contributions.dtype, torch.float32)
+    target_logits = logits.gather(1, target[:, None]).squeeze(1)
+    bias = (target_logits.to(accumulate) - contributions.to(accumulate).sum(dim=(1, 2))).to(contributions.dtype)
     return BcosExplanation(logits, target, weights, contributions, bias)
 
 

@@ -19,12 +19,13 @@ from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPT
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
 
-from .bcos_layers import BcosLinear, DynamicModule, check_pixel_values, encode_inverse
+from .bcos_layers import BcosEncoderLayer, BcosLinear, BcosSelfAttention, DynamicModule
 from .bcos_pretrained import BcosPreTrainedModel
 from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
 from .explanation import BcosExplanation, compute_explanation
-from .modeling_bcos_vit import BcosViTModel
+from .modeling_bcos_vit import NO_EXTRA_OUTPUTS, BcosViTModel
 
 
 logger = logging.get_logger(__name__)
@@ -85,20 +86,30 @@ class BcosCLIPVisionModelOutput(ModelOutput):
         image_embeds: (N, P) the image embeddings (projected, not normalised).
         last_hidden_state: (N, L, D) the tokens after the last block.
         hidden_states: the tokens after the embedding and after each block, when asked for.
+        attentions: the attention probabilities of each block, when asked for (``attn_implementation="eager"``).
     """
 
     loss: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
     config_class = BcosCLIPConfig
     base_model_prefix = "bcos_clip"
     input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
     _no_split_modules = ["BcosViTEmbeddings", "BcosEncoderLayer", "CLIPTextEmbeddings", "CLIPEncoderLayer"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": BcosEncoderLayer, "attentions": BcosSelfAttention}
     _standard_converter = "bcosify_clip"
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The image tower's patch embedding."""
+        return self.vision_model.get_input_embeddings()
 
     @property
     def vision_config(self) -> BcosCLIPVisionConfig:
@@ -116,30 +127,28 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         self._tokenizer = None
         self._tokenizer_looked_up = False
 
-    def _image_embeds(
-        self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False, output_hidden_states: bool = False
-    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
-        outputs = self.vision_model.forward_encoded(encoded, interpolate_pos_encoding, output_hidden_states)
-        return self.visual_projection(outputs.pooler_output), outputs
+    def _image_embeds(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        outputs = self.vision_model.forward_encoded(encoded, interpolate_pos_encoding, **NO_EXTRA_OUTPUTS)
+        return self.visual_projection(outputs.pooler_output)
 
+    @can_return_tuple
     def get_image_features(
-        self,
-        pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = False, **kwargs
     ) -> BaseModelOutputWithPooling:
         """The image embeddings as ``pooler_output`` (projected, not normalised), as transformers' CLIP returns them.
 
         Args:
             pixel_values: (N, 3, H, W) images in [0, 1]; the model folds CLIP's normalisation into its first layer.
+            kwargs: ``output_hidden_states``, ``output_attentions``, ``return_dict``, as in transformers.
         """
-        check_pixel_values(pixel_values, self.vision_config.num_channels)
-        embeds, outputs = self._image_embeds(
-            encode_inverse(pixel_values), interpolate_pos_encoding, bool(output_hidden_states)
+        outputs = self.vision_model(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **{**kwargs, "return_dict": True}
         )
         return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state, pooler_output=embeds, hidden_states=outputs.hidden_states
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.visual_projection(outputs.pooler_output),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
     def _encode_prompts(self, text: list[str]) -> torch.Tensor:
@@ -188,6 +197,7 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         text_embeds: torch.Tensor | None = None,
         target: int | torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        create_graph: bool = False,
     ) -> BcosExplanation:
         """Explain the cosine similarity between each image and one prompt, exactly.
 
@@ -201,14 +211,22 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
             text: the prompts (a string or a list of K strings); needs the text tower, i.e. :class:`BcosCLIPModel`.
             text_embeds: alternatively (K, P) text embeddings (normalised here).
             target: the prompt to explain: ``None`` (each image's best-matching prompt), an int, or an (N,) tensor.
+            create_graph: keep the graph of the explanation, so that a loss on it trains the image tower.
         """
         prompts = self._prompt_embeds(text, text_embeds, pixel_values.device)
 
         def cosines(encoded: torch.Tensor) -> torch.Tensor:
-            embeds, _ = self._image_embeds(encoded, interpolate_pos_encoding)
+            embeds = self._image_embeds(encoded, interpolate_pos_encoding)
             return self.embedding_normalizer(embeds) @ prompts.to(embeds.dtype).T
 
-        return compute_explanation(self, cosines, pixel_values, target)
+        return compute_explanation(
+            self,
+            cosines,
+            pixel_values,
+            target,
+            num_channels=self.vision_config.num_channels,
+            create_graph=create_graph,
+        )
 
     # -- saving ------------------------------------------------------------------------------------------------
 
@@ -244,20 +262,23 @@ class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
         self._build_image_tower(config, config.projection_dim)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         teacher_embeds: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = False,
         **kwargs,
     ) -> BcosCLIPVisionModelOutput:
         """Image embeddings of (N, 3, H, W) images in [0, 1].
 
         With ``teacher_embeds`` (N, P), the original model's embeddings of the same images, ``loss`` is the
-        distillation loss (:func:`siglip_distillation_loss`) that B-cosification trains with.
+        distillation loss (:func:`siglip_distillation_loss`) that B-cosification trains with. Takes
+        ``output_hidden_states``, ``output_attentions`` and ``return_dict`` as transformers' models do.
         """
-        outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, output_hidden_states)
+        outputs = self.get_image_features(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **{**kwargs, "return_dict": True}
+        )
         loss = None
         if teacher_embeds is not None:
             loss = siglip_distillation_loss(outputs.pooler_output, teacher_embeds.to(outputs.pooler_output.device))
@@ -266,6 +287,7 @@ class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
             image_embeds=outputs.pooler_output,
             last_hidden_state=outputs.last_hidden_state,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
 
@@ -279,6 +301,7 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
 
     config_class = BcosCLIPConfig
     main_input_name = "input_ids"
+    _extra_auto_classes = ("AutoModel",)
 
     def __init__(self, config: BcosCLIPConfig):
         super().__init__(config)
@@ -289,6 +312,10 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         self.post_init()
         if config.freeze_text_model:
             self.freeze_text_model()
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The text tower's token embedding (the model's main input is ``input_ids``, as in transformers' CLIP)."""
+        return self.text_model.get_input_embeddings()
 
     def freeze_text_model(self) -> None:
         """Stop gradients to the text tower, the text projection and ``logit_scale``: only the image tower learns."""
@@ -321,6 +348,7 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         self._tokenizer = tokenizer
         self._tokenizer_looked_up = True
 
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
@@ -329,7 +357,12 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """The text embeddings as ``pooler_output`` (projected, not normalised), as transformers' CLIP returns them."""
-        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **{**kwargs, "return_dict": True},
+        )
         outputs.pooler_output = self.text_projection(outputs.pooler_output)
         return outputs
 
@@ -348,6 +381,7 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
                 input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device)
             ).pooler_output
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -356,8 +390,7 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         return_loss: bool | None = None,
         teacher_embeds: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = False,
         **kwargs,
     ) -> CLIPOutput:
         """Zero-shot logits: ``logit_scale.exp()`` times the cosines between image and text embeddings.
@@ -367,8 +400,9 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         and only ``loss`` and ``image_embeds`` are returned (training goes through ``forward`` so that data-parallel
         wrappers see it).
         """
+        kwargs["return_dict"] = True
         if pixel_values is not None and input_ids is None and teacher_embeds is not None:
-            student = self.get_image_features(pixel_values, interpolate_pos_encoding).pooler_output
+            student = self.get_image_features(pixel_values, interpolate_pos_encoding, **kwargs).pooler_output
             loss = siglip_distillation_loss(student, teacher_embeds.to(student.device))
             return CLIPOutput(loss=loss, image_embeds=self.embedding_normalizer(student))
         if input_ids is None or pixel_values is None:
@@ -376,8 +410,8 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
                 "BcosCLIPModel needs both input_ids (tokenised prompts) and pixel_values (images), or pixel_values "
                 "and teacher_embeds for distillation."
             )
-        vision_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, output_hidden_states)
-        text_outputs = self.get_text_features(input_ids, attention_mask, position_ids)
+        vision_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, **kwargs)
+        text_outputs = self.get_text_features(input_ids, attention_mask, position_ids, **kwargs)
         image_embeds = self.embedding_normalizer(vision_outputs.pooler_output)
         text_embeds = text_outputs.pooler_output
         text_embeds = text_embeds / torch.linalg.vector_norm(text_embeds, dim=-1, keepdim=True)

@@ -11,18 +11,17 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ViTImageProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
-from .bcos_layers import (
-    BcosEncoderLayer,
-    BcosLayerNorm,
-    BcosLinear,
-    BcosPatchEmbedding,
-    check_pixel_values,
-    encode_inverse,
-)
+from .bcos_layers import BcosEncoderLayer, BcosLayerNorm, BcosLinear, BcosPatchEmbedding, BcosSelfAttention
 from .bcos_pretrained import BcosPreTrainedModel
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation, compute_explanation
+
+
+# what the explanation's inner forward pass never collects, whatever the config says
+NO_EXTRA_OUTPUTS = {"output_hidden_states": False, "output_attentions": False, "return_dict": True}
 
 
 def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -35,6 +34,34 @@ def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
         labels = F.one_hot(labels.long(), num_classes)
     targets = labels.to(logits.dtype).clamp_min(1 / num_classes)
     return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
+    """The loss ``config`` asks for.
+
+    ``config.problem_type`` decides when it is set, with transformers' meanings: ``"single_label_classification"``
+    (cross-entropy on class indices), ``"multi_label_classification"`` (binary cross-entropy on multi-hot labels of
+    any numeric dtype), ``"regression"`` (mean squared error). Otherwise ``config.loss``: ``"bce"`` (the B-cos papers'
+    uniform-off-label BCE) or ``"cross_entropy"``.
+    """
+    labels = labels.to(logits.device)
+    num_labels = logits.shape[-1]
+    problem_type = getattr(config, "problem_type", None)
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1).long())
+    if problem_type == "multi_label_classification":
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"problem_type='multi_label_classification' takes multi-hot labels of shape {tuple(logits.shape)}, "
+                f"got {tuple(labels.shape)}."
+            )
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    if problem_type == "regression":
+        labels = labels.to(logits.dtype)
+        return F.mse_loss(logits.squeeze(-1), labels.view(-1)) if num_labels == 1 else F.mse_loss(logits, labels)
+    if config.loss == "bce":
+        return uniform_off_label_bce(logits, labels)
+    return F.cross_entropy(logits, labels)
 
 
 def interpolate_position_embeddings(patch_positions: torch.Tensor, grid: int, height: int, width: int) -> torch.Tensor:
@@ -60,10 +87,13 @@ class BcosViTEmbeddings(nn.Module):
             nn.Parameter(torch.zeros(1, num_positions, config.hidden_size)) if config.use_position_embeddings else None
         )
 
-    def forward(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        tokens = self.patch_embeddings(encoded)
-        height = encoded.shape[2] // self.patch_embeddings.patch_size
-        width = encoded.shape[3] // self.patch_embeddings.patch_size
+    def forward(
+        self, images: torch.Tensor, interpolate_pos_encoding: bool = False, encoded: bool = True
+    ) -> torch.Tensor:
+        """Tokens of ``images``: the ``[x, 1 - x]`` encoding when ``encoded``, else the pixels ``x`` themselves."""
+        tokens = self.patch_embeddings(images) if encoded else self.patch_embeddings.forward_pixels(images)
+        height = images.shape[2] // self.patch_embeddings.patch_size
+        width = images.shape[3] // self.patch_embeddings.patch_size
         prefix = 0 if self.cls_token is None else 1
         if self.position_embeddings is not None:
             positions = self.position_embeddings
@@ -71,7 +101,7 @@ class BcosViTEmbeddings(nn.Module):
                 if not interpolate_pos_encoding:
                     size = self.grid * self.patch_embeddings.patch_size
                     raise ValueError(
-                        f"This model takes {size}x{size} images, got {encoded.shape[2]}x{encoded.shape[3]}. Resize "
+                        f"This model takes {size}x{size} images, got {images.shape[2]}x{images.shape[3]}. Resize "
                         "them (the model's image processor does), or pass interpolate_pos_encoding=True to resample "
                         "the position embeddings bicubically."
                     )
@@ -88,12 +118,21 @@ class BcosViTPreTrainedModel(BcosPreTrainedModel):
     config_class = BcosViTConfig
     base_model_prefix = "bcos_vit"
     input_modalities = ("image",)
+    supports_gradient_checkpointing = True
     _no_split_modules = ["BcosViTEmbeddings", "BcosEncoderLayer"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": BcosEncoderLayer, "attentions": BcosSelfAttention}
+    _input_embed_layer = "patch_embeddings"
     _standard_converter = "bcosify_vit"
 
 
 class BcosViTModel(BcosViTPreTrainedModel):
-    """The B-cos ViT backbone. ``pooler_output`` is the final LayerNorm of the pooled token (class token or mean)."""
+    """The B-cos ViT backbone. ``pooler_output`` is the final LayerNorm of the pooled token (class token or mean).
+
+    ``hidden_states`` are the tokens entering the first block and leaving each block; ``attentions`` the attention
+    probabilities of each block (with ``attn_implementation="eager"``).
+    """
 
     def __init__(self, config: BcosViTConfig):
         super().__init__(config)
@@ -107,43 +146,48 @@ class BcosViTModel(BcosViTPreTrainedModel):
         self.layernorm = BcosLayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.use_bias)
         self.post_init()
 
-    def forward_encoded(
-        self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False, output_hidden_states: bool = False
-    ) -> BaseModelOutputWithPooling:
-        """The backbone on an already ``[x, 1 - x]``-encoded image (what :meth:`explain` differentiates)."""
-        hidden_states = self.embeddings(encoded, interpolate_pos_encoding=interpolate_pos_encoding)
+    def _encode_tokens(self, hidden_states: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         if self.pre_layernorm is not None:
             hidden_states = self.pre_layernorm(hidden_states)
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+            hidden_states = layer(hidden_states, None, **kwargs)
         if self.config.pooling == "cls":
             pooled = hidden_states[:, 0]
         else:
             pooled = hidden_states[:, int(self.config.use_class_token) :].mean(dim=1)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden_states, pooler_output=self.layernorm(pooled), hidden_states=all_hidden_states
-        )
+        return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.layernorm(pooled))
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward_encoded(
+        self, encoded: torch.Tensor, interpolate_pos_encoding: bool | None = False, **kwargs
     ) -> BaseModelOutputWithPooling:
-        check_pixel_values(pixel_values, self.config.num_channels)
-        return self.forward_encoded(encode_inverse(pixel_values), interpolate_pos_encoding, bool(output_hidden_states))
+        """The backbone on an already ``[x, 1 - x]``-encoded image (what :meth:`explain` differentiates)."""
+        tokens = self.embeddings(encoded, interpolate_pos_encoding=bool(interpolate_pos_encoding), encoded=True)
+        return self._encode_tokens(tokens, **kwargs)
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = False, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Tokens and pooled features of (N, C, H, W) images in [0, 1].
+
+        Takes ``output_hidden_states``, ``output_attentions`` and ``return_dict`` (each defaulting to the config's),
+        as transformers' ViT does.
+        """
+        pixel_values = self.prepare_pixel_values(pixel_values)
+        tokens = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding), encoded=False)
+        return self._encode_tokens(tokens, **kwargs)
 
 
 class BcosViTForImageClassification(BcosViTPreTrainedModel):
     """A B-cos ViT image classifier that explains its own decisions.
 
     It takes images in [0, 1] (the saved image processor resizes and rescales but does not normalise), returns an
-    ``ImageClassifierOutput``, and :meth:`explain` returns exact per-pixel contributions to any logit.
+    ``ImageClassifierOutput`` (a tuple with ``return_dict=False``), and :meth:`explain` returns exact per-pixel
+    contributions to any logit.
     """
+
+    _extra_auto_classes = ("AutoModel",)
 
     def __init__(self, config: BcosViTConfig):
         super().__init__(config)
@@ -151,47 +195,49 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
         self.classifier = BcosLinear(config.hidden_size, config.num_labels, bias=config.use_bias, b=config.b)
         self.post_init()
 
-    def _logits(
-        self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False, output_hidden_states: bool = False
-    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
-        outputs = self.bcos_vit.forward_encoded(encoded, interpolate_pos_encoding, output_hidden_states)
-        return self.classifier(outputs.pooler_output) + self.config.resolved_logit_bias, outputs
+    def _logits(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        outputs = self.bcos_vit.forward_encoded(encoded, interpolate_pos_encoding, **NO_EXTRA_OUTPUTS)
+        return self.classifier(outputs.pooler_output) + self.config.resolved_logit_bias
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = False,
         **kwargs,
     ) -> ImageClassifierOutput:
-        check_pixel_values(pixel_values, self.config.num_channels)
-        logits, outputs = self._logits(
-            encode_inverse(pixel_values), interpolate_pos_encoding, bool(output_hidden_states)
+        """Logits of (N, C, H, W) images in [0, 1]; the loss of ``labels`` (see :func:`classification_loss`)."""
+        outputs = self.bcos_vit(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **{**kwargs, "return_dict": True}
         )
-        loss = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            if self.config.loss == "bce":
-                loss = uniform_off_label_bce(logits, labels)
-            else:
-                loss = F.cross_entropy(logits, labels)
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        logits = self.classifier(outputs.pooler_output) + self.config.resolved_logit_bias
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
     def explain(
         self,
         pixel_values: torch.Tensor,
         target: int | torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        create_graph: bool = False,
     ) -> BcosExplanation:
         """Explain one logit per image exactly: ``contributions.sum() + bias == logit``.
 
         Args:
             pixel_values: (N, 3, H, W) images in [0, 1].
             target: the class to explain: ``None`` (each image's top class), an int, or an (N,) tensor.
+            create_graph: keep the graph of ``logits``, ``dynamic_weights`` and ``contributions``, so that a loss on
+                the explanation trains the model (model guidance, explanation distillation).
         """
         return compute_explanation(
-            self, lambda encoded: self._logits(encoded, interpolate_pos_encoding)[0], pixel_values, target
+            self,
+            lambda encoded: self._logits(encoded, interpolate_pos_encoding),
+            pixel_values,
+            target,
+            create_graph=create_graph,
         )
 
     def default_image_processor(self) -> ViTImageProcessor:
@@ -201,4 +247,5 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
 
 
 BcosViTConfig.register_for_auto_class()
+BcosViTModel.register_for_auto_class("AutoModel")
 BcosViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
