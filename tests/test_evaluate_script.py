@@ -1,6 +1,6 @@
-"""scripts/evaluate.py on a tiny B-cos model, its tiny source and an image folder: table, JSON report, bar plot."""
+"""scripts/evaluate_model.py and bcos_zoo.evaluation.report behind it, on a tiny B-cos model, its tiny source
+and an image folder: table, JSON report, bar plot."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,19 +13,13 @@ from PIL import Image
 from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, save_hf_source
 
 from bcos_zoo import BcosViTForImageClassification
+from bcos_zoo.data.preprocessing import model_transform
 from bcos_zoo.evaluation.baselines import POSTHOC_METHODS, load_standard_classifier
-from bcos_zoo.evaluation.localisation import image_transform
+from bcos_zoo.evaluation.report import evaluate_side_by_side
 
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, CLASSES, NUM_GRIDS = 16, 6, 2
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +35,10 @@ def workspace(tmp_path_factory):
     colours = torch.rand(32, 3, 1, 1, generator=generator)
     pixels = (colours + 0.3 * torch.rand(32, 3, SIZE, SIZE, generator=generator)).clamp(0, 1)
     images = [Image.fromarray((255 * p.permute(1, 2, 0)).round().byte().numpy()) for p in pixels]
+    classifier = load_standard_classifier(source_dir)
     with torch.no_grad():
-        seen = torch.stack([image_transform(SIZE)(image) for image in images])
-        predicted = load_standard_classifier(source_dir)(seen).argmax(1).tolist()
+        seen = torch.stack([model_transform(classifier)(image) for image in images])
+        predicted = classifier(seen).argmax(1).tolist()
     for split in ("train", "validation"):
         for label in range(CLASSES):
             (data_dir / split / f"class_{label}").mkdir(parents=True)
@@ -69,13 +64,32 @@ def common_args(workspace, output: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def common_settings(workspace) -> dict:
+    """The settings of :func:`common_args`, for calling the package directly."""
+    return dict(
+        model=workspace["bcos"],
+        dataset=str(workspace["data"]),
+        num_grids=NUM_GRIDS,
+        min_confidence=0.0,
+        ig_steps=4,
+        batch_size=16,
+        device="cpu",
+    )
+
+
 @pytest.fixture(scope="module")
 def full_run(workspace):
     """The script run as a file, the way users run it: B-cos model, source and every method."""
     output = workspace["root"] / "output"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     result = subprocess.run(
-        [sys.executable, "scripts/evaluate.py", *common_args(workspace, output), "--source", str(workspace["source"])],
+        [
+            sys.executable,
+            "scripts/evaluate_model.py",
+            *common_args(workspace, output),
+            "--source",
+            str(workspace["source"]),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -115,15 +129,14 @@ def test_the_table_is_printed_and_the_bar_plot_written(full_run):
         assert plot.format == "PNG" and plot.width > 200 and plot.height > 200
 
 
-def test_without_a_source_the_posthoc_methods_are_skipped(workspace, tmp_path, capsys):
-    report = load_script().main([*common_args(workspace, tmp_path), "--methods", "bcos", "gradcam"])
+def test_without_a_source_the_posthoc_methods_are_skipped(workspace, capsys):
+    report = evaluate_side_by_side(**common_settings(workspace), methods=["bcos", "gradcam"])
     assert [row["method"] for row in report["rows"]] == ["bcos"] and "source" not in report["models"]
     assert "skipping gradcam" in capsys.readouterr().out
 
 
-def test_when_too_few_classes_are_confidently_classified_gridpg_is_reported_as_skipped(workspace, tmp_path, capsys):
-    args = [*common_args(workspace, tmp_path), "--methods", "bcos", "--min-confidence", "0.99"]
-    report = load_script().main(args)
+def test_when_too_few_classes_are_confidently_classified_gridpg_is_reported_as_skipped(workspace, capsys):
+    report = evaluate_side_by_side(**{**common_settings(workspace), "min_confidence": 0.99}, methods=["bcos"])
     assert report["rows"][0]["grid_pointing_game"] is None
     assert "GridPG skipped" in capsys.readouterr().out
 
@@ -132,13 +145,11 @@ def test_a_model_whose_classes_do_not_match_the_dataset_is_rejected(workspace, t
     (tmp_path / "data" / "only_class").mkdir(parents=True)
     Image.new("RGB", (SIZE, SIZE)).save(tmp_path / "data" / "only_class" / "a.png")
     with pytest.raises(ValueError, match="6 classes but the dataset has 1"):
-        load_script().main(
-            ["--model", str(workspace["bcos"]), "--dataset", str(tmp_path / "data"), "--output-dir", str(tmp_path)]
-        )
+        evaluate_side_by_side(workspace["bcos"], str(tmp_path / "data"))
 
 
-def test_a_sibling_script_that_imports_evaluate_gets_the_package_not_this_script():
-    """Files run from scripts/ have that folder first on the import path, where scripts/evaluate.py lies."""
+def test_a_script_that_imports_evaluate_gets_the_package_not_a_script():
+    """Files run from scripts/ have that folder first on the import path: no script there may shadow a package."""
     code = "import sys; sys.path.insert(0, 'scripts'); import evaluate; print(evaluate.load.__module__)"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)

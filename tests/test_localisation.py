@@ -6,26 +6,55 @@ import pytest
 import torch
 from PIL import Image
 from sources import hf_vit
+from transformers import AutoImageProcessor, CLIPImageProcessor, ViTImageProcessor
 
-from bcos_zoo import BcosViTForImageClassification
+from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
+from bcos_zoo.data.preprocessing import model_transform, processor_transform
+from bcos_zoo.evaluation.baselines import load_standard_classifier
 from bcos_zoo.evaluation.localisation import (
     Grid,
     Predictions,
     bcos_attribution,
+    bcos_classifier,
+    box_mask,
     confident_pools,
     energy_pointing_game,
     evaluate_localisation,
+    explanation_window,
+    grid_attribution,
     grid_pointing_game,
-    image_transform,
     sample_grids,
-    scaled_box,
     sliding_window_attribution,
     tile_grid,
 )
 from bcos_zoo.evaluation.metrics import metric_path
+from bcos_zoo.evaluation.scores import box_masks
 
 
 CELL = 8  # pixels per grid cell = the model's input size in these tests
+
+
+def square(size: int):
+    """A B-cos model's processor for ``size`` x ``size`` inputs: resize and rescale to [0, 1], no normalisation."""
+    return processor_transform(ViTImageProcessor(size={"height": size, "width": size}, do_normalize=False))
+
+
+def any_size_bcos_vit(image: int = 16, labels: int = 6) -> BcosViTForImageClassification:
+    """A B-cos ViT without position embeddings or class token: it takes any multiple of its patch size."""
+    torch.manual_seed(0)
+    config = BcosViTConfig(
+        image_size=image,
+        patch_size=4,
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=48,
+        num_labels=labels,
+        use_class_token=False,
+        use_position_embeddings=False,
+        pooling="mean",
+    )
+    return BcosViTForImageClassification(config).eval()
 
 
 def grey_level(label: int) -> float:
@@ -95,6 +124,31 @@ def test_a_stride_that_does_not_tile_the_image_is_rejected():
 def test_an_attribution_of_the_wrong_shape_is_rejected():
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         sliding_window_attribution(lambda x, t: x, torch.zeros(1, 3, 16, 16), torch.tensor([0]), window=8)
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        grid_attribution(lambda x, t: x, torch.zeros(1, 3, 16, 16), torch.tensor([0]), window=None)
+
+
+def test_without_a_window_grids_are_explained_whole_in_batches():
+    images = torch.rand(5, 3, 2 * CELL, 2 * CELL)
+    calls = []
+
+    def first_channel(x, t):
+        calls.append(tuple(x.shape))
+        return x[:, 0] * t.view(-1, 1, 1)
+
+    targets = torch.arange(5)
+    summed = grid_attribution(first_channel, images, targets, window=None, batch_size=2)
+    assert calls == [(2, 3, 2 * CELL, 2 * CELL)] * 2 + [(1, 3, 2 * CELL, 2 * CELL)]
+    torch.testing.assert_close(summed, images[:, 0] * targets.view(-1, 1, 1))
+
+
+# Which models are explained in windows
+
+
+def test_only_models_with_position_embeddings_are_explained_in_windows_of_their_input_size():
+    assert explanation_window(BcosViTForImageClassification.from_pretrained_standard(hf_vit(image=16, patch=4))) == 16
+    assert explanation_window(load_standard_classifier(hf_vit(image=16, patch=4))) == 16
+    assert explanation_window(any_size_bcos_vit()) is None
 
 
 # Confident images and grids
@@ -183,7 +237,7 @@ def test_an_explanation_that_finds_each_cells_class_scores_one():
     dataset = grey_dataset([0, 1, 2, 3, 4])
     grids = [Grid((0, 1, 2, 3), (0, 1, 2, 3)), Grid((4, 2, 0, 1), (4, 2, 0, 1))]
     scores = grid_pointing_game(
-        finds_the_target, grids, dataset, image_transform(CELL), grid_size=2, window=CELL, progress=False
+        finds_the_target, grids, dataset, square(CELL), grid_size=2, window=CELL, progress=False
     )
     assert scores == [1.0] * 8
 
@@ -191,13 +245,32 @@ def test_an_explanation_that_finds_each_cells_class_scores_one():
 def test_a_uniform_explanation_scores_one_over_the_number_of_cells():
     dataset = grey_dataset([0, 1, 2, 3])
     scores = grid_pointing_game(
-        uniform, [Grid((0, 1, 2, 3), (0, 1, 2, 3))], dataset, image_transform(CELL), 2, window=CELL, progress=False
+        uniform, [Grid((0, 1, 2, 3), (0, 1, 2, 3))], dataset, square(CELL), 2, window=CELL, progress=False
     )
     assert scores == pytest.approx([0.25] * 4)
 
 
 def test_boxes_are_scaled_with_the_resize_to_the_model_input():
-    assert scaled_box([10, 5, 30, 20], original_size=(40, 20), image_size=8) == [2, 2, 6, 8]
+    mask = box_mask([10, 5, 30, 20], original_size=(40, 20), transform=square(8))
+    assert torch.equal(mask, box_masks([[2, 2, 6, 8]], 8, 8)[0])
+
+
+def test_boxes_follow_a_processor_that_resizes_the_short_side_and_crops_the_centre():
+    """32x16 -> 16x8 -> centre 8x8 (original columns 8..24): the original's right half is the crop's right half."""
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}, do_normalize=False, do_convert_rgb=True
+    )
+    transform = processor_transform(processor)
+    image = np.zeros((16, 32, 3), dtype=np.uint8)
+    image[:, 16:] = 255
+    mask = box_mask([16, 0, 32, 16], original_size=(32, 16), transform=transform)
+    assert torch.equal(mask, box_masks([[4, 0, 8, 8]], 8, 8)[0])
+    assert torch.equal(mask, transform(Image.fromarray(image))[0] > 0.5)
+
+
+def test_a_box_outside_the_image_is_rejected():
+    with pytest.raises(ValueError, match="does not lie inside"):
+        box_mask([0, 0, 41, 10], original_size=(40, 20), transform=square(8))
 
 
 def test_energy_pointing_game_explains_each_image_for_its_label_inside_its_box():
@@ -209,7 +282,7 @@ def test_energy_pointing_game_explains_each_image_for_its_label_inside_its_box()
     def white_for_class_3(images, targets):
         return (images[:, 0] > 0.5).float() * (targets == 3).float().view(-1, 1, 1)
 
-    scores = energy_pointing_game(white_for_class_3, [0, 1], dataset, image_size=8, progress=False)
+    scores = energy_pointing_game(white_for_class_3, [0, 1], dataset, square(8), progress=False)
     assert scores == [1.0, 0.0]
 
 
@@ -220,7 +293,8 @@ def test_every_method_of_a_model_is_scored_on_the_same_grids_with_its_accuracy()
         grey_classifier(),
         {"ideal": finds_the_target, "uniform": uniform},
         dataset,
-        image_size=CELL,
+        square(CELL),
+        window=CELL,
         num_grids=3,
         progress=False,
     )
@@ -235,7 +309,7 @@ def test_items_with_boxes_are_also_scored_by_the_energy_pointing_game():
     """Boxes over the left half: a uniform explanation puts half its attribution inside."""
     dataset = [(image, label, [0, 0, CELL // 2, CELL]) for image, label in grey_dataset([0, 1, 2, 3, 4, 5])]
     evaluation = evaluate_localisation(
-        grey_classifier(), {"uniform": uniform}, dataset, image_size=CELL, num_grids=1, progress=False
+        grey_classifier(), {"uniform": uniform}, dataset, square(CELL), window=CELL, num_grids=1, progress=False
     )
     assert evaluation.energy_pointing_game == {"uniform": [0.5] * 4}  # one grid's worth of images, one per class
     assert evaluation.summary("uniform")["energy_pointing_game"] == 0.5
@@ -243,7 +317,7 @@ def test_items_with_boxes_are_also_scored_by_the_energy_pointing_game():
 
 def test_without_enough_confident_classes_there_is_no_grid_to_score():
     evaluation = evaluate_localisation(
-        grey_classifier(), {"uniform": uniform}, grey_dataset([0, 1, 2]), image_size=CELL, progress=False
+        grey_classifier(), {"uniform": uniform}, grey_dataset([0, 1, 2]), square(CELL), window=CELL, progress=False
     )
     assert evaluation.grid_pointing_game == {"uniform": []}
     assert evaluation.summary("uniform")["grid_pointing_game"] is None
@@ -259,8 +333,58 @@ def test_a_tiny_bcos_vit_is_explained_on_grids_in_sliding_windows():
         return bcos_attribution(model)(images, targets)
 
     evaluation = evaluate_localisation(
-        grey_classifier(), {"B-cos": explain}, dataset, image_size=16, num_grids=2, batch_size=9, progress=False
+        grey_classifier(),
+        {"B-cos": explain},
+        dataset,
+        model_transform(model),
+        explanation_window(model),
+        num_grids=2,
+        batch_size=9,
+        progress=False,
     )
     assert set(calls) == {(9, 3, 16, 16)}  # 2 grids x 4 cells x 9 windows of the model's input size
     scores = evaluation.grid_pointing_game["B-cos"]
     assert len(scores) == 8 and all(0 <= s <= 1 for s in scores)
+
+
+def test_a_bcos_vit_that_takes_any_size_is_explained_on_the_whole_grid():
+    model = any_size_bcos_vit(image=16)
+    dataset = grey_dataset([0, 1, 2, 3, 4, 5], size=16)
+    calls, explained = [], []
+
+    def explain(images, targets):
+        calls.append(tuple(images.shape))
+        attributions = bcos_attribution(model)(images, targets)
+        explained.append((images, targets, attributions))
+        return attributions
+
+    evaluation = evaluate_localisation(
+        grey_classifier(),
+        {"B-cos": explain},
+        dataset,
+        model_transform(model),
+        explanation_window(model),
+        num_grids=2,
+        progress=False,
+    )
+    assert bcos_classifier(model)(torch.rand(2, 3, 32, 32)).shape == (2, 6)  # it classifies grids as well
+    assert calls == [(4, 3, 32, 32)] * 2  # each grid whole, once per cell
+    images, targets, attributions = explained[0]
+    explanation = model.explain(images, target=targets)
+    torch.testing.assert_close(attributions, explanation.contributions)
+    logits = explanation.logits.gather(1, targets[:, None]).squeeze(1)
+    torch.testing.assert_close(attributions.sum(dim=(1, 2)) + explanation.bias, logits)
+    scores = evaluation.grid_pointing_game["B-cos"]
+    assert len(scores) == 8 and all(0 <= s <= 1 for s in scores)
+
+
+def test_the_harness_a_bcos_model_and_its_source_see_one_non_square_image_as_the_same_pixels(tmp_path):
+    """The B-cos model's transform, the processor saved beside its weights, and its source's transform agree."""
+    source = hf_vit(image=16, patch=4)
+    model = BcosViTForImageClassification.from_pretrained_standard(source)
+    model.save_pretrained(tmp_path)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (11, 27, 3), dtype=np.uint8))
+    pixels = model_transform(model)(image)
+    assert pixels.shape == (3, 16, 16) and float(pixels.min()) >= 0 and float(pixels.max()) <= 1
+    torch.testing.assert_close(processor_transform(AutoImageProcessor.from_pretrained(tmp_path))(image), pixels)
+    torch.testing.assert_close(model_transform(load_standard_classifier(source))(image), pixels)

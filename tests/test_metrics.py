@@ -1,10 +1,13 @@
-"""The localisation metrics score constructed attributions exactly as defined, and load offline with evaluate."""
+"""The localisation metrics score constructed attributions exactly as defined, load offline with evaluate, and
+agree with the batched score functions the harness calls."""
 
 import evaluate
 import numpy as np
 import pytest
+import torch
 
 from bcos_zoo.evaluation.metrics import metric_path
+from bcos_zoo.evaluation.scores import accuracy, box_masks, energy_pointing_scores, grid_pointing_scores
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +93,54 @@ def test_offline_accuracy():
 def test_unknown_metric_name_lists_the_available_ones():
     with pytest.raises(ValueError, match="grid_pointing_game"):
         metric_path("pointing")
+
+
+# The evaluate modules are wrappers over the batched score functions the harness calls
+
+
+def test_grid_pointing_scores_of_a_batch_are_the_metrics_score_of_each_grid(grid_pg):
+    rng = np.random.default_rng(0)
+    attributions = rng.normal(size=(7, 6, 9))
+    attributions[3] = -np.abs(attributions[3])  # no positive attribution at all
+    cells = rng.integers(0, 6, size=7)
+    batched = grid_pointing_scores(attributions, cells, (2, 3))
+    for attribution, cell, score in zip(attributions, cells, batched.tolist()):
+        single = grid_pg.compute(attributions=[attribution], cell_index=[int(cell)], grid_size=[2, 3])
+        assert single["grid_pointing_game"] == pytest.approx(score, abs=1e-12)
+    whole = grid_pg.compute(attributions=list(attributions), cell_index=cells.tolist(), grid_size=[2, 3])
+    assert whole["grid_pointing_game"] == pytest.approx(float(batched.mean()), abs=1e-12)
+    assert batched[3] == 0 and bool(((batched >= 0) & (batched <= 1)).all())
+
+
+def test_energy_pointing_scores_of_a_batch_are_the_metrics_score_of_each_image(energy_pg):
+    rng = np.random.default_rng(1)
+    attributions = rng.normal(size=(6, 5, 8))
+    x0, y0 = rng.integers(0, 7, size=6), rng.integers(0, 4, size=6)
+    boxes = [[x, y, x + 1 + rng.integers(0, 8 - x), y + 1 + rng.integers(0, 5 - y)] for x, y in zip(x0, y0)]
+    batched = energy_pointing_scores(attributions, box_masks(boxes, 5, 8))
+    for attribution, box, score in zip(attributions, boxes, batched.tolist()):
+        single = energy_pg.compute(attributions=[attribution], boxes=[box])
+        assert single["energy_pointing_game"] == pytest.approx(score, abs=1e-12)
+    whole = energy_pg.compute(attributions=list(attributions), boxes=boxes)
+    assert whole["energy_pointing_game"] == pytest.approx(float(batched.mean()), abs=1e-12)
+
+
+def test_accuracy_function_and_module_agree():
+    rng = np.random.default_rng(2)
+    predictions, references = rng.integers(0, 4, size=50), rng.integers(0, 4, size=50)
+    module = evaluate.load(metric_path("bcos_accuracy"))
+    expected = module.compute(predictions=predictions.tolist(), references=references.tolist())["accuracy"]
+    assert accuracy(torch.as_tensor(predictions), torch.as_tensor(references)) == expected
+    assert expected == pytest.approx(float((predictions == references).mean()))
+
+
+def test_score_functions_take_tensors_on_the_attributions_device_and_reject_bad_shapes():
+    attributions = torch.rand(2, 4, 4)
+    scores = grid_pointing_scores(attributions, torch.tensor([0, 3]), (2, 2))
+    assert scores.dtype == torch.float64 and scores.shape == (2,)
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        grid_pointing_scores(attributions[0], [0], (2, 2))
+    with pytest.raises(ValueError, match="outside a 2x2 grid"):
+        grid_pointing_scores(attributions, [0, 4], (2, 2))
+    with pytest.raises(ValueError, match="do not match"):
+        energy_pointing_scores(attributions, torch.ones(2, 4, 5, dtype=torch.bool))

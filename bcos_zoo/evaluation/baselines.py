@@ -9,16 +9,16 @@ model sees and its attributions live on the same (N, H, W) pixel grid. Gradient 
     maps = attribute(images, targets)        # (N, 3, H, W) in [0, 1], (N,) -> (N, H, W)
 """
 
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ViTForImageClassification
+from transformers import ViTForImageClassification, ViTImageProcessor
 
 from ..conversion.common import VIT_DEFAULT_NORMALIZATION, read_json, resolve_folder, source_normalization
+from .localisation import AttributionFn
 
 
 POSTHOC_METHODS = ("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout")
@@ -30,8 +30,6 @@ METHOD_NAMES = {
     "gradcam": "GradCAM",
     "attention_rollout": "Attention Rollout",
 }
-
-AttributionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class StandardClassifier(nn.Module):
@@ -50,8 +48,18 @@ class StandardClassifier(nn.Module):
         self.patch_grid = nn.Identity()
 
     @property
+    def config(self):
+        return self.model.config
+
+    @property
     def image_size(self) -> int:
         return self.model.config.image_size
+
+    def default_image_processor(self) -> ViTImageProcessor:
+        """The processor a B-cos model of this source saves: resize to the input size, rescale to [0, 1], no
+        normalisation (that happens in :meth:`forward`), so the source and its B-cos form see the same pixels."""
+        size = self.image_size
+        return ViTImageProcessor(size={"height": size, "width": size}, do_rescale=True, do_normalize=False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.model.dtype)

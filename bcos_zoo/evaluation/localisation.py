@@ -2,14 +2,18 @@
 
 ``classify(images) -> logits`` picks the images, ``attribute(images, targets) -> (N, H, W)`` explains them; B-cos
 models (:func:`bcos_attribution`) and post-hoc methods on standard models (:mod:`bcos_zoo.evaluation.baselines`)
-share one harness and one scoring, the ``evaluate`` modules in ``bcos_zoo/evaluation/metrics``.
+share one harness and one scoring, the batched functions of :mod:`bcos_zoo.evaluation.scores` (which the
+``evaluate`` modules in ``bcos_zoo/evaluation/metrics`` wrap). Pixels come from the model's own image processor
+(:mod:`bcos_zoo.data.preprocessing`), so an image is scored on exactly the pixels the model sees everywhere else.
 
 Grid pointing game: among the images a model classifies correctly and confidently, tile ``n x n`` images of
 distinct classes into a grid (cells row-major from the top left), explain each cell's class on the whole grid and
-score the share of positive attribution inside that cell. A fixed-size ViT cannot take the grid at once: it is
-explained in sliding windows of its input size at half that stride, and the window attributions are summed back.
+score the share of positive attribution inside that cell. A model that takes images of any size (a CNN, a ViT
+without position embeddings) explains the grid whole; a fixed-size ViT cannot take the grid at once: it is
+explained in sliding windows of its input size at half that stride, and the window attributions are summed back
+(:func:`explanation_window` tells which).
 Energy pointing game: on single images whose dataset items carry an object box, the share of positive attribution
-inside the box.
+inside the box, the box carried through the same processor as the image.
 """
 
 import random
@@ -17,15 +21,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import zip_longest
 
-import evaluate
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
-from transformers import ViTImageProcessor
 
-from .metrics import metric_path
+from ..data.preprocessing import ImageTransform
+from .scores import accuracy, energy_pointing_scores, grid_pointing_scores
 
 
 AttributionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -52,14 +55,16 @@ def bcos_classifier(model) -> ClassifierFn:
     return classify
 
 
-def image_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> (3, size, size) in [0, 1]: resize and rescale, no normalisation (a B-cos model's processor)."""
-    processor = ViTImageProcessor(size={"height": image_size, "width": image_size}, do_normalize=False)
+def explanation_window(model) -> int | None:
+    """The window a grid must be explained in for ``model``: its input size, or None to explain the grid whole.
 
-    def transform(image: Image.Image) -> torch.Tensor:
-        return processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
-
-    return transform
+    Only learned position embeddings over a fixed patch grid (a ViT's, unless its config turns them off) tie a
+    model to one input size; convolutions and attention without position embeddings take any size.
+    """
+    config = model.config
+    if hasattr(config, "patch_size") and getattr(config, "use_position_embeddings", True):
+        return int(config.image_size)
+    return None
 
 
 @dataclass
@@ -78,16 +83,15 @@ class Predictions:
         return self.probabilities.amax(dim=1)
 
     def accuracy(self) -> float:
-        """Top-1 accuracy through the offline ``bcos_accuracy`` evaluate module."""
-        metric = evaluate.load(metric_path("bcos_accuracy"))
-        return metric.compute(predictions=self.predicted.tolist(), references=self.labels.tolist())["accuracy"]
+        """Top-1 accuracy (:func:`bcos_zoo.evaluation.scores.accuracy`)."""
+        return accuracy(self.predicted, self.labels)
 
 
 @torch.no_grad()
 def predict(
     classify: ClassifierFn,
     dataset: Dataset,
-    transform: Callable[[Image.Image], torch.Tensor],
+    transform: ImageTransform,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -193,20 +197,46 @@ def sliding_window_attribution(
     for start in range(0, len(crops), batch_size):
         chunk = crops[start : start + batch_size]
         batch = torch.stack([images[n, :, top : top + window, left : left + window] for n, top, left in chunk])
-        attributions = attribute(batch, targets[[n for n, _, _ in chunk]]).detach()
-        if attributions.shape != (len(chunk), window, window):
-            raise ValueError(
-                f"An attribution function must return (N, H, W) = {(len(chunk), window, window)}, "
-                f"got {tuple(attributions.shape)}."
-            )
+        attributions = attribute(batch, targets[[n for n, _, _ in chunk]])
+        attributions = checked_attributions(attributions, (len(chunk), window, window))
         for (n, top, left), attribution in zip(chunk, attributions):
-            summed[n, top : top + window, left : left + window] += attribution.float()
+            summed[n, top : top + window, left : left + window] += attribution
     return summed
 
 
-def load_images(
-    dataset: Dataset, indices: Sequence[int], transform: Callable[[Image.Image], torch.Tensor]
+def checked_attributions(attributions: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Detached float32 attributions, after checking they are the (N, H, W) maps the harness asked for."""
+    if tuple(attributions.shape) != shape:
+        raise ValueError(f"An attribution function must return (N, H, W) = {shape}, got {tuple(attributions.shape)}.")
+    return attributions.detach().float()
+
+
+def whole_attribution(
+    attribute: AttributionFn, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 32
 ) -> torch.Tensor:
+    """Explain (N, C, H, W) images as they are, ``batch_size`` at a time: for models that take any input size."""
+    height, width = images.shape[-2:]
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch, batch_targets = images[start : start + batch_size], targets[start : start + batch_size]
+        chunks.append(checked_attributions(attribute(batch, batch_targets), (len(batch), height, width)))
+    return torch.cat(chunks)
+
+
+def grid_attribution(
+    attribute: AttributionFn,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    window: int | None = None,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """(N, H, W) attributions of (N, C, H, W) grids: whole when ``window`` is None, else in sliding windows."""
+    if window is None:
+        return whole_attribution(attribute, images, targets, batch_size)
+    return sliding_window_attribution(attribute, images, targets, window, batch_size=batch_size)
+
+
+def load_images(dataset: Dataset, indices: Sequence[int], transform: ImageTransform) -> torch.Tensor:
     return torch.stack([transform(dataset[i][0]) for i in indices])
 
 
@@ -214,7 +244,7 @@ def grid_pointing_game(
     attribute: AttributionFn,
     grids: Sequence[Grid],
     dataset: Dataset,
-    transform: Callable[[Image.Image], torch.Tensor],
+    transform: ImageTransform,
     grid_size: int,
     window: int | None = None,
     batch_size: int = 32,
@@ -224,34 +254,39 @@ def grid_pointing_game(
 ) -> list[float]:
     """Scores of every cell of every grid (``len(grids) * grid_size**2``, grid by grid, cells row-major).
 
-    Each cell's class is explained on the whole grid; with ``window`` (the model's input size) the grid is
-    explained in sliding windows at half-window stride. Scored by the ``grid_pointing_game`` evaluate module.
+    Each cell's class is explained on the whole grid: at once when ``window`` is None (a model that takes any
+    input size), else in sliding windows of ``window`` pixels (the model's input size) at half-window stride.
     """
-    metric = evaluate.load(metric_path("grid_pointing_game"))
-    cells = grid_size * grid_size
+    cells = torch.arange(grid_size * grid_size)
     scores = []
     for grid in tqdm(grids, desc=description, disable=not progress, leave=False):
         tiled = tile_grid(load_images(dataset, grid.indices, transform), grid_size).to(device)
-        images = tiled.expand(cells, *tiled.shape)
+        images = tiled.expand(len(cells), *tiled.shape)
         targets = torch.tensor(grid.labels, device=device)
-        if window is None:
-            attributions = attribute(images, targets).detach().float()
-        else:
-            attributions = sliding_window_attribution(attribute, images, targets, window, batch_size=batch_size)
-        for cell, attribution in enumerate(attributions.cpu().numpy()):
-            result = metric.compute(attributions=[attribution], cell_index=[cell], grid_size=[grid_size, grid_size])
-            scores.append(result["grid_pointing_game"])
+        attributions = grid_attribution(attribute, images, targets, window, batch_size)
+        scores.extend(grid_pointing_scores(attributions, cells, (grid_size, grid_size)).tolist())
     return scores
 
 
-def scaled_box(box: Sequence[float], original_size: tuple[int, int], image_size: int) -> list[int]:
-    """A box ``[x0, y0, x1, y1]`` in pixels of a (width, height) image, in pixels of its resized square version."""
+def box_mask(box: Sequence[float], original_size: tuple[int, int], transform: ImageTransform) -> torch.Tensor:
+    """(H, W) mask of a box ``[x0, y0, x1, y1]`` (pixels of the (width, height) original, end-exclusive) in the
+    pixels ``transform`` makes of that image.
+
+    The box is drawn white on a black picture of the original's size and sent through the same transform as the
+    image, so any resize or crop the model's processor does moves the box with the object. A pixel belongs to the
+    box where it is at least half as bright as the brightest (a box shrunk below a pixel keeps its pixel); a box
+    the processor crops away entirely gives an empty mask. ``transform`` must not normalise (B-cos processors do
+    not, and :class:`~bcos_zoo.evaluation.baselines.StandardClassifier` normalises inside the model).
+    """
     width, height = original_size
-    x0, y0, x1, y1 = box
-    sx, sy = image_size / width, image_size / height
-    left, top = int(np.floor(x0 * sx)), int(np.floor(y0 * sy))
-    right, bottom = max(int(np.ceil(x1 * sx)), left + 1), max(int(np.ceil(y1 * sy)), top + 1)
-    return [left, top, min(right, image_size), min(bottom, image_size)]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(f"Box {list(box)} does not lie inside a {width}x{height} (width x height) image.")
+    canvas = Image.new("L", (width, height), 0)
+    canvas.paste(255, (int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))))
+    brightness = transform(canvas).float().mean(dim=0)
+    peak = float(brightness.max())
+    return brightness >= peak / 2 if peak > 0 else torch.zeros_like(brightness, dtype=torch.bool)
 
 
 def has_boxes(dataset: Dataset) -> bool:
@@ -263,7 +298,7 @@ def energy_pointing_game(
     attribute: AttributionFn,
     indices: Sequence[int],
     dataset: Dataset,
-    image_size: int,
+    transform: ImageTransform,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -271,21 +306,17 @@ def energy_pointing_game(
 ) -> list[float]:
     """Scores of the images ``indices`` of a dataset of ``(image, label, box)`` items, each explained for its label.
 
-    Boxes are ``[x0, y0, x1, y1]`` in the original image's pixels (end-exclusive); they are scaled with the resize.
+    Boxes are ``[x0, y0, x1, y1]`` in the original image's pixels (end-exclusive); :func:`box_mask` carries them
+    through ``transform`` with the image.
     """
-    metric = evaluate.load(metric_path("energy_pointing_game"))
-    transform = image_transform(image_size)
     scores = []
     for start in tqdm(range(0, len(indices), batch_size), desc=description, disable=not progress, leave=False):
         items = [dataset[i] for i in indices[start : start + batch_size]]
         images = torch.stack([transform(image) for image, *_ in items]).to(device)
         targets = torch.tensor([int(label) for _, label, *_ in items], device=device)
-        boxes = [scaled_box(item[2], item[0].size, image_size) for item in items]
-        attributions = attribute(images, targets).detach().float().cpu().numpy()
-        scores.extend(
-            metric.compute(attributions=[attribution], boxes=[box])["energy_pointing_game"]
-            for attribution, box in zip(attributions, boxes)
-        )
+        masks = torch.stack([box_mask(box, image.size, transform) for image, _, box, *_ in items]).to(device)
+        attributions = checked_attributions(attribute(images, targets), tuple(masks.shape))
+        scores.extend(energy_pointing_scores(attributions, masks).tolist())
     return scores
 
 
@@ -319,7 +350,8 @@ def evaluate_localisation(
     classify: ClassifierFn,
     attributions: dict[str, AttributionFn],
     dataset: Dataset,
-    image_size: int,
+    transform: ImageTransform,
+    window: int | None = None,
     grid_size: int = 2,
     num_grids: int = 50,
     min_confidence: float = 0.5,
@@ -331,10 +363,11 @@ def evaluate_localisation(
     """Accuracy, then GridPG (and EPG where items carry boxes) of each named attribution function.
 
     All methods of one classifier are scored on the same grids, drawn from the images it classifies correctly
-    with softmax confidence >= ``min_confidence``. The model takes ``image_size`` squares: each cell is one input,
-    and the grid is explained in sliding windows of that size. Without enough classes for a grid, GridPG is empty.
+    with softmax confidence >= ``min_confidence``. ``transform`` makes the model's pixels of an image (its own
+    processor: :func:`bcos_zoo.data.preprocessing.model_transform`), so each cell is one model input; grids are
+    explained whole when ``window`` is None, else in sliding windows of that size (:func:`explanation_window`).
+    Without enough classes for a grid, GridPG is empty.
     """
-    transform = image_transform(image_size)
     predictions = predict(classify, dataset, transform, batch_size, device, progress)
     pools = confident_pools(predictions, min_confidence)
     cells = grid_size * grid_size
@@ -343,10 +376,10 @@ def evaluate_localisation(
     boxed = interleave(pools.values())[: num_grids * cells] if has_boxes(dataset) else []
     for name, attribute in attributions.items():
         result.grid_pointing_game[name] = grid_pointing_game(
-            attribute, grids, dataset, transform, grid_size, image_size, batch_size, device, progress, name
+            attribute, grids, dataset, transform, grid_size, window, batch_size, device, progress, name
         )
         if boxed:
             result.energy_pointing_game[name] = energy_pointing_game(
-                attribute, boxed, dataset, image_size, batch_size, device, progress, name
+                attribute, boxed, dataset, transform, batch_size, device, progress, name
             )
     return result

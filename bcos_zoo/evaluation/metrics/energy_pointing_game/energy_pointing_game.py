@@ -1,8 +1,13 @@
-"""Energy pointing game: the share of an explanation's positive attribution that falls inside the object's box."""
+"""Energy pointing game: the share of an explanation's positive attribution that falls inside the object's box.
+
+A thin wrapper over :func:`bcos_zoo.evaluation.scores.energy_pointing_scores`, which the harness calls directly.
+"""
 
 import datasets
 import evaluate
 import numpy as np
+
+from bcos_zoo.evaluation.scores import box_masks, energy_pointing_scores
 
 
 _DESCRIPTION = """
@@ -34,17 +39,6 @@ _CITATION = """
 """
 
 
-def box_score(attribution: np.ndarray, box) -> float:
-    """Positive attribution inside ``box`` over positive attribution in the image (0 when there is none)."""
-    positive = np.clip(np.asarray(attribution, dtype=np.float64), 0, None)
-    x0, y0, x1, y1 = (int(v) for v in box)
-    height, width = positive.shape
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ValueError(f"Box {list(box)} does not lie inside a {height}x{width} attribution with x0 < x1, y0 < y1.")
-    total = positive.sum()
-    return float(positive[y0:y1, x0:x1].sum() / total) if total > 0 else 0.0
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class EnergyPointingGame(evaluate.Metric):
     def _info(self):
@@ -61,5 +55,8 @@ class EnergyPointingGame(evaluate.Metric):
         )
 
     def _compute(self, attributions, boxes):
-        scores = [box_score(np.asarray(a), b) for a, b in zip(attributions, boxes)]
+        scores = []
+        for attribution, box in zip(attributions, boxes):  # one call per image: images may differ in size
+            attribution = np.asarray(attribution)[None]
+            scores.append(float(energy_pointing_scores(attribution, box_masks([box], *attribution.shape[1:]))[0]))
         return {"energy_pointing_game": float(np.mean(scores)) if scores else 0.0}

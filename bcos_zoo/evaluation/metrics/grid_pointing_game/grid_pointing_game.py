@@ -1,8 +1,13 @@
-"""Grid pointing game: how much of an explanation's positive attribution falls in the cell of the explained class."""
+"""Grid pointing game: how much of an explanation's positive attribution falls in the cell of the explained class.
+
+A thin wrapper over :func:`bcos_zoo.evaluation.scores.grid_pointing_scores`, which the harness calls directly.
+"""
 
 import datasets
 import evaluate
 import numpy as np
+
+from bcos_zoo.evaluation.scores import grid_pointing_scores
 
 
 _DESCRIPTION = """
@@ -35,22 +40,6 @@ _CITATION = """
 """
 
 
-def grid_score(attribution: np.ndarray, cell_index: int, rows: int, cols: int) -> float:
-    """Positive attribution in the cell over positive attribution in the grid (0 when there is none)."""
-    positive = np.clip(np.asarray(attribution, dtype=np.float64), 0, None)
-    height, width = positive.shape
-    if height % rows or width % cols:
-        raise ValueError(f"An attribution of {height}x{width} does not split into a {rows}x{cols} grid.")
-    if not 0 <= cell_index < rows * cols:
-        raise ValueError(f"cell_index {cell_index} is outside a {rows}x{cols} grid.")
-    total = positive.sum()
-    if total <= 0:
-        return 0.0
-    cell_h, cell_w = height // rows, width // cols
-    row, col = divmod(cell_index, cols)
-    return float(positive[row * cell_h : (row + 1) * cell_h, col * cell_w : (col + 1) * cell_w].sum() / total)
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class GridPointingGame(evaluate.Metric):
     def _info(self):
@@ -67,6 +56,9 @@ class GridPointingGame(evaluate.Metric):
         )
 
     def _compute(self, attributions, cell_index, grid_size=(2, 2)):
-        rows, cols = grid_size
-        scores = [grid_score(np.asarray(a), int(c), rows, cols) for a, c in zip(attributions, cell_index)]
+        # one call per grid: grids may differ in size
+        scores = [
+            float(grid_pointing_scores(np.asarray(a)[None], [c], grid_size)[0])
+            for a, c in zip(attributions, cell_index)
+        ]
         return {"grid_pointing_game": float(np.mean(scores)) if scores else 0.0}
