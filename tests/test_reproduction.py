@@ -1,24 +1,23 @@
-"""The reproduction's arithmetic on constructed curves, and scripts/reproduce.py end to end on a tiny image folder."""
+"""The reproduction's arithmetic on constructed curves, and the reproduction end to end on a tiny image folder:
+through bcos_zoo.zoo.reproduction, and again through scripts/reproduce.py."""
 
-import importlib.util
 import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from training_testing import make_image_folder
 
-from bcos_zoo.zoo.reproduction import accuracy_curve, epochs_to_reach, plot_localisation, speed_up
+from bcos_zoo.evaluation.report import plot_localisation
+from bcos_zoo.zoo.reproduction import ReproductionSettings, accuracy_curve, epochs_to_reach, reproduce, speed_up
 
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = [(0.0, 0.10), (1.0, 0.60), (2.0, 0.70), (3.0, 0.74), (4.0, 0.75)]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("reproduce_script", ROOT / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_accuracy_curve_reads_eval_entries_of_the_trainer_log_and_puts_the_initial_accuracy_at_epoch_0():
@@ -65,8 +64,8 @@ def test_speed_up_is_none_when_the_bcosified_run_never_reaches_the_target():
 
 def test_localisation_plot_shows_rows_without_a_score_as_not_available(tmp_path):
     rows = [
-        dict(label="B-cos", bcos=True, grid_pointing_game=0.8, grid_pointing_game_std=0.1),
-        dict(label="GradCAM", bcos=False, grid_pointing_game=None, grid_pointing_game_std=None),
+        dict(label="B-cos", method="bcos", grid_pointing_game=0.8, grid_pointing_game_std=0.1),
+        dict(label="GradCAM", method="gradcam", grid_pointing_game=None, grid_pointing_game_std=None),
     ]
     plot_localisation(rows, 2, tmp_path / "localisation.png")
     assert (tmp_path / "localisation.png").stat().st_size > 0
@@ -74,7 +73,9 @@ def test_localisation_plot_shows_rows_without_a_score_as_not_available(tmp_path)
 
 @pytest.fixture(scope="module")
 def tiny_reproduction(tmp_path_factory):
-    """The whole script on 48 training and 12 test images of 3 colour classes: one optimiser step per epoch."""
+    """The whole reproduction on 48 training and 12 test images of 3 colour classes: one optimiser step per epoch.
+
+    ``argv`` is the command line that asks ``scripts/reproduce.py`` for the same ``settings``."""
     root = tmp_path_factory.mktemp("reproduction")
     make_image_folder(root / "data" / "train", per_class=16)
     make_image_folder(root / "data" / "validation", per_class=4, seed=1)
@@ -83,12 +84,25 @@ def tiny_reproduction(tmp_path_factory):
         "--num-grids", "2", "--grid-size", "1", "--min-confidence", "0", "--ig-steps", "2", "--num-examples", "3",
         "--output-dir", str(root / "docs"), "--work-dir", str(root / "work"), "--device", "cpu",
     ]  # fmt: skip
-    report = load_script().main(argv)
-    return root, argv, report
+    settings = ReproductionSettings(
+        dataset=str(root / "data"),
+        epochs=2,
+        source_epochs=1,
+        num_grids=2,
+        grid_size=1,
+        min_confidence=0,
+        ig_steps=2,
+        num_examples=3,
+        output_dir=root / "docs",
+        work_dir=root / "work",
+        device="cpu",
+    )
+    report = reproduce(settings, command="python scripts/reproduce.py " + shlex.join(argv))
+    return root, argv, settings, report
 
 
 def test_script_writes_the_json_report_the_markdown_and_three_figures(tiny_reproduction):
-    root, _, report = tiny_reproduction
+    root, _, _, report = tiny_reproduction
     names = sorted(path.name for path in (root / "docs").iterdir())
     assert names == [
         "accuracy_per_epoch.png",
@@ -98,17 +112,16 @@ def test_script_writes_the_json_report_the_markdown_and_three_figures(tiny_repro
         "reproduction.md",
     ]
     assert json.loads((root / "docs" / "reproduction.json").read_text()) == json.loads(json.dumps(report))
-    assert "python scripts/reproduce.py --dataset" in (root / "docs" / "reproduction.md").read_text()
 
 
 def test_script_records_a_curve_from_epoch_0_to_the_last_epoch_for_both_bcos_models(tiny_reproduction):
-    _, _, report = tiny_reproduction
+    _, _, _, report = tiny_reproduction
     for key in ("bcosified", "scratch"):
         assert [epoch for epoch, _ in report["accuracy"][key]["curve"]] == [0.0, 1.0, 2.0]
 
 
 def test_script_scores_both_bcos_models_and_every_posthoc_method_of_the_standard_model(tiny_reproduction):
-    _, _, report = tiny_reproduction
+    _, _, _, report = tiny_reproduction
     scored = [(row["model"], row["method"]) for row in report["localisation"]["rows"]]
     posthoc = [
         ("standard", method) for method in ("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout")
@@ -117,15 +130,21 @@ def test_script_scores_both_bcos_models_and_every_posthoc_method_of_the_standard
     assert all(row["grid_pointing_game"] is not None for row in report["localisation"]["rows"])
 
 
-def test_script_run_again_reuses_the_finished_models(tiny_reproduction, capsys):
-    root, argv, report = tiny_reproduction
-    again = load_script().main(argv)
-    assert capsys.readouterr().out.count("Re-using the finished run") == 3
-    assert again["accuracy"]["bcosified"]["curve"] == report["accuracy"]["bcosified"]["curve"]
+def test_script_run_again_reuses_the_finished_models(tiny_reproduction):
+    """The script, run as users run it, asks for the same settings: it re-uses all three runs."""
+    root, argv, _, report = tiny_reproduction
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    result = subprocess.run(
+        [sys.executable, "scripts/reproduce.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Re-using the finished run") == 3
+    again = json.loads((root / "docs" / "reproduction.json").read_text())
+    assert again["accuracy"]["bcosified"]["curve"] == json.loads(json.dumps(report["accuracy"]["bcosified"]["curve"]))
+    assert "python scripts/reproduce.py --dataset" in (root / "docs" / "reproduction.md").read_text()
 
 
 def test_script_refuses_a_work_dir_trained_with_other_settings(tiny_reproduction):
-    root, argv, _ = tiny_reproduction
-    changed = [*argv, "--max-train-samples", "24"]
+    _, _, settings, _ = tiny_reproduction
     with pytest.raises(ValueError, match="different recipe"):
-        load_script().main(changed)
+        reproduce(replace(settings, max_train_samples=24), command="python scripts/reproduce.py")

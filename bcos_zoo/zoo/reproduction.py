@@ -1,27 +1,32 @@
-"""The B-cosification paper's central comparison in miniature: pieces for ``scripts/reproduce.py``.
+"""The B-cosification paper's central comparison in miniature, run by ``scripts/reproduce.py`` (:func:`reproduce`).
 
 The paper's claims are that a B-cosified model (a standard model turned into a B-cos one and fine-tuned) reaches
 the accuracy of a B-cos model trained from scratch several times faster, and explains itself as well as that model
 does, far better than post-hoc methods explain the standard model. Checking that needs three runs of one recipe,
 accuracy after every epoch, the first epoch at which one curve reaches the other's final value, and pictures.
-This module holds what is not specific to one dataset: reading the curves, the speed-up, the machine description
-(timings mean little without it) and the three figures.
+This module holds the whole run: the three recipes, reading the curves, the speed-up, the machine description
+(timings mean little without it), the grid pointing game of all three models, the three figures and the report.
 """
 
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from transformers import set_seed
+from transformers import AutoModelForImageClassification, set_seed
 
-from ..data.datasets import DatasetSplits, limit
+from ..data.datasets import DatasetSplits, limit, load_dataset_splits
+from ..data.preprocessing import model_transform
+from ..evaluation.baselines import METHOD_NAMES, POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
+from ..evaluation.localisation import bcos_attribution
+from ..evaluation.report import localise_model, plot_localisation
 from ..modeling.explanation import colorize_contributions
 from ..training import get_task
 from .finetune import finetune, last_complete_checkpoint
-from .recipes import Recipe
+from .recipes import Recipe, get_recipe
 
 
 Curve = list[tuple[float, float]]
@@ -234,32 +239,6 @@ def plot_accuracy_curves(
     plt.close(figure)
 
 
-def plot_localisation(rows: list[dict], grid_size: int, path: Path, title: str = "Grid pointing game") -> None:
-    """GridPG per model and explanation (mean, standard deviation as error bar); B-cos red, post-hoc gray.
-
-    ``rows`` hold ``label``, ``bcos`` (bool) and ``grid_pointing_game`` / ``grid_pointing_game_std`` (None where
-    no grid could be drawn, shown as n/a).
-    """
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(1.8 + 1.2 * len(rows), 4.2))
-    means = [row["grid_pointing_game"] or 0.0 for row in rows]
-    errors = [row["grid_pointing_game_std"] or 0.0 for row in rows]
-    colours = ["tab:red" if row["bcos"] else "tab:gray" for row in rows]
-    bars = axis.bar(range(len(rows)), means, yerr=errors, color=colours, capsize=3)
-    labels = [f"{m:.2f}" if row["grid_pointing_game"] is not None else "n/a" for m, row in zip(means, rows)]
-    axis.bar_label(bars, labels=labels, label_type="center", color="white")
-    chance = 1 / grid_size**2
-    axis.axhline(chance, color="black", linestyle="--", linewidth=1, label=f"uniform map ({chance:.2f})")
-    axis.set_xticks(range(len(rows)), [row["label"] for row in rows], fontsize="small")
-    axis.set_ylim(0, 1.05)
-    axis.set_ylabel("positive attribution in the right cell")
-    axis.set_title(f"{title} ({grid_size}x{grid_size} grids)")
-    axis.legend(loc="upper right", fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
 def plot_explanations(
     images: torch.Tensor, titles: list[str], rows: dict[str, torch.Tensor], path: Path, percentile: float = 99.5
 ) -> None:
@@ -288,3 +267,299 @@ def plot_explanations(
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+MODEL_NAMES = {"bcosified": "B-cosified", "scratch": "B-cos from scratch", "standard": "standard ViT"}
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class ReproductionSettings:
+    """What one reproduction runs; each field is a flag of ``scripts/reproduce.py`` (``--source-epochs`` ...)."""
+
+    epochs: float = 4.0  # epochs of both B-cos runs
+    source_epochs: float = 3.0  # epochs of the standard ViT
+    max_train_samples: int | None = None  # train on the first N training images (quick runs)
+    max_eval_samples: int | None = None  # test accuracy on the first N test images
+    dataset: str = "fashion-mnist"  # 'fashion-mnist' or an image folder
+    num_grids: int = 25
+    grid_size: int = 2
+    min_confidence: float = 0.5
+    localisation_images: int = 2000  # grids are drawn from the first N test images
+    methods: list[str] = field(default_factory=lambda: list(POSTHOC_METHODS))
+    ig_steps: int = 8  # integrated gradients steps
+    num_examples: int = 8  # columns of the explanation grid
+    example_method: str = "integrated_gradients"  # the standard model's row of the explanation grid
+    output_dir: Path = Path("docs/reproduction")
+    work_dir: Path = Path("outputs/reproduction")
+    device: str = field(default_factory=_default_device)
+    seed: int = 0
+
+    def __post_init__(self):
+        self.output_dir, self.work_dir = Path(self.output_dir), Path(self.work_dir)
+        unknown = sorted(set(self.methods) - set(POSTHOC_METHODS))
+        if unknown or self.example_method not in POSTHOC_METHODS:
+            raise ValueError(
+                f"Unknown post-hoc method {(unknown or [self.example_method])[0]!r}; "
+                f"available: {', '.join(POSTHOC_METHODS)}."
+            )
+
+
+def reproduction_recipes(settings: ReproductionSettings) -> tuple[Recipe, Recipe, Recipe]:
+    """The three recipes: the standard source, its B-cosification, and the same B-cos recipe from scratch."""
+    common = dict(
+        dataset=settings.dataset,
+        max_train_samples=settings.max_train_samples,
+        max_eval_samples=settings.max_eval_samples,
+        seed=settings.seed,
+    )
+    standard = get_recipe("vit-fashion-mnist").with_overrides(epochs=settings.source_epochs, **common)
+    bcosified = get_recipe("bcos-vit-fashion-mnist").with_overrides(
+        source=str(settings.work_dir / "standard" / "repo"), epochs=settings.epochs, **common
+    )
+    scratch = replace(
+        bcosified,
+        name="bcos-vit-fashion-mnist-scratch",
+        hub_model_id="bcos-zoo/bcos-vit-fashion-mnist-scratch",
+        source="scratch",
+        architecture=standard.architecture,
+        summary="A B-cos ViT trained from scratch with the B-cosification recipe: the papers' baseline.",
+    )
+    return standard, bcosified, scratch
+
+
+def _bcos_model(settings: ReproductionSettings, key: str):
+    folder = settings.work_dir / key / "repo"
+    return AutoModelForImageClassification.from_pretrained(folder).to(settings.device).eval()
+
+
+def _posthoc(standard, method: str, settings: ReproductionSettings):
+    options = {"steps": settings.ig_steps} if method == "integrated_gradients" else {}
+    return posthoc_attribution(standard, method, **options)
+
+
+def localisation(settings: ReproductionSettings, data: DatasetSplits) -> tuple[list[dict], dict, dict]:
+    """GridPG of both B-cos models (own contributions) and of the standard model under each post-hoc method:
+    summary rows, every cell's score per ``model/method``, and the seconds each model took."""
+    dataset = limit(data.validation, settings.localisation_images)
+    options = dict(
+        grid_size=settings.grid_size,
+        num_grids=settings.num_grids,
+        min_confidence=settings.min_confidence,
+        device=settings.device,
+        seed=settings.seed,
+    )
+    evaluations, seconds = {}, {}
+    for key in ("bcosified", "scratch"):
+        model = _bcos_model(settings, key)
+        start = time.perf_counter()
+        evaluations[key] = localise_model(model, {"bcos": bcos_attribution(model)}, dataset, **options)
+        seconds[key] = time.perf_counter() - start
+    standard = load_standard_classifier(settings.work_dir / "standard" / "repo").to(settings.device)
+    explainers = {method: _posthoc(standard, method, settings) for method in settings.methods}
+    start = time.perf_counter()
+    evaluations["standard"] = localise_model(standard, explainers, dataset, **options)
+    seconds["standard"] = time.perf_counter() - start
+
+    rows, scores = [], {}
+    for key, evaluation in evaluations.items():
+        for method in evaluation.grid_pointing_game:
+            summary = evaluation.summary(method)
+            rows.append(
+                dict(
+                    model=key,
+                    method=method,
+                    label=f"{MODEL_NAMES[key]}\n{METHOD_NAMES[method]}",
+                    bcos=method == "bcos",
+                    num_grid_classes=evaluation.num_grid_classes,
+                    **{name: value for name, value in summary.items() if not name.startswith("energy")},
+                )
+            )
+            scores[f"{key}/{method}"] = evaluation.grid_pointing_game[method]
+    return rows, scores, seconds
+
+
+def explanation_grid(settings: ReproductionSettings, data: DatasetSplits, path: Path) -> list[int]:
+    """The first test image of each of ``num_examples`` classes, explained for its label by every model; the
+    images' indices. Every model sees the pixels of its own processor (the same resize for all three)."""
+    firsts: dict[int, int] = {}
+    for index in range(len(data.validation)):
+        label = int(data.validation[index][1])
+        firsts.setdefault(label, index)
+        if len(firsts) == min(settings.num_examples, len(data.class_names)):
+            break
+    chosen = [firsts[label] for label in sorted(firsts)]
+    standard = load_standard_classifier(settings.work_dir / "standard" / "repo").to(settings.device)
+    transform = model_transform(standard)
+    images = torch.stack([transform(data.validation[i][0]) for i in chosen]).to(settings.device)
+    labels = torch.tensor([int(data.validation[i][1]) for i in chosen], device=settings.device)
+    rows = {}
+    for key in ("bcosified", "scratch"):
+        model = _bcos_model(settings, key)
+        rows[MODEL_NAMES[key]] = bcos_attribution(model)(images, labels).detach()
+    posthoc = _posthoc(standard, settings.example_method, settings)
+    rows[f"standard ViT,\n{METHOD_NAMES[settings.example_method]}"] = posthoc(images, labels).detach()
+    titles = [data.class_names[int(label)] for label in labels]
+    plot_explanations(images.cpu(), titles, rows, path)
+    return chosen
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _gridpg(row: dict) -> str:
+    if row["grid_pointing_game"] is None:
+        return "- (no grid: too few confidently classified classes)"
+    return (
+        f"{row['grid_pointing_game']:.3f} ± {row['grid_pointing_game_std']:.3f} (n={row['grid_pointing_game_count']})"
+    )
+
+
+def _loads(values: list[float] | None) -> str:
+    return "unknown" if values is None else " / ".join(f"{value:.2f}" for value in values)
+
+
+def markdown(report: dict) -> str:
+    """``reproduction.md``: what was run, where, how long it took, and what came out."""
+    acc, machine, wall = report["accuracy"], report["machine"], report["wall_seconds"]
+    epochs = report["settings"]["epochs"]
+    lines = [
+        "# B-cosification in miniature: Fashion-MNIST",
+        "",
+        "Command:",
+        "",
+        "```bash",
+        report["command"],
+        "```",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['gpu'] or 'no GPU'}; torch {machine['torch']}, "
+        f"transformers {machine['transformers']}, Python {machine['python']}. Load average at the start "
+        f"{_loads(machine['load_average_start'])}, at the end {_loads(machine['load_average_end'])} "
+        "(the 1, 5 and 15 minute averages: above the core count means the machine was shared).",
+        "",
+        "Wall time: " + ", ".join(f"{name} {seconds / 60:.2f} min" for name, seconds in wall.items()) + ".",
+        "",
+        f"## Test accuracy ({acc['test_images']} test images)",
+        "",
+        "| model | training | accuracy per epoch (epoch 0 = before training) | final |",
+        "|---|---|---|---|",
+        f"| standard ViT, from scratch | {report['settings']['source_epochs']:g} epochs | - | "
+        f"{_percent(acc['standard'])} |",
+    ]
+    for key in ("bcosified", "scratch"):
+        curve = " → ".join(f"{100 * value:.1f}" for _, value in acc[key]["curve"])
+        lines.append(f"| {MODEL_NAMES[key]} | {epochs:g} epochs | {curve} | {_percent(acc[key]['final'])} |")
+    lines += [
+        "",
+        f"Speed-up: {report['speed_up']['description']}.",
+        "",
+        "![accuracy per epoch](accuracy_per_epoch.png)",
+        "",
+        f"## Grid pointing game ({report['localisation']['grid_size']}x{report['localisation']['grid_size']} grids)",
+        "",
+        "| model | explanation | GridPG mean ± std (cells) |",
+        "|---|---|---|",
+    ]
+    for row in report["localisation"]["rows"]:
+        lines.append(f"| {MODEL_NAMES[row['model']]} | {METHOD_NAMES[row['method']]} | {_gridpg(row)} |")
+    lines += [
+        "",
+        "![grid pointing game](localisation.png)",
+        "",
+        "## Explanations",
+        "",
+        "Each column: a test image, explained for its label by each model (red positive, blue negative).",
+        "",
+        "![explanations](explanations.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def reproduce(settings: ReproductionSettings, command: str) -> dict:
+    """Train (or re-use) the three models, score them, draw the figures; write ``reproduction.json`` and
+    ``reproduction.md`` (which quotes ``command``) to ``settings.output_dir``. Returns the report."""
+    load_start = machine_description()["load_average"]
+    started = time.perf_counter()
+    work, output = settings.work_dir, settings.output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    data = load_dataset_splits(settings.dataset)
+    standard_recipe, bcosified_recipe, scratch_recipe = reproduction_recipes(settings)
+    wall: dict[str, float] = {}
+
+    print("== 1/5 the standard ViT, from scratch ==")
+    start = time.perf_counter()
+    standard = train_or_reuse(standard_recipe, work / "standard", device=settings.device)
+    wall["standard ViT training"] = time.perf_counter() - start
+
+    trained = {}
+    for step, (key, recipe) in enumerate((("bcosified", bcosified_recipe), ("scratch", scratch_recipe)), start=2):
+        print(f"== {step}/5 {MODEL_NAMES[key]}: {recipe.epochs:g} epochs, evaluated after each ==")
+        start = time.perf_counter()
+        results = train_or_reuse(recipe, work / key, eval_each_epoch=True, device=settings.device)
+        initial = initial_accuracy(recipe, data, settings.device, cache=work / key / "initial_accuracy.json")
+        trained[key] = dict(
+            curve=accuracy_curve(results["eval_history"], initial),
+            final=results["metrics"]["accuracy"],
+            train_seconds=results["metrics"]["train_seconds"],
+            recipe=recipe_record(recipe),
+        )
+        wall[f"{MODEL_NAMES[key]} training"] = time.perf_counter() - start
+    result = speed_up(trained["bcosified"]["curve"], trained["scratch"]["curve"])
+
+    print("== 4/5 grid pointing game ==")
+    start = time.perf_counter()
+    rows, scores, localisation_seconds = localisation(settings, data)
+    wall["grid pointing game"] = time.perf_counter() - start
+
+    print("== 5/5 figures ==")
+    start = time.perf_counter()
+    plot_accuracy_curves(
+        trained["bcosified"]["curve"],
+        trained["scratch"]["curve"],
+        result,
+        output / "accuracy_per_epoch.png",
+        standard_accuracy=standard["metrics"]["accuracy"],
+        title=f"Fashion-MNIST test accuracy, {settings.epochs:g} epochs each",
+    )
+    plot_localisation(rows, settings.grid_size, output / "localisation.png", title="Fashion-MNIST grid pointing game")
+    examples = explanation_grid(settings, data, output / "explanations.png")
+    wall["figures"] = time.perf_counter() - start
+    wall["total"] = time.perf_counter() - started
+
+    machine = machine_description()
+    machine["load_average_start"], machine["load_average_end"] = load_start, machine.pop("load_average")
+    report = dict(
+        command=command,
+        machine=machine,
+        settings={key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
+        accuracy=dict(
+            test_images=len(limit(data.validation, settings.max_eval_samples)),
+            standard=standard["metrics"]["accuracy"],
+            standard_train_seconds=standard["metrics"]["train_seconds"],
+            standard_recipe=recipe_record(standard_recipe),
+            **trained,
+        ),
+        speed_up=dict(asdict(result), description=result.describe()),
+        localisation=dict(
+            grid_size=settings.grid_size,
+            num_grids=settings.num_grids,
+            min_confidence=settings.min_confidence,
+            images=len(limit(data.validation, settings.localisation_images)),
+            seconds=localisation_seconds,
+            rows=[{key: value for key, value in row.items() if key != "label"} for row in rows],
+            scores=scores,
+        ),
+        explanation_examples=examples,
+        wall_seconds=wall,
+    )
+    (output / "reproduction.json").write_text(json.dumps(report, indent=2))
+    text = markdown(report)
+    (output / "reproduction.md").write_text(text)
+    print("\n" + text)
+    print(f"Wrote {', '.join(str(output / name) for name in sorted(p.name for p in output.iterdir()))}")
+    return report
