@@ -67,7 +67,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def read_image(upload: str | dict | None) -> Image.Image:
-    """Decode an upload into an upright RGB image no larger than needed, or raise a short ``gr.Error``.
+    """Decode an upload into an upright RGB image, or raise a short ``gr.Error``.
+
+    The image is not resized here: the model's own image processor does that, so the Space sees exactly the pixels
+    that evaluation and any user of the model's repo get from the same image.
 
     Events take the raw upload (``preprocess=False``) so that a file Pillow cannot read is answered with a message
     instead of a server error.
@@ -82,16 +85,12 @@ def read_image(upload: str | dict | None) -> Image.Image:
                 raise gr.Error(
                     f"The image is too large ({image.width}x{image.height}); the limit is {limit} megapixels."
                 )
-            image.draft(None, (2 * SIZE, 2 * SIZE))  # JPEG: decode a big photo at a reduced scale, much faster
             image = to_rgb(ImageOps.exif_transpose(image))
     except gr.Error:
         raise
     except Exception as error:  # Pillow reports unreadable files with many exception types
         log.info("unreadable upload %s: %r", path, error)
         raise gr.Error("This file could not be read as an image: not an image, or truncated or corrupt.") from None
-    factor = min(image.size) / (2 * SIZE)  # the processor never needs more than twice the model's size
-    if factor > 1:
-        image = image.resize((round(image.width / factor), round(image.height / factor)), Image.BILINEAR)
     return image
 
 

@@ -1,0 +1,80 @@
+"""One image, one set of pixels: every path from an image to a B-cos model's input agrees, for any aspect ratio."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from sources import hf_vit, save_hf_source
+from transformers import AutoImageProcessor
+
+from bcos_zoo import BcosViTForImageClassification
+from bcos_zoo.conversion.common import source_normalization
+from bcos_zoo.data.datasets import TransformedImages
+from bcos_zoo.data.preprocessing import model_transform
+from bcos_zoo.training import get_task
+from bcos_zoo.zoo.recipes import Recipe
+
+
+SPACE = "spaces/bcos-vit-explainer"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    model = BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=3), b=2.0, bias="remove").eval()
+    model.save_pretrained(folder)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (150, 257, 3), dtype=np.uint8))  # wide, over twice the model size
+    image.save(folder / "wide.png")
+    return folder, model, image
+
+
+def test_saved_processor_and_model_transform_give_the_same_pixels(saved):
+    folder, model, image = saved
+    from_repo = AutoImageProcessor.from_pretrained(folder)(images=image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(model_transform(model)(image), from_repo, rtol=0, atol=0)
+    assert from_repo.shape == (3, model.config.image_size, model.config.image_size)
+
+
+def test_finetune_evaluation_sees_the_processor_pixels(saved):
+    folder, model, image = saved
+    recipe = Recipe(name="run", source=str(folder), dataset="unused", hub_model_id="org/run")
+    dataset = TransformedImages([(image, 0)], get_task(recipe).eval_transform(model))
+    torch.testing.assert_close(dataset[0]["pixel_values"], model_transform(model)(image), rtol=0, atol=0)
+
+
+def test_space_sees_the_processor_pixels(saved, clean_python):
+    folder, model, image = saved
+    output = folder / "space_pixels.safetensors"
+    clean_python(
+        f"""
+        import os, sys
+        os.environ["MODEL_ID"] = {str(folder)!r}
+        sys.path.insert(0, os.getcwd())
+        import app
+        from safetensors.torch import save_file
+
+        pixels = app.processor(images=app.read_image({str(folder / "wide.png")!r}), return_tensors="pt")
+        save_file({{"pixel_values": pixels["pixel_values"][0].contiguous()}}, {str(output)!r})
+        """,
+        cwd=SPACE,
+    )
+    torch.testing.assert_close(load_file(output)["pixel_values"], model_transform(model)(image), rtol=0, atol=0)
+
+
+def test_a_source_that_does_not_normalise_is_converted_without_normalisation(tmp_path):
+    source = hf_vit(labels=3).eval()
+    folder = tmp_path / "source"
+    save_hf_source(source, folder, (0.3, 0.4, 0.5), (0.2, 0.2, 0.2))
+    assert source_normalization(folder) == ((0.3, 0.4, 0.5), (0.2, 0.2, 0.2))
+    config = folder / "preprocessor_config.json"
+    config.write_text(config.read_text().replace('"do_normalize": true', '"do_normalize": false'))
+    assert source_normalization(folder) == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+    converted = BcosViTForImageClassification.from_pretrained_standard(str(folder), b=1.0, bias="keep").eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            converted(pixel_values=x).logits, source(pixel_values=x).logits, rtol=1e-4, atol=1e-4
+        )
