@@ -323,53 +323,45 @@ def test_without_enough_confident_classes_there_is_no_grid_to_score():
     assert evaluation.summary("uniform")["grid_pointing_game"] is None
 
 
-def test_a_tiny_bcos_vit_is_explained_on_grids_in_sliding_windows():
-    model = BcosViTForImageClassification.from_pretrained_standard(hf_vit(image=16, patch=4, labels=6), b=2.0).eval()
-    dataset = grey_dataset([0, 1, 2, 3, 4, 5], size=16)
+def bcos_on_grey_grids(model, batch_size: int = 32):
+    """Two 2x2 grids of 16 px grey images, explained by ``model`` through its own pixels and window; the
+    evaluation and every call ``(images, targets, attributions)`` of the attribution function."""
     calls = []
 
     def explain(images, targets):
-        calls.append(tuple(images.shape))
-        return bcos_attribution(model)(images, targets)
+        attributions = bcos_attribution(model)(images, targets)
+        calls.append((images, targets, attributions))
+        return attributions
 
     evaluation = evaluate_localisation(
         grey_classifier(),
         {"B-cos": explain},
-        dataset,
+        grey_dataset([0, 1, 2, 3, 4, 5], size=16),
         model_transform(model),
         explanation_window(model),
         num_grids=2,
-        batch_size=9,
+        batch_size=batch_size,
         progress=False,
     )
-    assert set(calls) == {(9, 3, 16, 16)}  # 2 grids x 4 cells x 9 windows of the model's input size
+    return evaluation, calls
+
+
+def test_a_tiny_bcos_vit_is_explained_on_grids_in_sliding_windows():
+    model = BcosViTForImageClassification.from_pretrained_standard(hf_vit(image=16, patch=4, labels=6), b=2.0).eval()
+    evaluation, calls = bcos_on_grey_grids(model, batch_size=9)
+    assert {tuple(images.shape) for images, _, _ in calls} == {
+        (9, 3, 16, 16)
+    }  # 2 grids x 4 cells x 9 windows of the model's input size
     scores = evaluation.grid_pointing_game["B-cos"]
     assert len(scores) == 8 and all(0 <= s <= 1 for s in scores)
 
 
 def test_a_bcos_vit_that_takes_any_size_is_explained_on_the_whole_grid():
     model = any_size_bcos_vit(image=16)
-    dataset = grey_dataset([0, 1, 2, 3, 4, 5], size=16)
-    calls, explained = [], []
-
-    def explain(images, targets):
-        calls.append(tuple(images.shape))
-        attributions = bcos_attribution(model)(images, targets)
-        explained.append((images, targets, attributions))
-        return attributions
-
-    evaluation = evaluate_localisation(
-        grey_classifier(),
-        {"B-cos": explain},
-        dataset,
-        model_transform(model),
-        explanation_window(model),
-        num_grids=2,
-        progress=False,
-    )
+    evaluation, calls = bcos_on_grey_grids(model)
     assert bcos_classifier(model)(torch.rand(2, 3, 32, 32)).shape == (2, 6)  # it classifies grids as well
-    assert calls == [(4, 3, 32, 32)] * 2  # each grid whole, once per cell
-    images, targets, attributions = explained[0]
+    assert [tuple(images.shape) for images, _, _ in calls] == [(4, 3, 32, 32)] * 2  # each grid whole, once per cell
+    images, targets, attributions = calls[0]
     explanation = model.explain(images, target=targets)
     torch.testing.assert_close(attributions, explanation.contributions)
     logits = explanation.logits.gather(1, targets[:, None]).squeeze(1)
