@@ -93,20 +93,28 @@ class DynamicModule(nn.Module):
     """A module with an input-dependent factor that :func:`explanation_mode` detaches."""
 
     detach_dynamic: bool = False
+    # set while an explanation is computed with create_graph=True: the backward pass will itself be differentiated
+    double_backward: bool = False
 
 
 @contextlib.contextmanager
-def explanation_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Detach every dynamic factor in ``model``, so that its gradient is the dynamic linear map ``W(x)``."""
+def explanation_mode(model: nn.Module, double_backward: bool = False) -> Iterator[nn.Module]:
+    """Detach every dynamic factor in ``model``, so that its gradient is the dynamic linear map ``W(x)``.
+
+    ``double_backward=True`` tells the modules that the gradient will be differentiated again (differentiable
+    explanations), so that they avoid kernels without a second derivative.
+    """
     modules = [m for m in model.modules() if isinstance(m, DynamicModule)]
-    previous = [m.detach_dynamic for m in modules]
+    previous = [(m.detach_dynamic, m.double_backward) for m in modules]
     for module in modules:
         module.detach_dynamic = True
+        module.double_backward = double_backward
     try:
         yield model
     finally:
-        for module, flag in zip(modules, previous):
-            module.detach_dynamic = flag
+        for module, (detach, double) in zip(modules, previous):
+            module.detach_dynamic = detach
+            module.double_backward = double
 
 
 def _signed_square(y: torch.Tensor) -> torch.Tensor:
@@ -308,7 +316,9 @@ class BcosSelfAttention(DynamicModule):
         if self.detach_dynamic:
             query, key = query.detach(), key.detach()
         implementation = self.attn_implementation
-        if implementation == "eager":
+        if implementation == "eager" or self.double_backward:
+            # fused attention kernels have no second derivative; with q and k detached the written-out attention
+            # is a fixed matrix times v, whose gradient differentiates again
             attention = eager_attention
         else:
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)

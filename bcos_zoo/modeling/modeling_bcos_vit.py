@@ -126,6 +126,11 @@ class BcosViTPreTrainedModel(BcosPreTrainedModel):
     _input_embed_layer = "patch_embeddings"
     _standard_converter = "bcosify_vit"
 
+    def default_image_processor(self) -> ViTImageProcessor:
+        """The processor saved with the model: resize to the model's size and rescale to [0, 1]; no normalisation."""
+        size = self.config.image_size
+        return ViTImageProcessor(size={"height": size, "width": size}, do_rescale=True, do_normalize=False)
+
 
 class BcosViTModel(BcosViTPreTrainedModel):
     """The B-cos ViT backbone. ``pooler_output`` is the final LayerNorm of the pooled token (class token or mean).
@@ -239,11 +244,6 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
             target,
             create_graph=create_graph,
         )
-
-    def default_image_processor(self) -> ViTImageProcessor:
-        """The processor saved with the model: resize to the model's size and rescale to [0, 1]; no normalisation."""
-        size = self.config.image_size
-        return ViTImageProcessor(size={"height": size, "width": size}, do_rescale=True, do_normalize=False)
 
 
 BcosViTConfig.register_for_auto_class()

@@ -1,0 +1,73 @@
+"""The B-cos models trace: torch.export, transformers' exporter and torch.compile(fullgraph=True) capture the whole
+forward pass, and the captured graphs still refuse normalised images. The [0, 1] check reads no value back to the
+host outside eager CPU runs: a forward pass on the meta device (where any such read fails) goes through.
+"""
+
+import pytest
+import torch
+from test_conformance_outputs import build, images
+
+
+MAIN = {"classifier": "logits", "tower": "image_embeds"}
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else next(iter(out.values()))
+
+
+@pytest.mark.parametrize("kind", ["classifier", "tower"])
+def test_torch_export_captures_the_forward_pass_and_keeps_the_range_check(kind):
+    model, x = build(kind), images()
+    program = torch.export.export(model, (x,))
+    with torch.no_grad():
+        expected = model(pixel_values=x)[MAIN[kind]]
+    assert torch.allclose(_first(program.module()(x)), expected, atol=1e-6)
+    with pytest.raises(RuntimeError, match=r"pixel_values must lie in \[0, 1\]"):
+        program.module()((x - 0.5) / 0.25)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "tower"])
+def test_torch_compile_fullgraph(kind):
+    torch._dynamo.reset()
+    model, x = build(kind), images()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert torch.allclose(compiled(pixel_values=x)[MAIN[kind]], model(pixel_values=x)[MAIN[kind]], atol=1e-6)
+        with pytest.raises(RuntimeError, match=r"pixel_values must lie in \[0, 1\]"):
+            compiled(pixel_values=x * 4 - 2)
+
+
+def test_transformers_dynamo_exporter():
+    from transformers.exporters import DynamoConfig, DynamoExporter
+
+    model, x = build("classifier"), images()
+    exported = DynamoExporter().export(model, {"pixel_values": x}, config=DynamoConfig())
+    with torch.no_grad():
+        expected = model(pixel_values=x).logits
+    assert torch.allclose(_first(exported(pixel_values=x)), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "tower"])
+def test_the_forward_pass_reads_nothing_back_off_the_cpu(kind):
+    """On the meta device a value read (``float(t)``, ``bool(t)``, ``.item()``) raises: none happens."""
+    model = build(kind).to("meta")
+    out = model(pixel_values=torch.empty(2, 3, 16, 16, device="meta"))
+    assert out[MAIN[kind]].device.type == "meta"
+
+
+def test_eager_cpu_keeps_the_readable_message():
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got values in \[-"):
+        build("classifier")(pixel_values=images() * 4 - 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_forward_pass_does_not_synchronise():
+    model = build("classifier").cuda()
+    x = images().cuda()
+    model(pixel_values=x)  # warm-up: lazy initialisation may synchronise once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad():
+            model(pixel_values=x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -1,0 +1,77 @@
+"""Each B-cos class saves on its own and reloads, as remote code in a clean process, with the Auto class a user
+would reach for; saving leaves a config the caller shares untouched; loading in half precision takes float32 images.
+"""
+
+import json
+
+import torch
+from test_conformance_outputs import build, call, images
+from transformers import AutoModelForImageClassification
+
+
+AUTO = {
+    "backbone": ("AutoModel", "BcosViTModel"),
+    "classifier": ("AutoModelForImageClassification", "BcosViTForImageClassification"),
+    "tower": ("AutoModel", "BcosCLIPVisionModel"),
+    "clip": ("AutoModelForZeroShotImageClassification", "BcosCLIPModel"),
+}
+MAIN = {"backbone": "pooler_output", "classifier": "logits", "tower": "image_embeds", "clip": "logits_per_image"}
+
+
+def test_every_class_reloads_with_its_auto_class_in_a_clean_process(tmp_path, clean_python):
+    expected = {"x": images()}
+    for kind, (auto_class, name) in AUTO.items():
+        model = build(kind)
+        model.save_pretrained(tmp_path / kind)
+        auto_map = json.loads((tmp_path / kind / "config.json").read_text())["auto_map"]
+        assert auto_map[auto_class].endswith(f".{name}") and "AutoConfig" in auto_map
+        with torch.no_grad():
+            expected[kind] = call(kind, model, expected["x"])[MAIN[kind]]
+    torch.save(expected, tmp_path / "expected.pt")
+    clean_python(
+        f"""
+        import torch
+        import transformers
+
+        expected = torch.load("expected.pt")
+        ids = torch.tensor([[0, 5, 7, 2], [0, 9, 2, 1]])
+        for kind, (auto_class, name) in {AUTO!r}.items():
+            model = getattr(transformers, auto_class).from_pretrained(kind, trust_remote_code=True).eval()
+            assert type(model).__name__ == name, (kind, type(model))
+            inputs = dict(pixel_values=expected["x"])
+            if kind == "clip":
+                inputs["input_ids"] = ids
+            with torch.no_grad():
+                out = model(**inputs)
+                as_tuple = model(**inputs, return_dict=False)
+            main = {MAIN!r}[kind]
+            assert torch.allclose(out[main], expected[kind], atol=1e-5), kind
+            assert isinstance(as_tuple, tuple), kind
+        print("ok")
+        """,
+        cwd=tmp_path,
+    )
+
+
+def test_save_pretrained_leaves_a_shared_config_alone(tmp_path):
+    model = build("classifier")
+    shared = model.config
+    before = shared.to_dict()
+    backbone = type(model.bcos_vit)(shared)  # another model on the same config object
+    model.save_pretrained(tmp_path / "classifier")
+    backbone.save_pretrained(tmp_path / "backbone")
+    assert model.config is shared and shared.to_dict() == before
+    assert getattr(shared, "auto_map", None) is None
+    saved = json.loads((tmp_path / "backbone" / "config.json").read_text())["auto_map"]
+    assert saved["AutoModel"] == "modeling_bcos_vit.BcosViTModel" and "AutoModelForImageClassification" not in saved
+
+
+def test_a_bfloat16_load_takes_float32_images(tmp_path):
+    build("classifier").save_pretrained(tmp_path)
+    model = AutoModelForImageClassification.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert model.dtype == torch.bfloat16
+    x = images()
+    with torch.no_grad():
+        logits = model(pixel_values=x).logits
+        reference = build("classifier")(pixel_values=x).logits
+    assert logits.dtype == torch.bfloat16 and torch.allclose(logits.float(), reference, atol=0.1)
