@@ -1,0 +1,296 @@
+"""B-cos convolutional building blocks: the B-cos convolution, BatchNorm with detachable batch statistics, and what
+the B-cos CNN classes (ResNet, DenseNet) share.
+
+A B-cos convolution computes ``|cos(x, w)|^(B-1) * (w * x)`` at every output position, where the cosine is taken
+between the weight of that output channel and the input patch the convolution sees there (zero padding included).
+With the pretrained, un-normalised weights, ``B = 1`` is exactly the source convolution, which is what makes
+B-cosifying a CNN function-preserving. Hub-facing: torch, transformers and sibling files only.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import ConvNextImageProcessor
+from transformers import initialization as init
+
+from .bcos_layers import DynamicModule
+from .bcos_pretrained import BcosPreTrainedModel
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class BcosConv2d(DynamicModule):
+    """``out = |cos(x_patch, w_o)|^(B-1) * conv(x, w)_o + bias_o``, with the pretrained, un-normalised ``w``.
+
+    ``||x_patch||`` is the norm of the window the convolution reads at each output position, over the same stride,
+    dilation and zero padding, and (for grouped convolutions) over the input channels of the output's group:
+    ``sqrt(sum of x^2 over the window + eps)``. At ``b == 1`` this is exactly ``nn.Conv2d``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = False,
+        b: float = 2.0,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels {in_channels} and out_channels {out_channels} must divide by groups {groups}."
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.b = float(b)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def patch_norms(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, groups, H', W'): the norm of the input window behind every output position, per group of channels."""
+        batch, channels, height, width = x.shape
+        grouped = x.view(batch, self.groups, channels // self.groups, height, width)
+        squares = torch.linalg.vector_norm(grouped, dim=2).square()
+        kh, kw = self.kernel_size
+        if (kh, kw) == (1, 1) and self.padding == (0, 0):
+            sums = squares[:, :, :: self.stride[0], :: self.stride[1]]
+        elif self.dilation == (1, 1) and 2 * self.padding[0] <= kh and 2 * self.padding[1] <= kw:
+            sums = F.avg_pool2d(squares, self.kernel_size, self.stride, self.padding, count_include_pad=True) * (
+                kh * kw
+            )
+        else:
+            ones = squares.new_ones(self.groups, 1, kh, kw)
+            sums = F.conv2d(squares, ones, None, self.stride, self.padding, self.dilation, self.groups)
+        return (sums + self.eps).sqrt()
+
+    def weight_norms(self) -> torch.Tensor:
+        """(out_channels,): the norm of each output channel's weight."""
+        return torch.linalg.vector_norm(self.weight, dim=(1, 2, 3)).clamp_min(1e-12)
+
+    def _per_output(self, per_group: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Broadcast an (N, groups, H', W') tensor against the (N, out_channels, H', W') output."""
+        batch, _, height, width = out.shape
+        if self.groups == 1:
+            return per_group
+        return per_group[:, :, None].expand(-1, -1, self.out_channels // self.groups, -1, -1).reshape(out.shape)
+
+    def dynamic_factor(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``|cos|^(B-1)`` at every output position: the input-dependent scale that explanation mode detaches."""
+        denominator = self._per_output(self.patch_norms(x), out) * self.weight_norms().view(1, -1, 1, 1)
+        abs_cos = out.abs() / denominator
+        if self.b != 2:
+            abs_cos = abs_cos.clamp_min(1e-12).pow(self.b - 1)
+        return abs_cos
+
+    def _dynamic(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach() if self.detach_dynamic else tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.b == 1:
+            out = self._conv(x, self.weight)
+        elif self.b == 2 and not self.detach_dynamic:
+            # (w*x)|w*x| / (|w| |x_patch|): with w / sqrt|w| in the convolution, the weight norm costs nothing on
+            # the (large) output; without autograd the scaling runs in place.
+            scaled = self._conv(x, self.weight * self.weight_norms().rsqrt().view(-1, 1, 1, 1))
+            norms = self._per_output(self.patch_norms(x), scaled)
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                out = scaled * (scaled.abs() / norms)
+            else:
+                out = scaled.mul_(scaled.abs().div_(norms))
+        else:
+            out = self._conv(x, self.weight)
+            out = out * self._dynamic(self.dynamic_factor(out, x))
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        return text + f", b={self.b}, bias={self.bias is not None}"
+
+
+class BcosBatchNorm2d(DynamicModule):
+    """BatchNorm whose batch statistics are detached in explanation mode.
+
+    ``centered=True`` is the standard BatchNorm (in evaluation, a per-channel scale and shift). ``centered=False`` is
+    the B-cos form with every constant removed: ``x / sqrt(var + eps) * weight``, no mean subtraction, no shift. In
+    training, ``var`` (and the mean) are the batch's: input-dependent factors, detached in explanation mode so that
+    each image's explanation depends on that image alone. Running statistics update as in ``nn.BatchNorm2d``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, centered: bool = True):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.centered = centered
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features)) if centered else None
+        if centered:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+        else:
+            self.running_mean = None
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def _dynamic(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach() if self.detach_dynamic else tensor
+
+    def batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (biased) variance and mean of the batch; updates the running statistics."""
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        count = x.numel() // x.shape[1]
+        with torch.no_grad():
+            unbiased = var * (count / max(count - 1, 1))
+            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+            if self.centered:
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.num_batches_tracked.add_(1)
+        return var, mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, 1, 1)
+        if not self.training:
+            if self.centered:
+                return F.batch_norm(
+                    x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+                )
+            return x * (self.weight * (self.running_var + self.eps).rsqrt()).view(shape)
+        if self.centered and not self.detach_dynamic:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum, self.eps
+            )
+        var, mean = self.batch_statistics(x)
+        scale = self._dynamic((var + self.eps).rsqrt()) * self.weight
+        if not self.centered:
+            return x * scale.view(shape)
+        return (x - self._dynamic(mean).view(shape)) * scale.view(shape) + self.bias.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, centered={self.centered}"
+
+
+class BcosConvNormAct(nn.Module):
+    """B-cos convolution, BatchNorm and (optionally) ReLU: the unit every B-cos CNN here is made of.
+
+    ReLU is already dynamic-linear (``x * 1[x > 0]``): its gradient is the mask, so it needs no detaching.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        config,
+        stride: int = 1,
+        groups: int = 1,
+        activation: bool = True,
+    ):
+        super().__init__()
+        self.convolution = BcosConv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+            b=config.b,
+        )
+        self.normalization = BcosBatchNorm2d(out_channels, eps=config.batch_norm_eps, centered=config.use_bias)
+        self.activation = activation
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.normalization(self.convolution(hidden_states))
+        return F.relu(hidden_states) if self.activation else hidden_states
+
+
+def stem_pool(kind: str) -> nn.Module:
+    """The 3x3 stride-2 pooling after a CNN stem: ``"max"`` (the source's) or ``"avg"`` (the B-cos recipe)."""
+    if kind == "max":
+        return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    if kind == "avg":
+        return nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
+    raise ValueError(f"stem_pool must be 'max' or 'avg', got {kind!r}.")
+
+
+def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The B-cos papers' loss: binary cross-entropy with off-target labels ``1/C`` instead of 0.
+
+    ``labels`` are class indices (N,) or class probabilities (N, C), e.g. from mixup.
+    """
+    num_classes = logits.shape[-1]
+    if labels.ndim == 1:
+        labels = F.one_hot(labels.long(), num_classes)
+    targets = labels.to(logits.dtype).clamp_min(1 / num_classes)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
+    """The training loss for ``labels``: ``problem_type`` when the config sets one, else ``config.loss``."""
+    labels = labels.to(logits.device)
+    if config.problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification" or config.loss == "cross_entropy":
+        return F.cross_entropy(logits, labels)
+    if config.problem_type not in (None, "single_label_classification"):
+        raise ValueError(
+            f"problem_type {config.problem_type!r} is not supported; use 'single_label_classification' or "
+            "'multi_label_classification'."
+        )
+    return uniform_off_label_bce(logits, labels)
+
+
+class BcosCNNPreTrainedModel(BcosPreTrainedModel):
+    """What the B-cos CNNs share: initialisation of convolutions and BatchNorm, and the image processor."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, BcosConv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, BcosBatchNorm2d):
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+            if module.running_mean is not None:
+                init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        else:
+            super()._init_weights(module)
+
+    def default_image_processor(self) -> ConvNextImageProcessor:
+        """Resize the shortest edge to ``image_size / crop_pct``, centre-crop ``image_size`` and rescale to [0, 1]
+        (how torchvision and timm evaluate their CNNs); no normalisation, the model folds it in."""
+        return ConvNextImageProcessor(
+            size={"shortest_edge": self.config.image_size},
+            crop_pct=self.config.crop_pct,
+            do_rescale=True,
+            do_normalize=False,
+        )

@@ -1,0 +1,110 @@
+"""Configuration of the B-cos ResNet. Hub-facing: transformers only."""
+
+import math
+
+from transformers import PretrainedConfig
+
+
+class BcosResNetConfig(PretrainedConfig):
+    """Configuration of :class:`BcosResNetForImageClassification`.
+
+    The architecture fields follow transformers' ``ResNetConfig`` (ResNet-18/34 are ``layer_type="basic"``,
+    ResNet-50/101/152 ``"bottleneck"``). The defaults are a B-cos ResNet-50 as the B-cosification paper trains it.
+
+    Args:
+        bottleneck_widths: channels inside each stage's bottleneck blocks; ``None`` means ``hidden_size // 4``
+            (ResNet-50); wide ResNets and ResNeXts are wider.
+        groups: groups of the bottleneck's 3x3 convolution (ResNeXt cardinality).
+        downsample_in_bottleneck: stride in the bottleneck's first 1x1 convolution instead of its 3x3 one.
+        b: the B-cos exponent B (1 = the original convolutions; the papers train at 2).
+        use_bias: keep every constant: BatchNorm's mean subtraction and shift and the classifier bias. Without them
+            (the paper's recipe) BatchNorm only scales and an explanation accounts for the whole logit except
+            ``logit_bias``.
+        stem_pool: ``"max"`` (the source's max-pool after the stem) or ``"avg"`` (3x3 stride-2 average pooling, the
+            recipe's).
+        classify_before_pooling: apply the classifier as a 1x1 B-cos convolution at every position and average the
+            logits (the recipe's), instead of classifying the averaged features; the two differ for ``b != 1``.
+        logit_bias: a constant added to every logit; ``None`` means ``-log(num_labels - 1)``.
+        loss: ``"bce"`` (binary cross-entropy with off-target labels ``1/C``, the papers' loss) or
+            ``"cross_entropy"``; a ``problem_type`` set on the config takes precedence.
+        image_size / crop_pct: what the saved image processor produces: resize the shortest edge to
+            ``image_size / crop_pct``, centre-crop ``image_size``. The model itself takes any image size.
+    """
+
+    model_type = "bcos_resnet"
+
+    def __init__(
+        self,
+        num_channels: int = 3,
+        embedding_size: int = 64,
+        hidden_sizes: list[int] | None = None,
+        depths: list[int] | None = None,
+        layer_type: str = "bottleneck",
+        bottleneck_widths: list[int] | None = None,
+        groups: int = 1,
+        hidden_act: str = "relu",
+        downsample_in_first_stage: bool = False,
+        downsample_in_bottleneck: bool = False,
+        batch_norm_eps: float = 1e-5,
+        b: float = 2.0,
+        use_bias: bool = False,
+        stem_pool: str = "avg",
+        classify_before_pooling: bool = True,
+        logit_bias: float | None = None,
+        loss: str = "bce",
+        image_size: int = 224,
+        crop_pct: float = 0.875,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        hidden_sizes = list(hidden_sizes if hidden_sizes is not None else [256, 512, 1024, 2048])
+        depths = list(depths if depths is not None else [3, 4, 6, 3])
+        if layer_type not in ("basic", "bottleneck"):
+            raise ValueError(f"layer_type must be 'basic' or 'bottleneck', got {layer_type!r}.")
+        if hidden_act != "relu":
+            raise ValueError(f"hidden_act must be 'relu' (the only activation supported), got {hidden_act!r}.")
+        if len(hidden_sizes) != len(depths):
+            raise ValueError(f"hidden_sizes {hidden_sizes} and depths {depths} must have the same length.")
+        if bottleneck_widths is not None:
+            bottleneck_widths = list(bottleneck_widths)
+            if len(bottleneck_widths) != len(depths):
+                raise ValueError(f"bottleneck_widths {bottleneck_widths} must have one entry per stage.")
+        if stem_pool not in ("max", "avg"):
+            raise ValueError(f"stem_pool must be 'max' or 'avg', got {stem_pool!r}.")
+        if loss not in ("bce", "cross_entropy"):
+            raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
+        if b < 1:
+            raise ValueError(f"b must be >= 1, got {b}.")
+        self.num_channels = num_channels
+        self.embedding_size = embedding_size
+        self.hidden_sizes = hidden_sizes
+        self.depths = depths
+        self.layer_type = layer_type
+        self.bottleneck_widths = bottleneck_widths
+        self.groups = groups
+        self.hidden_act = hidden_act
+        self.downsample_in_first_stage = downsample_in_first_stage
+        self.downsample_in_bottleneck = downsample_in_bottleneck
+        self.batch_norm_eps = batch_norm_eps
+        self.b = float(b)
+        self.use_bias = use_bias
+        self.stem_pool = stem_pool
+        self.classify_before_pooling = classify_before_pooling
+        self.logit_bias = logit_bias
+        self.loss = loss
+        self.image_size = image_size
+        self.crop_pct = crop_pct
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+
+    @property
+    def stage_bottleneck_widths(self) -> list[int]:
+        """Channels inside each stage's bottleneck blocks."""
+        return self.bottleneck_widths or [size // 4 for size in self.hidden_sizes]
+
+    @property
+    def resolved_logit_bias(self) -> float:
+        """The constant added to the logits: ``logit_bias``, or ``-log(C - 1)`` when it is ``None``."""
+        if self.logit_bias is not None:
+            return float(self.logit_bias)
+        return -math.log(self.num_labels - 1) if self.num_labels > 1 else 0.0

@@ -1,0 +1,203 @@
+"""The B-cos DenseNet as a transformers model.
+
+Every convolution, the classifier included, is a B-cos convolution; BatchNorm, ReLU, pooling and the concatenations
+are (dynamic-)linear, so in :func:`explanation_mode` the model is a dynamic linear map of the encoded image and
+:meth:`BcosDenseNetForImageClassification.explain` reads the map off with one backward pass. Hub-facing: torch,
+transformers and sibling files only.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutputWithNoAttention,
+)
+
+from .bcos_convolution import (
+    BcosBatchNorm2d,
+    BcosCNNPreTrainedModel,
+    BcosConv2d,
+    BcosConvNormAct,
+    classification_loss,
+    stem_pool,
+)
+from .bcos_layers import check_pixel_values, encode_inverse
+from .configuration_bcos_densenet import BcosDenseNetConfig
+from .explanation import BcosExplanation, compute_explanation
+
+
+class BcosDenseNetEmbeddings(nn.Module):
+    """The stem: a 7x7 stride-2 B-cos convolution of the ``[x, 1 - x]`` image, BatchNorm, ReLU, 3x3 pooling."""
+
+    def __init__(self, config: BcosDenseNetConfig):
+        super().__init__()
+        self.stem = BcosConvNormAct(2 * config.num_channels, config.num_init_features, 7, config, stride=2)
+        self.pooler = stem_pool(config.stem_pool)
+
+    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
+        return self.pooler(self.stem(encoded))
+
+
+class BcosDenseNetLayer(nn.Module):
+    """Pre-activation bottleneck: BN, ReLU, 1x1 B-cos conv, BN, ReLU, 3x3 B-cos conv; ``growth_rate`` new channels."""
+
+    def __init__(self, in_channels: int, config: BcosDenseNetConfig):
+        super().__init__()
+        width = config.bn_size * config.growth_rate
+        self.norm1 = BcosBatchNorm2d(in_channels, eps=config.batch_norm_eps, centered=config.use_bias)
+        self.conv1 = BcosConv2d(in_channels, width, 1, bias=False, b=config.b)
+        self.norm2 = BcosBatchNorm2d(width, eps=config.batch_norm_eps, centered=config.use_bias)
+        self.conv2 = BcosConv2d(width, config.growth_rate, 3, padding=1, bias=False, b=config.b)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(features))))))
+
+
+class BcosDenseNetTransition(nn.Module):
+    """BN, ReLU, 1x1 B-cos convolution to half the channels, 2x2 average pooling."""
+
+    def __init__(self, in_channels: int, config: BcosDenseNetConfig):
+        super().__init__()
+        self.norm = BcosBatchNorm2d(in_channels, eps=config.batch_norm_eps, centered=config.use_bias)
+        self.conv = BcosConv2d(in_channels, in_channels // 2, 1, bias=False, b=config.b)
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(F.relu(self.norm(features))))
+
+
+class BcosDenseNetStage(GradientCheckpointingLayer):
+    """A dense block (each layer sees the concatenation of all earlier outputs) and, except last, a transition."""
+
+    def __init__(self, config: BcosDenseNetConfig, index: int):
+        super().__init__()
+        in_channels, out_channels = config.stage_channels[index]
+        count = config.block_config[index]
+        self.layers = nn.ModuleList(
+            BcosDenseNetLayer(in_channels + i * config.growth_rate, config) for i in range(count)
+        )
+        last = index == len(config.block_config) - 1
+        self.transition = None if last else BcosDenseNetTransition(out_channels, config)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            features = torch.cat([features, layer(features)], dim=1)
+        return features if self.transition is None else self.transition(features)
+
+
+class BcosDenseNetPreTrainedModel(BcosCNNPreTrainedModel):
+    config_class = BcosDenseNetConfig
+    base_model_prefix = "bcos_densenet"
+    _no_split_modules = ["BcosDenseNetLayer", "BcosDenseNetTransition"]
+    _standard_converter = "bcosify_densenet"
+
+
+class BcosDenseNetModel(BcosDenseNetPreTrainedModel):
+    """The B-cos DenseNet backbone: ``last_hidden_state`` (N, C, h, w), the final BN + ReLU features, and
+    ``pooler_output`` (N, C, 1, 1), their mean. ``hidden_states``: the stem output, then each stage's output (the
+    last one being ``last_hidden_state``)."""
+
+    def __init__(self, config: BcosDenseNetConfig):
+        super().__init__(config)
+        self.embedder = BcosDenseNetEmbeddings(config)
+        self.stages = nn.ModuleList(BcosDenseNetStage(config, i) for i in range(len(config.block_config)))
+        self.norm = BcosBatchNorm2d(config.num_features, eps=config.batch_norm_eps, centered=config.use_bias)
+        self.pooler = nn.AdaptiveAvgPool2d((1, 1))
+        self.post_init()
+
+    def forward_encoded(
+        self, encoded: torch.Tensor, output_hidden_states: bool = False
+    ) -> BaseModelOutputWithPoolingAndNoAttention:
+        """The backbone on an already ``[x, 1 - x]``-encoded image (what explanations differentiate)."""
+        features = self.embedder(encoded)
+        hidden_states = (features,) if output_hidden_states else None
+        for i, stage in enumerate(self.stages):
+            features = stage(features)
+            if i == len(self.stages) - 1:
+                features = F.relu(self.norm(features))
+            if output_hidden_states:
+                hidden_states += (features,)
+        return BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=features, pooler_output=self.pooler(features), hidden_states=hidden_states
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+        """Args:
+        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.forward_encoded(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
+        return outputs if return_dict else outputs.to_tuple()
+
+
+class BcosDenseNetForImageClassification(BcosDenseNetPreTrainedModel):
+    """A B-cos DenseNet image classifier that explains its own decisions.
+
+    It takes images in [0, 1] (the saved image processor resizes and rescales but does not normalise), returns an
+    ``ImageClassifierOutputWithNoAttention``, and :meth:`explain` returns exact per-pixel contributions to any logit.
+    """
+
+    _extra_auto_classes = ("AutoModel",)
+
+    def __init__(self, config: BcosDenseNetConfig):
+        super().__init__(config)
+        self.bcos_densenet = BcosDenseNetModel(config)
+        self.classifier = BcosConv2d(config.num_features, config.num_labels, 1, bias=config.use_bias, b=config.b)
+        self.post_init()
+
+    def _logits(
+        self, encoded: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPoolingAndNoAttention]:
+        outputs = self.bcos_densenet.forward_encoded(encoded, output_hidden_states)
+        if self.config.classify_before_pooling:
+            logits = self.classifier(outputs.last_hidden_state).mean(dim=(2, 3))
+        else:
+            logits = self.classifier(outputs.pooler_output).flatten(1)
+        return logits + self.config.resolved_logit_bias, outputs
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutputWithNoAttention | tuple:
+        """Args:
+        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
+        labels: (N,) class indices, or (N, C) class probabilities for the B-cos BCE loss.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        logits, outputs = self._logits(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
+        result = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return result if return_dict else result.to_tuple()
+
+    def explain(self, pixel_values: torch.Tensor, target: int | torch.Tensor | None = None) -> BcosExplanation:
+        """Explain one logit per image exactly: ``contributions.sum() + bias == logit``.
+
+        Args:
+            pixel_values: (N, 3, H, W) images in [0, 1].
+            target: the class to explain: ``None`` (each image's top class), an int, or an (N,) tensor.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        return compute_explanation(self, lambda encoded: self._logits(encoded)[0], pixel_values.to(self.dtype), target)
+
+
+BcosDenseNetConfig.register_for_auto_class()
+BcosDenseNetModel.register_for_auto_class("AutoModel")
+BcosDenseNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")

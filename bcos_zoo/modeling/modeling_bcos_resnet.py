@@ -1,0 +1,219 @@
+"""The B-cos ResNet as a transformers model.
+
+Every convolution, the classifier included, is a B-cos convolution; BatchNorm, ReLU, pooling and the residual sums
+are (dynamic-)linear, so in :func:`explanation_mode` the model is a dynamic linear map of the encoded image and
+:meth:`BcosResNetForImageClassification.explain` reads the map off with one backward pass. Parameter names follow
+transformers' ``ResNetModel``. Hub-facing: torch, transformers and sibling files only.
+"""
+
+import torch
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutputWithNoAttention,
+)
+
+from .bcos_convolution import BcosCNNPreTrainedModel, BcosConv2d, BcosConvNormAct, classification_loss, stem_pool
+from .bcos_layers import check_pixel_values, encode_inverse
+from .configuration_bcos_resnet import BcosResNetConfig
+from .explanation import BcosExplanation, compute_explanation
+
+
+class BcosResNetEmbeddings(nn.Module):
+    """The stem: a 7x7 stride-2 B-cos convolution of the ``[x, 1 - x]`` image, BatchNorm, ReLU, 3x3 pooling."""
+
+    def __init__(self, config: BcosResNetConfig):
+        super().__init__()
+        self.embedder = BcosConvNormAct(2 * config.num_channels, config.embedding_size, 7, config, stride=2)
+        self.pooler = stem_pool(config.stem_pool)
+
+    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
+        return self.pooler(self.embedder(encoded))
+
+
+class BcosResNetShortCut(BcosConvNormAct):
+    """The projection shortcut: a 1x1 (strided) B-cos convolution and BatchNorm."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, config: BcosResNetConfig):
+        super().__init__(in_channels, out_channels, 1, config, stride=stride, activation=False)
+
+
+class BcosResNetBasicLayer(nn.Module):
+    """Two 3x3 B-cos convolutions and the residual: ``relu(layer(x) + shortcut(x))``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, config: BcosResNetConfig):
+        super().__init__()
+        needs_projection = in_channels != out_channels or stride != 1
+        self.shortcut = (
+            BcosResNetShortCut(in_channels, out_channels, stride, config) if needs_projection else nn.Identity()
+        )
+        self.layer = nn.Sequential(
+            BcosConvNormAct(in_channels, out_channels, 3, config, stride=stride),
+            BcosConvNormAct(out_channels, out_channels, 3, config, activation=False),
+        )
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.layer(hidden_state) + self.shortcut(hidden_state))
+
+
+class BcosResNetBottleNeckLayer(nn.Module):
+    """1x1 down to ``width``, 3x3 (grouped, strided), 1x1 up, and the residual."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int, stride: int, config: BcosResNetConfig):
+        super().__init__()
+        needs_projection = in_channels != out_channels or stride != 1
+        self.shortcut = (
+            BcosResNetShortCut(in_channels, out_channels, stride, config) if needs_projection else nn.Identity()
+        )
+        first_stride, middle_stride = (stride, 1) if config.downsample_in_bottleneck else (1, stride)
+        self.layer = nn.Sequential(
+            BcosConvNormAct(in_channels, width, 1, config, stride=first_stride),
+            BcosConvNormAct(width, width, 3, config, stride=middle_stride, groups=config.groups),
+            BcosConvNormAct(width, out_channels, 1, config, activation=False),
+        )
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.layer(hidden_state) + self.shortcut(hidden_state))
+
+
+class BcosResNetStage(GradientCheckpointingLayer):
+    """A stage of residual layers; the first one changes width and (except maybe in stage 1) resolution."""
+
+    def __init__(self, config: BcosResNetConfig, index: int, in_channels: int):
+        super().__init__()
+        out_channels, depth = config.hidden_sizes[index], config.depths[index]
+        stride = 2 if index > 0 or config.downsample_in_first_stage else 1
+        layers = []
+        for i in range(depth):
+            layer_in, layer_stride = (in_channels, stride) if i == 0 else (out_channels, 1)
+            if config.layer_type == "bottleneck":
+                width = config.stage_bottleneck_widths[index]
+                layers.append(BcosResNetBottleNeckLayer(layer_in, out_channels, width, layer_stride, config))
+            else:
+                layers.append(BcosResNetBasicLayer(layer_in, out_channels, layer_stride, config))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        return self.layers(hidden_state)
+
+
+class BcosResNetEncoder(nn.Module):
+    def __init__(self, config: BcosResNetConfig):
+        super().__init__()
+        widths = [config.embedding_size] + config.hidden_sizes[:-1]
+        self.stages = nn.ModuleList(BcosResNetStage(config, i, width) for i, width in enumerate(widths))
+
+    def forward(self, hidden_state: torch.Tensor, output_hidden_states: bool) -> tuple[torch.Tensor, tuple | None]:
+        hidden_states = (hidden_state,) if output_hidden_states else None
+        for stage in self.stages:
+            hidden_state = stage(hidden_state)
+            if output_hidden_states:
+                hidden_states += (hidden_state,)
+        return hidden_state, hidden_states
+
+
+class BcosResNetPreTrainedModel(BcosCNNPreTrainedModel):
+    config_class = BcosResNetConfig
+    base_model_prefix = "bcos_resnet"
+    _no_split_modules = ["BcosConvNormAct"]
+    _standard_converter = "bcosify_resnet"
+
+
+class BcosResNetModel(BcosResNetPreTrainedModel):
+    """The B-cos ResNet backbone: ``last_hidden_state`` (N, C, h, w) and ``pooler_output`` (N, C, 1, 1), its mean."""
+
+    def __init__(self, config: BcosResNetConfig):
+        super().__init__(config)
+        self.embedder = BcosResNetEmbeddings(config)
+        self.encoder = BcosResNetEncoder(config)
+        self.pooler = nn.AdaptiveAvgPool2d((1, 1))
+        self.post_init()
+
+    def forward_encoded(
+        self, encoded: torch.Tensor, output_hidden_states: bool = False
+    ) -> BaseModelOutputWithPoolingAndNoAttention:
+        """The backbone on an already ``[x, 1 - x]``-encoded image (what explanations differentiate)."""
+        last, hidden_states = self.encoder(self.embedder(encoded), output_hidden_states)
+        return BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=last, pooler_output=self.pooler(last), hidden_states=hidden_states
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+        """Args:
+        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.forward_encoded(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
+        return outputs if return_dict else outputs.to_tuple()
+
+
+class BcosResNetForImageClassification(BcosResNetPreTrainedModel):
+    """A B-cos ResNet image classifier that explains its own decisions.
+
+    It takes images in [0, 1] (the saved image processor resizes and rescales but does not normalise), returns an
+    ``ImageClassifierOutputWithNoAttention``, and :meth:`explain` returns exact per-pixel contributions to any logit.
+    """
+
+    _extra_auto_classes = ("AutoModel",)
+
+    def __init__(self, config: BcosResNetConfig):
+        super().__init__(config)
+        self.bcos_resnet = BcosResNetModel(config)
+        self.classifier = BcosConv2d(config.hidden_sizes[-1], config.num_labels, 1, bias=config.use_bias, b=config.b)
+        self.post_init()
+
+    def _logits(
+        self, encoded: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPoolingAndNoAttention]:
+        outputs = self.bcos_resnet.forward_encoded(encoded, output_hidden_states)
+        if self.config.classify_before_pooling:
+            logits = self.classifier(outputs.last_hidden_state).mean(dim=(2, 3))
+        else:
+            logits = self.classifier(outputs.pooler_output).flatten(1)
+        return logits + self.config.resolved_logit_bias, outputs
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutputWithNoAttention | tuple:
+        """Args:
+        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
+        labels: (N,) class indices, or (N, C) class probabilities for the B-cos BCE loss.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        logits, outputs = self._logits(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
+        result = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return result if return_dict else result.to_tuple()
+
+    def explain(self, pixel_values: torch.Tensor, target: int | torch.Tensor | None = None) -> BcosExplanation:
+        """Explain one logit per image exactly: ``contributions.sum() + bias == logit``.
+
+        Args:
+            pixel_values: (N, 3, H, W) images in [0, 1].
+            target: the class to explain: ``None`` (each image's top class), an int, or an (N,) tensor.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        return compute_explanation(self, lambda encoded: self._logits(encoded)[0], pixel_values.to(self.dtype), target)
+
+
+BcosResNetConfig.register_for_auto_class()
+BcosResNetModel.register_for_auto_class("AutoModel")
+BcosResNetForImageClassification.register_for_auto_class("AutoModelForImageClassification")
