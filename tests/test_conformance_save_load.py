@@ -75,3 +75,13 @@ def test_a_bfloat16_load_takes_float32_images(tmp_path):
         logits = model(pixel_values=x).logits
         reference = build("classifier")(pixel_values=x).logits
     assert logits.dtype == torch.bfloat16 and torch.allclose(logits.float(), reference, atol=0.1)
+
+
+def test_a_bfloat16_explanation_of_float32_images_reports_its_bias_share():
+    model = build("classifier").to(torch.bfloat16)
+    explanation = model.explain(images())
+    assert explanation.contributions.dtype == torch.bfloat16
+    share = explanation.bias_share
+    assert torch.isfinite(share).all() and ((share >= 0) & (share <= 1)).all()
+    total = explanation.contributions.float().sum(dim=(1, 2)) + explanation.bias.float()
+    assert torch.allclose(total, explanation.target_logits.float(), atol=0.05)

@@ -124,6 +124,13 @@ def _signed_square(y: torch.Tensor) -> torch.Tensor:
     return y.abs().mul_(y)
 
 
+def _divide(out: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
+    """``out / divisor``, in place when no gradient is recorded (``out`` is then a fresh buffer of the caller's)."""
+    if torch.is_grad_enabled() and (out.requires_grad or divisor.requires_grad):
+        return out / divisor
+    return out.div_(divisor)
+
+
 class BcosLinear(DynamicModule):
     """``out = |cos(x, w)|^(B-1) * (w . x) + bias``, with the pretrained, un-normalised ``w``.
 
@@ -144,14 +151,21 @@ class BcosLinear(DynamicModule):
             return F.linear(x, self.weight, self.bias)
         input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
         if self.b == 2 and not self.detach_dynamic:
-            # (w.x)|w.x| / (|w||x|) as y|y| with y = (w/sqrt|w|).(x/sqrt|x|): the norms scale the operands of the
-            # matmul rather than its output. |w| goes on the weight or on the output, whichever is smaller.
+            # (w.x)|w.x| / (|w||x|) as y|y| / d with y = w'.x': each norm scales (by its square root) whichever is
+            # smaller, its operand of the matmul or the output, so the extra passes over memory are the short ones.
             weight_norm = torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
-            scaled_input = x * input_norm.rsqrt()
-            if x.numel() >= self.weight.numel():
-                out = _signed_square(F.linear(scaled_input, self.weight * weight_norm.rsqrt()))
-            else:
-                out = _signed_square(F.linear(scaled_input, self.weight)) / weight_norm.T
+            output_size = x.numel() // self.in_features * self.out_features
+            scale_input = self.in_features <= self.out_features
+            scale_weight = self.weight.numel() <= output_size
+            y = F.linear(
+                x * input_norm.rsqrt() if scale_input else x,
+                self.weight * weight_norm.rsqrt() if scale_weight else self.weight,
+            )
+            out = _signed_square(y)
+            if not scale_input:
+                out = _divide(out, input_norm)
+            if not scale_weight:
+                out = _divide(out, weight_norm.T)
             return out if self.bias is None else out + self.bias
         return self.scale_linear_output(F.linear(x, self.weight), input_norm)
 
