@@ -6,6 +6,8 @@ evaluates and publishes it. Adding a task is a new module and one line here.
 
 from .classification import BcosClassification
 from .clip_distillation import CLIPDistillation
+from .explanation_distillation import ExplanationDistillation
+from .guided_classification import GuidedClassification
 from .standard_classification import StandardClassification
 from .task import Task
 
@@ -13,6 +15,8 @@ from .task import Task
 TASKS: dict[str, type[Task]] = {
     BcosClassification.name: BcosClassification,
     CLIPDistillation.name: CLIPDistillation,
+    GuidedClassification.name: GuidedClassification,
+    ExplanationDistillation.name: ExplanationDistillation,
     StandardClassification.name: StandardClassification,
 }
 

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import PretrainedConfig, Trainer, TrainingArguments
 
-from ..data.datasets import DatasetSplits
+from ..data.datasets import DatasetSplits, TransformedImages, load_dataset_splits
 from ..data.preprocessing import ImageTransform, model_transform, training_transform
 from ..zoo.recipes import Recipe
 
@@ -33,6 +33,7 @@ class CardFields:
     metric_label: str
     objective: str
     tags: tuple[str, ...]
+    hyperparameters: tuple[tuple[str, object], ...] = ()  # extra (name, value) rows of the card's training table
 
 
 def source_model_type(source: str) -> str | None:
@@ -65,6 +66,21 @@ class Task:
         return None
 
     # -- data and training -------------------------------------------------------------------------------------
+
+    def load_data(self) -> DatasetSplits:
+        """The run's training and evaluation splits, from ``recipe.dataset``."""
+        recipe = self.recipe
+        return load_dataset_splits(recipe.dataset, recipe.image_column, recipe.label_column)
+
+    def dataset(self, items: Dataset, transform, seed: int | None = None) -> Dataset:
+        """The dataset the ``Trainer`` reads: items seen through ``transform`` (augmentation seeded when ``seed``)."""
+        return TransformedImages(items, transform, seed=seed)
+
+    def collate(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        """The batches of :meth:`dataset`'s items."""
+        from .trainer import collate_images
+
+        return collate_images(batch)
 
     def image_size(self, model: nn.Module) -> int:
         return model.config.image_size

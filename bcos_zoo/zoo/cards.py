@@ -98,6 +98,7 @@ def render_model_card(
         "weight decay": recipe.weight_decay,
         "gradient clipping": f"adaptive, {recipe.agc_clip}" if recipe.agc_clip else "global norm 1.0",
         "seed": recipe.seed,
+        **dict(fields.hyperparameters),
     }
     training_summary = f"Fine-tuned with the Hugging Face `Trainer` from the `{recipe.name}` recipe. " + (
         f"Training took {metrics['train_seconds'] / 60:.1f} minutes. " if "train_seconds" in metrics else ""

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from ..data.datasets import TransformedImages, limit, load_dataset_splits
+from ..data.datasets import limit
 from ..training import get_task
-from ..training.trainer import collate_images, trainer_callbacks, training_arguments
+from ..training.trainer import trainer_callbacks, training_arguments
 from .cards import render_model_card
 from .hub import check_push_access, describe_tree, push_folder
 from .recipes import Recipe
@@ -83,12 +83,12 @@ def finetune(
 
     set_seed(recipe.seed)
     task = get_task(recipe)
-    data = load_dataset_splits(recipe.dataset, recipe.image_column, recipe.label_column)
+    data = task.load_data()
     model = task.build_model(data.class_names)
-    train_dataset = TransformedImages(
+    train_dataset = task.dataset(
         limit(data.train, recipe.max_train_samples), task.train_transform(model), seed=recipe.seed
     )
-    eval_dataset = TransformedImages(limit(data.validation, recipe.max_eval_samples), task.eval_transform(model))
+    eval_dataset = task.dataset(limit(data.validation, recipe.max_eval_samples), task.eval_transform(model))
     arguments = training_arguments(
         recipe, checkpoint_dir, device=device, eval_each_epoch=eval_each_epoch, **task.training_arguments()
     )
@@ -97,7 +97,7 @@ def finetune(
         arguments,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=collate_images,
+        data_collator=task.collate,
         callbacks=trainer_callbacks(recipe, train_dataset, report_folder=output_dir / "ranks"),
     )
     start = time.perf_counter()

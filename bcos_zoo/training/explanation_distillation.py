@@ -1,0 +1,196 @@
+"""Explanation-enhanced knowledge distillation, e2KD (Parchami-Araghi et al., "Good Teachers Explain", CVPR 2024).
+
+A frozen B-cos teacher (a folder or Hub id, any B-cos image-classifier family) teaches a B-cos student (any family
+and size) with :func:`~bcos_zoo.training.explanation_losses.e2kd_loss`: the KD term on the logits plus
+``explanation_weight`` times one minus the cosine between the two models' dynamic weights ``W(x)`` for the
+teacher's top-1 class. ``explanation_weight = 0`` is plain KD. The student is evaluated on accuracy, top-1
+agreement with the teacher, the cosine of its explanations to the teacher's and, on data with boxes, EPG.
+"""
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
+
+from ..data.boxes import collate_boxed
+from ..data.datasets import DatasetSplits
+from .explanation_losses import differentiable_explanation, e2kd_loss, explanation_cosine
+from .guided_classification import GuidedClassification
+from .task import CardFields
+
+
+def public_name(source: str | None) -> str | None:
+    """A teacher as a card may name it: a Hub id as it is, a local folder by its last two path parts only."""
+    from ..zoo.cards import hub_id_or_none
+
+    if not source:
+        return source
+    return hub_id_or_none(source) or "/".join(Path(source).parts[-2:])
+
+
+def load_teacher(source: str) -> nn.Module:
+    """A trained B-cos classifier (folder or Hub id) as a frozen teacher, in eval mode."""
+    import bcos_zoo  # noqa: F401  (registers the B-cos classes with the Auto classes)
+
+    if not source:
+        raise ValueError("explanation-distillation needs a teacher: pass --teacher <folder or Hub id>")
+    return AutoModelForImageClassification.from_pretrained(source).eval().requires_grad_(False)
+
+
+def teacher_pixels(teacher: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The student's pixels at the teacher's input size (bilinear), when the teacher takes a fixed size."""
+    size = getattr(teacher.config, "image_size", None)
+    fixed = hasattr(teacher.config, "patch_size") and getattr(teacher.config, "use_position_embeddings", True)
+    if size is None or not fixed or tuple(pixel_values.shape[-2:]) == (size, size):
+        return pixel_values
+    resized = F.interpolate(pixel_values, size=(size, size), mode="bilinear", align_corners=False)
+    return resized.clamp(0, 1)
+
+
+def teach(teacher: nn.Module, pixel_values: torch.Tensor, explain: bool = True):
+    """The teacher's logits and, with ``explain``, its explanation of its own top-1 class (no graph)."""
+    teacher.to(pixel_values.device)
+    pixels = teacher_pixels(teacher, pixel_values).to(teacher.dtype)
+    if explain:
+        return teacher.explain(pixels)
+    with torch.no_grad():
+        return teacher(pixel_values=pixels)
+
+
+class ExplanationDistillationTrainer(Trainer):
+    """A ``Trainer`` whose loss is :func:`e2kd_loss` to a frozen teacher (moved to the batch's device on first use).
+
+    The KD term differentiates the student's ordinary forward pass; the explanation term a second pass in
+    explanation mode with a graph. Each term's mean is logged beside the loss.
+    """
+
+    def __init__(self, *args, teacher: nn.Module, temperature: float, explanation_weight: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.temperature, self.explanation_weight = teacher, temperature, explanation_weight
+        self._tallies: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pixel_values = inputs["pixel_values"]
+        explain = self.explanation_weight > 0
+        taught = teach(self.teacher, pixel_values, explain=explain)
+        outputs = model(pixel_values=pixel_values)
+        student_weights = teacher_weights = None
+        if explain:
+            target = taught.logits.argmax(dim=1)
+            student = differentiable_explanation(self.accelerator.unwrap_model(model), pixel_values, target)
+            student_weights, teacher_weights = student.dynamic_weights, taught.dynamic_weights
+        terms = e2kd_loss(
+            outputs.logits,
+            taught.logits,
+            student_weights,
+            teacher_weights,
+            temperature=self.temperature,
+            explanation_weight=self.explanation_weight,
+        )
+        if model.training:
+            for name, value in terms.items():
+                if name != "loss":
+                    self._tallies[f"{name}_loss"].append(float(value.detach()))
+        return (terms["loss"], outputs) if return_outputs else terms["loss"]
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:
+            for name, values in self._tallies.items():
+                if values:
+                    logs[name] = sum(values) / len(values)
+            self._tallies.clear()
+        super().log(logs, *args, **kwargs)
+
+
+@torch.no_grad()
+def distillation_scores(student: nn.Module, teacher: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
+    """Student and teacher accuracy, top-1 agreement, the mean cosine of the student's explanation ``W(x)`` to the
+    teacher's (both for the teacher's top-1 class) and, over items with boxes, the student's EPG for the label."""
+    from ..evaluation.scores import energy_pointing_scores
+
+    device = next(student.parameters()).device
+    student.eval()
+    teacher.to(device)
+    totals: dict[str, float] = defaultdict(float)
+    epg: list[float] = []
+    count = 0
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_boxed):
+        pixels, labels = batch["pixel_values"].to(device), batch["labels"].to(device)
+        taught = teach(teacher, pixels)
+        top1 = taught.logits.argmax(dim=1)
+        explained = student.explain(pixels.to(student.dtype), target=top1)
+        predicted = explained.logits.argmax(dim=1)
+        totals["accuracy"] += float((predicted == labels).sum())
+        totals["teacher_accuracy"] += float((top1 == labels).sum())
+        totals["agreement"] += float((predicted == top1).sum())
+        totals["explanation_cosine"] += float(
+            explanation_cosine(explained.dynamic_weights.float(), taught.dynamic_weights.float()).sum()
+        )
+        count += len(labels)
+        masks = batch["box_masks"].to(device)
+        boxed = masks.flatten(1).any(dim=1)
+        if bool(boxed.any()):
+            contributions = student.explain(pixels[boxed].to(student.dtype), target=labels[boxed]).contributions
+            epg += energy_pointing_scores(contributions, masks[boxed]).tolist()
+    metrics = {name: value / max(count, 1) for name, value in totals.items()}
+    if epg:
+        metrics["epg"] = sum(epg) / len(epg)
+    return metrics
+
+
+class ExplanationDistillation(GuidedClassification):
+    """Distil a frozen B-cos teacher into a B-cos student with e2KD (plain KD when ``explanation_weight`` is 0).
+
+    Data, transforms and model building are those of guided classification (items may carry boxes, which only the
+    evaluation reads).
+    """
+
+    name = "explanation-distillation"
+
+    @property
+    def card(self) -> CardFields:
+        recipe = self.recipe
+        return CardFields(
+            pipeline_tag="image-classification",
+            metric_key="accuracy",
+            metric_label="Top-1 accuracy",
+            objective="e2KD: T^2 KL to the teacher + lambda_exp (1 - cos of the explanations W(x))",
+            tags=("knowledge-distillation", "e2kd"),
+            hyperparameters=(
+                ("teacher", public_name(recipe.teacher)),
+                ("explanation weight lambda_exp", recipe.explanation_weight),
+                ("temperature T", recipe.kd_temperature),
+                ("explained layer", "input (dynamic weights W(x) over [x, 1 - x])"),
+            ),
+        )
+
+    @property
+    def teacher(self) -> nn.Module:
+        if not hasattr(self, "_teacher"):
+            self._teacher = load_teacher(self.recipe.teacher)
+        return self._teacher
+
+    def dataset(self, items: Dataset, transform, seed: int | None = None) -> Dataset:
+        from ..data.boxes import BoxedImages
+
+        return BoxedImages(items, transform, seed=seed, box_fraction=1.0, box_seed=self.recipe.seed)
+
+    def training_arguments(self) -> dict:
+        return dict(prediction_loss_only=True)
+
+    def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
+        return ExplanationDistillationTrainer(
+            model=model,
+            args=arguments,
+            teacher=self.teacher,
+            temperature=self.recipe.kd_temperature,
+            explanation_weight=self.recipe.explanation_weight,
+            **common,
+        )
+
+    def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset: Dataset) -> dict[str, float]:
+        return distillation_scores(model, self.teacher, eval_dataset, self.recipe.batch_size)
