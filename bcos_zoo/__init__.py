@@ -12,7 +12,13 @@ from .modeling import (
     BcosCLIPModel,
     BcosCLIPVisionConfig,
     BcosCLIPVisionModel,
+    BcosDenseNetConfig,
+    BcosDenseNetForImageClassification,
+    BcosDenseNetModel,
     BcosExplanation,
+    BcosResNetConfig,
+    BcosResNetForImageClassification,
+    BcosResNetModel,
     BcosViTConfig,
     BcosViTForImageClassification,
     BcosViTModel,
@@ -31,13 +37,25 @@ AutoModel.register(BcosCLIPVisionConfig, BcosCLIPVisionModel, exist_ok=True)
 AutoConfig.register(BcosCLIPConfig.model_type, BcosCLIPConfig, exist_ok=True)
 AutoModel.register(BcosCLIPConfig, BcosCLIPModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(BcosCLIPConfig, BcosCLIPModel, exist_ok=True)
+AutoConfig.register(BcosResNetConfig.model_type, BcosResNetConfig, exist_ok=True)
+AutoModel.register(BcosResNetConfig, BcosResNetForImageClassification, exist_ok=True)
+AutoModelForImageClassification.register(BcosResNetConfig, BcosResNetForImageClassification, exist_ok=True)
+AutoConfig.register(BcosDenseNetConfig.model_type, BcosDenseNetConfig, exist_ok=True)
+AutoModel.register(BcosDenseNetConfig, BcosDenseNetForImageClassification, exist_ok=True)
+AutoModelForImageClassification.register(BcosDenseNetConfig, BcosDenseNetForImageClassification, exist_ok=True)
 
 __all__ = [
     "BcosCLIPConfig",
     "BcosCLIPModel",
     "BcosCLIPVisionConfig",
     "BcosCLIPVisionModel",
+    "BcosDenseNetConfig",
+    "BcosDenseNetForImageClassification",
+    "BcosDenseNetModel",
     "BcosExplanation",
+    "BcosResNetConfig",
+    "BcosResNetForImageClassification",
+    "BcosResNetModel",
     "BcosViTConfig",
     "BcosViTForImageClassification",
     "BcosViTModel",

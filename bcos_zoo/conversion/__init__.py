@@ -5,7 +5,9 @@ travels with the weights (a loaded model needs none of it).
 """
 
 from .clip import bcosify_clip
+from .densenet import bcosify_densenet
+from .resnet import bcosify_resnet
 from .vit import bcosify_vit
 
 
-__all__ = ["bcosify_clip", "bcosify_vit"]
+__all__ = ["bcosify_clip", "bcosify_densenet", "bcosify_resnet", "bcosify_vit"]
