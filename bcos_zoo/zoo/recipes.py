@@ -126,6 +126,24 @@ _CLIP_DISTILLATION = dict(
     save_steps=2000,
 )
 
+# the miniature of training with explanations: Fashion-MNIST on 48 px canvases (bcos_zoo.data.decoys)
+_DECOY_VIT = dict(
+    image_size=48, patch_size=8, hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=96
+)
+_DECOY_TEACHER_VIT = dict(
+    image_size=48, patch_size=8, hidden_size=96, num_hidden_layers=4, num_attention_heads=3, intermediate_size=192
+)
+_DECOY_TRAINING = dict(
+    source="scratch",
+    epochs=2.0,
+    learning_rate=1e-3,
+    batch_size=64,
+    warmup_ratio=0.1,
+    agc_clip=0.05,
+    crop_scale=(0.8, 1.0),
+    max_train_samples=2000,
+)
+
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in [
@@ -203,6 +221,40 @@ RECIPES: dict[str, Recipe] = {
             agc_clip=0.05,
             crop_scale=(0.8, 1.0),
             summary="The offline recipe: a small ViT B-cosified on Fashion-MNIST on a CPU in minutes.",
+        ),
+        Recipe(
+            name="bcos-vit-guided-decoys",
+            dataset="fashion-mnist-decoys-48",
+            hub_model_id="bcos-zoo/bcos-vit-guided-decoys",
+            task="guided-classification",
+            architecture=_DECOY_VIT,
+            guidance_weight=0.01,
+            guidance_layer="input",
+            box_fraction=1.0,
+            summary="A small B-cos ViT guided by boxes (energy loss) past a class-coloured decoy on Fashion-MNIST.",
+            **_DECOY_TRAINING,
+        ),
+        Recipe(
+            name="bcos-vit-canvas-teacher",
+            dataset="fashion-mnist-canvas-48",
+            hub_model_id="bcos-zoo/bcos-vit-canvas-teacher",
+            task="guided-classification",
+            architecture=_DECOY_TEACHER_VIT,
+            guidance_weight=0.0,
+            summary="The e2KD miniature's teacher: a B-cos ViT trained on clean Fashion-MNIST canvases.",
+            **{**_DECOY_TRAINING, "epochs": 3.0},
+        ),
+        Recipe(
+            name="bcos-vit-e2kd-decoys",
+            dataset="fashion-mnist-decoys-48",
+            hub_model_id="bcos-zoo/bcos-vit-e2kd-decoys",
+            task="explanation-distillation",
+            architecture=_DECOY_VIT,
+            teacher="outputs/bcos-vit-canvas-teacher/repo",
+            kd_temperature=1.0,
+            explanation_weight=1.0,
+            summary="A small B-cos ViT distilled with e2KD from a teacher trained on clean data, on decoy data.",
+            **_DECOY_TRAINING,
         ),
     ]
 }
