@@ -23,6 +23,8 @@ OPENAI_CLIP_NORMALIZATION: Normalization = (
     (0.48145466, 0.4578275, 0.40821073),
     (0.26862954, 0.26130258, 0.27577711),
 )
+# what torchvision's, timm's and microsoft/resnet-* CNNs were trained with, assumed for a CNN without its settings
+IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def read_json(path: Path) -> dict | None:
