@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from .datasets import DatasetSplits, fashion_mnist, load_dataset_splits
 
 
-# one colour per class (matplotlib's tab10): far apart, and none of them grey like the garments
+# one colour per class (matplotlib's tab10 with gold for its grey): far apart, none grey like the garments
 DECOY_COLOURS = (
     (31, 119, 180),
     (255, 127, 14),
@@ -29,7 +29,7 @@ DECOY_COLOURS = (
     (148, 103, 189),
     (140, 86, 75),
     (227, 119, 194),
-    (127, 127, 127),
+    (255, 215, 0),
     (188, 189, 34),
     (23, 190, 207),
 )

@@ -1,0 +1,147 @@
+"""Boxes survive the data pipeline: a box drawn in an image is where the moved box says after resize, random-resized
+crop and flip; box masks, the boxed subset and the decoy canvases."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bcos_zoo.data.boxes import (
+    BoxedImages,
+    box_masks,
+    box_resize_transform,
+    box_training_transform,
+    boxed_subset,
+    collate_boxed,
+    crop_resize_boxes,
+    flip_boxes,
+    random_resized_crop_with_boxes,
+    resize_with_boxes,
+)
+from bcos_zoo.data.datasets import FASHION_MNIST_DIR
+from bcos_zoo.data.decoys import DECOY_COLOURS, DecoyImages, decoy_splits
+
+
+BOX = [10.0, 12.0, 31.0, 40.0]
+
+
+def drawn_box(width: int = 64, height: int = 48) -> Image.Image:
+    picture = np.zeros((height, width, 3), dtype=np.uint8)
+    x0, y0, x1, y1 = (int(v) for v in BOX)
+    picture[y0:y1, x0:x1] = 255
+    return Image.fromarray(picture)
+
+
+def bright_extent(image: Image.Image) -> list[int]:
+    """[x0, y0, x1, y1] (end-exclusive) of the pixels at least half as bright as white."""
+    rows, cols = np.nonzero(np.asarray(image.convert("L")) >= 128)
+    return [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+
+
+def test_box_is_recovered_after_resize():
+    image, boxes = resize_with_boxes(drawn_box(), [BOX], 32)
+    assert boxes.shape == (1, 4)
+    np.testing.assert_allclose(bright_extent(image), boxes[0], atol=1.0)
+    np.testing.assert_allclose(boxes[0], [5.0, 8.0, 15.5, 80 / 3])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_box_is_recovered_after_random_resized_crop_and_flip(seed):
+    torch.manual_seed(seed)
+    flip = seed % 2  # both directions are exercised
+    image, boxes = random_resized_crop_with_boxes(drawn_box(), [BOX], 40, scale=(0.3, 1.0), flip_probability=flip)
+    if len(boxes) == 0:  # cropped away: nothing bright may remain
+        assert not (np.asarray(image.convert("L")) >= 128).any()
+        return
+    np.testing.assert_allclose(bright_extent(image), boxes[0], atol=1.0)
+    mask = box_masks(boxes, 40, 40)
+    bright = torch.from_numpy(np.asarray(image.convert("L")) >= 128)
+    assert (mask & bright).sum() / (mask | bright).sum() > 0.75
+
+
+def test_flip_and_crop_arithmetic():
+    np.testing.assert_allclose(flip_boxes([BOX], 64), [[33.0, 12.0, 54.0, 40.0]])
+    np.testing.assert_allclose(crop_resize_boxes([BOX], (20, 0, 20, 24), (40, 48)), [[0.0, 24.0, 22.0, 48.0]])
+    assert crop_resize_boxes([BOX], (40, 0, 20, 20), (20, 20)).shape == (0, 4)  # outside the crop
+    with pytest.raises(ValueError, match="x0 < x1"):
+        flip_boxes([[5, 5, 5, 9]], 10)
+
+
+def test_box_masks_take_pixel_centres_and_unions():
+    mask = box_masks([[0.4, 0.0, 2.6, 1.0], [3.0, 2.0, 4.0, 4.0]], 4, 5)
+    expected = torch.zeros(4, 5, dtype=torch.bool)
+    expected[0, 0:3] = True
+    expected[2:4, 3] = True
+    assert torch.equal(mask, expected)
+
+
+def test_boxed_images_are_seeded_and_use_a_fraction_of_the_boxes():
+    items = [(drawn_box(), i % 3, [BOX]) for i in range(40)] + [(drawn_box(), 0)]  # the last has no boxes
+    dataset = BoxedImages(items, box_training_transform(32), seed=3, box_fraction=0.25, box_seed=1)
+    assert len(dataset.with_boxes) == 10 and dataset.with_boxes == boxed_subset(41, 0.25, seed=1)
+    first, again = dataset[5], dataset[5]
+    assert torch.equal(first["pixel_values"], again["pixel_values"])
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[5]["pixel_values"], first["pixel_values"])
+    batch = collate_boxed([dataset[i] for i in range(41)])
+    assert batch["box_masks"].shape == (41, 32, 32) and batch["pixel_values"].shape == (41, 3, 32, 32)
+    assert int(batch["has_boxes"].sum()) <= 10 and not batch["has_boxes"][40]
+    assert not batch["box_masks"][40].any()
+    resized = BoxedImages(items, box_resize_transform(32))[0]
+    bright = resized["pixel_values"].mean(dim=0) >= 0.5
+    assert (resized["box_mask"] & bright).sum() / (resized["box_mask"] | bright).sum() > 0.85
+
+
+def test_boxed_subset_fractions():
+    assert boxed_subset(1000, 0.0) == set()
+    assert len(boxed_subset(1000, 0.01)) == 10
+    assert len(boxed_subset(50, 0.001)) == 1  # at least one image keeps its boxes
+    with pytest.raises(ValueError):
+        boxed_subset(10, 1.5)
+
+
+def garments(count: int = 12) -> list[tuple[Image.Image, int]]:
+    rng = np.random.default_rng(0)
+    items = []
+    for index in range(count):
+        picture = np.zeros((28, 28), dtype=np.uint8)
+        picture[6:22, 9 + index % 3 : 19] = rng.integers(60, 255, size=(16, 10 - index % 3))
+        items.append((Image.fromarray(picture), index % 10))
+    return items
+
+
+@pytest.mark.parametrize("mode", ["class", "shuffled"])
+def test_decoys_lie_outside_the_box_in_their_colour(mode):
+    dataset = DecoyImages(garments(), canvas=48, decoys=mode, decoy_size=8, seed=0)
+    for index in range(len(dataset)):
+        image, label, boxes = dataset[index]
+        pixels = np.asarray(image)
+        x0, y0, x1, y1 = (int(v) for v in boxes[0])
+        garment = np.asarray(garments()[index][0])
+        inside = pixels[y0:y1, x0:x1]
+        assert (inside.std(axis=2) == 0).all()  # only grey garment in the box: no decoy overlaps it
+        assert (inside[..., 0] > 0).sum() == (garment > 0).sum()  # and all of the garment
+        assert (x1 - x0, y1 - y0) == (10 - index % 3, 16) and garment.max() > 0
+        coloured = pixels.std(axis=2) > 0  # the grey garment has equal channels; the decoy does not
+        ys, xs = np.nonzero(coloured)
+        assert len(ys) == 64  # one 8 x 8 square
+        assert xs.min() >= x1 or xs.max() < x0 or ys.min() >= y1 or ys.max() < y0
+        colour = tuple(int(c) for c in pixels[ys[0], xs[0]])
+        owner = DECOY_COLOURS.index(colour)
+        assert (owner == label) if mode == "class" else (owner != label)
+    assert dataset[3][0].tobytes() == dataset[3][0].tobytes()  # a pure function of the index
+
+
+def test_decoy_canvas_must_leave_room():
+    with pytest.raises(ValueError, match="at least 44 px"):
+        decoy_splits(canvas=40)
+
+
+@pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's IDX files")
+def test_fashion_mnist_decoy_splits():
+    splits = decoy_splits(canvas=48)
+    image, label, boxes = splits.train[0]
+    assert image.size == (48, 48) and len(splits.class_names) == 10 and 0 <= label < 10
+    assert splits.validation.decoys == "shuffled" and splits.train.decoys == "class"
+    clean = decoy_splits(canvas=48, decoys=False).train[0][0]
+    assert (np.asarray(clean).std(axis=2) == 0).all()  # grey garment only, no decoy
