@@ -14,11 +14,13 @@ every score) and ``<output-dir>/localisation.png`` (bar plot). The work is done 
 """
 
 import argparse
+import sys
 
 import torch
 
 from bcos_zoo.evaluation.baselines import METHOD_NAMES
 from bcos_zoo.evaluation.report import evaluate_side_by_side, format_table, write_report
+from bcos_zoo.zoo.cli import run_script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,4 +53,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

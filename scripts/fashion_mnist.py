@@ -10,9 +10,11 @@
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.finetune import finetune, last_complete_checkpoint
 from bcos_zoo.zoo.recipes import get_recipe
 
@@ -64,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -10,9 +10,10 @@ Flags override the recipe's fields. Outputs go to --output-dir (default outputs/
 
 import argparse
 import json
+import shlex
 import sys
 
-from bcos_zoo.zoo.hub import PushError
+from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.recipes import RECIPES, Recipe, add_recipe_flags, get_recipe, recipe_overrides
 
 
@@ -46,23 +47,26 @@ def main(argv=None) -> int:
     recipe = recipe_from_args(args)
     from bcos_zoo.zoo.finetune import finetune
 
-    try:
-        result = finetune(
-            recipe,
-            args.output_dir or f"outputs/{recipe.name}",
-            resume=args.resume,
-            push=args.push,
-            private=args.private,
-            dry_run=args.dry_run,
-            device=args.device,
-        )
-    except (PushError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = finetune(
+        recipe,
+        args.output_dir or f"outputs/{recipe.name}",
+        resume=args.resume,
+        push=args.push,
+        private=args.private,
+        dry_run=args.dry_run,
+        device=args.device,
+    )
     if result.repo_dir is not None:  # the main process
         print(json.dumps({"repo_dir": str(result.repo_dir), "commit_url": result.commit_url, **result.metrics}))
     return 0
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this run."""
+    return "continue with: python scripts/finetune.py " + shlex.join(
+        [*argv, *(["--resume"] if "--resume" not in argv else [])]
+    )
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, on_interrupt=resume_command(sys.argv[1:])))

@@ -8,7 +8,8 @@ Used to retry a push that failed after training: the folder is complete and unto
 import argparse
 import sys
 
-from bcos_zoo.zoo.hub import PushError, check_push_access, push_folder
+from bcos_zoo.zoo.cli import run_script
+from bcos_zoo.zoo.hub import check_push_access, push_folder
 
 
 def main(argv=None) -> int:
@@ -17,14 +18,10 @@ def main(argv=None) -> int:
     parser.add_argument("--hub-model-id", required=True)
     parser.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        check_push_access(args.hub_model_id)
-        print(push_folder(args.folder, args.hub_model_id, private=args.private))
-    except PushError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    check_push_access(args.hub_model_id)
+    print(push_folder(args.folder, args.hub_model_id, private=args.private))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from bcos_zoo.evaluation.baselines import POSTHOC_METHODS
+from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.reproduction import ReproductionSettings, reproduce
 
 
@@ -63,4 +64,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

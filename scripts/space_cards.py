@@ -6,9 +6,11 @@ The text below each header is kept; the header (title, sdk and its version, app 
 rewritten, so it names the installed Gradio and the zoo's current model repos.
 """
 
+import sys
 from pathlib import Path
 
 from bcos_zoo.zoo.cards import SPACES, render_space_card, space_card_body
+from bcos_zoo.zoo.cli import run_script
 
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "spaces"
@@ -23,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

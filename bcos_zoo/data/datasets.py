@@ -42,12 +42,13 @@ VALIDATION_FOLDERS = ("validation", "val", "valid", "test")
 
 @dataclass
 class DatasetSplits:
-    """A training and a validation split; item ``i`` of each is ``(PIL.Image in RGB, int label)``."""
+    """A training and an evaluation split; item ``i`` of each is ``(PIL.Image in RGB, int label)``."""
 
     train: Dataset
     validation: Dataset
     class_names: list[str]
     name: str  # what the model card cites: a Hub dataset id where one exists
+    evaluation_split: str = "validation"  # what the evaluation images are, as the card names them
 
 
 class ArrayImages(Dataset):
@@ -156,7 +157,8 @@ def fashion_mnist(folder: Path = FASHION_MNIST_DIR) -> DatasetSplits:
         )
         for split, prefix in (("train", "train"), ("validation", "t10k"))
     }
-    return DatasetSplits(splits["train"], splits["validation"], list(FASHION_MNIST_CLASSES), FASHION_MNIST_HUB_ID)
+    classes = list(FASHION_MNIST_CLASSES)
+    return DatasetSplits(splits["train"], splits["validation"], classes, FASHION_MNIST_HUB_ID, evaluation_split="test")
 
 
 def _class_files(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
@@ -186,12 +188,14 @@ def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) ->
     if train_dir is not None and val_dir is not None:
         train = FileImages(files, labels)
         validation = FileImages(*_class_files(val_dir, class_names))
+        split = val_dir.name
     else:
+        split = f"a seeded {validation_fraction:.0%} held out of the images"
         everything = FileImages(files, labels)
         order = torch.randperm(len(everything), generator=torch.Generator().manual_seed(seed)).tolist()
         held_out = max(1, round(validation_fraction * len(order)))
         train, validation = Subset(everything, order[held_out:]), Subset(everything, order[:held_out])
-    return DatasetSplits(train, validation, class_names, root.name)
+    return DatasetSplits(train, validation, class_names, root.name, evaluation_split=split)
 
 
 def hub_dataset(
@@ -208,8 +212,9 @@ def hub_dataset(
     if validation_name is None:
         parts = train.train_test_split(test_size=validation_fraction, seed=0)
         train, validation = parts["train"], parts["test"]
+        split = f"a seeded {validation_fraction:.0%} held out of train"
     else:
-        validation = loaded[validation_name]
+        validation, split = loaded[validation_name], validation_name
     class_names = []
     if label_column:
         feature = train.features.get(label_column)
@@ -219,18 +224,43 @@ def hub_dataset(
         HubImages(validation, image_column, label_column),
         class_names,
         name,
+        evaluation_split=split,
     )
+
+
+def is_fashion_mnist(spec: str) -> bool:
+    return spec.lower().replace("_", "-") == "fashion-mnist"
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether a name the user gave is meant as a local path rather than a Hub id (``org/name`` or ``name``)."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+
+
+def dataset_needs_hub(spec: str) -> bool:
+    """Whether ``--dataset`` must come from the Hub; a local path that does not exist is refused here, at once."""
+    from .decoys import is_decoy_spec  # Fashion-MNIST on canvases, built from the same files
+
+    if is_fashion_mnist(spec) or is_decoy_spec(spec):
+        return not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return False
+    if path.exists() or looks_like_path(spec):
+        state = "is a file" if path.exists() else "does not exist"
+        raise ValueError(
+            f"--dataset {spec}: {path} {state}; expected a folder of class sub-folders (e.g. {spec}/cat/*.jpg, "
+            f"{spec}/dog/*.jpg), 'fashion-mnist' or a Hub dataset name"
+        )
+    return True
 
 
 def load_dataset_splits(spec: str, image_column: str = "image", label_column: str | None = "label") -> DatasetSplits:
     """Resolve ``--dataset``: ``"fashion-mnist"``, a local image folder, or a Hub dataset name."""
-    if spec.lower().replace("_", "-") == "fashion-mnist":
+    if is_fashion_mnist(spec):
         return fashion_mnist()
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return image_folder(path)
-    if path.exists() or spec.startswith((".", "/", "~")):
-        raise ValueError(f"--dataset {spec!r} is not a folder of class sub-folders")
+    if not dataset_needs_hub(spec):
+        return image_folder(Path(spec).expanduser())
     return hub_dataset(spec, image_column, label_column)
 
 

@@ -7,6 +7,7 @@ what differs between tasks (model, loss, evaluation) lives in the task modules b
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -83,6 +84,30 @@ class RankReport(TrainerCallback):
             "end_weights": weights_digest(model),
         }
         (self.folder / f"rank-{args.process_index}.json").write_text(json.dumps(report, indent=2))
+
+
+class TrainingClock(TrainerCallback):
+    """Training time of the whole run, resumes included: each checkpoint records the seconds spent up to it, and a
+    resumed run starts counting from there, so a card never reports only the time since the last resume."""
+
+    FILE = "training_time.json"
+
+    def __init__(self, resumed_from: str | None = None):
+        path = Path(resumed_from) / self.FILE if resumed_from else None
+        self.before = json.loads(path.read_text())["seconds"] if path is not None and path.is_file() else 0.0
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir() and args.process_index == 0:
+            (folder / self.FILE).write_text(json.dumps({"seconds": self.seconds}))
 
 
 class EpochSeededData(TrainerCallback):

@@ -10,17 +10,16 @@ processor, model card and example explanations). ``scripts/finetune.py`` is the 
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from transformers import set_seed
 
-from ..data.datasets import limit
+from ..data.datasets import dataset_needs_hub, limit, looks_like_path
 from ..training import get_task
-from ..training.trainer import trainer_callbacks, training_arguments
+from ..training.trainer import TrainingClock, trainer_callbacks, training_arguments
 from .cards import render_model_card
-from .hub import check_push_access, describe_tree, push_folder
+from .hub import check_push_access, describe_tree, hub_repo_exists, hub_unavailable, push_folder
 from .recipes import Recipe
 
 
@@ -56,6 +55,61 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     return None
 
 
+def source_needs_hub(source: str) -> bool:
+    """Whether the source model must come from the Hub; a local path that does not exist is refused here, at once."""
+    if source == "scratch":
+        return False
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return False
+    if path.exists() or looks_like_path(source):
+        state = "is a file, not a model folder" if path.exists() else "does not exist"
+        raise ValueError(f"--model {source}: the folder {path} {state}; pass a model folder or a Hub model id")
+    return True
+
+
+def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
+    """Everything that can be known to fail before training fails now, in one line: missing folders, and anything
+    that needs the Hub (the source, the data, the push) when the Hub cannot be used or does not know the name."""
+    needs = []
+    if source_needs_hub(recipe.source):
+        needs.append((f"the model {recipe.source!r}", "pass a local model folder with --model"))
+    if dataset_needs_hub(recipe.dataset):
+        needs.append((f"the dataset {recipe.dataset!r}", "pass a local folder of class sub-folders with --dataset"))
+    if push and not dry_run:
+        needs.append(("the push", "add --dry-run to write the repo folder without uploading"))
+    if not needs:
+        return
+    reason = hub_unavailable()
+    if reason is not None:
+        what = " and ".join(name for name, _ in needs)
+        fixes = "; ".join(fix for _, fix in needs)
+        raise ValueError(f"Cannot use the Hub ({reason}), but {what} need{'s' if len(needs) == 1 else ''} it: {fixes}")
+    if push and not dry_run:
+        check_push_access(recipe.hub_model_id)  # fail before hours of training, not after
+    if source_needs_hub(recipe.source) and not hub_repo_exists(recipe.source, "model"):
+        raise ValueError(
+            f"--model {recipe.source!r} is neither a local folder nor a model on the Hub (if it is private, log in "
+            "with `hf auth login` or set HF_TOKEN)"
+        )
+    if dataset_needs_hub(recipe.dataset) and not hub_repo_exists(recipe.dataset, "dataset"):
+        raise ValueError(
+            f"--dataset {recipe.dataset!r} is neither a local folder nor a dataset on the Hub (if it is private, log "
+            "in with `hf auth login` or set HF_TOKEN); a local dataset is a folder of class sub-folders"
+        )
+
+
+def finished_run(output_dir: Path, last_checkpoint: str | None) -> "FinetuneResult | None":
+    """The result of a run that already reached its last step (``results.json`` written after it), else ``None``."""
+    results, state = output_dir / "results.json", Path(last_checkpoint or "") / "trainer_state.json"
+    if last_checkpoint is None or not results.is_file() or not state.is_file():
+        return None
+    progress = json.loads(state.read_text())
+    if progress.get("global_step", 0) < progress.get("max_steps", float("inf")):
+        return None
+    return FinetuneResult(output_dir, output_dir / "repo", json.loads(results.read_text())["metrics"])
+
+
 def finetune(
     recipe: Recipe,
     output_dir: str | Path,
@@ -69,8 +123,6 @@ def finetune(
     """Run a recipe end to end; see the module docstring for what lands where."""
     output_dir = Path(output_dir)
     repo_id = recipe.hub_model_id
-    if push and not dry_run:
-        check_push_access(repo_id)  # fail before hours of training, not after
     checkpoint_dir = output_dir / "checkpoints"
     last_checkpoint = last_complete_checkpoint(checkpoint_dir)
     if last_checkpoint and not resume:
@@ -78,7 +130,13 @@ def finetune(
             f"{checkpoint_dir} holds checkpoints of an earlier run ({Path(last_checkpoint).name}); pass --resume to "
             "continue it, or choose another --output-dir. Nothing was changed."
         )
-    if resume and not last_checkpoint:
+    if resume and (done := finished_run(output_dir, last_checkpoint)) is not None:
+        print(f"{output_dir} holds a finished run ({Path(last_checkpoint).name}); nothing to resume, nothing changed.")
+        return done
+    check_before_training(recipe, push, dry_run)
+    if resume and last_checkpoint:
+        print(f"Resuming from {last_checkpoint}")
+    elif resume:
         logger.warning(f"--resume: no checkpoint in {checkpoint_dir}, starting from the beginning.")
 
     set_seed(recipe.seed)
@@ -92,17 +150,17 @@ def finetune(
     arguments = training_arguments(
         recipe, checkpoint_dir, device=device, eval_each_epoch=eval_each_epoch, **task.training_arguments()
     )
+    clock = TrainingClock(last_checkpoint if resume else None)
     trainer = task.build_trainer(
         model,
         arguments,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=task.collate,
-        callbacks=trainer_callbacks(recipe, train_dataset, report_folder=output_dir / "ranks"),
+        callbacks=[*trainer_callbacks(recipe, train_dataset, report_folder=output_dir / "ranks"), clock],
     )
-    start = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
-    train_seconds = time.perf_counter() - start
+    train_seconds = clock.seconds
     if not trainer.is_world_process_zero():
         return FinetuneResult(output_dir, None)
 

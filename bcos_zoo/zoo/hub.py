@@ -4,9 +4,12 @@ The repo folder (``<output-dir>/repo``) is the exact tree that lands on the Hub,
 and a failed push leaves it intact for ``scripts/push.py`` to retry.
 """
 
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 
 class PushError(RuntimeError):
@@ -26,6 +29,37 @@ def check_push_access(repo_id: str, token: str | None = None) -> str:
         return HfApi(endpoint=constants.ENDPOINT).whoami(token=token)["name"]
     except Exception as error:  # any failure here means the push would fail later: say so before training
         raise PushError(f"Cannot use the Hub at {constants.ENDPOINT} with this token: {error}") from error
+
+
+def hub_unavailable(timeout: float = 5.0) -> str | None:
+    """Why the Hub cannot be used right now (offline mode, or no answer within ``timeout`` s), or ``None``.
+
+    Asked once, before anything that needs the Hub, so that a run without it fails at once with a clear line
+    instead of after the libraries' retries.
+    """
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # an answer, even an error page, means the Hub is there
+    except OSError as error:
+        reason = getattr(error, "reason", error)
+        return f"{constants.ENDPOINT} cannot be reached: {reason}"
+    return None
+
+
+def hub_repo_exists(repo_id: str, repo_type: str) -> bool:
+    """Whether the Hub knows ``repo_id`` (a gated or private repo exists even when this token cannot read it)."""
+    try:
+        HfApi(endpoint=constants.ENDPOINT).repo_info(repo_id, repo_type=repo_type)
+    except GatedRepoError:
+        return True
+    except RepositoryNotFoundError:
+        return False
+    except HfHubHTTPError as error:  # rate-limited, server trouble: loading it will say what is wrong
+        return getattr(error.response, "status_code", None) != 404
+    return True
 
 
 def push_folder(

@@ -1,0 +1,26 @@
+"""How the scripts end: a user's mistake is one line on stderr and exit code 2, Ctrl-C is one line (with how to
+continue, where there is a way), and anything else, a bug, keeps its full traceback."""
+
+import sys
+from collections.abc import Callable
+
+from .hub import PushError
+
+
+# What bad input raises throughout the package (ValueError, by convention), what a missing or unreadable file
+# raises, and a push the Hub refused.
+USER_ERRORS = (ValueError, OSError, PushError)
+
+
+def run_script(main: Callable[[], object], on_interrupt: str = "") -> int:
+    """Run a script's ``main``; return its exit code (0 unless ``main`` returns an int)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(f"interrupted{'; ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return code if isinstance(code, int) else 0

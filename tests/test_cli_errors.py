@@ -1,0 +1,124 @@
+"""A user's mistake ends a script with one clear line on stderr and exit code 2, at once; Ctrl-C says how to resume."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from fake_hub import FakeHub
+from training_testing import REPO, child_env, finetune_command, make_image_folder, make_vit_source
+
+
+FINETUNE = str(REPO / "scripts" / "finetune.py")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    return make_vit_source(root / "source"), make_image_folder(root / "data")
+
+
+def run_script(arguments: list[str], env: dict, cwd, script: str = FINETUNE) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, script, *arguments], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
+
+
+def one_line_error(completed: subprocess.CompletedProcess) -> str:
+    """The error line of a run that failed as a user error should: exit code 2, one line, no traceback."""
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    lines = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, completed.stderr[-3000:]
+    return lines[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def unreachable_hub_env() -> dict:
+    env = child_env(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
+    env.pop("HF_HUB_OFFLINE", None)
+    return env
+
+
+def test_missing_model_folder_is_named(inputs, tmp_path):
+    _, data = inputs
+    line = one_line_error(run_script(["--model", "./nope", "--dataset", str(data)], child_env(), tmp_path))
+    assert "./nope" in line and "does not exist" in line
+
+
+def test_missing_dataset_folder_says_what_a_dataset_folder_is(inputs, tmp_path):
+    source, _ = inputs
+    line = one_line_error(run_script(["--model", str(source), "--dataset", "./missing"], child_env(), tmp_path))
+    assert "does not exist" in line and "class sub-folders" in line
+
+
+@pytest.mark.parametrize(
+    ("hub", "expected"),
+    [("offline", "HF_HUB_OFFLINE is set"), ("unreachable", "cannot be reached")],
+)
+def test_dataset_name_that_needs_an_unavailable_hub_fails_at_once(inputs, tmp_path, hub, expected):
+    source, _ = inputs
+    env = child_env() if hub == "offline" else unreachable_hub_env()
+    start = time.monotonic()
+    line = one_line_error(run_script(["--model", str(source), "--dataset", "my_images"], env, tmp_path))
+    assert "'my_images'" in line and expected in line and "--dataset" in line
+    assert time.monotonic() - start < 60  # no retries: the import of torch and transformers is most of it
+
+
+def test_dataset_name_the_hub_does_not_know_is_refused_before_training(inputs, tmp_path):
+    source, _ = inputs
+    with FakeHub() as hub:
+        completed = run_script(["--model", str(source), "--dataset", "my_images"], hub.env(tmp_path / "h"), tmp_path)
+    line = one_line_error(completed)
+    assert "neither a local folder nor a dataset on the Hub" in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_push_while_offline_suggests_a_dry_run(inputs, tmp_path):
+    source, data = inputs
+    line = one_line_error(run_script(["--model", str(source), "--dataset", str(data), "--push"], child_env(), tmp_path))
+    assert "--dry-run" in line
+
+
+def test_dry_run_of_a_hub_recipe_offline_says_what_needs_the_hub(tmp_path):
+    line = one_line_error(run_script(["--recipe", "bcos-vit-s", "--push", "--dry-run"], child_env(), tmp_path))
+    assert "the model 'timm/vit_small_patch16_224.augreg_in21k_ft_in1k'" in line
+    assert "the dataset 'ILSVRC/imagenet-1k'" in line and "the push" not in line
+
+
+def test_other_scripts_end_user_errors_in_one_line(tmp_path):
+    evaluate = str(REPO / "scripts" / "evaluate_model.py")
+    one_line_error(run_script(["--model", "./nope"], child_env(), tmp_path, script=evaluate))
+    push = str(REPO / "scripts" / "push.py")
+    one_line_error(run_script([str(tmp_path), "--hub-model-id", "org/name"], child_env(), tmp_path, script=push))
+
+
+def test_ctrl_c_prints_the_resume_command_and_resume_finishes_the_run(inputs, tmp_path):
+    source, data = inputs
+    output = tmp_path / "out"
+    command = finetune_command(source, data, output, "--max-steps", "30", "--save-steps", "2")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    deadline = time.monotonic() + 300
+    while not (output / "checkpoints" / "checkpoint-2").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("interrupted")]
+    assert line.startswith("interrupted; continue with: python scripts/finetune.py ") and line.endswith("--resume")
+
+    resume = command + ["--resume"]
+    resumed = subprocess.run(resume, capture_output=True, text=True, env=child_env(), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout and "checkpoint-" in resumed.stdout
+    again = subprocess.run(resume, capture_output=True, text=True, env=child_env(), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "finished run" in again.stdout and "nothing to resume" in again.stdout
