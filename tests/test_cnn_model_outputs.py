@@ -1,0 +1,187 @@
+"""The B-cos CNN classes behave as transformers vision models: output flags, any image size, dtypes, losses,
+gradient checkpointing, training-mode BatchNorm; and the B-cos convolution is the formula it claims to be."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from cnn_sources import single_thread  # noqa: F401
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutputWithNoAttention,
+)
+
+from bcos_zoo import (
+    BcosDenseNetConfig,
+    BcosDenseNetForImageClassification,
+    BcosResNetConfig,
+    BcosResNetForImageClassification,
+    BcosResNetModel,
+)
+from bcos_zoo.modeling.bcos_convolution import BcosBatchNorm2d, BcosConv2d
+
+
+def resnet_config(**kwargs) -> BcosResNetConfig:
+    args = dict(embedding_size=8, hidden_sizes=[8, 16, 16], depths=[1, 1, 1], layer_type="bottleneck", num_labels=4)
+    return BcosResNetConfig(**{**args, **kwargs})
+
+
+def densenet_config(**kwargs) -> BcosDenseNetConfig:
+    return BcosDenseNetConfig(
+        **{**dict(num_init_features=8, growth_rate=4, block_config=[2, 2], num_labels=4), **kwargs}
+    )
+
+
+def reference_bcos_conv(conv: BcosConv2d, x: torch.Tensor) -> torch.Tensor:
+    """The definition, patch by patch: |cos(patch, w)|^(B-1) (w . patch), zero padding included, per group."""
+    kh, kw = conv.kernel_size
+    patches = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (N, C k k, L)
+    batch, _, length = patches.shape
+    groups, out_channels = conv.groups, conv.out_channels
+    patches = patches.view(batch, groups, -1, length)
+    weight = conv.weight.reshape(groups, out_channels // groups, -1)
+    linear = torch.einsum("gok,ngkl->ngol", weight, patches)
+    patch_norm = (patches.square().sum(dim=2, keepdim=True) + conv.eps).sqrt()
+    cosine = linear / (weight.norm(dim=2)[None, :, :, None] * patch_norm)
+    out = cosine.abs().pow(conv.b - 1) * linear
+    height = (x.shape[2] + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
+    return out.reshape(batch, out_channels, height, -1)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=3, padding=1),
+        dict(kernel_size=7, stride=2, padding=3),
+        dict(kernel_size=1, stride=2),
+        dict(kernel_size=3, padding=2, dilation=2),
+        dict(kernel_size=3, padding=1, groups=4),
+    ],
+)
+@pytest.mark.parametrize("b", [1.0, 1.5, 2.0])
+def test_bcos_convolution_is_the_patchwise_formula(kwargs, b):
+    torch.manual_seed(0)
+    conv = BcosConv2d(8, 12, b=b, **kwargs).double()
+    torch.nn.init.normal_(conv.weight)
+    x = torch.randn(2, 8, 11, 13, dtype=torch.float64)
+    expected = reference_bcos_conv(conv, x)
+    assert torch.allclose(conv(x), expected, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # the in-place path
+        assert torch.allclose(conv(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_bcos_convolution_at_b1_is_the_convolution():
+    conv = BcosConv2d(6, 5, 3, stride=2, padding=1, b=1.0, bias=True)
+    torch.nn.init.normal_(conv.weight)
+    torch.nn.init.normal_(conv.bias)
+    x = torch.randn(2, 6, 9, 9)
+    assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, 2, 1))
+
+
+@pytest.mark.parametrize("make", [lambda: resnet_config(), lambda: densenet_config()])
+def test_any_image_size_works(make):
+    config = make()
+    cls = BcosResNetForImageClassification if config.model_type == "bcos_resnet" else BcosDenseNetForImageClassification
+    model = cls(config).eval()
+    for size in ((32, 32), (37, 53), (64, 40)):
+        with torch.no_grad():
+            assert model(pixel_values=torch.rand(2, 3, *size)).logits.shape == (2, 4)
+
+
+def test_output_flags_follow_the_argument_or_else_the_config():
+    model = BcosResNetForImageClassification(resnet_config()).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(pixel_values=x)
+        assert isinstance(plain, ImageClassifierOutputWithNoAttention) and plain.hidden_states is None
+        hidden = model(pixel_values=x, output_hidden_states=True).hidden_states
+        assert [tuple(h.shape) for h in hidden] == [(2, 8, 8, 8), (2, 8, 8, 8), (2, 16, 4, 4), (2, 16, 2, 2)]
+        logits, states = model(pixel_values=x, output_hidden_states=True, return_dict=False)
+        assert torch.equal(logits, plain.logits) and len(states) == 4
+        model.config.output_hidden_states, model.config.return_dict = True, False
+        assert len(model(pixel_values=x)) == 2
+
+
+def test_backbone_outputs_are_like_transformers_resnet():
+    model = BcosResNetModel(resnet_config()).eval()
+    with torch.no_grad():
+        out = model(pixel_values=torch.rand(2, 3, 32, 32))
+        as_tuple = model(pixel_values=torch.rand(2, 3, 32, 32), return_dict=False)
+    assert isinstance(out, BaseModelOutputWithPoolingAndNoAttention)
+    assert out.last_hidden_state.shape == (2, 16, 2, 2) and out.pooler_output.shape == (2, 16, 1, 1)
+    assert len(as_tuple) == 2
+
+
+def test_pixel_values_are_cast_to_the_model_dtype():
+    model = BcosResNetForImageClassification(resnet_config()).double().eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert model(pixel_values=x).logits.dtype == torch.float64
+    assert model.explain(x).contributions.dtype == torch.float64
+
+
+def test_bfloat16_model_runs():
+    model = BcosDenseNetForImageClassification(densenet_config()).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        logits = model(pixel_values=torch.rand(2, 3, 32, 32)).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+def test_losses():
+    model = BcosResNetForImageClassification(resnet_config()).eval()
+    x, labels = torch.rand(2, 3, 32, 32), torch.tensor([1, 3])
+    logits = model(pixel_values=x).logits
+    targets = torch.full((2, 4), 0.25).scatter(1, labels[:, None], 1.0)
+    bce = model(pixel_values=x, labels=labels).loss
+    assert torch.allclose(bce, F.binary_cross_entropy_with_logits(logits, targets))
+    model.config.loss = "cross_entropy"
+    assert torch.allclose(model(pixel_values=x, labels=labels).loss, F.cross_entropy(logits, labels))
+    model.config.problem_type = "multi_label_classification"
+    multi_hot = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]])
+    assert torch.allclose(
+        model(pixel_values=x, labels=multi_hot).loss, F.binary_cross_entropy_with_logits(logits, multi_hot)
+    )
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = BcosResNetForImageClassification(resnet_config()).double().train()
+    x, labels = torch.rand(4, 3, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model(pixel_values=x, labels=labels).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.load_state_dict(state)
+    model.activation_checkpointing_enable()
+    assert all(stage.gradient_checkpointing for stage in model.bcos_resnet.encoder.stages)
+    model(pixel_values=x, labels=labels).loss.backward()
+    for name, param in model.named_parameters():
+        assert torch.allclose(param.grad, plain[name], rtol=1e-8, atol=1e-12), name
+
+
+def test_uncentered_batchnorm_tracks_the_batch_variance():
+    norm = BcosBatchNorm2d(3, centered=False, momentum=0.5).train()
+    x = torch.randn(4, 3, 5, 5) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1) + 1.0
+    out = norm(x)
+    var = x.var(dim=(0, 2, 3), unbiased=False)
+    assert torch.allclose(out, x / (var + norm.eps).sqrt().view(1, 3, 1, 1), atol=1e-6)
+    assert torch.allclose(norm.running_var, 0.5 + 0.5 * x.var(dim=(0, 2, 3), unbiased=True), atol=1e-6)
+    assert norm.running_mean is None and norm.bias is None
+
+
+def test_centered_batchnorm_is_torch_batchnorm():
+    ours, theirs = BcosBatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    x = torch.randn(4, 3, 5, 5) * 2 + 1
+    assert torch.allclose(ours.train()(x), theirs.train()(x), atol=1e-6)
+    assert torch.allclose(ours.running_mean, theirs.running_mean) and torch.allclose(
+        ours.running_var, theirs.running_var
+    )
+    assert torch.allclose(ours.eval()(x), theirs.eval()(x), atol=1e-6)
+
+
+def test_saved_model_reloads_identically(tmp_path):
+    model = BcosDenseNetForImageClassification(densenet_config()).eval()
+    model.save_pretrained(tmp_path)
+    again = BcosDenseNetForImageClassification.from_pretrained(tmp_path).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=x).logits, again(pixel_values=x).logits)
