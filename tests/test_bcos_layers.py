@@ -127,3 +127,24 @@ def test_explanation_mode_restores_the_previous_state():
 def test_unknown_activation_is_rejected():
     with pytest.raises(ValueError, match="Unsupported activation 'relu'"):
         GatedActivation("relu")
+
+
+def test_the_written_out_b2_backward_matches_autograd():
+    """Training at B = 2 takes a hand-written backward; it must be the gradient of the unit (gradcheck)."""
+    from bcos_zoo.modeling.bcos_layers import _BcosSquareLinear
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: _BcosSquareLinear.apply(a, b, 1e-12), (x, w))
+    unit = bcos_unit(2.0, bias=True)
+    inputs = torch.randn(3, unit.in_features, dtype=torch.float64, requires_grad=True)
+    unit(inputs).square().sum().backward()
+    fast = (inputs.grad.clone(), unit.weight.grad.clone(), unit.bias.grad.clone())
+    inputs.grad = None
+    unit.zero_grad()
+    linear = inputs @ unit.weight.T
+    norms = inputs.norm(dim=-1, keepdim=True) * unit.weight.norm(dim=-1)
+    (linear * linear.abs() / norms + unit.bias).square().sum().backward()
+    for a, b in zip(fast, (inputs.grad, unit.weight.grad, unit.bias.grad)):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -131,6 +132,54 @@ def _divide(out: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
     return out.div_(divisor)
 
 
+class _BcosSquareLinear(torch.autograd.Function):
+    """The B = 2 unit ``(w . x)|w . x| / (|w||x|)`` with a backward pass written out.
+
+    With ``x^ = x / sqrt|x|``, ``w^ = w / sqrt|w|`` and ``y = x^ . w^`` the output is ``y|y|``. For an upstream
+    gradient ``g`` and ``h = g|y|``, ``r = sum_j h_j y_j`` (per row) and ``c = sum_i h_i y_i`` (per output):
+    ``dx = 2 (h w^) / sqrt|x| - x^ r / |x|^1.5`` and ``dw = 2 (h^T x^) / sqrt|w| - w^ c / |w|^1.5``. Autograd would
+    chain a dozen elementwise passes through the norms; this is two matmuls and a few passes. Differentiating the
+    gradient again raises (explanations, which may, detach the norms and take the plain autograd path).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
+        weight_norm = torch.linalg.vector_norm(weight, dim=-1, keepdim=True).clamp_min(eps)
+        scaled_input = x * input_norm.rsqrt()
+        scaled_weight = weight * weight_norm.rsqrt()
+        y = F.linear(scaled_input, scaled_weight)
+        ctx.save_for_backward(scaled_input, scaled_weight, y, input_norm, weight_norm)
+        return y.abs().mul_(y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        scaled_input, scaled_weight, y, input_norm, weight_norm = ctx.saved_tensors
+        h = y.abs() * grad
+        hy = h * y
+        grad_input = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            row = hy.sum(dim=-1, keepdim=True)
+            grad_input = torch.addcmul(
+                torch.matmul(h, scaled_weight) * (2 * input_norm.rsqrt()),
+                scaled_input,
+                row / input_norm.pow(1.5),
+                value=-1,
+            )
+        if ctx.needs_input_grad[1]:
+            column = hy.reshape(-1, hy.shape[-1]).sum(dim=0)[:, None]
+            flat_h = h.reshape(-1, h.shape[-1])
+            flat_input = scaled_input.reshape(-1, scaled_input.shape[-1])
+            grad_weight = torch.addcmul(
+                torch.matmul(flat_h.T, flat_input) * (2 * weight_norm.rsqrt()),
+                scaled_weight,
+                column / weight_norm.pow(1.5),
+                value=-1,
+            )
+        return grad_input, grad_weight, None
+
+
 class BcosLinear(DynamicModule):
     """``out = |cos(x, w)|^(B-1) * (w . x) + bias``, with the pretrained, un-normalised ``w``.
 
@@ -149,6 +198,10 @@ class BcosLinear(DynamicModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.b == 1:
             return F.linear(x, self.weight, self.bias)
+        recorded = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if self.b == 2 and not self.detach_dynamic and recorded:
+            out = _BcosSquareLinear.apply(x, self.weight, self.eps)
+            return out if self.bias is None else out + self.bias
         input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
         if self.b == 2 and not self.detach_dynamic:
             # (w.x)|w.x| / (|w||x|) as y|y| / d with y = w'.x': each norm scales (by its square root) whichever is
