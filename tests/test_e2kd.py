@@ -1,0 +1,113 @@
+"""e2KD as a task: the trainer's loss is the e2KD loss to a frozen teacher (plain KD without the explanation term),
+and the task runs end to end through finetune with a teacher from a folder, for a ViT and a CNN student."""
+
+import json
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
+from bcos_zoo.data.datasets import FASHION_MNIST_DIR
+from bcos_zoo.training.explanation_distillation import ExplanationDistillationTrainer, distillation_scores
+from bcos_zoo.training.explanation_losses import differentiable_explanation, e2kd_loss
+from bcos_zoo.zoo.finetune import finetune
+from bcos_zoo.zoo.recipes import Recipe
+
+
+HAS_FASHION_MNIST = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists()
+TINY_VIT = dict(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+
+
+def tiny_vit(seed: int) -> BcosViTForImageClassification:
+    torch.manual_seed(seed)
+    return BcosViTForImageClassification(BcosViTConfig(**TINY_VIT, intermediate_size=32, num_labels=3))
+
+
+def test_trainer_loss_is_the_e2kd_loss_and_the_teacher_stays_frozen(tmp_path):
+    teacher, student = tiny_vit(1).eval().requires_grad_(False), tiny_vit(2).train()
+    pixels = torch.rand(4, 3, 16, 16)
+    arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = ExplanationDistillationTrainer(
+        model=student, args=arguments, teacher=teacher, temperature=2.0, explanation_weight=0.7
+    )
+    loss = trainer.compute_loss(student, {"pixel_values": pixels, "labels": torch.zeros(4, dtype=torch.long)})
+    taught = teacher.explain(pixels)
+    learnt = differentiable_explanation(student, pixels, taught.target)
+    expected = e2kd_loss(
+        student(pixel_values=pixels).logits,
+        taught.logits,
+        learnt.dynamic_weights,
+        taught.dynamic_weights,
+        temperature=2.0,
+        explanation_weight=0.7,
+    )["loss"]
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    loss.backward()
+    assert student.classifier.weight.grad is not None and all(p.grad is None for p in teacher.parameters())
+    scores = distillation_scores(student, teacher, [], batch_size=4)
+    assert scores == {}
+
+
+def distil(tmp_path, student_architecture: dict, explanation_weight: float) -> tuple[dict, str]:
+    teacher_recipe = Recipe(
+        name="teacher",
+        source="scratch",
+        dataset="fashion-mnist-canvas-48",
+        hub_model_id="test/teacher",
+        task="guided-classification",
+        architecture=dict(TINY_VIT, intermediate_size=32),
+        guidance_weight=0.0,
+        max_steps=1,
+        batch_size=8,
+        max_train_samples=8,
+        max_eval_samples=8,
+        save_steps=100,
+    )
+    finetune(teacher_recipe, tmp_path / "teacher", device="cpu")
+    student_recipe = Recipe(
+        name="student",
+        source="scratch",
+        dataset="fashion-mnist-decoys-48",
+        hub_model_id="test/student",
+        task="explanation-distillation",
+        architecture=student_architecture,
+        teacher=str(tmp_path / "teacher" / "repo"),
+        explanation_weight=explanation_weight,
+        max_steps=2,
+        batch_size=8,
+        max_train_samples=16,
+        max_eval_samples=8,
+        save_steps=100,
+    )
+    finetune(student_recipe, tmp_path / "student", device="cpu")
+    metrics = json.loads((tmp_path / "student" / "results.json").read_text())["metrics"]
+    return metrics, (tmp_path / "student" / "repo" / "README.md").read_text()
+
+
+@pytest.mark.skipif(not HAS_FASHION_MNIST, reason="needs Debian's IDX files")
+def test_e2kd_runs_through_finetune_with_a_teacher_folder(tmp_path):
+    metrics, card = distil(tmp_path, dict(TINY_VIT, hidden_size=8, intermediate_size=16), explanation_weight=1.0)
+    for key in ("accuracy", "teacher_accuracy", "agreement", "epg"):
+        assert 0 <= metrics[key] <= 1, key
+    assert -1 <= metrics["explanation_cosine"] <= 1
+    assert "| teacher | teacher/repo |" in card and "| explanation weight lambda_exp | 1.0 |" in card
+    rows = [line for line in card.splitlines() if line.startswith("| teacher |")]
+    assert rows and str(tmp_path) not in rows[0]  # a local teacher is named by its last path parts only
+
+
+@pytest.mark.skipif(not HAS_FASHION_MNIST, reason="needs Debian's IDX files")
+def test_a_cnn_student_learns_from_a_vit_teacher(tmp_path):
+    pytest.importorskip("bcos_zoo.modeling.modeling_bcos_resnet")
+    architecture = dict(
+        model_type="bcos_resnet",
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+        image_size=16,
+    )
+    metrics, card = distil(tmp_path, architecture, explanation_weight=1.0)
+    assert 0 <= metrics["agreement"] <= 1 and -1 <= metrics["explanation_cosine"] <= 1
+    config = json.loads((tmp_path / "student" / "repo" / "config.json").read_text())
+    assert config["model_type"] == "bcos_resnet"
