@@ -12,6 +12,7 @@ import argparse
 import json
 import shlex
 import sys
+from dataclasses import replace
 
 from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.recipes import RECIPES, Recipe, add_recipe_flags, get_recipe, recipe_overrides
@@ -34,7 +35,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The named recipe, or one made from --model and --dataset, with the given flags applied."""
     overrides = recipe_overrides(args)
     if args.recipe:
-        return get_recipe(args.recipe).with_overrides(**overrides)
+        return replace(get_recipe(args.recipe), **overrides)
     if not (args.source and args.dataset):
         raise SystemExit("error: give --recipe, or both --model and --dataset")
     name = args.source.rstrip("/").split("/")[-1]

@@ -1,5 +1,6 @@
 """A user's mistake ends a script with one clear line on stderr and exit code 2, at once; Ctrl-C says how to resume."""
 
+import json
 import signal
 import socket
 import subprocess
@@ -115,10 +116,15 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes_the_run(inputs, tm
     (line,) = [line for line in stderr.splitlines() if line.startswith("interrupted")]
     assert line.startswith("interrupted; continue with: python scripts/finetune.py ") and line.endswith("--resume")
 
+    checkpoints = sorted((output / "checkpoints").glob("checkpoint-*/training_time.json"))
+    seconds_before = json.loads(checkpoints[-1].read_text())["seconds"]
+    assert seconds_before > 0
     resume = command + ["--resume"]
     resumed = subprocess.run(resume, capture_output=True, text=True, env=child_env(), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stdout and "checkpoint-" in resumed.stdout
+    # the card and results count the time before the interruption too
+    assert json.loads((output / "results.json").read_text())["metrics"]["train_seconds"] > seconds_before
     again = subprocess.run(resume, capture_output=True, text=True, env=child_env(), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "finished run" in again.stdout and "nothing to resume" in again.stdout

@@ -39,12 +39,14 @@ def test_wheel_carries_card_templates_and_evaluate_modules(unpacked_wheel):
 def test_model_card_renders_from_an_installed_wheel(unpacked_wheel, tmp_path):
     code = """
 import bcos_zoo
+from bcos_zoo.data.datasets import DatasetSplits
 from bcos_zoo.training import TASKS
 from bcos_zoo.zoo.cards import render_model_card
 from bcos_zoo.zoo.recipes import get_recipe
 
 recipe = get_recipe("bcos-vit-s")
-card = render_model_card(recipe, TASKS[recipe.task].card, "org/bcos-vit-s", {"accuracy": 0.5}, "data", "data", "")
+data = DatasetSplits(train=[], validation=[0] * 10, class_names=["a", "b"], name="data", evaluation_split="test")
+card = render_model_card(recipe, TASKS[recipe.task].card, "org/bcos-vit-s", {"accuracy": 0.5}, data, evaluated=10)
 print(bcos_zoo.__file__)
 print("Top-1 accuracy" in card.text)
 """

@@ -9,6 +9,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 from ..conversion.common import VIT_DEFAULT_NORMALIZATION
 from ..data.preprocessing import ImageTransform, processor_transform, training_transform
 from .classification import BcosClassification
+from .task import CardFields
 
 
 class StandardClassification(BcosClassification):
@@ -16,7 +17,14 @@ class StandardClassification(BcosClassification):
     ``architecture``, or a checkpoint). Its processor normalises with transformers' ViT default mean/std."""
 
     name = "standard-classification"
-    card = None
+    card = CardFields(
+        pipeline_tag="image-classification",
+        metric_key="accuracy",
+        metric_label="Top-1 accuracy",
+        objective="cross-entropy",
+        tags=("vit",),
+        bcos=False,
+    )
 
     def build_model(self, class_names: list[str]) -> nn.Module:
         recipe = self.recipe

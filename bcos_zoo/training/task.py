@@ -33,6 +33,7 @@ class CardFields:
     metric_label: str
     objective: str
     tags: tuple[str, ...]
+    bcos: bool = True  # a B-cos model (B, biases, remote code, explanations); False for a standard source
     hyperparameters: tuple[tuple[str, object], ...] = ()  # extra (name, value) rows of the card's training table
 
 

@@ -4,16 +4,19 @@ The card's YAML header comes from ``ModelCardData``: ``EvalResult`` entries beco
 as an evaluation widget, and ``base_model`` links the card to its source checkpoint's page.
 """
 
+import json
+import re
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 
-from .recipes import Recipe
+from .recipes import Recipe, recipe_command
 
 
 if TYPE_CHECKING:
+    from ..data.datasets import DatasetSplits
     from ..training.task import CardFields
 
 
@@ -34,31 +37,66 @@ def hub_id_or_none(source: str) -> str | None:
     return source if looks_like_id and not Path(source).exists() else None
 
 
+def describe_source(source: str) -> tuple[str, str | None]:
+    """How a card names a run's source, and its Hub id (``base_model``) when the source came from the Hub.
+
+    A Hub id names itself. A local folder is named by what it is, never by its path: the Hub repo it was downloaded
+    from when its config (timm's ``pretrained_cfg.hf_hub_id``) or its place in the HF cache says so, else the model
+    name on its own model card, else its architecture.
+    """
+    if source == "scratch":
+        return "random initialisation (trained from scratch)", None
+    if hub_id_or_none(source):
+        return source, source
+    folder = Path(source).expanduser().resolve()
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    cached = re.search(r"models--([^/]+)--([^/]+)/snapshots/", folder.as_posix())
+    hub_id = (config.get("pretrained_cfg") or {}).get("hf_hub_id") or (
+        f"{cached.group(1)}/{cached.group(2)}" if cached else None
+    )
+    if hub_id:
+        return hub_id, hub_id
+    if (folder / "README.md").is_file():
+        name = ModelCard.load(folder / "README.md").data.to_dict().get("model_name")
+        if name:
+            return f"{name} (a local checkpoint)", None
+    architecture = config.get("architecture") or (config.get("architectures") or [config.get("model_type", "model")])[0]
+    return f"a local {architecture} checkpoint", None
+
+
+def evaluation_description(split: str, evaluated: int, available: int) -> str:
+    """The images the results were measured on, e.g. ``test split, 10,000 images`` or a capped subset of it."""
+    if evaluated < available:
+        return f"the first {evaluated:,} of the {available:,} images of the {split} split"
+    return f"{split} split, {evaluated:,} images"
+
+
 def render_model_card(
     recipe: Recipe,
     fields: "CardFields",
     repo_id: str,
     metrics: dict[str, float],
-    dataset_id: str,
-    dataset_name: str,
-    example_image: str,
-    base_model: str | None = None,
+    data: "DatasetSplits",
+    evaluated: int,
+    example_image: str = "",
 ) -> ModelCard:
-    """The card of a fine-tuned model: metadata, usage with ``trust_remote_code``, results, training, citations.
+    """The card of a trained model: metadata, usage, results, training, how to reproduce it, citations.
 
     ``fields`` are the task's (its headline metric, pipeline, objective, tags); ``metrics`` holds that metric and,
-    when measured, ``source_<metric>`` for the standard source, and optionally ``embedding_cosine``.
+    when measured, ``source_<metric>`` for the standard source, and optionally ``embedding_cosine``. ``evaluated``
+    is how many of ``data``'s evaluation images were measured.
     """
     metric_key, metric_label = fields.metric_key, fields.metric_label
-    base_model = base_model or hub_id_or_none(recipe.source)
+    source_name, base_model = describe_source(recipe.source)
+    evaluation = evaluation_description(data.evaluation_split, evaluated, len(data.validation))
     eval_results = []
     if metric_key in metrics:
         eval_results.append(
             EvalResult(
                 task_type=fields.pipeline_tag,
-                dataset_type=dataset_id,
-                dataset_name=dataset_name,
-                dataset_split="validation",
+                dataset_type=data.name,
+                dataset_name=data.name,
+                dataset_split=data.evaluation_split if " " not in data.evaluation_split else "validation",
                 metric_type="accuracy",
                 metric_name=metric_label,
                 metric_value=round(float(metrics[metric_key]), 4),
@@ -67,11 +105,11 @@ def render_model_card(
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
         base_model=base_model,
-        datasets=[dataset_id] if hub_id_or_none(dataset_id) else None,
+        datasets=[data.name] if hub_id_or_none(data.name) else None,
         library_name="transformers",
         pipeline_tag=fields.pipeline_tag,
         license=recipe.license,
-        tags=TAGS + list(fields.tags),
+        tags=list(fields.tags) if not fields.bcos else TAGS + list(fields.tags),
         metrics=["accuracy"],
         eval_results=eval_results or None,
     )
@@ -79,16 +117,15 @@ def render_model_card(
         {"name": name, "value": f"{100 * metrics[key]:.2f}%"}
         for name, key in (
             (f"`{repo_id}` (this model)", metric_key),
-            (f"`{base_model or Path(recipe.source).name}` (standard source)", f"source_{metric_key}"),
+            (f"`{source_name}` (standard source)", f"source_{metric_key}"),
         )
-        if key in metrics
+        if key in metrics and not (key.startswith("source_") and not fields.bcos)
     ]
     if "embedding_cosine" in metrics:
         cosine = f"{metrics['embedding_cosine']:.4f}"
         results.append({"name": "Mean cosine to the original embeddings", "value": cosine})
     hyperparameters = {
-        "B": recipe.b,
-        "biases": recipe.bias,
+        **({"B": recipe.b, "biases": recipe.bias} if fields.bcos else {}),
         "objective": fields.objective,
         "optimiser": "Adam (decoupled weight decay)",
         "learning rate": recipe.learning_rate,
@@ -100,8 +137,8 @@ def render_model_card(
         "seed": recipe.seed,
         **dict(fields.hyperparameters),
     }
-    training_summary = f"Fine-tuned with the Hugging Face `Trainer` from the `{recipe.name}` recipe. " + (
-        f"Training took {metrics['train_seconds'] / 60:.1f} minutes. " if "train_seconds" in metrics else ""
+    training_summary = f"Trained with the Hugging Face `Trainer` from the `{recipe.name}` recipe. " + (
+        f"Training took {metrics['train_seconds'] / 60:.1f} minutes in all. " if metrics.get("train_seconds") else ""
     )
     return ModelCard.from_template(
         card_data,
@@ -109,18 +146,18 @@ def render_model_card(
         model_title=repo_id.split("/")[-1],
         summary=recipe.summary,
         pipeline_tag=fields.pipeline_tag,
-        source=base_model or "/".join(Path(recipe.source).parts[-2:]),  # no local absolute paths in a public card
+        source=source_name,
         b=recipe.b,
         bias=recipe.bias,
-        dataset_name=dataset_name,
+        dataset_name=data.name,
         repo_id=repo_id,
         example_image=example_image,
         metric_label=metric_label,
-        eval_split="validation",
+        evaluation=evaluation,
         results=results,
         training_summary=training_summary,
         hyperparameters=hyperparameters,
-        recipe_name=recipe.name,
+        command=recipe_command(recipe),
     )
 
 

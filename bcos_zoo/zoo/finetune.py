@@ -180,8 +180,8 @@ def finetune(
             task.card,
             repo_id=repo_id,
             metrics=metrics,
-            dataset_id=data.name,
-            dataset_name=data.name,
+            data=data,
+            evaluated=len(eval_dataset),
             example_image=f"examples/{examples[0]}" if examples else "",
         )
         card.save(repo_dir / "README.md")

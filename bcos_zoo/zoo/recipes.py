@@ -12,8 +12,11 @@ adaptive gradient clipping, B=2, biases removed) and need GPUs and the gated Ima
 
 import argparse
 import json
+import os
+import shlex
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
 from types import UnionType
 from typing import Union, get_args, get_origin, get_type_hints
 
@@ -73,6 +76,9 @@ class Recipe:
         return replace(self, **{key: value for key, value in overrides.items() if value is not None})
 
 
+_NONE = object()  # "--label-column none": an explicit None, unlike an absent flag
+
+
 def _parser_type(annotation) -> tuple[Callable, dict]:
     """argparse ``type`` and extra keywords for a recipe field's annotation."""
     args = [arg for arg in get_args(annotation) if arg is not type(None)]
@@ -82,7 +88,7 @@ def _parser_type(annotation) -> tuple[Callable, dict]:
     if base is dict:
         return json.loads, {}
     if annotation == str | None:
-        return (lambda value: None if value.lower() == "none" else value), {}
+        return (lambda value: _NONE if value.lower() == "none" else value), {}
     return base, {}
 
 
@@ -97,10 +103,10 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def recipe_overrides(namespace: argparse.Namespace) -> dict:
-    """The recipe fields given on the command line."""
-    return {
-        spec.name: getattr(namespace, spec.name) for spec in fields(Recipe) if getattr(namespace, spec.name) is not None
-    }
+    """The recipe fields given on the command line (for ``dataclasses.replace``; ``none`` gives ``None``)."""
+    given = {spec.name: getattr(namespace, spec.name) for spec in fields(Recipe)}
+    given = {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
+    return {name: None if value is _NONE else value for name, value in given.items() if value is not None}
 
 
 IMAGENET = "ILSVRC/imagenet-1k"  # gated on the Hub: accept its terms and log in first
@@ -207,6 +213,7 @@ RECIPES: dict[str, Recipe] = {
             warmup_ratio=0.1,
             agc_clip=0.0,
             crop_scale=(0.8, 1.0),
+            card_template="standard_model_card.md",
             summary="The small standard ViT (patch 4, 32 px) that bcos-vit-fashion-mnist starts from, from scratch.",
         ),
         Recipe(
@@ -258,6 +265,30 @@ RECIPES: dict[str, Recipe] = {
         ),
     ]
 }
+
+
+def _flag_values(value) -> list[str]:
+    if isinstance(value, (tuple, list)):
+        return [str(item) for item in value]
+    if isinstance(value, dict):
+        return [json.dumps(value)]
+    if isinstance(value, str) and Path(value).is_absolute():  # a public card shows no local absolute path
+        relative = os.path.relpath(value)
+        return [relative if not relative.startswith("..") else f"<folder {Path(value).name}>"]
+    return ["none" if value is None else str(value)]
+
+
+def recipe_command(recipe: Recipe) -> str:
+    """The command that runs ``recipe`` exactly: its catalogue name and every field that differs from the catalogue
+    (or, for a recipe not in the catalogue, every field that differs from the defaults)."""
+    base = RECIPES.get(recipe.name)
+    arguments = ["--recipe", recipe.name] if base is not None else []
+    for spec in fields(Recipe):
+        value = getattr(recipe, spec.name)
+        reference = getattr(base, spec.name) if base is not None else spec.default
+        if value != reference and not (base is not None and spec.name == "name"):
+            arguments += [f"--{spec.name.replace('_', '-')}", *_flag_values(value)]
+    return "python scripts/finetune.py " + shlex.join(arguments)
 
 
 def get_recipe(name: str) -> Recipe:

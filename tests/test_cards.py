@@ -1,0 +1,98 @@
+"""What a model card says is what was measured: the source by name, the split as it is, the exact command."""
+
+import json
+import shlex
+import sys
+from dataclasses import replace
+
+import pytest
+from huggingface_hub import ModelCard
+from sources import hf_vit, save_hf_source
+from training_testing import REPO, make_image_folder
+
+from bcos_zoo.data.datasets import DatasetSplits
+from bcos_zoo.training import TASKS
+from bcos_zoo.zoo.cards import describe_source, evaluation_description, render_model_card
+from bcos_zoo.zoo.finetune import finetune
+from bcos_zoo.zoo.recipes import RECIPES, Recipe, recipe_command
+
+
+sys.path.insert(0, str(REPO / "scripts"))
+import finetune as finetune_script  # noqa: E402
+
+
+def fashion_like(evaluation_split: str = "test") -> DatasetSplits:
+    return DatasetSplits([], [None] * 10_000, ["a", "b"], "zalando-datasets/fashion_mnist", evaluation_split)
+
+
+def test_a_local_folder_is_named_by_its_architecture_not_its_path(tmp_path):
+    folder = tmp_path / "vit-fashion-mnist" / "repo"
+    save_hf_source(hf_vit(labels=3), folder, (0.5,) * 3, (0.5,) * 3)
+    name, base_model = describe_source(str(folder))
+    assert name == "a local ViTForImageClassification checkpoint" and base_model is None
+    assert "repo" not in name and "fashion" not in name
+
+
+def test_a_local_folder_with_a_model_card_is_named_by_it(tmp_path):
+    folder = tmp_path / "repo"
+    save_hf_source(hf_vit(labels=3), folder, (0.5,) * 3, (0.5,) * 3)
+    (folder / "README.md").write_text("---\nmodel_name: vit-fashion-mnist\n---\n# A model\n")
+    assert describe_source(str(folder)) == ("vit-fashion-mnist (a local checkpoint)", None)
+
+
+def test_a_source_downloaded_from_the_hub_keeps_its_hub_id(tmp_path):
+    timm_folder = tmp_path / "timm"
+    timm_folder.mkdir()
+    pretrained = {"hf_hub_id": "timm/vit_small_patch16_224.augreg_in21k_ft_in1k", "mean": [0.5] * 3}
+    (timm_folder / "config.json").write_text(json.dumps({"architecture": "vit_small", "pretrained_cfg": pretrained}))
+    assert describe_source(str(timm_folder))[1] == "timm/vit_small_patch16_224.augreg_in21k_ft_in1k"
+    cached = tmp_path / "hub" / "models--google--vit-base-patch16-224" / "snapshots" / "abc123"
+    save_hf_source(hf_vit(labels=3), cached, (0.5,) * 3, (0.5,) * 3)
+    assert describe_source(str(cached)) == ("google/vit-base-patch16-224", "google/vit-base-patch16-224")
+    assert describe_source("google/vit-base-patch16-224")[1] == "google/vit-base-patch16-224"
+
+
+def test_card_names_the_test_split_and_a_capped_evaluation():
+    recipe = RECIPES["bcos-vit-fashion-mnist"]
+    card = render_model_card(recipe, TASKS["classification"].card, "org/m", {"accuracy": 0.5}, fashion_like(), 10_000)
+    assert "test split, 10,000 images" in card.text and "validation" not in card.text
+    assert card.data.eval_results[0].dataset_split == "test"
+    capped = render_model_card(recipe, TASKS["classification"].card, "org/m", {"accuracy": 0.5}, fashion_like(), 500)
+    assert "the first 500 of the 10,000 images of the test split" in capped.text
+    assert evaluation_description("validation", 7, 7) == "validation split, 7 images"
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_reproduce_command_rebuilds_the_recipe_with_its_overrides(name):
+    recipe = replace(RECIPES[name], epochs=2.5, crop_scale=(0.3, 0.9), label_column=None, seed=7)
+    command = recipe_command(recipe)
+    assert command.startswith(f"python scripts/finetune.py --recipe {name} ")
+    arguments = finetune_script.parse_args(shlex.split(command)[2:])
+    assert finetune_script.recipe_from_args(arguments) == recipe
+
+
+def test_reproduce_command_of_a_recipe_outside_the_catalogue_names_everything():
+    recipe = Recipe(name="mine", source="org/vit", dataset="./images", hub_model_id="me/mine", learning_rate=3e-4)
+    arguments = finetune_script.parse_args(shlex.split(recipe_command(recipe))[2:])
+    assert finetune_script.recipe_from_args(arguments) == recipe
+
+
+def test_standard_source_gets_its_own_card(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    architecture = dict(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    recipe = RECIPES["vit-fashion-mnist"].with_overrides(
+        dataset=str(data), architecture=architecture, max_steps=2, batch_size=8, save_steps=2
+    )
+    result = finetune(recipe, tmp_path / "out", device="cpu")
+    card = ModelCard.load(result.repo_dir / "README.md")
+    assert "trust_remote_code" not in card.text and "b-cos" not in card.data.tags
+    assert card.data.eval_results[0].metric_value == pytest.approx(result.metrics["accuracy"], abs=1e-4)
+    assert "--recipe vit-fashion-mnist" in card.text and "--max-steps 2" in card.text
+
+
+def test_reproduce_command_shows_no_absolute_local_path(tmp_path):
+    recipe = Recipe(name="mine", source=str(tmp_path / "source"), dataset="./images", hub_model_id="me/mine")
+    command = recipe_command(recipe)
+    assert str(tmp_path) not in command and "<folder source>" in command and "./images" in command
