@@ -1,7 +1,9 @@
 r"""Accuracy and localisation of a B-cos model, and of post-hoc explanations of its standard source, side by side.
 
-    python scripts/evaluate_model.py --model outputs/bcos-vit-s --source outputs/vit-s --dataset fashion-mnist \
-        --num-grids 50 --output-dir outputs/evaluation
+    python scripts/evaluate_model.py --model outputs/bcos-vit-fashion-mnist/repo \
+        --source outputs/vit-fashion-mnist/repo --dataset fashion-mnist --num-grids 50 --output-dir outputs/evaluation
+
+(the two folders are what the main job, scripts/fashion_mnist.py, writes; any B-cos model folder or Hub id works)
 
 For each model: top-1 accuracy on the split; the grid pointing game (GridPG) on ``--num-grids`` grids of
 ``--grid-size`` x ``--grid-size`` images of distinct classes, each classified correctly with softmax confidence
