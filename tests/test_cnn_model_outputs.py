@@ -185,3 +185,21 @@ def test_saved_model_reloads_identically(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(pixel_values=x).logits, again(pixel_values=x).logits)
+
+
+def test_inference_path_follows_weight_updates():
+    """The inference path caches BatchNorm folded into the weights; changing any of them must not serve stale ones."""
+    torch.manual_seed(0)
+    model = BcosResNetForImageClassification(resnet_config(use_bias=True)).double().eval()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        model(pixel_values=x)
+        for module in model.modules():
+            if isinstance(module, BcosBatchNorm2d):
+                module.running_var.mul_(2.0)
+                module.bias.add_(0.1)
+            elif isinstance(module, BcosConv2d):
+                module.weight.mul_(1.5)
+        fast = model(pixel_values=x).logits
+    reference = model(pixel_values=x).logits.detach()  # autograd path, no cache
+    assert torch.allclose(fast, reference, rtol=1e-10, atol=1e-12)

@@ -73,9 +73,7 @@ class BcosConv2d(DynamicModule):
         if (kh, kw) == (1, 1) and self.padding == (0, 0):
             sums = squares[:, :, :: self.stride[0], :: self.stride[1]]
         elif self.dilation == (1, 1) and 2 * self.padding[0] <= kh and 2 * self.padding[1] <= kw:
-            sums = F.avg_pool2d(squares, self.kernel_size, self.stride, self.padding, count_include_pad=True) * (
-                kh * kw
-            )
+            sums = F.avg_pool2d(squares, self.kernel_size, self.stride, self.padding, divisor_override=1)
         else:
             ones = squares.new_ones(self.groups, 1, kh, kw)
             sums = F.conv2d(squares, ones, None, self.stride, self.padding, self.dilation, self.groups)
@@ -235,17 +233,33 @@ class BcosConvNormAct(nn.Module):
         ``o |o| = s (w * x)|w * x| / |w|`` because ``y |y|`` is odd. And ``relu(o |o| / n) = relu(o)^2 / n`` for the
         positive patch norm ``n``, so conv, B-cos factor, BatchNorm and ReLU take three in-place passes.
         """
-        conv, norm = self.convolution, self.normalization
-        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-        factor = scale.sign() * (scale.abs() / conv.weight_norms()).sqrt()
-        out = conv._conv(x, conv.weight * factor.view(-1, 1, 1, 1))
+        conv = self.convolution
+        weight, shift = self._folded_weight()
+        out = conv._conv(x, weight)
         norms = conv._per_output(conv.patch_norms(x), out)
-        if norm.centered:
-            out = out.mul_(out.abs().div_(norms)).add_((norm.bias - norm.running_mean * scale).view(1, -1, 1, 1))
+        if shift is not None:
+            out = out.mul_(out.abs().div_(norms)).add_(shift)
             return out.relu_() if self.activation else out
         if self.activation:
             return out.relu_().square_().div_(norms)
         return out.mul_(out.abs().div_(norms))
+
+    def _folded_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The convolution weight with BatchNorm's scale folded in (and the shift), cached until any of the tensors
+        they come from changes (an optimiser step or a load bumps their version)."""
+        conv, norm = self.convolution, self.normalization
+        sources = [conv.weight, norm.weight, norm.running_var, norm.bias, norm.running_mean]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources if t is not None)
+        cached = getattr(self, "_folded", None)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        with torch.no_grad():
+            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+            factor = scale.sign() * (scale.abs() / conv.weight_norms()).sqrt()
+            weight = conv.weight * factor.view(-1, 1, 1, 1)
+            shift = None if not norm.centered else (norm.bias - norm.running_mean * scale).view(1, -1, 1, 1)
+        self._folded = (key, weight, shift)
+        return weight, shift
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self._fusable(hidden_states):

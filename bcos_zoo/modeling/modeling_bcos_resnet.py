@@ -20,6 +20,13 @@ from .configuration_bcos_resnet import BcosResNetConfig
 from .explanation import BcosExplanation, compute_explanation
 
 
+def residual_relu(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``relu(branch + shortcut)``; in place when no autograd graph is being recorded."""
+    if torch.is_grad_enabled():
+        return torch.relu(branch + shortcut)
+    return branch.add_(shortcut).relu_()
+
+
 class BcosResNetEmbeddings(nn.Module):
     """The stem: a 7x7 stride-2 B-cos convolution of the ``[x, 1 - x]`` image, BatchNorm, ReLU, 3x3 pooling."""
 
@@ -54,7 +61,7 @@ class BcosResNetBasicLayer(nn.Module):
         )
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.layer(hidden_state) + self.shortcut(hidden_state))
+        return residual_relu(self.layer(hidden_state), self.shortcut(hidden_state))
 
 
 class BcosResNetBottleNeckLayer(nn.Module):
@@ -74,7 +81,7 @@ class BcosResNetBottleNeckLayer(nn.Module):
         )
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.layer(hidden_state) + self.shortcut(hidden_state))
+        return residual_relu(self.layer(hidden_state), self.shortcut(hidden_state))
 
 
 class BcosResNetStage(GradientCheckpointingLayer):
