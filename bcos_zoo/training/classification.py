@@ -7,27 +7,31 @@ import logging
 import numpy as np
 from torch import nn
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import AutoConfig, AutoModelForImageClassification, Trainer, TrainingArguments
 
+from ..conversion import bcos_classifier_class
 from ..data.datasets import DatasetSplits
-from ..modeling.bcos_layers import BcosLinear
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
 
 
 logger = logging.getLogger(__name__)
 
 
-def name_classes(model: nn.Module, class_names: list[str]) -> None:
-    """Name the classes after the data; a model with another number of classes gets a new (B-cos) head."""
+def name_classes(model: nn.Module, class_names: list[str]) -> nn.Module:
+    """Name the classes after the data. A model with another number of classes gets a new head: the same model
+    with ``num_labels`` changed, every weight but the classifier's copied over (any B-cos family)."""
     config = model.config
     if config.num_labels != len(class_names):
         logger.warning(f"The source has {config.num_labels} classes, the data {len(class_names)}: new classifier head.")
-        old = model.classifier
-        model.classifier = BcosLinear(old.in_features, len(class_names), bias=old.bias is not None, b=config.b)
-        model.classifier.to(old.weight.device, old.weight.dtype)
         config.num_labels = len(class_names)
+        fresh = type(model)(config).to(model.device, model.dtype)
+        backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+        missing, _ = fresh.load_state_dict(backbone, strict=False)
+        assert all(key.startswith("classifier.") for key in missing), missing
+        model = fresh
     config.id2label = dict(enumerate(class_names))
     config.label2id = {name: index for index, name in enumerate(class_names)}
+    return model
 
 
 def accuracy_metrics(eval_prediction) -> dict[str, float]:
@@ -59,27 +63,30 @@ class BcosClassification(Task):
     )
 
     def build_model(self, class_names: list[str]) -> nn.Module:
-        from .. import BcosViTConfig, BcosViTForImageClassification
+        """A B-cos classifier of any family: from scratch (``architecture``, with a ``model_type`` such as
+        ``"bcos_resnet"``; a B-cos ViT without one), a B-cos checkpoint as it is, or a B-cosified standard one."""
+        import bcos_zoo  # registers the B-cos families with the Auto classes
 
         recipe = self.recipe
         if recipe.source == "scratch":  # the papers' baseline for B-cosification
             if not recipe.architecture:
                 raise ValueError(f"recipe {recipe.name!r} trains from scratch but gives no architecture")
-            config = BcosViTConfig(**recipe.architecture, b=recipe.b, num_labels=len(class_names))
-            model = BcosViTForImageClassification(config)
+            architecture = dict(recipe.architecture)
+            model_type = architecture.pop("model_type", bcos_zoo.BcosViTConfig.model_type)
+            config = AutoConfig.for_model(model_type, **architecture, b=recipe.b, num_labels=len(class_names))
+            model = AutoModelForImageClassification.from_config(config)
         elif source_model_type(recipe.source) in BCOS_MODEL_TYPES:
-            model = BcosViTForImageClassification.from_pretrained(recipe.source)
+            model = AutoModelForImageClassification.from_pretrained(recipe.source)
         else:
-            model = BcosViTForImageClassification.from_pretrained_standard(recipe.source, b=recipe.b, bias=recipe.bias)
-        name_classes(model, class_names)
-        return model
+            bcos_class = bcos_classifier_class(recipe.source)
+            model = bcos_class.from_pretrained_standard(recipe.source, b=recipe.b, bias=recipe.bias)
+        return name_classes(model, class_names)
 
     def source_model(self) -> nn.Module | None:
-        from .. import BcosViTForImageClassification
-
         if self.recipe.source == "scratch" or source_model_type(self.recipe.source) in BCOS_MODEL_TYPES:
             return None
-        return BcosViTForImageClassification.from_pretrained_standard(self.recipe.source, b=1.0, bias="keep")
+        bcos_class = bcos_classifier_class(self.recipe.source)
+        return bcos_class.from_pretrained_standard(self.recipe.source, b=1.0, bias="keep")
 
     def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
         return Trainer(model=model, args=arguments, compute_metrics=accuracy_metrics, **common)

@@ -14,44 +14,15 @@ from collections import defaultdict
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from transformers import AutoConfig, AutoModelForImageClassification, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from ..data.boxes import BoxedImages, BoxTransform, box_training_transform, collate_boxed
 from ..data.datasets import DatasetSplits
 from ..data.decoys import load_boxed_splits
 from ..data.preprocessing import model_transform
-from ..zoo.recipes import Recipe
-from .classification import BcosClassification, accuracy_metrics, name_classes
+from .classification import BcosClassification, accuracy_metrics
 from .explanation_losses import INPUT_LAYER, energy_loss, guidance_contributions
-from .task import CardFields, source_model_type
-
-
-def is_bcos_checkpoint(source: str) -> bool:
-    """Whether ``source`` (folder or Hub id) holds a B-cos model of any family the zoo registers."""
-    return source != "scratch" and str(source_model_type(source) or "").startswith("bcos_")
-
-
-def build_bcos_classifier(recipe: Recipe, class_names: list[str]) -> nn.Module:
-    """The B-cos image classifier a recipe names, of any registered family.
-
-    A B-cos checkpoint loads through ``AutoModelForImageClassification`` (the class its ``model_type`` names); from
-    scratch, ``architecture`` may name a ``model_type`` (``"bcos_resnet"``, ...; a B-cos ViT otherwise); a standard
-    checkpoint is B-cosified as the classification task does.
-    """
-    import bcos_zoo  # noqa: F401  (registers the B-cos classes with the Auto classes)
-
-    architecture = dict(recipe.architecture or {})
-    if recipe.source == "scratch" and "model_type" in architecture:
-        config = AutoConfig.for_model(
-            architecture.pop("model_type"), **architecture, b=recipe.b, num_labels=len(class_names)
-        )
-        model = AutoModelForImageClassification.from_config(config)
-    elif is_bcos_checkpoint(recipe.source):
-        model = AutoModelForImageClassification.from_pretrained(recipe.source)
-    else:
-        return BcosClassification(recipe).build_model(class_names)
-    name_classes(model, class_names)
-    return model
+from .task import CardFields
 
 
 def processor_box_transform(model: nn.Module) -> BoxTransform:
@@ -178,9 +149,6 @@ class GuidedClassification(BcosClassification):
                 ("share of training images with boxes", recipe.box_fraction),
             ),
         )
-
-    def build_model(self, class_names: list[str]) -> nn.Module:
-        return build_bcos_classifier(self.recipe, class_names)
 
     def load_data(self) -> DatasetSplits:
         recipe = self.recipe

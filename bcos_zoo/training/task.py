@@ -20,7 +20,7 @@ from ..zoo.recipes import Recipe
 
 
 # model_type of the checkpoints a run continues as they are, instead of B-cosifying them
-BCOS_MODEL_TYPES = {"bcos_vit", "bcos_clip", "bcos_clip_vision_model"}
+BCOS_MODEL_TYPES = {"bcos_vit", "bcos_clip", "bcos_clip_vision_model", "bcos_resnet", "bcos_densenet"}
 EXAMPLE_COUNT = 4
 
 

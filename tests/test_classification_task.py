@@ -1,0 +1,64 @@
+"""The classification task trains a B-cos classifier of any family: ViT, ResNet or DenseNet, converted or from
+scratch, with a new head when the data has another number of classes."""
+
+import pytest
+import torch
+from cnn_sources import hf_resnet, save_timm, timm_cnn
+from sources import hf_vit, save_hf_source
+
+from bcos_zoo import BcosDenseNetForImageClassification, BcosResNetForImageClassification, BcosViTForImageClassification
+from bcos_zoo.conversion import bcos_classifier_class
+from bcos_zoo.training import get_task
+from bcos_zoo.zoo.recipes import Recipe
+
+
+def recipe(source: str, **fields) -> Recipe:
+    return Recipe(name="run", source=source, dataset="unused", hub_model_id="org/run", **fields)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    save_hf_source(hf_vit(labels=3), root / "vit", (0.5,) * 3, (0.5,) * 3)
+    hf_resnet(labels=3).save_pretrained(root / "hf_resnet")
+    save_timm(timm_cnn("resnet18", labels=3), root / "timm_resnet18")
+    save_timm(timm_cnn("densenet121", labels=3), root / "timm_densenet121")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("folder", "expected"),
+    [
+        ("vit", BcosViTForImageClassification),
+        ("hf_resnet", BcosResNetForImageClassification),
+        ("timm_resnet18", BcosResNetForImageClassification),
+        ("timm_densenet121", BcosDenseNetForImageClassification),
+    ],
+)
+def test_a_standard_source_becomes_the_bcos_classifier_of_its_family(sources, folder, expected):
+    assert bcos_classifier_class(str(sources / folder)) is expected
+    model = get_task(recipe(str(sources / folder))).build_model(["a", "b", "c"])
+    assert type(model) is expected and model.config.id2label == {0: "a", 1: "b", 2: "c"}
+
+
+def test_an_unsupported_source_names_the_supported_families(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "swin"}')
+    with pytest.raises(ValueError, match="supported: transformers ViT and ResNet"):
+        bcos_classifier_class(str(tmp_path))
+
+
+def test_a_new_head_keeps_every_backbone_weight(sources):
+    converted = BcosResNetForImageClassification.from_pretrained_standard(str(sources / "timm_resnet18"))
+    model = get_task(recipe(str(sources / "timm_resnet18"))).build_model(["a", "b", "c", "d", "e", "f"])
+    assert model.config.num_labels == 6 and model.classifier.weight.shape[0] == 6
+    for name, value in converted.state_dict().items():
+        if not name.startswith("classifier."):
+            torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_cnn_from_scratch_is_named_by_its_model_type():
+    architecture = dict(model_type="bcos_resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])
+    model = get_task(recipe("scratch", architecture=architecture)).build_model(["a", "b"])
+    assert type(model) is BcosResNetForImageClassification and model.config.num_labels == 2
+    logits = model(pixel_values=torch.rand(2, 3, 24, 24)).logits
+    assert logits.shape == (2, 2)
