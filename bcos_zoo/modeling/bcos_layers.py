@@ -203,6 +203,14 @@ class BcosLinear(DynamicModule):
             out = _BcosSquareLinear.apply(x, self.weight, self.eps)
             return out if self.bias is None else out + self.bias
         input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
+        if self.b == 2 and self.detach_dynamic:
+            # y * stop_gradient(|y|) with y = (x / sqrt|x|) . (w / sqrt|w|) and both norms detached: the value is the
+            # unit's, the gradient is |cos| w, and only built-in ops are differentiated (so a gradient with respect
+            # to the input alone skips the weight's matmul, and explanations can be differentiated again).
+            weight_norm = torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
+            y = F.linear(x * input_norm.rsqrt().detach(), self.weight * weight_norm.rsqrt().detach())
+            out = y * y.detach().abs()
+            return out if self.bias is None else out + self.bias
         if self.b == 2 and not self.detach_dynamic:
             # (w.x)|w.x| / (|w||x|) as y|y| / d with y = w'.x': each norm scales (by its square root) whichever is
             # smaller, its operand of the matmul or the output, so the extra passes over memory are the short ones.
@@ -264,7 +272,7 @@ class BcosLayerNorm(DynamicModule):
 
 
 def _gelu_gate(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+    return torch.special.ndtr(x)  # the standard normal CDF, 0.5 (1 + erf(x / sqrt 2)), in one pass
 
 
 def _gelu_tanh_gate(x: torch.Tensor) -> torch.Tensor:
