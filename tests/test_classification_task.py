@@ -62,3 +62,28 @@ def test_a_cnn_from_scratch_is_named_by_its_model_type():
     assert type(model) is BcosResNetForImageClassification and model.config.num_labels == 2
     logits = model(pixel_values=torch.rand(2, 3, 24, 24)).logits
     assert logits.shape == (2, 2)
+
+
+def test_a_cnn_fine_tunes_end_to_end_with_its_card_and_examples(sources, tmp_path):
+    from huggingface_hub import ModelCard
+    from training_testing import make_image_folder
+
+    from bcos_zoo.zoo.finetune import finetune
+
+    data = make_image_folder(tmp_path / "data", size=40)
+    run = Recipe(
+        name="bcos-tiny-resnet",
+        source=str(sources / "timm_resnet18"),
+        dataset=str(data),
+        hub_model_id="org/bcos-tiny-resnet",
+        max_steps=3,
+        batch_size=8,
+        save_steps=3,
+    )
+    result = finetune(run, tmp_path / "out", device="cpu")
+    card = ModelCard.load(result.repo_dir / "README.md")
+    assert "B-cos](https://arxiv.org/abs/2306.10898) ResNet" in card.text and "resnet" in card.data.tags
+    assert {"accuracy", "source_accuracy"} <= set(result.metrics)
+    assert list((result.repo_dir / "examples").glob("*.png"))
+    reloaded = BcosResNetForImageClassification.from_pretrained(result.repo_dir)
+    assert reloaded.config.id2label[0] == "blue"

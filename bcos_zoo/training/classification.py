@@ -59,7 +59,7 @@ class BcosClassification(Task):
         metric_key="accuracy",
         metric_label="Top-1 accuracy",
         objective="BCE with uniform off-labels",
-        tags=("vit",),
+        tags=(),
     )
 
     def build_model(self, class_names: list[str]) -> nn.Module:

@@ -22,7 +22,7 @@ class StandardClassification(BcosClassification):
         metric_key="accuracy",
         metric_label="Top-1 accuracy",
         objective="cross-entropy",
-        tags=("vit",),
+        tags=(),
         bcos=False,
     )
 

@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 
 
 TAGS = ["custom_code", "b-cos", "interpretability", "explainability", "vision"]
+# How a card names each model family (by config model_type), and the family's Hub tag.
+FAMILIES = {
+    "bcos_vit": ("vision transformer", "vit"),
+    "bcos_clip": ("CLIP model", "clip"),
+    "bcos_resnet": ("ResNet", "resnet"),
+    "bcos_densenet": ("DenseNet", "densenet"),
+    "vit": ("vision transformer", "vit"),
+}
 
 
 def template_path(name: str) -> Path:
@@ -79,13 +87,16 @@ def render_model_card(
     data: "DatasetSplits",
     evaluated: int,
     example_image: str = "",
+    model_type: str = "bcos_vit",
 ) -> ModelCard:
     """The card of a trained model: metadata, usage, results, training, how to reproduce it, citations.
 
     ``fields`` are the task's (its headline metric, pipeline, objective, tags); ``metrics`` holds that metric and,
     when measured, ``source_<metric>`` for the standard source, and optionally ``embedding_cosine``. ``evaluated``
-    is how many of ``data``'s evaluation images were measured.
+    is how many of ``data``'s evaluation images were measured; ``model_type`` (the trained model's config) names the
+    model family.
     """
+    family, family_tag = FAMILIES.get(model_type, ("network", model_type))
     metric_key, metric_label = fields.metric_key, fields.metric_label
     source_name, base_model = describe_source(recipe.source)
     evaluation = evaluation_description(data.evaluation_split, evaluated, len(data.validation))
@@ -109,7 +120,7 @@ def render_model_card(
         library_name="transformers",
         pipeline_tag=fields.pipeline_tag,
         license=recipe.license,
-        tags=list(fields.tags) if not fields.bcos else TAGS + list(fields.tags),
+        tags=([] if not fields.bcos else TAGS) + [family_tag, *fields.tags],
         metrics=["accuracy"],
         eval_results=eval_results or None,
     )
@@ -146,6 +157,8 @@ def render_model_card(
         model_title=repo_id.split("/")[-1],
         summary=recipe.summary,
         pipeline_tag=fields.pipeline_tag,
+        family=family,
+        from_scratch=recipe.source == "scratch",
         source=source_name,
         b=recipe.b,
         bias=recipe.bias,

@@ -183,6 +183,7 @@ def finetune(
             data=data,
             evaluated=len(eval_dataset),
             example_image=f"examples/{examples[0]}" if examples else "",
+            model_type=model.config.model_type,
         )
         card.save(repo_dir / "README.md")
     history = [entry for entry in trainer.state.log_history if "eval_loss" in entry or "eval_accuracy" in entry]

@@ -121,6 +121,16 @@ _IMAGENET_VIT = dict(
     agc_clip=0.01,
     save_steps=2000,
 )
+# The B-cosification paper's CNN recipe: B = 2, biases removed, Adam lr 1e-4, cosine, 90 epochs, batch 256, AGC.
+_IMAGENET_CNN = dict(
+    dataset=IMAGENET,
+    epochs=90.0,
+    learning_rate=1e-4,
+    batch_size=256,
+    warmup_ratio=0.0,
+    agc_clip=0.01,
+    save_steps=2000,
+)
 _CLIP_DISTILLATION = dict(
     task="clip-distillation",
     epochs=30.0,
@@ -173,6 +183,27 @@ RECIPES: dict[str, Recipe] = {
             hub_model_id="bcos-zoo/bcos-vit-b",
             summary="ViT-B/16 (google) B-cosified on ImageNet-1k.",
             **_IMAGENET_VIT,
+        ),
+        Recipe(
+            name="bcos-resnet18",
+            source="timm/resnet18.tv_in1k",
+            hub_model_id="bcos-zoo/bcos-resnet18",
+            summary="ResNet-18 (torchvision weights) B-cosified on ImageNet-1k.",
+            **_IMAGENET_CNN,
+        ),
+        Recipe(
+            name="bcos-resnet50",
+            source="timm/resnet50.tv_in1k",
+            hub_model_id="bcos-zoo/bcos-resnet50",
+            summary="ResNet-50 (torchvision weights) B-cosified on ImageNet-1k.",
+            **_IMAGENET_CNN,
+        ),
+        Recipe(
+            name="bcos-densenet121",
+            source="timm/densenet121.tv_in1k",
+            hub_model_id="bcos-zoo/bcos-densenet121",
+            summary="DenseNet-121 (torchvision weights) B-cosified on ImageNet-1k.",
+            **_IMAGENET_CNN,
         ),
         Recipe(
             name="bcos-clip-vit-b32",
