@@ -87,3 +87,38 @@ def test_a_cnn_fine_tunes_end_to_end_with_its_card_and_examples(sources, tmp_pat
     assert list((result.repo_dir / "examples").glob("*.png"))
     reloaded = BcosResNetForImageClassification.from_pretrained(result.repo_dir)
     assert reloaded.config.id2label[0] == "blue"
+
+
+def test_a_standard_resnet_trained_here_is_b_cosified_exactly(tmp_path):
+    from PIL import Image
+    from training_testing import make_image_folder
+    from transformers import AutoModelForImageClassification
+
+    from bcos_zoo.zoo.finetune import finetune
+
+    data = make_image_folder(tmp_path / "data", size=32)
+    architecture = dict(model_type="resnet", image_size=32, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])
+    run = Recipe(
+        name="resnet-tiny",
+        source="scratch",
+        dataset=str(data),
+        hub_model_id="org/resnet-tiny",
+        task="standard-classification",
+        architecture=architecture,
+        max_steps=3,
+        batch_size=8,
+        save_steps=3,
+        agc_clip=0.0,
+    )
+    result = finetune(run, tmp_path / "out", device="cpu")
+    standard_task = get_task(run)
+    standard = AutoModelForImageClassification.from_pretrained(result.repo_dir).eval()
+    converted = BcosResNetForImageClassification.from_pretrained_standard(
+        str(result.repo_dir), b=1.0, bias="keep"
+    ).eval()
+    image = Image.open(next((data / "red").iterdir()))
+    with torch.no_grad():
+        expected = standard(pixel_values=standard_task.eval_transform(standard)(image)[None]).logits
+        pixel_values = converted.default_image_processor()(image, return_tensors="pt").pixel_values
+        logits = converted(pixel_values=pixel_values).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)

@@ -1,10 +1,11 @@
-"""Training a standard (not B-cos) transformers ViT classifier, from scratch or from a checkpoint: the sources that
-the offline recipes and the reproductions B-cosify. It sees normalised images, as standard models do."""
+"""Training a standard (not B-cos) transformers image classifier, from scratch or from a checkpoint: the sources that
+the offline recipes and the reproductions B-cosify (a ViT, or a ResNet with ``architecture["model_type"] =
+"resnet"``). It sees normalised images, as standard models do."""
 
 from pathlib import Path
 
 from torch import nn
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import AutoConfig, AutoModelForImageClassification, ConvNextImageProcessor, ViTImageProcessor
 
 from ..conversion.common import VIT_DEFAULT_NORMALIZATION
 from ..data.preprocessing import ImageTransform, processor_transform, training_transform
@@ -13,8 +14,9 @@ from .task import CardFields
 
 
 class StandardClassification(BcosClassification):
-    """Cross-entropy training of a transformers ``ViTForImageClassification`` (``source="scratch"`` with an
-    ``architecture``, or a checkpoint). Its processor normalises with transformers' ViT default mean/std."""
+    """Cross-entropy training of a transformers image classifier (``source="scratch"`` with an ``architecture``, or a
+    checkpoint). Its processor normalises with mean = std = 0.5: a ViT's squashes the image to its size, a CNN's
+    resizes the shortest edge and crops the centre, as the B-cos form of each family does."""
 
     name = "standard-classification"
     card = CardFields(
@@ -28,23 +30,27 @@ class StandardClassification(BcosClassification):
 
     def build_model(self, class_names: list[str]) -> nn.Module:
         recipe = self.recipe
+        labels = dict(num_labels=len(class_names), id2label=dict(enumerate(class_names)))
         if recipe.source == "scratch":
             if not recipe.architecture:
                 raise ValueError(f"recipe {recipe.name!r} trains from scratch but gives no architecture")
-            model = ViTForImageClassification(ViTConfig(**recipe.architecture, num_labels=len(class_names)))
+            architecture = dict(recipe.architecture)
+            config = AutoConfig.for_model(architecture.pop("model_type", "vit"), **architecture, **labels)
+            model = AutoModelForImageClassification.from_config(config)
         else:
-            model = ViTForImageClassification.from_pretrained(recipe.source, num_labels=len(class_names))
-        model.config.id2label = dict(enumerate(class_names))
+            model = AutoModelForImageClassification.from_pretrained(recipe.source, **labels)
         model.config.label2id = {name: index for index, name in enumerate(class_names)}
         return model
 
     def source_model(self) -> nn.Module | None:
         return None
 
-    def image_processor(self, model: nn.Module) -> ViTImageProcessor:
+    def image_processor(self, model: nn.Module) -> ViTImageProcessor | ConvNextImageProcessor:
         size = model.config.image_size
         mean, std = VIT_DEFAULT_NORMALIZATION
-        return ViTImageProcessor(size={"height": size, "width": size}, image_mean=mean, image_std=std)
+        if model.config.model_type == "vit":
+            return ViTImageProcessor(size={"height": size, "width": size}, image_mean=mean, image_std=std)
+        return ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=1.0, image_mean=mean, image_std=std)
 
     def train_transform(self, model: nn.Module) -> ImageTransform:
         mean, std = VIT_DEFAULT_NORMALIZATION
