@@ -129,3 +129,13 @@ def test_target_selects_the_explained_logit():
     with torch.no_grad():
         logits = model(pixel_values=x).logits
     assert torch.allclose(explanation.logits, logits, rtol=1e-10, atol=0)
+
+
+def test_differentiable_explanations_train_the_convolutions():
+    model = bcosified("hf_resnet_basic", 2.0).train()
+    explanation = model.explain(images(batch=2), create_graph=True)
+    assert explanation.contributions.requires_grad
+    explanation.contributions.clamp_min(0).sum().backward()
+    stem = model.bcos_resnet.embedder.embedder.convolution.weight
+    assert stem.grad is not None and stem.grad.abs().sum() > 0
+    assert completeness_error(model, images(batch=2)).max() <= 1e-6

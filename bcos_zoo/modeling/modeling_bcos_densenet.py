@@ -187,15 +187,25 @@ class BcosDenseNetForImageClassification(BcosDenseNetPreTrainedModel):
         result = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return result if return_dict else result.to_tuple()
 
-    def explain(self, pixel_values: torch.Tensor, target: int | torch.Tensor | None = None) -> BcosExplanation:
+    def explain(
+        self, pixel_values: torch.Tensor, target: int | torch.Tensor | None = None, create_graph: bool = False
+    ) -> BcosExplanation:
         """Explain one logit per image exactly: ``contributions.sum() + bias == logit``.
 
         Args:
-            pixel_values: (N, 3, H, W) images in [0, 1].
+            pixel_values: (N, 3, H, W) images in [0, 1], any size.
             target: the class to explain: ``None`` (each image's top class), an int, or an (N,) tensor.
+            create_graph: keep the graph of ``logits``, ``dynamic_weights`` and ``contributions``, so that a loss on
+                the explanation trains the model (model guidance, explanation distillation).
         """
-        check_pixel_values(pixel_values, self.config.num_channels)
-        return compute_explanation(self, lambda encoded: self._logits(encoded)[0], pixel_values.to(self.dtype), target)
+        return compute_explanation(
+            self,
+            lambda encoded: self._logits(encoded)[0],
+            pixel_values,
+            target,
+            num_channels=self.config.num_channels,
+            create_graph=create_graph,
+        )
 
 
 BcosDenseNetConfig.register_for_auto_class()
