@@ -1,12 +1,18 @@
-"""Pictures of explanations: the colour rendering, the contribution map, and panels saved as PNG."""
+"""Pictures of explanations: the colour rendering, the contribution map, and titled panels saved as PNG.
+
+How to read a panel: the explanation tile shows, in colour, the pixels whose dynamic weights increase the explained
+logit (their colour is the colour the model's weights align with; opacity is how strongly), on white where nothing
+contributes positively. The contributions tile shows each pixel's signed share of the logit, red for, blue against,
+on the symmetric scale at its side.
+"""
 
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
-from .modeling.explanation import BcosExplanation
+from .modeling.explanation import BcosExplanation, colorize_contributions
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -29,19 +35,104 @@ def contribution_image(explanation: BcosExplanation, index: int = 0) -> Image.Im
     return Image.fromarray(_to_uint8(explanation.contribution_map()[index]), mode="RGB")
 
 
+TILE = 160  # tiles are enlarged (nearest neighbour, so pixels stay visible) to at least this many pixels wide
+BAR = 14  # width of the contribution map's colour scale
+CAPTION = 22  # height of the captions under the tiles
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _label(names, index: int) -> str:
+    if names is None:
+        return str(index)
+    return str(names[index] if not isinstance(names, dict) else names.get(index, names.get(str(index), index)))
+
+
+def explanation_title(
+    explanation: BcosExplanation, index: int = 0, class_names=None, true_label: int | None = None
+) -> list[str]:
+    """The lines that say what a panel shows: the class explained with its logit and bias share, the predicted
+    class and, when known, the true one."""
+    target = int(explanation.target[index])
+    predicted = int(explanation.logits[index].argmax())
+    logit = float(explanation.target_logits[index])
+    share = float(explanation.bias_share[index])
+    lines = [f"explained: {_label(class_names, target)} (logit {logit:.2f}, bias share {share:.0%})"]
+    truth = f", true: {_label(class_names, true_label)}" if true_label is not None else ""
+    lines.append(f"predicted: {_label(class_names, predicted)}{truth}")
+    return lines
+
+
+def _colour_scale(height: int, limit: float) -> Image.Image:
+    """A vertical blue-white-red strip (+limit at the top, -limit at the bottom) with its end values written."""
+    values = torch.linspace(1, -1, height)[:, None].expand(height, BAR)
+    strip = Image.fromarray(_to_uint8(colorize_contributions(values[None], percentile=100)[0]), mode="RGB")
+    scale = Image.new("RGB", (BAR + 56, height + 2), "white")
+    scale.paste(strip, (0, 1))
+    draw = ImageDraw.Draw(scale)
+    font = _font(11)
+    draw.text((BAR + 3, 0), f"+{limit:.2g}", fill="black", font=font)
+    draw.text((BAR + 3, height // 2 - 6), "0", fill="black", font=font)
+    draw.text((BAR + 3, height - 12), f"-{limit:.2g}", fill="black", font=font)
+    return scale
+
+
 def explanation_panel(
-    pixel_values: torch.Tensor, explanation: BcosExplanation, index: int = 0, smooth: int = 0, scale: int = 1
+    pixel_values: torch.Tensor,
+    explanation: BcosExplanation,
+    index: int = 0,
+    class_names=None,
+    true_label: int | None = None,
+    smooth: int = 0,
 ) -> Image.Image:
-    """Input, colour explanation (over black) and contribution map, side by side."""
+    """One explained image as a titled picture: input | colour explanation (on white) | contributions with their
+    colour scale. The title says which class is explained (logit, bias share), what was predicted and, when given,
+    the true class; it is also stored in the PNG's ``Title`` text (see :func:`save_png`)."""
     image = Image.fromarray(_to_uint8(pixel_values[index].permute(1, 2, 0)), mode="RGB")
-    explained = Image.new("RGBA", image.size, (0, 0, 0, 255))
+    explained = Image.new("RGBA", image.size, (255, 255, 255, 255))
     explained.alpha_composite(rgba_image(explanation, index, smooth))
-    parts = [image, explained.convert("RGB"), contribution_image(explanation, index)]
-    width, height = image.size
-    panel = Image.new("RGB", (3 * width, height), "white")
-    for i, part in enumerate(parts):
-        panel.paste(part, (i * width, 0))
-    return panel.resize((3 * width * scale, height * scale), Image.NEAREST) if scale > 1 else panel
+    contributions = contribution_image(explanation, index)
+    factor = max(1, -(-TILE // image.width))
+    size = (image.width * factor, image.height * factor)
+    tiles = [part.convert("RGB").resize(size, Image.NEAREST) for part in (image, explained, contributions)]
+    limit = float(explanation.contributions[index].detach().abs().float().flatten().quantile(0.995))
+    scale = _colour_scale(size[1], limit)
+
+    lines = explanation_title(explanation, index, class_names, true_label)
+    font, gap, header = _font(13), 6, 18 * len(lines) + 6
+    width = 3 * size[0] + 2 * gap + scale.width + gap
+    panel = Image.new("RGB", (width, header + size[1] + CAPTION), "white")
+    draw = ImageDraw.Draw(panel)
+    for row, line in enumerate(lines):
+        draw.text((4, 4 + 18 * row), line, fill="black", font=font)
+    captions = ("input", "explanation", "contributions")
+    for column, (tile, caption) in enumerate(zip(tiles, captions)):
+        left = column * (size[0] + gap)
+        panel.paste(tile, (left, header))
+        draw.text((left + 2, header + size[1] + 4), caption, fill="black", font=_font(11))
+    panel.paste(scale, (3 * size[0] + 2 * gap + gap // 2, header - 1))
+    panel.info["Title"] = " | ".join(lines)
+    return panel
+
+
+def save_png(picture: Image.Image, path: str | Path) -> Path:
+    """Save a picture as PNG with its ``Title`` (and any other text info) as PNG text chunks."""
+    text = PngImagePlugin.PngInfo()
+    for key, value in picture.info.items():
+        if isinstance(value, str):
+            text.add_text(key, value)
+    picture.save(path, format="PNG", pnginfo=text)
+    return Path(path)
+
+
+def _square_pad(image: Image.Image) -> Image.Image:
+    """The image centred on a white square, so a model tied to square inputs sees it without squashing."""
+    side = max(image.size)
+    square = Image.new("RGB", (side, side), "white")
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return square
 
 
 def explain_image_file(
@@ -52,15 +143,20 @@ def explain_image_file(
     output: str | Path | None = None,
     smooth: int = 0,
 ) -> Path:
-    """Explain the image at ``path`` and write the panel next to it as ``<name>_explanation.png``.
+    """Explain the image at ``path`` and write the titled panel next to it as ``<name>_explanation.png``.
 
-    ``processor`` defaults to the model's own (resize and rescale to [0, 1], no normalisation).
+    ``processor`` defaults to the model's own (resize and rescale to [0, 1], no normalisation). A processor that
+    resizes to a fixed height and width (a ViT's) would squash a non-square photo, so the photo is first centred on
+    a white square; one that resizes the shortest edge and crops keeps the aspect ratio by itself.
     """
     path = Path(path)
     processor = processor or model.default_image_processor()
-    pixel_values = processor(images=load_image(path), return_tensors="pt")["pixel_values"]
+    image = load_image(path)
+    if "shortest_edge" not in (getattr(processor, "size", None) or {}):
+        image = _square_pad(image)
+    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
     pixel_values = pixel_values.to(model.device, model.dtype)
     explanation = model.explain(pixel_values, target=target)
     output = Path(output) if output else path.with_name(f"{path.stem}_explanation.png")
-    explanation_panel(pixel_values, explanation, smooth=smooth).save(output)
-    return output
+    panel = explanation_panel(pixel_values, explanation, class_names=model.config.id2label, smooth=smooth)
+    return save_png(panel, output)

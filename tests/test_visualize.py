@@ -1,20 +1,61 @@
-"""Explanation pictures: the panel written next to the input image."""
+"""Explanation pictures: titled panels written next to the input image, readable without the card beside them."""
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 from sources import hf_vit
 
 from bcos_zoo import BcosViTForImageClassification
-from bcos_zoo.visualize import explain_image_file
+from bcos_zoo.visualize import CAPTION, TILE, explain_image_file, explanation_panel, explanation_title
 
 
-def test_explanation_png_is_written_next_to_the_input(tmp_path):
-    model = BcosViTForImageClassification.from_pretrained_standard(hf_vit(), b=2.0).eval()
+@pytest.fixture(scope="module")
+def model():
+    return BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=3), b=2.0).eval()
+
+
+def test_explanation_png_is_written_next_to_the_input_with_its_title(model, tmp_path):
     photo = tmp_path / "photo.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(photo)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
     written = explain_image_file(model, photo, target=2)
     assert written == tmp_path / "photo_explanation.png"
     with Image.open(written) as panel:
-        assert panel.size == (3 * 32, 32) and panel.mode == "RGB"
-        left = np.asarray(panel)[:, :32].astype(float) / 255
-    assert left.std() > 0.05  # the input itself, resized, not a blank tile
+        title = panel.text["Title"]
+        assert panel.mode == "RGB" and panel.width > 3 * TILE
+    explained_class = model.config.id2label[2]
+    assert title.startswith(f"explained: {explained_class} (logit ") and "bias share" in title and "predicted:" in title
+
+
+def test_title_names_explained_predicted_and_true_class(model):
+    x = torch.rand(2, 3, 32, 32)
+    explanation = model.explain(x, target=torch.tensor([0, 1]))
+    names = ["cat", "dog", "bird"]
+    first, second = explanation_title(explanation, 1, names, true_label=2)
+    logit = float(explanation.target_logits[1])
+    assert first == f"explained: dog (logit {logit:.2f}, bias share {float(explanation.bias_share[1]):.0%})"
+    assert second == f"predicted: {names[int(explanation.logits[1].argmax())]}, true: bird"
+
+
+def test_a_wide_photo_is_padded_for_a_square_model_not_squashed(model, tmp_path):
+    photo = tmp_path / "wide.png"
+    pixels = np.zeros((20, 80, 3), dtype=np.uint8)  # a black band, four times as wide as high
+    Image.fromarray(pixels).save(photo)
+    with Image.open(explain_image_file(model, photo)) as panel:
+        array = np.asarray(panel.convert("RGB")).astype(int)
+    top = array.shape[0] - CAPTION - TILE  # the input tile: bottom left, above its caption
+    tile = array[top : top + TILE, :TILE]
+    assert (tile[2] > 240).all() and (tile[-2] > 240).all()  # white above and below the band
+    assert (tile[TILE // 2] < 15).all()  # the band itself, full width
+
+
+def test_explanation_is_drawn_on_white_and_the_contribution_scale_runs_red_to_blue(model):
+    x = torch.full((1, 3, 32, 32), 0.5)
+    explanation = model.explain(x)
+    explanation.dynamic_weights.zero_()  # nothing contributes: the explanation tile must be plain white
+    panel = np.asarray(explanation_panel(x, explanation)).astype(int)
+    row = panel.shape[0] // 2
+    assert (panel[row, TILE + 20 : 2 * TILE - 20] == 255).all()
+    column = panel[:, 3 * TILE + 20]  # through the colour scale, right of the three tiles
+    bar = [tuple(pixel) for pixel in column if tuple(pixel) != (255, 255, 255)]
+    assert bar[0][0] > bar[0][2] and bar[-1][2] > bar[-1][0]  # red at the top, blue at the bottom

@@ -110,20 +110,30 @@ class Task:
         return None
 
     def write_examples(self, model: nn.Module, data: DatasetSplits, eval_dataset: Dataset, folder: Path) -> list[str]:
-        """Explain a few evaluation images and save panels (input | explanation | contributions) as PNG."""
-        from ..visualize import explanation_panel
+        """Explain a few evaluation images and save titled panels (input | explanation | contributions) as PNG.
+
+        Classes are named after the data (for CLIP, the prompts are made from the same names)."""
+        from ..visualize import explanation_panel, save_png
 
         count = min(EXAMPLE_COUNT, len(eval_dataset))
-        pixel_values = torch.stack([eval_dataset[i]["pixel_values"] for i in range(count)])
+        items = [eval_dataset[i] for i in range(count)]
+        pixel_values = torch.stack([item["pixel_values"] for item in items])
         explanation = self.explain_examples(model, data, pixel_values.to(next(model.parameters()).device))
         if explanation is None:
             return []
         folder.mkdir(parents=True, exist_ok=True)
-        scale = max(1, 224 // pixel_values.shape[-1])
         names = []
-        for index in range(count):
+        for index, item in enumerate(items):
             name = f"explanation_{index}.png"
-            explanation_panel(pixel_values, explanation, index, scale=scale).save(folder / name)
+            true_label = item.get("labels")
+            panel = explanation_panel(
+                pixel_values,
+                explanation,
+                index,
+                class_names=data.class_names,
+                true_label=int(true_label) if true_label is not None and int(true_label) >= 0 else None,
+            )
+            save_png(panel, folder / name)
             names.append(name)
         return names
 
