@@ -26,10 +26,11 @@ import numpy as np
 import pytest
 import torch
 from clip_testing import save_source
+from cnn_sources import hf_resnet
 from PIL import Image
 from sources import hf_vit
 
-from bcos_zoo import BcosCLIPModel, BcosViTForImageClassification
+from bcos_zoo import BcosCLIPModel, BcosResNetForImageClassification, BcosViTForImageClassification
 
 
 if TYPE_CHECKING:
@@ -57,6 +58,24 @@ def save_vit_folder(folder: Path, labels: int = 10) -> BcosViTForImageClassifica
     model = BcosViTForImageClassification.from_pretrained_standard(
         hf_vit(labels=labels), b=2.0, bias="remove", image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)
     ).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def save_resnet_folder(folder: Path, labels: int = 6, size: int = 48) -> BcosResNetForImageClassification:
+    """A small random B-cos ResNet classifier saved as a loadable model folder; its processor resizes the shortest
+    edge to ``size`` and crops the centre. Its classes are named ``cnn_class_<i>``, so that results tell it apart
+    from the ViT of :func:`save_vit_folder`."""
+    model = BcosResNetForImageClassification.from_pretrained_standard(
+        hf_resnet("basic", labels=labels),
+        b=2.0,
+        bias="remove",
+        image_mean=(0.5,) * 3,
+        image_std=(0.5,) * 3,
+        image_size=size,
+    ).eval()
+    model.config.id2label = {i: f"cnn_class_{i}" for i in range(labels)}
+    model.config.label2id = {name: i for i, name in model.config.id2label.items()}
     model.save_pretrained(folder)
     return model
 

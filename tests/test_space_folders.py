@@ -17,7 +17,7 @@ from space_testing import SPACES
 
 NAMES = ["bcos-vit-explainer", "bcos-clip-explainer"]
 # import name -> distribution name, for the packages a Space may list
-DISTRIBUTIONS = {"torch": "torch", "transformers": "transformers", "PIL": "pillow", "numpy": "numpy"}
+DISTRIBUTIONS = {"torch": "torch", "transformers": "transformers", "PIL": "pillow", "numpy": "numpy", "yaml": "pyyaml"}
 
 
 def requirements(name: str) -> set[str]:
@@ -51,7 +51,25 @@ def test_space_card_parses_and_names_the_app_file_that_exists(name):
 def test_space_card_lists_the_model_the_app_loads_by_default(name):
     card = SpaceCard.load(SPACES / name / "README.md")
     default = re.search(r'os\.environ\.get\("MODEL_ID", "([^"]+)"\)', (SPACES / name / "app.py").read_text())
-    assert default and card.data.models == [default[1]]
+    assert default and card.data.models[0] == default[1]
+
+
+def test_classifier_space_offers_every_zoo_image_classifier_and_the_clip_space_its_model():
+    """The Hub links a Space to the models its header lists; the classifier Space offers (and so lists) each B-cos
+    image classifier the catalogue publishes, ViTs and CNNs, and nothing else."""
+    from bcos_zoo.training import get_task
+    from bcos_zoo.zoo.recipes import RECIPES
+
+    classifiers = set()
+    for recipe in RECIPES.values():
+        card = get_task(recipe).card
+        if card.bcos and card.pipeline_tag == "image-classification":
+            classifiers.add(recipe.hub_model_id)
+    listed = SpaceCard.load(SPACES / "bcos-vit-explainer" / "README.md").data.models
+    assert len(listed) == len(set(listed)) and set(listed) == classifiers
+    assert {"bcos-zoo/bcos-vit-s", "bcos-zoo/bcos-resnet50", "bcos-zoo/bcos-densenet121"} <= classifiers
+    assert not any("clip" in model for model in listed) and "bcos-zoo/vit-fashion-mnist" not in listed
+    assert SpaceCard.load(SPACES / "bcos-clip-explainer" / "README.md").data.models == ["bcos-zoo/bcos-clip-vit-b32"]
 
 
 @pytest.mark.parametrize("name", NAMES)

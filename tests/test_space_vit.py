@@ -1,8 +1,10 @@
-"""The B-cos ViT explainer Space (spaces/bcos-vit-explainer), started as a Space starts it, against a small model.
+"""The B-cos explainer Space (spaces/bcos-vit-explainer), started as a Space starts it, offering two small models:
+a B-cos ViT (the default) and a B-cos ResNet (any input size, its own processor and class names).
 
 It is driven the two ways users reach it: a real headless Chromium (the page) and gradio_client (the API).
 """
 
+import json
 import re
 import threading
 import time
@@ -15,12 +17,14 @@ from gradio_client.utils import QueueError, Status
 from PIL import Image
 from space_testing import (
     ODD_COLOURS,
+    SPACES,
     UNREADABLE,
     chromium_page,
     expected_top_class,
     odd_images,
     photo,
     png_claiming_size,
+    save_resnet_folder,
     save_vit_folder,
     screenshot,
     start_space,
@@ -37,12 +41,22 @@ SUMMARY = re.compile(
 
 
 @pytest.fixture(scope="module")
-def space(tmp_path_factory):
-    """The app on 127.0.0.1 with a 10-class model, the in-process model it was saved from, and the folder."""
+def cnn(tmp_path_factory):
+    """The second model the app offers: a 6-class B-cos ResNet (48 px crops), and the folder it was saved to."""
+    folder = tmp_path_factory.mktemp("cnn") / "bcos-resnet"
+    return save_resnet_folder(folder), folder
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory, cnn):
+    """The app on 127.0.0.1 with a 10-class ViT as its default model, the in-process model it was saved from, and
+    the folder. MODEL_IDS offers the ResNet only: the app must add its default model to the list itself."""
     workdir = tmp_path_factory.mktemp("vit_space")
     folder = workdir / "bcos-vit"
     model = save_vit_folder(folder)
-    running = start_space("bcos-vit-explainer", folder, workdir, QUEUE_MAX_SIZE=str(QUEUE_MAX_SIZE))
+    running = start_space(
+        "bcos-vit-explainer", folder, workdir, QUEUE_MAX_SIZE=str(QUEUE_MAX_SIZE), MODEL_IDS=str(cnn[1])
+    )
     yield running, model, folder
     stop_space(running)
 
@@ -163,7 +177,9 @@ def test_predict_returns_the_models_top5_and_explains_its_top_class(space, clien
     for path in (seen, colour, contributions):
         assert Image.open(path).format == "PNG"
     assert Image.open(colour).mode == "RGBA"  # transparent where nothing speaks for the class
-    assert Image.open(colour).text["Title"] == f"B-cos explanation of {top_class}"  # a download says what it shows
+    assert Image.open(colour).text["Title"] == f"B-cos explanation of {top_class} by {folder}"  # a download says
+    assert Image.open(colour).text["Source"] == str(folder)  # what it shows, and which model made it
+    assert summary.endswith(f"Model: `{folder}`")
     assert Image.open(seen).size == Image.open(colour).size == Image.open(contributions).size
 
 
@@ -194,8 +210,144 @@ def test_explain_endpoint_explains_the_class_the_user_picks(space, client, image
 
 
 def test_explain_endpoint_refuses_a_class_the_model_does_not_have(client, image_file):
-    with pytest.raises(AppError, match="Pick one of the model's classes"):
+    with pytest.raises(AppError, match="Pick one of the classes of"):
         client.predict(handle_file(str(image_file)), "not a class", api_name="/explain")
+
+
+def options(page, picker: str) -> list[str]:
+    """The choices a dropdown lists when opened (the selected one is marked with a tick, dropped here)."""
+    page.locator(f"{picker} input").first.click()
+    return [text.split("\n")[-1] for text in page.get_by_role("option").all_inner_texts()]
+
+
+def wait_for_summary_of(page, model_folder) -> str:
+    """The completeness line once it names ``model_folder`` (the app's results always name their model)."""
+    page.wait_for_function(
+        "name => document.querySelector('#completeness').innerText.includes(name)", arg=str(model_folder)
+    )
+    return page.locator("#completeness").inner_text()
+
+
+def test_page_explains_with_the_cnn_the_user_chooses_and_again_with_the_vit(space, cnn, image_file):
+    running, _, vit_folder = space
+    _, cnn_folder = cnn
+    with chromium_page() as (page, external):
+        page.goto(running.url)
+        offered = options(page, "#model-picker")
+        page.get_by_role("option", name=str(cnn_folder), exact=True).click()
+        page.locator("input[type=file]").first.set_input_files(str(image_file))
+        page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
+        page.get_by_role("button", name="Explain").click()
+        cnn_summary = wait_for_summary_of(page, cnn_folder)
+        page.locator("#explanation img").first.wait_for(state="visible", timeout=30_000)
+        cnn_predictions = page.locator("#predictions").inner_text()
+        cnn_classes = options(page, "#class-picker")
+        page.keyboard.press("Escape")
+        screenshot(page, "space_vit_explainer_cnn")
+
+        # Choosing the ViT again explains the same image with it: classes and results follow the model.
+        options(page, "#model-picker")
+        page.get_by_role("option", name=str(vit_folder), exact=True).click()
+        vit_summary = wait_for_summary_of(page, vit_folder)
+        vit_predictions = page.locator("#predictions").inner_text()
+        vit_classes = options(page, "#class-picker")
+
+    assert offered == [str(vit_folder), str(cnn_folder)]  # MODEL_IDS, with the default model first
+    assert cnn_classes == [f"cnn_class_{i}" for i in range(6)]
+    assert vit_classes == [f"class_{i}" for i in range(10)]
+    assert re.match(r"cnn_class_\d: logit ", cnn_summary) and str(vit_folder) not in cnn_summary
+    assert re.match(r"class_\d: logit ", vit_summary) and str(cnn_folder) not in vit_summary
+    shown = re.findall(r"\w*class_\d+", cnn_predictions)
+    assert len(shown) >= 5 and all(name.startswith("cnn_class_") for name in shown), cnn_predictions
+    shown = re.findall(r"\w*class_\d+", vit_predictions)
+    assert len(shown) >= 5 and not any(name.startswith("cnn_") for name in shown), vit_predictions
+    assert external == []
+    assert running.alive()
+
+
+def test_predict_with_the_cnn_uses_its_processor_classes_and_explanation(client, cnn, image_file):
+    """The ResNet sees its own 48 px crop (the ViT sees 32 px) and answers with its own classes and logits."""
+    model, folder = cnn
+    image = Image.open(image_file)
+    top5, seen, colour, _, summary, picked = client.predict(
+        handle_file(str(image_file)), str(folder), api_name="/predict"
+    )
+    expected = explanation_of(model, image, folder)
+    probabilities = expected.logits[0].softmax(-1)
+    names = [model.config.id2label[i] for i in range(len(probabilities))]
+
+    # The random model's probabilities nearly tie, so the order is checked against the values, not re-derived.
+    shown = {entry["label"]: entry["confidence"] for entry in top5["confidences"]}
+    assert len(shown) == 5 and set(shown) <= set(names)
+    for label, confidence in shown.items():
+        assert confidence == pytest.approx(float(probabilities[names.index(label)]), abs=1e-6)
+    assert list(shown.values()) == sorted(shown.values(), reverse=True)
+    left_out = [float(p) for name, p in zip(names, probabilities) if name not in shown]
+    assert max(left_out) <= min(shown.values()) + 1e-6  # the five shown are the top five
+    assert picked == top5["confidences"][0]["label"]
+    fields = SUMMARY.search(summary)
+    assert fields and fields["label"] == picked and summary.endswith(f"Model: `{folder}`")
+    target = names.index(picked)
+    assert float(fields["logit"]) == pytest.approx(float(expected.logits[0, target]), abs=1e-3)
+    assert float(fields["pixels"]) + float(fields["bias"]) == pytest.approx(float(fields["logit"]), abs=2e-4)
+
+    from transformers import AutoImageProcessor
+
+    pixel_values = AutoImageProcessor.from_pretrained(folder)(images=image, return_tensors="pt")["pixel_values"][0]
+    assert pixel_values.shape == (3, 48, 48)
+    view = pixels_of(seen)
+    scale = view.shape[0] // 48
+    assert view.shape[:2] == (48 * scale, 48 * scale)
+    assert np.abs(view[::scale, ::scale] - (pixel_values.permute(1, 2, 0).numpy() * 255).round()).max() <= 1
+
+    rendered = explanation_of(model, image, folder, target=target).render()[0]
+    assert (
+        np.abs(np.asarray(Image.open(colour)).astype(float)[::scale, ::scale] - (rendered.numpy() * 255).round()).max()
+        <= 2
+    )
+    assert Image.open(colour).text["Title"] == f"B-cos explanation of {picked} by {folder}"
+
+
+def test_explain_endpoint_explains_a_cnn_class_with_the_cnn_and_refuses_it_for_the_vit(client, cnn, image_file):
+    model, folder = cnn
+    picked = explanation_of(model, Image.open(image_file), folder, target=2)
+    _, _, _, summary = client.predict(handle_file(str(image_file)), "cnn_class_2", str(folder), api_name="/explain")
+    fields = SUMMARY.search(summary)
+    assert fields and fields["label"] == "cnn_class_2" and summary.endswith(f"Model: `{folder}`")
+    assert float(fields["logit"]) == pytest.approx(float(picked.target_logits[0]), abs=1e-3)
+    with pytest.raises(AppError, match="Pick one of the classes of"):
+        client.predict(handle_file(str(image_file)), "cnn_class_2", api_name="/explain")  # the default ViT's turn
+
+
+def test_a_model_that_is_not_offered_is_refused_unloaded(space, client, cnn, image_file):
+    """Requests may name any model; only the offered ones are loaded (remote code runs on loading). The folder
+    written with a trailing slash would load, but it is not one of the offered names."""
+    unoffered = str(cnn[1]) + "/"
+    with pytest.raises(AppError, match="Pick one of the offered models"):
+        client.predict(handle_file(str(image_file)), unoffered, api_name="/predict")
+    assert unoffered not in space[0].log_text()
+
+
+def test_offered_models_are_the_readme_header_list_with_model_id_first(space, clean_python):
+    """Without MODEL_IDS the app offers the models its README header lists (the zoo's image classifiers), with
+    MODEL_ID, the model it shows first, in front when the list lacks it."""
+    from huggingface_hub import SpaceCard
+
+    _, _, folder = space
+    listed = SpaceCard.load(SPACES / "bcos-vit-explainer" / "README.md").data.models
+    out = clean_python(
+        f"""
+        import json, os, sys
+        os.environ["MODEL_ID"] = {str(folder)!r}
+        os.environ.pop("MODEL_IDS", None)
+        sys.path.insert(0, os.getcwd())
+        import app
+        print(json.dumps(app.MODEL_CHOICES))
+        """,
+        cwd=SPACES / "bcos-vit-explainer",
+    )
+    assert json.loads(out.splitlines()[-1]) == [str(folder), *listed]
+    assert "bcos-zoo/bcos-resnet50" in listed
 
 
 @pytest.fixture(scope="module")

@@ -174,15 +174,28 @@ def render_model_card(
     )
 
 
-# The Spaces in spaces/: their Hub header fields; each shows the model of a zoo recipe by default.
+# Tasks whose recipes publish a B-cos image classifier (not the CLIP image towers, not the standard sources).
+IMAGE_CLASSIFIER_TASKS = ("classification", "guided-classification", "explanation-distillation")
+
+
+def image_classifier_models() -> list[str]:
+    """The Hub repos of the zoo's B-cos image classifiers (ViTs and CNNs), in catalogue order."""
+    from .recipes import RECIPES
+
+    return [recipe.hub_model_id for recipe in RECIPES.values() if recipe.task in IMAGE_CLASSIFIER_TASKS]
+
+
+# The Spaces in spaces/: their Hub header fields; each shows the model of a zoo recipe by default, and ``models``
+# (when given) selects the further zoo models it offers.
 SPACES = {
     "bcos-vit-explainer": dict(
-        title="B-cos ViT Explainer",
+        title="B-cos Classifier Explainer",
         emoji="🔍",
         colorFrom="indigo",
         colorTo="red",
         recipe="bcos-vit-s",
-        short_description="Exact explanations of a B-cos ViT's predictions",
+        models=image_classifier_models,
+        short_description="Exact explanations of B-cos ViT and CNN predictions",
     ),
     "bcos-clip-explainer": dict(
         title="B-cos CLIP Explainer",
@@ -198,7 +211,8 @@ SPACES = {
 def render_space_card(name: str, body: str, sdk_version: str | None = None) -> SpaceCard:
     """The README of ``spaces/<name>``: the YAML header the Hub reads (sdk, app file, model) above ``body``.
 
-    The header comes from :data:`SPACES` and the recipe catalogue, so the Space always names the zoo's model.
+    The header comes from :data:`SPACES` and the recipe catalogue, so the Space always names the zoo's models: the
+    default recipe's first, then those its ``models`` selection offers.
     """
     from .recipes import get_recipe
 
@@ -207,14 +221,15 @@ def render_space_card(name: str, body: str, sdk_version: str | None = None) -> S
 
         sdk_version = gradio.__version__
     fields = dict(SPACES[name])
-    model = get_recipe(fields.pop("recipe")).hub_model_id
+    default = get_recipe(fields.pop("recipe")).hub_model_id
+    models = list(dict.fromkeys([default, *fields.pop("models", list)()]))
     data = SpaceCardData(
         title=fields.pop("title"),
         sdk="gradio",
         sdk_version=sdk_version,
         app_file="app.py",
         python_version="3.11",
-        models=[model],
+        models=models,
         license="apache-2.0",
         **fields,
     )

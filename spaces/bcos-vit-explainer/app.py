@@ -1,12 +1,16 @@
-"""B-cos ViT explainer: a Gradio Space that shows which pixels make a B-cos Vision Transformer predict a class.
+"""B-cos explainer: a Gradio Space that shows which pixels make a B-cos image classifier predict a class.
 
 A B-cos network computes a dynamic linear map of its input, ``logit = W(x) x + bias``, so ``W(x)`` is the model's
-own exact explanation rather than a post-hoc estimate. The model is loaded as remote code (this Space needs only
-transformers, not the package that trained it) and returns that explanation from ``model.explain``; this file only
-reads images robustly and turns explanations into pictures.
+own exact explanation rather than a post-hoc estimate. The models are loaded as remote code (this Space needs only
+transformers, not the package that trained them) and return that explanation from ``model.explain``; this file
+only reads images robustly, keeps the offered models, and turns explanations into pictures.
 
-Settings (environment): MODEL_ID (a Hub id or a local model folder), MODEL_REVISION, QUEUE_MAX_SIZE, and
-Gradio's own GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+The offered models are those the ``models:`` list of this Space's README header names (the zoo's B-cos image
+classifiers: vision transformers and CNNs), each loaded on first use and then kept.
+
+Settings (environment): MODEL_ID (the model shown first: a Hub id or a local model folder), MODEL_IDS (a
+comma-separated list that replaces the README's), MODEL_REVISION, QUEUE_MAX_SIZE, and Gradio's own
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 """
 
 import functools
@@ -16,6 +20,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -24,27 +29,44 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402  (after the analytics switch)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
 
+HERE = Path(__file__).resolve().parent
 MODEL_ID = os.environ.get("MODEL_ID", "bcos-zoo/bcos-vit-s")
 REVISION = os.environ.get("MODEL_REVISION") or None
 QUEUE_MAX_SIZE = int(os.environ.get("QUEUE_MAX_SIZE", "32"))
 MAX_PIXELS = 100_000_000  # checked from the header, before anything is decoded
 Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check is replaced by MAX_PIXELS, with a clear message
 DISPLAY_SIZE = 320  # pictures are enlarged (nearest neighbour, so pixels stay visible) to at least this size
-EXAMPLES = sorted(str(path) for path in (Path(__file__).parent / "examples").glob("*.jpg"))
+EXAMPLES = sorted(str(path) for path in (HERE / "examples").glob("*.jpg"))
 CACHE_LIFETIME = (1800, 3600)  # every 30 minutes, drop uploads and results older than an hour
 DOWNLOAD = ["download", "fullscreen"]  # PNG downloads; no share button, the Space stays self-contained
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 log = logging.getLogger("bcos-vit-explainer")
-model = AutoModelForImageClassification.from_pretrained(MODEL_ID, revision=REVISION, trust_remote_code=True).eval()
-model.to("cuda" if torch.cuda.is_available() else "cpu")
-processor = AutoImageProcessor.from_pretrained(MODEL_ID, revision=REVISION)
-SIZE = model.config.image_size
-# explain() switches the shared model into explanation mode, so two explanations must never overlap.
-MODEL_LOCK = threading.Lock()
+
+
+def readme_models(readme: Path) -> list[str]:
+    """The ``models:`` list of a Space README's YAML header: the models the Hub links this Space to."""
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    if not text.startswith("---\n") or "\n---" not in text[3:]:
+        return []
+    header = yaml.safe_load(text[4 : text.index("\n---", 3)]) or {}
+    return [str(name) for name in header.get("models") or []]
+
+
+def offered_models(default: str, listed: str | None, readme: Path) -> list[str]:
+    """The models the user may choose: ``listed`` (comma-separated) if given, else the README's, and ``default``
+    first when neither names it. Only these are ever loaded, whatever a request asks for."""
+    names = [name.strip() for name in listed.split(",")] if listed else readme_models(readme)
+    names = list(dict.fromkeys(name for name in names if name))
+    return names if default in names else [default, *names]
+
+
+MODEL_CHOICES = offered_models(MODEL_ID, os.environ.get("MODEL_IDS"), HERE / "README.md")
 
 
 def unique_labels(id2label: dict[int, str]) -> list[str]:
@@ -54,8 +76,47 @@ def unique_labels(id2label: dict[int, str]) -> list[str]:
     return [name if counts[name] == 1 else f"{name} ({i})" for i, name in enumerate(names)]
 
 
-LABELS = unique_labels(model.config.id2label)
-LABEL_INDEX = {name: i for i, name in enumerate(LABELS)}
+@dataclass(frozen=True)
+class Classifier:
+    """One offered model, ready to explain: the model, its own image processor and its class names."""
+
+    name: str
+    model: torch.nn.Module
+    processor: Callable
+    labels: list[str]
+    label_index: dict[str, int]
+
+
+def load_classifier(name: str) -> Classifier:
+    """Load a model with its processor; ``MODEL_REVISION`` pins the default model (the others load their latest)."""
+    revision = REVISION if name == MODEL_ID else None
+    model = AutoModelForImageClassification.from_pretrained(name, revision=revision, trust_remote_code=True)
+    model.eval().to(DEVICE)
+    processor = AutoImageProcessor.from_pretrained(name, revision=revision)
+    labels = unique_labels(model.config.id2label)
+    return Classifier(name, model, processor, labels, {label: i for i, label in enumerate(labels)})
+
+
+# Loaded models by name. The default one is loaded at start, so a broken default stops the Space with its
+# traceback; the others on first use, each under its own lock so two users asking for it load it once.
+LOADED: dict[str, Classifier] = {MODEL_ID: load_classifier(MODEL_ID)}
+LOADING = {name: threading.Lock() for name in MODEL_CHOICES}
+# explain() switches a shared model into explanation mode, so two explanations must never overlap.
+MODEL_LOCK = threading.Lock()
+
+
+def classifier(name: str | None) -> Classifier:
+    """The offered model ``name``, loaded once; anything not offered is refused (requests may name any string)."""
+    if name not in LOADING:
+        raise gr.Error("Pick one of the offered models.")
+    with LOADING[name]:
+        if name not in LOADED:
+            try:
+                LOADED[name] = load_classifier(name)
+            except Exception:
+                log.exception("loading %s failed", name)
+                raise gr.Error(f"The model {name} could not be loaded; pick another one.") from None
+        return LOADED[name]
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -70,6 +131,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def upload_path(upload: str | dict | None) -> str | None:
+    return upload.get("path") if isinstance(upload, dict) else upload
+
+
 def read_image(upload: str | dict | None) -> Image.Image:
     """Decode an upload into an upright RGB image, or raise a short ``gr.Error``.
 
@@ -79,7 +144,7 @@ def read_image(upload: str | dict | None) -> Image.Image:
     Events take the raw upload (``preprocess=False``) so that a file Pillow cannot read is answered with a message
     instead of a server error.
     """
-    path = upload.get("path") if isinstance(upload, dict) else upload
+    path = upload_path(upload)
     if not path:
         raise gr.Error("Upload an image first, or pick an example.")
     try:
@@ -98,19 +163,19 @@ def read_image(upload: str | dict | None) -> Image.Image:
     return image
 
 
-def picture(array: torch.Tensor, title: str) -> Image.Image:
+def picture(array: torch.Tensor, title: str, source: str) -> Image.Image:
     """An (H, W, C) tensor in [0, 1] as an 8-bit picture, enlarged by a whole factor, titled for download.
 
-    The PNG text chunks travel with a download. The unique id also keeps identical results apart: Gradio writes a
-    picture to a cache file named by its content, in place, and a concurrent download of the same file could
-    otherwise read it half-written.
+    The PNG text chunks (title, and the model as source) travel with a download. The unique id also keeps identical
+    results apart: Gradio writes a picture to a cache file named by its content, in place, and a concurrent download
+    of the same file could otherwise read it half-written.
     """
     data = (array.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     image = Image.fromarray(data)
     scale = max(1, -(-DISPLAY_SIZE // max(image.size)))
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    image.info.update(Title=title, Source=MODEL_ID, Software="bcos-vit-explainer", Id=uuid.uuid4().hex)
+    image.info.update(Title=title, Source=source, Software="bcos-vit-explainer", Id=uuid.uuid4().hex)
     return image
 
 
@@ -130,60 +195,81 @@ def friendly_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def explain(image: Image.Image, target: int | None) -> tuple[torch.Tensor, object]:
+def explain(chosen: Classifier, image: Image.Image, target: int | None) -> tuple[torch.Tensor, object]:
     """Model input and explanation of one image for ``target`` (``None``: the top class)."""
-    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
+    model = chosen.model
+    pixel_values = chosen.processor(images=image, return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
     with MODEL_LOCK:
         explanation = model.explain(pixel_values, target=target)
     return pixel_values, explanation
 
 
-def views(pixel_values: torch.Tensor, explanation) -> tuple[Image.Image, Image.Image, Image.Image, str]:
-    """Input as the model sees it, colour explanation (RGBA), contribution map, and the completeness line."""
-    target = int(explanation.target[0])
+def views(chosen: Classifier, pixel_values: torch.Tensor, explanation) -> tuple:
+    """Input as the model sees it, colour explanation (RGBA), contribution map, and the completeness line, each
+    naming the model, so a result never passes for another model's."""
+    label = chosen.labels[int(explanation.target[0])]
     logit = float(explanation.target_logits[0])
     pixels = float(explanation.contributions[0].double().sum())
     bias = float(explanation.bias[0])
     share = abs(pixels) / max(abs(pixels) + abs(bias), 1e-12)
     summary = (
-        f"**{LABELS[target]}**: logit {logit:.4f} = pixel contributions {pixels:.4f} + bias {bias:.4f} "
-        f"(the pixels account for {share:.0%})"
+        f"**{label}**: logit {logit:.4f} = pixel contributions {pixels:.4f} + bias {bias:.4f} "
+        f"(the pixels account for {share:.0%}). Model: `{chosen.name}`"
     )
     return (
-        picture(pixel_values[0].permute(1, 2, 0), "Input, as the model sees it"),
-        picture(explanation.render()[0], f"B-cos explanation of {LABELS[target]}"),
-        picture(explanation.contribution_map()[0], f"Contributions to {LABELS[target]}"),
+        picture(pixel_values[0].permute(1, 2, 0), f"Input, as {chosen.name} sees it", chosen.name),
+        picture(explanation.render()[0], f"B-cos explanation of {label} by {chosen.name}", chosen.name),
+        picture(explanation.contribution_map()[0], f"Contributions to {label} in {chosen.name}", chosen.name),
         summary,
     )
 
 
-@friendly_errors
-def predict(upload: str | dict | None) -> tuple:
-    """Top-5 predictions and the explanation of the top class; the class picker is set to that class."""
-    pixel_values, explanation = explain(read_image(upload), None)
+def top_predictions(chosen: Classifier, upload: str | dict | None) -> tuple:
+    """Top-5 predictions, the explanation of the top class, and that class's name."""
+    pixel_values, explanation = explain(chosen, read_image(upload), None)
     scores = explanation.logits[0].float().softmax(-1)
-    top = scores.topk(min(5, len(LABELS)))
-    top5 = {LABELS[i]: float(s) for s, i in zip(top.values.tolist(), top.indices.tolist())}
-    return top5, *views(pixel_values, explanation), LABELS[int(explanation.target[0])]
+    top = scores.topk(min(5, len(chosen.labels)))
+    top5 = {chosen.labels[i]: float(s) for s, i in zip(top.values.tolist(), top.indices.tolist())}
+    return top5, *views(chosen, pixel_values, explanation), chosen.labels[int(explanation.target[0])]
 
 
 @friendly_errors
-def explain_class(upload: str | dict | None, class_name: str | None) -> tuple:
+def predict(upload: str | dict | None, model_name: str | None = MODEL_ID) -> tuple:
+    """Top-5 predictions and the explanation of the top class; the class picker is set to that class."""
+    return top_predictions(classifier(model_name), upload)
+
+
+@friendly_errors
+def explain_class(upload: str | dict | None, class_name: str | None, model_name: str | None = MODEL_ID) -> tuple:
     """The explanation of the class the user picked."""
-    if class_name not in LABEL_INDEX:
-        raise gr.Error("Pick one of the model's classes to explain.")
-    return views(*explain(read_image(upload), LABEL_INDEX[class_name]))
+    chosen = classifier(model_name)
+    if class_name not in chosen.label_index:
+        raise gr.Error(f"Pick one of the classes of {chosen.name} to explain.")
+    return views(chosen, *explain(chosen, read_image(upload), chosen.label_index[class_name]))
 
 
-INTRO = f"""# B-cos ViT explainer
+@friendly_errors
+def choose_model(upload: str | dict | None, model_name: str | None) -> tuple:
+    """Switch the page to another model: the class picker gets its classes, and the current image is explained by
+    it; without an image the results are cleared, so nothing of the previous model stays under the new one."""
+    chosen = classifier(model_name)
+    if not upload_path(upload):
+        return None, None, None, None, "", gr.Dropdown(choices=chosen.labels, value=None)
+    *results, top_label = top_predictions(chosen, upload)
+    return *results, gr.Dropdown(choices=chosen.labels, value=top_label)
+
+
+INTRO = """# B-cos explainer
 A B-cos network is a dynamic linear map, `logit = W(x) x + bias`: the explanation below is the model's own
 `W(x)`, exact, not a post-hoc estimate. Colour: the colours the model looks for where they raise the logit.
-Contributions: `W(x) x` per pixel, red for and blue against the class. Model: `{MODEL_ID}`."""
+Contributions: `W(x) x` per pixel, red for and blue against the class. Choose any of the zoo's B-cos image
+classifiers (vision transformers and CNNs); each result names the model that produced it."""
 
-with gr.Blocks(title="B-cos ViT explainer", analytics_enabled=False, delete_cache=CACHE_LIFETIME) as demo:
+with gr.Blocks(title="B-cos explainer", analytics_enabled=False, delete_cache=CACHE_LIFETIME) as demo:
     gr.Markdown(INTRO)
     with gr.Row():
         with gr.Column():
+            model_picker = gr.Dropdown(MODEL_CHOICES, value=MODEL_ID, label="Model", elem_id="model-picker")
             upload = gr.Image(
                 type="filepath",
                 image_mode=None,
@@ -195,7 +281,9 @@ with gr.Blocks(title="B-cos ViT explainer", analytics_enabled=False, delete_cach
             button = gr.Button("Explain", variant="primary")
         with gr.Column():
             top5 = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="predictions")
-            class_picker = gr.Dropdown(LABELS, value=None, label="Explain another class", elem_id="class-picker")
+            class_picker = gr.Dropdown(
+                LOADED[MODEL_ID].labels, value=None, label="Explain another class", elem_id="class-picker"
+            )
     with gr.Row():
         seen = gr.Image(label="Input, as the model sees it", format="png", interactive=False, buttons=["fullscreen"])
         colour = gr.Image(label="Explanation", format="png", interactive=False, buttons=DOWNLOAD, elem_id="explanation")
@@ -206,14 +294,28 @@ with gr.Blocks(title="B-cos ViT explainer", analytics_enabled=False, delete_cach
     explained = [seen, colour, contributions, summary]
     examples = gr.Examples(EXAMPLES, inputs=upload, label="Examples")
 
-    # The events take the raw upload (preprocess=False): read_image answers unreadable files with a message.
+    # The events take the raw inputs (preprocess=False): read_image answers unreadable files with a message, and
+    # classifier() refuses models that are not offered.
     outputs = [top5, *explained, class_picker]
-    button.click(predict, upload, outputs, api_name="predict", preprocess=False, concurrency_id="model")
+    button.click(predict, [upload, model_picker], outputs, api_name="predict", preprocess=False, concurrency_id="model")
     examples.load_input_event.then(
-        predict, upload, outputs, preprocess=False, api_visibility="private", concurrency_id="model"
+        predict, [upload, model_picker], outputs, preprocess=False, api_visibility="private", concurrency_id="model"
     )
     class_picker.input(
-        explain_class, [upload, class_picker], explained, api_name="explain", preprocess=False, concurrency_id="model"
+        explain_class,
+        [upload, class_picker, model_picker],
+        explained,
+        api_name="explain",
+        preprocess=False,
+        concurrency_id="model",
+    )
+    model_picker.input(
+        choose_model,
+        [upload, model_picker],
+        outputs,
+        preprocess=False,
+        api_visibility="private",
+        concurrency_id="model",
     )
 
 if __name__ == "__main__":
