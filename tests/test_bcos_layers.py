@@ -148,3 +148,23 @@ def test_the_written_out_b2_backward_matches_autograd():
     (linear * linear.abs() / norms + unit.bias).square().sum().backward()
     for a, b in zip(fast, (inputs.grad, unit.weight.grad, unit.bias.grad)):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_the_inference_weight_cache_follows_every_weight_change():
+    unit = bcos_unit(2.0).eval()
+    x = torch.randn(4, 7, dtype=torch.float64)
+
+    def reference():
+        linear = x @ unit.weight.T
+        return (linear * linear.abs() / (x.norm(dim=-1, keepdim=True) * unit.weight.norm(dim=-1))).detach()
+
+    with torch.no_grad():
+        assert torch.allclose(unit(x), reference(), rtol=1e-12)
+        assert unit._scaled_weight_cache is not None
+        unit.weight.mul_(-2.0)  # an in-place update, as an optimiser step makes
+        assert torch.allclose(unit(x), reference(), rtol=1e-12)
+    unit.load_state_dict({"weight": torch.randn(5, 7, dtype=torch.float64)})
+    with torch.no_grad():
+        assert torch.allclose(unit(x), reference(), rtol=1e-12)
+    unit.train()
+    assert unit._scaled_weight_cache is None

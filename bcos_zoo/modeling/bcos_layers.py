@@ -194,6 +194,28 @@ class BcosLinear(DynamicModule):
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self._scaled_weight_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def _norm_scaled_weight(self) -> torch.Tensor:
+        """``w / sqrt|w|`` per output row.
+
+        Inference (eval mode, no autograd, not being traced) keeps it between calls, keyed on the weight's storage
+        and version, so repeated forward passes skip two passes over every weight; any change to the weight (an
+        optimiser step, ``load_state_dict``, ``.to(...)``) makes a new one, and ``train()`` drops it.
+        """
+        weight = self.weight
+        cacheable = not self.training and not torch.is_grad_enabled() and not _is_tracing()
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device) if cacheable else None
+        if cacheable and self._scaled_weight_cache is not None and self._scaled_weight_cache[0] == key:
+            return self._scaled_weight_cache[1]
+        weight_norm = torch.linalg.vector_norm(weight, dim=-1, keepdim=True).clamp_min(self.eps)
+        scaled = weight * weight_norm.rsqrt()
+        self._scaled_weight_cache = (key, scaled) if cacheable else None
+        return scaled
+
+    def train(self, mode: bool = True) -> "BcosLinear":
+        self._scaled_weight_cache = None
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.b == 1:
@@ -212,21 +234,13 @@ class BcosLinear(DynamicModule):
             out = y * y.detach().abs()
             return out if self.bias is None else out + self.bias
         if self.b == 2 and not self.detach_dynamic:
-            # (w.x)|w.x| / (|w||x|) as y|y| / d with y = w'.x': each norm scales (by its square root) whichever is
-            # smaller, its operand of the matmul or the output, so the extra passes over memory are the short ones.
-            weight_norm = torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
-            output_size = x.numel() // self.in_features * self.out_features
+            # (w.x)|w.x| / (|w||x|) as y|y| with y = (x / sqrt|x|) . (w / sqrt|w|): the norms scale the matmul's
+            # operands, not its output; |x| scales the output instead when the output is the narrower side.
             scale_input = self.in_features <= self.out_features
-            scale_weight = self.weight.numel() <= output_size
-            y = F.linear(
-                x * input_norm.rsqrt() if scale_input else x,
-                self.weight * weight_norm.rsqrt() if scale_weight else self.weight,
-            )
+            y = F.linear(x * input_norm.rsqrt() if scale_input else x, self._norm_scaled_weight())
             out = _signed_square(y)
             if not scale_input:
                 out = _divide(out, input_norm)
-            if not scale_weight:
-                out = _divide(out, weight_norm.T)
             return out if self.bias is None else out + self.bias
         return self.scale_linear_output(F.linear(x, self.weight), input_norm)
 
@@ -265,9 +279,9 @@ class BcosLayerNorm(DynamicModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.detach_dynamic:
             return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
-        centered = x - x.mean(dim=-1, keepdim=True)
-        std = (centered.pow(2).mean(dim=-1, keepdim=True) + self.eps).sqrt()
-        out = centered / std.detach() * self.weight
+        # the mean subtraction is linear and keeps its gradient; the standard deviation is a detached factor
+        variance = torch.var(x.detach(), dim=-1, correction=0, keepdim=True)
+        out = (x - x.mean(dim=-1, keepdim=True)) * (variance + self.eps).rsqrt() * self.weight
         return out if self.bias is None else out + self.bias
 
 
