@@ -55,7 +55,8 @@ def test_space_sees_the_processor_pixels(saved, clean_python):
         import app
         from safetensors.torch import save_file
 
-        pixels = app.processor(images=app.read_image({str(folder / "wide.png")!r}), return_tensors="pt")
+        processor = app.LOADED[app.MODEL_ID].processor  # the default model's
+        pixels = processor(images=app.read_image({str(folder / "wide.png")!r}), return_tensors="pt")
         save_file({{"pixel_values": pixels["pixel_values"][0].contiguous()}}, {str(output)!r})
         """,
         cwd=SPACE,
