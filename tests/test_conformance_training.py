@@ -61,7 +61,10 @@ def test_the_trainer_trains_with_gradient_checkpointing(tmp_path):
         disable_tqdm=True,
     )
     before = model.classifier.weight.detach().clone()
-    Trainer(model=model, args=arguments, train_dataset=data).train()
+    trainer = Trainer(model=model, args=arguments, train_dataset=data)
+    # the loss is a batch mean: the Trainer itself scales it for gradient accumulation
+    assert trainer.model_accepts_loss_kwargs is False
+    trainer.train()
     assert model.bcos_vit.layers[0].gradient_checkpointing
     assert not torch.equal(before, model.classifier.weight.detach())
 

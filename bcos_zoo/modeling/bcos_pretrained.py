@@ -15,6 +15,16 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .bcos_layers import BcosLayerNorm, BcosLinear, explanation_mode, prepare_pixel_values
+from .pipeline_bcos_explanation import ImageExplanationPipeline
+
+
+# The image-explanation pipeline as a saved config names it (``pipeline("image-explanation", trust_remote_code=True)``).
+EXPLANATION_PIPELINE = {
+    "impl": f"pipeline_bcos_explanation.{ImageExplanationPipeline.__name__}",
+    "pt": ["AutoModelForImageClassification"],
+    "tf": [],
+    "type": "image",
+}
 
 
 class BcosPreTrainedModel(PreTrainedModel):
@@ -25,6 +35,9 @@ class BcosPreTrainedModel(PreTrainedModel):
     _standard_converter: str = ""
     # the Auto classes a saved folder of this class answers to, besides the one given to register_for_auto_class
     _extra_auto_classes: tuple[str, ...] = ()
+    # The losses are batch means that ignore the Trainer's num_items_in_batch, so the Trainer must divide them by the
+    # gradient-accumulation steps itself (it would not for a forward with **kwargs otherwise).
+    accepts_loss_kwargs = False
 
     @property
     def _initializer_range(self) -> float:
@@ -107,6 +120,8 @@ class BcosPreTrainedModel(PreTrainedModel):
         shared = self.config
         config = copy.deepcopy(shared)
         config.auto_map = self._auto_map()
+        if type(self).__name__.endswith("ForImageClassification"):  # labels and their explanations in one call
+            config.custom_pipelines = {"image-explanation": EXPLANATION_PIPELINE}
         self.config = config
         try:
             if kwargs.get("is_main_process", True):
