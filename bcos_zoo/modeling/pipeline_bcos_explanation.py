@@ -1,0 +1,73 @@
+"""The ``image-explanation`` pipeline: labels and scores like ``image-classification``, and for each label asked for,
+the model's exact explanation of it.
+
+    pipe = pipeline("image-explanation", model="<org>/<bcos-model>", trust_remote_code=True)
+    pipe("cat.jpg")            # [{"label", "score", "explanation": {"contributions", "rgba", "bias", "logit"}}, ...]
+    pipe("cat.jpg", top_k=3, explain=3)        # explain each of the three top labels
+    pipe("cat.jpg", labels=["tabby, tabby cat"])  # explain these labels, whatever their rank
+
+The pipeline travels with the weights (the model's config names it in ``custom_pipelines``), so it needs only
+transformers. Hub-facing: torch, transformers and sibling files only.
+"""
+
+import torch
+from transformers import Pipeline
+from transformers.image_utils import load_image
+
+
+class ImageExplanationPipeline(Pipeline):
+    """Classify an image and explain the chosen labels with the B-cos model's own dynamic linear map."""
+
+    _load_processor = False
+    _load_image_processor = True
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def _sanitize_parameters(self, top_k=None, explain=None, labels=None, timeout=None):
+        preprocess = {} if timeout is None else {"timeout": timeout}
+        forward, postprocess = {}, {}
+        if top_k is not None:
+            postprocess["top_k"] = top_k
+        if explain is not None:
+            forward["explain"] = postprocess["explain"] = explain
+        if labels is not None:
+            names = [labels] if isinstance(labels, str) else list(labels)
+            indices = {name: int(index) for index, name in self.model.config.id2label.items()}
+            unknown = [name for name in names if name not in indices]
+            if unknown:
+                raise ValueError(f"Unknown labels {unknown}; this model's labels are in model.config.id2label.")
+            forward["targets"] = [indices[name] for name in names]
+        return preprocess, forward, postprocess
+
+    def preprocess(self, image, timeout=None):
+        image = load_image(image, timeout=timeout)
+        return self.image_processor(images=image, return_tensors="pt")
+
+    def _forward(self, model_inputs, explain=1, targets=None):
+        """One forward pass for the scores, then one batched explanation of every label asked for."""
+        pixel_values = model_inputs["pixel_values"].to(self.model.device, self.model.dtype)
+        logits = self.model(pixel_values=pixel_values).logits
+        order = logits[0].argsort(descending=True).tolist()
+        chosen = targets if targets is not None else order[:explain]
+        batch = pixel_values.expand(len(chosen), *pixel_values.shape[1:])
+        explanation = self.model.explain(batch, target=torch.tensor(chosen, device=pixel_values.device))
+        return {"logits": logits, "order": order, "chosen": chosen, "explanation": explanation}
+
+    def postprocess(self, model_outputs, top_k=5, explain=1):
+        id2label = self.model.config.id2label
+        probabilities = model_outputs["logits"][0].float().softmax(dim=-1)
+        order, chosen, explanation = model_outputs["order"], model_outputs["chosen"], model_outputs["explanation"]
+        shown = order[:top_k] + [index for index in chosen if index not in order[:top_k]]
+        results = []
+        for index in shown:
+            entry = {"label": id2label[index], "score": float(probabilities[index])}
+            if index in chosen:
+                row = chosen.index(index)
+                entry["explanation"] = {
+                    "contributions": explanation.contributions[row].float().cpu().numpy(),
+                    "rgba": explanation.rgba[row].float().cpu().numpy(),
+                    "bias": float(explanation.bias[row]),
+                    "logit": float(explanation.target_logits[row]),
+                }
+            results.append(entry)
+        return results

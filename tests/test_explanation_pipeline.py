@@ -1,0 +1,75 @@
+"""``pipeline("image-explanation", trust_remote_code=True)``: labels, scores and exact explanations, in a process that
+has only transformers, for every B-cos image classifier family."""
+
+import json
+
+import numpy as np
+import pytest
+from cnn_sources import hf_resnet
+from PIL import Image
+from sources import hf_vit
+
+from bcos_zoo import BcosResNetForImageClassification, BcosViTForImageClassification
+
+
+@pytest.fixture(scope="module", params=["vit", "resnet"])
+def saved(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    if request.param == "vit":
+        model = BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=4), b=2.0)
+    else:
+        model = BcosResNetForImageClassification.from_pretrained_standard(hf_resnet(labels=4), b=2.0)
+    model.eval().save_pretrained(folder)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (45, 60, 3), dtype=np.uint8)).save(folder / "photo.png")
+    return folder
+
+
+def test_config_names_the_pipeline_and_the_folder_holds_its_code(saved):
+    config = json.loads((saved / "config.json").read_text())
+    assert config["custom_pipelines"]["image-explanation"]["impl"].startswith("pipeline_bcos_explanation.")
+    assert (saved / "pipeline_bcos_explanation.py").is_file()
+
+
+def test_pipeline_returns_labels_scores_and_complete_explanations(saved, clean_python):
+    output = clean_python(
+        f"""
+        import json
+        from transformers import pipeline
+
+        pipe = pipeline("image-explanation", model={str(saved)!r}, trust_remote_code=True)
+        top = pipe({str(saved / "photo.png")!r}, top_k=3, explain=2)
+        asked = pipe({str(saved / "photo.png")!r}, top_k=1, labels=[pipe.model.config.id2label[3]])
+        classes = pipeline("image-classification", model={str(saved)!r}, trust_remote_code=True)
+        reference = classes({str(saved / "photo.png")!r}, top_k=3)
+
+        def summary(results):
+            rows = []
+            for row in results:
+                explanation = row.get("explanation") or dict()
+                rows.append(dict(
+                    label=row["label"],
+                    score=row["score"],
+                    explained=bool(explanation),
+                    total=float(explanation["contributions"].sum()) + explanation["bias"] if explanation else None,
+                    logit=explanation.get("logit"),
+                    rgba=list(explanation["rgba"].shape) if explanation else None,
+                ))
+            return rows
+
+        label_3 = pipe.model.config.id2label[3]
+        print(json.dumps(dict(top=summary(top), asked=summary(asked), reference=reference, label_3=label_3)))
+        """,
+        cwd=saved,
+    )
+    result = json.loads(output)
+    top, asked, reference = result["top"], result["asked"], result["reference"]
+    assert [row["label"] for row in top] == [row["label"] for row in reference]
+    assert [row["score"] for row in top] == pytest.approx([row["score"] for row in reference], abs=1e-5)
+    assert [row["explained"] for row in top] == [True, True, False]
+    for row in top[:2] + [asked[-1]]:
+        assert row["total"] == pytest.approx(row["logit"], rel=1e-4, abs=1e-4)  # contributions + bias = logit
+        assert row["rgba"][-1] == 4
+    explained = [row for row in asked if row["explained"]]
+    assert len(explained) == 1 and explained[0]["label"] == result["label_3"]
+    assert asked[0]["label"] == reference[0]["label"]
