@@ -475,7 +475,11 @@ class BcosPatchEmbedding(nn.Module):
         batch, channels, height, width = images.shape
         p = self.patch_size
         if height % p or width % p:
-            raise ValueError(f"Image size {height}x{width} is not a multiple of the patch size {p}.")
+            raise ValueError(
+                f"This model cuts images into {p}x{p} patches and cannot take a {height}x{width} image. Resize it "
+                "to the model's size with its image processor (AutoImageProcessor.from_pretrained(<model>), saved "
+                "beside the weights), or to any multiple of the patch size with interpolate_pos_encoding=True."
+            )
         patches = images.reshape(batch, channels, height // p, p, width // p, p)
         return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // p) * (width // p), channels * p * p)
 
