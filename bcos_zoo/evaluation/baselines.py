@@ -1,23 +1,33 @@
-"""Post-hoc attribution methods for a standard ViT classifier, the baselines B-cos explanations are compared against.
+"""Post-hoc attribution methods for a standard classifier, the baselines B-cos explanations are compared against.
 
-Each method explains a :class:`StandardClassifier`: a transformers ``ViTForImageClassification`` that takes images in
-[0, 1] and applies its own mean/std normalisation inside, so that a post-hoc method sees exactly the pixels a B-cos
-model sees and its attributions live on the same (N, H, W) pixel grid. Gradient methods come from captum.
+Each method explains a :class:`StandardClassifier`: a transformers ``ViTForImageClassification`` or
+``ResNetForImageClassification`` that takes images in [0, 1] and applies its own mean/std normalisation inside, so
+that a post-hoc method sees exactly the pixels the model's B-cos form sees and its attributions live on the same
+(N, H, W) pixel grid. Gradient methods come from captum; attention rollout needs attention, so only a ViT has it.
 
     classifier = load_standard_classifier("google/vit-base-patch16-224")
     attribute = posthoc_attribution(classifier, "integrated_gradients")
     maps = attribute(images, targets)        # (N, 3, H, W) in [0, 1], (N,) -> (N, H, W)
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ViTForImageClassification, ViTImageProcessor
+from transformers import (
+    ConvNextImageProcessor,
+    ResNetForImageClassification,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
 
 from ..conversion.common import VIT_DEFAULT_NORMALIZATION, read_json, resolve_folder, source_normalization
+from ..conversion.resnet import processor_geometry
+from ..modeling.configuration_bcos_resnet import BcosResNetConfig
 from .localisation import AttributionFn
 
 
@@ -30,18 +40,31 @@ METHOD_NAMES = {
     "gradcam": "GradCAM",
     "attention_rollout": "Attention Rollout",
 }
+# The methods each family of standard classifier (its transformers model_type) can be explained with.
+FAMILY_METHODS = {
+    "vit": POSTHOC_METHODS,
+    "resnet": ("input_x_gradient", "integrated_gradients", "gradcam"),
+}
+STANDARD_CLASSES = {"vit": ViTForImageClassification, "resnet": ResNetForImageClassification}
 
 
 class StandardClassifier(nn.Module):
-    """A standard ViT classifier that takes images in [0, 1], like a B-cos model, and returns logits.
+    """A standard ViT or ResNet classifier that takes images in [0, 1], like a B-cos model, and returns logits.
 
     The source's normalisation ``(x - mean) / std`` is the first step of :meth:`forward`, so gradients are taken
-    with respect to the [0, 1] pixels.
+    with respect to the [0, 1] pixels. ``geometry`` (a CNN's ``image_size`` and ``crop_pct``, as its processor
+    states them) decides the evaluation pixels, as it does for the model's B-cos form.
     """
 
-    def __init__(self, model: ViTForImageClassification, mean, std):
+    def __init__(self, model: ViTForImageClassification | ResNetForImageClassification, mean, std, **geometry):
         super().__init__()
+        if not isinstance(model, tuple(STANDARD_CLASSES.values())):
+            raise ValueError(
+                f"A {type(model).__name__} cannot be explained by the post-hoc baselines; they explain "
+                "ViTForImageClassification and ResNetForImageClassification models."
+            )
         self.model = model
+        self.geometry = geometry
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         # GradCAM reads the patch tokens through this no-op as an (N, D, rows, cols) feature map (see gradcam()).
@@ -52,14 +75,32 @@ class StandardClassifier(nn.Module):
         return self.model.config
 
     @property
-    def image_size(self) -> int:
-        return self.model.config.image_size
+    def family(self) -> str:
+        """The transformers ``model_type``: ``"vit"`` or ``"resnet"``."""
+        return self.model.config.model_type
 
-    def default_image_processor(self) -> ViTImageProcessor:
-        """The processor a B-cos model of this source saves: resize to the input size, rescale to [0, 1], no
-        normalisation (that happens in :meth:`forward`), so the source and its B-cos form see the same pixels."""
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The post-hoc methods that apply to this classifier."""
+        return FAMILY_METHODS[self.family]
+
+    @property
+    def image_size(self) -> int:
+        if self.family == "vit":
+            return self.model.config.image_size
+        return self.geometry.get("image_size", BcosResNetConfig().image_size)
+
+    def default_image_processor(self) -> ViTImageProcessor | ConvNextImageProcessor:
+        """The processor a B-cos model of this source saves: a ViT's resizes to the input size, a CNN's resizes the
+        shortest edge to ``image_size / crop_pct`` and crops the centre; both rescale to [0, 1] and do not normalise
+        (that happens in :meth:`forward`), so the source and its B-cos form see the same pixels."""
         size = self.image_size
-        return ViTImageProcessor(size={"height": size, "width": size}, do_rescale=True, do_normalize=False)
+        if self.family == "vit":
+            return ViTImageProcessor(size={"height": size, "width": size}, do_rescale=True, do_normalize=False)
+        crop_pct = self.geometry.get("crop_pct", BcosResNetConfig().crop_pct)
+        return ConvNextImageProcessor(
+            size={"shortest_edge": size}, crop_pct=crop_pct, do_rescale=True, do_normalize=False
+        )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.model.dtype)
@@ -67,31 +108,37 @@ class StandardClassifier(nn.Module):
 
 
 def load_standard_classifier(
-    source: str | Path | ViTForImageClassification,
+    source: str | Path | ViTForImageClassification | ResNetForImageClassification,
     image_mean: tuple[float, ...] | None = None,
     image_std: tuple[float, ...] | None = None,
 ) -> StandardClassifier:
-    """A transformers ViT classifier (folder, Hub id or loaded model) with its normalisation, in eval mode.
+    """A transformers ViT or ResNet classifier (folder, Hub id or loaded model) with its normalisation, in eval mode.
 
-    Mean and std are ``image_mean``/``image_std`` when given, else the folder's ``preprocessor_config.json`` (no
-    change when it does not normalise), else transformers' ViT default of 0.5.
+    Mean and std are ``image_mean``/``image_std`` when given, else what the folder states (read as the
+    B-cosification reads it: ``conversion.common.source_normalization``; no change when it does not normalise),
+    else transformers' default of 0.5. A ResNet folder's processor also gives the evaluation geometry
+    (``image_size``, ``crop_pct``) its B-cos form is saved with.
     """
     mean, std = VIT_DEFAULT_NORMALIZATION
-    if isinstance(source, ViTForImageClassification):
+    geometry = {}
+    if isinstance(source, nn.Module):
         model = source
     else:
-        folder = resolve_folder(source, "a transformers ViTForImageClassification (folder or Hub id)")
+        folder = resolve_folder(source, "a transformers ViT or ResNet image classifier (folder or Hub id)")
         config = read_json(folder / "config.json") or {}
-        if config.get("model_type") != "vit":
+        model_class = STANDARD_CLASSES.get(config.get("model_type"))
+        if model_class is None:
             raise ValueError(
-                f"{source} is not a transformers ViT image classifier (model_type {config.get('model_type')!r}); "
-                "the post-hoc baselines explain ViTForImageClassification sources."
+                f"{source} is not a transformers ViT or ResNet image classifier (model_type "
+                f"{config.get('model_type')!r}); the post-hoc baselines explain ViTForImageClassification and "
+                "ResNetForImageClassification sources."
             )
-        model = ViTForImageClassification.from_pretrained(folder)
+        model = model_class.from_pretrained(folder)
         mean, std = source_normalization(folder) or (mean, std)
+        geometry = processor_geometry(processor=read_json(folder / "preprocessor_config.json"))
     mean = image_mean if image_mean is not None else mean
     std = image_std if image_std is not None else std
-    return StandardClassifier(model, mean, std).eval()
+    return StandardClassifier(model, mean, std, **geometry).eval()
 
 
 def _channel_sum(attributions: torch.Tensor) -> torch.Tensor:
@@ -128,16 +175,18 @@ def patch_rows_cols(classifier: StandardClassifier, height: int, width: int) -> 
     return height // patch, width // patch
 
 
-def gradcam(classifier: StandardClassifier, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """GradCAM on the tokens entering the last block's attention, upsampled bilinearly to pixels.
+@contextmanager
+def gradcam_feature_map(classifier: StandardClassifier, height: int, width: int) -> Iterator[nn.Module]:
+    """The module whose output is the feature map GradCAM weighs, for images of ``height`` x ``width``.
 
-    With a class token, the last block's *output* patch tokens never reach the logits, so their gradient is zero;
-    the patch tokens after the last block's first LayerNorm are the last ones the class token attends to. They are
-    reshaped into an (N, D, rows, cols) feature map (the ViT analogue of the last conv layer) for captum.
+    A ResNet's is the last stage's output (the last convolutional features before pooling). A ViT has none: with a
+    class token, the last block's *output* patch tokens never reach the logits, so their gradient is zero; the patch
+    tokens after the last block's first LayerNorm are the last ones the class token attends to. While the context
+    is open, they are reshaped into an (N, D, rows, cols) map that passes through ``classifier.patch_grid``.
     """
-    from captum.attr import LayerAttribution, LayerGradCam
-
-    height, width = images.shape[-2:]
+    if classifier.family == "resnet":
+        yield classifier.model.resnet.encoder.stages[-1]
+        return
     rows, cols = patch_rows_cols(classifier, height, width)
 
     def tokens_as_grid(module, inputs, tokens):
@@ -148,13 +197,32 @@ def gradcam(classifier: StandardClassifier, images: torch.Tensor, targets: torch
     last_norm = classifier.model.vit.layers[-1].layernorm_before
     handle = last_norm.register_forward_hook(tokens_as_grid)
     try:
-        with torch.enable_grad():
-            cam = LayerGradCam(classifier, classifier.patch_grid).attribute(
-                images, target=targets, relu_attributions=True
-            )
+        yield classifier.patch_grid
     finally:
         handle.remove()
+
+
+def gradcam(classifier: StandardClassifier, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """GradCAM: the ReLU of the feature map (:func:`gradcam_feature_map`) weighted per channel by the spatial mean
+    of the target logit's gradient, upsampled bilinearly to pixels."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    height, width = images.shape[-2:]
+    with gradcam_feature_map(classifier, height, width) as layer, torch.enable_grad():
+        cam = LayerGradCam(classifier, layer).attribute(images, target=targets, relu_attributions=True)
     return LayerAttribution.interpolate(cam.detach(), (height, width), "bilinear")[:, 0]
+
+
+def check_method(classifier: StandardClassifier, method: str) -> None:
+    """Refuse a method that does not apply to the classifier's family, naming those that do."""
+    if method not in POSTHOC_METHODS:
+        raise ValueError(f"Unknown post-hoc method {method!r}; available: {', '.join(POSTHOC_METHODS)}.")
+    if method not in classifier.methods:
+        reason = " (it needs attention matrices; a CNN has none)" if method == "attention_rollout" else ""
+        raise ValueError(
+            f"{METHOD_NAMES[method]} does not apply to a {classifier.family} classifier{reason}; methods for it: "
+            f"{', '.join(classifier.methods)}."
+        )
 
 
 @torch.no_grad()
@@ -164,6 +232,7 @@ def attention_rollout(classifier: StandardClassifier, images: torch.Tensor, targ
 
     Class-agnostic: ``targets`` is accepted for the common interface and ignored.
     """
+    check_method(classifier, "attention_rollout")
     model = classifier.model
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")  # only eager attention returns the attention matrices
@@ -187,7 +256,8 @@ def attention_rollout(classifier: StandardClassifier, images: torch.Tensor, targ
 def posthoc_attribution(classifier: StandardClassifier, method: str, **options) -> AttributionFn:
     """``attribute(images (N, 3, H, W) in [0, 1], targets (N,)) -> (N, H, W)`` for one of :data:`POSTHOC_METHODS`.
 
-    ``options`` go to the method (``steps`` for integrated gradients).
+    ``options`` go to the method (``steps`` for integrated gradients). A method that does not apply to the
+    classifier (attention rollout of a CNN) is refused here, before any image is explained.
     """
     methods = {
         "input_x_gradient": input_x_gradient,
@@ -195,6 +265,5 @@ def posthoc_attribution(classifier: StandardClassifier, method: str, **options) 
         "gradcam": gradcam,
         "attention_rollout": attention_rollout,
     }
-    if method not in methods:
-        raise ValueError(f"Unknown post-hoc method {method!r}; available: {', '.join(POSTHOC_METHODS)}.")
+    check_method(classifier, method)
     return partial(methods[method], classifier, **options)
