@@ -11,7 +11,7 @@ from cnn_sources import (
 )
 
 from bcos_zoo import BcosDenseNetForImageClassification, BcosResNetForImageClassification
-from bcos_zoo.modeling.bcos_convolution import BcosBatchNorm2d, BcosConv2d
+from bcos_zoo.modeling.bcos_convolution import BcosBatchNorm2d, BcosConv2d, BcosConvNormAct
 
 
 SOURCES = {
@@ -20,6 +20,11 @@ SOURCES = {
     "timm_resnext": (lambda: timm_cnn("resnext50_32x4d"), BcosResNetForImageClassification),
     "torchvision_densenet121": (torchvision_densenet121, BcosDenseNetForImageClassification),
 }
+
+
+# The methods that compute the factors explanation mode detaches: the B-cos convolution's, and the one of a B-cos
+# convolution with BatchNorm folded in (evaluation mode).
+FACTORS = ((BcosConv2d, "dynamic_factor"), (BcosConvNormAct, "folded_factor"))
 
 
 def bcosified(name: str, b: float, **overrides):
@@ -53,15 +58,18 @@ def linear_map_error(model, pixel_values: torch.Tensor, step: float = 1e-6) -> f
     predicted = (explanation.dynamic_weights * torch.cat([direction, -direction], dim=1)).sum(dim=(1, 2, 3))
 
     recorded, replay = {}, {"on": False}
-    original = BcosConv2d.dynamic_factor
+    originals = {cls: getattr(cls, name) for cls, name in FACTORS}
 
-    def dynamic_factor(self, out, x):
-        if replay["on"]:
+    def recording(method):
+        def factor(self, *args):
+            if not replay["on"]:
+                recorded[id(self)] = method(self, *args).detach()
             return recorded[id(self)]
-        recorded[id(self)] = original(self, out, x).detach()
-        return recorded[id(self)]
 
-    BcosConv2d.dynamic_factor = dynamic_factor
+        return factor
+
+    for cls, name in FACTORS:
+        setattr(cls, name, recording(originals[cls]))
     try:
         with torch.no_grad(), model.explanation_mode():
             model(pixel_values=pixel_values)
@@ -70,7 +78,8 @@ def linear_map_error(model, pixel_values: torch.Tensor, step: float = 1e-6) -> f
             up = model(pixel_values=pixel_values + step * direction).logits.gather(1, index).squeeze(1)
             down = model(pixel_values=pixel_values - step * direction).logits.gather(1, index).squeeze(1)
     finally:
-        BcosConv2d.dynamic_factor = original
+        for cls, name in FACTORS:
+            setattr(cls, name, originals[cls])
     measured = (up - down) / (2 * step)
     return ((predicted - measured).abs() / measured.abs()).max().item()
 

@@ -244,10 +244,37 @@ class BcosConvNormAct(nn.Module):
             return out.relu_().square_().div_(norms)
         return out.mul_(out.abs().div_(norms))
 
-    def _folded_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The convolution weight with BatchNorm's scale folded in (and the shift), cached until any of the tensors
-        they come from changes (an optimiser step or a load bumps their version)."""
+    def _explainable_folded(self) -> bool:
+        conv = self.convolution
+        return not self.training and conv.b == 2 and conv.bias is None and conv.detach_dynamic
+
+    def folded_factor(self, out: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """The dynamic factor of the folded form, ``|o| / n``: the scale explanation mode detaches."""
+        return out.abs() / norms
+
+    def _explain_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """Explanation mode in evaluation at ``b = 2``, with BatchNorm folded as in :meth:`_fused_inference`:
+        ``o * stop_gradient(|o| / n)`` (+ shift) is the same dynamic linear map as conv, detached factor, BatchNorm,
+        in fewer passes forward and backward."""
+        conv = self.convolution
+        weight, shift = self._folded_weight(live=torch.is_grad_enabled())
+        out = conv._conv(x, weight)
+        norms = conv._per_output(conv.patch_norms(x), out)
+        out = out * conv._dynamic(self.folded_factor(out, norms))
+        if shift is not None:
+            out = out + shift
+        return F.relu(out) if self.activation else out
+
+    def _folded_weight(self, live: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The convolution weight with BatchNorm's scale folded in (and the shift). ``live``: computed with autograd,
+        so that gradients reach the parameters; otherwise cached until any of the tensors they come from changes
+        (an optimiser step or a load bumps their version)."""
         conv, norm = self.convolution, self.normalization
+        if live:
+            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+            factor = scale.sign() * (scale.abs() / conv.weight_norms()).sqrt()
+            shift = None if not norm.centered else (norm.bias - norm.running_mean * scale).view(1, -1, 1, 1)
+            return conv.weight * factor.view(-1, 1, 1, 1), shift
         sources = [conv.weight, norm.weight, norm.running_var, norm.bias, norm.running_mean]
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources if t is not None)
         cached = getattr(self, "_folded", None)
@@ -264,6 +291,8 @@ class BcosConvNormAct(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self._fusable(hidden_states):
             return self._fused_inference(hidden_states)
+        if self._explainable_folded():
+            return self._explain_folded(hidden_states)
         hidden_states = self.normalization(self.convolution(hidden_states))
         return F.relu(hidden_states) if self.activation else hidden_states
 
