@@ -49,6 +49,21 @@ def test_trainer_loss_is_the_e2kd_loss_and_the_teacher_stays_frozen(tmp_path):
     assert scores == {}
 
 
+def test_fixed_teaching_runs_the_teacher_once_per_image_and_teaches_the_same(tmp_path):
+    teacher, student = tiny_vit(1).eval().requires_grad_(False), tiny_vit(2).train()
+    pixels = torch.rand(4, 3, 16, 16)
+    arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    options = dict(model=student, args=arguments, teacher=teacher, temperature=2.0, explanation_weight=0.7)
+    online, fixed = ExplanationDistillationTrainer(**options), ExplanationDistillationTrainer(**options, fixed=True)
+    inputs = {"pixel_values": pixels, "labels": torch.zeros(4, dtype=torch.long)}
+    expected = float(online.compute_loss(student, inputs).detach())
+    shuffled = {"pixel_values": pixels[[2, 0, 3, 1]], "labels": inputs["labels"]}
+    losses = [float(fixed.compute_loss(student, batch).detach()) for batch in (inputs, shuffled, inputs)]
+    assert fixed.teaching.computed == 4  # three batches of the same four images: the teacher saw each once
+    assert losses[0] == pytest.approx(expected, rel=1e-5) and losses[2] == pytest.approx(expected, rel=1e-5)
+    assert losses[1] == pytest.approx(expected, rel=1e-5)  # the same images in another order, the same mean loss
+
+
 def distil(tmp_path, student_architecture: dict, explanation_weight: float) -> tuple[dict, str]:
     teacher_recipe = Recipe(
         name="teacher",
@@ -91,7 +106,7 @@ def test_e2kd_runs_through_finetune_with_a_teacher_folder(tmp_path):
     for key in ("accuracy", "teacher_accuracy", "agreement", "epg"):
         assert 0 <= metrics[key] <= 1, key
     assert -1 <= metrics["explanation_cosine"] <= 1
-    assert "| teacher | teacher/repo |" in card and "| explanation weight lambda_exp | 1.0 |" in card
+    assert "| teacher | teacher (a local checkpoint) |" in card and "| explanation weight lambda_exp | 1.0 |" in card
     rows = [line for line in card.splitlines() if line.startswith("| teacher |")]
     assert rows and str(tmp_path) not in rows[0]  # a local teacher is named by its last path parts only
 

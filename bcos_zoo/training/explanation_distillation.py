@@ -7,8 +7,10 @@ teacher's top-1 class. ``explanation_weight = 0`` is plain KD. The student is ev
 agreement with the teacher, the cosine of its explanations to the teacher's and, on data with boxes, EPG.
 """
 
+import functools
+import hashlib
 from collections import defaultdict
-from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -18,18 +20,10 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 
 from ..data.boxes import collate_boxed
 from ..data.datasets import DatasetSplits
+from ..zoo.cards import describe_source
 from .explanation_losses import differentiable_explanation, e2kd_loss, explanation_cosine
 from .guided_classification import GuidedClassification
 from .task import CardFields
-
-
-def public_name(source: str | None) -> str | None:
-    """A teacher as a card may name it: a Hub id as it is, a local folder by its last two path parts only."""
-    from ..zoo.cards import hub_id_or_none
-
-    if not source:
-        return source
-    return hub_id_or_none(source) or "/".join(Path(source).parts[-2:])
 
 
 def load_teacher(source: str) -> nn.Module:
@@ -61,6 +55,37 @@ def teach(teacher: nn.Module, pixel_values: torch.Tensor, explain: bool = True):
         return teacher(pixel_values=pixels)
 
 
+class FixedTeaching:
+    """ "Fixed teaching": the teacher's logits and explanations of each distinct image are computed once and reused
+    in every later epoch, so the teacher runs once per image instead of once per step (the e2KD paper's setting for
+    cheap distillation; it needs data without random augmentation, or the images never repeat).
+
+    Images are recognised by their pixels (a hash of the tensor's bytes), whatever order the batches come in.
+    """
+
+    def __init__(self, teacher: nn.Module):
+        self.teacher = teacher
+        self.stored: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.computed = 0  # images the teacher was run on
+
+    def __call__(self, pixel_values: torch.Tensor, explain: bool = True) -> SimpleNamespace:
+        keys = [hashlib.sha1(image.detach().cpu().numpy().tobytes()).hexdigest() for image in pixel_values]
+        missing = sorted({index for index, key in enumerate(keys) if key not in self.stored}, key=keys.__getitem__)
+        if missing:
+            taught = teach(self.teacher, pixel_values[missing], explain=explain)
+            weights = taught.dynamic_weights if explain else None
+            for row, index in enumerate(missing):
+                self.stored[keys[index]] = (
+                    taught.logits[row].detach().cpu(),
+                    None if weights is None else weights[row].detach().cpu(),
+                )
+            self.computed += len({keys[index] for index in missing})
+        logits = torch.stack([self.stored[key][0] for key in keys]).to(pixel_values.device)
+        weights = [self.stored[key][1] for key in keys]
+        dynamic = None if weights[0] is None else torch.stack(weights).to(pixel_values.device)
+        return SimpleNamespace(logits=logits, dynamic_weights=dynamic)
+
+
 class ExplanationDistillationTrainer(Trainer):
     """A ``Trainer`` whose loss is :func:`e2kd_loss` to a frozen teacher (moved to the batch's device on first use).
 
@@ -68,15 +93,18 @@ class ExplanationDistillationTrainer(Trainer):
     explanation mode with a graph. Each term's mean is logged beside the loss.
     """
 
-    def __init__(self, *args, teacher: nn.Module, temperature: float, explanation_weight: float, **kwargs):
+    def __init__(
+        self, *args, teacher: nn.Module, temperature: float, explanation_weight: float, fixed: bool = False, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.teacher, self.temperature, self.explanation_weight = teacher, temperature, explanation_weight
+        self.teaching = FixedTeaching(teacher) if fixed else functools.partial(teach, teacher)
         self._tallies: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values = inputs["pixel_values"]
         explain = self.explanation_weight > 0
-        taught = teach(self.teacher, pixel_values, explain=explain)
+        taught = self.teaching(pixel_values, explain=explain)
         outputs = model(pixel_values=pixel_values)
         student_weights = teacher_weights = None
         if explain:
@@ -161,7 +189,8 @@ class ExplanationDistillation(GuidedClassification):
             objective="e2KD: T^2 KL to the teacher + lambda_exp (1 - cos of the explanations W(x))",
             tags=("knowledge-distillation", "e2kd"),
             hyperparameters=(
-                ("teacher", public_name(recipe.teacher)),
+                ("teacher", describe_source(recipe.teacher)[0] if recipe.teacher else None),
+                ("teaching", "fixed (teacher outputs computed once per image)" if recipe.fixed_teaching else "online"),
                 ("explanation weight lambda_exp", recipe.explanation_weight),
                 ("temperature T", recipe.kd_temperature),
                 ("explained layer", "input (dynamic weights W(x) over [x, 1 - x])"),
@@ -189,8 +218,13 @@ class ExplanationDistillation(GuidedClassification):
             teacher=self.teacher,
             temperature=self.recipe.kd_temperature,
             explanation_weight=self.recipe.explanation_weight,
+            fixed=self.recipe.fixed_teaching,
             **common,
         )
+
+    def train_transform(self, model: nn.Module):
+        """With fixed teaching the student sees each image as the teacher saw it once: no random augmentation."""
+        return self.eval_transform(model) if self.recipe.fixed_teaching else super().train_transform(model)
 
     def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset: Dataset) -> dict[str, float]:
         return distillation_scores(model, self.teacher, eval_dataset, self.recipe.batch_size)

@@ -65,7 +65,8 @@ def describe_source(source: str) -> tuple[str, str | None]:
     if hub_id:
         return hub_id, hub_id
     if (folder / "README.md").is_file():
-        name = ModelCard.load(folder / "README.md").data.to_dict().get("model_name")
+        card = ModelCard.load(folder / "README.md").data
+        name = getattr(card, "model_name", None) or card.to_dict().get("model_name")
         if name:
             return f"{name} (a local checkpoint)", None
     architecture = config.get("architecture") or (config.get("architectures") or [config.get("model_type", "model")])[0]

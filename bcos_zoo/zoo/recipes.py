@@ -63,6 +63,9 @@ class Recipe:
     teacher: str | None = _flag("explanation-distillation: the B-cos teacher (folder or Hub id)", None)
     kd_temperature: float = _flag("explanation-distillation: softmax temperature T of the KD term", 1.0)
     explanation_weight: float = _flag("explanation-distillation: lambda_exp of 1 - cos(E_s, E_t); 0 = plain KD", 1.0)
+    fixed_teaching: bool = _flag(
+        "explanation-distillation: compute the teacher's outputs once per image (no augmentation)", False
+    )
     card_template: str = _flag("model card template in hub_cards/", "model_card.md")
     license: str = _flag("license of the published model", "apache-2.0")
     summary: str = _flag("one line for the model card", "")
@@ -87,6 +90,8 @@ def _parser_type(annotation) -> tuple[Callable, dict]:
         return get_args(base)[0], {"nargs": len(get_args(base))}
     if base is dict:
         return json.loads, {}
+    if base is bool:
+        return (lambda value: value.lower() in ("1", "true", "yes", "on")), {}
     if annotation == str | None:
         return (lambda value: _NONE if value.lower() == "none" else value), {}
     return base, {}
@@ -259,6 +264,43 @@ RECIPES: dict[str, Recipe] = {
             agc_clip=0.05,
             crop_scale=(0.8, 1.0),
             summary="The offline recipe: a small ViT B-cosified on Fashion-MNIST on a CPU in minutes.",
+        ),
+        Recipe(
+            name="resnet-fashion-mnist",
+            source="scratch",
+            dataset="fashion-mnist",
+            hub_model_id="bcos-zoo/resnet-fashion-mnist",
+            task="standard-classification",
+            architecture=dict(
+                model_type="resnet",
+                image_size=32,
+                embedding_size=32,
+                hidden_sizes=[32, 64, 128],
+                depths=[1, 1, 1],
+                layer_type="basic",
+            ),
+            epochs=1.0,
+            learning_rate=2e-3,
+            batch_size=128,
+            weight_decay=0.05,
+            warmup_ratio=0.1,
+            agc_clip=0.0,
+            crop_scale=(0.8, 1.0),
+            card_template="standard_model_card.md",
+            summary="The small standard ResNet (3 basic stages, 32 px) that bcos-resnet-fashion-mnist starts from.",
+        ),
+        Recipe(
+            name="bcos-resnet-fashion-mnist",
+            source="outputs/resnet-fashion-mnist/repo",
+            dataset="fashion-mnist",
+            hub_model_id="bcos-zoo/bcos-resnet-fashion-mnist",
+            epochs=1.0,
+            learning_rate=1e-3,
+            batch_size=128,
+            warmup_ratio=0.1,
+            agc_clip=0.05,
+            crop_scale=(0.8, 1.0),
+            summary="A small ResNet B-cosified on Fashion-MNIST on a CPU in minutes.",
         ),
         Recipe(
             name="bcos-vit-guided-decoys",
