@@ -214,48 +214,61 @@ def test_explain_endpoint_refuses_a_class_the_model_does_not_have(client, image_
         client.predict(handle_file(str(image_file)), "not a class", api_name="/explain")
 
 
-def options(page, picker: str) -> list[str]:
-    """The choices a dropdown lists when opened (the selected one is marked with a tick, dropped here)."""
-    page.locator(f"{picker} input").first.click()
-    return [text.split("\n")[-1] for text in page.get_by_role("option").all_inner_texts()]
+def open_dropdown(page, picker: str):
+    """Open a dropdown and return its own list of options (a dropdown closed just before may still show its list)."""
+    field = page.locator(f"{picker} input").first
+    field.click()
+    listbox = page.locator(f"#{field.get_attribute('aria-controls')}")
+    listbox.get_by_role("option").first.wait_for()
+    return listbox
 
 
-def wait_for_summary_of(page, model_folder) -> str:
-    """The completeness line once it names ``model_folder`` (the app's results always name their model)."""
-    page.wait_for_function(
-        "name => document.querySelector('#completeness').innerText.includes(name)", arg=str(model_folder)
-    )
-    return page.locator("#completeness").inner_text()
+def options(listbox) -> list[str]:
+    """The choices a list offers (the selected one is marked with a tick, dropped here)."""
+    return [text.split("\n")[-1] for text in listbox.get_by_role("option").all_inner_texts()]
+
+
+def wait_for_summary(page, text: str) -> str:
+    """The completeness line once it contains ``text`` (say the model: the app's results always name it), without
+    the progress text Gradio shows in the same box while an event runs."""
+    page.wait_for_function("text => document.querySelector('#completeness').innerText.includes(text)", arg=text)
+    return next(line for line in page.locator("#completeness").inner_text().splitlines() if text in line)
 
 
 def test_page_explains_with_the_cnn_the_user_chooses_and_again_with_the_vit(space, cnn, image_file):
     running, _, vit_folder = space
     _, cnn_folder = cnn
     with chromium_page() as (page, external):
+        events = []  # every event the page puts in the queue
+        page.on("request", lambda request: events.append(request.url) if "/queue/join" in request.url else None)
         page.goto(running.url)
-        offered = options(page, "#model-picker")
-        page.get_by_role("option", name=str(cnn_folder), exact=True).click()
+        models = open_dropdown(page, "#model-picker")
+        offered = options(models)
+        models.get_by_role("option", name=str(cnn_folder), exact=True).click()
         page.locator("input[type=file]").first.set_input_files(str(image_file))
         page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
         page.get_by_role("button", name="Explain").click()
-        cnn_summary = wait_for_summary_of(page, cnn_folder)
+        cnn_summary = wait_for_summary(page, str(cnn_folder))
         page.locator("#explanation img").first.wait_for(state="visible", timeout=30_000)
         cnn_predictions = page.locator("#predictions").inner_text()
-        cnn_classes = options(page, "#class-picker")
-        page.keyboard.press("Escape")
         screenshot(page, "space_vit_explainer_cnn")
+        classes = open_dropdown(page, "#class-picker")
+        cnn_classes = options(classes)
+        classes.get_by_role("option", name="cnn_class_2", exact=True).click()
+        picked_summary = wait_for_summary(page, "cnn_class_2: logit")
 
         # Choosing the ViT again explains the same image with it: classes and results follow the model.
-        options(page, "#model-picker")
-        page.get_by_role("option", name=str(vit_folder), exact=True).click()
-        vit_summary = wait_for_summary_of(page, vit_folder)
+        open_dropdown(page, "#model-picker").get_by_role("option", name=str(vit_folder), exact=True).click()
+        vit_summary = wait_for_summary(page, str(vit_folder))
         vit_predictions = page.locator("#predictions").inner_text()
-        vit_classes = options(page, "#class-picker")
+        vit_classes = options(open_dropdown(page, "#class-picker"))
 
     assert offered == [str(vit_folder), str(cnn_folder)]  # MODEL_IDS, with the default model first
+    assert len(events) == 4  # one per pick and one per click: nothing is explained twice
     assert cnn_classes == [f"cnn_class_{i}" for i in range(6)]
     assert vit_classes == [f"class_{i}" for i in range(10)]
     assert re.match(r"cnn_class_\d: logit ", cnn_summary) and str(vit_folder) not in cnn_summary
+    assert picked_summary.endswith(f"Model: {cnn_folder}")
     assert re.match(r"class_\d: logit ", vit_summary) and str(cnn_folder) not in vit_summary
     shown = re.findall(r"\w*class_\d+", cnn_predictions)
     assert len(shown) >= 5 and all(name.startswith("cnn_class_") for name in shown), cnn_predictions

@@ -301,7 +301,9 @@ with gr.Blocks(title="B-cos explainer", analytics_enabled=False, delete_cache=CA
     examples.load_input_event.then(
         predict, [upload, model_picker], outputs, preprocess=False, api_visibility="private", concurrency_id="model"
     )
-    class_picker.input(
+    # A pick in a dropdown fires its input event twice, so the pickers listen to select (the class picker, which
+    # the results also set) and change (the model picker, which only the user sets): one explanation per pick.
+    class_picker.select(
         explain_class,
         [upload, class_picker, model_picker],
         explained,
@@ -309,7 +311,7 @@ with gr.Blocks(title="B-cos explainer", analytics_enabled=False, delete_cache=CA
         preprocess=False,
         concurrency_id="model",
     )
-    model_picker.input(
+    model_picker.change(
         choose_model,
         [upload, model_picker],
         outputs,
