@@ -34,6 +34,7 @@ from space_testing import (
 
 
 QUEUE_MAX_SIZE = 10  # requests that may wait while one is processed
+UNPUBLISHED = "bcos-zoo/not-published-yet"
 SUMMARY = re.compile(
     r"\*\*(?P<label>.+)\*\*: logit (?P<logit>-?\d+\.\d+) = pixel contributions (?P<pixels>-?\d+\.\d+) "
     r"\+ bias (?P<bias>-?\d+\.\d+)"
@@ -50,12 +51,13 @@ def cnn(tmp_path_factory):
 @pytest.fixture(scope="module")
 def space(tmp_path_factory, cnn):
     """The app on 127.0.0.1 with a 10-class ViT as its default model, the in-process model it was saved from, and
-    the folder. MODEL_IDS offers the ResNet only: the app must add its default model to the list itself."""
+    the folder. MODEL_IDS offers the ResNet and a Hub model that cannot be loaded offline (as a zoo model not yet
+    published), not the ViT: the app must add its default model to the list itself."""
     workdir = tmp_path_factory.mktemp("vit_space")
     folder = workdir / "bcos-vit"
     model = save_vit_folder(folder)
     running = start_space(
-        "bcos-vit-explainer", folder, workdir, QUEUE_MAX_SIZE=str(QUEUE_MAX_SIZE), MODEL_IDS=str(cnn[1])
+        "bcos-vit-explainer", folder, workdir, QUEUE_MAX_SIZE=str(QUEUE_MAX_SIZE), MODEL_IDS=f"{cnn[1]}, {UNPUBLISHED}"
     )
     yield running, model, folder
     stop_space(running)
@@ -263,7 +265,7 @@ def test_page_explains_with_the_cnn_the_user_chooses_and_again_with_the_vit(spac
         vit_predictions = page.locator("#predictions").inner_text()
         vit_classes = options(open_dropdown(page, "#class-picker"))
 
-    assert offered == [str(vit_folder), str(cnn_folder)]  # MODEL_IDS, with the default model first
+    assert offered == [str(vit_folder), str(cnn_folder), UNPUBLISHED]  # MODEL_IDS, with the default model first
     assert len(events) == 4  # one per pick and one per click: nothing is explained twice
     assert cnn_classes == [f"cnn_class_{i}" for i in range(6)]
     assert vit_classes == [f"class_{i}" for i in range(10)]
@@ -339,6 +341,19 @@ def test_a_model_that_is_not_offered_is_refused_unloaded(space, client, cnn, ima
     with pytest.raises(AppError, match="Pick one of the offered models"):
         client.predict(handle_file(str(image_file)), unoffered, api_name="/predict")
     assert unoffered not in space[0].log_text()
+
+
+def test_an_offered_model_that_cannot_be_loaded_gets_a_short_message_and_the_others_keep_working(
+    space, client, image_file
+):
+    for _ in range(2):  # a failed load is not remembered as loaded
+        with pytest.raises(AppError) as raised:
+            client.predict(handle_file(str(image_file)), UNPUBLISHED, api_name="/predict")
+        assert str(raised.value) == f"The model {UNPUBLISHED} could not be loaded; pick another one."
+    assert space[0].log_text().count(f"loading {UNPUBLISHED} failed") == 2
+    top5, *_ = client.predict(handle_file(str(image_file)), api_name="/predict")
+    assert len(top5["confidences"]) == 5
+    assert space[0].alive()
 
 
 def test_offered_models_are_the_readme_header_list_with_model_id_first(space, clean_python):
