@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ConvNextImageProcessor
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
-from .bcos_layers import DynamicModule
+from .bcos_layers import DynamicModule, check_pixel_values, encode_inverse
 from .bcos_pretrained import BcosPreTrainedModel
+from .explanation import BcosExplanation, compute_explanation
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -365,4 +367,70 @@ class BcosCNNPreTrainedModel(BcosPreTrainedModel):
             crop_pct=self.config.crop_pct,
             do_rescale=True,
             do_normalize=False,
+        )
+
+
+class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
+    """What the B-cos CNN classifiers share: a 1x1 B-cos convolution as classifier (applied before global average
+    pooling with ``classify_before_pooling``, the B-cosification paper's "GAP reorder", else after it), the
+    logit bias, the loss and exact explanations. A family's class builds its backbone under ``base_model_prefix``.
+    """
+
+    _extra_auto_classes = ("AutoModel",)
+
+    def __init__(self, config, backbone: nn.Module, channels: int):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, backbone)
+        self.classifier = BcosConv2d(channels, config.num_labels, 1, bias=config.use_bias, b=config.b)
+        self.post_init()
+
+    def _logits(
+        self, encoded: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPoolingAndNoAttention]:
+        outputs = getattr(self, self.base_model_prefix).forward_encoded(encoded, output_hidden_states)
+        if self.config.classify_before_pooling:
+            logits = self.classifier(outputs.last_hidden_state).mean(dim=(2, 3))
+        else:
+            logits = self.classifier(outputs.pooler_output).flatten(1)
+        return logits + self.config.resolved_logit_bias, outputs
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutputWithNoAttention | tuple:
+        """Args:
+        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
+        labels: (N,) class indices, or (N, C) class probabilities for the B-cos BCE loss.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        logits, outputs = self._logits(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
+        result = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return result if return_dict else result.to_tuple()
+
+    def explain(
+        self, pixel_values: torch.Tensor, target: int | torch.Tensor | None = None, create_graph: bool = False
+    ) -> BcosExplanation:
+        """Explain one logit per image exactly: ``contributions.sum() + bias == logit``.
+
+        Args:
+            pixel_values: (N, 3, H, W) images in [0, 1], any size.
+            target: the class to explain: ``None`` (each image's top class), an int, or an (N,) tensor.
+            create_graph: keep the graph of ``logits``, ``dynamic_weights`` and ``contributions``, so that a loss on
+                the explanation trains the model (model guidance, explanation distillation).
+        """
+        return compute_explanation(
+            self,
+            lambda encoded: self._logits(encoded)[0],
+            pixel_values,
+            target,
+            num_channels=self.config.num_channels,
+            create_graph=create_graph,
         )

@@ -11,13 +11,11 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndNoAttention,
-    ImageClassifierOutputWithNoAttention,
 )
 
-from .bcos_convolution import BcosCNNPreTrainedModel, BcosConv2d, BcosConvNormAct, classification_loss, stem_pool
+from .bcos_convolution import BcosCNNForImageClassification, BcosCNNPreTrainedModel, BcosConvNormAct, stem_pool
 from .bcos_layers import check_pixel_values, encode_inverse
 from .configuration_bcos_resnet import BcosResNetConfig
-from .explanation import BcosExplanation, compute_explanation
 
 
 def residual_relu(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
@@ -164,71 +162,15 @@ class BcosResNetModel(BcosResNetPreTrainedModel):
         return outputs if return_dict else outputs.to_tuple()
 
 
-class BcosResNetForImageClassification(BcosResNetPreTrainedModel):
+class BcosResNetForImageClassification(BcosCNNForImageClassification, BcosResNetPreTrainedModel):
     """A B-cos ResNet image classifier that explains its own decisions.
 
     It takes images in [0, 1] (the saved image processor resizes and rescales but does not normalise), returns an
     ``ImageClassifierOutputWithNoAttention``, and :meth:`explain` returns exact per-pixel contributions to any logit.
     """
 
-    _extra_auto_classes = ("AutoModel",)
-
     def __init__(self, config: BcosResNetConfig):
-        super().__init__(config)
-        self.bcos_resnet = BcosResNetModel(config)
-        self.classifier = BcosConv2d(config.hidden_sizes[-1], config.num_labels, 1, bias=config.use_bias, b=config.b)
-        self.post_init()
-
-    def _logits(
-        self, encoded: torch.Tensor, output_hidden_states: bool = False
-    ) -> tuple[torch.Tensor, BaseModelOutputWithPoolingAndNoAttention]:
-        outputs = self.bcos_resnet.forward_encoded(encoded, output_hidden_states)
-        if self.config.classify_before_pooling:
-            logits = self.classifier(outputs.last_hidden_state).mean(dim=(2, 3))
-        else:
-            logits = self.classifier(outputs.pooler_output).flatten(1)
-        return logits + self.config.resolved_logit_bias, outputs
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> ImageClassifierOutputWithNoAttention | tuple:
-        """Args:
-        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
-        labels: (N,) class indices, or (N, C) class probabilities for the B-cos BCE loss.
-        """
-        check_pixel_values(pixel_values, self.config.num_channels)
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        logits, outputs = self._logits(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
-        loss = None if labels is None else classification_loss(logits, labels, self.config)
-        result = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
-        return result if return_dict else result.to_tuple()
-
-    def explain(
-        self, pixel_values: torch.Tensor, target: int | torch.Tensor | None = None, create_graph: bool = False
-    ) -> BcosExplanation:
-        """Explain one logit per image exactly: ``contributions.sum() + bias == logit``.
-
-        Args:
-            pixel_values: (N, 3, H, W) images in [0, 1], any size.
-            target: the class to explain: ``None`` (each image's top class), an int, or an (N,) tensor.
-            create_graph: keep the graph of ``logits``, ``dynamic_weights`` and ``contributions``, so that a loss on
-                the explanation trains the model (model guidance, explanation distillation).
-        """
-        return compute_explanation(
-            self,
-            lambda encoded: self._logits(encoded)[0],
-            pixel_values,
-            target,
-            num_channels=self.config.num_channels,
-            create_graph=create_graph,
-        )
+        super().__init__(config, BcosResNetModel(config), config.hidden_sizes[-1])
 
 
 BcosResNetConfig.register_for_auto_class()
