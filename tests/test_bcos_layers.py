@@ -168,3 +168,18 @@ def test_the_inference_weight_cache_follows_every_weight_change():
         assert torch.allclose(unit(x), reference(), rtol=1e-12)
     unit.train()
     assert unit._scaled_weight_cache is None
+
+
+def test_an_explanation_after_inference_mode_rebuilds_the_cached_weight():
+    torch.manual_seed(0)
+    unit = bcos_unit(2.0).eval()
+    x = torch.rand(3, 7, dtype=torch.float64)
+    with torch.inference_mode():
+        expected = unit(x)
+    inputs = x.clone().requires_grad_(True)
+    with explanation_mode(unit, input_gradient_only=True):
+        out = unit(inputs)
+        (gradient,) = torch.autograd.grad(out.sum(), inputs)
+    assert torch.allclose(out.detach(), expected, rtol=1e-12)
+    # the dynamic linear map: out = W(x) x with W(x) = |cos| w, so the gradient times the input sums to the output
+    assert torch.allclose((gradient * x).sum(), expected.sum(), rtol=1e-10)

@@ -96,26 +96,31 @@ class DynamicModule(nn.Module):
     detach_dynamic: bool = False
     # set while an explanation is computed with create_graph=True: the backward pass will itself be differentiated
     double_backward: bool = False
+    # set while an explanation is computed without it: only the gradient with respect to the input is asked for
+    input_gradient_only: bool = False
 
 
 @contextlib.contextmanager
-def explanation_mode(model: nn.Module, double_backward: bool = False) -> Iterator[nn.Module]:
+def explanation_mode(
+    model: nn.Module, double_backward: bool = False, input_gradient_only: bool = False
+) -> Iterator[nn.Module]:
     """Detach every dynamic factor in ``model``, so that its gradient is the dynamic linear map ``W(x)``.
 
     ``double_backward=True`` tells the modules that the gradient will be differentiated again (differentiable
-    explanations), so that they avoid kernels without a second derivative.
+    explanations), so that they avoid kernels without a second derivative. ``input_gradient_only=True`` tells them
+    that no gradient with respect to their parameters will be asked for, so that they may use constant copies.
     """
     modules = [m for m in model.modules() if isinstance(m, DynamicModule)]
-    previous = [(m.detach_dynamic, m.double_backward) for m in modules]
+    previous = [(m.detach_dynamic, m.double_backward, m.input_gradient_only) for m in modules]
     for module in modules:
         module.detach_dynamic = True
         module.double_backward = double_backward
+        module.input_gradient_only = input_gradient_only
     try:
         yield model
     finally:
-        for module, (detach, double) in zip(modules, previous):
-            module.detach_dynamic = detach
-            module.double_backward = double
+        for module, flags in zip(modules, previous):
+            module.detach_dynamic, module.double_backward, module.input_gradient_only = flags
 
 
 def _signed_square(y: torch.Tensor) -> torch.Tensor:
@@ -199,18 +204,25 @@ class BcosLinear(DynamicModule):
     def _norm_scaled_weight(self) -> torch.Tensor:
         """``w / sqrt|w|`` per output row.
 
-        Inference (eval mode, no autograd, not being traced) keeps it between calls, keyed on the weight's storage
-        and version, so repeated forward passes skip two passes over every weight; any change to the weight (an
-        optimiser step, ``load_state_dict``, ``.to(...)``) makes a new one, and ``train()`` drops it.
+        Inference (eval mode, no autograd, not being traced) and explanations that need no parameter gradient keep
+        it between calls, keyed on the weight's storage and version, so repeated calls skip two passes over every
+        weight; any change to the weight (an optimiser step, ``load_state_dict``, ``.to(...)``) makes a new one,
+        and ``train()`` drops it.
         """
         weight = self.weight
-        cacheable = not self.training and not torch.is_grad_enabled() and not _is_tracing()
+        constant = self.input_gradient_only or not torch.is_grad_enabled()
+        cacheable = (self.input_gradient_only or not self.training) and constant and not _is_tracing()
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device) if cacheable else None
-        if cacheable and self._scaled_weight_cache is not None and self._scaled_weight_cache[0] == key:
-            return self._scaled_weight_cache[1]
-        weight_norm = torch.linalg.vector_norm(weight, dim=-1, keepdim=True).clamp_min(self.eps)
-        scaled = weight * weight_norm.rsqrt()
-        self._scaled_weight_cache = (key, scaled) if cacheable else None
+        cached = self._scaled_weight_cache
+        # a copy made under torch.inference_mode cannot enter a graph that autograd records
+        usable = cached is not None and not (torch.is_grad_enabled() and cached[1].is_inference())
+        if cacheable and usable and cached[0] == key:
+            return cached[1]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.input_gradient_only):
+            weight_norm = torch.linalg.vector_norm(weight, dim=-1, keepdim=True).clamp_min(self.eps)
+            scaled = weight * weight_norm.rsqrt()
+        if cacheable:
+            self._scaled_weight_cache = (key, scaled)
         return scaled
 
     def train(self, mode: bool = True) -> "BcosLinear":
@@ -229,8 +241,12 @@ class BcosLinear(DynamicModule):
             # y * stop_gradient(|y|) with y = (x / sqrt|x|) . (w / sqrt|w|) and both norms detached: the value is the
             # unit's, the gradient is |cos| w, and only built-in ops are differentiated (so a gradient with respect
             # to the input alone skips the weight's matmul, and explanations can be differentiated again).
-            weight_norm = torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
-            y = F.linear(x * input_norm.rsqrt().detach(), self.weight * weight_norm.rsqrt().detach())
+            if self.input_gradient_only:
+                scaled_weight = self._norm_scaled_weight()
+            else:
+                weight_norm = torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
+                scaled_weight = self.weight * weight_norm.rsqrt().detach()
+            y = F.linear(x * input_norm.rsqrt().detach(), scaled_weight)
             out = y * y.detach().abs()
             return out if self.bias is None else out + self.bias
         if self.b == 2 and not self.detach_dynamic:
