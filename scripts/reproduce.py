@@ -1,19 +1,24 @@
 r"""The B-cosification paper's central claims in miniature, on Fashion-MNIST, offline, on a CPU.
 
     python scripts/reproduce.py --epochs 4 --source-epochs 3 --max-train-samples 10000 --num-grids 25 --ig-steps 8
+    python scripts/reproduce.py --family resnet ...
 
-Three models of one architecture (the ``vit-fashion-mnist`` ViT: 32 px, patch 4, 4 layers, width 96):
+Three models of one architecture (``--family vit``: the ``vit-fashion-mnist`` ViT, 32 px, patch 4, 4 layers,
+width 96; ``--family resnet``: the ``resnet-fashion-mnist`` ResNet, 32 px, 3 basic stages of widths 32/64/128):
 
-1. a standard ViT trained from scratch (recipe ``vit-fashion-mnist``, ``--source-epochs``),
-2. that ViT B-cosified (B = 2, biases removed) and fine-tuned (recipe ``bcos-vit-fashion-mnist``, ``--epochs``),
-3. a B-cos ViT trained from scratch with the same recipe and optimiser settings as 2 (``--epochs``).
+1. a standard model trained from scratch (recipe ``vit-fashion-mnist`` / ``resnet-fashion-mnist``,
+   ``--source-epochs``),
+2. that model B-cosified (B = 2, biases removed) and fine-tuned (recipe ``bcos-vit-fashion-mnist`` /
+   ``bcos-resnet-fashion-mnist``, ``--epochs``),
+3. a B-cos model of the B-cosified model's shape trained from scratch with the same recipe as 2 (``--epochs``).
 
 Both B-cos runs are evaluated on the test set after every epoch (and before the first step). Then: the first
 epoch at which the B-cosified run reaches the from-scratch run's final accuracy (the paper's speed-up), the grid
-pointing game of both B-cos models (their own contributions) and of the standard model under each post-hoc method,
-and an explanation grid. ``--output-dir`` receives ``reproduction.json``, ``reproduction.md`` and three PNGs;
-``--work-dir`` holds the models and checkpoints, and finished runs there are re-used by a later call. The work is
-done by ``bcos_zoo.zoo.reproduction``.
+pointing game of both B-cos models (their own contributions) and of the standard model under each post-hoc method
+that applies to it (attention rollout only to a ViT), and an explanation grid. ``--output-dir`` (default
+docs/reproduction, or docs/reproduction_cnn for ResNets) receives ``reproduction.json``, ``reproduction.md`` and
+three PNGs; ``--work-dir`` (default outputs/reproduction or outputs/reproduction_cnn) holds the models and
+checkpoints, and finished runs there are re-used by a later call. The work is done by ``bcos_zoo.zoo.reproduction``.
 """
 
 import argparse
@@ -23,14 +28,17 @@ from pathlib import Path
 
 from bcos_zoo.evaluation.baselines import POSTHOC_METHODS
 from bcos_zoo.zoo.cli import run_script
-from bcos_zoo.zoo.reproduction import ReproductionSettings, reproduce
+from bcos_zoo.zoo.reproduction import FAMILIES, ReproductionSettings, reproduce
 
 
 def parse_args(argv: list[str]) -> ReproductionSettings:
     default = ReproductionSettings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default=default.family, choices=list(FAMILIES), help="which models are compared")
     parser.add_argument("--epochs", type=float, default=default.epochs, help="epochs of both B-cos runs")
-    parser.add_argument("--source-epochs", type=float, default=default.source_epochs, help="epochs of the standard ViT")
+    parser.add_argument(
+        "--source-epochs", type=float, default=default.source_epochs, help="epochs of the standard model"
+    )
     parser.add_argument("--max-train-samples", type=int, help="train on the first N training images (quick runs)")
     parser.add_argument("--max-eval-samples", type=int, help="test accuracy on the first N test images")
     parser.add_argument("--dataset", default=default.dataset, help="'fashion-mnist' or an image folder")
@@ -43,7 +51,9 @@ def parse_args(argv: list[str]) -> ReproductionSettings:
         default=default.localisation_images,
         help="grids are drawn from the first N test images",
     )
-    parser.add_argument("--methods", nargs="+", default=default.methods, choices=list(POSTHOC_METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(POSTHOC_METHODS), help="post-hoc methods (default: all that apply)"
+    )
     parser.add_argument("--ig-steps", type=int, default=default.ig_steps, help="integrated gradients steps")
     parser.add_argument(
         "--num-examples", type=int, default=default.num_examples, help="columns of the explanation grid"
@@ -51,10 +61,13 @@ def parse_args(argv: list[str]) -> ReproductionSettings:
     parser.add_argument(
         "--example-method", default=default.example_method, choices=list(POSTHOC_METHODS), help="standard model's row"
     )
-    parser.add_argument("--output-dir", type=Path, default=default.output_dir)
-    parser.add_argument("--work-dir", type=Path, default=default.work_dir)
+    parser.add_argument("--output-dir", type=Path, help="where the report and figures go (default: the family's)")
+    parser.add_argument("--work-dir", type=Path, help="where the models are trained (default: the family's)")
     parser.add_argument("--device", default=default.device)
     parser.add_argument("--seed", type=int, default=default.seed)
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (1 is often much faster for small CNNs on a shared CPU)"
+    )
     return ReproductionSettings(**vars(parser.parse_args(argv)))
 
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from training_testing import make_image_folder
 
 from bcos_zoo.evaluation.report import plot_localisation
@@ -148,3 +149,117 @@ def test_script_refuses_a_work_dir_trained_with_other_settings(tiny_reproduction
     _, _, settings, _ = tiny_reproduction
     with pytest.raises(ValueError, match="different recipe"):
         reproduce(replace(settings, max_train_samples=24), command="python scripts/reproduce.py")
+
+
+def test_a_family_brings_its_folders_and_the_posthoc_methods_that_apply_to_its_standard_model():
+    vit, resnet = ReproductionSettings(family="vit"), ReproductionSettings(family="resnet")
+    assert (vit.output_dir, vit.work_dir) == (Path("docs/reproduction"), Path("outputs/reproduction"))
+    assert (resnet.output_dir, resnet.work_dir) == (Path("docs/reproduction_cnn"), Path("outputs/reproduction_cnn"))
+    assert "attention_rollout" in vit.methods
+    assert resnet.methods == ["input_x_gradient", "integrated_gradients", "gradcam"]
+
+
+def test_settings_refuse_an_unknown_family_and_a_method_that_does_not_apply_to_the_family():
+    with pytest.raises(ValueError, match="available: vit, resnet"):
+        ReproductionSettings(family="densenet")
+    with pytest.raises(ValueError, match="Attention Rollout does not apply to the ResNet family.*gradcam"):
+        ReproductionSettings(family="resnet", methods=["gradcam", "attention_rollout"])
+    with pytest.raises(ValueError, match="does not apply"):
+        ReproductionSettings(family="resnet", example_method="attention_rollout")
+
+
+def test_the_resnet_recipes_train_a_standard_resnet_b_cosify_it_and_train_a_bcos_resnet_of_its_shape():
+    from bcos_zoo.zoo.reproduction import reproduction_recipes
+
+    standard, bcosified, scratch = reproduction_recipes(ReproductionSettings(family="resnet", work_dir="work"))
+    assert (standard.task, standard.architecture["model_type"]) == ("standard-classification", "resnet")
+    assert (bcosified.source, bcosified.b, bcosified.bias) == ("work/standard/repo", 2.0, "remove")
+    assert scratch.source == "scratch" and scratch.name == "bcos-resnet-fashion-mnist-scratch"
+    assert replace(scratch, name=bcosified.name, hub_model_id=bcosified.hub_model_id, summary="") == replace(
+        bcosified, source="scratch", architecture=scratch.architecture, summary=""
+    )  # the same recipe in every other field
+    for name in ("embedding_size", "hidden_sizes", "depths", "layer_type", "image_size"):
+        assert scratch.architecture[name] == standard.architecture[name]
+    # what bias="remove" makes of a ResNet: average pooling after the stem, the classifier before pooling
+    assert scratch.architecture["model_type"] == "bcos_resnet"
+    assert (scratch.architecture["stem_pool"], scratch.architecture["classify_before_pooling"]) == ("avg", True)
+    assert scratch.architecture["use_bias"] is False and scratch.architecture["crop_pct"] == 1.0
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn_reproduction(tmp_path_factory):
+    """The ResNet reproduction through ``scripts/reproduce.py --family resnet`` on the first 36 of 48 training
+    images (one optimiser step per epoch)."""
+    root = tmp_path_factory.mktemp("cnn_reproduction")
+    make_image_folder(root / "data" / "train", per_class=16)
+    make_image_folder(root / "data" / "validation", per_class=4, seed=1)
+    argv = [
+        "--family", "resnet", "--dataset", str(root / "data"), "--epochs", "2", "--source-epochs", "1",
+        "--max-train-samples", "36", "--num-grids", "2", "--grid-size", "1", "--min-confidence", "0",
+        "--ig-steps", "2", "--num-examples", "3", "--output-dir", str(root / "docs"),
+        "--work-dir", str(root / "work"), "--device", "cpu", "--threads", "1",
+    ]  # fmt: skip
+    threads = torch.get_num_threads()
+    report = _load_script("reproduce").main(argv)
+    assert torch.get_num_threads() == threads  # --threads holds for the run only
+    return root, report
+
+
+def test_the_resnet_reproduction_scores_its_bcos_models_and_the_posthoc_methods_that_apply_to_a_cnn(
+    tiny_cnn_reproduction,
+):
+    root, report = tiny_cnn_reproduction
+    assert sorted(path.name for path in (root / "docs").iterdir()) == [
+        "accuracy_per_epoch.png",
+        "explanations.png",
+        "localisation.png",
+        "reproduction.json",
+        "reproduction.md",
+    ]
+    scored = [(row["model"], row["method"]) for row in report["localisation"]["rows"]]
+    posthoc = [("standard", method) for method in ("input_x_gradient", "integrated_gradients", "gradcam")]
+    assert scored == [("bcosified", "bcos"), ("scratch", "bcos"), *posthoc]
+    rows = report["localisation"]["rows"]
+    # a 1x1 grid needs one correctly classified test image; two optimiser steps do not promise one to a B-cos model
+    assert all((row["grid_pointing_game"] is not None) == (row["num_grid_classes"] >= 1) for row in rows)
+    assert all(row["grid_pointing_game"] is not None for row in rows if row["model"] == "standard")
+    for key in ("bcosified", "scratch"):
+        assert [epoch for epoch, _ in report["accuracy"][key]["curve"]] == [0.0, 1.0, 2.0]
+    assert report["settings"]["family"] == "resnet"
+    assert report["settings"]["threads"] == report["machine"]["torch_threads"] == 1
+    assert report["accuracy"]["standard_recipe"]["name"] == "resnet-fashion-mnist"
+
+
+def test_the_resnet_report_names_the_resnets_and_the_training_subset(tiny_cnn_reproduction):
+    root, report = tiny_cnn_reproduction
+    text = (root / "docs" / "reproduction.md").read_text()
+    assert text.startswith("# B-cosification in miniature: Fashion-MNIST, ResNets")
+    assert "python scripts/reproduce.py --family resnet --dataset" in text
+    assert "Training images: the first 36 of the training split." in text
+    assert "| standard ResNet, from scratch | 1 epochs |" in text and "| standard ResNet | GradCAM |" in text
+    assert "ViT" not in text
+
+
+def test_the_bcos_resnet_from_scratch_has_exactly_the_shape_of_the_bcosified_one(tiny_cnn_reproduction):
+    from transformers import AutoModelForImageClassification
+
+    root, _ = tiny_cnn_reproduction
+    bcosified, scratch = (
+        AutoModelForImageClassification.from_pretrained(root / "work" / key / "repo")
+        for key in ("bcosified", "scratch")
+    )
+    assert type(scratch) is type(bcosified) and type(scratch).__name__ == "BcosResNetForImageClassification"
+    assert scratch.config.to_diff_dict() == bcosified.config.to_diff_dict()
+    assert {k: v.shape for k, v in scratch.state_dict().items()} == {
+        k: v.shape for k, v in bcosified.state_dict().items()
+    }
+    assert not torch.equal(scratch.classifier.weight, bcosified.classifier.weight)  # trained apart

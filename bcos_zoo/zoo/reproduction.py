@@ -6,21 +6,33 @@ does, far better than post-hoc methods explain the standard model. Checking that
 accuracy after every epoch, the first epoch at which one curve reaches the other's final value, and pictures.
 This module holds the whole run: the three recipes, reading the curves, the speed-up, the machine description
 (timings mean little without it), the grid pointing game of all three models, the three figures and the report.
+One flow serves every model family (:data:`FAMILIES`: a ViT pair and a ResNet pair); a family only says which
+recipes it starts from, what its from-scratch B-cos model is, and where its outputs go.
 """
 
+import inspect
 import json
 import os
 import platform
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageClassification, set_seed
 
+from ..conversion import bcos_classifier_class
 from ..data.datasets import DatasetSplits, limit, load_dataset_splits
 from ..data.preprocessing import model_transform
-from ..evaluation.baselines import METHOD_NAMES, POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
+from ..evaluation.baselines import (
+    FAMILY_METHODS,
+    METHOD_NAMES,
+    POSTHOC_METHODS,
+    load_standard_classifier,
+    posthoc_attribution,
+)
 from ..evaluation.localisation import bcos_attribution
 from ..evaluation.report import localise_model, plot_localisation
 from ..modeling.explanation import colorize_contributions
@@ -194,6 +206,7 @@ def plot_accuracy_curves(
     path: Path,
     standard_accuracy: float | None = None,
     title: str = "Test accuracy per epoch",
+    standard_label: str = "standard ViT",
 ) -> None:
     """The paper's Figure 1 in miniature: both B-cos curves, the from-scratch final accuracy as a dashed line and
     a marker where the B-cosified curve first reaches it (the standard source's accuracy dotted, for scale)."""
@@ -214,7 +227,7 @@ def plot_accuracy_curves(
             color="gray",
             linestyle=":",
             linewidth=1,
-            label=f"standard ViT ({100 * standard_accuracy:.1f}%)",
+            label=f"{standard_label} ({100 * standard_accuracy:.1f}%)",
         )
     if result.bcosified_epochs is not None:
         reached = dict(bcosified)[result.bcosified_epochs]
@@ -269,7 +282,66 @@ def plot_explanations(
     plt.close(figure)
 
 
-MODEL_NAMES = {"bcosified": "B-cosified", "scratch": "B-cos from scratch", "standard": "standard ViT"}
+def same_architecture(standard: Recipe, bcosified: Recipe) -> dict:
+    """A B-cos ViT from scratch takes the standard ViT's config fields as they are."""
+    return dict(standard.architecture)
+
+
+def converted_architecture(standard: Recipe, bcosified: Recipe) -> dict:
+    """The architecture of the model that B-cosifying ``standard``'s model with ``bcosified``'s B and bias gives.
+
+    The conversion decides what "the same shape" is (for a ResNet with biases removed: average instead of max
+    pooling after the stem, the classifier before pooling, the crop of the source's processor), so it is asked: a
+    random-initialised standard model, saved as its task saves it, is B-cosified, and the B-cos config's fields are
+    read back, all but B (the recipe's) and the labels (the data's).
+    """
+    task = get_task(standard)
+    with tempfile.TemporaryDirectory() as folder:
+        task.save_model(task.build_model(["a", "b", "c"]), Path(folder))
+        config = (
+            bcos_classifier_class(folder).from_pretrained_standard(folder, b=bcosified.b, bias=bcosified.bias).config
+        )
+    names = [
+        name for name in inspect.signature(type(config).__init__).parameters if name not in ("self", "kwargs", "b")
+    ]
+    return {"model_type": config.model_type, **{name: getattr(config, name) for name in names}}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family's part in the reproduction: its two catalogue recipes (the standard source from scratch and
+    its B-cosification), how the from-scratch B-cos model's architecture follows from them, and its folders."""
+
+    label: str  # "ViT": how reports name the standard model ("standard ViT")
+    standard_recipe: str
+    bcosified_recipe: str
+    scratch_architecture: Callable[[Recipe, Recipe], dict]
+    output_dir: str
+    work_dir: str
+
+
+FAMILIES = {
+    "vit": Family(
+        "ViT", "vit-fashion-mnist", "bcos-vit-fashion-mnist", same_architecture, "docs/reproduction",
+        "outputs/reproduction",
+    ),
+    "resnet": Family(
+        "ResNet", "resnet-fashion-mnist", "bcos-resnet-fashion-mnist", converted_architecture,
+        "docs/reproduction_cnn", "outputs/reproduction_cnn",
+    ),
+}  # fmt: skip
+
+
+def model_names(family: str) -> dict[str, str]:
+    """How reports name the three models of a family's reproduction."""
+    return {
+        "bcosified": "B-cosified",
+        "scratch": "B-cos from scratch",
+        "standard": f"standard {FAMILIES[family].label}",
+    }
+
+
+MODEL_NAMES = model_names("vit")
 
 
 def _default_device() -> str:
@@ -278,10 +350,15 @@ def _default_device() -> str:
 
 @dataclass
 class ReproductionSettings:
-    """What one reproduction runs; each field is a flag of ``scripts/reproduce.py`` (``--source-epochs`` ...)."""
+    """What one reproduction runs; each field is a flag of ``scripts/reproduce.py`` (``--source-epochs`` ...).
 
+    ``output_dir``, ``work_dir`` and ``methods`` left as None become the family's (:data:`FAMILIES`; the post-hoc
+    methods that apply to its standard model).
+    """
+
+    family: str = "vit"  # a key of FAMILIES: which pair of models is compared
     epochs: float = 4.0  # epochs of both B-cos runs
-    source_epochs: float = 3.0  # epochs of the standard ViT
+    source_epochs: float = 3.0  # epochs of the standard model
     max_train_samples: int | None = None  # train on the first N training images (quick runs)
     max_eval_samples: int | None = None  # test accuracy on the first N test images
     dataset: str = "fashion-mnist"  # 'fashion-mnist' or an image folder
@@ -289,44 +366,63 @@ class ReproductionSettings:
     grid_size: int = 2
     min_confidence: float = 0.5
     localisation_images: int = 2000  # grids are drawn from the first N test images
-    methods: list[str] = field(default_factory=lambda: list(POSTHOC_METHODS))
+    methods: list[str] | None = None
     ig_steps: int = 8  # integrated gradients steps
     num_examples: int = 8  # columns of the explanation grid
     example_method: str = "integrated_gradients"  # the standard model's row of the explanation grid
-    output_dir: Path = Path("docs/reproduction")
-    work_dir: Path = Path("outputs/reproduction")
+    output_dir: Path | None = None
+    work_dir: Path | None = None
     device: str = field(default_factory=_default_device)
     seed: int = 0
+    # torch's CPU threads; None keeps torch's choice. On a shared CPU, 1 thread can be many times faster for small
+    # CNNs: threads that wait on each other across a busy machine cost far more than they share.
+    threads: int | None = None
 
     def __post_init__(self):
-        self.output_dir, self.work_dir = Path(self.output_dir), Path(self.work_dir)
-        unknown = sorted(set(self.methods) - set(POSTHOC_METHODS))
-        if unknown or self.example_method not in POSTHOC_METHODS:
-            raise ValueError(
-                f"Unknown post-hoc method {(unknown or [self.example_method])[0]!r}; "
-                f"available: {', '.join(POSTHOC_METHODS)}."
-            )
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}.")
+        if self.family not in FAMILIES:
+            raise ValueError(f"Unknown model family {self.family!r}; available: {', '.join(FAMILIES)}.")
+        family = FAMILIES[self.family]
+        self.output_dir = Path(self.output_dir if self.output_dir is not None else family.output_dir)
+        self.work_dir = Path(self.work_dir if self.work_dir is not None else family.work_dir)
+        applicable = FAMILY_METHODS[self.family]
+        self.methods = list(self.methods if self.methods is not None else applicable)
+        for method in [*self.methods, self.example_method]:
+            if method not in POSTHOC_METHODS:
+                raise ValueError(f"Unknown post-hoc method {method!r}; available: {', '.join(POSTHOC_METHODS)}.")
+            if method not in applicable:
+                raise ValueError(
+                    f"{METHOD_NAMES[method]} does not apply to the {family.label} family; methods for it: "
+                    f"{', '.join(applicable)}."
+                )
+
+    @property
+    def names(self) -> dict[str, str]:
+        return model_names(self.family)
 
 
 def reproduction_recipes(settings: ReproductionSettings) -> tuple[Recipe, Recipe, Recipe]:
-    """The three recipes: the standard source, its B-cosification, and the same B-cos recipe from scratch."""
+    """The three recipes of the settings' family: the standard source, its B-cosification, and the same B-cos recipe
+    from scratch, for a B-cos model of the B-cosified model's shape."""
+    family = FAMILIES[settings.family]
     common = dict(
         dataset=settings.dataset,
         max_train_samples=settings.max_train_samples,
         max_eval_samples=settings.max_eval_samples,
         seed=settings.seed,
     )
-    standard = get_recipe("vit-fashion-mnist").with_overrides(epochs=settings.source_epochs, **common)
-    bcosified = get_recipe("bcos-vit-fashion-mnist").with_overrides(
+    standard = get_recipe(family.standard_recipe).with_overrides(epochs=settings.source_epochs, **common)
+    bcosified = get_recipe(family.bcosified_recipe).with_overrides(
         source=str(settings.work_dir / "standard" / "repo"), epochs=settings.epochs, **common
     )
     scratch = replace(
         bcosified,
-        name="bcos-vit-fashion-mnist-scratch",
-        hub_model_id="bcos-zoo/bcos-vit-fashion-mnist-scratch",
+        name=f"{bcosified.name}-scratch",
+        hub_model_id=f"{bcosified.hub_model_id}-scratch",
         source="scratch",
-        architecture=standard.architecture,
-        summary="A B-cos ViT trained from scratch with the B-cosification recipe: the papers' baseline.",
+        architecture=family.scratch_architecture(standard, bcosified),
+        summary=f"A B-cos {family.label} trained from scratch with the B-cosification recipe: the papers' baseline.",
     )
     return standard, bcosified, scratch
 
@@ -372,7 +468,7 @@ def localisation(settings: ReproductionSettings, data: DatasetSplits) -> tuple[l
                 dict(
                     model=key,
                     method=method,
-                    label=f"{MODEL_NAMES[key]}\n{METHOD_NAMES[method]}",
+                    label=f"{settings.names[key]}\n{METHOD_NAMES[method]}",
                     bcos=method == "bcos",
                     num_grid_classes=evaluation.num_grid_classes,
                     **{name: value for name, value in summary.items() if not name.startswith("energy")},
@@ -399,9 +495,9 @@ def explanation_grid(settings: ReproductionSettings, data: DatasetSplits, path: 
     rows = {}
     for key in ("bcosified", "scratch"):
         model = _bcos_model(settings, key)
-        rows[MODEL_NAMES[key]] = bcos_attribution(model)(images, labels).detach()
+        rows[settings.names[key]] = bcos_attribution(model)(images, labels).detach()
     posthoc = _posthoc(standard, settings.example_method, settings)
-    rows[f"standard ViT,\n{METHOD_NAMES[settings.example_method]}"] = posthoc(images, labels).detach()
+    rows[f"{settings.names['standard']},\n{METHOD_NAMES[settings.example_method]}"] = posthoc(images, labels).detach()
     titles = [data.class_names[int(label)] for label in labels]
     plot_explanations(images.cpu(), titles, rows, path)
     return chosen
@@ -426,9 +522,12 @@ def _loads(values: list[float] | None) -> str:
 def markdown(report: dict) -> str:
     """``reproduction.md``: what was run, where, how long it took, and what came out."""
     acc, machine, wall = report["accuracy"], report["machine"], report["wall_seconds"]
-    epochs = report["settings"]["epochs"]
+    settings = report["settings"]
+    epochs, family = settings["epochs"], settings.get("family", "vit")
+    names = model_names(family)
+    title = "Fashion-MNIST" if family == "vit" else f"Fashion-MNIST, {FAMILIES[family].label}s"
     lines = [
-        "# B-cosification in miniature: Fashion-MNIST",
+        f"# B-cosification in miniature: {title}",
         "",
         "Command:",
         "",
@@ -436,7 +535,12 @@ def markdown(report: dict) -> str:
         report["command"],
         "```",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['gpu'] or 'no GPU'}; torch {machine['torch']}, "
+    ]
+    if settings.get("max_train_samples"):
+        lines += [f"Training images: the first {settings['max_train_samples']} of the training split.", ""]
+    lines += [
+        f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
+        f"{machine['gpu'] or 'no GPU'}; torch {machine['torch']}, "
         f"transformers {machine['transformers']}, Python {machine['python']}. Load average at the start "
         f"{_loads(machine['load_average_start'])}, at the end {_loads(machine['load_average_end'])} "
         "(the 1, 5 and 15 minute averages: above the core count means the machine was shared).",
@@ -447,12 +551,12 @@ def markdown(report: dict) -> str:
         "",
         "| model | training | accuracy per epoch (epoch 0 = before training) | final |",
         "|---|---|---|---|",
-        f"| standard ViT, from scratch | {report['settings']['source_epochs']:g} epochs | - | "
+        f"| {names['standard']}, from scratch | {settings['source_epochs']:g} epochs | - | "
         f"{_percent(acc['standard'])} |",
     ]
     for key in ("bcosified", "scratch"):
         curve = " → ".join(f"{100 * value:.1f}" for _, value in acc[key]["curve"])
-        lines.append(f"| {MODEL_NAMES[key]} | {epochs:g} epochs | {curve} | {_percent(acc[key]['final'])} |")
+        lines.append(f"| {names[key]} | {epochs:g} epochs | {curve} | {_percent(acc[key]['final'])} |")
     lines += [
         "",
         f"Speed-up: {report['speed_up']['description']}.",
@@ -465,7 +569,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|",
     ]
     for row in report["localisation"]["rows"]:
-        lines.append(f"| {MODEL_NAMES[row['model']]} | {METHOD_NAMES[row['method']]} | {_gridpg(row)} |")
+        lines.append(f"| {names[row['model']]} | {METHOD_NAMES[row['method']]} | {_gridpg(row)} |")
     lines += [
         "",
         "![grid pointing game](localisation.png)",
@@ -482,23 +586,36 @@ def markdown(report: dict) -> str:
 
 def reproduce(settings: ReproductionSettings, command: str) -> dict:
     """Train (or re-use) the three models, score them, draw the figures; write ``reproduction.json`` and
-    ``reproduction.md`` (which quotes ``command``) to ``settings.output_dir``. Returns the report."""
+    ``reproduction.md`` (which quotes ``command``) to ``settings.output_dir``. Returns the report.
+
+    ``settings.threads`` holds for the run only; torch's thread count is restored afterwards."""
+    previous_threads = torch.get_num_threads()
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _reproduce(settings, command)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _reproduce(settings: ReproductionSettings, command: str) -> dict:
     load_start = machine_description()["load_average"]
     started = time.perf_counter()
     work, output = settings.work_dir, settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
     data = load_dataset_splits(settings.dataset)
     standard_recipe, bcosified_recipe, scratch_recipe = reproduction_recipes(settings)
+    names = settings.names
     wall: dict[str, float] = {}
 
-    print("== 1/5 the standard ViT, from scratch ==")
+    print(f"== 1/5 the {names['standard']}, from scratch ==")
     start = time.perf_counter()
     standard = train_or_reuse(standard_recipe, work / "standard", device=settings.device)
-    wall["standard ViT training"] = time.perf_counter() - start
+    wall[f"{names['standard']} training"] = time.perf_counter() - start
 
     trained = {}
     for step, (key, recipe) in enumerate((("bcosified", bcosified_recipe), ("scratch", scratch_recipe)), start=2):
-        print(f"== {step}/5 {MODEL_NAMES[key]}: {recipe.epochs:g} epochs, evaluated after each ==")
+        print(f"== {step}/5 {names[key]}: {recipe.epochs:g} epochs, evaluated after each ==")
         start = time.perf_counter()
         results = train_or_reuse(recipe, work / key, eval_each_epoch=True, device=settings.device)
         initial = initial_accuracy(recipe, data, settings.device, cache=work / key / "initial_accuracy.json")
@@ -508,7 +625,7 @@ def reproduce(settings: ReproductionSettings, command: str) -> dict:
             train_seconds=results["metrics"]["train_seconds"],
             recipe=recipe_record(recipe),
         )
-        wall[f"{MODEL_NAMES[key]} training"] = time.perf_counter() - start
+        wall[f"{names[key]} training"] = time.perf_counter() - start
     result = speed_up(trained["bcosified"]["curve"], trained["scratch"]["curve"])
 
     print("== 4/5 grid pointing game ==")
@@ -524,9 +641,15 @@ def reproduce(settings: ReproductionSettings, command: str) -> dict:
         result,
         output / "accuracy_per_epoch.png",
         standard_accuracy=standard["metrics"]["accuracy"],
-        title=f"Fashion-MNIST test accuracy, {settings.epochs:g} epochs each",
+        title=f"Fashion-MNIST test accuracy, {FAMILIES[settings.family].label}s, {settings.epochs:g} epochs each",
+        standard_label=names["standard"],
     )
-    plot_localisation(rows, settings.grid_size, output / "localisation.png", title="Fashion-MNIST grid pointing game")
+    plot_localisation(
+        rows,
+        settings.grid_size,
+        output / "localisation.png",
+        title=f"Fashion-MNIST grid pointing game, {FAMILIES[settings.family].label}s",
+    )
     examples = explanation_grid(settings, data, output / "explanations.png")
     wall["figures"] = time.perf_counter() - start
     wall["total"] = time.perf_counter() - started
