@@ -24,6 +24,7 @@ from ..zoo.cards import describe_source
 from .explanation_losses import differentiable_explanation, e2kd_loss, explanation_cosine
 from .guided_classification import GuidedClassification
 from .task import CardFields
+from .trainer import TermLoggingTrainer
 
 
 def load_teacher(source: str) -> nn.Module:
@@ -86,7 +87,7 @@ class FixedTeaching:
         return SimpleNamespace(logits=logits, dynamic_weights=dynamic)
 
 
-class ExplanationDistillationTrainer(Trainer):
+class ExplanationDistillationTrainer(TermLoggingTrainer):
     """A ``Trainer`` whose loss is :func:`e2kd_loss` to a frozen teacher (moved to the batch's device on first use).
 
     The KD term differentiates the student's ordinary forward pass; the explanation term a second pass in
@@ -99,7 +100,6 @@ class ExplanationDistillationTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.teacher, self.temperature, self.explanation_weight = teacher, temperature, explanation_weight
         self.teaching = FixedTeaching(teacher) if fixed else functools.partial(teach, teacher)
-        self._tallies: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values = inputs["pixel_values"]
@@ -122,16 +122,8 @@ class ExplanationDistillationTrainer(Trainer):
         if model.training:
             for name, value in terms.items():
                 if name != "loss":
-                    self._tallies[f"{name}_loss"].append(float(value.detach()))
+                    self.tally(f"{name}_loss", value.detach())
         return (terms["loss"], outputs) if return_outputs else terms["loss"]
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if "loss" in logs:
-            for name, values in self._tallies.items():
-                if values:
-                    logs[name] = sum(values) / len(values)
-            self._tallies.clear()
-        super().log(logs, *args, **kwargs)
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from ..data.preprocessing import model_transform
 from .classification import BcosClassification, accuracy_metrics
 from .explanation_losses import INPUT_LAYER, energy_loss, guidance_contributions
 from .task import CardFields
+from .trainer import TermLoggingTrainer
 
 
 def processor_box_transform(model: nn.Module) -> BoxTransform:
@@ -54,7 +55,7 @@ def attribution_iou(attributions: torch.Tensor, masks: torch.Tensor, threshold: 
     return torch.where(union > 0, (predicted & truth).sum(dim=1) / union.clamp_min(1), torch.zeros_like(union).double())
 
 
-class GuidedTrainer(Trainer):
+class GuidedTrainer(TermLoggingTrainer):
     """A ``Trainer`` whose training loss adds ``guidance_weight`` times the energy loss of the boxed images.
 
     The classification loss comes from the model's ordinary forward pass; the explanations come from a second pass
@@ -65,7 +66,6 @@ class GuidedTrainer(Trainer):
     def __init__(self, *args, guidance_weight: float, guidance_layer: str = INPUT_LAYER, **kwargs):
         super().__init__(*args, **kwargs)
         self.guidance_weight, self.guidance_layer = guidance_weight, guidance_layer
-        self._tallies: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(pixel_values=inputs["pixel_values"], labels=inputs["labels"])
@@ -81,18 +81,10 @@ class GuidedTrainer(Trainer):
             energy = energy_loss(attributions, inputs["box_masks"][boxed])
             if self.guidance_weight:
                 loss = loss + self.guidance_weight * energy.sum()
-            self._tallies["energy_loss"].append(float(energy.detach().mean()))
+            self.tally("energy_loss", energy.detach().mean())
         if model.training and boxed is not None:
-            self._tallies["boxed_share"].append(float(boxed.float().mean()))
+            self.tally("boxed_share", boxed.float().mean())
         return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if "loss" in logs:
-            for name, values in self._tallies.items():
-                if values:
-                    logs[name] = sum(values) / len(values)
-            self._tallies.clear()
-        super().log(logs, *args, **kwargs)
 
 
 @torch.no_grad()

@@ -8,12 +8,13 @@ what differs between tasks (model, loss, evaluation) lives in the task modules b
 import hashlib
 import json
 import time
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..zoo.recipes import Recipe
 
@@ -123,6 +124,24 @@ class EpochSeededData(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
+
+
+class TermLoggingTrainer(Trainer):
+    """A ``Trainer`` that also logs the mean of each named loss term since the last log (``self.tally``), so a loss
+    made of several terms shows each of them in the training log."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._tallies: dict[str, list[float]] = defaultdict(list)
+
+    def tally(self, name: str, value: torch.Tensor | float) -> None:
+        self._tallies[name].append(float(value.detach() if isinstance(value, torch.Tensor) else value))
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:
+            logs.update({name: sum(values) / len(values) for name, values in self._tallies.items() if values})
+            self._tallies.clear()
+        super().log(logs, *args, **kwargs)
 
 
 def collate_images(batch: list[dict]) -> dict[str, torch.Tensor]:
