@@ -16,6 +16,7 @@ The flush applies to both models and does not change the source's numbers.
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from bcos_zoo import BcosDenseNetForImageClassification, BcosResNetForImageClassification
 from bcos_zoo.conversion.common import IMAGENET_NORMALIZATION
+from bcos_zoo.zoo.cli import run_script
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -133,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -21,6 +21,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.guidance_reproduction import GuidanceSettings, reproduce_guidance
 
 
@@ -45,4 +46,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))
