@@ -539,7 +539,8 @@ def markdown(report: dict) -> str:
     if settings.get("max_train_samples"):
         lines += [f"Training images: the first {settings['max_train_samples']} of the training split.", ""]
     lines += [
-        f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
+        f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch "
+        f"thread{'s' if machine['torch_threads'] != 1 else ''}), "
         f"{machine['gpu'] or 'no GPU'}; torch {machine['torch']}, "
         f"transformers {machine['transformers']}, Python {machine['python']}. Load average at the start "
         f"{_loads(machine['load_average_start'])}, at the end {_loads(machine['load_average_end'])} "
