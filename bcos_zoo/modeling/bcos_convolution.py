@@ -15,7 +15,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
 from .bcos_layers import DynamicModule, check_pixel_values, encode_inverse
-from .bcos_pretrained import BcosPreTrainedModel
+from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .explanation import BcosExplanation, compute_explanation
 
 
@@ -306,33 +306,6 @@ def stem_pool(kind: str) -> nn.Module:
     if kind == "avg":
         return nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
     raise ValueError(f"stem_pool must be 'max' or 'avg', got {kind!r}.")
-
-
-def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The B-cos papers' loss: binary cross-entropy with off-target labels ``1/C`` instead of 0.
-
-    ``labels`` are class indices (N,) or class probabilities (N, C), e.g. from mixup.
-    """
-    num_classes = logits.shape[-1]
-    if labels.ndim == 1:
-        labels = F.one_hot(labels.long(), num_classes)
-    targets = labels.to(logits.dtype).clamp_min(1 / num_classes)
-    return F.binary_cross_entropy_with_logits(logits, targets)
-
-
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
-    """The training loss for ``labels``: ``problem_type`` when the config sets one, else ``config.loss``."""
-    labels = labels.to(logits.device)
-    if config.problem_type == "multi_label_classification":
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-    if config.problem_type == "single_label_classification" or config.loss == "cross_entropy":
-        return F.cross_entropy(logits, labels)
-    if config.problem_type not in (None, "single_label_classification"):
-        raise ValueError(
-            f"problem_type {config.problem_type!r} is not supported; use 'single_label_classification' or "
-            "'multi_label_classification'."
-        )
-    return uniform_off_label_bce(logits, labels)
 
 
 class BcosCNNPreTrainedModel(BcosPreTrainedModel):

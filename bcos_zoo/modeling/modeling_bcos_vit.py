@@ -15,53 +15,13 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .bcos_layers import BcosEncoderLayer, BcosLayerNorm, BcosLinear, BcosPatchEmbedding, BcosSelfAttention
-from .bcos_pretrained import BcosPreTrainedModel
+from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation, compute_explanation
 
 
 # what the explanation's inner forward pass never collects, whatever the config says
 NO_EXTRA_OUTPUTS = {"output_hidden_states": False, "output_attentions": False, "return_dict": True}
-
-
-def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The B-cos papers' loss: binary cross-entropy with off-target labels ``1/C`` instead of 0.
-
-    ``labels`` are class indices (N,) or class probabilities (N, C), e.g. from mixup.
-    """
-    num_classes = logits.shape[-1]
-    if labels.ndim == 1:
-        labels = F.one_hot(labels.long(), num_classes)
-    targets = labels.to(logits.dtype).clamp_min(1 / num_classes)
-    return F.binary_cross_entropy_with_logits(logits, targets)
-
-
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
-    """The loss ``config`` asks for.
-
-    ``config.problem_type`` decides when it is set, with transformers' meanings: ``"single_label_classification"``
-    (cross-entropy on class indices), ``"multi_label_classification"`` (binary cross-entropy on multi-hot labels of
-    any numeric dtype), ``"regression"`` (mean squared error). Otherwise ``config.loss``: ``"bce"`` (the B-cos papers'
-    uniform-off-label BCE) or ``"cross_entropy"``.
-    """
-    labels = labels.to(logits.device)
-    num_labels = logits.shape[-1]
-    problem_type = getattr(config, "problem_type", None)
-    if problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1).long())
-    if problem_type == "multi_label_classification":
-        if labels.shape != logits.shape:
-            raise ValueError(
-                f"problem_type='multi_label_classification' takes multi-hot labels of shape {tuple(logits.shape)}, "
-                f"got {tuple(labels.shape)}."
-            )
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-    if problem_type == "regression":
-        labels = labels.to(logits.dtype)
-        return F.mse_loss(logits.squeeze(-1), labels.view(-1)) if num_labels == 1 else F.mse_loss(logits, labels)
-    if config.loss == "bce":
-        return uniform_off_label_bce(logits, labels)
-    return F.cross_entropy(logits, labels)
 
 
 def interpolate_position_embeddings(patch_positions: torch.Tensor, grid: int, height: int, width: int) -> torch.Tensor:
