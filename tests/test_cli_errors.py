@@ -107,7 +107,7 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes_the_run(inputs, tm
     command = finetune_command(source, data, output, "--max-steps", "30", "--save-steps", "2")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     deadline = time.monotonic() + 300
-    while not (output / "checkpoints" / "checkpoint-2").exists() and time.monotonic() < deadline:
+    while not (output / "checkpoints" / "checkpoint-2" / "training_time.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
