@@ -296,8 +296,8 @@ class BcosLayerNorm(DynamicModule):
         if not self.detach_dynamic:
             return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
         # the mean subtraction is linear and keeps its gradient; the standard deviation is a detached factor
-        variance = torch.var(x.detach(), dim=-1, correction=0, keepdim=True)
-        out = (x - x.mean(dim=-1, keepdim=True)) * (variance + self.eps).rsqrt() * self.weight
+        _, _, inverse_std = torch.native_layer_norm(x.detach(), self.weight.shape, None, None, self.eps)
+        out = (x - x.mean(dim=-1, keepdim=True)) * inverse_std * self.weight
         return out if self.bias is None else out + self.bias
 
 
@@ -402,28 +402,42 @@ class BcosSelfAttention(DynamicModule):
         implementation = getattr(self.config, "_attn_implementation", None)
         return implementation or "sdpa"
 
-    def _qkv_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        biases = [proj.bias for proj in (self.q_proj, self.k_proj, self.v_proj)]
+    def _qkv_parameters(self, *projections: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fused weight and bias of ``projections`` (default: q, k and v), missing biases as zeros."""
+        projections = projections or (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([proj.weight for proj in projections])
+        biases = [proj.bias for proj in projections]
         if all(bias is None for bias in biases):
             return weight, None
         reference = next(bias for bias in biases if bias is not None)
-        width = self.q_proj.out_features
-        return weight, torch.cat([reference.new_zeros(width) if bias is None else bias for bias in biases])
+        return weight, torch.cat(
+            [
+                reference.new_zeros(proj.out_features) if bias is None else bias
+                for proj, bias in zip(projections, biases)
+            ]
+        )
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, width = hidden_states.shape
-        weight, bias = self._qkv_parameters()
-        qkv = F.linear(hidden_states, weight, bias).view(batch, length, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        heads = (batch, length, self.num_heads, self.head_dim)
         if self.detach_dynamic:
-            query, key = query.detach(), key.detach()
+            # q and k only shape the detached attention matrix: computed without a graph, so that a backward pass
+            # differentiates the value projection alone (a third of the fused matmul)
+            with torch.no_grad():
+                query_key = F.linear(hidden_states, *self._qkv_parameters(self.q_proj, self.k_proj))
+            query, key = query_key.view(batch, length, 2, *heads[2:]).permute(2, 0, 3, 1, 4).unbind(0)
+            value = F.linear(hidden_states, self.v_proj.weight, self.v_proj.bias).view(heads).transpose(1, 2)
+        else:
+            weight, bias = self._qkv_parameters()
+            qkv = F.linear(hidden_states, weight, bias).view(batch, length, 3, *heads[2:])
+            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         implementation = self.attn_implementation
-        if implementation == "eager" or self.double_backward:
-            # fused attention kernels have no second derivative; with q and k detached the written-out attention
-            # is a fixed matrix times v, whose gradient differentiates again
+        if implementation == "eager" or self.double_backward or self.detach_dynamic:
+            # fused attention kernels have no second derivative, and their backward computes the gradients of q and
+            # k too; with q and k detached the written-out attention is a fixed matrix times v, whose backward is one
+            # matmul and differentiates again
             attention = eager_attention
         else:
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
