@@ -175,15 +175,18 @@ def render_model_card(
     )
 
 
-# Tasks whose recipes publish a B-cos image classifier (not the CLIP image towers, not the standard sources).
-IMAGE_CLASSIFIER_TASKS = ("classification", "guided-classification", "explanation-distillation")
-
-
 def image_classifier_models() -> list[str]:
-    """The Hub repos of the zoo's B-cos image classifiers (ViTs and CNNs), in catalogue order."""
+    """The Hub repos of the zoo's B-cos image classifiers (ViTs and CNNs), in catalogue order: the recipes whose task
+    publishes a B-cos model for image classification (not the CLIP image towers, not the standard sources)."""
+    from ..training import get_task
     from .recipes import RECIPES
 
-    return [recipe.hub_model_id for recipe in RECIPES.values() if recipe.task in IMAGE_CLASSIFIER_TASKS]
+    cards = {name: get_task(recipe).card for name, recipe in RECIPES.items()}
+    return [
+        recipe.hub_model_id
+        for name, recipe in RECIPES.items()
+        if cards[name] is not None and cards[name].bcos and cards[name].pipeline_tag == "image-classification"
+    ]
 
 
 # The Spaces in spaces/: their Hub header fields; each shows the model of a zoo recipe by default, and ``models``
