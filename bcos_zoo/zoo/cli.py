@@ -17,7 +17,8 @@ def run_script(main: Callable[[], object], on_interrupt: str = "") -> int:
     try:
         code = main()
     except KeyboardInterrupt:
-        print(f"interrupted{'; ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
+        # on a line of its own, also when a progress bar was being drawn
+        print(f"\ninterrupted{'; ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
         message = " ".join(str(error).split()) or type(error).__name__
