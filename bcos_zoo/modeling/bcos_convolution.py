@@ -343,6 +343,28 @@ class BcosCNNPreTrainedModel(BcosPreTrainedModel):
         )
 
 
+class BcosCNNModel(BcosCNNPreTrainedModel):
+    """What the B-cos CNN backbones share: ``forward`` on images in [0, 1] around the family's ``forward_encoded``
+    (the backbone on an already ``[x, 1 - x]``-encoded image, which explanations differentiate)."""
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+        """Args:
+        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.forward_encoded(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
+        return outputs if return_dict else outputs.to_tuple()
+
+
 class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
     """What the B-cos CNN classifiers share: a 1x1 B-cos convolution as classifier (applied before global average
     pooling with ``classify_before_pooling``, the B-cosification paper's "GAP reorder", else after it), the

@@ -17,12 +17,12 @@ from transformers.modeling_outputs import (
 from .bcos_convolution import (
     BcosBatchNorm2d,
     BcosCNNForImageClassification,
+    BcosCNNModel,
     BcosCNNPreTrainedModel,
     BcosConv2d,
     BcosConvNormAct,
     stem_pool,
 )
-from .bcos_layers import check_pixel_values, encode_inverse
 from .configuration_bcos_densenet import BcosDenseNetConfig
 
 
@@ -92,7 +92,7 @@ class BcosDenseNetPreTrainedModel(BcosCNNPreTrainedModel):
     _standard_converter = "bcosify_densenet"
 
 
-class BcosDenseNetModel(BcosDenseNetPreTrainedModel):
+class BcosDenseNetModel(BcosCNNModel, BcosDenseNetPreTrainedModel):
     """The B-cos DenseNet backbone: ``last_hidden_state`` (N, C, h, w), the final BN + ReLU features, and
     ``pooler_output`` (N, C, 1, 1), their mean. ``hidden_states``: the stem output, then each stage's output (the
     last one being ``last_hidden_state``)."""
@@ -120,23 +120,6 @@ class BcosDenseNetModel(BcosDenseNetPreTrainedModel):
         return BaseModelOutputWithPoolingAndNoAttention(
             last_hidden_state=features, pooler_output=self.pooler(features), hidden_states=hidden_states
         )
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        """Args:
-        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
-        """
-        check_pixel_values(pixel_values, self.config.num_channels)
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.forward_encoded(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
-        return outputs if return_dict else outputs.to_tuple()
 
 
 class BcosDenseNetForImageClassification(BcosCNNForImageClassification, BcosDenseNetPreTrainedModel):

@@ -13,8 +13,13 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndNoAttention,
 )
 
-from .bcos_convolution import BcosCNNForImageClassification, BcosCNNPreTrainedModel, BcosConvNormAct, stem_pool
-from .bcos_layers import check_pixel_values, encode_inverse
+from .bcos_convolution import (
+    BcosCNNForImageClassification,
+    BcosCNNModel,
+    BcosCNNPreTrainedModel,
+    BcosConvNormAct,
+    stem_pool,
+)
 from .configuration_bcos_resnet import BcosResNetConfig
 
 
@@ -125,7 +130,7 @@ class BcosResNetPreTrainedModel(BcosCNNPreTrainedModel):
     _standard_converter = "bcosify_resnet"
 
 
-class BcosResNetModel(BcosResNetPreTrainedModel):
+class BcosResNetModel(BcosCNNModel, BcosResNetPreTrainedModel):
     """The B-cos ResNet backbone: ``last_hidden_state`` (N, C, h, w) and ``pooler_output`` (N, C, 1, 1), its mean."""
 
     def __init__(self, config: BcosResNetConfig):
@@ -143,23 +148,6 @@ class BcosResNetModel(BcosResNetPreTrainedModel):
         return BaseModelOutputWithPoolingAndNoAttention(
             last_hidden_state=last, pooler_output=self.pooler(last), hidden_states=hidden_states
         )
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        """Args:
-        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
-        """
-        check_pixel_values(pixel_values, self.config.num_channels)
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.forward_encoded(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
-        return outputs if return_dict else outputs.to_tuple()
 
 
 class BcosResNetForImageClassification(BcosCNNForImageClassification, BcosResNetPreTrainedModel):
