@@ -17,7 +17,7 @@ finished runs); this module sets the recipes up, scores, draws and writes the re
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from ..data.datasets import FASHION_MNIST_CLASSES, limit
 from ..data.decoys import DecoyImages, decoy_splits
 from ..training.guided_classification import localisation_scores, processor_box_transform
 from .recipes import Recipe, get_recipe
-from .reproduction import _pyplot, machine_description, plot_explanations, recipe_record, train_or_reuse
+from .reproduction import _pyplot, machine_description, plot_explanations, recipe_record, run_record, train_or_reuse
 
 
 CANVAS = 48  # the canvases of the recipes bcos-vit-guided-decoys and bcos-vit-e2kd-decoys
@@ -370,12 +370,8 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
     wall["figures"] = time.perf_counter() - start
     wall["total"] = time.perf_counter() - started
 
-    machine = machine_description()
-    machine["load_average_start"], machine["load_average_end"] = load_start, machine.pop("load_average")
     report = dict(
-        command=command,
-        machine=machine,
-        settings={key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
+        **run_record(command, settings, load_start),
         test_images=settings.eval_samples,
         guidance=guidance,
         teacher=teacher,

@@ -190,6 +190,15 @@ def machine_description() -> dict:
     )
 
 
+def run_record(command: str, settings, load_start: list[float]) -> dict:
+    """The head of a reproduction's report: the command, the machine (load at the start and the end of the run, as
+    timings mean little without it) and the settings, with paths as strings."""
+    machine = machine_description()
+    machine["load_average_start"], machine["load_average_end"] = load_start, machine.pop("load_average")
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()}
+    return dict(command=command, machine=machine, settings=settings)
+
+
 def _pyplot():
     import matplotlib
 
@@ -655,12 +664,8 @@ def _reproduce(settings: ReproductionSettings, command: str) -> dict:
     wall["figures"] = time.perf_counter() - start
     wall["total"] = time.perf_counter() - started
 
-    machine = machine_description()
-    machine["load_average_start"], machine["load_average_end"] = load_start, machine.pop("load_average")
     report = dict(
-        command=command,
-        machine=machine,
-        settings={key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()},
+        **run_record(command, settings, load_start),
         accuracy=dict(
             test_images=len(limit(data.validation, settings.max_eval_samples)),
             standard=standard["metrics"]["accuracy"],

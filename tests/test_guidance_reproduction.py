@@ -1,0 +1,35 @@
+"""The training-with-explanations miniature end to end at toy size: every run trains, and the report holds what it
+measured with the command and the machine."""
+
+import json
+
+import pytest
+
+from bcos_zoo.data.datasets import FASHION_MNIST_DIR
+from bcos_zoo.zoo.guidance_reproduction import GuidanceSettings, reproduce_guidance
+
+
+@pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's IDX files")
+def test_toy_reproduction_writes_its_report_figures_and_verdict(tmp_path):
+    settings = GuidanceSettings(
+        train_samples=32,
+        eval_samples=16,
+        epochs=0.25,
+        teacher_epochs=0.25,
+        few_shot_per_class=2,
+        few_shot_epochs=0.25,
+        box_fractions=[0.1],
+        num_examples=2,
+        output_dir=tmp_path / "out",
+        work_dir=tmp_path / "work",
+        device="cpu",
+    )
+    report = reproduce_guidance(settings, command="python scripts/reproduce_guidance.py --toy")
+    assert sorted(report["guidance"]) == ["boxes 10%", "none"]
+    for run in report["guidance"].values():
+        assert 0 <= run["epg"] <= 1 and 0 <= run["accuracy"] <= 1
+    assert report["machine"]["load_average_start"] and report["settings"]["output_dir"] == str(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "guidance.json").read_text())["verdict"] == report["verdict"]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "python scripts/reproduce_guidance.py --toy" in text and "## Verdict" in text
+    assert {path.name for path in (tmp_path / "out").glob("*.png")} == {"guidance.png", "e2kd.png", "explanations.png"}
