@@ -21,7 +21,6 @@ the gradient of each image's top logit in their explanation mode, times the ``[x
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -29,27 +28,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, ViTCon
 
 from bcos_zoo import BcosCLIPVisionModel, BcosViTForImageClassification
 from bcos_zoo.conversion.common import OPENAI_CLIP_NORMALIZATION
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def timed(fns: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each function, run in turns so that load from elsewhere hits all of them alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in tqdm(range(repeats), desc="timing", leave=False):
-        for name, fn in fns.items():
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+from bcos_zoo.zoo.benchmarking import DTYPES, timed
 
 
 def vit_s_pair(num_labels: int = 1000) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -15,44 +15,22 @@ The flush applies to both models and does not change the source's numbers.
 """
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import torch
 import torchvision
-from tqdm.auto import tqdm
 
 from bcos_zoo import BcosDenseNetForImageClassification, BcosResNetForImageClassification
 from bcos_zoo.conversion.common import IMAGENET_NORMALIZATION
+from bcos_zoo.zoo.benchmarking import DTYPES, timed
 from bcos_zoo.zoo.cli import run_script
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODELS = {
     "resnet18": (torchvision.models.resnet18, BcosResNetForImageClassification),
     "resnet50": (torchvision.models.resnet50, BcosResNetForImageClassification),
     "densenet121": (torchvision.models.densenet121, BcosDenseNetForImageClassification),
 }
-
-
-def timed(fns: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each function, run in turns."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in tqdm(range(repeats), desc="timing", leave=False):
-        for name, fn in fns.items():
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def benchmark(name: str, device: str, dtype: torch.dtype, batch_size: int, size: int, repeats: int) -> dict:

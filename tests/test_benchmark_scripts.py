@@ -1,0 +1,20 @@
+"""The benchmark scripts run and print their ratios (the figures themselves belong to the README, not to a test)."""
+
+import re
+import subprocess
+import sys
+
+from training_testing import REPO, child_env
+
+
+def test_cnn_benchmark_prints_a_row_of_ratios_per_model():
+    command = [sys.executable, str(REPO / "scripts" / "benchmark_cnn.py"), "--models", "resnet18", "--image-size"]
+    command += ["32", "--batch-size", "2", "--repeats", "5"]
+    completed = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (row,) = [line for line in completed.stdout.splitlines() if line.startswith("resnet18 32px")]
+    source, bcos, ratio, explained, cost = (float(value) for value in row.split()[2:])
+    assert source > 0 and bcos > 0 and explained > 0
+    assert abs(ratio - bcos / source) <= 0.01  # the ratio is of the two throughputs printed beside it
+    assert re.search(r"targets: fwd ratio >= 0\.80", completed.stdout)
+    assert cost > 1  # an explanation is at least a forward pass
