@@ -10,6 +10,7 @@ agreement with the teacher, the cosine of its explanations to the teacher's and,
 import functools
 import hashlib
 from collections import defaultdict
+from dataclasses import replace
 from types import SimpleNamespace
 
 import torch
@@ -21,6 +22,7 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 from ..data.boxes import collate_boxed
 from ..data.datasets import DatasetSplits
 from ..zoo.cards import describe_source
+from .classification import BcosClassification
 from .explanation_losses import differentiable_explanation, e2kd_loss, explanation_cosine
 from .guided_classification import GuidedClassification
 from .task import CardFields
@@ -174,10 +176,8 @@ class ExplanationDistillation(GuidedClassification):
     @property
     def card(self) -> CardFields:
         recipe = self.recipe
-        return CardFields(
-            pipeline_tag="image-classification",
-            metric_key="accuracy",
-            metric_label="Top-1 accuracy",
+        return replace(
+            BcosClassification.card,
             objective="e2KD: T^2 KL to the teacher + lambda_exp (1 - cos of the explanations W(x))",
             tags=("knowledge-distillation", "e2kd"),
             hyperparameters=(

@@ -10,6 +10,7 @@ energy pointing game (EPG) and the IoU of the thresholded positive attribution w
 """
 
 from collections import defaultdict
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -129,10 +130,8 @@ class GuidedClassification(BcosClassification):
     @property
     def card(self) -> CardFields:
         recipe = self.recipe
-        return CardFields(
-            pipeline_tag="image-classification",
-            metric_key="accuracy",
-            metric_label="Top-1 accuracy",
+        return replace(
+            BcosClassification.card,
             objective="BCE with uniform off-labels + lambda x energy loss (model guidance)",
             tags=("model-guidance",),
             hyperparameters=(

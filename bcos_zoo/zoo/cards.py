@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 
+from ..data.datasets import looks_like_path
 from .recipes import Recipe, recipe_command
 
 
@@ -41,8 +42,7 @@ def template_path(name: str) -> Path:
 
 def hub_id_or_none(source: str) -> str | None:
     """``source`` when it names a Hub repo (``org/name`` that is not a local path), else None."""
-    looks_like_id = source.count("/") == 1 and not source.startswith((".", "/", "~"))
-    return source if looks_like_id and not Path(source).exists() else None
+    return source if "/" in source and not looks_like_path(source) and not Path(source).exists() else None
 
 
 def describe_source(source: str) -> tuple[str, str | None]:

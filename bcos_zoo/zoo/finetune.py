@@ -71,10 +71,10 @@ def source_needs_hub(source: str) -> bool:
 def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
     """Everything that can be known to fail before training fails now, in one line: missing folders, and anything
     that needs the Hub (the source, the data, the push) when the Hub cannot be used or does not know the name."""
-    needs = []
-    if source_needs_hub(recipe.source):
+    needs, source_on_hub, dataset_on_hub = [], source_needs_hub(recipe.source), dataset_needs_hub(recipe.dataset)
+    if source_on_hub:
         needs.append((f"the model {recipe.source!r}", "pass a local model folder with --model"))
-    if dataset_needs_hub(recipe.dataset):
+    if dataset_on_hub:
         needs.append((f"the dataset {recipe.dataset!r}", "pass a local folder of class sub-folders with --dataset"))
     if push and not dry_run:
         needs.append(("the push", "add --dry-run to write the repo folder without uploading"))
@@ -87,12 +87,12 @@ def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
         raise ValueError(f"Cannot use the Hub ({reason}), but {what} need{'s' if len(needs) == 1 else ''} it: {fixes}")
     if push and not dry_run:
         check_push_access(recipe.hub_model_id)  # fail before hours of training, not after
-    if source_needs_hub(recipe.source) and not hub_repo_exists(recipe.source, "model"):
+    if source_on_hub and not hub_repo_exists(recipe.source, "model"):
         raise ValueError(
             f"--model {recipe.source!r} is neither a local folder nor a model on the Hub (if it is private, log in "
             "with `hf auth login` or set HF_TOKEN)"
         )
-    if dataset_needs_hub(recipe.dataset) and not hub_repo_exists(recipe.dataset, "dataset"):
+    if dataset_on_hub and not hub_repo_exists(recipe.dataset, "dataset"):
         raise ValueError(
             f"--dataset {recipe.dataset!r} is neither a local folder nor a dataset on the Hub (if it is private, log "
             "in with `hf auth login` or set HF_TOKEN); a local dataset is a folder of class sub-folders"
