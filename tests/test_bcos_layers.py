@@ -117,6 +117,19 @@ def test_gelu_variants_match_torch():
         assert torch.allclose(gelu_tanh(x), F.gelu(x, approximate="tanh"), rtol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "quick_gelu"])
+def test_gate_is_finite_at_zero_and_matches_the_activation(name):
+    activation = GatedActivation(name).double()
+    x = torch.tensor([-30.0, -3.0, -1e-30, -0.0, 0.0, 1e-30, 0.5, 3.0, 30.0], dtype=torch.float64)
+    gate = activation.gate(x)
+    assert torch.equal(gate[3:5], torch.full((2,), 0.5, dtype=torch.float64))
+    assert torch.isfinite(gate).all() and (gate >= 0).all() and (gate <= 1).all()
+    if name == "gelu":
+        assert torch.allclose(gate, torch.special.ndtr(x), atol=1e-12)
+    with explanation_mode(activation):
+        assert torch.allclose(activation(x), activation.activation(x), rtol=1e-12, atol=1e-300)
+
+
 def test_explanation_mode_restores_the_previous_state():
     module = layer_norm(bias=False)
     with explanation_mode(module):

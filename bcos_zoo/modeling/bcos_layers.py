@@ -301,20 +301,16 @@ class BcosLayerNorm(DynamicModule):
         return out if self.bias is None else out + self.bias
 
 
-def _gelu_gate(x: torch.Tensor) -> torch.Tensor:
-    return torch.special.ndtr(x)  # the standard normal CDF, 0.5 (1 + erf(x / sqrt 2)), in one pass
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
 
 
-def _gelu_tanh_gate(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x.pow(3))))
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
 
 
-def _quick_gelu_gate(x: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(1.702 * x)
-
-
-_GATES = {"gelu": _gelu_gate, "gelu_tanh": _gelu_tanh_gate, "quick_gelu": _quick_gelu_gate}
-# transformers' activation names that are one of the gates above
+_ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": _gelu_tanh, "quick_gelu": _quick_gelu}
+# transformers' activation names that are one of the activations above
 ACTIVATION_ALIASES = {
     "gelu": "gelu",
     "gelu_tanh": "gelu_tanh",
@@ -332,16 +328,22 @@ class GatedActivation(DynamicModule):
         if name not in ACTIVATION_ALIASES:
             raise ValueError(f"Unsupported activation {name!r}; supported: {sorted(ACTIVATION_ALIASES)}.")
         self.name = ACTIVATION_ALIASES[name]
-        self.gate = _GATES[self.name]
+        self.activation = _ACTIVATIONS[self.name]
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """``g(x) = act(x) / x``, with ``g(0) = 1/2`` (the limit for every GELU type), computed without a graph.
+
+        Read off the fused activation kernel: on a CPU the normal CDF itself (``torch.special.ndtr``) costs about
+        fifteen times as much as ``F.gelu`` and was a tenth of a ViT explanation. ``x * g(x)`` equals ``act(x)`` up
+        to float round-off.
+        """
+        with torch.no_grad():
+            return self.activation(x).div_(x).nan_to_num_(nan=0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.detach_dynamic:
-            return x * self.gate(x).detach()
-        if self.name == "gelu":
-            return F.gelu(x)
-        if self.name == "gelu_tanh":
-            return F.gelu(x, approximate="tanh")
-        return x * self.gate(x)
+            return x * self.gate(x)
+        return self.activation(x)
 
     def extra_repr(self) -> str:
         return self.name
