@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from bcos_zoo.modeling.bcos_layers import (
     BcosLayerNorm,
     BcosLinear,
+    BcosPatchEmbedding,
     BcosSelfAttention,
     GatedActivation,
     encode_inverse,
@@ -173,14 +174,14 @@ def test_the_inference_weight_cache_follows_every_weight_change():
 
     with torch.no_grad():
         assert torch.allclose(unit(x), reference(), rtol=1e-12)
-        assert unit._scaled_weight_cache is not None
+        assert "norm_scaled" in unit._derived_tensors
         unit.weight.mul_(-2.0)  # an in-place update, as an optimiser step makes
         assert torch.allclose(unit(x), reference(), rtol=1e-12)
     unit.load_state_dict({"weight": torch.randn(5, 7, dtype=torch.float64)})
     with torch.no_grad():
         assert torch.allclose(unit(x), reference(), rtol=1e-12)
     unit.train()
-    assert unit._scaled_weight_cache is None
+    assert not hasattr(unit, "_derived_tensors")
 
 
 def test_an_explanation_after_inference_mode_rebuilds_the_cached_weight():
@@ -196,3 +197,26 @@ def test_an_explanation_after_inference_mode_rebuilds_the_cached_weight():
     assert torch.allclose(out.detach(), expected, rtol=1e-12)
     # the dynamic linear map: out = W(x) x with W(x) = |cos| w, so the gradient times the input sums to the output
     assert torch.allclose((gradient * x).sum(), expected.sum(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("b", [1.0, 1.5, 2.0])
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_patch_embedding_of_the_pixels_equals_that_of_the_encoded_image(b, bias):
+    torch.manual_seed(0)
+    embedding = BcosPatchEmbedding(num_channels=3, patch_size=4, hidden_size=10, bias=bias, b=b).double()
+    torch.nn.init.normal_(embedding.projection.weight)
+    if bias:
+        torch.nn.init.normal_(embedding.projection.bias)
+    x = torch.rand(2, 3, 8, 12, dtype=torch.float64)
+    expected = embedding(encode_inverse(x))
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), embedding.projection.weight)
+    from_pixels = embedding.forward_pixels(x)
+    (grad,) = torch.autograd.grad(from_pixels.square().sum(), embedding.projection.weight)
+    assert torch.allclose(from_pixels, expected, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(grad, expected_grad, rtol=1e-10, atol=1e-12)
+    embedding.eval()
+    with torch.no_grad():
+        for _ in range(2):  # the second call reads the kept pixel weights
+            assert torch.allclose(embedding.forward_pixels(x), expected, rtol=1e-10, atol=1e-12)
+        embedding.projection.weight.mul_(-1.5)
+        assert torch.allclose(embedding.forward_pixels(x), embedding(encode_inverse(x)), rtol=1e-10, atol=1e-12)

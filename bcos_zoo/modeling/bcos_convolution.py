@@ -14,7 +14,7 @@ from transformers import ConvNextImageProcessor
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
-from .bcos_layers import DynamicModule, check_pixel_values, encode_inverse
+from .bcos_layers import DynamicModule, cached_derivation, check_pixel_values, encode_inverse
 from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .explanation import BcosExplanation, compute_explanation
 
@@ -269,26 +269,19 @@ class BcosConvNormAct(nn.Module):
 
     def _folded_weight(self, live: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The convolution weight with BatchNorm's scale folded in (and the shift). ``live``: computed with autograd,
-        so that gradients reach the parameters; otherwise cached until any of the tensors they come from changes
-        (an optimiser step or a load bumps their version)."""
+        so that gradients reach the parameters; otherwise kept until any of the tensors they come from changes."""
         conv, norm = self.convolution, self.normalization
-        if live:
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor | None]:
             scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
             factor = scale.sign() * (scale.abs() / conv.weight_norms()).sqrt()
             shift = None if not norm.centered else (norm.bias - norm.running_mean * scale).view(1, -1, 1, 1)
             return conv.weight * factor.view(-1, 1, 1, 1), shift
-        sources = [conv.weight, norm.weight, norm.running_var, norm.bias, norm.running_mean]
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources if t is not None)
-        cached = getattr(self, "_folded", None)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-        with torch.no_grad():
-            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-            factor = scale.sign() * (scale.abs() / conv.weight_norms()).sqrt()
-            weight = conv.weight * factor.view(-1, 1, 1, 1)
-            shift = None if not norm.centered else (norm.bias - norm.running_mean * scale).view(1, -1, 1, 1)
-        self._folded = (key, weight, shift)
-        return weight, shift
+
+        if live:
+            return compute()
+        sources = (conv.weight, norm.weight, norm.running_var, norm.bias, norm.running_mean)
+        return cached_derivation(self, "folded", sources, compute)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self._fusable(hidden_states):

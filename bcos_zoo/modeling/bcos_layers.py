@@ -10,7 +10,7 @@ This file is hub-facing: it travels with the weights and may import only torch, 
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +137,25 @@ def _divide(out: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
     return out.div_(divisor)
 
 
+def cached_derivation(owner: nn.Module, name: str, sources: tuple, compute: Callable[[], object]):
+    """``compute()``, run without autograd and kept on ``owner`` under ``name`` until a tensor in ``sources`` changes.
+
+    For weights in the form a forward pass wants (scaled by their norms, BatchNorm folded in), so that inference and
+    input-only explanations skip those passes over every weight. A tensor changed in place (an optimiser step),
+    replaced (``load_state_dict``), moved or cast gets a new key. A value made under ``torch.inference_mode`` is made
+    again once autograd records, since an inference tensor cannot enter a recorded graph.
+    """
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources if t is not None)
+    store = owner.__dict__.setdefault("_derived_tensors", {})
+    entry = store.get(name)
+    if entry is not None and entry[0] == key and not (entry[2] and torch.is_grad_enabled()):
+        return entry[1]
+    with torch.no_grad():
+        value = compute()
+    store[name] = (key, value, torch.is_inference_mode_enabled())
+    return value
+
+
 class _BcosSquareLinear(torch.autograd.Function):
     """The B = 2 unit ``(w . x)|w . x| / (|w||x|)`` with a backward pass written out.
 
@@ -199,34 +218,29 @@ class BcosLinear(DynamicModule):
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self._scaled_weight_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def weight_norms(self) -> torch.Tensor:
+        """``|w|`` per output row, shape (out_features, 1)."""
+        return torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
+
+    def derived_weight(self, name: str, compute: Callable[[], object]):
+        """``compute()`` (a function of the weight); kept between calls while the weight is a constant.
+
+        That is in evaluation without autograd, and in explanations that need no parameter gradient, unless the
+        forward pass is being captured into a graph (see :func:`cached_derivation`); ``train()`` drops what was kept.
+        """
+        constant = self.input_gradient_only or not torch.is_grad_enabled()
+        if constant and (self.input_gradient_only or not self.training) and not _is_tracing():
+            return cached_derivation(self, name, (self.weight,), compute)
+        with torch.set_grad_enabled(not constant):
+            return compute()
 
     def _norm_scaled_weight(self) -> torch.Tensor:
-        """``w / sqrt|w|`` per output row.
-
-        Inference (eval mode, no autograd, not being traced) and explanations that need no parameter gradient keep
-        it between calls, keyed on the weight's storage and version, so repeated calls skip two passes over every
-        weight; any change to the weight (an optimiser step, ``load_state_dict``, ``.to(...)``) makes a new one,
-        and ``train()`` drops it.
-        """
-        weight = self.weight
-        constant = self.input_gradient_only or not torch.is_grad_enabled()
-        cacheable = (self.input_gradient_only or not self.training) and constant and not _is_tracing()
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device) if cacheable else None
-        cached = self._scaled_weight_cache
-        # a copy made under torch.inference_mode cannot enter a graph that autograd records
-        usable = cached is not None and not (torch.is_grad_enabled() and cached[1].is_inference())
-        if cacheable and usable and cached[0] == key:
-            return cached[1]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.input_gradient_only):
-            weight_norm = torch.linalg.vector_norm(weight, dim=-1, keepdim=True).clamp_min(self.eps)
-            scaled = weight * weight_norm.rsqrt()
-        if cacheable:
-            self._scaled_weight_cache = (key, scaled)
-        return scaled
+        """``w / sqrt|w|`` per output row."""
+        return self.derived_weight("norm_scaled", lambda: self.weight * self.weight_norms().rsqrt())
 
     def train(self, mode: bool = True) -> "BcosLinear":
-        self._scaled_weight_cache = None
+        self.__dict__.pop("_derived_tensors", None)
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,8 +258,7 @@ class BcosLinear(DynamicModule):
             if self.input_gradient_only:
                 scaled_weight = self._norm_scaled_weight()
             else:
-                weight_norm = torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
-                scaled_weight = self.weight * weight_norm.rsqrt().detach()
+                scaled_weight = self.weight * self.weight_norms().rsqrt().detach()
             y = F.linear(x * input_norm.rsqrt().detach(), scaled_weight)
             out = y * y.detach().abs()
             return out if self.bias is None else out + self.bias
@@ -269,8 +282,7 @@ class BcosLinear(DynamicModule):
         if self.b == 1:
             out = linear
         else:
-            weight_norm = torch.linalg.vector_norm(self.weight, dim=-1, keepdim=True).clamp_min(self.eps)
-            abs_cos = linear.abs() / (input_norm.clamp_min(self.eps) * weight_norm.T)
+            abs_cos = linear.abs() / (input_norm.clamp_min(self.eps) * self.weight_norms().T)
             if self.b != 2:
                 abs_cos = abs_cos.clamp_min(self.eps).pow(self.b - 1)
             if self.detach_dynamic:
@@ -519,19 +531,41 @@ class BcosPatchEmbedding(nn.Module):
         """Tokens of an encoded ``[x, 1 - x]`` image (what explanations differentiate)."""
         return self.projection(self._patches(encoded))
 
+    def _pixel_parameters(self, scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_x - W_(1-x), W_(1-x) 1)``, the patch embedding as an affine map of ``x``; with ``scaled``, each row
+        divided by ``sqrt|w|`` (``|w|`` the norm of the whole 6-channel row), as the B = 2 unit wants."""
+        projection = self.projection
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            n = projection.in_features // 2
+            weight_x, weight_inverse = projection.weight[:, :n], projection.weight[:, n:]
+            weight, bias = weight_x - weight_inverse, weight_inverse.sum(dim=1)
+            if not scaled:
+                return weight, bias
+            scale = projection.weight_norms().rsqrt()
+            return weight * scale, bias * scale[:, 0]
+
+        return projection.derived_weight("pixels_scaled" if scaled else "pixels", compute)
+
     def forward_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The same tokens computed from ``x`` alone, without building the 6-channel encoding.
 
         With the weight split as ``[W_x, W_(1-x)]``: ``W [x, 1 - x] = (W_x - W_(1-x)) x + W_(1-x) 1``, and the
-        patch norm is ``||[x, 1 - x]||^2 = n - 2 sum x (1 - x)`` over the patch's ``n`` values. Half the matmul of
-        :meth:`forward`, and equal to it up to float round-off.
+        patch norm is ``||[x, 1 - x]||^2 = n - 2 sum x + 2 sum x^2`` over the patch's ``n`` values (two reductions,
+        no copy). Half the matmul of :meth:`forward`, and equal to it up to float round-off.
         """
         patches = self._patches(pixel_values)
         n = patches.shape[-1]
-        weight = self.projection.weight
-        weight_x, weight_inverse = weight[:, :n], weight[:, n:]
-        linear = F.linear(patches, weight_x - weight_inverse, weight_inverse.sum(dim=1))
-        if self.projection.b == 1:
-            return linear if self.projection.bias is None else linear + self.projection.bias
-        squared_norm = n - 2 * (patches * (1 - patches)).sum(dim=-1, keepdim=True)
-        return self.projection.scale_linear_output(linear, squared_norm.clamp_min(0).sqrt())
+        projection = self.projection
+        square_unit = projection.b == 2 and not projection.detach_dynamic
+        linear = F.linear(patches, *self._pixel_parameters(scaled=square_unit))
+        if projection.b == 1:
+            return linear if projection.bias is None else linear + projection.bias
+        squared_norm = n - 2 * patches.sum(dim=-1, keepdim=True)
+        squared_norm = squared_norm + 2 * torch.linalg.vector_norm(patches, dim=-1, keepdim=True).square()
+        norm = squared_norm.clamp_min(projection.eps**2).sqrt()
+        if not square_unit:
+            return projection.scale_linear_output(linear, norm)
+        # (w . e) |w . e| / (|w| |e|) with the row scaling by 1 / sqrt|w| already in the weight
+        out = _divide(_signed_square(linear), norm)
+        return out if projection.bias is None else out + projection.bias
