@@ -143,15 +143,19 @@ def test_unknown_activation_is_rejected():
         GatedActivation("relu")
 
 
-def test_the_written_out_b2_backward_matches_autograd():
+@pytest.mark.parametrize("widths", [(7, 4), (4, 7), (5, 5)], ids=["narrower-output", "wider-output", "square"])
+def test_the_written_out_b2_backward_matches_autograd(widths):
     """Training at B = 2 takes a hand-written backward; it must be the gradient of the unit (gradcheck)."""
     from bcos_zoo.modeling.bcos_layers import _BcosSquareLinear
 
     torch.manual_seed(0)
-    x = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    in_features, out_features = widths
+    x = torch.randn(2, 5, in_features, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(out_features, in_features, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: _BcosSquareLinear.apply(a, b, 1e-12), (x, w))
-    unit = bcos_unit(2.0, bias=True)
+    unit = BcosLinear(in_features, out_features, bias=True, b=2.0).double()
+    torch.nn.init.normal_(unit.weight)
+    torch.nn.init.normal_(unit.bias)
     inputs = torch.randn(3, unit.in_features, dtype=torch.float64, requires_grad=True)
     unit(inputs).square().sum().backward()
     fast = (inputs.grad.clone(), unit.weight.grad.clone(), unit.bias.grad.clone())
@@ -220,3 +224,21 @@ def test_patch_embedding_of_the_pixels_equals_that_of_the_encoded_image(b, bias)
             assert torch.allclose(embedding.forward_pixels(x), expected, rtol=1e-10, atol=1e-12)
         embedding.projection.weight.mul_(-1.5)
         assert torch.allclose(embedding.forward_pixels(x), embedding(encode_inverse(x)), rtol=1e-10, atol=1e-12)
+
+
+def test_attention_without_autograd_follows_every_change_of_q_k_and_v():
+    module = attention().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+
+    def fresh():
+        with torch.enable_grad():  # the recorded path fuses the projections anew on every call
+            return module(x)[0].detach()
+
+    for projection in (module.q_proj, module.k_proj, module.v_proj):
+        with torch.no_grad():
+            assert torch.allclose(module(x)[0], fresh(), rtol=1e-12)
+            projection.weight.mul_(-1.5)
+            projection.bias.add_(0.25)
+            assert torch.allclose(module(x)[0], fresh(), rtol=1e-12)
+        with torch.no_grad(), explanation_mode(module):
+            assert torch.allclose(module(x)[0], fresh(), rtol=1e-12)

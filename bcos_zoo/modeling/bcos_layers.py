@@ -159,47 +159,55 @@ def cached_derivation(owner: nn.Module, name: str, sources: tuple, compute: Call
 class _BcosSquareLinear(torch.autograd.Function):
     """The B = 2 unit ``(w . x)|w . x| / (|w||x|)`` with a backward pass written out.
 
-    With ``x^ = x / sqrt|x|``, ``w^ = w / sqrt|w|`` and ``y = x^ . w^`` the output is ``y|y|``. For an upstream
-    gradient ``g`` and ``h = g|y|``, ``r = sum_j h_j y_j`` (per row) and ``c = sum_i h_i y_i`` (per output):
-    ``dx = 2 (h w^) / sqrt|x| - x^ r / |x|^1.5`` and ``dw = 2 (h^T x^) / sqrt|w| - w^ c / |w|^1.5``. Autograd would
-    chain a dozen elementwise passes through the norms; this is two matmuls and a few passes. Differentiating the
-    gradient again raises (explanations, which may, detach the norms and take the plain autograd path).
+    With ``s = 1 / sqrt|x|``, ``w^ = w / sqrt|w|`` and ``y = s (x . w^)`` the output is ``y|y|``. For an upstream
+    gradient ``g``, ``h = g|y|`` and ``q = g y|y|`` summed per row (``r``) and per output (``c``):
+    ``dx = 2 s (h w^) - x r / |x|^2`` and ``dw = 2 (h^T (s x)) / sqrt|w| - w c / |w|^2``. The factor ``s`` goes to
+    the narrower side: onto the input before the matmul when the output is wider (then ``s x`` is kept), otherwise
+    onto the output (then ``h`` carries it). Autograd would chain a dozen elementwise passes through the norms; this
+    is two matmuls and a few passes, most of them in place. Differentiating the gradient again raises
+    (explanations, which may, detach the norms and take the plain autograd path).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
         weight_norm = torch.linalg.vector_norm(weight, dim=-1, keepdim=True).clamp_min(eps)
-        scaled_input = x * input_norm.rsqrt()
         scaled_weight = weight * weight_norm.rsqrt()
-        y = F.linear(scaled_input, scaled_weight)
-        ctx.save_for_backward(scaled_input, scaled_weight, y, input_norm, weight_norm)
-        return y.abs().mul_(y)
+        ctx.scale_input = x.shape[-1] <= weight.shape[0]
+        if ctx.scale_input:
+            x = x * input_norm.rsqrt()
+        y = F.linear(x, scaled_weight)
+        out = y.mul_(y.abs())
+        if not ctx.scale_input:
+            out = out.div_(input_norm)  # x . w^ = y sqrt|x|, so its signed square divided by |x| is y|y|
+        # |y| is read back from the output (sqrt|y|y||) and w^ made again rather than kept: the memory a training
+        # step holds (and, on the CPU, faults in again on every step) stays close to the source model's
+        ctx.save_for_backward(x, weight, out, input_norm, weight_norm)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        scaled_input, scaled_weight, y, input_norm, weight_norm = ctx.saved_tensors
-        h = y.abs() * grad
-        hy = h * y
+        x, weight, out, input_norm, weight_norm = ctx.saved_tensors
+        scaled_weight = weight * weight_norm.rsqrt()
+        h = out.abs().sqrt_().mul_(grad)
+        q = out * grad
+        if not ctx.scale_input:
+            h = h.mul_(input_norm.rsqrt())
         grad_input = grad_weight = None
         if ctx.needs_input_grad[0]:
-            row = hy.sum(dim=-1, keepdim=True)
-            grad_input = torch.addcmul(
-                torch.matmul(h, scaled_weight) * (2 * input_norm.rsqrt()),
-                scaled_input,
-                row / input_norm.pow(1.5),
-                value=-1,
-            )
+            # input side: the kept x is s x, so x r / |x|^2 = (s x) r / |x|^1.5; output side: h is s g|y| already
+            row = q.sum(dim=-1, keepdim=True)
+            grad_input = torch.matmul(h, scaled_weight)
+            if ctx.scale_input:
+                grad_input = grad_input.mul_(2 * input_norm.rsqrt()).addcmul_(x, row / input_norm.pow(1.5), value=-1)
+            else:
+                grad_input = grad_input.mul_(2).addcmul_(x, row / input_norm.square(), value=-1)
         if ctx.needs_input_grad[1]:
-            column = hy.reshape(-1, hy.shape[-1]).sum(dim=0)[:, None]
-            flat_h = h.reshape(-1, h.shape[-1])
-            flat_input = scaled_input.reshape(-1, scaled_input.shape[-1])
-            grad_weight = torch.addcmul(
-                torch.matmul(flat_h.T, flat_input) * (2 * weight_norm.rsqrt()),
-                scaled_weight,
-                column / weight_norm.pow(1.5),
-                value=-1,
+            column = q.reshape(-1, q.shape[-1]).sum(dim=0)[:, None]
+            grad_weight = torch.matmul(h.reshape(-1, h.shape[-1]).T, x.reshape(-1, x.shape[-1]))
+            grad_weight = grad_weight.mul_(2 * weight_norm.rsqrt()).addcmul_(
+                scaled_weight, column / weight_norm.pow(1.5), value=-1
             )
         return grad_input, grad_weight, None
 
@@ -417,19 +425,23 @@ class BcosSelfAttention(DynamicModule):
         return implementation or "sdpa"
 
     def _qkv_parameters(self, *projections: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The fused weight and bias of ``projections`` (default: q, k and v), missing biases as zeros."""
+        """The fused weight and bias of ``projections`` (default: q, k and v), missing biases as zeros, for calls
+        made without autograd; kept between them (see :func:`cached_derivation`)."""
         projections = projections or (self.q_proj, self.k_proj, self.v_proj)
-        weight = torch.cat([proj.weight for proj in projections])
-        biases = [proj.bias for proj in projections]
-        if all(bias is None for bias in biases):
-            return weight, None
-        reference = next(bias for bias in biases if bias is not None)
-        return weight, torch.cat(
-            [
-                reference.new_zeros(proj.out_features) if bias is None else bias
-                for proj, bias in zip(projections, biases)
-            ]
-        )
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor | None]:
+            weight = torch.cat([proj.weight for proj in projections])
+            biases = [proj.bias for proj in projections]
+            if all(bias is None for bias in biases):
+                return weight, None
+            reference = next(bias for bias in biases if bias is not None)
+            zeros = [reference.new_zeros(proj.out_features) for proj in projections]
+            return weight, torch.cat([zero if bias is None else bias for zero, bias in zip(zeros, biases)])
+
+        if _is_tracing():
+            return compute()
+        sources = tuple(tensor for proj in projections for tensor in (proj.weight, proj.bias))
+        return cached_derivation(self, "qkv"[: len(projections)], sources, compute)
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
@@ -443,9 +455,13 @@ class BcosSelfAttention(DynamicModule):
                 query_key = F.linear(hidden_states, *self._qkv_parameters(self.q_proj, self.k_proj))
             query, key = query_key.view(batch, length, 2, *heads[2:]).permute(2, 0, 3, 1, 4).unbind(0)
             value = F.linear(hidden_states, self.v_proj.weight, self.v_proj.bias).view(heads).transpose(1, 2)
+        elif torch.is_grad_enabled():
+            # recorded (training): three matmuls, as in the source; a fused one would copy the weights on every step
+            # and keep that copy for the backward pass
+            projections = (self.q_proj, self.k_proj, self.v_proj)
+            query, key, value = (proj(hidden_states).view(heads).transpose(1, 2) for proj in projections)
         else:
-            weight, bias = self._qkv_parameters()
-            qkv = F.linear(hidden_states, weight, bias).view(batch, length, 3, *heads[2:])
+            qkv = F.linear(hidden_states, *self._qkv_parameters()).view(batch, length, 3, *heads[2:])
             query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         implementation = self.attn_implementation
         if implementation == "eager" or self.double_backward or self.detach_dynamic:
