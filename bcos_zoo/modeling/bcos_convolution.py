@@ -250,22 +250,28 @@ class BcosConvNormAct(nn.Module):
         conv = self.convolution
         return not self.training and conv.b == 2 and conv.bias is None and conv.detach_dynamic
 
+    def _mask_in_factor(self) -> bool:
+        """Whether the ReLU's mask joins the folded factor: with a ReLU and no shift, ``relu(o |o| / n) = o relu(o) / n``."""
+        return self.activation and not self.normalization.centered
+
     def folded_factor(self, out: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-        """The dynamic factor of the folded form, ``|o| / n``: the scale explanation mode detaches."""
-        return out.abs() / norms
+        """The dynamic factor of the folded form, the scale explanation mode detaches: ``|o| / n``, or ``relu(o) / n``
+        when it carries the ReLU's mask too (see :meth:`_mask_in_factor`)."""
+        return (out.relu() if self._mask_in_factor() else out.abs()) / norms
 
     def _explain_folded(self, x: torch.Tensor) -> torch.Tensor:
         """Explanation mode in evaluation at ``b = 2``, with BatchNorm folded as in :meth:`_fused_inference`:
         ``o * stop_gradient(|o| / n)`` (+ shift) is the same dynamic linear map as conv, detached factor, BatchNorm,
-        in fewer passes forward and backward."""
+        in fewer passes forward and backward; without a shift the ReLU is in the factor, and no ReLU is recorded."""
         conv = self.convolution
-        weight, shift = self._folded_weight(live=torch.is_grad_enabled())
+        # an explanation that differentiates the input alone reads the kept fold; one to be trained through, a live one
+        weight, shift = self._folded_weight(live=torch.is_grad_enabled() and not conv.input_gradient_only)
         out = conv._conv(x, weight)
         norms = conv._per_output(conv.patch_norms(x), out)
         out = out * conv._dynamic(self.folded_factor(out, norms))
         if shift is not None:
             out = out + shift
-        return F.relu(out) if self.activation else out
+        return F.relu(out) if self.activation and not self._mask_in_factor() else out
 
     def _folded_weight(self, live: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The convolution weight with BatchNorm's scale folded in (and the shift). ``live``: computed with autograd,
