@@ -242,3 +242,26 @@ def test_attention_without_autograd_follows_every_change_of_q_k_and_v():
             assert torch.allclose(module(x)[0], fresh(), rtol=1e-12)
         with torch.no_grad(), explanation_mode(module):
             assert torch.allclose(module(x)[0], fresh(), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: bcos_unit(2.0, bias=True), lambda: BcosLinear(5, 9, bias=False, b=2.0).double(), lambda: layer_norm(True)],
+    ids=["narrower-output-unit", "wider-output-unit", "layernorm"],
+)
+def test_input_only_explanation_path_has_the_gradient_of_the_general_one(make):
+    """Explanations that differentiate the input alone take shortcuts; the map they read off must not change."""
+    module = make()
+    torch.nn.init.normal_(module.weight)
+    width = module.in_features if isinstance(module, BcosLinear) else 8
+    x = torch.randn(3, 4, width, dtype=torch.float64)
+    upstream = torch.randn_like(module(x))
+    results = []
+    for input_only in (False, True):
+        inputs = x.clone().requires_grad_(True)
+        with explanation_mode(module, input_gradient_only=input_only):
+            out = module(inputs)
+            (gradient,) = torch.autograd.grad((out * upstream).sum(), inputs)
+        results.append((out.detach(), gradient))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)

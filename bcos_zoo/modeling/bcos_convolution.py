@@ -251,7 +251,8 @@ class BcosConvNormAct(nn.Module):
         return not self.training and conv.b == 2 and conv.bias is None and conv.detach_dynamic
 
     def _mask_in_factor(self) -> bool:
-        """Whether the ReLU's mask joins the folded factor: with a ReLU and no shift, ``relu(o |o| / n) = o relu(o) / n``."""
+        """Whether the ReLU's mask joins the folded factor: with a ReLU and no shift,
+        ``relu(o |o| / n) = o relu(o) / n``."""
         return self.activation and not self.normalization.centered
 
     def folded_factor(self, out: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:

@@ -163,8 +163,8 @@ class _BcosSquareLinear(torch.autograd.Function):
     gradient ``g``, ``h = g|y|`` and ``q = g y|y|`` summed per row (``r``) and per output (``c``):
     ``dx = 2 s (h w^) - x r / |x|^2`` and ``dw = 2 (h^T (s x)) / sqrt|w| - w c / |w|^2``. The factor ``s`` goes to
     the narrower side: onto the input before the matmul when the output is wider (then ``s x`` is kept), otherwise
-    onto the output (then ``h`` carries it). Autograd would chain a dozen elementwise passes through the norms; this
-    is two matmuls and a few passes, most of them in place. Differentiating the gradient again raises
+    onto the output, in place (then ``h`` carries it). Autograd would chain a dozen elementwise passes through the
+    norms; this is two matmuls and a few passes, most of them in place. Differentiating the gradient again raises
     (explanations, which may, detach the norms and take the plain autograd path).
     """
 
@@ -173,7 +173,7 @@ class _BcosSquareLinear(torch.autograd.Function):
         input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
         weight_norm = torch.linalg.vector_norm(weight, dim=-1, keepdim=True).clamp_min(eps)
         scaled_weight = weight * weight_norm.rsqrt()
-        ctx.scale_input = x.shape[-1] <= weight.shape[0]
+        ctx.scale_input = x.shape[-1] < weight.shape[0]
         if ctx.scale_input:
             x = x * input_norm.rsqrt()
         y = F.linear(x, scaled_weight)
@@ -258,28 +258,39 @@ class BcosLinear(DynamicModule):
         if self.b == 2 and not self.detach_dynamic and recorded:
             out = _BcosSquareLinear.apply(x, self.weight, self.eps)
             return out if self.bias is None else out + self.bias
-        input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
         if self.b == 2 and self.detach_dynamic:
-            # y * stop_gradient(|y|) with y = (x / sqrt|x|) . (w / sqrt|w|) and both norms detached: the value is the
-            # unit's, the gradient is |cos| w, and only built-in ops are differentiated (so a gradient with respect
-            # to the input alone skips the weight's matmul, and explanations can be differentiated again).
-            if self.input_gradient_only:
-                scaled_weight = self._norm_scaled_weight()
-            else:
-                scaled_weight = self.weight * self.weight_norms().rsqrt().detach()
-            y = F.linear(x * input_norm.rsqrt().detach(), scaled_weight)
-            out = y * y.detach().abs()
-            return out if self.bias is None else out + self.bias
+            return self._detached_square_unit(x)
+        input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
         if self.b == 2 and not self.detach_dynamic:
             # (w.x)|w.x| / (|w||x|) as y|y| with y = (x / sqrt|x|) . (w / sqrt|w|): the norms scale the matmul's
-            # operands, not its output; |x| scales the output instead when the output is the narrower side.
-            scale_input = self.in_features <= self.out_features
+            # operands, not its output; |x| scales the output instead (in place) unless the output is wider.
+            scale_input = self.in_features < self.out_features
             y = F.linear(x * input_norm.rsqrt() if scale_input else x, self._norm_scaled_weight())
             out = _signed_square(y)
             if not scale_input:
                 out = _divide(out, input_norm)
             return out if self.bias is None else out + self.bias
         return self.scale_linear_output(F.linear(x, self.weight), input_norm)
+
+    def _detached_square_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """The B = 2 unit in explanation mode: ``y * stop_gradient(|y|)``, with both norms detached.
+
+        With ``y = (x / sqrt|x|) . (w / sqrt|w|)`` the value is the unit's and the gradient ``|cos| w``; only
+        built-in ops are differentiated (so a gradient with respect to the input alone skips the weight's matmul, and
+        explanations can be differentiated again). As in training, ``1 / sqrt|x|`` goes to the narrower side: unless
+        the output is wider, ``(x . w^) * stop_gradient(|x . w^| / |x|)``, and the input is never scaled.
+        """
+        if self.input_gradient_only:
+            scaled_weight = self._norm_scaled_weight()
+        else:
+            scaled_weight = self.weight * self.weight_norms().rsqrt().detach()
+        input_norm = torch.linalg.vector_norm(x.detach(), dim=-1, keepdim=True).clamp_min(self.eps)
+        scale_input = self.in_features < self.out_features
+        y = F.linear(x * input_norm.rsqrt() if scale_input else x, scaled_weight)
+        with torch.no_grad():
+            factor = y.abs() if scale_input else y.abs().div_(input_norm)
+        out = y * factor
+        return out if self.bias is None else out + self.bias
 
     def scale_linear_output(self, linear: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
         """The B-cos unit from its plain linear output ``w . x`` and the input norm ``||x||`` (shape (..., 1)).
@@ -303,6 +314,27 @@ class BcosLinear(DynamicModule):
         return f"in_features={self.in_features}, out_features={self.out_features}, b={self.b}, bias={bias}"
 
 
+class _LayerNormWithDetachedScale(torch.autograd.Function):
+    """LayerNorm's value, and as gradient the map ``x -> (x - mean(x)) / std * weight`` with ``std`` held fixed.
+
+    For explanations that differentiate the input alone: one fused LayerNorm kernel forward, and backward
+    ``(g w - mean(g w)) / std`` in place.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+        out, _, inverse_std = torch.native_layer_norm(x, weight.shape, weight, bias, eps)
+        ctx.save_for_backward(weight, inverse_std)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        weight, inverse_std = ctx.saved_tensors
+        scaled = grad * weight
+        return scaled.sub_(scaled.mean(dim=-1, keepdim=True)).mul_(inverse_std), None, None, None
+
+
 class BcosLayerNorm(DynamicModule):
     """LayerNorm whose standard deviation can be detached; the mean subtraction is linear and stays."""
 
@@ -315,6 +347,8 @@ class BcosLayerNorm(DynamicModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.detach_dynamic:
             return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        if self.input_gradient_only and torch.is_grad_enabled():
+            return _LayerNormWithDetachedScale.apply(x, self.weight, self.bias, self.eps)
         # the mean subtraction is linear and keeps its gradient; the standard deviation is a detached factor
         _, _, inverse_std = torch.native_layer_norm(x.detach(), self.weight.shape, None, None, self.eps)
         out = (x - x.mean(dim=-1, keepdim=True)) * inverse_std * self.weight
@@ -386,7 +420,8 @@ def eager_attention(
     float32 for half-precision inputs and in the input's precision otherwise (float64 stays exact).
     """
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    # the queries are scaled rather than the (length x length) scores: fewer values whenever length > head_dim
+    scores = torch.matmul(query * scaling, key.transpose(-1, -2))
     if attention_mask is not None:
         scores = scores + attention_mask
     softmax_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
