@@ -265,3 +265,17 @@ def test_input_only_explanation_path_has_the_gradient_of_the_general_one(make):
         results.append((out.detach(), gradient))
     assert torch.allclose(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "quick_gelu"])
+def test_activation_in_place_without_autograd_gives_the_same_values(name):
+    activation = GatedActivation(name).double()
+    x = torch.randn(4, 9, dtype=torch.float64)
+    expected = activation(x)
+    temporary = x.clone()
+    with torch.no_grad():
+        out = activation(temporary, inplace=True)
+    assert torch.allclose(out, expected, rtol=1e-12) and out.data_ptr() == temporary.data_ptr()
+    recorded = x.clone().requires_grad_(True)
+    assert torch.allclose(activation(recorded * 1, inplace=True), expected, rtol=1e-12)  # recorded: never in place
+    assert torch.equal(recorded.detach(), x)

@@ -394,9 +394,14 @@ class GatedActivation(DynamicModule):
         with torch.no_grad():
             return self.activation(x).div_(x).nan_to_num_(nan=0.5)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``act(x)``; ``inplace=True`` may overwrite ``x`` when no gradient is recorded (a caller's temporary)."""
         if self.detach_dynamic:
             return x * self.gate(x)
+        if inplace and not torch.is_grad_enabled():
+            if self.name == "quick_gelu":
+                return x.mul_(torch.sigmoid(1.702 * x))
+            return torch.ops.aten.gelu_(x, approximate="tanh" if self.name == "gelu_tanh" else "none")
         return self.activation(x)
 
     def extra_repr(self) -> str:
@@ -522,7 +527,8 @@ class BcosMLP(nn.Module):
         self.fc2 = BcosLinear(intermediate_size, hidden_size, bias=bias, b=b)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(hidden_states)))
+        # fc1's output is a temporary: without autograd the activation overwrites it rather than allocate a copy
+        return self.fc2(self.act(self.fc1(hidden_states), inplace=True))
 
 
 class BcosEncoderLayer(GradientCheckpointingLayer):
