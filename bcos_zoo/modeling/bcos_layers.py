@@ -494,7 +494,10 @@ class BcosSelfAttention(DynamicModule):
             with torch.no_grad():
                 query_key = F.linear(hidden_states, *self._qkv_parameters(self.q_proj, self.k_proj))
             query, key = query_key.view(batch, length, 2, *heads[2:]).permute(2, 0, 3, 1, 4).unbind(0)
-            value = F.linear(hidden_states, self.v_proj.weight, self.v_proj.bias).view(heads).transpose(1, 2)
+            value_parameters = (self.v_proj.weight, self.v_proj.bias)
+            if self.input_gradient_only:  # constants: autograd then keeps no copy of the input for a weight gradient
+                value_parameters = tuple(None if t is None else t.detach() for t in value_parameters)
+            value = F.linear(hidden_states, *value_parameters).view(heads).transpose(1, 2)
         elif torch.is_grad_enabled():
             # recorded (training): three matmuls, as in the source; a fused one would copy the weights on every step
             # and keep that copy for the backward pass
