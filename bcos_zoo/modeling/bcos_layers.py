@@ -192,21 +192,24 @@ class _BcosSquareLinear(torch.autograd.Function):
         scaled_weight = weight * weight_norm.rsqrt()
         h = out.abs().sqrt_().mul_(grad)
         q = out * grad
+        # the factor 2 rides on the narrower of h and the input gradient
+        weight_factor = 2 * weight_norm.rsqrt()
         if not ctx.scale_input:
-            h = h.mul_(input_norm.rsqrt())
+            h = h.mul_(2 * input_norm.rsqrt())
+            weight_factor = weight_norm.rsqrt()
         grad_input = grad_weight = None
         if ctx.needs_input_grad[0]:
-            # input side: the kept x is s x, so x r / |x|^2 = (s x) r / |x|^1.5; output side: h is s g|y| already
+            # input side: the kept x is s x, so x r / |x|^2 = (s x) r / |x|^1.5; output side: h is 2 s g|y| already
             row = q.sum(dim=-1, keepdim=True)
             grad_input = torch.matmul(h, scaled_weight)
             if ctx.scale_input:
                 grad_input = grad_input.mul_(2 * input_norm.rsqrt()).addcmul_(x, row / input_norm.pow(1.5), value=-1)
             else:
-                grad_input = grad_input.mul_(2).addcmul_(x, row / input_norm.square(), value=-1)
+                grad_input = grad_input.addcmul_(x, row / input_norm.square(), value=-1)
         if ctx.needs_input_grad[1]:
             column = q.reshape(-1, q.shape[-1]).sum(dim=0)[:, None]
             grad_weight = torch.matmul(h.reshape(-1, h.shape[-1]).T, x.reshape(-1, x.shape[-1]))
-            grad_weight = grad_weight.mul_(2 * weight_norm.rsqrt()).addcmul_(
+            grad_weight = grad_weight.mul_(weight_factor).addcmul_(
                 scaled_weight, column / weight_norm.pow(1.5), value=-1
             )
         return grad_input, grad_weight, None
@@ -400,7 +403,7 @@ class GatedActivation(DynamicModule):
             return x * self.gate(x)
         if inplace and not torch.is_grad_enabled():
             if self.name == "quick_gelu":
-                return x.mul_(torch.sigmoid(1.702 * x))
+                return x.mul_((1.702 * x).sigmoid_())
             return torch.ops.aten.gelu_(x, approximate="tanh" if self.name == "gelu_tanh" else "none")
         return self.activation(x)
 
@@ -439,9 +442,10 @@ class BcosSelfAttention(DynamicModule):
     """Multi-head self-attention; explanation mode detaches queries and keys, so ``A(x) V x`` is linear in ``x``.
 
     q, k and v are plain linear maps (q and k only shape the detached attention matrix); the output projection is a
-    B-cos unit. They are stored as three projections (the checkpoints' layout) and applied as one matmul. The
-    attention itself is transformers' choice of ``config._attn_implementation`` ("sdpa" by default, "eager" to get
-    the attention probabilities); detaching q and k works the same way for every implementation.
+    B-cos unit. They are three matmuls, as in the source: on a CPU one fused matmul was some 10% slower (its weight
+    leaves the cache) and, in training, would copy the weights on every step. The attention itself is
+    transformers' choice of ``config._attn_implementation`` ("sdpa" by default, "eager" to get the attention
+    probabilities); detaching q and k works the same way for every implementation.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, qk_bias: bool, bias: bool, b: float, config=None):
@@ -464,48 +468,26 @@ class BcosSelfAttention(DynamicModule):
         implementation = getattr(self.config, "_attn_implementation", None)
         return implementation or "sdpa"
 
-    def _qkv_parameters(self, *projections: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The fused weight and bias of ``projections`` (default: q, k and v), missing biases as zeros, for calls
-        made without autograd; kept between them (see :func:`cached_derivation`)."""
-        projections = projections or (self.q_proj, self.k_proj, self.v_proj)
-
-        def compute() -> tuple[torch.Tensor, torch.Tensor | None]:
-            weight = torch.cat([proj.weight for proj in projections])
-            biases = [proj.bias for proj in projections]
-            if all(bias is None for bias in biases):
-                return weight, None
-            reference = next(bias for bias in biases if bias is not None)
-            zeros = [reference.new_zeros(proj.out_features) for proj in projections]
-            return weight, torch.cat([zero if bias is None else bias for zero, bias in zip(zeros, biases)])
-
-        if _is_tracing():
-            return compute()
-        sources = tuple(tensor for proj in projections for tensor in (proj.weight, proj.bias))
-        return cached_derivation(self, "qkv"[: len(projections)], sources, compute)
-
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, width = hidden_states.shape
         heads = (batch, length, self.num_heads, self.head_dim)
+
+        def project(projection: nn.Linear, constant: bool = False) -> torch.Tensor:
+            weight, bias = projection.weight, projection.bias
+            if constant:  # autograd then keeps no copy of the input for a weight gradient
+                weight, bias = weight.detach(), None if bias is None else bias.detach()
+            return F.linear(hidden_states, weight, bias).view(heads).transpose(1, 2)
+
         if self.detach_dynamic:
             # q and k only shape the detached attention matrix: computed without a graph, so that a backward pass
-            # differentiates the value projection alone (a third of the fused matmul)
+            # differentiates the value projection alone
             with torch.no_grad():
-                query_key = F.linear(hidden_states, *self._qkv_parameters(self.q_proj, self.k_proj))
-            query, key = query_key.view(batch, length, 2, *heads[2:]).permute(2, 0, 3, 1, 4).unbind(0)
-            value_parameters = (self.v_proj.weight, self.v_proj.bias)
-            if self.input_gradient_only:  # constants: autograd then keeps no copy of the input for a weight gradient
-                value_parameters = tuple(None if t is None else t.detach() for t in value_parameters)
-            value = F.linear(hidden_states, *value_parameters).view(heads).transpose(1, 2)
-        elif torch.is_grad_enabled():
-            # recorded (training): three matmuls, as in the source; a fused one would copy the weights on every step
-            # and keep that copy for the backward pass
-            projections = (self.q_proj, self.k_proj, self.v_proj)
-            query, key, value = (proj(hidden_states).view(heads).transpose(1, 2) for proj in projections)
+                query, key = project(self.q_proj), project(self.k_proj)
+            value = project(self.v_proj, constant=self.input_gradient_only)
         else:
-            qkv = F.linear(hidden_states, *self._qkv_parameters()).view(batch, length, 3, *heads[2:])
-            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            query, key, value = project(self.q_proj), project(self.k_proj), project(self.v_proj)
         implementation = self.attn_implementation
         if implementation == "eager" or self.double_backward or self.detach_dynamic:
             # fused attention kernels have no second derivative, and their backward computes the gradients of q and
