@@ -162,18 +162,19 @@ class _BcosSquareLinear(torch.autograd.Function):
     With ``s = 1 / sqrt|x|``, ``w^ = w / sqrt|w|`` and ``y = s (x . w^)`` the output is ``y|y|``. For an upstream
     gradient ``g``, ``h = g|y|`` and ``q = g y|y|`` summed per row (``r``) and per output (``c``):
     ``dx = 2 s (h w^) - x r / |x|^2`` and ``dw = 2 (h^T (s x)) / sqrt|w| - w c / |w|^2``. The factor ``s`` goes to
-    the narrower side: onto the input before the matmul when the output is wider (then ``s x`` is kept), otherwise
-    onto the output, in place (then ``h`` carries it). Autograd would chain a dozen elementwise passes through the
-    norms; this is two matmuls and a few passes, most of them in place. Differentiating the gradient again raises
-    (explanations, which may, detach the norms and take the plain autograd path).
+    the narrower side (``BcosLinear.scales_input``): onto the input before the matmul when the output is wider
+    (then ``s x`` is kept), otherwise onto the output, in place (then ``h`` carries it). Autograd would chain a
+    dozen elementwise passes through the norms; this is two matmuls and a few passes, most of them in place.
+    Differentiating the gradient again raises (explanations, which may, detach the norms and take the plain
+    autograd path).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, scale_input: bool) -> torch.Tensor:
         input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
         weight_norm = torch.linalg.vector_norm(weight, dim=-1, keepdim=True).clamp_min(eps)
         scaled_weight = weight * weight_norm.rsqrt()
-        ctx.scale_input = x.shape[-1] < weight.shape[0]
+        ctx.scale_input = scale_input
         if ctx.scale_input:
             x = x * input_norm.rsqrt()
         y = F.linear(x, scaled_weight)
@@ -212,7 +213,7 @@ class _BcosSquareLinear(torch.autograd.Function):
             grad_weight = grad_weight.mul_(weight_factor).addcmul_(
                 scaled_weight, column / weight_norm.pow(1.5), value=-1
             )
-        return grad_input, grad_weight, None
+        return grad_input, grad_weight, None, None
 
 
 class BcosLinear(DynamicModule):
@@ -254,46 +255,42 @@ class BcosLinear(DynamicModule):
         self.__dict__.pop("_derived_tensors", None)
         return super().train(mode)
 
+    @property
+    def scales_input(self) -> bool:
+        """Where ``1 / sqrt|x|`` goes at B = 2: onto the input when the output is wider, else onto the output."""
+        return self.in_features < self.out_features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.b == 1:
             return F.linear(x, self.weight, self.bias)
         recorded = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         if self.b == 2 and not self.detach_dynamic and recorded:
-            out = _BcosSquareLinear.apply(x, self.weight, self.eps)
-            return out if self.bias is None else out + self.bias
-        if self.b == 2 and self.detach_dynamic:
-            return self._detached_square_unit(x)
-        input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
-        if self.b == 2 and not self.detach_dynamic:
-            # (w.x)|w.x| / (|w||x|) as y|y| with y = (x / sqrt|x|) . (w / sqrt|w|): the norms scale the matmul's
-            # operands, not its output; |x| scales the output instead (in place) unless the output is wider.
-            scale_input = self.in_features < self.out_features
-            y = F.linear(x * input_norm.rsqrt() if scale_input else x, self._norm_scaled_weight())
-            out = _signed_square(y)
-            if not scale_input:
-                out = _divide(out, input_norm)
-            return out if self.bias is None else out + self.bias
-        return self.scale_linear_output(F.linear(x, self.weight), input_norm)
-
-    def _detached_square_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """The B = 2 unit in explanation mode: ``y * stop_gradient(|y|)``, with both norms detached.
-
-        With ``y = (x / sqrt|x|) . (w / sqrt|w|)`` the value is the unit's and the gradient ``|cos| w``; only
-        built-in ops are differentiated (so a gradient with respect to the input alone skips the weight's matmul, and
-        explanations can be differentiated again). As in training, ``1 / sqrt|x|`` goes to the narrower side: unless
-        the output is wider, ``(x . w^) * stop_gradient(|x . w^| / |x|)``, and the input is never scaled.
-        """
-        if self.input_gradient_only:
-            scaled_weight = self._norm_scaled_weight()
+            out = _BcosSquareLinear.apply(x, self.weight, self.eps, self.scales_input)
+        elif self.b == 2:
+            out = self._square_unit(x, recorded)
         else:
-            scaled_weight = self.weight * self.weight_norms().rsqrt().detach()
-        input_norm = torch.linalg.vector_norm(x.detach(), dim=-1, keepdim=True).clamp_min(self.eps)
-        scale_input = self.in_features < self.out_features
-        y = F.linear(x * input_norm.rsqrt() if scale_input else x, scaled_weight)
-        with torch.no_grad():
-            factor = y.abs() if scale_input else y.abs().div_(input_norm)
-        out = y * factor
+            input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
+            return self.scale_linear_output(F.linear(x, self.weight), input_norm)
         return out if self.bias is None else out + self.bias
+
+    def _square_unit(self, x: torch.Tensor, recorded: bool) -> torch.Tensor:
+        """The B = 2 unit as ``y * |y|`` with the factor ``|y|`` computed without a graph: inference (in place)
+        and explanation mode (where the factor and both norms are detached).
+
+        With ``y = (x / sqrt|x|) . (w / sqrt|w|)`` the value is the unit's and, in explanation mode, the gradient
+        ``|cos| w``; only built-in ops are differentiated (so a gradient with respect to the input alone skips the
+        weight's matmul, and explanations can be differentiated again). ``1 / sqrt|x|`` goes to the narrower side:
+        unless the output is wider, ``(x . w^) * (|x . w^| / |x|)``, and the input is never scaled.
+        """
+        if recorded and not self.input_gradient_only:
+            scaled_weight = self.weight * self.weight_norms().rsqrt().detach()
+        else:
+            scaled_weight = self._norm_scaled_weight()
+        input_norm = torch.linalg.vector_norm(x.detach(), dim=-1, keepdim=True).clamp_min(self.eps)
+        y = F.linear(x * input_norm.rsqrt() if self.scales_input else x, scaled_weight)
+        with torch.no_grad():
+            factor = y.abs() if self.scales_input else y.abs().div_(input_norm)
+        return y * factor if recorded else y.mul_(factor)
 
     def scale_linear_output(self, linear: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
         """The B-cos unit from its plain linear output ``w . x`` and the input norm ``||x||`` (shape (..., 1)).
