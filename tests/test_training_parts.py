@@ -1,7 +1,10 @@
-"""The parts a fine-tuning run is made of: recipes, data sources, adaptive gradient clipping."""
+"""The parts a fine-tuning run is made of: recipes, data sources, adaptive gradient clipping, stopping on Ctrl-C."""
 
+import gc
 import gzip
+import signal
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from bcos_zoo.data.datasets import (
     read_idx,
 )
 from bcos_zoo.data.preprocessing import training_transform
-from bcos_zoo.training.trainer import adaptive_clip_grad_
+from bcos_zoo.training.trainer import StopOnInterrupt, adaptive_clip_grad_
 from bcos_zoo.zoo.recipes import RECIPES, get_recipe
 
 
@@ -114,6 +117,30 @@ def test_adaptive_clipping_bounds_each_row_relative_to_its_weight_norm():
     adaptive_clip_grad_([weight], clip=0.1)
     torch.testing.assert_close(weight.grad[0].norm(), torch.tensor(0.5))  # 0.1 * |row| = 0.5 < 10: clipped
     torch.testing.assert_close(weight.grad[1], torch.tensor([0.001, 0.0]))  # already below 0.1 * 0.5: untouched
+
+
+class _Finaliser:
+    """Does its work in ``__del__``, where Python prints and drops any exception, a KeyboardInterrupt included."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C arriving while a finaliser runs
+
+
+def test_ctrl_c_swallowed_by_a_finaliser_still_stops_training_at_the_step_end(monkeypatch):
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: dropped.append(unraisable.exc_type))
+    stop = StopOnInterrupt()
+    stop.on_train_begin(None, None, None)
+    try:
+        finaliser = _Finaliser()
+        del finaliser
+        gc.collect()
+        assert dropped == [KeyboardInterrupt]
+        with pytest.raises(KeyboardInterrupt):
+            stop.on_step_end(None, None, None)
+    finally:
+        stop.on_train_end(None, None, None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_readme_catalogue_lists_every_recipe():

@@ -1,5 +1,5 @@
 """What every training task shares: ``TrainingArguments`` from a recipe, the callbacks (adaptive gradient clipping,
-epoch-seeded augmentation, a per-rank report) and the collator.
+epoch-seeded augmentation, a sure stop on Ctrl-C, a per-rank report) and the collator.
 
 Everything else (mixed precision, data parallelism through accelerate, checkpoints, resume) is the ``Trainer``'s own;
 what differs between tasks (model, loss, evaluation) lives in the task modules beside this one.
@@ -7,6 +7,8 @@ what differs between tasks (model, loss, evaluation) lives in the task modules b
 
 import hashlib
 import json
+import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -126,6 +128,40 @@ class EpochSeededData(TrainerCallback):
             self.dataset.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
 
 
+class StopOnInterrupt(TrainerCallback):
+    """Ctrl-C stops training even when its ``KeyboardInterrupt`` lands where Python swallows it.
+
+    An exception raised inside a ``__del__`` or a weakref callback (a progress bar or a file closed by the garbage
+    collector mid-step) is printed and dropped, so now and then a run would go on after Ctrl-C. The handler notes
+    the interrupt before raising as usual, and the end of every step raises it again if it was noted.
+    """
+
+    def __init__(self):
+        self.interrupted = False
+        self.previous = None
+
+    def _handle(self, signum, frame):
+        self.interrupted = True
+        if callable(self.previous):
+            self.previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        if in_main_thread and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
 class TermLoggingTrainer(Trainer):
     """A ``Trainer`` that also logs the mean of each named loss term since the last log (``self.tally``), so a loss
     made of several terms shows each of them in the training log."""
@@ -191,8 +227,9 @@ def training_arguments(
 
 
 def trainer_callbacks(recipe: Recipe, train_dataset, report_folder: Path | None = None) -> list[TrainerCallback]:
-    """Every run's callbacks: epoch-seeded augmentation, adaptive clipping when on, and the per-rank report."""
-    callbacks = [EpochSeededData(train_dataset)]
+    """Every run's callbacks: epoch-seeded augmentation, a sure stop on Ctrl-C, adaptive clipping when on, and the
+    per-rank report."""
+    callbacks = [EpochSeededData(train_dataset), StopOnInterrupt()]
     if recipe.agc_clip:
         callbacks.append(AdaptiveGradientClipping(recipe.agc_clip))
     if report_folder is not None:
