@@ -123,18 +123,38 @@ def explanation_mode(
             module.detach_dynamic, module.double_backward, module.input_gradient_only = flags
 
 
-def _signed_square(y: torch.Tensor) -> torch.Tensor:
-    """``y * |y|``; without autograd it reuses one buffer (on the CPU a fresh large buffer costs page faults)."""
-    if torch.is_grad_enabled() and y.requires_grad:
-        return y * y.abs()
-    return y.abs().mul_(y)
+# Elements per block of the blockwise passes below: large enough that the per-block op overhead is small, small
+# enough that a block's temporaries stay in the cache and come from memory the allocator already holds.
+_BLOCK_ELEMENTS = 1 << 18
 
 
-def _divide(out: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
-    """``out / divisor``, in place when no gradient is recorded (``out`` is then a fresh buffer of the caller's)."""
-    if torch.is_grad_enabled() and (out.requires_grad or divisor.requires_grad):
-        return out / divisor
-    return out.div_(divisor)
+def _row_blocks(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Matching blocks of rows of tensors of the same shape (views; writes to them land in the tensors)."""
+    width = tensors[0].shape[-1]
+    rows = [t.view(-1, t.shape[-1]) for t in tensors]
+    step = max(1, _BLOCK_ELEMENTS // width)
+    for start in range(0, rows[0].shape[0], step):
+        yield tuple(r[start : start + step] for r in rows)
+
+
+def signed_square_(y: torch.Tensor, divisor: torch.Tensor | None = None) -> torch.Tensor:
+    """``y |y|`` (divided by ``divisor``, one value per row), in place, without autograd.
+
+    Done a block of rows at a time: a whole-tensor ``y.abs()`` would be a fresh buffer the size of ``y``, and on a
+    CPU a fresh large buffer is page faults (and, freed, lets the allocator return memory that the next layer asks
+    for again); a block's ``|y|`` stays small and in the cache.
+    """
+    if not y.is_contiguous() or y.device.type != "cpu":
+        factor = y.abs() if divisor is None else y.abs().div_(divisor)
+        return y.mul_(factor)
+    if divisor is None:
+        for (block,) in _row_blocks(y):
+            block.mul_(block.abs())
+        return y
+    divisor = divisor.expand(*y.shape[:-1], 1).contiguous()
+    for block, block_divisor in _row_blocks(y, divisor):
+        block.mul_(block.abs().div_(block_divisor))
+    return y
 
 
 def cached_derivation(owner: nn.Module, name: str, sources: tuple, compute: Callable[[], object]):
@@ -154,6 +174,24 @@ def cached_derivation(owner: nn.Module, name: str, sources: tuple, compute: Call
         value = compute()
     store[name] = (key, value, torch.is_inference_mode_enabled())
     return value
+
+
+def _backward_terms(out: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``h = g |y|`` and the sums of ``q = g y|y|`` per row (shape (..., 1)) and per output (shape (out, 1)), from
+    the unit's output ``y|y|`` and upstream gradient ``g``; ``q`` is formed a block of rows at a time (see
+    :func:`signed_square_`), only ``h`` is a full-size buffer."""
+    if not (out.is_contiguous() and grad.is_contiguous()) or out.device.type != "cpu":
+        q = out * grad
+        return out.abs().sqrt_().mul_(grad), q.sum(dim=-1, keepdim=True), q.reshape(-1, q.shape[-1]).sum(dim=0)[:, None]
+    h = torch.empty_like(out)
+    row = out.new_empty(*out.shape[:-1], 1)
+    column = out.new_zeros(out.shape[-1])
+    for out_block, grad_block, h_block, row_block in _row_blocks(out, grad, h, row):
+        q = out_block * grad_block
+        torch.sum(q, dim=-1, keepdim=True, out=row_block)
+        column += q.sum(dim=0)
+        torch.abs(out_block, out=h_block).sqrt_().mul_(grad_block)
+    return h, row, column[:, None]
 
 
 class _BcosSquareLinear(torch.autograd.Function):
@@ -177,10 +215,8 @@ class _BcosSquareLinear(torch.autograd.Function):
         ctx.scale_input = scale_input
         if ctx.scale_input:
             x = x * input_norm.rsqrt()
-        y = F.linear(x, scaled_weight)
-        out = y.mul_(y.abs())
-        if not ctx.scale_input:
-            out = out.div_(input_norm)  # x . w^ = y sqrt|x|, so its signed square divided by |x| is y|y|
+        # x . w^ = y sqrt|x| unless x was scaled, so its signed square divided by |x| is y|y|
+        out = signed_square_(F.linear(x, scaled_weight), None if ctx.scale_input else input_norm)
         # |y| is read back from the output (sqrt|y|y||) and w^ made again rather than kept: the memory a training
         # step holds (and, on the CPU, faults in again on every step) stays close to the source model's
         ctx.save_for_backward(x, weight, out, input_norm, weight_norm)
@@ -191,8 +227,7 @@ class _BcosSquareLinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight, out, input_norm, weight_norm = ctx.saved_tensors
         scaled_weight = weight * weight_norm.rsqrt()
-        h = out.abs().sqrt_().mul_(grad)
-        q = out * grad
+        h, row, column = _backward_terms(out, grad)
         # the factor 2 rides on the narrower of h and the input gradient
         weight_factor = 2 * weight_norm.rsqrt()
         if not ctx.scale_input:
@@ -201,14 +236,12 @@ class _BcosSquareLinear(torch.autograd.Function):
         grad_input = grad_weight = None
         if ctx.needs_input_grad[0]:
             # input side: the kept x is s x, so x r / |x|^2 = (s x) r / |x|^1.5; output side: h is 2 s g|y| already
-            row = q.sum(dim=-1, keepdim=True)
             grad_input = torch.matmul(h, scaled_weight)
             if ctx.scale_input:
                 grad_input = grad_input.mul_(2 * input_norm.rsqrt()).addcmul_(x, row / input_norm.pow(1.5), value=-1)
             else:
                 grad_input = grad_input.addcmul_(x, row / input_norm.square(), value=-1)
         if ctx.needs_input_grad[1]:
-            column = q.reshape(-1, q.shape[-1]).sum(dim=0)[:, None]
             grad_weight = torch.matmul(h.reshape(-1, h.shape[-1]).T, x.reshape(-1, x.shape[-1]))
             grad_weight = grad_weight.mul_(weight_factor).addcmul_(
                 scaled_weight, column / weight_norm.pow(1.5), value=-1
@@ -288,9 +321,11 @@ class BcosLinear(DynamicModule):
             scaled_weight = self._norm_scaled_weight()
         input_norm = torch.linalg.vector_norm(x.detach(), dim=-1, keepdim=True).clamp_min(self.eps)
         y = F.linear(x * input_norm.rsqrt() if self.scales_input else x, scaled_weight)
+        if not recorded:
+            return signed_square_(y, None if self.scales_input else input_norm)
         with torch.no_grad():
             factor = y.abs() if self.scales_input else y.abs().div_(input_norm)
-        return y * factor if recorded else y.mul_(factor)
+        return y.mul_(factor)  # the matmul's backward keeps its inputs, not y: y may be overwritten
 
     def scale_linear_output(self, linear: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
         """The B-cos unit from its plain linear output ``w . x`` and the input norm ``||x||`` (shape (..., 1)).
@@ -395,9 +430,11 @@ class GatedActivation(DynamicModule):
             return self.activation(x).div_(x).nan_to_num_(nan=0.5)
 
     def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """``act(x)``; ``inplace=True`` may overwrite ``x`` when no gradient is recorded (a caller's temporary)."""
+        """``act(x)``; ``inplace=True`` may overwrite ``x`` (a caller's temporary) where autograd keeps no copy of it:
+        without a recorded gradient, and in explanation mode."""
         if self.detach_dynamic:
-            return x * self.gate(x)
+            # the product's backward keeps the gate, not x: a caller's temporary x may be overwritten
+            return x.mul_(self.gate(x)) if inplace else x * self.gate(x)
         if inplace and not torch.is_grad_enabled():
             if self.name == "quick_gelu":
                 return x.mul_((1.702 * x).sigmoid_())
@@ -606,5 +643,8 @@ class BcosPatchEmbedding(nn.Module):
         if not square_unit:
             return projection.scale_linear_output(linear, norm)
         # (w . e) |w . e| / (|w| |e|) with the row scaling by 1 / sqrt|w| already in the weight
-        out = _divide(_signed_square(linear), norm)
+        if torch.is_grad_enabled() and linear.requires_grad:
+            out = linear * linear.abs() / norm
+        else:
+            out = signed_square_(linear, norm)
         return out if projection.bias is None else out + projection.bias
