@@ -280,3 +280,23 @@ def test_activation_in_place_without_autograd_gives_the_same_values(name):
     recorded = x.clone().requires_grad_(True)
     assert torch.allclose(activation(recorded * 1, inplace=True), expected, rtol=1e-12)  # recorded: never in place
     assert torch.equal(recorded.detach(), x)
+
+
+@pytest.mark.parametrize("block_elements", [1, 10, 1 << 18], ids=["row-by-row", "uneven-blocks", "one-block"])
+def test_the_blockwise_b2_passes_cover_every_row_once(monkeypatch, block_elements):
+    """The signed square and the backward's sums go a block of rows at a time; blocks that do not divide the rows,
+    single rows and a transposed (non-contiguous) input all give the whole-tensor formulas."""
+    from bcos_zoo.modeling import bcos_layers
+
+    monkeypatch.setattr(bcos_layers, "_BLOCK_ELEMENTS", block_elements)
+    torch.manual_seed(0)
+    y = torch.randn(3, 7, 4, dtype=torch.float64)
+    divisor = torch.rand(3, 7, 1, dtype=torch.float64) + 0.5
+    assert torch.equal(bcos_layers.signed_square_(y.clone()), y * y.abs())
+    assert torch.allclose(bcos_layers.signed_square_(y.clone(), divisor), y * y.abs() / divisor, rtol=1e-15)
+    transposed = y.clone().transpose(0, 1)
+    assert torch.equal(bcos_layers.signed_square_(transposed), y.transpose(0, 1) * y.transpose(0, 1).abs())
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    for scale_input in (True, False):
+        assert torch.autograd.gradcheck(bcos_layers._BcosSquareLinear.apply, (x, w, 1e-12, scale_input))
