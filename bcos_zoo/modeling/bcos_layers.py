@@ -128,8 +128,12 @@ def explanation_mode(
 _BLOCK_ELEMENTS = 1 << 18
 
 
-def _row_blocks(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Matching blocks of rows of tensors of the same shape (views; writes to them land in the tensors)."""
+def _row_blocks(*tensors: torch.Tensor, blockwise: bool = True) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Matching blocks of rows of contiguous tensors with the same leading dimensions (views: writes to them land
+    in the tensors); with ``blockwise=False``, the tensors whole, as one block."""
+    if not blockwise:
+        yield tensors
+        return
     width = tensors[0].shape[-1]
     rows = [t.view(-1, t.shape[-1]) for t in tensors]
     step = max(1, _BLOCK_ELEMENTS // width)
@@ -137,23 +141,27 @@ def _row_blocks(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
         yield tuple(r[start : start + step] for r in rows)
 
 
-def signed_square_(y: torch.Tensor, divisor: torch.Tensor | None = None) -> torch.Tensor:
-    """``y |y|`` (divided by ``divisor``, one value per row), in place, without autograd.
+def signed_square_(
+    y: torch.Tensor, row_scale: torch.Tensor | None = None, column_scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``y |y| * row_scale * column_scale`` in place, without autograd (``row_scale`` one value per row, shape
+    (..., 1); ``column_scale`` one per output, shape (out,)).
 
-    Done a block of rows at a time: a whole-tensor ``y.abs()`` would be a fresh buffer the size of ``y``, and on a
-    CPU a fresh large buffer is page faults (and, freed, lets the allocator return memory that the next layer asks
-    for again); a block's ``|y|`` stays small and in the cache.
+    The factor ``|y| * row_scale * column_scale`` is formed first: for the B-cos unit it is ``|cos| <= 1``, so half
+    precision cannot overflow. Done a block of rows at a time: a whole-tensor ``y.abs()`` would be a fresh buffer the
+    size of ``y``, and on a CPU a fresh large buffer is page faults (and, freed, lets the allocator return memory
+    that the next layer asks for again); a block's factor stays small and in the cache.
     """
-    if not y.is_contiguous() or y.device.type != "cpu":
-        factor = y.abs() if divisor is None else y.abs().div_(divisor)
-        return y.mul_(factor)
-    if divisor is None:
-        for (block,) in _row_blocks(y):
-            block.mul_(block.abs())
-        return y
-    divisor = divisor.expand(*y.shape[:-1], 1).contiguous()
-    for block, block_divisor in _row_blocks(y, divisor):
-        block.mul_(block.abs().div_(block_divisor))
+    blockwise = y.is_contiguous() and y.device.type == "cpu"
+    if row_scale is not None and blockwise:
+        row_scale = row_scale.expand(*y.shape[:-1], 1).contiguous()
+    for block, *row in _row_blocks(y, *(() if row_scale is None else (row_scale,)), blockwise=blockwise):
+        factor = block.abs()
+        if row:
+            factor = factor.mul_(row[0])
+        if column_scale is not None:
+            factor = factor.mul_(column_scale)
+        block.mul_(factor)
     return y
 
 
@@ -176,77 +184,60 @@ def cached_derivation(owner: nn.Module, name: str, sources: tuple, compute: Call
     return value
 
 
-def _backward_terms(out: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``h = g |y|`` and the sums of ``q = g y|y|`` per row (shape (..., 1)) and per output (shape (out, 1)), from
-    the unit's output ``y|y|`` and upstream gradient ``g``; ``q`` is formed a block of rows at a time (see
-    :func:`signed_square_`), only ``h`` is a full-size buffer."""
-    if not (out.is_contiguous() and grad.is_contiguous()) or out.device.type != "cpu":
-        q = out * grad
-        return out.abs().sqrt_().mul_(grad), q.sum(dim=-1, keepdim=True), q.reshape(-1, q.shape[-1]).sum(dim=0)[:, None]
+def _backward_terms(
+    out: torch.Tensor, grad: torch.Tensor, row_scale: torch.Tensor, column_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From the output ``o`` of the B = 2 unit and the upstream gradient ``g``: ``h = g sqrt(|o| row col)`` and the
+    sums of ``g o`` per row (shape (..., 1)) and per output (shape (out,)). Only ``h`` is a full-size buffer; the
+    products are formed a block of rows at a time (see :func:`signed_square_`)."""
+    blockwise = out.is_contiguous() and grad.is_contiguous() and out.device.type == "cpu"
     h = torch.empty_like(out)
     row = out.new_empty(*out.shape[:-1], 1)
     column = out.new_zeros(out.shape[-1])
-    for out_block, grad_block, h_block, row_block in _row_blocks(out, grad, h, row):
-        q = out_block * grad_block
-        torch.sum(q, dim=-1, keepdim=True, out=row_block)
-        column += q.sum(dim=0)
-        torch.abs(out_block, out=h_block).sqrt_().mul_(grad_block)
-    return h, row, column[:, None]
+    if blockwise:
+        row_scale = row_scale.expand(*out.shape[:-1], 1).contiguous()
+    for out_block, grad_block, h_block, row_block, scale_block in _row_blocks(
+        out, grad, h, row, row_scale, blockwise=blockwise
+    ):
+        product = out_block * grad_block
+        torch.sum(product, dim=-1, keepdim=True, out=row_block)
+        column += product.reshape(-1, product.shape[-1]).sum(dim=0)
+        torch.abs(out_block, out=h_block).mul_(scale_block).mul_(column_scale).sqrt_().mul_(grad_block)
+    return h, row, column
 
 
 class _BcosSquareLinear(torch.autograd.Function):
-    """The B = 2 unit ``(w . x)|w . x| / (|w||x|)`` with a backward pass written out.
+    """The B = 2 unit ``o = (w . x)|w . x| / (|w||x|)`` with a backward pass written out.
 
-    With ``s = 1 / sqrt|x|``, ``w^ = w / sqrt|w|`` and ``y = s (x . w^)`` the output is ``y|y|``. For an upstream
-    gradient ``g``, ``h = g|y|`` and ``q = g y|y|`` summed per row (``r``) and per output (``c``):
-    ``dx = 2 s (h w^) - x r / |x|^2`` and ``dw = 2 (h^T (s x)) / sqrt|w| - w c / |w|^2``. The factor ``s`` goes to
-    the narrower side (``BcosLinear.scales_input``): onto the input before the matmul when the output is wider
-    (then ``s x`` is kept), otherwise onto the output, in place (then ``h`` carries it). Autograd would chain a
-    dozen elementwise passes through the norms; this is two matmuls and a few passes, most of them in place.
-    Differentiating the gradient again raises (explanations, which may, detach the norms and take the plain
-    autograd path).
+    With ``|cos| = |w . x| / (|w||x|) = sqrt(|o| / (|w||x|))``, an upstream gradient ``g`` and ``q = g o`` summed
+    per row (``r``) and per output (``c``): ``dx = (2 g|cos|) w - x r / |x|^2`` and
+    ``dw = (2 g|cos|)^T x - w c / |w|^2``. Forward and backward are one matmul each way and blockwise passes; the
+    weight is used as it is (no copy scaled by its norms) and only the output and the norms are kept beside the
+    input and weight that a linear layer keeps. Differentiating the gradient again raises (explanations, which
+    may, detach the norms and take the plain autograd path).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, scale_input: bool) -> torch.Tensor:
-        input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
-        weight_norm = torch.linalg.vector_norm(weight, dim=-1, keepdim=True).clamp_min(eps)
-        scaled_weight = weight * weight_norm.rsqrt()
-        ctx.scale_input = scale_input
-        if ctx.scale_input:
-            x = x * input_norm.rsqrt()
-        # x . w^ = y sqrt|x| unless x was scaled, so its signed square divided by |x| is y|y|
-        out = signed_square_(F.linear(x, scaled_weight), None if ctx.scale_input else input_norm)
-        # |y| is read back from the output (sqrt|y|y||) and w^ made again rather than kept: the memory a training
-        # step holds (and, on the CPU, faults in again on every step) stays close to the source model's
-        ctx.save_for_backward(x, weight, out, input_norm, weight_norm)
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        inverse_input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps).reciprocal_()
+        inverse_weight_norm = torch.linalg.vector_norm(weight, dim=-1).clamp_min(eps).reciprocal_()
+        out = signed_square_(F.linear(x, weight), inverse_input_norm, inverse_weight_norm)
+        ctx.save_for_backward(x, weight, out, inverse_input_norm, inverse_weight_norm)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, weight, out, input_norm, weight_norm = ctx.saved_tensors
-        scaled_weight = weight * weight_norm.rsqrt()
-        h, row, column = _backward_terms(out, grad)
-        # the factor 2 rides on the narrower of h and the input gradient
-        weight_factor = 2 * weight_norm.rsqrt()
-        if not ctx.scale_input:
-            h = h.mul_(2 * input_norm.rsqrt())
-            weight_factor = weight_norm.rsqrt()
+        x, weight, out, inverse_input_norm, inverse_weight_norm = ctx.saved_tensors
+        # 2|cos| = sqrt(|o| * 4 / |x| / |w|): the factor 2 rides inside the square root
+        h, row, column = _backward_terms(out, grad, 4 * inverse_input_norm, inverse_weight_norm)
         grad_input = grad_weight = None
         if ctx.needs_input_grad[0]:
-            # input side: the kept x is s x, so x r / |x|^2 = (s x) r / |x|^1.5; output side: h is 2 s g|y| already
-            grad_input = torch.matmul(h, scaled_weight)
-            if ctx.scale_input:
-                grad_input = grad_input.mul_(2 * input_norm.rsqrt()).addcmul_(x, row / input_norm.pow(1.5), value=-1)
-            else:
-                grad_input = grad_input.addcmul_(x, row / input_norm.square(), value=-1)
+            grad_input = torch.matmul(h, weight).addcmul_(x, row * inverse_input_norm.square(), value=-1)
         if ctx.needs_input_grad[1]:
             grad_weight = torch.matmul(h.reshape(-1, h.shape[-1]).T, x.reshape(-1, x.shape[-1]))
-            grad_weight = grad_weight.mul_(weight_factor).addcmul_(
-                scaled_weight, column / weight_norm.pow(1.5), value=-1
-            )
-        return grad_input, grad_weight, None, None
+            grad_weight = grad_weight.addcmul_(weight, (column * inverse_weight_norm.square())[:, None], value=-1)
+        return grad_input, grad_weight, None
 
 
 class BcosLinear(DynamicModule):
@@ -280,25 +271,20 @@ class BcosLinear(DynamicModule):
         with torch.set_grad_enabled(not constant):
             return compute()
 
-    def _norm_scaled_weight(self) -> torch.Tensor:
-        """``w / sqrt|w|`` per output row."""
-        return self.derived_weight("norm_scaled", lambda: self.weight * self.weight_norms().rsqrt())
+    def _inverse_weight_norms(self) -> torch.Tensor:
+        """``1 / |w|`` per output, shape (out_features,), without a graph (the B = 2 unit's detached factor)."""
+        return self.derived_weight("inverse_norms", lambda: self.weight_norms()[:, 0].reciprocal()).detach()
 
     def train(self, mode: bool = True) -> "BcosLinear":
         self.__dict__.pop("_derived_tensors", None)
         return super().train(mode)
-
-    @property
-    def scales_input(self) -> bool:
-        """Where ``1 / sqrt|x|`` goes at B = 2: onto the input when the output is wider, else onto the output."""
-        return self.in_features < self.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.b == 1:
             return F.linear(x, self.weight, self.bias)
         recorded = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         if self.b == 2 and not self.detach_dynamic and recorded:
-            out = _BcosSquareLinear.apply(x, self.weight, self.eps, self.scales_input)
+            out = _BcosSquareLinear.apply(x, self.weight, self.eps)
         elif self.b == 2:
             out = self._square_unit(x, recorded)
         else:
@@ -307,24 +293,20 @@ class BcosLinear(DynamicModule):
         return out if self.bias is None else out + self.bias
 
     def _square_unit(self, x: torch.Tensor, recorded: bool) -> torch.Tensor:
-        """The B = 2 unit as ``y * |y|`` with the factor ``|y|`` computed without a graph: inference (in place)
-        and explanation mode (where the factor and both norms are detached).
+        """The B = 2 unit as ``(w . x) |cos|`` with ``|cos|`` computed without a graph: inference (in place) and
+        explanation mode (where the factor is detached, so the gradient is ``|cos| w``).
 
-        With ``y = (x / sqrt|x|) . (w / sqrt|w|)`` the value is the unit's and, in explanation mode, the gradient
-        ``|cos| w``; only built-in ops are differentiated (so a gradient with respect to the input alone skips the
-        weight's matmul, and explanations can be differentiated again). ``1 / sqrt|x|`` goes to the narrower side:
-        unless the output is wider, ``(x . w^) * (|x . w^| / |x|)``, and the input is never scaled.
+        Only built-in ops are differentiated, so that a gradient with respect to the input alone skips the weight's
+        matmul and an explanation can be differentiated again.
         """
-        if recorded and not self.input_gradient_only:
-            scaled_weight = self.weight * self.weight_norms().rsqrt().detach()
-        else:
-            scaled_weight = self._norm_scaled_weight()
-        input_norm = torch.linalg.vector_norm(x.detach(), dim=-1, keepdim=True).clamp_min(self.eps)
-        y = F.linear(x * input_norm.rsqrt() if self.scales_input else x, scaled_weight)
+        weight = self.weight.detach() if self.input_gradient_only else self.weight
+        inverse_input_norm = torch.linalg.vector_norm(x.detach(), dim=-1, keepdim=True).clamp_min(self.eps)
+        inverse_input_norm = inverse_input_norm.reciprocal_()
+        y = F.linear(x, weight)
         if not recorded:
-            return signed_square_(y, None if self.scales_input else input_norm)
+            return signed_square_(y, inverse_input_norm, self._inverse_weight_norms())
         with torch.no_grad():
-            factor = y.abs() if self.scales_input else y.abs().div_(input_norm)
+            factor = y.abs().mul_(inverse_input_norm).mul_(self._inverse_weight_norms())
         return y.mul_(factor)  # the matmul's backward keeps its inputs, not y: y may be overwritten
 
     def scale_linear_output(self, linear: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
@@ -607,21 +589,16 @@ class BcosPatchEmbedding(nn.Module):
         """Tokens of an encoded ``[x, 1 - x]`` image (what explanations differentiate)."""
         return self.projection(self._patches(encoded))
 
-    def _pixel_parameters(self, scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W_x - W_(1-x), W_(1-x) 1)``, the patch embedding as an affine map of ``x``; with ``scaled``, each row
-        divided by ``sqrt|w|`` (``|w|`` the norm of the whole 6-channel row), as the B = 2 unit wants."""
+    def _pixel_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_x - W_(1-x), W_(1-x) 1)``, the patch embedding as an affine map of ``x``."""
         projection = self.projection
 
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
             n = projection.in_features // 2
             weight_x, weight_inverse = projection.weight[:, :n], projection.weight[:, n:]
-            weight, bias = weight_x - weight_inverse, weight_inverse.sum(dim=1)
-            if not scaled:
-                return weight, bias
-            scale = projection.weight_norms().rsqrt()
-            return weight * scale, bias * scale[:, 0]
+            return weight_x - weight_inverse, weight_inverse.sum(dim=1)
 
-        return projection.derived_weight("pixels_scaled" if scaled else "pixels", compute)
+        return projection.derived_weight("pixels", compute)
 
     def forward_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The same tokens computed from ``x`` alone, without building the 6-channel encoding.
@@ -633,18 +610,14 @@ class BcosPatchEmbedding(nn.Module):
         patches = self._patches(pixel_values)
         n = patches.shape[-1]
         projection = self.projection
-        square_unit = projection.b == 2 and not projection.detach_dynamic
-        linear = F.linear(patches, *self._pixel_parameters(scaled=square_unit))
+        linear = F.linear(patches, *self._pixel_parameters())
         if projection.b == 1:
             return linear if projection.bias is None else linear + projection.bias
         squared_norm = n - 2 * patches.sum(dim=-1, keepdim=True)
         squared_norm = squared_norm + 2 * torch.linalg.vector_norm(patches, dim=-1, keepdim=True).square()
         norm = squared_norm.clamp_min(projection.eps**2).sqrt()
-        if not square_unit:
+        if projection.b != 2 or (torch.is_grad_enabled() and linear.requires_grad):
             return projection.scale_linear_output(linear, norm)
-        # (w . e) |w . e| / (|w| |e|) with the row scaling by 1 / sqrt|w| already in the weight
-        if torch.is_grad_enabled() and linear.requires_grad:
-            out = linear * linear.abs() / norm
-        else:
-            out = signed_square_(linear, norm)
+        # (w . e) |w . e| / (|w| |e|), in place
+        out = signed_square_(linear, norm.reciprocal_(), projection._inverse_weight_norms())
         return out if projection.bias is None else out + projection.bias
