@@ -211,13 +211,18 @@ def test_patch_embedding_of_the_pixels_equals_that_of_the_encoded_image(b, bias)
     torch.nn.init.normal_(embedding.projection.weight)
     if bias:
         torch.nn.init.normal_(embedding.projection.bias)
-    x = torch.rand(2, 3, 8, 12, dtype=torch.float64)
+    x = torch.rand(2, 3, 8, 12, dtype=torch.float64, requires_grad=True)
+    parameters = (embedding.projection.weight, x)
     expected = embedding(encode_inverse(x))
-    (expected_grad,) = torch.autograd.grad(expected.square().sum(), embedding.projection.weight)
+    expected_grads = torch.autograd.grad(expected.square().sum(), parameters)
     from_pixels = embedding.forward_pixels(x)
-    (grad,) = torch.autograd.grad(from_pixels.square().sum(), embedding.projection.weight)
+    grads = torch.autograd.grad(from_pixels.square().sum(), parameters)
     assert torch.allclose(from_pixels, expected, rtol=1e-10, atol=1e-12)
-    assert torch.allclose(grad, expected_grad, rtol=1e-10, atol=1e-12)
+    for grad, expected_grad in zip(grads, expected_grads):  # the weight's, and the pixels'
+        assert torch.allclose(grad, expected_grad, rtol=1e-10, atol=1e-12)
+    (weight_only,) = torch.autograd.grad(embedding.forward_pixels(x.detach()).square().sum(), parameters[0])
+    assert torch.allclose(weight_only, expected_grads[0], rtol=1e-10, atol=1e-12)
+    x = x.detach()
     embedding.eval()
     with torch.no_grad():
         for _ in range(2):  # the second call reads the kept pixel weights

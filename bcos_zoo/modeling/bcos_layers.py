@@ -560,6 +560,54 @@ class BcosEncoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.layernorm_after(hidden_states))
 
 
+def _encoded_patch_norms(patches: torch.Tensor, eps: float) -> torch.Tensor:
+    """``|[p, 1 - p]|`` per patch of ``x`` (shape (..., 1)): ``n - 2 sum p + 2 sum p^2`` under the root, two
+    reductions and no copy of the patches."""
+    squared = patches.shape[-1] - 2 * patches.sum(dim=-1, keepdim=True)
+    squared = squared + 2 * torch.linalg.vector_norm(patches, dim=-1, keepdim=True).square()
+    return squared.clamp_min(eps**2).sqrt()
+
+
+class _BcosSquarePixelPatches(torch.autograd.Function):
+    """The B = 2 patch embedding of ``[x, 1 - x]`` from the patches ``p`` of ``x`` alone, with a backward written out.
+
+    With the weight split as ``[W_x, W_(1-x)]``: ``w . [p, 1 - p] = (W_x - W_(1-x)) p + W_(1-x) 1``. For ``h``,
+    ``r`` and ``c`` as in :class:`_BcosSquareLinear` and ``A = h^T p``: ``dW_x = A - c W_x / |w|^2``,
+    ``dW_(1-x) = (h summed over patches) - A - c W_(1-x) / |w|^2`` and ``dp = h (W_x - W_(1-x)) - r (2p - 1) / |e|^2``.
+    Autograd through the two halves of the weight and its norm wrote several copies of the 6-channel weight,
+    some zero-filled, per training step.
+    """
+
+    @staticmethod
+    def forward(ctx, patches: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        n = patches.shape[-1]
+        inverse_patch_norm = _encoded_patch_norms(patches, eps).reciprocal_()
+        inverse_weight_norm = torch.linalg.vector_norm(weight, dim=-1).clamp_min(eps).reciprocal_()
+        linear = F.linear(patches, weight[:, :n] - weight[:, n:], weight[:, n:].sum(dim=1))
+        out = signed_square_(linear, inverse_patch_norm, inverse_weight_norm)
+        ctx.save_for_backward(patches, weight, out, inverse_patch_norm, inverse_weight_norm)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        patches, weight, out, inverse_patch_norm, inverse_weight_norm = ctx.saved_tensors
+        n = patches.shape[-1]
+        h, row, column = _backward_terms(out, grad, 4 * inverse_patch_norm, inverse_weight_norm)
+        grad_patches = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_patches = torch.matmul(h, weight[:, :n] - weight[:, n:])
+            grad_patches = grad_patches.addcmul_(2 * patches - 1, row * inverse_patch_norm.square(), value=-1)
+        if ctx.needs_input_grad[1]:
+            flat_h = h.reshape(-1, h.shape[-1])
+            across_patches = torch.matmul(flat_h.T, patches.reshape(-1, n))
+            grad_weight = torch.empty_like(weight)
+            grad_weight[:, :n] = across_patches
+            torch.sub(flat_h.sum(dim=0)[:, None], across_patches, out=grad_weight[:, n:])
+            grad_weight = grad_weight.addcmul_(weight, (column * inverse_weight_norm.square())[:, None], value=-1)
+        return grad_patches, grad_weight, None
+
+
 class BcosPatchEmbedding(nn.Module):
     """Cuts the ``[x, 1 - x]`` image into non-overlapping patches and maps each with one B-cos unit.
 
@@ -608,15 +656,16 @@ class BcosPatchEmbedding(nn.Module):
         no copy). Half the matmul of :meth:`forward`, and equal to it up to float round-off.
         """
         patches = self._patches(pixel_values)
-        n = patches.shape[-1]
         projection = self.projection
+        recorded = torch.is_grad_enabled() and (patches.requires_grad or projection.weight.requires_grad)
+        if projection.b == 2 and recorded and not projection.detach_dynamic:
+            out = _BcosSquarePixelPatches.apply(patches, projection.weight, projection.eps)
+            return out if projection.bias is None else out + projection.bias
         linear = F.linear(patches, *self._pixel_parameters())
         if projection.b == 1:
             return linear if projection.bias is None else linear + projection.bias
-        squared_norm = n - 2 * patches.sum(dim=-1, keepdim=True)
-        squared_norm = squared_norm + 2 * torch.linalg.vector_norm(patches, dim=-1, keepdim=True).square()
-        norm = squared_norm.clamp_min(projection.eps**2).sqrt()
-        if projection.b != 2 or (torch.is_grad_enabled() and linear.requires_grad):
+        norm = _encoded_patch_norms(patches, projection.eps)
+        if projection.b != 2 or recorded:
             return projection.scale_linear_output(linear, norm)
         # (w . e) |w . e| / (|w| |e|), in place
         out = signed_square_(linear, norm.reciprocal_(), projection._inverse_weight_norms())
