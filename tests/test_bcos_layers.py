@@ -306,3 +306,20 @@ def test_the_blockwise_b2_passes_cover_every_row_once(monkeypatch, block_element
     x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(bcos_layers._BcosSquareLinear.apply, (x, w, 1e-12))
+
+
+def test_encoder_layer_without_autograd_gives_the_recorded_values_and_leaves_its_input_alone():
+    from bcos_zoo.modeling.bcos_layers import BcosEncoderLayer
+    from bcos_zoo.modeling.configuration_bcos_vit import BcosViTConfig
+
+    torch.manual_seed(0)
+    config = BcosViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    layer = BcosEncoderLayer(config).double().eval()
+    for param in layer.parameters():
+        torch.nn.init.normal_(param, std=0.3)
+    hidden = torch.randn(2, 5, 8, dtype=torch.float64)
+    recorded = layer(hidden.clone().requires_grad_(True))
+    kept = hidden.clone()
+    with torch.no_grad():
+        out = layer(hidden)
+    assert torch.allclose(out, recorded, rtol=1e-12) and torch.equal(hidden, kept)

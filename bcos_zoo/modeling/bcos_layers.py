@@ -556,8 +556,12 @@ class BcosEncoderLayer(GradientCheckpointingLayer):
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> torch.Tensor:
         attended, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
-        hidden_states = hidden_states + attended
-        return hidden_states + self.mlp(self.layernorm_after(hidden_states))
+        if torch.is_grad_enabled():
+            hidden_states = hidden_states + attended
+            return hidden_states + self.mlp(self.layernorm_after(hidden_states))
+        # without autograd each sum overwrites the sublayer's fresh output rather than allocate another
+        hidden_states = attended.add_(hidden_states)
+        return self.mlp(self.layernorm_after(hidden_states)).add_(hidden_states)
 
 
 def _encoded_patch_norms(patches: torch.Tensor, eps: float) -> torch.Tensor:
