@@ -168,7 +168,7 @@ def signed_square_(
 def cached_derivation(owner: nn.Module, name: str, sources: tuple, compute: Callable[[], object]):
     """``compute()``, run without autograd and kept on ``owner`` under ``name`` until a tensor in ``sources`` changes.
 
-    For weights in the form a forward pass wants (scaled by their norms, BatchNorm folded in), so that inference and
+    For weights in the form a forward pass wants (their inverse norms, BatchNorm folded in), so that inference and
     input-only explanations skip those passes over every weight. A tensor changed in place (an optimiser step),
     replaced (``load_state_dict``), moved or cast gets a new key. A value made under ``torch.inference_mode`` is made
     again once autograd records, since an inference tensor cannot enter a recorded graph.
