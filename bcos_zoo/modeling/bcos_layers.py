@@ -150,9 +150,10 @@ def signed_square_(
     The factor ``|y| * row_scale * column_scale`` is formed first: for the B-cos unit it is ``|cos| <= 1``, so half
     precision cannot overflow. Done a block of rows at a time: a whole-tensor ``y.abs()`` would be a fresh buffer the
     size of ``y``, and on a CPU a fresh large buffer is page faults (and, freed, lets the allocator return memory
-    that the next layer asks for again); a block's factor stays small and in the cache.
+    that the next layer asks for again); a block's factor stays small and in the cache. A graph capture takes the
+    tensor whole: a compiler fuses the passes itself, and a loop over blocks would fix the batch size.
     """
-    blockwise = y.is_contiguous() and y.device.type == "cpu"
+    blockwise = y.is_contiguous() and y.device.type == "cpu" and not _is_tracing()
     if row_scale is not None and blockwise:
         row_scale = row_scale.expand(*y.shape[:-1], 1).contiguous()
     for block, *row in _row_blocks(y, *(() if row_scale is None else (row_scale,)), blockwise=blockwise):
@@ -190,7 +191,7 @@ def _backward_terms(
     """From the output ``o`` of the B = 2 unit and the upstream gradient ``g``: ``h = g sqrt(|o| row col)`` and the
     sums of ``g o`` per row (shape (..., 1)) and per output (shape (out,)). Only ``h`` is a full-size buffer; the
     products are formed a block of rows at a time (see :func:`signed_square_`)."""
-    blockwise = out.is_contiguous() and grad.is_contiguous() and out.device.type == "cpu"
+    blockwise = out.is_contiguous() and grad.is_contiguous() and out.device.type == "cpu" and not _is_tracing()
     h = torch.empty_like(out)
     row = out.new_empty(*out.shape[:-1], 1)
     column = out.new_zeros(out.shape[-1])
