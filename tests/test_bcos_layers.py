@@ -323,3 +323,20 @@ def test_encoder_layer_without_autograd_gives_the_recorded_values_and_leaves_its
     with torch.no_grad():
         out = layer(hidden)
     assert torch.allclose(out, recorded, rtol=1e-12) and torch.equal(hidden, kept)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 0.02), (torch.float16, 0.003)])
+def test_the_b2_backward_in_half_precision_is_the_float64_gradient_to_that_precision(monkeypatch, dtype, tolerance):
+    from bcos_zoo.modeling import bcos_layers
+
+    monkeypatch.setattr(bcos_layers, "_BLOCK_ELEMENTS", 256)  # the per-output sums cross many blocks
+    torch.manual_seed(0)
+    x = torch.randn(4, 300, 32, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(64, 32, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(4, 300, 64, dtype=torch.float64)
+    expected = torch.autograd.grad(bcos_layers._BcosSquareLinear.apply(x, w, 1e-12), (x, w), upstream)
+    half = [t.detach().to(dtype).requires_grad_(True) for t in (x, w)]
+    grads = torch.autograd.grad(bcos_layers._BcosSquareLinear.apply(*half, 1e-12), half, upstream.to(dtype))
+    for grad, reference in zip(grads, expected):
+        assert grad.dtype == dtype
+        assert (grad.double() - reference).norm() / reference.norm() < tolerance

@@ -194,7 +194,8 @@ def _backward_terms(
     blockwise = out.is_contiguous() and grad.is_contiguous() and out.device.type == "cpu" and not _is_tracing()
     h = torch.empty_like(out)
     row = out.new_empty(*out.shape[:-1], 1)
-    column = out.new_zeros(out.shape[-1])
+    # the per-output sums run over every row and several blocks: in float32 for half-precision outputs
+    column = out.new_zeros(out.shape[-1], dtype=torch.promote_types(out.dtype, torch.float32))
     if blockwise:
         row_scale = row_scale.expand(*out.shape[:-1], 1).contiguous()
     for out_block, grad_block, h_block, row_block, scale_block in _row_blocks(
@@ -204,7 +205,7 @@ def _backward_terms(
         torch.sum(product, dim=-1, keepdim=True, out=row_block)
         column += product.reshape(-1, product.shape[-1]).sum(dim=0)
         torch.abs(out_block, out=h_block).mul_(scale_block).mul_(column_scale).sqrt_().mul_(grad_block)
-    return h, row, column
+    return h, row, column.to(out.dtype)
 
 
 class _BcosSquareLinear(torch.autograd.Function):
