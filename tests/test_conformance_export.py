@@ -52,6 +52,22 @@ def test_torch_compile_fullgraph(kind):
             compiled(pixel_values=x * 4 - 2)
 
 
+@pytest.mark.parametrize("kind", ["classifier", "tower"])
+def test_a_compiled_training_step_gives_the_eager_gradients(kind):
+    torch._dynamo.reset()
+    model, x = build(kind), images()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    gradients = []
+    for run in (model, compiled):
+        model.zero_grad()
+        run(pixel_values=x)[MAIN[kind]].square().sum().backward()
+        gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    eager, traced = gradients
+    assert eager.keys() == traced.keys() and any("patch_embeddings" in name for name in eager)
+    for name, grad in eager.items():
+        assert torch.allclose(traced[name], grad, rtol=1e-4, atol=1e-6), name
+
+
 def test_transformers_dynamo_exporter():
     from transformers.exporters import DynamoConfig, DynamoExporter
 

@@ -607,9 +607,7 @@ class _BcosSquarePixelPatches(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             flat_h = h.reshape(-1, h.shape[-1])
             across_patches = torch.matmul(flat_h.T, patches.reshape(-1, n))
-            grad_weight = torch.empty_like(weight)
-            grad_weight[:, :n] = across_patches
-            torch.sub(flat_h.sum(dim=0)[:, None], across_patches, out=grad_weight[:, n:])
+            grad_weight = torch.cat([across_patches, flat_h.sum(dim=0)[:, None] - across_patches], dim=1)
             grad_weight = grad_weight.addcmul_(weight, (column * inverse_weight_norm.square())[:, None], value=-1)
         return grad_patches, grad_weight, None
 
