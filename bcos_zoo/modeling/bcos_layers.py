@@ -185,6 +185,12 @@ def cached_derivation(owner: nn.Module, name: str, sources: tuple, compute: Call
     return value
 
 
+def _inverse_norms(t: torch.Tensor, eps: float, keepdim: bool = False) -> torch.Tensor:
+    """``1 / max(|t|, eps)`` over the last dimension, without autograd: the B = 2 unit's row and column scales."""
+    with torch.no_grad():
+        return torch.linalg.vector_norm(t, dim=-1, keepdim=keepdim).clamp_min_(eps).reciprocal_()
+
+
 def _backward_terms(
     out: torch.Tensor, grad: torch.Tensor, row_scale: torch.Tensor, column_scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -221,8 +227,7 @@ class _BcosSquareLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        inverse_input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps).reciprocal_()
-        inverse_weight_norm = torch.linalg.vector_norm(weight, dim=-1).clamp_min(eps).reciprocal_()
+        inverse_input_norm, inverse_weight_norm = _inverse_norms(x, eps, keepdim=True), _inverse_norms(weight, eps)
         out = signed_square_(F.linear(x, weight), inverse_input_norm, inverse_weight_norm)
         ctx.save_for_backward(x, weight, out, inverse_input_norm, inverse_weight_norm)
         return out
@@ -275,7 +280,7 @@ class BcosLinear(DynamicModule):
 
     def _inverse_weight_norms(self) -> torch.Tensor:
         """``1 / |w|`` per output, shape (out_features,), without a graph (the B = 2 unit's detached factor)."""
-        return self.derived_weight("inverse_norms", lambda: self.weight_norms()[:, 0].reciprocal()).detach()
+        return self.derived_weight("inverse_norms", lambda: _inverse_norms(self.weight, self.eps))
 
     def train(self, mode: bool = True) -> "BcosLinear":
         self.__dict__.pop("_derived_tensors", None)
@@ -302,8 +307,7 @@ class BcosLinear(DynamicModule):
         matmul and an explanation can be differentiated again.
         """
         weight = self.weight.detach() if self.input_gradient_only else self.weight
-        inverse_input_norm = torch.linalg.vector_norm(x.detach(), dim=-1, keepdim=True).clamp_min(self.eps)
-        inverse_input_norm = inverse_input_norm.reciprocal_()
+        inverse_input_norm = _inverse_norms(x, self.eps, keepdim=True)
         y = F.linear(x, weight)
         if not recorded:
             return signed_square_(y, inverse_input_norm, self._inverse_weight_norms())
@@ -588,7 +592,7 @@ class _BcosSquarePixelPatches(torch.autograd.Function):
     def forward(ctx, patches: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         n = patches.shape[-1]
         inverse_patch_norm = _encoded_patch_norms(patches, eps).reciprocal_()
-        inverse_weight_norm = torch.linalg.vector_norm(weight, dim=-1).clamp_min(eps).reciprocal_()
+        inverse_weight_norm = _inverse_norms(weight, eps)
         linear = F.linear(patches, weight[:, :n] - weight[:, n:], weight[:, n:].sum(dim=1))
         out = signed_square_(linear, inverse_patch_norm, inverse_weight_norm)
         ctx.save_for_backward(patches, weight, out, inverse_patch_norm, inverse_weight_norm)
