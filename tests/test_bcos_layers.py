@@ -152,7 +152,7 @@ def test_the_written_out_b2_backward_matches_autograd(widths):
     in_features, out_features = widths
     x = torch.randn(2, 5, in_features, dtype=torch.float64, requires_grad=True)
     w = torch.randn(out_features, in_features, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_BcosSquareLinear.apply, (x, w, 1e-12))
+    assert torch.autograd.gradcheck(_BcosSquareLinear.apply, (x, w, 1e-12, None))
     unit = BcosLinear(in_features, out_features, bias=True, b=2.0).double()
     torch.nn.init.normal_(unit.weight)
     torch.nn.init.normal_(unit.bias)
@@ -305,7 +305,44 @@ def test_the_blockwise_b2_passes_cover_every_row_once(monkeypatch, block_element
     assert torch.equal(bcos_layers.signed_square_(transposed), y.transpose(0, 1) * y.transpose(0, 1).abs())
     x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(bcos_layers._BcosSquareLinear.apply, (x, w, 1e-12))
+    assert torch.autograd.gradcheck(bcos_layers._BcosSquareLinear.apply, (x, w, 1e-12, None))
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "quick_gelu"])
+def test_the_b2_unit_with_its_activation_inside_has_the_gradient_of_the_composition(monkeypatch, activation):
+    """In training the MLP's activation runs inside the B = 2 unit's written-out backward, a block at a time."""
+    from bcos_zoo.modeling import bcos_layers
+
+    monkeypatch.setattr(bcos_layers, "_BLOCK_ELEMENTS", 12)  # several blocks, the last one partial
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(bcos_layers._BcosSquareLinear.apply, (x, w, 1e-12, activation))
+    fused = bcos_layers._BcosSquareLinear.apply(x, w, 1e-12, activation)
+    act = GatedActivation(activation)
+    assert torch.allclose(fused, act(bcos_layers._BcosSquareLinear.apply(x, w, 1e-12, None)), rtol=1e-14)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
+@pytest.mark.parametrize("input_gradient_only", [True, False], ids=["input-gradient", "differentiable"])
+def test_mlp_in_explanation_mode_is_the_unit_and_gate_detached_separately(monkeypatch, activation, input_gradient_only):
+    """Explanation mode scales fc1's linear output by one detached factor, ``|cos|`` times the gate: the same values
+    and the same input gradient as the unit and the activation, each with its factor detached."""
+    from bcos_zoo.modeling import bcos_layers
+
+    monkeypatch.setattr(bcos_layers, "_BLOCK_ELEMENTS", 16)
+    torch.manual_seed(0)
+    mlp = bcos_layers.BcosMLP(6, 10, activation, bias=False, b=2.0).double()
+    for param in mlp.parameters():
+        torch.nn.init.normal_(param)
+    x = torch.randn(3, 7, 6, dtype=torch.float64, requires_grad=True)
+    with explanation_mode(mlp, input_gradient_only=input_gradient_only):
+        fused = mlp(x)
+        (fused_grad,) = torch.autograd.grad(fused.square().sum(), x)
+        separate = mlp.fc2(mlp.act(mlp.fc1(x)))
+        (separate_grad,) = torch.autograd.grad(separate.square().sum(), x)
+    assert torch.allclose(fused, separate, rtol=1e-12)
+    assert torch.allclose(fused_grad, separate_grad, rtol=1e-10)
 
 
 def test_encoder_layer_without_autograd_gives_the_recorded_values_and_leaves_its_input_alone():
@@ -334,9 +371,9 @@ def test_the_b2_backward_in_half_precision_is_the_float64_gradient_to_that_preci
     x = torch.randn(4, 300, 32, dtype=torch.float64, requires_grad=True)
     w = torch.randn(64, 32, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(4, 300, 64, dtype=torch.float64)
-    expected = torch.autograd.grad(bcos_layers._BcosSquareLinear.apply(x, w, 1e-12), (x, w), upstream)
+    expected = torch.autograd.grad(bcos_layers._BcosSquareLinear.apply(x, w, 1e-12, None), (x, w), upstream)
     half = [t.detach().to(dtype).requires_grad_(True) for t in (x, w)]
-    grads = torch.autograd.grad(bcos_layers._BcosSquareLinear.apply(*half, 1e-12), half, upstream.to(dtype))
+    grads = torch.autograd.grad(bcos_layers._BcosSquareLinear.apply(*half, 1e-12, None), half, upstream.to(dtype))
     for grad, reference in zip(grads, expected):
         assert grad.dtype == dtype
         assert (grad.double() - reference).norm() / reference.norm() < tolerance

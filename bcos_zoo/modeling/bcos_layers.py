@@ -123,6 +123,34 @@ def explanation_mode(
             module.detach_dynamic, module.double_backward, module.input_gradient_only = flags
 
 
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+_ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": _gelu_tanh, "quick_gelu": _quick_gelu}
+# transformers' activation names that are one of the activations above
+ACTIVATION_ALIASES = {
+    "gelu": "gelu",
+    "gelu_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+}
+
+
+def activation_backward(name: str, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The gradient ``grad * act'(x)`` through the activation ``name`` at ``x`` (a new tensor)."""
+    if name == "quick_gelu":
+        # d/dx x s(ax) = s (1 + a x (1 - s)) with s = sigmoid(a x)
+        gate = torch.sigmoid(1.702 * x)
+        return (1 - gate).mul_(x).mul_(1.702).add_(1).mul_(gate).mul_(grad)
+    return torch.ops.aten.gelu_backward(grad, x, approximate="tanh" if name == "gelu_tanh" else "none")
+
+
 # Elements per block of the blockwise passes below: large enough that the per-block op overhead is small, small
 # enough that a block's temporaries stay in the cache and come from memory the allocator already holds.
 _BLOCK_ELEMENTS = 1 << 18
@@ -166,6 +194,23 @@ def signed_square_(
     return y
 
 
+def _dynamic_factor(
+    y: torch.Tensor, row_scale: torch.Tensor, column_scale: torch.Tensor, activation: nn.Module | None = None
+) -> torch.Tensor:
+    """``|y| * row_scale * column_scale`` (the B = 2 unit's ``|cos|``), times ``activation.gate`` at the unit's output
+    ``y |cos|`` when an activation is given: the whole factor by which explanation mode scales ``y``. Without
+    autograd; formed a block of rows at a time into one new buffer (see :func:`signed_square_`)."""
+    factor = torch.empty_like(y)
+    blockwise = y.is_contiguous() and y.device.type == "cpu" and not _is_tracing()
+    if blockwise:
+        row_scale = row_scale.expand(*y.shape[:-1], 1).contiguous()
+    for y_block, factor_block, row_block in _row_blocks(y, factor, row_scale, blockwise=blockwise):
+        torch.abs(y_block, out=factor_block).mul_(row_block).mul_(column_scale)
+        if activation is not None:
+            factor_block.mul_(activation.gate(y_block * factor_block))
+    return factor
+
+
 def cached_derivation(owner: nn.Module, name: str, sources: tuple, compute: Callable[[], object]):
     """``compute()``, run without autograd and kept on ``owner`` under ``name`` until a tensor in ``sources`` changes.
 
@@ -192,59 +237,91 @@ def _inverse_norms(t: torch.Tensor, eps: float, keepdim: bool = False) -> torch.
 
 
 def _backward_terms(
-    out: torch.Tensor, grad: torch.Tensor, row_scale: torch.Tensor, column_scale: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """From the output ``o`` of the B = 2 unit and the upstream gradient ``g``: ``h = g sqrt(|o| row col)`` and the
-    sums of ``g o`` per row (shape (..., 1)) and per output (shape (out,)). Only ``h`` is a full-size buffer; the
-    products are formed a block of rows at a time (see :func:`signed_square_`)."""
+    out: torch.Tensor,
+    grad: torch.Tensor,
+    row_scale: torch.Tensor,
+    column_scale: torch.Tensor,
+    activation: str | None = None,
+    row_sums: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """From the output ``o`` of the B = 2 unit and the upstream gradient ``g``: ``h = g sqrt(|o| row col)`` and, with
+    ``row_sums``, the sums of ``g o`` per row (shape (..., 1)). With ``activation``, ``grad`` is the gradient of
+    ``act(o)`` and is first taken through the activation. Only ``h`` is a full-size buffer; the products (and the
+    gradient through the activation) are formed a block of rows at a time (see :func:`signed_square_`)."""
     blockwise = out.is_contiguous() and grad.is_contiguous() and out.device.type == "cpu" and not _is_tracing()
     h = torch.empty_like(out)
-    row = out.new_empty(*out.shape[:-1], 1)
-    # the per-output sums run over every row and several blocks: in float32 for half-precision outputs
-    column = out.new_zeros(out.shape[-1], dtype=torch.promote_types(out.dtype, torch.float32))
+    row = out.new_empty(*out.shape[:-1], 1) if row_sums else None
     if blockwise:
         row_scale = row_scale.expand(*out.shape[:-1], 1).contiguous()
-    for out_block, grad_block, h_block, row_block, scale_block in _row_blocks(
-        out, grad, h, row, row_scale, blockwise=blockwise
+    sums = (row,) if row_sums else ()
+    for out_block, grad_block, h_block, scale_block, *row_block in _row_blocks(
+        out, grad, h, row_scale, *sums, blockwise=blockwise
     ):
-        product = out_block * grad_block
-        torch.sum(product, dim=-1, keepdim=True, out=row_block)
-        column += product.reshape(-1, product.shape[-1]).sum(dim=0)
+        if activation is not None:
+            grad_block = activation_backward(activation, grad_block, out_block)
+        if row_block:
+            torch.sum(out_block * grad_block, dim=-1, keepdim=True, out=row_block[0])
         torch.abs(out_block, out=h_block).mul_(scale_block).mul_(column_scale).sqrt_().mul_(grad_block)
-    return h, row, column.to(out.dtype)
+    return h, row
+
+
+def _remove_half_projection_(
+    gradient: torch.Tensor, direction: torch.Tensor, inverse_norm: torch.Tensor
+) -> torch.Tensor:
+    """``P - (P . d) d / (2 |d|^2)`` per row of ``P = gradient``, in place (``inverse_norm``: ``1 / |d|`` per row).
+
+    For the B = 2 unit, ``h w . x = sum_j h_j (w_j . x) = 2 sum_j g_j o_j``: the gradient with respect to the input
+    is ``P = h w`` less half its projection on ``x``, and with respect to a weight row, ``P = h^T x`` less half its
+    projection on that row. The sums of ``g o`` then need no pass over the output, only over the narrower ``P``.
+    """
+    accumulate = torch.promote_types(gradient.dtype, torch.float32)
+    dots = torch.sum(gradient * direction, dim=-1, keepdim=True, dtype=accumulate)
+    return gradient.addcmul_(direction, (dots * inverse_norm.square() / 2).to(gradient.dtype), value=-1)
 
 
 class _BcosSquareLinear(torch.autograd.Function):
-    """The B = 2 unit ``o = (w . x)|w . x| / (|w||x|)`` with a backward pass written out.
+    """The B = 2 unit ``o = (w . x)|w . x| / (|w||x|)``, optionally followed by an activation, with a backward pass
+    written out.
 
-    With ``|cos| = |w . x| / (|w||x|) = sqrt(|o| / (|w||x|))``, an upstream gradient ``g`` and ``q = g o`` summed
-    per row (``r``) and per output (``c``): ``dx = (2 g|cos|) w - x r / |x|^2`` and
-    ``dw = (2 g|cos|)^T x - w c / |w|^2``. Forward and backward are one matmul each way and blockwise passes; the
-    weight is used as it is (no copy scaled by its norms) and only the output and the norms are kept beside the
-    input and weight that a linear layer keeps. Differentiating the gradient again raises (explanations, which
-    may, detach the norms and take the plain autograd path).
+    With ``|cos| = |w . x| / (|w||x|) = sqrt(|o| / (|w||x|))``, an upstream gradient ``g`` (of ``o``; with an
+    activation, taken through it first) and ``q = g o`` summed per row (``r``) and per output (``c``):
+    ``dx = (2 g|cos|) w - x r / |x|^2`` and ``dw = (2 g|cos|)^T x - w c / |w|^2``. Forward and backward are one
+    matmul each way and blockwise passes; the weight is used as it is (no copy scaled by its norms) and only the
+    output and the norms are kept beside the input and weight that a linear layer keeps. The activation (an MLP's
+    GELU) is inside so that the gradient through it is formed a block at a time, not as another full-size buffer.
+    Differentiating the gradient again raises (explanations, which may, detach the norms and take the plain autograd
+    path).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, activation: str | None) -> torch.Tensor:
         inverse_input_norm, inverse_weight_norm = _inverse_norms(x, eps, keepdim=True), _inverse_norms(weight, eps)
         out = signed_square_(F.linear(x, weight), inverse_input_norm, inverse_weight_norm)
+        ctx.activation = activation
         ctx.save_for_backward(x, weight, out, inverse_input_norm, inverse_weight_norm)
-        return out
+        return out if activation is None else _ACTIVATIONS[activation](out)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight, out, inverse_input_norm, inverse_weight_norm = ctx.saved_tensors
+        # the sums of g o per row over the narrower of output and input (see _remove_half_projection_)
+        rows_from_output = out.shape[-1] < x.shape[-1]
         # 2|cos| = sqrt(|o| * 4 / |x| / |w|): the factor 2 rides inside the square root
-        h, row, column = _backward_terms(out, grad, 4 * inverse_input_norm, inverse_weight_norm)
+        h, row = _backward_terms(
+            out, grad, 4 * inverse_input_norm, inverse_weight_norm, ctx.activation, row_sums=rows_from_output
+        )
         grad_input = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_input = torch.matmul(h, weight).addcmul_(x, row * inverse_input_norm.square(), value=-1)
+            grad_input = torch.matmul(h, weight)
+            if rows_from_output:
+                grad_input = grad_input.addcmul_(x, row * inverse_input_norm.square(), value=-1)
+            else:
+                grad_input = _remove_half_projection_(grad_input, x, inverse_input_norm)
         if ctx.needs_input_grad[1]:
             grad_weight = torch.matmul(h.reshape(-1, h.shape[-1]).T, x.reshape(-1, x.shape[-1]))
-            grad_weight = grad_weight.addcmul_(weight, (column * inverse_weight_norm.square())[:, None], value=-1)
-        return grad_input, grad_weight, None
+            grad_weight = _remove_half_projection_(grad_weight, weight, inverse_weight_norm[:, None])
+        return grad_input, grad_weight, None, None
 
 
 class BcosLinear(DynamicModule):
@@ -286,33 +363,48 @@ class BcosLinear(DynamicModule):
         self.__dict__.pop("_derived_tensors", None)
         return super().train(mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, activation: "GatedActivation | None" = None) -> torch.Tensor:
+        """The unit's output; with ``activation`` (an MLP's GELU), ``activation(output)``, fused with the unit where
+        that saves passes over the output: the B = 2 unit without a bias in training and in explanations."""
+        fused = activation is not None and self.b == 2 and self.bias is None
+        # each module keeps its own switch: fused only where the activation is in the same mode as the unit
+        fused = fused and activation.detach_dynamic == self.detach_dynamic
         if self.b == 1:
-            return F.linear(x, self.weight, self.bias)
-        recorded = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if self.b == 2 and not self.detach_dynamic and recorded:
-            out = _BcosSquareLinear.apply(x, self.weight, self.eps)
+            out = F.linear(x, self.weight, self.bias)
         elif self.b == 2:
-            out = self._square_unit(x, recorded)
+            recorded = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+            if recorded and not self.detach_dynamic:
+                out = _BcosSquareLinear.apply(x, self.weight, self.eps, activation.name if fused else None)
+            else:
+                out = self._square_unit(x, recorded, activation if fused else None)
+            if fused:
+                return out
+            out = out if self.bias is None else out + self.bias
         else:
             input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
-            return self.scale_linear_output(F.linear(x, self.weight), input_norm)
-        return out if self.bias is None else out + self.bias
+            out = self.scale_linear_output(F.linear(x, self.weight), input_norm)
+        # the output is a fresh temporary: the activation may overwrite it where autograd keeps no copy
+        return out if activation is None else activation(out, inplace=True)
 
-    def _square_unit(self, x: torch.Tensor, recorded: bool) -> torch.Tensor:
-        """The B = 2 unit as ``(w . x) |cos|`` with ``|cos|`` computed without a graph: inference (in place) and
-        explanation mode (where the factor is detached, so the gradient is ``|cos| w``).
+    def _square_unit(
+        self, x: torch.Tensor, recorded: bool, activation: "GatedActivation | None" = None
+    ) -> torch.Tensor:
+        """The B = 2 unit (then ``activation``) as ``(w . x)`` times a factor computed without a graph: inference (in
+        place) and explanation mode, where the factor, ``|cos|`` times the activation's gate, is detached and the
+        gradient is ``factor * w``.
 
         Only built-in ops are differentiated, so that a gradient with respect to the input alone skips the weight's
-        matmul and an explanation can be differentiated again.
+        matmul and an explanation can be differentiated again. One factor for unit and activation is one full-size
+        buffer kept for the backward pass, and one product in it, instead of two.
         """
         weight = self.weight.detach() if self.input_gradient_only else self.weight
         inverse_input_norm = _inverse_norms(x, self.eps, keepdim=True)
         y = F.linear(x, weight)
         if not recorded:
-            return signed_square_(y, inverse_input_norm, self._inverse_weight_norms())
+            out = signed_square_(y, inverse_input_norm, self._inverse_weight_norms())
+            return out if activation is None else activation(out, inplace=True)
         with torch.no_grad():
-            factor = y.abs().mul_(inverse_input_norm).mul_(self._inverse_weight_norms())
+            factor = _dynamic_factor(y, inverse_input_norm, self._inverse_weight_norms(), activation)
         return y.mul_(factor)  # the matmul's backward keeps its inputs, not y: y may be overwritten
 
     def scale_linear_output(self, linear: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
@@ -376,25 +468,6 @@ class BcosLayerNorm(DynamicModule):
         _, _, inverse_std = torch.native_layer_norm(x.detach(), self.weight.shape, None, None, self.eps)
         out = (x - x.mean(dim=-1, keepdim=True)) * inverse_std * self.weight
         return out if self.bias is None else out + self.bias
-
-
-def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
-def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(1.702 * x)
-
-
-_ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": _gelu_tanh, "quick_gelu": _quick_gelu}
-# transformers' activation names that are one of the activations above
-ACTIVATION_ALIASES = {
-    "gelu": "gelu",
-    "gelu_tanh": "gelu_tanh",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "quick_gelu": "quick_gelu",
-}
 
 
 class GatedActivation(DynamicModule):
@@ -534,8 +607,8 @@ class BcosMLP(nn.Module):
         self.fc2 = BcosLinear(intermediate_size, hidden_size, bias=bias, b=b)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # fc1's output is a temporary: without autograd the activation overwrites it rather than allocate a copy
-        return self.fc2(self.act(self.fc1(hidden_states), inplace=True))
+        # fc1 applies the activation itself: fused with the B-cos unit where that saves passes over its output
+        return self.fc2(self.fc1(hidden_states, activation=self.act))
 
 
 class BcosEncoderLayer(GradientCheckpointingLayer):
@@ -603,7 +676,7 @@ class _BcosSquarePixelPatches(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         patches, weight, out, inverse_patch_norm, inverse_weight_norm = ctx.saved_tensors
         n = patches.shape[-1]
-        h, row, column = _backward_terms(out, grad, 4 * inverse_patch_norm, inverse_weight_norm)
+        h, row = _backward_terms(out, grad, 4 * inverse_patch_norm, inverse_weight_norm)
         grad_patches = grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_patches = torch.matmul(h, weight[:, :n] - weight[:, n:])
@@ -612,7 +685,7 @@ class _BcosSquarePixelPatches(torch.autograd.Function):
             flat_h = h.reshape(-1, h.shape[-1])
             across_patches = torch.matmul(flat_h.T, patches.reshape(-1, n))
             grad_weight = torch.cat([across_patches, flat_h.sum(dim=0)[:, None] - across_patches], dim=1)
-            grad_weight = grad_weight.addcmul_(weight, (column * inverse_weight_norm.square())[:, None], value=-1)
+            grad_weight = _remove_half_projection_(grad_weight, weight, inverse_weight_norm[:, None])
         return grad_patches, grad_weight, None
 
 
