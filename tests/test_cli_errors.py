@@ -105,7 +105,15 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes_the_run(inputs, tm
     source, data = inputs
     output = tmp_path / "out"
     command = finetune_command(source, data, output, "--max-steps", "30", "--save-steps", "2")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        # Ctrl-C reaches the run as at a terminal, also where the tests were started with SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
     while not (output / "checkpoints" / "checkpoint-2" / "training_time.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)

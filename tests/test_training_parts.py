@@ -126,6 +126,15 @@ class _Finaliser:
         signal.raise_signal(signal.SIGINT)  # Ctrl-C arriving while a finaliser runs
 
 
+@pytest.fixture
+def python_ctrl_c_handler():
+    """Python's own Ctrl-C handler, also where the tests were started with SIGINT ignored (as a background job)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_ctrl_c_handler")
 def test_ctrl_c_swallowed_by_a_finaliser_still_stops_training_at_the_step_end(monkeypatch):
     dropped = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: dropped.append(unraisable.exc_type))
