@@ -152,7 +152,7 @@ def test_the_written_out_b2_backward_matches_autograd(widths):
     in_features, out_features = widths
     x = torch.randn(2, 5, in_features, dtype=torch.float64, requires_grad=True)
     w = torch.randn(out_features, in_features, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_BcosSquareLinear.apply, (x, w, 1e-12, None))
+    assert torch.autograd.gradcheck(_BcosSquareLinear.apply, (x, w, 1e-12))
     unit = BcosLinear(in_features, out_features, bias=True, b=2.0).double()
     torch.nn.init.normal_(unit.weight)
     torch.nn.init.normal_(unit.bias)
@@ -305,22 +305,39 @@ def test_the_blockwise_b2_passes_cover_every_row_once(monkeypatch, block_element
     assert torch.equal(bcos_layers.signed_square_(transposed), y.transpose(0, 1) * y.transpose(0, 1).abs())
     x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(bcos_layers._BcosSquareLinear.apply, (x, w, 1e-12, None))
+    assert torch.autograd.gradcheck(bcos_layers._BcosSquareLinear.apply, (x, w, 1e-12))
 
 
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "quick_gelu"])
-def test_the_b2_unit_with_its_activation_inside_has_the_gradient_of_the_composition(monkeypatch, activation):
-    """In training the MLP's activation runs inside the B = 2 unit's written-out backward, a block at a time."""
+@pytest.mark.parametrize("widths", [(3, 5), (5, 3)], ids=["wider-inside", "narrower-inside"])
+def test_the_mlp_trained_as_one_function_has_the_gradient_of_its_two_units(monkeypatch, activation, widths):
+    """In training a B = 2 MLP without biases is one Function whose backward crosses both units a block of rows at a
+    time: its gradient is that of the composition (gradcheck) and equals what the units give one by one."""
     from bcos_zoo.modeling import bcos_layers
 
     monkeypatch.setattr(bcos_layers, "_BLOCK_ELEMENTS", 12)  # several blocks, the last one partial
     torch.manual_seed(0)
-    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(bcos_layers._BcosSquareLinear.apply, (x, w, 1e-12, activation))
-    fused = bcos_layers._BcosSquareLinear.apply(x, w, 1e-12, activation)
-    act = GatedActivation(activation)
-    assert torch.allclose(fused, act(bcos_layers._BcosSquareLinear.apply(x, w, 1e-12, None)), rtol=1e-14)
+    hidden, inner = widths
+    x = torch.randn(2, 5, hidden, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(inner, hidden, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(hidden, inner, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(bcos_layers._BcosSquareMLP.apply, (x, w1, w2, 1e-12, activation))
+
+    mlp = bcos_layers.BcosMLP(hidden, inner, activation, bias=False, b=2.0).double()
+    with torch.no_grad():
+        mlp.fc1.weight.copy_(w1)
+        mlp.fc2.weight.copy_(w2)
+    upstream = torch.randn(2, 5, hidden, dtype=torch.float64)
+    assert mlp._trains_as_one(x)
+    together = mlp(x)
+    together_grads = torch.autograd.grad(together, (x, mlp.fc1.weight, mlp.fc2.weight), upstream)
+    mlp.fc2.register_forward_hook(lambda *args: None)  # a hook on a unit: the units run one by one
+    assert not mlp._trains_as_one(x)
+    apart = mlp(x)
+    apart_grads = torch.autograd.grad(apart, (x, mlp.fc1.weight, mlp.fc2.weight), upstream)
+    assert torch.allclose(together, apart, rtol=1e-13)
+    for grad, expected in zip(together_grads, apart_grads):
+        assert torch.allclose(grad, expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
@@ -371,9 +388,9 @@ def test_the_b2_backward_in_half_precision_is_the_float64_gradient_to_that_preci
     x = torch.randn(4, 300, 32, dtype=torch.float64, requires_grad=True)
     w = torch.randn(64, 32, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(4, 300, 64, dtype=torch.float64)
-    expected = torch.autograd.grad(bcos_layers._BcosSquareLinear.apply(x, w, 1e-12, None), (x, w), upstream)
+    expected = torch.autograd.grad(bcos_layers._BcosSquareLinear.apply(x, w, 1e-12), (x, w), upstream)
     half = [t.detach().to(dtype).requires_grad_(True) for t in (x, w)]
-    grads = torch.autograd.grad(bcos_layers._BcosSquareLinear.apply(*half, 1e-12, None), half, upstream.to(dtype))
+    grads = torch.autograd.grad(bcos_layers._BcosSquareLinear.apply(*half, 1e-12), half, upstream.to(dtype))
     for grad, reference in zip(grads, expected):
         assert grad.dtype == dtype
         assert (grad.double() - reference).norm() / reference.norm() < tolerance

@@ -241,27 +241,37 @@ def _backward_terms(
     grad: torch.Tensor,
     row_scale: torch.Tensor,
     column_scale: torch.Tensor,
-    activation: str | None = None,
     row_sums: bool = True,
+    activation: str | None = None,
+    correction: tuple[torch.Tensor, torch.Tensor] | None = None,
+    in_place: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """From the output ``o`` of the B = 2 unit and the upstream gradient ``g``: ``h = g sqrt(|o| row col)`` and, with
-    ``row_sums``, the sums of ``g o`` per row (shape (..., 1)). With ``activation``, ``grad`` is the gradient of
-    ``act(o)`` and is first taken through the activation. Only ``h`` is a full-size buffer; the products (and the
-    gradient through the activation) are formed a block of rows at a time (see :func:`signed_square_`)."""
+    ``row_sums``, the sums of ``g o`` per row (shape (..., 1)).
+
+    With ``activation``, ``grad`` is the gradient of ``act(o)`` and is first taken through the activation. With
+    ``in_place``, ``h`` is written over ``grad`` (a buffer of the caller's own), and ``correction = (d, s)`` first
+    subtracts ``d * s`` from it (``s`` one value per row): the last term of the next unit's input gradient, applied
+    here. Only ``h`` is a full-size buffer, and not even that in place; the rest is formed a block of rows at a time
+    (see :func:`signed_square_`).
+    """
     blockwise = out.is_contiguous() and grad.is_contiguous() and out.device.type == "cpu" and not _is_tracing()
-    h = torch.empty_like(out)
+    h = grad if in_place else torch.empty_like(out)
     row = out.new_empty(*out.shape[:-1], 1) if row_sums else None
     if blockwise:
         row_scale = row_scale.expand(*out.shape[:-1], 1).contiguous()
-    sums = (row,) if row_sums else ()
-    for out_block, grad_block, h_block, scale_block, *row_block in _row_blocks(
-        out, grad, h, row_scale, *sums, blockwise=blockwise
+    extra = ([row] if row_sums else []) + ([] if correction is None else list(correction))
+    for out_block, grad_block, h_block, scale_block, *rest in _row_blocks(
+        out, grad, h, row_scale, *extra, blockwise=blockwise
     ):
+        if correction is not None:
+            grad_block = grad_block.addcmul_(rest[-2], rest[-1], value=-1)
         if activation is not None:
             grad_block = activation_backward(activation, grad_block, out_block)
-        if row_block:
-            torch.sum(out_block * grad_block, dim=-1, keepdim=True, out=row_block[0])
-        torch.abs(out_block, out=h_block).mul_(scale_block).mul_(column_scale).sqrt_().mul_(grad_block)
+        if row_sums:
+            torch.sum(out_block * grad_block, dim=-1, keepdim=True, out=rest[0])
+        factor = torch.abs(out_block).mul_(scale_block).mul_(column_scale).sqrt_()
+        torch.mul(grad_block, factor, out=h_block)
     return h, row
 
 
@@ -279,49 +289,111 @@ def _remove_half_projection_(
     return gradient.addcmul_(direction, (dots * inverse_norm.square() / 2).to(gradient.dtype), value=-1)
 
 
-class _BcosSquareLinear(torch.autograd.Function):
-    """The B = 2 unit ``o = (w . x)|w . x| / (|w||x|)``, optionally followed by an activation, with a backward pass
-    written out.
+def _input_gradient(
+    h: torch.Tensor, row: torch.Tensor | None, x: torch.Tensor, weight: torch.Tensor, inverse_input_norm: torch.Tensor
+) -> torch.Tensor:
+    """``dx = h w - x r / |x|^2`` of the B = 2 unit, with ``r`` the row sums of ``g o`` if they were formed from the
+    output, else from the half projection (see :func:`_remove_half_projection_`)."""
+    grad = torch.matmul(h, weight)
+    if row is None:
+        return _remove_half_projection_(grad, x, inverse_input_norm)
+    return grad.addcmul_(x, row * inverse_input_norm.square(), value=-1)
 
-    With ``|cos| = |w . x| / (|w||x|) = sqrt(|o| / (|w||x|))``, an upstream gradient ``g`` (of ``o``; with an
-    activation, taken through it first) and ``q = g o`` summed per row (``r``) and per output (``c``):
-    ``dx = (2 g|cos|) w - x r / |x|^2`` and ``dw = (2 g|cos|)^T x - w c / |w|^2``. Forward and backward are one
-    matmul each way and blockwise passes; the weight is used as it is (no copy scaled by its norms) and only the
-    output and the norms are kept beside the input and weight that a linear layer keeps. The activation (an MLP's
-    GELU) is inside so that the gradient through it is formed a block at a time, not as another full-size buffer.
-    Differentiating the gradient again raises (explanations, which may, detach the norms and take the plain autograd
-    path).
+
+def _weight_gradient(
+    h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, inverse_weight_norm: torch.Tensor
+) -> torch.Tensor:
+    """``dw = h^T x - w c / |w|^2`` of the B = 2 unit, ``c`` from the half projection."""
+    grad = torch.matmul(h.reshape(-1, h.shape[-1]).T, x.reshape(-1, x.shape[-1]))
+    return _remove_half_projection_(grad, weight, inverse_weight_norm[:, None])
+
+
+class _BcosSquareLinear(torch.autograd.Function):
+    """The B = 2 unit ``o = (w . x)|w . x| / (|w||x|)`` with a backward pass written out.
+
+    With ``|cos| = |w . x| / (|w||x|) = sqrt(|o| / (|w||x|))``, an upstream gradient ``g`` and ``q = g o`` summed
+    per row (``r``) and per output (``c``): ``dx = (2 g|cos|) w - x r / |x|^2`` and
+    ``dw = (2 g|cos|)^T x - w c / |w|^2``. Forward and backward are one matmul each way and blockwise passes; the
+    weight is used as it is (no copy scaled by its norms) and only the output and the norms are kept beside the
+    input and weight that a linear layer keeps. The row sums come from the narrower of output and input, the
+    column sums from the weight gradient (see :func:`_remove_half_projection_`). Differentiating the gradient again
+    raises (explanations, which may, detach the norms and take the plain autograd path).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, activation: str | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         inverse_input_norm, inverse_weight_norm = _inverse_norms(x, eps, keepdim=True), _inverse_norms(weight, eps)
         out = signed_square_(F.linear(x, weight), inverse_input_norm, inverse_weight_norm)
-        ctx.activation = activation
         ctx.save_for_backward(x, weight, out, inverse_input_norm, inverse_weight_norm)
-        return out if activation is None else _ACTIVATIONS[activation](out)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight, out, inverse_input_norm, inverse_weight_norm = ctx.saved_tensors
-        # the sums of g o per row over the narrower of output and input (see _remove_half_projection_)
-        rows_from_output = out.shape[-1] < x.shape[-1]
         # 2|cos| = sqrt(|o| * 4 / |x| / |w|): the factor 2 rides inside the square root
-        h, row = _backward_terms(
-            out, grad, 4 * inverse_input_norm, inverse_weight_norm, ctx.activation, row_sums=rows_from_output
+        h, row = _backward_terms(out, grad, 4 * inverse_input_norm, inverse_weight_norm, out.shape[-1] < x.shape[-1])
+        grad_input = _input_gradient(h, row, x, weight, inverse_input_norm) if ctx.needs_input_grad[0] else None
+        grad_weight = _weight_gradient(h, x, weight, inverse_weight_norm) if ctx.needs_input_grad[1] else None
+        return grad_input, grad_weight, None
+
+
+class _BcosSquareMLP(torch.autograd.Function):
+    """``fc2(act(fc1(x)))`` for two B = 2 units without biases, with the backward written out across both.
+
+    The units' formulas are those of :class:`_BcosSquareLinear`. Between them the backward keeps one full-size
+    buffer: fc2's input gradient ``h2 w2`` is finished, taken through the activation and turned into fc1's ``h`` in
+    place, a block of rows at a time; unit by unit, the activation's gradient and fc1's ``h`` were two more buffers
+    of the MLP's width and fc2's last term another pass over one.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor, eps: float, activation: str
+    ) -> torch.Tensor:
+        inverse_input_norm1, inverse_weight_norm1 = _inverse_norms(x, eps, keepdim=True), _inverse_norms(weight1, eps)
+        out1 = signed_square_(F.linear(x, weight1), inverse_input_norm1, inverse_weight_norm1)
+        hidden = _ACTIVATIONS[activation](out1)
+        inverse_input_norm2 = _inverse_norms(hidden, eps, keepdim=True)
+        inverse_weight_norm2 = _inverse_norms(weight2, eps)
+        out2 = signed_square_(F.linear(hidden, weight2), inverse_input_norm2, inverse_weight_norm2)
+        ctx.activation = activation
+        ctx.save_for_backward(
+            x, weight1, weight2, out1, hidden, out2,
+            inverse_input_norm1, inverse_weight_norm1, inverse_input_norm2, inverse_weight_norm2,
+        )  # fmt: skip
+        return out2
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight1, weight2, out1, hidden, out2, input_norm1, weight_norm1, input_norm2, weight_norm2 = (
+            ctx.saved_tensors
         )
-        grad_input = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_input = torch.matmul(h, weight)
-            if rows_from_output:
-                grad_input = grad_input.addcmul_(x, row * inverse_input_norm.square(), value=-1)
-            else:
-                grad_input = _remove_half_projection_(grad_input, x, inverse_input_norm)
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.matmul(h.reshape(-1, h.shape[-1]).T, x.reshape(-1, x.shape[-1]))
-            grad_weight = _remove_half_projection_(grad_weight, weight, inverse_weight_norm[:, None])
-        return grad_input, grad_weight, None, None
+        rows2_from_output = out2.shape[-1] < hidden.shape[-1]
+        h2, row2 = _backward_terms(out2, grad, 4 * input_norm2, weight_norm2, rows2_from_output)
+        grad_weight2 = _weight_gradient(h2, hidden, weight2, weight_norm2) if ctx.needs_input_grad[2] else None
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, grad_weight2, None, None
+        through = torch.matmul(h2, weight2)  # fc2's input gradient, less its last term
+        correction = None
+        if rows2_from_output:
+            correction = (hidden, row2 * input_norm2.square())
+        else:
+            through = _remove_half_projection_(through, hidden, input_norm2)
+        h1, row1 = _backward_terms(
+            out1,
+            through,
+            4 * input_norm1,
+            weight_norm1,
+            out1.shape[-1] < x.shape[-1],
+            activation=ctx.activation,
+            correction=correction,
+            in_place=True,
+        )
+        grad_input = _input_gradient(h1, row1, x, weight1, input_norm1) if ctx.needs_input_grad[0] else None
+        grad_weight1 = _weight_gradient(h1, x, weight1, weight_norm1) if ctx.needs_input_grad[1] else None
+        return grad_input, grad_weight1, grad_weight2, None, None
 
 
 class BcosLinear(DynamicModule):
@@ -364,21 +436,21 @@ class BcosLinear(DynamicModule):
         return super().train(mode)
 
     def forward(self, x: torch.Tensor, activation: "GatedActivation | None" = None) -> torch.Tensor:
-        """The unit's output; with ``activation`` (an MLP's GELU), ``activation(output)``, fused with the unit where
-        that saves passes over the output: the B = 2 unit without a bias in training and in explanations."""
-        fused = activation is not None and self.b == 2 and self.bias is None
-        # each module keeps its own switch: fused only where the activation is in the same mode as the unit
-        fused = fused and activation.detach_dynamic == self.detach_dynamic
+        """The unit's output; with ``activation`` (an MLP's GELU), ``activation(output)``, fused with the B = 2 unit
+        without a bias where that saves passes over the output: in inference and in explanations."""
         if self.b == 1:
             out = F.linear(x, self.weight, self.bias)
         elif self.b == 2:
             recorded = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
             if recorded and not self.detach_dynamic:
-                out = _BcosSquareLinear.apply(x, self.weight, self.eps, activation.name if fused else None)
+                out = _BcosSquareLinear.apply(x, self.weight, self.eps)
             else:
+                # each module keeps its own switch: fused only where the activation is in the same mode as the unit
+                fused = activation is not None and self.bias is None
+                fused = fused and activation.detach_dynamic == self.detach_dynamic
                 out = self._square_unit(x, recorded, activation if fused else None)
-            if fused:
-                return out
+                if fused:
+                    return out
             out = out if self.bias is None else out + self.bias
         else:
             input_norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
@@ -607,8 +679,25 @@ class BcosMLP(nn.Module):
         self.fc2 = BcosLinear(intermediate_size, hidden_size, bias=bias, b=b)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self._trains_as_one(hidden_states):
+            return _BcosSquareMLP.apply(hidden_states, self.fc1.weight, self.fc2.weight, self.fc1.eps, self.act.name)
         # fc1 applies the activation itself: fused with the B-cos unit where that saves passes over its output
         return self.fc2(self.fc1(hidden_states, activation=self.act))
+
+    def _trains_as_one(self, hidden_states: torch.Tensor) -> bool:
+        """Whether a recorded forward pass goes through :class:`_BcosSquareMLP`: both units B = 2 without biases,
+        nothing detached, and no hooks on the three modules (they would not see their own calls)."""
+        fc1, act, fc2 = self.fc1, self.act, self.fc2
+        if not (isinstance(fc1, BcosLinear) and isinstance(act, GatedActivation) and isinstance(fc2, BcosLinear)):
+            return False
+        if not (fc1.b == fc2.b == 2 and fc1.bias is None and fc2.bias is None and fc1.eps == fc2.eps):
+            return False
+        if fc1.detach_dynamic or act.detach_dynamic or fc2.detach_dynamic:
+            return False
+        if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in (fc1, act, fc2)):
+            return False
+        parameters = hidden_states.requires_grad or fc1.weight.requires_grad or fc2.weight.requires_grad
+        return torch.is_grad_enabled() and parameters
 
 
 class BcosEncoderLayer(GradientCheckpointingLayer):
