@@ -285,8 +285,17 @@ def _remove_half_projection_(
     projection on that row. The sums of ``g o`` then need no pass over the output, only over the narrower ``P``.
     """
     accumulate = torch.promote_types(gradient.dtype, torch.float32)
-    dots = torch.sum(gradient * direction, dim=-1, keepdim=True, dtype=accumulate)
-    return gradient.addcmul_(direction, (dots * inverse_norm.square() / 2).to(gradient.dtype), value=-1)
+    blockwise = gradient.is_contiguous() and direction.is_contiguous() and gradient.device.type == "cpu"
+    blockwise = blockwise and not _is_tracing()
+    if blockwise:
+        inverse_norm = inverse_norm.expand(*gradient.shape[:-1], 1).contiguous()
+    for gradient_block, direction_block, norm_block in _row_blocks(
+        gradient, direction, inverse_norm, blockwise=blockwise
+    ):
+        dots = torch.sum(gradient_block * direction_block, dim=-1, keepdim=True, dtype=accumulate)
+        scale = (dots * norm_block.square() / 2).to(gradient.dtype)
+        gradient_block.addcmul_(direction_block, scale, value=-1)
+    return gradient
 
 
 def _input_gradient(
@@ -315,7 +324,8 @@ class _BcosSquareLinear(torch.autograd.Function):
     per row (``r``) and per output (``c``): ``dx = (2 g|cos|) w - x r / |x|^2`` and
     ``dw = (2 g|cos|)^T x - w c / |w|^2``. Forward and backward are one matmul each way and blockwise passes; the
     weight is used as it is (no copy scaled by its norms) and only the output and the norms are kept beside the
-    input and weight that a linear layer keeps. The row sums come from the narrower of output and input, the
+    input and weight that a linear layer keeps. The row sums come from the output (in blocks, beside h) unless the
+    input is narrower, the
     column sums from the weight gradient (see :func:`_remove_half_projection_`). Differentiating the gradient again
     raises (explanations, which may, detach the norms and take the plain autograd path).
     """
@@ -332,7 +342,7 @@ class _BcosSquareLinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight, out, inverse_input_norm, inverse_weight_norm = ctx.saved_tensors
         # 2|cos| = sqrt(|o| * 4 / |x| / |w|): the factor 2 rides inside the square root
-        h, row = _backward_terms(out, grad, 4 * inverse_input_norm, inverse_weight_norm, out.shape[-1] < x.shape[-1])
+        h, row = _backward_terms(out, grad, 4 * inverse_input_norm, inverse_weight_norm, out.shape[-1] <= x.shape[-1])
         grad_input = _input_gradient(h, row, x, weight, inverse_input_norm) if ctx.needs_input_grad[0] else None
         grad_weight = _weight_gradient(h, x, weight, inverse_weight_norm) if ctx.needs_input_grad[1] else None
         return grad_input, grad_weight, None
@@ -370,7 +380,7 @@ class _BcosSquareMLP(torch.autograd.Function):
         x, weight1, weight2, out1, hidden, out2, input_norm1, weight_norm1, input_norm2, weight_norm2 = (
             ctx.saved_tensors
         )
-        rows2_from_output = out2.shape[-1] < hidden.shape[-1]
+        rows2_from_output = out2.shape[-1] <= hidden.shape[-1]
         h2, row2 = _backward_terms(out2, grad, 4 * input_norm2, weight_norm2, rows2_from_output)
         grad_weight2 = _weight_gradient(h2, hidden, weight2, weight_norm2) if ctx.needs_input_grad[2] else None
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
@@ -386,7 +396,7 @@ class _BcosSquareMLP(torch.autograd.Function):
             through,
             4 * input_norm1,
             weight_norm1,
-            out1.shape[-1] < x.shape[-1],
+            out1.shape[-1] <= x.shape[-1],
             activation=ctx.activation,
             correction=correction,
             in_place=True,
