@@ -158,6 +158,31 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         assert torch.allclose(param.grad, plain[name], rtol=1e-8, atol=1e-12), name
 
 
+@pytest.mark.parametrize("use_reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: BcosResNetForImageClassification(resnet_config()),
+        lambda: BcosDenseNetForImageClassification(densenet_config()),
+    ],
+    ids=["resnet", "densenet"],
+)
+def test_gradient_checkpointing_updates_the_running_statistics_once_per_step(make, use_reentrant):
+    """The backward pass replays a checkpointed stage's forward; its BatchNorms must not count the batch again."""
+    torch.manual_seed(0)
+    model = make().train()
+    x, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    model(pixel_values=x, labels=labels).loss.backward()
+    once = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    assert any(not torch.equal(v, start[k]) for k, v in once.items())
+    model.load_state_dict(start)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    model(pixel_values=x, labels=labels).loss.backward()
+    for name, value in once.items():
+        assert torch.allclose(model.state_dict()[name], value, rtol=1e-6), name
+
+
 def test_uncentered_batchnorm_tracks_the_batch_variance():
     norm = BcosBatchNorm2d(3, centered=False, momentum=0.5).train()
     x = torch.randn(4, 3, 5, 5) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1) + 1.0

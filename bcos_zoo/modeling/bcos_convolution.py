@@ -14,7 +14,7 @@ from transformers import ConvNextImageProcessor
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
-from .bcos_layers import DynamicModule, cached_derivation, check_pixel_values, encode_inverse
+from .bcos_layers import DynamicModule, _is_tracing, cached_derivation, check_pixel_values, encode_inverse
 from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .explanation import BcosExplanation, compute_explanation
 
@@ -137,7 +137,8 @@ class BcosBatchNorm2d(DynamicModule):
     ``centered=True`` is the standard BatchNorm (in evaluation, a per-channel scale and shift). ``centered=False`` is
     the B-cos form with every constant removed: ``x / sqrt(var + eps) * weight``, no mean subtraction, no shift. In
     training, ``var`` (and the mean) are the batch's: input-dependent factors, detached in explanation mode so that
-    each image's explanation depends on that image alone. Running statistics update as in ``nn.BatchNorm2d``.
+    each image's explanation depends on that image alone. Running statistics update as in ``nn.BatchNorm2d``, once
+    per training forward pass: not again when the backward pass replays a gradient-checkpointed stage.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, centered: bool = True):
@@ -158,9 +159,18 @@ class BcosBatchNorm2d(DynamicModule):
     def _dynamic(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach() if self.detach_dynamic else tensor
 
+    @staticmethod
+    def _replayed() -> bool:
+        """Whether this forward pass runs inside a backward pass: a checkpointed stage recomputed, whose batch the
+        running statistics have already counted."""
+        return not _is_tracing() and torch._C._current_graph_task_id() != -1
+
     def batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel (biased) variance and mean of the batch; updates the running statistics."""
+        """Per-channel (biased) variance and mean of the batch; updates the running statistics (see
+        :meth:`_replayed`)."""
         var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        if self._replayed():
+            return var, mean
         count = x.numel() // x.shape[1]
         with torch.no_grad():
             unbiased = var * (count / max(count - 1, 1))
@@ -179,9 +189,8 @@ class BcosBatchNorm2d(DynamicModule):
                 )
             return x * (self.weight * (self.running_var + self.eps).rsqrt()).view(shape)
         if self.centered and not self.detach_dynamic:
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum, self.eps
-            )
+            running = (None, None) if self._replayed() else (self.running_mean, self.running_var)
+            return F.batch_norm(x, *running, self.weight, self.bias, True, self.momentum, self.eps)
         var, mean = self.batch_statistics(x)
         scale = self._dynamic((var + self.eps).rsqrt()) * self.weight
         if not self.centered:
