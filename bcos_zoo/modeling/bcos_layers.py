@@ -142,7 +142,7 @@ ACTIVATION_ALIASES = {
 }
 
 
-def activation_backward(name: str, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _activation_backward(name: str, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The gradient ``grad * act'(x)`` through the activation ``name`` at ``x`` (a new tensor)."""
     if name == "quick_gelu":
         # d/dx x s(ax) = s (1 + a x (1 - s)) with s = sigmoid(a x)
@@ -267,7 +267,7 @@ def _backward_terms(
         if correction is not None:
             grad_block = grad_block.addcmul_(rest[-2], rest[-1], value=-1)
         if activation is not None:
-            grad_block = activation_backward(activation, grad_block, out_block)
+            grad_block = _activation_backward(activation, grad_block, out_block)
         if row_sums:
             torch.sum(out_block * grad_block, dim=-1, keepdim=True, out=rest[0])
         factor = torch.abs(out_block).mul_(scale_block).mul_(column_scale).sqrt_()
