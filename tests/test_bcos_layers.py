@@ -331,7 +331,7 @@ def test_the_mlp_trained_as_one_function_has_the_gradient_of_its_two_units(monke
     assert mlp._trains_as_one(x)
     together = mlp(x)
     together_grads = torch.autograd.grad(together, (x, mlp.fc1.weight, mlp.fc2.weight), upstream)
-    mlp.fc2.register_forward_hook(lambda *args: None)  # a hook on a unit: the units run one by one
+    mlp.fc1.register_full_backward_pre_hook(lambda *args: None)  # a hook on a unit: the units run one by one
     assert not mlp._trains_as_one(x)
     apart = mlp(x)
     apart_grads = torch.autograd.grad(apart, (x, mlp.fc1.weight, mlp.fc2.weight), upstream)

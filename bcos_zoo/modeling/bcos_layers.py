@@ -704,7 +704,8 @@ class BcosMLP(nn.Module):
             return False
         if fc1.detach_dynamic or act.detach_dynamic or fc2.detach_dynamic:
             return False
-        if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in (fc1, act, fc2)):
+        hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+        if any(getattr(m, name) for m in (fc1, act, fc2) for name in hooks):
             return False
         parameters = hidden_states.requires_grad or fc1.weight.requires_grad or fc2.weight.requires_grad
         return torch.is_grad_enabled() and parameters
