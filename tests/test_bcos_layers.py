@@ -340,6 +340,25 @@ def test_the_mlp_trained_as_one_function_has_the_gradient_of_its_two_units(monke
         assert torch.allclose(grad, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 0.02), (torch.float16, 0.003)])
+def test_the_mlp_function_in_half_precision_is_the_float64_gradient_to_that_precision(monkeypatch, dtype, tolerance):
+    from bcos_zoo.modeling import bcos_layers
+
+    monkeypatch.setattr(bcos_layers, "_BLOCK_ELEMENTS", 512)  # the blockwise passes cross many blocks
+    torch.manual_seed(0)
+    x = torch.randn(4, 50, 32, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(128, 32, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(32, 128, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(4, 50, 32, dtype=torch.float64)
+    expected = torch.autograd.grad(bcos_layers._BcosSquareMLP.apply(x, w1, w2, 1e-12, "gelu"), (x, w1, w2), upstream)
+    half = [t.detach().to(dtype).requires_grad_(True) for t in (x, w1, w2)]
+    out = bcos_layers._BcosSquareMLP.apply(*half, 1e-12, "gelu")
+    grads = torch.autograd.grad(out, half, upstream.to(dtype))
+    for grad, reference in zip(grads, expected):
+        assert grad.dtype == dtype
+        assert (grad.double() - reference).norm() / reference.norm() < tolerance
+
+
 @pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
 @pytest.mark.parametrize("input_gradient_only", [True, False], ids=["input-gradient", "differentiable"])
 def test_mlp_in_explanation_mode_is_the_unit_and_gate_detached_separately(monkeypatch, activation, input_gradient_only):
