@@ -62,6 +62,16 @@ def test_card_names_the_test_split_and_a_capped_evaluation():
     assert evaluation_description("validation", 7, 7) == "validation split, 7 images"
 
 
+def test_card_names_a_held_out_part_of_a_split_as_such():
+    data = replace(fashion_like("train"), held_out=0.1)
+    recipe = RECIPES["bcos-vit-fashion-mnist"]
+    card = render_model_card(recipe, TASKS["classification"].card, "org/m", {"accuracy": 0.5}, data, 10_000)
+    assert "10,000 images held out of the train split (a seeded 10%)" in card.text
+    assert card.data.eval_results[0].dataset_split == "train"
+    capped = evaluation_description("train", 500, 10_000, held_out=0.1)
+    assert capped == "the first 500 of the 10,000 images held out of the train split (a seeded 10%)"
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_reproduce_command_rebuilds_the_recipe_with_its_overrides(name):
     recipe = replace(RECIPES[name], epochs=2.5, crop_scale=(0.3, 0.9), label_column=None, seed=7)

@@ -84,6 +84,7 @@ def test_image_folder_uses_its_train_and_validation_folders(tmp_path):
     data = image_folder(tmp_path)
     assert data.class_names == ["cat", "dog"]
     assert (len(data.train), len(data.validation)) == (10, 4)
+    assert (data.evaluation_split, data.held_out) == ("validation", 0.0)
 
 
 def test_image_folder_without_a_split_holds_out_a_seeded_tenth(tmp_path):
@@ -91,6 +92,7 @@ def test_image_folder_without_a_split_holds_out_a_seeded_tenth(tmp_path):
     first, second = image_folder(tmp_path), image_folder(tmp_path)
     assert (len(first.train), len(first.validation)) == (18, 2)
     assert first.validation.indices == second.validation.indices
+    assert (first.evaluation_split, first.held_out) == ("train", 0.1)
 
 
 def test_folder_without_class_folders_says_what_layout_is_expected(tmp_path):

@@ -48,7 +48,8 @@ class DatasetSplits:
     validation: Dataset
     class_names: list[str]
     name: str  # what the model card cites: a Hub dataset id where one exists
-    evaluation_split: str = "validation"  # what the evaluation images are, as the card names them
+    evaluation_split: str = "validation"  # the split the evaluation images come from, as the Hub names it
+    held_out: float = 0.0  # the seeded fraction of that split held out for evaluation (0: the whole split)
 
 
 class ArrayImages(Dataset):
@@ -188,14 +189,14 @@ def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) ->
     if train_dir is not None and val_dir is not None:
         train = FileImages(files, labels)
         validation = FileImages(*_class_files(val_dir, class_names))
-        split = val_dir.name
+        split, fraction = val_dir.name, 0.0
     else:
-        split = f"a seeded {validation_fraction:.0%} held out of the images"
+        split, fraction = "train", validation_fraction  # a folder of class folders is one split, "train" on the Hub
         everything = FileImages(files, labels)
         order = torch.randperm(len(everything), generator=torch.Generator().manual_seed(seed)).tolist()
         held_out = max(1, round(validation_fraction * len(order)))
         train, validation = Subset(everything, order[held_out:]), Subset(everything, order[:held_out])
-    return DatasetSplits(train, validation, class_names, root.name, evaluation_split=split)
+    return DatasetSplits(train, validation, class_names, root.name, evaluation_split=split, held_out=fraction)
 
 
 def hub_dataset(
@@ -212,9 +213,9 @@ def hub_dataset(
     if validation_name is None:
         parts = train.train_test_split(test_size=validation_fraction, seed=0)
         train, validation = parts["train"], parts["test"]
-        split = f"a seeded {validation_fraction:.0%} held out of train"
+        split, held_out = "train", validation_fraction
     else:
-        validation, split = loaded[validation_name], validation_name
+        validation, split, held_out = loaded[validation_name], validation_name, 0.0
     class_names = []
     if label_column:
         feature = train.features.get(label_column)
@@ -225,6 +226,7 @@ def hub_dataset(
         class_names,
         name,
         evaluation_split=split,
+        held_out=held_out,
     )
 
 

@@ -121,7 +121,7 @@ def decoy_splits(
     train = DecoyImages(source.train, canvas, "class" if decoys else None, decoy_size, seed=seed)
     test = DecoyImages(source.validation, canvas, "shuffled" if decoys else None, decoy_size, seed=seed + 1)
     name = f"fashion-mnist-{'decoys' if decoys else 'canvas'}-{canvas}"
-    return DatasetSplits(train, test, source.class_names, name)
+    return DatasetSplits(train, test, source.class_names, name, evaluation_split=source.evaluation_split)
 
 
 def is_decoy_spec(spec: str) -> bool:

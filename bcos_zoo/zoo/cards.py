@@ -73,8 +73,14 @@ def describe_source(source: str) -> tuple[str, str | None]:
     return f"a local {architecture} checkpoint", None
 
 
-def evaluation_description(split: str, evaluated: int, available: int) -> str:
-    """The images the results were measured on, e.g. ``test split, 10,000 images`` or a capped subset of it."""
+def evaluation_description(split: str, evaluated: int, available: int, held_out: float = 0.0) -> str:
+    """The images the results were measured on, e.g. ``test split, 10,000 images``, a capped subset of them, or the
+    images held out of a split (``held_out``: the seeded fraction)."""
+    if held_out:
+        images = f"images held out of the {split} split (a seeded {held_out:.0%})"
+        if evaluated < available:
+            return f"the first {evaluated:,} of the {available:,} {images}"
+        return f"{evaluated:,} {images}"
     if evaluated < available:
         return f"the first {evaluated:,} of the {available:,} images of the {split} split"
     return f"{split} split, {evaluated:,} images"
@@ -100,7 +106,7 @@ def render_model_card(
     family, family_tag = FAMILIES.get(model_type, ("network", model_type))
     metric_key, metric_label = fields.metric_key, fields.metric_label
     source_name, base_model = describe_source(recipe.source)
-    evaluation = evaluation_description(data.evaluation_split, evaluated, len(data.validation))
+    evaluation = evaluation_description(data.evaluation_split, evaluated, len(data.validation), data.held_out)
     eval_results = []
     if metric_key in metrics:
         eval_results.append(
@@ -108,7 +114,7 @@ def render_model_card(
                 task_type=fields.pipeline_tag,
                 dataset_type=data.name,
                 dataset_name=data.name,
-                dataset_split=data.evaluation_split if " " not in data.evaluation_split else "validation",
+                dataset_split=data.evaluation_split,
                 metric_type="accuracy",
                 metric_name=metric_label,
                 metric_value=round(float(metrics[metric_key]), 4),
