@@ -59,3 +59,34 @@ def test_distilled_repo_is_a_zero_shot_clip_with_a_card(distilled):
     assert explanation.logits.shape == (1, 2)
     assert 0.0 <= result.metrics["zero_shot_accuracy"] <= 1.0
     assert (result.repo_dir / "README.md").read_text().count("zero-shot-image-classification") >= 1
+
+
+def test_the_task_reads_its_source_once_and_trains_a_copy_of_it(tmp_path, monkeypatch):
+    """The teacher, the student's B-cosification and the evaluated source come from one read of the checkpoint; the
+    student owns its weights (training it leaves the frozen teacher as it was)."""
+    from transformers import CLIPModel
+
+    save_source(tmp_path / "source")
+    reads = []
+    from_pretrained = CLIPModel.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        reads.append(args)
+        return from_pretrained(cls, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPModel, "from_pretrained", classmethod(counting))
+    recipe = Recipe(
+        name="bcos-clip-tiny",
+        source=str(tmp_path / "source"),
+        dataset="unused",
+        hub_model_id="org/m",
+        task="clip-distillation",
+    )
+    task = get_task(recipe)
+    student = task.build_model(["red", "blue"])
+    source = task.source_model()
+    assert len(reads) == 1
+    assert student.tokenizer is not None and source.tokenizer is not None
+    teacher_weights = {p.data_ptr() for p in task.teacher.parameters()}
+    assert not teacher_weights & {p.data_ptr() for p in student.parameters()}
+    assert not teacher_weights & {p.data_ptr() for p in source.parameters()}

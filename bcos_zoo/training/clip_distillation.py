@@ -7,10 +7,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import CLIPModel, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from ..conversion.common import OPENAI_CLIP_NORMALIZATION, resolve_folder, source_normalization
+from ..conversion.clip import load_standard_clip
+from ..conversion.common import OPENAI_CLIP_NORMALIZATION
 from ..data.datasets import DatasetSplits
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
 from .trainer import collate_images
@@ -119,16 +120,20 @@ class CLIPDistillation(Task):
                 "clip-distillation starts from the original CLIP checkpoint, which is also the teacher; "
                 "to continue an interrupted run, use --resume with the same --output-dir."
             )
-        mean, std = source_normalization(resolve_folder(recipe.source, "a transformers CLIPModel")) or (
-            OPENAI_CLIP_NORMALIZATION
-        )
-        self.teacher = FrozenCLIPTeacher(CLIPModel.from_pretrained(recipe.source), image_mean=mean, image_std=std)
-        return BcosCLIPModel.from_pretrained_standard(recipe.source, b=recipe.b, bias=recipe.bias)
+        # read once: the teacher, the student's B-cosification and the evaluated source all come from it
+        self.standard = load_standard_clip(recipe.source, vision_only=False)
+        if self.standard.mean is not None and self.standard.std is not None:
+            mean, std = self.standard.mean, self.standard.std
+        else:
+            mean, std = OPENAI_CLIP_NORMALIZATION
+        self.teacher = FrozenCLIPTeacher(self.standard.model, image_mean=mean, image_std=std)
+        return BcosCLIPModel.from_pretrained_standard(self.standard, b=recipe.b, bias=recipe.bias)
 
     def source_model(self) -> nn.Module | None:
         from .. import BcosCLIPModel
 
-        return BcosCLIPModel.from_pretrained_standard(self.recipe.source, b=1.0, bias="keep")
+        source = getattr(self, "standard", None) or self.recipe.source
+        return BcosCLIPModel.from_pretrained_standard(source, b=1.0, bias="keep")
 
     def image_size(self, model: nn.Module) -> int:
         return model.vision_config.image_size
