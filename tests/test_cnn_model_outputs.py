@@ -18,6 +18,7 @@ from bcos_zoo import (
     BcosResNetModel,
 )
 from bcos_zoo.modeling.bcos_convolution import BcosBatchNorm2d, BcosConv2d
+from bcos_zoo.modeling.bcos_layers import explanation_mode
 
 
 def resnet_config(**kwargs) -> BcosResNetConfig:
@@ -181,6 +182,19 @@ def test_gradient_checkpointing_updates_the_running_statistics_once_per_step(mak
     model(pixel_values=x, labels=labels).loss.backward()
     for name, value in once.items():
         assert torch.allclose(model.state_dict()[name], value, rtol=1e-6), name
+
+
+@pytest.mark.parametrize("centered", [True, False], ids=["centered", "uncentered"])
+def test_batchnorm_counts_each_training_batch_as_nn_batchnorm_does(centered):
+    norm = BcosBatchNorm2d(3, centered=centered).train()
+    reference = torch.nn.BatchNorm2d(3).train()
+    for _ in range(2):
+        x = torch.randn(4, 3, 5, 5)
+        norm(x), reference(x)
+    with explanation_mode(norm):
+        norm(torch.randn(4, 3, 5, 5))
+    norm.eval()(torch.randn(4, 3, 5, 5))
+    assert int(norm.num_batches_tracked) == int(reference.num_batches_tracked) + 1 == 3
 
 
 def test_uncentered_batchnorm_tracks_the_batch_variance():

@@ -189,7 +189,10 @@ class BcosBatchNorm2d(DynamicModule):
                 )
             return x * (self.weight * (self.running_var + self.eps).rsqrt()).view(shape)
         if self.centered and not self.detach_dynamic:
-            running = (None, None) if self._replayed() else (self.running_mean, self.running_var)
+            running = (None, None)
+            if not self._replayed():
+                running = (self.running_mean, self.running_var)
+                self.num_batches_tracked.add_(1)  # as nn.BatchNorm2d counts
             return F.batch_norm(x, *running, self.weight, self.bias, True, self.momentum, self.eps)
         var, mean = self.batch_statistics(x)
         scale = self._dynamic((var + self.eps).rsqrt()) * self.weight
