@@ -60,11 +60,8 @@ def load_standard_clip(source, vision_only: bool) -> StandardCLIP:
     """Read a supported CLIP from a module, a folder or a Hub id; a :class:`StandardCLIP` already read is taken as
     it is (so that one loaded source serves several conversions)."""
     allowed = (CLIPModel, CLIPVisionModelWithProjection) if vision_only else (CLIPModel,)
-    if isinstance(source, StandardCLIP):
-        source, read = source.model, source
-        if not isinstance(source, allowed):
-            raise ValueError(f"Cannot B-cosify a {type(source).__name__}. Supported sources: {SUPPORTED_CLIP_SOURCES}.")
-        return read
+    if isinstance(source, StandardCLIP) and isinstance(source.model, allowed):
+        return source
     if isinstance(source, allowed):
         return StandardCLIP(source, None, None, None, None)
     if isinstance(source, torch.nn.Module) or not isinstance(source, (str, Path)):

@@ -156,14 +156,22 @@ def _activation_backward(name: str, grad: torch.Tensor, x: torch.Tensor) -> torc
 _BLOCK_ELEMENTS = 1 << 18
 
 
-def _row_blocks(*tensors: torch.Tensor, blockwise: bool = True) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Matching blocks of rows of contiguous tensors with the same leading dimensions (views: writes to them land
-    in the tensors); with ``blockwise=False``, the tensors whole, as one block."""
-    if not blockwise:
-        yield tensors
+def _row_blocks(*tensors: torch.Tensor, per_row: tuple = ()) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Matching blocks of rows of ``tensors`` (same leading dimensions), followed by the matching rows of the
+    per-row values ``per_row`` (shape (..., 1), broadcast to those rows). The blocks are views: writes land in the
+    tensors, and in a per-row tensor of the full leading shape.
+
+    Blocks only on a CPU, for contiguous tensors, outside a graph capture; otherwise everything whole, as one block:
+    a compiler fuses the passes itself, and a loop over blocks would fix the batch size.
+    """
+    # tracing is asked first and no generator expression is used: torch.compile cannot trace one in a generator
+    if _is_tracing() or tensors[0].device.type != "cpu" or not all([t.is_contiguous() for t in tensors]):
+        yield (*tensors, *per_row)
         return
+    leading = tensors[0].shape[:-1]
     width = tensors[0].shape[-1]
     rows = [t.view(-1, t.shape[-1]) for t in tensors]
+    rows += [scale.expand(*leading, 1).contiguous().view(-1, 1) for scale in per_row]
     step = max(1, _BLOCK_ELEMENTS // width)
     for start in range(0, rows[0].shape[0], step):
         yield tuple(r[start : start + step] for r in rows)
@@ -178,13 +186,9 @@ def signed_square_(
     The factor ``|y| * row_scale * column_scale`` is formed first: for the B-cos unit it is ``|cos| <= 1``, so half
     precision cannot overflow. Done a block of rows at a time: a whole-tensor ``y.abs()`` would be a fresh buffer the
     size of ``y``, and on a CPU a fresh large buffer is page faults (and, freed, lets the allocator return memory
-    that the next layer asks for again); a block's factor stays small and in the cache. A graph capture takes the
-    tensor whole: a compiler fuses the passes itself, and a loop over blocks would fix the batch size.
+    that the next layer asks for again); a block's factor stays small and in the cache (see :func:`_row_blocks`).
     """
-    blockwise = y.is_contiguous() and y.device.type == "cpu" and not _is_tracing()
-    if row_scale is not None and blockwise:
-        row_scale = row_scale.expand(*y.shape[:-1], 1).contiguous()
-    for block, *row in _row_blocks(y, *(() if row_scale is None else (row_scale,)), blockwise=blockwise):
+    for block, *row in _row_blocks(y, per_row=() if row_scale is None else (row_scale,)):
         factor = block.abs()
         if row:
             factor = factor.mul_(row[0])
@@ -201,10 +205,7 @@ def _dynamic_factor(
     ``y |cos|`` when an activation is given: the whole factor by which explanation mode scales ``y``. Without
     autograd; formed a block of rows at a time into one new buffer (see :func:`signed_square_`)."""
     factor = torch.empty_like(y)
-    blockwise = y.is_contiguous() and y.device.type == "cpu" and not _is_tracing()
-    if blockwise:
-        row_scale = row_scale.expand(*y.shape[:-1], 1).contiguous()
-    for y_block, factor_block, row_block in _row_blocks(y, factor, row_scale, blockwise=blockwise):
+    for y_block, factor_block, row_block in _row_blocks(y, factor, per_row=(row_scale,)):
         torch.abs(y_block, out=factor_block).mul_(row_block).mul_(column_scale)
         if activation is not None:
             factor_block.mul_(activation.gate(y_block * factor_block))
@@ -255,21 +256,20 @@ def _backward_terms(
     here. Only ``h`` is a full-size buffer, and not even that in place; the rest is formed a block of rows at a time
     (see :func:`signed_square_`).
     """
-    blockwise = out.is_contiguous() and grad.is_contiguous() and out.device.type == "cpu" and not _is_tracing()
     h = grad if in_place else torch.empty_like(out)
     row = out.new_empty(*out.shape[:-1], 1) if row_sums else None
-    if blockwise:
-        row_scale = row_scale.expand(*out.shape[:-1], 1).contiguous()
-    extra = ([row] if row_sums else []) + ([] if correction is None else list(correction))
-    for out_block, grad_block, h_block, scale_block, *rest in _row_blocks(
-        out, grad, h, row_scale, *extra, blockwise=blockwise
+    subtracted, per_row_factor = ([correction[0]], [correction[1]]) if correction is not None else ([], [])
+    sums = [row] if row_sums else []
+    for out_block, grad_block, h_block, *rest in _row_blocks(
+        out, grad, h, *subtracted, per_row=(row_scale, *sums, *per_row_factor)
     ):
-        if correction is not None:
-            grad_block = grad_block.addcmul_(rest[-2], rest[-1], value=-1)
+        if correction is not None:  # rest: [d, row_scale, (row,) s]
+            grad_block = grad_block.addcmul_(rest.pop(0), rest.pop(), value=-1)
+        scale_block, *row_block = rest
         if activation is not None:
             grad_block = _activation_backward(activation, grad_block, out_block)
         if row_sums:
-            torch.sum(out_block * grad_block, dim=-1, keepdim=True, out=rest[0])
+            torch.sum(out_block * grad_block, dim=-1, keepdim=True, out=row_block[0])
         factor = torch.abs(out_block).mul_(scale_block).mul_(column_scale).sqrt_()
         torch.mul(grad_block, factor, out=h_block)
     return h, row
@@ -285,13 +285,7 @@ def _remove_half_projection_(
     projection on that row. The sums of ``g o`` then need no pass over the output, only over the narrower ``P``.
     """
     accumulate = torch.promote_types(gradient.dtype, torch.float32)
-    blockwise = gradient.is_contiguous() and direction.is_contiguous() and gradient.device.type == "cpu"
-    blockwise = blockwise and not _is_tracing()
-    if blockwise:
-        inverse_norm = inverse_norm.expand(*gradient.shape[:-1], 1).contiguous()
-    for gradient_block, direction_block, norm_block in _row_blocks(
-        gradient, direction, inverse_norm, blockwise=blockwise
-    ):
+    for gradient_block, direction_block, norm_block in _row_blocks(gradient, direction, per_row=(inverse_norm,)):
         dots = torch.sum(gradient_block * direction_block, dim=-1, keepdim=True, dtype=accumulate)
         scale = (dots * norm_block.square() / 2).to(gradient.dtype)
         gradient_block.addcmul_(direction_block, scale, value=-1)

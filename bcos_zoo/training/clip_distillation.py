@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from ..conversion.clip import load_standard_clip
+from ..conversion.clip import StandardCLIP, load_standard_clip
 from ..conversion.common import OPENAI_CLIP_NORMALIZATION
 from ..data.datasets import DatasetSplits
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
@@ -103,6 +103,8 @@ class CLIPDistillation(Task):
     """
 
     name = "clip-distillation"
+    # the source as build_model read it: the teacher, the student's B-cosification and the evaluated source
+    standard: StandardCLIP | None = None
     card = CardFields(
         pipeline_tag="zero-shot-image-classification",
         metric_key="zero_shot_accuracy",
@@ -120,7 +122,6 @@ class CLIPDistillation(Task):
                 "clip-distillation starts from the original CLIP checkpoint, which is also the teacher; "
                 "to continue an interrupted run, use --resume with the same --output-dir."
             )
-        # read once: the teacher, the student's B-cosification and the evaluated source all come from it
         self.standard = load_standard_clip(recipe.source, vision_only=False)
         if self.standard.mean is not None and self.standard.std is not None:
             mean, std = self.standard.mean, self.standard.std
@@ -132,7 +133,7 @@ class CLIPDistillation(Task):
     def source_model(self) -> nn.Module | None:
         from .. import BcosCLIPModel
 
-        source = getattr(self, "standard", None) or self.recipe.source
+        source = self.standard or self.recipe.source
         return BcosCLIPModel.from_pretrained_standard(source, b=1.0, bias="keep")
 
     def image_size(self, model: nn.Module) -> int:
