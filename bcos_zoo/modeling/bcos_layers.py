@@ -640,25 +640,33 @@ class BcosSelfAttention(DynamicModule):
         return implementation or "sdpa"
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        first_tokens: int | None = None,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, length, width = hidden_states.shape
-        heads = (batch, length, self.num_heads, self.head_dim)
+        """Attention of every token to every token; with ``first_tokens``, of the first ``first_tokens`` tokens alone
+        (queries from those, keys and values from all), output of shape (batch, first_tokens, width)."""
+        batch, _, width = hidden_states.shape
+        attending = hidden_states if first_tokens is None else hidden_states[:, :first_tokens]
 
-        def project(projection: nn.Linear, constant: bool = False) -> torch.Tensor:
+        def project(projection: nn.Linear, tokens: torch.Tensor, constant: bool = False) -> torch.Tensor:
             weight, bias = projection.weight, projection.bias
             if constant:  # autograd then keeps no copy of the input for a weight gradient
                 weight, bias = weight.detach(), None if bias is None else bias.detach()
-            return F.linear(hidden_states, weight, bias).view(heads).transpose(1, 2)
+            heads = (batch, tokens.shape[1], self.num_heads, self.head_dim)
+            return F.linear(tokens, weight, bias).view(heads).transpose(1, 2)
 
         if self.detach_dynamic:
             # q and k only shape the detached attention matrix: computed without a graph, so that a backward pass
             # differentiates the value projection alone
             with torch.no_grad():
-                query, key = project(self.q_proj), project(self.k_proj)
-            value = project(self.v_proj, constant=self.input_gradient_only)
+                query, key = project(self.q_proj, attending), project(self.k_proj, hidden_states)
+            value = project(self.v_proj, hidden_states, constant=self.input_gradient_only)
         else:
-            query, key, value = project(self.q_proj), project(self.k_proj), project(self.v_proj)
+            query = project(self.q_proj, attending)
+            key, value = project(self.k_proj, hidden_states), project(self.v_proj, hidden_states)
         implementation = self.attn_implementation
         if implementation == "eager" or self.double_backward or self.detach_dynamic:
             # fused attention kernels have no second derivative, and their backward computes the gradients of q and
@@ -670,7 +678,7 @@ class BcosSelfAttention(DynamicModule):
         context, probabilities = attention(
             self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, **kwargs
         )
-        return self.o_proj(context.reshape(batch, length, width)), probabilities
+        return self.o_proj(context.reshape(batch, attending.shape[1], width)), probabilities
 
 
 class BcosMLP(nn.Module):
@@ -726,14 +734,23 @@ class BcosEncoderLayer(GradientCheckpointingLayer):
         self.mlp = BcosMLP(config.hidden_size, config.intermediate_size, config.hidden_act, config.use_bias, config.b)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        first_tokens: int | None = None,
+        **kwargs,
     ) -> torch.Tensor:
-        attended, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
+        """The block's output tokens; with ``first_tokens``, those of the first ``first_tokens`` tokens alone, which
+        still attend to every token (what a class-token head reads of the last block)."""
+        attended, _ = self.attention(
+            self.layernorm_before(hidden_states), attention_mask, first_tokens=first_tokens, **kwargs
+        )
+        residual = hidden_states if first_tokens is None else hidden_states[:, :first_tokens]
         if torch.is_grad_enabled():
-            hidden_states = hidden_states + attended
+            hidden_states = residual + attended
             return hidden_states + self.mlp(self.layernorm_after(hidden_states))
         # without autograd each sum overwrites the sublayer's fresh output rather than allocate another
-        hidden_states = attended.add_(hidden_states)
+        hidden_states = attended.add_(residual)
         return self.mlp(self.layernorm_after(hidden_states)).add_(hidden_states)
 
 

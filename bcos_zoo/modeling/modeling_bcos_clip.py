@@ -25,7 +25,7 @@ from .bcos_layers import BcosEncoderLayer, BcosLinear, BcosSelfAttention, Dynami
 from .bcos_pretrained import BcosPreTrainedModel
 from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
 from .explanation import BcosExplanation, compute_explanation
-from .modeling_bcos_vit import NO_EXTRA_OUTPUTS, BcosViTModel
+from .modeling_bcos_vit import BcosViTModel
 
 
 logger = logging.get_logger(__name__)
@@ -128,8 +128,7 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         self._tokenizer_looked_up = False
 
     def _image_embeds(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        outputs = self.vision_model.forward_encoded(encoded, interpolate_pos_encoding, **NO_EXTRA_OUTPUTS)
-        return self.visual_projection(outputs.pooler_output)
+        return self.visual_projection(self.vision_model.pooled_output(encoded, interpolate_pos_encoding, encoded=True))
 
     @can_return_tuple
     def get_image_features(
