@@ -14,8 +14,9 @@ import shlex
 import sys
 from dataclasses import replace
 
+from bcos_zoo.training.recipe import Recipe, add_recipe_flags, recipe_overrides
 from bcos_zoo.zoo.cli import run_script
-from bcos_zoo.zoo.recipes import RECIPES, Recipe, add_recipe_flags, get_recipe, recipe_overrides
+from bcos_zoo.zoo.recipes import RECIPES, get_recipe
 
 
 def parse_args(argv=None) -> argparse.Namespace:

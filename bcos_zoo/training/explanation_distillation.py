@@ -21,11 +21,10 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 
 from ..data.boxes import collate_boxed
 from ..data.datasets import DatasetSplits
-from ..zoo.cards import describe_source
 from .classification import BcosClassification
 from .explanation_losses import differentiable_explanation, e2kd_loss, explanation_cosine
 from .guided_classification import GuidedClassification
-from .task import CardFields
+from .task import CardFields, describe_source
 from .trainer import TermLoggingTrainer
 
 

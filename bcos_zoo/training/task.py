@@ -6,17 +6,20 @@ what its model card says. ``bcos_zoo.zoo.finetune`` only sequences these steps a
 is a new module with a :class:`Task` subclass and one line in ``bcos_zoo.training.TASKS``.
 """
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard
 from torch import nn
 from torch.utils.data import Dataset
 from transformers import PretrainedConfig, Trainer, TrainingArguments
 
-from ..data.datasets import DatasetSplits, TransformedImages, load_dataset_splits
+from ..data.datasets import DatasetSplits, TransformedImages, load_dataset_splits, looks_like_path
 from ..data.preprocessing import ImageTransform, model_transform, training_transform
-from ..zoo.recipes import Recipe
+from .recipe import Recipe
 
 
 # model_type of the checkpoints a run continues as they are, instead of B-cosifying them
@@ -43,6 +46,39 @@ def source_model_type(source: str) -> str | None:
         return None
     config, _ = PretrainedConfig.get_config_dict(source)
     return config.get("model_type")
+
+
+def hub_id_or_none(source: str) -> str | None:
+    """``source`` when it names a Hub repo (``org/name`` that is not a local path), else None."""
+    return source if "/" in source and not looks_like_path(source) and not Path(source).exists() else None
+
+
+def describe_source(source: str) -> tuple[str, str | None]:
+    """How a card names a run's source, and its Hub id (``base_model``) when the source came from the Hub.
+
+    A Hub id names itself. A local folder is named by what it is, never by its path: the Hub repo it was downloaded
+    from when its config (timm's ``pretrained_cfg.hf_hub_id``) or its place in the HF cache says so, else the model
+    name on its own model card, else its architecture.
+    """
+    if source == "scratch":
+        return "random initialisation (trained from scratch)", None
+    if hub_id_or_none(source):
+        return source, source
+    folder = Path(source).expanduser().resolve()
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    cached = re.search(r"models--([^/]+)--([^/]+)/snapshots/", folder.as_posix())
+    hub_id = (config.get("pretrained_cfg") or {}).get("hf_hub_id") or (
+        f"{cached.group(1)}/{cached.group(2)}" if cached else None
+    )
+    if hub_id:
+        return hub_id, hub_id
+    if (folder / "README.md").is_file():
+        card = ModelCard.load(folder / "README.md").data
+        name = getattr(card, "model_name", None) or card.to_dict().get("model_name")
+        if name:
+            return f"{name} (a local checkpoint)", None
+    architecture = config.get("architecture") or (config.get("architectures") or [config.get("model_type", "model")])[0]
+    return f"a local {architecture} checkpoint", None
 
 
 class Task:

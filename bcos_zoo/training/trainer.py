@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ..zoo.recipes import Recipe
+from .recipe import Recipe
 
 
 def adaptive_clip_grad_(parameters: Iterable[nn.Parameter], clip: float, eps: float = 1e-3) -> None:

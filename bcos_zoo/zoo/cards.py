@@ -4,15 +4,13 @@ The card's YAML header comes from ``ModelCardData``: ``EvalResult`` entries beco
 as an evaluation widget, and ``base_model`` links the card to its source checkpoint's page.
 """
 
-import json
-import re
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 
-from ..data.datasets import looks_like_path
+from ..training.task import describe_source, hub_id_or_none
 from .recipes import Recipe, recipe_command
 
 
@@ -38,39 +36,6 @@ def template_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"card template {name!r} not found in {path.parent}; the templates are hub_cards/*.md")
     return path
-
-
-def hub_id_or_none(source: str) -> str | None:
-    """``source`` when it names a Hub repo (``org/name`` that is not a local path), else None."""
-    return source if "/" in source and not looks_like_path(source) and not Path(source).exists() else None
-
-
-def describe_source(source: str) -> tuple[str, str | None]:
-    """How a card names a run's source, and its Hub id (``base_model``) when the source came from the Hub.
-
-    A Hub id names itself. A local folder is named by what it is, never by its path: the Hub repo it was downloaded
-    from when its config (timm's ``pretrained_cfg.hf_hub_id``) or its place in the HF cache says so, else the model
-    name on its own model card, else its architecture.
-    """
-    if source == "scratch":
-        return "random initialisation (trained from scratch)", None
-    if hub_id_or_none(source):
-        return source, source
-    folder = Path(source).expanduser().resolve()
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    cached = re.search(r"models--([^/]+)--([^/]+)/snapshots/", folder.as_posix())
-    hub_id = (config.get("pretrained_cfg") or {}).get("hf_hub_id") or (
-        f"{cached.group(1)}/{cached.group(2)}" if cached else None
-    )
-    if hub_id:
-        return hub_id, hub_id
-    if (folder / "README.md").is_file():
-        card = ModelCard.load(folder / "README.md").data
-        name = getattr(card, "model_name", None) or card.to_dict().get("model_name")
-        if name:
-            return f"{name} (a local checkpoint)", None
-    architecture = config.get("architecture") or (config.get("architectures") or [config.get("model_type", "model")])[0]
-    return f"a local {architecture} checkpoint", None
 
 
 def evaluation_description(split: str, evaluated: int, available: int, held_out: float = 0.0) -> str:

@@ -10,108 +10,13 @@ adaptive gradient clipping, B=2, biases removed) and need GPUs and the gated Ima
 ``vit-fashion-mnist`` trains first (``scripts/fashion_mnist.py`` runs both).
 """
 
-import argparse
 import json
 import os
 import shlex
-from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import fields
 from pathlib import Path
-from types import UnionType
-from typing import Union, get_args, get_origin, get_type_hints
 
-
-def _flag(help: str, default=MISSING, **metadata):
-    """A recipe field that is also a ``scripts/finetune.py`` flag (see :func:`add_recipe_flags`)."""
-    return field(default=default, metadata={"help": help, **metadata})
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything one fine-tuning run needs. Each field is also a command-line flag of the same name
-    (``max_steps`` -> ``--max-steps``), generated from this class, so a field and its flag cannot drift."""
-
-    name: str = _flag("the run's name (default output folder: outputs/<name>)")
-    source: str = _flag(
-        "Hub id or folder: a standard HF ViT/DeiT, timm ViT or HF CLIP checkpoint, a B-cos checkpoint, or 'scratch'",
-        aliases=("--model",),
-    )
-    dataset: str = _flag("'fashion-mnist', an image folder (one sub-folder per class) or a Hub dataset name")
-    hub_model_id: str = _flag("org/name of the Hub repo --push uploads to")
-    task: str = _flag("what is trained and how (see bcos_zoo.training.TASKS)", "classification")
-    b: float = _flag("the B-cos alignment exponent B", 2.0)
-    bias: str = _flag("'remove' (the paper's conversion) or 'keep' (exact at B=1) the source's biases", "remove")
-    epochs: float = _flag("training epochs", 1.0)
-    max_steps: int = _flag("stop after this many optimiser steps (overrides --epochs when positive)", -1)
-    learning_rate: float = _flag("peak learning rate", 1e-4)
-    batch_size: int = _flag("images per device and step", 64)
-    gradient_accumulation_steps: int = _flag("steps whose gradients are summed before each update", 1)
-    weight_decay: float = _flag("decoupled weight decay", 0.0)
-    warmup_ratio: float = _flag("fraction of the steps spent in linear warm-up", 0.05)
-    agc_clip: float = _flag("adaptive gradient clipping factor; 0 means global-norm clipping at 1.0 instead", 0.01)
-    crop_scale: tuple[float, float] = _flag("area range of the random-resized crop during training", (0.5, 1.0))
-    image_column: str = _flag("image column of a Hub dataset", "image")
-    label_column: str | None = _flag("label column of a Hub dataset ('none' for image-only data)", "label")
-    max_train_samples: int | None = _flag("use only the first N training images", None)
-    max_eval_samples: int | None = _flag("evaluate on the first N evaluation images only", None)
-    save_steps: int = _flag("checkpoint every N steps (what --resume continues from)", 500)
-    seed: int = _flag("seed of initialisation, data order and augmentation", 0)
-    architecture: dict | None = _flag("config fields of a model trained from scratch (JSON)", None)
-    guidance_weight: float = _flag("guided-classification: lambda of the energy loss (summed over boxed images)", 1e-3)
-    guidance_layer: str = _flag("guided-classification: 'input' or a module name whose explanation is guided", "input")
-    box_fraction: float = _flag("guided-classification: share of training images whose boxes the loss uses", 1.0)
-    teacher: str | None = _flag("explanation-distillation: the B-cos teacher (folder or Hub id)", None)
-    kd_temperature: float = _flag("explanation-distillation: softmax temperature T of the KD term", 1.0)
-    explanation_weight: float = _flag("explanation-distillation: lambda_exp of 1 - cos(E_s, E_t); 0 = plain KD", 1.0)
-    fixed_teaching: bool = _flag(
-        "explanation-distillation: compute the teacher's outputs once per image (no augmentation)", False
-    )
-    card_template: str = _flag("model card template in hub_cards/", "model_card.md")
-    license: str = _flag("license of the published model", "apache-2.0")
-    summary: str = _flag("one line for the model card", "")
-
-    def with_overrides(self, **overrides) -> "Recipe":
-        """A copy with the given fields replaced; ``None`` values mean "keep the recipe's"."""
-        known = {field.name for field in fields(self)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ValueError(f"unknown recipe fields {sorted(unknown)}; known: {sorted(known)}")
-        return replace(self, **{key: value for key, value in overrides.items() if value is not None})
-
-
-_NONE = object()  # "--label-column none": an explicit None, unlike an absent flag
-
-
-def _parser_type(annotation) -> tuple[Callable, dict]:
-    """argparse ``type`` and extra keywords for a recipe field's annotation."""
-    args = [arg for arg in get_args(annotation) if arg is not type(None)]
-    base = args[0] if get_origin(annotation) in (Union, UnionType) else annotation
-    if get_origin(base) is tuple:
-        return get_args(base)[0], {"nargs": len(get_args(base))}
-    if base is dict:
-        return json.loads, {}
-    if base is bool:
-        return (lambda value: value.lower() in ("1", "true", "yes", "on")), {}
-    if annotation == str | None:
-        return (lambda value: _NONE if value.lower() == "none" else value), {}
-    return base, {}
-
-
-def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`Recipe` field, all defaulting to ``None`` ("keep the recipe's value")."""
-    group = parser.add_argument_group("recipe fields (override the recipe's values)")
-    hints = get_type_hints(Recipe)
-    for spec in fields(Recipe):
-        convert, extra = _parser_type(hints[spec.name])
-        names = [f"--{spec.name.replace('_', '-')}", *spec.metadata.get("aliases", ())]
-        group.add_argument(*names, dest=spec.name, type=convert, default=None, help=spec.metadata["help"], **extra)
-
-
-def recipe_overrides(namespace: argparse.Namespace) -> dict:
-    """The recipe fields given on the command line (for ``dataclasses.replace``; ``none`` gives ``None``)."""
-    given = {spec.name: getattr(namespace, spec.name) for spec in fields(Recipe)}
-    given = {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
-    return {name: None if value is _NONE else value for name, value in given.items() if value is not None}
+from ..training.recipe import Recipe
 
 
 IMAGENET = "ILSVRC/imagenet-1k"  # gated on the Hub: accept its terms and log in first
