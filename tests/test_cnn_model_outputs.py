@@ -242,3 +242,13 @@ def test_inference_path_follows_weight_updates():
         fast = model(pixel_values=x).logits
     reference = model(pixel_values=x).logits.detach()  # autograd path, no cache
     assert torch.allclose(fast, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_densenet_inference_without_autograd_equals_the_recorded_forward(use_bias):
+    torch.manual_seed(0)
+    model = BcosDenseNetForImageClassification(densenet_config(use_bias=use_bias)).eval().double()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    recorded = model(pixel_values=x.requires_grad_()).logits
+    with torch.no_grad():  # BatchNorm's ReLUs run in place
+        torch.testing.assert_close(model(pixel_values=x).logits, recorded.detach(), rtol=1e-12, atol=1e-12)

@@ -38,6 +38,13 @@ class BcosDenseNetEmbeddings(nn.Module):
         return self.pooler(self.stem(encoded))
 
 
+def norm_relu(norm: BcosBatchNorm2d, features: torch.Tensor) -> torch.Tensor:
+    """``relu(norm(features))``; the ReLU in place on BatchNorm's fresh output when no autograd graph is recorded
+    (one pass and one buffer fewer over the concatenated features, which only grow along a dense block)."""
+    normalized = norm(features)
+    return F.relu(normalized) if torch.is_grad_enabled() else normalized.relu_()
+
+
 class BcosDenseNetLayer(nn.Module):
     """Pre-activation bottleneck: BN, ReLU, 1x1 B-cos conv, BN, ReLU, 3x3 B-cos conv; ``growth_rate`` new channels."""
 
@@ -50,7 +57,7 @@ class BcosDenseNetLayer(nn.Module):
         self.conv2 = BcosConv2d(width, config.growth_rate, 3, padding=1, bias=False, b=config.b)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(features))))))
+        return self.conv2(norm_relu(self.norm2, self.conv1(norm_relu(self.norm1, features))))
 
 
 class BcosDenseNetTransition(nn.Module):
@@ -63,7 +70,7 @@ class BcosDenseNetTransition(nn.Module):
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.conv(F.relu(self.norm(features))))
+        return self.pool(self.conv(norm_relu(self.norm, features)))
 
 
 class BcosDenseNetStage(GradientCheckpointingLayer):
@@ -114,7 +121,7 @@ class BcosDenseNetModel(BcosCNNModel, BcosDenseNetPreTrainedModel):
         for i, stage in enumerate(self.stages):
             features = stage(features)
             if i == len(self.stages) - 1:
-                features = F.relu(self.norm(features))
+                features = norm_relu(self.norm, features)
             if output_hidden_states:
                 hidden_states += (features,)
         return BaseModelOutputWithPoolingAndNoAttention(
