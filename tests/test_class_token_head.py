@@ -152,3 +152,19 @@ def test_a_hook_on_an_earlier_block_leaves_the_saving():
     handle = model.bcos_vit.layers[0].register_forward_hook(lambda m, i, o: None)
     assert flops(lambda: model(x)) == before
     handle.remove()
+
+
+def test_the_classifier_goes_through_the_backbone_forward():
+    # wrappers of a module's forward (accelerate's device and offload hooks) must see the call
+    model, x = classifier(), images()
+    calls = []
+    forward = model.bcos_vit.forward
+
+    def wrapped(*args, **kwargs):
+        calls.append(kwargs.get("class_token_only"))
+        return forward(*args, **kwargs)
+
+    model.bcos_vit.forward = wrapped
+    with torch.no_grad():
+        model(x)
+    assert calls == [True]

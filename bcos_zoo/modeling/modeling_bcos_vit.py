@@ -146,7 +146,7 @@ class BcosViTModel(BcosViTPreTrainedModel):
         self, images: torch.Tensor, interpolate_pos_encoding: bool = False, encoded: bool = False
     ) -> torch.Tensor:
         """``pooler_output`` alone: of images in [0, 1], or of ``[x, 1 - x]``-encoded images with ``encoded=True``
-        (what :meth:`explain` differentiates).
+        (what :meth:`explain` differentiates), without the output recorders of :meth:`forward`.
 
         With class-token pooling the last block then computes the class token alone (its attention still reads
         every token): for ViT-S/16 at 224 px that skips the queries, attention, output projection and MLP of 196 of
@@ -160,16 +160,22 @@ class BcosViTModel(BcosViTPreTrainedModel):
 
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = False, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool | None = False,
+        class_token_only: bool = False,
+        **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Tokens and pooled features of (N, C, H, W) images in [0, 1].
 
         Takes ``output_hidden_states``, ``output_attentions`` and ``return_dict`` (each defaulting to the config's),
-        as transformers' ViT does.
+        as transformers' ViT does. ``class_token_only=True`` is for heads that read ``pooler_output`` alone and have
+        checked :meth:`class_token_suffices`: the last block then computes the class token alone, and
+        ``last_hidden_state`` is that token, (N, 1, D).
         """
         pixel_values = self.prepare_pixel_values(pixel_values)
         tokens = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding), encoded=False)
-        return self._encode_tokens(tokens, **kwargs)
+        return self._encode_tokens(tokens, class_token_only=class_token_only, **kwargs)
 
 
 class BcosViTForImageClassification(BcosViTPreTrainedModel):
@@ -201,18 +207,18 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
         **kwargs,
     ) -> ImageClassifierOutput:
         """Logits of (N, C, H, W) images in [0, 1]; the loss of ``labels`` (see :func:`classification_loss`)."""
-        if self.bcos_vit.class_token_suffices(**kwargs):
-            # the logits read the class token alone: the last block computes nothing else
-            pooled = self.bcos_vit.pooled_output(pixel_values, interpolate_pos_encoding)
-            hidden_states = attentions = None
-        else:
-            outputs = self.bcos_vit(
-                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **{**kwargs, "return_dict": True}
-            )
-            pooled, hidden_states, attentions = outputs.pooler_output, outputs.hidden_states, outputs.attentions
-        logits = self.classifier(pooled) + self.config.resolved_logit_bias
+        outputs = self.bcos_vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            # the logits read the class token alone: where nothing else is asked for, the last block computes it alone
+            class_token_only=self.bcos_vit.class_token_suffices(**kwargs),
+            **{**kwargs, "return_dict": True},
+        )
+        logits = self.classifier(outputs.pooler_output) + self.config.resolved_logit_bias
         loss = None if labels is None else classification_loss(logits, labels, self.config)
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
     def explain(
         self,
