@@ -128,7 +128,7 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         self._tokenizer_looked_up = False
 
     def _image_embeds(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        return self.visual_projection(self.vision_model.pooled_output(encoded, interpolate_pos_encoding, encoded=True))
+        return self.visual_projection(self.vision_model.pooler_output_of_encoded(encoded, interpolate_pos_encoding))
 
     @can_return_tuple
     def get_image_features(

@@ -126,9 +126,9 @@ class BcosViTModel(BcosViTPreTrainedModel):
 
     def class_token_suffices(self, **kwargs) -> bool:
         """Whether a head that reads only ``pooler_output`` may have it computed with the last block on the class
-        token alone (see :meth:`pooled_output`): class-token pooling, no hidden states or attentions asked for (in
-        ``kwargs`` or the config), and no hooks other than transformers' output recorders on the backbone or the last
-        block, whose hooks would see the block's tokens, or the backbone's call, missing."""
+        token alone (``forward(class_token_only=True)``, :meth:`pooler_output_of_encoded`): class-token pooling, no
+        hidden states or attentions asked for (in ``kwargs`` or the config), and no hooks other than transformers'
+        output recorders on the backbone or the last block, whose hooks would see the block's tokens missing."""
         if self.config.pooling != "cls" or not len(self.layers):
             return False
         for name in ("output_hidden_states", "output_attentions"):
@@ -142,19 +142,15 @@ class BcosViTModel(BcosViTPreTrainedModel):
                     return False
         return True
 
-    def pooled_output(
-        self, images: torch.Tensor, interpolate_pos_encoding: bool = False, encoded: bool = False
-    ) -> torch.Tensor:
-        """``pooler_output`` alone: of images in [0, 1], or of ``[x, 1 - x]``-encoded images with ``encoded=True``
-        (what :meth:`explain` differentiates), without the output recorders of :meth:`forward`.
+    def pooler_output_of_encoded(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """``pooler_output`` alone, of ``[x, 1 - x]``-encoded images (what :meth:`explain` differentiates), without
+        the output recorders of :meth:`forward`.
 
-        With class-token pooling the last block then computes the class token alone (its attention still reads
-        every token): for ViT-S/16 at 224 px that skips the queries, attention, output projection and MLP of 196 of
-        197 tokens, some 7% of the forward pass, and leaves the result as it was up to float round-off.
+        With class-token pooling the last block computes the class token alone (its attention still reads every
+        token): for ViT-S/16 at 224 px that skips the queries, attention, output projection and MLP of 196 of 197
+        tokens, some 7% of the forward pass, and leaves the result as it was up to float round-off.
         """
-        if not encoded:
-            images = self.prepare_pixel_values(images)
-        tokens = self.embeddings(images, interpolate_pos_encoding=bool(interpolate_pos_encoding), encoded=encoded)
+        tokens = self.embeddings(encoded, interpolate_pos_encoding=bool(interpolate_pos_encoding), encoded=True)
         class_token_only = self.class_token_suffices(output_hidden_states=False, output_attentions=False)
         return self._encode_tokens(tokens, class_token_only=class_token_only).pooler_output
 
@@ -195,7 +191,7 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
         self.post_init()
 
     def _logits(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        pooled = self.bcos_vit.pooled_output(encoded, interpolate_pos_encoding, encoded=True)
+        pooled = self.bcos_vit.pooler_output_of_encoded(encoded, interpolate_pos_encoding)
         return self.classifier(pooled) + self.config.resolved_logit_bias
 
     @can_return_tuple
