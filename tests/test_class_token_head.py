@@ -11,18 +11,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from bcos_zoo import BcosCLIPVisionConfig, BcosCLIPVisionModel, BcosViTConfig, BcosViTForImageClassification
 
 
+# the transformer both the ViT classifier and the CLIP image tower are built on here: 16 patches and a class token
+TOWER = dict(
+    image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=3, num_attention_heads=3, intermediate_size=48
+)
+
+
 def classifier(**overrides) -> BcosViTForImageClassification:
-    fields = dict(
-        image_size=32,
-        patch_size=8,
-        hidden_size=24,
-        num_hidden_layers=3,
-        num_attention_heads=3,
-        intermediate_size=48,
-        num_labels=5,
-    )
     torch.manual_seed(0)
-    return BcosViTForImageClassification(BcosViTConfig(**{**fields, **overrides})).double().eval()
+    return BcosViTForImageClassification(BcosViTConfig(**{**TOWER, "num_labels": 5, **overrides})).double().eval()
 
 
 def images(n: int = 3, size: int = 32) -> torch.Tensor:
@@ -125,17 +122,8 @@ def test_explanations_equal_those_of_the_whole_last_block():
 
 
 def test_clip_tower_explanations_equal_those_of_the_whole_last_block():
-    config = BcosCLIPVisionConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=3,
-        intermediate_size=48,
-        projection_dim=8,
-    )
     torch.manual_seed(0)
-    model, x = BcosCLIPVisionModel(config).double().eval(), images(2)
+    model, x = BcosCLIPVisionModel(BcosCLIPVisionConfig(**TOWER, projection_dim=8)).double().eval(), images(2)
     text_embeds = torch.randn(4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     class_token = model.explain(x, text_embeds=text_embeds)
     handle = model.vision_model.register_forward_pre_hook(lambda m, i: None)
