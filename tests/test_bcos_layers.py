@@ -413,3 +413,23 @@ def test_the_b2_backward_in_half_precision_is_the_float64_gradient_to_that_preci
     for grad, reference in zip(grads, expected):
         assert grad.dtype == dtype
         assert (grad.double() - reference).norm() / reference.norm() < tolerance
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "quick_gelu"])
+@pytest.mark.parametrize("block_elements", [10, 1 << 18], ids=["uneven-blocks", "one-block"])
+def test_mlp_without_autograd_applies_the_activation_block_by_block_to_the_recorded_values(
+    monkeypatch, activation, block_elements
+):
+    """Inference applies the activation to each block of the first unit's output as soon as it is squared."""
+    from bcos_zoo.modeling import bcos_layers
+
+    monkeypatch.setattr(bcos_layers, "_BLOCK_ELEMENTS", block_elements)
+    torch.manual_seed(0)
+    mlp = bcos_layers.BcosMLP(6, 11, activation, bias=False, b=2.0).double()
+    for param in mlp.parameters():
+        torch.nn.init.normal_(param, std=0.5)
+    x = torch.randn(3, 7, 6, dtype=torch.float64)
+    recorded = mlp(x.clone().requires_grad_(True))
+    with torch.no_grad():
+        out = mlp(x)
+    assert torch.allclose(out, recorded, rtol=1e-12, atol=1e-14)

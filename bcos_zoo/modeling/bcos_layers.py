@@ -178,10 +178,15 @@ def _row_blocks(*tensors: torch.Tensor, per_row: tuple = ()) -> Iterator[tuple[t
 
 
 def signed_square_(
-    y: torch.Tensor, row_scale: torch.Tensor | None = None, column_scale: torch.Tensor | None = None
+    y: torch.Tensor,
+    row_scale: torch.Tensor | None = None,
+    column_scale: torch.Tensor | None = None,
+    then: Callable[[torch.Tensor, torch.Tensor], object] | None = None,
 ) -> torch.Tensor:
     """``y |y| * row_scale * column_scale`` in place, without autograd (``row_scale`` one value per row, shape
-    (..., 1); ``column_scale`` one per output, shape (out,)).
+    (..., 1); ``column_scale`` one per output, shape (out,)); then ``then(block, scratch)`` on each block of the
+    result, in place (an activation: the block is still in the cache, and ``scratch``, a spent buffer of the block's
+    shape, spares it a fresh one).
 
     The factor ``|y| * row_scale * column_scale`` is formed first: for the B-cos unit it is ``|cos| <= 1``, so half
     precision cannot overflow. Done a block of rows at a time: a whole-tensor ``y.abs()`` would be a fresh buffer the
@@ -195,6 +200,8 @@ def signed_square_(
         if column_scale is not None:
             factor = factor.mul_(column_scale)
         block.mul_(factor)
+        if then is not None:
+            then(block, factor)
     return y
 
 
@@ -477,8 +484,9 @@ class BcosLinear(DynamicModule):
         inverse_input_norm = _inverse_norms(x, self.eps, keepdim=True)
         y = F.linear(x, weight)
         if not recorded:
-            out = signed_square_(y, inverse_input_norm, self._inverse_weight_norms())
-            return out if activation is None else activation(out, inplace=True)
+            in_place = None if activation is None or activation.detach_dynamic else activation.apply_
+            out = signed_square_(y, inverse_input_norm, self._inverse_weight_norms(), then=in_place)
+            return out if activation is None or in_place else activation(out, inplace=True)
         with torch.no_grad():
             factor = _dynamic_factor(y, inverse_input_norm, self._inverse_weight_norms(), activation)
         return y.mul_(factor)  # the matmul's backward keeps its inputs, not y: y may be overwritten
@@ -573,10 +581,17 @@ class GatedActivation(DynamicModule):
             # the product's backward keeps the gate, not x: a caller's temporary x may be overwritten
             return x.mul_(self.gate(x)) if inplace else x * self.gate(x)
         if inplace and not torch.is_grad_enabled():
-            if self.name == "quick_gelu":
-                return x.mul_((1.702 * x).sigmoid_())
-            return torch.ops.aten.gelu_(x, approximate="tanh" if self.name == "gelu_tanh" else "none")
+            return self.apply_(x)
         return self.activation(x)
+
+    def apply_(self, x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """``act(x)`` written over ``x``, without autograd; ``scratch``, a buffer of ``x``'s shape that may be
+        overwritten, spares quick GELU its temporary."""
+        with torch.no_grad():
+            if self.name != "quick_gelu":
+                return torch.ops.aten.gelu_(x, approximate="tanh" if self.name == "gelu_tanh" else "none")
+            gate = 1.702 * x if scratch is None else torch.mul(x, 1.702, out=scratch)
+            return x.mul_(gate.sigmoid_())
 
     def extra_repr(self) -> str:
         return self.name
