@@ -80,6 +80,20 @@ def test_a_hook_on_the_last_block_sees_every_token():
         torch.testing.assert_close(model(x).logits, logits, rtol=1e-12, atol=1e-12)
 
 
+def test_a_hook_on_every_module_sees_every_token_of_the_last_block():
+    model, x = classifier(), images()
+    last_fc1, seen = model.bcos_vit.layers[-1].mlp.fc1, []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(o.shape) if m is last_fc1 else None
+    )
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    assert seen == [(3, 17, 48)]
+
+
 def test_a_hook_on_the_backbone_is_called():
     model, x = classifier(), images()
     calls = []

@@ -9,6 +9,8 @@ map off with one backward pass. Hub-facing: torch, transformers and sibling file
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as torch_module
+from torch.utils import module_tracker
 from transformers import ViTImageProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils.generic import can_return_tuple
@@ -18,6 +20,15 @@ from .bcos_layers import BcosEncoderLayer, BcosLayerNorm, BcosLinear, BcosPatchE
 from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation, compute_explanation
+
+
+# hooks on a module, and torch's hooks for every module: one would see the last block's tokens missing when a
+# class-token head computes that block for the class token alone
+_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = tuple(f"_global{name}" for name in _MODULE_HOOKS)
+# where the hooks come from that look at no module's tokens (transformers' output recorders take what they are
+# asked for; torch's module tracker notes which module runs)
+_HARMLESS_HOOKS = (capture_outputs.__module__, module_tracker.__name__)
 
 
 def interpolate_position_embeddings(patch_positions: torch.Tensor, grid: int, height: int, width: int) -> torch.Tensor:
@@ -127,20 +138,19 @@ class BcosViTModel(BcosViTPreTrainedModel):
     def class_token_suffices(self, **kwargs) -> bool:
         """Whether a head that reads only ``pooler_output`` may have it computed with the last block on the class
         token alone (``forward(class_token_only=True)``, :meth:`pooler_output_of_encoded`): class-token pooling, no
-        hidden states or attentions asked for (in ``kwargs`` or the config), and no hooks other than transformers'
-        output recorders on the backbone or the last block, whose hooks would see the block's tokens missing."""
+        hidden states or attentions asked for (in ``kwargs`` or the config), and no hooks on the backbone or the last
+        block, nor hooks for every module (``torch.nn.modules.module.register_module_forward_hook``), that would see
+        the block's tokens missing: only transformers' output recorders and torch's module tracker (which
+        ``FlopCounterMode`` uses; it notes which module runs, not what it returns) are let through."""
         if self.config.pooling != "cls" or not len(self.layers):
             return False
         for name in ("output_hidden_states", "output_attentions"):
             if kwargs.get(name, getattr(self.config, name, False)):
                 return False
-        recorder = capture_outputs.__module__
-        for module in (self, *self.layers[-1].modules()):
-            for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
-                          module._backward_pre_hooks):  # fmt: skip
-                if any(getattr(hook, "__module__", None) != recorder for hook in hooks.values()):
-                    return False
-        return True
+        everywhere = [getattr(torch_module, name, {}) for name in _GLOBAL_HOOKS]
+        here = [getattr(module, name) for module in (self, *self.layers[-1].modules()) for name in _MODULE_HOOKS]
+        return not any(getattr(hook, "__module__", None) not in _HARMLESS_HOOKS
+                       for hooks in everywhere + here for hook in hooks.values())  # fmt: skip
 
     def pooler_output_of_encoded(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """``pooler_output`` alone, of ``[x, 1 - x]``-encoded images (what :meth:`explain` differentiates), without
