@@ -714,6 +714,8 @@ class BcosMLP(nn.Module):
     def _trains_as_one(self, hidden_states: torch.Tensor) -> bool:
         """Whether a recorded forward pass goes through :class:`_BcosSquareMLP`: both units B = 2 without biases,
         nothing detached, and no hooks on the three modules (they would not see their own calls)."""
+        if not torch.is_grad_enabled():
+            return False
         fc1, act, fc2 = self.fc1, self.act, self.fc2
         if not (isinstance(fc1, BcosLinear) and isinstance(act, GatedActivation) and isinstance(fc2, BcosLinear)):
             return False
@@ -724,8 +726,7 @@ class BcosMLP(nn.Module):
         hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
         if any(getattr(m, name) for m in (fc1, act, fc2) for name in hooks):
             return False
-        parameters = hidden_states.requires_grad or fc1.weight.requires_grad or fc2.weight.requires_grad
-        return torch.is_grad_enabled() and parameters
+        return hidden_states.requires_grad or fc1.weight.requires_grad or fc2.weight.requires_grad
 
 
 class BcosEncoderLayer(GradientCheckpointingLayer):
