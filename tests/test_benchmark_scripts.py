@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+import torch
 from training_testing import REPO, child_env
 
 
@@ -18,3 +20,14 @@ def test_cnn_benchmark_prints_a_row_of_ratios_per_model():
     assert abs(ratio - bcos / source) <= 0.01  # the ratio is of the two throughputs printed beside it
     assert re.search(r"targets: fwd ratio >= 0\.80", completed.stdout)
     assert cost > 1  # an explanation is at least a forward pass
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_benchmark_refuses_a_machine_without_cuda_before_running_anything(tmp_path):
+    completed = subprocess.run(
+        ["bash", str(REPO / "scripts" / "benchmark_gpu.sh"), str(tmp_path / "gpu")],
+        capture_output=True, text=True, env=child_env(), timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert "no CUDA device" in completed.stderr
+    assert list((tmp_path / "gpu").iterdir()) == []

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every GPU figure the README's Speed section asks for, in one command on a CUDA machine:
+#   bash scripts/benchmark_gpu.sh [OUTPUT_DIR]        (default outputs/gpu; needs ./.venv from scripts/setup.sh)
+# 1. the tests that need a CUDA device; 2. scripts/benchmark.py in float32, bfloat16 and bfloat16 compiled;
+# 3. scripts/benchmark_cnn.py in float32 and bfloat16; 4. a short real fine-tuning run (bcos-vit-fashion-mnist,
+# 300 steps) through the Trainer. Each step's output is kept in OUTPUT_DIR/<step>.log; a failing step does not
+# stop the others, and the exit status says whether any failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-outputs/gpu}"
+mkdir -p "$out"
+python=.venv/bin/python
+failed=0
+
+step() {
+  local name="$1"
+  shift
+  echo "== $name: $*"
+  if "$@" > "$out/$name.log" 2>&1; then tail -n 12 "$out/$name.log"; else failed=1; echo "!! $name failed:"; tail -n 30 "$out/$name.log"; fi
+}
+
+"$python" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" || exit 1
+step cuda-tests "$python" -m pytest -q -rs tests/test_conformance_export.py tests/test_explanations.py
+step vit-clip-float32 "$python" scripts/benchmark.py --device cuda --dtype float32 --batch-size 64 --repeats 7
+step vit-clip-bfloat16 "$python" scripts/benchmark.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7
+step vit-clip-bfloat16-compiled "$python" scripts/benchmark.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7 --compile
+step cnn-float32 "$python" scripts/benchmark_cnn.py --device cuda --dtype float32 --batch-size 64 --repeats 7
+step cnn-bfloat16 "$python" scripts/benchmark_cnn.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7
+step finetune "$python" scripts/finetune.py --recipe bcos-vit-fashion-mnist --device cuda --max-steps 300 \
+  --output-dir "$out/finetune"
+exit "$failed"
