@@ -20,6 +20,10 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
+# the hooks a module holds; a module computed differently from how it is called (fused with its neighbours, or for
+# some tokens only) must look for them, since they would see what it skipped
+MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
 # Slack for resampling round-off; a normalised image is off by far more than this.
 _RANGE_TOLERANCE = 1e-3
 _RANGE_ADVICE = (
@@ -723,8 +727,7 @@ class BcosMLP(nn.Module):
             return False
         if fc1.detach_dynamic or act.detach_dynamic or fc2.detach_dynamic:
             return False
-        hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-        if any(getattr(m, name) for m in (fc1, act, fc2) for name in hooks):
+        if any(getattr(m, name) for m in (fc1, act, fc2) for name in MODULE_HOOKS):
             return False
         return hidden_states.requires_grad or fc1.weight.requires_grad or fc2.weight.requires_grad
 

@@ -16,16 +16,22 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .bcos_layers import BcosEncoderLayer, BcosLayerNorm, BcosLinear, BcosPatchEmbedding, BcosSelfAttention
+from .bcos_layers import (
+    MODULE_HOOKS,
+    BcosEncoderLayer,
+    BcosLayerNorm,
+    BcosLinear,
+    BcosPatchEmbedding,
+    BcosSelfAttention,
+)
 from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation, compute_explanation
 
 
-# hooks on a module, and torch's hooks for every module: one would see the last block's tokens missing when a
-# class-token head computes that block for the class token alone
-_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_GLOBAL_HOOKS = tuple(f"_global{name}" for name in _MODULE_HOOKS)
+# torch's hooks for every module: one would see the last block's tokens missing when a class-token head computes
+# that block for the class token alone
+_GLOBAL_HOOKS = tuple(f"_global{name}" for name in MODULE_HOOKS)
 # where the hooks come from that look at no module's tokens (transformers' output recorders take what they are
 # asked for; torch's module tracker notes which module runs)
 _HARMLESS_HOOKS = (capture_outputs.__module__, module_tracker.__name__)
@@ -148,7 +154,7 @@ class BcosViTModel(BcosViTPreTrainedModel):
             if kwargs.get(name, getattr(self.config, name, False)):
                 return False
         everywhere = [getattr(torch_module, name, {}) for name in _GLOBAL_HOOKS]
-        here = [getattr(module, name) for module in (self, *self.layers[-1].modules()) for name in _MODULE_HOOKS]
+        here = [getattr(module, name) for module in (self, *self.layers[-1].modules()) for name in MODULE_HOOKS]
         return not any(getattr(hook, "__module__", None) not in _HARMLESS_HOOKS
                        for hooks in everywhere + here for hook in hooks.values())  # fmt: skip
 
