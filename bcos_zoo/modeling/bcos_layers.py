@@ -488,9 +488,9 @@ class BcosLinear(DynamicModule):
         inverse_input_norm = _inverse_norms(x, self.eps, keepdim=True)
         y = F.linear(x, weight)
         if not recorded:
-            in_place = None if activation is None or activation.detach_dynamic else activation.apply_
-            out = signed_square_(y, inverse_input_norm, self._inverse_weight_norms(), then=in_place)
-            return out if activation is None or in_place else activation(out, inplace=True)
+            # without a graph a detached gate changes nothing: the activation's value is all there is
+            then = None if activation is None else activation.apply_
+            return signed_square_(y, inverse_input_norm, self._inverse_weight_norms(), then=then)
         with torch.no_grad():
             factor = _dynamic_factor(y, inverse_input_norm, self._inverse_weight_norms(), activation)
         return y.mul_(factor)  # the matmul's backward keeps its inputs, not y: y may be overwritten
