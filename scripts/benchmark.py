@@ -6,8 +6,11 @@
 Models: the ViT-S/16 classifier and the CLIP ViT-B/32 image tower (with projection). Prints, per model: forward
 throughput of the source and of the B-cos model (images/s), their ratio (target >= 1.0), explanation throughput,
 the cost of one batched explanation in forward passes of the B-cos model (target <= 2.1), and the ratio of
-training-step throughput (forward and backward of the loss; target >= 0.9). ``--compile`` compiles both models'
-forward passes with ``torch.compile`` first.
+training-step throughput (forward and backward of the loss; target >= 0.9). On a CPU without ``--compile`` it also
+prints the forward ratio with the B-cos model's matmuls on MKL, as the source's are ("MKL ratio"): PyTorch runs
+float32 ``F.linear`` on MKL, the B-cos layers run it on oneDNN where that is faster, and this column separates what
+the kernels give from what the B-cos layers cost. ``--compile`` compiles both models' forward passes with
+``torch.compile`` first.
 
 With ``--train``, fine-tuning throughput through the HF ``Trainer`` (forward, BCE or cross-entropy, backward, AdamW
 step) of the standard ViT-S/16 and its B-cos form under identical ``TrainingArguments``; target ratio >= 0.85.
@@ -107,6 +110,17 @@ def benchmark_clip(device: str, dtype: torch.dtype, batch_size: int, repeats: in
     )
 
 
+def without_onednn(fn):
+    """``fn`` with PyTorch's oneDNN switched off: the B-cos model's float32 matmuls then run on MKL, as the
+    source's do (see ``bcos_zoo.modeling.bcos_layers.linear``)."""
+
+    def run():
+        with torch.backends.mkldnn.flags(enabled=False):
+            return fn()
+
+    return run
+
+
 def compare(
     model: str,
     batch_size: int,
@@ -127,18 +141,19 @@ def compare(
 
         return run
 
-    t = timed(
-        {
-            "source": no_grad(source_forward),
-            "bcos": no_grad(bcos_forward),
-            "explain": bcos_explain,
-            "source_step": source_step,
-            "bcos_step": bcos_step,
-        },
-        device,
-        repeats,
-    )
+    fns = {
+        "source": no_grad(source_forward),
+        "bcos": no_grad(bcos_forward),
+        "explain": bcos_explain,
+        "source_step": source_step,
+        "bcos_step": bcos_step,
+    }
+    same_kernels = device == "cpu" and not COMPILE
+    if same_kernels:
+        fns["bcos_mkl"] = no_grad(without_onednn(bcos_forward))
+    t = timed(fns, device, repeats)
     return dict(
+        mkl_forward_ratio=t["source"] / t["bcos_mkl"] if same_kernels else None,
         model=model,
         source_images_per_s=batch_size / t["source"],
         bcos_images_per_s=batch_size / t["bcos"],
@@ -256,7 +271,7 @@ AUTHORS_CASE = "authors-vit"
 
 SOURCE_HEADER = (
     f"{'model':<18}{'source img/s':>14}{'B-cos img/s':>14}{'fwd ratio':>11}{'explain img/s':>15}{'explain/fwd':>13}"
-    f"{'step ratio':>12}"
+    f"{'step ratio':>12}{'MKL ratio':>11}"
 )
 
 
@@ -265,6 +280,7 @@ def source_row(r: dict) -> str:
         f"{r['model']:<18}{r['source_images_per_s']:>14.1f}{r['bcos_images_per_s']:>14.1f}"
         f"{r['forward_ratio']:>11.2f}{r['explain_images_per_s']:>15.1f}{r['explain_over_forward']:>13.2f}"
         f"{r['step_ratio']:>12.2f}"
+        + (f"{r['mkl_forward_ratio']:>11.2f}" if r["mkl_forward_ratio"] is not None else f"{'-':>11}")
     )
 
 
@@ -311,6 +327,11 @@ def main() -> None:
                 torch._dynamo.reset()
             print(source_row(CASES[name](args.device, DTYPES[args.dtype], args.batch_size, args.repeats)), flush=True)
         print("targets: fwd ratio >= 1.00 (B-cos vs source throughput), explain/fwd <= 2.10, step ratio >= 0.90")
+        if args.device == "cpu" and not COMPILE:
+            print(
+                "MKL ratio: the forward ratio with the B-cos model's matmuls on MKL, as the source's are (on a CPU its "
+                "float32 matmuls run on oneDNN unless torch.backends.mkldnn is switched off)"
+            )
     if args.train:
         r = benchmark_training(args.device, DTYPES[args.dtype], args.batch_size, args.repeats)
         print(f"\nViT-S/16 fine-tuning through the Trainer (img/s): standard {r['source']:.1f}, B-cos {r['bcos']:.1f}")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from bcos_zoo.modeling.bcos_layers import (
     BcosLayerNorm,
@@ -12,6 +13,7 @@ from bcos_zoo.modeling.bcos_layers import (
     GatedActivation,
     encode_inverse,
     explanation_mode,
+    linear,
 )
 
 
@@ -205,30 +207,35 @@ def test_an_explanation_after_inference_mode_rebuilds_the_cached_weight():
 
 @pytest.mark.parametrize("b", [1.0, 1.5, 2.0])
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
-def test_patch_embedding_of_the_pixels_equals_that_of_the_encoded_image(b, bias):
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"),
+    [(torch.float64, dict(rtol=1e-10, atol=1e-12)), (torch.float32, dict(rtol=1e-4, atol=1e-5))],
+    ids=["float64", "float32"],
+)
+def test_patch_embedding_of_the_pixels_equals_that_of_the_encoded_image(b, bias, dtype, tolerance):
     torch.manual_seed(0)
-    embedding = BcosPatchEmbedding(num_channels=3, patch_size=4, hidden_size=10, bias=bias, b=b).double()
+    embedding = BcosPatchEmbedding(num_channels=3, patch_size=4, hidden_size=10, bias=bias, b=b).to(dtype)
     torch.nn.init.normal_(embedding.projection.weight)
     if bias:
         torch.nn.init.normal_(embedding.projection.bias)
-    x = torch.rand(2, 3, 8, 12, dtype=torch.float64, requires_grad=True)
+    x = torch.rand(2, 3, 8, 12, dtype=dtype, requires_grad=True)
     parameters = (embedding.projection.weight, x)
     expected = embedding(encode_inverse(x))
     expected_grads = torch.autograd.grad(expected.square().sum(), parameters)
     from_pixels = embedding.forward_pixels(x)
     grads = torch.autograd.grad(from_pixels.square().sum(), parameters)
-    assert torch.allclose(from_pixels, expected, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(from_pixels, expected, **tolerance)
     for grad, expected_grad in zip(grads, expected_grads):  # the weight's, and the pixels'
-        assert torch.allclose(grad, expected_grad, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(grad, expected_grad, **tolerance)
     (weight_only,) = torch.autograd.grad(embedding.forward_pixels(x.detach()).square().sum(), parameters[0])
-    assert torch.allclose(weight_only, expected_grads[0], rtol=1e-10, atol=1e-12)
+    assert torch.allclose(weight_only, expected_grads[0], **tolerance)
     x = x.detach()
     embedding.eval()
     with torch.no_grad():
         for _ in range(2):  # the second call reads the kept pixel weights
-            assert torch.allclose(embedding.forward_pixels(x), expected, rtol=1e-10, atol=1e-12)
+            assert torch.allclose(embedding.forward_pixels(x), expected, **tolerance)
         embedding.projection.weight.mul_(-1.5)
-        assert torch.allclose(embedding.forward_pixels(x), embedding(encode_inverse(x)), rtol=1e-10, atol=1e-12)
+        assert torch.allclose(embedding.forward_pixels(x), embedding(encode_inverse(x)), **tolerance)
 
 
 def test_attention_without_autograd_follows_every_change_of_q_k_and_v():
@@ -340,8 +347,10 @@ def test_the_mlp_trained_as_one_function_has_the_gradient_of_its_two_units(monke
         assert torch.allclose(grad, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 0.02), (torch.float16, 0.003)])
-def test_the_mlp_function_in_half_precision_is_the_float64_gradient_to_that_precision(monkeypatch, dtype, tolerance):
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [(torch.bfloat16, 0.02), (torch.float16, 0.003), (torch.float32, 1e-5)]
+)
+def test_the_mlp_function_in_lower_precision_is_the_float64_gradient_to_that_precision(monkeypatch, dtype, tolerance):
     from bcos_zoo.modeling import bcos_layers
 
     monkeypatch.setattr(bcos_layers, "_BLOCK_ELEMENTS", 512)  # the blockwise passes cross many blocks
@@ -398,8 +407,10 @@ def test_encoder_layer_without_autograd_gives_the_recorded_values_and_leaves_its
     assert torch.allclose(out, recorded, rtol=1e-12) and torch.equal(hidden, kept)
 
 
-@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 0.02), (torch.float16, 0.003)])
-def test_the_b2_backward_in_half_precision_is_the_float64_gradient_to_that_precision(monkeypatch, dtype, tolerance):
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [(torch.bfloat16, 0.02), (torch.float16, 0.003), (torch.float32, 1e-5)]
+)
+def test_the_b2_backward_in_lower_precision_is_the_float64_gradient_to_that_precision(monkeypatch, dtype, tolerance):
     from bcos_zoo.modeling import bcos_layers
 
     monkeypatch.setattr(bcos_layers, "_BLOCK_ELEMENTS", 256)  # the per-output sums cross many blocks
@@ -433,3 +444,69 @@ def test_mlp_without_autograd_applies_the_activation_block_by_block_to_the_recor
     with torch.no_grad():
         out = mlp(x)
     assert torch.allclose(out, recorded, rtol=1e-12, atol=1e-14)
+
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+
+
+def float32_linear_case(shape=(3, 5, 16), bias=True):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator)
+    weight = torch.randn(24, shape[-1], generator=generator)
+    return x, weight, torch.randn(24, generator=generator) if bias else None
+
+
+@pytest.mark.parametrize(
+    "make_input",
+    [lambda x: x, lambda x: x[:, :1], lambda x: x[0, 0], lambda x: x[:, :0], lambda x: x.transpose(0, 1)],
+    ids=["3d", "strided", "one-vector", "no-rows", "transposed"],
+)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_linear_in_float32_on_the_cpu_is_f_linear(make_input, bias):
+    x, weight, b = float32_linear_case(bias=bias)
+    x = make_input(x)
+    with torch.no_grad():
+        out = linear(x, weight, b)
+    assert out.shape == F.linear(x, weight, b).shape
+    torch.testing.assert_close(out, F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_input_gradient_is_that_of_f_linear_and_differentiates_again():
+    x, weight, b = float32_linear_case()
+    upstream = torch.randn(3, 5, 24, requires_grad=True)
+    gradients = []
+    for fn in (linear, F.linear):
+        inputs = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad((fn(inputs, weight, b) * upstream).sum(), inputs, create_graph=True)
+        (second,) = torch.autograd.grad(grad.square().sum(), upstream)
+        (plain,) = torch.autograd.grad((fn(inputs, weight, b) * upstream.detach()).sum(), inputs)
+        gradients.append((grad, second, plain))
+    for ours, reference in zip(*gradients):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_records_weight_and_bias_gradients_as_f_linear_does():
+    x, weight, b = float32_linear_case()
+    weight.requires_grad_(), b.requires_grad_()
+    linear(x, weight, b).square().sum().backward()
+    grads = weight.grad.clone(), b.grad.clone()
+    weight.grad = b.grad = None
+    F.linear(x, weight, b).square().sum().backward()
+    torch.testing.assert_close(grads, (weight.grad, b.grad))
+
+
+@needs_onednn
+def test_linear_runs_on_onednn_unless_it_is_switched_off():
+    x, weight, b = float32_linear_case()
+    with torch.no_grad(), torch.profiler.profile() as trace:
+        linear(x, weight, b)
+    assert "mkldnn::_linear_pointwise" in {event.name for event in trace.events()}
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+        assert torch.equal(linear(x, weight, b), F.linear(x, weight, b))
+
+
+def test_linear_under_a_flop_counter_is_counted_as_a_matmul():
+    x, weight, b = float32_linear_case()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        linear(x, weight, b)
+    assert counter.get_total_flops() == 2 * 15 * 16 * 24
