@@ -510,3 +510,31 @@ def test_linear_under_a_flop_counter_is_counted_as_a_matmul():
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         linear(x, weight, b)
     assert counter.get_total_flops() == 2 * 15 * 16 * 24
+
+
+@needs_onednn
+@pytest.mark.parametrize("mode", ["inference", "explanation", "training"])
+def test_every_matmul_of_an_encoder_layer_in_float32_on_the_cpu_runs_on_onednn_but_weight_gradients(mode):
+    from bcos_zoo.modeling.bcos_layers import BcosEncoderLayer
+    from bcos_zoo.modeling.configuration_bcos_vit import BcosViTConfig
+
+    torch.manual_seed(0)
+    config = BcosViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, b=2.0)
+    layer = BcosEncoderLayer(config).train(mode == "training")
+    hidden = torch.randn(2, 5, 8, requires_grad=mode != "inference")
+    with torch.profiler.profile() as trace, torch.set_grad_enabled(mode != "inference"):
+        if mode == "explanation":
+            with explanation_mode(layer, input_gradient_only=True):
+                torch.autograd.grad(layer(hidden).sum(), hidden)
+        else:
+            out = layer(hidden)
+            if mode == "training":
+                out.sum().backward()
+    names = [event.name for event in trace.events()]
+    # inference: q, k, v, o, fc1 and fc2; explanation: those, and the input gradients of v, o, fc1 and fc2 (q and k
+    # are detached); training: the B-cos units o, fc1 and fc2 forward and their input gradients (q, k and v, and
+    # every weight gradient, are F.linear's and autograd's)
+    expected = {"inference": 6, "explanation": 10, "training": 6}[mode]
+    assert names.count("mkldnn::_linear_pointwise") == expected
+    if mode != "training":
+        assert "aten::mm" not in names and "aten::addmm" not in names

@@ -68,7 +68,9 @@ class _ConstantLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(weight)
-        return _onednn(x, weight, bias)
+        # for more than two dimensions the kernel returns a view of its result, which autograd would not let be
+        # changed in place (or only through a copy); detached, it is a tensor of its own
+        return _onednn(x, weight, bias).detach()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -100,14 +102,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         or is_in_torch_dispatch_mode()
     ):
         return F.linear(x, weight, bias)
-    # on rows: for more dimensions the kernel returns a view, which autograd would not let be changed in place
-    rows = x.reshape(-1, x.shape[-1])
-    rows = (
-        _ConstantLinear.apply(rows, weight, bias)
-        if torch.is_grad_enabled() and x.requires_grad
-        else _onednn(rows, weight, bias)
-    )
-    return rows.view(*x.shape[:-1], rows.shape[-1])
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ConstantLinear.apply(x, weight, bias)
+    return _onednn(x, weight, bias)
 
 
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_message: bool | None = None) -> None:
