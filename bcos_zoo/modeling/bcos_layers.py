@@ -10,6 +10,7 @@ This file is hub-facing: it travels with the weights and may import only torch, 
 
 import contextlib
 import math
+import platform
 from collections.abc import Callable, Iterator
 
 import torch
@@ -45,8 +46,9 @@ def _is_tracing() -> bool:
 
 
 def _onednn_linear_kernel() -> Callable | None:
-    """PyTorch's oneDNN (mkldnn) linear kernel, where this build of torch has one."""
-    if not torch.backends.mkldnn.is_available():
+    """PyTorch's oneDNN (mkldnn) linear kernel, where this build of torch has one and the CPU is an x86 one (where
+    it was measured; elsewhere PyTorch's own choice of kernel stands)."""
+    if not torch.backends.mkldnn.is_available() or platform.machine().lower() not in {"x86_64", "amd64"}:
         return None
     try:
         return torch.ops.mkldnn._linear_pointwise
@@ -81,7 +83,7 @@ class _ConstantLinear(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, except that a float32 matmul on a CPU runs through oneDNN, PyTorch's bundled mkldnn library,
+    """``F.linear``, except that a float32 matmul on an x86 CPU runs on oneDNN, PyTorch's bundled mkldnn library,
     where no gradient with respect to the weight or bias is recorded (inference, explanations, and the forward pass
     of the B-cos units' own autograd functions).
 
