@@ -84,8 +84,9 @@ class _ConstantLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, except that a float32 matmul on an x86 CPU runs on oneDNN, PyTorch's bundled mkldnn library,
-    where no gradient with respect to the weight or bias is recorded (inference, explanations, and the forward pass
-    of the B-cos units' own autograd functions).
+    where no gradient with respect to the weight or bias is recorded: inference, explanations, and the forward passes
+    and input gradients of the B-cos units' own autograd functions (their weight gradients stay on MKL: for some of
+    those shapes oneDNN was slower).
 
     PyTorch computes float32 ``F.linear`` on a CPU with MKL; oneDNN's kernel, on the weight as it is (no repacked
     copy), measured 1.25-1.45x faster for the matmuls of ViT-S and CLIP B/32 on an AVX-512 AMD EPYC and about 10 us
