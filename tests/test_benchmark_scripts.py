@@ -22,6 +22,19 @@ def test_cnn_benchmark_prints_a_row_of_ratios_per_model():
     assert cost > 1  # an explanation is at least a forward pass
 
 
+def test_transformer_benchmark_prints_its_ratios_and_the_ratio_on_the_source_kernels():
+    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--models", "vit", "--batch-size", "1"]
+    command += ["--repeats", "1", "--device", "cpu"]
+    completed = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (row,) = [line for line in completed.stdout.splitlines() if line.startswith("ViT-S/16 224px")]
+    source, bcos, ratio, explained, cost, step, same_kernels = (float(value) for value in row.split()[2:])
+    assert min(source, bcos, explained, step, same_kernels) > 0
+    assert abs(ratio - bcos / source) <= 0.01 * ratio + 0.01  # the ratio is of the two throughputs printed beside it
+    assert cost > 1  # an explanation is at least a forward pass
+    assert "MKL ratio: the forward ratio with the B-cos layers' matmuls on F.linear" in completed.stdout
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_gpu_benchmark_refuses_a_machine_without_cuda_before_running_anything(tmp_path):
     completed = subprocess.run(
