@@ -62,3 +62,18 @@ __all__ = [
     "explanation_mode",
     "siglip_distillation_loss",
 ]
+
+from . import conversion as _conversion  # noqa: E402
+
+
+for _cls, _name in [
+    (BcosViTForImageClassification, "bcosify_vit"),
+    (BcosCLIPModel, "bcosify_clip"),
+    (BcosCLIPVisionModel, "bcosify_clip"),
+    (BcosResNetForImageClassification, "bcosify_resnet"),
+    (BcosResNetModel, "bcosify_resnet"),
+    (BcosDenseNetForImageClassification, "bcosify_densenet"),
+    (BcosDenseNetModel, "bcosify_densenet"),
+    (BcosViTModel, "bcosify_vit"),
+]:
+    _cls._standard_converter = staticmethod(getattr(_conversion, _name))

@@ -11,7 +11,7 @@ from cnn_sources import (
 )
 
 from bcos_zoo import BcosDenseNetForImageClassification, BcosResNetForImageClassification
-from bcos_zoo.modeling.bcos_convolution import BcosBatchNorm2d, BcosConv2d, BcosConvNormAct
+from bcos_zoo.modeling.bcos_layers import BcosBatchNorm2d, BcosConv2d
 
 
 SOURCES = {
@@ -24,7 +24,7 @@ SOURCES = {
 
 # The methods that compute the factors explanation mode detaches: the B-cos convolution's, and the one of a B-cos
 # convolution with BatchNorm folded in (evaluation mode).
-FACTORS = ((BcosConv2d, "dynamic_factor"), (BcosConvNormAct, "folded_factor"))
+FACTORS = ((BcosConv2d, "dynamic"),)
 
 
 def bcosified(name: str, b: float, **overrides):
@@ -106,7 +106,7 @@ def test_removing_the_convolution_detach_breaks_the_explanation(monkeypatch):
     model = bcosified("timm_resnet50", 2.0, logit_bias=0.0)
     x = images()
     assert linear_map_error(model, x) <= 1e-5 and completeness_error(model, x).max() <= 1e-6
-    monkeypatch.setattr(BcosConv2d, "_dynamic", lambda self, tensor: tensor)
+    monkeypatch.setattr(BcosConv2d, "dynamic", lambda self, tensor: tensor)
     assert linear_map_error(model, x) > 1e-2
     assert completeness_error(model, x).max() > 1e-3
 
@@ -124,7 +124,7 @@ def test_removing_the_batchnorm_detach_breaks_completeness(monkeypatch):
     """With the batch variance live, each image's logit depends on the other image: its gradient is no longer its own
     linear map, and the contributions stop adding up."""
     model = bcosified("timm_resnet50", 2.0).train()
-    monkeypatch.setattr(BcosBatchNorm2d, "_dynamic", lambda self, tensor: tensor)
+    monkeypatch.setattr(BcosBatchNorm2d, "dynamic", lambda self, tensor: tensor)
     assert completeness_error(model, images(batch=2)).max() > 1e-3
 
 

@@ -17,8 +17,7 @@ from bcos_zoo import (
     BcosResNetForImageClassification,
     BcosResNetModel,
 )
-from bcos_zoo.modeling.bcos_convolution import BcosBatchNorm2d, BcosConv2d
-from bcos_zoo.modeling.bcos_layers import explanation_mode
+from bcos_zoo.modeling.bcos_layers import NORM_EPS, BcosBatchNorm2d, BcosConv2d, explanation_mode
 
 
 def resnet_config(**kwargs) -> BcosResNetConfig:
@@ -41,8 +40,9 @@ def reference_bcos_conv(conv: BcosConv2d, x: torch.Tensor) -> torch.Tensor:
     patches = patches.view(batch, groups, -1, length)
     weight = conv.weight.reshape(groups, out_channels // groups, -1)
     linear = torch.einsum("gok,ngkl->ngol", weight, patches)
-    patch_norm = (patches.square().sum(dim=2, keepdim=True) + conv.eps).sqrt()
-    cosine = linear / (weight.norm(dim=2)[None, :, :, None] * patch_norm)
+    patch_norm = (patches.square().sum(dim=2, keepdim=True) + NORM_EPS).sqrt()
+    weight_norm = (weight.square().sum(dim=2) + NORM_EPS).sqrt()
+    cosine = linear / (weight_norm[None, :, :, None] * patch_norm)
     out = cosine.abs().pow(conv.b - 1) * linear
     height = (x.shape[2] + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
     return out.reshape(batch, out_channels, height, -1)
@@ -66,7 +66,7 @@ def test_bcos_convolution_is_the_patchwise_formula(kwargs, b):
     x = torch.randn(2, 8, 11, 13, dtype=torch.float64)
     expected = reference_bcos_conv(conv, x)
     assert torch.allclose(conv(x), expected, rtol=1e-10, atol=1e-12)
-    with torch.no_grad():  # the in-place path
+    with torch.no_grad():
         assert torch.allclose(conv(x), expected, rtol=1e-10, atol=1e-12)
 
 
@@ -227,7 +227,7 @@ def test_saved_model_reloads_identically(tmp_path):
 
 
 def test_inference_path_follows_weight_updates():
-    """The inference path caches BatchNorm folded into the weights; changing any of them must not serve stale ones."""
+    """Inference without autograd reads the weights as they are now: nothing derived from them is served stale."""
     torch.manual_seed(0)
     model = BcosResNetForImageClassification(resnet_config(use_bias=True)).double().eval()
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
@@ -250,5 +250,5 @@ def test_densenet_inference_without_autograd_equals_the_recorded_forward(use_bia
     model = BcosDenseNetForImageClassification(densenet_config(use_bias=use_bias)).eval().double()
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     recorded = model(pixel_values=x.requires_grad_()).logits
-    with torch.no_grad():  # BatchNorm's ReLUs run in place
+    with torch.no_grad():
         torch.testing.assert_close(model(pixel_values=x).logits, recorded.detach(), rtol=1e-12, atol=1e-12)

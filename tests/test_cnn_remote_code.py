@@ -47,7 +47,7 @@ def test_folder_holds_code_processor_and_auto_map(saved):
     assert config["auto_map"]["AutoConfig"] == f"configuration_bcos_{family}.{type(model.config).__name__}"
     assert config["auto_map"]["AutoModelForImageClassification"] == classifier
     assert config["auto_map"]["AutoModel"] == classifier
-    for name in (f"modeling_bcos_{family}.py", f"configuration_bcos_{family}.py", "bcos_convolution.py"):
+    for name in (f"modeling_bcos_{family}.py", f"configuration_bcos_{family}.py", "bcos_cnn.py"):
         assert (folder / name).exists(), name
     assert (folder / "model.safetensors").exists()
     processor = json.loads((folder / "preprocessor_config.json").read_text())

@@ -27,10 +27,7 @@ def test_torch_export_captures_the_forward_pass_and_keeps_the_range_check(kind):
 
 
 @pytest.mark.parametrize("kind", ["classifier", "tower"])
-def test_torch_export_keeps_the_batch_size_dynamic(kind, monkeypatch):
-    from bcos_zoo.modeling import bcos_layers
-
-    monkeypatch.setattr(bcos_layers, "_BLOCK_ELEMENTS", 64)  # eager runs would go a few rows at a time
+def test_torch_export_keeps_the_batch_size_dynamic(kind):
     model, x = build(kind), images()
     x = torch.cat([x, x, x])
     program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=2, max=64)},))

@@ -6,8 +6,8 @@ part of the remote code; :meth:`BcosPreTrainedModel.from_pretrained_standard` fi
 """
 
 import copy
-import importlib
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +72,9 @@ class BcosPreTrainedModel(PreTrainedModel):
     """Base class of the B-cos models: the parts that do not depend on the architecture."""
 
     main_input_name = "pixel_values"
-    # the bcos_zoo.conversion function that B-cosifies a standard checkpoint into this class
-    _standard_converter: str = ""
+    # the function that B-cosifies a standard checkpoint into this class: set by the bcos_zoo package's family
+    # registry when it is imported (B-cosification reads standard checkpoints and is not part of the remote code)
+    _standard_converter: Callable | None = None
     # the Auto classes a saved folder of this class answers to, besides the one given to register_for_auto_class
     _extra_auto_classes: tuple[str, ...] = ()
     # The losses are batch means that ignore the Trainer's num_items_in_batch, so the Trainer must divide them by the
@@ -187,14 +188,13 @@ class BcosPreTrainedModel(PreTrainedModel):
         At ``b=1, bias="keep"`` the result computes the source's outputs exactly. The source's mean/std normalisation
         is folded into the first layer; ``image_mean``/``image_std`` override what the source's processor says.
         ``bias="remove"`` drops every bias that adds a constant to the output (the paper's choice). Extra keyword
-        arguments override config fields. Which sources each class takes: see its ``_standard_converter`` in
-        ``bcos_zoo.conversion``.
+        arguments override config fields. Which sources each class takes: see ``bcos_zoo.families``.
         """
-        try:
-            conversion = importlib.import_module("bcos_zoo.conversion")
-        except ImportError:
+        if cls._standard_converter is None:
             raise ImportError(
-                f"{cls.__name__}.from_pretrained_standard needs the bcos_zoo package: pip install bcos_zoo"
-            ) from None
-        convert = getattr(conversion, cls._standard_converter)
-        return convert(cls, source, b=b, bias=bias, image_mean=image_mean, image_std=image_std, **config_overrides)
+                f"{cls.__name__}.from_pretrained_standard needs the bcos_zoo package, which B-cosifies standard "
+                "checkpoints: install it (pip install bcos_zoo) and use the classes it exports."
+            )
+        return cls._standard_converter(
+            cls, source, b=b, bias=bias, image_mean=image_mean, image_std=image_std, **config_overrides
+        )

@@ -49,6 +49,15 @@ class BcosCLIPVisionConfig(BcosViTConfig):
             **kwargs,
         )
 
+    @property
+    def pooled_size(self) -> int:
+        """Width of the pooled features the visual projection maps into the joint space."""
+        return self.hidden_size
+
+
+# The image-tower configurations a BcosCLIPConfig can hold, by model_type (see IMAGE_TOWERS in modeling_bcos_clip).
+VISION_CONFIGS = {BcosCLIPVisionConfig.model_type: BcosCLIPVisionConfig}
+
 
 class BcosCLIPConfig(PretrainedConfig):
     """Configuration of :class:`BcosCLIPModel`: a B-cos image tower beside the original CLIP text tower.
@@ -83,7 +92,10 @@ class BcosCLIPConfig(PretrainedConfig):
         if vision_config is None:
             vision_config = BcosCLIPVisionConfig(projection_dim=projection_dim)
         elif isinstance(vision_config, dict):
-            vision_config = BcosCLIPVisionConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
+            kind = vision_config.get("model_type", BcosCLIPVisionConfig.model_type)
+            if kind not in VISION_CONFIGS:
+                raise ValueError(f"No B-cos CLIP image tower {kind!r}; supported: {sorted(VISION_CONFIGS)}.")
+            vision_config = VISION_CONFIGS[kind](**{k: v for k, v in vision_config.items() if k != "model_type"})
         vision_config.projection_dim = projection_dim
         text_config.projection_dim = projection_dim
         self.text_config = text_config

@@ -103,10 +103,7 @@ def compute_explanation(
     explanations). The dynamic factors stay detached, as in every explanation.
     """
     pixel_values = prepare_pixel_values(pixel_values, num_channels, _floating_dtype(model), eager_message=True)
-    with (
-        torch.enable_grad(),
-        explanation_mode(model, double_backward=create_graph, input_gradient_only=not create_graph),
-    ):
+    with torch.enable_grad(), explanation_mode(model):
         encoded = encode_inverse(pixel_values.detach()).requires_grad_(True)
         logits = score_fn(encoded)
         target = resolve_target(target, logits.detach())

@@ -1,7 +1,7 @@
 """B-cos CLIP: a B-cos image tower in CLIP's joint image-text space, and zero-shot models built on it.
 
-Only the image tower becomes a B-cos network (the B-cosification paper's recipe): it is the B-cos ViT backbone of
-``modeling_bcos_vit`` plus the visual projection as a B-cos unit. The text tower stays the original CLIP text tower,
+Only the image tower becomes a B-cos network (the B-cosification paper's recipe): a B-cos backbone (any of
+``IMAGE_TOWERS``; the ViT today) plus the visual projection as a B-cos unit. The text tower stays the original CLIP text tower,
 frozen, so prompts keep their original embeddings. A prompt is explained through the cosine between the image
 embedding and the prompt's embedding, with the image embedding's norm detached in explanation mode: the cosine is
 then a dynamic linear function of the image and its contributions add up to it. Hub-facing: torch, transformers and
@@ -21,14 +21,19 @@ from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
-from .bcos_layers import BcosEncoderLayer, BcosLinear, BcosSelfAttention, DynamicModule
+from .bcos_layers import BcosLinear, DynamicModule
 from .bcos_pretrained import BcosPreTrainedModel
 from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
 from .explanation import BcosExplanation, compute_explanation
-from .modeling_bcos_vit import BcosViTModel
+from .modeling_bcos_vit import BcosEncoderLayer, BcosSelfAttention, BcosViTModel
 
 
 logger = logging.get_logger(__name__)
+
+# The B-cos backbones a CLIP image tower can be, by the model_type of its vision config. A backbone takes [0, 1]
+# images in ``forward`` (returning ``pooler_output`` among its outputs) and has ``pooled_features(encoded)``, the
+# pooled features of [x, 1 - x]-encoded images, which explanations differentiate.
+IMAGE_TOWERS = {BcosCLIPVisionConfig.model_type: BcosViTModel}
 
 
 def siglip_distillation_loss(
@@ -105,7 +110,6 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
     _supports_sdpa = True
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": BcosEncoderLayer, "attentions": BcosSelfAttention}
-    _standard_converter = "bcosify_clip"
 
     def get_input_embeddings(self) -> nn.Module:
         """The image tower's patch embedding."""
@@ -119,8 +123,10 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
     # -- the B-cos image tower, shared by both models ------------------------------------------------------------
 
     def _build_image_tower(self, config: BcosCLIPVisionConfig, projection_dim: int) -> None:
-        self.vision_model = BcosViTModel(config)
-        self.visual_projection = BcosLinear(config.hidden_size, projection_dim, bias=False, b=config.b)
+        if config.model_type not in IMAGE_TOWERS:
+            raise ValueError(f"No B-cos CLIP image tower for {config.model_type!r}; supported: {sorted(IMAGE_TOWERS)}.")
+        self.vision_model = IMAGE_TOWERS[config.model_type](config)
+        self.visual_projection = BcosLinear(config.pooled_size, projection_dim, bias=False, b=config.b)
         self.embedding_normalizer = EmbeddingNormalizer()
         # what from_pretrained_standard carries over from the source folder, for save_pretrained and explain(text=)
         self._image_processor = None
@@ -128,7 +134,7 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         self._tokenizer_looked_up = False
 
     def _image_embeds(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        return self.visual_projection(self.vision_model.pooler_output_of_encoded(encoded, interpolate_pos_encoding))
+        return self.visual_projection(self.vision_model.pooled_features(encoded, interpolate_pos_encoding))
 
     @can_return_tuple
     def get_image_features(

@@ -9,20 +9,17 @@ transformers and sibling files only.
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPoolingAndNoAttention,
-)
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
-from .bcos_convolution import (
-    BcosBatchNorm2d,
+from .bcos_cnn import (
+    BcosCNNStage,
     BcosCNNForImageClassification,
     BcosCNNModel,
     BcosCNNPreTrainedModel,
-    BcosConv2d,
     BcosConvNormAct,
     stem_pool,
 )
+from .bcos_layers import BcosBatchNorm2d, BcosConv2d
 from .configuration_bcos_densenet import BcosDenseNetConfig
 
 
@@ -38,13 +35,6 @@ class BcosDenseNetEmbeddings(nn.Module):
         return self.pooler(self.stem(encoded))
 
 
-def norm_relu(norm: BcosBatchNorm2d, features: torch.Tensor) -> torch.Tensor:
-    """``relu(norm(features))``; the ReLU in place on BatchNorm's fresh output when no autograd graph is recorded
-    (one pass and one buffer fewer over the concatenated features, which only grow along a dense block)."""
-    normalized = norm(features)
-    return F.relu(normalized) if torch.is_grad_enabled() else normalized.relu_()
-
-
 class BcosDenseNetLayer(nn.Module):
     """Pre-activation bottleneck: BN, ReLU, 1x1 B-cos conv, BN, ReLU, 3x3 B-cos conv; ``growth_rate`` new channels."""
 
@@ -57,7 +47,7 @@ class BcosDenseNetLayer(nn.Module):
         self.conv2 = BcosConv2d(width, config.growth_rate, 3, padding=1, bias=False, b=config.b)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.conv2(norm_relu(self.norm2, self.conv1(norm_relu(self.norm1, features))))
+        return self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(features))))))
 
 
 class BcosDenseNetTransition(nn.Module):
@@ -70,10 +60,10 @@ class BcosDenseNetTransition(nn.Module):
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.conv(norm_relu(self.norm, features)))
+        return self.pool(self.conv(F.relu(self.norm(features))))
 
 
-class BcosDenseNetStage(GradientCheckpointingLayer):
+class BcosDenseNetStage(BcosCNNStage):
     """A dense block (each layer sees the concatenation of all earlier outputs) and, except last, a transition."""
 
     def __init__(self, config: BcosDenseNetConfig, index: int):
@@ -96,7 +86,6 @@ class BcosDenseNetPreTrainedModel(BcosCNNPreTrainedModel):
     config_class = BcosDenseNetConfig
     base_model_prefix = "bcos_densenet"
     _no_split_modules = ["BcosDenseNetLayer", "BcosDenseNetTransition"]
-    _standard_converter = "bcosify_densenet"
 
 
 class BcosDenseNetModel(BcosCNNModel, BcosDenseNetPreTrainedModel):
@@ -121,7 +110,7 @@ class BcosDenseNetModel(BcosCNNModel, BcosDenseNetPreTrainedModel):
         for i, stage in enumerate(self.stages):
             features = stage(features)
             if i == len(self.stages) - 1:
-                features = norm_relu(self.norm, features)
+                features = F.relu(self.norm(features))
             if output_hidden_states:
                 hidden_states += (features,)
         return BaseModelOutputWithPoolingAndNoAttention(

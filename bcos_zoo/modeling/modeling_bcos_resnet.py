@@ -8,12 +8,10 @@ transformers' ``ResNetModel``. Hub-facing: torch, transformers and sibling files
 
 import torch
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPoolingAndNoAttention,
-)
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
-from .bcos_convolution import (
+from .bcos_cnn import (
+    BcosCNNStage,
     BcosCNNForImageClassification,
     BcosCNNModel,
     BcosCNNPreTrainedModel,
@@ -21,13 +19,6 @@ from .bcos_convolution import (
     stem_pool,
 )
 from .configuration_bcos_resnet import BcosResNetConfig
-
-
-def residual_relu(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """``relu(branch + shortcut)``; in place when no autograd graph is being recorded."""
-    if torch.is_grad_enabled():
-        return torch.relu(branch + shortcut)
-    return branch.add_(shortcut).relu_()
 
 
 class BcosResNetEmbeddings(nn.Module):
@@ -64,7 +55,7 @@ class BcosResNetBasicLayer(nn.Module):
         )
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        return residual_relu(self.layer(hidden_state), self.shortcut(hidden_state))
+        return torch.relu(self.layer(hidden_state) + self.shortcut(hidden_state))
 
 
 class BcosResNetBottleNeckLayer(nn.Module):
@@ -84,10 +75,10 @@ class BcosResNetBottleNeckLayer(nn.Module):
         )
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        return residual_relu(self.layer(hidden_state), self.shortcut(hidden_state))
+        return torch.relu(self.layer(hidden_state) + self.shortcut(hidden_state))
 
 
-class BcosResNetStage(GradientCheckpointingLayer):
+class BcosResNetStage(BcosCNNStage):
     """A stage of residual layers; the first one changes width and (except maybe in stage 1) resolution."""
 
     def __init__(self, config: BcosResNetConfig, index: int, in_channels: int):
@@ -127,7 +118,6 @@ class BcosResNetPreTrainedModel(BcosCNNPreTrainedModel):
     config_class = BcosResNetConfig
     base_model_prefix = "bcos_resnet"
     _no_split_modules = ["BcosConvNormAct"]
-    _standard_converter = "bcosify_resnet"
 
 
 class BcosResNetModel(BcosCNNModel, BcosResNetPreTrainedModel):

@@ -9,32 +9,43 @@ map off with one backward pass. Hub-facing: torch, transformers and sibling file
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as torch_module
-from torch.utils import module_tracker
 from transformers import ViTImageProcessor
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .bcos_layers import (
-    MODULE_HOOKS,
-    BcosEncoderLayer,
-    BcosLayerNorm,
-    BcosLinear,
-    BcosPatchEmbedding,
-    BcosSelfAttention,
-)
+from .bcos_layers import BcosLayerNorm, BcosLinear, DynamicModule, GatedActivation, encode_inverse
 from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation, compute_explanation
 
 
-# torch's hooks for every module: one would see the last block's tokens missing when a class-token head computes
-# that block for the class token alone
-_GLOBAL_HOOKS = tuple(f"_global{name}" for name in MODULE_HOOKS)
-# where the hooks come from that look at no module's tokens (transformers' output recorders take what they are
-# asked for; torch's module tracker notes which module runs)
-_HARMLESS_HOOKS = (capture_outputs.__module__, module_tracker.__name__)
+class BcosPatchEmbedding(nn.Module):
+    """Cuts the ``[x, 1 - x]`` image into non-overlapping patches and maps each with one B-cos unit.
+
+    A stride-equals-kernel convolution is a linear map of each flattened patch, so the B-cos norm is the norm of that
+    patch (all 6 channels). The weight is stored flattened in (channel, row, column) order, as a conv weight reshaped.
+    """
+
+    def __init__(self, num_channels: int, patch_size: int, hidden_size: int, bias: bool, b: float):
+        super().__init__()
+        self.patch_size = patch_size
+        self.projection = BcosLinear(2 * num_channels * patch_size * patch_size, hidden_size, bias=bias, b=b)
+
+    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = encoded.shape
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(
+                f"This model cuts images into {p}x{p} patches and cannot take a {height}x{width} image. Resize it "
+                "to the model's size with its image processor (AutoImageProcessor.from_pretrained(<model>), saved "
+                "beside the weights), or to any multiple of the patch size with interpolate_pos_encoding=True."
+            )
+        patches = encoded.reshape(batch, channels, height // p, p, width // p, p)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // p) * (width // p), channels * p * p)
+        return self.projection(patches)
 
 
 def interpolate_position_embeddings(patch_positions: torch.Tensor, grid: int, height: int, width: int) -> torch.Tensor:
@@ -60,31 +71,133 @@ class BcosViTEmbeddings(nn.Module):
             nn.Parameter(torch.zeros(1, num_positions, config.hidden_size)) if config.use_position_embeddings else None
         )
 
-    def forward(
-        self, images: torch.Tensor, interpolate_pos_encoding: bool = False, encoded: bool = True
-    ) -> torch.Tensor:
-        """Tokens of ``images``: the ``[x, 1 - x]`` encoding when ``encoded``, else the pixels ``x`` themselves."""
-        tokens = self.patch_embeddings(images) if encoded else self.patch_embeddings.forward_pixels(images)
-        height = images.shape[2] // self.patch_embeddings.patch_size
-        width = images.shape[3] // self.patch_embeddings.patch_size
+    def forward(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        tokens = self.patch_embeddings(encoded)
+        height = encoded.shape[2] // self.patch_embeddings.patch_size
+        width = encoded.shape[3] // self.patch_embeddings.patch_size
         prefix = 0 if self.cls_token is None else 1
-        if self.position_embeddings is not None:
-            positions = self.position_embeddings
-            if (height, width) != (self.grid, self.grid):
-                if not interpolate_pos_encoding:
-                    size = self.grid * self.patch_embeddings.patch_size
-                    raise ValueError(
-                        f"This model takes {size}x{size} images, got {images.shape[2]}x{images.shape[3]}. Resize "
-                        "them (the model's image processor does), or pass interpolate_pos_encoding=True to resample "
-                        "the position embeddings bicubically."
-                    )
-                patch_positions = interpolate_position_embeddings(positions[:, prefix:], self.grid, height, width)
-                positions = torch.cat([positions[:, :prefix], patch_positions], dim=1)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        if self.position_embeddings is not None:
-            tokens = tokens + positions
-        return tokens
+        if self.position_embeddings is None:
+            return tokens
+        positions = self.position_embeddings
+        if (height, width) != (self.grid, self.grid):
+            if not interpolate_pos_encoding:
+                size = self.grid * self.patch_embeddings.patch_size
+                raise ValueError(
+                    f"This model takes {size}x{size} images, got {encoded.shape[2]}x{encoded.shape[3]}. Resize "
+                    "them (the model's image processor does), or pass interpolate_pos_encoding=True to resample "
+                    "the position embeddings bicubically."
+                )
+            patch_positions = interpolate_position_embeddings(positions[:, prefix:], self.grid, height, width)
+            positions = torch.cat([positions[:, :prefix], patch_positions], dim=1)
+        return tokens + positions
+
+
+def eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out, with transformers' calling convention: (batch, heads, length, head_dim) in, the output
+    as (batch, length, heads, head_dim) and the (batch, heads, length, length) probabilities out. The softmax runs in
+    float32 for half-precision inputs and in the input's precision otherwise (float64 stays exact)."""
+    scores = torch.matmul(query * scaling, key.transpose(-1, -2))
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    softmax_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+    probabilities = F.softmax(scores, dim=-1, dtype=softmax_dtype).to(query.dtype)
+    probabilities = F.dropout(probabilities, p=dropout, training=module.training)
+    return torch.matmul(probabilities, value).transpose(1, 2).contiguous(), probabilities
+
+
+class BcosSelfAttention(DynamicModule):
+    """Multi-head self-attention whose attention matrix is its dynamic factor: explanation mode detaches the queries
+    and keys, so that ``A(x) V x`` is linear in ``x``.
+
+    q, k and v are plain linear maps (q and k only shape the attention matrix); the output projection is a B-cos
+    unit. The attention is transformers' choice of ``config._attn_implementation`` ("sdpa" by default, "eager" to get
+    the probabilities). Explanations use the written-out attention: the fused kernels have no second derivative,
+    which differentiable explanations need.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        if config.hidden_size % config.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
+                f"{config.num_attention_heads}."
+            )
+        width = config.hidden_size
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = width // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.q_proj = nn.Linear(width, width, bias=config.attention_qk_bias)
+        self.k_proj = nn.Linear(width, width, bias=config.attention_qk_bias)
+        self.v_proj = nn.Linear(width, width, bias=config.use_bias)
+        self.o_proj = BcosLinear(width, width, bias=config.use_bias, b=config.b)
+
+    def forward(
+        self, hidden_states: torch.Tensor, first_tokens: int | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention of every token to every token; with ``first_tokens``, of the first ``first_tokens`` tokens alone
+        (queries from those, keys and values from all)."""
+        batch, length, width = hidden_states.shape
+        queries = hidden_states if first_tokens is None else hidden_states[:, :first_tokens]
+
+        def heads(tokens: torch.Tensor) -> torch.Tensor:
+            return tokens.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
+
+        query = heads(self.dynamic(self.q_proj(queries)))
+        key = heads(self.dynamic(self.k_proj(hidden_states)))
+        value = heads(self.v_proj(hidden_states))
+        implementation = self.config._attn_implementation or "sdpa"
+        attention = eager_attention
+        if implementation != "eager" and not self.detach_dynamic:
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
+        context, probabilities = attention(self, query, key, value, None, scaling=self.scaling, dropout=0.0, **kwargs)
+        return self.o_proj(context.reshape(batch, queries.shape[1], width)), probabilities
+
+
+class BcosMLP(nn.Module):
+    """Two B-cos units around a gated activation."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = BcosLinear(config.hidden_size, config.intermediate_size, bias=config.use_bias, b=config.b)
+        self.act = GatedActivation(config.hidden_act)
+        self.fc2 = BcosLinear(config.intermediate_size, config.hidden_size, bias=config.use_bias, b=config.b)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class BcosEncoderLayer(GradientCheckpointingLayer):
+    """A pre-norm transformer block: ``h + attn(ln(h))`` then ``h + mlp(ln(h))``.
+
+    A ``GradientCheckpointingLayer``: ``model.gradient_checkpointing_enable()`` recomputes it in the backward pass.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.layernorm_before = BcosLayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.use_bias)
+        self.attention = BcosSelfAttention(config)
+        self.layernorm_after = BcosLayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.use_bias)
+        self.mlp = BcosMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, first_tokens: int | None = None, **kwargs) -> torch.Tensor:
+        """The block's output tokens; with ``first_tokens``, those of the first ``first_tokens`` tokens alone, which
+        still attend to every token (all that a class-token head reads of the last block)."""
+        attended, _ = self.attention(self.layernorm_before(hidden_states), first_tokens=first_tokens, **kwargs)
+        hidden_states = attended + (hidden_states if first_tokens is None else hidden_states[:, :first_tokens])
+        return hidden_states + self.mlp(self.layernorm_after(hidden_states))
 
 
 class BcosViTPreTrainedModel(BcosPreTrainedModel):
@@ -97,7 +210,6 @@ class BcosViTPreTrainedModel(BcosPreTrainedModel):
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": BcosEncoderLayer, "attentions": BcosSelfAttention}
     _input_embed_layer = "patch_embeddings"
-    _standard_converter = "bcosify_vit"
 
     def default_image_processor(self) -> ViTImageProcessor:
         """The processor saved with the model: resize to the model's size and rescale to [0, 1]; no normalisation."""
@@ -124,51 +236,34 @@ class BcosViTModel(BcosViTPreTrainedModel):
         self.layernorm = BcosLayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.use_bias)
         self.post_init()
 
-    def _encode_tokens(
-        self, hidden_states: torch.Tensor, class_token_only: bool = False, **kwargs
+    def forward_encoded(
+        self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False, class_token_only: bool = False, **kwargs
     ) -> BaseModelOutputWithPooling:
-        """The blocks and the pooling; with ``class_token_only``, the last block computes the class token alone
-        (``last_hidden_state`` is then that token), which is all that class-token pooling reads of it."""
+        """The backbone on ``[x, 1 - x]``-encoded images (what explanations differentiate).
+
+        ``class_token_only=True`` (class-token pooling only) computes the last block for the class token alone, all
+        that ``pooler_output`` reads of it: ``last_hidden_state`` is then that token, (N, 1, D). For ViT-S/16 at
+        224 px that skips the queries, output projection and MLP of 196 of 197 tokens in the last block.
+        """
+        if class_token_only and self.config.pooling != "cls":
+            raise ValueError("class_token_only=True needs class-token pooling (config.pooling='cls').")
+        hidden_states = self.embeddings(encoded, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         if self.pre_layernorm is not None:
             hidden_states = self.pre_layernorm(hidden_states)
-        last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            first_tokens = 1 if class_token_only and index == last else None
-            hidden_states = layer(hidden_states, None, first_tokens=first_tokens, **kwargs)
+            first_tokens = 1 if class_token_only and index == len(self.layers) - 1 else None
+            hidden_states = layer(hidden_states, first_tokens=first_tokens, **kwargs)
         if self.config.pooling == "cls":
             pooled = hidden_states[:, 0]
         else:
             pooled = hidden_states[:, int(self.config.use_class_token) :].mean(dim=1)
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.layernorm(pooled))
 
-    def class_token_suffices(self, **kwargs) -> bool:
-        """Whether a head that reads only ``pooler_output`` may have it computed with the last block on the class
-        token alone (``forward(class_token_only=True)``, :meth:`pooler_output_of_encoded`): class-token pooling, no
-        hidden states or attentions asked for (in ``kwargs`` or the config), and no hooks on the backbone or the last
-        block, nor hooks for every module (``torch.nn.modules.module.register_module_forward_hook``), that would see
-        the block's tokens missing: only transformers' output recorders and torch's module tracker (which
-        ``FlopCounterMode`` uses; it notes which module runs, not what it returns) are let through."""
-        if self.config.pooling != "cls" or not len(self.layers):
-            return False
-        for name in ("output_hidden_states", "output_attentions"):
-            if kwargs.get(name, getattr(self.config, name, False)):
-                return False
-        everywhere = [getattr(torch_module, name, {}) for name in _GLOBAL_HOOKS]
-        here = [getattr(module, name) for module in (self, *self.layers[-1].modules()) for name in MODULE_HOOKS]
-        return not any(getattr(hook, "__module__", None) not in _HARMLESS_HOOKS
-                       for hooks in everywhere + here for hook in hooks.values())  # fmt: skip
-
-    def pooler_output_of_encoded(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """``pooler_output`` alone, of ``[x, 1 - x]``-encoded images (what :meth:`explain` differentiates), without
-        the output recorders of :meth:`forward`.
-
-        With class-token pooling the last block computes the class token alone (its attention still reads every
-        token): for ViT-S/16 at 224 px that skips the queries, attention, output projection and MLP of 196 of 197
-        tokens, some 7% of the forward pass, and leaves the result as it was up to float round-off.
-        """
-        tokens = self.embeddings(encoded, interpolate_pos_encoding=bool(interpolate_pos_encoding), encoded=True)
-        class_token_only = self.class_token_suffices(output_hidden_states=False, output_attentions=False)
-        return self._encode_tokens(tokens, class_token_only=class_token_only).pooler_output
+    def pooled_features(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """``pooler_output`` of ``[x, 1 - x]``-encoded images, computed with as little work as it needs (the last
+        block on the class token alone, with class-token pooling): what heads and explanations read."""
+        class_token_only = self.config.pooling == "cls"
+        return self.forward_encoded(encoded, interpolate_pos_encoding, class_token_only).pooler_output
 
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
@@ -181,13 +276,10 @@ class BcosViTModel(BcosViTPreTrainedModel):
         """Tokens and pooled features of (N, C, H, W) images in [0, 1].
 
         Takes ``output_hidden_states``, ``output_attentions`` and ``return_dict`` (each defaulting to the config's),
-        as transformers' ViT does. ``class_token_only=True`` is for heads that read ``pooler_output`` alone and have
-        checked :meth:`class_token_suffices`: the last block then computes the class token alone, and
-        ``last_hidden_state`` is that token, (N, 1, D).
+        as transformers' ViT does; ``class_token_only`` as in :meth:`forward_encoded`.
         """
-        pixel_values = self.prepare_pixel_values(pixel_values)
-        tokens = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding), encoded=False)
-        return self._encode_tokens(tokens, class_token_only=class_token_only, **kwargs)
+        encoded = encode_inverse(self.prepare_pixel_values(pixel_values))
+        return self.forward_encoded(encoded, interpolate_pos_encoding, class_token_only, **kwargs)
 
 
 class BcosViTForImageClassification(BcosViTPreTrainedModel):
@@ -206,24 +298,24 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
         self.classifier = BcosLinear(config.hidden_size, config.num_labels, bias=config.use_bias, b=config.b)
         self.post_init()
 
-    def _logits(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        pooled = self.bcos_vit.pooler_output_of_encoded(encoded, interpolate_pos_encoding)
-        return self.classifier(pooled) + self.config.resolved_logit_bias
-
     @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = False,
+        class_token_only: bool = False,
         **kwargs,
     ) -> ImageClassifierOutput:
-        """Logits of (N, C, H, W) images in [0, 1]; the loss of ``labels`` (see :func:`classification_loss`)."""
+        """Logits of (N, C, H, W) images in [0, 1]; the loss of ``labels`` (see :func:`classification_loss`).
+
+        ``class_token_only=True`` computes the last block for the class token alone (same logits, less work; hidden
+        states and hooks on the last block then see that token only).
+        """
         outputs = self.bcos_vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
-            # the logits read the class token alone: where nothing else is asked for, the last block computes it alone
-            class_token_only=self.bcos_vit.class_token_suffices(**kwargs),
+            class_token_only=class_token_only,
             **{**kwargs, "return_dict": True},
         )
         logits = self.classifier(outputs.pooler_output) + self.config.resolved_logit_bias
@@ -247,13 +339,12 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
             create_graph: keep the graph of ``logits``, ``dynamic_weights`` and ``contributions``, so that a loss on
                 the explanation trains the model (model guidance, explanation distillation).
         """
-        return compute_explanation(
-            self,
-            lambda encoded: self._logits(encoded, interpolate_pos_encoding),
-            pixel_values,
-            target,
-            create_graph=create_graph,
-        )
+
+        def logits(encoded: torch.Tensor) -> torch.Tensor:
+            pooled = self.bcos_vit.pooled_features(encoded, interpolate_pos_encoding)
+            return self.classifier(pooled) + self.config.resolved_logit_bias
+
+        return compute_explanation(self, logits, pixel_values, target, create_graph=create_graph)
 
 
 BcosViTConfig.register_for_auto_class()

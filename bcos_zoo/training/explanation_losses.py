@@ -88,7 +88,7 @@ def hidden_layer_contributions(
 
     handle = modules[layer].register_forward_hook(keep)
     try:
-        with torch.enable_grad(), explanation_mode(model, double_backward=True):
+        with torch.enable_grad(), explanation_mode(model):
             logits = model(pixel_values=pixel_values).logits
             if len(captured) != 1:
                 raise ValueError(f"layer {layer!r} ran {len(captured)} times in one forward pass; choose another")

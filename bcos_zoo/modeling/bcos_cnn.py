@@ -1,0 +1,202 @@
+"""What the B-cos CNNs (ResNet, DenseNet) share: the convolution-BatchNorm-ReLU unit, checkpointed stages, the
+image processor, and the classifier with its exact explanations. The B-cos convolution and BatchNorm themselves are
+in ``bcos_layers``. Hub-facing: torch, transformers and sibling files only.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import ConvNextImageProcessor
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
+
+from .bcos_layers import BcosBatchNorm2d, BcosConv2d, check_pixel_values, encode_inverse
+from .bcos_pretrained import BcosPreTrainedModel, classification_loss
+from .explanation import BcosExplanation, compute_explanation
+
+
+class BcosConvNormAct(nn.Module):
+    """B-cos convolution, BatchNorm and (optionally) ReLU: the unit every B-cos CNN here is made of.
+
+    ReLU is already dynamic-linear (``x * 1[x > 0]``): its gradient is the mask, so it needs no detaching.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        config,
+        stride: int = 1,
+        groups: int = 1,
+        activation: bool = True,
+    ):
+        super().__init__()
+        self.convolution = BcosConv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+            b=config.b,
+        )
+        self.normalization = BcosBatchNorm2d(out_channels, eps=config.batch_norm_eps, centered=config.use_bias)
+        self.activation = activation
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.normalization(self.convolution(hidden_states))
+        return F.relu(hidden_states) if self.activation else hidden_states
+
+
+class BcosCNNStage(GradientCheckpointingLayer):
+    """A stage of a B-cos CNN; ``model.gradient_checkpointing_enable()`` recomputes it in the backward pass.
+
+    The recomputation runs the stage's forward pass a second time on the same batch, which must not update the
+    BatchNorm running statistics again: a call through the module (the recorded pass) lets them count the batch, the
+    checkpoint's replay calls ``forward`` without it.
+    """
+
+    def __call__(self, *args, **kwargs):
+        norms = [module for module in self.modules() if isinstance(module, BcosBatchNorm2d)]
+        for norm in norms:
+            norm.counts_batches = True
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            for norm in norms:
+                norm.counts_batches = False
+
+
+def stem_pool(kind: str) -> nn.Module:
+    """The 3x3 stride-2 pooling after a CNN stem: ``"max"`` (the source's) or ``"avg"`` (the B-cos recipe)."""
+    if kind == "max":
+        return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    if kind == "avg":
+        return nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
+    raise ValueError(f"stem_pool must be 'max' or 'avg', got {kind!r}.")
+
+
+class BcosCNNPreTrainedModel(BcosPreTrainedModel):
+    """What the B-cos CNNs share: initialisation of convolutions and BatchNorm, and the image processor."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, BcosConv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, BcosBatchNorm2d):
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+            if module.running_mean is not None:
+                init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        else:
+            super()._init_weights(module)
+
+    def default_image_processor(self) -> ConvNextImageProcessor:
+        """Resize the shortest edge to ``image_size / crop_pct``, centre-crop ``image_size`` and rescale to [0, 1]
+        (how torchvision and timm evaluate their CNNs); no normalisation, the model folds it in."""
+        return ConvNextImageProcessor(
+            size={"shortest_edge": self.config.image_size},
+            crop_pct=self.config.crop_pct,
+            do_rescale=True,
+            do_normalize=False,
+        )
+
+
+class BcosCNNModel(BcosCNNPreTrainedModel):
+    """What the B-cos CNN backbones share: ``forward`` on images in [0, 1] around the family's ``forward_encoded``
+    (the backbone on an already ``[x, 1 - x]``-encoded image, which explanations differentiate)."""
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+        """Args:
+        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.forward_encoded(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
+        return outputs if return_dict else outputs.to_tuple()
+
+
+class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
+    """What the B-cos CNN classifiers share: a 1x1 B-cos convolution as classifier (applied before global average
+    pooling with ``classify_before_pooling``, the B-cosification paper's "GAP reorder", else after it), the
+    logit bias, the loss and exact explanations. A family's class builds its backbone under ``base_model_prefix``.
+    """
+
+    _extra_auto_classes = ("AutoModel",)
+
+    def __init__(self, config, backbone: nn.Module, channels: int):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, backbone)
+        self.classifier = BcosConv2d(channels, config.num_labels, 1, bias=config.use_bias, b=config.b)
+        self.post_init()
+
+    def _logits(
+        self, encoded: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPoolingAndNoAttention]:
+        outputs = getattr(self, self.base_model_prefix).forward_encoded(encoded, output_hidden_states)
+        if self.config.classify_before_pooling:
+            logits = self.classifier(outputs.last_hidden_state).mean(dim=(2, 3))
+        else:
+            logits = self.classifier(outputs.pooler_output).flatten(1)
+        return logits + self.config.resolved_logit_bias, outputs
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutputWithNoAttention | tuple:
+        """Args:
+        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
+        labels: (N,) class indices, or (N, C) class probabilities for the B-cos BCE loss.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        logits, outputs = self._logits(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
+        result = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return result if return_dict else result.to_tuple()
+
+    def explain(
+        self, pixel_values: torch.Tensor, target: int | torch.Tensor | None = None, create_graph: bool = False
+    ) -> BcosExplanation:
+        """Explain one logit per image exactly: ``contributions.sum() + bias == logit``.
+
+        Args:
+            pixel_values: (N, 3, H, W) images in [0, 1], any size.
+            target: the class to explain: ``None`` (each image's top class), an int, or an (N,) tensor.
+            create_graph: keep the graph of ``logits``, ``dynamic_weights`` and ``contributions``, so that a loss on
+                the explanation trains the model (model guidance, explanation distillation).
+        """
+        return compute_explanation(
+            self,
+            lambda encoded: self._logits(encoded)[0],
+            pixel_values,
+            target,
+            num_channels=self.config.num_channels,
+            create_graph=create_graph,
+        )
