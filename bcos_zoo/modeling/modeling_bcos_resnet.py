@@ -11,10 +11,10 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from .bcos_cnn import (
-    BcosCNNStage,
     BcosCNNForImageClassification,
     BcosCNNModel,
     BcosCNNPreTrainedModel,
+    BcosCNNStage,
     BcosConvNormAct,
     stem_pool,
 )
