@@ -2,10 +2,10 @@
 
 Only the image tower becomes a B-cos network (the B-cosification paper's recipe): a B-cos backbone (any of
 ``IMAGE_TOWERS``; the ViT today) plus the visual projection as a B-cos unit. The text tower stays the original CLIP
-text tower, frozen, so prompts keep their original embeddings. A prompt is explained through the cosine between the image
-embedding and the prompt's embedding, with the image embedding's norm detached in explanation mode: the cosine is
-then a dynamic linear function of the image and its contributions add up to it. Hub-facing: torch, transformers and
-sibling files only.
+text tower, frozen, so prompts keep their original embeddings. A prompt is explained through the cosine between the
+image embedding and the prompt's embedding, with the image embedding's norm detached in explanation mode: the cosine
+is then a dynamic linear function of the image and its contributions add up to it. Hub-facing: torch, transformers
+and sibling files only.
 """
 
 import os
