@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast_paths
+
 
 # The norm guard of every B-cos unit, linear and convolution alike: ``||x|| = sqrt(sum x^2 + NORM_EPS)``. It keeps the
 # cosine finite for an all-zero input (a patch of zero padding after a ReLU); for any real input the change is far
@@ -142,11 +144,16 @@ class BcosLinear(DynamicModule):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight)
-        if self.b != 1:
+        if self.b == 1:
+            out = F.linear(x, self.weight)
+        else:
             input_norm = guarded_norm(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square())
             weight_norm = guarded_norm(torch.linalg.vector_norm(self.weight, dim=-1).square())
-            out = out * self.dynamic(bcos_factor(out, input_norm, weight_norm, self.b))
+            if self.b == 2 and not torch.is_grad_enabled() and fast_paths.use_fast_path("square_unit"):
+                out = fast_paths.square_linear(x, self.weight, input_norm, weight_norm)
+            else:
+                out = F.linear(x, self.weight)
+                out = out * self.dynamic(bcos_factor(out, input_norm, weight_norm, self.b))
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
@@ -207,10 +214,16 @@ class BcosConv2d(DynamicModule):
         return guarded_norm(sums)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
-        if self.b != 1:
-            weight_norm = guarded_norm(self.weight.square().sum(dim=(1, 2, 3))).view(1, -1, 1, 1)
-            out = out * self.dynamic(bcos_factor(out, self.patch_norms(x), weight_norm, self.b))
+        if self.b == 1:
+            out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        else:
+            weight_norm = guarded_norm(self.weight.square().sum(dim=(1, 2, 3)))
+            if self.b == 2 and not torch.is_grad_enabled() and fast_paths.use_fast_path("square_unit"):
+                out = fast_paths.square_conv2d(self, x, self.patch_norms(x), weight_norm)
+            else:
+                out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+                factor = bcos_factor(out, self.patch_norms(x), weight_norm.view(1, -1, 1, 1), self.b)
+                out = out * self.dynamic(factor)
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,65 @@
+"""Faster forms of reference computations in ``bcos_layers``, each behind its own switch.
+
+Every function here returns what the reference layer computes (up to float round-off), in fewer passes over memory.
+A layer asks :func:`use_fast_path` before taking one, so the reference code stays the first thing a reader sees,
+and the fast path is a short, separate detour. ``tests/test_fast_paths.py`` checks each against the reference for
+every family, with the switches on and off. The environment variable ``BCOS_FAST_PATHS=0`` switches them all off
+(read once, at import); :func:`set_fast_paths` switches them one by one. What each pays is printed by the
+benchmark scripts (``--reference`` runs with them off).
+
+Hub-facing: torch and sibling files only.
+"""
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+_SWITCHES = {
+    # the B = 2 unit without autograd: the weight norm folded into the weight, the factor applied in place
+    "square_unit": True,
+}
+if os.environ.get("BCOS_FAST_PATHS", "1") == "0":
+    _SWITCHES = dict.fromkeys(_SWITCHES, False)
+
+
+def use_fast_path(name: str) -> bool:
+    """Whether the fast path ``name`` is switched on."""
+    return _SWITCHES[name]
+
+
+@contextlib.contextmanager
+def set_fast_paths(enabled: bool | None = None, **switches: bool) -> Iterator[None]:
+    """Within the block, switch every fast path to ``enabled`` and then the named ones to their values."""
+    unknown = set(switches) - set(_SWITCHES)
+    if unknown:
+        raise ValueError(f"Unknown fast paths {sorted(unknown)}; the fast paths are {sorted(_SWITCHES)}.")
+    previous = dict(_SWITCHES)
+    if enabled is not None:
+        _SWITCHES.update(dict.fromkeys(_SWITCHES, enabled))
+    _SWITCHES.update(switches)
+    try:
+        yield
+    finally:
+        _SWITCHES.update(previous)
+
+
+def square_linear(x: torch.Tensor, weight: torch.Tensor, input_norm: torch.Tensor, weight_norm: torch.Tensor):
+    """The B = 2 unit ``(w . x) |w . x| / (||w|| ||x||)`` without autograd (norms as the reference guards them).
+
+    With ``v = w / sqrt(||w||)``: ``(v . x) |v . x| = (w . x) |w . x| / ||w||``, so the weight norm costs one pass
+    over the weight instead of one over the output, and the rest runs in place: two passes over the output and one
+    buffer, where the reference takes four of each.
+    """
+    out = F.linear(x, weight * weight_norm.rsqrt()[:, None])
+    return out.mul_(out.abs().div_(input_norm))
+
+
+def square_conv2d(conv, x: torch.Tensor, patch_norms: torch.Tensor, weight_norm: torch.Tensor) -> torch.Tensor:
+    """The B = 2 convolution of :class:`BcosConv2d` without autograd, as :func:`square_linear`."""
+    weight = conv.weight * weight_norm.rsqrt().view(-1, 1, 1, 1)
+    out = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return out.mul_(out.abs().div_(patch_norms))
