@@ -28,13 +28,15 @@ from pathlib import Path
 
 from bcos_zoo.evaluation.baselines import POSTHOC_METHODS
 from bcos_zoo.zoo.cli import run_script
-from bcos_zoo.zoo.reproduction import FAMILIES, ReproductionSettings, reproduce
+from bcos_zoo.zoo.reproduction import REPRODUCTIONS, ReproductionSettings, reproduce
 
 
 def parse_args(argv: list[str]) -> ReproductionSettings:
     default = ReproductionSettings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", default=default.family, choices=list(FAMILIES), help="which models are compared")
+    parser.add_argument(
+        "--family", default=default.family, choices=list(REPRODUCTIONS), help="which models are compared"
+    )
     parser.add_argument("--epochs", type=float, default=default.epochs, help="epochs of both B-cos runs")
     parser.add_argument(
         "--source-epochs", type=float, default=default.source_epochs, help="epochs of the standard model"

@@ -7,7 +7,7 @@ from cnn_sources import hf_resnet, save_timm, timm_cnn
 from sources import hf_vit, save_hf_source
 
 from bcos_zoo import BcosDenseNetForImageClassification, BcosResNetForImageClassification, BcosViTForImageClassification
-from bcos_zoo.conversion import bcos_classifier_class
+from bcos_zoo.families import bcos_classifier_class
 from bcos_zoo.training import get_task
 from bcos_zoo.zoo.recipes import Recipe
 
@@ -43,7 +43,7 @@ def test_a_standard_source_becomes_the_bcos_classifier_of_its_family(sources, fo
 
 def test_an_unsupported_source_names_the_supported_families(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "swin"}')
-    with pytest.raises(ValueError, match="supported: transformers ViT and ResNet"):
+    with pytest.raises(ValueError, match="not a source of any B-cos family"):
         bcos_classifier_class(str(tmp_path))
 
 

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
 from transformers.utils import logging
 
-from ..modeling.configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
+from ..modeling import BcosCLIPConfig, BcosCLIPVisionConfig
 from .common import (
     OPENAI_CLIP_NORMALIZATION,
     fold_normalization,

@@ -10,7 +10,7 @@ import re
 import torch
 from torch import nn
 
-from ..modeling.configuration_bcos_densenet import BcosDenseNetConfig
+from ..modeling import BcosDenseNetConfig
 from .common import resolve_folder, source_normalization
 from .resnet import (
     StandardCNN,

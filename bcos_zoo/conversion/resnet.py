@@ -24,7 +24,7 @@ from torch import nn
 from transformers import ResNetForImageClassification
 from transformers.utils import logging
 
-from ..modeling.configuration_bcos_resnet import BcosResNetConfig
+from ..modeling import BcosResNetConfig
 from .common import (
     IMAGENET_NORMALIZATION,
     fold_normalization,

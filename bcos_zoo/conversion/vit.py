@@ -15,8 +15,8 @@ from torch import nn
 from transformers import ViTForImageClassification
 from transformers.utils import logging
 
+from ..modeling import BcosViTConfig
 from ..modeling.bcos_layers import ACTIVATION_ALIASES
-from ..modeling.configuration_bcos_vit import BcosViTConfig
 from .common import (
     VIT_DEFAULT_NORMALIZATION,
     fold_normalization,

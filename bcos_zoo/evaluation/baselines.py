@@ -1,9 +1,10 @@
 """Post-hoc attribution methods for a standard classifier, the baselines B-cos explanations are compared against.
 
-Each method explains a :class:`StandardClassifier`: a transformers ``ViTForImageClassification`` or
-``ResNetForImageClassification`` that takes images in [0, 1] and applies its own mean/std normalisation inside, so
-that a post-hoc method sees exactly the pixels the model's B-cos form sees and its attributions live on the same
-(N, H, W) pixel grid. Gradient methods come from captum; attention rollout needs attention, so only a ViT has it.
+Each method explains a :class:`StandardClassifier`: a transformers image classifier of a family that lists
+post-hoc methods in ``bcos_zoo.families`` (a ViT or a ResNet), taking images in [0, 1] and applying its own mean/std
+normalisation inside, so that a post-hoc method sees exactly the pixels the model's B-cos form sees and its
+attributions live on the same (N, H, W) pixel grid. Gradient methods come from captum; attention rollout needs
+attention, so only a ViT has it.
 
     classifier = load_standard_classifier("google/vit-base-patch16-224")
     attribute = posthoc_attribution(classifier, "integrated_gradients")
@@ -18,16 +19,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    ConvNextImageProcessor,
-    ResNetForImageClassification,
-    ViTForImageClassification,
-    ViTImageProcessor,
-)
+from transformers import AutoModelForImageClassification, PreTrainedModel, ResNetForImageClassification
+from transformers.image_processing_utils import BaseImageProcessor
 
 from ..conversion.common import VIT_DEFAULT_NORMALIZATION, read_json, resolve_folder, source_normalization
 from ..conversion.resnet import processor_geometry
-from ..modeling.configuration_bcos_resnet import BcosResNetConfig
+from ..families import FAMILIES, Family, family_of
+from ..modeling import BcosResNetConfig
 from .localisation import AttributionFn
 
 
@@ -40,12 +38,17 @@ METHOD_NAMES = {
     "gradcam": "GradCAM",
     "attention_rollout": "Attention Rollout",
 }
-# The methods each family of standard classifier (its transformers model_type) can be explained with.
-FAMILY_METHODS = {
-    "vit": POSTHOC_METHODS,
-    "resnet": ("input_x_gradient", "integrated_gradients", "gradcam"),
-}
-STANDARD_CLASSES = {"vit": ViTForImageClassification, "resnet": ResNetForImageClassification}
+
+
+def explained_family(model_type: str | None) -> Family | None:
+    """The family of a standard (transformers) ``model_type`` whose classifiers the baselines explain, else None."""
+    family = family_of(model_type)
+    return family if family and family.posthoc_methods and model_type in family.model_types else None
+
+
+def explained_families() -> str:
+    """The families whose standard classifiers the baselines explain, for messages: ``"ViT or ResNet"``."""
+    return " or ".join(family.label for family in FAMILIES.values() if family.posthoc_methods)
 
 
 class StandardClassifier(nn.Module):
@@ -56,12 +59,13 @@ class StandardClassifier(nn.Module):
     states them) decides the evaluation pixels, as it does for the model's B-cos form.
     """
 
-    def __init__(self, model: ViTForImageClassification | ResNetForImageClassification, mean, std, **geometry):
+    def __init__(self, model: PreTrainedModel, mean, std, **geometry):
         super().__init__()
-        if not isinstance(model, tuple(STANDARD_CLASSES.values())):
+        classifier = type(model).__name__.endswith("ForImageClassification")  # transformers' name for a classifier
+        if not (classifier and explained_family(getattr(model.config, "model_type", None))):
             raise ValueError(
-                f"A {type(model).__name__} cannot be explained by the post-hoc baselines; they explain "
-                "ViTForImageClassification and ResNetForImageClassification models."
+                f"A {type(model).__name__} cannot be explained by the post-hoc baselines; they explain transformers "
+                f"{explained_families()} image classifiers."
             )
         self.model = model
         self.geometry = geometry
@@ -75,32 +79,26 @@ class StandardClassifier(nn.Module):
         return self.model.config
 
     @property
-    def family(self) -> str:
-        """The transformers ``model_type``: ``"vit"`` or ``"resnet"``."""
-        return self.model.config.model_type
+    def family(self) -> Family:
+        return explained_family(self.config.model_type)
 
     @property
     def methods(self) -> tuple[str, ...]:
         """The post-hoc methods that apply to this classifier."""
-        return FAMILY_METHODS[self.family]
+        return self.family.posthoc_methods
 
     @property
     def image_size(self) -> int:
-        if self.family == "vit":
-            return self.model.config.image_size
-        return self.geometry.get("image_size", BcosResNetConfig().image_size)
+        """A ViT's own input size; a CNN takes any, and is evaluated at the size its processor states."""
+        default = BcosResNetConfig().image_size
+        return getattr(self.config, "image_size", None) or self.geometry.get("image_size", default)
 
-    def default_image_processor(self) -> ViTImageProcessor | ConvNextImageProcessor:
+    def default_image_processor(self) -> BaseImageProcessor:
         """The processor a B-cos model of this source saves: a ViT's resizes to the input size, a CNN's resizes the
         shortest edge to ``image_size / crop_pct`` and crops the centre; both rescale to [0, 1] and do not normalise
         (that happens in :meth:`forward`), so the source and its B-cos form see the same pixels."""
-        size = self.image_size
-        if self.family == "vit":
-            return ViTImageProcessor(size={"height": size, "width": size}, do_rescale=True, do_normalize=False)
         crop_pct = self.geometry.get("crop_pct", BcosResNetConfig().crop_pct)
-        return ConvNextImageProcessor(
-            size={"shortest_edge": size}, crop_pct=crop_pct, do_rescale=True, do_normalize=False
-        )
+        return self.family.processor(self.image_size, crop_pct, do_rescale=True, do_normalize=False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.model.dtype)
@@ -108,7 +106,7 @@ class StandardClassifier(nn.Module):
 
 
 def load_standard_classifier(
-    source: str | Path | ViTForImageClassification | ResNetForImageClassification,
+    source: str | Path | PreTrainedModel,
     image_mean: tuple[float, ...] | None = None,
     image_std: tuple[float, ...] | None = None,
 ) -> StandardClassifier:
@@ -124,16 +122,14 @@ def load_standard_classifier(
     if isinstance(source, nn.Module):
         model = source
     else:
-        folder = resolve_folder(source, "a transformers ViT or ResNet image classifier (folder or Hub id)")
-        config = read_json(folder / "config.json") or {}
-        model_class = STANDARD_CLASSES.get(config.get("model_type"))
-        if model_class is None:
+        folder = resolve_folder(source, f"a transformers {explained_families()} image classifier (folder or Hub id)")
+        model_type = (read_json(folder / "config.json") or {}).get("model_type")
+        if explained_family(model_type) is None:
             raise ValueError(
-                f"{source} is not a transformers ViT or ResNet image classifier (model_type "
-                f"{config.get('model_type')!r}); the post-hoc baselines explain ViTForImageClassification and "
-                "ResNetForImageClassification sources."
+                f"{source} is not a transformers {explained_families()} image classifier (model_type {model_type!r}); "
+                "the post-hoc baselines explain those."
             )
-        model = model_class.from_pretrained(folder)
+        model = AutoModelForImageClassification.from_pretrained(folder)
         mean, std = source_normalization(folder) or (mean, std)
         geometry = processor_geometry(processor=read_json(folder / "preprocessor_config.json"))
     mean = image_mean if image_mean is not None else mean
@@ -184,7 +180,7 @@ def gradcam_feature_map(classifier: StandardClassifier, height: int, width: int)
     tokens after the last block's first LayerNorm are the last ones the class token attends to. While the context
     is open, they are reshaped into an (N, D, rows, cols) map that passes through ``classifier.patch_grid``.
     """
-    if classifier.family == "resnet":
+    if isinstance(classifier.model, ResNetForImageClassification):
         yield classifier.model.resnet.encoder.stages[-1]
         return
     rows, cols = patch_rows_cols(classifier, height, width)
@@ -220,7 +216,7 @@ def check_method(classifier: StandardClassifier, method: str) -> None:
     if method not in classifier.methods:
         reason = " (it needs attention matrices; a CNN has none)" if method == "attention_rollout" else ""
         raise ValueError(
-            f"{METHOD_NAMES[method]} does not apply to a {classifier.family} classifier{reason}; methods for it: "
+            f"{METHOD_NAMES[method]} does not apply to a {classifier.family.label} classifier{reason}; methods for it: "
             f"{', '.join(classifier.methods)}."
         )
 

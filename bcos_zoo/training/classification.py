@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import AutoConfig, AutoModelForImageClassification, Trainer, TrainingArguments
 
-from ..conversion import bcos_classifier_class
 from ..data.datasets import DatasetSplits
+from ..families import bcos_classifier_class
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
 
 

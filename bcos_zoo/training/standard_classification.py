@@ -1,22 +1,25 @@
 """Training a standard (not B-cos) transformers image classifier, from scratch or from a checkpoint: the sources that
-the offline recipes and the reproductions B-cosify (a ViT, or a ResNet with ``architecture["model_type"] =
-"resnet"``). It sees normalised images, as standard models do."""
+the offline recipes and the reproductions B-cosify (a ViT, or another family's model named by
+``architecture["model_type"]``, e.g. ``"resnet"``). It sees normalised images, as standard models do."""
 
 from pathlib import Path
 
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageClassification, ConvNextImageProcessor, ViTImageProcessor
+from transformers import AutoConfig, AutoModelForImageClassification
+from transformers.image_processing_utils import BaseImageProcessor
 
 from ..conversion.common import VIT_DEFAULT_NORMALIZATION
 from ..data.preprocessing import ImageTransform, processor_transform, training_transform
+from ..families import family_of
 from .classification import BcosClassification
 from .task import CardFields
 
 
 class StandardClassification(BcosClassification):
     """Cross-entropy training of a transformers image classifier (``source="scratch"`` with an ``architecture``, or a
-    checkpoint). Its processor normalises with mean = std = 0.5: a ViT's squashes the image to its size, a CNN's
-    resizes the shortest edge and crops the centre, as the B-cos form of each family does."""
+    checkpoint). Its processor normalises with mean = std = 0.5 and otherwise prepares images as the model's family
+    does (``Family.processor``: a ViT's squashes the image to its size, a CNN's resizes the shortest edge and crops
+    the centre), as the B-cos form of each family does."""
 
     name = "standard-classification"
     card = CardFields(
@@ -45,12 +48,12 @@ class StandardClassification(BcosClassification):
     def source_model(self) -> nn.Module | None:
         return None
 
-    def image_processor(self, model: nn.Module) -> ViTImageProcessor | ConvNextImageProcessor:
-        size = model.config.image_size
+    def image_processor(self, model: nn.Module) -> BaseImageProcessor:
+        family = family_of(model)
+        if family is None or family.processor is None:
+            raise ValueError(f"A standard {model.config.model_type} classifier is not the source of any B-cos family.")
         mean, std = VIT_DEFAULT_NORMALIZATION
-        if model.config.model_type == "vit":
-            return ViTImageProcessor(size={"height": size, "width": size}, image_mean=mean, image_std=std)
-        return ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=1.0, image_mean=mean, image_std=std)
+        return family.processor(model.config.image_size, 1.0, image_mean=mean, image_std=std)
 
     def train_transform(self, model: nn.Module) -> ImageTransform:
         mean, std = VIT_DEFAULT_NORMALIZATION

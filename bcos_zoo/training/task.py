@@ -19,11 +19,12 @@ from transformers import PretrainedConfig, Trainer, TrainingArguments
 
 from ..data.datasets import DatasetSplits, TransformedImages, load_dataset_splits, looks_like_path
 from ..data.preprocessing import ImageTransform, model_transform, training_transform
+from ..families import FAMILIES
 from .recipe import Recipe
 
 
 # model_type of the checkpoints a run continues as they are, instead of B-cosifying them
-BCOS_MODEL_TYPES = {"bcos_vit", "bcos_clip", "bcos_clip_vision_model", "bcos_resnet", "bcos_densenet"}
+BCOS_MODEL_TYPES = {model_type for family in FAMILIES.values() for model_type in family.bcos_model_types}
 EXAMPLE_COUNT = 4
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 
+from ..families import family_of
 from ..training.task import describe_source, hub_id_or_none
 from .recipes import Recipe, recipe_command
 
@@ -20,14 +21,6 @@ if TYPE_CHECKING:
 
 
 TAGS = ["custom_code", "b-cos", "interpretability", "explainability", "vision"]
-# How a card names each model family (by config model_type), and the family's Hub tag.
-FAMILIES = {
-    "bcos_vit": ("vision transformer", "vit"),
-    "bcos_clip": ("CLIP model", "clip"),
-    "bcos_resnet": ("ResNet", "resnet"),
-    "bcos_densenet": ("DenseNet", "densenet"),
-    "vit": ("vision transformer", "vit"),
-}
 
 
 def template_path(name: str) -> Path:
@@ -68,7 +61,8 @@ def render_model_card(
     is how many of ``data``'s evaluation images were measured; ``model_type`` (the trained model's config) names the
     model family.
     """
-    family, family_tag = FAMILIES.get(model_type, ("network", model_type))
+    known = family_of(model_type)
+    family, family_tag = (known.card_name, known.name) if known else ("network", model_type)
     metric_key, metric_label = fields.metric_key, fields.metric_label
     source_name, base_model = describe_source(recipe.source)
     evaluation = evaluation_description(data.evaluation_split, evaluated, len(data.validation), data.held_out)

@@ -6,8 +6,10 @@ does, far better than post-hoc methods explain the standard model. Checking that
 accuracy after every epoch, the first epoch at which one curve reaches the other's final value, and pictures.
 This module holds the whole run: the three recipes, reading the curves, the speed-up, the machine description
 (timings mean little without it), the grid pointing game of all three models, the three figures and the report.
-One flow serves every model family (:data:`FAMILIES`: a ViT pair and a ResNet pair); a family only says which
-recipes it starts from, what its from-scratch B-cos model is, and where its outputs go.
+One flow serves every model family that has a reproduction (:data:`REPRODUCTIONS`: a ViT pair and a ResNet pair);
+a reproduction only says which recipes it starts from, what its from-scratch B-cos model is, and where its outputs
+go. What the family itself is (its name in reports, the post-hoc methods of its standard model) comes from
+``bcos_zoo.families``.
 """
 
 import inspect
@@ -23,18 +25,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageClassification, set_seed
 
-from ..conversion import bcos_classifier_class
 from ..data.datasets import DatasetSplits, limit, load_dataset_splits
 from ..data.preprocessing import model_transform
-from ..evaluation.baselines import (
-    FAMILY_METHODS,
-    METHOD_NAMES,
-    POSTHOC_METHODS,
-    load_standard_classifier,
-    posthoc_attribution,
-)
+from ..evaluation.baselines import METHOD_NAMES, POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
 from ..evaluation.localisation import bcos_attribution
 from ..evaluation.report import localise_model, plot_localisation
+from ..families import FAMILIES, bcos_classifier_class
 from ..modeling.explanation import colorize_contributions
 from ..training import get_task
 from .finetune import finetune, last_complete_checkpoint
@@ -317,11 +313,10 @@ def converted_architecture(standard: Recipe, bcosified: Recipe) -> dict:
 
 
 @dataclass(frozen=True)
-class Family:
-    """One model family's part in the reproduction: its two catalogue recipes (the standard source from scratch and
-    its B-cosification), how the from-scratch B-cos model's architecture follows from them, and its folders."""
+class Reproduction:
+    """One model family's reproduction: its two catalogue recipes (the standard source from scratch and its
+    B-cosification), how the from-scratch B-cos model's architecture follows from them, and its folders."""
 
-    label: str  # "ViT": how reports name the standard model ("standard ViT")
     standard_recipe: str
     bcosified_recipe: str
     scratch_architecture: Callable[[Recipe, Recipe], dict]
@@ -329,14 +324,14 @@ class Family:
     work_dir: str
 
 
-FAMILIES = {
-    "vit": Family(
-        "ViT", "vit-fashion-mnist", "bcos-vit-fashion-mnist", same_architecture, "docs/reproduction",
-        "outputs/reproduction",
+# The families (keys of bcos_zoo.families.FAMILIES) that have a reproduction.
+REPRODUCTIONS = {
+    "vit": Reproduction(
+        "vit-fashion-mnist", "bcos-vit-fashion-mnist", same_architecture, "docs/reproduction", "outputs/reproduction"
     ),
-    "resnet": Family(
-        "ResNet", "resnet-fashion-mnist", "bcos-resnet-fashion-mnist", converted_architecture,
-        "docs/reproduction_cnn", "outputs/reproduction_cnn",
+    "resnet": Reproduction(
+        "resnet-fashion-mnist", "bcos-resnet-fashion-mnist", converted_architecture, "docs/reproduction_cnn",
+        "outputs/reproduction_cnn",
     ),
 }  # fmt: skip
 
@@ -361,11 +356,11 @@ def _default_device() -> str:
 class ReproductionSettings:
     """What one reproduction runs; each field is a flag of ``scripts/reproduce.py`` (``--source-epochs`` ...).
 
-    ``output_dir``, ``work_dir`` and ``methods`` left as None become the family's (:data:`FAMILIES`; the post-hoc
-    methods that apply to its standard model).
+    ``output_dir``, ``work_dir`` and ``methods`` left as None become the family's (:data:`REPRODUCTIONS`; the
+    post-hoc methods that apply to its standard model).
     """
 
-    family: str = "vit"  # a key of FAMILIES: which pair of models is compared
+    family: str = "vit"  # a key of REPRODUCTIONS: which pair of models is compared
     epochs: float = 4.0  # epochs of both B-cos runs
     source_epochs: float = 3.0  # epochs of the standard model
     max_train_samples: int | None = None  # train on the first N training images (quick runs)
@@ -390,12 +385,12 @@ class ReproductionSettings:
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}.")
-        if self.family not in FAMILIES:
-            raise ValueError(f"Unknown model family {self.family!r}; available: {', '.join(FAMILIES)}.")
-        family = FAMILIES[self.family]
-        self.output_dir = Path(self.output_dir if self.output_dir is not None else family.output_dir)
-        self.work_dir = Path(self.work_dir if self.work_dir is not None else family.work_dir)
-        applicable = FAMILY_METHODS[self.family]
+        if self.family not in REPRODUCTIONS:
+            raise ValueError(f"Unknown model family {self.family!r}; available: {', '.join(REPRODUCTIONS)}.")
+        reproduction, family = REPRODUCTIONS[self.family], FAMILIES[self.family]
+        self.output_dir = Path(self.output_dir if self.output_dir is not None else reproduction.output_dir)
+        self.work_dir = Path(self.work_dir if self.work_dir is not None else reproduction.work_dir)
+        applicable = family.posthoc_methods
         self.methods = list(self.methods if self.methods is not None else applicable)
         for method in [*self.methods, self.example_method]:
             if method not in POSTHOC_METHODS:
@@ -414,15 +409,15 @@ class ReproductionSettings:
 def reproduction_recipes(settings: ReproductionSettings) -> tuple[Recipe, Recipe, Recipe]:
     """The three recipes of the settings' family: the standard source, its B-cosification, and the same B-cos recipe
     from scratch, for a B-cos model of the B-cosified model's shape."""
-    family = FAMILIES[settings.family]
+    reproduction, label = REPRODUCTIONS[settings.family], FAMILIES[settings.family].label
     common = dict(
         dataset=settings.dataset,
         max_train_samples=settings.max_train_samples,
         max_eval_samples=settings.max_eval_samples,
         seed=settings.seed,
     )
-    standard = get_recipe(family.standard_recipe).with_overrides(epochs=settings.source_epochs, **common)
-    bcosified = get_recipe(family.bcosified_recipe).with_overrides(
+    standard = get_recipe(reproduction.standard_recipe).with_overrides(epochs=settings.source_epochs, **common)
+    bcosified = get_recipe(reproduction.bcosified_recipe).with_overrides(
         source=str(settings.work_dir / "standard" / "repo"), epochs=settings.epochs, **common
     )
     scratch = replace(
@@ -430,8 +425,8 @@ def reproduction_recipes(settings: ReproductionSettings) -> tuple[Recipe, Recipe
         name=f"{bcosified.name}-scratch",
         hub_model_id=f"{bcosified.hub_model_id}-scratch",
         source="scratch",
-        architecture=family.scratch_architecture(standard, bcosified),
-        summary=f"A B-cos {family.label} trained from scratch with the B-cosification recipe: the papers' baseline.",
+        architecture=reproduction.scratch_architecture(standard, bcosified),
+        summary=f"A B-cos {label} trained from scratch with the B-cosification recipe: the papers' baseline.",
     )
     return standard, bcosified, scratch
 

@@ -1,0 +1,210 @@
+"""The zoo's model families, listed once.
+
+Every part of the package that depends on *which* families exist reads :data:`FAMILIES`: the Auto-class
+registration (``bcos_zoo/__init__.py``), the converter behind each class's ``from_pretrained_standard``, which
+B-cos class a standard checkpoint becomes, which checkpoints a run continues as B-cos models, how a model card
+names a model, and which post-hoc baselines and preprocessing a standard classifier has. A new family is one
+entry here, next to its files in ``modeling/`` and ``conversion/``.
+"""
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+    ConvNextImageProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
+    ViTImageProcessor,
+)
+from transformers.image_processing_utils import BaseImageProcessor
+
+from .conversion.clip import SUPPORTED_CLIP_SOURCES, bcosify_clip
+from .conversion.densenet import SUPPORTED_DENSENET_SOURCES, TIMM_DENSENET_ARCHITECTURE, bcosify_densenet
+from .conversion.resnet import SUPPORTED_RESNET_SOURCES, TIMM_RESNET_ARCHITECTURE, bcosify_resnet
+from .conversion.vit import SUPPORTED_VIT_SOURCES, bcosify_vit
+from .modeling import (
+    BcosCLIPModel,
+    BcosCLIPVisionModel,
+    BcosDenseNetForImageClassification,
+    BcosDenseNetModel,
+    BcosResNetForImageClassification,
+    BcosResNetModel,
+    BcosViTForImageClassification,
+    BcosViTModel,
+)
+
+
+def squashing_processor(size: int, crop_pct: float, **fields) -> ViTImageProcessor:
+    """Resize the whole image to ``size`` x ``size``, as ViTs are evaluated (``crop_pct`` does not apply)."""
+    return ViTImageProcessor(size={"height": size, "width": size}, **fields)
+
+
+def cropping_processor(size: int, crop_pct: float, **fields) -> ConvNextImageProcessor:
+    """Resize the shortest edge to ``size / crop_pct`` and crop the centre ``size``, as torchvision and timm
+    evaluate their CNNs."""
+    return ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=crop_pct, **fields)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: its B-cos classes, how they are registered and made, and the standard models they come from.
+
+    A standard source (a folder or Hub id, read through its ``config.json``, or a model in memory) belongs to the
+    family whose ``model_types``, ``timm_architectures`` or ``module_types`` name it (:func:`family_for_source`).
+    """
+
+    name: str  # "vit": the key of FAMILIES, the Hub tag of its models' cards, a reproduction's ``--family``
+    label: str  # "ViT": how reports and messages name it
+    card_name: str  # "vision transformer": how a model card names the architecture ("A B-cos vision transformer")
+    backbone: type[PreTrainedModel]  # the model without a head
+    classifier: type[PreTrainedModel]  # the model with the family's head (CLIP: the image-text model)
+    auto_classes: Mapping[type[PreTrainedModel], tuple[type, ...]]  # the Auto classes that load a class in-process
+    converter: Callable[..., PreTrainedModel]  # conversion.<family>.bcosify_<family>(cls, source, b, bias, ...)
+    sources: str  # the standard sources the converter takes, in words (for error messages)
+    model_types: tuple[str, ...] = ()  # transformers model_type of its standard checkpoints
+    timm_architectures: re.Pattern | None = None  # timm architecture names of its standard checkpoints
+    module_types: tuple[str, ...] = ()  # "package.ClassName" of its standard models in memory
+    posthoc_methods: tuple[str, ...] = ()  # the post-hoc baselines (evaluation.baselines) of its standard classifier
+    processor: Callable[..., BaseImageProcessor] | None = None  # (size, crop_pct, **fields): its standard evaluation
+
+    @property
+    def model_classes(self) -> tuple[type[PreTrainedModel], ...]:
+        return (self.backbone, self.classifier)
+
+    @property
+    def config_classes(self) -> tuple[type[PretrainedConfig], ...]:
+        return tuple(dict.fromkeys(model_class.config_class for model_class in self.model_classes))
+
+    @property
+    def bcos_model_types(self) -> tuple[str, ...]:
+        """The ``model_type`` of its B-cos checkpoints."""
+        return tuple(config_class.model_type for config_class in self.config_classes)
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family(
+            name="vit",
+            label="ViT",
+            card_name="vision transformer",
+            backbone=BcosViTModel,
+            classifier=BcosViTForImageClassification,
+            auto_classes={BcosViTForImageClassification: (AutoModel, AutoModelForImageClassification)},
+            converter=bcosify_vit,
+            sources=SUPPORTED_VIT_SOURCES,
+            model_types=("vit",),
+            timm_architectures=re.compile(r"^(vit|deit|deit3)_"),
+            module_types=("transformers.ViTForImageClassification", "timm.VisionTransformer"),
+            posthoc_methods=("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout"),
+            processor=squashing_processor,
+        ),
+        Family(
+            name="clip",
+            label="CLIP",
+            card_name="CLIP model",
+            backbone=BcosCLIPVisionModel,
+            classifier=BcosCLIPModel,
+            auto_classes={
+                BcosCLIPVisionModel: (AutoModel,),
+                BcosCLIPModel: (AutoModel, AutoModelForZeroShotImageClassification),
+            },
+            converter=bcosify_clip,
+            sources=SUPPORTED_CLIP_SOURCES,
+            model_types=("clip", "clip_vision_model"),
+            module_types=("transformers.CLIPModel", "transformers.CLIPVisionModelWithProjection"),
+        ),
+        Family(
+            name="resnet",
+            label="ResNet",
+            card_name="ResNet",
+            backbone=BcosResNetModel,
+            classifier=BcosResNetForImageClassification,
+            auto_classes={BcosResNetForImageClassification: (AutoModel, AutoModelForImageClassification)},
+            converter=bcosify_resnet,
+            sources=SUPPORTED_RESNET_SOURCES,
+            model_types=("resnet",),
+            timm_architectures=TIMM_RESNET_ARCHITECTURE,
+            module_types=("transformers.ResNetForImageClassification", "timm.ResNet", "torchvision.ResNet"),
+            posthoc_methods=("input_x_gradient", "integrated_gradients", "gradcam"),
+            processor=cropping_processor,
+        ),
+        Family(
+            name="densenet",
+            label="DenseNet",
+            card_name="DenseNet",
+            backbone=BcosDenseNetModel,
+            classifier=BcosDenseNetForImageClassification,
+            auto_classes={BcosDenseNetForImageClassification: (AutoModel, AutoModelForImageClassification)},
+            converter=bcosify_densenet,
+            sources=SUPPORTED_DENSENET_SOURCES,
+            timm_architectures=TIMM_DENSENET_ARCHITECTURE,
+            module_types=("timm.DenseNet", "torchvision.DenseNet"),
+        ),
+    )
+}
+
+
+def register(family: Family) -> None:
+    """Make the family's classes load through the Auto classes and B-cosify through ``from_pretrained_standard``.
+
+    ``from_pretrained_standard`` calls ``cls._standard_converter(cls, source, b=..., bias=..., ...)``; the remote
+    code that travels with the weights cannot import this package, so the converter is set here, on import.
+    """
+    for config_class in family.config_classes:
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    for model_class, auto_classes in family.auto_classes.items():
+        for auto_class in auto_classes:
+            auto_class.register(model_class.config_class, model_class, exist_ok=True)
+    for model_class in family.model_classes:
+        model_class._standard_converter = staticmethod(family.converter)
+
+
+def family_of(model_or_config: PreTrainedModel | PretrainedConfig | str) -> Family | None:
+    """The family of a B-cos or standard transformers model, its config, or a ``model_type``; None if none has it."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
+    for family in FAMILIES.values():
+        if model_type in family.model_types or model_type in family.bcos_model_types:
+            return family
+    return None
+
+
+def family_for_source(source: str | os.PathLike | nn.Module) -> Family:
+    """The family a standard source B-cosifies into: a folder or Hub id by its ``config.json`` (a transformers
+    ``model_type`` or a timm ``architecture``), a model in memory by its type."""
+    if isinstance(source, nn.Module):
+        kind = f"{type(source).__module__.split('.')[0]}.{type(source).__name__}"
+        matches = [family for family in FAMILIES.values() if kind in family.module_types]
+        what = f"A {type(source).__name__}"
+    else:
+        config, _ = PretrainedConfig.get_config_dict(os.fspath(source))
+        model_type, architecture = config.get("model_type"), str(config.get("architecture", "")).split(".")[0]
+        matches = [
+            family
+            for family in FAMILIES.values()
+            if model_type in family.model_types
+            or (family.timm_architectures is not None and family.timm_architectures.match(architecture))
+        ]
+        what = f"{os.fspath(source)} holds a {architecture or model_type or 'model'} that"
+    if not matches:
+        supported = "; ".join(f"{family.label}: {family.sources}" for family in FAMILIES.values())
+        raise ValueError(f"{what} is not a source of any B-cos family. Supported: {supported}.")
+    return matches[0]
+
+
+def bcos_classifier_class(source: str | os.PathLike | nn.Module) -> type[PreTrainedModel]:
+    """The B-cos image classifier that a standard source B-cosifies into."""
+    family = family_for_source(source)
+    if AutoModelForImageClassification not in family.auto_classes.get(family.classifier, ()):
+        raise ValueError(
+            f"A {family.label} source B-cosifies into {family.classifier.__name__}, not into an image classifier."
+        )
+    return family.classifier

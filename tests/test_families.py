@@ -1,0 +1,202 @@
+"""The family registry: one entry per model family, read by everything that depends on which families exist."""
+
+import json
+import re
+
+import pytest
+import torch
+from clip_testing import save_source as save_clip_source
+from clip_testing import tiny_clip
+from cnn_sources import hf_resnet, save_timm, timm_cnn, torchvision_densenet121, torchvision_resnet18
+from sources import hf_vit, save_hf_source, timm_vit
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+    ResNetConfig,
+)
+
+import bcos_zoo.conversion
+from bcos_zoo import (
+    BcosCLIPModel,
+    BcosCLIPVisionModel,
+    BcosDenseNetForImageClassification,
+    BcosResNetConfig,
+    BcosResNetForImageClassification,
+    BcosViTForImageClassification,
+)
+from bcos_zoo.families import (
+    FAMILIES,
+    Family,
+    bcos_classifier_class,
+    cropping_processor,
+    family_for_source,
+    family_of,
+    register,
+)
+
+
+MEAN, STD = (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)
+
+
+def test_the_registry_holds_the_four_families():
+    assert list(FAMILIES) == ["vit", "clip", "resnet", "densenet"]
+    assert all(name == family.name for name, family in FAMILIES.items())
+
+
+def test_each_class_loads_through_the_auto_classes_its_family_names():
+    expected = {
+        BcosViTForImageClassification: {AutoModel, AutoModelForImageClassification},
+        BcosCLIPVisionModel: {AutoModel},
+        BcosCLIPModel: {AutoModel, AutoModelForZeroShotImageClassification},
+        BcosResNetForImageClassification: {AutoModel, AutoModelForImageClassification},
+        BcosDenseNetForImageClassification: {AutoModel, AutoModelForImageClassification},
+    }
+    registered = {cls: set(autos) for family in FAMILIES.values() for cls, autos in family.auto_classes.items()}
+    assert registered == expected
+    for model_class, auto_classes in registered.items():
+        config_class = model_class.config_class
+        assert type(AutoConfig.for_model(config_class.model_type)) is config_class
+        for auto_class in auto_classes:
+            assert auto_class._model_mapping[config_class] is model_class
+
+
+def test_every_model_class_b_cosifies_through_its_family_converter():
+    for family in FAMILIES.values():
+        for model_class in family.model_classes:
+            assert model_class._standard_converter is family.converter, model_class.__name__
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    save_hf_source(hf_vit(), root / "hf_vit", MEAN, STD)
+    save_timm(timm_vit(), root / "timm_vit")
+    save_clip_source(root / "hf_clip")
+    hf_resnet().save_pretrained(root / "hf_resnet")
+    save_timm(timm_cnn("resnet18"), root / "timm_resnet18")
+    save_timm(timm_cnn("densenet121"), root / "timm_densenet121")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("folder", "name"),
+    [
+        ("hf_vit", "vit"),
+        ("timm_vit", "vit"),
+        ("hf_clip", "clip"),
+        ("hf_resnet", "resnet"),
+        ("timm_resnet18", "resnet"),
+        ("timm_densenet121", "densenet"),
+    ],
+)
+def test_a_saved_standard_source_is_recognised_by_its_config(folders, folder, name):
+    assert family_for_source(folders / folder) is FAMILIES[name]
+
+
+@pytest.mark.parametrize(
+    ("build", "name"),
+    [
+        (hf_vit, "vit"),
+        (timm_vit, "vit"),
+        (tiny_clip, "clip"),
+        (hf_resnet, "resnet"),
+        (lambda: timm_cnn("resnet18"), "resnet"),
+        (torchvision_resnet18, "resnet"),
+        (lambda: timm_cnn("densenet121"), "densenet"),
+        (torchvision_densenet121, "densenet"),
+    ],
+)
+def test_a_standard_model_in_memory_is_recognised_by_its_type(build, name):
+    assert family_for_source(build()) is FAMILIES[name]
+
+
+def test_an_unsupported_source_is_refused_naming_every_family_and_its_sources(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "swin"}))
+    for source in (tmp_path, nn.Linear(2, 2)):
+        with pytest.raises(ValueError, match="not a source of any B-cos family") as refused:
+            family_for_source(source)
+        for family in FAMILIES.values():
+            assert f"{family.label}: {family.sources}" in str(refused.value)
+
+
+def test_a_clip_source_makes_no_image_classifier(folders):
+    with pytest.raises(ValueError, match="CLIP source B-cosifies into BcosCLIPModel, not into an image classifier"):
+        bcos_classifier_class(folders / "hf_clip")
+
+
+def test_the_family_of_a_model_its_config_or_its_model_type():
+    assert family_of(BcosResNetConfig()) is FAMILIES["resnet"]
+    assert family_of(ResNetConfig()) is FAMILIES["resnet"]  # the standard source's config
+    assert family_of(hf_vit()) is FAMILIES["vit"]
+    assert family_of("bcos_clip_vision_model") is FAMILIES["clip"]
+    assert family_of(PretrainedConfig()) is family_of("swin") is None
+
+
+class VGGConfig(PretrainedConfig):
+    model_type = "bcos_vgg"
+
+
+class BcosVGGModel(PreTrainedModel):
+    config_class = VGGConfig
+    _standard_converter = None  # BcosPreTrainedModel's default
+
+
+class BcosVGGForImageClassification(BcosVGGModel):
+    pass
+
+
+def bcosify_vgg(cls, source, b: float, bias: str, image_mean=None, image_std=None, **overrides):
+    return {"cls": cls, "source": source, "b": b, "bias": bias, "mean": image_mean, "std": image_std, **overrides}
+
+
+VGG = Family(
+    name="vgg",
+    label="VGG",
+    card_name="VGG",
+    backbone=BcosVGGModel,
+    classifier=BcosVGGForImageClassification,
+    auto_classes={BcosVGGForImageClassification: (AutoModel, AutoModelForImageClassification)},
+    converter=bcosify_vgg,
+    sources="a timm VGG (vgg11/13/16/19)",
+    model_types=("vgg",),
+    timm_architectures=re.compile(r"^vgg(11|13|16|19)$"),
+    processor=cropping_processor,
+)
+
+
+def test_a_new_family_is_one_registry_entry(monkeypatch, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vgg16"}))
+    monkeypatch.setitem(FAMILIES, "vgg", VGG)
+    register(VGG)
+    assert family_for_source(tmp_path) is VGG
+    assert bcos_classifier_class(tmp_path) is BcosVGGForImageClassification
+    assert family_of(VGGConfig()) is family_of("vgg") is VGG
+    assert type(AutoConfig.for_model("bcos_vgg")) is VGGConfig
+    assert AutoModelForImageClassification._model_mapping[VGGConfig] is BcosVGGForImageClassification
+
+
+def test_register_hooks_the_converter_as_from_pretrained_standard_calls_it():
+    register(VGG)
+    for model_class in (BcosVGGModel, BcosVGGForImageClassification):
+        made = model_class._standard_converter(model_class, "src", b=1.5, bias="keep", image_mean=MEAN, image_std=STD)
+        assert made == {"cls": model_class, "source": "src", "b": 1.5, "bias": "keep", "mean": MEAN, "std": STD}
+
+
+@pytest.mark.parametrize(
+    ("name", "build"),
+    [("vit", hf_vit), ("clip", tiny_clip), ("resnet", hf_resnet), ("densenet", torchvision_densenet121)],
+)
+def test_from_pretrained_standard_is_the_family_converter(name, build):
+    family = FAMILIES[name]
+    source = build()
+    options = dict(b=1.5, bias="keep", image_mean=MEAN, image_std=STD)
+    made = family.classifier.from_pretrained_standard(source, **options)
+    expected = family.converter(family.classifier, source, **options)
+    assert type(made) is family.classifier
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(made.state_dict()[key], value, rtol=0, atol=0, msg=key)
