@@ -20,7 +20,6 @@ from transformers import (
     ResNetConfig,
 )
 
-import bcos_zoo.conversion
 from bcos_zoo import (
     BcosCLIPModel,
     BcosCLIPVisionModel,
