@@ -149,7 +149,7 @@ class BcosLinear(DynamicModule):
         else:
             input_norm = guarded_norm(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square())
             weight_norm = guarded_norm(torch.linalg.vector_norm(self.weight, dim=-1).square())
-            if self.b == 2 and not torch.is_grad_enabled() and fast_paths.use_fast_path("square_unit"):
+            if self.b == 2 and not self.detach_dynamic and fast_paths.use_fast_path("square_unit"):
                 out = fast_paths.square_linear(x, self.weight, input_norm, weight_norm)
             else:
                 out = F.linear(x, self.weight)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 
 _SWITCHES = {
-    # the B = 2 unit without autograd: the weight norm folded into the weight, the factor applied in place
+    # the B = 2 unit outside explanation mode: the norms folded into the operands (see square_linear)
     "square_unit": True,
 }
 if os.environ.get("BCOS_FAST_PATHS", "1") == "0":
@@ -48,14 +48,14 @@ def set_fast_paths(enabled: bool | None = None, **switches: bool) -> Iterator[No
 
 
 def square_linear(x: torch.Tensor, weight: torch.Tensor, input_norm: torch.Tensor, weight_norm: torch.Tensor):
-    """The B = 2 unit ``(w . x) |w . x| / (||w|| ||x||)`` without autograd (norms as the reference guards them).
+    """The B = 2 unit ``(w . x) |w . x| / (||w|| ||x||)``, its factor not detached (norms guarded as the reference's).
 
-    With ``v = w / sqrt(||w||)``: ``(v . x) |v . x| = (w . x) |w . x| / ||w||``, so the weight norm costs one pass
-    over the weight instead of one over the output, and the rest runs in place: two passes over the output and one
-    buffer, where the reference takes four of each.
+    With ``y = (x / sqrt(||x||)) . (w / sqrt(||w||))``, the unit is ``y |y|``: the norms scale the matmul's operands
+    instead of its (wider) output, and autograd records three elementwise products instead of five, which keeps
+    fewer output-sized tensors for the backward pass. Without autograd the product runs in place.
     """
-    out = F.linear(x, weight * weight_norm.rsqrt()[:, None])
-    return out.mul_(out.abs().div_(input_norm))
+    out = F.linear(x * input_norm.rsqrt(), weight * weight_norm.rsqrt()[:, None])
+    return out * out.abs() if torch.is_grad_enabled() else out.mul_(out.abs())
 
 
 def square_conv2d(conv, x: torch.Tensor, patch_norms: torch.Tensor, weight_norm: torch.Tensor) -> torch.Tensor:
