@@ -14,7 +14,7 @@ from bcos_zoo import (
     BcosViTConfig,
     BcosViTForImageClassification,
 )
-from bcos_zoo.modeling import fast_paths
+from bcos_zoo.modeling import bcos_layers, fast_paths
 from bcos_zoo.modeling.fast_paths import set_fast_paths
 
 
@@ -146,8 +146,8 @@ def test_the_fast_paths_run_when_switched_on_and_only_then(family, monkeypatch):
     model, x = build(family).eval(), images()
     calls = []
     for name in ("square_linear", "square_conv2d"):
-        original = getattr(fast_paths, name)
-        monkeypatch.setattr(fast_paths, name, lambda *args, _f=original: calls.append(1) or _f(*args))
+        original = getattr(bcos_layers, name)
+        monkeypatch.setattr(bcos_layers, name, lambda *args, _f=original: calls.append(1) or _f(*args))
     counts = []
     for enabled in (False, True):
         calls.clear()

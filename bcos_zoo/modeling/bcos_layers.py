@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fast_paths
+from .fast_paths import square_conv2d, square_linear, use_fast_path
 
 
 # The norm guard of every B-cos unit, linear and convolution alike: ``||x|| = sqrt(sum x^2 + NORM_EPS)``. It keeps the
@@ -149,8 +149,8 @@ class BcosLinear(DynamicModule):
         else:
             input_norm = guarded_norm(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square())
             weight_norm = guarded_norm(torch.linalg.vector_norm(self.weight, dim=-1).square())
-            if self.b == 2 and not self.detach_dynamic and fast_paths.use_fast_path("square_unit"):
-                out = fast_paths.square_linear(x, self.weight, input_norm, weight_norm)
+            if self.b == 2 and not self.detach_dynamic and use_fast_path("square_unit"):
+                out = square_linear(x, self.weight, input_norm, weight_norm)
             else:
                 out = F.linear(x, self.weight)
                 out = out * self.dynamic(bcos_factor(out, input_norm, weight_norm, self.b))
@@ -218,8 +218,8 @@ class BcosConv2d(DynamicModule):
             out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
         else:
             weight_norm = guarded_norm(self.weight.square().sum(dim=(1, 2, 3)))
-            if self.b == 2 and not torch.is_grad_enabled() and fast_paths.use_fast_path("square_unit"):
-                out = fast_paths.square_conv2d(self, x, self.patch_norms(x), weight_norm)
+            if self.b == 2 and not torch.is_grad_enabled() and use_fast_path("square_unit"):
+                out = square_conv2d(self, x, self.patch_norms(x), weight_norm)
             else:
                 out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
                 factor = bcos_factor(out, self.patch_norms(x), weight_norm.view(1, -1, 1, 1), self.b)

@@ -7,6 +7,7 @@ part of the remote code; :meth:`BcosPreTrainedModel.from_pretrained_standard` fi
 
 import copy
 import os
+import shutil
 from collections.abc import Callable
 
 import torch
@@ -16,12 +17,13 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .bcos_layers import BcosLayerNorm, BcosLinear, explanation_mode, prepare_pixel_values
-from .pipeline_bcos_explanation import ImageExplanationPipeline
 
 
-# The image-explanation pipeline as a saved config names it (``pipeline("image-explanation", trust_remote_code=True)``).
+# The image-explanation pipeline as a saved classifier's config names it (``pipeline("image-explanation",
+# trust_remote_code=True)``); save_pretrained copies its file beside the weights (models without it do not ship it).
+EXPLANATION_PIPELINE_FILE = "pipeline_bcos_explanation.py"
 EXPLANATION_PIPELINE = {
-    "impl": f"pipeline_bcos_explanation.{ImageExplanationPipeline.__name__}",
+    "impl": "pipeline_bcos_explanation.ImageExplanationPipeline",
     "pt": ["AutoModelForImageClassification"],
     "tf": [],
     "type": "image",
@@ -125,24 +127,6 @@ class BcosPreTrainedModel(PreTrainedModel):
             num_channels = getattr(self.config, "vision_config", self.config).num_channels
         return prepare_pixel_values(pixel_values, num_channels, self.dtype)
 
-    def resolve_output_flags(
-        self,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> tuple[bool, bool, bool]:
-        """``(output_attentions, output_hidden_states, return_dict)``: each argument, or else the config's value.
-
-        For forward passes that assemble their outputs by hand; modules with transformers' output capturing get the
-        same resolution from ``capture_outputs`` / ``can_return_tuple``.
-        """
-        config = self.config
-        return (
-            bool(config.output_attentions if output_attentions is None else output_attentions),
-            bool(config.output_hidden_states if output_hidden_states is None else output_hidden_states),
-            bool(config.return_dict if return_dict is None else return_dict),
-        )
-
     def _auto_map(self) -> dict[str, str]:
         """The ``auto_map`` of a folder holding this class: its config class and the Auto classes that load it."""
         model_module = type(self).__module__.rsplit(".", 1)[-1]
@@ -162,13 +146,17 @@ class BcosPreTrainedModel(PreTrainedModel):
         shared = self.config
         config = copy.deepcopy(shared)
         config.auto_map = self._auto_map()
-        if type(self).__name__.endswith("ForImageClassification"):  # labels and their explanations in one call
+        classifier = type(self).__name__.endswith("ForImageClassification")  # labels and explanations in one call
+        if classifier:
             config.custom_pipelines = {"image-explanation": EXPLANATION_PIPELINE}
         self.config = config
         try:
             if kwargs.get("is_main_process", True):
                 os.makedirs(save_directory, exist_ok=True)
                 self._save_processors(save_directory)
+                if classifier:
+                    here = os.path.dirname(os.path.abspath(__file__))
+                    shutil.copy(os.path.join(here, EXPLANATION_PIPELINE_FILE), save_directory)
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             self.config = shared

@@ -1,0 +1,106 @@
+"""A saved repo ships only the code its family uses, little enough that a user asked to read remote code can, and
+none of it reaches into torch's private internals, into hooks, or into the platform."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from bcos_zoo import (
+    BcosCLIPConfig,
+    BcosCLIPModel,
+    BcosDenseNetConfig,
+    BcosDenseNetForImageClassification,
+    BcosResNetConfig,
+    BcosResNetForImageClassification,
+    BcosViTConfig,
+    BcosViTForImageClassification,
+)
+
+
+TOWER = dict(
+    image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=1, num_attention_heads=3, intermediate_size=48
+)
+TEXT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+FAMILIES = {
+    "vit": (lambda: BcosViTForImageClassification(BcosViTConfig(**TOWER, num_labels=3)), "modeling_bcos_vit.py"),
+    "resnet": (
+        lambda: BcosResNetForImageClassification(BcosResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1])),
+        "modeling_bcos_resnet.py",
+    ),
+    "densenet": (
+        lambda: BcosDenseNetForImageClassification(BcosDenseNetConfig(num_init_features=8, block_config=[1])),
+        "modeling_bcos_densenet.py",
+    ),
+    "clip": (
+        lambda: BcosCLIPModel(BcosCLIPConfig(vision_config=TOWER, text_config=TEXT, projection_dim=8)),
+        "modeling_bcos_clip.py",
+    ),
+}
+OTHER_FAMILIES = {
+    "modeling_bcos_vit.py",
+    "modeling_bcos_resnet.py",
+    "modeling_bcos_densenet.py",
+    "modeling_bcos_clip.py",
+}
+# what the remote code must not do (DESIGN: no private torch API, no hook inspection, no platform sniffing)
+FORBIDDEN = [r"torch\.ops\.", r"torch\.utils\._", r"torch\._C", r"_python_dispatch", r"_forward_hooks", r"_backward_hooks",
+             r"_forward_pre_hooks", r"import platform", r"sys\.platform", r"\bimportlib\b"]  # fmt: skip
+
+
+def code_lines(text: str) -> int:
+    """Lines a reader audits: not blank, not a comment, not part of a docstring."""
+    tree = ast.parse(text)
+    docstrings = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                docstrings.update(range(body[0].lineno, body[0].end_lineno + 1))
+    lines = enumerate(text.splitlines(), 1)
+    return sum(
+        1 for number, line in lines if line.strip() and not line.strip().startswith("#") and number not in docstrings
+    )
+
+
+def test_code_lines_skip_blank_lines_comments_and_docstrings():
+    text = '"""Module.\n\nMore."""\n\nimport torch  # why\n\n\ndef f():\n    """Doc."""\n    # note\n    return 1\n'
+    assert code_lines(text) == 3
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folders = {}
+    for family, (build, _) in FAMILIES.items():
+        torch.manual_seed(0)
+        folders[family] = tmp_path_factory.mktemp(family)
+        build().save_pretrained(folders[family])
+    return folders
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet", "densenet"])
+def test_a_classifier_repo_holds_at_most_1000_lines_of_code(saved, family):
+    total = sum(code_lines(path.read_text()) for path in saved[family].glob("*.py"))
+    assert total <= 1000, total
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_repo_holds_no_other_family_s_model_file(saved, family):
+    names = {path.name for path in saved[family].glob("*.py")}
+    own = FAMILIES[family][1]
+    uses = {"clip": {"modeling_bcos_vit.py"}}.get(family, set())  # the CLIP image tower is the ViT backbone
+    assert own in names and (names & OTHER_FAMILIES) == {own} | uses
+
+
+def test_only_classifiers_ship_the_explanation_pipeline(saved):
+    for family, folder in saved.items():
+        assert (folder / "pipeline_bcos_explanation.py").exists() == (family != "clip"), family
+
+
+@pytest.mark.parametrize("pattern", FORBIDDEN)
+def test_the_hub_code_uses_no_private_torch_api_hooks_or_platform_checks(pattern):
+    folder = Path(__import__("bcos_zoo.modeling", fromlist=["x"]).__file__).parent
+    offenders = [path.name for path in folder.glob("*.py") if re.search(pattern, path.read_text())]
+    assert offenders == []
