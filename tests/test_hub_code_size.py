@@ -45,9 +45,9 @@ OTHER_FAMILIES = {
     "modeling_bcos_densenet.py",
     "modeling_bcos_clip.py",
 }
-# what the remote code must not do (DESIGN: no private torch API, no hook inspection, no platform sniffing)
-FORBIDDEN = [r"torch\.ops\.", r"torch\.utils\._", r"torch\._C", r"_python_dispatch", r"_forward_hooks", r"_backward_hooks",
-             r"_forward_pre_hooks", r"import platform", r"sys\.platform", r"\bimportlib\b"]  # fmt: skip
+# what the remote code must not do: private torch API, hook inspection, platform sniffing, imports by name
+FORBIDDEN = [r"torch\.ops\.", r"torch\.utils\._", r"torch\._C", r"_python_dispatch", r"_forward_hooks",
+             r"_backward_hooks", r"_forward_pre_hooks", r"import platform", r"sys\.platform", r"\bimportlib\b"]  # fmt: skip
 
 
 def code_lines(text: str) -> int:
@@ -55,10 +55,10 @@ def code_lines(text: str) -> int:
     tree = ast.parse(text)
     docstrings = set()
     for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body and isinstance(body[0], ast.Expr):
-            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                docstrings.update(range(body[0].lineno, body[0].end_lineno + 1))
+        first = (getattr(node, "body", None) or [None])[0]
+        documented = isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and isinstance(first, ast.Expr)
+        if documented and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            docstrings.update(range(first.lineno, first.end_lineno + 1))
     lines = enumerate(text.splitlines(), 1)
     return sum(
         1 for number, line in lines if line.strip() and not line.strip().startswith("#") and number not in docstrings
