@@ -46,8 +46,10 @@ OTHER_FAMILIES = {
     "modeling_bcos_clip.py",
 }
 # what the remote code must not do: private torch API, hook inspection, platform sniffing, imports by name
-FORBIDDEN = [r"torch\.ops\.", r"torch\.utils\._", r"torch\._C", r"_python_dispatch", r"_forward_hooks",
-             r"_backward_hooks", r"_forward_pre_hooks", r"import platform", r"sys\.platform", r"\bimportlib\b"]  # fmt: skip
+FORBIDDEN = [
+    r"torch\.ops\.", r"torch\.utils\._", r"torch\._C", r"_python_dispatch", r"_forward_hooks", r"_backward_hooks",
+    r"_forward_pre_hooks", r"import platform", r"sys\.platform", r"\bimportlib\b",
+]  # fmt: skip
 
 
 def code_lines(text: str) -> int:
