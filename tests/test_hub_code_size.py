@@ -57,10 +57,14 @@ def code_lines(text: str) -> int:
     tree = ast.parse(text)
     docstrings = set()
     for node in ast.walk(tree):
-        first = (getattr(node, "body", None) or [None])[0]
-        documented = isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and isinstance(first, ast.Expr)
-        if documented and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-            docstrings.update(range(first.lineno, first.end_lineno + 1))
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body:
+            first = node.body[0]
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                docstrings.update(range(first.lineno, first.end_lineno + 1))
     lines = enumerate(text.splitlines(), 1)
     return sum(
         1 for number, line in lines if line.strip() and not line.strip().startswith("#") and number not in docstrings

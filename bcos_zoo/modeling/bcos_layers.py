@@ -218,7 +218,7 @@ class BcosConv2d(DynamicModule):
             out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
         else:
             weight_norm = guarded_norm(self.weight.square().sum(dim=(1, 2, 3)))
-            if self.b == 2 and not torch.is_grad_enabled() and use_fast_path("square_unit"):
+            if self.b == 2 and not (self.detach_dynamic or torch.is_grad_enabled()) and use_fast_path("square_unit"):
                 out = square_conv2d(self, x, self.patch_norms(x), weight_norm)
             else:
                 out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
