@@ -85,6 +85,8 @@ class BcosCNNPreTrainedModel(BcosPreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
+    # no attention, so any attention implementation a composite model asks of its parts (a CLIP tower) holds
+    _supports_sdpa = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -134,6 +136,11 @@ class BcosCNNModel(BcosCNNPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.forward_encoded(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
         return outputs if return_dict else outputs.to_tuple()
+
+    def pooled_features(self, encoded: torch.Tensor, *args) -> torch.Tensor:
+        """(N, C) pooled features of ``[x, 1 - x]``-encoded images: what a head on the backbone (a CLIP image
+        tower's projection) reads."""
+        return self.forward_encoded(encoded).pooler_output.flatten(1)
 
 
 class BcosCNNForImageClassification(BcosCNNPreTrainedModel):

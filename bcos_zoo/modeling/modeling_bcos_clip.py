@@ -151,9 +151,9 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         )
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
-            pooler_output=self.visual_projection(outputs.pooler_output),
+            pooler_output=self.visual_projection(outputs.pooler_output.flatten(1)),
             hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            attentions=getattr(outputs, "attentions", None),
         )
 
     def _encode_prompts(self, text: list[str]) -> torch.Tensor:
