@@ -14,7 +14,7 @@ from bcos_zoo import (
     BcosViTConfig,
     BcosViTForImageClassification,
 )
-from bcos_zoo.modeling import bcos_layers, fast_paths
+from bcos_zoo.modeling import bcos_cnn, bcos_layers, fast_paths
 from bcos_zoo.modeling.fast_paths import set_fast_paths
 
 
@@ -145,9 +145,13 @@ def test_an_unknown_fast_path_is_refused():
 def test_the_fast_paths_run_when_switched_on_and_only_then(family, monkeypatch):
     model, x = build(family).eval(), images()
     calls = []
-    for name in ("square_linear", "square_conv2d"):
-        original = getattr(bcos_layers, name)
-        monkeypatch.setattr(bcos_layers, name, lambda *args, _f=original: calls.append(1) or _f(*args))
+    for module, name in [
+        (bcos_layers, "square_linear"),
+        (bcos_layers, "square_conv2d"),
+        (bcos_cnn, "square_conv_norm_act"),
+    ]:
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, _f=original, _n=name: calls.append(_n) or _f(*args))
     counts = []
     for enabled in (False, True):
         calls.clear()
@@ -155,3 +159,28 @@ def test_the_fast_paths_run_when_switched_on_and_only_then(family, monkeypatch):
             scores(model, x)
         counts.append(len(calls))
     assert counts[0] == 0 and counts[1] > 0
+
+
+@pytest.mark.parametrize("family", ["resnet", "densenet"])
+@pytest.mark.parametrize("use_bias", [False, True], ids=["uncentered", "centered"])
+def test_the_folded_batchnorm_is_the_reference_with_trained_statistics(family, use_bias):
+    """Calibrated running statistics and affine BatchNorm parameters, so that the fold has something to fold."""
+    torch.manual_seed(0)
+    model = FAMILIES[family]()
+    model.config.use_bias = use_bias
+    model = type(model)(model.config).double()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, bcos_layers.BcosBatchNorm2d):
+                module.weight.uniform_(0.5, 2.0)
+                module.running_var.uniform_(0.5, 2.0)
+                if use_bias:
+                    module.bias.normal_()
+                    module.running_mean.normal_()
+    model.eval()
+
+    def run():
+        with torch.no_grad():
+            return model(pixel_values=images()).logits
+
+    close(*both(run))

@@ -14,6 +14,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttenti
 from .bcos_layers import BcosBatchNorm2d, BcosConv2d, check_pixel_values, encode_inverse
 from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .explanation import BcosExplanation, compute_explanation
+from .fast_paths import square_conv_norm_act, use_fast_path
 
 
 class BcosConvNormAct(nn.Module):
@@ -47,7 +48,11 @@ class BcosConvNormAct(nn.Module):
         self.activation = activation
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.normalization(self.convolution(hidden_states))
+        conv, norm = self.convolution, self.normalization
+        inference = not (self.training or torch.is_grad_enabled() or conv.detach_dynamic or norm.detach_dynamic)
+        if inference and conv.b == 2 and conv.bias is None and use_fast_path("conv_norm_act"):
+            return square_conv_norm_act(self, hidden_states)
+        hidden_states = norm(conv(hidden_states))
         return F.relu(hidden_states) if self.activation else hidden_states
 
 

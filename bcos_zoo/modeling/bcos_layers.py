@@ -213,11 +213,15 @@ class BcosConv2d(DynamicModule):
             sums = sums.repeat_interleave(self.out_channels // self.groups, dim=1)
         return guarded_norm(sums)
 
+    def weight_norm(self) -> torch.Tensor:
+        """(out_channels,): the guarded norm of each output channel's weight."""
+        return guarded_norm(self.weight.square().sum(dim=(1, 2, 3)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.b == 1:
             out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
         else:
-            weight_norm = guarded_norm(self.weight.square().sum(dim=(1, 2, 3)))
+            weight_norm = self.weight_norm()
             if self.b == 2 and not (self.detach_dynamic or torch.is_grad_enabled()) and use_fast_path("square_unit"):
                 out = square_conv2d(self, x, self.patch_norms(x), weight_norm)
             else:

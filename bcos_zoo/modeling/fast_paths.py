@@ -19,8 +19,10 @@ import torch.nn.functional as F
 
 
 _SWITCHES = {
-    # the B = 2 unit outside explanation mode: the norms folded into the operands (see square_linear)
+    # the B = 2 unit outside explanation mode: in place without autograd, norms on the operands with it
     "square_unit": True,
+    # a B = 2 convolution, BatchNorm and ReLU in evaluation without autograd: BatchNorm's scale joins the B-cos factor
+    "conv_norm_act": True,
 }
 if os.environ.get("BCOS_FAST_PATHS", "1") == "0":
     _SWITCHES = dict.fromkeys(_SWITCHES, False)
@@ -50,16 +52,38 @@ def set_fast_paths(enabled: bool | None = None, **switches: bool) -> Iterator[No
 def square_linear(x: torch.Tensor, weight: torch.Tensor, input_norm: torch.Tensor, weight_norm: torch.Tensor):
     """The B = 2 unit ``(w . x) |w . x| / (||w|| ||x||)``, its factor not detached (norms guarded as the reference's).
 
-    With ``y = (x / sqrt(||x||)) . (w / sqrt(||w||))``, the unit is ``y |y|``: the norms scale the matmul's operands
-    instead of its (wider) output, and autograd records three elementwise products instead of five, which keeps
-    fewer output-sized tensors for the backward pass. Without autograd the product runs in place.
+    Without autograd the factor is formed and applied in place: four passes over the output and one buffer, where
+    the reference takes four buffers and an output-sized product of the two norms. No copy of the weight is made (a
+    freed weight-sized buffer stays with the allocator: resident memory would grow by the largest weight).
+
+    With autograd, ``y = (x / sqrt(||x||)) . (w / sqrt(||w||))`` and the unit is ``y |y|``: the norms scale the matmul's
+    operands instead of its (wider) output, and autograd records three elementwise products instead of five, keeping
+    fewer output-sized tensors for the backward pass.
     """
+    if not torch.is_grad_enabled():
+        out = F.linear(x, weight)
+        return out.mul_(out.abs().div_(input_norm).div_(weight_norm))
     out = F.linear(x * input_norm.rsqrt(), weight * weight_norm.rsqrt()[:, None])
-    return out * out.abs() if torch.is_grad_enabled() else out.mul_(out.abs())
+    return out * out.abs()
 
 
 def square_conv2d(conv, x: torch.Tensor, patch_norms: torch.Tensor, weight_norm: torch.Tensor) -> torch.Tensor:
-    """The B = 2 convolution of :class:`BcosConv2d` without autograd, as :func:`square_linear`."""
-    weight = conv.weight * weight_norm.rsqrt().view(-1, 1, 1, 1)
-    out = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return out.mul_(out.abs().div_(patch_norms))
+    """The B = 2 convolution of :class:`BcosConv2d` without autograd, in place as :func:`square_linear`."""
+    out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return out.mul_(out.abs().div_(patch_norms).div_(weight_norm.view(1, -1, 1, 1)))
+
+
+def square_conv_norm_act(block, x: torch.Tensor) -> torch.Tensor:
+    """``relu(batch_norm(bcos_conv(x)))`` of a :class:`BcosConvNormAct` at B = 2 in evaluation, without autograd.
+
+    BatchNorm's scale ``s`` is a per-channel factor like the B-cos unit's ``1 / ||w||``, so it joins the factor:
+    ``s (w * x) |w * x| / (||w|| ||x_patch||)``; its shift (if any) and the ReLU run in place. Two passes over the
+    output and one buffer fewer than convolution, BatchNorm and ReLU one after the other.
+    """
+    conv, norm = block.convolution, block.normalization
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    out = out.mul_(out.abs().div_(conv.patch_norms(x)).mul_((scale / conv.weight_norm()).view(1, -1, 1, 1)))
+    if norm.centered:
+        out = out.add_((norm.bias - norm.running_mean * scale).view(1, -1, 1, 1))
+    return out.relu_() if block.activation else out
