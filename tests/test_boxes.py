@@ -18,7 +18,6 @@ from bcos_zoo.data.boxes import (
     random_resized_crop_with_boxes,
     resize_with_boxes,
 )
-from bcos_zoo.data.datasets import FASHION_MNIST_DIR
 from bcos_zoo.data.decoys import DECOY_COLOURS, DecoyImages, decoy_splits
 
 
@@ -137,7 +136,7 @@ def test_decoy_canvas_must_leave_room():
         decoy_splits(canvas=40)
 
 
-@pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's IDX files")
+@pytest.mark.usefixtures("fashion_mnist")
 def test_fashion_mnist_decoy_splits():
     splits = decoy_splits(canvas=48)
     image, label, boxes = splits.train[0]

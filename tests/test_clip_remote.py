@@ -2,12 +2,14 @@
 
 import json
 
+import pytest
 import torch
 from clip_testing import PROMPTS, byte_level_tokenizer, images, save_source
 
 from bcos_zoo import BcosCLIPModel, BcosCLIPVisionModel
 
 
+@pytest.mark.subprocess
 def test_saved_folders_load_as_remote_code_in_a_clean_interpreter(tmp_path, clean_python):
     save_source(tmp_path / "source")
     clip = BcosCLIPModel.from_pretrained_standard(tmp_path / "source").eval()

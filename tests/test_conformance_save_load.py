@@ -4,6 +4,7 @@ would reach for; saving leaves a config the caller shares untouched; loading in 
 
 import json
 
+import pytest
 import torch
 from test_conformance_outputs import build, call, images
 from transformers import AutoModelForImageClassification
@@ -18,6 +19,7 @@ AUTO = {
 MAIN = {"backbone": "pooler_output", "classifier": "logits", "tower": "image_embeds", "clip": "logits_per_image"}
 
 
+@pytest.mark.subprocess
 def test_every_class_reloads_with_its_auto_class_in_a_clean_process(tmp_path, clean_python):
     expected = {"x": images()}
     for kind, (auto_class, name) in AUTO.items():

@@ -8,14 +8,12 @@ import torch
 from transformers import TrainingArguments
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
-from bcos_zoo.data.datasets import FASHION_MNIST_DIR
 from bcos_zoo.training.explanation_distillation import ExplanationDistillationTrainer, distillation_scores
 from bcos_zoo.training.explanation_losses import differentiable_explanation, e2kd_loss
 from bcos_zoo.zoo.finetune import finetune
 from bcos_zoo.zoo.recipes import Recipe
 
 
-HAS_FASHION_MNIST = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists()
 TINY_VIT = dict(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
 
 
@@ -100,7 +98,8 @@ def distil(tmp_path, student_architecture: dict, explanation_weight: float) -> t
     return metrics, (tmp_path / "student" / "repo" / "README.md").read_text()
 
 
-@pytest.mark.skipif(not HAS_FASHION_MNIST, reason="needs Debian's IDX files")
+@pytest.mark.slow
+@pytest.mark.usefixtures("fashion_mnist")
 def test_e2kd_runs_through_finetune_with_a_teacher_folder(tmp_path):
     metrics, card = distil(tmp_path, dict(TINY_VIT, hidden_size=8, intermediate_size=16), explanation_weight=1.0)
     for key in ("accuracy", "teacher_accuracy", "agreement", "epg"):
@@ -111,7 +110,8 @@ def test_e2kd_runs_through_finetune_with_a_teacher_folder(tmp_path):
     assert rows and str(tmp_path) not in rows[0]  # a local teacher is named by its last path parts only
 
 
-@pytest.mark.skipif(not HAS_FASHION_MNIST, reason="needs Debian's IDX files")
+@pytest.mark.slow
+@pytest.mark.usefixtures("fashion_mnist")
 def test_a_cnn_student_learns_from_a_vit_teacher(tmp_path):
     pytest.importorskip("bcos_zoo.modeling.modeling_bcos_resnet")
     architecture = dict(

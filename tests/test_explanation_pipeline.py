@@ -31,6 +31,7 @@ def test_config_names_the_pipeline_and_the_folder_holds_its_code(saved):
     assert (saved / "pipeline_bcos_explanation.py").is_file()
 
 
+@pytest.mark.subprocess
 def test_pipeline_returns_labels_scores_and_complete_explanations(saved, clean_python):
     output = clean_python(
         f"""

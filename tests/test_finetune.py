@@ -14,6 +14,10 @@ from bcos_zoo.zoo.finetune import finetune, last_complete_checkpoint
 from bcos_zoo.zoo.recipes import Recipe
 
 
+# every test reads one twelve-step fine-tuning run
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One short run on tiny data, shared by the tests that only read its outputs."""
@@ -79,6 +83,7 @@ def test_checkpoints_are_kept_for_resuming(tiny_run):
     assert checkpoint is not None and checkpoint.endswith("checkpoint-12")
 
 
+@pytest.mark.subprocess
 def test_rerun_into_used_output_dir_without_resume_is_refused(tiny_run, tmp_path):
     source, result = tiny_run
     command = finetune_command(source, tmp_path, result.output_dir, "--max-steps", "12")

@@ -5,11 +5,13 @@ import json
 
 import pytest
 
-from bcos_zoo.data.datasets import FASHION_MNIST_DIR
 from bcos_zoo.zoo.guidance_reproduction import GuidanceSettings, reproduce_guidance
 
 
-@pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's IDX files")
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.usefixtures("fashion_mnist")
 def test_toy_reproduction_writes_its_report_figures_and_verdict(tmp_path):
     settings = GuidanceSettings(
         train_samples=32,

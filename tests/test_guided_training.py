@@ -10,7 +10,6 @@ from PIL import Image
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
 from bcos_zoo.data.boxes import BoxedImages, box_resize_transform, collate_boxed
-from bcos_zoo.data.datasets import FASHION_MNIST_DIR
 from bcos_zoo.evaluation.scores import energy_pointing_scores
 from bcos_zoo.training.explanation_losses import energy_loss, guidance_contributions
 from bcos_zoo.training.guided_classification import GuidedTrainer, attribution_iou
@@ -47,6 +46,7 @@ def tiny_vit() -> BcosViTForImageClassification:
     return BcosViTForImageClassification(config)
 
 
+@pytest.mark.slow
 def test_a_few_guided_steps_lower_the_energy_loss_and_raise_epg():
     model = tiny_vit()
     batch = collate_boxed(BoxedImages(toy_items(), box_resize_transform(16)))
@@ -97,7 +97,8 @@ def test_attribution_iou():
     torch.testing.assert_close(attribution_iou(maps, masks), torch.tensor([1.0, 1 / 5], dtype=torch.float64))
 
 
-@pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's IDX files")
+@pytest.mark.slow
+@pytest.mark.usefixtures("fashion_mnist")
 def test_guided_classification_runs_through_finetune(tmp_path):
     recipe = Recipe(
         name="guided-test",

@@ -15,6 +15,9 @@ from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.training.trainer import weights_digest
 
 
+pytestmark = pytest.mark.subprocess
+
+
 STEPS = ["--max-steps", "40", "--save-steps", "10", "--seed", "3"]
 
 

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from bcos_zoo.data.datasets import (
-    FASHION_MNIST_DIR,
     TransformedImages,
     image_folder,
     load_dataset_splits,
@@ -63,7 +62,7 @@ def test_truncated_idx_file_is_refused(tmp_path):
         read_idx(tmp_path / "cut.gz")
 
 
-@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="needs Debian's dataset-fashion-mnist (scripts/setup.sh)")
+@pytest.mark.usefixtures("fashion_mnist")
 def test_fashion_mnist_comes_from_the_debian_package():
     data = load_dataset_splits("fashion-mnist")
     assert (len(data.train), len(data.validation), len(data.class_names)) == (60000, 10000, 10)
