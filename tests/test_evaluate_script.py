@@ -126,6 +126,30 @@ def test_every_method_scores_each_cell_of_the_requested_grids(full_run):
 
 
 @pytest.mark.subprocess
+def test_bcos_scores_are_its_contributions_on_grids_of_its_most_confident_correct_images(workspace, full_run):
+    """The B-cos row recomputed: the model's predictions on its processor's pixels, each class's correctly classified
+    images most confident first, the seeded grids drawn from them, and each cell explained by hand."""
+    from test_localisation import grid_scores_by_hand
+    from transformers import AutoImageProcessor
+
+    from bcos_zoo.data.datasets import load_dataset_splits
+    from bcos_zoo.evaluation.localisation import sample_grids
+
+    model = BcosViTForImageClassification.from_pretrained(workspace["bcos"]).eval()
+    images, labels = zip(*load_dataset_splits(str(workspace["data"])).validation)
+    pixels = AutoImageProcessor.from_pretrained(workspace["bcos"])(list(images), return_tensors="pt").pixel_values
+    with torch.no_grad():
+        probabilities = model(pixel_values=pixels).logits.softmax(dim=1)
+    pools = {}
+    for index in sorted(range(len(labels)), key=lambda i: -float(probabilities[i].max())):
+        if int(probabilities[index].argmax()) == labels[index]:  # --min-confidence 0: every correct image
+            pools.setdefault(labels[index], []).append(index)
+    grids = sample_grids(dict(sorted(pools.items())), grid_size=2, num_grids=NUM_GRIDS, seed=0)
+    expected = grid_scores_by_hand(model, grids, dict(enumerate(pixels)))
+    assert full_run["report"]["scores"]["bcos"]["grid_pointing_game"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.subprocess
 def test_the_table_is_printed_and_the_bar_plot_written(full_run):
     for label in ("B-cos contributions", "Input x Gradient", "Integrated Gradients", "GradCAM", "Attention Rollout"):
         assert f"| {label} |" in full_run["stdout"]

@@ -54,10 +54,26 @@ def test_repo_folder_holds_weights_code_processor_card_and_examples(tiny_run):
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in names)
 
 
+def held_out_accuracy(model_folder, data_folder) -> float:
+    """Top-1 accuracy of the classifier in ``model_folder`` (a plain transformers ViT or the B-cos one), on the held-out
+    images of ``data_folder``, each prepared by the folder's own image processor."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from bcos_zoo.data.datasets import load_dataset_splits
+
+    model = AutoModelForImageClassification.from_pretrained(model_folder).eval()
+    processor = AutoImageProcessor.from_pretrained(model_folder)
+    images, labels = zip(*load_dataset_splits(str(data_folder)).validation)
+    with torch.no_grad():
+        predicted = model(**processor(list(images), return_tensors="pt")).logits.argmax(dim=1)
+    return float((predicted == torch.tensor(labels)).double().mean())
+
+
 def test_model_is_evaluated_against_its_source(tiny_run):
-    _, result = tiny_run
-    assert 0.0 <= result.metrics["accuracy"] <= 1.0
-    assert 0.0 <= result.metrics["source_accuracy"] <= 1.0
+    source, result = tiny_run
+    data = result.output_dir.parent / "data"
+    assert result.metrics["accuracy"] == pytest.approx(held_out_accuracy(result.repo_dir, data))
+    assert result.metrics["source_accuracy"] == pytest.approx(held_out_accuracy(source, data))  # the standard ViT
     saved = json.loads((result.output_dir / "results.json").read_text())
     assert saved["metrics"]["accuracy"] == result.metrics["accuracy"]
 

@@ -346,22 +346,22 @@ def bcos_on_grey_grids(model, batch_size: int = 32):
     return evaluation, calls
 
 
-def grey_grid_scores_by_hand(model, num_grids: int = 2, size: int = 16) -> list[float]:
-    """The GridPG scores of :func:`bcos_on_grey_grids` without the harness: each grid tiled by hand from flat grey
-    cells, each cell's class explained with ``model.explain`` on the whole grid (in windows of the model's input size
-    at half stride, summed back, when it has position embeddings), then the positive share inside the cell."""
-    pools = {label: [label] for label in range(6)}  # grey_classifier gets every image right, with confidence ~1
+def grid_scores_by_hand(model, grids: list[Grid], pixels: dict[int, torch.Tensor]) -> list[float]:
+    """GridPG without the harness: each grid tiled by hand from its images' pixels (``pixels[index]``, 3 x S x S),
+    each cell's class explained with ``model.explain`` on the whole grid (in windows of the model's input size at
+    half stride, summed back, when it has position embeddings), then the positive share inside the cell."""
     window = explanation_window(model)
     scores = []
-    for grid in sample_grids(pools, grid_size=2, num_grids=num_grids, seed=0):
+    for grid in grids:
+        size = pixels[grid.indices[0]].shape[-1]
         tiled = torch.zeros(3, 2 * size, 2 * size)
         cells = [
             (slice(row * size, (row + 1) * size), slice(col * size, (col + 1) * size))
             for row in (0, 1)
             for col in (0, 1)
         ]
-        for (rows, cols), label in zip(cells, grid.labels):
-            tiled[:, rows, cols] = round(255 * grey_level(label)) / 255
+        for (rows, cols), index in zip(cells, grid.indices):
+            tiled[:, rows, cols] = pixels[index]
         targets = torch.tensor(grid.labels)
         if window is None:
             maps = model.explain(tiled.expand(4, -1, -1, -1), target=targets).contributions
@@ -376,6 +376,13 @@ def grey_grid_scores_by_hand(model, num_grids: int = 2, size: int = 16) -> list[
         for explained, (rows, cols) in zip(maps.clamp_min(0), cells):
             scores.append(float(explained[rows, cols].sum() / explained.sum()) if explained.sum() > 0 else 0.0)
     return scores
+
+
+def grey_grid_scores_by_hand(model, num_grids: int = 2, size: int = 16) -> list[float]:
+    """The GridPG scores of :func:`bcos_on_grey_grids`, by :func:`grid_scores_by_hand` on flat grey cells."""
+    pools = {label: [label] for label in range(6)}  # grey_classifier gets every image right, with confidence ~1
+    grey = {label: torch.full((3, size, size), round(255 * grey_level(label)) / 255) for label in range(6)}
+    return grid_scores_by_hand(model, sample_grids(pools, grid_size=2, num_grids=num_grids, seed=0), grey)
 
 
 def test_a_tiny_bcos_vit_is_explained_on_grids_in_sliding_windows():

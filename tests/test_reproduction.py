@@ -131,7 +131,11 @@ def test_script_scores_both_bcos_models_and_every_posthoc_method_of_the_standard
         ("standard", method) for method in ("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout")
     ]
     assert scored == [("bcosified", "bcos"), ("scratch", "bcos"), *posthoc]
-    assert all(row["grid_pointing_game"] is not None for row in report["localisation"]["rows"])
+    for row in report["localisation"]["rows"]:
+        scores = report["localisation"]["scores"][f"{row['model']}/{row['method']}"]
+        # two 1x1 grids: the cell is the whole grid, so a map scores 1 if it has positive attribution, else 0
+        assert len(scores) == row["grid_pointing_game_count"] == 2 and set(scores) <= {0.0, 1.0}
+        assert row["grid_pointing_game"] == pytest.approx(sum(scores) / 2)
 
 
 @pytest.mark.subprocess
