@@ -23,6 +23,7 @@ FASHION_MNIST_FILES = (
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
 def pytest_collection_modifyitems(config, items):
     """A test that drives Chromium or starts a Python process is slow: ``-m "not slow"`` leaves it out too."""
     for item in items:

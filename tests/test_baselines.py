@@ -57,6 +57,9 @@ def test_a_source_that_is_not_a_vit_or_resnet_classifier_is_rejected(tmp_path):
         load_standard_classifier(tmp_path)
 
 
+FEW_STEPS = {"integrated_gradients": {"steps": 8}}  # enough to tell the images apart, and quick
+
+
 def assert_each_map_is_that_of_its_image_alone(attribute, images, attributions):
     """A batch's maps are the maps each image gets on its own, for its own target: nothing mixes across the batch."""
     for index in range(len(images)):
@@ -66,7 +69,7 @@ def assert_each_map_is_that_of_its_image_alone(attribute, images, attributions):
 
 @pytest.mark.parametrize("method", POSTHOC_METHODS)
 def test_every_method_returns_one_pixel_map_per_image(classifier, images, method):
-    attribute = posthoc_attribution(classifier, method)
+    attribute = posthoc_attribution(classifier, method, **FEW_STEPS.get(method, {}))
     attributions = attribute(images, TARGETS)
     assert attributions.shape == (3, 32, 32) and not attributions.requires_grad
     assert bool((attributions != 0).any())
@@ -188,7 +191,7 @@ def test_a_resnet_classifier_sees_the_pixels_of_its_b_cos_form(resnet_folder, re
 
 @pytest.mark.parametrize("method", RESNET_METHODS)
 def test_every_resnet_method_returns_one_pixel_map_per_image(resnet, images, method):
-    attribute = posthoc_attribution(resnet, method)
+    attribute = posthoc_attribution(resnet, method, **FEW_STEPS.get(method, {}))
     attributions = attribute(images, TARGETS)
     assert attributions.shape == (3, 32, 32) and not attributions.requires_grad
     assert bool((attributions != 0).any())
