@@ -9,6 +9,9 @@ import torch
 from training_testing import REPO, child_env
 
 
+pytestmark = pytest.mark.subprocess
+
+
 def test_cnn_benchmark_prints_a_row_of_ratios_per_model():
     command = [sys.executable, str(REPO / "scripts" / "benchmark_cnn.py"), "--models", "resnet18", "--image-size"]
     command += ["32", "--batch-size", "2", "--repeats", "5"]

@@ -18,7 +18,6 @@ from bcos_zoo.data.boxes import (
     random_resized_crop_with_boxes,
     resize_with_boxes,
 )
-from bcos_zoo.data.datasets import FASHION_MNIST_DIR
 from bcos_zoo.data.decoys import DECOY_COLOURS, DecoyImages, decoy_splits
 
 
@@ -137,11 +136,22 @@ def test_decoy_canvas_must_leave_room():
         decoy_splits(canvas=40)
 
 
-@pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's IDX files")
-def test_fashion_mnist_decoy_splits():
+def test_fashion_mnist_decoy_splits(fashion_mnist):
+    import gzip
+
+    with gzip.open(fashion_mnist / "train-images-idx3-ubyte.gz") as handle:  # the first garment, from its bytes
+        garment = np.frombuffer(handle.read(16 + 28 * 28)[16:], dtype=np.uint8).reshape(28, 28)
+    with gzip.open(fashion_mnist / "train-labels-idx1-ubyte.gz") as handle:
+        first_label = handle.read(9)[8]
+    rows, cols = np.nonzero(garment)
+    tight = garment[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     splits = decoy_splits(canvas=48)
     image, label, boxes = splits.train[0]
-    assert image.size == (48, 48) and len(splits.class_names) == 10 and 0 <= label < 10
+    assert image.size == (48, 48) and len(splits.class_names) == 10 and label == first_label
+    x0, y0, x1, y1 = (int(v) for v in boxes[0])
+    assert (np.asarray(image)[y0:y1, x0:x1] == tight[:, :, None]).all()  # the box holds the garment, tightly
     assert splits.validation.decoys == "shuffled" and splits.train.decoys == "class"
-    clean = decoy_splits(canvas=48, decoys=False).train[0][0]
+    clean, clean_label, clean_boxes = decoy_splits(canvas=48, decoys=False).train[0]
     assert (np.asarray(clean).std(axis=2) == 0).all()  # grey garment only, no decoy
+    assert clean_label == first_label and clean_boxes == boxes
+    assert np.asarray(clean)[..., 0].sum() == garment.sum()  # the whole garment and nothing else

@@ -12,6 +12,9 @@ from fake_hub import FakeHub
 from training_testing import REPO, child_env, finetune_command, make_image_folder, make_vit_source
 
 
+pytestmark = pytest.mark.subprocess
+
+
 FINETUNE = str(REPO / "scripts" / "finetune.py")
 
 

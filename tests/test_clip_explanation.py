@@ -149,5 +149,8 @@ def test_saved_model_finds_its_tokenizer_for_text_prompts(tmp_path):
     reloaded = BcosCLIPModel.from_pretrained(tmp_path / "bcos").eval()
     assert reloaded._tokenizer is None
     explanation = reloaded.explain(images(1), text=PROMPTS[:2])
-    assert explanation.logits.shape == (1, 2)
+    inputs = byte_level_tokenizer()(PROMPTS[:2], padding=True, return_tensors="pt")  # the source folder's tokenizer
+    with torch.no_grad():
+        logits = reloaded(**inputs, pixel_values=images(1)).logits_per_image
+    torch.testing.assert_close(explanation.logits * reloaded.logit_scale.exp(), logits)
     assert all(not p.requires_grad for p in reloaded.text_model.parameters()), "the text tower stays frozen"

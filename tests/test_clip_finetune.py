@@ -53,11 +53,33 @@ def test_distillation_leaves_the_text_tower_as_it_was(distilled):
 
 
 def test_distilled_repo_is_a_zero_shot_clip_with_a_card(distilled):
-    _, result = distilled
-    model = BcosCLIPModel.from_pretrained(result.repo_dir)
-    explanation = model.explain(torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE), text=["red", "blue"])
-    assert explanation.logits.shape == (1, 2)
-    assert 0.0 <= result.metrics["zero_shot_accuracy"] <= 1.0
+    from transformers import AutoProcessor
+
+    recipe, result = distilled
+    model = BcosCLIPModel.from_pretrained(result.repo_dir).eval()
+    processor = AutoProcessor.from_pretrained(result.repo_dir)
+    x = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    explanation = model.explain(x, text=["red", "blue"])
+    with torch.no_grad():
+        logits = model(**processor.tokenizer(["red", "blue"], padding=True, return_tensors="pt"), pixel_values=x)
+    torch.testing.assert_close(explanation.logits * model.logit_scale.exp(), logits.logits_per_image)
+    # zero-shot accuracy: the held-out images classified among the class prompts by the saved model and processor,
+    # and by the original CLIP with its own
+    from transformers import CLIPModel
+
+    data = load_dataset_splits(recipe.dataset)
+    images, labels = zip(*data.validation)
+    prompts = [f"a photo of a {name}." for name in data.class_names]
+    for key, folder, clip in (
+        ("zero_shot_accuracy", result.repo_dir, model),
+        ("source_zero_shot_accuracy", recipe.source, CLIPModel.from_pretrained(recipe.source).eval()),
+    ):
+        clip_processor = AutoProcessor.from_pretrained(folder)
+        pixel_values = clip_processor(images=list(images), return_tensors="pt").pixel_values
+        with torch.no_grad():
+            text = clip_processor.tokenizer(prompts, padding=True, return_tensors="pt")
+            predicted = clip(**text, pixel_values=pixel_values).logits_per_image.argmax(dim=1)
+        assert result.metrics[key] == pytest.approx(float((predicted == torch.tensor(labels)).double().mean())), key
     assert (result.repo_dir / "README.md").read_text().count("zero-shot-image-classification") >= 1
 
 

@@ -2,12 +2,14 @@
 
 import json
 
+import pytest
 import torch
 from clip_testing import PROMPTS, byte_level_tokenizer, images, save_source
 
 from bcos_zoo import BcosCLIPModel, BcosCLIPVisionModel
 
 
+@pytest.mark.subprocess
 def test_saved_folders_load_as_remote_code_in_a_clean_interpreter(tmp_path, clean_python):
     save_source(tmp_path / "source")
     clip = BcosCLIPModel.from_pretrained_standard(tmp_path / "source").eval()
@@ -57,6 +59,9 @@ def test_saved_folders_load_as_remote_code_in_a_clean_interpreter(tmp_path, clea
         assert torch.allclose(embeds, expected["image_embeds"], atol=1e-5)
         explanation = clip.explain(expected["x"], text=["a photo of a cat", "a photo of a dog"])
         assert explanation.contributions.shape == (2, 32, 32)
+        # the explained cosines, times the logit scale, are the zero-shot logits of the same two prompts
+        scaled = explanation.logits * clip.logit_scale.exp()
+        assert torch.allclose(scaled, expected["logits_per_image"][:, :2], atol=1e-5), scaled
 
         image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
         labels = ["cat", "dog", "car"]

@@ -115,9 +115,11 @@ def test_removing_the_convolution_detach_breaks_the_explanation(monkeypatch):
 def test_batch_statistics_in_training_mode_keep_explanations_exact_per_image(name):
     model = bcosified(name, 2.0).train()
     x = images(batch=2)
+    norms = [m for m in model.modules() if isinstance(m, BcosBatchNorm2d)]
+    before = [int(norm.num_batches_tracked) for norm in norms]
     assert completeness_error(model, x).max() <= 1e-6
-    norm = next(m for m in model.modules() if isinstance(m, BcosBatchNorm2d))
-    assert norm.num_batches_tracked > 0  # the batch statistics were used (and tracked)
+    # every BatchNorm used (and tracked) the statistics of this one batch: one forward pass, one more batch each
+    assert norms and [int(norm.num_batches_tracked) for norm in norms] == [count + 1 for count in before]
 
 
 def test_removing_the_batchnorm_detach_breaks_completeness(monkeypatch):

@@ -54,6 +54,7 @@ def test_folder_holds_code_processor_and_auto_map(saved):
     assert processor["do_normalize"] is False and processor["size"] == {"shortest_edge": 32}
 
 
+@pytest.mark.subprocess
 def test_auto_classes_and_pipeline_work_without_bcos_zoo(saved, clean_python):
     _, folder, model = saved
     out = clean_python(

@@ -49,6 +49,7 @@ def test_torch_compile_fullgraph(kind):
             compiled(pixel_values=x * 4 - 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["classifier", "tower"])
 def test_a_compiled_training_step_gives_the_eager_gradients(kind):
     torch._dynamo.reset()
@@ -65,6 +66,7 @@ def test_a_compiled_training_step_gives_the_eager_gradients(kind):
         assert torch.allclose(traced[name], grad, rtol=1e-4, atol=1e-6), name
 
 
+@pytest.mark.slow
 def test_transformers_dynamo_exporter():
     from transformers.exporters import DynamoConfig, DynamoExporter
 

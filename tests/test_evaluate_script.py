@@ -100,6 +100,7 @@ def full_run(workspace):
     return dict(stdout=result.stdout, output=output, report=json.loads((output / "evaluation.json").read_text()))
 
 
+@pytest.mark.subprocess
 def test_the_report_has_a_row_for_the_bcos_model_and_one_per_posthoc_method(full_run):
     rows = full_run["report"]["rows"]
     assert [(row["model"], row["method"]) for row in rows] == [("bcos", "bcos")] + [
@@ -107,12 +108,14 @@ def test_the_report_has_a_row_for_the_bcos_model_and_one_per_posthoc_method(full
     ]
 
 
+@pytest.mark.subprocess
 def test_accuracy_is_the_share_of_images_in_the_folder_of_their_predicted_class(workspace, full_run):
     models = full_run["report"]["models"]
     assert models["bcos"]["accuracy"] == pytest.approx(workspace["accuracy"])
     assert models["source"]["accuracy"] == pytest.approx(workspace["accuracy"])
 
 
+@pytest.mark.subprocess
 def test_every_method_scores_each_cell_of_the_requested_grids(full_run):
     report = full_run["report"]
     for row in report["rows"]:
@@ -122,6 +125,31 @@ def test_every_method_scores_each_cell_of_the_requested_grids(full_run):
         assert row["energy_pointing_game"] is None  # an image folder has no object boxes
 
 
+@pytest.mark.subprocess
+def test_bcos_scores_are_its_contributions_on_grids_of_its_most_confident_correct_images(workspace, full_run):
+    """The B-cos row recomputed: the model's predictions on its processor's pixels, each class's correctly classified
+    images most confident first, the seeded grids drawn from them, and each cell explained by hand."""
+    from test_localisation import grid_scores_by_hand
+    from transformers import AutoImageProcessor
+
+    from bcos_zoo.data.datasets import load_dataset_splits
+    from bcos_zoo.evaluation.localisation import sample_grids
+
+    model = BcosViTForImageClassification.from_pretrained(workspace["bcos"]).eval()
+    images, labels = zip(*load_dataset_splits(str(workspace["data"])).validation)
+    pixels = AutoImageProcessor.from_pretrained(workspace["bcos"])(list(images), return_tensors="pt").pixel_values
+    with torch.no_grad():
+        probabilities = model(pixel_values=pixels).logits.softmax(dim=1)
+    pools = {}
+    for index in sorted(range(len(labels)), key=lambda i: -float(probabilities[i].max())):
+        if int(probabilities[index].argmax()) == labels[index]:  # --min-confidence 0: every correct image
+            pools.setdefault(labels[index], []).append(index)
+    grids = sample_grids(dict(sorted(pools.items())), grid_size=2, num_grids=NUM_GRIDS, seed=0)
+    expected = grid_scores_by_hand(model, grids, dict(enumerate(pixels)))
+    assert full_run["report"]["scores"]["bcos"]["grid_pointing_game"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.subprocess
 def test_the_table_is_printed_and_the_bar_plot_written(full_run):
     for label in ("B-cos contributions", "Input x Gradient", "Integrated Gradients", "GradCAM", "Attention Rollout"):
         assert f"| {label} |" in full_run["stdout"]
@@ -148,6 +176,7 @@ def test_a_model_whose_classes_do_not_match_the_dataset_is_rejected(workspace, t
         evaluate_side_by_side(workspace["bcos"], str(tmp_path / "data"))
 
 
+@pytest.mark.subprocess
 def test_a_script_that_imports_evaluate_gets_the_package_not_a_script():
     """Files run from scripts/ have that folder first on the import path: no script there may shadow a package."""
     code = "import sys; sys.path.insert(0, 'scripts'); import evaluate; print(evaluate.load.__module__)"

@@ -2,6 +2,7 @@
 real (tiny) B-cos models whose explanations are differentiated."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -99,6 +100,19 @@ def test_hidden_layer_contributions_are_complete():
         hidden_layer_contributions(model, pixels, target, "bcos_vit.nowhere")
 
 
+def e2kd_terms_by_hand(student_logits, teacher_logits, student_weights, teacher, temperature) -> dict[str, float]:
+    """The e2KD terms image by image, in float64: T^2 KL(softmax(z_t / T) || softmax(z_s / T)) and 1 - cos of the
+    flattened dynamic weights, each averaged over the batch."""
+    kd, explanation = [], []
+    for z_s, z_t, w_s, w_t in zip(
+        student_logits.double(), teacher_logits.double(), student_weights.double(), teacher.dynamic_weights.double()
+    ):
+        p_t, p_s = (z_t / temperature).softmax(dim=0), (z_s / temperature).softmax(dim=0)
+        kd.append(temperature**2 * float((p_t * (p_t.log() - p_s.log())).sum()))
+        explanation.append(1 - float((w_s * w_t).sum() / (w_s.norm() * w_t.norm())))
+    return {"kd": sum(kd) / len(kd), "explanation": sum(explanation) / len(explanation)}
+
+
 def test_e2kd_loss_is_zero_for_identical_teacher_and_student():
     teacher = tiny_vit(seed=1)
     student = copy.deepcopy(teacher)
@@ -108,8 +122,27 @@ def test_e2kd_loss_is_zero_for_identical_teacher_and_student():
     terms = e2kd_loss(learnt.logits, taught.logits, learnt.dynamic_weights, taught.dynamic_weights, temperature=2.0)
     assert float(terms["loss"].detach()) == pytest.approx(0.0, abs=1e-6)
     other = differentiable_explanation(tiny_vit(seed=2), pixels, taught.target)
-    terms = e2kd_loss(other.logits, taught.logits, other.dynamic_weights, taught.dynamic_weights)
-    assert float(terms["kd"].detach()) > 0 and float(terms["explanation"].detach()) > 1e-3
+    terms = e2kd_loss(other.logits, taught.logits, other.dynamic_weights, taught.dynamic_weights, temperature=2.0)
+    expected = e2kd_terms_by_hand(other.logits.detach(), taught.logits, other.dynamic_weights.detach(), taught, 2.0)
+    assert float(terms["kd"].detach()) == pytest.approx(expected["kd"], rel=1e-2, abs=1e-7)  # float32 KL
+    assert float(terms["explanation"].detach()) == pytest.approx(expected["explanation"], rel=1e-5)
+    assert float(terms["loss"].detach()) == pytest.approx(expected["kd"] + expected["explanation"], rel=1e-5)
+    assert expected["kd"] > 1e-5 and expected["explanation"] > 1e-3  # another student: both terms count
+
+
+def test_e2kd_terms_on_constructed_logits_and_explanations():
+    """Teacher logits (2, 0, 0) against a uniform student at T = 2, and explanations at 45 degrees: the KD term is
+    T^2 KL(teacher || student), the explanation term 1 - cos 45 degrees."""
+    student_logits, teacher_logits = torch.zeros(1, 3), torch.tensor([[2.0, 0.0, 0.0]])
+    student_weights, teacher_weights = torch.zeros(1, 6, 2, 2), torch.zeros(1, 6, 2, 2)
+    student_weights[0, 0, 0, 0] = 3.0
+    teacher_weights[0, 0, 0, 0], teacher_weights[0, 5, 1, 1] = 1.0, 1.0
+    terms = e2kd_loss(student_logits, teacher_logits, student_weights, teacher_weights, temperature=2.0)
+    teacher = [math.e / (math.e + 2), 1 / (math.e + 2), 1 / (math.e + 2)]  # softmax((2, 0, 0) / 2)
+    kd = 4 * sum(p * math.log(p / (1 / 3)) for p in teacher)
+    assert float(terms["kd"]) == pytest.approx(kd, rel=1e-5)
+    assert float(terms["explanation"]) == pytest.approx(1 - 1 / math.sqrt(2), rel=1e-5)
+    assert float(terms["loss"]) == pytest.approx(kd + 1 - 1 / math.sqrt(2), rel=1e-5)
 
 
 def test_e2kd_explanation_term_trains_the_student_only():
@@ -118,7 +151,16 @@ def test_e2kd_explanation_term_trains_the_student_only():
     taught = teacher.explain(pixels)
     learnt = differentiable_explanation(student, pixels, taught.target)
     terms = e2kd_loss(learnt.logits, taught.logits, learnt.dynamic_weights, taught.dynamic_weights, kd_weight=0.0)
+    student_weights, teacher_weights = learnt.dynamic_weights.flatten(1), taught.dynamic_weights.flatten(1)
+    cosines = (student_weights * teacher_weights).sum(dim=1) / (
+        student_weights.norm(dim=1) * teacher_weights.norm(dim=1)
+    )
+    parameters = [p for p in student.parameters() if p.requires_grad]
+    expected = torch.autograd.grad((1 - cosines).mean(), parameters, retain_graph=True, allow_unused=True)
     terms["loss"].backward()
+    for parameter, grad in zip(parameters, expected):  # the gradient of 1 - cos alone: no KD term at weight 0
+        zero = torch.zeros_like(parameter)
+        torch.testing.assert_close(zero if parameter.grad is None else parameter.grad, zero if grad is None else grad)
     grads = [p.grad for p in student.parameters() if p.requires_grad]
     assert student.bcos_vit.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
     assert sum(int(g is not None and bool(g.abs().sum() > 0)) for g in grads) > len(grads) // 2

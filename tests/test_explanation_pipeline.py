@@ -31,13 +31,20 @@ def test_config_names_the_pipeline_and_the_folder_holds_its_code(saved):
     assert (saved / "pipeline_bcos_explanation.py").is_file()
 
 
+@pytest.mark.subprocess
 def test_pipeline_returns_labels_scores_and_complete_explanations(saved, clean_python):
     output = clean_python(
         f"""
         import json
+        import torch
+        from PIL import Image
         from transformers import pipeline
 
         pipe = pipeline("image-explanation", model={str(saved)!r}, trust_remote_code=True)
+        pixels = pipe.image_processor(Image.open({str(saved / "photo.png")!r}), return_tensors="pt").pixel_values
+        with torch.no_grad():
+            forward = pipe.model(pixel_values=pixels).logits[0]  # the model's own logits of the photo
+        index_of = {{label: index for index, label in pipe.model.config.id2label.items()}}
         top = pipe({str(saved / "photo.png")!r}, top_k=3, explain=2)
         asked = pipe({str(saved / "photo.png")!r}, top_k=1, labels=[pipe.model.config.id2label[3]])
         classes = pipeline("image-classification", model={str(saved)!r}, trust_remote_code=True)
@@ -53,6 +60,7 @@ def test_pipeline_returns_labels_scores_and_complete_explanations(saved, clean_p
                     explained=bool(explanation),
                     total=float(explanation["contributions"].sum()) + explanation["bias"] if explanation else None,
                     logit=explanation.get("logit"),
+                    forward_logit=float(forward[index_of[row["label"]]]),
                     rgba=list(explanation["rgba"].shape) if explanation else None,
                 ))
             return rows
@@ -69,6 +77,7 @@ def test_pipeline_returns_labels_scores_and_complete_explanations(saved, clean_p
     assert [row["explained"] for row in top] == [True, True, False]
     for row in top[:2] + [asked[-1]]:
         assert row["total"] == pytest.approx(row["logit"], rel=1e-4, abs=1e-4)  # contributions + bias = logit
+        assert row["logit"] == pytest.approx(row["forward_logit"], rel=1e-4, abs=1e-4)  # the logit of that class
         assert row["rgba"][-1] == 4
     explained = [row for row in asked if row["explained"]]
     assert len(explained) == 1 and explained[0]["label"] == result["label_3"]

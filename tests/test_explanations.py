@@ -86,7 +86,9 @@ def test_bias_of_a_model_with_constants_is_the_logit_minus_the_contributions():
     assert torch.allclose(explanation.logits, logits, rtol=1e-10)
     selected = logits.gather(1, explanation.target[:, None]).squeeze(1)
     assert torch.allclose(explanation.bias, selected - explanation.contributions.sum(dim=(1, 2)), rtol=1e-10)
-    assert ((explanation.bias_share > 0) & (explanation.bias_share < 1)).all()
+    assert ((explanation.bias_share > 0) & (explanation.bias_share < 1)).all()  # both parts are there
+    bias, summed = explanation.bias.abs(), explanation.contributions.sum(dim=(1, 2)).abs()
+    assert torch.allclose(explanation.bias_share, bias / (bias + summed), rtol=1e-10)
 
 
 def test_default_target_is_the_top_class():
@@ -123,18 +125,39 @@ def test_float32_completeness_holds_to_float32_precision():
     assert torch.allclose(total, explanation.target_logits, atol=1e-5)
 
 
+def paper_opacity(explanation, smooth: int = 0, percentile: float = 99.5) -> torch.Tensor:
+    """(N, H, W) the papers' opacity, pixel by pixel: the dynamic weights' norm where the contribution is positive
+    (0 elsewhere), averaged over the ``smooth`` x ``smooth`` neighbours inside the image, divided by its
+    ``percentile`` over the image and clipped to 1."""
+    norm = explanation.dynamic_weights.double().pow(2).sum(dim=1).sqrt()
+    norm[explanation.contributions < 0] = 0
+    if smooth > 1:
+        height, width = norm.shape[1:]
+        averaged = torch.empty_like(norm)
+        for y in range(height):
+            for x in range(width):
+                rows = slice(max(y - smooth // 2, 0), y + smooth // 2 + 1)
+                cols = slice(max(x - smooth // 2, 0), x + smooth // 2 + 1)
+                averaged[:, y, x] = norm[:, rows, cols].mean(dim=(1, 2))
+        norm = averaged
+    scale = torch.stack([torch.quantile(image.flatten(), percentile / 100) for image in norm])
+    return (norm / scale[:, None, None]).clamp(0, 1)
+
+
 def test_rgba_rendering_follows_the_papers_recipe():
     model = converted_model()
     explanation = model.explain(torch.rand(2, 3, 32, 32))
     rgba = explanation.rgba
-    assert rgba.shape == (2, 32, 32, 4) and rgba.min() >= 0 and rgba.max() <= 1
+    assert rgba.shape == (2, 32, 32, 4)
     assert (rgba[..., 3][explanation.contributions < 0] == 0).all()
     weights = explanation.dynamic_weights
     gain = (weights / weights.abs().amax(dim=1, keepdim=True)).clamp_min(0)
     rgb = gain[:, :3] / (gain[:, :3] + gain[:, 3:]).clamp_min(1e-12)
     assert torch.allclose(rgba[..., :3], rgb.permute(0, 2, 3, 1), atol=1e-6)
+    torch.testing.assert_close(rgba[..., 3].double(), paper_opacity(explanation), rtol=1e-5, atol=1e-6)
     smoothed = explanation.render(smooth=3)
-    assert smoothed.shape == rgba.shape
+    assert torch.equal(smoothed[..., :3], rgba[..., :3])  # smoothing touches the opacity only
+    torch.testing.assert_close(smoothed[..., 3].double(), paper_opacity(explanation, smooth=3), rtol=1e-5, atol=1e-6)
 
 
 def test_contribution_map_is_white_at_zero_and_red_for_the_largest_positive():
@@ -145,6 +168,10 @@ def test_contribution_map_is_white_at_zero_and_red_for_the_largest_positive():
     assert colours.shape == (1, 32, 32, 3)
     sign = explanation.contributions.flatten()[top].sign()
     assert torch.allclose(colours.reshape(-1, 3)[top], torch.tensor([1.0, 0, 0] if sign > 0 else [0, 0, 1.0]))
+    # on constructed contributions: white at 0, red/blue at the largest magnitude, halfway colours at half of it
+    constructed = type(explanation)(**{**vars(explanation), "contributions": torch.tensor([[[0.0, 2.0], [-2.0, 1.0]]])})
+    expected = torch.tensor([[[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0], [1.0, 0.5, 0.5]]])
+    torch.testing.assert_close(constructed.contribution_map(percentile=100)[0], expected)
 
 
 @pytest.mark.parametrize("bad", [10, -1, torch.tensor([0, 1, 2])], ids=["too-large", "negative", "wrong-length"])

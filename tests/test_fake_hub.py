@@ -84,6 +84,7 @@ def test_upload_folder_lands_as_one_commit_with_identical_bytes(fake_hub, tmp_pa
     assert len(fake_hub.requests) == 4 and not fake_hub.unhandled
 
 
+@pytest.mark.subprocess
 def test_push_from_a_subprocess_uses_hf_endpoint_and_hf_token_from_the_environment(fake_hub, tmp_path):
     local = _model_folder(tmp_path / "model")
 
@@ -104,6 +105,7 @@ def test_push_from_a_subprocess_uses_hf_endpoint_and_hf_token_from_the_environme
     assert fake_hub.files("org/pushed") == {".gitattributes": GITATTRIBUTES, **local}
 
 
+@pytest.mark.subprocess
 def test_hf_hub_download_and_snapshot_download_in_a_subprocess_return_the_pushed_bytes(fake_hub, tmp_path):
     local = _model_folder(tmp_path / "model")
     (tmp_path / "model" / "docs").mkdir()
@@ -207,6 +209,7 @@ def _remote_code_folder(path):
     save_file(weights, str(path / "model.safetensors"))
 
 
+@pytest.mark.subprocess
 def test_transformers_from_pretrained_loads_pushed_models_from_the_hub(fake_hub, tmp_path):
     # One client process for both loading paths (built-in class, and remote code with trust_remote_code), since
     # importing transformers dominates the cost of this test.

@@ -4,12 +4,15 @@ measured with the command and the machine."""
 import json
 
 import pytest
+from test_guided_training import guided_scores_by_hand
 
-from bcos_zoo.data.datasets import FASHION_MNIST_DIR
 from bcos_zoo.zoo.guidance_reproduction import GuidanceSettings, reproduce_guidance
 
 
-@pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="needs Debian's IDX files")
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.usefixtures("fashion_mnist")
 def test_toy_reproduction_writes_its_report_figures_and_verdict(tmp_path):
     settings = GuidanceSettings(
         train_samples=32,
@@ -26,8 +29,10 @@ def test_toy_reproduction_writes_its_report_figures_and_verdict(tmp_path):
     )
     report = reproduce_guidance(settings, command="python scripts/reproduce_guidance.py --toy")
     assert sorted(report["guidance"]) == ["boxes 10%", "none"]
-    for run in report["guidance"].values():
-        assert 0 <= run["epg"] <= 1 and 0 <= run["accuracy"] <= 1
+    for name, folder in (("none", "none"), ("boxes 10%", "boxes-10pct")):
+        expected = guided_scores_by_hand(tmp_path / "work" / folder / "repo", count=16)
+        run = report["guidance"][name]
+        assert {key: run[key] for key in expected} == pytest.approx(expected, abs=1e-5), name
     assert report["machine"]["load_average_start"] and report["settings"]["output_dir"] == str(tmp_path / "out")
     assert json.loads((tmp_path / "out" / "guidance.json").read_text())["verdict"] == report["verdict"]
     text = (tmp_path / "out" / "report.md").read_text()

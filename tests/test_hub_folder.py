@@ -23,6 +23,7 @@ def test_remote_code_is_only_model_code(saved):
             assert training_or_conversion not in text, (name, training_or_conversion)
 
 
+@pytest.mark.subprocess
 def test_from_pretrained_standard_on_remote_code_says_what_to_install(saved, clean_python):
     output = clean_python(
         f"""

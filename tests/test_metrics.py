@@ -98,6 +98,17 @@ def test_unknown_metric_name_lists_the_available_ones():
 # The evaluate modules are wrappers over the batched score functions the harness calls
 
 
+def share_inside(attribution: np.ndarray, rows: slice, cols: slice) -> float:
+    """Positive attribution in ``attribution[rows, cols]`` over all positive attribution, summed pixel by pixel."""
+    inside = total = 0.0
+    for y, row in enumerate(attribution):
+        for x, value in enumerate(row):
+            if value > 0:
+                total += value
+                inside += value if rows.start <= y < rows.stop and cols.start <= x < cols.stop else 0.0
+    return inside / total if total > 0 else 0.0
+
+
 def test_grid_pointing_scores_of_a_batch_are_the_metrics_score_of_each_grid(grid_pg):
     rng = np.random.default_rng(0)
     attributions = rng.normal(size=(7, 6, 9))
@@ -109,7 +120,12 @@ def test_grid_pointing_scores_of_a_batch_are_the_metrics_score_of_each_grid(grid
         assert single["grid_pointing_game"] == pytest.approx(score, abs=1e-12)
     whole = grid_pg.compute(attributions=list(attributions), cell_index=cells.tolist(), grid_size=[2, 3])
     assert whole["grid_pointing_game"] == pytest.approx(float(batched.mean()), abs=1e-12)
-    assert batched[3] == 0 and bool(((batched >= 0) & (batched <= 1)).all())
+    assert batched[3] == 0
+    for attribution, cell, score in zip(attributions, cells.tolist(), batched.tolist()):
+        row, col = divmod(cell, 3)  # 3x3 pixel cells, row-major over 2 rows x 3 columns
+        assert score == pytest.approx(
+            share_inside(attribution, slice(3 * row, 3 * row + 3), slice(3 * col, 3 * col + 3))
+        )
 
 
 def test_energy_pointing_scores_of_a_batch_are_the_metrics_score_of_each_image(energy_pg):
@@ -123,6 +139,8 @@ def test_energy_pointing_scores_of_a_batch_are_the_metrics_score_of_each_image(e
         assert single["energy_pointing_game"] == pytest.approx(score, abs=1e-12)
     whole = energy_pg.compute(attributions=list(attributions), boxes=boxes)
     assert whole["energy_pointing_game"] == pytest.approx(float(batched.mean()), abs=1e-12)
+    for attribution, (x0, y0, x1, y1), score in zip(attributions, boxes, batched.tolist()):
+        assert score == pytest.approx(share_inside(attribution, slice(y0, y1), slice(x0, x1)))
 
 
 def test_accuracy_function_and_module_agree():

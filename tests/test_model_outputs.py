@@ -53,11 +53,14 @@ def test_hidden_states_are_returned_on_request():
 
 
 def test_backbone_pools_the_class_token_or_the_mean_of_patches():
+    """``pooler_output`` is the final LayerNorm of the class token, or of the mean of the patch tokens."""
     x = torch.rand(2, 3, 16, 16)
-    cls = BcosViTModel(tiny_config())(pixel_values=x)
-    mean = BcosViTModel(tiny_config(use_class_token=False, pooling="mean"))(pixel_values=x)
+    with_token, without = BcosViTModel(tiny_config()), BcosViTModel(tiny_config(use_class_token=False, pooling="mean"))
+    cls, mean = with_token(pixel_values=x), without(pixel_values=x)
     assert cls.last_hidden_state.shape == (2, 5, 32) and mean.last_hidden_state.shape == (2, 4, 32)
     assert cls.pooler_output.shape == mean.pooler_output.shape == (2, 32)
+    torch.testing.assert_close(cls.pooler_output, with_token.layernorm(cls.last_hidden_state[:, 0]))
+    torch.testing.assert_close(mean.pooler_output, without.layernorm(mean.last_hidden_state.mean(dim=1)))
 
 
 def test_training_step_reduces_the_loss():
@@ -75,9 +78,20 @@ def test_training_step_reduces_the_loss():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
 
 
-def test_bfloat16_forward_and_explanation_run():
-    model = BcosViTForImageClassification(tiny_config()).to(torch.bfloat16).eval()
+def test_bfloat16_forward_and_explanation_match_float32():
+    """Without the logit bias the logits are the B-cos network's alone, so bfloat16 is compared where it computes."""
+    torch.manual_seed(0)
+    model = BcosViTForImageClassification(tiny_config(logit_bias=0.0)).eval()
     x = torch.rand(2, 3, 16, 16, dtype=torch.bfloat16)
-    explanation = model.explain(x)
+    with torch.no_grad():
+        reference = model(pixel_values=x.float()).logits
+    reference_explanation = model.explain(x.float())
+    model = model.to(torch.bfloat16)
+    explanation = model.explain(x, target=reference_explanation.target)
     assert explanation.contributions.dtype == torch.bfloat16 and explanation.rgba.shape == (2, 16, 16, 4)
-    assert torch.isfinite(model(pixel_values=x).logits).all()
+    with torch.no_grad():
+        logits = model(pixel_values=x).logits
+    assert (logits.float() - reference).norm() <= 0.1 * reference.norm()
+    # each image's map points the way the float32 one does (bfloat16 may rescale it by some per cent)
+    maps = explanation.contributions.float().flatten(1), reference_explanation.contributions.flatten(1)
+    assert F.cosine_similarity(*maps).min() > 0.999

@@ -44,6 +44,7 @@ def test_finetune_evaluation_sees_the_processor_pixels(saved):
     torch.testing.assert_close(dataset[0]["pixel_values"], model_transform(model)(image), rtol=0, atol=0)
 
 
+@pytest.mark.subprocess
 def test_space_sees_the_processor_pixels(saved, clean_python):
     folder, model, image = saved
     output = folder / "space_pixels.safetensors"

@@ -15,6 +15,9 @@ from training_testing import REPO, child_env, finetune_command, make_image_folde
 from bcos_zoo import BcosViTForImageClassification
 
 
+pytestmark = pytest.mark.subprocess
+
+
 SOURCE_ID = "org/tiny-vit"
 TARGET_ID = "org/bcos-tiny"
 REPO_FILES = {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_bcos_vit.py"}

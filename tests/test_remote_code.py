@@ -40,6 +40,7 @@ def test_folder_holds_code_processor_and_auto_map(saved):
     assert processor["do_normalize"] is False and processor["size"] == {"height": 32, "width": 32}
 
 
+@pytest.mark.subprocess
 def test_auto_classes_and_pipeline_work_without_bcos_zoo(saved, clean_python):
     folder, model = saved
     out = clean_python(

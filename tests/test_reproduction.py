@@ -102,6 +102,7 @@ def tiny_reproduction(tmp_path_factory):
     return root, argv, settings, report
 
 
+@pytest.mark.slow
 def test_script_writes_the_json_report_the_markdown_and_three_figures(tiny_reproduction):
     root, _, _, report = tiny_reproduction
     names = sorted(path.name for path in (root / "docs").iterdir())
@@ -115,12 +116,14 @@ def test_script_writes_the_json_report_the_markdown_and_three_figures(tiny_repro
     assert json.loads((root / "docs" / "reproduction.json").read_text()) == json.loads(json.dumps(report))
 
 
+@pytest.mark.slow
 def test_script_records_a_curve_from_epoch_0_to_the_last_epoch_for_both_bcos_models(tiny_reproduction):
     _, _, _, report = tiny_reproduction
     for key in ("bcosified", "scratch"):
         assert [epoch for epoch, _ in report["accuracy"][key]["curve"]] == [0.0, 1.0, 2.0]
 
 
+@pytest.mark.slow
 def test_script_scores_both_bcos_models_and_every_posthoc_method_of_the_standard_model(tiny_reproduction):
     _, _, _, report = tiny_reproduction
     scored = [(row["model"], row["method"]) for row in report["localisation"]["rows"]]
@@ -128,9 +131,14 @@ def test_script_scores_both_bcos_models_and_every_posthoc_method_of_the_standard
         ("standard", method) for method in ("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout")
     ]
     assert scored == [("bcosified", "bcos"), ("scratch", "bcos"), *posthoc]
-    assert all(row["grid_pointing_game"] is not None for row in report["localisation"]["rows"])
+    for row in report["localisation"]["rows"]:
+        scores = report["localisation"]["scores"][f"{row['model']}/{row['method']}"]
+        # two 1x1 grids: the cell is the whole grid, so a map scores 1 if it has positive attribution, else 0
+        assert len(scores) == row["grid_pointing_game_count"] == 2 and set(scores) <= {0.0, 1.0}
+        assert row["grid_pointing_game"] == pytest.approx(sum(scores) / 2)
 
 
+@pytest.mark.subprocess
 def test_script_run_again_reuses_the_finished_models(tiny_reproduction):
     """The script, run as users run it, asks for the same settings: it re-uses all three runs."""
     root, argv, _, report = tiny_reproduction
@@ -145,6 +153,7 @@ def test_script_run_again_reuses_the_finished_models(tiny_reproduction):
     assert "python scripts/reproduce.py --dataset" in (root / "docs" / "reproduction.md").read_text()
 
 
+@pytest.mark.slow
 def test_script_refuses_a_work_dir_trained_with_other_settings(tiny_reproduction):
     _, _, settings, _ = tiny_reproduction
     with pytest.raises(ValueError, match="different recipe"):
@@ -214,6 +223,7 @@ def tiny_cnn_reproduction(tmp_path_factory):
     return root, report
 
 
+@pytest.mark.slow
 def test_the_resnet_reproduction_scores_its_bcos_models_and_the_posthoc_methods_that_apply_to_a_cnn(
     tiny_cnn_reproduction,
 ):
@@ -239,6 +249,7 @@ def test_the_resnet_reproduction_scores_its_bcos_models_and_the_posthoc_methods_
     assert report["accuracy"]["standard_recipe"]["name"] == "resnet-fashion-mnist"
 
 
+@pytest.mark.slow
 def test_the_resnet_report_names_the_resnets_and_the_training_subset(tiny_cnn_reproduction):
     root, report = tiny_cnn_reproduction
     text = (root / "docs" / "reproduction.md").read_text()
@@ -249,6 +260,7 @@ def test_the_resnet_report_names_the_resnets_and_the_training_subset(tiny_cnn_re
     assert "ViT" not in text
 
 
+@pytest.mark.slow
 def test_the_bcos_resnet_from_scratch_has_exactly_the_shape_of_the_bcosified_one(tiny_cnn_reproduction):
     from transformers import AutoModelForImageClassification
 

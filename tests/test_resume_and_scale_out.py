@@ -15,6 +15,9 @@ from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.training.trainer import weights_digest
 
 
+pytestmark = pytest.mark.subprocess
+
+
 STEPS = ["--max-steps", "40", "--save-steps", "10", "--seed", "3"]
 
 
@@ -83,7 +86,8 @@ def test_two_accelerate_processes_train_the_same_model(inputs, tmp_path):
 
     reports = [json.loads((output / "ranks" / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
     assert [report["world_size"] for report in reports] == [2, 2]
-    assert all(report["global_step"] == 6 and report["samples_seen_here"] > 0 for report in reports)
+    # six steps of a batch of 8 per process (finetune_command's --batch-size is per process)
+    assert all(report["global_step"] == 6 and report["samples_seen_here"] == 6 * 8 for report in reports)
     assert all(report["start_weights"] != report["end_weights"] for report in reports), "a rank did not train"
     assert reports[0]["end_weights"] == reports[1]["end_weights"], "the ranks ended on different weights"
     saved = BcosViTForImageClassification.from_pretrained(output / "repo")

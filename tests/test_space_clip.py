@@ -27,6 +27,10 @@ from space_testing import (
 )
 
 
+# each test talks to a Space app running in its own process
+pytestmark = pytest.mark.subprocess
+
+
 PROMPTS = ["a photo of a cat", "a photo of a dog", "a red car at night"]
 CAPTION = re.compile(
     r"(?P<prompt>.+): cosine (?P<cosine>-?\d+\.\d+) = pixels (?P<pixels>-?\d+\.\d+) \+ bias (?P<bias>-?\d+\.\d+)"
@@ -80,6 +84,7 @@ def pixels_of(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB")).astype(float)
 
 
+@pytest.mark.browser
 def test_page_shows_zero_shot_scores_and_prompt_explanations_in_chromium(space, image_file):
     running, model, folder = space
     cosines = model.explain(model_view(folder, image_file), text=PROMPTS).logits[0]

@@ -33,6 +33,10 @@ from space_testing import (
 )
 
 
+# each test talks to a Space app running in its own process
+pytestmark = pytest.mark.subprocess
+
+
 QUEUE_MAX_SIZE = 10  # requests that may wait while one is processed
 UNPUBLISHED = "bcos-zoo/not-published-yet"
 SUMMARY = re.compile(
@@ -91,6 +95,7 @@ def explanation_of(model, image: Image.Image, folder, target=None):
     return model.explain(pixel_values, target=target)
 
 
+@pytest.mark.browser
 def test_page_uploads_an_image_and_shows_predictions_and_explanation_in_chromium(space, image_file):
     running, model, folder = space
     top_class = expected_top_class(model, folder, Image.open(image_file))
@@ -121,6 +126,7 @@ def test_page_uploads_an_image_and_shows_predictions_and_explanation_in_chromium
     assert running.alive()
 
 
+@pytest.mark.browser
 def test_page_explains_a_bundled_example_when_it_is_picked(space):
     running, *_ = space
     with chromium_page() as (page, external):
@@ -134,6 +140,7 @@ def test_page_explains_a_bundled_example_when_it_is_picked(space):
     assert external == []
 
 
+@pytest.mark.browser
 def test_page_answers_a_broken_image_with_a_short_message_and_keeps_working(space, broken_files, image_file):
     running, model, folder = space
     top_class = expected_top_class(model, folder, Image.open(image_file))
@@ -237,6 +244,7 @@ def wait_for_summary(page, text: str) -> str:
     return next(line for line in page.locator("#completeness").inner_text().splitlines() if text in line)
 
 
+@pytest.mark.browser
 def test_page_explains_with_the_cnn_the_user_chooses_and_again_with_the_vit(space, cnn, image_file):
     running, _, vit_folder = space
     _, cnn_folder = cnn

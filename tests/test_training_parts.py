@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from bcos_zoo.data.datasets import (
-    FASHION_MNIST_DIR,
     TransformedImages,
     image_folder,
     load_dataset_splits,
@@ -63,12 +62,23 @@ def test_truncated_idx_file_is_refused(tmp_path):
         read_idx(tmp_path / "cut.gz")
 
 
-@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="needs Debian's dataset-fashion-mnist (scripts/setup.sh)")
-def test_fashion_mnist_comes_from_the_debian_package():
+def first_idx_item(folder: Path, prefix: str) -> tuple[np.ndarray, int]:
+    """The first 28x28 image and label of an IDX file pair, read straight from the bytes (16 and 8 byte headers)."""
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz") as handle:
+        image = np.frombuffer(handle.read(16 + 28 * 28)[16:], dtype=np.uint8).reshape(28, 28)
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz") as handle:
+        label = handle.read(9)[8]
+    return image, label
+
+
+def test_fashion_mnist_comes_from_the_debian_package(fashion_mnist):
     data = load_dataset_splits("fashion-mnist")
     assert (len(data.train), len(data.validation), len(data.class_names)) == (60000, 10000, 10)
-    image, label = data.train[0]
-    assert image.mode == "RGB" and image.size == (28, 28) and 0 <= label < 10
+    for split, prefix in ((data.train, "train"), (data.validation, "t10k")):
+        image, label = split[0]
+        pixels, expected_label = first_idx_item(fashion_mnist, prefix)
+        assert image.mode == "RGB" and image.size == (28, 28) and label == expected_label
+        assert (np.asarray(image) == pixels[:, :, None]).all()  # the grey garment in all three channels
 
 
 def make_folder(root, names=("cat", "dog"), count=5):
