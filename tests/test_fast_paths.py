@@ -124,7 +124,8 @@ def test_differentiable_explanations_train_as_the_reference_does(family):
         close(reference[name], fast[name])
 
 
-def test_the_environment_switches_every_fast_path_off(tmp_path):
+@pytest.mark.subprocess
+def test_the_environment_switches_every_fast_path_off():
     import subprocess
     import sys
 
