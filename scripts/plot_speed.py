@@ -71,7 +71,7 @@ def plot(csv_path: Path, png_path: Path) -> Path:
     axes[-1, 0].set_xticks(range(len(categories)), categories, fontsize=7)
     axes[-1, 0].set_xlim(-0.6, len(categories) - 0.4)
     figure.suptitle(f"{csv_path.name}: {len(rows)} rows (dots: runs, bar: median, dashed: target)", fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.12 / figure.get_figheight()))  # room for the title
     figure.savefig(png_path, dpi=120)
     plt.close(figure)
     return png_path
