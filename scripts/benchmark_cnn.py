@@ -1,12 +1,19 @@
-"""Speed of the B-cos CNNs against their standard sources, measured side by side in one run.
+"""Speed and memory of the B-cos CNNs against their torchvision sources, as transformers loads the B-cos models.
 
-    python scripts/benchmark_cnn.py                          # CPU, float32, ResNet-50 at 224 px, batch 8, 2 threads
-    python scripts/benchmark_cnn.py --device cuda --dtype bfloat16 --models resnet50 densenet121
+    python scripts/benchmark_cnn.py                     # CPU, 2 threads, float32, ResNet-50 at 224 px, batch 8
+    python scripts/benchmark_cnn.py --models resnet50 densenet121 --reference --csv docs/speed/cnn.csv
+    python scripts/benchmark_cnn.py --device cuda --dtype bfloat16
 
-Per model: forward throughput of the source (torchvision, random weights: speed does not depend on them) and of its
-B-cosified form (B=2, biases removed, the paper's recipe), their ratio (target >= 0.8), the explanation's
-throughput, and the cost of one batched explanation in B-cos forward passes (target <= 2.5). The three calls run in
-turns, so load from elsewhere on the machine hits all of them alike; each figure is the median of ``--repeats``.
+Per model: the torchvision source (random weights: speed does not depend on them) and its B-cosified form (B = 2,
+biases removed, the paper's recipe) are saved, the source as a safetensors state dict beside its constructor's name,
+the B-cos model with its remote code, and timed by ``scripts/timing.py`` in a separate process that cannot import
+bcos_zoo (the B-cos model loaded with ``AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)``).
+In interleaved rounds (each round runs every call once, in turn; each figure the median of ``--repeats`` rounds):
+forward throughput of both without autograd and their ratio (target >= 0.8), the cost of one batched explanation of
+each image's top class in B-cos forward passes (target <= 2.5), and the ratio of training-step throughput (forward and
+backward of cross-entropy, in training mode). ``--reference`` adds a row per model with every fast path of the
+hub-facing code switched off (``BCOS_FAST_PATHS=0``); ``--memory-models`` measures memory growth over the first
+forward passes as ``scripts/benchmark.py`` does; ``--csv PATH`` appends the figures (docs/speed/cnn.csv).
 
 Denormal floats are flushed to zero on the CPU (``--keep-denormals`` to keep them). With random weights and
 B = 2, the B-cos factor ``|cos| < 1`` shrinks the signal at every layer, and in a deep network the activations
@@ -16,100 +23,53 @@ The flush applies to both models and does not change the source's numbers.
 
 import argparse
 import sys
+import tempfile
+from functools import partial
+from pathlib import Path
 
-import torch
 import torchvision
 
 from bcos_zoo import BcosDenseNetForImageClassification, BcosResNetForImageClassification
 from bcos_zoo.conversion.common import IMAGENET_NORMALIZATION
-from bcos_zoo.zoo.benchmarking import DTYPES, timed
+from bcos_zoo.zoo.benchmarking import Benchmark, Pair, add_arguments, settings_from
 from bcos_zoo.zoo.cli import run_script
 
 
-MODELS = {
-    "resnet18": (torchvision.models.resnet18, BcosResNetForImageClassification),
-    "resnet50": (torchvision.models.resnet50, BcosResNetForImageClassification),
-    "densenet121": (torchvision.models.densenet121, BcosDenseNetForImageClassification),
+TIMING = Path(__file__).with_name("timing.py")
+
+
+def cnn(name: str, label: str, bcos_class: type, image_size: int) -> Pair:
+    """A torchvision classifier (1000 classes) and its B-cosified form."""
+    source = getattr(torchvision.models, name)(weights=None).eval()
+    mean, std = IMAGENET_NORMALIZATION
+    bcos = bcos_class.from_pretrained_standard(source, b=2.0, bias="remove", image_mean=mean, image_std=std)
+    return Pair(f"{label} {image_size}px", source, bcos.eval(), "classifier", mean, std, torchvision_name=name)
+
+
+BUILDERS = {
+    "resnet50": partial(cnn, "resnet50", "ResNet-50", BcosResNetForImageClassification),
+    "densenet121": partial(cnn, "densenet121", "DenseNet-121", BcosDenseNetForImageClassification),
+    "resnet18": partial(cnn, "resnet18", "ResNet-18", BcosResNetForImageClassification),
 }
-
-
-def benchmark(name: str, device: str, dtype: torch.dtype, batch_size: int, size: int, repeats: int) -> dict:
-    """Source and B-cos forward (without autograd) and the B-cos explanation of each image's top class."""
-    build_source, bcos_class = MODELS[name]
-    source = build_source(weights=None).eval()
-    bcos = bcos_class.from_pretrained_standard(
-        source, b=2.0, bias="remove", image_mean=IMAGENET_NORMALIZATION[0], image_std=IMAGENET_NORMALIZATION[1]
-    ).eval()
-    source, bcos = source.to(device, dtype), bcos.to(device, dtype)
-    images = torch.rand(batch_size, 3, size, size, device=device, dtype=dtype)
-    mean = torch.tensor(IMAGENET_NORMALIZATION[0], device=device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_NORMALIZATION[1], device=device, dtype=dtype).view(1, 3, 1, 1)
-    normalised = (images - mean) / std
-
-    def inference(fn):
-        def run():
-            with torch.inference_mode():
-                return fn()
-
-        return run
-
-    t = timed(
-        {
-            "source": inference(lambda: source(normalised)),
-            "bcos": inference(lambda: bcos(pixel_values=images)),
-            "explain": lambda: bcos.explain(images),
-        },
-        device,
-        repeats,
-    )
-    return dict(
-        model=f"{name} {size}px",
-        source_images_per_s=batch_size / t["source"],
-        bcos_images_per_s=batch_size / t["bcos"],
-        explain_images_per_s=batch_size / t["explain"],
-        forward_ratio=t["source"] / t["bcos"],
-        explain_over_forward=t["explain"] / t["bcos"],
-    )
-
-
-HEADER = f"{'model':<20}{'source img/s':>14}{'B-cos img/s':>13}{'fwd ratio':>11}{'explain img/s':>15}{'expl/fwd':>10}"
-
-
-def row(r: dict) -> str:
-    return (
-        f"{r['model']:<20}{r['source_images_per_s']:>14.1f}{r['bcos_images_per_s']:>13.1f}{r['forward_ratio']:>11.2f}"
-        f"{r['explain_images_per_s']:>15.1f}{r['explain_over_forward']:>10.2f}"
-    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (ignored on an accelerator)")
-    parser.add_argument("--models", nargs="+", default=["resnet50"], choices=list(MODELS))
+    add_arguments(parser, list(BUILDERS), ["resnet50"], memory_default=["resnet50"])
     parser.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats to zero")
     args = parser.parse_args()
-    if args.repeats < 5:
-        parser.error("--repeats must be at least 5 (the figures are medians)")
-    if args.device == "cpu":
-        torch.set_num_threads(args.threads)
-        torch.set_flush_denormal(not args.keep_denormals)
-    torch.manual_seed(0)
-    flush = args.device == "cpu" and not args.keep_denormals
-    print(
-        f"device={args.device} dtype={args.dtype} batch={args.batch_size} threads={torch.get_num_threads()} "
-        f"denormals={'flushed' if flush else 'kept'}"
-    )
-    print(HEADER)
-    print("-" * len(HEADER))
-    for name in args.models:
-        result = benchmark(name, args.device, DTYPES[args.dtype], args.batch_size, args.image_size, args.repeats)
-        print(row(result), flush=True)
-    print("targets: fwd ratio >= 0.80 (B-cos vs source throughput), explain/fwd <= 2.50")
+    with tempfile.TemporaryDirectory(prefix="bcos-benchmark-") as root:
+        flush = args.device == "cpu" and not args.keep_denormals
+        bench = Benchmark(settings_from(args, flush_denormals=flush), TIMING, BUILDERS, Path(root))
+        bench.print_settings()
+        print(f"denormals {'flushed to zero' if flush else 'kept'}")
+        if args.models:
+            bench.compare(args.models)
+        if args.memory_models:
+            bench.memory(args.memory_models)
+        bench.print_isolation()
+        if args.csv:
+            bench.append_csv(args.csv)
 
 
 if __name__ == "__main__":

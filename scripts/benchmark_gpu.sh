@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Every GPU figure the README's Speed section asks for, in one command on a CUDA machine:
-#   bash scripts/benchmark_gpu.sh [OUTPUT_DIR]        (default outputs/gpu; needs ./.venv from scripts/setup.sh)
-# 1. the tests that need a CUDA device; 2. scripts/benchmark.py in float32, bfloat16 and bfloat16 compiled;
+#   bash scripts/benchmark_gpu.sh [OUTPUT_DIR]        (default outputs/gpu; needs ./.venv from scripts/setup.sh,
+#                                                      or the interpreter named by $PYTHON)
+# 1. the tests that need a CUDA device; 2. scripts/benchmark.py in float32, bfloat16 and bfloat16 compiled (each
+# benchmark with and without the fast paths, --reference);
 # 3. scripts/benchmark_cnn.py in float32 and bfloat16; 4. a short real fine-tuning run (bcos-vit-fashion-mnist,
-# 300 steps) through the Trainer. Each step's output is kept in OUTPUT_DIR/<step>.log; a failing step does not
-# stop the others, and the exit status says whether any failed.
+# 300 steps) through the Trainer. Each step's output is kept in OUTPUT_DIR/<step>.log and the benchmarks' figures
+# in OUTPUT_DIR/vit.csv and OUTPUT_DIR/cnn.csv (scripts/plot_speed.py draws them); a failing step does not stop the
+# others, and the exit status says whether any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-outputs/gpu}"
 mkdir -p "$out"
-python=.venv/bin/python
+python="${PYTHON:-.venv/bin/python}"
 failed=0
 
 step() {
@@ -21,11 +24,11 @@ step() {
 
 "$python" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" || exit 1
 step cuda-tests "$python" -m pytest -q -rs tests/test_conformance_export.py tests/test_explanations.py
-step vit-clip-float32 "$python" scripts/benchmark.py --device cuda --dtype float32 --batch-size 64 --repeats 7
-step vit-clip-bfloat16 "$python" scripts/benchmark.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7
-step vit-clip-bfloat16-compiled "$python" scripts/benchmark.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7 --compile
-step cnn-float32 "$python" scripts/benchmark_cnn.py --device cuda --dtype float32 --batch-size 64 --repeats 7
-step cnn-bfloat16 "$python" scripts/benchmark_cnn.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7
+step vit-clip-float32 "$python" scripts/benchmark.py --device cuda --dtype float32 --batch-size 64 --repeats 7 --reference --csv "$out/vit.csv"
+step vit-clip-bfloat16 "$python" scripts/benchmark.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7 --reference --csv "$out/vit.csv"
+step vit-clip-bfloat16-compiled "$python" scripts/benchmark.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7 --compile --reference --csv "$out/vit.csv"
+step cnn-float32 "$python" scripts/benchmark_cnn.py --device cuda --dtype float32 --batch-size 64 --repeats 7 --reference --csv "$out/cnn.csv"
+step cnn-bfloat16 "$python" scripts/benchmark_cnn.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7 --reference --csv "$out/cnn.csv"
 step finetune "$python" scripts/finetune.py --recipe bcos-vit-fashion-mnist --device cuda --max-steps 300 \
   --output-dir "$out/finetune"
 exit "$failed"
