@@ -23,6 +23,8 @@ _SWITCHES = {
     "square_unit": True,
     # a B = 2 convolution, BatchNorm and ReLU in evaluation without autograd: BatchNorm's scale joins the B-cos factor
     "conv_norm_act": True,
+    # a residual block's sum and ReLU without autograd, written over the branch's fresh output
+    "residual_in_place": True,
 }
 if os.environ.get("BCOS_FAST_PATHS", "1") == "0":
     _SWITCHES = dict.fromkeys(_SWITCHES, False)
@@ -87,3 +89,9 @@ def square_conv_norm_act(block, x: torch.Tensor) -> torch.Tensor:
     if norm.centered:
         out = out.add_((norm.bias - norm.running_mean * scale).view(1, -1, 1, 1))
     return out.relu_() if block.activation else out
+
+
+def residual_relu_(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``relu(branch + shortcut)`` written over ``branch`` (a block's fresh output), without autograd: no buffer
+    and one pass instead of two of each."""
+    return branch.add_(shortcut).relu_()

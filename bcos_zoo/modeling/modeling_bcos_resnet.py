@@ -19,6 +19,14 @@ from .bcos_cnn import (
     stem_pool,
 )
 from .configuration_bcos_resnet import BcosResNetConfig
+from .fast_paths import residual_relu_, use_fast_path
+
+
+def residual_relu(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``relu(branch + shortcut)``, the end of every residual block."""
+    if not torch.is_grad_enabled() and use_fast_path("residual_in_place"):
+        return residual_relu_(branch, shortcut)
+    return torch.relu(branch + shortcut)
 
 
 class BcosResNetEmbeddings(nn.Module):
@@ -55,7 +63,7 @@ class BcosResNetBasicLayer(nn.Module):
         )
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.layer(hidden_state) + self.shortcut(hidden_state))
+        return residual_relu(self.layer(hidden_state), self.shortcut(hidden_state))
 
 
 class BcosResNetBottleNeckLayer(nn.Module):
@@ -75,7 +83,7 @@ class BcosResNetBottleNeckLayer(nn.Module):
         )
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.layer(hidden_state) + self.shortcut(hidden_state))
+        return residual_relu(self.layer(hidden_state), self.shortcut(hidden_state))
 
 
 class BcosResNetStage(BcosCNNStage):
