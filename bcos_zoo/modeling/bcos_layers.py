@@ -302,13 +302,16 @@ class BcosBatchNorm2d(DynamicModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.centered and not self.training:  # a fixed per-channel affine map, computed as nn.BatchNorm2d does
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        var, mean = self._statistics(x)
-        scale = torch.rsqrt(var + self.eps) * self.weight
-        if not self.centered:
+        scale, shift = self.scale_and_shift(*self._statistics(x))
+        if shift is None:
             return x * scale.view(1, -1, 1, 1)
-        # (x - mean) * scale + bias, as one multiply-add per value
-        shift = self.bias - mean * scale
         return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
+
+    def scale_and_shift(self, var: torch.Tensor, mean: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The per-channel map ``x * scale + shift`` that these statistics make of BatchNorm, ``(x - mean) * scale +
+        bias`` as one multiply-add; ``shift`` is None without centering."""
+        scale = torch.rsqrt(var + self.eps) * self.weight
+        return scale, (self.bias - mean * scale) if self.centered else None
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, centered={self.centered}"

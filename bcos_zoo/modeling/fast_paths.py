@@ -83,11 +83,11 @@ def square_conv_norm_act(block, x: torch.Tensor) -> torch.Tensor:
     output and one buffer fewer than convolution, BatchNorm and ReLU one after the other.
     """
     conv, norm = block.convolution, block.normalization
-    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    scale, shift = norm.scale_and_shift(norm.running_var, norm.running_mean)
     out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
     out = out.mul_(out.abs().div_(conv.patch_norms(x)).mul_((scale / conv.weight_norm()).view(1, -1, 1, 1)))
-    if norm.centered:
-        out = out.add_((norm.bias - norm.running_mean * scale).view(1, -1, 1, 1))
+    if shift is not None:
+        out = out.add_(shift.view(1, -1, 1, 1))
     return out.relu_() if block.activation else out
 
 
