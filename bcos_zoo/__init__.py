@@ -1,6 +1,7 @@
 """bcos_zoo: inherently interpretable B-cos vision models for the Hugging Face ecosystem."""
 
 from . import modeling
+from .conversion.bcos_package import from_bcos
 from .families import FAMILIES, register
 from .modeling import *  # noqa: F403  (every model class, config and helper, under the names modeling exports)
 
@@ -10,4 +11,4 @@ __version__ = "0.1.0"
 for _family in FAMILIES.values():
     register(_family)
 
-__all__ = list(modeling.__all__)
+__all__ = [*modeling.__all__, "from_bcos"]

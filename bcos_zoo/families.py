@@ -73,6 +73,9 @@ class Family:
     module_types: tuple[str, ...] = ()  # "package.ClassName" of its standard models in memory
     posthoc_methods: tuple[str, ...] = ()  # the post-hoc baselines (evaluation.baselines) of its standard classifier
     processor: Callable[..., BaseImageProcessor] | None = None  # (size, crop_pct, **fields): its standard evaluation
+    bcos_entries: tuple[str, ...] = ()  # the ``bcos`` package's torch.hub entries it ports (conversion.bcos_package)
+    bcos_module_types: tuple[str, ...] = ()  # "bcos.ClassName" of those models in memory
+    bcos_port: Callable[[nn.Module], PreTrainedModel] | None = None  # a loaded bcos model -> the equivalent model
 
     @property
     def model_classes(self) -> tuple[type[PreTrainedModel], ...]:

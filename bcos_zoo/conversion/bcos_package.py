@@ -1,0 +1,89 @@
+"""Ports of the models released with the authors' ``bcos`` package (``pip install bcos``) into bcos_zoo classes.
+
+The package's torch.hub entries (``bcos.models.pretrained``: ``resnet50``, ``convnext_tiny_bnu``,
+``simple_vit_b_patch16_224``, ...) build B-cos networks that take the 6-channel encoding ``[x, 1 - x]``; a port
+computes exactly what the package's model computes, but takes [0, 1] images and encodes them itself. Which family
+ports which entry is the registry's ``bcos_entries``; each family's ``bcos_port`` does the work.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+
+RANDOM = "random"  # ``weights=RANDOM``: the entry's architecture with the package's random initialisation
+
+
+def bcos_entry_family(entry: str):
+    """The registered family that ports a ``bcos`` torch.hub entry; a clear error naming the supported ones."""
+    from ..families import FAMILIES
+
+    for family in FAMILIES.values():
+        if entry in family.bcos_entries:
+            return family
+    supported = ", ".join(sorted(name for family in FAMILIES.values() for name in family.bcos_entries))
+    raise ValueError(f"{entry!r} is not a bcos model this package ports. Supported entries: {supported}.")
+
+
+def bcos_module_family(model: nn.Module):
+    """The registered family that ports a loaded ``bcos`` model, by its class."""
+    from ..families import FAMILIES
+
+    kind = f"{type(model).__module__.split('.')[0]}.{type(model).__name__}"
+    for family in FAMILIES.values():
+        if family.bcos_port is not None and kind in family.bcos_module_types:
+            return family
+    supported = ", ".join(sorted(t for family in FAMILIES.values() for t in family.bcos_module_types))
+    raise ValueError(f"A {kind} is not a bcos model this package ports. Supported: {supported}.")
+
+
+def build_bcos_entry(entry: str, weights: str | os.PathLike | dict | None) -> nn.Module:
+    """The package's model for ``entry`` with the release state dict ``weights`` (a file read with
+    ``weights_only=True``, or a state dict), or its random initialisation when ``weights == "random"``."""
+    bcos_entry_family(entry)  # unknown entries fail here, before the package is imported
+    try:
+        from bcos.models import pretrained
+    except ImportError as error:
+        raise ImportError("Porting a bcos entry by name needs the authors' package: pip install bcos einops") from error
+    if weights is None:
+        raise ValueError(
+            f"from_bcos({entry!r}) needs the release weights: weights='path/to/{entry}.pth' (the file the bcos "
+            "package downloads), or weights='random' for the architecture with random weights."
+        )
+    model = getattr(pretrained, entry)(pretrained=False)
+    if isinstance(weights, str) and weights == RANDOM:
+        return model.eval()
+    if not isinstance(weights, dict):
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"No weights file at {path}")
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(
+            f"The weights do not fit bcos entry {entry!r} ({first}); is it the release file of another entry?"
+        ) from None
+    return model.eval()
+
+
+def from_bcos(source: str | nn.Module, weights: str | os.PathLike | dict | None = None) -> PreTrainedModel:
+    """The bcos_zoo transformers model that computes exactly what a ``bcos`` package model computes.
+
+    ``source`` is a loaded ``bcos`` model, or a torch.hub entry name of the package with ``weights`` its release
+    state-dict file (``weights="random"`` for random weights, never by default). The returned model takes [0, 1]
+    images; the package's model takes their encoding ``[x, 1 - x]``.
+    """
+    if isinstance(source, str):
+        family = bcos_entry_family(source)
+        model = build_bcos_entry(source, weights)
+    else:
+        if weights is not None:
+            raise ValueError("Pass weights only with an entry name; a loaded bcos model already has its weights.")
+        family = bcos_module_family(source)
+        model = source
+    return family.bcos_port(model)
