@@ -160,7 +160,7 @@ def test_the_fast_paths_run_when_switched_on_and_only_then(family, monkeypatch):
     calls = []
     for module, name in [
         (bcos_layers, "square_linear"),
-        (bcos_layers, "square_conv2d"),
+        (bcos_cnn, "square_conv2d"),
         (bcos_cnn, "square_conv_norm_act"),
     ]:
         original = getattr(module, name)
@@ -184,7 +184,7 @@ def test_the_folded_batchnorm_is_the_reference_with_trained_statistics(family, u
     model = type(model)(model.config).double()
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, bcos_layers.BcosBatchNorm2d):
+            if isinstance(module, bcos_cnn.BcosBatchNorm2d):
                 module.weight.uniform_(0.5, 2.0)
                 module.running_var.uniform_(0.5, 2.0)
                 if use_bias:

@@ -1,12 +1,10 @@
-"""The B-cos unit and the layers around it, as the B-cos papers define them, written once.
+"""The B-cos unit and the layers every family shares, as the B-cos papers define them, written once.
 
-A B-cos network is a dynamic linear map: every input-dependent scaling in it (the B-cos factor ``|cos|^(B-1)``, the
-normalisation layers' standard deviation, an activation's gate, the attention matrix) can be detached, after which
-the network computes ``y = W(x) x + c`` exactly. Each module with such a factor derives from :class:`DynamicModule`
-and multiplies by ``self.dynamic(factor)``; :func:`explanation_mode` makes that a detached factor in every module at
-once. Forward passes and explanations run this same code: explanation mode changes what is detached, nothing else.
-
-This file is hub-facing: it travels with the weights and imports only torch and transformers.
+A B-cos network is a dynamic linear map: every input-dependent scaling in it (the factor ``|cos|^(B-1)``, a norm
+layer's standard deviation, an activation's gate, the attention matrix) can be detached, and then the network
+computes ``y = W(x) x + c`` exactly. Modules with such a factor derive from :class:`DynamicModule` and multiply by
+``self.dynamic(factor)``; :func:`explanation_mode` detaches all of them. Forward passes and explanations run the same
+code. Hub-facing: imports only torch and sibling files.
 """
 
 import contextlib
@@ -17,18 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_paths import square_conv2d, square_linear, use_fast_path
+from .fast_paths import square_linear, use_fast_path
 
 
-# The norm guard of every B-cos unit, linear and convolution alike: ``||x|| = sqrt(sum x^2 + NORM_EPS)``. It keeps the
-# cosine finite for an all-zero input (a patch of zero padding after a ReLU); for any real input the change is far
-# below float32 round-off. It is the value the authors' B-cos convolution uses, and representable in float16.
+# The norm guard of every B-cos unit, linear and convolution: ||x|| = sqrt(sum x^2 + NORM_EPS). It keeps the cosine
+# finite on all-zero input (zero padding after a ReLU); the authors' convolution uses the same value.
 NORM_EPS = 1e-6
-
-# Slack for resampling round-off; a normalised image is off by far more than this.
-_RANGE_TOLERANCE = 1e-3
-# CUDA's device-side assert takes at most 254 characters
-_DEVICE_RANGE_MESSAGE = (
+_RANGE_TOLERANCE = 1e-3  # slack for resampling round-off; a normalised image is off by far more
+_DEVICE_RANGE_MESSAGE = (  # CUDA's device-side assert takes at most 254 characters
     "pixel_values must lie in [0, 1], no NaN: use the image processor saved with the model, or undo the normalisation"
 )
 _RANGE_ADVICE = (
@@ -44,19 +38,16 @@ def encode_inverse(pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def is_tracing() -> bool:
-    """Whether the forward pass is being captured into a graph (torch.compile, torch.export, TorchScript tracing)."""
+    """Whether the forward pass is being captured into a graph (torch.compile, torch.export, tracing)."""
     return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing())
 
 
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_message: bool | None = None) -> None:
-    """Reject inputs the model would silently misread, with a message that says how to fix them.
+    """Reject inputs the model would silently misread, saying how to fix them.
 
-    Type, dtype and shape are checked always. The [0, 1] range check must not stall an accelerator or break a graph
-    capture, so it takes one of two forms:
-
-    * eager, on the CPU (or ``eager_message=True``): the values are read and a ``ValueError`` names the range found;
-    * under torch.compile / torch.export / tracing, or on an accelerator: an asynchronous assert that becomes part of
-      the graph (on a GPU a device-side assert), so there is no device-to-host synchronisation.
+    The [0, 1] range check must not stall an accelerator or break a graph capture: on the CPU (or with
+    ``eager_message=True``) a ``ValueError`` names the range found; when tracing or on an accelerator an asynchronous
+    assert joins the graph instead, with no device-to-host synchronisation.
     """
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
@@ -71,9 +62,7 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_
             "Add a batch dimension with `unsqueeze(0)` for a single image; convert grayscale or RGBA images to RGB."
         )
     low, high = torch.aminmax(pixel_values.detach())
-    if eager_message is None:
-        eager_message = pixel_values.device.type == "cpu"
-    if is_tracing() or not eager_message:
+    if is_tracing() or not (pixel_values.device.type == "cpu" if eager_message is None else eager_message):
         in_range = (low >= -_RANGE_TOLERANCE) & (high <= 1 + _RANGE_TOLERANCE)  # NaN fails both comparisons
         torch._assert_async(in_range, _DEVICE_RANGE_MESSAGE)
         return
@@ -87,8 +76,7 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_
 def prepare_pixel_values(
     pixel_values: torch.Tensor, num_channels: int, dtype: torch.dtype, eager_message: bool | None = None
 ) -> torch.Tensor:
-    """Check ``pixel_values`` (see :func:`check_pixel_values`), then cast them to the model's floating dtype, as
-    transformers' vision models take float32 images in a bfloat16 model."""
+    """Checked ``pixel_values`` in the model's dtype (float32 images work with a bfloat16 model)."""
     check_pixel_values(pixel_values, num_channels, eager_message=eager_message)
     return pixel_values if pixel_values.dtype == dtype else pixel_values.to(dtype)
 
@@ -99,7 +87,7 @@ class DynamicModule(nn.Module):
     detach_dynamic: bool = False
 
     def dynamic(self, factor: torch.Tensor) -> torch.Tensor:
-        """``factor`` itself, or detached in explanation mode: the one place where the two modes differ."""
+        """``factor``, detached in explanation mode: the one place where the two modes differ."""
         return factor.detach() if self.detach_dynamic else factor
 
 
@@ -123,21 +111,15 @@ def guarded_norm(squared_sum: torch.Tensor) -> torch.Tensor:
 
 
 def bcos_factor(linear_output: torch.Tensor, input_norm: torch.Tensor, weight_norm: torch.Tensor, b: float):
-    """``|cos(x, w)|^(B-1)`` from ``w . x`` and the two norms (broadcast against ``linear_output``).
-
-    For B = 2 the unit is then ``(w . x) |w . x| / (||w|| ||x||)``. Other exponents raise a cosine clamped away from
-    0, where the power's gradient would be infinite.
-    """
+    """``|cos(x, w)|^(B-1)`` from ``w . x`` and the two norms. For B = 2 the unit is ``(w . x) |w . x| / (||w||
+    ||x||)``; other exponents raise a cosine clamped away from 0, where the power's gradient is infinite."""
     abs_cos = linear_output.abs() / (input_norm * weight_norm)
     return abs_cos if b == 2 else abs_cos.clamp_min(1e-12).pow(b - 1)
 
 
 class BcosLinear(DynamicModule):
-    """``out = |cos(x, w)|^(B-1) * (w . x) + bias``, with the pretrained, un-normalised ``w``.
-
-    At ``b == 1`` this is exactly ``nn.Linear``, which is what makes B-cosification function-preserving. The weight's
-    norm is computed where it is used, never kept: a model holds one copy of its weights.
-    """
+    """``out = |cos(x, w)|^(B-1) * (w . x) + bias`` with the pretrained, un-normalised ``w``: ``nn.Linear`` at
+    ``b == 1``, which makes B-cosification function-preserving. ``||w||`` is computed where it is used, never kept."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, b: float):
         super().__init__()
@@ -161,88 +143,7 @@ class BcosLinear(DynamicModule):
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
-        bias = self.bias is not None
-        return f"in_features={self.in_features}, out_features={self.out_features}, b={self.b}, bias={bias}"
-
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
-
-
-class BcosConv2d(DynamicModule):
-    """``out = |cos(x_patch, w_o)|^(B-1) * conv(x, w)_o + bias_o``, with the pretrained, un-normalised ``w``.
-
-    ``x_patch`` is the window the convolution reads at each output position (same stride, dilation and zero padding;
-    for a grouped convolution, the input channels of the output's group). At ``b == 1`` this is ``nn.Conv2d``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = False,
-        b: float = 2.0,
-    ):
-        super().__init__()
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"in_channels {in_channels} and out_channels {out_channels} must divide by groups {groups}."
-            )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
-        self.groups = groups
-        self.b = float(b)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-
-    def patch_norms(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, out_channels or 1, H', W'): the guarded norm of the input window behind every output position.
-
-        The sum of squares over each window is a convolution of the per-pixel sums of squares with a kernel of ones.
-        """
-        batch, channels, height, width = x.shape
-        squares = x.square().view(batch, self.groups, channels // self.groups, height, width).sum(dim=2)
-        ones = squares.new_ones(self.groups, 1, *self.kernel_size)
-        sums = F.conv2d(squares, ones, None, self.stride, self.padding, self.dilation, self.groups)
-        if self.groups > 1:  # one norm per group, for each of the group's output channels
-            sums = sums.repeat_interleave(self.out_channels // self.groups, dim=1)
-        return guarded_norm(sums)
-
-    def weight_norm(self) -> torch.Tensor:
-        """(out_channels,): the guarded norm of each output channel's weight."""
-        return guarded_norm(self.weight.square().sum(dim=(1, 2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.b == 1:
-            out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
-        else:
-            weight_norm = self.weight_norm()
-            if self.b == 2 and not (self.detach_dynamic or torch.is_grad_enabled()) and use_fast_path("square_unit", x):
-                out = square_conv2d(self, x, self.patch_norms(x), weight_norm)
-            else:
-                out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
-                factor = bcos_factor(out, self.patch_norms(x), weight_norm.view(1, -1, 1, 1), self.b)
-                out = out * self.dynamic(factor)
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
-
-    def extra_repr(self) -> str:
-        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            text += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        return text + f", b={self.b}, bias={self.bias is not None}"
+        return f"{self.in_features}, {self.out_features}, b={self.b}, bias={self.bias is not None}"
 
 
 class BcosLayerNorm(DynamicModule):
@@ -259,104 +160,3 @@ class BcosLayerNorm(DynamicModule):
         inverse_std = torch.rsqrt(centered.square().mean(dim=-1, keepdim=True) + self.eps)
         out = centered * self.dynamic(inverse_std) * self.weight
         return out if self.bias is None else out + self.bias
-
-
-class BcosBatchNorm2d(DynamicModule):
-    """BatchNorm whose batch statistics are dynamic factors in training.
-
-    ``centered=True`` is the standard BatchNorm (in evaluation a per-channel scale and shift: linear, nothing to
-    detach). ``centered=False`` is the B-cos form with every constant removed: ``x / sqrt(var + eps) * weight``, no
-    mean subtraction, no shift. In training ``var`` (and the mean) are the batch's, detached in explanation mode so
-    that each image's explanation depends on that image alone. Running statistics update as in ``nn.BatchNorm2d``,
-    except while a gradient-checkpointed stage replays its forward pass (see ``counts_batches``).
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, centered: bool = True):
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.centered = centered
-        # False while a checkpointed stage's forward is replayed in the backward pass: that batch is counted already
-        self.counts_batches = True
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features)) if centered else None
-        if centered:
-            self.register_buffer("running_mean", torch.zeros(num_features))
-        else:
-            self.running_mean = None
-        self.register_buffer("running_var", torch.ones(num_features))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
-
-    def _statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-channel variance and mean: the running ones in evaluation, else the batch's (updating the running
-        ones with the unbiased variance, as ``nn.BatchNorm2d`` does)."""
-        if not self.training:
-            return self.running_var, self.running_mean
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-        if self.counts_batches:
-            count = x.numel() // x.shape[1]
-            with torch.no_grad():
-                self.running_var.lerp_((var * (count / max(count - 1, 1))).to(self.running_var.dtype), self.momentum)
-                if self.centered:
-                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                self.num_batches_tracked.add_(1)
-        return self.dynamic(var), self.dynamic(mean)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.centered and not self.training:  # a fixed per-channel affine map, computed as nn.BatchNorm2d does
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        scale, shift = self.scale_and_shift(*self._statistics(x))
-        if shift is None:
-            return x * scale.view(1, -1, 1, 1)
-        return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
-
-    def scale_and_shift(self, var: torch.Tensor, mean: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The per-channel map ``x * scale + shift`` that these statistics make of BatchNorm, ``(x - mean) * scale +
-        bias`` as one multiply-add; ``shift`` is None without centering."""
-        scale = torch.rsqrt(var + self.eps) * self.weight
-        return scale, (self.bias - mean * scale) if self.centered else None
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, centered={self.centered}"
-
-
-def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(1.702 * x)
-
-
-_ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "quick_gelu": _quick_gelu,
-}
-# transformers' activation names that are one of the activations above
-ACTIVATION_ALIASES = {
-    "gelu": "gelu",
-    "gelu_tanh": "gelu_tanh",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "quick_gelu": "quick_gelu",
-}
-
-
-class GatedActivation(DynamicModule):
-    """A GELU-type activation written as ``x * g(x)``; the gate ``g(x) = act(x) / x`` is its dynamic factor."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        if name not in ACTIVATION_ALIASES:
-            raise ValueError(f"Unsupported activation {name!r}; supported: {sorted(ACTIVATION_ALIASES)}.")
-        self.name = ACTIVATION_ALIASES[name]
-        self.activation = _ACTIVATIONS[self.name]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.detach_dynamic:
-            # the same value as x * g(x); differentiated as act(x), since act(x) / x has no gradient at 0
-            return self.activation(x)
-        with torch.no_grad():
-            gate = self.activation(x).div_(x).nan_to_num_(nan=0.5)  # g(0) = 1/2 for every GELU type
-        return x * gate
-
-    def extra_repr(self) -> str:
-        return self.name

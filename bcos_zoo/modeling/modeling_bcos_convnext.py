@@ -12,8 +12,15 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
-from .bcos_cnn import BcosCNNForImageClassification, BcosCNNModel, BcosCNNPreTrainedModel, BcosCNNStage
-from .bcos_layers import BcosBatchNorm2d, BcosConv2d, BcosLayerNorm
+from .bcos_cnn import (
+    BcosBatchNorm2d,
+    BcosCNNForImageClassification,
+    BcosCNNModel,
+    BcosCNNPreTrainedModel,
+    BcosCNNStage,
+    BcosConv2d,
+)
+from .bcos_layers import BcosLayerNorm
 from .configuration_bcos_convnext import BcosConvNextConfig
 
 

@@ -12,14 +12,15 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from .bcos_cnn import (
+    BcosBatchNorm2d,
     BcosCNNForImageClassification,
     BcosCNNModel,
     BcosCNNPreTrainedModel,
     BcosCNNStage,
+    BcosConv2d,
     BcosConvNormAct,
     stem_pool,
 )
-from .bcos_layers import BcosBatchNorm2d, BcosConv2d
 from .configuration_bcos_densenet import BcosDenseNetConfig
 
 
