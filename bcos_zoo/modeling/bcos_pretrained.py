@@ -1,8 +1,6 @@
-"""What every B-cos ``PreTrainedModel`` shares: weight initialisation, explanation mode, saving with remote code
-and processor, and the entry point to B-cosification.
-
-Hub-facing: torch, transformers and sibling files only. B-cosification itself (reading standard checkpoints) is not
-part of the remote code; :meth:`BcosPreTrainedModel.from_pretrained_standard` finds it in the ``bcos_zoo`` package.
+"""What every B-cos ``PreTrainedModel`` shares: losses, initialisation, explanation mode, saving with remote code and
+processor, and the entry point to B-cosification (which lives in the ``bcos_zoo`` package, not in the remote code).
+Hub-facing: torch, transformers and sibling files only.
 """
 
 import copy
@@ -19,8 +17,7 @@ from transformers import initialization as init
 from .bcos_layers import BcosLayerNorm, BcosLinear, explanation_mode, prepare_pixel_values
 
 
-# The image-explanation pipeline as a saved classifier's config names it (``pipeline("image-explanation",
-# trust_remote_code=True)``); save_pretrained copies its file beside the weights (models without it do not ship it).
+# pipeline("image-explanation", trust_remote_code=True) as a saved classifier's config names it; its file is copied
 EXPLANATION_PIPELINE_FILE = "pipeline_bcos_explanation.py"
 EXPLANATION_PIPELINE = {
     "impl": "pipeline_bcos_explanation.ImageExplanationPipeline",
@@ -31,10 +28,8 @@ EXPLANATION_PIPELINE = {
 
 
 def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The B-cos papers' loss: binary cross-entropy with off-target labels ``1/C`` instead of 0.
-
-    ``labels`` are class indices (N,) or class probabilities (N, C), e.g. from mixup.
-    """
+    """The B-cos papers' loss: binary cross-entropy with off-target labels ``1/C`` instead of 0. ``labels`` are class
+    indices (N,) or class probabilities (N, C), e.g. from mixup."""
     num_classes = logits.shape[-1]
     if labels.ndim == 1:
         labels = F.one_hot(labels.long(), num_classes)
@@ -43,13 +38,8 @@ def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
-    """The loss ``config`` asks for.
-
-    ``config.problem_type`` decides when it is set, with transformers' meanings: ``"single_label_classification"``
-    (cross-entropy on class indices), ``"multi_label_classification"`` (binary cross-entropy on multi-hot labels of
-    any numeric dtype), ``"regression"`` (mean squared error). Otherwise ``config.loss``: ``"bce"`` (the B-cos papers'
-    uniform-off-label BCE) or ``"cross_entropy"``.
-    """
+    """The loss ``config.problem_type`` asks for, with transformers' meanings; without one, ``config.loss``: ``"bce"``
+    (the B-cos papers' uniform-off-label BCE) or ``"cross_entropy"``."""
     labels = labels.to(logits.device)
     num_labels = logits.shape[-1]
     problem_type = getattr(config, "problem_type", None)
@@ -74,14 +64,9 @@ class BcosPreTrainedModel(PreTrainedModel):
     """Base class of the B-cos models: the parts that do not depend on the architecture."""
 
     main_input_name = "pixel_values"
-    # the function that B-cosifies a standard checkpoint into this class: set by the bcos_zoo package's family
-    # registry when it is imported (B-cosification reads standard checkpoints and is not part of the remote code)
-    _standard_converter: Callable | None = None
-    # the Auto classes a saved folder of this class answers to, besides the one given to register_for_auto_class
-    _extra_auto_classes: tuple[str, ...] = ()
-    # The losses are batch means that ignore the Trainer's num_items_in_batch, so the Trainer must divide them by the
-    # gradient-accumulation steps itself (it would not for a forward with **kwargs otherwise).
-    accepts_loss_kwargs = False
+    _standard_converter: Callable | None = None  # B-cosification: set by the bcos_zoo package when it is imported
+    _extra_auto_classes: tuple[str, ...] = ()  # Auto classes a saved folder answers to besides register_for_auto_class
+    accepts_loss_kwargs = False  # the losses are batch means: the Trainer divides by gradient-accumulation steps
 
     @property
     def _initializer_range(self) -> float:
@@ -90,7 +75,6 @@ class BcosPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # Sub-models (a CLIP text tower) initialise themselves; this covers the B-cos modules and plain linears.
         std = self._initializer_range
         if isinstance(module, (BcosLinear, nn.Linear)):
             init.trunc_normal_(module.weight, mean=0.0, std=std)
@@ -119,10 +103,7 @@ class BcosPreTrainedModel(PreTrainedModel):
         self.default_image_processor().save_pretrained(save_directory)
 
     def prepare_pixel_values(self, pixel_values: torch.Tensor, num_channels: int | None = None) -> torch.Tensor:
-        """Checked ``pixel_values`` in the model's dtype (float32 images work with a bfloat16 model).
-
-        The range check is sync-free and traceable (see :func:`check_pixel_values`).
-        """
+        """Checked ``pixel_values`` in the model's dtype (see :func:`check_pixel_values`)."""
         if num_channels is None:
             num_channels = getattr(self.config, "vision_config", self.config).num_channels
         return prepare_pixel_values(pixel_values, num_channels, self.dtype)
@@ -138,11 +119,8 @@ class BcosPreTrainedModel(PreTrainedModel):
         return auto_map
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """Save weights, config, remote code and the processor, so that the folder loads with the Auto classes.
-
-        The folder's ``auto_map`` names this class (backbone, classifier, tower or full model); it is written into a
-        copy of the config, so a config the caller shares with other models is left as it was.
-        """
+        """Save weights, config, remote code and the processor, so that the folder loads with the Auto classes. The
+        ``auto_map`` naming this class goes into a copy of the config, leaving a config shared with others as it was."""
         shared = self.config
         config = copy.deepcopy(shared)
         config.auto_map = self._auto_map()
@@ -171,12 +149,11 @@ class BcosPreTrainedModel(PreTrainedModel):
         image_std: tuple[float, ...] | None = None,
         **config_overrides,
     ):
-        """B-cosify a standard pretrained model (a local folder, a Hub id or a loaded model).
+        """B-cosify a standard pretrained model (a local folder, a Hub id or a loaded model); see ``bcos_zoo.families``.
 
-        At ``b=1, bias="keep"`` the result computes the source's outputs exactly. The source's mean/std normalisation
-        is folded into the first layer; ``image_mean``/``image_std`` override what the source's processor says.
-        ``bias="remove"`` drops every bias that adds a constant to the output (the paper's choice). Extra keyword
-        arguments override config fields. Which sources each class takes: see ``bcos_zoo.families``.
+        At ``b=1, bias="keep"`` the result computes the source's outputs exactly. The source's normalisation is folded
+        into the first layer (``image_mean``/``image_std`` override its processor's); ``bias="remove"`` drops every
+        bias (the paper's choice). Extra keyword arguments override config fields.
         """
         if cls._standard_converter is None:
             raise ImportError(

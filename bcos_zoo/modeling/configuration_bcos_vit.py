@@ -6,24 +6,17 @@ from transformers import PretrainedConfig
 
 
 class BcosViTConfig(PretrainedConfig):
-    """Configuration of :class:`BcosViTForImageClassification`.
-
-    The architecture fields follow ``ViTConfig``. The B-cos fields:
+    """Configuration of :class:`BcosViTForImageClassification`; the architecture fields follow ``ViTConfig``.
 
     Args:
-        b: the B-cos exponent B (1 = the original linear maps; the papers train at 2).
-        use_bias: keep the biases that add constants to the output (B-cos units, value projection, LayerNorm beta).
-            A model with ``use_bias=False``, no class token and no position embeddings is a "pure" B-cos ViT: its
-            explanations account for the whole logit except ``logit_bias``.
-        attention_qk_bias: biases of the query and key projections; they only shape the (detached) attention matrix.
-        use_class_token / use_position_embeddings: the learned constants a ViT adds to its tokens.
-        pooling: ``"cls"`` (the class token) or ``"mean"`` (mean of the patch tokens); the final LayerNorm acts on
-            the pooled vector.
+        b: the B-cos exponent (1 = the original linear maps; the papers train at 2).
+        use_bias: keep the biases that add constants to the output; without them, a class token and position
+            embeddings, explanations account for the whole logit except ``logit_bias``.
+        attention_qk_bias: biases of the query and key projections (they only shape the detached attention matrix).
+        pooling: ``"cls"`` (the class token) or ``"mean"`` (of the patch tokens), before the final LayerNorm.
         pre_layernorm: a LayerNorm on the tokens before the first block (CLIP, timm ``pre_norm``).
-        logit_bias: a constant added to every logit; ``None`` means ``-log(num_labels - 1)``, the B-cos papers'
-            choice, which makes the initial BCE targets of ``1/C`` reachable.
-        loss: ``"bce"`` (binary cross-entropy with off-target labels ``1/C``, the papers' loss) or
-            ``"cross_entropy"``.
+        logit_bias: added to every logit; ``None`` means ``-log(num_labels - 1)``, the B-cos papers' choice.
+        loss: ``"bce"`` (binary cross-entropy with off-target labels ``1/C``, the papers') or ``"cross_entropy"``.
     """
 
     model_type = "bcos_vit"

@@ -1,8 +1,8 @@
 """Exact explanations of B-cos models and the B-cos papers' colour rendering.
 
-In explanation mode a B-cos model computes ``y = W(x) e + c`` with ``e = [x, 1 - x]``: the gradient of a chosen output
-with respect to ``e`` is the row ``W(x)`` of the dynamic linear map, ``e * W(x)`` are the per-pixel contributions, and
-``c`` (the ``bias`` field) collects what does not scale with the input. Hub-facing: torch and siblings only.
+In explanation mode a B-cos model computes ``y = W(x) e + c`` with ``e = [x, 1 - x]``: the gradient of an output with
+respect to ``e`` is the row ``W(x)``, ``e * W(x)`` are the per-pixel contributions, and ``c`` (``bias``) is what does
+not scale with the input. Hub-facing: torch and siblings only.
 """
 
 from collections.abc import Callable
@@ -17,21 +17,13 @@ from .bcos_layers import encode_inverse, explanation_mode, prepare_pixel_values
 
 @dataclass
 class BcosExplanation:
-    """One explained output per image.
+    """One explained output per image."""
 
-    Attributes:
-        logits: (N, K) the outputs of the forward pass (class logits, or cosines for CLIP).
-        target: (N,) the explained output index per image.
-        dynamic_weights: (N, 6, H, W) the target row of ``W(x)`` with respect to the ``[x, 1 - x]`` encoding.
-        contributions: (N, H, W) ``sum_c encoding_c * dynamic_weights_c`` per pixel.
-        bias: (N,) target output minus the summed contributions: the part of the output no pixel accounts for.
-    """
-
-    logits: torch.Tensor
-    target: torch.Tensor
-    dynamic_weights: torch.Tensor
-    contributions: torch.Tensor
-    bias: torch.Tensor
+    logits: torch.Tensor  # (N, K) the outputs of the forward pass (class logits, or cosines for CLIP)
+    target: torch.Tensor  # (N,) the explained output per image
+    dynamic_weights: torch.Tensor  # (N, 6, H, W) the target row of W(x) over the [x, 1 - x] encoding
+    contributions: torch.Tensor  # (N, H, W) sum over channels of encoding * dynamic_weights
+    bias: torch.Tensor  # (N,) target output minus the summed contributions
 
     @property
     def target_logits(self) -> torch.Tensor:
@@ -76,14 +68,6 @@ def resolve_target(target: int | torch.Tensor | None, logits: torch.Tensor) -> t
     return target
 
 
-def _floating_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of the model's first floating-point parameter (float32 for a model without any)."""
-    for parameter in model.parameters():
-        if parameter.is_floating_point():
-            return parameter.dtype
-    return torch.float32
-
-
 def compute_explanation(
     model: nn.Module,
     score_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -94,15 +78,11 @@ def compute_explanation(
 ) -> BcosExplanation:
     """Explain ``score_fn(encoded) -> (N, K)`` for a batch: one forward and one backward pass in explanation mode.
 
-    ``pixel_values`` are checked (with the readable range message on every device: an explanation reads its
-    results anyway) and cast to the model's dtype. The bias is accumulated in float32 at least, so that a bfloat16
-    explanation still reports how much of the output the pixels account for.
-
-    With ``create_graph=True`` the backward pass is differentiable: ``logits``, ``dynamic_weights`` and
-    ``contributions`` keep their graph, and a loss on them reaches the model's parameters (training with
-    explanations). The dynamic factors stay detached, as in every explanation.
+    The range check gives its readable message on every device (an explanation reads its results anyway); the bias
+    is accumulated in float32 at least. With ``create_graph=True``, ``logits``, ``dynamic_weights`` and
+    ``contributions`` keep their graph, so that a loss on them trains the model (training with explanations).
     """
-    pixel_values = prepare_pixel_values(pixel_values, num_channels, _floating_dtype(model), eager_message=True)
+    pixel_values = prepare_pixel_values(pixel_values, num_channels, model.dtype, eager_message=True)
     with torch.enable_grad(), explanation_mode(model):
         encoded = encode_inverse(pixel_values.detach()).requires_grad_(True)
         logits = score_fn(encoded)
@@ -128,12 +108,9 @@ def _per_image_quantile(values: torch.Tensor, percentile: float) -> torch.Tensor
 def render_dynamic_weights(
     dynamic_weights: torch.Tensor, contributions: torch.Tensor, smooth: int = 0, percentile: float = 99.5
 ) -> torch.Tensor:
-    """The B-cos papers' rendering of (N, 6, H, W) dynamic weights as (N, H, W, 4) RGBA in [0, 1].
-
-    Colour: the weights over ``[x, 1 - x]`` scaled by their largest magnitude and clamped at 0, then
-    ``rgb = g[:3] / (g[:3] + g[3:])``. Opacity: the weights' norm where the pixel's contribution is positive,
-    optionally averaged over a ``smooth`` x ``smooth`` window, scaled by its ``percentile`` and clipped to [0, 1].
-    """
+    """The B-cos papers' rendering of (N, 6, H, W) dynamic weights as (N, H, W, 4) RGBA in [0, 1]. Colour: the
+    weights scaled by their largest magnitude and clamped at 0, ``rgb = g[:3] / (g[:3] + g[3:])``; opacity: their
+    norm where the contribution is positive (averaged over ``smooth`` x ``smooth``), scaled by its ``percentile``."""
     eps = 1e-12
     weights = dynamic_weights.detach()
     gain = (weights / weights.abs().amax(dim=1, keepdim=True).clamp_min(eps)).clamp_min(0)

@@ -1,13 +1,9 @@
-"""Faster forms of reference computations in ``bcos_layers``, each behind its own switch.
+"""Faster forms of reference computations, each behind its own switch.
 
-Every function here returns what the reference layer computes (up to float round-off), in fewer passes over memory.
-A layer asks :func:`use_fast_path` before taking one, so the reference code stays the first thing a reader sees,
-and the fast path is a short, separate detour. ``tests/test_fast_paths.py`` checks each against the reference for
-every family, with the switches on and off. The environment variable ``BCOS_FAST_PATHS=0`` switches them all off
-(read once, at import); :func:`set_fast_paths` switches them one by one. What each pays is printed by the
-benchmark scripts (``--reference`` runs with them off).
-
-Hub-facing: torch and sibling files only.
+Each function returns what the reference layer computes (up to round-off) in fewer passes over memory; a layer asks
+:func:`use_fast_path` first, so the reference code is what a reader sees first. ``BCOS_FAST_PATHS=0`` switches all
+off (read at import), :func:`set_fast_paths` one by one; the benchmarks' ``--reference`` shows what each pays.
+Hub-facing: torch only.
 """
 
 import contextlib
@@ -19,12 +15,9 @@ import torch.nn.functional as F
 
 
 _SWITCHES = {
-    # the B = 2 unit outside explanation mode: in place without autograd, norms on the operands with it
-    "square_unit": True,
-    # a B = 2 convolution, BatchNorm and ReLU in evaluation without autograd: BatchNorm's scale joins the B-cos factor
-    "conv_norm_act": True,
-    # a residual block's sum and ReLU without autograd, written over the branch's fresh output
-    "residual_in_place": True,
+    "square_unit": True,  # the B = 2 unit outside explanation mode
+    "conv_norm_act": True,  # a B = 2 convolution, BatchNorm and ReLU in evaluation, in place
+    "residual_in_place": True,  # a residual block's sum and ReLU in evaluation, in place
 }
 if os.environ.get("BCOS_FAST_PATHS", "1") == "0":
     _SWITCHES = dict.fromkeys(_SWITCHES, False)
@@ -53,15 +46,11 @@ def set_fast_paths(enabled: bool | None = None, **switches: bool) -> Iterator[No
 
 
 def square_linear(x: torch.Tensor, weight: torch.Tensor, input_norm: torch.Tensor, weight_norm: torch.Tensor):
-    """The B = 2 unit ``(w . x) |w . x| / (||w|| ||x||)``, its factor not detached (norms guarded as the reference's).
+    """The B = 2 unit ``(w . x) |w . x| / (||w|| ||x||)``, its factor not detached.
 
-    Without autograd the factor is formed and applied in place: four passes over the output and one buffer, where
-    the reference takes four buffers and an output-sized product of the two norms. No copy of the weight is made (a
-    freed weight-sized buffer stays with the allocator: resident memory would grow by the largest weight).
-
-    With autograd, ``y = (x / sqrt(||x||)) . (w / sqrt(||w||))`` and the unit is ``y |y|``: the norms scale the matmul's
-    operands instead of its (wider) output, and autograd records three elementwise products instead of five, keeping
-    fewer output-sized tensors for the backward pass.
+    Without autograd the factor is applied in place, with no copy of the weight (resident memory would grow by it).
+    With autograd, ``y = (x / sqrt(||x||)) . (w / sqrt(||w||))`` and the unit is ``y |y|``: the norms scale the
+    matmul's operands instead of its wider output, and autograd keeps fewer output-sized tensors.
     """
     if not torch.is_grad_enabled():
         out = F.linear(x, weight)
@@ -77,12 +66,8 @@ def square_conv2d(conv, x: torch.Tensor, patch_norms: torch.Tensor, weight_norm:
 
 
 def square_conv_norm_act(block, x: torch.Tensor) -> torch.Tensor:
-    """``relu(batch_norm(bcos_conv(x)))`` of a :class:`BcosConvNormAct` at B = 2 in evaluation, without autograd.
-
-    BatchNorm's scale ``s`` is a per-channel factor like the B-cos unit's ``1 / ||w||``, so it joins the factor:
-    ``s (w * x) |w * x| / (||w|| ||x_patch||)``; its shift (if any) and the ReLU run in place. Two passes over the
-    output and one buffer fewer than convolution, BatchNorm and ReLU one after the other.
-    """
+    """``relu(batch_norm(bcos_conv(x)))`` of a :class:`BcosConvNormAct` at B = 2 in evaluation, without autograd:
+    BatchNorm's per-channel scale joins the B-cos factor; its shift and the ReLU run in place."""
     conv, norm = block.convolution, block.normalization
     scale, shift = norm.scale_and_shift(norm.running_var, norm.running_mean)
     out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
@@ -93,6 +78,5 @@ def square_conv_norm_act(block, x: torch.Tensor) -> torch.Tensor:
 
 
 def residual_relu_(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """``relu(branch + shortcut)`` written over ``branch`` (a block's fresh output), without autograd: no buffer
-    and one pass instead of two of each."""
+    """``relu(branch + shortcut)`` written over ``branch`` (a block's fresh output), without autograd."""
     return branch.add_(shortcut).relu_()

@@ -1,9 +1,8 @@
 """The B-cos Vision Transformer as a transformers model.
 
-Every linear map that carries the signal (patch embedding, attention output, both MLP linears, classifier) is a
-B-cos unit; LayerNorm, GELU and attention are written so that their input-dependent factors can be detached. In
-:func:`explanation_mode` the model is then a dynamic linear map of the encoded image and :meth:`explain` reads the
-map off with one backward pass. Hub-facing: torch, transformers and sibling files only.
+Every linear map that carries the signal (patch embedding, attention output, MLP, classifier) is a B-cos unit;
+LayerNorm, GELU and attention have input-dependent factors that explanation mode detaches, making the model a dynamic
+linear map of the encoded image. Hub-facing: torch, transformers and sibling files only.
 """
 
 import torch
@@ -22,7 +21,7 @@ from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation, compute_explanation
 
 
-# transformers' names of the GELU-type activations a B-cos ViT takes, and the function each names
+# transformers' names of the GELU-type activations a B-cos ViT takes
 ACTIVATION_ALIASES = {
     "gelu": "gelu",
     "gelu_new": "gelu_tanh",
@@ -59,11 +58,8 @@ class GatedActivation(DynamicModule):
 
 
 class BcosPatchEmbedding(nn.Module):
-    """Cuts the ``[x, 1 - x]`` image into non-overlapping patches and maps each with one B-cos unit.
-
-    A stride-equals-kernel convolution is a linear map of each flattened patch, so the B-cos norm is the norm of that
-    patch (all 6 channels). The weight is stored flattened in (channel, row, column) order, as a conv weight reshaped.
-    """
+    """Cuts the ``[x, 1 - x]`` image into patches and maps each, flattened in (channel, row, column) order as a
+    reshaped conv weight, with one B-cos unit: the B-cos norm is the norm of the whole 6-channel patch."""
 
     def __init__(self, num_channels: int, patch_size: int, hidden_size: int, bias: bool, b: float):
         super().__init__()
@@ -140,9 +136,8 @@ def eager_attention(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention written out, with transformers' calling convention: (batch, heads, length, head_dim) in, the output
-    as (batch, length, heads, head_dim) and the (batch, heads, length, length) probabilities out. The softmax runs in
-    float32 for half-precision inputs and in the input's precision otherwise (float64 stays exact)."""
+    """Attention written out, with transformers' calling convention; the softmax runs in float32 for half-precision
+    inputs and in the input's precision otherwise (float64 stays exact)."""
     scores = torch.matmul(query * scaling, key.transpose(-1, -2))
     if attention_mask is not None:
         scores = scores + attention_mask
@@ -153,13 +148,10 @@ def eager_attention(
 
 
 class BcosSelfAttention(DynamicModule):
-    """Multi-head self-attention whose attention matrix is its dynamic factor: explanation mode detaches the queries
-    and keys, so that ``A(x) V x`` is linear in ``x``.
-
-    q, k and v are plain linear maps (q and k only shape the attention matrix); the output projection is a B-cos
-    unit. The attention is transformers' choice of ``config._attn_implementation`` ("sdpa" by default, "eager" to get
-    the probabilities). Explanations use the written-out attention: the fused kernels have no second derivative,
-    which differentiable explanations need.
+    """Multi-head self-attention whose attention matrix is its dynamic factor (explanation mode detaches queries and
+    keys, so that ``A(x) V x`` is linear in ``x``); the output projection is a B-cos unit. The attention is
+    ``config._attn_implementation`` ("sdpa" by default); explanations use the written-out one, since the fused
+    kernels have no second derivative, which differentiable explanations need.
     """
 
     def __init__(self, config):
@@ -216,10 +208,8 @@ class BcosMLP(nn.Module):
 
 
 class BcosEncoderLayer(GradientCheckpointingLayer):
-    """A pre-norm transformer block: ``h + attn(ln(h))`` then ``h + mlp(ln(h))``.
-
-    A ``GradientCheckpointingLayer``: ``model.gradient_checkpointing_enable()`` recomputes it in the backward pass.
-    """
+    """A pre-norm transformer block, ``h + attn(ln(h))`` then ``h + mlp(ln(h))``, recomputed in the backward pass
+    under gradient checkpointing."""
 
     def __init__(self, config):
         super().__init__()
@@ -254,11 +244,7 @@ class BcosViTPreTrainedModel(BcosPreTrainedModel):
 
 
 class BcosViTModel(BcosViTPreTrainedModel):
-    """The B-cos ViT backbone. ``pooler_output`` is the final LayerNorm of the pooled token (class token or mean).
-
-    ``hidden_states`` are the tokens entering the first block and leaving each block; ``attentions`` the attention
-    probabilities of each block (with ``attn_implementation="eager"``).
-    """
+    """The B-cos ViT backbone; ``pooler_output`` is the final LayerNorm of the pooled token (class token or mean)."""
 
     def __init__(self, config: BcosViTConfig):
         super().__init__(config)
@@ -275,12 +261,9 @@ class BcosViTModel(BcosViTPreTrainedModel):
     def forward_encoded(
         self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False, class_token_only: bool = False, **kwargs
     ) -> BaseModelOutputWithPooling:
-        """The backbone on ``[x, 1 - x]``-encoded images (what explanations differentiate).
-
-        ``class_token_only=True`` (class-token pooling only) computes the last block for the class token alone, all
-        that ``pooler_output`` reads of it: ``last_hidden_state`` is then that token, (N, 1, D). For ViT-S/16 at
-        224 px that skips the queries, output projection and MLP of 196 of 197 tokens in the last block.
-        """
+        """The backbone on ``[x, 1 - x]``-encoded images (what explanations differentiate). ``class_token_only``
+        computes the last block for the class token alone, all that ``pooler_output`` reads of it (then
+        ``last_hidden_state`` is (N, 1, D)): at 224 px it skips 196 of 197 tokens' queries, projection and MLP."""
         if class_token_only and self.config.pooling != "cls":
             raise ValueError("class_token_only=True needs class-token pooling (config.pooling='cls').")
         hidden_states = self.embeddings(encoded, interpolate_pos_encoding=bool(interpolate_pos_encoding))
@@ -296,8 +279,7 @@ class BcosViTModel(BcosViTPreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.layernorm(pooled))
 
     def pooled_features(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """``pooler_output`` of ``[x, 1 - x]``-encoded images, computed with as little work as it needs (the last
-        block on the class token alone, with class-token pooling): what heads and explanations read."""
+        """``pooler_output`` of ``[x, 1 - x]``-encoded images with as little work as it needs (what heads read)."""
         class_token_only = self.config.pooling == "cls"
         return self.forward_encoded(encoded, interpolate_pos_encoding, class_token_only).pooler_output
 
@@ -309,22 +291,13 @@ class BcosViTModel(BcosViTPreTrainedModel):
         class_token_only: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """Tokens and pooled features of (N, C, H, W) images in [0, 1].
-
-        Takes ``output_hidden_states``, ``output_attentions`` and ``return_dict`` (each defaulting to the config's),
-        as transformers' ViT does; ``class_token_only`` as in :meth:`forward_encoded`.
-        """
+        """Tokens and pooled features of (N, C, H, W) images in [0, 1]; output flags as in transformers' ViT."""
         encoded = encode_inverse(self.prepare_pixel_values(pixel_values))
         return self.forward_encoded(encoded, interpolate_pos_encoding, class_token_only, **kwargs)
 
 
 class BcosViTForImageClassification(BcosViTPreTrainedModel):
-    """A B-cos ViT image classifier that explains its own decisions.
-
-    It takes images in [0, 1] (the saved image processor resizes and rescales but does not normalise), returns an
-    ``ImageClassifierOutput`` (a tuple with ``return_dict=False``), and :meth:`explain` returns exact per-pixel
-    contributions to any logit.
-    """
+    """A B-cos ViT image classifier of images in [0, 1] that explains its own decisions exactly (:meth:`explain`)."""
 
     _extra_auto_classes = ("AutoModel",)
 
@@ -343,11 +316,8 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
         class_token_only: bool = False,
         **kwargs,
     ) -> ImageClassifierOutput:
-        """Logits of (N, C, H, W) images in [0, 1]; the loss of ``labels`` (see :func:`classification_loss`).
-
-        ``class_token_only=True`` computes the last block for the class token alone (same logits, less work; hidden
-        states and hooks on the last block then see that token only).
-        """
+        """Logits of (N, C, H, W) images in [0, 1] and the loss of ``labels``; ``class_token_only=True`` gives the same
+        logits with less work (hidden states and hooks of the last block then see the class token only)."""
         outputs = self.bcos_vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
@@ -367,14 +337,9 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         create_graph: bool = False,
     ) -> BcosExplanation:
-        """Explain one logit per image exactly: ``contributions.sum() + bias == logit``.
-
-        Args:
-            pixel_values: (N, 3, H, W) images in [0, 1].
-            target: the class to explain: ``None`` (each image's top class), an int, or an (N,) tensor.
-            create_graph: keep the graph of ``logits``, ``dynamic_weights`` and ``contributions``, so that a loss on
-                the explanation trains the model (model guidance, explanation distillation).
-        """
+        """Explain one logit per image exactly (``contributions.sum() + bias == logit``) of (N, 3, H, W) images in
+        [0, 1]. ``target``: None (each image's top class), an int or an (N,) tensor; ``create_graph``: keep the graph,
+        so that a loss on the explanation trains the model."""
 
         def logits(encoded: torch.Tensor) -> torch.Tensor:
             pooled = self.bcos_vit.pooled_features(encoded, interpolate_pos_encoding)

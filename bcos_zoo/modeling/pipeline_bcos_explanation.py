@@ -1,13 +1,10 @@
-"""The ``image-explanation`` pipeline: labels and scores like ``image-classification``, and for each label asked for,
-the model's exact explanation of it.
+"""The ``image-explanation`` pipeline: labels and scores like ``image-classification``, and the model's exact
+explanation of each label asked for. It travels with the weights (the config's ``custom_pipelines`` names it).
 
     pipe = pipeline("image-explanation", model="<org>/<bcos-model>", trust_remote_code=True)
     pipe("cat.jpg")            # [{"label", "score", "explanation": {"contributions", "rgba", "bias", "logit"}}, ...]
     pipe("cat.jpg", top_k=3, explain=3)        # explain each of the three top labels
     pipe("cat.jpg", labels=["tabby, tabby cat"])  # explain these labels, whatever their rank
-
-The pipeline travels with the weights (the model's config names it in ``custom_pipelines``), so it needs only
-transformers. Hub-facing: torch, transformers and sibling files only.
 """
 
 import torch
