@@ -17,6 +17,7 @@ import re
 
 import torch
 from torch import nn
+from transformers.initialization import no_init_weights
 
 from ..modeling import BcosSimpleViTConfig, BcosSimpleViTForImageClassification
 from .common import IMAGENET_NORMALIZATION, fold_normalization, load_exactly
@@ -80,7 +81,7 @@ def read_simple_vit(vit: nn.Module) -> tuple[dict, dict[str, torch.Tensor], set[
         else:
             params = dict(module.named_parameters(recurse=False))
         for kind, value in params.items():
-            state[f"{_rename(name)}.{kind}"] = value.detach().clone()
+            state[f"{_rename(name)}.{kind}"] = value.detach()
     patch = embedding.rearrage.axes_lengths["p1"]
     projection = state["embeddings.projection.weight"]
     hidden = projection.shape[0]  # the package flattens patches as (row, column, channel); ours as a conv weight
@@ -103,7 +104,8 @@ def read_simple_vit(vit: nn.Module) -> tuple[dict, dict[str, torch.Tensor], set[
 
 def _build(config: BcosSimpleViTConfig, state: dict, dtype: torch.dtype, drop_biases: bool, cls=None):
     state["embeddings.projection.weight"] = state["embeddings.projection.weight"].flatten(1)
-    model = (cls or BcosSimpleViTForImageClassification)(config).to(dtype)
+    with no_init_weights():  # every weight comes from the source: skip initialising it first
+        model = (cls or BcosSimpleViTForImageClassification)._from_config(config, dtype=dtype)
     load_exactly(model, state, f"{model.base_model_prefix}.", drop_biases, SUPPORTED_SIMPLE_VIT_SOURCES)
     return model.eval()
 
