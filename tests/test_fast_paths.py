@@ -11,6 +11,8 @@ from bcos_zoo import (
     BcosDenseNetForImageClassification,
     BcosResNetConfig,
     BcosResNetForImageClassification,
+    BcosSimpleViTConfig,
+    BcosSimpleViTForImageClassification,
     BcosViTConfig,
     BcosViTForImageClassification,
 )
@@ -29,6 +31,12 @@ FAMILIES = {
     ),
     "densenet": lambda: BcosDenseNetForImageClassification(
         BcosDenseNetConfig(num_init_features=8, growth_rate=4, block_config=[2, 1], num_labels=5)
+    ),
+    "simple-vit": lambda: BcosSimpleViTForImageClassification(
+        BcosSimpleViTConfig(**TOWER, intermediate_size=48, hidden_act="gelu", num_labels=5)
+    ),
+    "vitc": lambda: BcosSimpleViTForImageClassification(
+        BcosSimpleViTConfig(**{**TOWER, "patch_size": 2}, conv_stem=[8, 16], intermediate_size=48, num_labels=5)
     ),
 }
 

@@ -6,26 +6,23 @@ from transformers import PretrainedConfig
 
 
 class BcosSimpleViTConfig(PretrainedConfig):
-    """Configuration of :class:`BcosSimpleViTForImageClassification`: the "simple ViT" of Beyer et al. (2022) as the
-    B-cos v2 authors build it, with fixed 2D sin-cos position embeddings, no class token, mean pooling, a final
-    LayerNorm and a linear head. The defaults are their B-cos ViT-S/16.
+    """Configuration of :class:`BcosSimpleViTForImageClassification`: the "simple ViT" (Beyer et al., 2022) as the
+    B-cos v2 authors build it: sin-cos position embeddings, no class token, mean pooling, a final LayerNorm and a
+    linear head. The defaults are their B-cos ViT-S/16.
 
     Args:
-        conv_stem: output channels of the convolutional stem of ViT-C (Xiao et al., 2021): 3x3 convolutions with
-            stride 2 where the channels grow and 1 where they do not, each followed by a LayerNorm over channels and
-            positions and the activation. ``None`` (the simple ViT) cuts the image into patches directly.
-        patch_size: side of the patches the tokens are cut from (of the stem's output with a stem; ViT-C uses 1).
-        hidden_act: ``"identity"`` (the B-cos v2 models: the B-cos units are the only non-linearity) or a GELU type
-            (the standard models and their B-cosified forms).
-        b: the B-cos exponent B (1 = plain linear maps and convolutions).
-        use_bias: keep the biases (linear maps, convolutions, LayerNorm shifts); the B-cos models have none.
-        logit_bias / logit_temperature: the logits are ``classifier(x) / logit_temperature + logit_bias``;
-            ``logit_bias=None`` means ``-log(num_labels - 1)`` and ``logit_temperature=None`` means 1.
-        loss: ``"bce"`` (binary cross-entropy with off-target labels ``1/C``, the papers' loss) or
-            ``"cross_entropy"``.
-        image_size / crop_pct: what the saved image processor produces: resize the shortest edge to
-            ``image_size / crop_pct`` and crop the centre ``image_size`` (the package's test transform, 256 then 224).
-            The model itself takes any size its patches tile: the position embeddings are computed for the grid.
+        conv_stem: output channels of ViT-C's convolutional stem (Xiao et al., 2021): 3x3 convolutions, stride 2
+            where the channels grow and 1 elsewhere, each followed by a LayerNorm over channels and positions and the
+            activation. ``None``: the simple ViT, which cuts the image into patches.
+        patch_size: side of the patches cut from the image (or from the stem's output; ViT-C uses 1).
+        hidden_act: ``"identity"`` (the B-cos v2 models) or a GELU type (the standard ones, and B-cosified).
+        b / use_bias: the B-cos exponent (1 = plain linear maps); keep the biases (the B-cos v2 models have none).
+        logit_bias / logit_temperature: logits ``classifier(x) / logit_temperature + logit_bias``; ``None`` means
+            ``-log(num_labels - 1)`` and 1.
+        loss: ``"bce"`` (BCE with off-target labels ``1/C``, the papers' loss) or ``"cross_entropy"``.
+        image_size / crop_pct: the saved image processor resizes the shortest edge to ``image_size / crop_pct`` and
+            crops the centre ``image_size`` (the package's test transform). The model takes any size its patches
+            tile: the position embeddings are computed for the grid.
     """
 
     model_type = "bcos_simple_vit"

@@ -1,10 +1,7 @@
-"""The B-cos simple ViT and ViT-C of B-cos v2 as transformers models.
-
-Tokens are B-cos maps of image patches (optionally of a convolutional stem's output), plus fixed 2D sin-cos position
-embeddings; pre-norm transformer blocks; the mean token through a LayerNorm and a B-cos linear head. In
-:func:`explanation_mode` every input-dependent factor (B-cos factors, normalisation scales, the attention matrix,
-activation gates) is detached and :meth:`explain` reads the dynamic linear map off with one backward pass.
-Hub-facing: torch, transformers and sibling files only.
+"""The B-cos simple ViT and ViT-C of B-cos v2 as transformers models: B-cos maps of image patches (or of a
+convolutional stem's output) plus fixed sin-cos position embeddings, pre-norm blocks, the mean token through a
+LayerNorm and a B-cos head. In :func:`explanation_mode` every input-dependent factor is detached, and :meth:`explain`
+reads the dynamic linear map off with one backward pass. Hub-facing: torch, transformers and sibling files only.
 """
 
 import torch
@@ -33,10 +30,8 @@ def sincos_position_embeddings(height: int, width: int, dim: int, device, temper
     ``dim / 4`` frequencies from 1 to ``1 / temperature``. Computed in float32, as the released models were."""
     quarter = dim // 4
     omega = 1.0 / temperature ** (torch.arange(quarter, device=device, dtype=torch.float32) / (quarter - 1))
-    rows, columns = torch.meshgrid(
-        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
-    )
-    rows, columns = rows.flatten()[:, None] * omega, columns.flatten()[:, None] * omega
+    rows = torch.arange(height, device=device).repeat_interleave(width)[:, None] * omega  # row-major token order
+    columns = torch.arange(width, device=device).repeat(height)[:, None] * omega
     return torch.cat([columns.sin(), columns.cos(), rows.sin(), rows.cos()], dim=1)
 
 
@@ -154,13 +149,8 @@ class BcosSimpleViTPreTrainedModel(BcosPreTrainedModel):
     def default_image_processor(self) -> ConvNextImageProcessor:
         """Resize the shortest edge bilinearly to ``image_size / crop_pct``, crop the centre ``image_size`` and
         rescale to [0, 1], as the package's test transform does; no normalisation."""
-        return ConvNextImageProcessor(
-            size={"shortest_edge": self.config.image_size},
-            crop_pct=self.config.crop_pct,
-            resample=2,  # bilinear
-            do_rescale=True,
-            do_normalize=False,
-        )
+        size, crop_pct = {"shortest_edge": self.config.image_size}, self.config.crop_pct
+        return ConvNextImageProcessor(size=size, crop_pct=crop_pct, resample=2, do_rescale=True, do_normalize=False)
 
 
 class BcosSimpleViTModel(BcosSimpleViTPreTrainedModel):
