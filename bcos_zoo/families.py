@@ -26,6 +26,7 @@ from transformers import (
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .conversion.clip import SUPPORTED_CLIP_SOURCES, bcosify_clip
+from .conversion.convnext import SUPPORTED_CONVNEXT_SOURCES, bcosify_convnext, port_bcos_convnext
 from .conversion.densenet import SUPPORTED_DENSENET_SOURCES, TIMM_DENSENET_ARCHITECTURE, bcosify_densenet
 from .conversion.resnet import SUPPORTED_RESNET_SOURCES, TIMM_RESNET_ARCHITECTURE, bcosify_resnet
 from .conversion.simple_vit import (
@@ -38,6 +39,8 @@ from .conversion.vit import SUPPORTED_VIT_SOURCES, bcosify_vit
 from .modeling import (
     BcosCLIPModel,
     BcosCLIPVisionModel,
+    BcosConvNextForImageClassification,
+    BcosConvNextModel,
     BcosDenseNetForImageClassification,
     BcosDenseNetModel,
     BcosResNetForImageClassification,
@@ -158,6 +161,20 @@ FAMILIES: dict[str, Family] = {
             sources=SUPPORTED_DENSENET_SOURCES,
             timm_architectures=TIMM_DENSENET_ARCHITECTURE,
             module_types=("timm.DenseNet", "torchvision.DenseNet"),
+        ),
+        Family(
+            name="convnext",
+            label="ConvNeXt",
+            card_name="ConvNeXt",
+            backbone=BcosConvNextModel,
+            classifier=BcosConvNextForImageClassification,
+            auto_classes={BcosConvNextForImageClassification: (AutoModel, AutoModelForImageClassification)},
+            converter=bcosify_convnext,
+            sources=SUPPORTED_CONVNEXT_SOURCES,
+            processor=cropping_processor,  # the bcos package's test transform: resize to 232, centre-crop 224
+            bcos_entries=("convnext_tiny", "convnext_base", "convnext_tiny_bnu", "convnext_base_bnu"),
+            bcos_module_types=("bcos.BcosConvNeXt",),
+            bcos_port=port_bcos_convnext,
         ),
         Family(
             name="simple_vit",

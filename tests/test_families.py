@@ -23,6 +23,7 @@ from transformers import (
 from bcos_zoo import (
     BcosCLIPModel,
     BcosCLIPVisionModel,
+    BcosConvNextForImageClassification,
     BcosDenseNetForImageClassification,
     BcosResNetConfig,
     BcosResNetForImageClassification,
@@ -50,8 +51,8 @@ def bcos_standard_vitc():
     return pretrained.standard_vitc_ti_patch1_14(pretrained=False)
 
 
-def test_the_registry_holds_the_four_families():
-    assert list(FAMILIES) == ["vit", "clip", "resnet", "densenet", "simple_vit"]
+def test_the_registry_holds_the_families():
+    assert list(FAMILIES) == ["vit", "clip", "resnet", "densenet", "convnext", "simple_vit"]
     assert all(name == family.name for name, family in FAMILIES.items())
 
 
@@ -62,6 +63,7 @@ def test_each_class_loads_through_the_auto_classes_its_family_names():
         BcosCLIPModel: {AutoModel, AutoModelForZeroShotImageClassification},
         BcosResNetForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosDenseNetForImageClassification: {AutoModel, AutoModelForImageClassification},
+        BcosConvNextForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosSimpleViTForImageClassification: {AutoModel, AutoModelForImageClassification},
     }
     registered = {cls: set(autos) for family in FAMILIES.values() for cls, autos in family.auto_classes.items()}

@@ -7,6 +7,8 @@ import torch
 from bcos_zoo import (
     BcosCLIPVisionConfig,
     BcosCLIPVisionModel,
+    BcosConvNextConfig,
+    BcosConvNextForImageClassification,
     BcosDenseNetConfig,
     BcosDenseNetForImageClassification,
     BcosResNetConfig,
@@ -31,6 +33,16 @@ FAMILIES = {
     ),
     "densenet": lambda: BcosDenseNetForImageClassification(
         BcosDenseNetConfig(num_init_features=8, growth_rate=4, block_config=[2, 1], num_labels=5)
+    ),
+    "convnext": lambda: BcosConvNextForImageClassification(
+        BcosConvNextConfig(
+            hidden_sizes=[8, 16],
+            depths=[1, 1],
+            num_labels=5,
+            norm_type="batch",
+            layer_scale_init_value=1.0,
+            drop_path_rate=0.0,
+        )
     ),
     "simple-vit": lambda: BcosSimpleViTForImageClassification(
         BcosSimpleViTConfig(**TOWER, intermediate_size=48, hidden_act="gelu", num_labels=5)

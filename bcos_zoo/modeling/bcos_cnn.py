@@ -50,7 +50,7 @@ class BcosConvNormAct(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         conv, norm = self.convolution, self.normalization
         inference = not (self.training or torch.is_grad_enabled() or conv.detach_dynamic or norm.detach_dynamic)
-        if inference and conv.b == 2 and conv.bias is None and use_fast_path("conv_norm_act"):
+        if inference and conv.b == 2 and conv.bias is None and use_fast_path("conv_norm_act", hidden_states):
             return square_conv_norm_act(self, hidden_states)
         hidden_states = norm(conv(hidden_states))
         return F.relu(hidden_states) if self.activation else hidden_states

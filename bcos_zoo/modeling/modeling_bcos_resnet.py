@@ -24,7 +24,7 @@ from .fast_paths import residual_relu_, use_fast_path
 
 def residual_relu(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     """``relu(branch + shortcut)``, the end of every residual block."""
-    if not torch.is_grad_enabled() and use_fast_path("residual_in_place"):
+    if not torch.is_grad_enabled() and use_fast_path("residual_in_place", branch):
         return residual_relu_(branch, shortcut)
     return torch.relu(branch + shortcut)
 
