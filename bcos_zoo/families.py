@@ -29,6 +29,12 @@ from .conversion.clip import SUPPORTED_CLIP_SOURCES, bcosify_clip
 from .conversion.convnext import SUPPORTED_CONVNEXT_SOURCES, bcosify_convnext, port_bcos_convnext
 from .conversion.densenet import SUPPORTED_DENSENET_SOURCES, TIMM_DENSENET_ARCHITECTURE, bcosify_densenet
 from .conversion.resnet import SUPPORTED_RESNET_SOURCES, TIMM_RESNET_ARCHITECTURE, bcosify_resnet
+from .conversion.simple_vit import (
+    BCOS_SIMPLE_VIT_ENTRIES,
+    SUPPORTED_SIMPLE_VIT_SOURCES,
+    bcosify_simple_vit,
+    port_bcos_simple_vit,
+)
 from .conversion.vit import SUPPORTED_VIT_SOURCES, bcosify_vit
 from .modeling import (
     BcosCLIPModel,
@@ -39,6 +45,8 @@ from .modeling import (
     BcosDenseNetModel,
     BcosResNetForImageClassification,
     BcosResNetModel,
+    BcosSimpleViTForImageClassification,
+    BcosSimpleViTModel,
     BcosViTForImageClassification,
     BcosViTModel,
 )
@@ -167,6 +175,21 @@ FAMILIES: dict[str, Family] = {
             bcos_entries=("convnext_tiny", "convnext_base", "convnext_tiny_bnu", "convnext_base_bnu"),
             bcos_module_types=("bcos.BcosConvNeXt",),
             bcos_port=port_bcos_convnext,
+        ),
+        Family(
+            name="simple_vit",
+            label="simple ViT",
+            card_name="simple vision transformer",
+            backbone=BcosSimpleViTModel,
+            classifier=BcosSimpleViTForImageClassification,
+            auto_classes={BcosSimpleViTForImageClassification: (AutoModel, AutoModelForImageClassification)},
+            converter=bcosify_simple_vit,
+            sources=SUPPORTED_SIMPLE_VIT_SOURCES,
+            module_types=("bcos.SimpleViT",),  # the bcos package's standard twins
+            processor=cropping_processor,  # the package's test transform: resize to 256, crop the centre 224
+            bcos_entries=BCOS_SIMPLE_VIT_ENTRIES,
+            bcos_module_types=("bcos.BcosSequential",),  # the package wraps its B-cos ViTs with their logit layer
+            bcos_port=port_bcos_simple_vit,
         ),
     )
 }

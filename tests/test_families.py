@@ -27,6 +27,7 @@ from bcos_zoo import (
     BcosDenseNetForImageClassification,
     BcosResNetConfig,
     BcosResNetForImageClassification,
+    BcosSimpleViTForImageClassification,
     BcosViTForImageClassification,
 )
 from bcos_zoo.families import (
@@ -43,8 +44,15 @@ from bcos_zoo.families import (
 MEAN, STD = (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)
 
 
+def bcos_standard_vitc():
+    """The bcos package's smallest standard ViT-C, random weights: a source of the simple ViT family."""
+    from bcos.models import pretrained
+
+    return pretrained.standard_vitc_ti_patch1_14(pretrained=False)
+
+
 def test_the_registry_holds_the_families():
-    assert list(FAMILIES) == ["vit", "clip", "resnet", "densenet", "convnext"]
+    assert list(FAMILIES) == ["vit", "clip", "resnet", "densenet", "convnext", "simple_vit"]
     assert all(name == family.name for name, family in FAMILIES.items())
 
 
@@ -56,6 +64,7 @@ def test_each_class_loads_through_the_auto_classes_its_family_names():
         BcosResNetForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosDenseNetForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosConvNextForImageClassification: {AutoModel, AutoModelForImageClassification},
+        BcosSimpleViTForImageClassification: {AutoModel, AutoModelForImageClassification},
     }
     registered = {cls: set(autos) for family in FAMILIES.values() for cls, autos in family.auto_classes.items()}
     assert registered == expected
@@ -110,6 +119,7 @@ def test_a_saved_standard_source_is_recognised_by_its_config(folders, folder, na
         (torchvision_resnet18, "resnet"),
         (lambda: timm_cnn("densenet121"), "densenet"),
         (torchvision_densenet121, "densenet"),
+        (bcos_standard_vitc, "simple_vit"),
     ],
 )
 def test_a_standard_model_in_memory_is_recognised_by_its_type(build, name):
@@ -190,7 +200,13 @@ def test_register_hooks_the_converter_as_from_pretrained_standard_calls_it():
 
 @pytest.mark.parametrize(
     ("name", "build"),
-    [("vit", hf_vit), ("clip", tiny_clip), ("resnet", hf_resnet), ("densenet", torchvision_densenet121)],
+    [
+        ("vit", hf_vit),
+        ("clip", tiny_clip),
+        ("resnet", hf_resnet),
+        ("densenet", torchvision_densenet121),
+        ("simple_vit", bcos_standard_vitc),
+    ],
 )
 def test_from_pretrained_standard_is_the_family_converter(name, build):
     family = FAMILIES[name]

@@ -13,6 +13,8 @@ from bcos_zoo import (
     BcosDenseNetForImageClassification,
     BcosResNetConfig,
     BcosResNetForImageClassification,
+    BcosSimpleViTConfig,
+    BcosSimpleViTForImageClassification,
     BcosViTConfig,
     BcosViTForImageClassification,
 )
@@ -41,6 +43,12 @@ FAMILIES = {
             layer_scale_init_value=1.0,
             drop_path_rate=0.0,
         )
+    ),
+    "simple-vit": lambda: BcosSimpleViTForImageClassification(
+        BcosSimpleViTConfig(**TOWER, intermediate_size=48, hidden_act="gelu", num_labels=5)
+    ),
+    "vitc": lambda: BcosSimpleViTForImageClassification(
+        BcosSimpleViTConfig(**{**TOWER, "patch_size": 2}, conv_stem=[8, 16], intermediate_size=48, num_labels=5)
     ),
 }
 

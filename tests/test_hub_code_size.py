@@ -17,6 +17,8 @@ from bcos_zoo import (
     BcosDenseNetForImageClassification,
     BcosResNetConfig,
     BcosResNetForImageClassification,
+    BcosSimpleViTConfig,
+    BcosSimpleViTForImageClassification,
     BcosViTConfig,
     BcosViTForImageClassification,
 )
@@ -40,6 +42,12 @@ FAMILIES = {
         lambda: BcosConvNextForImageClassification(BcosConvNextConfig(hidden_sizes=[8], depths=[1])),
         "modeling_bcos_convnext.py",
     ),
+    "simple_vit": (
+        lambda: BcosSimpleViTForImageClassification(
+            BcosSimpleViTConfig(**{**TOWER, "patch_size": 2}, conv_stem=[8, 16], num_labels=3)
+        ),
+        "modeling_bcos_simple_vit.py",
+    ),
     "clip": (
         lambda: BcosCLIPModel(BcosCLIPConfig(vision_config=TOWER, text_config=TEXT, projection_dim=8)),
         "modeling_bcos_clip.py",
@@ -51,6 +59,7 @@ OTHER_FAMILIES = {
     "modeling_bcos_densenet.py",
     "modeling_bcos_clip.py",
     "modeling_bcos_convnext.py",
+    "modeling_bcos_simple_vit.py",
 }
 # what the remote code must not do: private torch API, hook inspection, platform sniffing, imports by name
 FORBIDDEN = [
@@ -93,7 +102,7 @@ def saved(tmp_path_factory):
     return folders
 
 
-@pytest.mark.parametrize("family", ["vit", "resnet", "densenet", "convnext"])
+@pytest.mark.parametrize("family", ["vit", "resnet", "densenet", "convnext", "simple_vit"])
 def test_a_classifier_repo_holds_at_most_1000_lines_of_code(saved, family):
     total = sum(code_lines(path.read_text()) for path in saved[family].glob("*.py"))
     assert total <= 1000, total

@@ -15,6 +15,10 @@ from transformers import PreTrainedModel
 
 
 RANDOM = "random"  # ``weights=RANDOM``: the entry's architecture with the package's random initialisation
+# A recipe names a standard twin of the package (a B-cosification source) as "bcos:<entry>", e.g.
+# "bcos:standard_simple_vit_s_patch16_224", with its release weights file in the recipe's ``weights``.
+BCOS_SOURCE_PREFIX = "bcos:"
+STANDARD_PREFIX = "standard_"
 
 
 def bcos_entry_family(entry: str):
@@ -43,7 +47,7 @@ def bcos_module_family(model: nn.Module):
 def build_bcos_entry(entry: str, weights: str | os.PathLike | dict | None) -> nn.Module:
     """The package's model for ``entry`` with the release state dict ``weights`` (a file read with
     ``weights_only=True``, or a state dict), or its random initialisation when ``weights == "random"``."""
-    bcos_entry_family(entry)  # unknown entries fail here, before the package is imported
+    bcos_entry_family(entry.removeprefix(STANDARD_PREFIX))  # unknown entries fail here, before the import
     try:
         from bcos.models import pretrained
     except ImportError as error:
@@ -69,6 +73,37 @@ def build_bcos_entry(entry: str, weights: str | os.PathLike | dict | None) -> nn
             f"The weights do not fit bcos entry {entry!r} ({first}); is it the release file of another entry?"
         ) from None
     return model.eval()
+
+
+def is_bcos_source(source: object) -> bool:
+    """Whether a recipe's source names a standard model of the ``bcos`` package (``"bcos:<entry>"``)."""
+    return isinstance(source, str) and source.startswith(BCOS_SOURCE_PREFIX)
+
+
+def bcos_source_entry(source: str, weights: str | os.PathLike | None) -> str:
+    """The standard twin a ``"bcos:<entry>"`` source names; a one-line error when it is none or lacks its weights."""
+    from ..families import FAMILIES
+
+    entry = source.removeprefix(BCOS_SOURCE_PREFIX)
+    twins = sorted(  # the twins of the B-cos entries of families that take the package's standard models
+        STANDARD_PREFIX + name
+        for family in FAMILIES.values()
+        if any(kind.startswith("bcos.") for kind in family.module_types)
+        for name in family.bcos_entries
+    )
+    if entry not in twins:
+        raise ValueError(f"{source!r} names no standard model of the bcos package. Supported: bcos:<one of {twins}>.")
+    if weights is None or (weights != RANDOM and not Path(weights).is_file()):
+        raise ValueError(
+            f"The source {source!r} needs its release weights file (--weights path/to/{entry}.pth, as the bcos "
+            f"package downloads it); got {weights!r}."
+        )
+    return entry
+
+
+def load_bcos_source(source: str, weights: str | os.PathLike | None) -> nn.Module:
+    """The ``bcos`` package's standard model that ``source = "bcos:<entry>"`` names, with its release weights."""
+    return build_bcos_entry(bcos_source_entry(source, weights), weights)
 
 
 def from_bcos(source: str | nn.Module, weights: str | os.PathLike | dict | None = None) -> PreTrainedModel:

@@ -5,12 +5,14 @@ from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
 from .configuration_bcos_convnext import BcosConvNextConfig
 from .configuration_bcos_densenet import BcosDenseNetConfig
 from .configuration_bcos_resnet import BcosResNetConfig
+from .configuration_bcos_simple_vit import BcosSimpleViTConfig
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation
 from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, siglip_distillation_loss
 from .modeling_bcos_convnext import BcosConvNextForImageClassification, BcosConvNextModel
 from .modeling_bcos_densenet import BcosDenseNetForImageClassification, BcosDenseNetModel
 from .modeling_bcos_resnet import BcosResNetForImageClassification, BcosResNetModel
+from .modeling_bcos_simple_vit import BcosSimpleViTForImageClassification, BcosSimpleViTModel
 from .modeling_bcos_vit import BcosViTForImageClassification, BcosViTModel
 
 
@@ -30,6 +32,9 @@ __all__ = [
     "BcosResNetConfig",
     "BcosResNetForImageClassification",
     "BcosResNetModel",
+    "BcosSimpleViTConfig",
+    "BcosSimpleViTForImageClassification",
+    "BcosSimpleViTModel",
     "BcosViTConfig",
     "BcosViTForImageClassification",
     "BcosViTModel",

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import AutoConfig, AutoModelForImageClassification, Trainer, TrainingArguments
 
+from ..conversion.bcos_package import is_bcos_source, load_bcos_source
 from ..data.datasets import DatasetSplits
 from ..families import bcos_classifier_class
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
@@ -32,6 +33,11 @@ def name_classes(model: nn.Module, class_names: list[str]) -> nn.Module:
     config.id2label = dict(enumerate(class_names))
     config.label2id = {name: index for index, name in enumerate(class_names)}
     return model
+
+
+def standard_source(recipe) -> str | nn.Module:
+    """The recipe's standard source: its folder or Hub id, or the ``bcos`` package's model it names "bcos:<entry>"."""
+    return load_bcos_source(recipe.source, recipe.weights) if is_bcos_source(recipe.source) else recipe.source
 
 
 def accuracy_metrics(eval_prediction) -> dict[str, float]:
@@ -78,15 +84,15 @@ class BcosClassification(Task):
         elif source_model_type(recipe.source) in BCOS_MODEL_TYPES:
             model = AutoModelForImageClassification.from_pretrained(recipe.source)
         else:
-            bcos_class = bcos_classifier_class(recipe.source)
-            model = bcos_class.from_pretrained_standard(recipe.source, b=recipe.b, bias=recipe.bias)
+            source = standard_source(recipe)
+            model = bcos_classifier_class(source).from_pretrained_standard(source, b=recipe.b, bias=recipe.bias)
         return name_classes(model, class_names)
 
     def source_model(self) -> nn.Module | None:
         if self.recipe.source == "scratch" or source_model_type(self.recipe.source) in BCOS_MODEL_TYPES:
             return None
-        bcos_class = bcos_classifier_class(self.recipe.source)
-        return bcos_class.from_pretrained_standard(self.recipe.source, b=1.0, bias="keep")
+        source = standard_source(self.recipe)
+        return bcos_classifier_class(source).from_pretrained_standard(source, b=1.0, bias="keep")
 
     def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
         return Trainer(model=model, args=arguments, compute_metrics=accuracy_metrics, **common)

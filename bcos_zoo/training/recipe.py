@@ -23,11 +23,15 @@ class Recipe:
 
     name: str = _flag("the run's name (default output folder: outputs/<name>)")
     source: str = _flag(
-        "Hub id or folder: a standard HF ViT/DeiT, timm ViT or HF CLIP checkpoint, a B-cos checkpoint, or 'scratch'",
+        "Hub id or folder: a standard HF ViT/DeiT, timm ViT or HF CLIP checkpoint, a B-cos checkpoint, or 'scratch'; "
+        "or 'bcos:<entry>', a standard model of the bcos package (with --weights)",
         aliases=("--model",),
     )
     dataset: str = _flag("'fashion-mnist', an image folder (one sub-folder per class) or a Hub dataset name")
     hub_model_id: str = _flag("org/name of the Hub repo --push uploads to")
+    weights: str | None = _flag(
+        "the release weights file of a source named 'bcos:<entry>' (a standard model of the bcos package)", None
+    )
     task: str = _flag("what is trained and how (see bcos_zoo.training.TASKS)", "classification")
     b: float = _flag("the B-cos alignment exponent B", 2.0)
     bias: str = _flag("'remove' (the paper's conversion) or 'keep' (exact at B=1) the source's biases", "remove")

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import PretrainedConfig, Trainer, TrainingArguments
 
+from ..conversion.bcos_package import BCOS_SOURCE_PREFIX, is_bcos_source
 from ..data.datasets import DatasetSplits, TransformedImages, load_dataset_splits, looks_like_path
 from ..data.preprocessing import ImageTransform, model_transform, training_transform
 from ..families import FAMILIES
@@ -43,7 +44,7 @@ class CardFields:
 
 def source_model_type(source: str) -> str | None:
     """The ``model_type`` in a source's config (folder or Hub id), or ``None`` when training from scratch."""
-    if source == "scratch":
+    if source == "scratch" or is_bcos_source(source):
         return None
     config, _ = PretrainedConfig.get_config_dict(source)
     return config.get("model_type")
@@ -63,6 +64,8 @@ def describe_source(source: str) -> tuple[str, str | None]:
     """
     if source == "scratch":
         return "random initialisation (trained from scratch)", None
+    if is_bcos_source(source):
+        return f"the bcos package's {source.removeprefix(BCOS_SOURCE_PREFIX)} (B-cos v2 release)", None
     if hub_id_or_none(source):
         return source, source
     folder = Path(source).expanduser().resolve()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
+from ..conversion.bcos_package import bcos_source_entry, is_bcos_source
 from ..data.datasets import dataset_needs_hub, limit, looks_like_path
 from ..training import get_task
 from ..training.trainer import TrainingClock, trainer_callbacks, training_arguments
@@ -71,7 +72,10 @@ def source_needs_hub(source: str) -> bool:
 def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
     """Everything that can be known to fail before training fails now, in one line: missing folders, and anything
     that needs the Hub (the source, the data, the push) when the Hub cannot be used or does not know the name."""
-    needs, source_on_hub, dataset_on_hub = [], source_needs_hub(recipe.source), dataset_needs_hub(recipe.dataset)
+    if is_bcos_source(recipe.source):
+        bcos_source_entry(recipe.source, recipe.weights)  # a standard model of the bcos package and its weights file
+    source_on_hub = not is_bcos_source(recipe.source) and source_needs_hub(recipe.source)
+    needs, dataset_on_hub = [], dataset_needs_hub(recipe.dataset)
     if source_on_hub:
         needs.append((f"the model {recipe.source!r}", "pass a local model folder with --model"))
     if dataset_on_hub:

@@ -52,6 +52,42 @@ _CLIP_DISTILLATION = dict(
     save_steps=2000,
 )
 
+# The B-cosification paper's simple ViTs (Arya et al., NeurIPS 2024): the bcos package's standard simple ViTs and
+# ViT-Cs B-cosified (b=2, biases removed) and fine-tuned. Top-1 on ImageNet-1k as reported, not measured here:
+# B-cosified and B-cos v2 from scratch (the paper), the standard source (the bcos package's docstrings), per size
+# ti, s, b, l.
+_PAPER_SIMPLE_VITS = {
+    "simple-vit": ("Simple ViT-{}/16", "standard_simple_vit_{}_patch16_224", (69.3, 75.2, 75.3, 75.5),
+                   (60.0, 69.2, 74.4, 75.1), (70.2, 74.5, 75.3, 75.7)),
+    "vitc": ("ViT-C-{} (convolutional stem)", "standard_vitc_{}_patch1_14", (72.3, 76.0, 76.7, 77.1),
+             (67.3, 74.5, 77.1, 77.8), (72.6, 75.8, 76.8, 77.9)),
+}  # fmt: skip
+
+
+def _paper_simple_vit_recipes() -> list[Recipe]:
+    """``bcos-simple-vit-{ti,s,b,l}-paper`` and ``bcos-vitc-{ti,s,b,l}-paper``: from the package's standard twins,
+    named ``bcos:<entry>``; their release weights are given with ``--weights``."""
+    recipes = []
+    for kind, (title, entry, bcosified, scratch, standard) in _PAPER_SIMPLE_VITS.items():
+        for index, size in enumerate(("ti", "s", "b", "l")):
+            name = f"bcos-{kind}-{size}-paper"
+            recipes.append(
+                Recipe(
+                    name=name,
+                    source=f"bcos:{entry.format(size)}",
+                    hub_model_id=f"bcos-zoo/{name}",
+                    summary=(
+                        f"{title.format(size.upper() if size != 'ti' else 'Ti')} of the bcos package B-cosified on "
+                        f"ImageNet-1k. Reported top-1, not measured here: B-cosified {bcosified[index]} and B-cos "
+                        f"from scratch {scratch[index]} (B-cosification paper), the standard source "
+                        f"{standard[index]} (bcos package)."
+                    ),
+                    **_IMAGENET_VIT,
+                )
+            )
+    return recipes
+
+
 # the miniature of training with explanations: Fashion-MNIST on 48 px canvases (bcos_zoo.data.decoys)
 _DECOY_VIT = dict(
     image_size=48, patch_size=8, hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=96
@@ -241,6 +277,7 @@ RECIPES: dict[str, Recipe] = {
             summary="A small B-cos ViT distilled with e2KD from a teacher trained on clean data, on decoy data.",
             **_DECOY_TRAINING,
         ),
+        *_paper_simple_vit_recipes(),
     ]
 }
 
