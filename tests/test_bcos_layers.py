@@ -4,10 +4,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bcos_zoo.modeling.bcos_cnn import BcosBatchNorm2d, BcosConv2d
-from bcos_zoo.modeling.bcos_layers import NORM_EPS, BcosLayerNorm, BcosLinear, encode_inverse, explanation_mode
+from bcos_zoo.modeling.bcos_cnn import BcosBatchNorm2d
+from bcos_zoo.modeling.bcos_layers import (
+    NORM_EPS,
+    BcosConv2d,
+    BcosLayerNorm,
+    BcosLinear,
+    GatedActivation,
+    encode_inverse,
+    explanation_mode,
+)
 from bcos_zoo.modeling.configuration_bcos_vit import BcosViTConfig
-from bcos_zoo.modeling.modeling_bcos_vit import BcosSelfAttention, GatedActivation
+from bcos_zoo.modeling.modeling_bcos_vit import BcosSelfAttention
 
 
 def bcos_unit(b: float, bias: bool = False) -> BcosLinear:

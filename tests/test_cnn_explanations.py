@@ -11,7 +11,8 @@ from cnn_sources import (
 )
 
 from bcos_zoo import BcosDenseNetForImageClassification, BcosResNetForImageClassification
-from bcos_zoo.modeling.bcos_cnn import BcosBatchNorm2d, BcosConv2d
+from bcos_zoo.modeling.bcos_cnn import BcosBatchNorm2d
+from bcos_zoo.modeling.bcos_layers import BcosConv2d
 
 
 SOURCES = {

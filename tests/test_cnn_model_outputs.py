@@ -17,8 +17,8 @@ from bcos_zoo import (
     BcosResNetForImageClassification,
     BcosResNetModel,
 )
-from bcos_zoo.modeling.bcos_cnn import BcosBatchNorm2d, BcosConv2d
-from bcos_zoo.modeling.bcos_layers import NORM_EPS, explanation_mode
+from bcos_zoo.modeling.bcos_cnn import BcosBatchNorm2d
+from bcos_zoo.modeling.bcos_layers import NORM_EPS, BcosConv2d, explanation_mode
 
 
 def resnet_config(**kwargs) -> BcosResNetConfig:

@@ -7,8 +7,8 @@ import torch
 from sources import hf_vit, perturb_
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
-from bcos_zoo.modeling.bcos_layers import BcosLayerNorm
-from bcos_zoo.modeling.modeling_bcos_vit import BcosSelfAttention, GatedActivation
+from bcos_zoo.modeling.bcos_layers import BcosLayerNorm, GatedActivation
+from bcos_zoo.modeling.modeling_bcos_vit import BcosSelfAttention
 
 
 NUM_LABELS = 7

@@ -168,7 +168,7 @@ def test_the_fast_paths_run_when_switched_on_and_only_then(family, monkeypatch):
     calls = []
     for module, name in [
         (bcos_layers, "square_linear"),
-        (bcos_cnn, "square_conv2d"),
+        (bcos_layers, "square_conv2d"),
         (bcos_cnn, "square_conv_norm_act"),
     ]:
         original = getattr(module, name)

@@ -16,7 +16,7 @@ from transformers import ViTForImageClassification
 from transformers.utils import logging
 
 from ..modeling import BcosViTConfig
-from ..modeling.modeling_bcos_vit import ACTIVATION_ALIASES
+from ..modeling.bcos_layers import ACTIVATION_ALIASES
 from .common import (
     VIT_DEFAULT_NORMALIZATION,
     fold_normalization,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_paths import square_linear, use_fast_path
+from .fast_paths import square_conv2d, square_linear, use_fast_path
 
 
 # The norm guard of every B-cos unit, linear and convolution: ||x|| = sqrt(sum x^2 + NORM_EPS). It keeps the cosine
@@ -146,6 +146,73 @@ class BcosLinear(DynamicModule):
         return f"{self.in_features}, {self.out_features}, b={self.b}, bias={self.bias is not None}"
 
 
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class BcosConv2d(DynamicModule):
+    """``out = |cos(x_patch, w_o)|^(B-1) * conv(x, w)_o + bias_o`` with the pretrained, un-normalised ``w``;
+    ``nn.Conv2d`` at ``b == 1``. ``x_patch`` is the window behind each output position (same stride, dilation and
+    zero padding; for a grouped convolution, the input channels of the output's group)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = False,
+        b: float = 2.0,
+    ):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels {in_channels} and out_channels {out_channels} must divide by groups {groups}."
+            )
+        self.in_channels, self.out_channels, self.groups, self.b = in_channels, out_channels, groups, float(b)
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+
+    def patch_norms(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, out_channels or 1, H', W'): the guarded norm of each output's input window, as a convolution of the
+        per-pixel sums of squares with a kernel of ones."""
+        batch, channels, height, width = x.shape
+        squares = x.square().view(batch, self.groups, channels // self.groups, height, width).sum(dim=2)
+        ones = squares.new_ones(self.groups, 1, *self.kernel_size)
+        sums = F.conv2d(squares, ones, None, self.stride, self.padding, self.dilation, self.groups)
+        if self.groups > 1:  # one norm per group, for each of the group's output channels
+            sums = sums.repeat_interleave(self.out_channels // self.groups, dim=1)
+        return guarded_norm(sums)
+
+    def weight_norm(self) -> torch.Tensor:
+        """(out_channels,): the guarded norm of each output channel's weight."""
+        return guarded_norm(self.weight.square().sum(dim=(1, 2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.b == 1:
+            out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        else:
+            weight_norm = self.weight_norm()
+            if self.b == 2 and not (self.detach_dynamic or torch.is_grad_enabled()) and use_fast_path("square_unit", x):
+                out = square_conv2d(self, x, self.patch_norms(x), weight_norm)
+            else:
+                out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+                factor = bcos_factor(out, self.patch_norms(x), weight_norm.view(1, -1, 1, 1), self.b)
+                out = out * self.dynamic(factor)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, groups={self.groups}, b={self.b}, bias={self.bias is not None}"
+        )
+
+
 class BcosLayerNorm(DynamicModule):
     """LayerNorm whose standard deviation is a dynamic factor; the mean subtraction is linear and stays."""
 
@@ -160,3 +227,39 @@ class BcosLayerNorm(DynamicModule):
         inverse_std = torch.rsqrt(centered.square().mean(dim=-1, keepdim=True) + self.eps)
         out = centered * self.dynamic(inverse_std) * self.weight
         return out if self.bias is None else out + self.bias
+
+
+# transformers' names of the GELU-type activations a B-cos ViT takes
+ACTIVATION_ALIASES = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_tanh": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+}
+_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+}
+
+
+class GatedActivation(DynamicModule):
+    """A GELU-type activation written as ``x * g(x)``; the gate ``g(x) = act(x) / x`` is its dynamic factor."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        if name not in ACTIVATION_ALIASES:
+            raise ValueError(f"Unsupported activation {name!r}; supported: {sorted(ACTIVATION_ALIASES)}.")
+        self.name = ACTIVATION_ALIASES[name]
+        self.activation = _ACTIVATIONS[self.name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.detach_dynamic:  # the same value, differentiated as act(x): act(x) / x has no gradient at 0
+            return self.activation(x)
+        with torch.no_grad():
+            gate = self.activation(x).div_(x).nan_to_num_(nan=0.5)  # g(0) = 1/2 for every GELU type
+        return x * gate
+
+    def extra_repr(self) -> str:
+        return self.name

@@ -18,9 +18,8 @@ from .bcos_cnn import (
     BcosCNNModel,
     BcosCNNPreTrainedModel,
     BcosCNNStage,
-    BcosConv2d,
 )
-from .bcos_layers import BcosLayerNorm
+from .bcos_layers import BcosConv2d, BcosLayerNorm
 from .configuration_bcos_convnext import BcosConvNextConfig
 
 

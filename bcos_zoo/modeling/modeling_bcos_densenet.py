@@ -17,10 +17,10 @@ from .bcos_cnn import (
     BcosCNNModel,
     BcosCNNPreTrainedModel,
     BcosCNNStage,
-    BcosConv2d,
     BcosConvNormAct,
     stem_pool,
 )
+from .bcos_layers import BcosConv2d
 from .configuration_bcos_densenet import BcosDenseNetConfig
 
 

@@ -15,46 +15,10 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .bcos_layers import BcosLayerNorm, BcosLinear, DynamicModule, encode_inverse
+from .bcos_layers import BcosLayerNorm, BcosLinear, DynamicModule, GatedActivation, encode_inverse
 from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation, compute_explanation
-
-
-# transformers' names of the GELU-type activations a B-cos ViT takes
-ACTIVATION_ALIASES = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu_tanh": "gelu_tanh",
-    "quick_gelu": "quick_gelu",
-}
-_ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-}
-
-
-class GatedActivation(DynamicModule):
-    """A GELU-type activation written as ``x * g(x)``; the gate ``g(x) = act(x) / x`` is its dynamic factor."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        if name not in ACTIVATION_ALIASES:
-            raise ValueError(f"Unsupported activation {name!r}; supported: {sorted(ACTIVATION_ALIASES)}.")
-        self.name = ACTIVATION_ALIASES[name]
-        self.activation = _ACTIVATIONS[self.name]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.detach_dynamic:  # the same value, differentiated as act(x): act(x) / x has no gradient at 0
-            return self.activation(x)
-        with torch.no_grad():
-            gate = self.activation(x).div_(x).nan_to_num_(nan=0.5)  # g(0) = 1/2 for every GELU type
-        return x * gate
-
-    def extra_repr(self) -> str:
-        return self.name
 
 
 class BcosPatchEmbedding(nn.Module):
