@@ -26,8 +26,21 @@ from transformers import (
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .conversion.clip import SUPPORTED_CLIP_SOURCES, bcosify_clip
-from .conversion.densenet import SUPPORTED_DENSENET_SOURCES, TIMM_DENSENET_ARCHITECTURE, bcosify_densenet
-from .conversion.resnet import SUPPORTED_RESNET_SOURCES, TIMM_RESNET_ARCHITECTURE, bcosify_resnet
+from .conversion.densenet import (
+    BCOS_DENSENET_ENTRIES,
+    SUPPORTED_DENSENET_SOURCES,
+    TIMM_DENSENET_ARCHITECTURE,
+    bcosify_densenet,
+    port_bcos_densenet,
+)
+from .conversion.resnet import (
+    BCOS_RESNET_ENTRIES,
+    SUPPORTED_RESNET_SOURCES,
+    TIMM_RESNET_ARCHITECTURE,
+    bcosify_resnet,
+    port_bcos_resnet,
+)
+from .conversion.vgg import BCOS_VGG_ENTRIES, SUPPORTED_VGG_SOURCES, bcosify_vgg, port_bcos_vgg
 from .conversion.vit import SUPPORTED_VIT_SOURCES, bcosify_vit
 from .modeling import (
     BcosCLIPModel,
@@ -36,6 +49,8 @@ from .modeling import (
     BcosDenseNetModel,
     BcosResNetForImageClassification,
     BcosResNetModel,
+    BcosVGGForImageClassification,
+    BcosVGGModel,
     BcosViTForImageClassification,
     BcosViTModel,
 )
@@ -138,6 +153,9 @@ FAMILIES: dict[str, Family] = {
             module_types=("transformers.ResNetForImageClassification", "timm.ResNet", "torchvision.ResNet"),
             posthoc_methods=("input_x_gradient", "integrated_gradients", "gradcam"),
             processor=cropping_processor,
+            bcos_entries=BCOS_RESNET_ENTRIES,
+            bcos_module_types=("bcos.BcosResNet",),
+            bcos_port=port_bcos_resnet,
         ),
         Family(
             name="densenet",
@@ -150,6 +168,22 @@ FAMILIES: dict[str, Family] = {
             sources=SUPPORTED_DENSENET_SOURCES,
             timm_architectures=TIMM_DENSENET_ARCHITECTURE,
             module_types=("timm.DenseNet", "torchvision.DenseNet"),
+            bcos_entries=BCOS_DENSENET_ENTRIES,
+            bcos_module_types=("bcos.BcosDenseNet",),
+            bcos_port=port_bcos_densenet,
+        ),
+        Family(
+            name="vgg",
+            label="VGG",
+            card_name="VGG",
+            backbone=BcosVGGModel,
+            classifier=BcosVGGForImageClassification,
+            auto_classes={BcosVGGForImageClassification: (AutoModel, AutoModelForImageClassification)},
+            converter=bcosify_vgg,
+            sources=SUPPORTED_VGG_SOURCES,
+            bcos_entries=BCOS_VGG_ENTRIES,
+            bcos_module_types=("bcos.BcosVGG",),
+            bcos_port=port_bcos_vgg,
         ),
     )
 }

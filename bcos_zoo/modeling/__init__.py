@@ -4,11 +4,13 @@ from .bcos_layers import explanation_mode
 from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
 from .configuration_bcos_densenet import BcosDenseNetConfig
 from .configuration_bcos_resnet import BcosResNetConfig
+from .configuration_bcos_vgg import BcosVGGConfig
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation
 from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, siglip_distillation_loss
 from .modeling_bcos_densenet import BcosDenseNetForImageClassification, BcosDenseNetModel
 from .modeling_bcos_resnet import BcosResNetForImageClassification, BcosResNetModel
+from .modeling_bcos_vgg import BcosVGGForImageClassification, BcosVGGModel
 from .modeling_bcos_vit import BcosViTForImageClassification, BcosViTModel
 
 
@@ -25,6 +27,9 @@ __all__ = [
     "BcosResNetConfig",
     "BcosResNetForImageClassification",
     "BcosResNetModel",
+    "BcosVGGConfig",
+    "BcosVGGForImageClassification",
+    "BcosVGGModel",
     "BcosViTConfig",
     "BcosViTForImageClassification",
     "BcosViTModel",

@@ -170,6 +170,8 @@ class BcosConv2d(DynamicModule):
 
     ``x_patch`` is the window the convolution reads at each output position (same stride, dilation and zero padding;
     for a grouped convolution, the input channels of the output's group). At ``b == 1`` this is ``nn.Conv2d``.
+    With ``normalize_weight`` the convolution applies ``w / ||w||`` instead (recomputed in every forward, as the
+    authors' B-cos v2 networks do), so that the learned scale of ``w`` has no effect.
     """
 
     def __init__(
@@ -183,6 +185,7 @@ class BcosConv2d(DynamicModule):
         groups: int = 1,
         bias: bool = False,
         b: float = 2.0,
+        normalize_weight: bool = False,
     ):
         super().__init__()
         if in_channels % groups or out_channels % groups:
@@ -197,6 +200,7 @@ class BcosConv2d(DynamicModule):
         self.dilation = _pair(dilation)
         self.groups = groups
         self.b = float(b)
+        self.normalize_weight = normalize_weight
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
 
@@ -213,19 +217,28 @@ class BcosConv2d(DynamicModule):
             sums = sums.repeat_interleave(self.out_channels // self.groups, dim=1)
         return guarded_norm(sums)
 
+    def applied_weight(self) -> torch.Tensor:
+        """The weight the convolution applies: ``w``, or ``w / ||w||`` per output channel with ``normalize_weight``."""
+        if not self.normalize_weight:
+            return self.weight
+        return self.weight / torch.linalg.vector_norm(self.weight, dim=(1, 2, 3), keepdim=True)
+
     def weight_norm(self) -> torch.Tensor:
-        """(out_channels,): the guarded norm of each output channel's weight."""
+        """(out_channels,): the guarded norm of each output channel's weight (exactly 1 with ``normalize_weight``)."""
+        if self.normalize_weight:
+            return self.weight.new_ones(self.out_channels)
         return guarded_norm(self.weight.square().sum(dim=(1, 2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.applied_weight()
         if self.b == 1:
-            out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+            out = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
         else:
             weight_norm = self.weight_norm()
             if self.b == 2 and not (self.detach_dynamic or torch.is_grad_enabled()) and use_fast_path("square_unit"):
                 out = square_conv2d(self, x, self.patch_norms(x), weight_norm)
             else:
-                out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+                out = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
                 factor = bcos_factor(out, self.patch_norms(x), weight_norm.view(1, -1, 1, 1), self.b)
                 out = out * self.dynamic(factor)
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
@@ -238,6 +251,8 @@ class BcosConv2d(DynamicModule):
             text += f", dilation={self.dilation}"
         if self.groups != 1:
             text += f", groups={self.groups}"
+        if self.normalize_weight:
+            text += ", normalize_weight=True"
         return text + f", b={self.b}, bias={self.bias is not None}"
 
 
