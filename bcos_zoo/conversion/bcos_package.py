@@ -137,7 +137,7 @@ class BcosPackageModel:
     b: float
     batch_norm_eps: float
     logit_bias: float
-    dtype: torch.dtype
+    parameter: torch.Tensor  # one of its parameters: the dtype and device of the port
     processor_fields: dict
 
 
@@ -178,7 +178,7 @@ def read_bcos_cnn(model: nn.Module, supported: str) -> BcosPackageModel:
         b=exponents.pop(),
         batch_norm_eps=eps.pop() if eps else 1e-5,
         logit_bias=logit_bias,
-        dtype=next(model.parameters()).dtype,
+        parameter=next(model.parameters()),
         processor_fields=processor_fields(model),
     )
 
@@ -215,7 +215,8 @@ def build_port(
     supported: str,
 ) -> PreTrainedModel:
     """The ``cls`` model with the package model's weights (``state``, in ``cls``'s naming without the backbone
-    prefix; ``rename`` maps torchvision names to it), in the package model's dtype, in evaluation mode.
+    prefix; ``rename`` maps torchvision names to it), in the package model's dtype and on its device, in evaluation
+    mode.
 
     Every parameter comes from ``state``, and every B-cos convolution and average pooling has the package's
     geometry (kernel, stride, padding, dilation, groups), so that weights that fit also compute the same function.
@@ -238,7 +239,7 @@ def build_port(
     )
     with no_init_weights():  # every weight is loaded next
         ours = cls(config)
-    ours = ours.to(package.dtype)
+    ours = ours.to(device=package.parameter.device, dtype=package.parameter.dtype)
     prefix = ours.base_model_prefix + "."
     load_exactly(ours, state, prefix, False, supported)
     for name, module in source.named_modules():
