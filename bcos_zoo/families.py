@@ -26,6 +26,7 @@ from transformers import (
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .conversion.clip import SUPPORTED_CLIP_SOURCES, bcosify_clip
+from .conversion.convnext import SUPPORTED_CONVNEXT_SOURCES, bcosify_convnext, port_bcos_convnext
 from .conversion.densenet import (
     BCOS_DENSENET_ENTRIES,
     SUPPORTED_DENSENET_SOURCES,
@@ -45,6 +46,8 @@ from .conversion.vit import SUPPORTED_VIT_SOURCES, bcosify_vit
 from .modeling import (
     BcosCLIPModel,
     BcosCLIPVisionModel,
+    BcosConvNextForImageClassification,
+    BcosConvNextModel,
     BcosDenseNetForImageClassification,
     BcosDenseNetModel,
     BcosResNetForImageClassification,
@@ -184,6 +187,20 @@ FAMILIES: dict[str, Family] = {
             bcos_entries=BCOS_VGG_ENTRIES,
             bcos_module_types=("bcos.BcosVGG",),
             bcos_port=port_bcos_vgg,
+        ),
+        Family(
+            name="convnext",
+            label="ConvNeXt",
+            card_name="ConvNeXt",
+            backbone=BcosConvNextModel,
+            classifier=BcosConvNextForImageClassification,
+            auto_classes={BcosConvNextForImageClassification: (AutoModel, AutoModelForImageClassification)},
+            converter=bcosify_convnext,
+            sources=SUPPORTED_CONVNEXT_SOURCES,
+            processor=cropping_processor,  # the bcos package's test transform: resize to 232, centre-crop 224
+            bcos_entries=("convnext_tiny", "convnext_base", "convnext_tiny_bnu", "convnext_base_bnu"),
+            bcos_module_types=("bcos.BcosConvNeXt",),
+            bcos_port=port_bcos_convnext,
         ),
     )
 }

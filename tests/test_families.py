@@ -23,6 +23,7 @@ from transformers import (
 from bcos_zoo import (
     BcosCLIPModel,
     BcosCLIPVisionModel,
+    BcosConvNextForImageClassification,
     BcosDenseNetForImageClassification,
     BcosResNetConfig,
     BcosResNetForImageClassification,
@@ -43,8 +44,8 @@ from bcos_zoo.families import (
 MEAN, STD = (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)
 
 
-def test_the_registry_holds_the_five_families():
-    assert list(FAMILIES) == ["vit", "clip", "resnet", "densenet", "vgg"]
+def test_the_registry_holds_the_families():
+    assert list(FAMILIES) == ["vit", "clip", "resnet", "densenet", "vgg", "convnext"]
     assert all(name == family.name for name, family in FAMILIES.items())
 
 
@@ -56,6 +57,7 @@ def test_each_class_loads_through_the_auto_classes_its_family_names():
         BcosResNetForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosDenseNetForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosVGGForImageClassification: {AutoModel, AutoModelForImageClassification},
+        BcosConvNextForImageClassification: {AutoModel, AutoModelForImageClassification},
     }
     registered = {cls: set(autos) for family in FAMILIES.values() for cls, autos in family.auto_classes.items()}
     assert registered == expected

@@ -7,6 +7,8 @@ import torch
 from bcos_zoo import (
     BcosCLIPVisionConfig,
     BcosCLIPVisionModel,
+    BcosConvNextConfig,
+    BcosConvNextForImageClassification,
     BcosDenseNetConfig,
     BcosDenseNetForImageClassification,
     BcosResNetConfig,
@@ -40,6 +42,16 @@ FAMILIES = {
     ),
     "vgg": lambda: BcosVGGForImageClassification(
         BcosVGGConfig(hidden_sizes=[8, 16], depths=[1, 2], head_size=12, head_kernel_size=3, num_labels=5)
+    ),
+    "convnext": lambda: BcosConvNextForImageClassification(
+        BcosConvNextConfig(
+            hidden_sizes=[8, 16],
+            depths=[1, 1],
+            num_labels=5,
+            norm_type="batch",
+            layer_scale_init_value=1.0,
+            drop_path_rate=0.0,
+        )
     ),
 }
 

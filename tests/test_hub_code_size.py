@@ -11,6 +11,8 @@ import torch
 from bcos_zoo import (
     BcosCLIPConfig,
     BcosCLIPModel,
+    BcosConvNextConfig,
+    BcosConvNextForImageClassification,
     BcosDenseNetConfig,
     BcosDenseNetForImageClassification,
     BcosResNetConfig,
@@ -36,6 +38,10 @@ FAMILIES = {
         lambda: BcosDenseNetForImageClassification(BcosDenseNetConfig(num_init_features=8, block_config=[1])),
         "modeling_bcos_densenet.py",
     ),
+    "convnext": (
+        lambda: BcosConvNextForImageClassification(BcosConvNextConfig(hidden_sizes=[8], depths=[1])),
+        "modeling_bcos_convnext.py",
+    ),
     "clip": (
         lambda: BcosCLIPModel(BcosCLIPConfig(vision_config=TOWER, text_config=TEXT, projection_dim=8)),
         "modeling_bcos_clip.py",
@@ -51,6 +57,7 @@ OTHER_FAMILIES = {
     "modeling_bcos_densenet.py",
     "modeling_bcos_clip.py",
     "modeling_bcos_vgg.py",
+    "modeling_bcos_convnext.py",
 }
 # what the remote code must not do: private torch API, hook inspection, platform sniffing, imports by name
 FORBIDDEN = [
@@ -93,7 +100,7 @@ def saved(tmp_path_factory):
     return folders
 
 
-@pytest.mark.parametrize("family", ["vit", "resnet", "densenet", "vgg"])
+@pytest.mark.parametrize("family", ["vit", "resnet", "densenet", "vgg", "convnext"])
 def test_a_classifier_repo_holds_at_most_1000_lines_of_code(saved, family):
     total = sum(code_lines(path.read_text()) for path in saved[family].glob("*.py"))
     assert total <= 1000, total

@@ -70,3 +70,11 @@ def test_invalid_config_values_are_rejected():
         BcosViTConfig(use_class_token=False, pooling="cls")
     with pytest.raises(ValueError, match="b must be >= 1"):
         BcosViTConfig(b=0.5)
+
+
+def test_the_device_side_range_message_fits_cuda_s_assert():
+    # torch._assert_async on a CUDA tensor refuses messages of 255 characters or more (seen on an H200): the
+    # check would break every GPU forward pass instead of guarding it
+    from bcos_zoo.modeling.bcos_layers import _DEVICE_RANGE_MESSAGE
+
+    assert len(_DEVICE_RANGE_MESSAGE) < 255

@@ -2,12 +2,14 @@
 
 from .bcos_layers import explanation_mode
 from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
+from .configuration_bcos_convnext import BcosConvNextConfig
 from .configuration_bcos_densenet import BcosDenseNetConfig
 from .configuration_bcos_resnet import BcosResNetConfig
 from .configuration_bcos_vgg import BcosVGGConfig
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation
 from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, siglip_distillation_loss
+from .modeling_bcos_convnext import BcosConvNextForImageClassification, BcosConvNextModel
 from .modeling_bcos_densenet import BcosDenseNetForImageClassification, BcosDenseNetModel
 from .modeling_bcos_resnet import BcosResNetForImageClassification, BcosResNetModel
 from .modeling_bcos_vgg import BcosVGGForImageClassification, BcosVGGModel
@@ -20,6 +22,9 @@ __all__ = [
     "BcosCLIPVisionConfig",
     "BcosCLIPVisionModel",
     "siglip_distillation_loss",
+    "BcosConvNextConfig",
+    "BcosConvNextForImageClassification",
+    "BcosConvNextModel",
     "BcosDenseNetConfig",
     "BcosDenseNetForImageClassification",
     "BcosDenseNetModel",

@@ -52,7 +52,7 @@ class BcosConvNormAct(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         conv, norm = self.convolution, self.normalization
         inference = not (self.training or torch.is_grad_enabled() or conv.detach_dynamic or norm.detach_dynamic)
-        if inference and conv.b == 2 and conv.bias is None and use_fast_path("conv_norm_act"):
+        if inference and conv.b == 2 and conv.bias is None and use_fast_path("conv_norm_act", hidden_states):
             return square_conv_norm_act(self, hidden_states)
         hidden_states = norm(conv(hidden_states))
         return F.relu(hidden_states) if self.activation else hidden_states
@@ -161,8 +161,10 @@ class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
     def __init__(self, config, backbone: nn.Module, channels: int):
         super().__init__(config)
         setattr(self, self.base_model_prefix, backbone)
+        # unit-norm weights where the family's config asks for them (ResNet, DenseNet, VGG: the authors' B-cos v2)
+        normalize = getattr(config, "normalize_weights", False)
         self.classifier = BcosConv2d(
-            channels, config.num_labels, 1, bias=config.use_bias, b=config.b, normalize_weight=config.normalize_weights
+            channels, config.num_labels, 1, bias=config.use_bias, b=config.b, normalize_weight=normalize
         )
         self.post_init()
 

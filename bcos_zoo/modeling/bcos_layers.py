@@ -27,6 +27,10 @@ NORM_EPS = 1e-6
 
 # Slack for resampling round-off; a normalised image is off by far more than this.
 _RANGE_TOLERANCE = 1e-3
+# CUDA's device-side assert takes at most 254 characters
+_DEVICE_RANGE_MESSAGE = (
+    "pixel_values must lie in [0, 1], no NaN: use the image processor saved with the model, or undo the normalisation"
+)
 _RANGE_ADVICE = (
     "B-cos models take unnormalised images and encode them as [x, 1 - x]; the source model's mean/std normalisation "
     "is folded into the first layer. Use the image processor saved with the model (it has do_normalize=False), or "
@@ -71,7 +75,7 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_
         eager_message = pixel_values.device.type == "cpu"
     if is_tracing() or not eager_message:
         in_range = (low >= -_RANGE_TOLERANCE) & (high <= 1 + _RANGE_TOLERANCE)  # NaN fails both comparisons
-        torch._assert_async(in_range, "pixel_values must lie in [0, 1] and contain no NaN. " + _RANGE_ADVICE)
+        torch._assert_async(in_range, _DEVICE_RANGE_MESSAGE)
         return
     low, high = float(low), float(high)
     if math.isnan(low) or math.isnan(high):
@@ -149,7 +153,7 @@ class BcosLinear(DynamicModule):
         else:
             input_norm = guarded_norm(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square())
             weight_norm = guarded_norm(torch.linalg.vector_norm(self.weight, dim=-1).square())
-            if self.b == 2 and not self.detach_dynamic and use_fast_path("square_unit"):
+            if self.b == 2 and not self.detach_dynamic and use_fast_path("square_unit", x):
                 out = square_linear(x, self.weight, input_norm, weight_norm)
             else:
                 out = F.linear(x, self.weight)
@@ -235,7 +239,7 @@ class BcosConv2d(DynamicModule):
             out = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
         else:
             weight_norm = self.weight_norm()
-            if self.b == 2 and not (self.detach_dynamic or torch.is_grad_enabled()) and use_fast_path("square_unit"):
+            if self.b == 2 and not (self.detach_dynamic or torch.is_grad_enabled()) and use_fast_path("square_unit", x):
                 out = square_conv2d(self, x, self.patch_norms(x), weight_norm)
             else:
                 out = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)

@@ -26,7 +26,7 @@ def residual_relu(branch: torch.Tensor, shortcut: torch.Tensor, activation: bool
     """``relu(branch + shortcut)`` (or the plain sum without ``activation``), the end of every residual block."""
     if not activation:
         return branch + shortcut
-    if not torch.is_grad_enabled() and use_fast_path("residual_in_place"):
+    if not torch.is_grad_enabled() and use_fast_path("residual_in_place", branch):
         return residual_relu_(branch, shortcut)
     return torch.relu(branch + shortcut)
 
