@@ -27,14 +27,27 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from .conversion.clip import SUPPORTED_CLIP_SOURCES, bcosify_clip
 from .conversion.convnext import SUPPORTED_CONVNEXT_SOURCES, bcosify_convnext, port_bcos_convnext
-from .conversion.densenet import SUPPORTED_DENSENET_SOURCES, TIMM_DENSENET_ARCHITECTURE, bcosify_densenet
-from .conversion.resnet import SUPPORTED_RESNET_SOURCES, TIMM_RESNET_ARCHITECTURE, bcosify_resnet
+from .conversion.densenet import (
+    BCOS_DENSENET_ENTRIES,
+    SUPPORTED_DENSENET_SOURCES,
+    TIMM_DENSENET_ARCHITECTURE,
+    bcosify_densenet,
+    port_bcos_densenet,
+)
+from .conversion.resnet import (
+    BCOS_RESNET_ENTRIES,
+    SUPPORTED_RESNET_SOURCES,
+    TIMM_RESNET_ARCHITECTURE,
+    bcosify_resnet,
+    port_bcos_resnet,
+)
 from .conversion.simple_vit import (
     BCOS_SIMPLE_VIT_ENTRIES,
     SUPPORTED_SIMPLE_VIT_SOURCES,
     bcosify_simple_vit,
     port_bcos_simple_vit,
 )
+from .conversion.vgg import BCOS_VGG_ENTRIES, SUPPORTED_VGG_SOURCES, bcosify_vgg, port_bcos_vgg
 from .conversion.vit import SUPPORTED_VIT_SOURCES, bcosify_vit
 from .modeling import (
     BcosCLIPModel,
@@ -47,6 +60,8 @@ from .modeling import (
     BcosResNetModel,
     BcosSimpleViTForImageClassification,
     BcosSimpleViTModel,
+    BcosVGGForImageClassification,
+    BcosVGGModel,
     BcosViTForImageClassification,
     BcosViTModel,
 )
@@ -149,6 +164,9 @@ FAMILIES: dict[str, Family] = {
             module_types=("transformers.ResNetForImageClassification", "timm.ResNet", "torchvision.ResNet"),
             posthoc_methods=("input_x_gradient", "integrated_gradients", "gradcam"),
             processor=cropping_processor,
+            bcos_entries=BCOS_RESNET_ENTRIES,
+            bcos_module_types=("bcos.BcosResNet",),
+            bcos_port=port_bcos_resnet,
         ),
         Family(
             name="densenet",
@@ -161,6 +179,22 @@ FAMILIES: dict[str, Family] = {
             sources=SUPPORTED_DENSENET_SOURCES,
             timm_architectures=TIMM_DENSENET_ARCHITECTURE,
             module_types=("timm.DenseNet", "torchvision.DenseNet"),
+            bcos_entries=BCOS_DENSENET_ENTRIES,
+            bcos_module_types=("bcos.BcosDenseNet",),
+            bcos_port=port_bcos_densenet,
+        ),
+        Family(
+            name="vgg",
+            label="VGG",
+            card_name="VGG",
+            backbone=BcosVGGModel,
+            classifier=BcosVGGForImageClassification,
+            auto_classes={BcosVGGForImageClassification: (AutoModel, AutoModelForImageClassification)},
+            converter=bcosify_vgg,
+            sources=SUPPORTED_VGG_SOURCES,
+            bcos_entries=BCOS_VGG_ENTRIES,
+            bcos_module_types=("bcos.BcosVGG",),
+            bcos_port=port_bcos_vgg,
         ),
         Family(
             name="convnext",

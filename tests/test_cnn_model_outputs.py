@@ -16,6 +16,8 @@ from bcos_zoo import (
     BcosResNetConfig,
     BcosResNetForImageClassification,
     BcosResNetModel,
+    BcosVGGConfig,
+    BcosVGGForImageClassification,
 )
 from bcos_zoo.modeling.bcos_cnn import BcosBatchNorm2d
 from bcos_zoo.modeling.bcos_layers import NORM_EPS, BcosConv2d, explanation_mode
@@ -24,6 +26,18 @@ from bcos_zoo.modeling.bcos_layers import NORM_EPS, BcosConv2d, explanation_mode
 def resnet_config(**kwargs) -> BcosResNetConfig:
     args = dict(embedding_size=8, hidden_sizes=[8, 16, 16], depths=[1, 1, 1], layer_type="bottleneck", num_labels=4)
     return BcosResNetConfig(**{**args, **kwargs})
+
+
+def vgg_config(**kwargs) -> BcosVGGConfig:
+    args = dict(hidden_sizes=[8, 16], depths=[1, 2], head_size=12, head_kernel_size=3, num_labels=4)
+    return BcosVGGConfig(**{**args, **kwargs})
+
+
+CLASSES = {
+    "bcos_resnet": BcosResNetForImageClassification,
+    "bcos_densenet": BcosDenseNetForImageClassification,
+    "bcos_vgg": BcosVGGForImageClassification,
+}
 
 
 def densenet_config(**kwargs) -> BcosDenseNetConfig:
@@ -79,11 +93,10 @@ def test_bcos_convolution_at_b1_is_the_convolution():
     assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, 2, 1))
 
 
-@pytest.mark.parametrize("make", [lambda: resnet_config(), lambda: densenet_config()])
+@pytest.mark.parametrize("make", [resnet_config, densenet_config, vgg_config], ids=["resnet", "densenet", "vgg"])
 def test_any_image_size_works(make):
     config = make()
-    cls = BcosResNetForImageClassification if config.model_type == "bcos_resnet" else BcosDenseNetForImageClassification
-    model = cls(config).eval()
+    model = CLASSES[config.model_type](config).eval()
     for size in ((32, 32), (37, 53), (64, 40)):
         with torch.no_grad():
             assert model(pixel_values=torch.rand(2, 3, *size)).logits.shape == (2, 4)
@@ -171,8 +184,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     [
         lambda: BcosResNetForImageClassification(resnet_config()),
         lambda: BcosDenseNetForImageClassification(densenet_config()),
+        lambda: BcosVGGForImageClassification(vgg_config()),
     ],
-    ids=["resnet", "densenet"],
+    ids=["resnet", "densenet", "vgg"],
 )
 def test_gradient_checkpointing_updates_the_running_statistics_once_per_step(make, use_reentrant):
     """The backward pass replays a checkpointed stage's forward; its BatchNorms must not count the batch again."""

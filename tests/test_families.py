@@ -28,6 +28,7 @@ from bcos_zoo import (
     BcosResNetConfig,
     BcosResNetForImageClassification,
     BcosSimpleViTForImageClassification,
+    BcosVGGForImageClassification,
     BcosViTForImageClassification,
 )
 from bcos_zoo.families import (
@@ -52,7 +53,7 @@ def bcos_standard_vitc():
 
 
 def test_the_registry_holds_the_families():
-    assert list(FAMILIES) == ["vit", "clip", "resnet", "densenet", "convnext", "simple_vit"]
+    assert list(FAMILIES) == ["vit", "clip", "resnet", "densenet", "vgg", "convnext", "simple_vit"]
     assert all(name == family.name for name, family in FAMILIES.items())
 
 
@@ -63,6 +64,7 @@ def test_each_class_loads_through_the_auto_classes_its_family_names():
         BcosCLIPModel: {AutoModel, AutoModelForZeroShotImageClassification},
         BcosResNetForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosDenseNetForImageClassification: {AutoModel, AutoModelForImageClassification},
+        BcosVGGForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosConvNextForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosSimpleViTForImageClassification: {AutoModel, AutoModelForImageClassification},
     }
@@ -148,52 +150,52 @@ def test_the_family_of_a_model_its_config_or_its_model_type():
     assert family_of(PretrainedConfig()) is family_of("swin") is None
 
 
-class VGGConfig(PretrainedConfig):
-    model_type = "bcos_vgg"
+class AlexNetConfig(PretrainedConfig):
+    model_type = "bcos_alexnet"
 
 
-class BcosVGGModel(PreTrainedModel):
-    config_class = VGGConfig
+class BcosAlexNetModel(PreTrainedModel):
+    config_class = AlexNetConfig
     _standard_converter = None  # BcosPreTrainedModel's default
 
 
-class BcosVGGForImageClassification(BcosVGGModel):
+class BcosAlexNetForImageClassification(BcosAlexNetModel):
     pass
 
 
-def bcosify_vgg(cls, source, b: float, bias: str, image_mean=None, image_std=None, **overrides):
+def bcosify_alexnet(cls, source, b: float, bias: str, image_mean=None, image_std=None, **overrides):
     return {"cls": cls, "source": source, "b": b, "bias": bias, "mean": image_mean, "std": image_std, **overrides}
 
 
-VGG = Family(
-    name="vgg",
-    label="VGG",
-    card_name="VGG",
-    backbone=BcosVGGModel,
-    classifier=BcosVGGForImageClassification,
-    auto_classes={BcosVGGForImageClassification: (AutoModel, AutoModelForImageClassification)},
-    converter=bcosify_vgg,
-    sources="a timm VGG (vgg11/13/16/19)",
-    model_types=("vgg",),
-    timm_architectures=re.compile(r"^vgg(11|13|16|19)$"),
+ALEXNET = Family(
+    name="alexnet",
+    label="AlexNet",
+    card_name="AlexNet",
+    backbone=BcosAlexNetModel,
+    classifier=BcosAlexNetForImageClassification,
+    auto_classes={BcosAlexNetForImageClassification: (AutoModel, AutoModelForImageClassification)},
+    converter=bcosify_alexnet,
+    sources="a timm AlexNet",
+    model_types=("alexnet",),
+    timm_architectures=re.compile(r"^alexnet$"),
     processor=cropping_processor,
 )
 
 
 def test_a_new_family_is_one_registry_entry(monkeypatch, tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vgg16"}))
-    monkeypatch.setitem(FAMILIES, "vgg", VGG)
-    register(VGG)
-    assert family_for_source(tmp_path) is VGG
-    assert bcos_classifier_class(tmp_path) is BcosVGGForImageClassification
-    assert family_of(VGGConfig()) is family_of("vgg") is VGG
-    assert type(AutoConfig.for_model("bcos_vgg")) is VGGConfig
-    assert AutoModelForImageClassification._model_mapping[VGGConfig] is BcosVGGForImageClassification
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "alexnet"}))
+    monkeypatch.setitem(FAMILIES, "alexnet", ALEXNET)
+    register(ALEXNET)
+    assert family_for_source(tmp_path) is ALEXNET
+    assert bcos_classifier_class(tmp_path) is BcosAlexNetForImageClassification
+    assert family_of(AlexNetConfig()) is family_of("alexnet") is ALEXNET
+    assert type(AutoConfig.for_model("bcos_alexnet")) is AlexNetConfig
+    assert AutoModelForImageClassification._model_mapping[AlexNetConfig] is BcosAlexNetForImageClassification
 
 
 def test_register_hooks_the_converter_as_from_pretrained_standard_calls_it():
-    register(VGG)
-    for model_class in (BcosVGGModel, BcosVGGForImageClassification):
+    register(ALEXNET)
+    for model_class in (BcosAlexNetModel, BcosAlexNetForImageClassification):
         made = model_class._standard_converter(model_class, "src", b=1.5, bias="keep", image_mean=MEAN, image_std=STD)
         assert made == {"cls": model_class, "source": "src", "b": 1.5, "bias": "keep", "mean": MEAN, "std": STD}
 

@@ -15,6 +15,8 @@ from bcos_zoo import (
     BcosResNetForImageClassification,
     BcosSimpleViTConfig,
     BcosSimpleViTForImageClassification,
+    BcosVGGConfig,
+    BcosVGGForImageClassification,
     BcosViTConfig,
     BcosViTForImageClassification,
 )
@@ -33,6 +35,15 @@ FAMILIES = {
     ),
     "densenet": lambda: BcosDenseNetForImageClassification(
         BcosDenseNetConfig(num_init_features=8, growth_rate=4, block_config=[2, 1], num_labels=5)
+    ),
+    # the authors' B-cos v2 form: unit-norm weights, no activation (as ported by from_bcos)
+    "resnet-v2": lambda: BcosResNetForImageClassification(
+        BcosResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5, normalize_weights=True, hidden_act=None
+        )
+    ),
+    "vgg": lambda: BcosVGGForImageClassification(
+        BcosVGGConfig(hidden_sizes=[8, 16], depths=[1, 2], head_size=12, head_kernel_size=3, num_labels=5)
     ),
     "convnext": lambda: BcosConvNextForImageClassification(
         BcosConvNextConfig(
@@ -182,7 +193,7 @@ def test_the_fast_paths_run_when_switched_on_and_only_then(family, monkeypatch):
     assert counts[0] == 0 and counts[1] > 0
 
 
-@pytest.mark.parametrize("family", ["resnet", "densenet"])
+@pytest.mark.parametrize("family", ["resnet", "densenet", "resnet-v2", "vgg"])
 @pytest.mark.parametrize("use_bias", [False, True], ids=["uncentered", "centered"])
 def test_the_folded_batchnorm_is_the_reference_with_trained_statistics(family, use_bias):
     """Calibrated running statistics and affine BatchNorm parameters, so that the fold has something to fold."""

@@ -19,6 +19,8 @@ from bcos_zoo import (
     BcosResNetForImageClassification,
     BcosSimpleViTConfig,
     BcosSimpleViTForImageClassification,
+    BcosVGGConfig,
+    BcosVGGForImageClassification,
     BcosViTConfig,
     BcosViTForImageClassification,
 )
@@ -52,12 +54,17 @@ FAMILIES = {
         lambda: BcosCLIPModel(BcosCLIPConfig(vision_config=TOWER, text_config=TEXT, projection_dim=8)),
         "modeling_bcos_clip.py",
     ),
+    "vgg": (
+        lambda: BcosVGGForImageClassification(BcosVGGConfig(hidden_sizes=[8], depths=[1], head_size=8)),
+        "modeling_bcos_vgg.py",
+    ),
 }
 OTHER_FAMILIES = {
     "modeling_bcos_vit.py",
     "modeling_bcos_resnet.py",
     "modeling_bcos_densenet.py",
     "modeling_bcos_clip.py",
+    "modeling_bcos_vgg.py",
     "modeling_bcos_convnext.py",
     "modeling_bcos_simple_vit.py",
 }
@@ -102,7 +109,7 @@ def saved(tmp_path_factory):
     return folders
 
 
-@pytest.mark.parametrize("family", ["vit", "resnet", "densenet", "convnext", "simple_vit"])
+@pytest.mark.parametrize("family", ["vit", "resnet", "densenet", "vgg", "convnext", "simple_vit"])
 def test_a_classifier_repo_holds_at_most_1000_lines_of_code(saved, family):
     total = sum(code_lines(path.read_text()) for path in saved[family].glob("*.py"))
     assert total <= 1000, total

@@ -8,7 +8,8 @@ none of it).
 from .clip import bcosify_clip
 from .densenet import bcosify_densenet
 from .resnet import bcosify_resnet
+from .vgg import bcosify_vgg
 from .vit import bcosify_vit
 
 
-__all__ = ["bcosify_clip", "bcosify_densenet", "bcosify_resnet", "bcosify_vit"]
+__all__ = ["bcosify_clip", "bcosify_densenet", "bcosify_resnet", "bcosify_vgg", "bcosify_vit"]

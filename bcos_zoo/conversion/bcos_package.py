@@ -7,11 +7,17 @@ ports which entry is the registry's ``bcos_entries``; each family's ``bcos_port`
 """
 
 import os
+import pickle
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.initialization import no_init_weights
+
+from .common import load_exactly
 
 
 RANDOM = "random"  # ``weights=RANDOM``: the entry's architecture with the package's random initialisation
@@ -57,20 +63,30 @@ def build_bcos_entry(entry: str, weights: str | os.PathLike | dict | None) -> nn
             f"from_bcos({entry!r}) needs the release weights: weights='path/to/{entry}.pth' (the file the bcos "
             "package downloads), or weights='random' for the architecture with random weights."
         )
-    model = getattr(pretrained, entry)(pretrained=False)
-    if isinstance(weights, str) and weights == RANDOM:
-        return model.eval()
-    if not isinstance(weights, dict):
+    random = isinstance(weights, str) and weights == RANDOM
+    if not (random or isinstance(weights, dict)):
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"No weights file at {path}")
-        weights = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{path} is not a plain state dict (read with weights_only=True, as release files are): "
+                f"{str(error).strip().splitlines()[0]}"
+            ) from None
+        if not isinstance(weights, dict):
+            raise ValueError(f"{path} holds a {type(weights).__name__}, not a state dict.")
+    model = getattr(pretrained, entry)(pretrained=False)
+    if random:
+        return model.eval()
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
+        # the first line only names the model class; the next one says what does not fit
+        detail = (str(error).strip().splitlines() + [""])[1].strip()[:300]
         raise ValueError(
-            f"The weights do not fit bcos entry {entry!r} ({first}); is it the release file of another entry?"
+            f"The weights do not fit bcos entry {entry!r} ({detail}); is it the release file of another entry?"
         ) from None
     return model.eval()
 
@@ -122,3 +138,159 @@ def from_bcos(source: str | nn.Module, weights: str | os.PathLike | dict | None 
         family = bcos_module_family(source)
         model = source
     return family.bcos_port(model)
+
+
+# What a ported CNN may hold, by class name: the package's B-cos convolution (and the normalised convolution inside
+# it), uncentred BatchNorm, pooling, the logit layer, the containers, and what is the identity in evaluation.
+PORTABLE_MODULES = {
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "BasicBlock",
+    "BatchNormUncentered2d",
+    "BcosConv2d",
+    "BcosDenseNet",
+    "BcosResNet",
+    "BcosVGG",
+    "Bottleneck",
+    "LogitLayer",
+    "NormedConv2d",
+    "Sequential",
+    "StochasticDepth",
+    "_DenseBlock",
+    "_DenseLayer",
+    "_Transition",
+}
+
+
+@dataclass
+class BcosPackageModel:
+    """A loaded ``bcos`` CNN as a port reads it: its weights in torchvision's naming (a B-cos convolution's
+    ``<name>.linear.weight`` is ``<name>.weight``; uncentred BatchNorm's ``running_mean``, which it never reads, is
+    left out), the settings its B-cos units and norms share, and its evaluation preprocessing."""
+
+    state: dict[str, torch.Tensor]
+    b: float
+    batch_norm_eps: float
+    logit_bias: float
+    parameter: torch.Tensor  # one of its parameters: the dtype and device of the port
+    processor_fields: dict
+
+
+def read_bcos_cnn(model: nn.Module, supported: str) -> BcosPackageModel:
+    """Read a ``bcos`` CNN, refusing what the port has no counterpart for: MaxOut, B-cos units with different B,
+    a normalisation other than uncentred BatchNorm without bias ("bnu"), a logit temperature."""
+    exponents, eps, logit_bias = set(), set(), 0.0
+    for name, module in model.named_modules():
+        kind, where = type(module).__name__, name or "model"
+        if kind not in PORTABLE_MODULES:
+            raise ValueError(
+                f"The bcos model's {where} is a {kind}, which has no counterpart here. Supported: {supported}."
+            )
+        if kind == "BcosConv2d":
+            if module.max_out != 1 or module.linear.padding_mode != "zeros":
+                raise ValueError(f"The bcos model's {where} uses MaxOut or non-zero padding. Supported: {supported}.")
+            exponents.add(float(module.b))
+        elif kind == "BatchNormUncentered2d":
+            if module.bias is not None or module.weight is None or module.running_var is None:
+                raise ValueError(
+                    f"The bcos model's {where} is not uncentred BatchNorm with a weight, no bias and running "
+                    f"statistics (the released models' 'bnu'). Supported: {supported}."
+                )
+            eps.add(float(module.eps))
+        elif kind == "LogitLayer":
+            if module.logit_temperature is not None:
+                raise ValueError(f"The bcos model's logit layer has a temperature. Supported: {supported}.")
+            logit_bias = float(module.logit_bias or 0.0)
+    if len(exponents) != 1 or len(eps) > 1:
+        raise ValueError(f"The bcos model mixes B-cos exponents {exponents} or BatchNorm eps {eps}.")
+    state = {
+        re.sub(r"\.linear\.weight$", ".weight", key): value
+        for key, value in model.state_dict().items()
+        if not key.endswith(".running_mean")
+    }
+    return BcosPackageModel(
+        state=state,
+        b=exponents.pop(),
+        batch_norm_eps=eps.pop() if eps else 1e-5,
+        logit_bias=logit_bias,
+        parameter=next(model.parameters()),
+        processor_fields=processor_fields(model),
+    )
+
+
+def processor_fields(model: nn.Module) -> dict:
+    """``image_size`` and ``crop_pct`` of the entry's test transform (resize the shorter side to 256, or 232 for the
+    longer-trained entries, then crop the centre 224), as the package attaches it to the models its entries build."""
+    args = getattr(getattr(model, "transform", None), "args", None) or {}
+    crop, resize = args.get("crop_size", 224), args.get("resize_size", 256)
+    return {"image_size": int(crop), "crop_pct": crop / resize}
+
+
+def imagenet_labels(num_classes: int) -> dict[int, str]:
+    """The ImageNet class names the package ships, for its 1000-class models; else ``LABEL_i``."""
+    if num_classes == 1000:
+        from bcos.data.categories import IMAGENET_CATEGORIES
+
+        return dict(enumerate(IMAGENET_CATEGORIES))
+    return {i: f"LABEL_{i}" for i in range(num_classes)}
+
+
+def _pool_geometry(pool: nn.AvgPool2d) -> tuple:
+    as_int = [v if isinstance(v, int) else v[0] for v in (pool.kernel_size, pool.stride, pool.padding)]
+    return (*as_int, pool.ceil_mode, pool.count_include_pad)
+
+
+def build_port(
+    cls: type[PreTrainedModel],
+    fields: dict,
+    package: BcosPackageModel,
+    source: nn.Module,
+    state: dict[str, torch.Tensor],
+    rename,
+    supported: str,
+) -> PreTrainedModel:
+    """The ``cls`` model with the package model's weights (``state``, in ``cls``'s naming without the backbone
+    prefix; ``rename`` maps torchvision names to it), in the package model's dtype and on its device, in evaluation
+    mode.
+
+    Every parameter comes from ``state``, and every B-cos convolution and average pooling has the package's
+    geometry (kernel, stride, padding, dilation, groups), so that weights that fit also compute the same function.
+    """
+    fields = dict(fields)
+    labels = imagenet_labels(fields.pop("num_labels"))
+    config = cls.config_class(
+        **{
+            **fields,
+            **package.processor_fields,
+            "hidden_act": None,
+            "b": package.b,
+            "normalize_weights": True,
+            "use_bias": False,
+            "batch_norm_eps": package.batch_norm_eps,
+            "classify_before_pooling": True,
+            "logit_bias": package.logit_bias,
+            "id2label": labels,
+        }
+    )
+    with no_init_weights():  # every weight is loaded next
+        ours = cls(config)
+    ours = ours.to(device=package.parameter.device, dtype=package.parameter.dtype)
+    prefix = ours.base_model_prefix + "."
+    load_exactly(ours, state, prefix, False, supported)
+    for name, module in source.named_modules():
+        if type(module).__name__ != "BcosConv2d":
+            continue
+        target = rename(f"{name}.weight").removesuffix(".weight")
+        target = ours.get_submodule(target if target.startswith("classifier") else prefix + target)
+        conv = module.linear
+        theirs = tuple(tuple(v) for v in (conv.kernel_size, conv.stride, conv.padding, conv.dilation)) + (conv.groups,)
+        mine = (target.kernel_size, target.stride, target.padding, target.dilation, target.groups)
+        if theirs != mine:
+            raise ValueError(
+                f"The bcos model's {name} (kernel, stride, padding, dilation, groups) {theirs} differs from the "
+                f"released architecture's {mine}. Supported: {supported}."
+            )
+    pools = [[_pool_geometry(m) for m in model.modules() if type(m) is nn.AvgPool2d] for model in (source, ours)]
+    if pools[0] != pools[1]:
+        raise ValueError(f"The bcos model pools as {pools[0]}, the released architecture as {pools[1]}.")
+    return ours.eval()

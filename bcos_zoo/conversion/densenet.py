@@ -10,7 +10,8 @@ import re
 import torch
 from torch import nn
 
-from ..modeling import BcosDenseNetConfig
+from ..modeling import BcosDenseNetConfig, BcosDenseNetForImageClassification
+from .bcos_package import build_port, read_bcos_cnn
 from .common import resolve_folder, source_normalization
 from .resnet import (
     StandardCNN,
@@ -121,4 +122,40 @@ def bcosify_densenet(cls, source, b: float, bias: str, image_mean=None, image_st
     standard = load_standard_densenet(source)
     return build_bcos_cnn(
         cls, BcosDenseNetConfig, standard, b, bias, image_mean, image_std, overrides, SUPPORTED_DENSENET_SOURCES
+    )
+
+
+BCOS_DENSENET_ENTRIES = ("densenet121", "densenet161", "densenet169", "densenet201", "densenet121_long")
+SUPPORTED_BCOS_DENSENETS = (
+    "the bcos package's ImageNet B-cos DenseNets (entries " + ", ".join(BCOS_DENSENET_ENTRIES) + ")"
+)
+
+
+def port_bcos_densenet(model: nn.Module) -> BcosDenseNetForImageClassification:
+    """The B-cos DenseNet that computes exactly what a ``bcos`` package ``BcosDenseNet`` computes (see ``from_bcos``).
+
+    The package's DenseNets are torchvision's layout with every convolution (the classifier included) a B-cos
+    convolution with unit-norm weights, uncentred BatchNorm without bias, no ReLU anywhere (not after the final norm
+    either), 3x3 stride-2 average pooling after the stem, the classifier before global average pooling and the logit
+    bias ``-log(C - 1)``.
+    """
+    if type(model).__name__ != "BcosDenseNet":
+        raise ValueError(f"A {type(model).__name__} is not a bcos DenseNet. Supported: {SUPPORTED_BCOS_DENSENETS}.")
+    package = read_bcos_cnn(model, SUPPORTED_BCOS_DENSENETS)
+    standard = from_densenet_state(package.state, None, None, package.batch_norm_eps)
+    fields = {
+        **standard.architecture,
+        "num_channels": package.state["features.conv0.weight"].shape[1] // 2,
+        "num_labels": package.state["classifier.weight"].shape[0],
+        "stem_pool": "avg",
+    }
+    fields.pop("id2label")
+    return build_port(
+        BcosDenseNetForImageClassification,
+        fields,
+        package,
+        model,
+        standard.state,
+        _densenet_name,
+        SUPPORTED_BCOS_DENSENETS,
     )

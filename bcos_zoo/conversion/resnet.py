@@ -24,7 +24,8 @@ from torch import nn
 from transformers import ResNetForImageClassification
 from transformers.utils import logging
 
-from ..modeling import BcosResNetConfig
+from ..modeling import BcosResNetConfig, BcosResNetForImageClassification
+from .bcos_package import build_port, read_bcos_cnn
 from .common import (
     IMAGENET_NORMALIZATION,
     fold_normalization,
@@ -349,4 +350,46 @@ def bcosify_resnet(cls, source, b: float, bias: str, image_mean=None, image_std=
     standard = load_standard_resnet(source)
     return build_bcos_cnn(
         cls, BcosResNetConfig, standard, b, bias, image_mean, image_std, overrides, SUPPORTED_RESNET_SOURCES
+    )
+
+
+BCOS_RESNET_ENTRIES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnet50_long",
+    "resnet152_long",
+    "resnext50_32x4d",
+)
+SUPPORTED_BCOS_RESNETS = "the bcos package's ImageNet B-cos ResNets (entries " + ", ".join(BCOS_RESNET_ENTRIES) + ")"
+
+
+def port_bcos_resnet(model: nn.Module) -> BcosResNetForImageClassification:
+    """The B-cos ResNet that computes exactly what a ``bcos`` package ``BcosResNet`` computes (see ``from_bcos``).
+
+    The package's ResNets are torchvision's layout with every convolution (the classifier included) a B-cos
+    convolution with unit-norm weights, uncentred BatchNorm without bias, no ReLU anywhere, 3x3 stride-2 average
+    pooling after the stem, the classifier before global average pooling and the logit bias ``-log(C - 1)``.
+    """
+    if type(model).__name__ != "BcosResNet":
+        raise ValueError(f"A {type(model).__name__} is not a bcos ResNet. Supported: {SUPPORTED_BCOS_RESNETS}.")
+    package = read_bcos_cnn(model, SUPPORTED_BCOS_RESNETS)
+    standard = from_torchvision_layout(package.state, None, None, package.batch_norm_eps)
+    fields = {
+        **standard.architecture,
+        "num_channels": package.state["conv1.weight"].shape[1] // 2,
+        "num_labels": package.state["fc.weight"].shape[0],
+        "stem_pool": "avg",
+    }
+    fields.pop("id2label")
+    return build_port(
+        BcosResNetForImageClassification,
+        fields,
+        package,
+        model,
+        standard.state,
+        _torchvision_resnet_name,
+        SUPPORTED_BCOS_RESNETS,
     )

@@ -6,6 +6,7 @@ from .configuration_bcos_convnext import BcosConvNextConfig
 from .configuration_bcos_densenet import BcosDenseNetConfig
 from .configuration_bcos_resnet import BcosResNetConfig
 from .configuration_bcos_simple_vit import BcosSimpleViTConfig
+from .configuration_bcos_vgg import BcosVGGConfig
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation
 from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, siglip_distillation_loss
@@ -13,6 +14,7 @@ from .modeling_bcos_convnext import BcosConvNextForImageClassification, BcosConv
 from .modeling_bcos_densenet import BcosDenseNetForImageClassification, BcosDenseNetModel
 from .modeling_bcos_resnet import BcosResNetForImageClassification, BcosResNetModel
 from .modeling_bcos_simple_vit import BcosSimpleViTForImageClassification, BcosSimpleViTModel
+from .modeling_bcos_vgg import BcosVGGForImageClassification, BcosVGGModel
 from .modeling_bcos_vit import BcosViTForImageClassification, BcosViTModel
 
 
@@ -35,6 +37,9 @@ __all__ = [
     "BcosSimpleViTConfig",
     "BcosSimpleViTForImageClassification",
     "BcosSimpleViTModel",
+    "BcosVGGConfig",
+    "BcosVGGForImageClassification",
+    "BcosVGGModel",
     "BcosViTConfig",
     "BcosViTForImageClassification",
     "BcosViTModel",

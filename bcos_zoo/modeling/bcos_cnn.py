@@ -69,7 +69,8 @@ class BcosBatchNorm2d(DynamicModule):
 class BcosConvNormAct(nn.Module):
     """B-cos convolution, BatchNorm and (optionally) ReLU: the unit every B-cos CNN here is made of.
 
-    ReLU is already dynamic-linear (``x * 1[x > 0]``): its gradient is the mask, so it needs no detaching.
+    ReLU is already dynamic-linear (``x * 1[x > 0]``): its gradient is the mask, so it needs no detaching. With
+    ``config.hidden_act=None`` there is none (the authors' B-cos v2 CNNs: the B-cos unit is the non-linearity).
     """
 
     def __init__(
@@ -92,9 +93,10 @@ class BcosConvNormAct(nn.Module):
             groups=groups,
             bias=False,
             b=config.b,
+            normalize_weight=config.normalize_weights,
         )
         self.normalization = BcosBatchNorm2d(out_channels, eps=config.batch_norm_eps, centered=config.use_bias)
-        self.activation = activation
+        self.activation = activation and config.hidden_act is not None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         conv, norm = self.convolution, self.normalization
@@ -208,7 +210,11 @@ class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
     def __init__(self, config, backbone: nn.Module, channels: int):
         super().__init__(config)
         setattr(self, self.base_model_prefix, backbone)
-        self.classifier = BcosConv2d(channels, config.num_labels, 1, bias=config.use_bias, b=config.b)
+        # unit-norm weights where the family's config asks for them (ResNet, DenseNet, VGG: the authors' B-cos v2)
+        normalize = getattr(config, "normalize_weights", False)
+        self.classifier = BcosConv2d(
+            channels, config.num_labels, 1, bias=config.use_bias, b=config.b, normalize_weight=normalize
+        )
         self.post_init()
 
     def _logits(

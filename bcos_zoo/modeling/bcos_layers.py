@@ -153,7 +153,8 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
 class BcosConv2d(DynamicModule):
     """``out = |cos(x_patch, w_o)|^(B-1) * conv(x, w)_o + bias_o`` with the pretrained, un-normalised ``w``;
     ``nn.Conv2d`` at ``b == 1``. ``x_patch`` is the window behind each output position (same stride, dilation and
-    zero padding; for a grouped convolution, the input channels of the output's group)."""
+    zero padding; for a grouped convolution, the input channels of the output's group). ``normalize_weight`` applies
+    ``w / ||w||`` instead, recomputed in every forward, as the authors' B-cos v2 networks do."""
 
     def __init__(
         self,
@@ -166,6 +167,7 @@ class BcosConv2d(DynamicModule):
         groups: int = 1,
         bias: bool = False,
         b: float = 2.0,
+        normalize_weight: bool = False,
     ):
         super().__init__()
         if in_channels % groups or out_channels % groups:
@@ -175,6 +177,7 @@ class BcosConv2d(DynamicModule):
         self.in_channels, self.out_channels, self.groups, self.b = in_channels, out_channels, groups, float(b)
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.normalize_weight = normalize_weight
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
 
@@ -189,19 +192,28 @@ class BcosConv2d(DynamicModule):
             sums = sums.repeat_interleave(self.out_channels // self.groups, dim=1)
         return guarded_norm(sums)
 
+    def applied_weight(self) -> torch.Tensor:
+        """The weight the convolution applies: ``w``, or ``w / ||w||`` per output channel with ``normalize_weight``."""
+        if not self.normalize_weight:
+            return self.weight
+        return self.weight / torch.linalg.vector_norm(self.weight, dim=(1, 2, 3), keepdim=True)
+
     def weight_norm(self) -> torch.Tensor:
-        """(out_channels,): the guarded norm of each output channel's weight."""
+        """(out_channels,): the guarded norm of each output channel's weight (exactly 1 with ``normalize_weight``)."""
+        if self.normalize_weight:
+            return self.weight.new_ones(self.out_channels)
         return guarded_norm(self.weight.square().sum(dim=(1, 2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.applied_weight()
         if self.b == 1:
-            out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+            out = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
         else:
             weight_norm = self.weight_norm()
             if self.b == 2 and not (self.detach_dynamic or torch.is_grad_enabled()) and use_fast_path("square_unit", x):
                 out = square_conv2d(self, x, self.patch_norms(x), weight_norm)
             else:
-                out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+                out = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
                 factor = bcos_factor(out, self.patch_norms(x), weight_norm.view(1, -1, 1, 1), self.b)
                 out = out * self.dynamic(factor)
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
@@ -210,6 +222,7 @@ class BcosConv2d(DynamicModule):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, groups={self.groups}, b={self.b}, bias={self.bias is not None}"
+            + (", normalize_weight=True" if self.normalize_weight else "")
         )
 
 

@@ -18,8 +18,8 @@ class BcosDenseNetConfig(PretrainedConfig):
         growth_rate: channels each dense layer adds.
         block_config: dense layers per block.
         bn_size: the bottleneck 1x1 convolution of a dense layer has ``bn_size * growth_rate`` channels.
-        b, use_bias, stem_pool, classify_before_pooling, logit_bias, loss, image_size, crop_pct: as in
-            ``BcosResNetConfig``.
+        hidden_act, b, normalize_weights, use_bias, stem_pool, classify_before_pooling, logit_bias, loss, image_size,
+            crop_pct: as in ``BcosResNetConfig``.
     """
 
     model_type = "bcos_densenet"
@@ -32,7 +32,9 @@ class BcosDenseNetConfig(PretrainedConfig):
         block_config: list[int] | None = None,
         bn_size: int = 4,
         batch_norm_eps: float = 1e-5,
+        hidden_act: str | None = "relu",
         b: float = 2.0,
+        normalize_weights: bool = False,
         use_bias: bool = False,
         stem_pool: str = "avg",
         classify_before_pooling: bool = True,
@@ -46,6 +48,8 @@ class BcosDenseNetConfig(PretrainedConfig):
         block_config = list(block_config if block_config is not None else [6, 12, 24, 16])
         if not block_config or min(block_config) < 1:
             raise ValueError(f"block_config must list at least one block of at least one layer, got {block_config}.")
+        if hidden_act not in ("relu", None):
+            raise ValueError(f"hidden_act must be 'relu' or None (no activation), got {hidden_act!r}.")
         if stem_pool not in ("max", "avg"):
             raise ValueError(f"stem_pool must be 'max' or 'avg', got {stem_pool!r}.")
         if loss not in ("bce", "cross_entropy"):
@@ -58,7 +62,9 @@ class BcosDenseNetConfig(PretrainedConfig):
         self.block_config = block_config
         self.bn_size = bn_size
         self.batch_norm_eps = batch_norm_eps
+        self.hidden_act = hidden_act
         self.b = float(b)
+        self.normalize_weights = normalize_weights
         self.use_bias = use_bias
         self.stem_pool = stem_pool
         self.classify_before_pooling = classify_before_pooling

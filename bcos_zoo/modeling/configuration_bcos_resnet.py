@@ -16,7 +16,11 @@ class BcosResNetConfig(PretrainedConfig):
             (ResNet-50); wide ResNets and ResNeXts are wider.
         groups: groups of the bottleneck's 3x3 convolution (ResNeXt cardinality).
         downsample_in_bottleneck: stride in the bottleneck's first 1x1 convolution instead of its 3x3 one.
+        hidden_act: ``"relu"``, or ``None`` for no activation at all (the authors' B-cos v2 ResNets, whose B-cos
+            units are the only non-linearity).
         b: the B-cos exponent B (1 = the original convolutions; the papers train at 2).
+        normalize_weights: every B-cos convolution applies its weight divided by its norm (the authors' B-cos v2
+            units), instead of the un-normalised weight of a B-cosified model.
         use_bias: keep every constant: BatchNorm's mean subtraction and shift and the classifier bias. Without them
             (the paper's recipe) BatchNorm only scales and an explanation accounts for the whole logit except
             ``logit_bias``.
@@ -42,11 +46,12 @@ class BcosResNetConfig(PretrainedConfig):
         layer_type: str = "bottleneck",
         bottleneck_widths: list[int] | None = None,
         groups: int = 1,
-        hidden_act: str = "relu",
+        hidden_act: str | None = "relu",
         downsample_in_first_stage: bool = False,
         downsample_in_bottleneck: bool = False,
         batch_norm_eps: float = 1e-5,
         b: float = 2.0,
+        normalize_weights: bool = False,
         use_bias: bool = False,
         stem_pool: str = "avg",
         classify_before_pooling: bool = True,
@@ -61,8 +66,8 @@ class BcosResNetConfig(PretrainedConfig):
         depths = list(depths if depths is not None else [3, 4, 6, 3])
         if layer_type not in ("basic", "bottleneck"):
             raise ValueError(f"layer_type must be 'basic' or 'bottleneck', got {layer_type!r}.")
-        if hidden_act != "relu":
-            raise ValueError(f"hidden_act must be 'relu' (the only activation supported), got {hidden_act!r}.")
+        if hidden_act not in ("relu", None):
+            raise ValueError(f"hidden_act must be 'relu' or None (no activation), got {hidden_act!r}.")
         if len(hidden_sizes) != len(depths):
             raise ValueError(f"hidden_sizes {hidden_sizes} and depths {depths} must have the same length.")
         if bottleneck_widths is not None:
@@ -87,6 +92,7 @@ class BcosResNetConfig(PretrainedConfig):
         self.downsample_in_bottleneck = downsample_in_bottleneck
         self.batch_norm_eps = batch_norm_eps
         self.b = float(b)
+        self.normalize_weights = normalize_weights
         self.use_bias = use_bias
         self.stem_pool = stem_pool
         self.classify_before_pooling = classify_before_pooling

@@ -61,7 +61,7 @@ def square_linear(x: torch.Tensor, weight: torch.Tensor, input_norm: torch.Tenso
 
 def square_conv2d(conv, x: torch.Tensor, patch_norms: torch.Tensor, weight_norm: torch.Tensor) -> torch.Tensor:
     """The B = 2 convolution of :class:`BcosConv2d` without autograd, in place as :func:`square_linear`."""
-    out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    out = F.conv2d(x, conv.applied_weight(), None, conv.stride, conv.padding, conv.dilation, conv.groups)
     return out.mul_(out.abs().div_(patch_norms).div_(weight_norm.view(1, -1, 1, 1)))
 
 
@@ -70,7 +70,7 @@ def square_conv_norm_act(block, x: torch.Tensor) -> torch.Tensor:
     BatchNorm's per-channel scale joins the B-cos factor; its shift and the ReLU run in place."""
     conv, norm = block.convolution, block.normalization
     scale, shift = norm.scale_and_shift(norm.running_var, norm.running_mean)
-    out = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    out = F.conv2d(x, conv.applied_weight(), None, conv.stride, conv.padding, conv.dilation, conv.groups)
     out = out.mul_(out.abs().div_(conv.patch_norms(x)).mul_((scale / conv.weight_norm()).view(1, -1, 1, 1)))
     if shift is not None:
         out = out.add_(shift.view(1, -1, 1, 1))

@@ -7,7 +7,6 @@ transformers and sibling files only.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
@@ -22,6 +21,23 @@ from .bcos_cnn import (
 )
 from .bcos_layers import BcosConv2d
 from .configuration_bcos_densenet import BcosDenseNetConfig
+
+
+def bcos_conv(in_channels: int, out_channels: int, kernel_size: int, config: BcosDenseNetConfig) -> BcosConv2d:
+    """A bias-free B-cos convolution that keeps the resolution (zero padding ``kernel_size // 2``)."""
+    return BcosConv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        padding=kernel_size // 2,
+        b=config.b,
+        normalize_weight=config.normalize_weights,
+    )
+
+
+def activation(config: BcosDenseNetConfig) -> nn.Module:
+    """ReLU, or nothing with ``hidden_act=None`` (the authors' B-cos v2 DenseNets)."""
+    return nn.ReLU() if config.hidden_act == "relu" else nn.Identity()
 
 
 class BcosDenseNetEmbeddings(nn.Module):
@@ -41,14 +57,15 @@ class BcosDenseNetLayer(nn.Module):
 
     def __init__(self, in_channels: int, config: BcosDenseNetConfig):
         super().__init__()
+        self.act = activation(config)
         width = config.bn_size * config.growth_rate
         self.norm1 = BcosBatchNorm2d(in_channels, eps=config.batch_norm_eps, centered=config.use_bias)
-        self.conv1 = BcosConv2d(in_channels, width, 1, bias=False, b=config.b)
+        self.conv1 = bcos_conv(in_channels, width, 1, config)
         self.norm2 = BcosBatchNorm2d(width, eps=config.batch_norm_eps, centered=config.use_bias)
-        self.conv2 = BcosConv2d(width, config.growth_rate, 3, padding=1, bias=False, b=config.b)
+        self.conv2 = bcos_conv(width, config.growth_rate, 3, config)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(features))))))
+        return self.conv2(self.act(self.norm2(self.conv1(self.act(self.norm1(features))))))
 
 
 class BcosDenseNetTransition(nn.Module):
@@ -56,12 +73,13 @@ class BcosDenseNetTransition(nn.Module):
 
     def __init__(self, in_channels: int, config: BcosDenseNetConfig):
         super().__init__()
+        self.act = activation(config)
         self.norm = BcosBatchNorm2d(in_channels, eps=config.batch_norm_eps, centered=config.use_bias)
-        self.conv = BcosConv2d(in_channels, in_channels // 2, 1, bias=False, b=config.b)
+        self.conv = bcos_conv(in_channels, in_channels // 2, 1, config)
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.conv(F.relu(self.norm(features))))
+        return self.pool(self.conv(self.act(self.norm(features))))
 
 
 class BcosDenseNetStage(BcosCNNStage):
@@ -99,6 +117,7 @@ class BcosDenseNetModel(BcosCNNModel, BcosDenseNetPreTrainedModel):
         self.embedder = BcosDenseNetEmbeddings(config)
         self.stages = nn.ModuleList(BcosDenseNetStage(config, i) for i in range(len(config.block_config)))
         self.norm = BcosBatchNorm2d(config.num_features, eps=config.batch_norm_eps, centered=config.use_bias)
+        self.act = activation(config)
         self.pooler = nn.AdaptiveAvgPool2d((1, 1))
         self.post_init()
 
@@ -111,7 +130,7 @@ class BcosDenseNetModel(BcosCNNModel, BcosDenseNetPreTrainedModel):
         for i, stage in enumerate(self.stages):
             features = stage(features)
             if i == len(self.stages) - 1:
-                features = F.relu(self.norm(features))
+                features = self.act(self.norm(features))
             if output_hidden_states:
                 hidden_states += (features,)
         return BaseModelOutputWithPoolingAndNoAttention(

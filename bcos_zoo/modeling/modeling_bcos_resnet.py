@@ -22,8 +22,10 @@ from .configuration_bcos_resnet import BcosResNetConfig
 from .fast_paths import residual_relu_, use_fast_path
 
 
-def residual_relu(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """``relu(branch + shortcut)``, the end of every residual block."""
+def residual_relu(branch: torch.Tensor, shortcut: torch.Tensor, activation: bool = True) -> torch.Tensor:
+    """``relu(branch + shortcut)`` (or the plain sum without ``activation``), the end of every residual block."""
+    if not activation:
+        return branch + shortcut
     if not torch.is_grad_enabled() and use_fast_path("residual_in_place", branch):
         return residual_relu_(branch, shortcut)
     return torch.relu(branch + shortcut)
@@ -57,13 +59,14 @@ class BcosResNetBasicLayer(nn.Module):
         self.shortcut = (
             BcosResNetShortCut(in_channels, out_channels, stride, config) if needs_projection else nn.Identity()
         )
+        self.activation = config.hidden_act is not None
         self.layer = nn.Sequential(
             BcosConvNormAct(in_channels, out_channels, 3, config, stride=stride),
             BcosConvNormAct(out_channels, out_channels, 3, config, activation=False),
         )
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        return residual_relu(self.layer(hidden_state), self.shortcut(hidden_state))
+        return residual_relu(self.layer(hidden_state), self.shortcut(hidden_state), self.activation)
 
 
 class BcosResNetBottleNeckLayer(nn.Module):
@@ -75,6 +78,7 @@ class BcosResNetBottleNeckLayer(nn.Module):
         self.shortcut = (
             BcosResNetShortCut(in_channels, out_channels, stride, config) if needs_projection else nn.Identity()
         )
+        self.activation = config.hidden_act is not None
         first_stride, middle_stride = (stride, 1) if config.downsample_in_bottleneck else (1, stride)
         self.layer = nn.Sequential(
             BcosConvNormAct(in_channels, width, 1, config, stride=first_stride),
@@ -83,7 +87,7 @@ class BcosResNetBottleNeckLayer(nn.Module):
         )
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-        return residual_relu(self.layer(hidden_state), self.shortcut(hidden_state))
+        return residual_relu(self.layer(hidden_state), self.shortcut(hidden_state), self.activation)
 
 
 class BcosResNetStage(BcosCNNStage):
