@@ -1,11 +1,7 @@
-"""B-cos CLIP: a B-cos image tower in CLIP's joint image-text space, and zero-shot models built on it.
-
-Only the image tower becomes a B-cos network (the B-cosification paper's recipe): a B-cos backbone (any of
-``IMAGE_TOWERS``; the ViT today) plus the visual projection as a B-cos unit. The text tower stays the original CLIP
-text tower, frozen, so prompts keep their original embeddings. A prompt is explained through the cosine between the
-image embedding and the prompt's embedding, with the image embedding's norm detached in explanation mode: the cosine
-is then a dynamic linear function of the image and its contributions add up to it. Hub-facing: torch, transformers
-and sibling files only.
+"""B-cos CLIP: a B-cos image tower (any of ``IMAGE_TOWERS`` plus a B-cos projection) beside the original, frozen
+CLIP text tower, the B-cosification paper's recipe. A prompt is explained through its cosine with the image
+embedding, whose norm explanation mode detaches: the contributions then add up to the cosine. Hub-facing: torch,
+transformers and sibling files only.
 """
 
 import os
@@ -30,27 +26,17 @@ from .modeling_bcos_vit import BcosEncoderLayer, BcosSelfAttention, BcosViTModel
 
 logger = logging.get_logger(__name__)
 
-# The B-cos backbones a CLIP image tower can be, by the model_type of its vision config. A backbone takes [0, 1]
-# images in ``forward`` (returning ``pooler_output`` among its outputs) and has ``pooled_features(encoded)``, the
-# pooled features of [x, 1 - x]-encoded images, which explanations differentiate.
+# The B-cos backbones a CLIP image tower can be, by its vision config's model_type: each takes [0, 1] images in
+# forward (with a pooler_output) and has pooled_features(encoded) of [x, 1 - x]-encoded images.
 IMAGE_TOWERS = {BcosCLIPVisionConfig.model_type: BcosViTModel}
 
 
 def siglip_distillation_loss(
     student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, scale: float = 10.0, bias: float = -10.0
 ) -> torch.Tensor:
-    """The B-cosification paper's CLIP objective: SigLIP-style distillation to the original image embeddings.
-
-    Every (student image i, teacher image j) pair of the batch is a binary problem, positive when ``i == j``:
-    ``loss = -mean_ij log sigmoid(label_ij * (scale * <s_i, t_j> + bias))`` with ``s``, ``t`` L2-normalised and
-    ``label = +1 / -1``. The fixed scale 10 and bias -10 make a perfect match (cosine 1) sit at the sigmoid's
-    midpoint while unrelated images (cosine near 0) are already confidently negative, so the student is pulled
-    towards its own teacher embedding and away from the others'. The teacher side carries no gradient.
-
-    Args:
-        student_embeds: (N, P) image embeddings of the B-cos tower.
-        teacher_embeds: (N, P) image embeddings of the frozen original tower for the same images.
-    """
+    """The B-cosification paper's CLIP objective: SigLIP-style distillation of (N, P) student image embeddings to
+    the original tower's (no gradient) for the same images. Each (student i, teacher j) pair is a binary problem,
+    positive when ``i == j``: ``-mean log sigmoid(label_ij (scale <s_i, t_j> + bias))`` on unit vectors."""
     if student_embeds.ndim != 2 or student_embeds.shape != teacher_embeds.shape:
         raise ValueError(
             "student_embeds and teacher_embeds must both have shape (batch, projection_dim), got "
@@ -64,12 +50,8 @@ def siglip_distillation_loss(
 
 
 class EmbeddingNormalizer(DynamicModule):
-    """``z / ||z||``, with ``||z||`` detached in explanation mode.
-
-    A cosine does not change when the image embedding is scaled, so differentiated through the norm its gradient is
-    orthogonal to the input and the contributions of a constant-free tower sum to 0. With the norm held fixed, the
-    cosine is ``W(x) x / ||z||`` and the contributions plus the bias sum to it exactly.
-    """
+    """``z / ||z||`` with ``||z||`` detached in explanation mode: the cosine is then ``W(x) x / ||z||``, and the
+    contributions plus the bias sum to it (through the norm they would sum to 0)."""
 
     def __init__(self, eps: float = 1e-12):
         super().__init__()
@@ -84,15 +66,8 @@ class EmbeddingNormalizer(DynamicModule):
 
 @dataclass
 class BcosCLIPVisionModelOutput(ModelOutput):
-    """Output of :class:`BcosCLIPVisionModel`.
-
-    Attributes:
-        loss: the distillation loss, when ``teacher_embeds`` were given.
-        image_embeds: (N, P) the image embeddings (projected, not normalised).
-        last_hidden_state: (N, L, D) the tokens after the last block.
-        hidden_states: the tokens after the embedding and after each block, when asked for.
-        attentions: the attention probabilities of each block, when asked for (``attn_implementation="eager"``).
-    """
+    """Output of :class:`BcosCLIPVisionModel`: ``image_embeds`` are projected, not normalised; ``loss`` is the
+    distillation loss when ``teacher_embeds`` were given."""
 
     loss: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
@@ -120,15 +95,12 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         """The image tower's configuration (the config itself for the vision-only model)."""
         return getattr(self.config, "vision_config", self.config)
 
-    # -- the B-cos image tower, shared by both models ------------------------------------------------------------
-
     def _build_image_tower(self, config: BcosCLIPVisionConfig, projection_dim: int) -> None:
         if config.model_type not in IMAGE_TOWERS:
             raise ValueError(f"No B-cos CLIP image tower for {config.model_type!r}; supported: {sorted(IMAGE_TOWERS)}.")
         self.vision_model = IMAGE_TOWERS[config.model_type](config)
         self.visual_projection = BcosLinear(config.pooled_size, projection_dim, bias=False, b=config.b)
         self.embedding_normalizer = EmbeddingNormalizer()
-        # what from_pretrained_standard carries over from the source folder, for save_pretrained and explain(text=)
         self._image_processor = None
         self._tokenizer = None
         self._tokenizer_looked_up = False
@@ -140,12 +112,8 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
     def get_image_features(
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = False, **kwargs
     ) -> BaseModelOutputWithPooling:
-        """The image embeddings as ``pooler_output`` (projected, not normalised), as transformers' CLIP returns them.
-
-        Args:
-            pixel_values: (N, 3, H, W) images in [0, 1]; the model folds CLIP's normalisation into its first layer.
-            kwargs: ``output_hidden_states``, ``output_attentions``, ``return_dict``, as in transformers.
-        """
+        """The image embeddings of images in [0, 1] as ``pooler_output`` (projected, not normalised), as
+        transformers' CLIP returns them; output flags as in transformers."""
         outputs = self.vision_model(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **{**kwargs, "return_dict": True}
         )
@@ -172,27 +140,22 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
                 "Pass exactly one of text=[...] (prompts, embedded by the CLIP text tower) or text_embeds= (a (K, P) "
                 f"tensor of text embeddings); got {'neither' if text is None else 'both'}."
             )
-        width = self.visual_projection.out_features
         if text is not None:
             prompts = [text] if isinstance(text, str) else list(text)
-            if not prompts:
-                raise ValueError("text is an empty list of prompts; pass at least one prompt to explain.")
-            if not all(isinstance(prompt, str) for prompt in prompts):
-                raise ValueError("text must be a string or a list of strings.")
+            if not prompts or not all(isinstance(prompt, str) for prompt in prompts):
+                raise ValueError("text must be a string or a non-empty list of strings (the prompts to explain).")
             text_embeds = self._encode_prompts(prompts)
         text_embeds = torch.as_tensor(text_embeds).detach()
-        if text_embeds.ndim == 1:
-            text_embeds = text_embeds[None]
-        if text_embeds.ndim != 2 or text_embeds.shape[1] != width:
+        text_embeds = text_embeds[None] if text_embeds.ndim == 1 else text_embeds
+        width = self.visual_projection.out_features
+        if text_embeds.ndim != 2 or text_embeds.shape[1] != width or not text_embeds.is_floating_point():
             raise ValueError(
-                f"text_embeds must have shape (K, {width}): one row per prompt, of the model's projection_dim {width}; "
-                f"got {tuple(text_embeds.shape)}. Use the text embeddings of the CLIP model this one was B-cosified "
-                "from."
+                f"text_embeds must be a floating-point (K, {width}) tensor, one row per prompt, of the model's "
+                f"projection_dim; got {text_embeds.dtype} {tuple(text_embeds.shape)}. Use the text embeddings of the "
+                "CLIP model this one was B-cosified from."
             )
         if text_embeds.shape[0] == 0:
             raise ValueError("text_embeds holds no prompt (0 rows); pass at least one.")
-        if not text_embeds.is_floating_point():
-            raise ValueError(f"text_embeds must be floating point, got dtype {text_embeds.dtype}.")
         return F.normalize(text_embeds.to(device), dim=-1)
 
     def explain(
@@ -204,18 +167,13 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         create_graph: bool = False,
     ) -> BcosExplanation:
-        """Explain the cosine similarity between each image and one prompt, exactly.
-
-        ``logits`` of the result are the plain cosines (N, K) between the image embeddings and the prompts, not the
-        ``logit_scale``-scaled zero-shot logits (scaling would scale every contribution alike). The explained cosine
-        is computed with the image embedding's norm detached, so ``contributions.sum((1, 2)) + bias`` equals it; for a
-        tower without biases, class token or position embeddings the bias is 0.
+        """Explain the cosine between each image (in [0, 1]) and one prompt exactly: ``contributions.sum((1, 2)) +
+        bias`` equals it. ``logits`` are the (N, K) cosines, not the scaled zero-shot logits.
 
         Args:
-            pixel_values: (N, 3, H, W) images in [0, 1].
-            text: the prompts (a string or a list of K strings); needs the text tower, i.e. :class:`BcosCLIPModel`.
-            text_embeds: alternatively (K, P) text embeddings (normalised here).
-            target: the prompt to explain: ``None`` (each image's best-matching prompt), an int, or an (N,) tensor.
+            text: the prompts (a string or K strings; needs :class:`BcosCLIPModel`'s text tower), or
+            text_embeds: (K, P) text embeddings.
+            target: the prompt to explain: ``None`` (each image's best match), an int, or an (N,) tensor.
             create_graph: keep the graph of the explanation, so that a loss on it trains the image tower.
         """
         prompts = self._prompt_embeds(text, text_embeds, pixel_values.device)
@@ -236,10 +194,8 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
     # -- saving ------------------------------------------------------------------------------------------------
 
     def default_image_processor(self) -> CLIPImageProcessor:
-        """The processor saved with the model: CLIP's resize and centre crop, rescaling to [0, 1], no normalisation.
-
-        The source model's processor settings are kept when the model was B-cosified from a folder that had one.
-        """
+        """CLIP's resize and centre crop (the source's settings where it had a processor), rescaling to [0, 1] and
+        no normalisation."""
         if self._image_processor is not None:
             processor = CLIPImageProcessor(**self._image_processor.to_dict())
         else:
@@ -253,11 +209,8 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
 
 
 class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
-    """The B-cos CLIP image tower: image embeddings in the CLIP space and exact explanations of prompt similarities.
-
-    It takes images in [0, 1]. Having no text tower, it explains prompts given as ``text_embeds`` (from the original
-    CLIP model's ``get_text_features``); :class:`BcosCLIPModel` also takes the prompts as text.
-    """
+    """The B-cos CLIP image tower: embeddings of images in [0, 1] and exact explanations of their similarity to
+    prompts given as ``text_embeds`` (the original CLIP model's ``get_text_features``)."""
 
     config_class = BcosCLIPVisionConfig
     input_modalities = ("image",)
@@ -275,12 +228,8 @@ class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
         interpolate_pos_encoding: bool | None = False,
         **kwargs,
     ) -> BcosCLIPVisionModelOutput:
-        """Image embeddings of (N, 3, H, W) images in [0, 1].
-
-        With ``teacher_embeds`` (N, P), the original model's embeddings of the same images, ``loss`` is the
-        distillation loss (:func:`siglip_distillation_loss`) that B-cosification trains with. Takes
-        ``output_hidden_states``, ``output_attentions`` and ``return_dict`` as transformers' models do.
-        """
+        """Embeddings of (N, 3, H, W) images in [0, 1]; with ``teacher_embeds`` (N, P), the original model's
+        embeddings of the same images, ``loss`` is :func:`siglip_distillation_loss`."""
         outputs = self.get_image_features(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **{**kwargs, "return_dict": True}
         )
@@ -297,12 +246,8 @@ class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
 
 
 class BcosCLIPModel(BcosCLIPPreTrainedModel):
-    """B-cos CLIP: the B-cos image tower beside the original (frozen) CLIP text tower.
-
-    ``forward(input_ids, pixel_values)`` returns ``logits_per_image`` / ``logits_per_text`` like transformers'
-    ``CLIPModel``, so ``pipeline("zero-shot-image-classification")`` works with it, and :meth:`explain` shows which
-    pixels make an image match a prompt.
-    """
+    """B-cos CLIP: the B-cos image tower beside the original, frozen text tower; ``forward`` returns what
+    transformers' ``CLIPModel`` does, so ``pipeline("zero-shot-image-classification")`` works with it."""
 
     config_class = BcosCLIPConfig
     main_input_name = "input_ids"
@@ -330,7 +275,7 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        # Loading replaces the parameters, which drops the freezing done in __init__: apply it again.
+        # loading replaces the parameters, dropping the freezing done in __init__
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         if model.config.freeze_text_model:
@@ -398,13 +343,9 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         interpolate_pos_encoding: bool | None = False,
         **kwargs,
     ) -> CLIPOutput:
-        """Zero-shot logits: ``logit_scale.exp()`` times the cosines between image and text embeddings.
-
-        ``loss`` is the distillation loss when ``teacher_embeds`` (N, P) are given, else CLIP's contrastive loss
-        when ``return_loss`` is set. Distillation needs images alone: without ``input_ids`` the text tower is skipped
-        and only ``loss`` and ``image_embeds`` are returned (training goes through ``forward`` so that data-parallel
-        wrappers see it).
-        """
+        """Zero-shot logits, ``logit_scale.exp()`` times the image-text cosines. ``loss``: the distillation loss with
+        ``teacher_embeds`` (then ``input_ids`` may be left out: training goes through ``forward``, which data-parallel
+        wrappers see), else CLIP's contrastive loss with ``return_loss``."""
         kwargs["return_dict"] = True
         if pixel_values is not None and input_ids is None and teacher_embeds is not None:
             student = self.get_image_features(pixel_values, interpolate_pos_encoding, **kwargs).pooler_output
