@@ -163,6 +163,11 @@ def finetune(
         data_collator=task.collate,
         callbacks=[*trainer_callbacks(recipe, train_dataset, report_folder=output_dir / "ranks"), clock],
     )
+    if resume and last_checkpoint:
+        # The Trainer reads a checkpoint's weights file by the names it was saved under; a transformers release that
+        # renames a model's modules on load (5.17 for ViT) would leave every weight unread and train on at random
+        # initialisation. Loading as from_pretrained does first makes the names match; the Trainer's load then agrees.
+        model.load_state_dict(type(model).from_pretrained(last_checkpoint).state_dict())
     train_output = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
     train_seconds = clock.seconds
     if not trainer.is_world_process_zero():
