@@ -7,6 +7,7 @@ names a model, and which post-hoc baselines and preprocessing a standard classif
 entry here, next to its files in ``modeling/`` and ``conversion/``.
 """
 
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -241,7 +242,25 @@ def register(family: Family) -> None:
         for auto_class in auto_classes:
             auto_class.register(model_class.config_class, model_class, exist_ok=True)
     for model_class in family.model_classes:
-        model_class._standard_converter = staticmethod(family.converter)
+        model_class._standard_converter = staticmethod(_converter_of(family))
+
+
+def _converter_of(family: Family) -> Callable[..., PreTrainedModel]:
+    """The family's converter, which first sends a loaded model of another family's sources to that family's class."""
+
+    @functools.wraps(family.converter)
+    def convert(cls, source, **kwargs) -> PreTrainedModel:
+        if isinstance(source, nn.Module):
+            kind = f"{type(source).__module__.split('.')[0]}.{type(source).__name__}"
+            owner = next((other for other in FAMILIES.values() if kind in other.module_types), family)
+            if owner is not family:
+                raise ValueError(
+                    f"A {type(source).__name__} is a source of the {owner.label} family, not of {cls.__name__}: use "
+                    f"{owner.classifier.__name__}.from_pretrained_standard(...)."
+                )
+        return family.converter(cls, source, **kwargs)
+
+    return convert
 
 
 def family_of(model_or_config: PreTrainedModel | PretrainedConfig | str) -> Family | None:

@@ -80,7 +80,7 @@ def test_each_class_loads_through_the_auto_classes_its_family_names():
 def test_every_model_class_b_cosifies_through_its_family_converter():
     for family in FAMILIES.values():
         for model_class in family.model_classes:
-            assert model_class._standard_converter is family.converter, model_class.__name__
+            assert model_class._standard_converter.__wrapped__ is family.converter, model_class.__name__
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +219,11 @@ def test_from_pretrained_standard_is_the_family_converter(name, build):
     assert type(made) is family.classifier
     for key, value in expected.state_dict().items():
         torch.testing.assert_close(made.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_loaded_source_of_another_family_is_sent_to_its_class():
+    from bcos.models.pretrained import standard_vitc_ti_patch1_14
+
+    twin = standard_vitc_ti_patch1_14(pretrained=False)
+    with pytest.raises(ValueError, match=r"BcosSimpleViTForImageClassification\.from_pretrained_standard"):
+        BcosViTForImageClassification.from_pretrained_standard(twin)
