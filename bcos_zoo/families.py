@@ -35,6 +35,7 @@ from .conversion.densenet import (
     bcosify_densenet,
     port_bcos_densenet,
 )
+from .conversion.open_clip import OPEN_CLIP_CONFIG
 from .conversion.resnet import (
     BCOS_RESNET_ENTRIES,
     SUPPORTED_RESNET_SOURCES,
@@ -98,6 +99,7 @@ class Family:
     model_types: tuple[str, ...] = ()  # transformers model_type of its standard checkpoints
     timm_architectures: re.Pattern | None = None  # timm architecture names of its standard checkpoints
     module_types: tuple[str, ...] = ()  # "package.ClassName" of its standard models in memory
+    marker_files: tuple[str, ...] = ()  # files that mark a standard source folder as its own (before config.json)
     posthoc_methods: tuple[str, ...] = ()  # the post-hoc baselines (evaluation.baselines) of its standard classifier
     processor: Callable[..., BaseImageProcessor] | None = None  # (size, crop_pct, **fields): its standard evaluation
     bcos_entries: tuple[str, ...] = ()  # the ``bcos`` package's torch.hub entries it ports (conversion.bcos_package)
@@ -149,7 +151,8 @@ FAMILIES: dict[str, Family] = {
             converter=bcosify_clip,
             sources=SUPPORTED_CLIP_SOURCES,
             model_types=("clip", "clip_vision_model"),
-            module_types=("transformers.CLIPModel", "transformers.CLIPVisionModelWithProjection"),
+            module_types=("transformers.CLIPModel", "transformers.CLIPVisionModelWithProjection", "open_clip.CLIP"),
+            marker_files=(OPEN_CLIP_CONFIG,),  # open_clip's Hub layout: no config.json
         ),
         Family(
             name="resnet",
@@ -281,6 +284,10 @@ def family_for_source(source: str | os.PathLike | nn.Module) -> Family:
         matches = [family for family in FAMILIES.values() if kind in family.module_types]
         what = f"A {type(source).__name__}"
     else:
+        folder = os.fspath(source)
+        for family in FAMILIES.values():
+            if any(os.path.isfile(os.path.join(folder, name)) for name in family.marker_files):
+                return family
         config, _ = PretrainedConfig.get_config_dict(os.fspath(source))
         model_type, architecture = config.get("model_type"), str(config.get("architecture", "")).split(".")[0]
         matches = [

@@ -24,6 +24,15 @@ from .common import (
     resolve_folder,
     source_normalization,
 )
+from .open_clip import (
+    OPEN_CLIP_CONFIG,
+    SUPPORTED_OPEN_CLIP_SOURCES,
+    OpenCLIPSource,
+    bcosify_open_clip,
+    is_open_clip_module,
+    read_open_clip_folder,
+    read_open_clip_module,
+)
 from .vit import PATCH_WEIGHT, transformers_vit_fields
 
 
@@ -31,7 +40,7 @@ logger = logging.get_logger(__name__)
 
 SUPPORTED_CLIP_SOURCES = (
     "a transformers CLIPModel (openai/clip-vit-*, laion/CLIP-ViT-*), given as a local folder, a Hub id or a loaded "
-    "model; BcosCLIPVisionModel also takes a CLIPVisionModelWithProjection"
+    "model; BcosCLIPVisionModel also takes a CLIPVisionModelWithProjection; or " + SUPPORTED_OPEN_CLIP_SOURCES
 )
 # CLIP vision-tower names (without the "vision_model." prefix) -> B-cos ViT backbone names
 _VISION_RENAMES = (
@@ -56,18 +65,22 @@ class StandardCLIP:
     image_processor: CLIPImageProcessor | None
 
 
-def load_standard_clip(source, vision_only: bool) -> StandardCLIP:
-    """Read a supported CLIP from a module, a folder or a Hub id; a :class:`StandardCLIP` already read is taken as
-    it is (so that one loaded source serves several conversions)."""
+def load_standard_clip(source, vision_only: bool) -> StandardCLIP | OpenCLIPSource:
+    """Read a supported CLIP from a module, a folder or a Hub id (an open_clip CLIP ResNet as an
+    :class:`OpenCLIPSource`); a source already read is taken as it is (so that one read serves several conversions)."""
     allowed = (CLIPModel, CLIPVisionModelWithProjection) if vision_only else (CLIPModel,)
-    if isinstance(source, StandardCLIP) and isinstance(source.model, allowed):
+    if isinstance(source, OpenCLIPSource) or (isinstance(source, StandardCLIP) and isinstance(source.model, allowed)):
         return source
     if isinstance(source, allowed):
         return StandardCLIP(source, None, None, None, None)
+    if is_open_clip_module(source):
+        return read_open_clip_module(source)
     if isinstance(source, torch.nn.Module) or not isinstance(source, (str, Path)):
         raise ValueError(f"Cannot B-cosify a {type(source).__name__}. Supported sources: {SUPPORTED_CLIP_SOURCES}.")
     # model*.safetensors skips the open_clip copy of the weights that laion repos also hold
     folder = resolve_folder(source, SUPPORTED_CLIP_SOURCES, ("*.json", "*.txt", "model*.safetensors"))
+    if (folder / OPEN_CLIP_CONFIG).is_file() and not (folder / "config.json").is_file():
+        return read_open_clip_folder(folder, source)
     config = read_json(folder / "config.json")
     if config is None:
         raise ValueError(f"{folder} has no config.json. Supported sources: {SUPPORTED_CLIP_SOURCES}.")
@@ -151,6 +164,8 @@ def bcosify_clip(cls, source, b: float, bias: str, image_mean=None, image_std=No
         raise ValueError(f"bias must be 'keep' or 'remove', got {bias!r}.")
     vision_only = cls.config_class.model_type == BcosCLIPVisionConfig.model_type
     standard = load_standard_clip(source, vision_only)
+    if isinstance(standard, OpenCLIPSource):
+        return bcosify_open_clip(cls, standard, b, bias, image_mean, image_std, **overrides)
     mean = image_mean if image_mean is not None else standard.mean
     std = image_std if image_std is not None else standard.std
     if mean is None or std is None:

@@ -2,6 +2,7 @@
 
 from .bcos_layers import explanation_mode
 from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
+from .configuration_bcos_clip_resnet import BcosCLIPResNetConfig
 from .configuration_bcos_convnext import BcosConvNextConfig
 from .configuration_bcos_densenet import BcosDenseNetConfig
 from .configuration_bcos_resnet import BcosResNetConfig
@@ -10,6 +11,7 @@ from .configuration_bcos_vgg import BcosVGGConfig
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation
 from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, siglip_distillation_loss
+from .modeling_bcos_clip_resnet import BcosCLIPResNetModel
 from .modeling_bcos_convnext import BcosConvNextForImageClassification, BcosConvNextModel
 from .modeling_bcos_densenet import BcosDenseNetForImageClassification, BcosDenseNetModel
 from .modeling_bcos_resnet import BcosResNetForImageClassification, BcosResNetModel
@@ -21,6 +23,8 @@ from .modeling_bcos_vit import BcosViTForImageClassification, BcosViTModel
 __all__ = [
     "BcosCLIPConfig",
     "BcosCLIPModel",
+    "BcosCLIPResNetConfig",
+    "BcosCLIPResNetModel",
     "BcosCLIPVisionConfig",
     "BcosCLIPVisionModel",
     "siglip_distillation_loss",

@@ -2,6 +2,7 @@
 
 from transformers import CLIPTextConfig, PretrainedConfig
 
+from .configuration_bcos_clip_resnet import BcosCLIPResNetConfig
 from .configuration_bcos_vit import BcosViTConfig
 
 
@@ -57,6 +58,7 @@ class BcosCLIPVisionConfig(BcosViTConfig):
 
 # The image-tower configurations a BcosCLIPConfig can hold, by model_type (see IMAGE_TOWERS in modeling_bcos_clip).
 VISION_CONFIGS = {BcosCLIPVisionConfig.model_type: BcosCLIPVisionConfig}
+VISION_CONFIGS[BcosCLIPResNetConfig.model_type] = BcosCLIPResNetConfig  # OpenAI CLIP's ResNets
 
 
 class BcosCLIPConfig(PretrainedConfig):

@@ -21,6 +21,7 @@ from .bcos_layers import BcosLinear, DynamicModule
 from .bcos_pretrained import BcosPreTrainedModel
 from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
 from .explanation import BcosExplanation, compute_explanation
+from .modeling_bcos_clip_resnet import BcosCLIPResNetModel
 from .modeling_bcos_vit import BcosEncoderLayer, BcosSelfAttention, BcosViTModel
 
 
@@ -29,6 +30,7 @@ logger = logging.get_logger(__name__)
 # The B-cos backbones a CLIP image tower can be, by its vision config's model_type: each takes [0, 1] images in
 # forward (with a pooler_output) and has pooled_features(encoded) of [x, 1 - x]-encoded images.
 IMAGE_TOWERS = {BcosCLIPVisionConfig.model_type: BcosViTModel}
+IMAGE_TOWERS[BcosCLIPResNetModel.config_class.model_type] = BcosCLIPResNetModel  # OpenAI CLIP's ResNets
 
 
 def siglip_distillation_loss(
@@ -99,7 +101,8 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         if config.model_type not in IMAGE_TOWERS:
             raise ValueError(f"No B-cos CLIP image tower for {config.model_type!r}; supported: {sorted(IMAGE_TOWERS)}.")
         self.vision_model = IMAGE_TOWERS[config.model_type](config)
-        self.visual_projection = BcosLinear(config.pooled_size, projection_dim, bias=False, b=config.b)
+        bias = getattr(config, "projection_bias", False)  # an open_clip ResNet's attention pool output has one
+        self.visual_projection = BcosLinear(config.pooled_size, projection_dim, bias=bias, b=config.b)
         self.embedding_normalizer = EmbeddingNormalizer()
         self._image_processor = None
         self._tokenizer = None

@@ -11,7 +11,8 @@ from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from ..conversion.clip import StandardCLIP, load_standard_clip
-from ..conversion.common import OPENAI_CLIP_NORMALIZATION
+from ..conversion.common import IDENTITY_NORMALIZATION, OPENAI_CLIP_NORMALIZATION
+from ..conversion.open_clip import OpenCLIPSource
 from ..data.datasets import DatasetSplits
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
 from .trainer import collate_images
@@ -104,7 +105,7 @@ class CLIPDistillation(Task):
 
     name = "clip-distillation"
     # the source as build_model read it: the teacher, the student's B-cosification and the evaluated source
-    standard: StandardCLIP | None = None
+    standard: StandardCLIP | OpenCLIPSource | None = None
     card = CardFields(
         pipeline_tag="zero-shot-image-classification",
         metric_key="zero_shot_accuracy",
@@ -114,20 +115,27 @@ class CLIPDistillation(Task):
     )
 
     def build_model(self, class_names: list[str]) -> nn.Module:
-        from .. import BcosCLIPModel
+        from .. import BcosCLIPModel, BcosCLIPVisionModel
 
         recipe = self.recipe
-        if source_model_type(recipe.source) in BCOS_MODEL_TYPES:
+        try:
+            model_type = source_model_type(recipe.source)
+        except OSError:  # no config.json: open_clip's Hub layout
+            model_type = None
+        if model_type in BCOS_MODEL_TYPES:
             raise ValueError(
                 "clip-distillation starts from the original CLIP checkpoint, which is also the teacher; "
                 "to continue an interrupted run, use --resume with the same --output-dir."
             )
         self.standard = load_standard_clip(recipe.source, vision_only=False)
-        if self.standard.mean is not None and self.standard.std is not None:
-            mean, std = self.standard.mean, self.standard.std
+        if isinstance(self.standard, OpenCLIPSource):  # the teacher is its exact B-cos form at B = 1, on [0, 1] images
+            teacher = BcosCLIPVisionModel.from_pretrained_standard(self.standard, b=1.0, bias="keep")
+            self.teacher = FrozenCLIPTeacher(teacher, *IDENTITY_NORMALIZATION)
         else:
-            mean, std = OPENAI_CLIP_NORMALIZATION
-        self.teacher = FrozenCLIPTeacher(self.standard.model, image_mean=mean, image_std=std)
+            mean, std = self.standard.mean, self.standard.std
+            if mean is None or std is None:
+                mean, std = OPENAI_CLIP_NORMALIZATION
+            self.teacher = FrozenCLIPTeacher(self.standard.model, image_mean=mean, image_std=std)
         return BcosCLIPModel.from_pretrained_standard(self.standard, b=recipe.b, bias=recipe.bias)
 
     def source_model(self) -> nn.Module | None:

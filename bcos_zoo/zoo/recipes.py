@@ -169,6 +169,22 @@ RECIPES: dict[str, Recipe] = {
             summary="OpenAI CLIP ViT-B/16 image tower B-cosified by distillation on CC3M images.",
             **_CLIP_DISTILLATION,
         ),
+        # The B-cosification paper's released CLIP (shrebox/B-cosification, clip_bcosification): OpenAI's RN50 as
+        # open_clip's Hub repo holds it (weights and tokenizer, no config.json), its attention pool B-cosified with
+        # queries and keys detached, position embedding and biases removed; 90 epochs, no warm-up.
+        Recipe(
+            name="bcos-clip-rn50",
+            source="timm/resnet50_clip.openai",
+            dataset=IMAGENET,
+            image_column="image",
+            hub_model_id="bcos-zoo/bcos-clip-rn50",
+            summary=(
+                "OpenAI CLIP ResNet-50 (open_clip) image tower B-cosified by distillation on ImageNet images, the "
+                "B-cosification paper's CLIP: B=2, biases and the attention pool's position embedding removed, "
+                "uncentred BatchNorm, SigLIP-style distillation, Adam lr 1e-4, cosine, 90 epochs, batch 256, AGC."
+            ),
+            **{**_CLIP_DISTILLATION, "epochs": 90.0, "warmup_ratio": 0.0},
+        ),
         Recipe(
             name="vit-fashion-mnist",
             source="scratch",
