@@ -73,3 +73,16 @@ def normalized(x: torch.Tensor) -> torch.Tensor:
 
 def images(batch: int = 2, size: int = IMAGE_SIZE, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, dtype=dtype, generator=torch.Generator().manual_seed(1))
+
+
+@torch.no_grad()
+def calibrate(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """BatchNorm running statistics of one batch (train mode, momentum 1), so that a random B = 2 tower keeps its
+    signal instead of shrinking it by a cosine in every layer; the model comes back in eval mode."""
+    norms = [module for module in model.modules() if type(module).__name__ == "BcosBatchNorm2d"]
+    for norm in norms:
+        norm.momentum = 1.0
+    model.train().get_image_features(pixel_values=x)
+    for norm in norms:
+        norm.momentum = 0.1
+    return model.eval()
