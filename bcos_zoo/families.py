@@ -53,6 +53,7 @@ from .conversion.vgg import BCOS_VGG_ENTRIES, SUPPORTED_VGG_SOURCES, bcosify_vgg
 from .conversion.vit import SUPPORTED_VIT_SOURCES, bcosify_vit
 from .modeling import (
     BcosCLIPModel,
+    BcosCLIPResNetVisionModel,
     BcosCLIPVisionModel,
     BcosConvNextForImageClassification,
     BcosConvNextModel,
@@ -112,7 +113,8 @@ class Family:
 
     @property
     def config_classes(self) -> tuple[type[PretrainedConfig], ...]:
-        return tuple(dict.fromkeys(model_class.config_class for model_class in self.model_classes))
+        classes = (*self.model_classes, *self.auto_classes)
+        return tuple(dict.fromkeys(model_class.config_class for model_class in classes))
 
     @property
     def bcos_model_types(self) -> tuple[str, ...]:
@@ -147,6 +149,7 @@ FAMILIES: dict[str, Family] = {
             auto_classes={
                 BcosCLIPVisionModel: (AutoModel,),
                 BcosCLIPModel: (AutoModel, AutoModelForZeroShotImageClassification),
+                BcosCLIPResNetVisionModel: (AutoModel,),  # the image tower alone, of a ResNet
             },
             converter=bcosify_clip,
             sources=SUPPORTED_CLIP_SOURCES,

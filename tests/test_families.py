@@ -8,6 +8,7 @@ import torch
 from clip_testing import save_source as save_clip_source
 from clip_testing import tiny_clip
 from cnn_sources import hf_resnet, save_timm, timm_cnn, torchvision_densenet121, torchvision_resnet18
+from open_clip_sources import reduced_rn
 from sources import hf_vit, save_hf_source, timm_vit
 from torch import nn
 from transformers import (
@@ -22,6 +23,7 @@ from transformers import (
 
 from bcos_zoo import (
     BcosCLIPModel,
+    BcosCLIPResNetVisionModel,
     BcosCLIPVisionModel,
     BcosConvNextForImageClassification,
     BcosDenseNetForImageClassification,
@@ -62,6 +64,7 @@ def test_each_class_loads_through_the_auto_classes_its_family_names():
         BcosViTForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosCLIPVisionModel: {AutoModel},
         BcosCLIPModel: {AutoModel, AutoModelForZeroShotImageClassification},
+        BcosCLIPResNetVisionModel: {AutoModel},
         BcosResNetForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosDenseNetForImageClassification: {AutoModel, AutoModelForImageClassification},
         BcosVGGForImageClassification: {AutoModel, AutoModelForImageClassification},
@@ -116,6 +119,7 @@ def test_a_saved_standard_source_is_recognised_by_its_config(folders, folder, na
         (hf_vit, "vit"),
         (timm_vit, "vit"),
         (tiny_clip, "clip"),
+        (reduced_rn, "clip"),  # open_clip's CLIP ResNet
         (hf_resnet, "resnet"),
         (lambda: timm_cnn("resnet18"), "resnet"),
         (torchvision_resnet18, "resnet"),

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bcos_zoo import (
+    BcosCLIPResNetConfig,
     BcosCLIPVisionConfig,
     BcosCLIPVisionModel,
     BcosConvNextConfig,
@@ -30,6 +31,9 @@ TEXT_EMBEDS = torch.randn(4, 8, dtype=torch.float64, generator=torch.Generator()
 FAMILIES = {
     "vit": lambda: BcosViTForImageClassification(BcosViTConfig(**TOWER, intermediate_size=48, num_labels=5)),
     "clip-tower": lambda: BcosCLIPVisionModel(BcosCLIPVisionConfig(**TOWER, intermediate_size=48, projection_dim=8)),
+    "clip-resnet-tower": lambda: BcosCLIPVisionModel(
+        BcosCLIPResNetConfig(width=8, depths=[1, 2], num_attention_heads=4, image_size=32, projection_dim=8)
+    ),
     "resnet": lambda: BcosResNetForImageClassification(
         BcosResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5, groups=2)
     ),

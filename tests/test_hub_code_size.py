@@ -29,6 +29,7 @@ from bcos_zoo import (
 TOWER = dict(
     image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=1, num_attention_heads=3, intermediate_size=48
 )
+RN_TOWER = dict(model_type="bcos_clip_resnet", width=8, depths=[1, 1], num_attention_heads=4, image_size=32)
 TEXT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
 FAMILIES = {
     "vit": (lambda: BcosViTForImageClassification(BcosViTConfig(**TOWER, num_labels=3)), "modeling_bcos_vit.py"),
@@ -52,6 +53,10 @@ FAMILIES = {
     ),
     "clip": (
         lambda: BcosCLIPModel(BcosCLIPConfig(vision_config=TOWER, text_config=TEXT, projection_dim=8)),
+        "modeling_bcos_clip.py",
+    ),
+    "clip-rn50": (
+        lambda: BcosCLIPModel(BcosCLIPConfig(vision_config=RN_TOWER, text_config=TEXT, projection_dim=8)),
         "modeling_bcos_clip.py",
     ),
     "vgg": (
@@ -119,13 +124,14 @@ def test_a_classifier_repo_holds_at_most_1000_lines_of_code(saved, family):
 def test_a_repo_holds_no_other_family_s_model_file(saved, family):
     names = {path.name for path in saved[family].glob("*.py")}
     own = FAMILIES[family][1]
-    uses = {"clip": {"modeling_bcos_vit.py"}}.get(family, set())  # the CLIP image tower is the ViT backbone
+    # the CLIP model file registers every image tower: the ViT backbone and the CLIP ResNet (not a family's file)
+    uses = {"modeling_bcos_vit.py"} if family.startswith("clip") else set()
     assert own in names and (names & OTHER_FAMILIES) == {own} | uses
 
 
 def test_only_classifiers_ship_the_explanation_pipeline(saved):
     for family, folder in saved.items():
-        assert (folder / "pipeline_bcos_explanation.py").exists() == (family != "clip"), family
+        assert (folder / "pipeline_bcos_explanation.py").exists() == (not family.startswith("clip")), family
 
 
 @pytest.mark.parametrize("pattern", FORBIDDEN)

@@ -28,7 +28,7 @@ from transformers import CLIPTextConfig, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.utils import logging
 
-from ..modeling import BcosCLIPConfig, BcosCLIPResNetConfig
+from ..modeling import BcosCLIPConfig, BcosCLIPResNetConfig, BcosCLIPResNetVisionModel
 from .common import OPENAI_CLIP_NORMALIZATION, fold_normalization, load_exactly, read_json
 
 
@@ -254,8 +254,8 @@ def _text_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def bcosify_open_clip(cls, source: OpenCLIPSource, b: float, bias: str, image_mean=None, image_std=None, **overrides):
-    """Build ``cls`` (``BcosCLIPModel``, or ``BcosCLIPVisionModel`` for the image tower alone) from an open_clip
-    CLIP ResNet; see ``from_pretrained_standard``."""
+    """Build ``cls`` (``BcosCLIPModel``; for the image tower alone, ``BcosCLIPResNetVisionModel``, the
+    ``BcosCLIPVisionModel`` of a ResNet tower) from an open_clip CLIP ResNet; see ``from_pretrained_standard``."""
     if bias not in ("keep", "remove"):
         raise ValueError(f"bias must be 'keep' or 'remove', got {bias!r}.")
     keep = bias == "keep"
@@ -294,7 +294,7 @@ def bcosify_open_clip(cls, source: OpenCLIPSource, b: float, bias: str, image_me
         }
     )
     if cls.config_class.model_type != BcosCLIPConfig.model_type:  # the image tower alone
-        model = cls(vision_config)
+        model = BcosCLIPResNetVisionModel(vision_config)
         load_exactly(model, vision, "", not keep, SUPPORTED_OPEN_CLIP_SOURCES)
         return model.to(state["visual.conv1.weight"].dtype)
     text = _text_state(state)

@@ -12,6 +12,7 @@ from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation
 from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, siglip_distillation_loss
 from .modeling_bcos_clip_resnet import BcosCLIPResNetModel
+from .modeling_bcos_clip_resnet_vision import BcosCLIPResNetVisionModel
 from .modeling_bcos_convnext import BcosConvNextForImageClassification, BcosConvNextModel
 from .modeling_bcos_densenet import BcosDenseNetForImageClassification, BcosDenseNetModel
 from .modeling_bcos_resnet import BcosResNetForImageClassification, BcosResNetModel
@@ -25,6 +26,7 @@ __all__ = [
     "BcosCLIPModel",
     "BcosCLIPResNetConfig",
     "BcosCLIPResNetModel",
+    "BcosCLIPResNetVisionModel",
     "BcosCLIPVisionConfig",
     "BcosCLIPVisionModel",
     "siglip_distillation_loss",

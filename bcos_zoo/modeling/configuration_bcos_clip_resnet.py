@@ -9,11 +9,11 @@ class BcosCLIPResNetConfig(PretrainedConfig):
 
     Args:
         width: channels after the stem (its first two convolutions have half); stage ``i`` ends with ``4 * width *
-            2**i`` channels, and the attention pool works on ``32 * width``.
+            2**i`` channels, which the attention pool after the last stage works on (``32 * width`` for four).
         depths: bottleneck blocks per stage.
         num_attention_heads: heads of the attention pool.
         image_size: the input size the position embedding of the attention pool is made for (one position per
-            32x32 pixels, plus the mean token's).
+            32x32 pixels with four stages, plus the mean token's).
         projection_dim: width of the image embedding (the joint image-text space).
         b: the B-cos exponent (1 = the original convolutions and projections).
         use_bias: keep every constant: BatchNorm's mean and shift, the value projection's bias. Without them (the
@@ -43,9 +43,10 @@ class BcosCLIPResNetConfig(PretrainedConfig):
         **kwargs,
     ):
         depths = list(depths if depths is not None else [3, 4, 6, 3])
-        if width % 2 or (32 * width) % num_attention_heads:
+        pooled = 4 * width * 2 ** (len(depths) - 1)
+        if width % 2 or pooled % num_attention_heads:
             raise ValueError(
-                f"width must be even and 32 * width ({32 * width}) a multiple of num_attention_heads "
+                f"width must be even and the last stage's {pooled} channels a multiple of num_attention_heads "
                 f"({num_attention_heads}); got width {width}."
             )
         if b < 1:
@@ -70,4 +71,4 @@ class BcosCLIPResNetConfig(PretrainedConfig):
     @property
     def pooled_size(self) -> int:
         """Width of the attention pool's output, which the visual projection maps into the joint space."""
-        return 32 * self.width
+        return 4 * self.width * 2 ** (len(self.depths) - 1)

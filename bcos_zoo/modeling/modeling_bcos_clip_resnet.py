@@ -69,7 +69,7 @@ class BcosAttentionPool(DynamicModule):
         width = config.pooled_size
         self.num_heads = config.num_attention_heads
         self.scaling = (width // self.num_heads) ** -0.5
-        self.grid = config.image_size // 32
+        self.grid = config.image_size // 2 ** (len(config.depths) + 1)  # the stem quarters, each later stage halves
         self.position_embeddings = None
         if config.use_position_embeddings:
             self.position_embeddings = nn.Parameter(torch.zeros(self.grid * self.grid + 1, width))
@@ -83,8 +83,8 @@ class BcosAttentionPool(DynamicModule):
             return self.position_embeddings
         if not interpolate:
             raise ValueError(
-                f"This model takes {32 * self.grid}x{32 * self.grid} images (a {self.grid}x{self.grid} feature map), "
-                f"got a {height}x{width} feature map. Resize the images (the model's image processor does), or pass "
+                f"This model's attention pool takes a {self.grid}x{self.grid} feature map, got {height}x{width}: "
+                "resize the images to the model's size (its image processor does), or pass "
                 "interpolate_pos_encoding=True to resample the position embedding bicubically."
             )
         grid = self.position_embeddings[1:].T.reshape(1, -1, self.grid, self.grid)
@@ -113,8 +113,8 @@ class BcosAttentionPool(DynamicModule):
 
 
 class BcosCLIPResNetModel(BcosCNNPreTrainedModel):
-    """The B-cos CLIP ResNet tower: ``last_hidden_state`` (N, 32 * width, h, w), the last stage's feature map, and
-    ``pooler_output`` (N, 32 * width), the attention pool's output (before the CLIP model's projection)."""
+    """The B-cos CLIP ResNet tower: ``last_hidden_state`` (N, C, h, w), the last stage's feature map, and
+    ``pooler_output`` (N, C), the attention pool's output (before the CLIP model's projection)."""
 
     config_class = BcosCLIPResNetConfig
     base_model_prefix = "bcos_clip_resnet"
@@ -161,7 +161,7 @@ class BcosCLIPResNetModel(BcosCNNPreTrainedModel):
         )
 
     def pooled_features(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """(N, 32 * width) pooled features of ``[x, 1 - x]``-encoded images (what the projection reads)."""
+        """(N, C) pooled features of ``[x, 1 - x]``-encoded images (what the projection reads)."""
         return self.forward_encoded(encoded, interpolate_pos_encoding).pooler_output
 
     def forward(
