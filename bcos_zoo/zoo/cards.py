@@ -154,6 +154,20 @@ def image_classifier_models() -> list[str]:
     ]
 
 
+def clip_models() -> list[str]:
+    """The Hub repos of the zoo's B-cos CLIP models (zero-shot image classification, ViT and ResNet image towers),
+    in catalogue order."""
+    from ..training import get_task
+    from .recipes import RECIPES
+
+    cards = {name: get_task(recipe).card for name, recipe in RECIPES.items()}
+    return [
+        recipe.hub_model_id
+        for name, recipe in RECIPES.items()
+        if cards[name] is not None and cards[name].bcos and cards[name].pipeline_tag == "zero-shot-image-classification"
+    ]
+
+
 # The Spaces in spaces/: their Hub header fields; each shows the model of a zoo recipe by default, and ``models``
 # (when given) selects the further zoo models it offers.
 SPACES = {
@@ -172,6 +186,7 @@ SPACES = {
         colorFrom="indigo",
         colorTo="green",
         recipe="bcos-clip-vit-b32",
+        models=clip_models,
         short_description="Which pixels make an image match a text prompt",
     ),
 }
