@@ -3,6 +3,7 @@ logits and tokenisation equal open_clip's), from a model in memory or a folder i
 
 import pytest
 import torch
+from fake_hub import fake_hub_fixture  # noqa: F401
 from open_clip_sources import (
     IMAGE_SIZE,
     PROMPTS,
@@ -111,3 +112,44 @@ def test_open_clip_s_rn50_architecture_is_exact_at_b1_at_64_pixels():
         1024,
     )
     assert_exact(model, source, images(2), atol=1e-4)
+
+
+@pytest.mark.subprocess
+def test_a_hub_repo_in_open_clip_s_layout_is_a_source(tmp_path, fake_hub):
+    """As the recipe names its source (timm/resnet50_clip.openai holds open_clip's files and transformers' tokenizer
+    files, no config.json): a Hub id, downloaded from a loopback Hub in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from bcos_zoo.conversion.open_clip import open_clip_tokenizer
+
+    source = reduced_rn(quick_gelu=True)
+    folder = save_open_clip_folder(source, tmp_path / "repo", reduced_config(quick_gelu=True))
+    open_clip_tokenizer().save_pretrained(folder)
+    fake_hub.seed("timm/resnet50_clip.openai", {p.name: p.read_bytes() for p in folder.iterdir()})
+    with torch.no_grad():
+        torch.save({"x": images(), "embeds": source.encode_image(normalized(images()))}, tmp_path / "expected.pt")
+    code = """
+        import torch
+        from bcos_zoo import BcosCLIPModel
+
+        expected = torch.load("../expected.pt")
+        model = BcosCLIPModel.from_pretrained_standard("timm/resnet50_clip.openai", b=1.0, bias="keep").eval()
+        with torch.no_grad():
+            embeds = model.get_image_features(pixel_values=expected["x"]).pooler_output
+        assert torch.allclose(embeds, expected["embeds"], atol=1e-5), (embeds, expected["embeds"])
+        assert model.tokenizer("a photo of a cat.").input_ids == [49406, 320, 1125, 539, 320, 2368, 269, 49407]
+        print("hub ok")
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    env = fake_hub.env(home=home, PYTHONPATH=os.getcwd())
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=home, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and "hub ok" in result.stdout, result.stderr[-3000:]
+    assert {"open_clip_config.json", "open_clip_model.safetensors", "tokenizer.json"} <= {
+        request.path.rsplit("/", 1)[-1] for request in fake_hub.requests
+    }
