@@ -82,45 +82,59 @@ def plan(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
     return jobs
 
 
+def port_one(args: argparse.Namespace, entry: str, weights: Path, repo_id: str) -> list[str]:
+    """Port one release file (and push or list it); the lines that report it."""
+    from bcos_zoo.zoo.bcos_releases import port_release
+    from bcos_zoo.zoo.hub import describe_tree, push_folder
+
+    command = f"python scripts/port_bcos.py --entry {entry} --weights {weights.name} --hub-model-id {repo_id}"
+    port = port_release(entry, weights, repo_id, args.output_dir / entry, args.check_images, command)
+    lines = [
+        f"{entry}: {port.folder} ({port.parameters / 1e6:.2f}M parameters)",
+        f"  conversion error on {args.check_images} random images: {port.error.describe()}",
+    ]
+    if not port.sha256_matches:
+        lines.append(f"  note: {weights.name} is not the released file (its SHA-256 does not start with "
+                     f"{port.release.sha256_prefix}); the card says so")  # fmt: skip
+    if args.dry_run:
+        lines.append(f"  dry run: the exact tree a push to {repo_id} would upload:")
+        lines.extend(f"    {line}" for line in describe_tree(port.folder))
+    elif args.push:
+        message = f"Port of the bcos package's {entry} ({port.release.file_name})"
+        lines.append(f"  pushed: {push_folder(port.folder, repo_id, private=args.private, commit_message=message)}")
+    return lines
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    jobs = plan(args)
+    try:
+        jobs = plan(args)
+    except ImportError as error:  # the bcos package (and einops) describe and build the released models
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     from tqdm.auto import tqdm
     from transformers.utils import logging
 
-    from bcos_zoo.zoo.bcos_releases import port_release
-    from bcos_zoo.zoo.hub import check_push_access, describe_tree, push_folder
-
-    logging.disable_progress_bar()  # one bar, over the models; saving each is quick
+    from bcos_zoo.zoo.hub import check_push_access
 
     if args.push:
         check_push_access(jobs[0][2])  # before any work: the token, and the Hub being there
-    failed = []
-    bar = tqdm(jobs, desc="porting", unit="model", disable=not args.all, file=sys.stderr)
-    for entry, weights, repo_id in bar:
-        bar.set_postfix_str(entry)
-        command = f"python scripts/port_bcos.py --entry {entry} --weights {weights.name} --hub-model-id {repo_id}"
-        try:
-            port = port_release(entry, weights, repo_id, args.output_dir / entry, args.check_images, command)
-            lines = [f"{entry}: {port.folder} ({port.parameters / 1e6:.2f}M parameters)"]
-            lines.append(f"  conversion error on {args.check_images} random images: {port.error.describe()}")
-            if not port.sha256_matches:
-                lines.append(f"  note: {weights.name} is not the released file (its SHA-256 does not start with "
-                             f"{port.release.sha256_prefix}); the card says so")  # fmt: skip
-            if args.dry_run:
-                lines.append(f"  dry run: the exact tree a push to {repo_id} would upload:")
-                lines.extend(f"    {line}" for line in describe_tree(port.folder))
-            elif args.push:
-                message = f"Port of the bcos package's {entry} ({port.release.file_name})"
-                lines.append(
-                    f"  pushed: {push_folder(port.folder, repo_id, private=args.private, commit_message=message)}"
-                )
-            tqdm.write("\n".join(lines), file=sys.stdout)
-        except USER_ERRORS as error:
-            if not args.all:
-                raise
-            failed.append(entry)
-            tqdm.write(f"error: {weights.name}: {' '.join(str(error).split())}", file=sys.stderr)
+    failed, bars = [], logging.is_progress_bar_enabled()
+    if args.all:
+        logging.disable_progress_bar()  # one bar, over the models (saving each one is quick)
+    try:
+        for entry, weights, repo_id in (bar := tqdm(jobs, desc="porting", unit="model", disable=not args.all)):
+            bar.set_postfix_str(entry)
+            try:
+                tqdm.write("\n".join(port_one(args, entry, weights, repo_id)), file=sys.stdout)
+            except USER_ERRORS as error:  # with --all, one file that fails does not stop the others
+                if not args.all:
+                    raise
+                failed.append(entry)
+                tqdm.write(f"error: {weights.name}: {' '.join(str(error).split())}", file=sys.stderr)
+    finally:
+        if bars:
+            logging.enable_progress_bar()
     if failed:
         print(f"error: {len(failed)} of {len(jobs)} failed: {', '.join(failed)}", file=sys.stderr)
         return 2

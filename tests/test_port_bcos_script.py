@@ -206,6 +206,14 @@ def test_arguments_that_do_not_go_together_are_refused_by_the_parser(capsys):
         assert exit.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_push_without_the_hub_fails_before_porting(release_dir, tmp_path, capsys):
+    weights = release_dir / releases()["resnet18"].file_name
+    argv = ["--entry", "resnet18", "--weights", str(weights), "--push", "--output-dir", str(tmp_path)]
+    assert run_main(argv) == 2  # the tests run with HF_HUB_OFFLINE=1
+    assert "HF_HUB_OFFLINE is set, so nothing can be pushed" in capsys.readouterr().err
+    assert not (tmp_path / "resnet18").exists()
+
+
 def test_all_reports_a_file_that_fails_and_ports_the_others(tmp_path, capsys):
     write_release(tmp_path, "resnet18")
     write_release(tmp_path, "resnet18", name=releases()["resnet34"].file_name)  # resnet34's name, resnet18's weights
