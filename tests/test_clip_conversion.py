@@ -73,7 +73,9 @@ def test_b2_remove_is_a_bias_free_bcos_tower_with_the_original_text_tower(tmp_pa
 
 
 def test_unsupported_sources_raise_value_error(tmp_path):
-    with pytest.raises(ValueError, match="ViTForImageClassification is a source of the ViT family, not of BcosCLIPModel"):
+    with pytest.raises(
+        ValueError, match="ViTForImageClassification is a source of the ViT family, not of BcosCLIPModel"
+    ):
         BcosCLIPModel.from_pretrained_standard(ViTForImageClassification(ViTConfig(hidden_size=32)))
     vision_source = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, num_attention_heads=4))
     with pytest.raises(ValueError, match="Cannot B-cosify a CLIPVisionModelWithProjection"):

@@ -123,9 +123,9 @@ def test_explain_value_errors(tmp_path):
         clip.explain(x)
     with pytest.raises(ValueError, match="exactly one of text=.* got both"):
         clip.explain(x, text=PROMPTS, text_embeds=text_embeds)
-    with pytest.raises(ValueError, match="empty list of prompts"):
+    with pytest.raises(ValueError, match="non-empty list of strings"):
         clip.explain(x, text=[])
-    with pytest.raises(ValueError, match=r"text_embeds must have shape \(K, 16\).*got \(3, 15\)"):
+    with pytest.raises(ValueError, match=r"text_embeds must be a floating-point \(K, 16\) tensor.*\(3, 15\)"):
         vision.explain(x, text_embeds=text_embeds[:, :15])
     with pytest.raises(ValueError, match="holds no prompt"):
         vision.explain(x, text_embeds=text_embeds[:0])

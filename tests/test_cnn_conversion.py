@@ -1,5 +1,7 @@
 """B-cosifying ResNets and DenseNets at b=1, bias="keep" computes the source's logits (max diff <= 1e-4, float32)."""
 
+import json
+
 import pytest
 import torch
 from cnn_sources import (
@@ -144,3 +146,13 @@ def test_inference_fast_path_equals_the_autograd_path(bias):
     reference = bcos(pixel_values).logits  # parameters require grad: no fusing
     assert reference.requires_grad
     assert (fast - reference.detach()).abs().max() <= 1e-10 * reference.abs().max()
+
+
+@pytest.mark.parametrize("interpolation, resample", [("bilinear", 2), ("bicubic", 3)])
+def test_the_saved_processor_resizes_with_the_timm_source_s_filter(interpolation, resample, tmp_path):
+    source = timm_cnn("resnet18")
+    source.pretrained_cfg = dict(source.pretrained_cfg, interpolation=interpolation)
+    model = BcosResNetForImageClassification.from_pretrained_standard(source)
+    assert model.config.resample == resample
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["resample"] == resample

@@ -218,12 +218,24 @@ def read_bcos_cnn(model: nn.Module, supported: str) -> BcosPackageModel:
     )
 
 
+# torchvision's interpolation modes (by value) as the PIL filters transformers' image processors name by number
+PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def transform_resample(transform: object) -> int:
+    """The PIL filter of a ``bcos`` test transform's resize (bilinear for every released entry)."""
+    mode = (getattr(transform, "args", None) or {}).get("interpolation", "bilinear")
+    return PIL_RESAMPLE[str(getattr(mode, "value", mode))]
+
+
 def processor_fields(model: nn.Module) -> dict:
-    """``image_size`` and ``crop_pct`` of the entry's test transform (resize the shorter side to 256, or 232 for the
-    longer-trained entries, then crop the centre 224), as the package attaches it to the models its entries build."""
-    args = getattr(getattr(model, "transform", None), "args", None) or {}
+    """``image_size``, ``crop_pct`` and ``resample`` of the entry's test transform (resize the shorter side
+    bilinearly to 256, or 232 for the longer-trained entries, then crop the centre 224), as the package attaches it
+    to the models its entries build."""
+    transform = getattr(model, "transform", None)
+    args = getattr(transform, "args", None) or {}
     crop, resize = args.get("crop_size", 224), args.get("resize_size", 256)
-    return {"image_size": int(crop), "crop_pct": crop / resize}
+    return {"image_size": int(crop), "crop_pct": crop / resize, "resample": transform_resample(transform)}
 
 
 def imagenet_labels(num_classes: int) -> dict[int, str]:

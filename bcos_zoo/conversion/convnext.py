@@ -18,6 +18,7 @@ from torch import nn
 
 from ..modeling import BcosConvNextConfig, BcosConvNextForImageClassification
 from ..modeling.bcos_layers import NORM_EPS
+from .bcos_package import transform_resample
 
 
 SUPPORTED_CONVNEXT_SOURCES = (
@@ -93,7 +94,8 @@ class _Porter:
 
 
 def _processor_geometry(model: nn.Module) -> dict:
-    """``image_size`` and ``crop_pct`` of the entry's test transform (resize, centre crop), if the model has one."""
+    """``image_size``, ``crop_pct`` and ``resample`` of the entry's test transform (resize, centre crop), if the
+    model has one."""
     transform = getattr(model, "transform", None)
     try:
         resize, crop = transform.resize.size, transform.center_crop.size
@@ -101,7 +103,7 @@ def _processor_geometry(model: nn.Module) -> dict:
         return {}
     resize = resize if isinstance(resize, int) else min(resize)
     crop = crop if isinstance(crop, int) else crop[0]
-    return dict(image_size=crop, crop_pct=crop / resize)
+    return dict(image_size=crop, crop_pct=crop / resize, resample=transform_resample(transform))
 
 
 def _labels(num_classes: int) -> dict[int, str]:

@@ -167,6 +167,7 @@ class BcosCNNPreTrainedModel(BcosPreTrainedModel):
         return ConvNextImageProcessor(
             size={"shortest_edge": self.config.image_size},
             crop_pct=self.config.crop_pct,
+            resample=self.config.resample,
             do_rescale=True,
             do_normalize=False,
         )

@@ -29,6 +29,7 @@ class BcosConvNextConfig(PretrainedConfig):
         loss: ``"bce"`` (the papers' uniform-off-label BCE) or ``"cross_entropy"``.
         image_size / crop_pct: what the saved image processor produces: resize the shortest edge to
             ``image_size / crop_pct`` (232 for the package's ConvNeXts), centre-crop ``image_size``.
+        resample: the PIL filter of that resize (3 bicubic; 2 bilinear, the package's test transform).
     """
 
     model_type = "bcos_convnext"
@@ -51,6 +52,7 @@ class BcosConvNextConfig(PretrainedConfig):
         loss: str = "bce",
         image_size: int = 224,
         crop_pct: float = 224 / 232,
+        resample: int = 3,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -82,6 +84,7 @@ class BcosConvNextConfig(PretrainedConfig):
         self.loss = loss
         self.image_size = image_size
         self.crop_pct = crop_pct
+        self.resample = resample
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
 

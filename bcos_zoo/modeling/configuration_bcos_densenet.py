@@ -19,7 +19,7 @@ class BcosDenseNetConfig(PretrainedConfig):
         block_config: dense layers per block.
         bn_size: the bottleneck 1x1 convolution of a dense layer has ``bn_size * growth_rate`` channels.
         hidden_act, b, normalize_weights, use_bias, stem_pool, classify_before_pooling, logit_bias, loss, image_size,
-            crop_pct: as in ``BcosResNetConfig``.
+            crop_pct, resample: as in ``BcosResNetConfig``.
     """
 
     model_type = "bcos_densenet"
@@ -42,6 +42,7 @@ class BcosDenseNetConfig(PretrainedConfig):
         loss: str = "bce",
         image_size: int = 224,
         crop_pct: float = 0.875,
+        resample: int = 3,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -72,6 +73,7 @@ class BcosDenseNetConfig(PretrainedConfig):
         self.loss = loss
         self.image_size = image_size
         self.crop_pct = crop_pct
+        self.resample = resample
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
 

@@ -33,6 +33,7 @@ class BcosResNetConfig(PretrainedConfig):
             ``"cross_entropy"``; a ``problem_type`` set on the config takes precedence.
         image_size / crop_pct: what the saved image processor produces: resize the shortest edge to
             ``image_size / crop_pct``, centre-crop ``image_size``. The model itself takes any image size.
+        resample: the PIL filter of that resize (3 bicubic; 2 bilinear, the bcos package's test transform).
     """
 
     model_type = "bcos_resnet"
@@ -59,6 +60,7 @@ class BcosResNetConfig(PretrainedConfig):
         loss: str = "bce",
         image_size: int = 224,
         crop_pct: float = 0.875,
+        resample: int = 3,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -100,6 +102,7 @@ class BcosResNetConfig(PretrainedConfig):
         self.loss = loss
         self.image_size = image_size
         self.crop_pct = crop_pct
+        self.resample = resample
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
 

@@ -21,8 +21,8 @@ class BcosVGGConfig(PretrainedConfig):
         head_kernel_size: the window of the first one.
         stage_pool: ``"avg"`` (the B-cos VGG's 2x2 average pooling) or ``"max"`` (the standard VGG's).
         hidden_act: ``"relu"``, or ``None`` for no activation (the authors' B-cos v2 networks).
-        b, normalize_weights, use_bias, classify_before_pooling, logit_bias, loss, image_size, crop_pct: as in
-            ``BcosResNetConfig``; ``use_bias`` also gives the fully connected layers biases.
+        b, normalize_weights, use_bias, classify_before_pooling, logit_bias, loss, image_size, crop_pct, resample:
+            as in ``BcosResNetConfig``; ``use_bias`` also gives the fully connected layers biases.
     """
 
     model_type = "bcos_vgg"
@@ -45,6 +45,7 @@ class BcosVGGConfig(PretrainedConfig):
         loss: str = "bce",
         image_size: int = 224,
         crop_pct: float = 0.875,
+        resample: int = 3,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -76,6 +77,7 @@ class BcosVGGConfig(PretrainedConfig):
         self.loss = loss
         self.image_size = image_size
         self.crop_pct = crop_pct
+        self.resample = resample
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
 

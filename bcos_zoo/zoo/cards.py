@@ -16,8 +16,11 @@ from .recipes import Recipe, recipe_command
 
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from ..data.datasets import DatasetSplits
     from ..training.task import CardFields
+    from .bcos_releases import Port
 
 
 TAGS = ["custom_code", "b-cos", "interpretability", "explainability", "vision"]
@@ -223,3 +226,105 @@ def render_space_card(name: str, body: str, sdk_version: str | None = None) -> S
 def space_card_body(readme: str) -> str:
     """The text of a Space README below its YAML header."""
     return readme.split("\n---\n", 1)[1] if readme.startswith("---\n") else readme
+
+
+# The config fields a ported release's card lists, where its family's config has them.
+RELEASE_ARCHITECTURE_FIELDS = (
+    "layer_type",
+    "depths",
+    "hidden_sizes",
+    "bottleneck_widths",
+    "groups",
+    "num_init_features",
+    "growth_rate",
+    "block_config",
+    "head_size",
+    "conv_stem",
+    "patch_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "norm_type",
+    "hidden_act",
+    "b",
+    "normalize_weights",
+    "use_bias",
+    "logit_bias",
+)
+
+
+def render_release_card(port: "Port", model: "PreTrainedModel", command: str = "") -> ModelCard:
+    """The card of a model released with the ``bcos`` package and ported here (``bcos_releases.port_release``):
+    the architecture, the authors' reported ImageNet numbers (as a model-index credited to them, not verified), the
+    release file, the measured conversion error, the ImageNet terms and the citation."""
+    from .bcos_releases import REPOSITORY
+
+    release, family = port.release, family_of(model)
+    reported = [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type="ILSVRC/imagenet-1k",
+            dataset_name="ImageNet-1k",
+            dataset_split="validation",
+            metric_type=metric,
+            metric_name=f"{name} (reported by the authors)",
+            metric_value=round(value / 100, 5),
+            source_name="bcos package (B-cos v2)",
+            source_url=REPOSITORY,
+        )
+        for metric, name, value in (
+            ("accuracy", "Top-1 accuracy", release.top1),
+            ("top_5_accuracy", "Top-5 accuracy", release.top5),
+        )
+        if value is not None
+    ]
+    card_data = ModelCardData(
+        model_name=port.repo_id.split("/")[-1],
+        datasets=["ILSVRC/imagenet-1k"],
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license="other",
+        license_name="imagenet-terms-of-access",
+        license_link="https://image-net.org/download",
+        tags=[*TAGS, family.name, "bcos-v2"],
+        metrics=["accuracy"],
+        eval_results=reported or None,
+    )
+    config = model.config
+    architecture = {
+        name: getattr(config, name) for name in RELEASE_ARCHITECTURE_FIELDS if getattr(config, name, None) is not None
+    }
+    if "logit_bias" in architecture:
+        architecture["logit_bias"] = f"{config.resolved_logit_bias:.6g}"
+    measured = f"{port.parameters / 1e6:.2f}M"
+    prefix = release.sha256_prefix
+    sha256_note = (
+        f"are the released ones: the file's SHA-256 starts with `{prefix}`, as the release file's name says."
+        if port.sha256_matches
+        else f"are not those of the release file: its SHA-256 starts with `{prefix}`, this file's does not."
+    )
+    unknown = "not stated"
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path("bcos_release_card.md")),
+        model_title=port.repo_id.split("/")[-1],
+        title=release.title,
+        entry=release.entry,
+        file_name=release.file_name,
+        repo_id=port.repo_id,
+        resize=release.resize,
+        crop=release.crop,
+        interpolation=release.interpolation,
+        family=family.card_name,
+        model_class=type(model).__name__,
+        parameters=measured,
+        params_note=f" (the authors report {release.params})" if release.params and release.params != measured else "",
+        architecture=architecture,
+        top1=f"{release.top1:.3f}%" if release.top1 is not None else unknown,
+        top5=f"{release.top5:.3f}%" if release.top5 is not None else unknown,
+        reported_params=release.params or unknown,
+        command=command or f"python scripts/port_bcos.py --entry {release.entry} --weights {release.file_name}",
+        sha256_note=sha256_note,
+        error=port.error,
+    )
