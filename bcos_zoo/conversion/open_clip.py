@@ -226,7 +226,7 @@ def _vision_name(name: str) -> str | None:
 
 
 def _text_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The text tower, projection and logit scale under transformers' CLIP names."""
+    """The text tower, projection and logit scale under transformers' CLIP names; any other weight is refused."""
     renames = {
         "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
         "positional_embedding": "text_model.embeddings.position_embedding.weight",
@@ -236,20 +236,23 @@ def _text_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
     layer_renames = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj"}
     layer_renames.update({"mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"})
-    out = {"text_projection.weight": state["text_projection"].T.contiguous()}
+    out, unknown = {}, []
     for name, value in state.items():
+        match = re.match(r"^transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias|in_proj_weight|in_proj_bias)$", name)
+        prefix = f"text_model.encoder.layers.{match[1]}." if match else ""
         if name in renames:
             out[renames[name]] = value
-            continue
-        match = re.match(r"^transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias|in_proj_weight|in_proj_bias)$", name)
-        if not match:
-            continue
-        prefix = f"text_model.encoder.layers.{match[1]}."
-        if match[3].startswith("in_proj_"):  # q, k and v stacked
+        elif name == "text_projection" and value.ndim == 2:  # applied as x @ P
+            out["text_projection.weight"] = value.T.contiguous()
+        elif match and match[3].startswith("in_proj_"):  # q, k and v stacked
             for projection, part in zip("qkv", value.chunk(3)):
                 out[f"{prefix}self_attn.{projection}_proj.{match[3][8:]}"] = part
-        else:
+        elif match and match[2] in layer_renames:
             out[f"{prefix}{layer_renames[match[2]]}.{match[3]}"] = value
+        elif not name.startswith("visual.") and name != "attn_mask":  # the causal mask, in older checkpoints
+            unknown.append(name)
+    if unknown or "text_projection.weight" not in out:
+        raise ValueError(f"Unsupported open_clip text tower (weights {unknown[:5]}). {SUPPORTED_OPEN_CLIP_SOURCES}.")
     return out
 
 
@@ -311,7 +314,7 @@ def bcosify_open_clip(cls, source: OpenCLIPSource, b: float, bias: str, image_me
         projection_dim=vision_config.projection_dim,
         bos_token_id=vocab_size - 2,  # open_clip's tokenizer appends its two special tokens to the vocabulary
         eos_token_id=vocab_size - 1,  # (the text features are those of the first end-of-text token)
-        pad_token_id=0,
+        pad_token_id=vocab_size - 1,  # as the tokenizer pads (never read: the text tower is causal)
     )
     config = BcosCLIPConfig(
         text_config=text_config,
