@@ -88,6 +88,10 @@ def test_the_image_tower_alone_converts_and_only_open_clip_resnets_are_taken():
     vit = CLIP(8, dict(layers=1, width=32, head_width=16, patch_size=8, image_size=16), reduced_config()["text_cfg"])
     with pytest.raises(ValueError, match="ViT CLIPs are B-cosified from their transformers checkpoints"):
         BcosCLIPModel.from_pretrained_standard(vit)
+    config = reduced_config()
+    biased = CLIP(16, config["vision_cfg"], {**config["text_cfg"], "proj_bias": True})  # a text tower unlike CLIP's
+    with pytest.raises(ValueError, match=r"Unsupported open_clip text tower \(weights \['text_projection.weight'"):
+        BcosCLIPModel.from_pretrained_standard(biased)
 
 
 def test_the_paper_s_conversion_drops_every_constant():
