@@ -18,8 +18,8 @@ def test_saved_folders_load_as_remote_code_in_a_clean_interpreter(tmp_path, clea
     vision.save_pretrained(tmp_path / "bcos-clip-vision")
 
     config = json.loads((tmp_path / "bcos-clip" / "config.json").read_text())
-    assert config["auto_map"]["AutoModel"] == "modeling_bcos_clip.BcosCLIPModel"
-    assert config["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_bcos_clip.BcosCLIPModel"
+    assert config["auto_map"]["AutoModel"] == "modeling_bcos_clip_vit.BcosCLIPModel"  # the module of its tower
+    assert config["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_bcos_clip_vit.BcosCLIPModel"
     processor = json.loads((tmp_path / "bcos-clip" / "processor_config.json").read_text())
     assert processor["image_processor"]["do_normalize"] is False
 

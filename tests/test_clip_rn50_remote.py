@@ -23,7 +23,7 @@ def test_saved_clip_resnets_load_as_remote_code_in_a_clean_interpreter(tmp_path,
     vision.save_pretrained(tmp_path / "bcos-clip-rn-vision")
     config = json.loads((tmp_path / "bcos-clip-rn" / "config.json").read_text())
     assert config["vision_config"]["model_type"] == "bcos_clip_resnet"
-    assert config["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_bcos_clip.BcosCLIPModel"
+    assert config["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_bcos_clip_resnet.BcosCLIPModel"
     assert (tmp_path / "bcos-clip-rn" / "tokenizer.json").is_file()
 
     x = images(2)

@@ -80,9 +80,16 @@ def test_a_classifier_repo_holds_at_most_1000_lines_of_code(saved, family):
 def test_a_repo_holds_no_other_family_s_model_file(saved, family):
     names = {path.name for path in saved[family].glob("*.py")}
     own = FAMILIES[family][1]
-    # the CLIP model file registers every image tower: the ViT backbone and the CLIP ResNet (not a family's file)
-    uses = {"modeling_bcos_vit.py"} if family.startswith("clip") else set()
+    uses = {"modeling_bcos_vit.py"} if family == "clip" else set()  # the ViT CLIP's tower is the ViT backbone
     assert own in names and (names & OTHER_FAMILIES) == {own} | uses
+
+
+def test_a_clip_repo_ships_its_own_image_tower_and_no_other(saved):
+    vit, resnet = ({path.name for path in saved[key].glob("*.py")} for key in ("clip", "clip-rn50"))
+    assert {"modeling_bcos_clip_vit.py", "modeling_bcos_vit.py"} <= vit
+    assert not {"modeling_bcos_clip_resnet.py", "bcos_cnn.py"} & vit
+    assert {"modeling_bcos_clip_resnet.py", "bcos_cnn.py"} <= resnet
+    assert not {"modeling_bcos_clip_vit.py", "modeling_bcos_vit.py"} & resnet
 
 
 def test_only_classifiers_ship_the_explanation_pipeline(saved):

@@ -1,5 +1,6 @@
 """The hub-facing model code: this flat folder is copied next to the weights as the model's remote code."""
 
+from . import modeling_bcos_clip_vit  # noqa: F401  (registers the ViT image tower)
 from .bcos_layers import explanation_mode
 from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
 from .configuration_bcos_clip_resnet import BcosCLIPResNetConfig
@@ -11,8 +12,7 @@ from .configuration_bcos_vgg import BcosVGGConfig
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation
 from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, siglip_distillation_loss
-from .modeling_bcos_clip_resnet import BcosCLIPResNetModel
-from .modeling_bcos_clip_resnet_vision import BcosCLIPResNetVisionModel
+from .modeling_bcos_clip_resnet import BcosCLIPResNetModel, BcosCLIPResNetVisionModel
 from .modeling_bcos_convnext import BcosConvNextForImageClassification, BcosConvNextModel
 from .modeling_bcos_densenet import BcosDenseNetForImageClassification, BcosDenseNetModel
 from .modeling_bcos_resnet import BcosResNetForImageClassification, BcosResNetModel

@@ -108,6 +108,12 @@ class BcosPreTrainedModel(PreTrainedModel):
             num_channels = getattr(self.config, "vision_config", self.config).num_channels
         return prepare_pixel_values(pixel_values, num_channels, self.dtype)
 
+    def _extra_code_files(self) -> list[str]:
+        """Code a saved folder needs besides what the class's module imports: a classifier's pipeline."""
+        if not type(self).__name__.endswith("ForImageClassification"):
+            return []
+        return [os.path.join(os.path.dirname(os.path.abspath(__file__)), EXPLANATION_PIPELINE_FILE)]
+
     def _auto_map(self) -> dict[str, str]:
         """The ``auto_map`` of a folder holding this class: its config class and the Auto classes that load it."""
         model_module = type(self).__module__.rsplit(".", 1)[-1]
@@ -132,9 +138,8 @@ class BcosPreTrainedModel(PreTrainedModel):
             if kwargs.get("is_main_process", True):
                 os.makedirs(save_directory, exist_ok=True)
                 self._save_processors(save_directory)
-                if classifier:
-                    here = os.path.dirname(os.path.abspath(__file__))
-                    shutil.copy(os.path.join(here, EXPLANATION_PIPELINE_FILE), save_directory)
+                for path in self._extra_code_files():
+                    shutil.copy(path, save_directory)
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             self.config = shared

@@ -4,7 +4,9 @@ embedding, whose norm explanation mode detaches: the contributions then add up t
 transformers and sibling files only.
 """
 
+import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTokenizer
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import ModelOutput, logging
@@ -21,16 +24,21 @@ from .bcos_layers import BcosLinear, DynamicModule
 from .bcos_pretrained import BcosPreTrainedModel
 from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
 from .explanation import BcosExplanation, compute_explanation
-from .modeling_bcos_clip_resnet import BcosCLIPResNetModel
-from .modeling_bcos_vit import BcosEncoderLayer, BcosSelfAttention, BcosViTModel
 
 
 logger = logging.get_logger(__name__)
 
 # The B-cos backbones a CLIP image tower can be, by its vision config's model_type: each takes [0, 1] images in
-# forward (with a pooler_output) and has pooled_features(encoded) of [x, 1 - x]-encoded images.
-IMAGE_TOWERS = {BcosCLIPVisionConfig.model_type: BcosViTModel}
-IMAGE_TOWERS[BcosCLIPResNetModel.config_class.model_type] = BcosCLIPResNetModel  # OpenAI CLIP's ResNets
+# forward (with a pooler_output) and has pooled_features(encoded) of [x, 1 - x]-encoded images. A tower is registered
+# by its own module (modeling_bcos_clip_vit, modeling_bcos_clip_resnet), which a saved model's auto_map names, so
+# that a repo ships the code of its own tower and no other.
+IMAGE_TOWERS: dict[str, tuple[type[nn.Module], str]] = {}
+
+
+def register_image_tower(model_type: str, tower: type[nn.Module], module: str) -> None:
+    """Make ``tower`` the image tower of CLIP models whose vision config has ``model_type``; ``module`` (the
+    caller's ``__name__``) is the module that a saved model's ``auto_map`` names."""
+    IMAGE_TOWERS[model_type] = (tower, module.rsplit(".", 1)[-1])
 
 
 def siglip_distillation_loss(
@@ -86,7 +94,6 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
     _no_split_modules = ["BcosViTEmbeddings", "BcosEncoderLayer", "CLIPTextEmbeddings", "CLIPEncoderLayer"]
     _supports_sdpa = True
     _can_compile_fullgraph = True
-    _can_record_outputs = {"hidden_states": BcosEncoderLayer, "attentions": BcosSelfAttention}
 
     def get_input_embeddings(self) -> nn.Module:
         """The image tower's patch embedding."""
@@ -97,10 +104,34 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         """The image tower's configuration (the config itself for the vision-only model)."""
         return getattr(self.config, "vision_config", self.config)
 
+    def _tower_module(self) -> str:
+        return IMAGE_TOWERS[self.vision_config.model_type][1]
+
+    def _auto_map(self) -> dict[str, str]:
+        """As every B-cos model's, with the classes loaded through the tower's module, which registers the tower."""
+        return {
+            key: value if key == "AutoConfig" else f"{self._tower_module()}.{value.split('.')[-1]}"
+            for key, value in super()._auto_map().items()
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):  # transformers wrote the class's own module into auto_map
+            path = os.path.join(save_directory, "config.json")
+            with open(path) as file:
+                saved = json.load(file)
+            saved["auto_map"] = self._auto_map()
+            with open(path, "w") as file:
+                file.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+
+    def _extra_code_files(self) -> list[str]:
+        module = sys.modules[f"{type(self).__module__.rsplit('.', 1)[0]}.{self._tower_module()}"]
+        return [module.__file__, *get_relative_import_files(module.__file__)]
+
     def _build_image_tower(self, config: BcosCLIPVisionConfig, projection_dim: int) -> None:
         if config.model_type not in IMAGE_TOWERS:
             raise ValueError(f"No B-cos CLIP image tower for {config.model_type!r}; supported: {sorted(IMAGE_TOWERS)}.")
-        self.vision_model = IMAGE_TOWERS[config.model_type](config)
+        self.vision_model = IMAGE_TOWERS[config.model_type][0](config)
         bias = getattr(config, "projection_bias", False)  # an open_clip ResNet's attention pool output has one
         self.visual_projection = BcosLinear(config.pooled_size, projection_dim, bias=bias, b=config.b)
         self.embedding_normalizer = EmbeddingNormalizer()

@@ -15,6 +15,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .bcos_cnn import BcosCNNPreTrainedModel, BcosCNNStage, BcosConvNormAct
 from .bcos_layers import BcosLinear, DynamicModule, encode_inverse
 from .configuration_bcos_clip_resnet import BcosCLIPResNetConfig
+from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, register_image_tower
 
 
 def downsample(stride: int) -> nn.Module:
@@ -180,3 +181,17 @@ class BcosCLIPResNetModel(BcosCNNPreTrainedModel):
         encoded = encode_inverse(self.prepare_pixel_values(pixel_values))
         outputs = self.forward_encoded(encoded, bool(interpolate_pos_encoding), bool(hidden), bool(attentions))
         return outputs if (return_dict if return_dict is not None else config.return_dict) else outputs.to_tuple()
+
+
+class BcosCLIPResNetVisionModel(BcosCLIPVisionModel):
+    """:class:`BcosCLIPVisionModel` on a :class:`BcosCLIPResNetConfig`: the same model, under the config class that
+    transformers' Auto classes require a loaded class to name."""
+
+    config_class = BcosCLIPResNetConfig
+
+
+register_image_tower(BcosCLIPResNetConfig.model_type, BcosCLIPResNetModel, __name__)
+BcosCLIPResNetConfig.register_for_auto_class()
+BcosCLIPResNetVisionModel.register_for_auto_class("AutoModel")
+
+__all__ = ["BcosCLIPModel", "BcosCLIPResNetModel", "BcosCLIPResNetVisionModel"]
