@@ -361,7 +361,7 @@ def occlusion(
             target=targets,
             perturbations_per_eval=max(1, batch_size // len(images)),
         )
-    return attributions.mean(dim=1).detach()  # the same value in every channel of a pixel
+    return attributions.mean(dim=1).detach().to(images.dtype)  # the same value in every channel of a pixel
 
 
 def segment_grid(height: int, width: int, segment: int, device=None) -> torch.Tensor:
@@ -415,7 +415,7 @@ def lime(
                 perturbations_per_eval=batch_size,
             )
         maps.append(attribution.mean(dim=1))  # the segment's coefficient, in every channel of its pixels
-    return torch.cat(maps).detach()
+    return torch.cat(maps).detach().to(images.dtype)
 
 
 def rise_masks(
