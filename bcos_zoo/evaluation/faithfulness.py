@@ -11,7 +11,7 @@ attribution ranks highest are removed, or inserted, first.
   than because evidence went. ROAD removes a share of the pixels, most relevant first (MoRF: lower is better) or
   least relevant first (LeRF: higher is better), and fills them by *noisy linear imputation*: each removed pixel
   is the weighted mean of its 8 neighbours (direct ones 1/6, diagonal ones 1/12), solved jointly for all removed
-  pixels, plus Gaussian noise. The score is the mean of the curve over the shares.
+  pixels, plus Gaussian noise (clipped to the image's range). The score is the mean of the curve over the shares.
 
 Every pixel's channels go together; attributions are (N, H, W) maps, ties broken by pixel index (row-major).
 Everything is batched over images *and* curve points: one model call classifies ``batch_size`` (image, point)
@@ -280,11 +280,13 @@ def noisy_linear_imputation(
     tolerance: float | None = None,
 ) -> torch.Tensor:
     """ROAD's imputation: :func:`linear_imputation`, plus Gaussian noise of standard deviation ``noise`` on each
-    removed pixel's channels (so that the filled values do not reveal the mask by being too smooth)."""
+    removed pixel's channels (so that the filled values do not reveal the mask by being too smooth), clipped to
+    the range of each image's values (a B-cos model takes only [0, 1]; the imputation alone never leaves it)."""
     imputed = linear_imputation(images, removed, tolerance)
     if noise:
         draws = torch.randn(imputed.shape, generator=generator, device=images.device, dtype=images.dtype)
         imputed = imputed + noise * removed[:, None].to(images.dtype) * draws
+        imputed = imputed.clamp(images.amin(dim=(1, 2, 3), keepdim=True), images.amax(dim=(1, 2, 3), keepdim=True))
     return imputed
 
 
