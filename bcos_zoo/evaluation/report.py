@@ -7,6 +7,7 @@ own image processor and go through one harness (:func:`bcos_zoo.evaluation.local
 :func:`bcos_zoo.evaluation.faithfulness.evaluate_faithfulness`). ``scripts/evaluate_model.py`` is the command line.
 """
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -277,13 +278,17 @@ def plot_faithfulness(report: dict, path: Path, title: str = "Faithfulness") -> 
     metrics = [metric for metric in FAITHFULNESS_METRICS if metric in faithfulness["fractions"]]
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.0), squeeze=False)
     rows = [row for row in report["rows"] if row.get("method") is not None]
+    others = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive"]
+    palette = itertools.cycle(others)  # B-cos contributions red, every other method its own colour
+    colours = {id(row): "tab:red" if row["method"] == "bcos" else next(palette) for row in rows}
     for axis, metric in zip(axes[0], metrics):
         name, higher = FAITHFULNESS_METRICS[metric]
         for row in rows:
             curve = faithfulness["curves"].get(score_key(row["model"], row["method"]), {}).get(metric)
             if curve is None:
                 continue
-            style = dict(color="tab:red", linewidth=2) if row["method"] == "bcos" else dict(linewidth=1)
+            style = dict(color=colours[id(row)], linewidth=2 if row["method"] == "bcos" else 1)
+            style["linestyle"] = "--" if row["model"] == "bcos" and row["method"] != "bcos" else "-"  # B-cos post hoc
             label = f"{row['model']}: {row['label']} ({row[metric]:.3f})"
             axis.plot(faithfulness["fractions"][metric], curve, marker=".", label=label, **style)
         axis.set_xlabel("share of pixels " + ("inserted" if metric == "insertion" else "removed"))
