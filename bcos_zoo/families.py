@@ -137,7 +137,18 @@ FAMILIES: dict[str, Family] = {
             model_types=("vit",),
             timm_architectures=re.compile(r"^(vit|deit|deit3)_"),
             module_types=("transformers.ViTForImageClassification", "timm.VisionTransformer"),
-            posthoc_methods=("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout"),
+            posthoc_methods=(
+                "input_x_gradient",
+                "integrated_gradients",
+                "gradcam",
+                "attention_rollout",
+                "gradient",
+                "guided_backprop",
+                "deeplift",
+                "occlusion",
+                "lime",
+                "rise",
+            ),  # fmt: skip
             processor=squashing_processor,
         ),
         Family(
@@ -169,7 +180,17 @@ FAMILIES: dict[str, Family] = {
             model_types=("resnet",),
             timm_architectures=TIMM_RESNET_ARCHITECTURE,
             module_types=("transformers.ResNetForImageClassification", "timm.ResNet", "torchvision.ResNet"),
-            posthoc_methods=("input_x_gradient", "integrated_gradients", "gradcam"),
+            posthoc_methods=(
+                "input_x_gradient",
+                "integrated_gradients",
+                "gradcam",
+                "gradient",
+                "guided_backprop",
+                "deeplift",
+                "occlusion",
+                "lime",
+                "rise",
+            ),  # fmt: skip
             processor=cropping_processor,
             bcos_entries=BCOS_RESNET_ENTRIES,
             bcos_module_types=("bcos.BcosResNet",),

@@ -9,10 +9,15 @@ For each model: top-1 accuracy on the split; the grid pointing game (GridPG) on 
 ``--grid-size`` x ``--grid-size`` images of distinct classes, each classified correctly with softmax confidence
 >= ``--min-confidence`` by that model, every cell's class explained on the whole grid (a model tied to one input
 size: in sliding windows of that size, stride half of it, the window attributions summed); the energy pointing
-game (EPG) where the dataset's items carry object boxes. The B-cos model is explained by its own contributions,
-the source by each post-hoc method. Prints a table, writes ``<output-dir>/evaluation.json`` (summary rows and
-every score) and ``<output-dir>/localisation.png`` (bar plot). The work is done by
-``bcos_zoo.evaluation.report``.
+game (EPG) where the dataset's items carry object boxes; faithfulness on the first ``--faithfulness-images``
+images, each explained for its predicted class: pixel deletion and insertion (area under the probability curve at
+``--faithfulness-steps`` steps) and ROAD (pixels removed most and least relevant first, filled by noisy linear
+imputation, at ``--road-fractions``); ``--faithfulness-images 0`` leaves it out. The B-cos model is explained by its
+own contributions (``--bcos-methods``: also by post-hoc methods of its ordinary forward), the source by each
+post-hoc method (``--methods``; Occlusion, LIME and RISE cost hundreds of forward passes per image, so they run
+only when named). Prints a table, writes ``<output-dir>/evaluation.json`` (summary rows, every score and the
+faithfulness curves), ``<output-dir>/localisation.png`` (bar plot) and ``<output-dir>/faithfulness.png`` (the
+curves). The work is done by ``bcos_zoo.evaluation.report``.
 """
 
 import argparse
@@ -20,7 +25,8 @@ import sys
 
 import torch
 
-from bcos_zoo.evaluation.baselines import METHOD_NAMES
+from bcos_zoo.evaluation.baselines import DEFAULT_METHODS, FUNCTION_METHODS, METHOD_NAMES
+from bcos_zoo.evaluation.faithfulness import FAITHFULNESS_METRICS, ROAD_FRACTIONS
 from bcos_zoo.evaluation.report import evaluate_side_by_side, format_table, write_report
 from bcos_zoo.zoo.cli import run_script
 
@@ -35,8 +41,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grid-size", type=int, default=2)
     parser.add_argument("--num-grids", type=int, default=50)
     parser.add_argument("--min-confidence", type=float, default=0.5)
-    parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=list(METHOD_NAMES))
+    parser.add_argument("--methods", nargs="+", default=["bcos", *DEFAULT_METHODS], choices=list(METHOD_NAMES))
+    parser.add_argument(
+        "--bcos-methods",
+        nargs="+",
+        default=[],
+        choices=list(FUNCTION_METHODS),
+        help="post-hoc methods of the B-cos model",
+    )
     parser.add_argument("--ig-steps", type=int, default=32, help="integrated gradients steps")
+    parser.add_argument("--lime-samples", type=int, default=256, help="LIME's random segment patterns per image")
+    parser.add_argument("--rise-masks", type=int, default=1000, help="RISE's random masks")
+    parser.add_argument("--faithfulness-images", type=int, default=32, help="images for faithfulness (0: none)")
+    parser.add_argument("--faithfulness-steps", type=int, default=20, help="deletion and insertion steps")
+    parser.add_argument(
+        "--road-fractions", type=float, nargs="+", default=list(ROAD_FRACTIONS), help="ROAD's shares of pixels removed"
+    )
+    parser.add_argument(
+        "--faithfulness-metrics", nargs="+", default=list(FAITHFULNESS_METRICS), choices=list(FAITHFULNESS_METRICS)
+    )
     parser.add_argument("--output-dir", default="outputs/evaluation")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -48,9 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = vars(parse_args(argv))
     output_dir = args.pop("output_dir")
     report = evaluate_side_by_side(**args)
-    json_path, plot_path = write_report(report, output_dir)
+    written = write_report(report, output_dir)
     print(format_table(report["rows"]))
-    print(f"Wrote {json_path} and {plot_path}")
+    print(f"Wrote {', '.join(str(path) for path in written)}")
     return report
 
 

@@ -54,7 +54,10 @@ def parse_args(argv: list[str]) -> ReproductionSettings:
         help="grids are drawn from the first N test images",
     )
     parser.add_argument(
-        "--methods", nargs="+", choices=list(POSTHOC_METHODS), help="post-hoc methods (default: all that apply)"
+        "--methods",
+        nargs="+",
+        choices=list(POSTHOC_METHODS),
+        help="post-hoc methods (default: the gradient ones, gradcam and attention_rollout that apply)",
     )
     parser.add_argument("--ig-steps", type=int, default=default.ig_steps, help="integrated gradients steps")
     parser.add_argument(

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, normalize, save_hf_source
 
 from bcos_zoo.evaluation.baselines import POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
+from bcos_zoo.families import FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,13 @@ def test_a_source_that_is_not_a_vit_or_resnet_classifier_is_rejected(tmp_path):
         load_standard_classifier(tmp_path)
 
 
-FEW_STEPS = {"integrated_gradients": {"steps": 8}}  # enough to tell the images apart, and quick
+# enough to tell the images apart, and quick
+FEW_STEPS = {
+    "integrated_gradients": {"steps": 8},
+    "occlusion": {"window": 8, "stride": 8},
+    "lime": {"segment": 8, "samples": 16},
+    "rise": {"masks": 16},
+}
 
 
 def assert_each_map_is_that_of_its_image_alone(attribute, images, attributions):
@@ -131,7 +138,7 @@ def test_attention_rollout_of_one_layer_is_the_class_tokens_head_averaged_attent
 
 def test_an_unknown_method_lists_the_available_ones(classifier):
     with pytest.raises(ValueError, match="integrated_gradients"):
-        posthoc_attribution(classifier, "lime")
+        posthoc_attribution(classifier, "smoothgrad")
 
 
 # A standard ResNet: its folder as the standard-classification task saves one (a shortest-edge processor), with a
@@ -169,7 +176,7 @@ def test_a_resnet_classifier_takes_unit_range_images_and_normalises_them_as_its_
     with torch.no_grad():
         expected = source(pixel_values=normalize(images, RESNET_MEAN, RESNET_STD)).logits
     torch.testing.assert_close(resnet(images), expected)
-    assert resnet.methods == RESNET_METHODS
+    assert resnet.methods == FAMILIES["resnet"].posthoc_methods and "attention_rollout" not in resnet.methods
 
 
 def test_a_resnet_classifier_sees_the_pixels_of_its_b_cos_form(resnet_folder, resnet):

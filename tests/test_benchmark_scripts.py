@@ -181,3 +181,15 @@ def test_gpu_benchmark_refuses_a_machine_without_cuda_before_running_anything(tm
     assert completed.returncode == 1
     assert "no CUDA device" in completed.stderr
     assert list((tmp_path / "gpu").iterdir()) == []
+
+
+def test_faithfulness_benchmark_times_each_metric_of_both_models_at_tiny_size(capsys):
+    benchmark = runpy.run_path(str(SCRIPTS / "benchmark_faithfulness.py"))
+    arguments = ["--image-size", "32", "--images", "2", "--steps", "3", "--road-images", "1", "--road-fractions", "2"]
+    rows = benchmark["main"](arguments)
+    assert [(row["model"], row["metric"]) for row in rows] == [
+        (model, metric) for model in ("B-cos ViT-S", "ViT-S") for metric in ("deletion", "insertion", "road_morf")
+    ]
+    assert [(row["images"], row["points"]) for row in rows[:3]] == [(2, 4), (2, 4), (1, 2)]
+    assert all(row["seconds"] > 0 for row in rows)
+    assert "forwards/s" in capsys.readouterr().out

@@ -14,8 +14,8 @@ from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, save_hf_source
 
 from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.data.preprocessing import model_transform
-from bcos_zoo.evaluation.baselines import POSTHOC_METHODS, load_standard_classifier
-from bcos_zoo.evaluation.report import evaluate_side_by_side
+from bcos_zoo.evaluation.baselines import DEFAULT_METHODS, load_standard_classifier
+from bcos_zoo.evaluation.report import evaluate_side_by_side, score_key
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +58,9 @@ def common_args(workspace, output: Path) -> list[str]:
         "--num-grids", str(NUM_GRIDS),
         "--min-confidence", "0",
         "--ig-steps", "4",
+        "--faithfulness-images", "4",
+        "--faithfulness-steps", "4",
+        "--road-fractions", "0.25", "0.5",
         "--batch-size", "16",
         "--output-dir", str(output),
         "--device", "cpu",
@@ -72,6 +75,9 @@ def common_settings(workspace) -> dict:
         num_grids=NUM_GRIDS,
         min_confidence=0.0,
         ig_steps=4,
+        faithfulness_images=4,
+        faithfulness_steps=4,
+        road_fractions=(0.25, 0.5),
         batch_size=16,
         device="cpu",
     )
@@ -79,7 +85,8 @@ def common_settings(workspace) -> dict:
 
 @pytest.fixture(scope="module")
 def full_run(workspace):
-    """The script run as a file, the way users run it: B-cos model, source and every method."""
+    """The script run as a file, the way users run it: B-cos model, source and every default method, and two
+    post-hoc methods of the B-cos model itself."""
     output = workspace["root"] / "output"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     result = subprocess.run(
@@ -89,6 +96,11 @@ def full_run(workspace):
             *common_args(workspace, output),
             "--source",
             str(workspace["source"]),
+            "--bcos-methods",
+            "gradient",
+            "rise",
+            "--rise-masks",
+            "8",
         ],
         cwd=ROOT,
         env=env,
@@ -103,9 +115,13 @@ def full_run(workspace):
 @pytest.mark.subprocess
 def test_the_report_has_a_row_for_the_bcos_model_and_one_per_posthoc_method(full_run):
     rows = full_run["report"]["rows"]
-    assert [(row["model"], row["method"]) for row in rows] == [("bcos", "bcos")] + [
-        ("source", method) for method in POSTHOC_METHODS
+    assert [(row["model"], row["method"]) for row in rows] == [
+        ("bcos", "bcos"),
+        ("bcos", "gradient"),
+        ("bcos", "rise"),
+        *[("source", method) for method in DEFAULT_METHODS],
     ]
+    assert rows[1]["label"] == "Gradient (B-cos model)" and rows[3]["label"] == "Input x Gradient"
 
 
 @pytest.mark.subprocess
@@ -119,7 +135,7 @@ def test_accuracy_is_the_share_of_images_in_the_folder_of_their_predicted_class(
 def test_every_method_scores_each_cell_of_the_requested_grids(full_run):
     report = full_run["report"]
     for row in report["rows"]:
-        scores = report["scores"][row["method"]]["grid_pointing_game"]
+        scores = report["scores"][score_key(row["model"], row["method"])]["grid_pointing_game"]
         assert len(scores) == NUM_GRIDS * 4 and all(0 <= s <= 1 for s in scores)
         assert row["grid_pointing_game"] == pytest.approx(sum(scores) / len(scores))
         assert row["energy_pointing_game"] is None  # an image folder has no object boxes
@@ -153,8 +169,26 @@ def test_bcos_scores_are_its_contributions_on_grids_of_its_most_confident_correc
 def test_the_table_is_printed_and_the_bar_plot_written(full_run):
     for label in ("B-cos contributions", "Input x Gradient", "Integrated Gradients", "GradCAM", "Attention Rollout"):
         assert f"| {label} |" in full_run["stdout"]
-    with Image.open(full_run["output"] / "localisation.png") as plot:
-        assert plot.format == "PNG" and plot.width > 200 and plot.height > 200
+    assert "| Deletion AUC ↓ | Insertion AUC ↑ | ROAD MoRF ↓ | ROAD LeRF ↑ |" in full_run["stdout"]
+    for name in ("localisation.png", "faithfulness.png"):
+        with Image.open(full_run["output"] / name) as plot:
+            assert plot.format == "PNG" and plot.width > 200 and plot.height > 200
+
+
+@pytest.mark.subprocess
+def test_every_method_has_its_faithfulness_on_the_first_images_with_the_mean_curves(full_run):
+    report = full_run["report"]
+    faithfulness = report["faithfulness"]
+    assert faithfulness["num_images"] == 4 and faithfulness["steps"] == 4
+    assert faithfulness["fractions"]["deletion"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert faithfulness["fractions"]["road_morf"] == [0.25, 0.5]
+    for row in report["rows"]:
+        key = score_key(row["model"], row["method"])
+        for metric in ("deletion", "insertion", "road_morf", "road_lerf"):
+            scores = report["scores"][key][metric]
+            assert len(scores) == 4 and row[f"{metric}_count"] == 4
+            assert row[metric] == pytest.approx(sum(scores) / 4) and 0 <= row[metric] <= 1
+            assert len(faithfulness["curves"][key][metric]) == len(faithfulness["fractions"][metric])
 
 
 def test_without_a_source_the_posthoc_methods_are_skipped(workspace, capsys):
@@ -184,3 +218,42 @@ def test_a_script_that_imports_evaluate_gets_the_package_not_a_script():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().startswith("evaluate.")
+
+
+def test_the_bcos_models_faithfulness_is_the_deletion_insertion_and_road_of_its_contributions(workspace):
+    """The harness recomputed: the first images in the model's processor's pixels, each explained for its predicted
+    class by its contributions, through the faithfulness functions."""
+    from transformers import AutoImageProcessor
+
+    from bcos_zoo.data.datasets import load_dataset_splits
+    from bcos_zoo.evaluation.faithfulness import deletion_curves, insertion_curves, road_curves
+
+    report = evaluate_side_by_side(**common_settings(workspace), methods=["bcos"])
+    model = BcosViTForImageClassification.from_pretrained(workspace["bcos"]).eval()
+    images = [image for image, _ in list(load_dataset_splits(str(workspace["data"])).validation)[:4]]
+    pixels = AutoImageProcessor.from_pretrained(workspace["bcos"])(images, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        targets = model(pixel_values=pixels).logits.argmax(1)
+    maps = model.explain(pixels, target=targets).contributions.detach()
+
+    def classify(x):
+        return model(pixel_values=x).logits
+
+    scores = report["scores"]["bcos"]
+    expected = {
+        "deletion": deletion_curves(classify, pixels, maps, targets, steps=4).auc(),
+        "insertion": insertion_curves(classify, pixels, maps, targets, steps=4).auc(),
+        "road_morf": road_curves(classify, pixels, maps, targets, (0.25, 0.5), "morf", batch_size=16).mean(),
+        "road_lerf": road_curves(classify, pixels, maps, targets, (0.25, 0.5), "lerf", batch_size=16).mean(),
+    }
+    for metric, values in expected.items():
+        assert scores[metric] == pytest.approx(values.tolist(), abs=1e-5), metric
+
+
+def test_faithfulness_can_be_left_out_and_a_method_that_needs_a_standard_model_is_refused_for_the_bcos_model(
+    workspace,
+):
+    report = evaluate_side_by_side(**{**common_settings(workspace), "faithfulness_images": 0}, methods=["bcos"])
+    assert "faithfulness" not in report and report["rows"][0]["deletion"] is None
+    with pytest.raises(ValueError, match="'gradcam' cannot explain the B-cos model"):
+        evaluate_side_by_side(**common_settings(workspace), methods=["bcos"], bcos_methods=["gradcam"])

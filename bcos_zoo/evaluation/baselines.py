@@ -1,16 +1,24 @@
-"""Post-hoc attribution methods for a standard classifier, the baselines B-cos explanations are compared against.
+"""Post-hoc attribution methods, the baselines B-cos explanations are compared against (the B-cos v2 set).
 
 Each method explains a :class:`StandardClassifier`: a transformers image classifier of a family that lists
 post-hoc methods in ``bcos_zoo.families`` (a ViT or a ResNet), taking images in [0, 1] and applying its own mean/std
 normalisation inside, so that a post-hoc method sees exactly the pixels the model's B-cos form sees and its
-attributions live on the same (N, H, W) pixel grid. Gradient methods come from captum; attention rollout needs
-attention, so only a ViT has it.
+attributions live on the same (N, H, W) pixel grid. The methods that need only the model's function
+(:data:`FUNCTION_METHODS`) also explain a B-cos model itself (:class:`BcosClassifier`, its ordinary forward, not
+its explanation mode), so that post-hoc maps of a B-cos model can be set beside its own contributions.
+
+Gradient, Input x Gradient, Integrated Gradients, Guided Backprop, DeepLIFT, GradCAM, Occlusion and LIME come from
+captum; RISE is written here (captum has none); attention rollout needs attention, so only a ViT has it. Gradient
+methods sum their per-channel maps over the colour channels; perturbation methods (Occlusion, LIME, RISE) perturb
+whole pixels and give one value per pixel.
 
     classifier = load_standard_classifier("google/vit-base-patch16-224")
     attribute = posthoc_attribution(classifier, "integrated_gradients")
     maps = attribute(images, targets)        # (N, 3, H, W) in [0, 1], (N,) -> (N, H, W)
+    posthoc_attribution(bcos_model, "deeplift")(images, targets)   # the same on a B-cos model
 """
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -29,7 +37,32 @@ from ..modeling import BcosResNetConfig
 from .localisation import AttributionFn
 
 
-POSTHOC_METHODS = ("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout")
+POSTHOC_METHODS = (
+    "input_x_gradient",
+    "integrated_gradients",
+    "gradcam",
+    "attention_rollout",
+    "gradient",
+    "guided_backprop",
+    "deeplift",
+    "occlusion",
+    "lime",
+    "rise",
+)
+# The methods that need only the model's function (and its gradient): they explain any classifier, B-cos included.
+FUNCTION_METHODS = (
+    "gradient",
+    "input_x_gradient",
+    "integrated_gradients",
+    "guided_backprop",
+    "deeplift",
+    "occlusion",
+    "lime",
+    "rise",
+)
+# What the evaluation scripts run unless asked for more: Occlusion, LIME and RISE cost hundreds of forward passes
+# per image, and on a grid explained in sliding windows, per window.
+DEFAULT_METHODS = ("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout")
 # How reports and plots name each explanation method ("bcos": a B-cos model's own contributions).
 METHOD_NAMES = {
     "bcos": "B-cos contributions",
@@ -37,6 +70,12 @@ METHOD_NAMES = {
     "integrated_gradients": "Integrated Gradients",
     "gradcam": "GradCAM",
     "attention_rollout": "Attention Rollout",
+    "gradient": "Gradient",
+    "guided_backprop": "Guided Backprop",
+    "deeplift": "DeepLIFT",
+    "occlusion": "Occlusion",
+    "lime": "LIME",
+    "rise": "RISE",
 }
 
 
@@ -137,6 +176,51 @@ def load_standard_classifier(
     return StandardClassifier(model, mean, std, **geometry).eval()
 
 
+class BcosClassifier(nn.Module):
+    """A B-cos image classifier as a function of [0, 1] images to logits, for the methods of
+    :data:`FUNCTION_METHODS`.
+
+    It is the model's ordinary forward, not its explanation mode: post-hoc methods see a B-cos model as any other
+    network (its gradient here is the true gradient, not the dynamic weights ``W(x)`` of its own explanation).
+    """
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        if not hasattr(model, "explain"):
+            raise ValueError(f"A {type(model).__name__} is not a B-cos model (it has no explain()).")
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return FUNCTION_METHODS
+
+    def default_image_processor(self) -> BaseImageProcessor:
+        return self.model.default_image_processor()
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values.to(self.model.dtype)).logits
+
+
+Classifier = StandardClassifier | BcosClassifier
+
+
+def as_classifier(model: nn.Module) -> Classifier:
+    """The classifier the post-hoc methods explain: a :class:`StandardClassifier` or :class:`BcosClassifier` as it
+    is, a B-cos model (anything with ``explain()``) wrapped in a :class:`BcosClassifier`."""
+    if isinstance(model, (StandardClassifier, BcosClassifier)):
+        return model
+    if hasattr(model, "explain") and hasattr(model, "config"):
+        return BcosClassifier(model)
+    raise ValueError(
+        f"Post-hoc methods explain a standard classifier (load_standard_classifier) or a B-cos model, not a "
+        f"{type(model).__name__}."
+    )
+
+
 def _channel_sum(attributions: torch.Tensor) -> torch.Tensor:
     return attributions.sum(dim=1).detach()
 
@@ -145,7 +229,7 @@ def _gradient_leaf(images: torch.Tensor) -> torch.Tensor:
     return images.detach().requires_grad_(True)
 
 
-def input_x_gradient(classifier: StandardClassifier, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def input_x_gradient(classifier: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Input times the gradient of the target logit, summed over colour channels."""
     from captum.attr import InputXGradient
 
@@ -154,7 +238,7 @@ def input_x_gradient(classifier: StandardClassifier, images: torch.Tensor, targe
 
 
 def integrated_gradients(
-    classifier: StandardClassifier, images: torch.Tensor, targets: torch.Tensor, steps: int = 32
+    classifier: nn.Module, images: torch.Tensor, targets: torch.Tensor, steps: int = 32
 ) -> torch.Tensor:
     """Integrated gradients from a black image (all zeros in [0, 1]), ``steps`` Riemann steps, summed over channels."""
     from captum.attr import IntegratedGradients
@@ -209,15 +293,202 @@ def gradcam(classifier: StandardClassifier, images: torch.Tensor, targets: torch
     return LayerAttribution.interpolate(cam.detach(), (height, width), "bilinear")[:, 0]
 
 
-def check_method(classifier: StandardClassifier, method: str) -> None:
-    """Refuse a method that does not apply to the classifier's family, naming those that do."""
+def gradient(classifier: nn.Module, images: torch.Tensor, targets: torch.Tensor, absolute: bool = True) -> torch.Tensor:
+    """The gradient of the target logit (Simonyan et al., 2014: its absolute value; ``absolute=False`` keeps the
+    sign), summed over colour channels."""
+    from captum.attr import Saliency
+
+    with torch.enable_grad():
+        return _channel_sum(Saliency(classifier).attribute(_gradient_leaf(images), target=targets, abs=absolute))
+
+
+def guided_backprop(classifier: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Guided Backprop (Springenberg et al., 2015), captum: the gradient of the target logit with every ``nn.ReLU``
+    passing back only positive gradients, summed over colour channels. captum changes ``nn.ReLU`` modules only: a
+    network without any (a ViT's GELU, a B-cos model) gets its plain gradient."""
+    from captum.attr import GuidedBackprop
+
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*backward hooks.*")
+        return _channel_sum(GuidedBackprop(classifier).attribute(_gradient_leaf(images), target=targets))
+
+
+def deeplift(classifier: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """DeepLIFT (Shrikumar et al., 2017), captum's rescale rule, from a black image, summed over colour channels.
+
+    Where every nonlinearity is a module captum handles (``nn.ReLU``, max-pooling, ...), the attributions add up
+    to the target logit's gain over the black image; other nonlinearities (GELU, attention's softmax, B-cos
+    units) pass their plain gradient.
+    """
+    from captum.attr import DeepLift
+
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(hooks|reused|require gradients).*")
+        attributions = DeepLift(classifier).attribute(_gradient_leaf(images), baselines=0.0, target=targets)
+    return _channel_sum(attributions)
+
+
+def _square_side(images: torch.Tensor, share: int) -> int:
+    return max(1, min(images.shape[-2:]) // share)
+
+
+def occlusion(
+    classifier: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Occlusion (Zeiler and Fergus, 2014), captum: the drop of the target logit when a ``window`` x ``window``
+    square of pixels is set to black, the square moved by ``stride``; each pixel gets the mean drop of the squares
+    that cover it. Defaults: 1/14 of the shorter side (16 pixels at 224), stride half a window; the squares must
+    cover the image exactly."""
+    from captum.attr import Occlusion
+
+    window = window or _square_side(images, 14)
+    stride = stride or max(1, window // 2)
+    for side in images.shape[-2:]:
+        if window > side or (side - window) % stride:
+            raise ValueError(f"Occlusion squares of {window} pixels at stride {stride} do not cover {side} pixels.")
+    channels = images.shape[1]
+    with torch.no_grad():
+        attributions = Occlusion(classifier).attribute(
+            images,
+            sliding_window_shapes=(channels, window, window),
+            strides=(channels, stride, stride),
+            baselines=0.0,
+            target=targets,
+            perturbations_per_eval=max(1, batch_size // len(images)),
+        )
+    return attributions.mean(dim=1).detach().to(images.dtype)  # the same value in every channel of a pixel
+
+
+def segment_grid(height: int, width: int, segment: int, device=None) -> torch.Tensor:
+    """(H, W) segment index of each pixel: square segments of ``segment`` pixels, row-major from the top left."""
+    rows = torch.arange(height, device=device) // segment
+    cols = torch.arange(width, device=device) // segment
+    return rows[:, None] * (-(-width // segment)) + cols[None, :]
+
+
+def lime_kernel(original, perturbed, interpretable: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The ``lime`` package's image kernel: ``sqrt(exp(-d^2 / 0.25^2))``, ``d`` the cosine distance of a sample's
+    on/off pattern (1, segments) to the all-on pattern of the image itself."""
+    share_on = interpretable.double().sum() / interpretable.shape[-1]
+    return torch.exp(-((1 - share_on.sqrt()) ** 2) / 0.25**2).sqrt()
+
+
+def lime(
+    classifier: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    segment: int | None = None,
+    samples: int = 256,
+    batch_size: int = 64,
+    seed: int = 0,
+    interpretable_model=None,
+) -> torch.Tensor:
+    """LIME (Ribeiro et al., 2016) through captum, set up as the authors' ``lime`` package explains images: a ridge
+    regression (alpha 1) of the target logit on ``samples`` random on/off patterns of the image's segments (off:
+    black), weighted by :func:`lime_kernel`; each pixel gets its segment's coefficient. Segments are squares of
+    ``segment`` pixels (by default 1/8 of the shorter side: 64 segments) rather than the package's superpixels.
+    ``interpretable_model`` (a captum linear model) replaces the ridge regression. Each image's patterns are drawn
+    from ``seed``."""
+    from captum._utils.models.linear_model import SkLearnRidge
+    from captum.attr import Lime
+
+    height, width = images.shape[-2:]
+    mask = segment_grid(height, width, segment or _square_side(images, 8), images.device)[None, None]
+    model = interpretable_model if interpretable_model is not None else SkLearnRidge(alpha=1.0)
+    explainer = Lime(classifier, interpretable_model=model, similarity_func=lime_kernel)
+    devices = [images.device] if images.device.type == "cuda" else []
+    maps = []
+    for image, target in zip(images, targets.tolist()):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            attribution = explainer.attribute(
+                image[None],
+                target=target,
+                baselines=0.0,
+                feature_mask=mask,
+                n_samples=samples,
+                perturbations_per_eval=batch_size,
+            )
+        maps.append(attribution.mean(dim=1))  # the segment's coefficient, in every channel of its pixels
+    return torch.cat(maps).detach().to(images.dtype)
+
+
+def rise_masks(
+    count: int,
+    height: int,
+    width: int,
+    cells: int = 7,
+    keep: float = 0.5,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> torch.Tensor:
+    """RISE's random masks (Petsiuk et al., 2018), (count, H, W) in [0, 1]: a ``cells`` x ``cells`` grid, each
+    cell kept with probability ``keep``, upsampled bilinearly to ``cells + 1`` cells of ``ceil(side / cells)``
+    pixels, then cropped to H x W at a random shift of less than one cell."""
+    cell_height, cell_width = -(-height // cells), -(-width // cells)
+    grid = (torch.rand(count, 1, cells, cells, generator=generator, device=device) < keep).float()
+    size = ((cells + 1) * cell_height, (cells + 1) * cell_width)
+    upsampled = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)[:, 0]
+    top = torch.randint(cell_height, (count,), generator=generator, device=device)
+    left = torch.randint(cell_width, (count,), generator=generator, device=device)
+    rows = (top[:, None] + torch.arange(height, device=device))[:, :, None]
+    cols = (left[:, None] + torch.arange(width, device=device))[:, None, :]
+    return upsampled[torch.arange(count, device=device)[:, None, None], rows, cols]
+
+
+@torch.no_grad()
+def rise(
+    classifier: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    masks: int = 1000,
+    cells: int = 7,
+    keep: float = 0.5,
+    batch_size: int = 64,
+    seed: int = 0,
+    score: str = "probability",
+) -> torch.Tensor:
+    """RISE (Petsiuk et al., 2018): the mean of ``masks`` random masks (:func:`rise_masks`), each weighted by the
+    target's softmax probability (``score="logit"``: its logit) on the image times the mask, over ``keep``:
+    ``sum_i p(x * M_i) M_i / (masks * keep)``. Every image gets the same masks, drawn from ``seed``.
+
+    Written here: captum has no RISE, and the implementations on the package index are unmaintained (torchray,
+    last released 2019) or single-author ports.
+    """
+    if score not in ("probability", "logit"):
+        raise ValueError(f"score must be 'probability' or 'logit', got {score!r}.")
+    num, _, height, width = images.shape
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    patterns = rise_masks(masks, height, width, cells, keep, generator, images.device).to(images.dtype)
+    image_index = torch.arange(num, device=images.device).repeat_interleave(masks)
+    mask_index = torch.arange(masks, device=images.device).repeat(num)
+    saliency = torch.zeros(num, height, width, dtype=images.dtype, device=images.device)
+    for start in range(0, len(image_index), batch_size):
+        index, which = image_index[start : start + batch_size], mask_index[start : start + batch_size]
+        logits = classifier(images[index] * patterns[which][:, None])
+        values = logits.softmax(dim=1) if score == "probability" else logits
+        weights = values.gather(1, targets[index, None]).to(images.dtype)
+        saliency.index_add_(0, index, weights[:, :, None] * patterns[which])
+    return saliency / (masks * keep)
+
+
+def check_method(classifier: Classifier, method: str) -> None:
+    """Refuse a method that does not apply to the classifier, naming those that do."""
     if method not in POSTHOC_METHODS:
         raise ValueError(f"Unknown post-hoc method {method!r}; available: {', '.join(POSTHOC_METHODS)}.")
     if method not in classifier.methods:
-        reason = " (it needs attention matrices; a CNN has none)" if method == "attention_rollout" else ""
+        if isinstance(classifier, BcosClassifier):
+            what = "a B-cos model (it needs a standard ViT's or ResNet's feature map or attention)"
+        else:
+            reason = " (it needs attention matrices; a CNN has none)" if method == "attention_rollout" else ""
+            what = f"a {classifier.family.label} classifier{reason}"
         raise ValueError(
-            f"{METHOD_NAMES[method]} does not apply to a {classifier.family.label} classifier{reason}; methods for it: "
-            f"{', '.join(classifier.methods)}."
+            f"{METHOD_NAMES[method]} does not apply to {what}; methods for it: {', '.join(classifier.methods)}."
         )
 
 
@@ -249,17 +520,27 @@ def attention_rollout(classifier: StandardClassifier, images: torch.Tensor, targ
     return F.interpolate(patch_relevance, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
-def posthoc_attribution(classifier: StandardClassifier, method: str, **options) -> AttributionFn:
+def posthoc_attribution(model: nn.Module, method: str, **options) -> AttributionFn:
     """``attribute(images (N, 3, H, W) in [0, 1], targets (N,)) -> (N, H, W)`` for one of :data:`POSTHOC_METHODS`.
 
-    ``options`` go to the method (``steps`` for integrated gradients). A method that does not apply to the
-    classifier (attention rollout of a CNN) is refused here, before any image is explained.
+    ``model`` is a :class:`StandardClassifier` (:func:`load_standard_classifier`) or a B-cos model, whose ordinary
+    forward the methods of :data:`FUNCTION_METHODS` explain. ``options`` go to the method (``steps`` for
+    integrated gradients, ``window``/``stride`` for occlusion, ``segment``/``samples`` for LIME, ``masks`` for
+    RISE, ``batch_size`` for the perturbation methods). A method that does not apply (attention rollout of a CNN,
+    GradCAM of a B-cos model) is refused here, before any image is explained.
     """
     methods = {
         "input_x_gradient": input_x_gradient,
         "integrated_gradients": integrated_gradients,
         "gradcam": gradcam,
         "attention_rollout": attention_rollout,
+        "gradient": gradient,
+        "guided_backprop": guided_backprop,
+        "deeplift": deeplift,
+        "occlusion": occlusion,
+        "lime": lime,
+        "rise": rise,
     }
+    classifier = as_classifier(model)
     check_method(classifier, method)
     return partial(methods[method], classifier, **options)

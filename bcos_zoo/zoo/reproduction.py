@@ -27,7 +27,13 @@ from transformers import AutoModelForImageClassification, set_seed
 
 from ..data.datasets import DatasetSplits, limit, load_dataset_splits
 from ..data.preprocessing import model_transform
-from ..evaluation.baselines import METHOD_NAMES, POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
+from ..evaluation.baselines import (
+    DEFAULT_METHODS,
+    METHOD_NAMES,
+    POSTHOC_METHODS,
+    load_standard_classifier,
+    posthoc_attribution,
+)
 from ..evaluation.localisation import bcos_attribution
 from ..evaluation.report import localise_model, plot_localisation
 from ..families import FAMILIES, bcos_classifier_class
@@ -391,7 +397,8 @@ class ReproductionSettings:
         self.output_dir = Path(self.output_dir if self.output_dir is not None else reproduction.output_dir)
         self.work_dir = Path(self.work_dir if self.work_dir is not None else reproduction.work_dir)
         applicable = family.posthoc_methods
-        self.methods = list(self.methods if self.methods is not None else applicable)
+        default = [method for method in applicable if method in DEFAULT_METHODS]  # Occlusion, LIME, RISE: on request
+        self.methods = list(self.methods if self.methods is not None else default)
         for method in [*self.methods, self.example_method]:
             if method not in POSTHOC_METHODS:
                 raise ValueError(f"Unknown post-hoc method {method!r}; available: {', '.join(POSTHOC_METHODS)}.")

@@ -6,7 +6,7 @@ evaluate.load(bcos_zoo.evaluation.metrics.metric_path("grid_pointing_game"))
 from pathlib import Path
 
 
-METRICS = ("grid_pointing_game", "energy_pointing_game", "bcos_accuracy")
+METRICS = ("grid_pointing_game", "energy_pointing_game", "bcos_accuracy", "pixel_deletion", "pixel_insertion", "road")
 
 
 def metric_path(name: str) -> str:
