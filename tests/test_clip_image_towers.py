@@ -25,7 +25,7 @@ class ResNetTowerConfig(BcosResNetConfig):
 @pytest.fixture
 def resnet_tower(monkeypatch):
     monkeypatch.setitem(
-        modeling_bcos_clip.IMAGE_TOWERS, ResNetTowerConfig.model_type, (BcosResNetModel, "modeling_bcos_resnet")
+        modeling_bcos_clip.IMAGE_TOWERS, ResNetTowerConfig.model_type, (BcosResNetModel, "modeling_bcos_resnet.py")
     )
     monkeypatch.setitem(configuration_bcos_clip.VISION_CONFIGS, ResNetTowerConfig.model_type, ResNetTowerConfig)
     return ResNetTowerConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], use_bias=False)

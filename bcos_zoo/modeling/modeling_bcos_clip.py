@@ -6,7 +6,6 @@ transformers and sibling files only.
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,10 +34,10 @@ logger = logging.get_logger(__name__)
 IMAGE_TOWERS: dict[str, tuple[type[nn.Module], str]] = {}
 
 
-def register_image_tower(model_type: str, tower: type[nn.Module], module: str) -> None:
-    """Make ``tower`` the image tower of CLIP models whose vision config has ``model_type``; ``module`` (the
-    caller's ``__name__``) is the module that a saved model's ``auto_map`` names."""
-    IMAGE_TOWERS[model_type] = (tower, module.rsplit(".", 1)[-1])
+def register_image_tower(model_type: str, tower: type[nn.Module], module_file: str) -> None:
+    """Make ``tower`` the image tower of CLIP models whose vision config has ``model_type``; ``module_file`` (the
+    caller's ``__file__``) is the module that a saved model's ``auto_map`` names and its folder holds."""
+    IMAGE_TOWERS[model_type] = (tower, module_file)
 
 
 def siglip_distillation_loss(
@@ -105,7 +104,7 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         return getattr(self.config, "vision_config", self.config)
 
     def _tower_module(self) -> str:
-        return IMAGE_TOWERS[self.vision_config.model_type][1]
+        return os.path.splitext(os.path.basename(IMAGE_TOWERS[self.vision_config.model_type][1]))[0]
 
     def _auto_map(self) -> dict[str, str]:
         """As every B-cos model's, with the classes loaded through the tower's module, which registers the tower."""
@@ -125,8 +124,8 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
                 file.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
     def _extra_code_files(self) -> list[str]:
-        module = sys.modules[f"{type(self).__module__.rsplit('.', 1)[0]}.{self._tower_module()}"]
-        return [module.__file__, *get_relative_import_files(module.__file__)]
+        module_file = IMAGE_TOWERS[self.vision_config.model_type][1]
+        return [module_file, *get_relative_import_files(module_file)]
 
     def _build_image_tower(self, config: BcosCLIPVisionConfig, projection_dim: int) -> None:
         if config.model_type not in IMAGE_TOWERS:

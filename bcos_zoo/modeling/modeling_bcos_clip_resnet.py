@@ -190,7 +190,7 @@ class BcosCLIPResNetVisionModel(BcosCLIPVisionModel):
     config_class = BcosCLIPResNetConfig
 
 
-register_image_tower(BcosCLIPResNetConfig.model_type, BcosCLIPResNetModel, __name__)
+register_image_tower(BcosCLIPResNetConfig.model_type, BcosCLIPResNetModel, __file__)
 BcosCLIPResNetConfig.register_for_auto_class()
 BcosCLIPResNetVisionModel.register_for_auto_class("AutoModel")
 

@@ -6,6 +6,6 @@ from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, register_ima
 from .modeling_bcos_vit import BcosViTModel
 
 
-register_image_tower(BcosCLIPVisionConfig.model_type, BcosViTModel, __name__)
+register_image_tower(BcosCLIPVisionConfig.model_type, BcosViTModel, __file__)
 
 __all__ = ["BcosCLIPModel", "BcosCLIPVisionModel"]
