@@ -133,7 +133,7 @@ def test_decoys_lie_outside_the_box_in_their_colour(mode):
 
 def test_decoy_canvas_must_leave_room():
     with pytest.raises(ValueError, match="at least 44 px"):
-        decoy_splits(canvas=40)
+        decoy_splits(canvas=40, decoy_size=8)
 
 
 def test_fashion_mnist_decoy_splits(fashion_mnist):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 
 BoxTransform = Callable[[Image.Image, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
@@ -112,13 +112,11 @@ def to_pixels(image: Image.Image) -> torch.Tensor:
 
 
 def box_masks(boxes, height: int, width: int) -> torch.Tensor:
-    """(H, W) bool: the union of the boxes, a pixel belonging to a box where its centre lies inside it."""
-    boxes = as_boxes(boxes)
-    centres_y = torch.arange(height, dtype=torch.float64)[:, None] + 0.5
-    centres_x = torch.arange(width, dtype=torch.float64)[None, :] + 0.5
+    """(H, W) bool: the union of the boxes, a pixel belonging to a box where its centre lies inside it (pixel ``p``
+    has its centre ``p + 0.5`` in ``[x0, x1)`` exactly when ``ceil(x0 - 0.5) <= p < ceil(x1 - 0.5)``)."""
     mask = torch.zeros(height, width, dtype=torch.bool)
-    for x0, y0, x1, y1 in boxes.tolist():
-        mask |= (centres_x >= x0) & (centres_x < x1) & (centres_y >= y0) & (centres_y < y1)
+    for x0, y0, x1, y1 in np.ceil(as_boxes(boxes) - 0.5).astype(np.int64).clip(0, [width, height, width, height]):
+        mask[y0:y1, x0:x1] = True
     return mask
 
 
@@ -138,6 +136,25 @@ def box_training_transform(
         return to_pixels(picture), box_masks(moved, image_size, image_size)
 
     return transform
+
+
+def as_is_transform(image: "Image.Image | torch.Tensor", boxes) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixels as they are (a PIL image, or a (3, H, W) tensor in [0, 1] passed through) and the box mask: for
+    data already drawn at the model's size, such as the decoy canvases, whose random placement is their augmentation.
+    :class:`BoxedImages` reads tensors straight from datasets that offer ``tensor_item`` when given this transform."""
+    pixels = image if isinstance(image, torch.Tensor) else to_pixels(image)
+    return pixels, box_masks(boxes, *pixels.shape[-2:])
+
+
+def dilate_boxes(boxes, fraction: float, width: int, height: int) -> np.ndarray:
+    """Boxes grown by ``fraction`` of their width (height) on the left and right (top and bottom), in whole pixels
+    (rounded down) and clipped to the image: the model guidance paper's coarse annotations ("box dilation")."""
+    boxes = as_boxes(boxes)
+    if fraction <= 0 or not len(boxes):
+        return boxes
+    margins = np.floor(fraction * (boxes[:, 2:] - boxes[:, :2]))
+    grown = np.concatenate([boxes[:, :2] - margins, boxes[:, 2:] + margins], axis=1)
+    return np.clip(grown, 0, [width, height, width, height])
 
 
 def box_resize_transform(image_size: int) -> BoxTransform:
@@ -177,10 +194,16 @@ class BoxedImages(Dataset):
         seed: int | None = None,
         box_fraction: float = 1.0,
         box_seed: int = 0,
+        box_dilation: float = 0.0,
     ):
-        self.pairs, self.transform, self.seed = items, transform, seed
+        self.pairs, self.transform, self.seed, self.box_dilation = items, transform, seed, box_dilation
         self.with_boxes = boxed_subset(len(items), box_fraction, box_seed)
         self.epoch = 0
+        source, self._indices = items, None
+        while isinstance(source, Subset):  # the tensors of a subset's items come from the dataset below it
+            outer = range(len(source)) if self._indices is None else self._indices
+            self._indices, source = [source.indices[i] for i in outer], source.dataset
+        self._tensors = source if transform is as_is_transform and hasattr(source, "tensor_item") else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -189,9 +212,15 @@ class BoxedImages(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
-        image, label, *rest = self.pairs[index]
+        if self._tensors is not None:
+            image, label, *rest = self._tensors.tensor_item(index if self._indices is None else self._indices[index])
+        else:
+            image, label, *rest = self.pairs[index]
         boxes = as_boxes(rest[0] if rest else None)
-        if self.seed is None:
+        if self.box_dilation:
+            width, height = image.size if isinstance(image, Image.Image) else (image.shape[-1], image.shape[-2])
+            boxes = dilate_boxes(boxes, self.box_dilation, width, height)
+        if self.seed is None or self.transform is as_is_transform:  # nothing random to seed
             pixels, mask = self.transform(image, boxes)
         else:
             item_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index

@@ -22,7 +22,7 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 from ..data.boxes import collate_boxed
 from ..data.datasets import DatasetSplits
 from .classification import BcosClassification
-from .explanation_losses import differentiable_explanation, e2kd_loss, explanation_cosine
+from .explanation_losses import differentiable_explanation, e2kd_loss, explanation_cosine, frozen_running_statistics
 from .guided_classification import GuidedClassification
 from .task import CardFields, describe_source
 from .trainer import TermLoggingTrainer
@@ -110,7 +110,9 @@ class ExplanationDistillationTrainer(TermLoggingTrainer):
         student_weights = teacher_weights = None
         if explain:
             target = taught.logits.argmax(dim=1)
-            student = differentiable_explanation(self.accelerator.unwrap_model(model), pixel_values, target)
+            unwrapped = self.accelerator.unwrap_model(model)
+            with frozen_running_statistics(unwrapped):  # the same batch again: count its statistics once
+                student = differentiable_explanation(unwrapped, pixel_values, target)
             student_weights, teacher_weights = student.dynamic_weights, taught.dynamic_weights
         terms = e2kd_loss(
             outputs.logits,

@@ -1,4 +1,5 @@
-"""Losses on explanations: the energy loss of model guidance and the explanation term of e2KD, as plain functions.
+"""Losses on explanations: the localisation losses of model guidance (energy, L1, RRR, PPCE) and the explanation term
+of e2KD, as plain functions, and the differentiable attributions they are applied to (B-cos, IxG, GradCAM).
 
 Both need explanations that can be differentiated: in explanation mode a B-cos model is the dynamic linear map
 ``y = W(x) e + c`` of its encoded input ``e = [x, 1 - x]``, and ``W(x)`` is a gradient. Taking that gradient with
@@ -9,8 +10,14 @@ linear map, not the factors that select it.
 At a hidden layer ``l`` the same holds for the layer's output ``a_l``: ``y = W_l(x) a_l + c_l``, and the per-position
 contributions ``a_l * dy/da_l`` (summed over channels) are upsampled bilinearly to the image, as the model guidance
 paper does for its intermediate-layer explanations.
+
+The model guidance paper (Rao et al., ICCV 2023) also guides post-hoc attributions of the same model, taken in its
+ordinary (not explanation) mode: Input x Gradient (the same product without the detaches) and GradCAM (the
+activation weighted by its spatially averaged gradient, summed over channels, then ReLU), both differentiable with
+``create_graph=True``. :func:`attributions` gives any of the three at the input or at a hidden layer.
 """
 
+import contextlib
 import inspect
 import math
 
@@ -23,6 +30,23 @@ from ..modeling.explanation import BcosExplanation, compute_explanation, resolve
 
 
 INPUT_LAYER = "input"
+ATTRIBUTION_METHODS = ("bcos", "ixg", "gradcam")
+
+
+@contextlib.contextmanager
+def frozen_running_statistics(model: nn.Module):
+    """BatchNorm layers in training mode keep normalising with their batch statistics but leave their running
+    statistics alone (momentum 0): a second forward pass of a training step (for an explanation, over a subset of
+    the batch) then does not count twice, or with a batch of a few boxed images, in what evaluation uses."""
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    saved = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, momentum in zip(norms, saved):
+            norm.momentum = momentum
 
 
 def differentiable_explanation(
@@ -77,27 +101,7 @@ def hidden_layer_contributions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable contributions of the module ``layer`` (a name from ``model.named_modules()``) to each image's
     ``target`` logit, upsampled bilinearly to the image size: ``((N, H, W) contributions, (N, C) logits)``."""
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        hidden = [name for name in modules if name.count(".") <= 3 and name]
-        raise ValueError(f"the model has no layer {layer!r}; its layers include: {', '.join(hidden[:40])}")
-    captured = []
-
-    def keep(module, inputs, output):
-        captured.append(_layer_output(output))
-
-    handle = modules[layer].register_forward_hook(keep)
-    try:
-        with torch.enable_grad(), explanation_mode(model):
-            logits = model(pixel_values=pixel_values).logits
-            if len(captured) != 1:
-                raise ValueError(f"layer {layer!r} ran {len(captured)} times in one forward pass; choose another")
-            activation = captured[0]
-            target = resolve_target(target, logits.detach())
-            selected = logits.gather(1, target[:, None]).sum()
-            (gradient,) = torch.autograd.grad(selected, activation, create_graph=True)
-    finally:
-        handle.remove()
+    activation, gradient, logits = _layer_gradient(model, pixel_values, target, layer, explain=True, create_graph=True)
     maps = spatial_contributions(activation, gradient)
     upsampled = F.interpolate(maps[:, None], size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
     return upsampled[:, 0], logits
@@ -107,9 +111,86 @@ def guidance_contributions(
     model: nn.Module, pixel_values: torch.Tensor, target: torch.Tensor, layer: str = INPUT_LAYER
 ) -> torch.Tensor:
     """(N, H, W) differentiable contributions to the ``target`` logits, at the input or at a hidden ``layer``."""
+    return attributions(model, pixel_values, target, "bcos", layer)
+
+
+def _input_gradient(model: nn.Module, pixel_values: torch.Tensor, target: torch.Tensor, create_graph: bool):
+    """(feature, d target logit / d feature, logits) at the input in ordinary mode: the feature is the ``[x, 1 - x]``
+    encoding for models that expose ``_logits`` of it (the CNN families, as the model guidance paper takes it),
+    else the [0, 1] image itself."""
+    from ..modeling.bcos_layers import encode_inverse
+
+    with torch.enable_grad():
+        if hasattr(model, "_logits"):
+            feature = encode_inverse(pixel_values.detach().to(model.dtype)).requires_grad_(True)
+            logits = model._logits(feature)
+            logits = logits[0] if isinstance(logits, tuple) else logits
+        else:
+            feature = pixel_values.detach().to(model.dtype).requires_grad_(True)
+            logits = model(pixel_values=feature).logits
+        target = resolve_target(target, logits.detach())
+        (gradient,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), feature, create_graph=create_graph)
+    return feature, gradient, logits
+
+
+def _layer_gradient(
+    model: nn.Module, pixel_values: torch.Tensor, target: torch.Tensor, layer: str, explain: bool, create_graph: bool
+):
+    """(activation of ``layer``, d target logit / d activation, logits), in explanation mode when ``explain``."""
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        hidden = [name for name in modules if name.count(".") <= 3 and name]
+        raise ValueError(f"the model has no layer {layer!r}; its layers include: {', '.join(hidden[:40])}")
+    captured = []
+    handle = modules[layer].register_forward_hook(lambda module, inputs, output: captured.append(_layer_output(output)))
+    try:
+        with torch.enable_grad(), explanation_mode(model) if explain else contextlib.nullcontext():
+            logits = model(pixel_values=pixel_values).logits
+            if len(captured) != 1:
+                raise ValueError(f"layer {layer!r} ran {len(captured)} times in one forward pass; choose another")
+            target = resolve_target(target, logits.detach())
+            selected = logits.gather(1, target[:, None]).sum()
+            (gradient,) = torch.autograd.grad(selected, captured[0], create_graph=create_graph)
+    finally:
+        handle.remove()
+    return captured[0], gradient, logits
+
+
+def gradcam_map(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) GradCAM: ReLU of the channels of a (N, C, h, w) activation weighted by their mean gradient."""
+    if activation.ndim != 4:
+        raise ValueError(f"GradCAM needs a convolutional (N, C, h, w) layer output, got {tuple(activation.shape)}")
+    return F.relu((activation * gradient.mean(dim=(2, 3), keepdim=True)).sum(dim=1))
+
+
+def attributions(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    target: torch.Tensor,
+    method: str = "bcos",
+    layer: str = INPUT_LAYER,
+    create_graph: bool = True,
+) -> torch.Tensor:
+    """(N, H, W) attributions of the ``target`` logits, differentiable with ``create_graph``, at the image size.
+
+    ``method``: ``"bcos"`` (the model's own contributions, in explanation mode), ``"ixg"`` (Input x Gradient in
+    ordinary mode) or ``"gradcam"`` (only at a hidden layer). ``layer``: ``"input"`` or a module name; a hidden
+    layer's map is upsampled bilinearly to the image.
+    """
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(f"attribution method must be one of {ATTRIBUTION_METHODS}, got {method!r}")
     if layer == INPUT_LAYER:
-        return differentiable_explanation(model, pixel_values, target).contributions
-    return hidden_layer_contributions(model, pixel_values, target, layer)[0]
+        if method == "gradcam":
+            raise ValueError("GradCAM explains a hidden layer; pass its module name as the layer")
+        if method == "bcos":
+            explanation = differentiable_explanation(model, pixel_values, target)
+            return explanation.contributions if create_graph else explanation.contributions.detach()
+        feature, gradient, _ = _input_gradient(model, pixel_values, target, create_graph)
+        return (feature * gradient).sum(dim=1)
+    activation, gradient, _ = _layer_gradient(model, pixel_values, target, layer, method == "bcos", create_graph)
+    maps = gradcam_map(activation, gradient) if method == "gradcam" else spatial_contributions(activation, gradient)
+    upsampled = F.interpolate(maps[:, None], size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+    return upsampled[:, 0]
 
 
 def energy_loss(attributions: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -121,13 +202,60 @@ def energy_loss(attributions: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     An image without any positive attribution has nothing inside the boxes and scores 1. The loss is 0 when all
     positive attribution lies in the boxes, whatever the negative attribution does.
     """
-    if attributions.shape != masks.shape:
-        raise ValueError(f"attributions {tuple(attributions.shape)} and masks {tuple(masks.shape)} differ in shape")
+    _check_shapes(attributions, masks)
     positive = attributions.clamp_min(0)
     total = positive.sum(dim=(1, 2))
     inside = (positive * masks.to(positive.dtype)).sum(dim=(1, 2))
     share = torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
     return 1 - share
+
+
+def max_normalised(attributions: torch.Tensor, positive: bool) -> torch.Tensor:
+    """Each map divided by its largest magnitude (maps of zeros stay zero), after ``max(A, 0)`` when ``positive``:
+    the model guidance paper's preparation of attributions for the L1, PPCE (positive) and RRR (signed) losses.
+    The maximum is part of the graph."""
+    if positive:
+        attributions = attributions.clamp_min(0)
+    largest = attributions.abs().amax(dim=(1, 2), keepdim=True)
+    return torch.where(largest > 0, attributions / largest.where(largest > 0, torch.ones_like(largest)), attributions)
+
+
+def l1_loss(attributions: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(N,) the L1 localisation loss (GRADIA's, as the model guidance paper uses it): the mean over pixels of
+    ``|A_hat - M|``, with ``A_hat`` the positive attribution divided by its maximum. 0 when the positive attribution
+    is uniform inside the box and zero outside."""
+    _check_shapes(attributions, masks)
+    return (max_normalised(attributions, positive=True) - masks.to(attributions.dtype)).abs().mean(dim=(1, 2))
+
+
+def rrr_loss(attributions: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(N,) "right for the right reasons" (Ross et al., 2017) as the model guidance paper adapts it (RRR*): the sum
+    over pixels outside the box of the squared attribution, signed, divided by its largest magnitude. Ross et al.
+    penalise the input gradient of the log-probabilities; here the attribution of the guided method takes its
+    place (for ``ixg`` at the input: gradient times input)."""
+    _check_shapes(attributions, masks)
+    outside = ~masks.bool()
+    return (max_normalised(attributions, positive=False).square() * outside).sum(dim=(1, 2))
+
+
+def ppce_loss(attributions: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(N,) per-pixel cross-entropy (HAICS, as the model guidance paper uses it): the mean over the pixels inside the
+    box of ``-log A_hat`` (torch's binary cross-entropy towards 1, whose log is clamped at -100),
+    ``A_hat`` the positive attribution divided by its maximum. Outside the box nothing is asked; 0 without a box."""
+    _check_shapes(attributions, masks)
+    inside = masks.bool()
+    scaled = max_normalised(attributions, positive=True)
+    per_pixel = F.binary_cross_entropy(scaled, torch.ones_like(scaled), reduction="none") * inside
+    count = inside.sum(dim=(1, 2))
+    return per_pixel.sum(dim=(1, 2)) / count.clamp_min(1)
+
+
+GUIDANCE_LOSSES = {"energy": energy_loss, "l1": l1_loss, "rrr": rrr_loss, "ppce": ppce_loss}
+
+
+def _check_shapes(attributions: torch.Tensor, masks: torch.Tensor) -> None:
+    if attributions.shape != masks.shape:
+        raise ValueError(f"attributions {tuple(attributions.shape)} and masks {tuple(masks.shape)} differ in shape")
 
 
 def explanation_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,14 @@
-"""Model guidance (Rao et al., "Using Explanations to Guide Models", ICCV 2023): train a B-cos classifier to be right
-for the right reasons from object boxes.
+"""Model guidance (Rao et al., "Studying How to Efficiently and Effectively Guide Models with Explanations", ICCV
+2023): train a B-cos classifier to be right for the right reasons from object boxes.
 
-The loss is the B-cos papers' classification loss plus ``lambda`` times the energy loss
-(:func:`~bcos_zoo.training.explanation_losses.energy_loss`) of each boxed image's explanation for its label, summed
-over the images of the batch that carry boxes. The explanation is the model's own, taken in explanation mode with a
-graph, at the input or at a hidden layer (``guidance_layer``). Only a seeded ``box_fraction`` of the training images
-lends its boxes. Items are ``(image, label, boxes)`` (:mod:`bcos_zoo.data.boxes`); evaluation reports accuracy, the
-energy pointing game (EPG) and the IoU of the thresholded positive attribution with the box mask.
+The loss is the model's classification loss plus ``lambda`` times a localisation loss (``guidance_loss``: the energy
+loss, L1, RRR or PPCE of :mod:`~bcos_zoo.training.explanation_losses`) of each boxed image's attribution for its
+label, summed over the images of the batch that carry boxes. The attribution (``attribution``) is the model's own
+B-cos explanation, taken in explanation mode with a graph, or Input x Gradient or GradCAM of the same model, at the
+input or at a hidden layer (``guidance_layer``). Only a seeded ``box_fraction`` of the training images lends its
+boxes, each grown by ``box_dilation`` of its size (coarse boxes). Items are ``(image, label, boxes)``
+(:mod:`bcos_zoo.data.boxes`); evaluation reports accuracy, the energy pointing game (EPG) and the IoU of the
+thresholded positive attribution with the box mask, for the guided attribution and for the model's own explanation.
 """
 
 from collections import defaultdict
@@ -17,12 +19,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainingArguments
 
-from ..data.boxes import BoxedImages, BoxTransform, box_training_transform, collate_boxed
+from ..data.boxes import BoxedImages, BoxTransform, as_is_transform, box_training_transform, collate_boxed
 from ..data.datasets import DatasetSplits
-from ..data.decoys import load_boxed_splits
+from ..data.decoys import load_boxed_splits, spec_canvas
 from ..data.preprocessing import model_transform
 from .classification import BcosClassification, accuracy_metrics
-from .explanation_losses import INPUT_LAYER, energy_loss, guidance_contributions
+from .explanation_losses import (
+    ATTRIBUTION_METHODS,
+    GUIDANCE_LOSSES,
+    INPUT_LAYER,
+    attributions,
+    frozen_running_statistics,
+)
 from .task import CardFields
 from .trainer import TermLoggingTrainer
 
@@ -56,33 +64,56 @@ def attribution_iou(attributions: torch.Tensor, masks: torch.Tensor, threshold: 
     return torch.where(union > 0, (predicted & truth).sum(dim=1) / union.clamp_min(1), torch.zeros_like(union).double())
 
 
-class GuidedTrainer(TermLoggingTrainer):
-    """A ``Trainer`` whose training loss adds ``guidance_weight`` times the energy loss of the boxed images.
+def check_guidance(loss: str, method: str, layer: str) -> None:
+    """Refuse an unknown localisation loss or attribution method, and GradCAM at the input, before training."""
+    if loss not in GUIDANCE_LOSSES:
+        raise ValueError(f"guidance_loss must be one of {sorted(GUIDANCE_LOSSES)}, got {loss!r}")
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(f"attribution must be one of {ATTRIBUTION_METHODS}, got {method!r}")
+    if method == "gradcam" and layer == INPUT_LAYER:
+        raise ValueError("GradCAM explains a hidden layer: set guidance_layer to a module name")
 
-    The classification loss comes from the model's ordinary forward pass; the explanations come from a second pass
-    in explanation mode, over the boxed images only (cheap when few images have boxes). The mean energy loss and the
-    share of boxed images are logged beside the loss.
+
+class GuidedTrainer(TermLoggingTrainer):
+    """A ``Trainer`` whose training loss adds ``guidance_weight`` times the localisation loss of the boxed images.
+
+    The classification loss comes from the model's ordinary forward pass; the attributions come from a second pass
+    (in explanation mode for B-cos attributions) over the boxed images only, cheap when few images have boxes, and
+    skipped when ``guidance_weight`` is 0; that pass leaves BatchNorm's running statistics alone. The mean localisation loss and the share of boxed images are
+    logged beside the loss.
     """
 
-    def __init__(self, *args, guidance_weight: float, guidance_layer: str = INPUT_LAYER, **kwargs):
+    def __init__(
+        self,
+        *args,
+        guidance_weight: float,
+        guidance_layer: str = INPUT_LAYER,
+        guidance_loss: str = "energy",
+        attribution: str = "bcos",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        check_guidance(guidance_loss, attribution, guidance_layer)
         self.guidance_weight, self.guidance_layer = guidance_weight, guidance_layer
+        self.guidance_loss, self.attribution = guidance_loss, attribution
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(pixel_values=inputs["pixel_values"], labels=inputs["labels"])
         loss = outputs.loss
         boxed = inputs.get("has_boxes")
-        if model.training and boxed is not None and bool(boxed.any()):
-            attributions = guidance_contributions(
-                self.accelerator.unwrap_model(model),
-                inputs["pixel_values"][boxed],
-                inputs["labels"][boxed],
-                self.guidance_layer,
-            )
-            energy = energy_loss(attributions, inputs["box_masks"][boxed])
-            if self.guidance_weight:
-                loss = loss + self.guidance_weight * energy.sum()
-            self.tally("energy_loss", energy.detach().mean())
+        if model.training and self.guidance_weight and boxed is not None and bool(boxed.any()):
+            unwrapped = self.accelerator.unwrap_model(model)
+            with frozen_running_statistics(unwrapped):
+                maps = attributions(
+                    unwrapped,
+                    inputs["pixel_values"][boxed],
+                    inputs["labels"][boxed],
+                    self.attribution,
+                    self.guidance_layer,
+                )
+            localisation = GUIDANCE_LOSSES[self.guidance_loss](maps, inputs["box_masks"][boxed])
+            loss = loss + self.guidance_weight * localisation.sum()
+            self.tally(f"{self.guidance_loss}_loss", localisation.detach().mean())
         if model.training and boxed is not None:
             self.tally("boxed_share", boxed.float().mean())
         return (loss, outputs) if return_outputs else loss
@@ -90,16 +121,18 @@ class GuidedTrainer(TermLoggingTrainer):
 
 @torch.no_grad()
 def localisation_scores(
-    model: nn.Module, dataset: Dataset, batch_size: int, layer: str = INPUT_LAYER
+    model: nn.Module, dataset: Dataset, batch_size: int, layer: str = INPUT_LAYER, method: str = "bcos"
 ) -> dict[str, float]:
-    """Accuracy over all items, and EPG and IoU of the explanation of each image's label over the items with boxes
-    (``epg``/``iou`` at the input; ``layer_epg`` too when ``layer`` is a hidden layer)."""
+    """Accuracy over all items and, over the items with boxes, EPG and IoU of the attribution of each image's label:
+    ``epg``/``iou`` for the attribution ``method`` at ``layer`` (what guidance trained), and ``bcos_epg``/``bcos_iou``
+    for the model's own explanation at the input when that is another attribution."""
     from ..evaluation.scores import energy_pointing_scores
 
     device = next(model.parameters()).device
     model.eval()
     correct, count = 0, 0
     scores: dict[str, list[float]] = defaultdict(list)
+    own = method == "bcos" and layer == INPUT_LAYER
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_boxed):
         pixels, labels = batch["pixel_values"].to(device), batch["labels"].to(device)
         masks = batch["box_masks"].to(device)
@@ -109,13 +142,13 @@ def localisation_scores(
         boxed = masks.flatten(1).any(dim=1)
         if not bool(boxed.any()):
             continue
-        contributions = explanation.contributions[boxed]
-        scores["epg"] += energy_pointing_scores(contributions, masks[boxed]).tolist()
-        scores["iou"] += attribution_iou(contributions, masks[boxed]).tolist()
-        if layer != INPUT_LAYER:
+        maps = {"bcos_" if not own else "": explanation.contributions[boxed]}
+        if not own:
             with torch.enable_grad():
-                hidden = guidance_contributions(model, pixels[boxed], labels[boxed], layer).detach()
-            scores["layer_epg"] += energy_pointing_scores(hidden, masks[boxed]).tolist()
+                maps[""] = attributions(model, pixels[boxed], labels[boxed], method, layer, create_graph=False)
+        for prefix, values in maps.items():
+            scores[f"{prefix}epg"] += energy_pointing_scores(values.detach(), masks[boxed]).tolist()
+            scores[f"{prefix}iou"] += attribution_iou(values, masks[boxed]).tolist()
     metrics = {"accuracy": correct / max(count, 1)}
     metrics.update({name: sum(values) / len(values) for name, values in scores.items()})
     metrics["boxed_images"] = len(scores["epg"])
@@ -132,12 +165,15 @@ class GuidedClassification(BcosClassification):
         recipe = self.recipe
         return replace(
             BcosClassification.card,
-            objective="BCE with uniform off-labels + lambda x energy loss (model guidance)",
+            objective=f"classification loss + lambda x {recipe.guidance_loss} localisation loss (model guidance)",
             tags=("model-guidance",),
             hyperparameters=(
                 ("guidance weight lambda", recipe.guidance_weight),
+                ("localisation loss", recipe.guidance_loss),
+                ("guided attribution", recipe.attribution),
                 ("guided layer", recipe.guidance_layer),
                 ("share of training images with boxes", recipe.box_fraction),
+                ("box dilation", recipe.box_dilation),
             ),
         )
 
@@ -145,16 +181,34 @@ class GuidedClassification(BcosClassification):
         recipe = self.recipe
         return load_boxed_splits(recipe.dataset, recipe.image_column, recipe.label_column)
 
+    def _canvas_as_is(self, model: nn.Module) -> bool:
+        """Whether the data are decoy canvases drawn at the model's input size and its processor leaves them as they
+        are (no resize or crop: ``crop_pct`` 1), so that pixels are read as drawn."""
+        canvas = spec_canvas(self.recipe.dataset)
+        config = model.config
+        return canvas is not None and canvas == self.image_size(model) and getattr(config, "crop_pct", 1.0) == 1.0
+
     def train_transform(self, model: nn.Module) -> BoxTransform:
+        """Random-resized crops and flips, or, on decoy canvases at the model's size with ``crop_scale`` (1, 1),
+        the canvases as drawn (their random placement is the augmentation)."""
+        if tuple(self.recipe.crop_scale) == (1.0, 1.0) and self._canvas_as_is(model):
+            return as_is_transform
         return box_training_transform(self.image_size(model), crop_scale=self.recipe.crop_scale)
 
     def eval_transform(self, model: nn.Module) -> BoxTransform:
-        return processor_box_transform(model)
+        """The model's own processor (the same pixels, read without it, on canvases it leaves as they are)."""
+        return as_is_transform if self._canvas_as_is(model) else processor_box_transform(model)
 
     def dataset(self, items: Dataset, transform, seed: int | None = None) -> Dataset:
-        training = seed is not None
-        fraction = self.recipe.box_fraction if training else 1.0
-        return BoxedImages(items, transform, seed=seed, box_fraction=fraction, box_seed=self.recipe.seed)
+        recipe, training = self.recipe, seed is not None
+        return BoxedImages(
+            items,
+            transform,
+            seed=seed,
+            box_fraction=recipe.box_fraction if training else 1.0,
+            box_seed=recipe.seed,
+            box_dilation=recipe.box_dilation if training else 0.0,
+        )
 
     def collate(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         return collate_boxed(batch)
@@ -166,9 +220,12 @@ class GuidedClassification(BcosClassification):
             compute_metrics=accuracy_metrics,
             guidance_weight=self.recipe.guidance_weight,
             guidance_layer=self.recipe.guidance_layer,
+            guidance_loss=self.recipe.guidance_loss,
+            attribution=self.recipe.attribution,
             **common,
         )
 
     def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset: Dataset) -> dict[str, float]:
         """Accuracy, EPG and IoU on the evaluation split (for decoy data: decoys shuffled across classes)."""
-        return localisation_scores(model, eval_dataset, self.recipe.batch_size, self.recipe.guidance_layer)
+        recipe = self.recipe
+        return localisation_scores(model, eval_dataset, recipe.batch_size, recipe.guidance_layer, recipe.attribution)

@@ -51,9 +51,14 @@ class Recipe:
     save_steps: int = _flag("checkpoint every N steps (what --resume continues from)", 500)
     seed: int = _flag("seed of initialisation, data order and augmentation", 0)
     architecture: dict | None = _flag("config fields of a model trained from scratch (JSON)", None)
-    guidance_weight: float = _flag("guided-classification: lambda of the energy loss (summed over boxed images)", 1e-3)
+    guidance_weight: float = _flag(
+        "guided-classification: lambda of the localisation loss (summed over the boxed images)", 1e-3
+    )
+    guidance_loss: str = _flag("guided-classification: localisation loss: 'energy', 'l1', 'rrr' or 'ppce'", "energy")
+    attribution: str = _flag("guided-classification: 'bcos', 'ixg' or 'gradcam' (a hidden layer) attributions", "bcos")
     guidance_layer: str = _flag("guided-classification: 'input' or a module name whose explanation is guided", "input")
     box_fraction: float = _flag("guided-classification: share of training images whose boxes the loss uses", 1.0)
+    box_dilation: float = _flag("guided-classification: grow each training box by this share of its size per side", 0.0)
     teacher: str | None = _flag("explanation-distillation: the B-cos teacher (folder or Hub id)", None)
     kd_temperature: float = _flag("explanation-distillation: softmax temperature T of the KD term", 1.0)
     explanation_weight: float = _flag("explanation-distillation: lambda_exp of 1 - cos(E_s, E_t); 0 = plain KD", 1.0)
