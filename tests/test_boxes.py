@@ -8,12 +8,14 @@ from PIL import Image
 
 from bcos_zoo.data.boxes import (
     BoxedImages,
+    as_is_transform,
     box_masks,
     box_resize_transform,
     box_training_transform,
     boxed_subset,
     collate_boxed,
     crop_resize_boxes,
+    dilate_boxes,
     flip_boxes,
     random_resized_crop_with_boxes,
     resize_with_boxes,
@@ -155,3 +157,38 @@ def test_fashion_mnist_decoy_splits(fashion_mnist):
     assert (np.asarray(clean).std(axis=2) == 0).all()  # grey garment only, no decoy
     assert clean_label == first_label and clean_boxes == boxes
     assert np.asarray(clean)[..., 0].sum() == garment.sum()  # the whole garment and nothing else
+
+
+def test_dilated_boxes_grow_by_whole_pixels_and_stay_in_the_image():
+    boxes = [[10, 20, 30, 24], [0, 0, 5, 5]]
+    grown = dilate_boxes(boxes, 0.25, width=32, height=26)
+    # 20 x 4 grows by 5 and 1; 5 x 5 by 1 (floor of 1.25), clipped at the top-left corner
+    np.testing.assert_array_equal(grown, [[5, 19, 35 - 3, 25], [0, 0, 6, 6]])
+    np.testing.assert_array_equal(dilate_boxes(boxes, 0.0, 32, 26), boxes)
+
+
+def test_decoy_canvases_read_as_tensors_equal_the_pictures():
+    """The fast path (tensors straight from the canvases, through a subset) gives the pixels, mask and boxed flag
+    that the pictures give through the generic transform; dilation grows the training mask."""
+    dataset = DecoyImages(garments(), canvas=36, decoys="class", decoy_size=4, seed=3)
+    subset = torch.utils.data.Subset(dataset, [5, 1, 7])
+    fast = BoxedImages(subset, as_is_transform, box_fraction=0.5, box_seed=1)
+    generic = BoxedImages(list(subset), as_is_transform, box_fraction=0.5, box_seed=1)
+    assert fast._tensors is dataset and generic._tensors is None
+    for index in range(3):
+        a, b = fast[index], generic[index]
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["box_mask"], b["box_mask"])
+        assert a["labels"] == b["labels"] and a["has_boxes"] == b["has_boxes"]
+    dilated = BoxedImages(subset, as_is_transform, box_dilation=0.5)[0]["box_mask"]
+    assert dilated.sum() > fast[0]["box_mask"].sum() and (dilated | fast[0]["box_mask"]).equal(dilated)
+
+
+def test_decoy_modes_share_garments_placements_and_squares():
+    shuffled = DecoyImages(garments(), canvas=36, decoys="shuffled", decoy_size=4, seed=2)
+    for mode in ("class", None):
+        other = shuffled.with_decoys(mode)
+        for index in range(len(shuffled)):
+            a, b = np.asarray(shuffled[index][0]), np.asarray(other[index][0])
+            differs = (a != b).any(axis=2)
+            assert shuffled[index][2] == other[index][2]  # the same box
+            assert differs.sum() == 16 and (a.std(axis=2) > 0)[differs].all()  # only the 4 x 4 square differs

@@ -1,5 +1,5 @@
-"""The losses on explanations: the energy loss of model guidance and the e2KD loss, on constructed values and on
-real (tiny) B-cos models whose explanations are differentiated."""
+"""The losses on explanations: the localisation losses of model guidance (energy, L1, RRR, PPCE) and the e2KD loss,
+on constructed values and on real (tiny) B-cos models whose explanations (and IxG, GradCAM) are differentiated."""
 
 import copy
 import math
@@ -9,12 +9,20 @@ import torch
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
 from bcos_zoo.training.explanation_losses import (
+    GUIDANCE_LOSSES,
+    attributions,
     differentiable_explanation,
     e2kd_loss,
     energy_loss,
     explanation_cosine,
+    frozen_running_statistics,
+    gradcam_map,
     guidance_contributions,
     hidden_layer_contributions,
+    l1_loss,
+    max_normalised,
+    ppce_loss,
+    rrr_loss,
 )
 
 
@@ -192,3 +200,119 @@ def test_explanation_cosine_resizes_the_student_to_the_teacher():
     teacher = torch.rand(2, 6, 8, 8)
     student = torch.nn.functional.interpolate(teacher, size=(16, 16), mode="nearest")
     torch.testing.assert_close(explanation_cosine(student, teacher), torch.ones(2), atol=0.1, rtol=0)
+
+
+# -- the model guidance paper's other losses and attributions ---------------------------------------------------------
+
+
+def two_by_two() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 2x2 maps and masks of their top row: (2, -1 / 1, 0) and all zeros."""
+    maps = torch.tensor([[[2.0, -1.0], [1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+    masks = torch.tensor([[[True, True], [False, False]]] * 2)
+    return maps, masks
+
+
+def test_l1_loss_known_values():
+    """Positive part over its maximum: (1, 0 / 0.5, 0); against the mask (1, 1 / 0, 0) the mean of |difference| is
+    (0 + 1 + 0.5 + 0) / 4. A map of zeros is all zero against the mask: 2 / 4."""
+    maps, masks = two_by_two()
+    torch.testing.assert_close(l1_loss(maps, masks), torch.tensor([0.375, 0.5], dtype=torch.float64))
+    uniform = masks[:1].double() * 3.0  # uniform positive attribution inside, none outside
+    assert float(l1_loss(uniform, masks[:1])) == 0.0
+
+
+def test_rrr_loss_known_values():
+    """Signed map over its largest magnitude: (1, -0.5 / 0.5, 0); outside the mask (the bottom row) the squares sum
+    to 0.25. Negative attribution outside counts as much as positive."""
+    maps, masks = two_by_two()
+    torch.testing.assert_close(rrr_loss(maps, masks), torch.tensor([0.25, 0.0], dtype=torch.float64))
+    flipped = maps.clone()
+    flipped[0, 1, 0] = -1.0
+    torch.testing.assert_close(rrr_loss(flipped, masks)[0], torch.tensor(0.25, dtype=torch.float64))
+
+
+def test_ppce_loss_known_values_and_a_finite_gradient_at_zero():
+    """Inside the box the scaled positive attribution is (1, 0): binary cross-entropy towards 1 is (0, 100) (torch
+    clamps the log at -100), mean 50; no box gives 0. The gradient stays finite where the attribution is 0."""
+    maps, masks = two_by_two()
+    torch.testing.assert_close(ppce_loss(maps, masks)[0], torch.tensor(50.0, dtype=torch.float64))
+    assert float(ppce_loss(maps, torch.zeros_like(masks))[0]) == 0.0
+    half = torch.tensor([[[2.0, 1.0], [0.0, 0.0]]], dtype=torch.float64)  # (1, 0.5) inside: -log 0.5 / 2
+    assert float(ppce_loss(half, masks[:1])[0]) == pytest.approx(math.log(2) / 2)
+    leaf = maps.clone().requires_grad_(True)
+    ppce_loss(leaf, masks).sum().backward()
+    assert torch.isfinite(leaf.grad).all()
+
+
+def test_max_normalised_keeps_zero_maps_and_is_differentiable():
+    maps, _ = two_by_two()
+    torch.testing.assert_close(max_normalised(maps, positive=False)[0], maps[0] / 2)
+    torch.testing.assert_close(max_normalised(maps, positive=True)[0], maps[0].clamp_min(0) / 2)
+    assert (max_normalised(maps, positive=True)[1] == 0).all()
+
+
+def test_every_guidance_loss_is_zero_for_attribution_uniformly_inside_the_box():
+    masks = torch.zeros(3, 6, 6, dtype=torch.bool)
+    masks[:, 1:4, 2:5] = True
+    maps = masks.double() * torch.tensor([1.0, 0.5, 7.0], dtype=torch.float64)[:, None, None]
+    for name, loss in GUIDANCE_LOSSES.items():
+        torch.testing.assert_close(loss(maps, masks), torch.zeros(3, dtype=torch.float64), msg=name)
+
+
+def test_gradcam_map_known_values():
+    """Two channels with mean gradients 1 and -2: ReLU(a_0 - 2 a_1) per position."""
+    activation = torch.tensor([[[[1.0, 2.0], [3.0, 0.0]], [[0.0, 1.0], [1.0, 1.0]]]])
+    gradient = torch.stack([torch.full((2, 2), 1.0), torch.tensor([[-4.0, 0.0], [0.0, -4.0]])])[None]
+    torch.testing.assert_close(gradcam_map(activation, gradient), torch.tensor([[[1.0, 0.0], [1.0, 0.0]]]))
+
+
+def tiny_resnet(b: float = 2.0) -> torch.nn.Module:
+    from bcos_zoo import BcosResNetConfig, BcosResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = BcosResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", b=b, num_labels=3, image_size=16
+    )
+    return BcosResNetForImageClassification(config).double().eval()
+
+
+def test_input_x_gradient_is_the_bcos_explanation_at_b_1_only():
+    """At B = 1 (without biases) the network is piecewise linear and its explanation mode detaches nothing that
+    varies, so Input x Gradient on the [x, 1 - x] encoding equals the B-cos contributions; at B = 2 the cosine
+    factor's own gradient makes them differ."""
+    pixels = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    target = torch.tensor([1, 2])
+    for b, same in ((1.0, True), (2.0, False)):
+        model = tiny_resnet(b)
+        ixg = attributions(model, pixels, target, "ixg", create_graph=False)
+        own = attributions(model, pixels, target, "bcos", create_graph=False)
+        assert torch.allclose(ixg, own, rtol=1e-9, atol=1e-12) == same, b
+
+
+def test_hidden_layer_attributions_reach_the_weights_and_have_the_image_size():
+    model = tiny_resnet().train()
+    pixels = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[:, 2:10, 3:12] = True
+    for method in ("bcos", "ixg", "gradcam"):
+        model.zero_grad()
+        maps = attributions(model, pixels, torch.tensor([0, 2]), method, "bcos_resnet.encoder.stages.1")
+        assert maps.shape == (2, 16, 16), method
+        GUIDANCE_LOSSES["rrr"](maps, masks).sum().backward()
+        assert model.bcos_resnet.embedder.embedder.convolution.weight.grad.abs().sum() > 0, method
+        if method == "gradcam":
+            assert (maps >= 0).all()
+    with pytest.raises(ValueError, match="hidden layer"):
+        attributions(model, pixels, torch.tensor([0, 2]), "gradcam")
+
+
+def test_frozen_running_statistics_leave_batch_norm_alone():
+    model = tiny_resnet().train()
+    norm = model.bcos_resnet.embedder.embedder.normalization
+    before = norm.running_var.clone()
+    with frozen_running_statistics(model):
+        model(pixel_values=torch.rand(4, 3, 16, 16, dtype=torch.float64))
+    torch.testing.assert_close(norm.running_var, before)
+    assert norm.momentum == 0.1
+    model(pixel_values=torch.rand(4, 3, 16, 16, dtype=torch.float64))
+    assert not torch.equal(norm.running_var, before)

@@ -1,40 +1,101 @@
-"""The training-with-explanations miniature end to end at toy size: every run trains, and the report holds what it
-measured with the command and the machine."""
+"""The training-with-explanations miniature: the verdict rule and the Pareto front on constructed numbers, the
+script's presets, and the ``--quick`` run end to end (every run trains for two seeds, the premises are printed, the
+report holds what was measured with the command and the machine)."""
 
 import json
+import sys
 
 import pytest
 from test_guided_training import guided_scores_by_hand
 
-from bcos_zoo.zoo.guidance_reproduction import GuidanceSettings, reproduce_guidance
+from bcos_zoo.zoo.guidance_reproduction import (
+    GuidanceSettings,
+    compare,
+    full_grid,
+    pareto_front,
+    premises,
+    reproduce_guidance,
+    summarise,
+)
 
 
-pytestmark = pytest.mark.slow
+REPO_SCRIPTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"
 
 
+def test_compare_decides_from_the_spread():
+    low, high = [0.10, 0.12, 0.11], [0.50, 0.53, 0.49]
+    assert compare(low, high, 0.02)["verdict"] == "holds"
+    assert compare(high, low, 0.02)["verdict"] == "does not hold"  # significantly the other way
+    flat = compare([0.100, 0.110, 0.105], [0.104, 0.108, 0.102], 0.02)  # no rise of 2 points within the interval
+    assert flat["verdict"] == "does not hold" and flat["ci_high"] < 0.02
+    noisy = compare([0.1, 0.5, 0.3], [0.2, 0.7, 0.4], 0.02)  # +0.13, but the seeds disagree
+    assert noisy["verdict"] == "not resolved at this size" and noisy["p_value"] > 0.05
+    assert compare([0.1], [0.9], 0.02)["verdict"] == "not resolved at this size"  # one seed decides nothing
+    same = compare([0.3, 0.3], [0.3, 0.3], 0.02)
+    assert same["verdict"] == "does not hold" and same["difference"] == 0
+    assert compare([0.3, 0.3], [0.4, 0.4], 0.02)["verdict"] == "holds"
+    welch = compare([1.0, 2.0, 3.0], [2.0, 4.0, 6.0], 0.02)  # Welch: t = 1.549, df = 2.94, p = 0.2210
+    assert welch["p_value"] == pytest.approx(0.2210, abs=2e-4) and welch["difference"] == pytest.approx(2.0)
+
+
+def test_summaries_premises_and_pareto_front():
+    row = summarise({0: {"accuracy": 0.2, "name": "x"}, 1: {"accuracy": 0.4}})
+    assert row["values"] == {"accuracy": [0.2, 0.4]} and row["mean"]["accuracy"] == pytest.approx(0.3)
+    assert row["std"]["accuracy"] == pytest.approx(0.1414213, rel=1e-5)
+    unguided = summarise({s: {"class_accuracy": 0.99, "accuracy": a} for s, a in enumerate([0.2, 0.85])})
+    clean = summarise({s: {"clean_accuracy": a} for s, a in enumerate([0.86, 0.88])})
+    checked = premises(unguided, clean)
+    assert [row["met"] for row in checked] == [True, True, True]
+    assert checked[1]["lowest"] == pytest.approx(0.14) and checked[1]["mean"] == pytest.approx(0.465)
+    assert pareto_front([(0.1, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1), (0.5, 0.5)]) == [0, 1, 4, 3]
+
+
+def test_script_presets():
+    sys.path.insert(0, str(REPO_SCRIPTS))
+    try:
+        import reproduce_guidance as script
+    finally:
+        sys.path.remove(str(REPO_SCRIPTS))
+    quick = script.parse_args(["--quick", "--seeds", "3", "4"])
+    assert quick.seeds == [3, 4] and quick.train_samples == GuidanceSettings.quick().train_samples
+    full = script.parse_args(["--full", "--box-fractions", "0.5"])
+    assert full.grid == "full" and full.runs() == full_grid() and full.seeds == [0, 1, 2]
+    default = script.parse_args([])
+    assert [run.box_fraction for run in default.runs()] == [1.0, 0.1, 0.01]
+    assert {run.loss for run in full_grid()} == {"energy", "l1", "rrr", "ppce"}
+    assert {(run.attribution, run.layer) for run in full_grid()} >= {("gradcam", "hidden"), ("ixg", "input")}
+    assert {run.dilation for run in full_grid()} == {0.0, 0.1, 0.25, 0.5}
+    with pytest.raises(SystemExit):
+        script.parse_args(["--quick", "--full"])
+
+
+@pytest.mark.slow
 @pytest.mark.usefixtures("fashion_mnist")
-def test_toy_reproduction_writes_its_report_figures_and_verdict(tmp_path):
-    settings = GuidanceSettings(
-        train_samples=32,
-        eval_samples=16,
-        epochs=0.25,
-        teacher_epochs=0.25,
-        few_shot_per_class=2,
-        few_shot_epochs=0.25,
-        box_fractions=[0.1],
-        num_examples=2,
-        output_dir=tmp_path / "out",
-        work_dir=tmp_path / "work",
-        device="cpu",
+def test_quick_reproduction_prints_premises_and_writes_its_report(tmp_path, capsys):
+    settings = GuidanceSettings.quick(
+        train_samples=128, eval_samples=32, work_dir=tmp_path / "work", output_dir=tmp_path / "out", device="cpu"
     )
-    report = reproduce_guidance(settings, command="python scripts/reproduce_guidance.py --toy")
-    assert sorted(report["guidance"]) == ["boxes 10%", "none"]
-    for name, folder in (("none", "none"), ("boxes 10%", "boxes-10pct")):
-        expected = guided_scores_by_hand(tmp_path / "work" / folder / "repo", count=16)
-        run = report["guidance"][name]
-        assert {key: run[key] for key in expected} == pytest.approx(expected, abs=1e-5), name
-    assert report["machine"]["load_average_start"] and report["settings"]["output_dir"] == str(tmp_path / "out")
-    assert json.loads((tmp_path / "out" / "guidance.json").read_text())["verdict"] == report["verdict"]
+    report = reproduce_guidance(settings, command="python scripts/reproduce_guidance.py --quick")
+    printed = capsys.readouterr().out
+    for row in report["premises"]:
+        assert f"premise: {row['premise']}: {100 * row['mean']:.1f} ± {100 * row['std']:.1f}" in printed
+        assert ("NOT MET" if not row["met"] else "): met") in printed
+    assert list(report["guidance"]) == ["none", "energy, B-cos at the input, 100% boxes",
+                                        "energy, B-cos at the input, 10% boxes"]  # fmt: skip
+    assert sorted(report["distillation"]) == ["KD, few-shot", "KD, full", "e2KD, few-shot", "e2KD, full"]
+    guided = report["guidance"]["energy, B-cos at the input, 10% boxes"]
+    assert guided["seeds"] == [0, 1] and len(guided["values"]["accuracy"]) == 2
+    for seed, accuracy in zip((0, 1), guided["values"]["accuracy"]):  # each seed's model, rescored by hand
+        folder = tmp_path / "work" / f"seed{seed}" / "guided" / "energy-bcos-input-boxes0.1" / "repo"
+        by_hand = guided_scores_by_hand(folder, count=32, canvas=36)
+        assert accuracy == pytest.approx(by_hand["accuracy"], abs=1e-9)
+        assert guided["values"]["epg"][seed] == pytest.approx(by_hand["epg"], abs=1e-5)
+    claims = [v["claim"] for v in report["verdicts"]]
+    assert len(claims) == 4 + 8 and all(v["verdict"] for v in report["verdicts"])
+    assert json.loads((tmp_path / "out" / "guidance.json").read_text())["verdicts"] == report["verdicts"]
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "python scripts/reproduce_guidance.py --toy" in text and "## Verdict" in text
-    assert {path.name for path in (tmp_path / "out").glob("*.png")} == {"guidance.png", "e2kd.png", "explanations.png"}
+    assert "python scripts/reproduce_guidance.py --quick" in text and "## Verdicts" in text and "## Premises" in text
+    expected = {"guidance.png", "pareto.png", "e2kd.png", "explanations.png"}
+    assert {path.name for path in (tmp_path / "out").glob("*.png")} == expected
+    again = reproduce_guidance(settings, command="again")  # finished runs are re-used, not trained again
+    assert again["guidance"] == json.loads(json.dumps(report["guidance"]))

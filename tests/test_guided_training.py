@@ -88,6 +88,31 @@ def test_guided_trainer_adds_the_energy_loss_only_for_boxed_images(tmp_path):
     assert float(guided.compute_loss(model, unboxed).detach()) == pytest.approx(base, rel=1e-6)
 
 
+def test_guided_trainer_applies_the_chosen_loss_to_the_chosen_attribution(tmp_path):
+    from transformers import TrainingArguments
+
+    from bcos_zoo.training.explanation_losses import attributions, l1_loss
+    from bcos_zoo.training.guided_classification import check_guidance
+
+    model = tiny_vit().train()
+    batch = collate_boxed(BoxedImages(toy_items(), box_resize_transform(16)))
+    batch["has_boxes"][::2] = False
+    arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    layer = "bcos_vit.layers.0"
+    guided = GuidedTrainer(
+        model=model, args=arguments, guidance_weight=0.3, guidance_loss="l1", attribution="ixg", guidance_layer=layer
+    )
+    base = float(model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss.detach())
+    boxed = batch["has_boxes"]
+    maps = attributions(model, batch["pixel_values"][boxed], batch["labels"][boxed], "ixg", layer)
+    expected = base + 0.3 * float(l1_loss(maps, batch["box_masks"][boxed]).sum())
+    assert float(guided.compute_loss(model, batch).detach()) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="hidden layer"):
+        check_guidance("energy", "gradcam", "input")
+    with pytest.raises(ValueError, match="guidance_loss"):
+        check_guidance("dice", "bcos", "input")
+
+
 def test_attribution_iou():
     masks = torch.zeros(2, 4, 4, dtype=torch.bool)
     masks[:, :2, :2] = True
@@ -97,7 +122,7 @@ def test_attribution_iou():
     torch.testing.assert_close(attribution_iou(maps, masks), torch.tensor([1.0, 1 / 5], dtype=torch.float64))
 
 
-def guided_scores_by_hand(repo, count: int = 8) -> dict[str, float]:
+def guided_scores_by_hand(repo, count: int = 8, canvas: int = 48) -> dict[str, float]:
     """Accuracy, EPG and IoU of the saved model on the first ``count`` test canvases, recomputed from its logits and
     its contributions to each label: the positive share inside the box, and the IoU of the box with the pixels whose
     positive contribution is at least half the image's largest."""
@@ -107,7 +132,7 @@ def guided_scores_by_hand(repo, count: int = 8) -> dict[str, float]:
     from bcos_zoo.training.guided_classification import processor_box_transform
 
     model = AutoModelForImageClassification.from_pretrained(repo).eval()
-    items = [decoy_splits(canvas=48).validation[index] for index in range(count)]
+    items = [decoy_splits(canvas=canvas).validation[index] for index in range(count)]
     transform = processor_box_transform(model)
     pixels, masks = (torch.stack(parts) for parts in zip(*(transform(image, boxes) for image, _, boxes in items)))
     labels = torch.tensor([label for _, label, _ in items])

@@ -36,17 +36,22 @@ ATTRIBUTION_METHODS = ("bcos", "ixg", "gradcam")
 @contextlib.contextmanager
 def frozen_running_statistics(model: nn.Module):
     """BatchNorm layers in training mode keep normalising with their batch statistics but leave their running
-    statistics alone (momentum 0): a second forward pass of a training step (for an explanation, over a subset of
-    the batch) then does not count twice, or with a batch of a few boxed images, in what evaluation uses."""
-    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    saved = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.momentum = 0.0
+    statistics alone: a second forward pass of a training step (for an explanation, over a subset of the batch)
+    then does not count twice, or with a batch of a few boxed images, in what evaluation uses. The B-cos CNNs'
+    BatchNorm stops counting batches (``counts_batches``, as in a checkpointed replay); torch's gets momentum 0."""
+    saved = []
+    for module in model.modules():
+        if hasattr(module, "counts_batches"):
+            saved.append((module, "counts_batches", module.counts_batches))
+            module.counts_batches = False
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            saved.append((module, "momentum", module.momentum))
+            module.momentum = 0.0
     try:
         yield
     finally:
-        for norm, momentum in zip(norms, saved):
-            norm.momentum = momentum
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def differentiable_explanation(

@@ -99,7 +99,7 @@ class GuidanceSettings:
     grid: str = "default"  # "default" (energy loss, B-cos at the input, box_fractions) or "full" (full_grid())
     train_samples: int = 60_000  # the first N decoy (or clean) training images
     eval_samples: int = 2_000  # the first N test images
-    base_epochs: float = 3.0  # the unguided model and the clean-canvas model (the e2KD teacher) from scratch
+    base_epochs: float = 4.0  # the unguided model and the clean-canvas model (the e2KD teacher) from scratch
     guidance_epochs: float = 1.0  # guided fine-tuning of the unguided model (and the unguided fine-tuning beside it)
     student_epochs: float = 1.0  # e2KD and KD students on all training images, from scratch
     few_shot_per_class: int = 50  # few-shot students train on the first 10 x N images
@@ -296,15 +296,15 @@ def compare(baseline: list[float], treated: list[float], minimal_effect: float, 
     result = {"difference": difference, "p_value": None, "ci_high": None}
     if min(len(baseline), len(treated)) < 2:
         return {**result, "verdict": "not resolved at this size"}
-    variance = mean_std(treated)[1] ** 2 / len(treated) + mean_std(baseline)[1] ** 2 / len(baseline)
+    std_t, std_b = mean_std(treated)[1], mean_std(baseline)[1]
+    shares = (std_t**2 / len(treated), std_b**2 / len(baseline))
+    variance = sum(shares)
     if variance == 0:  # identical runs: the difference is exact
         p_value, high = (0.0 if difference else 1.0), difference
-    else:
-        test = stats.ttest_ind(treated, baseline, equal_var=False)
-        degrees = variance**2 / sum(
-            (mean_std(group)[1] ** 2 / len(group)) ** 2 / (len(group) - 1) for group in (treated, baseline)
-        )
-        p_value, high = float(test.pvalue), difference + float(stats.t.ppf(0.975, degrees)) * math.sqrt(variance)
+    else:  # Welch: t = difference / its standard error, Welch-Satterthwaite degrees of freedom
+        degrees = variance**2 / sum(share**2 / (len(group) - 1) for share, group in zip(shares, (treated, baseline)))
+        p_value = float(2 * stats.t.sf(abs(difference) / math.sqrt(variance), degrees))
+        high = difference + float(stats.t.ppf(0.975, degrees)) * math.sqrt(variance)
     if p_value < alpha and difference > 0:
         verdict = "holds"
     elif (p_value < alpha and difference < 0) or high < minimal_effect:
