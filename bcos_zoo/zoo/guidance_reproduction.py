@@ -33,7 +33,7 @@ from transformers import AutoModelForImageClassification
 
 from ..data.boxes import BoxedImages, as_is_transform, boxed_subset, collate_boxed
 from ..data.datasets import FASHION_MNIST_CLASSES, limit
-from ..data.decoys import decoy_splits
+from ..data.decoys import DECOY_COLOURS, decoy_splits
 from ..training.explanation_losses import INPUT_LAYER, attributions
 from .recipes import Recipe, get_recipe
 from .reproduction import _pyplot, machine_description, plot_explanations, recipe_record, run_record, train_or_reuse
@@ -254,6 +254,46 @@ def base_scores(folder: Path, settings: GuidanceSettings) -> dict[str, float]:
     """Accuracy on class-coloured, shuffled and no decoys: what the premises are about."""
     modes = {"class_accuracy": "class", "accuracy": "shuffled", "clean_accuracy": None}
     return {key: accuracy_on(folder, mode, settings) for key, mode in modes.items()}
+
+
+@functools.cache
+def _decoy_squares(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W) masks of the decoy squares of the first ``count`` shuffled-decoy test canvases (the pixels that
+    differ from the clean canvas) and (N,) the class whose colour each square has."""
+    shuffled, clean = _test_split(), _test_split().with_decoys(None)
+    masks, classes = [], []
+    for index in range(count):
+        picture, clean_picture = shuffled.render(index)[0], clean.render(index)[0]
+        square = (picture != clean_picture).any(axis=2)
+        colour = tuple(int(c) for c in picture[square][0])
+        masks.append(torch.from_numpy(square))
+        classes.append(DECOY_COLOURS.index(colour))
+    return torch.stack(masks), torch.tensor(classes)
+
+
+def decoy_evidence(folder: Path, settings: GuidanceSettings) -> dict[str, float]:
+    """Where the shortcut acts, from the exact B-cos contributions on the shuffled-decoy test canvases: the mean
+    contribution of the decoy square to the logit of the label and to the logit of the class whose colour it has.
+    A model that reads the square as evidence *for* its colour's class has a large second number; one that reads it
+    as evidence *against* the other classes has a negative first number (guidance on the label's explanation alone
+    cannot see the second way)."""
+    model = _load(folder, settings.device)
+    dataset = test_images("shuffled", settings.eval_samples)
+    squares, decoy_classes = _decoy_squares(len(dataset))
+    sums = {"decoy_to_label": 0.0, "decoy_to_decoy_class": 0.0}
+    start = 0
+    for batch in DataLoader(dataset, batch_size=256, collate_fn=collate_boxed):
+        pixels = batch["pixel_values"].to(settings.device)
+        square = squares[start : start + len(pixels)].to(settings.device)
+        targets = {
+            "decoy_to_label": batch["labels"],
+            "decoy_to_decoy_class": decoy_classes[start : start + len(pixels)],
+        }
+        for key, target in targets.items():
+            contributions = attributions(model, pixels, target.to(settings.device), "bcos", create_graph=False)
+            sums[key] += float((contributions * square).sum())
+        start += len(pixels)
+    return {key: value / len(dataset) for key, value in sums.items()}
 
 
 # -- statistics and verdicts -----------------------------------------------------------------------------------------
@@ -560,6 +600,23 @@ def markdown(report: dict) -> str:
             f"| {name} | {_pm(row, 'accuracy', True)} | {_pm(row, 'class_accuracy', True)} | {_pm(row, 'epg')} | "
             f"{_pm(row, 'iou')} | {_pm(row, bcos_epg)} |"
         )
+    lines += [
+        "",
+        "Where the shortcut acts: accuracy on the same test canvases without decoys, and the mean B-cos contribution "
+        "of the decoy square (shuffled-decoy test canvases) to the logit of the label and to that of the class whose "
+        "colour the square has.",
+        "",
+        "| model | accuracy, no decoys (%) | decoy -> label logit | decoy -> its colour's class logit |",
+        "|---|---|---|---|",
+        *[
+            f"| {name} | {_pm(row, 'clean_accuracy', True)} | {_pm(row, 'decoy_to_label')} | "
+            f"{_pm(row, 'decoy_to_decoy_class')} |"
+            for name, row in [
+                ("unguided (before fine-tuning)", report["base"]["unguided"]),
+                *report["guidance"].items(),
+            ]
+        ],
+    ]
     lines += ["", "![guidance](guidance.png)", "", "![accuracy against EPG](pareto.png)", "", "## e2KD", ""]
     teacher = report["teacher"]
     lines += [
@@ -636,6 +693,7 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
             start = time.perf_counter()
             train_or_reuse(recipe, folder / name, device=settings.device)
             base_rows[name][seed] = base_scores(folder / name / "repo", settings)
+            base_rows[name][seed].update(decoy_evidence(folder / name / "repo", settings))
             timed(f"{name} models", time.perf_counter() - start)
         examples.setdefault("clean (teacher)", folder / "clean" / "repo")
         examples.setdefault("unguided", folder / "unguided" / "repo")
@@ -645,6 +703,8 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
             place = folder / "guided" / (run.folder if run else "none")
             metrics = dict(train_or_reuse(recipe, place, device=settings.device)["metrics"])
             metrics["class_accuracy"] = accuracy_on(place / "repo", "class", settings)
+            metrics["clean_accuracy"] = accuracy_on(place / "repo", None, settings)
+            metrics.update(decoy_evidence(place / "repo", settings))
             metrics["boxed_training_images"] = (
                 len(boxed_subset(min(settings.train_samples, 60_000), run.box_fraction)) if run else 0
             )
