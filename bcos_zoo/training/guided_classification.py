@@ -79,8 +79,8 @@ class GuidedTrainer(TermLoggingTrainer):
 
     The classification loss comes from the model's ordinary forward pass; the attributions come from a second pass
     (in explanation mode for B-cos attributions) over the boxed images only, cheap when few images have boxes, and
-    skipped when ``guidance_weight`` is 0; that pass leaves BatchNorm's running statistics alone. The mean localisation loss and the share of boxed images are
-    logged beside the loss.
+    skipped when ``guidance_weight`` is 0; that pass leaves BatchNorm's running statistics alone. The mean
+    localisation loss and the share of boxed images are logged beside the loss.
     """
 
     def __init__(
