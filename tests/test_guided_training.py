@@ -105,7 +105,7 @@ def test_guided_trainer_applies_the_chosen_loss_to_the_chosen_attribution(tmp_pa
     base = float(model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss.detach())
     boxed = batch["has_boxes"]
     maps = attributions(model, batch["pixel_values"][boxed], batch["labels"][boxed], "ixg", layer)
-    expected = base + 0.3 * float(l1_loss(maps, batch["box_masks"][boxed]).sum())
+    expected = base + 0.3 * float(l1_loss(maps, batch["box_masks"][boxed]).sum().detach())
     assert float(guided.compute_loss(model, batch).detach()) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="hidden layer"):
         check_guidance("energy", "gradcam", "input")
