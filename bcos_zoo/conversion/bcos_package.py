@@ -17,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from .common import load_exactly
+from .common import PIL_RESAMPLE, load_exactly
 
 
 RANDOM = "random"  # ``weights=RANDOM``: the entry's architecture with the package's random initialisation
@@ -216,10 +216,6 @@ def read_bcos_cnn(model: nn.Module, supported: str) -> BcosPackageModel:
         parameter=next(model.parameters()),
         processor_fields=processor_fields(model),
     )
-
-
-# torchvision's interpolation modes (by value) as the PIL filters transformers' image processors name by number
-PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
 
 def transform_resample(transform: object) -> int:

@@ -14,6 +14,11 @@ from huggingface_hub import snapshot_download
 from torch import nn
 
 
+# interpolation names (torchvision's modes by value, timm's pretrained_cfg) as the PIL filter numbers that
+# transformers' image processors take
+PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 IDENTITY_NORMALIZATION: Normalization = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 # transformers' ViTImageProcessor default, assumed for a transformers ViT that comes without its processor

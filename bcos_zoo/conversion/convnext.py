@@ -18,7 +18,7 @@ from torch import nn
 
 from ..modeling import BcosConvNextConfig, BcosConvNextForImageClassification
 from ..modeling.bcos_layers import NORM_EPS
-from .bcos_package import transform_resample
+from .bcos_package import imagenet_labels, processor_fields
 
 
 SUPPORTED_CONVNEXT_SOURCES = (
@@ -93,30 +93,6 @@ class _Porter:
         self.state[f"{name}.weight"] = norm.weight.detach()
 
 
-def _processor_geometry(model: nn.Module) -> dict:
-    """``image_size``, ``crop_pct`` and ``resample`` of the entry's test transform (resize, centre crop), if the
-    model has one."""
-    transform = getattr(model, "transform", None)
-    try:
-        resize, crop = transform.resize.size, transform.center_crop.size
-    except AttributeError:
-        return {}
-    resize = resize if isinstance(resize, int) else min(resize)
-    crop = crop if isinstance(crop, int) else crop[0]
-    return dict(image_size=crop, crop_pct=crop / resize, resample=transform_resample(transform))
-
-
-def _labels(num_classes: int) -> dict[int, str]:
-    if num_classes == 1000:
-        try:
-            from bcos.data.categories import IMAGENET_CATEGORIES
-
-            return dict(enumerate(IMAGENET_CATEGORIES))
-        except ImportError:
-            pass
-    return {i: f"LABEL_{i}" for i in range(num_classes)}
-
-
 def port_bcos_convnext(model: nn.Module) -> BcosConvNextForImageClassification:
     """The ``BcosConvNextForImageClassification`` that computes exactly what a ``bcos`` package ConvNeXt computes
     (in evaluation; see the module docstring for how)."""
@@ -170,8 +146,8 @@ def port_bcos_convnext(model: nn.Module) -> BcosConvNextForImageClassification:
         b=porter.b,
         use_bias=use_bias,
         logit_bias=0.0 if logit_bias is None else float(logit_bias),
-        id2label=_labels(num_classes),
-        **_processor_geometry(model),
+        id2label=imagenet_labels(num_classes),
+        **(processor_fields(model) if hasattr(model, "transform") else {}),  # an entry's test transform
     )
     dtype = next(model.parameters()).dtype
     port = BcosConvNextForImageClassification(config).to(dtype)

@@ -28,6 +28,7 @@ from ..modeling import BcosResNetConfig, BcosResNetForImageClassification
 from .bcos_package import build_port, read_bcos_cnn
 from .common import (
     IMAGENET_NORMALIZATION,
+    PIL_RESAMPLE,
     fold_normalization,
     load_exactly,
     read_json,
@@ -145,9 +146,6 @@ def timm_folder(folder: Path, pattern: re.Pattern, supported: str) -> tuple[dict
     return config, load_file(weights), config.get("pretrained_cfg") or {}
 
 
-PIL_FILTERS = {"bilinear": 2, "bicubic": 3}  # timm's interpolation names as the PIL filter numbers processors take
-
-
 def processor_geometry(pretrained_cfg: dict | None = None, processor: dict | None = None) -> dict:
     """``image_size`` and ``crop_pct`` of the source's evaluation preprocessing, where its files state them, and
     from timm's ``pretrained_cfg`` the resize filter (``resample``: torchvision's weights are evaluated bilinear)."""
@@ -157,8 +155,8 @@ def processor_geometry(pretrained_cfg: dict | None = None, processor: dict | Non
             fields["image_size"] = int(pretrained_cfg["input_size"][-1])
         if pretrained_cfg.get("crop_pct"):
             fields["crop_pct"] = float(pretrained_cfg["crop_pct"])
-        if pretrained_cfg.get("interpolation") in PIL_FILTERS:
-            fields["resample"] = PIL_FILTERS[pretrained_cfg["interpolation"]]
+        if pretrained_cfg.get("interpolation") in PIL_RESAMPLE:
+            fields["resample"] = PIL_RESAMPLE[pretrained_cfg["interpolation"]]
     if processor:
         size = processor.get("size") or {}
         if isinstance(size, dict) and "shortest_edge" in size:
