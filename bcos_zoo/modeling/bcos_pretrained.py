@@ -4,6 +4,7 @@ Hub-facing: torch, transformers and sibling files only.
 """
 
 import copy
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -126,7 +127,8 @@ class BcosPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Save weights, config, remote code and the processor, so that the folder loads with the Auto classes. The
-        ``auto_map`` naming this class goes into a copy of the config, leaving a config shared with others as it was."""
+        ``auto_map`` of :meth:`_auto_map` goes into a copy of the config (a config shared with others stays as it was)
+        and, after transformers has written its own entry for the registered class, into the saved config.json."""
         shared = self.config
         config = copy.deepcopy(shared)
         config.auto_map = self._auto_map()
@@ -141,6 +143,13 @@ class BcosPreTrainedModel(PreTrainedModel):
                 for path in self._extra_code_files():
                     shutil.copy(path, save_directory)
             super().save_pretrained(save_directory, *args, **kwargs)
+            if kwargs.get("is_main_process", True):  # transformers writes its own module for the registered class
+                path = os.path.join(save_directory, "config.json")
+                with open(path) as file:
+                    saved = json.load(file)
+                saved["auto_map"] = self._auto_map()
+                with open(path, "w") as file:
+                    file.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         finally:
             self.config = shared
 

@@ -4,7 +4,6 @@ embedding, whose norm explanation mode detaches: the contributions then add up t
 transformers and sibling files only.
 """
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,16 +111,6 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
             key: value if key == "AutoConfig" else f"{self._tower_module()}.{value.split('.')[-1]}"
             for key, value in super()._auto_map().items()
         }
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):  # transformers wrote the class's own module into auto_map
-            path = os.path.join(save_directory, "config.json")
-            with open(path) as file:
-                saved = json.load(file)
-            saved["auto_map"] = self._auto_map()
-            with open(path, "w") as file:
-                file.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
     def _extra_code_files(self) -> list[str]:
         module_file = IMAGE_TOWERS[self.vision_config.model_type][1]
