@@ -13,6 +13,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import set_seed
 
 from ..conversion.bcos_package import bcos_source_entry, is_bcos_source
@@ -35,6 +36,18 @@ class FinetuneResult:
     repo_dir: Path | None
     metrics: dict[str, float] = field(default_factory=dict)
     commit_url: str | None = None
+
+
+def end_process_group(trainer) -> None:
+    """Close the data-parallel group on every process once training is over.
+
+    Only the main process evaluates and writes the repo. A rank that left while its process group was still open
+    could abort at exit (gloo's threads are destroyed unjoined) and fail the launch; closing the group together
+    first lets every rank exit cleanly, and the main process needs no collective afterwards.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
@@ -170,6 +183,7 @@ def finetune(
         model.load_state_dict(type(model).from_pretrained(last_checkpoint).state_dict())
     train_output = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
     train_seconds = clock.seconds
+    end_process_group(trainer)
     if not trainer.is_world_process_zero():
         return FinetuneResult(output_dir, None)
 
