@@ -1,6 +1,5 @@
 """What the B-cos CNNs share: the B-cos BatchNorm, the convolution-BatchNorm-ReLU unit, checkpointed stages, the
-image processor, and the classifier with its exact explanations. Hub-facing: torch, transformers and siblings only.
-"""
+image processor, and the classifier with its exact explanations."""
 
 import torch
 import torch.nn.functional as F
@@ -10,20 +9,17 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
-from .bcos_layers import BcosConv2d, DynamicModule, check_pixel_values, encode_inverse
+from .bcos_layers import BcosConv2d, DynamicModule
 from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .explanation import BcosExplanation, compute_explanation
 from .fast_paths import square_conv_norm_act, use_fast_path
 
 
 class BcosBatchNorm2d(DynamicModule):
-    """BatchNorm whose batch statistics are dynamic factors in training.
-
-    ``centered=True`` is the standard BatchNorm (in evaluation a per-channel affine map: nothing to detach);
-    ``centered=False`` the B-cos form without constants, ``x / sqrt(var + eps) * weight``. In training the batch's
-    statistics are detached in explanation mode, so that each image's explanation depends on that image alone.
-    Running statistics update as in ``nn.BatchNorm2d``, except while a checkpointed stage replays its forward.
-    """
+    """BatchNorm whose batch statistics are dynamic factors in training, detached in explanation mode so that each
+    image's explanation depends on that image alone. ``centered=False`` is the B-cos form without constants,
+    ``x / sqrt(var + eps) * weight``. Running statistics update as in ``nn.BatchNorm2d``, except while a
+    checkpointed stage replays its forward."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, centered: bool = True):
         super().__init__()
@@ -67,34 +63,15 @@ class BcosBatchNorm2d(DynamicModule):
 
 
 class BcosConvNormAct(nn.Module):
-    """B-cos convolution, BatchNorm and (optionally) ReLU: the unit every B-cos CNN here is made of.
-
-    ReLU is already dynamic-linear (``x * 1[x > 0]``): its gradient is the mask, so it needs no detaching. With
-    ``config.hidden_act=None`` there is none (the authors' B-cos v2 CNNs: the B-cos unit is the non-linearity).
-    """
+    """B-cos convolution, BatchNorm and ReLU (already dynamic-linear: nothing to detach), the unit of every B-cos CNN
+    here. ``config.hidden_act=None`` drops the ReLU (the authors' B-cos v2 CNNs)."""
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        config,
-        stride: int = 1,
-        groups: int = 1,
-        activation: bool = True,
+        self, in_channels: int, out_channels: int, kernel_size: int, config, stride=1, groups=1, activation=True
     ):
         super().__init__()
-        self.convolution = BcosConv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=kernel_size // 2,
-            groups=groups,
-            bias=False,
-            b=config.b,
-            normalize_weight=config.normalize_weights,
-        )
+        options = dict(padding=kernel_size // 2, groups=groups, b=config.b, normalize_weight=config.normalize_weights)
+        self.convolution = BcosConv2d(in_channels, out_channels, kernel_size, stride, **options)
         self.normalization = BcosBatchNorm2d(out_channels, eps=config.batch_norm_eps, centered=config.use_bias)
         self.activation = activation and config.hidden_act is not None
 
@@ -108,12 +85,8 @@ class BcosConvNormAct(nn.Module):
 
 
 class BcosCNNStage(GradientCheckpointingLayer):
-    """A stage of a B-cos CNN; ``model.gradient_checkpointing_enable()`` recomputes it in the backward pass.
-
-    The recomputation runs the stage's forward pass a second time on the same batch, which must not update the
-    BatchNorm running statistics again: a call through the module (the recorded pass) lets them count the batch, the
-    checkpoint's replay calls ``forward`` without it.
-    """
+    """A stage of a B-cos CNN, recomputed in the backward pass under gradient checkpointing. The replay must not
+    update BatchNorm's running statistics again: a call through the module counts the batch, the replay does not."""
 
     def __call__(self, *args, **kwargs):
         norms = [module for module in self.modules() if isinstance(module, BcosBatchNorm2d)]
@@ -128,17 +101,14 @@ class BcosCNNStage(GradientCheckpointingLayer):
 
 def stem_pool(kind: str) -> nn.Module:
     """The 3x3 stride-2 pooling after a CNN stem: ``"max"`` (the source's) or ``"avg"`` (the B-cos recipe)."""
-    if kind == "max":
-        return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-    if kind == "avg":
-        return nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
-    raise ValueError(f"stem_pool must be 'max' or 'avg', got {kind!r}.")
+    if kind not in ("max", "avg"):
+        raise ValueError(f"stem_pool must be 'max' or 'avg', got {kind!r}.")
+    return (nn.MaxPool2d if kind == "max" else nn.AvgPool2d)(kernel_size=3, stride=2, padding=1)
 
 
 class BcosCNNPreTrainedModel(BcosPreTrainedModel):
     """What the B-cos CNNs share: initialisation of convolutions and BatchNorm, and the image processor."""
 
-    main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     # no attention, so any attention implementation a composite model asks of its parts (a CLIP tower) holds
@@ -152,12 +122,10 @@ class BcosCNNPreTrainedModel(BcosPreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, BcosBatchNorm2d):
             init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-            if module.running_mean is not None:
-                init.zeros_(module.running_mean)
             init.ones_(module.running_var)
-            init.zeros_(module.num_batches_tracked)
+            for tensor in (module.bias, module.running_mean, module.num_batches_tracked):
+                if tensor is not None:
+                    init.zeros_(tensor)
         else:
             super()._init_weights(module)
 
@@ -184,15 +152,10 @@ class BcosCNNModel(BcosCNNPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        """Args:
-        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
-        """
-        check_pixel_values(pixel_values, self.config.num_channels)
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.forward_encoded(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
-        return outputs if return_dict else outputs.to_tuple()
+        """Feature maps of (N, 3, H, W) images in [0, 1], any size."""
+        hidden = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        outputs = self.forward_encoded(self.encode_pixel_values(pixel_values), bool(hidden))
+        return outputs if (return_dict if return_dict is not None else self.config.return_dict) else outputs.to_tuple()
 
     def pooled_features(self, encoded: torch.Tensor, *args) -> torch.Tensor:
         """(N, C) pooled features of ``[x, 1 - x]``-encoded images: what a head on the backbone (a CLIP image
@@ -211,8 +174,7 @@ class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
     def __init__(self, config, backbone: nn.Module, channels: int):
         super().__init__(config)
         setattr(self, self.base_model_prefix, backbone)
-        # unit-norm weights where the family's config asks for them (ResNet, DenseNet, VGG: the authors' B-cos v2)
-        normalize = getattr(config, "normalize_weights", False)
+        normalize = getattr(config, "normalize_weights", False)  # the authors' B-cos v2 ResNet, DenseNet, VGG
         self.classifier = BcosConv2d(
             channels, config.num_labels, 1, bias=config.use_bias, b=config.b, normalize_weight=normalize
         )
@@ -236,35 +198,22 @@ class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutputWithNoAttention | tuple:
-        """Args:
-        pixel_values: (N, 3, H, W) images in [0, 1], any size; cast to the model's dtype.
-        labels: (N,) class indices, or (N, C) class probabilities for the B-cos BCE loss.
-        """
-        check_pixel_values(pixel_values, self.config.num_channels)
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        logits, outputs = self._logits(encode_inverse(pixel_values.to(self.dtype)), bool(output_hidden_states))
+        """Logits of (N, 3, H, W) images in [0, 1], any size, and the loss of ``labels``: (N,) class indices, or
+        (N, C) class probabilities for the B-cos BCE loss."""
+        hidden = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        logits, outputs = self._logits(self.encode_pixel_values(pixel_values), bool(hidden))
         loss = None if labels is None else classification_loss(logits, labels, self.config)
         result = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
-        return result if return_dict else result.to_tuple()
+        return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
 
     def explain(
         self, pixel_values: torch.Tensor, target: int | torch.Tensor | None = None, create_graph: bool = False
     ) -> BcosExplanation:
-        """Explain one logit per image exactly: ``contributions.sum() + bias == logit``.
+        """Explain one logit per image of (N, 3, H, W) images in [0, 1] exactly: ``contributions.sum() + bias ==
+        logit``. ``target``: None (each image's top class), an int or an (N,) tensor; ``create_graph``: keep the graph,
+        so that a loss on the explanation trains the model."""
 
-        Args:
-            pixel_values: (N, 3, H, W) images in [0, 1], any size.
-            target: the class to explain: ``None`` (each image's top class), an int, or an (N,) tensor.
-            create_graph: keep the graph of ``logits``, ``dynamic_weights`` and ``contributions``, so that a loss on
-                the explanation trains the model (model guidance, explanation distillation).
-        """
-        return compute_explanation(
-            self,
-            lambda encoded: self._logits(encoded)[0],
-            pixel_values,
-            target,
-            num_channels=self.config.num_channels,
-            create_graph=create_graph,
-        )
+        def logits(encoded: torch.Tensor) -> torch.Tensor:
+            return self._logits(encoded)[0]
+
+        return compute_explanation(self, logits, pixel_values, target, self.config.num_channels, create_graph)

@@ -1,10 +1,8 @@
 """The B-cos unit and the layers every family shares, as the B-cos papers define them, written once.
 
-A B-cos network is a dynamic linear map: every input-dependent scaling in it (the factor ``|cos|^(B-1)``, a norm
-layer's standard deviation, an activation's gate, the attention matrix) can be detached, and then the network
-computes ``y = W(x) x + c`` exactly. Modules with such a factor derive from :class:`DynamicModule` and multiply by
-``self.dynamic(factor)``; :func:`explanation_mode` detaches all of them. Forward passes and explanations run the same
-code. Hub-facing: imports only torch and sibling files.
+A B-cos network is a dynamic linear map: each input-dependent factor in it (``|cos|^(B-1)``, a norm's standard
+deviation, an activation's gate, the attention matrix) goes through ``DynamicModule.dynamic``, which
+:func:`explanation_mode` detaches; then the network computes ``y = W(x) x + c`` exactly, with the same code.
 """
 
 import contextlib
@@ -18,43 +16,28 @@ from torch import nn
 from .fast_paths import square_conv2d, square_linear, use_fast_path
 
 
-# The norm guard of every B-cos unit, linear and convolution: ||x|| = sqrt(sum x^2 + NORM_EPS). It keeps the cosine
-# finite on all-zero input (zero padding after a ReLU); the authors' convolution uses the same value.
+# The norm guard of every B-cos unit: ||x|| = sqrt(sum x^2 + NORM_EPS), finite on all-zero input (zero padding after
+# a ReLU); the authors' convolution uses the same value.
 NORM_EPS = 1e-6
-_RANGE_TOLERANCE = 1e-3  # slack for resampling round-off; a normalised image is off by far more
+_RANGE_TOLERANCE = 1e-3  # resampling round-off; a normalised image is off by far more
 _DEVICE_RANGE_MESSAGE = (  # CUDA's device-side assert takes at most 254 characters
     "pixel_values must lie in [0, 1], no NaN: use the image processor saved with the model, or undo the normalisation"
-)
-_RANGE_ADVICE = (
-    "B-cos models take unnormalised images and encode them as [x, 1 - x]; the source model's mean/std normalisation "
-    "is folded into the first layer. Use the image processor saved with the model (it has do_normalize=False), or "
-    "undo the normalisation with `x * std + mean`."
 )
 
 
 def encode_inverse(pixel_values: torch.Tensor) -> torch.Tensor:
-    """The B-cos input encoding ``[x, 1 - x]``: it makes every colour, black included, a non-zero vector."""
+    """The B-cos input encoding ``[x, 1 - x]``: every colour, black included, becomes a non-zero vector."""
     return torch.cat([pixel_values, 1 - pixel_values], dim=1)
 
 
-def is_tracing() -> bool:
-    """Whether the forward pass is being captured into a graph (torch.compile, torch.export, tracing)."""
-    return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing())
-
-
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_message: bool | None = None) -> None:
-    """Reject inputs the model would silently misread, saying how to fix them.
-
-    The [0, 1] range check must not stall an accelerator or break a graph capture: on the CPU (or with
-    ``eager_message=True``) a ``ValueError`` names the range found; when tracing or on an accelerator an asynchronous
-    assert joins the graph instead, with no device-to-host synchronisation.
-    """
+    """Reject inputs the model would silently misread. On the CPU (or with ``eager_message``) a ``ValueError`` names
+    the range found; on an accelerator or in a graph capture an asynchronous assert avoids a host synchronisation."""
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
     if not pixel_values.is_floating_point():
         raise ValueError(
-            f"pixel_values must be floating point in [0, 1], got dtype {pixel_values.dtype}; "
-            "convert with `pixel_values.float() / 255`."
+            f"pixel_values must be floating point in [0, 1], got {pixel_values.dtype}; use `x.float() / 255`."
         )
     if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
         raise ValueError(
@@ -62,23 +45,27 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_
             "Add a batch dimension with `unsqueeze(0)` for a single image; convert grayscale or RGBA images to RGB."
         )
     low, high = torch.aminmax(pixel_values.detach())
-    if is_tracing() or not (pixel_values.device.type == "cpu" if eager_message is None else eager_message):
-        in_range = (low >= -_RANGE_TOLERANCE) & (high <= 1 + _RANGE_TOLERANCE)  # NaN fails both comparisons
-        torch._assert_async(in_range, _DEVICE_RANGE_MESSAGE)
+    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+    if tracing or not (pixel_values.device.type == "cpu" if eager_message is None else eager_message):
+        torch._assert_async((low >= -_RANGE_TOLERANCE) & (high <= 1 + _RANGE_TOLERANCE), _DEVICE_RANGE_MESSAGE)
         return
     low, high = float(low), float(high)
     if math.isnan(low) or math.isnan(high):
         raise ValueError("pixel_values contain NaN.")
     if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
-        raise ValueError(f"pixel_values must lie in [0, 1], got values in [{low:.3f}, {high:.3f}]. " + _RANGE_ADVICE)
+        raise ValueError(
+            f"pixel_values must lie in [0, 1], got values in [{low:.3f}, {high:.3f}]. B-cos models take unnormalised "
+            "images (the source's mean/std normalisation is folded into the first layer): use the image processor "
+            "saved with the model (do_normalize=False), or undo the normalisation with `x * std + mean`."
+        )
 
 
-def prepare_pixel_values(
+def encode_pixel_values(
     pixel_values: torch.Tensor, num_channels: int, dtype: torch.dtype, eager_message: bool | None = None
 ) -> torch.Tensor:
-    """Checked ``pixel_values`` in the model's dtype (float32 images work with a bfloat16 model)."""
+    """Checked images in the model's dtype (float32 images work with a bfloat16 model), encoded as ``[x, 1 - x]``."""
     check_pixel_values(pixel_values, num_channels, eager_message=eager_message)
-    return pixel_values if pixel_values.dtype == dtype else pixel_values.to(dtype)
+    return encode_inverse(pixel_values.to(dtype))
 
 
 class DynamicModule(nn.Module):
@@ -111,21 +98,19 @@ def guarded_norm(squared_sum: torch.Tensor) -> torch.Tensor:
 
 
 def bcos_factor(linear_output: torch.Tensor, input_norm: torch.Tensor, weight_norm: torch.Tensor, b: float):
-    """``|cos(x, w)|^(B-1)`` from ``w . x`` and the two norms. For B = 2 the unit is ``(w . x) |w . x| / (||w||
-    ||x||)``; other exponents raise a cosine clamped away from 0, where the power's gradient is infinite."""
+    """``|cos(x, w)|^(B-1)`` from ``w . x`` and the two norms. Other exponents than 2 raise a cosine clamped away
+    from 0, where the power's gradient is infinite."""
     abs_cos = linear_output.abs() / (input_norm * weight_norm)
     return abs_cos if b == 2 else abs_cos.clamp_min(1e-12).pow(b - 1)
 
 
 class BcosLinear(DynamicModule):
-    """``out = |cos(x, w)|^(B-1) * (w . x) + bias`` with the pretrained, un-normalised ``w``: ``nn.Linear`` at
-    ``b == 1``, which makes B-cosification function-preserving. ``||w||`` is computed where it is used, never kept."""
+    """``|cos(x, w)|^(B-1) * (w . x) + bias`` with the pretrained, un-normalised ``w``: ``nn.Linear`` at ``b == 1``,
+    which makes B-cosification function-preserving."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, b: float):
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.b = float(b)
+        self.in_features, self.out_features, self.b = in_features, out_features, float(b)
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
@@ -151,10 +136,9 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
 
 
 class BcosConv2d(DynamicModule):
-    """``out = |cos(x_patch, w_o)|^(B-1) * conv(x, w)_o + bias_o`` with the pretrained, un-normalised ``w``;
-    ``nn.Conv2d`` at ``b == 1``. ``x_patch`` is the window behind each output position (same stride, dilation and
-    zero padding; for a grouped convolution, the input channels of the output's group). ``normalize_weight`` applies
-    ``w / ||w||`` instead, recomputed in every forward, as the authors' B-cos v2 networks do."""
+    """``|cos(x_patch, w_o)|^(B-1) * conv(x, w)_o + bias_o``, ``nn.Conv2d`` at ``b == 1``. ``x_patch`` is the window
+    behind each output (for a grouped convolution, its group's channels). ``normalize_weight`` applies ``w / ||w||``,
+    recomputed in every forward, as the authors' B-cos v2 networks do; otherwise the pretrained ``w`` is used."""
 
     def __init__(
         self,
@@ -193,28 +177,24 @@ class BcosConv2d(DynamicModule):
         return guarded_norm(sums)
 
     def applied_weight(self) -> torch.Tensor:
-        """The weight the convolution applies: ``w``, or ``w / ||w||`` per output channel with ``normalize_weight``."""
+        """``w``, or ``w / ||w||`` per output channel with ``normalize_weight``."""
         if not self.normalize_weight:
             return self.weight
         return self.weight / torch.linalg.vector_norm(self.weight, dim=(1, 2, 3), keepdim=True)
 
     def weight_norm(self) -> torch.Tensor:
-        """(out_channels,): the guarded norm of each output channel's weight (exactly 1 with ``normalize_weight``)."""
+        """(out_channels,): the guarded norm of each applied weight (exactly 1 with ``normalize_weight``)."""
         if self.normalize_weight:
             return self.weight.new_ones(self.out_channels)
         return guarded_norm(self.weight.square().sum(dim=(1, 2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.applied_weight()
-        if self.b == 1:
-            out = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
+        if self.b == 2 and not (self.detach_dynamic or torch.is_grad_enabled()) and use_fast_path("square_unit", x):
+            out = square_conv2d(self, x)
         else:
-            weight_norm = self.weight_norm()
-            if self.b == 2 and not (self.detach_dynamic or torch.is_grad_enabled()) and use_fast_path("square_unit", x):
-                out = square_conv2d(self, x, self.patch_norms(x), weight_norm)
-            else:
-                out = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
-                factor = bcos_factor(out, self.patch_norms(x), weight_norm.view(1, -1, 1, 1), self.b)
+            out = F.conv2d(x, self.applied_weight(), None, self.stride, self.padding, self.dilation, self.groups)
+            if self.b != 1:
+                factor = bcos_factor(out, self.patch_norms(x), self.weight_norm().view(1, -1, 1, 1), self.b)
                 out = out * self.dynamic(factor)
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
@@ -242,14 +222,9 @@ class BcosLayerNorm(DynamicModule):
         return out if self.bias is None else out + self.bias
 
 
-# transformers' names of the GELU-type activations a B-cos ViT takes
-ACTIVATION_ALIASES = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu_tanh": "gelu_tanh",
-    "quick_gelu": "quick_gelu",
-}
+# transformers' names of the GELU-type activations a B-cos ViT takes, and what each computes
+ACTIVATION_ALIASES = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+ACTIVATION_ALIASES |= {"gelu_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
 _ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),

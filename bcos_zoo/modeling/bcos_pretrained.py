@@ -1,7 +1,5 @@
-"""What every B-cos ``PreTrainedModel`` shares: losses, initialisation, explanation mode, saving with remote code and
-processor, and the entry point to B-cosification (which lives in the ``bcos_zoo`` package, not in the remote code).
-Hub-facing: torch, transformers and sibling files only.
-"""
+"""What every B-cos ``PreTrainedModel`` shares: losses, initialisation, explanation mode, and saving with its remote
+code and processor. B-cosification itself lives in the ``bcos_zoo`` package, not in the remote code."""
 
 import copy
 import json
@@ -15,17 +13,13 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
-from .bcos_layers import BcosLayerNorm, BcosLinear, explanation_mode, prepare_pixel_values
+from .bcos_layers import BcosLayerNorm, BcosLinear, encode_pixel_values, explanation_mode
 
 
-# pipeline("image-explanation", trust_remote_code=True) as a saved classifier's config names it; its file is copied
+# pipeline("image-explanation", trust_remote_code=True), as a saved classifier's config names it
 EXPLANATION_PIPELINE_FILE = "pipeline_bcos_explanation.py"
-EXPLANATION_PIPELINE = {
-    "impl": "pipeline_bcos_explanation.ImageExplanationPipeline",
-    "pt": ["AutoModelForImageClassification"],
-    "tf": [],
-    "type": "image",
-}
+EXPLANATION_PIPELINE = {"impl": "pipeline_bcos_explanation.ImageExplanationPipeline", "type": "image"}
+EXPLANATION_PIPELINE |= {"pt": ["AutoModelForImageClassification"], "tf": []}
 
 
 def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -34,31 +28,26 @@ def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     num_classes = logits.shape[-1]
     if labels.ndim == 1:
         labels = F.one_hot(labels.long(), num_classes)
-    targets = labels.to(logits.dtype).clamp_min(1 / num_classes)
-    return F.binary_cross_entropy_with_logits(logits, targets)
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype).clamp_min(1 / num_classes))
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
     """The loss ``config.problem_type`` asks for, with transformers' meanings; without one, ``config.loss``: ``"bce"``
-    (the B-cos papers' uniform-off-label BCE) or ``"cross_entropy"``."""
-    labels = labels.to(logits.device)
-    num_labels = logits.shape[-1]
+    (:func:`uniform_off_label_bce`) or ``"cross_entropy"``."""
+    labels, num_labels = labels.to(logits.device), logits.shape[-1]
     problem_type = getattr(config, "problem_type", None)
-    if problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1).long())
     if problem_type == "multi_label_classification":
         if labels.shape != logits.shape:
             raise ValueError(
-                f"problem_type='multi_label_classification' takes multi-hot labels of shape {tuple(logits.shape)}, "
-                f"got {tuple(labels.shape)}."
+                f"Multi-label classification takes labels of shape {tuple(logits.shape)}, got {tuple(labels.shape)}."
             )
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
     if problem_type == "regression":
         labels = labels.to(logits.dtype)
         return F.mse_loss(logits.squeeze(-1), labels.view(-1)) if num_labels == 1 else F.mse_loss(logits, labels)
-    if config.loss == "bce":
-        return uniform_off_label_bce(logits, labels)
-    return F.cross_entropy(logits, labels)
+    if problem_type == "single_label_classification" or config.loss == "cross_entropy":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1).long() if labels.ndim == 1 else labels)
+    return uniform_off_label_bce(logits, labels)
 
 
 class BcosPreTrainedModel(PreTrainedModel):
@@ -69,25 +58,17 @@ class BcosPreTrainedModel(PreTrainedModel):
     _extra_auto_classes: tuple[str, ...] = ()  # Auto classes a saved folder answers to besides register_for_auto_class
     accepts_loss_kwargs = False  # the losses are batch means: the Trainer divides by gradient-accumulation steps
 
-    @property
-    def _initializer_range(self) -> float:
-        config = getattr(self.config, "vision_config", self.config)
-        return config.initializer_range
-
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        std = self._initializer_range
+        std = getattr(self.config, "vision_config", self.config).initializer_range
         if isinstance(module, (BcosLinear, nn.Linear)):
             init.trunc_normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, BcosLayerNorm):
+        if isinstance(module, BcosLayerNorm):
             init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+        if isinstance(module, (BcosLinear, nn.Linear, BcosLayerNorm)) and module.bias is not None:
+            init.zeros_(module.bias)
         for name in ("cls_token", "position_embeddings"):
-            parameter = getattr(module, name, None)
-            if isinstance(parameter, nn.Parameter):
+            if isinstance(parameter := getattr(module, name, None), nn.Parameter):
                 init.trunc_normal_(parameter, mean=0.0, std=std)
         if isinstance(getattr(module, "logit_scale", None), nn.Parameter):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
@@ -96,18 +77,17 @@ class BcosPreTrainedModel(PreTrainedModel):
         """Context manager: detach every dynamic factor, making the model a dynamic linear map ``W(x) x + c``."""
         return explanation_mode(self)
 
+    def encode_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Checked images in [0, 1], in the model's dtype, encoded as ``[x, 1 - x]`` (see ``check_pixel_values``)."""
+        num_channels = getattr(self.config, "vision_config", self.config).num_channels
+        return encode_pixel_values(pixel_values, num_channels, self.dtype)
+
     def default_image_processor(self):
         """The image processor saved beside the weights: resizes and rescales to [0, 1], never normalises."""
         raise NotImplementedError
 
     def _save_processors(self, save_directory: str | os.PathLike) -> None:
         self.default_image_processor().save_pretrained(save_directory)
-
-    def prepare_pixel_values(self, pixel_values: torch.Tensor, num_channels: int | None = None) -> torch.Tensor:
-        """Checked ``pixel_values`` in the model's dtype (see :func:`check_pixel_values`)."""
-        if num_channels is None:
-            num_channels = getattr(self.config, "vision_config", self.config).num_channels
-        return prepare_pixel_values(pixel_values, num_channels, self.dtype)
 
     def _extra_code_files(self) -> list[str]:
         """Code a saved folder needs besides what the class's module imports: a classifier's pipeline."""
@@ -118,62 +98,46 @@ class BcosPreTrainedModel(PreTrainedModel):
     def _auto_map(self) -> dict[str, str]:
         """The ``auto_map`` of a folder holding this class: its config class and the Auto classes that load it."""
         model_module = type(self).__module__.rsplit(".", 1)[-1]
-        config_module = type(self.config).__module__.rsplit(".", 1)[-1]
-        auto_map = {"AutoConfig": f"{config_module}.{type(self.config).__name__}"}
+        auto_map = {"AutoConfig": f"{type(self.config).__module__.rsplit('.', 1)[-1]}.{type(self.config).__name__}"}
         for auto_class in (self._auto_class, *self._extra_auto_classes):
             if auto_class is not None:
                 auto_map[auto_class] = f"{model_module}.{type(self).__name__}"
         return auto_map
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """Save weights, config, remote code and the processor, so that the folder loads with the Auto classes. The
-        ``auto_map`` of :meth:`_auto_map` goes into a copy of the config (a config shared with others stays as it was)
-        and, after transformers has written its own entry for the registered class, into the saved config.json."""
-        shared = self.config
-        config = copy.deepcopy(shared)
-        config.auto_map = self._auto_map()
-        classifier = type(self).__name__.endswith("ForImageClassification")  # labels and explanations in one call
-        if classifier:
-            config.custom_pipelines = {"image-explanation": EXPLANATION_PIPELINE}
-        self.config = config
+        """Save weights, config, remote code and processor, so that the folder loads with the Auto classes. Our
+        ``auto_map`` replaces, in the saved config.json, the one transformers writes for the registered class."""
+        shared, main = self.config, kwargs.get("is_main_process", True)
+        self.config = copy.deepcopy(shared)  # a config shared with other models stays as it was
+        if type(self).__name__.endswith("ForImageClassification"):  # labels and explanations in one call
+            self.config.custom_pipelines = {"image-explanation": EXPLANATION_PIPELINE}
         try:
-            if kwargs.get("is_main_process", True):
+            if main:
                 os.makedirs(save_directory, exist_ok=True)
                 self._save_processors(save_directory)
                 for path in self._extra_code_files():
                     shutil.copy(path, save_directory)
             super().save_pretrained(save_directory, *args, **kwargs)
-            if kwargs.get("is_main_process", True):  # transformers writes its own module for the registered class
+            if main:
                 path = os.path.join(save_directory, "config.json")
                 with open(path) as file:
                     saved = json.load(file)
-                saved["auto_map"] = self._auto_map()
                 with open(path, "w") as file:
-                    file.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+                    file.write(json.dumps({**saved, "auto_map": self._auto_map()}, indent=2, sort_keys=True) + "\n")
         finally:
             self.config = shared
 
     @classmethod
-    def from_pretrained_standard(
-        cls,
-        source,
-        b: float = 2.0,
-        bias: str = "remove",
-        image_mean: tuple[float, ...] | None = None,
-        image_std: tuple[float, ...] | None = None,
-        **config_overrides,
-    ):
+    def from_pretrained_standard(cls, source, b: float = 2.0, bias: str = "remove", **options):
         """B-cosify a standard pretrained model (a local folder, a Hub id or a loaded model); see ``bcos_zoo.families``.
 
         At ``b=1, bias="keep"`` the result computes the source's outputs exactly. The source's normalisation is folded
         into the first layer (``image_mean``/``image_std`` override its processor's); ``bias="remove"`` drops every
-        bias (the paper's choice). Extra keyword arguments override config fields.
+        bias (the paper's choice). Other keyword arguments override config fields.
         """
         if cls._standard_converter is None:
             raise ImportError(
                 f"{cls.__name__}.from_pretrained_standard needs the bcos_zoo package, which B-cosifies standard "
                 "checkpoints: install it (pip install bcos_zoo) and use the classes it exports."
             )
-        return cls._standard_converter(
-            cls, source, b=b, bias=bias, image_mean=image_mean, image_std=image_std, **config_overrides
-        )
+        return cls._standard_converter(cls, source, b=b, bias=bias, **options)

@@ -1,8 +1,6 @@
-"""Exact explanations of B-cos models and the B-cos papers' colour rendering.
-
-In explanation mode a B-cos model computes ``y = W(x) e + c`` with ``e = [x, 1 - x]``: the gradient of an output with
-respect to ``e`` is the row ``W(x)``, ``e * W(x)`` are the per-pixel contributions, and ``c`` (``bias``) is what does
-not scale with the input. Hub-facing: torch and siblings only.
+"""Exact explanations of B-cos models and the B-cos papers' colour rendering. In explanation mode a B-cos model
+computes ``y = W(x) e + c`` with ``e = [x, 1 - x]``: the gradient of an output with respect to ``e`` is the row
+``W(x)``, ``e * W(x)`` are the per-pixel contributions, and ``c`` (``bias``) is what does not scale with the input.
 """
 
 from collections.abc import Callable
@@ -12,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bcos_layers import encode_inverse, explanation_mode, prepare_pixel_values
+from .bcos_layers import encode_pixel_values, explanation_mode
 
 
 @dataclass
@@ -82,9 +80,9 @@ def compute_explanation(
     is accumulated in float32 at least. With ``create_graph=True``, ``logits``, ``dynamic_weights`` and
     ``contributions`` keep their graph, so that a loss on them trains the model (training with explanations).
     """
-    pixel_values = prepare_pixel_values(pixel_values, num_channels, model.dtype, eager_message=True)
+    encoded = encode_pixel_values(pixel_values.detach(), num_channels, model.dtype, eager_message=True)
     with torch.enable_grad(), explanation_mode(model):
-        encoded = encode_inverse(pixel_values.detach()).requires_grad_(True)
+        encoded.requires_grad_(True)
         logits = score_fn(encoded)
         target = resolve_target(target, logits.detach())
         selected = logits.gather(1, target[:, None]).sum()
@@ -130,7 +128,4 @@ def colorize_contributions(contributions: torch.Tensor, percentile: float = 99.5
     scale = _per_image_quantile(values.abs(), percentile).clamp_min(1e-12)
     v = (values / scale).clamp(-1, 1)
     positive, negative = v.clamp_min(0), (-v).clamp_min(0)
-    red = 1 - negative
-    green = 1 - positive - negative
-    blue = 1 - positive
-    return torch.stack([red, green, blue], dim=-1)
+    return torch.stack([1 - negative, 1 - positive - negative, 1 - positive], dim=-1)  # red, green, blue

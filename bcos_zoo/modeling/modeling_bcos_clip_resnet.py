@@ -13,7 +13,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .bcos_cnn import BcosCNNPreTrainedModel, BcosCNNStage, BcosConvNormAct
-from .bcos_layers import BcosLinear, DynamicModule, encode_inverse
+from .bcos_layers import BcosLinear, DynamicModule
 from .configuration_bcos_clip_resnet import BcosCLIPResNetConfig
 from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, register_image_tower
 
@@ -178,7 +178,7 @@ class BcosCLIPResNetModel(BcosCNNPreTrainedModel):
         config = self.config
         hidden = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         attentions = output_attentions if output_attentions is not None else config.output_attentions
-        encoded = encode_inverse(self.prepare_pixel_values(pixel_values))
+        encoded = self.encode_pixel_values(pixel_values)
         outputs = self.forward_encoded(encoded, bool(interpolate_pos_encoding), bool(hidden), bool(attentions))
         return outputs if (return_dict if return_dict is not None else config.return_dict) else outputs.to_tuple()
 

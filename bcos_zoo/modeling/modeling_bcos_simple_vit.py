@@ -14,7 +14,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .bcos_layers import BcosConv2d, BcosLayerNorm, BcosLinear, DynamicModule, GatedActivation, encode_inverse
+from .bcos_layers import BcosConv2d, BcosLayerNorm, BcosLinear, DynamicModule, GatedActivation
 from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .configuration_bcos_simple_vit import BcosSimpleViTConfig
 from .explanation import BcosExplanation, compute_explanation
@@ -180,7 +180,7 @@ class BcosSimpleViTModel(BcosSimpleViTPreTrainedModel):
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """Tokens and pooled features of (N, C, H, W) images in [0, 1]; takes ``output_hidden_states``,
         ``output_attentions`` and ``return_dict`` (each defaulting to the config's)."""
-        return self.forward_encoded(encode_inverse(self.prepare_pixel_values(pixel_values)))
+        return self.forward_encoded(self.encode_pixel_values(pixel_values))
 
 
 class BcosSimpleViTForImageClassification(BcosSimpleViTPreTrainedModel):

@@ -15,7 +15,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .bcos_layers import BcosLayerNorm, BcosLinear, DynamicModule, GatedActivation, encode_inverse
+from .bcos_layers import BcosLayerNorm, BcosLinear, DynamicModule, GatedActivation
 from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation, compute_explanation
@@ -256,7 +256,7 @@ class BcosViTModel(BcosViTPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Tokens and pooled features of (N, C, H, W) images in [0, 1]; output flags as in transformers' ViT."""
-        encoded = encode_inverse(self.prepare_pixel_values(pixel_values))
+        encoded = self.encode_pixel_values(pixel_values)
         return self.forward_encoded(encoded, interpolate_pos_encoding, class_token_only, **kwargs)
 
 
