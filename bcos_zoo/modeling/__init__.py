@@ -2,8 +2,9 @@
 
 from . import modeling_bcos_clip_vit  # noqa: F401  (registers the ViT image tower)
 from .bcos_layers import explanation_mode
-from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
+from .configuration_bcos_clip import BcosCLIPConfig
 from .configuration_bcos_clip_resnet import BcosCLIPResNetConfig
+from .configuration_bcos_clip_vit import BcosCLIPVisionConfig
 from .configuration_bcos_convnext import BcosConvNextConfig
 from .configuration_bcos_densenet import BcosDenseNetConfig
 from .configuration_bcos_resnet import BcosResNetConfig

@@ -39,7 +39,8 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> t
     if problem_type == "multi_label_classification":
         if labels.shape != logits.shape:
             raise ValueError(
-                f"Multi-label classification takes labels of shape {tuple(logits.shape)}, got {tuple(labels.shape)}."
+                f"multi_label_classification takes multi-hot labels of shape {tuple(logits.shape)}, "
+                f"got {tuple(labels.shape)}."
             )
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
     if problem_type == "regression":

@@ -2,6 +2,8 @@
 
 from transformers import PretrainedConfig
 
+from .configuration_bcos_clip import BcosCLIPConfig, register_vision_config
+
 
 class BcosCLIPResNetConfig(PretrainedConfig):
     """Configuration of a B-cos CLIP ResNet image tower (OpenAI CLIP's ``ModifiedResNet``) and its projection. The
@@ -72,3 +74,7 @@ class BcosCLIPResNetConfig(PretrainedConfig):
     def pooled_size(self) -> int:
         """Width of the attention pool's output, which the visual projection maps into the joint space."""
         return 4 * self.width * 2 ** (len(self.depths) - 1)
+
+
+register_vision_config(BcosCLIPResNetConfig)
+__all__ = ["BcosCLIPConfig", "BcosCLIPResNetConfig"]

@@ -1,8 +1,6 @@
-"""B-cos CLIP: a B-cos image tower (any of ``IMAGE_TOWERS`` plus a B-cos projection) beside the original, frozen
-CLIP text tower, the B-cosification paper's recipe. A prompt is explained through its cosine with the image
-embedding, whose norm explanation mode detaches: the contributions then add up to the cosine. Hub-facing: torch,
-transformers and sibling files only.
-"""
+"""B-cos CLIP: a registered B-cos image tower and a B-cos projection beside the original, frozen CLIP text tower (the
+B-cosification paper's recipe). A prompt is explained through its cosine with the image embedding, whose norm
+explanation mode detaches: the contributions then add up to the cosine."""
 
 import os
 from collections.abc import Sequence
@@ -20,31 +18,28 @@ from transformers.utils.generic import can_return_tuple
 
 from .bcos_layers import BcosLinear, DynamicModule
 from .bcos_pretrained import BcosPreTrainedModel
-from .configuration_bcos_clip import BcosCLIPConfig, BcosCLIPVisionConfig
+from .configuration_bcos_clip import BcosCLIPConfig
 from .explanation import BcosExplanation, compute_explanation
 
 
 logger = logging.get_logger(__name__)
 
-# The B-cos backbones a CLIP image tower can be, by its vision config's model_type: each takes [0, 1] images in
-# forward (with a pooler_output) and has pooled_features(encoded) of [x, 1 - x]-encoded images. A tower is registered
-# by its own module (modeling_bcos_clip_vit, modeling_bcos_clip_resnet), which a saved model's auto_map names, so
-# that a repo ships the code of its own tower and no other.
+# The B-cos backbones a CLIP image tower can be, by its config's model_type: each takes [0, 1] images in forward (with
+# a pooler_output) and has pooled_features(encoded) of [x, 1 - x]-encoded images. A tower is registered by its own
+# module (modeling_bcos_clip_vit, modeling_bcos_clip_resnet), which a saved model's auto_map names.
 IMAGE_TOWERS: dict[str, tuple[type[nn.Module], str]] = {}
 
 
 def register_image_tower(model_type: str, tower: type[nn.Module], module_file: str) -> None:
     """Make ``tower`` the image tower of CLIP models whose vision config has ``model_type``; ``module_file`` (the
-    caller's ``__file__``) is the module that a saved model's ``auto_map`` names and its folder holds."""
+    caller's ``__file__``) is the module that a saved model's ``auto_map`` names."""
     IMAGE_TOWERS[model_type] = (tower, module_file)
 
 
-def siglip_distillation_loss(
-    student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, scale: float = 10.0, bias: float = -10.0
-) -> torch.Tensor:
-    """The B-cosification paper's CLIP objective: SigLIP-style distillation of (N, P) student image embeddings to
-    the original tower's (no gradient) for the same images. Each (student i, teacher j) pair is a binary problem,
-    positive when ``i == j``: ``-mean log sigmoid(label_ij (scale <s_i, t_j> + bias))`` on unit vectors."""
+def siglip_distillation_loss(student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, scale=10.0, bias=-10.0):
+    """The B-cosification paper's CLIP objective: SigLIP-style distillation of (N, P) student image embeddings to the
+    original tower's for the same images. Each (student i, teacher j) pair is a binary problem, positive when
+    ``i == j``: ``-mean log sigmoid(label_ij (scale <s_i, t_j> + bias))`` on unit vectors."""
     if student_embeds.ndim != 2 or student_embeds.shape != teacher_embeds.shape:
         raise ValueError(
             "student_embeds and teacher_embeds must both have shape (batch, projection_dim), got "
@@ -52,30 +47,21 @@ def siglip_distillation_loss(
         )
     student = F.normalize(student_embeds, dim=-1)
     teacher = F.normalize(teacher_embeds.detach().to(student.dtype), dim=-1)
-    logits = scale * student @ teacher.T + bias
     labels = 2 * torch.eye(len(student), device=student.device, dtype=student.dtype) - 1
-    return -F.logsigmoid(labels * logits).mean()
+    return -F.logsigmoid(labels * (scale * student @ teacher.T + bias)).mean()
 
 
 class EmbeddingNormalizer(DynamicModule):
-    """``z / ||z||`` with ``||z||`` detached in explanation mode: the cosine is then ``W(x) x / ||z||``, and the
-    contributions plus the bias sum to it (through the norm they would sum to 0)."""
-
-    def __init__(self, eps: float = 1e-12):
-        super().__init__()
-        self.eps = eps
+    """``z / ||z||`` with ``||z||`` detached in explanation mode: the contributions then add up to the cosine
+    ``W(x) x / ||z||`` (through the norm they would sum to 0)."""
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
-        norm = torch.linalg.vector_norm(embeds, dim=-1, keepdim=True).clamp_min(self.eps)
-        if self.detach_dynamic:
-            norm = norm.detach()
-        return embeds / norm
+        return embeds / self.dynamic(torch.linalg.vector_norm(embeds, dim=-1, keepdim=True).clamp_min(1e-12))
 
 
 @dataclass
 class BcosCLIPVisionModelOutput(ModelOutput):
-    """Output of :class:`BcosCLIPVisionModel`: ``image_embeds`` are projected, not normalised; ``loss`` is the
-    distillation loss when ``teacher_embeds`` were given."""
+    """``image_embeds`` are projected, not normalised; ``loss`` is the distillation loss of ``teacher_embeds``."""
 
     loss: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
@@ -94,51 +80,41 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
     _can_compile_fullgraph = True
 
     def get_input_embeddings(self) -> nn.Module:
-        """The image tower's patch embedding."""
         return self.vision_model.get_input_embeddings()
 
     @property
-    def vision_config(self) -> BcosCLIPVisionConfig:
+    def vision_config(self):
         """The image tower's configuration (the config itself for the vision-only model)."""
         return getattr(self.config, "vision_config", self.config)
 
-    def _tower_module(self) -> str:
-        return os.path.splitext(os.path.basename(IMAGE_TOWERS[self.vision_config.model_type][1]))[0]
-
     def _auto_map(self) -> dict[str, str]:
-        """As every B-cos model's, with the classes loaded through the tower's module, which registers the tower."""
-        return {
-            key: value if key == "AutoConfig" else f"{self._tower_module()}.{value.split('.')[-1]}"
-            for key, value in super()._auto_map().items()
-        }
+        """Classes load through the tower's modules, which register the tower: a repo holds its tower and no other."""
+        tower = os.path.splitext(os.path.basename(IMAGE_TOWERS[self.vision_config.model_type][1]))[0]
+        config_module = type(self.vision_config).__module__.rsplit(".", 1)[-1]
+        auto_map = {key: f"{tower}.{value.split('.')[-1]}" for key, value in super()._auto_map().items()}
+        return {**auto_map, "AutoConfig": f"{config_module}.{type(self.config).__name__}"}
 
     def _extra_code_files(self) -> list[str]:
         module_file = IMAGE_TOWERS[self.vision_config.model_type][1]
         return [module_file, *get_relative_import_files(module_file)]
 
-    def _build_image_tower(self, config: BcosCLIPVisionConfig, projection_dim: int) -> None:
+    def _build_image_tower(self, config, projection_dim: int) -> None:
         if config.model_type not in IMAGE_TOWERS:
             raise ValueError(f"No B-cos CLIP image tower for {config.model_type!r}; supported: {sorted(IMAGE_TOWERS)}.")
         self.vision_model = IMAGE_TOWERS[config.model_type][0](config)
         bias = getattr(config, "projection_bias", False)  # an open_clip ResNet's attention pool output has one
         self.visual_projection = BcosLinear(config.pooled_size, projection_dim, bias=bias, b=config.b)
         self.embedding_normalizer = EmbeddingNormalizer()
-        self._image_processor = None
-        self._tokenizer = None
-        self._tokenizer_looked_up = False
-
-    def _image_embeds(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        return self.visual_projection(self.vision_model.pooled_features(encoded, interpolate_pos_encoding))
+        self._image_processor = self._tokenizer = None
 
     @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = False, **kwargs
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
     ) -> BaseModelOutputWithPooling:
-        """The image embeddings of images in [0, 1] as ``pooler_output`` (projected, not normalised), as
-        transformers' CLIP returns them; output flags as in transformers."""
-        outputs = self.vision_model(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **{**kwargs, "return_dict": True}
-        )
+        """Image embeddings of images in [0, 1] as ``pooler_output`` (projected, not normalised), as transformers'
+        CLIP returns them."""
+        kwargs["return_dict"] = True
+        outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=self.visual_projection(outputs.pooler_output.flatten(1)),
@@ -147,14 +123,24 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         )
 
     def _encode_prompts(self, text: list[str]) -> torch.Tensor:
-        raise ValueError(
-            f"{type(self).__name__} has no text tower, so it cannot embed prompts: pass text_embeds=, the (K, P) "
-            "text embeddings of the CLIP model it was B-cosified from (get_text_features(...).pooler_output), or use "
-            "BcosCLIPModel, which carries the text tower."
+        if not hasattr(self, "text_model"):
+            raise ValueError(
+                f"{type(self).__name__} has no text tower, so it cannot embed prompts: pass text_embeds=, the (K, P) "
+                "text embeddings of the source CLIP model, or use BcosCLIPModel, which carries the text tower."
+            )
+        if (tokenizer := self.tokenizer) is None:
+            raise ValueError(
+                "explain(text=...) needs the CLIP tokenizer, and this model has none (built from a loaded model or a "
+                "folder without one): set `model.tokenizer = CLIPTokenizer.from_pretrained(...)` or pass text_embeds=."
+            )
+        inputs = tokenizer(text, padding=True, truncation=True, return_tensors="pt").to(
+            self.text_projection.weight.device
         )
+        with torch.no_grad():
+            return self.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
 
     def _prompt_embeds(
-        self, text: str | Sequence[str] | None, text_embeds: torch.Tensor | None, device: torch.device
+        self, text: str | Sequence[str] | None, text_embeds: torch.Tensor | None, device
     ) -> torch.Tensor:
         """(K, P) unit-norm prompt embeddings from prompts or from given text embeddings, validated."""
         if (text is None) == (text_embeds is None):
@@ -172,9 +158,8 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         width = self.visual_projection.out_features
         if text_embeds.ndim != 2 or text_embeds.shape[1] != width or not text_embeds.is_floating_point():
             raise ValueError(
-                f"text_embeds must be a floating-point (K, {width}) tensor, one row per prompt, of the model's "
-                f"projection_dim; got {text_embeds.dtype} {tuple(text_embeds.shape)}. Use the text embeddings of the "
-                "CLIP model this one was B-cosified from."
+                f"text_embeds must be a floating-point (K, {width}) tensor, one row per prompt, of the source CLIP "
+                f"model's text embeddings; got {text_embeds.dtype} {tuple(text_embeds.shape)}."
             )
         if text_embeds.shape[0] == 0:
             raise ValueError("text_embeds holds no prompt (0 rows); pass at least one.")
@@ -190,54 +175,38 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         create_graph: bool = False,
     ) -> BcosExplanation:
         """Explain the cosine between each image (in [0, 1]) and one prompt exactly: ``contributions.sum((1, 2)) +
-        bias`` equals it. ``logits`` are the (N, K) cosines, not the scaled zero-shot logits.
-
-        Args:
-            text: the prompts (a string or K strings; needs :class:`BcosCLIPModel`'s text tower), or
-            text_embeds: (K, P) text embeddings.
-            target: the prompt to explain: ``None`` (each image's best match), an int, or an (N,) tensor.
-            create_graph: keep the graph of the explanation, so that a loss on it trains the image tower.
-        """
+        bias`` equals it; ``logits`` are the (N, K) cosines. Prompts are ``text`` (needs the text tower) or (K, P)
+        ``text_embeds``; ``target``: None (each image's best match), an int or an (N,) tensor; ``create_graph``: keep
+        the graph, so that a loss on the explanation trains the image tower."""
         prompts = self._prompt_embeds(text, text_embeds, pixel_values.device)
 
         def cosines(encoded: torch.Tensor) -> torch.Tensor:
-            embeds = self._image_embeds(encoded, interpolate_pos_encoding)
-            return self.embedding_normalizer(embeds) @ prompts.to(embeds.dtype).T
+            pooled = self.vision_model.pooled_features(encoded, interpolate_pos_encoding)
+            embeds = self.embedding_normalizer(self.visual_projection(pooled))
+            return embeds @ prompts.to(embeds.dtype).T
 
-        return compute_explanation(
-            self,
-            cosines,
-            pixel_values,
-            target,
-            num_channels=self.vision_config.num_channels,
-            create_graph=create_graph,
-        )
-
-    # -- saving ------------------------------------------------------------------------------------------------
+        channels = self.vision_config.num_channels
+        return compute_explanation(self, cosines, pixel_values, target, channels, create_graph)
 
     def default_image_processor(self) -> CLIPImageProcessor:
-        """CLIP's resize and centre crop (the source's settings where it had a processor), rescaling to [0, 1] and
-        no normalisation."""
-        if self._image_processor is not None:
-            processor = CLIPImageProcessor(**self._image_processor.to_dict())
-        else:
-            size = self.vision_config.image_size
-            processor = CLIPImageProcessor(
-                size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_center_crop=True
-            )
-        processor.do_rescale = True
-        processor.do_normalize = False
-        return processor
+        """CLIP's resize and centre crop (the source's settings where known), rescaling to [0, 1], no normalisation."""
+        size = self.vision_config.image_size
+        settings = {
+            "size": {"shortest_edge": size},
+            "crop_size": {"height": size, "width": size},
+            "do_center_crop": True,
+        }
+        settings = self._image_processor.to_dict() if self._image_processor is not None else settings
+        return CLIPImageProcessor(**{**settings, "do_rescale": True, "do_normalize": False})
 
 
 class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
-    """The B-cos CLIP image tower: embeddings of images in [0, 1] and exact explanations of their similarity to
-    prompts given as ``text_embeds`` (the original CLIP model's ``get_text_features``)."""
+    """The B-cos CLIP image tower and projection: embeddings of images in [0, 1] and exact explanations of their
+    similarity to prompts given as ``text_embeds`` (the source CLIP model's ``get_text_features``)."""
 
-    config_class = BcosCLIPVisionConfig
     input_modalities = ("image",)
 
-    def __init__(self, config: BcosCLIPVisionConfig):
+    def __init__(self, config):
         super().__init__(config)
         self._build_image_tower(config, config.projection_dim)
         self.post_init()
@@ -247,23 +216,16 @@ class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         teacher_embeds: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = False,
+        interpolate_pos_encoding=False,
         **kwargs,
     ) -> BcosCLIPVisionModelOutput:
-        """Embeddings of (N, 3, H, W) images in [0, 1]; with ``teacher_embeds`` (N, P), the original model's
-        embeddings of the same images, ``loss`` is :func:`siglip_distillation_loss`."""
-        outputs = self.get_image_features(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **{**kwargs, "return_dict": True}
-        )
-        loss = None
-        if teacher_embeds is not None:
-            loss = siglip_distillation_loss(outputs.pooler_output, teacher_embeds.to(outputs.pooler_output.device))
+        """Embeddings of (N, 3, H, W) images in [0, 1]; with the source's embeddings of the same images,
+        ``teacher_embeds`` (N, P), ``loss`` is :func:`siglip_distillation_loss`."""
+        outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, **{**kwargs, "return_dict": True})
+        embeds = outputs.pooler_output
+        loss = None if teacher_embeds is None else siglip_distillation_loss(embeds, teacher_embeds.to(embeds.device))
         return BcosCLIPVisionModelOutput(
-            loss=loss,
-            image_embeds=outputs.pooler_output,
-            last_hidden_state=outputs.last_hidden_state,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            loss, embeds, outputs.last_hidden_state, outputs.hidden_states, outputs.attentions
         )
 
 
@@ -271,7 +233,6 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
     """B-cos CLIP: the B-cos image tower beside the original, frozen text tower; ``forward`` returns what
     transformers' ``CLIPModel`` does, so ``pipeline("zero-shot-image-classification")`` works with it."""
 
-    config_class = BcosCLIPConfig
     main_input_name = "input_ids"
     _extra_auto_classes = ("AutoModel",)
 
@@ -282,76 +243,51 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
-        if config.freeze_text_model:
-            self.freeze_text_model()
+        self.freeze_text_model()
 
     def get_input_embeddings(self) -> nn.Module:
-        """The text tower's token embedding (the model's main input is ``input_ids``, as in transformers' CLIP)."""
+        """The text tower's token embedding (the main input is ``input_ids``, as in transformers' CLIP)."""
         return self.text_model.get_input_embeddings()
 
     def freeze_text_model(self) -> None:
-        """Stop gradients to the text tower, the text projection and ``logit_scale``: only the image tower learns."""
-        self.text_model.requires_grad_(False)
-        self.text_projection.requires_grad_(False)
-        self.logit_scale.requires_grad_(False)
+        """With ``config.freeze_text_model``, only the image tower learns: no gradient to the text tower, the text
+        projection and ``logit_scale``."""
+        if self.config.freeze_text_model:
+            for module in (self.text_model, self.text_projection, self.logit_scale):
+                module.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        # loading replaces the parameters, dropping the freezing done in __init__
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if model.config.freeze_text_model:
-            model.freeze_text_model()
+        loaded = super().from_pretrained(*args, **kwargs)  # loading replaces the parameters frozen in __init__
+        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_text_model()
         return loaded
 
     @property
     def tokenizer(self):
         """The CLIP tokenizer ``explain(text=...)`` uses: the source's, or the one saved beside the weights."""
-        if self._tokenizer is None and self.name_or_path and not self._tokenizer_looked_up:
-            self._tokenizer_looked_up = True
+        if self._tokenizer is None and self.name_or_path:
             try:
                 self._tokenizer = CLIPTokenizer.from_pretrained(self.name_or_path)  # no remote-code prompt
             except (OSError, ValueError, KeyError) as error:
                 logger.info(f"No tokenizer could be loaded from {self.name_or_path}: {error}")
-        return self._tokenizer
+                self._tokenizer = False
+        return self._tokenizer or None
 
     @tokenizer.setter
     def tokenizer(self, tokenizer) -> None:
         self._tokenizer = tokenizer
-        self._tokenizer_looked_up = True
 
     @can_return_tuple
     def get_text_features(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        **kwargs,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids=None, **kwargs
     ) -> BaseModelOutputWithPooling:
-        """The text embeddings as ``pooler_output`` (projected, not normalised), as transformers' CLIP returns them."""
+        """Text embeddings as ``pooler_output`` (projected, not normalised), as transformers' CLIP returns them."""
+        kwargs["return_dict"] = True
         outputs = self.text_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **{**kwargs, "return_dict": True},
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         )
         outputs.pooler_output = self.text_projection(outputs.pooler_output)
         return outputs
-
-    def _encode_prompts(self, text: list[str]) -> torch.Tensor:
-        tokenizer = self.tokenizer
-        if tokenizer is None:
-            raise ValueError(
-                "explain(text=...) needs the CLIP tokenizer, and this model has none (it was built from a loaded "
-                "model or a folder without tokenizer files). Set `model.tokenizer = "
-                "CLIPTokenizer.from_pretrained(...)` or pass text_embeds=."
-            )
-        inputs = tokenizer(text, padding=True, truncation=True, return_tensors="pt")
-        device = self.text_projection.weight.device
-        with torch.no_grad():
-            return self.get_text_features(
-                input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device)
-            ).pooler_output
 
     @can_return_tuple
     def forward(
@@ -369,32 +305,26 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         ``teacher_embeds`` (then ``input_ids`` may be left out: training goes through ``forward``, which data-parallel
         wrappers see), else CLIP's contrastive loss with ``return_loss``."""
         kwargs["return_dict"] = True
-        if pixel_values is not None and input_ids is None and teacher_embeds is not None:
-            student = self.get_image_features(pixel_values, interpolate_pos_encoding, **kwargs).pooler_output
-            loss = siglip_distillation_loss(student, teacher_embeds.to(student.device))
-            return CLIPOutput(loss=loss, image_embeds=self.embedding_normalizer(student))
-        if input_ids is None or pixel_values is None:
+        if pixel_values is None or (input_ids is None and teacher_embeds is None):
             raise ValueError(
                 "BcosCLIPModel needs both input_ids (tokenised prompts) and pixel_values (images), or pixel_values "
                 "and teacher_embeds for distillation."
             )
         vision_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, **kwargs)
+        student = vision_outputs.pooler_output
+        image_embeds = self.embedding_normalizer(student)
+        loss = None if teacher_embeds is None else siglip_distillation_loss(student, teacher_embeds.to(student.device))
+        if input_ids is None:
+            return CLIPOutput(loss=loss, image_embeds=image_embeds)
         text_outputs = self.get_text_features(input_ids, attention_mask, position_ids, **kwargs)
-        image_embeds = self.embedding_normalizer(vision_outputs.pooler_output)
-        text_embeds = text_outputs.pooler_output
-        text_embeds = text_embeds / torch.linalg.vector_norm(text_embeds, dim=-1, keepdim=True)
+        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
         logits_per_text = text_embeds @ image_embeds.T.to(text_embeds.device) * self.logit_scale.exp()
-        logits_per_image = logits_per_text.T
-        loss = None
-        if teacher_embeds is not None:
-            student = vision_outputs.pooler_output
-            loss = siglip_distillation_loss(student, teacher_embeds.to(student.device))
-        elif return_loss:
-            labels = torch.arange(len(logits_per_image), device=logits_per_image.device)
-            loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        if loss is None and return_loss:
+            labels = torch.arange(len(image_embeds), device=logits_per_text.device)
+            loss = (F.cross_entropy(logits_per_text.T, labels) + F.cross_entropy(logits_per_text, labels)) / 2
         return CLIPOutput(
             loss=loss,
-            logits_per_image=logits_per_image,
+            logits_per_image=logits_per_text.T,
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
             image_embeds=image_embeds,
@@ -403,21 +333,16 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         )
 
     def _save_processors(self, save_directory: str | os.PathLike) -> None:
-        tokenizer = self._tokenizer if self._tokenizer is not None else self.tokenizer
-        if tokenizer is None:
-            logger.warning(
-                "Saving without a tokenizer (the model has none): the folder will not work with "
-                "pipeline('zero-shot-image-classification') until a CLIP tokenizer is saved beside it. Set "
-                "`model.tokenizer` before saving."
-            )
-            super()._save_processors(save_directory)
+        if self.tokenizer is not None:
+            CLIPProcessor(self.default_image_processor(), self.tokenizer).save_pretrained(save_directory)
             return
-        CLIPProcessor(image_processor=self.default_image_processor(), tokenizer=tokenizer).save_pretrained(
-            save_directory
+        logger.warning(
+            "Saving without a tokenizer (the model has none): the folder will not work with pipeline('zero-shot-"
+            "image-classification') until a CLIP tokenizer is saved beside it. Set `model.tokenizer` before saving."
         )
+        super()._save_processors(save_directory)
 
 
-BcosCLIPVisionConfig.register_for_auto_class()
 BcosCLIPConfig.register_for_auto_class()
 BcosCLIPVisionModel.register_for_auto_class("AutoModel")
 BcosCLIPModel.register_for_auto_class("AutoModelForZeroShotImageClassification")
