@@ -74,9 +74,3 @@ def test_short_optimisation_of_a_bcos_tower_lowers_the_distillation_loss():
     assert all(p.grad is None for p in teacher.parameters())
     assert losses[-1] < 0.5 * losses[0], losses[::5]
     assert matched_cosine() > cosine_before
-    # the model's own loss output is the same objective
-    with torch.no_grad():
-        output = student(x, teacher_embeds=teacher_embeds)
-        assert output.loss == pytest.approx(
-            siglip_distillation_loss(output.image_embeds, teacher_embeds).item(), rel=1e-5
-        )

@@ -52,7 +52,7 @@ def test_interpolated_position_embeddings_take_other_sizes(model):
 
 
 def test_size_that_is_not_a_multiple_of_the_patch_is_rejected_with_how_to_resize(model):
-    with pytest.raises(ValueError, match="8x8 patches and cannot take a 36x36 image. Resize it"):
+    with pytest.raises(ValueError, match="8x8 patches and cannot take a 36x36 image: resize it"):
         model(pixel_values=torch.rand(1, 3, 36, 36), interpolate_pos_encoding=True)
     with pytest.raises(ValueError, match="cannot take a 30x45 image.*image processor"):
         model(pixel_values=torch.rand(1, 3, 30, 45))

@@ -12,7 +12,7 @@ from .configuration_bcos_simple_vit import BcosSimpleViTConfig
 from .configuration_bcos_vgg import BcosVGGConfig
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation
-from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel, siglip_distillation_loss
+from .modeling_bcos_clip import BcosCLIPModel, BcosCLIPVisionModel
 from .modeling_bcos_clip_resnet import BcosCLIPResNetModel, BcosCLIPResNetVisionModel
 from .modeling_bcos_convnext import BcosConvNextForImageClassification, BcosConvNextModel
 from .modeling_bcos_densenet import BcosDenseNetForImageClassification, BcosDenseNetModel
@@ -30,7 +30,6 @@ __all__ = [
     "BcosCLIPResNetVisionModel",
     "BcosCLIPVisionConfig",
     "BcosCLIPVisionModel",
-    "siglip_distillation_loss",
     "BcosConvNextConfig",
     "BcosConvNextForImageClassification",
     "BcosConvNextModel",

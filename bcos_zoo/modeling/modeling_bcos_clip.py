@@ -4,7 +4,6 @@ explanation mode detaches: the contributions then add up to the cosine."""
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +11,8 @@ from torch import nn
 from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.clip.modeling_clip import CLIPOutput
-from transformers.utils import ModelOutput, logging
+from transformers.models.clip.modeling_clip import CLIPOutput, CLIPVisionModelOutput
+from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
 from .bcos_layers import BcosLinear, DynamicModule
@@ -36,38 +35,12 @@ def register_image_tower(model_type: str, tower: type[nn.Module], module_file: s
     IMAGE_TOWERS[model_type] = (tower, module_file)
 
 
-def siglip_distillation_loss(student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, scale=10.0, bias=-10.0):
-    """The B-cosification paper's CLIP objective: SigLIP-style distillation of (N, P) student image embeddings to the
-    original tower's for the same images. Each (student i, teacher j) pair is a binary problem, positive when
-    ``i == j``: ``-mean log sigmoid(label_ij (scale <s_i, t_j> + bias))`` on unit vectors."""
-    if student_embeds.ndim != 2 or student_embeds.shape != teacher_embeds.shape:
-        raise ValueError(
-            "student_embeds and teacher_embeds must both have shape (batch, projection_dim), got "
-            f"{tuple(student_embeds.shape)} and {tuple(teacher_embeds.shape)}."
-        )
-    student = F.normalize(student_embeds, dim=-1)
-    teacher = F.normalize(teacher_embeds.detach().to(student.dtype), dim=-1)
-    labels = 2 * torch.eye(len(student), device=student.device, dtype=student.dtype) - 1
-    return -F.logsigmoid(labels * (scale * student @ teacher.T + bias)).mean()
-
-
 class EmbeddingNormalizer(DynamicModule):
     """``z / ||z||`` with ``||z||`` detached in explanation mode: the contributions then add up to the cosine
     ``W(x) x / ||z||`` (through the norm they would sum to 0)."""
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
         return embeds / self.dynamic(torch.linalg.vector_norm(embeds, dim=-1, keepdim=True).clamp_min(1e-12))
-
-
-@dataclass
-class BcosCLIPVisionModelOutput(ModelOutput):
-    """``image_embeds`` are projected, not normalised; ``loss`` is the distillation loss of ``teacher_embeds``."""
-
-    loss: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
@@ -212,20 +185,14 @@ class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        teacher_embeds: torch.Tensor | None = None,
-        interpolate_pos_encoding=False,
-        **kwargs,
-    ) -> BcosCLIPVisionModelOutput:
-        """Embeddings of (N, 3, H, W) images in [0, 1]; with the source's embeddings of the same images,
-        ``teacher_embeds`` (N, P), ``loss`` is :func:`siglip_distillation_loss`."""
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding=False, **kwargs) -> CLIPVisionModelOutput:
+        """Embeddings of (N, 3, H, W) images in [0, 1]: ``image_embeds`` are projected, not normalised."""
         outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, **{**kwargs, "return_dict": True})
-        embeds = outputs.pooler_output
-        loss = None if teacher_embeds is None else siglip_distillation_loss(embeds, teacher_embeds.to(embeds.device))
-        return BcosCLIPVisionModelOutput(
-            loss, embeds, outputs.last_hidden_state, outputs.hidden_states, outputs.attentions
+        return CLIPVisionModelOutput(
+            image_embeds=outputs.pooler_output,
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
 
@@ -297,29 +264,23 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         return_loss: bool | None = None,
-        teacher_embeds: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = False,
         **kwargs,
     ) -> CLIPOutput:
-        """Zero-shot logits, ``logit_scale.exp()`` times the image-text cosines. ``loss``: the distillation loss with
-        ``teacher_embeds`` (then ``input_ids`` may be left out: training goes through ``forward``, which data-parallel
-        wrappers see), else CLIP's contrastive loss with ``return_loss``."""
+        """Zero-shot logits, ``logit_scale.exp()`` times the image-text cosines, and CLIP's contrastive loss with
+        ``return_loss``. Without ``input_ids``, the unit-norm image embeddings alone (what distillation trains)."""
+        if pixel_values is None:
+            raise ValueError("BcosCLIPModel needs pixel_values (images), and input_ids (tokenised prompts) for logits.")
         kwargs["return_dict"] = True
-        if pixel_values is None or (input_ids is None and teacher_embeds is None):
-            raise ValueError(
-                "BcosCLIPModel needs both input_ids (tokenised prompts) and pixel_values (images), or pixel_values "
-                "and teacher_embeds for distillation."
-            )
         vision_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, **kwargs)
-        student = vision_outputs.pooler_output
-        image_embeds = self.embedding_normalizer(student)
-        loss = None if teacher_embeds is None else siglip_distillation_loss(student, teacher_embeds.to(student.device))
+        image_embeds = self.embedding_normalizer(vision_outputs.pooler_output)
         if input_ids is None:
-            return CLIPOutput(loss=loss, image_embeds=image_embeds)
+            return CLIPOutput(image_embeds=image_embeds, vision_model_output=vision_outputs)
         text_outputs = self.get_text_features(input_ids, attention_mask, position_ids, **kwargs)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
         logits_per_text = text_embeds @ image_embeds.T.to(text_embeds.device) * self.logit_scale.exp()
-        if loss is None and return_loss:
+        loss = None
+        if return_loss:
             labels = torch.arange(len(image_embeds), device=logits_per_text.device)
             loss = (F.cross_entropy(logits_per_text.T, labels) + F.cross_entropy(logits_per_text, labels)) / 2
         return CLIPOutput(

@@ -1,9 +1,6 @@
-"""The B-cos Vision Transformer as a transformers model.
-
-Every linear map that carries the signal (patch embedding, attention output, MLP, classifier) is a B-cos unit;
-LayerNorm, GELU and attention have input-dependent factors that explanation mode detaches, making the model a dynamic
-linear map of the encoded image. Hub-facing: torch, transformers and sibling files only.
-"""
+"""The B-cos Vision Transformer. Every linear map that carries the signal (patch embedding, attention output, MLP,
+classifier) is a B-cos unit; LayerNorm, GELU and attention have input-dependent factors that explanation mode
+detaches, making the model a dynamic linear map of the encoded image."""
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +19,8 @@ from .explanation import BcosExplanation, compute_explanation
 
 
 class BcosPatchEmbedding(nn.Module):
-    """Cuts the ``[x, 1 - x]`` image into patches and maps each, flattened in (channel, row, column) order as a
-    reshaped conv weight, with one B-cos unit: the B-cos norm is the norm of the whole 6-channel patch."""
+    """One B-cos unit on each patch of the ``[x, 1 - x]`` image, flattened in (channel, row, column) order: the B-cos
+    norm is the norm of the whole 6-channel patch."""
 
     def __init__(self, num_channels: int, patch_size: int, hidden_size: int, bias: bool, b: float):
         super().__init__()
@@ -31,13 +28,11 @@ class BcosPatchEmbedding(nn.Module):
         self.projection = BcosLinear(2 * num_channels * patch_size * patch_size, hidden_size, bias=bias, b=b)
 
     def forward(self, encoded: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = encoded.shape
-        p = self.patch_size
+        (batch, channels, height, width), p = encoded.shape, self.patch_size
         if height % p or width % p:
             raise ValueError(
-                f"This model cuts images into {p}x{p} patches and cannot take a {height}x{width} image. Resize it "
-                "to the model's size with its image processor (AutoImageProcessor.from_pretrained(<model>), saved "
-                "beside the weights), or to any multiple of the patch size with interpolate_pos_encoding=True."
+                f"This model cuts images into {p}x{p} patches and cannot take a {height}x{width} image: resize it with "
+                "its image processor (saved beside the weights), or to a multiple of the patch size."
             )
         patches = encoded.reshape(batch, channels, height // p, p, width // p, p)
         patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // p) * (width // p), channels * p * p)
@@ -63,15 +58,12 @@ class BcosViTEmbeddings(nn.Module):
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_class_token else None
         num_positions = self.grid * self.grid + int(config.use_class_token)
-        self.position_embeddings = (
-            nn.Parameter(torch.zeros(1, num_positions, config.hidden_size)) if config.use_position_embeddings else None
-        )
+        positions = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
+        self.position_embeddings = positions if config.use_position_embeddings else None
 
     def forward(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        tokens = self.patch_embeddings(encoded)
-        height = encoded.shape[2] // self.patch_embeddings.patch_size
-        width = encoded.shape[3] // self.patch_embeddings.patch_size
-        prefix = 0 if self.cls_token is None else 1
+        tokens, p = self.patch_embeddings(encoded), self.patch_embeddings.patch_size
+        height, width, prefix = encoded.shape[2] // p, encoded.shape[3] // p, int(self.cls_token is not None)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         if self.position_embeddings is None:
@@ -79,29 +71,18 @@ class BcosViTEmbeddings(nn.Module):
         positions = self.position_embeddings
         if (height, width) != (self.grid, self.grid):
             if not interpolate_pos_encoding:
-                size = self.grid * self.patch_embeddings.patch_size
                 raise ValueError(
-                    f"This model takes {size}x{size} images, got {encoded.shape[2]}x{encoded.shape[3]}. Resize "
-                    "them (the model's image processor does), or pass interpolate_pos_encoding=True to resample "
-                    "the position embeddings bicubically."
+                    f"This model takes {self.grid * p}x{self.grid * p} images, got {height * p}x{width * p}: resize "
+                    "them (its image processor does), or pass interpolate_pos_encoding=True."
                 )
             patch_positions = interpolate_position_embeddings(positions[:, prefix:], self.grid, height, width)
             positions = torch.cat([positions[:, :prefix], patch_positions], dim=1)
         return tokens + positions
 
 
-def eager_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Attention written out, with transformers' calling convention; the softmax runs in float32 for half-precision
-    inputs and in the input's precision otherwise (float64 stays exact)."""
+    inputs, else in the input's precision (float64 stays exact)."""
     scores = torch.matmul(query * scaling, key.transpose(-1, -2))
     if attention_mask is not None:
         scores = scores + attention_mask
@@ -113,24 +94,17 @@ def eager_attention(
 
 class BcosSelfAttention(DynamicModule):
     """Multi-head self-attention whose attention matrix is its dynamic factor (explanation mode detaches queries and
-    keys, so that ``A(x) V x`` is linear in ``x``); the output projection is a B-cos unit. The attention is
-    ``config._attn_implementation`` ("sdpa" by default); explanations use the written-out one, since the fused
-    kernels have no second derivative, which differentiable explanations need.
-    """
+    keys: ``A(x) V x`` is linear in ``x``); the output projection is a B-cos unit. Explanations use the written-out
+    attention, since fused kernels have no second derivative, which differentiable explanations need."""
 
     def __init__(self, config):
         super().__init__()
-        if config.hidden_size % config.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
-                f"{config.num_attention_heads}."
-            )
-        width = config.hidden_size
-        self.config = config
-        self.num_heads = config.num_attention_heads
+        width, self.num_heads = config.hidden_size, config.num_attention_heads
+        self.config, self.is_causal = config, False
+        if width % self.num_heads:
+            raise ValueError(f"hidden_size {width} is not a multiple of num_attention_heads {self.num_heads}.")
         self.head_dim = width // self.num_heads
         self.scaling = self.head_dim**-0.5
-        self.is_causal = False
         self.q_proj = nn.Linear(width, width, bias=config.attention_qk_bias)
         self.k_proj = nn.Linear(width, width, bias=config.attention_qk_bias)
         self.v_proj = nn.Linear(width, width, bias=config.use_bias)
@@ -138,9 +112,8 @@ class BcosSelfAttention(DynamicModule):
 
     def forward(
         self, hidden_states: torch.Tensor, first_tokens: int | None = None, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attention of every token to every token; with ``first_tokens``, of the first ``first_tokens`` tokens alone
-        (queries from those, keys and values from all)."""
+    ) -> tuple[torch.Tensor, ...]:
+        """Attention of every token, or with ``first_tokens`` of the first ones alone (keys and values from all)."""
         batch, length, width = hidden_states.shape
         queries = hidden_states if first_tokens is None else hidden_states[:, :first_tokens]
 
@@ -172,8 +145,7 @@ class BcosMLP(nn.Module):
 
 
 class BcosEncoderLayer(GradientCheckpointingLayer):
-    """A pre-norm transformer block, ``h + attn(ln(h))`` then ``h + mlp(ln(h))``, recomputed in the backward pass
-    under gradient checkpointing."""
+    """A pre-norm transformer block, ``h + attn(ln(h))`` then ``h + mlp(ln(h))``."""
 
     def __init__(self, config):
         super().__init__()
@@ -183,8 +155,7 @@ class BcosEncoderLayer(GradientCheckpointingLayer):
         self.mlp = BcosMLP(config)
 
     def forward(self, hidden_states: torch.Tensor, first_tokens: int | None = None, **kwargs) -> torch.Tensor:
-        """The block's output tokens; with ``first_tokens``, those of the first ``first_tokens`` tokens alone, which
-        still attend to every token (all that a class-token head reads of the last block)."""
+        """The output tokens; with ``first_tokens``, those of the first tokens alone (all a class-token head reads)."""
         attended, _ = self.attention(self.layernorm_before(hidden_states), first_tokens=first_tokens, **kwargs)
         hidden_states = attended + (hidden_states if first_tokens is None else hidden_states[:, :first_tokens])
         return hidden_states + self.mlp(self.layernorm_after(hidden_states))
@@ -202,7 +173,7 @@ class BcosViTPreTrainedModel(BcosPreTrainedModel):
     _input_embed_layer = "patch_embeddings"
 
     def default_image_processor(self) -> ViTImageProcessor:
-        """The processor saved with the model: resize to the model's size and rescale to [0, 1]; no normalisation."""
+        """Resize to the model's size and rescale to [0, 1]; no normalisation."""
         size = self.config.image_size
         return ViTImageProcessor(size={"height": size, "width": size}, do_rescale=True, do_normalize=False)
 
@@ -213,21 +184,18 @@ class BcosViTModel(BcosViTPreTrainedModel):
     def __init__(self, config: BcosViTConfig):
         super().__init__(config)
         self.embeddings = BcosViTEmbeddings(config)
-        self.pre_layernorm = (
-            BcosLayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.use_bias)
-            if config.pre_layernorm
-            else None
-        )
+        norm = (config.hidden_size, config.layer_norm_eps, config.use_bias)
+        self.pre_layernorm = BcosLayerNorm(*norm) if config.pre_layernorm else None
         self.layers = nn.ModuleList(BcosEncoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.layernorm = BcosLayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.use_bias)
+        self.layernorm = BcosLayerNorm(*norm)
         self.post_init()
 
     def forward_encoded(
         self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False, class_token_only: bool = False, **kwargs
     ) -> BaseModelOutputWithPooling:
         """The backbone on ``[x, 1 - x]``-encoded images (what explanations differentiate). ``class_token_only``
-        computes the last block for the class token alone, all that ``pooler_output`` reads of it (then
-        ``last_hidden_state`` is (N, 1, D)): at 224 px it skips 196 of 197 tokens' queries, projection and MLP."""
+        computes the last block for the class token alone, all ``pooler_output`` reads (``last_hidden_state`` is then
+        (N, 1, D)): at 224 px it skips 196 of 197 tokens' queries, projection and MLP."""
         if class_token_only and self.config.pooling != "cls":
             raise ValueError("class_token_only=True needs class-token pooling (config.pooling='cls').")
         hidden_states = self.embeddings(encoded, interpolate_pos_encoding=bool(interpolate_pos_encoding))
@@ -236,24 +204,18 @@ class BcosViTModel(BcosViTPreTrainedModel):
         for index, layer in enumerate(self.layers):
             first_tokens = 1 if class_token_only and index == len(self.layers) - 1 else None
             hidden_states = layer(hidden_states, first_tokens=first_tokens, **kwargs)
-        if self.config.pooling == "cls":
-            pooled = hidden_states[:, 0]
-        else:
-            pooled = hidden_states[:, int(self.config.use_class_token) :].mean(dim=1)
+        cls_pooling, prefix = self.config.pooling == "cls", int(self.config.use_class_token)
+        pooled = hidden_states[:, 0] if cls_pooling else hidden_states[:, prefix:].mean(dim=1)
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.layernorm(pooled))
 
     def pooled_features(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """``pooler_output`` of ``[x, 1 - x]``-encoded images with as little work as it needs (what heads read)."""
+        """``pooler_output`` of ``[x, 1 - x]``-encoded images with the least work (what heads read)."""
         class_token_only = self.config.pooling == "cls"
         return self.forward_encoded(encoded, interpolate_pos_encoding, class_token_only).pooler_output
 
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
-        self,
-        pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool | None = False,
-        class_token_only: bool = False,
-        **kwargs,
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding=False, class_token_only=False, **kwargs
     ) -> BaseModelOutputWithPooling:
         """Tokens and pooled features of (N, C, H, W) images in [0, 1]; output flags as in transformers' ViT."""
         encoded = self.encode_pixel_values(pixel_values)
@@ -273,26 +235,15 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
 
     @can_return_tuple
     def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = False,
-        class_token_only: bool = False,
-        **kwargs,
+        self, pixel_values: torch.Tensor, labels=None, interpolate_pos_encoding=False, class_token_only=False, **kwargs
     ) -> ImageClassifierOutput:
         """Logits of (N, C, H, W) images in [0, 1] and the loss of ``labels``; ``class_token_only=True`` gives the same
         logits with less work (hidden states and hooks of the last block then see the class token only)."""
-        outputs = self.bcos_vit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            class_token_only=class_token_only,
-            **{**kwargs, "return_dict": True},
-        )
+        kwargs["return_dict"] = True
+        outputs = self.bcos_vit(pixel_values, interpolate_pos_encoding, class_token_only, **kwargs)
         logits = self.classifier(outputs.pooler_output) + self.config.resolved_logit_bias
         loss = None if labels is None else classification_loss(logits, labels, self.config)
-        return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return ImageClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
 
     def explain(
         self,
@@ -301,8 +252,8 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         create_graph: bool = False,
     ) -> BcosExplanation:
-        """Explain one logit per image exactly (``contributions.sum() + bias == logit``) of (N, 3, H, W) images in
-        [0, 1]. ``target``: None (each image's top class), an int or an (N,) tensor; ``create_graph``: keep the graph,
+        """Explain one logit per image of (N, 3, H, W) images in [0, 1] exactly: ``contributions.sum() + bias ==
+        logit``. ``target``: None (each image's top class), an int or an (N,) tensor; ``create_graph``: keep the graph,
         so that a loss on the explanation trains the model."""
 
         def logits(encoded: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ frozen original tower's embeddings of the same images (SigLIP-style, see ``sigli
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -16,6 +17,23 @@ from ..conversion.open_clip import OpenCLIPSource
 from ..data.datasets import DatasetSplits
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
 from .trainer import collate_images
+
+
+def siglip_distillation_loss(
+    student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, scale: float = 10.0, bias: float = -10.0
+):
+    """The B-cosification paper's CLIP objective: SigLIP-style distillation of (N, P) student image embeddings to the
+    original tower's for the same images. Each (student i, teacher j) pair is a binary problem, positive when
+    ``i == j``: ``-mean log sigmoid(label_ij (scale <s_i, t_j> + bias))`` on unit vectors."""
+    if student_embeds.ndim != 2 or student_embeds.shape != teacher_embeds.shape:
+        raise ValueError(
+            "student_embeds and teacher_embeds must both have shape (batch, projection_dim), got "
+            f"{tuple(student_embeds.shape)} and {tuple(teacher_embeds.shape)}."
+        )
+    student = F.normalize(student_embeds, dim=-1)
+    teacher = F.normalize(teacher_embeds.detach().to(student.dtype), dim=-1)
+    labels = 2 * torch.eye(len(student), device=student.device, dtype=student.dtype) - 1
+    return -F.logsigmoid(labels * (scale * student @ teacher.T + bias)).mean()
 
 
 class FrozenCLIPTeacher(nn.Module):
@@ -61,7 +79,7 @@ class DistillationTrainer(Trainer):
     """A ``Trainer`` whose loss is the SigLIP-style distillation to a frozen teacher's image embeddings.
 
     ``teacher`` is a :class:`FrozenCLIPTeacher`; it is moved to the batch's device on first use and never trained.
-    The student's ``forward(pixel_values=, teacher_embeds=)`` returns the loss.
+    The loss is computed from the student's ``forward(pixel_values=)``, the call data-parallel wrappers see.
     """
 
     def __init__(self, *args, teacher: FrozenCLIPTeacher, **kwargs):
@@ -71,8 +89,9 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values = inputs["pixel_values"]
         self.teacher.to(pixel_values.device)
-        outputs = model(pixel_values=pixel_values, teacher_embeds=self.teacher.teacher_embeds(pixel_values))
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        outputs = model(pixel_values=pixel_values)
+        loss = siglip_distillation_loss(outputs.image_embeds, self.teacher.teacher_embeds(pixel_values))
+        return (loss, outputs) if return_outputs else loss
 
 
 def prompt_embeds(model: nn.Module, class_names: list[str]) -> torch.Tensor:
