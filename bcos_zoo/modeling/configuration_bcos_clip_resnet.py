@@ -1,4 +1,4 @@
-"""Configuration of the B-cos CLIP ResNet image tower. Hub-facing: transformers only."""
+"""Configuration of the B-cos CLIP ResNet image tower."""
 
 from transformers import PretrainedConfig
 

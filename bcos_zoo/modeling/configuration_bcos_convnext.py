@@ -1,4 +1,4 @@
-"""Configuration of the B-cos ConvNeXt. Hub-facing: transformers only."""
+"""Configuration of the B-cos ConvNeXt."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Configuration of the B-cos DenseNet. Hub-facing: transformers only."""
+"""Configuration of the B-cos DenseNet."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Configuration of the B-cos ResNet. Hub-facing: transformers only."""
+"""Configuration of the B-cos ResNet."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Configuration of the B-cos simple ViT and ViT-C (B-cos v2). Hub-facing: transformers only."""
+"""Configuration of the B-cos simple ViT and ViT-C (B-cos v2)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Configuration of the B-cos VGG. Hub-facing: transformers only."""
+"""Configuration of the B-cos VGG."""
 
 import math
 

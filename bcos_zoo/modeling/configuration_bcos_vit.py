@@ -1,4 +1,4 @@
-"""Configuration of the B-cos Vision Transformer. Hub-facing: transformers only."""
+"""Configuration of the B-cos Vision Transformer."""
 
 import math
 

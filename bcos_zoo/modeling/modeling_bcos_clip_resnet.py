@@ -1,16 +1,13 @@
-"""The B-cos CLIP ResNet: OpenAI CLIP's ``ModifiedResNet`` image tower as a B-cos network, a CLIP image tower.
-
-A stem of three 3x3 convolutions and 2x2 average pooling, bottleneck blocks that downsample by average pooling, and
-an attention pool whose one query is the mean token. Every convolution and the value projection are B-cos units;
-BatchNorm, ReLU, pooling and the residual sums are (dynamic-)linear, and the queries and keys only shape the attention
-matrix, which explanation mode detaches as in the ViT. The projection to the joint space is the CLIP model's
-``visual_projection``. Hub-facing: torch, transformers and sibling files only.
-"""
+"""OpenAI CLIP's ``ModifiedResNet`` image tower as a B-cos network: a stem of three 3x3 convolutions and 2x2 average
+pooling, bottleneck blocks that downsample by average pooling, and an attention pool whose one query is the mean
+token. Every convolution and the value projection are B-cos units; the queries and keys only shape the attention
+matrix, which explanation mode detaches as in the ViT."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils.generic import can_return_tuple
 
 from .bcos_cnn import BcosCNNPreTrainedModel, BcosCNNStage, BcosConvNormAct
 from .bcos_layers import BcosLinear, DynamicModule
@@ -84,9 +81,8 @@ class BcosAttentionPool(DynamicModule):
             return self.position_embeddings
         if not interpolate:
             raise ValueError(
-                f"This model's attention pool takes a {self.grid}x{self.grid} feature map, got {height}x{width}: "
-                "resize the images to the model's size (its image processor does), or pass "
-                "interpolate_pos_encoding=True to resample the position embedding bicubically."
+                f"The attention pool takes a {self.grid}x{self.grid} feature map, got {height}x{width}: resize "
+                "the images (its image processor does), or pass interpolate_pos_encoding=True."
             )
         grid = self.position_embeddings[1:].T.reshape(1, -1, self.grid, self.grid)
         resized = F.interpolate(grid.float(), size=(height, width), mode="bicubic", align_corners=False)
@@ -95,8 +91,7 @@ class BcosAttentionPool(DynamicModule):
 
     def forward(self, features: torch.Tensor, interpolate_pos_encoding: bool = False):
         """(N, C) pooled features and the (N, heads, 1, 1 + h*w) attention of (N, C, h, w) features."""
-        batch, width, height, columns = features.shape
-        tokens = features.flatten(2).transpose(1, 2)
+        (batch, width, height, columns), tokens = features.shape, features.flatten(2).transpose(1, 2)
         tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
         if self.position_embeddings is not None:
             tokens = tokens + self.positions(height, columns, interpolate_pos_encoding).to(tokens.dtype)
@@ -135,8 +130,7 @@ class BcosCLIPResNetModel(BcosCNNPreTrainedModel):
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
-        """The first stem convolution, which reads the ``[x, 1 - x]`` image."""
-        return self.embedder[0].convolution
+        return self.embedder[0].convolution  # the first stem convolution reads the [x, 1 - x] image
 
     def forward_encoded(
         self,
@@ -165,27 +159,24 @@ class BcosCLIPResNetModel(BcosCNNPreTrainedModel):
         """(N, C) pooled features of ``[x, 1 - x]``-encoded images (what the projection reads)."""
         return self.forward_encoded(encoded, interpolate_pos_encoding).pooler_output
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool | None = False,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
+        interpolate_pos_encoding=False,
+        output_hidden_states=None,
+        output_attentions=None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+    ) -> BaseModelOutputWithPooling:
         """Feature map and pooled features of (N, 3, H, W) images in [0, 1]; output flags as in transformers."""
-        config = self.config
-        hidden = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-        attentions = output_attentions if output_attentions is not None else config.output_attentions
+        hidden = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         encoded = self.encode_pixel_values(pixel_values)
-        outputs = self.forward_encoded(encoded, bool(interpolate_pos_encoding), bool(hidden), bool(attentions))
-        return outputs if (return_dict if return_dict is not None else config.return_dict) else outputs.to_tuple()
+        return self.forward_encoded(encoded, bool(interpolate_pos_encoding), bool(hidden), bool(attentions))
 
 
 class BcosCLIPResNetVisionModel(BcosCLIPVisionModel):
-    """:class:`BcosCLIPVisionModel` on a :class:`BcosCLIPResNetConfig`: the same model, under the config class that
-    transformers' Auto classes require a loaded class to name."""
+    """:class:`BcosCLIPVisionModel` under the config class that the Auto classes require a loaded class to name."""
 
     config_class = BcosCLIPResNetConfig
 

@@ -4,7 +4,7 @@ Every convolution, the classifier included, is a B-cos convolution; the normalis
 dynamic factor, and layer scale, stochastic depth, the residual sums and the pooling are linear, so in
 :func:`explanation_mode` the model is a dynamic linear map of the encoded image and
 :meth:`BcosConvNextForImageClassification.explain` reads it off with one backward pass. Parameter names follow
-transformers' ``ConvNextModel``. Hub-facing: torch, transformers and sibling files only.
+transformers' ``ConvNextModel``.
 """
 
 import torch

@@ -2,8 +2,7 @@
 
 Every convolution, the classifier included, is a B-cos convolution; BatchNorm, ReLU, pooling and the concatenations
 are (dynamic-)linear, so in :func:`explanation_mode` the model is a dynamic linear map of the encoded image and
-:meth:`BcosDenseNetForImageClassification.explain` reads the map off with one backward pass. Hub-facing: torch,
-transformers and sibling files only.
+:meth:`BcosDenseNetForImageClassification.explain` reads the map off with one backward pass.
 """
 
 import torch

@@ -3,7 +3,7 @@
 Every convolution, the classifier included, is a B-cos convolution; BatchNorm, ReLU, pooling and the residual sums
 are (dynamic-)linear, so in :func:`explanation_mode` the model is a dynamic linear map of the encoded image and
 :meth:`BcosResNetForImageClassification.explain` reads the map off with one backward pass. Parameter names follow
-transformers' ``ResNetModel``. Hub-facing: torch, transformers and sibling files only.
+transformers' ``ResNetModel``.
 """
 
 import torch

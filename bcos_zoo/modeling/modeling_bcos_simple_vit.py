@@ -1,7 +1,7 @@
 """The B-cos simple ViT and ViT-C of B-cos v2 as transformers models: B-cos maps of image patches (or of a
 convolutional stem's output) plus fixed sin-cos position embeddings, pre-norm blocks, the mean token through a
 LayerNorm and a B-cos head. In :func:`explanation_mode` every input-dependent factor is detached, and :meth:`explain`
-reads the dynamic linear map off with one backward pass. Hub-facing: torch, transformers and sibling files only.
+reads the dynamic linear map off with one backward pass.
 """
 
 import torch

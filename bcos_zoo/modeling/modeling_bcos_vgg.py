@@ -3,7 +3,7 @@
 Every convolution, the fully connected layers and the classifier included, is a B-cos convolution; BatchNorm, the
 pooling and ReLU (where there is one) are (dynamic-)linear, so in :func:`explanation_mode` the model is a dynamic
 linear map of the encoded image and :meth:`BcosVGGForImageClassification.explain` reads the map off with one
-backward pass. Hub-facing: torch, transformers and sibling files only.
+backward pass.
 """
 
 import torch
