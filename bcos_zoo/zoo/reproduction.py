@@ -671,7 +671,7 @@ def premises(accuracy: dict, names: dict[str, str]) -> list[dict]:
     rows = []
     for key, text in (
         ("standard", f"the {names['standard']} (the source) learned: test accuracy"),
-        ("scratch", f"the {names['scratch']} learned: final test accuracy"),
+        ("scratch", "the B-cos model from scratch learned: final test accuracy"),
     ):
         values = accuracy["final"]["values"][key]
         mean, std = mean_std(values)
@@ -700,7 +700,7 @@ def verdicts(accuracy: dict, speed: dict, localisation_summary: list[dict], name
     gridpg = {(row["model"], row["method"]): row["values"] for row in localisation_summary}
     decided = [
         dict(
-            claim=f"(a) the {names['bcosified']} model localises at least as well as the {names['scratch']} model "
+            claim="(a) the B-cosified model localises at least as well as the B-cos model from scratch "
             f"(GridPG; margin {LOCALISATION_MARGIN:g})",
             metric="gridpg",
             test="non-inferiority",
@@ -722,7 +722,7 @@ def verdicts(accuracy: dict, speed: dict, localisation_summary: list[dict], name
         decided.append(
             dict(
                 claim=f"(b) {names[key]}: B-cos contributions localise better than every post-hoc method on the "
-                f"{names['standard']}",
+                f"{names['standard']} (the smallest lead shown)",
                 metric="gridpg",
                 test="all of the rows below",
                 difference=min((part["difference"] for part in parts if part["difference"] is not None), default=None),
@@ -736,7 +736,7 @@ def verdicts(accuracy: dict, speed: dict, localisation_summary: list[dict], name
     finals = accuracy["final"]["values"]
     decided.append(
         dict(
-            claim=f"(c) the {names['bcosified']} model is more accurate than the {names['scratch']} model after the "
+            claim="(c) the B-cosified model is more accurate than the B-cos model from scratch after the "
             "same epochs (final test accuracy)",
             metric="accuracy",
             test="superiority",
@@ -751,7 +751,7 @@ def verdicts(accuracy: dict, speed: dict, localisation_summary: list[dict], name
         note = "seeds whose B-cosified run never reached the target count at the least epochs they could need"
     decided.append(
         dict(
-            claim=f"(d) the {names['bcosified']} model reaches the {names['scratch']} model's final accuracy in "
+            claim="(d) the B-cosified model reaches the final accuracy of the B-cos model from scratch in "
             "fewer epochs (epochs to reach, from-scratch minus B-cosified)",
             metric="epochs",
             test="superiority",
@@ -930,6 +930,10 @@ def markdown(report: dict) -> str:
         f"above -{LOCALISATION_MARGIN:g} GridPG (any shortfall of the B-cosified model is smaller than that) and "
         f"**does not hold** when the whole interval lies below -{LOCALISATION_MARGIN:g}. Anything else is **not "
         "resolved at this size**, and so is every claim with fewer than two seeds.",
+    ]
+    if not all(row["met"] for row in report["premises"]):
+        lines += ["", PREMISES_NOT_MET]
+    lines += [
         "",
         "| claim | difference (mean) | 95% interval | p | verdict |",
         "|---|---|---|---|---|",
@@ -951,13 +955,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+PREMISES_NOT_MET = (
+    "**A premise is not met** (see Premises): a model that did not learn decides nothing, so the verdicts say "
+    "nothing about the paper's claims."
+)
+
+
 def _printed_premises(rows: list[dict]) -> str:
-    return "\n".join(
+    lines = [
         f"premise: {row['premise']}: {100 * row['mean']:.2f} ± {100 * row['std']:.2f}% (lowest seed "
         f"{100 * row['lowest']:.2f}%, needed >= {100 * row['threshold']:.0f}% in every seed): "
         f"{'met' if row['met'] else 'NOT MET'}"
         for row in rows
-    )
+    ]
+    return "\n".join(lines if all(row["met"] for row in rows) else [*lines, PREMISES_NOT_MET.replace("**", "")])
 
 
 def reproduce(settings: ReproductionSettings, command: str) -> dict:
