@@ -261,12 +261,16 @@ def plot_accuracy_curves(
             color="tab:blue",
             linestyle="--",
             linewidth=1,
-            label=f"from-scratch final ({100 * target:.1f}%)",
+            label=f"from-scratch final, mean ({100 * target:.1f}%)",
         )
     if standard_accuracies:
         standard = mean_std(standard_accuracies)[0]
         axis.axhline(
-            100 * standard, color="gray", linestyle=":", linewidth=1, label=f"{standard_label} ({100 * standard:.1f}%)"
+            100 * standard,
+            color="gray",
+            linestyle=":",
+            linewidth=1,
+            label=f"{standard_label}, mean ({100 * standard:.1f}%)",
         )
     axis.set_xlabel("epoch")
     axis.set_ylabel("test accuracy (%)")
