@@ -12,13 +12,17 @@ width 96; ``--family resnet``: the ``resnet-fashion-mnist`` ResNet, 32 px, 3 bas
    ``bcos-resnet-fashion-mnist``, ``--epochs``),
 3. a B-cos model of the B-cosified model's shape trained from scratch with the same recipe as 2 (``--epochs``).
 
-Both B-cos runs are evaluated on the test set after every epoch (and before the first step). Then: the first
-epoch at which the B-cosified run reaches the from-scratch run's final accuracy (the paper's speed-up), the grid
+All three are trained once per seed (``--seeds``, default 0 1 2; each run takes as long as the one before). Both
+B-cos runs are evaluated on the test set after every epoch (and before the first step). Then, per seed: the first
+epoch at which the B-cosified run reaches the from-scratch run's final accuracy (the paper's speed-up) and the grid
 pointing game of both B-cos models (their own contributions) and of the standard model under each post-hoc method
-that applies to it (attention rollout only to a ViT), and an explanation grid. ``--output-dir`` (default
-docs/reproduction, or docs/reproduction_cnn for ResNets) receives ``reproduction.json``, ``reproduction.md`` and
-three PNGs; ``--work-dir`` (default outputs/reproduction or outputs/reproduction_cnn) holds the models and
-checkpoints, and finished runs there are re-used by a later call. The work is done by ``bcos_zoo.zoo.reproduction``.
+that applies to it (attention rollout only to a ViT). The report gives every row as mean +- standard deviation over
+the seeds (each seed's numbers kept), checks the premises (the standard source and the from-scratch B-cos model
+learned) and decides each claim from the spread: holds, does not hold, or not resolved at this size. ``--output-dir``
+(default docs/reproduction, or docs/reproduction_cnn for ResNets) receives ``reproduction.json``,
+``reproduction.md`` and three PNGs; ``--work-dir`` (default outputs/reproduction or outputs/reproduction_cnn) holds
+the models and checkpoints in one folder per seed (``seed0`` ...), and finished runs there are re-used by a later
+call (an interrupted run resumes). The work is done by ``bcos_zoo.zoo.reproduction``.
 """
 
 import argparse
@@ -69,11 +73,23 @@ def parse_args(argv: list[str]) -> ReproductionSettings:
     parser.add_argument("--output-dir", type=Path, help="where the report and figures go (default: the family's)")
     parser.add_argument("--work-dir", type=Path, help="where the models are trained (default: the family's)")
     parser.add_argument("--device", default=default.device)
-    parser.add_argument("--seed", type=int, default=default.seed)
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=default.seeds,
+        help="each trains all three models in <work-dir>/seed<N>; rows are mean +- std over them (default: 0 1 2)",
+    )
+    seeds.add_argument("--seed", type=int, help="one seed only (the same as --seeds N): no verdict can be reached")
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (1 is often much faster for small CNNs on a shared CPU)"
     )
-    return ReproductionSettings(**vars(parser.parse_args(argv)))
+    values = vars(parser.parse_args(argv))
+    seed = values.pop("seed")
+    if seed is not None:
+        values["seeds"] = [seed]
+    return ReproductionSettings(**values)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -8,15 +8,8 @@ import sys
 import pytest
 from test_guided_training import guided_scores_by_hand
 
-from bcos_zoo.zoo.guidance_reproduction import (
-    GuidanceSettings,
-    compare,
-    full_grid,
-    pareto_front,
-    premises,
-    reproduce_guidance,
-    summarise,
-)
+from bcos_zoo.zoo.guidance_reproduction import GuidanceSettings, full_grid, pareto_front, premises, reproduce_guidance
+from bcos_zoo.zoo.seed_statistics import compare, summarise
 
 
 REPO_SCRIPTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"

@@ -1,9 +1,11 @@
-"""The reproduction's arithmetic on constructed curves, and the reproduction end to end on a tiny image folder:
-through bcos_zoo.zoo.reproduction, and again through scripts/reproduce.py."""
+"""The reproduction's arithmetic on constructed curves and its verdicts on constructed seeds, and the reproduction
+end to end on a tiny image folder: for two seeds through bcos_zoo.zoo.reproduction (the rows over seeds recomputed
+here from each seed's numbers), again through scripts/reproduce.py, and for one seed of the ResNet family."""
 
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 from dataclasses import replace
@@ -14,7 +16,16 @@ import torch
 from training_testing import make_image_folder
 
 from bcos_zoo.evaluation.report import plot_localisation
-from bcos_zoo.zoo.reproduction import ReproductionSettings, accuracy_curve, epochs_to_reach, reproduce, speed_up
+from bcos_zoo.zoo.reproduction import (
+    LOCALISATION_MARGIN,
+    ReproductionSettings,
+    accuracy_curve,
+    epochs_to_reach,
+    reproduce,
+    speed_up,
+    verdicts,
+)
+from bcos_zoo.zoo.seed_statistics import all_of, not_worse
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +85,8 @@ def test_localisation_plot_shows_rows_without_a_score_as_not_available(tmp_path)
 
 @pytest.fixture(scope="module")
 def tiny_reproduction(tmp_path_factory):
-    """The whole reproduction on 48 training and 12 test images of 3 colour classes: one optimiser step per epoch.
+    """The whole reproduction for seeds 0 and 1 on 48 training and 12 test images of 3 colour classes: one optimiser
+    step per epoch.
 
     ``argv`` is the command line that asks ``scripts/reproduce.py`` for the same ``settings``."""
     root = tmp_path_factory.mktemp("reproduction")
@@ -83,7 +95,7 @@ def tiny_reproduction(tmp_path_factory):
     argv = [
         "--dataset", str(root / "data"), "--epochs", "2", "--source-epochs", "1",
         "--num-grids", "2", "--grid-size", "1", "--min-confidence", "0", "--ig-steps", "2", "--num-examples", "3",
-        "--output-dir", str(root / "docs"), "--work-dir", str(root / "work"), "--device", "cpu",
+        "--output-dir", str(root / "docs"), "--work-dir", str(root / "work"), "--device", "cpu", "--seeds", "0", "1",
     ]  # fmt: skip
     settings = ReproductionSettings(
         dataset=str(root / "data"),
@@ -97,6 +109,7 @@ def tiny_reproduction(tmp_path_factory):
         output_dir=root / "docs",
         work_dir=root / "work",
         device="cpu",
+        seeds=[0, 1],
     )
     report = reproduce(settings, command="python scripts/reproduce.py " + shlex.join(argv))
     return root, argv, settings, report
@@ -117,25 +130,86 @@ def test_script_writes_the_json_report_the_markdown_and_three_figures(tiny_repro
 
 
 @pytest.mark.slow
-def test_script_records_a_curve_from_epoch_0_to_the_last_epoch_for_both_bcos_models(tiny_reproduction):
+def test_script_records_a_curve_from_epoch_0_to_the_last_epoch_for_both_bcos_models_of_each_seed(tiny_reproduction):
+    root, _, _, report = tiny_reproduction
+    assert sorted(report["per_seed"]) == ["0", "1"]
+    for seed, run in report["per_seed"].items():
+        assert (root / "work" / f"seed{seed}" / "standard" / "repo").is_dir()  # each seed in its own folder
+        for key in ("standard", "bcosified", "scratch"):
+            assert run["accuracy"][key]["recipe"]["seed"] == int(seed)
+        for key in ("bcosified", "scratch"):
+            assert [epoch for epoch, _ in run["accuracy"][key]["curve"]] == [0.0, 1.0, 2.0]
+        assert run["accuracy"]["bcosified"]["recipe"]["source"] == str(root / "work" / f"seed{seed}/standard/repo")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values)
+
+
+@pytest.mark.slow
+def test_every_row_is_the_mean_and_std_of_the_seeds_numbers(tiny_reproduction):
     _, _, _, report = tiny_reproduction
+    runs = [report["per_seed"][seed] for seed in ("0", "1")]
+    finals = report["accuracy"]["final"]
+    for key in ("standard", "bcosified", "scratch"):
+        values = [run["accuracy"][key]["final"] for run in runs]
+        assert finals["values"][key] == values
+        assert (finals["mean"][key], finals["std"][key]) == pytest.approx(_mean_std(values))
     for key in ("bcosified", "scratch"):
-        assert [epoch for epoch, _ in report["accuracy"][key]["curve"]] == [0.0, 1.0, 2.0]
+        merged = report["accuracy"]["curves"][key]
+        assert [point["epoch"] for point in merged] == [0.0, 1.0, 2.0]
+        for index, point in enumerate(merged):
+            values = [run["accuracy"][key]["curve"][index][1] for run in runs]
+            assert (point["mean"], point["std"]) == pytest.approx(_mean_std(values))
+    for row in report["localisation"]["rows"]:
+        values = [
+            found["grid_pointing_game"]
+            for run in runs
+            for found in run["localisation"]["rows"]
+            if (found["model"], found["method"]) == (row["model"], row["method"])
+        ]
+        assert row["values"] == [value for value in values if value is not None]
+        if len(row["values"]) == 2:
+            assert (row["mean"], row["std"]) == pytest.approx(_mean_std(row["values"]))
+    speed = report["speed_up"]
+    scratch_epochs = [run["speed_up"]["scratch_epochs"] for run in runs]
+    assert speed["values"]["scratch_epochs"] == scratch_epochs
+    assert speed["mean"]["scratch_epochs"] == pytest.approx(statistics.mean(scratch_epochs))
+
+
+@pytest.mark.slow
+def test_the_report_checks_the_premises_and_decides_every_claim(tiny_reproduction):
+    root, _, _, report = tiny_reproduction
+    premises = report["premises"]
+    assert [row["lowest"] for row in premises] == [
+        min(run["accuracy"][key]["final"] for run in report["per_seed"].values()) for key in ("standard", "scratch")
+    ]
+    assert all(row["met"] == (row["lowest"] >= 0.7) for row in premises)
+    claims = [decided["claim"][:3] for decided in report["verdicts"]]
+    # (a); (b) for each B-cos model: all four post-hoc methods together, then each; (c); (d)
+    assert claims == ["(a)", *["(b)"] * 10, "(c)", "(d)"]
+    verdict_names = {"holds", "does not hold", "not resolved at this size"}
+    assert all(decided["verdict"] in verdict_names for decided in report["verdicts"])
+    text = (root / "docs" / "reproduction.md").read_text()
+    assert "## Premises" in text and "## Verdicts" in text and "Seeds: 0, 1." in text
+    assert "non-inferiority" in text and "| mean ± std |" in text
 
 
 @pytest.mark.slow
 def test_script_scores_both_bcos_models_and_every_posthoc_method_of_the_standard_model(tiny_reproduction):
     _, _, _, report = tiny_reproduction
-    scored = [(row["model"], row["method"]) for row in report["localisation"]["rows"]]
     posthoc = [
         ("standard", method) for method in ("input_x_gradient", "integrated_gradients", "gradcam", "attention_rollout")
     ]
-    assert scored == [("bcosified", "bcos"), ("scratch", "bcos"), *posthoc]
-    for row in report["localisation"]["rows"]:
-        scores = report["localisation"]["scores"][f"{row['model']}/{row['method']}"]
-        # two 1x1 grids: the cell is the whole grid, so a map scores 1 if it has positive attribution, else 0
-        assert len(scores) == row["grid_pointing_game_count"] == 2 and set(scores) <= {0.0, 1.0}
-        assert row["grid_pointing_game"] == pytest.approx(sum(scores) / 2)
+    for localisation in [report["localisation"], *(run["localisation"] for run in report["per_seed"].values())]:
+        scored = [(row["model"], row["method"]) for row in localisation["rows"]]
+        assert scored == [("bcosified", "bcos"), ("scratch", "bcos"), *posthoc]
+    for run in report["per_seed"].values():
+        for row in run["localisation"]["rows"]:
+            scores = run["localisation"]["scores"][f"{row['model']}/{row['method']}"]
+            # two 1x1 grids: the cell is the whole grid, so a map scores 1 if it has positive attribution, else 0
+            assert len(scores) == row["grid_pointing_game_count"] == 2 and set(scores) <= {0.0, 1.0}
+            assert row["grid_pointing_game"] == pytest.approx(sum(scores) / 2)
 
 
 @pytest.mark.subprocess
@@ -147,9 +221,10 @@ def test_script_run_again_reuses_the_finished_models(tiny_reproduction):
         [sys.executable, "scripts/reproduce.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("Re-using the finished run") == 3
+    assert result.stdout.count("Re-using the finished run") == 6  # three models for each of two seeds
+    assert result.stdout.count("premise: ") == 4  # printed before the figures and again at the end
     again = json.loads((root / "docs" / "reproduction.json").read_text())
-    assert again["accuracy"]["bcosified"]["curve"] == json.loads(json.dumps(report["accuracy"]["bcosified"]["curve"]))
+    assert again["accuracy"] == json.loads(json.dumps(report["accuracy"]))
     assert "python scripts/reproduce.py --dataset" in (root / "docs" / "reproduction.md").read_text()
 
 
@@ -180,9 +255,12 @@ def test_settings_refuse_an_unknown_family_and_a_method_that_does_not_apply_to_t
 def test_the_resnet_recipes_train_a_standard_resnet_b_cosify_it_and_train_a_bcos_resnet_of_its_shape():
     from bcos_zoo.zoo.reproduction import reproduction_recipes
 
-    standard, bcosified, scratch = reproduction_recipes(ReproductionSettings(family="resnet", work_dir="work"))
+    settings = ReproductionSettings(family="resnet", work_dir="work")
+    standard, bcosified, scratch = reproduction_recipes(settings, 0)
     assert (standard.task, standard.architecture["model_type"]) == ("standard-classification", "resnet")
-    assert (bcosified.source, bcosified.b, bcosified.bias) == ("work/standard/repo", 2.0, "remove")
+    assert (bcosified.source, bcosified.b, bcosified.bias) == ("work/seed0/standard/repo", 2.0, "remove")
+    assert [recipe.seed for recipe in reproduction_recipes(settings, 2)] == [2, 2, 2]
+    assert reproduction_recipes(settings, 2)[1].source == "work/seed2/standard/repo"
     assert scratch.source == "scratch" and scratch.name == "bcos-resnet-fashion-mnist-scratch"
     assert replace(scratch, name=bcosified.name, hub_model_id=bcosified.hub_model_id, summary="") == replace(
         bcosified, source="scratch", architecture=scratch.architecture, summary=""
@@ -206,8 +284,8 @@ def _load_script(name: str):
 
 @pytest.fixture(scope="module")
 def tiny_cnn_reproduction(tmp_path_factory):
-    """The ResNet reproduction through ``scripts/reproduce.py --family resnet`` on the first 36 of 48 training
-    images (one optimiser step per epoch)."""
+    """The ResNet reproduction through ``scripts/reproduce.py --family resnet --seed 0`` (one seed) on the first 36
+    of 48 training images (one optimiser step per epoch)."""
     root = tmp_path_factory.mktemp("cnn_reproduction")
     make_image_folder(root / "data" / "train", per_class=16)
     make_image_folder(root / "data" / "validation", per_class=4, seed=1)
@@ -215,7 +293,7 @@ def tiny_cnn_reproduction(tmp_path_factory):
         "--family", "resnet", "--dataset", str(root / "data"), "--epochs", "2", "--source-epochs", "1",
         "--max-train-samples", "36", "--num-grids", "2", "--grid-size", "1", "--min-confidence", "0",
         "--ig-steps", "2", "--num-examples", "3", "--output-dir", str(root / "docs"),
-        "--work-dir", str(root / "work"), "--device", "cpu", "--threads", "1",
+        "--work-dir", str(root / "work"), "--device", "cpu", "--threads", "1", "--seed", "0",
     ]  # fmt: skip
     threads = torch.get_num_threads()
     report = _load_script("reproduce").main(argv)
@@ -235,18 +313,23 @@ def test_the_resnet_reproduction_scores_its_bcos_models_and_the_posthoc_methods_
         "reproduction.json",
         "reproduction.md",
     ]
-    scored = [(row["model"], row["method"]) for row in report["localisation"]["rows"]]
+    assert report["seeds"] == [0] and list(report["per_seed"]) == ["0"]
+    run = report["per_seed"]["0"]
+    scored = [(row["model"], row["method"]) for row in run["localisation"]["rows"]]
     posthoc = [("standard", method) for method in ("input_x_gradient", "integrated_gradients", "gradcam")]
     assert scored == [("bcosified", "bcos"), ("scratch", "bcos"), *posthoc]
-    rows = report["localisation"]["rows"]
+    rows = run["localisation"]["rows"]
     # a 1x1 grid needs one correctly classified test image; two optimiser steps do not promise one to a B-cos model
     assert all((row["grid_pointing_game"] is not None) == (row["num_grid_classes"] >= 1) for row in rows)
     assert all(row["grid_pointing_game"] is not None for row in rows if row["model"] == "standard")
     for key in ("bcosified", "scratch"):
-        assert [epoch for epoch, _ in report["accuracy"][key]["curve"]] == [0.0, 1.0, 2.0]
+        assert [epoch for epoch, _ in run["accuracy"][key]["curve"]] == [0.0, 1.0, 2.0]
     assert report["settings"]["family"] == "resnet"
     assert report["settings"]["threads"] == report["machine"]["torch_threads"] == 1
-    assert report["accuracy"]["standard_recipe"]["name"] == "resnet-fashion-mnist"
+    assert run["accuracy"]["standard"]["recipe"]["name"] == "resnet-fashion-mnist"
+    # one seed: the rows have no spread and no claim can be decided
+    assert all(std == 0 for std in report["accuracy"]["final"]["std"].values())
+    assert {decided["verdict"] for decided in report["verdicts"]} == {"not resolved at this size"}
 
 
 @pytest.mark.slow
@@ -266,7 +349,7 @@ def test_the_bcos_resnet_from_scratch_has_exactly_the_shape_of_the_bcosified_one
 
     root, _ = tiny_cnn_reproduction
     bcosified, scratch = (
-        AutoModelForImageClassification.from_pretrained(root / "work" / key / "repo")
+        AutoModelForImageClassification.from_pretrained(root / "work" / "seed0" / key / "repo")
         for key in ("bcosified", "scratch")
     )
     assert type(scratch) is type(bcosified) and type(scratch).__name__ == "BcosResNetForImageClassification"
@@ -275,3 +358,58 @@ def test_the_bcos_resnet_from_scratch_has_exactly_the_shape_of_the_bcosified_one
         k: v.shape for k, v in bcosified.state_dict().items()
     }
     assert not torch.equal(scratch.classifier.weight, bcosified.classifier.weight)  # trained apart
+
+
+def _constructed(bcosified: list[float], scratch: list[float], posthoc: list[float], scratch_epochs, bcos_epochs):
+    """The inputs of :func:`verdicts` for two B-cos models and one post-hoc method, from per-seed numbers."""
+    names = {"bcosified": "B-cosified", "scratch": "B-cos from scratch", "standard": "standard ViT"}
+    accuracy = {"final": {"values": {"bcosified": bcosified, "scratch": scratch}}}
+    speed = {
+        "values": {"scratch_epochs": scratch_epochs},
+        "bcosified_epochs_for_test": bcos_epochs,
+        "never_reached": [],
+    }
+    rows = [
+        dict(model="bcosified", method="bcos", values=bcosified),
+        dict(model="scratch", method="bcos", values=scratch),
+        dict(model="standard", method="gradcam", values=posthoc),
+    ]
+    return {
+        decided["claim"][:3] + str(i): decided["verdict"]
+        for i, decided in enumerate(verdicts(accuracy, speed, rows, names))
+    }
+
+
+def test_verdicts_hold_for_a_clear_win_fail_for_a_clear_loss_and_stay_open_when_the_seeds_overlap():
+    win = _constructed([0.86, 0.87, 0.88], [0.80, 0.81, 0.80], [0.30, 0.28, 0.31], [4, 4, 4], [2, 2, 2])
+    assert win == {"(a)0": "holds", "(b)1": "holds", "(b)2": "holds", "(b)3": "holds", "(b)4": "holds",
+                   "(c)5": "holds", "(d)6": "holds"}  # fmt: skip
+    # the B-cosified model far behind: (a) fails by more than the margin, (c) significantly the other way, and it
+    # needs more epochs; the post-hoc method beats both B-cos models
+    loss = _constructed([0.50, 0.52, 0.51], [0.80, 0.81, 0.80], [0.90, 0.91, 0.92], [2, 2, 2], [4, 4, 4])
+    assert set(loss.values()) == {"does not hold"}
+    overlap = _constructed([0.70, 0.85, 0.78], [0.75, 0.82, 0.72], [0.60, 0.85, 0.70], [2, 4, 3], [1, 4, 2])
+    assert set(overlap.values()) == {"not resolved at this size"}
+
+
+def test_comparable_holds_only_when_the_whole_interval_clears_the_margin():
+    scratch = [0.80, 0.81, 0.79]
+    assert not_worse(scratch, [0.79, 0.80, 0.78], LOCALISATION_MARGIN)["verdict"] == "holds"  # slightly lower: fine
+    wide = not_worse(scratch, [0.60, 0.95, 0.80], LOCALISATION_MARGIN)  # the same mean, seeds far apart
+    assert wide["verdict"] == "not resolved at this size" and wide["ci_low"] < -LOCALISATION_MARGIN
+    assert not_worse(scratch, [0.60, 0.61, 0.62], LOCALISATION_MARGIN)["verdict"] == "does not hold"
+    assert not_worse([0.8], [0.8], LOCALISATION_MARGIN)["verdict"] == "not resolved at this size"  # one seed
+    assert all_of(["holds", "holds"]) == "holds"
+    assert all_of(["holds", "not resolved at this size"]) == "not resolved at this size"
+    assert all_of(["holds", "does not hold", "not resolved at this size"]) == "does not hold"
+
+
+def test_the_script_takes_three_seeds_by_default_one_with_seed_and_a_list_with_seeds():
+    script = _load_script("reproduce")
+    assert script.parse_args([]).seeds == [0, 1, 2]
+    assert script.parse_args(["--seed", "5"]).seeds == [5]
+    assert script.parse_args(["--seeds", "3", "4"]).seeds == [3, 4]
+    with pytest.raises(SystemExit):
+        script.parse_args(["--seed", "1", "--seeds", "2"])
+    with pytest.raises(ValueError, match="each once"):
+        ReproductionSettings(seeds=[1, 1])

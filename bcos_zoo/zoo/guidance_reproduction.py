@@ -13,8 +13,9 @@ the object (:mod:`bcos_zoo.data.decoys`), evaluated on test images whose decoys 
   with the teacher, explanation cosine to the teacher, EPG.
 
 Every row is trained with each of ``seeds`` and reported as mean +- standard deviation; each claim gets a verdict
-from the spread (:func:`compare`). The premises of the miniature (the unguided model learnt the decoy as a
-shortcut; the same model learns the garments on clean canvases) are measured and printed first.
+from the spread (:func:`~bcos_zoo.zoo.seed_statistics.compare`, shared with the B-cosification reproductions). The
+premises of the miniature (the unguided model learnt the decoy as a shortcut; the same model learns the garments on
+clean canvases) are measured and printed first.
 
 Every run is a zoo recipe trained by ``finetune`` (:func:`~bcos_zoo.zoo.reproduction.train_or_reuse` re-uses
 finished runs); this module sets the recipes up, scores, decides, draws and writes the report.
@@ -22,7 +23,6 @@ finished runs); this module sets the recipes up, scores, decides, draws and writ
 
 import functools
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ from ..data.decoys import DECOY_COLOURS, decoy_splits
 from ..training.explanation_losses import INPUT_LAYER, attributions
 from .recipes import Recipe, get_recipe
 from .reproduction import _pyplot, machine_description, plot_explanations, recipe_record, run_record, train_or_reuse
+from .seed_statistics import compare, mean_std, summarise
 
 
 CANVAS = 36  # the canvases of the bcos-resnet-*decoys / -canvas recipes
@@ -297,61 +298,6 @@ def decoy_evidence(folder: Path, settings: GuidanceSettings) -> dict[str, float]
 
 
 # -- statistics and verdicts -----------------------------------------------------------------------------------------
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
-
-
-def summarise(per_seed: dict[int, dict[str, float]]) -> dict:
-    """A row: each metric's values per seed (in seed order), mean and standard deviation."""
-    seeds = sorted(per_seed)
-    metrics = [key for key, value in per_seed[seeds[0]].items() if isinstance(value, (int, float))]
-    values = {
-        key: [float(per_seed[seed][key]) for seed in seeds if per_seed[seed].get(key) is not None] for key in metrics
-    }
-    values = {key: found for key, found in values.items() if found}
-    return {
-        "seeds": seeds,
-        "values": values,
-        "mean": {key: mean_std(found)[0] for key, found in values.items()},
-        "std": {key: mean_std(found)[1] for key, found in values.items()},
-    }
-
-
-def compare(baseline: list[float], treated: list[float], minimal_effect: float, alpha: float = 0.05) -> dict:
-    """Whether ``treated`` is higher than ``baseline``, decided from the spread over seeds (Welch's t-test).
-
-    ``holds``: the difference of means is positive and significant (two-sided p < ``alpha``). ``does not hold``:
-    it is significantly negative, or the upper end of its 95% confidence interval lies below ``minimal_effect`` (any
-    rise is smaller than the least that would count). Otherwise (too few seeds, too much spread): ``not resolved at
-    this size``.
-    """
-    from scipy import stats
-
-    difference = mean_std(treated)[0] - mean_std(baseline)[0]
-    result = {"difference": difference, "p_value": None, "ci_high": None}
-    if min(len(baseline), len(treated)) < 2:
-        return {**result, "verdict": "not resolved at this size"}
-    std_t, std_b = mean_std(treated)[1], mean_std(baseline)[1]
-    shares = (std_t**2 / len(treated), std_b**2 / len(baseline))
-    variance = sum(shares)
-    if variance == 0:  # identical runs: the difference is exact
-        p_value, high = (0.0 if difference else 1.0), difference
-    else:  # Welch: t = difference / its standard error, Welch-Satterthwaite degrees of freedom
-        degrees = variance**2 / sum(share**2 / (len(group) - 1) for share, group in zip(shares, (treated, baseline)))
-        p_value = float(2 * stats.t.sf(abs(difference) / math.sqrt(variance), degrees))
-        high = difference + float(stats.t.ppf(0.975, degrees)) * math.sqrt(variance)
-    if p_value < alpha and difference > 0:
-        verdict = "holds"
-    elif (p_value < alpha and difference < 0) or high < minimal_effect:
-        verdict = "does not hold"
-    else:
-        verdict = "not resolved at this size"
-    return {**result, "p_value": p_value, "ci_high": high, "verdict": verdict}
 
 
 def claim(text: str, baseline: dict, treated: dict, metric: str) -> dict:

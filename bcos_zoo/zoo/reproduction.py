@@ -3,9 +3,13 @@
 The paper's claims are that a B-cosified model (a standard model turned into a B-cos one and fine-tuned) reaches
 the accuracy of a B-cos model trained from scratch several times faster, and explains itself as well as that model
 does, far better than post-hoc methods explain the standard model. Checking that needs three runs of one recipe,
-accuracy after every epoch, the first epoch at which one curve reaches the other's final value, and pictures.
+accuracy after every epoch, the first epoch at which one curve reaches the other's final value, and pictures; and,
+since two seeds of a small model can differ by more than these effects, all of it for several seeds, every row as
+mean +- standard deviation and each claim decided from the spread (:mod:`.seed_statistics`, shared with the
+guidance miniature), after checking its premises (the standard source and the from-scratch baseline learned).
 This module holds the whole run: the three recipes, reading the curves, the speed-up, the machine description
-(timings mean little without it), the grid pointing game of all three models, the three figures and the report.
+(timings mean little without it), the grid pointing game of all three models, the verdicts, the three figures
+and the report.
 One flow serves every model family that has a reproduction (:data:`REPRODUCTIONS`: a ViT pair and a ResNet pair);
 a reproduction only says which recipes it starts from, what its from-scratch B-cos model is, and where its outputs
 go. What the family itself is (its name in reports, the post-hoc methods of its standard model) comes from
@@ -41,6 +45,7 @@ from ..modeling.explanation import colorize_contributions
 from ..training import get_task
 from .finetune import finetune, last_complete_checkpoint
 from .recipes import Recipe, get_recipe
+from .seed_statistics import HOLDS, NOT_RESOLVED, all_of, compare, mean_std, not_worse, summarise
 
 
 Curve = list[tuple[float, float]]
@@ -210,48 +215,62 @@ def _pyplot():
     return plt
 
 
+def mean_curve(curves: list[Curve]) -> list[dict]:
+    """The seeds' curves of one model as one: per evaluated epoch, each seed's accuracy, their mean and standard
+    deviation (seeds of one recipe evaluate at the same epochs; an epoch some seed lacks is averaged over the
+    others)."""
+    by_epoch: dict[float, list[float]] = {}
+    for curve in curves:
+        for epoch, value in curve:
+            by_epoch.setdefault(round(float(epoch), 6), []).append(float(value))
+    return [
+        dict(epoch=epoch, values=values, mean=mean_std(values)[0], std=mean_std(values)[1])
+        for epoch, values in sorted(by_epoch.items())
+    ]
+
+
 def plot_accuracy_curves(
-    bcosified: Curve,
-    scratch: Curve,
-    result: SpeedUp,
+    curves: dict[str, list[Curve]],
     path: Path,
-    standard_accuracy: float | None = None,
+    standard_accuracies: list[float] | None = None,
     title: str = "Test accuracy per epoch",
     standard_label: str = "standard ViT",
 ) -> None:
-    """The paper's Figure 1 in miniature: both B-cos curves, the from-scratch final accuracy as a dashed line and
-    a marker where the B-cosified curve first reaches it (the standard source's accuracy dotted, for scale)."""
+    """The paper's Figure 1 in miniature, over seeds: each B-cos model's mean curve with a band of one standard
+    deviation and each seed's curve as a thin line, the from-scratch model's mean final accuracy (the speed-up's
+    target) as a dashed line and the standard model's mean accuracy as a dotted one."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for curve, label, colour in ((bcosified, "B-cosified", "tab:red"), (scratch, "B-cos from scratch", "tab:blue")):
-        axis.plot([e for e, _ in curve], [100 * a for _, a in curve], "o-", color=colour, label=label)
-    axis.axhline(
-        100 * result.target_accuracy,
-        color="tab:blue",
-        linestyle="--",
-        linewidth=1,
-        label=f"from-scratch final ({100 * result.target_accuracy:.1f}%)",
-    )
-    if standard_accuracy is not None:
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    colours = {"bcosified": "tab:red", "scratch": "tab:blue"}
+    labels = {"bcosified": "B-cosified", "scratch": "B-cos from scratch"}
+    for key, runs in curves.items():
+        colour, merged = colours[key], mean_curve(runs)
+        for curve in runs:
+            axis.plot([e for e, _ in curve], [100 * a for _, a in curve], "-", color=colour, linewidth=0.8, alpha=0.35)
+        epochs = [point["epoch"] for point in merged]
+        means = [100 * point["mean"] for point in merged]
+        stds = [100 * point["std"] for point in merged]
+        axis.fill_between(
+            epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=colour, alpha=0.2
+        )
+        axis.plot(epochs, means, "o-", color=colour, label=f"{labels[key]} (mean of {len(runs)}, ± std)")
+    if curves.get("scratch"):
+        target = mean_std([curve[-1][1] for curve in curves["scratch"]])[0]
         axis.axhline(
-            100 * standard_accuracy,
+            100 * target,
+            color="tab:blue",
+            linestyle="--",
+            linewidth=1,
+            label=f"from-scratch final, mean ({100 * target:.1f}%)",
+        )
+    if standard_accuracies:
+        standard = mean_std(standard_accuracies)[0]
+        axis.axhline(
+            100 * standard,
             color="gray",
             linestyle=":",
             linewidth=1,
-            label=f"{standard_label} ({100 * standard_accuracy:.1f}%)",
-        )
-    if result.bcosified_epochs is not None:
-        reached = dict(bcosified)[result.bcosified_epochs]
-        axis.plot(
-            [result.bcosified_epochs],
-            [100 * reached],
-            marker="*",
-            markersize=16,
-            color="gold",
-            markeredgecolor="black",
-            linestyle="none",
-            label=f"B-cosified reaches it at epoch {result.bcosified_epochs:g}"
-            + (f" ({'>= ' if result.lower_bound else ''}{result.speed_up:.1f}x sooner)" if result.speed_up else ""),
+            label=f"{standard_label}, mean ({100 * standard:.1f}%)",
         )
     axis.set_xlabel("epoch")
     axis.set_ylabel("test accuracy (%)")
@@ -363,7 +382,8 @@ class ReproductionSettings:
     """What one reproduction runs; each field is a flag of ``scripts/reproduce.py`` (``--source-epochs`` ...).
 
     ``output_dir``, ``work_dir`` and ``methods`` left as None become the family's (:data:`REPRODUCTIONS`; the
-    post-hoc methods that apply to its standard model).
+    post-hoc methods that apply to its standard model). Each of ``seeds`` trains all three models and draws its own
+    grids, in its own folder ``work_dir/seed<N>``.
     """
 
     family: str = "vit"  # a key of REPRODUCTIONS: which pair of models is compared
@@ -383,7 +403,7 @@ class ReproductionSettings:
     output_dir: Path | None = None
     work_dir: Path | None = None
     device: str = field(default_factory=_default_device)
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # torch's CPU threads; None keeps torch's choice. On a shared CPU, 1 thread can be many times faster for small
     # CNNs: threads that wait on each other across a busy machine cost far more than they share.
     threads: int | None = None
@@ -391,6 +411,9 @@ class ReproductionSettings:
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}.")
+        self.seeds = [int(seed) for seed in self.seeds]
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"give at least one seed, each once; got {self.seeds}.")
         if self.family not in REPRODUCTIONS:
             raise ValueError(f"Unknown model family {self.family!r}; available: {', '.join(REPRODUCTIONS)}.")
         reproduction, family = REPRODUCTIONS[self.family], FAMILIES[self.family]
@@ -412,20 +435,24 @@ class ReproductionSettings:
     def names(self) -> dict[str, str]:
         return model_names(self.family)
 
+    def seed_dir(self, seed: int) -> Path:
+        """Where one seed's three models are trained: finished seeds are re-used by a later call."""
+        return self.work_dir / f"seed{seed}"
 
-def reproduction_recipes(settings: ReproductionSettings) -> tuple[Recipe, Recipe, Recipe]:
-    """The three recipes of the settings' family: the standard source, its B-cosification, and the same B-cos recipe
-    from scratch, for a B-cos model of the B-cosified model's shape."""
+
+def reproduction_recipes(settings: ReproductionSettings, seed: int) -> tuple[Recipe, Recipe, Recipe]:
+    """The three recipes of the settings' family for one seed: the standard source, its B-cosification, and the
+    same B-cos recipe from scratch, for a B-cos model of the B-cosified model's shape."""
     reproduction, label = REPRODUCTIONS[settings.family], FAMILIES[settings.family].label
     common = dict(
         dataset=settings.dataset,
         max_train_samples=settings.max_train_samples,
         max_eval_samples=settings.max_eval_samples,
-        seed=settings.seed,
+        seed=seed,
     )
     standard = get_recipe(reproduction.standard_recipe).with_overrides(epochs=settings.source_epochs, **common)
     bcosified = get_recipe(reproduction.bcosified_recipe).with_overrides(
-        source=str(settings.work_dir / "standard" / "repo"), epochs=settings.epochs, **common
+        source=str(settings.seed_dir(seed) / "standard" / "repo"), epochs=settings.epochs, **common
     )
     scratch = replace(
         bcosified,
@@ -438,9 +465,13 @@ def reproduction_recipes(settings: ReproductionSettings) -> tuple[Recipe, Recipe
     return standard, bcosified, scratch
 
 
-def _bcos_model(settings: ReproductionSettings, key: str):
-    folder = settings.work_dir / key / "repo"
+def _bcos_model(settings: ReproductionSettings, key: str, seed: int):
+    folder = settings.seed_dir(seed) / key / "repo"
     return AutoModelForImageClassification.from_pretrained(folder).to(settings.device).eval()
+
+
+def _standard_model(settings: ReproductionSettings, seed: int):
+    return load_standard_classifier(settings.seed_dir(seed) / "standard" / "repo").to(settings.device)
 
 
 def _posthoc(standard, method: str, settings: ReproductionSettings):
@@ -448,24 +479,25 @@ def _posthoc(standard, method: str, settings: ReproductionSettings):
     return posthoc_attribution(standard, method, **options)
 
 
-def localisation(settings: ReproductionSettings, data: DatasetSplits) -> tuple[list[dict], dict, dict]:
-    """GridPG of both B-cos models (own contributions) and of the standard model under each post-hoc method:
-    summary rows, every cell's score per ``model/method``, and the seconds each model took."""
+def localisation(settings: ReproductionSettings, data: DatasetSplits, seed: int) -> tuple[list[dict], dict, dict]:
+    """GridPG of one seed's B-cos models (own contributions) and standard model under each post-hoc method, on
+    grids drawn with that seed: summary rows, every cell's score per ``model/method``, and the seconds each model
+    took."""
     dataset = limit(data.validation, settings.localisation_images)
     options = dict(
         grid_size=settings.grid_size,
         num_grids=settings.num_grids,
         min_confidence=settings.min_confidence,
         device=settings.device,
-        seed=settings.seed,
+        seed=seed,
     )
     evaluations, seconds = {}, {}
     for key in ("bcosified", "scratch"):
-        model = _bcos_model(settings, key)
+        model = _bcos_model(settings, key, seed)
         start = time.perf_counter()
         evaluations[key] = localise_model(model, {"bcos": bcos_attribution(model)}, dataset, **options)
         seconds[key] = time.perf_counter() - start
-    standard = load_standard_classifier(settings.work_dir / "standard" / "repo").to(settings.device)
+    standard = _standard_model(settings, seed)
     explainers = {method: _posthoc(standard, method, settings) for method in settings.methods}
     start = time.perf_counter()
     evaluations["standard"] = localise_model(standard, explainers, dataset, **options)
@@ -479,7 +511,6 @@ def localisation(settings: ReproductionSettings, data: DatasetSplits) -> tuple[l
                 dict(
                     model=key,
                     method=method,
-                    label=f"{settings.names[key]}\n{METHOD_NAMES[method]}",
                     bcos=method == "bcos",
                     num_grid_classes=evaluation.num_grid_classes,
                     **{name: value for name, value in summary.items() if not name.startswith("energy")},
@@ -489,9 +520,10 @@ def localisation(settings: ReproductionSettings, data: DatasetSplits) -> tuple[l
     return rows, scores, seconds
 
 
-def explanation_grid(settings: ReproductionSettings, data: DatasetSplits, path: Path) -> list[int]:
-    """The first test image of each of ``num_examples`` classes, explained for its label by every model; the
-    images' indices. Every model sees the pixels of its own processor (the same resize for all three)."""
+def explanation_grid(settings: ReproductionSettings, data: DatasetSplits, path: Path, seed: int) -> list[int]:
+    """The first test image of each of ``num_examples`` classes, explained for its label by the three models of
+    one seed; the images' indices. Every model sees the pixels of its own processor (the same resize for all
+    three)."""
     firsts: dict[int, int] = {}
     for index in range(len(data.validation)):
         label = int(data.validation[index][1])
@@ -499,13 +531,13 @@ def explanation_grid(settings: ReproductionSettings, data: DatasetSplits, path: 
         if len(firsts) == min(settings.num_examples, len(data.class_names)):
             break
     chosen = [firsts[label] for label in sorted(firsts)]
-    standard = load_standard_classifier(settings.work_dir / "standard" / "repo").to(settings.device)
+    standard = _standard_model(settings, seed)
     transform = model_transform(standard)
     images = torch.stack([transform(data.validation[i][0]) for i in chosen]).to(settings.device)
     labels = torch.tensor([int(data.validation[i][1]) for i in chosen], device=settings.device)
     rows = {}
     for key in ("bcosified", "scratch"):
-        model = _bcos_model(settings, key)
+        model = _bcos_model(settings, key, seed)
         rows[settings.names[key]] = bcos_attribution(model)(images, labels).detach()
     posthoc = _posthoc(standard, settings.example_method, settings)
     rows[f"{settings.names['standard']},\n{METHOD_NAMES[settings.example_method]}"] = posthoc(images, labels).detach()
@@ -514,29 +546,274 @@ def explanation_grid(settings: ReproductionSettings, data: DatasetSplits, path: 
     return chosen
 
 
+# -- one seed --------------------------------------------------------------------------------------------------------
+
+
+def run_seed(settings: ReproductionSettings, data: DatasetSplits, seed: int, position: str = "") -> dict:
+    """Train (or re-use) one seed's three models, read both B-cos curves, the speed-up and the seed's grid pointing
+    game: everything the report keeps of the seed."""
+    standard_recipe, bcosified_recipe, scratch_recipe = reproduction_recipes(settings, seed)
+    names, folder = settings.names, settings.seed_dir(seed)
+    wall: dict[str, float] = {}
+
+    print(f"== seed {seed}{position}: 1/4 the {names['standard']}, from scratch ==")
+    start = time.perf_counter()
+    standard = train_or_reuse(standard_recipe, folder / "standard", device=settings.device)
+    wall[f"{names['standard']} training"] = time.perf_counter() - start
+    record = dict(
+        standard=dict(
+            final=standard["metrics"]["accuracy"],
+            train_seconds=standard["metrics"]["train_seconds"],
+            recipe=recipe_record(standard_recipe),
+        )
+    )
+    for step, (key, recipe) in enumerate((("bcosified", bcosified_recipe), ("scratch", scratch_recipe)), start=2):
+        print(f"== seed {seed}{position}: {step}/4 {names[key]}: {recipe.epochs:g} epochs, evaluated after each ==")
+        start = time.perf_counter()
+        results = train_or_reuse(recipe, folder / key, eval_each_epoch=True, device=settings.device)
+        initial = initial_accuracy(recipe, data, settings.device, cache=folder / key / "initial_accuracy.json")
+        record[key] = dict(
+            curve=accuracy_curve(results["eval_history"], initial),
+            final=results["metrics"]["accuracy"],
+            train_seconds=results["metrics"]["train_seconds"],
+            recipe=recipe_record(recipe),
+        )
+        wall[f"{names[key]} training"] = time.perf_counter() - start
+    result = speed_up(record["bcosified"]["curve"], record["scratch"]["curve"])
+
+    print(f"== seed {seed}{position}: 4/4 grid pointing game ==")
+    start = time.perf_counter()
+    rows, scores, seconds = localisation(settings, data, seed)
+    wall["grid pointing game"] = time.perf_counter() - start
+    return dict(
+        seed=seed,
+        accuracy=record,
+        speed_up=dict(asdict(result), description=result.describe()),
+        localisation=dict(rows=rows, scores=scores, seconds=seconds),
+        wall_seconds=wall,
+    )
+
+
+# -- over seeds: rows, premises, verdicts ----------------------------------------------------------------------------
+
+# The least difference that counts as one (a claimed rise whose whole 95% interval lies below it does not hold):
+# one point of accuracy, 0.02 of GridPG, one evaluation interval (an epoch) of epochs to reach the target.
+MINIMAL_EFFECT = {"accuracy": 0.01, "gridpg": 0.02, "epochs": 1.0}
+# "Localises as well as" (the paper: comparable) holds when the B-cosified model's GridPG is, with 95% confidence,
+# at most this much below the from-scratch model's: a fifth of the way from a uniform map (0.25) to perfect.
+LOCALISATION_MARGIN = 0.05
+# Each seed's standard model and B-cos model from scratch must learn: 70% is far above chance (10%) on Fashion-MNIST.
+PREMISE_ACCURACY = 0.70
+MODEL_KEYS = ("standard", "bcosified", "scratch")
+
+
+def accuracy_rows(per_seed: dict[int, dict]) -> dict:
+    """Final accuracy of the three models (values per seed, mean, std) and both B-cos curves merged over seeds."""
+    finals = summarise(
+        {seed: {key: run["accuracy"][key]["final"] for key in MODEL_KEYS} for seed, run in per_seed.items()}
+    )
+    curves = {
+        key: mean_curve([per_seed[seed]["accuracy"][key]["curve"] for seed in sorted(per_seed)])
+        for key in ("bcosified", "scratch")
+    }
+    return dict(final=finals, curves=curves)
+
+
+def speed_up_rows(per_seed: dict[int, dict], epochs: float) -> dict:
+    """Epochs to reach the from-scratch model's final accuracy, per seed and over seeds, and the speed-up.
+
+    A B-cosified run that never reached its seed's target counts as ``epochs + 1`` in ``bcosified_epochs_for_test``
+    (the first evaluation after the budget: the least it could have needed); its seed is listed in
+    ``never_reached``.
+    """
+    found = {seed: run["speed_up"] for seed, run in per_seed.items()}
+    never = [seed for seed in sorted(found) if found[seed]["bcosified_epochs"] is None]
+    keys = ("target_accuracy", "scratch_epochs", "bcosified_epochs", "speed_up")
+    summary = summarise({seed: {key: found[seed][key] for key in keys} for seed in found})
+    censored = {
+        seed: epochs + 1 if found[seed]["bcosified_epochs"] is None else found[seed]["bcosified_epochs"]
+        for seed in sorted(found)
+    }
+    return dict(**summary, never_reached=never, bcosified_epochs_for_test=list(censored.values()))
+
+
+def localisation_rows(per_seed: dict[int, dict]) -> list[dict]:
+    """One row per model and explanation: each seed's GridPG (the mean over its cells; a seed without a grid is
+    left out), their mean and standard deviation over seeds."""
+    order = []
+    for run in per_seed.values():
+        for row in run["localisation"]["rows"]:
+            if (row["model"], row["method"]) not in order:
+                order.append((row["model"], row["method"]))
+    rows = []
+    for model, method in order:
+        found = {
+            seed: {"grid_pointing_game": row["grid_pointing_game"]}
+            for seed, run in sorted(per_seed.items())
+            for row in run["localisation"]["rows"]
+            if (row["model"], row["method"]) == (model, method)
+        }
+        summary = summarise(found)
+        values = summary["values"].get("grid_pointing_game", [])
+        rows.append(
+            dict(
+                model=model,
+                method=method,
+                bcos=method == "bcos",
+                seeds=summary["seeds"],
+                values=values,
+                mean=summary["mean"].get("grid_pointing_game"),
+                std=summary["std"].get("grid_pointing_game"),
+            )
+        )
+    return rows
+
+
+def premises(accuracy: dict, names: dict[str, str]) -> list[dict]:
+    """What the comparison rests on, measured: every seed's standard model and B-cos model from scratch learned
+    (a B-cosified model of a source that learnt nothing, or a baseline that learnt nothing, shows nothing)."""
+    rows = []
+    for key, text in (
+        ("standard", f"the {names['standard']} (the source) learned: test accuracy"),
+        ("scratch", "the B-cos model from scratch learned: final test accuracy"),
+    ):
+        values = accuracy["final"]["values"][key]
+        mean, std = mean_std(values)
+        rows.append(
+            dict(
+                premise=text,
+                mean=mean,
+                std=std,
+                lowest=min(values),
+                threshold=PREMISE_ACCURACY,
+                met=min(values) >= PREMISE_ACCURACY,
+            )
+        )
+    return rows
+
+
+def verdicts(accuracy: dict, speed: dict, localisation_summary: list[dict], names: dict[str, str]) -> list[dict]:
+    """The paper's four claims, each decided from the spread over seeds (:mod:`.seed_statistics`).
+
+    (a) the B-cosified model localises at least as well as the B-cos model from scratch (GridPG, non-inferiority
+    within :data:`LOCALISATION_MARGIN`); (b) each B-cos model's contributions localise better than every post-hoc
+    method on the standard model (one verdict per method, and one for all of them); (c) the B-cosified model ends
+    more accurate than the B-cos model from scratch; (d) it reaches the from-scratch model's final accuracy in fewer
+    epochs.
+    """
+    gridpg = {(row["model"], row["method"]): row["values"] for row in localisation_summary}
+    decided = [
+        dict(
+            claim="(a) the B-cosified model localises at least as well as the B-cos model from scratch "
+            f"(GridPG; margin {LOCALISATION_MARGIN:g})",
+            metric="gridpg",
+            test="non-inferiority",
+            **not_worse(gridpg[("scratch", "bcos")], gridpg[("bcosified", "bcos")], LOCALISATION_MARGIN),
+        )
+    ]
+    posthoc = [method for model, method in gridpg if model == "standard"]
+    for key in ("bcosified", "scratch"):
+        parts = [
+            dict(
+                claim=f"(b) {names[key]}: B-cos contributions localise better than {METHOD_NAMES[method]} on the "
+                f"{names['standard']}",
+                metric="gridpg",
+                test="superiority",
+                **compare(gridpg[("standard", method)], gridpg[(key, "bcos")], MINIMAL_EFFECT["gridpg"]),
+            )
+            for method in posthoc
+        ]
+        decided.append(
+            dict(
+                claim=f"(b) {names[key]}: B-cos contributions localise better than every post-hoc method on the "
+                f"{names['standard']} (the smallest lead shown)",
+                metric="gridpg",
+                test="all of the rows below",
+                difference=min((part["difference"] for part in parts if part["difference"] is not None), default=None),
+                p_value=None,
+                ci_low=None,
+                ci_high=None,
+                verdict=all_of([part["verdict"] for part in parts]),
+            )
+        )
+        decided += parts
+    finals = accuracy["final"]["values"]
+    decided.append(
+        dict(
+            claim="(c) the B-cosified model is more accurate than the B-cos model from scratch after the "
+            "same epochs (final test accuracy)",
+            metric="accuracy",
+            test="superiority",
+            **compare(finals["scratch"], finals["bcosified"], MINIMAL_EFFECT["accuracy"]),
+        )
+    )
+    # (d) "fewer epochs" is "the from-scratch model needs more": the from-scratch epochs are the treated side
+    reach = compare(speed["bcosified_epochs_for_test"], speed["values"]["scratch_epochs"], MINIMAL_EFFECT["epochs"])
+    note = None
+    if speed["never_reached"] and reach["verdict"] == HOLDS:
+        reach["verdict"] = NOT_RESOLVED  # a never-reached run counts at its least possible epochs: no proof
+        note = "seeds whose B-cosified run never reached the target count at the least epochs they could need"
+    decided.append(
+        dict(
+            claim="(d) the B-cosified model reaches the final accuracy of the B-cos model from scratch in "
+            "fewer epochs (epochs to reach, from-scratch minus B-cosified)",
+            metric="epochs",
+            test="superiority",
+            **reach,
+            **({"note": note} if note else {}),
+        )
+    )
+    return decided
+
+
+# -- report ----------------------------------------------------------------------------------------------------------
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def _gridpg(row: dict) -> str:
-    if row["grid_pointing_game"] is None:
-        return "- (no grid: too few confidently classified classes)"
-    return (
-        f"{row['grid_pointing_game']:.3f} ± {row['grid_pointing_game_std']:.3f} (n={row['grid_pointing_game_count']})"
-    )
+def _pm(mean: float | None, std: float | None, percent: bool = False) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}%" if percent else f"{mean:.3f} ± {std:.3f}"
+
+
+def _each(values: list[float], percent: bool = False) -> str:
+    return " / ".join(f"{100 * value:.2f}" if percent else f"{value:.3f}" for value in values) or "-"
+
+
+def _epochs(value: float | None) -> str:
+    return "never" if value is None else f"{value:g}"
 
 
 def _loads(values: list[float] | None) -> str:
     return "unknown" if values is None else " / ".join(f"{value:.2f}" for value in values)
 
 
+def _difference(decided: dict) -> tuple[str, str, str]:
+    """Difference, 95% interval and p-value of a verdict, in the metric's unit."""
+    scale, digits, unit = {"accuracy": (100, 2, " points"), "gridpg": (1, 3, ""), "epochs": (1, 2, " epochs")}[
+        decided["metric"]
+    ]
+
+    def number(value: float | None, sign: str = "+") -> str:
+        return "-" if value is None else f"{scale * value:{sign}.{digits}f}"
+
+    difference = "-" if decided["difference"] is None else number(decided["difference"]) + unit
+    interval = "-" if decided["ci_low"] is None else f"[{number(decided['ci_low'])}, {number(decided['ci_high'])}]"
+    p_value = "-" if decided["p_value"] is None else f"{decided['p_value']:.3f}"
+    return difference, interval, p_value
+
+
 def markdown(report: dict) -> str:
-    """``reproduction.md``: what was run, where, how long it took, and what came out."""
+    """``reproduction.md``: what was run, where, how long it took, every row over seeds, and the verdicts."""
     acc, machine, wall = report["accuracy"], report["machine"], report["wall_seconds"]
-    settings = report["settings"]
+    settings, seeds = report["settings"], report["seeds"]
     epochs, family = settings["epochs"], settings.get("family", "vit")
     names = model_names(family)
     title = "Fashion-MNIST" if family == "vit" else f"Fashion-MNIST, {FAMILIES[family].label}s"
+    finals, curves = acc["final"], acc["curves"]
     lines = [
         f"# B-cosification in miniature: {title}",
         "",
@@ -550,6 +827,10 @@ def markdown(report: dict) -> str:
     if settings.get("max_train_samples"):
         lines += [f"Training images: the first {settings['max_train_samples']} of the training split.", ""]
     lines += [
+        f"Seeds: {', '.join(str(seed) for seed in seeds)}. Each seed trains all three models and draws its own grids; "
+        "every row is the mean ± standard deviation over the seeds, each seed's value after it (and in "
+        "reproduction.json).",
+        "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch "
         f"thread{'s' if machine['torch_threads'] != 1 else ''}), "
         f"{machine['gpu'] or 'no GPU'}; torch {machine['torch']}, "
@@ -557,38 +838,120 @@ def markdown(report: dict) -> str:
         f"{_loads(machine['load_average_start'])}, at the end {_loads(machine['load_average_end'])} "
         "(the 1, 5 and 15 minute averages: above the core count means the machine was shared).",
         "",
-        "Wall time: " + ", ".join(f"{name} {seconds / 60:.2f} min" for name, seconds in wall.items()) + ".",
+        f"Wall time: {wall['total'] / 60:.2f} min in all; over all seeds: "
+        + ", ".join(f"{name} {seconds / 60:.2f} min" for name, seconds in wall.items() if name != "total")
+        + ".",
+        "",
+        "## Premises",
+        "",
+        "| premise | mean ± std | lowest seed | needed in every seed | met |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {row['premise']} | {_pm(row['mean'], row['std'], True)} | {_percent(row['lowest'])} | "
+            f">= {100 * row['threshold']:.0f}% | {'yes' if row['met'] else '**no**'} |"
+            for row in report["premises"]
+        ],
         "",
         f"## Test accuracy ({acc['test_images']} test images)",
         "",
-        "| model | training | accuracy per epoch (epoch 0 = before training) | final |",
-        "|---|---|---|---|",
+        "| model | training | accuracy per epoch, mean over seeds (epoch 0 = before training) | final, mean ± std | "
+        "final per seed |",
+        "|---|---|---|---|---|",
         f"| {names['standard']}, from scratch | {settings['source_epochs']:g} epochs | - | "
-        f"{_percent(acc['standard'])} |",
+        f"{_pm(finals['mean']['standard'], finals['std']['standard'], True)} | "
+        f"{_each(finals['values']['standard'], True)} |",
     ]
     for key in ("bcosified", "scratch"):
-        curve = " → ".join(f"{100 * value:.1f}" for _, value in acc[key]["curve"])
-        lines.append(f"| {names[key]} | {epochs:g} epochs | {curve} | {_percent(acc[key]['final'])} |")
+        curve = " → ".join(f"{100 * point['mean']:.1f}" for point in curves[key])
+        lines.append(
+            f"| {names[key]} | {epochs:g} epochs | {curve} | {_pm(finals['mean'][key], finals['std'][key], True)} | "
+            f"{_each(finals['values'][key], True)} |"
+        )
+    speed = report["speed_up"]
     lines += [
-        "",
-        f"Speed-up: {report['speed_up']['description']}.",
         "",
         "![accuracy per epoch](accuracy_per_epoch.png)",
         "",
-        f"## Grid pointing game ({report['localisation']['grid_size']}x{report['localisation']['grid_size']} grids)",
+        "### Epochs to reach the from-scratch model's final accuracy",
         "",
-        "| model | explanation | GridPG mean ± std (cells) |",
-        "|---|---|---|",
+        "Each seed's target is its own B-cos model from scratch's final accuracy; that model is credited with the "
+        "first epoch it reached it. Accuracy is known only at evaluated epochs, so each count is the first evaluation "
+        "at or above the target; `>=` marks a B-cosified run that was there at its first evaluation (it may be "
+        "faster still).",
+        "",
+        f"| seed | target | {names['scratch']} | {names['bcosified']} | speed-up |",
+        "|---|---|---|---|---|",
     ]
-    for row in report["localisation"]["rows"]:
-        lines.append(f"| {names[row['model']]} | {METHOD_NAMES[row['method']]} | {_gridpg(row)} |")
+    for seed in seeds:
+        found = report["per_seed"][str(seed)]["speed_up"]
+        ratio = "-" if found["speed_up"] is None else f"{'>= ' if found['lower_bound'] else ''}{found['speed_up']:.2f}x"
+        lines.append(
+            f"| {seed} | {_percent(found['target_accuracy'])} | {_epochs(found['scratch_epochs'])} | "
+            f"{_epochs(found['bcosified_epochs'])} | {ratio} |"
+        )
+    mean, std = speed["mean"], speed["std"]
+
+    def epochs_pm(key: str) -> str:
+        return "-" if key not in mean else f"{mean[key]:.2f} ± {std[key]:.2f}"
+
+    lines.append(
+        f"| mean ± std | {_pm(mean.get('target_accuracy'), std.get('target_accuracy'), True)} | "
+        f"{epochs_pm('scratch_epochs')} | {epochs_pm('bcosified_epochs')} | "
+        + ("-" if "speed_up" not in mean else f"{mean['speed_up']:.2f} ± {std['speed_up']:.2f}x")
+        + " |"
+    )
+    if speed["never_reached"]:
+        lines += ["", f"The B-cosified run never reached the target for seed(s) {speed['never_reached']}."]
+    local = report["localisation"]
+    grid = f"{local['grid_size']}x{local['grid_size']}"
+    lines += [
+        "",
+        f"## Grid pointing game ({grid} grids)",
+        "",
+        f"Each seed draws up to {local['num_grids']} grids of {grid} test images of distinct classes from the first "
+        f"{local['images']} test images, each image classified correctly with confidence >= "
+        f"{local['min_confidence']:g} by the model being explained; a seed's GridPG is the mean over its cells, and a "
+        f"uniform map scores {1 / local['grid_size'] ** 2:.2f}.",
+        "",
+        "| model | explanation | GridPG, mean ± std over seeds | per seed |",
+        "|---|---|---|---|",
+    ]
+    for row in local["rows"]:
+        score = _pm(row["mean"], row["std"]) if row["values"] else "- (no grid: too few confidently classified classes)"
+        lines.append(f"| {names[row['model']]} | {METHOD_NAMES[row['method']]} | {score} | {_each(row['values'])} |")
     lines += [
         "",
         "![grid pointing game](localisation.png)",
         "",
+        "## Verdicts",
+        "",
+        "From the seeds, with Welch's t-test (difference = the claimed better model minus the other; the interval "
+        "is its 95% confidence interval). A claim that one model is better **holds** when the difference is "
+        "positive and significant (p < 0.05) and **does not hold** when it is significantly negative or its whole "
+        "interval lies below the least difference that counts (1 point of accuracy, 0.02 of GridPG, 1 epoch). "
+        'Claim (a) is the paper\'s "comparable", a non-inferiority claim: the absence of a significant difference '
+        "is no evidence for it (too few seeds never show one), so it **holds** only when the whole interval lies "
+        f"above -{LOCALISATION_MARGIN:g} GridPG (any shortfall of the B-cosified model is smaller than that) and "
+        f"**does not hold** when the whole interval lies below -{LOCALISATION_MARGIN:g}. Anything else is **not "
+        "resolved at this size**, and so is every claim with fewer than two seeds.",
+    ]
+    if not all(row["met"] for row in report["premises"]):
+        lines += ["", PREMISES_NOT_MET]
+    lines += [
+        "",
+        "| claim | difference (mean) | 95% interval | p | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for decided in report["verdicts"]:
+        difference, interval, p_value = _difference(decided)
+        note = f" ({decided['note']})" if decided.get("note") else ""
+        lines.append(f"| {decided['claim']} | {difference} | {interval} | {p_value} | {decided['verdict']}{note} |")
+    lines += [
+        "",
         "## Explanations",
         "",
-        "Each column: a test image, explained for its label by each model (red positive, blue negative).",
+        f"Each column: a test image, explained for its label by each model of seed {seeds[0]} (red positive, blue "
+        "negative).",
         "",
         "![explanations](explanations.png)",
         "",
@@ -596,9 +959,26 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+PREMISES_NOT_MET = (
+    "**A premise is not met** (see Premises): a model that did not learn decides nothing, so the verdicts say "
+    "nothing about the paper's claims."
+)
+
+
+def _printed_premises(rows: list[dict]) -> str:
+    lines = [
+        f"premise: {row['premise']}: {100 * row['mean']:.2f} ± {100 * row['std']:.2f}% (lowest seed "
+        f"{100 * row['lowest']:.2f}%, needed >= {100 * row['threshold']:.0f}% in every seed): "
+        f"{'met' if row['met'] else 'NOT MET'}"
+        for row in rows
+    ]
+    return "\n".join(lines if all(row["met"] for row in rows) else [*lines, PREMISES_NOT_MET.replace("**", "")])
+
+
 def reproduce(settings: ReproductionSettings, command: str) -> dict:
-    """Train (or re-use) the three models, score them, draw the figures; write ``reproduction.json`` and
-    ``reproduction.md`` (which quotes ``command``) to ``settings.output_dir``. Returns the report.
+    """Train (or re-use) the three models for every seed, score them, decide, draw the figures; write
+    ``reproduction.json`` and ``reproduction.md`` (which quotes ``command``) to ``settings.output_dir``. Returns the
+    report.
 
     ``settings.threads`` holds for the run only; torch's thread count is restored afterwards."""
     previous_threads = torch.get_num_threads()
@@ -613,78 +993,72 @@ def reproduce(settings: ReproductionSettings, command: str) -> dict:
 def _reproduce(settings: ReproductionSettings, command: str) -> dict:
     load_start = machine_description()["load_average"]
     started = time.perf_counter()
-    work, output = settings.work_dir, settings.output_dir
+    output = settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
     data = load_dataset_splits(settings.dataset)
-    standard_recipe, bcosified_recipe, scratch_recipe = reproduction_recipes(settings)
-    names = settings.names
+    names, label = settings.names, FAMILIES[settings.family].label
+
+    per_seed: dict[int, dict] = {}
+    for index, seed in enumerate(settings.seeds, start=1):
+        per_seed[seed] = run_seed(settings, data, seed, position=f" ({index}/{len(settings.seeds)})")
     wall: dict[str, float] = {}
+    for run in per_seed.values():
+        for name, seconds in run["wall_seconds"].items():
+            wall[name] = wall.get(name, 0.0) + seconds
 
-    print(f"== 1/5 the {names['standard']}, from scratch ==")
+    accuracy = accuracy_rows(per_seed)
+    speed = speed_up_rows(per_seed, settings.epochs)
+    rows = localisation_rows(per_seed)
+    checked = premises(accuracy, names)
+    print(_printed_premises(checked))
+    decided = verdicts(accuracy, speed, rows, names)
+
+    print("== figures ==")
     start = time.perf_counter()
-    standard = train_or_reuse(standard_recipe, work / "standard", device=settings.device)
-    wall[f"{names['standard']} training"] = time.perf_counter() - start
-
-    trained = {}
-    for step, (key, recipe) in enumerate((("bcosified", bcosified_recipe), ("scratch", scratch_recipe)), start=2):
-        print(f"== {step}/5 {names[key]}: {recipe.epochs:g} epochs, evaluated after each ==")
-        start = time.perf_counter()
-        results = train_or_reuse(recipe, work / key, eval_each_epoch=True, device=settings.device)
-        initial = initial_accuracy(recipe, data, settings.device, cache=work / key / "initial_accuracy.json")
-        trained[key] = dict(
-            curve=accuracy_curve(results["eval_history"], initial),
-            final=results["metrics"]["accuracy"],
-            train_seconds=results["metrics"]["train_seconds"],
-            recipe=recipe_record(recipe),
-        )
-        wall[f"{names[key]} training"] = time.perf_counter() - start
-    result = speed_up(trained["bcosified"]["curve"], trained["scratch"]["curve"])
-
-    print("== 4/5 grid pointing game ==")
-    start = time.perf_counter()
-    rows, scores, localisation_seconds = localisation(settings, data)
-    wall["grid pointing game"] = time.perf_counter() - start
-
-    print("== 5/5 figures ==")
-    start = time.perf_counter()
+    count = f"mean ± std over {len(settings.seeds)} seed{'s' if len(settings.seeds) != 1 else ''}"
     plot_accuracy_curves(
-        trained["bcosified"]["curve"],
-        trained["scratch"]["curve"],
-        result,
+        {
+            key: [per_seed[seed]["accuracy"][key]["curve"] for seed in settings.seeds]
+            for key in ("bcosified", "scratch")
+        },
         output / "accuracy_per_epoch.png",
-        standard_accuracy=standard["metrics"]["accuracy"],
-        title=f"Fashion-MNIST test accuracy, {FAMILIES[settings.family].label}s, {settings.epochs:g} epochs each",
+        standard_accuracies=accuracy["final"]["values"]["standard"],
+        title=f"Fashion-MNIST test accuracy, {label}s, {settings.epochs:g} epochs each",
         standard_label=names["standard"],
     )
     plot_localisation(
-        rows,
+        [
+            dict(
+                label=f"{names[row['model']]}\n{METHOD_NAMES[row['method']]}",
+                method=row["method"],
+                grid_pointing_game=row["mean"],
+                grid_pointing_game_std=row["std"],
+            )
+            for row in rows
+        ],
         settings.grid_size,
         output / "localisation.png",
-        title=f"Fashion-MNIST grid pointing game, {FAMILIES[settings.family].label}s",
+        title=f"Fashion-MNIST grid pointing game, {label}s ({count})",
     )
-    examples = explanation_grid(settings, data, output / "explanations.png")
+    examples = explanation_grid(settings, data, output / "explanations.png", settings.seeds[0])
     wall["figures"] = time.perf_counter() - start
     wall["total"] = time.perf_counter() - started
 
     report = dict(
         **run_record(command, settings, load_start),
-        accuracy=dict(
-            test_images=len(limit(data.validation, settings.max_eval_samples)),
-            standard=standard["metrics"]["accuracy"],
-            standard_train_seconds=standard["metrics"]["train_seconds"],
-            standard_recipe=recipe_record(standard_recipe),
-            **trained,
-        ),
-        speed_up=dict(asdict(result), description=result.describe()),
+        seeds=list(settings.seeds),
+        premises=checked,
+        accuracy=dict(test_images=len(limit(data.validation, settings.max_eval_samples)), **accuracy),
+        speed_up=speed,
         localisation=dict(
             grid_size=settings.grid_size,
             num_grids=settings.num_grids,
             min_confidence=settings.min_confidence,
             images=len(limit(data.validation, settings.localisation_images)),
-            seconds=localisation_seconds,
-            rows=[{key: value for key, value in row.items() if key != "label"} for row in rows],
-            scores=scores,
+            rows=rows,
         ),
+        verdicts=decided,
+        per_seed={str(seed): run for seed, run in per_seed.items()},
         explanation_examples=examples,
         wall_seconds=wall,
     )
@@ -692,5 +1066,6 @@ def _reproduce(settings: ReproductionSettings, command: str) -> dict:
     text = markdown(report)
     (output / "reproduction.md").write_text(text)
     print("\n" + text)
+    print(_printed_premises(checked))
     print(f"Wrote {', '.join(str(output / name) for name in sorted(p.name for p in output.iterdir()))}")
     return report
