@@ -58,7 +58,7 @@ def test_bad_target_is_refused(model):
         (dict(hidden_act="gelu"), "relu"),
         (dict(stem_pool="min"), "stem_pool"),
         (dict(b=0.5), "b must be"),
-        (dict(hidden_sizes=[8], depths=[1, 1]), "same length"),
+        (dict(hidden_sizes=[8], depths=[1, 1]), "one entry per stage"),
     ],
 )
 def test_bad_config_is_refused(fields, message):

@@ -44,18 +44,14 @@ class BcosCLIPResNetConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
-        depths = list(depths if depths is not None else [3, 4, 6, 3])
-        pooled = 4 * width * 2 ** (len(depths) - 1)
-        if width % 2 or pooled % num_attention_heads:
+        self.num_channels, self.width, self.depths = num_channels, width, list(depths or [3, 4, 6, 3])
+        if width % 2 or self.pooled_size % num_attention_heads:
             raise ValueError(
-                f"width must be even and the last stage's {pooled} channels a multiple of num_attention_heads "
-                f"({num_attention_heads}); got width {width}."
+                f"width must be even and the last stage's {self.pooled_size} channels a multiple of "
+                f"num_attention_heads ({num_attention_heads}); got width {width}."
             )
         if b < 1:
             raise ValueError(f"b must be >= 1, got {b}.")
-        self.num_channels = num_channels
-        self.width = width
-        self.depths = depths
         self.num_attention_heads = num_attention_heads
         self.image_size = image_size
         self.projection_dim = projection_dim

@@ -6,34 +6,28 @@ from transformers import PretrainedConfig
 
 
 class BcosResNetConfig(PretrainedConfig):
-    """Configuration of :class:`BcosResNetForImageClassification`.
-
-    The architecture fields follow transformers' ``ResNetConfig`` (ResNet-18/34 are ``layer_type="basic"``,
-    ResNet-50/101/152 ``"bottleneck"``). The defaults are a B-cos ResNet-50 as the B-cosification paper trains it.
+    """Configuration of :class:`BcosResNetForImageClassification`; the architecture fields follow transformers'
+    ``ResNetConfig`` (ResNet-18/34 ``layer_type="basic"``, ResNet-50/101/152 ``"bottleneck"``). The defaults are a
+    B-cos ResNet-50 as the B-cosification paper trains it.
 
     Args:
-        bottleneck_widths: channels inside each stage's bottleneck blocks; ``None`` means ``hidden_size // 4``
-            (ResNet-50); wide ResNets and ResNeXts are wider.
+        bottleneck_widths: channels inside each stage's bottlenecks (``None``: ``hidden_size // 4``, ResNet-50's).
         groups: groups of the bottleneck's 3x3 convolution (ResNeXt cardinality).
         downsample_in_bottleneck: stride in the bottleneck's first 1x1 convolution instead of its 3x3 one.
-        hidden_act: ``"relu"``, or ``None`` for no activation at all (the authors' B-cos v2 ResNets, whose B-cos
-            units are the only non-linearity).
-        b: the B-cos exponent B (1 = the original convolutions; the papers train at 2).
-        normalize_weights: every B-cos convolution applies its weight divided by its norm (the authors' B-cos v2
-            units), instead of the un-normalised weight of a B-cosified model.
-        use_bias: keep every constant: BatchNorm's mean subtraction and shift and the classifier bias. Without them
-            (the paper's recipe) BatchNorm only scales and an explanation accounts for the whole logit except
-            ``logit_bias``.
-        stem_pool: ``"max"`` (the source's max-pool after the stem) or ``"avg"`` (3x3 stride-2 average pooling, the
-            recipe's).
-        classify_before_pooling: apply the classifier as a 1x1 B-cos convolution at every position and average the
-            logits (the recipe's), instead of classifying the averaged features; the two differ for ``b != 1``.
-        logit_bias: a constant added to every logit; ``None`` means ``-log(num_labels - 1)``.
-        loss: ``"bce"`` (binary cross-entropy with off-target labels ``1/C``, the papers' loss) or
-            ``"cross_entropy"``; a ``problem_type`` set on the config takes precedence.
-        image_size / crop_pct: what the saved image processor produces: resize the shortest edge to
-            ``image_size / crop_pct``, centre-crop ``image_size``. The model itself takes any image size.
-        resample: the PIL filter of that resize (3 bicubic; 2 bilinear, the bcos package's test transform).
+        hidden_act: ``"relu"``, or ``None``: no activation (the authors' B-cos v2 CNNs).
+        b: the B-cos exponent (1 = the original convolutions; the papers train at 2).
+        normalize_weights: convolutions apply ``w / ||w||`` (the authors' B-cos v2 units), not the pretrained ``w``.
+        use_bias: keep every constant (BatchNorm's mean and shift, the classifier bias); without them (the paper's
+            recipe) an explanation accounts for the whole logit except ``logit_bias``.
+        stem_pool: ``"max"`` (the source's pooling after the stem) or ``"avg"`` (the recipe's).
+        classify_before_pooling: classify every position with a 1x1 B-cos convolution and average the logits (the
+            recipe's), instead of classifying the averaged features; the two differ for ``b != 1``.
+        logit_bias: added to every logit; ``None`` means ``-log(num_labels - 1)``.
+        loss: ``"bce"`` (binary cross-entropy with off-target labels ``1/C``, the papers') or ``"cross_entropy"``;
+            a ``problem_type`` takes precedence.
+        image_size / crop_pct / resample: the saved processor resizes the shortest edge to ``image_size / crop_pct``
+            with PIL filter ``resample`` (3 bicubic, 2 bilinear) and centre-crops ``image_size``; the model takes
+            any size.
     """
 
     model_type = "bcos_resnet"
@@ -66,16 +60,13 @@ class BcosResNetConfig(PretrainedConfig):
     ):
         hidden_sizes = list(hidden_sizes if hidden_sizes is not None else [256, 512, 1024, 2048])
         depths = list(depths if depths is not None else [3, 4, 6, 3])
+        bottleneck_widths = list(bottleneck_widths) if bottleneck_widths is not None else None
         if layer_type not in ("basic", "bottleneck"):
             raise ValueError(f"layer_type must be 'basic' or 'bottleneck', got {layer_type!r}.")
         if hidden_act not in ("relu", None):
             raise ValueError(f"hidden_act must be 'relu' or None (no activation), got {hidden_act!r}.")
-        if len(hidden_sizes) != len(depths):
-            raise ValueError(f"hidden_sizes {hidden_sizes} and depths {depths} must have the same length.")
-        if bottleneck_widths is not None:
-            bottleneck_widths = list(bottleneck_widths)
-            if len(bottleneck_widths) != len(depths):
-                raise ValueError(f"bottleneck_widths {bottleneck_widths} must have one entry per stage.")
+        if len(hidden_sizes) != len(depths) or len(bottleneck_widths or depths) != len(depths):
+            raise ValueError("hidden_sizes, depths and bottleneck_widths must have one entry per stage.")
         if stem_pool not in ("max", "avg"):
             raise ValueError(f"stem_pool must be 'max' or 'avg', got {stem_pool!r}.")
         if loss not in ("bce", "cross_entropy"):

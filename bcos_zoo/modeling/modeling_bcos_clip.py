@@ -88,12 +88,8 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         CLIP returns them."""
         kwargs["return_dict"] = True
         outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state,
-            pooler_output=self.visual_projection(outputs.pooler_output.flatten(1)),
-            hidden_states=outputs.hidden_states,
-            attentions=getattr(outputs, "attentions", None),
-        )
+        outputs.pooler_output = self.visual_projection(outputs.pooler_output.flatten(1))
+        return outputs
 
     def _encode_prompts(self, text: list[str]) -> torch.Tensor:
         if not hasattr(self, "text_model"):
@@ -192,7 +188,7 @@ class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
             image_embeds=outputs.pooler_output,
             last_hidden_state=outputs.last_hidden_state,
             hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            attentions=getattr(outputs, "attentions", None),
         )
 
 

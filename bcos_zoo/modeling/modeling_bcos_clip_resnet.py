@@ -47,11 +47,9 @@ class BcosCLIPResNetStage(BcosCNNStage):
         super().__init__()
         width = config.width * 2**index
         in_channels = config.width if index == 0 else 2 * width
-        blocks = []
-        for i in range(config.depths[index]):
-            stride = 2 if index > 0 and i == 0 else 1
-            blocks.append(BcosCLIPResNetBottleneck(in_channels if i == 0 else 4 * width, width, stride, config))
-        self.layers = nn.Sequential(*blocks)
+        strides = [2 if index > 0 else 1] + [1] * (config.depths[index] - 1)
+        channels = [in_channels] + [4 * width] * (config.depths[index] - 1)
+        self.layers = nn.Sequential(*(BcosCLIPResNetBottleneck(c, width, s, config) for c, s in zip(channels, strides)))
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         return self.layers(hidden_state)
@@ -133,11 +131,7 @@ class BcosCLIPResNetModel(BcosCNNPreTrainedModel):
         return self.embedder[0].convolution  # the first stem convolution reads the [x, 1 - x] image
 
     def forward_encoded(
-        self,
-        encoded: torch.Tensor,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        self, encoded: torch.Tensor, interpolate_pos_encoding=False, output_hidden_states=False, output_attentions=False
     ) -> BaseModelOutputWithPooling:
         """The tower on ``[x, 1 - x]``-encoded images (what explanations differentiate); ``hidden_states`` are the
         stem's and each stage's feature maps, ``attentions`` the attention pool's."""
@@ -148,12 +142,8 @@ class BcosCLIPResNetModel(BcosCNNPreTrainedModel):
             if output_hidden_states:
                 hidden_states += (hidden_state,)
         pooled, probabilities = self.attention_pool(hidden_state, bool(interpolate_pos_encoding))
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden_state,
-            pooler_output=pooled,
-            hidden_states=hidden_states,
-            attentions=(probabilities,) if output_attentions else None,
-        )
+        attentions = (probabilities,) if output_attentions else None
+        return BaseModelOutputWithPooling(hidden_state, pooled, hidden_states, attentions)
 
     def pooled_features(self, encoded: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """(N, C) pooled features of ``[x, 1 - x]``-encoded images (what the projection reads)."""
