@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 from clip_testing import images, normalize, tiny_clip
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, TrainingArguments
 
-from bcos_zoo import BcosCLIPVisionModel, siglip_distillation_loss
-from bcos_zoo.training.clip_distillation import FrozenCLIPTeacher
+from bcos_zoo import BcosCLIPModel, BcosCLIPVisionModel, siglip_distillation_loss
+from bcos_zoo.training.clip_distillation import DistillationTrainer, FrozenCLIPTeacher
 
 
 def test_loss_prefers_the_teacher_embeddings_over_shuffled_or_random_ones():
@@ -74,3 +74,18 @@ def test_short_optimisation_of_a_bcos_tower_lowers_the_distillation_loss():
     assert all(p.grad is None for p in teacher.parameters())
     assert losses[-1] < 0.5 * losses[0], losses[::5]
     assert matched_cosine() > cosine_before
+
+
+def test_the_distillation_trainer_scores_what_the_model_s_forward_returns(tmp_path):
+    teacher = FrozenCLIPTeacher(tiny_clip("openai_like", seed=7))
+    student = BcosCLIPModel.from_pretrained_standard(tiny_clip("openai_like", seed=8), b=2.0, bias="remove")
+    arguments = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = DistillationTrainer(model=student, args=arguments, teacher=teacher)
+    x = images(4, seed=3)
+    loss, outputs = trainer.compute_loss(student, {"pixel_values": x}, return_outputs=True)
+    embeds = student.get_image_features(pixel_values=x).pooler_output
+    torch.testing.assert_close(outputs.image_embeds, embeds / embeds.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(loss, siglip_distillation_loss(embeds, teacher.teacher_embeds(x)))
+    loss.backward()  # the loss trains the image tower and leaves the frozen text tower alone
+    assert student.visual_projection.weight.grad is not None
+    assert all(p.grad is None for p in student.text_model.parameters())
