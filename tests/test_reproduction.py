@@ -16,15 +16,8 @@ import torch
 from training_testing import make_image_folder
 
 from bcos_zoo.evaluation.report import plot_localisation
-from bcos_zoo.zoo.reproduction import (
-    LOCALISATION_MARGIN,
-    ReproductionSettings,
-    accuracy_curve,
-    epochs_to_reach,
-    reproduce,
-    speed_up,
-    verdicts,
-)
+from bcos_zoo.zoo.reproduction import ReproductionSettings, accuracy_curve, epochs_to_reach, reproduce, speed_up
+from bcos_zoo.zoo.reproduction_report import LOCALISATION_MARGIN, verdicts
 from bcos_zoo.zoo.seed_statistics import all_of, not_worse
 
 
