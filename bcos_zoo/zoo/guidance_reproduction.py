@@ -37,6 +37,7 @@ from ..data.decoys import DECOY_COLOURS, decoy_splits
 from ..training.explanation_losses import INPUT_LAYER, attributions
 from .recipes import Recipe, get_recipe
 from .reproduction import _pyplot, machine_description, plot_explanations, recipe_record, run_record, train_or_reuse
+from .reproduction_report import command_block, machine_sentence
 from .seed_statistics import compare, mean_std, summarise
 
 
@@ -481,20 +482,11 @@ def markdown(report: dict) -> str:
     """``report.md``: what was run, where, how long it took, the premises, every row, and the verdicts."""
     machine, settings = report["machine"], report["settings"]
     seeds = ", ".join(str(seed) for seed in settings["seeds"])
-    loads = " / ".join(f"{v:.2f}" for v in machine["load_average_start"] or [])
-    loads_end = " / ".join(f"{v:.2f}" for v in machine["load_average_end"] or [])
     lines = [
         "# Training with explanations in miniature: Fashion-MNIST with decoys",
         "",
-        "Command:",
-        "",
-        "```bash",
-        report["command"],
-        "```",
-        "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
-        f"{machine['gpu'] or 'no GPU'}; torch {machine['torch']}, transformers {machine['transformers']}. Load average "
-        f"(1 / 5 / 15 min) at the start {loads}, at the end {loads_end}: a machine shared with other work.",
+        *command_block(report["command"]),
+        machine_sentence(machine),
         "",
         f"Wall time: {report['wall_seconds']['total'] / 60:.1f} min in all ({_wall_parts(report['wall_seconds'])}).",
         "",

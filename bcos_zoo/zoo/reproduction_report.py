@@ -233,6 +233,23 @@ def _loads(values: list[float] | None) -> str:
     return "unknown" if values is None else " / ".join(f"{value:.2f}" for value in values)
 
 
+def command_block(command: str) -> list[str]:
+    """The markdown lines that quote a reproduction's command."""
+    return ["Command:", "", "```bash", command, "```", ""]
+
+
+def machine_sentence(machine: dict) -> str:
+    """What a run's timings were measured on, as ``run_record`` describes it: CPU, threads, libraries, load."""
+    threads = machine["torch_threads"]
+    return (
+        f"Machine: {machine['cpu']}, {machine['cores']} cores ({threads} torch thread{'s' if threads != 1 else ''}), "
+        f"{machine['gpu'] or 'no GPU'}; torch {machine['torch']}, transformers {machine['transformers']}, Python "
+        f"{machine['python']}. Load average at the start {_loads(machine['load_average_start'])}, at the end "
+        f"{_loads(machine['load_average_end'])} (the 1, 5 and 15 minute averages: above the core count means the "
+        "machine was shared)."
+    )
+
+
 def _difference(decided: dict) -> tuple[str, str, str]:
     """Difference, 95% interval and p-value of a verdict, in the metric's unit."""
     scale, digits, unit = {"accuracy": (100, 2, " points"), "gridpg": (1, 3, ""), "epochs": (1, 2, " epochs")}[
@@ -259,12 +276,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# B-cosification in miniature: {title}",
         "",
-        "Command:",
-        "",
-        "```bash",
-        report["command"],
-        "```",
-        "",
+        *command_block(report["command"]),
     ]
     if settings.get("max_train_samples"):
         lines += [f"Training images: the first {settings['max_train_samples']} of the training split.", ""]
@@ -273,12 +285,7 @@ def markdown(report: dict) -> str:
         "every row is the mean ± standard deviation over the seeds, each seed's value after it (and in "
         "reproduction.json).",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch "
-        f"thread{'s' if machine['torch_threads'] != 1 else ''}), "
-        f"{machine['gpu'] or 'no GPU'}; torch {machine['torch']}, "
-        f"transformers {machine['transformers']}, Python {machine['python']}. Load average at the start "
-        f"{_loads(machine['load_average_start'])}, at the end {_loads(machine['load_average_end'])} "
-        "(the 1, 5 and 15 minute averages: above the core count means the machine was shared).",
+        machine_sentence(machine),
         "",
         f"Wall time: {wall['total'] / 60:.2f} min in all; over all seeds: "
         + ", ".join(f"{name} {seconds / 60:.2f} min" for name, seconds in wall.items() if name != "total")
