@@ -8,7 +8,15 @@ import sys
 import pytest
 from test_guided_training import guided_scores_by_hand
 
-from bcos_zoo.zoo.guidance_reproduction import GuidanceSettings, full_grid, pareto_front, premises, reproduce_guidance
+from bcos_zoo.zoo.guidance_reproduction import (
+    GuidanceSettings,
+    default_grid,
+    drawn_in_examples,
+    full_grid,
+    pareto_front,
+    premises,
+    reproduce_guidance,
+)
 from bcos_zoo.zoo.seed_statistics import compare, summarise
 
 
@@ -62,6 +70,20 @@ def test_script_presets():
         script.parse_args(["--quick", "--full"])
 
 
+def test_the_explanation_figure_shows_every_default_run_and_a_screenful_of_the_full_grid():
+    assert all(drawn_in_examples(run) for run in default_grid([1.0, 0.1, 0.01]))
+    drawn = [run.name for run in full_grid() if drawn_in_examples(run)]
+    assert drawn == [
+        "energy, B-cos at the input, 100% boxes",
+        "L1, B-cos at the input, 100% boxes",
+        "RRR, B-cos at the input, 100% boxes",
+        "PPCE, B-cos at the input, 100% boxes",
+        "energy, B-cos at the input, 10% boxes",
+        "energy, B-cos at the input, 1% boxes",
+    ]
+    assert drawn_in_examples(None)  # the unguided fine-tuning
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("fashion_mnist")
 def test_quick_reproduction_prints_premises_and_writes_its_report(tmp_path, capsys):
@@ -92,3 +114,7 @@ def test_quick_reproduction_prints_premises_and_writes_its_report(tmp_path, caps
     assert {path.name for path in (tmp_path / "out").glob("*.png")} == expected
     again = reproduce_guidance(settings, command="again")  # finished runs are re-used, not trained again
     assert again["guidance"] == json.loads(json.dumps(report["guidance"]))
+    assert again["training_seconds"] == report["training_seconds"]  # the runs' own times, not this call's
+    records = (tmp_path / "work").rglob("results.json")  # every run's own record, each counted once
+    recorded = sum(json.loads(path.read_text())["metrics"]["train_seconds"] for path in records)
+    assert sum(again["training_seconds"].values()) == pytest.approx(recorded)

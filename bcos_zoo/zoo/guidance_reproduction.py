@@ -354,19 +354,23 @@ def premises(unguided: dict, clean: dict) -> list[dict]:
 
 
 def plot_metrics(rows: dict[str, dict], metrics: dict[str, str], path: Path, title: str) -> None:
-    """One panel per metric, one bar per row (mean over seeds, the standard deviation as an error bar)."""
+    """One panel per metric, one horizontal bar per row (mean over seeds, the standard deviation as an error bar),
+    so that the names stay readable for the whole grid's forty-odd rows."""
     plt = _pyplot()
     names = list(rows)
-    width = 1.4 + 0.55 * len(names) * len(metrics)
-    figure, axes = plt.subplots(1, len(metrics), figsize=(min(width, 24), 4.4), squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(metrics), figsize=(3.2 * len(metrics) + 3.0, 1.6 + 0.26 * len(names)), sharey=True, squeeze=False
+    )
     for axis, (key, label) in zip(axes[0], metrics.items()):
         means = [rows[name]["mean"].get(key) for name in names]
         stds = [rows[name]["std"].get(key, 0.0) for name in names]
-        bars = axis.bar(range(len(names)), [m or 0 for m in means], yerr=stds, capsize=3, color="tab:red")
-        axis.bar_label(bars, labels=["n/a" if m is None else f"{m:.2f}" for m in means], fontsize="x-small")
-        axis.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize="x-small")
-        axis.set_ylim(0, 1.15)
+        bars = axis.barh(range(len(names)), [m or 0 for m in means], xerr=stds, capsize=2, color="tab:red")
+        axis.bar_label(bars, labels=["n/a" if m is None else f"{m:.2f}" for m in means], fontsize="x-small", padding=2)
+        axis.set_yticks(range(len(names)), names, fontsize="x-small")
+        axis.set_xlim(0, 1.2)
         axis.set_title(label, fontsize="medium")
+        axis.grid(axis="x", alpha=0.3)
+    axes[0][0].invert_yaxis()  # the first row on top
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -402,14 +406,16 @@ def plot_pareto(guidance: dict[str, dict], path: Path) -> None:
             yerr=100 * guidance[name]["std"].get("accuracy", 0),
             marker=markers[run.get("attribution")],
             color=colours[run.get("loss")],
+            markerfacecolor="none" if run.get("layer") not in (None, INPUT_LAYER) else None,
             markersize=8 if name != "none" else 13,
             capsize=2,
             linestyle="none",
             alpha=0.85,
         )
-        if len(names) <= 8:
-            axis.annotate(name, (x, 100 * y), fontsize="x-small", xytext=(4, 4), textcoords="offset points")
     front = pareto_front(points)
+    for i in range(len(names)) if len(names) <= 8 else front:  # the whole grid: only the front is named
+        axis.annotate(names[i], (points[i][0], 100 * points[i][1]), fontsize="x-small", xytext=(4, 4),
+                      textcoords="offset points")  # fmt: skip
     axis.plot([points[i][0] for i in front], [100 * points[i][1] for i in front], "k--", linewidth=1, alpha=0.6)
     from matplotlib.lines import Line2D
 
@@ -424,6 +430,9 @@ def plot_pareto(guidance: dict[str, dict], path: Path) -> None:
         for method, marker in markers.items()
         if method and any(run.get("attribution") == method for run in used)
     ]
+    if any(run.get("layer") not in (None, INPUT_LAYER) for run in used):
+        handles.append(Line2D([], [], color="gray", marker="o", markerfacecolor="none", linestyle="none",
+                              label="at the final layer"))  # fmt: skip
     handles.append(Line2D([], [], color="black", marker="*", linestyle="none", label="none (no guidance)"))
     handles.append(Line2D([], [], color="k", linestyle="--", label="Pareto front"))
     axis.legend(handles=handles, fontsize="small", loc="best")
@@ -454,6 +463,15 @@ def explanation_examples(folders: dict[str, Path], settings: GuidanceSettings, p
         rows[name] = attributions(model, pixels, labels, "bcos", INPUT_LAYER, create_graph=False).cpu()
     plot_explanations(pixels.cpu(), [FASHION_MNIST_CLASSES[int(label)] for label in labels], rows, path)
     return chosen
+
+
+def drawn_in_examples(run: GuidanceRun | None) -> bool:
+    """Whether the explanation figure shows a guided run: every run of the default grid; of the full one, ``none``,
+    each loss on B-cos attributions at the input with every box, and the energy loss with fewer boxes."""
+    if run is None:
+        return True
+    at_input = run.attribution == "bcos" and run.layer == INPUT_LAYER and not run.dilation
+    return at_input and (run.loss == "energy" or run.box_fraction == 1.0)
 
 
 # -- report ----------------------------------------------------------------------------------------------------------
@@ -488,7 +506,9 @@ def markdown(report: dict) -> str:
         *command_block(report["command"]),
         machine_sentence(machine),
         "",
-        f"Wall time: {report['wall_seconds']['total'] / 60:.1f} min in all ({_wall_parts(report['wall_seconds'])}).",
+        f"Wall time: {report['wall_seconds']['total'] / 60:.1f} min in all ({_wall_parts(report['wall_seconds'])}). "
+        f"Training time, summed over the runs as each ran (here or in an earlier call whose runs this one re-used): "
+        f"{sum(report['training_seconds'].values()) / 60:.1f} min ({_wall_parts(report['training_seconds'])}).",
         "",
         f"Data: each Fashion-MNIST image placed at random on a {CANVAS} px black canvas (its box known), plus a "
         f"{report['decoy_size']} px square outside the garment's 28 px placement in the colour of the image's class "
@@ -615,9 +635,15 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
     work, output = settings.work_dir, settings.output_dir
     output.mkdir(parents=True, exist_ok=True)
     wall: dict[str, float] = {}
+    training: dict[str, float] = {}  # the runs' own training times, which a call that re-uses them did not spend
 
     def timed(name: str, seconds: float) -> None:
         wall[name] = wall.get(name, 0.0) + seconds
+
+    def trained(name: str, results: dict) -> dict:
+        """A run's metrics, its training time (as it ran, whether now or in an earlier call) counted to ``name``."""
+        training[name] = training.get(name, 0.0) + results["metrics"].get("train_seconds", 0.0)
+        return results["metrics"]
 
     base_rows: dict[str, dict[int, dict]] = {"unguided": {}, "clean": {}}
     guided_rows: dict[str, dict[int, dict]] = {}
@@ -629,7 +655,7 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
         for name, recipe in base_recipes(settings, seed).items():
             print(f"== seed {seed}: the {name} model ==")
             start = time.perf_counter()
-            train_or_reuse(recipe, folder / name, device=settings.device)
+            trained(f"{name} models", train_or_reuse(recipe, folder / name, device=settings.device))
             base_rows[name][seed] = base_scores(folder / name / "repo", settings)
             base_rows[name][seed].update(decoy_evidence(folder / name / "repo", settings))
             timed(f"{name} models", time.perf_counter() - start)
@@ -637,9 +663,10 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
         examples.setdefault("unguided", folder / "unguided" / "repo")
         for name, (recipe, run) in guidance_recipes(settings, seed).items():
             print(f"== seed {seed}: guidance {name} ==")
+            part = "guided fine-tuning" if run else "unguided fine-tuning"
             start = time.perf_counter()
             place = folder / "guided" / (run.folder if run else "none")
-            metrics = dict(train_or_reuse(recipe, place, device=settings.device)["metrics"])
+            metrics = dict(trained(part, train_or_reuse(recipe, place, device=settings.device)))
             metrics["class_accuracy"] = accuracy_on(place / "repo", "class", settings)
             metrics["clean_accuracy"] = accuracy_on(place / "repo", None, settings)
             metrics.update(decoy_evidence(place / "repo", settings))
@@ -648,13 +675,16 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
             )
             guided_rows.setdefault(name, {})[seed] = metrics
             runs[name] = run
-            examples.setdefault(f"guided: {name}", place / "repo")
-            timed("guided fine-tuning" if run else "unguided fine-tuning", time.perf_counter() - start)
+            if drawn_in_examples(run):
+                examples.setdefault(f"guided: {name}", place / "repo")
+            timed(part, time.perf_counter() - start)
         for name, recipe in student_recipes(settings, seed).items():
             print(f"== seed {seed}: student {name} ==")
             start = time.perf_counter()
             place = folder / "students" / name.replace(", ", "-")
-            student_rows.setdefault(name, {})[seed] = train_or_reuse(recipe, place, device=settings.device)["metrics"]
+            student_rows.setdefault(name, {})[seed] = trained(
+                "students", train_or_reuse(recipe, place, device=settings.device)
+            )
             examples.setdefault(f"student: {name}", place / "repo")
             timed("students", time.perf_counter() - start)
 
@@ -702,6 +732,7 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
         verdicts=decided,
         explanation_examples=chosen,
         wall_seconds=wall,
+        training_seconds=training,
     )
     (output / "guidance.json").write_text(json.dumps(report, indent=2, default=str))
     text = markdown(report)
