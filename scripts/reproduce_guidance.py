@@ -2,7 +2,7 @@ r"""Training with explanations in miniature: model guidance and e2KD on Fashion-
 
     python scripts/reproduce_guidance.py            # the default run: about half an hour on 2 CPU cores
     python scripts/reproduce_guidance.py --quick    # a smoke run at toy size (what the tests run)
-    python scripts/reproduce_guidance.py --full     # the model guidance paper's whole grid (a GPU's work)
+    python scripts/reproduce_guidance.py --full     # the model guidance paper's whole grid (about 2 h on 2 CPU cores)
 
 Fashion-MNIST images on 36 px canvases with a class-coloured square outside the garment in training and a square of
 another class's colour at test time (``bcos_zoo.data.decoys``). A small B-cos ResNet from scratch learns the square
