@@ -56,6 +56,7 @@ def test_a_bcos_entry_ports_exactly(entry):
     model = from_bcos(reference)
     assert isinstance(model, BcosSimpleViTForImageClassification) and model.dtype == torch.float64
     assert (model.config.conv_stem is not None) == entry.startswith("vitc")
+    assert model.config.id2label[0] == "tench" and model.config.num_labels == 1000  # ImageNet's classes by name
     x = images()
     with torch.no_grad():
         expected, logits = reference(torch.cat([x, 1 - x], dim=1)), model(pixel_values=x).logits

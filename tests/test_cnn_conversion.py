@@ -156,3 +156,12 @@ def test_the_saved_processor_resizes_with_the_timm_source_s_filter(interpolation
     assert model.config.resample == resample
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "preprocessor_config.json").read_text())["resample"] == resample
+
+
+def test_a_1000_class_torchvision_source_names_imagenet_classes():
+    bcos = BcosResNetForImageClassification.from_pretrained_standard(
+        torchvision_resnet18(labels=1000), b=1.0, bias="keep"
+    )
+    assert bcos.config.id2label[0] == "tench, Tinca tinca" and bcos.config.id2label[999].startswith("toilet tissue")
+    five = BcosDenseNetForImageClassification.from_pretrained_standard(torchvision_densenet121(), b=1.0, bias="keep")
+    assert five.config.id2label == {i: f"LABEL_{i}" for i in range(5)}

@@ -188,3 +188,17 @@ def test_missing_repo_fails_fast_offline():
 def test_unknown_bias_mode_is_rejected():
     with pytest.raises(ValueError, match="'keep' or 'remove'"):
         BcosViTForImageClassification.from_pretrained_standard(hf_vit(), bias="zero")
+
+
+def test_a_1000_class_timm_source_names_imagenet_classes_and_another_keeps_their_numbers():
+    imagenet = BcosViTForImageClassification.from_pretrained_standard(timm_vit(num_classes=1000), b=1, bias="keep")
+    assert imagenet.config.id2label[0] == "tench, Tinca tinca" and imagenet.config.id2label[1].startswith("goldfish")
+    assert len(imagenet.config.id2label) == 1000 and imagenet.config.id2label[999].startswith("toilet tissue")
+    other = BcosViTForImageClassification.from_pretrained_standard(timm_vit(num_classes=6), b=1, bias="keep")
+    assert other.config.id2label == {i: f"LABEL_{i}" for i in range(6)}
+
+
+def test_id2label_passed_to_the_conversion_names_the_source_s_classes():
+    names = {i: name for i, name in enumerate("abcdef")}
+    bcos = BcosViTForImageClassification.from_pretrained_standard(timm_vit(), b=1, bias="keep", id2label=names)
+    assert bcos.config.id2label == names

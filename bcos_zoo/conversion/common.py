@@ -78,6 +78,21 @@ def source_normalization(folder: Path) -> Normalization | None:
     return _as_normalization(pretrained) if pretrained else None
 
 
+def standard_labels(num_classes: int) -> dict[int, str]:
+    """Class names for a timm or torchvision classifier, whose weights carry none: ImageNet-1k's for 1000 classes
+    (timm's descriptions, as transformers' ImageNet checkpoints name them), else ``LABEL_i``; a source trained on
+    other classes passes ``id2label=`` to ``from_pretrained_standard``."""
+    if num_classes == 1000:
+        try:
+            from timm.data import ImageNetInfo
+        except ImportError:  # timm is optional: without it, the classes keep their numbers
+            pass
+        else:
+            info = ImageNetInfo("imagenet-1k")
+            return {i: info.index_to_description(i) for i in range(num_classes)}
+    return {i: f"LABEL_{i}" for i in range(num_classes)}
+
+
 def fold_normalization(weight: torch.Tensor, mean, std) -> torch.Tensor:
     """Make a first-layer weight acting on ``(x - mean) / std`` act on ``[x, 1 - x]`` instead, exactly and bias-free.
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..modeling import BcosDenseNetConfig, BcosDenseNetForImageClassification
 from .bcos_package import build_port, read_bcos_cnn
-from .common import resolve_folder, source_normalization
+from .common import resolve_folder, source_normalization, standard_labels
 from .resnet import (
     StandardCNN,
     build_bcos_cnn,
@@ -87,7 +87,7 @@ def from_densenet_state(sd: dict[str, torch.Tensor], mean, std, eps: float) -> S
         block_config=block_config,
         bn_size=bottleneck // growth_rate,
         batch_norm_eps=eps,
-        id2label={i: f"LABEL_{i}" for i in range(num_classes)},
+        id2label=standard_labels(num_classes),
     )
     return StandardCNN(architecture, state, mean, std, rename=_densenet_name, stem_weight=STEM_WEIGHT)
 

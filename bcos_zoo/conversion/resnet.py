@@ -34,6 +34,7 @@ from .common import (
     read_json,
     resolve_folder,
     source_normalization,
+    standard_labels,
 )
 
 
@@ -293,7 +294,7 @@ def from_torchvision_layout(sd: dict[str, torch.Tensor], mean, std, eps: float) 
         bottleneck_widths=widths if bottleneck else None,
         groups=groups,
         batch_norm_eps=eps,
-        id2label={i: f"LABEL_{i}" for i in range(num_classes)},
+        id2label=standard_labels(num_classes),
     )
     return StandardCNN(
         architecture,

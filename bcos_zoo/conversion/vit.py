@@ -24,6 +24,7 @@ from .common import (
     read_json,
     resolve_folder,
     source_normalization,
+    standard_labels,
 )
 
 
@@ -233,7 +234,7 @@ def from_timm_state(sd: dict[str, torch.Tensor], meta: dict, mean, std) -> Stand
         use_class_token=has_cls,
         pooling="cls" if meta["global_pool"] == "token" else "mean",
         pre_layernorm="pre_layernorm.weight" in state,
-        id2label={i: f"LABEL_{i}" for i in range(num_classes)},
+        id2label=standard_labels(num_classes),
     )
     return StandardViT(architecture, state, mean, std)
 
