@@ -8,13 +8,12 @@ import sys
 import pytest
 from test_guided_training import guided_scores_by_hand
 
+from bcos_zoo.zoo.guidance_report import pareto_front, premises
 from bcos_zoo.zoo.guidance_reproduction import (
     GuidanceSettings,
     default_grid,
     drawn_in_examples,
     full_grid,
-    pareto_front,
-    premises,
     reproduce_guidance,
 )
 from bcos_zoo.zoo.seed_statistics import compare, summarise

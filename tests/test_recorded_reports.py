@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from bcos_zoo.zoo import guidance_reproduction, reproduction_report
+from bcos_zoo.zoo import guidance_report, reproduction_report
 
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 REPORTS = [
     ("reproduction", "reproduction.json", "reproduction.md", reproduction_report.markdown),
     ("reproduction_cnn", "reproduction.json", "reproduction.md", reproduction_report.markdown),
-    ("guidance", "guidance.json", "report.md", guidance_reproduction.markdown),
-    ("guidance_full", "guidance.json", "report.md", guidance_reproduction.markdown),
+    ("guidance", "guidance.json", "report.md", guidance_report.markdown),
+    ("guidance_full", "guidance.json", "report.md", guidance_report.markdown),
 ]
 
 
