@@ -54,7 +54,7 @@ def test_the_trainer_trains_with_gradient_checkpointing(tmp_path):
         output_dir=str(tmp_path),
         per_device_train_batch_size=4,
         max_steps=2,
-        gradient_checkpointing=True,
+        activation_checkpointing=True,  # transformers 5 name of gradient_checkpointing
         use_cpu=True,
         report_to="none",
         save_strategy="no",
