@@ -23,11 +23,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 PANELS = (
     ("forward_ratio", "forward: B-cos / source throughput", "forward_target"),
+    ("class_token_forward_ratio", "forward, last block on the class token alone: B-cos / source", "forward_target"),
     ("explain_over_forward", "one explanation, in B-cos forward passes", "explain_target"),
     ("step_ratio", "training step: B-cos / source throughput", "step_target"),
     ("trainer_ratio", "Trainer fine-tuning: B-cos / source throughput", "trainer_target"),
     ("memory_extra_growth_pct", "extra memory growth, % of B-cos weights", "memory_target"),
     ("authors_forward_speedup", "forward: speed-up over the authors' bcos package", None),
+    ("authors_class_token_speedup", "forward, class token alone: speed-up over the authors' package", None),
     ("authors_explain_speedup", "explanation: speed-up over the authors' bcos package", None),
 )
 

@@ -40,12 +40,19 @@ def close(printed: float, expected: float) -> bool:
     return abs(printed - expected) <= 0.01 * abs(expected) + 0.01
 
 
-def check_compare_row(figures: list[float]) -> None:
-    source, bcos, ratio, explained, cost, source_step, bcos_step, step_ratio = figures
+def check_compare_row(cells: list[str], class_token: bool) -> list[float]:
+    """The printed figures of a row, checked against each other; the last (the forward with
+    ``class_token_only=True``) is printed for class-token classifiers and is ``-`` for the others."""
+    *numbers, class_token_ratio = cells
+    source, bcos, ratio, explained, cost, source_step, bcos_step, step_ratio = (float(v) for v in numbers)
     assert min(source, bcos, explained, source_step, bcos_step) > 0
     assert close(ratio, bcos / source)  # each ratio is of the two throughputs printed beside it
     assert close(cost, bcos / explained)
     assert close(step_ratio, bcos_step / source_step)
+    assert (class_token_ratio != "-") == class_token
+    return [source, bcos, ratio, explained, cost, source_step, bcos_step, step_ratio] + (
+        [float(class_token_ratio)] if class_token else []
+    )
 
 
 def check_memory_row(figures: list[float]) -> None:
@@ -68,8 +75,8 @@ def test_transformer_benchmark_times_remote_code_and_prints_ratios_memory_and_cs
     out = run("benchmark.py", "--models", "vit", "--memory-models", "vit", "--csv", str(table), *TINY)
     printed = table_rows(out, "ViT-S/16 32px")
     assert [row[0] for row in printed] == ["on", "on"]  # forward/explanation/step, then memory
-    compare, memory = ([float(v) for v in row[1:]] for row in printed)
-    check_compare_row(compare)
+    compare = check_compare_row(printed[0][1:], class_token=True)
+    memory = [float(v) for v in printed[1][1:]]
     check_memory_row(memory)
     assert ">=0.90" in out and "<=2.20" in out and ">=0.85" in out and "<=5.00" in out  # the targets
     # the B-cos model was the folder's remote code, and no timing process could import bcos_zoo
@@ -79,6 +86,7 @@ def test_transformer_benchmark_times_remote_code_and_prints_ratios_memory_and_cs
     assert row["model"] == "ViT-S/16 32px" and row["fast_paths"] == "on" and row["threads"] == "1"
     assert close(float(row["forward_ratio"]), compare[2]) and close(float(row["step_ratio"]), compare[7])
     assert close(float(row["memory_extra_growth_pct"]), memory[3]) and row["forward_target"] == "0.9"
+    assert compare[8] > 0 and close(float(row["class_token_forward_ratio"]), compare[8])
 
 
 @pytest.mark.slow
@@ -98,13 +106,14 @@ def test_cnn_benchmark_prints_default_and_reference_rows_and_appends_them_to_the
     printed = table_rows(out, "ResNet-18 32px")
     assert [row[0] for row in printed] == ["on", "off"]  # every fast path on, then off
     for row in printed:
-        check_compare_row([float(v) for v in row[1:]])
+        check_compare_row(row[1:], class_token=False)  # a CNN has no class token
     assert ">=0.80" in out and "<=2.50" in out
     assert "modeling_bcos_resnet.BcosResNetForImageClassification" in out
     assert "import bcos_zoo in the timing processes: failed in all 2" in out
     written = read_csv(table)
     assert [(row["model"], row["fast_paths"]) for row in written] == [("ResNet-18 32px", s) for s in ("on", "off")]
     assert all(close(float(row["forward_ratio"]), float(line[3])) for row, line in zip(written, printed))
+    assert all(row["class_token_forward_ratio"] == "" for row in written)
 
 
 def test_csv_appends_under_one_header_and_plots_one_png(tmp_path):
@@ -144,7 +153,7 @@ def test_timing_process_cannot_import_bcos_zoo_even_with_the_checkout_on_its_pat
     result = json.loads(completed.stdout.splitlines()[-1])
     assert result["bcos_zoo_importable"] is False
     assert result["bcos_class"].startswith("transformers_modules.")
-    assert result["forward_ratio"] > 0
+    assert result["forward_ratio"] > 0 and result["class_token_forward_ratio"] > 0
 
 
 @pytest.mark.subprocess
@@ -168,8 +177,9 @@ def test_transformer_benchmark_compares_with_the_authors_package():
     out = run("benchmark.py", "--models", "authors-vit", "--memory-models", *tiny)
     ((setting, *figures),) = table_rows(out, "ViT-S/16 224px")
     assert setting == "on"
-    ours, theirs, speedup, ours_explained, theirs_explained, explain_speedup = (float(v) for v in figures)
+    ours, theirs, speedup, class_token_speedup, ours_explained, theirs_explained, explain_speedup = map(float, figures)
     assert close(speedup, ours / theirs) and close(explain_speedup, ours_explained / theirs_explained)
+    assert class_token_speedup > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
