@@ -202,3 +202,12 @@ def test_id2label_passed_to_the_conversion_names_the_source_s_classes():
     names = {i: name for i, name in enumerate("abcdef")}
     bcos = BcosViTForImageClassification.from_pretrained_standard(timm_vit(), b=1, bias="keep", id2label=names)
     assert bcos.config.id2label == names
+
+
+def test_the_class_counts_of_timm_s_imagenet_heads_name_their_classes():
+    from bcos_zoo.conversion.common import standard_labels
+
+    assert standard_labels(1000)[0] == "tench, Tinca tinca"
+    full = standard_labels(21843)  # Google's ImageNet-21k head (vit_*_in21k)
+    assert len(full) == 21843 and not full[5].startswith("LABEL_") and len(set(full.values())) > 20_000
+    assert standard_labels(10) == {i: f"LABEL_{i}" for i in range(10)}

@@ -79,18 +79,20 @@ def source_normalization(folder: Path) -> Normalization | None:
 
 
 def standard_labels(num_classes: int) -> dict[int, str]:
-    """Class names for a timm or torchvision classifier, whose weights carry none: ImageNet-1k's for 1000 classes
-    (timm's descriptions, as transformers' ImageNet checkpoints name them), else ``LABEL_i``; a source trained on
-    other classes passes ``id2label=`` to ``from_pretrained_standard``."""
-    if num_classes == 1000:
-        try:
-            from timm.data import ImageNetInfo
-        except ImportError:  # timm is optional: without it, the classes keep their numbers
-            pass
-        else:
-            info = ImageNetInfo("imagenet-1k")
-            return {i: info.index_to_description(i) for i in range(num_classes)}
-    return {i: f"LABEL_{i}" for i in range(num_classes)}
+    """Class names for a timm or torchvision classifier, whose weights carry none: ImageNet's for the class counts of
+    its subsets (1k, and timm's 12k, 21k and 22k heads; timm's descriptions, as transformers' ImageNet checkpoints
+    name them), else ``LABEL_i``; a source trained on other classes passes ``id2label=`` to
+    ``from_pretrained_standard``."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+    except ImportError:  # timm is optional: without it, the classes keep their numbers
+        subset = None
+    else:
+        subset = infer_imagenet_subset({"num_classes": num_classes})
+    if subset is None:
+        return {i: f"LABEL_{i}" for i in range(num_classes)}
+    info = ImageNetInfo(subset)
+    return {i: info.index_to_description(i) for i in range(num_classes)}
 
 
 def fold_normalization(weight: torch.Tensor, mean, std) -> torch.Tensor:
