@@ -5,7 +5,8 @@
 # 1. the tests that need a CUDA device; 2. scripts/benchmark.py in float32, bfloat16 and bfloat16 compiled (each
 # benchmark with and without the fast paths, --reference);
 # 3. scripts/benchmark_cnn.py in float32 and bfloat16; 4. a short real fine-tuning run (bcos-vit-fashion-mnist,
-# 300 steps) through the Trainer. Each step's output is kept in OUTPUT_DIR/<step>.log and the benchmarks' figures
+# 300 steps) through the Trainer; 5. the reproductions at smoke size on the GPU (reproduce_guidance.py --quick, and
+# the ViT B-cosification reproduction on 6,000 images, one seed), which otherwise run only on CPUs here. Each step's output is kept in OUTPUT_DIR/<step>.log and the benchmarks' figures
 # in OUTPUT_DIR/vit.csv and OUTPUT_DIR/cnn.csv (scripts/plot_speed.py draws them); a failing step does not stop the
 # others, and the exit status says whether any failed.
 set -uo pipefail
@@ -31,4 +32,8 @@ step cnn-float32 "$python" scripts/benchmark_cnn.py --device cuda --dtype float3
 step cnn-bfloat16 "$python" scripts/benchmark_cnn.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7 --reference --csv "$out/cnn.csv"
 step finetune "$python" scripts/finetune.py --recipe bcos-vit-fashion-mnist --device cuda --max-steps 300 \
   --output-dir "$out/finetune"
+step guidance-quick "$python" scripts/reproduce_guidance.py --quick --work-dir "$out/guidance-quick" \
+  --output-dir "$out/guidance-quick/report"
+step reproduction-small "$python" scripts/reproduce.py --seeds 0 --epochs 1 --source-epochs 1 --max-train-samples 6000 \
+  --max-eval-samples 1000 --device cuda --work-dir "$out/reproduction" --output-dir "$out/reproduction/report"
 exit "$failed"
