@@ -17,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from .common import PIL_RESAMPLE, load_exactly
+from .common import PIL_RESAMPLE, bcos_package_labels, load_exactly
 
 
 RANDOM = "random"  # ``weights=RANDOM``: the entry's architecture with the package's random initialisation
@@ -234,15 +234,6 @@ def processor_fields(model: nn.Module) -> dict:
     return {"image_size": int(crop), "crop_pct": crop / resize, "resample": transform_resample(transform)}
 
 
-def imagenet_labels(num_classes: int) -> dict[int, str]:
-    """The ImageNet class names the package ships, for its 1000-class models; else ``LABEL_i``."""
-    if num_classes == 1000:
-        from bcos.data.categories import IMAGENET_CATEGORIES
-
-        return dict(enumerate(IMAGENET_CATEGORIES))
-    return {i: f"LABEL_{i}" for i in range(num_classes)}
-
-
 def _pool_geometry(pool: nn.AvgPool2d) -> tuple:
     as_int = [v if isinstance(v, int) else v[0] for v in (pool.kernel_size, pool.stride, pool.padding)]
     return (*as_int, pool.ceil_mode, pool.count_include_pad)
@@ -265,7 +256,7 @@ def build_port(
     geometry (kernel, stride, padding, dilation, groups), so that weights that fit also compute the same function.
     """
     fields = dict(fields)
-    labels = imagenet_labels(fields.pop("num_labels"))
+    labels = bcos_package_labels(fields.pop("num_labels"))
     config = cls.config_class(
         **{
             **fields,

@@ -95,6 +95,16 @@ def standard_labels(num_classes: int) -> dict[int, str]:
     return {i: info.index_to_description(i) for i in range(num_classes)}
 
 
+def bcos_package_labels(num_classes: int) -> dict[int, str]:
+    """The ImageNet class names the ``bcos`` package ships (``"tench"``), for its 1000-class models (its ports
+    and standard twins); else ``LABEL_i``."""
+    if num_classes == 1000:
+        from bcos.data.categories import IMAGENET_CATEGORIES
+
+        return dict(enumerate(IMAGENET_CATEGORIES))
+    return {i: f"LABEL_{i}" for i in range(num_classes)}
+
+
 def fold_normalization(weight: torch.Tensor, mean, std) -> torch.Tensor:
     """Make a first-layer weight acting on ``(x - mean) / std`` act on ``[x, 1 - x]`` instead, exactly and bias-free.
 

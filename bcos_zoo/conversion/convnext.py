@@ -18,7 +18,8 @@ from torch import nn
 
 from ..modeling import BcosConvNextConfig, BcosConvNextForImageClassification
 from ..modeling.bcos_layers import NORM_EPS
-from .bcos_package import imagenet_labels, processor_fields
+from .bcos_package import processor_fields
+from .common import bcos_package_labels
 
 
 SUPPORTED_CONVNEXT_SOURCES = (
@@ -146,7 +147,7 @@ def port_bcos_convnext(model: nn.Module) -> BcosConvNextForImageClassification:
         b=porter.b,
         use_bias=use_bias,
         logit_bias=0.0 if logit_bias is None else float(logit_bias),
-        id2label=imagenet_labels(num_classes),
+        id2label=bcos_package_labels(num_classes),
         **(processor_fields(model) if hasattr(model, "transform") else {}),  # an entry's test transform
     )
     dtype = next(model.parameters()).dtype

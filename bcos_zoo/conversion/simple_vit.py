@@ -20,8 +20,7 @@ from torch import nn
 from transformers.initialization import no_init_weights
 
 from ..modeling import BcosSimpleViTConfig, BcosSimpleViTForImageClassification
-from .bcos_package import imagenet_labels
-from .common import IMAGENET_NORMALIZATION, fold_normalization, load_exactly
+from .common import IMAGENET_NORMALIZATION, bcos_package_labels, fold_normalization, load_exactly
 
 
 SIZES = ("ti", "s", "b", "l")
@@ -98,7 +97,7 @@ def read_simple_vit(vit: nn.Module) -> tuple[dict, dict[str, torch.Tensor], set[
         intermediate_size=state["layers.0.fc1.weight"].shape[0],
         hidden_act="identity" if isinstance(act, nn.Identity) else "gelu",
         layer_norm_eps=first.attn.norm.eps,
-        id2label=imagenet_labels(head.shape[0]),
+        id2label=bcos_package_labels(head.shape[0]),
     )
     return architecture, state, exponents
 
