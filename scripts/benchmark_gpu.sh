@@ -6,7 +6,8 @@
 # benchmark with and without the fast paths, --reference);
 # 3. scripts/benchmark_cnn.py in float32 and bfloat16; 4. a short real fine-tuning run (bcos-vit-fashion-mnist,
 # 300 steps) through the Trainer; 5. the reproductions at smoke size on the GPU (reproduce_guidance.py --quick, and
-# the ViT B-cosification reproduction on 6,000 images, one seed), which otherwise run only on CPUs here. Each step's output is kept in OUTPUT_DIR/<step>.log and the benchmarks' figures
+# the ViT B-cosification reproduction on 6,000 images, one seed), which otherwise run only on CPUs here.
+# Each step's output is kept in OUTPUT_DIR/<step>.log and the benchmarks' figures
 # in OUTPUT_DIR/vit.csv and OUTPUT_DIR/cnn.csv (scripts/plot_speed.py draws them); a failing step does not stop the
 # others, and the exit status says whether any failed.
 set -uo pipefail

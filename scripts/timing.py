@@ -160,7 +160,7 @@ def takes_class_token_only(model: torch.nn.Module) -> bool:
 
 
 def class_token_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The logits through the explicit shortcut, checked once against the full forward."""
+    """The logits through the explicit shortcut."""
     return model(pixel_values=images, class_token_only=True).logits
 
 
@@ -207,7 +207,7 @@ def compare(spec: dict) -> dict:
         "source_step": training_step(source, lambda: loss(source_output(source, pixels))),
         "bcos_step": training_step(bcos, lambda: loss(bcos_output(bcos, images))),
     }
-    if spec["kind"] == "classifier" and takes_class_token_only(bcos):
+    if takes_class_token_only(bcos):
         calls["bcos_class_token"] = checked_class_token(bcos, images)
     t = timed(calls, device, spec["rounds"])
     shortcut = {"class_token_forward_ratio": t["source"] / t["bcos_class_token"]} if "bcos_class_token" in t else {}

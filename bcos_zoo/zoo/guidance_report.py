@@ -173,11 +173,12 @@ def plot_pareto(guidance: dict[str, dict], path: Path) -> None:
 
 
 def _pm(row: dict, key: str, percent: bool = False) -> str:
+    """Mean ± std of ``key`` over the seeds: in percent to 0.1, else to 0.001; ``-`` where the row has none."""
     if key not in row["mean"]:
         return "-"
-    scale = 100 if percent else 1
-    text = f"{scale * row['mean'][key]:.1f} ± {scale * row['std'][key]:.1f}" if percent else None
-    return text or f"{row['mean'][key]:.3f} ± {row['std'][key]:.3f}"
+    if percent:
+        return f"{100 * row['mean'][key]:.1f} ± {100 * row['std'][key]:.1f}"
+    return f"{row['mean'][key]:.3f} ± {row['std'][key]:.3f}"
 
 
 def _difference(decided: dict) -> str:
