@@ -30,6 +30,15 @@ def test_every_recipe_names_its_source_data_and_hub_repo():
     assert {"bcos-vit-ti", "bcos-vit-s", "bcos-vit-b", "bcos-clip-vit-b32", "bcos-clip-vit-b16"} <= set(RECIPES)
 
 
+def test_imagenet_recipes_use_the_papers_learning_rates():
+    # B-cosification: Adam lr 1e-3 for ViTs, 1e-4 for CNNs; the CLIP towers are distilled at 1e-4
+    imagenet = [r for r in RECIPES.values() if r.dataset == "ILSVRC/imagenet-1k" and r.task == "classification"]
+    vits = [recipe for recipe in imagenet if "vit" in recipe.name]
+    assert len(vits) >= 3 and {recipe.learning_rate for recipe in vits} == {1e-3}
+    assert {recipe.learning_rate for recipe in imagenet if recipe not in vits} == {1e-4}
+    assert {recipe.learning_rate for recipe in RECIPES.values() if recipe.task == "clip-distillation"} == {1e-4}
+
+
 def test_unknown_recipe_error_lists_the_catalogue():
     with pytest.raises(ValueError, match="bcos-vit-s"):
         get_recipe("bcos-vit-xxl")
