@@ -172,6 +172,43 @@ def test_timm_features_without_counterpart_are_rejected():
         BcosViTForImageClassification.from_pretrained_standard(source)
 
 
+def test_non_square_timm_vit_is_refused_not_misread_as_a_square_grid():
+    # 96x64 px at patch 16 is 24 patches + the class token: 25 positions, which also fit a 5x5 grid
+    with pytest.raises(ValueError, match="96x64 images; only square"):
+        BcosViTForImageClassification.from_pretrained_standard(timm_vit(img_size=(96, 64)))
+
+
+def test_non_square_timm_hub_folder_is_refused(tmp_path):
+    source = timm_vit(img_size=(96, 64))
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
+    config = {"architecture": "vit_small_patch16_224", "pretrained_cfg": {"input_size": [3, 96, 64]}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="96x64 images"):
+        BcosViTForImageClassification.from_pretrained_standard(tmp_path)
+
+
+def test_one_channel_timm_vit_is_reproduced_and_explained_exactly():
+    source = timm_vit(in_chans=1, seed=2)
+    bcos = BcosViTForImageClassification.from_pretrained_standard(
+        source, b=1, bias="keep", image_mean=(0.3,), image_std=(0.2,)
+    ).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = source(normalize(x, (0.3,), (0.2,)))
+    assert max_logit_diff(expected, bcos, x) <= TOLERANCE
+    explanation = bcos.explain(x)
+    assert explanation.dynamic_weights.shape == (2, 2, 32, 32)
+    total = explanation.contributions.sum(dim=(1, 2)) + explanation.bias
+    torch.testing.assert_close(total, explanation.target_logits)
+    rgb = explanation.render()[..., :3]
+    assert torch.equal(rgb[..., 0], rgb[..., 1]) and torch.equal(rgb[..., 1], rgb[..., 2])  # grey
+
+
+def test_normalisation_of_another_channel_count_names_the_fix():
+    with pytest.raises(ValueError, match=r"1-channel images.*image_mean= and image_std= with 1 value"):
+        BcosViTForImageClassification.from_pretrained_standard(timm_vit(in_chans=1), image_mean=(0.5,) * 3)
+
+
 def test_timm_architecture_of_unknown_size_asks_for_num_heads(tmp_path):
     source = timm_vit()
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")

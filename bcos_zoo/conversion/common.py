@@ -110,6 +110,12 @@ def fold_normalization(weight: torch.Tensor, mean, std) -> torch.Tensor:
 
     ``W (x - mu) / sigma = W (1 - mu) / sigma * x  -  W mu / sigma * (1 - x)``, because ``x + (1 - x) = 1``.
     """
+    channels = weight.shape[1]
+    if not len(mean) == len(std) == channels:
+        raise ValueError(
+            f"The source's first layer takes {channels}-channel images, but its normalisation has mean {tuple(mean)} "
+            f"and std {tuple(std)}: pass image_mean= and image_std= with {channels} value(s) each."
+        )
     shape = (1, -1) + (1,) * (weight.ndim - 2)
     mean = torch.as_tensor(mean, dtype=torch.float64).view(shape)
     std = torch.as_tensor(std, dtype=torch.float64).view(shape)

@@ -141,6 +141,8 @@ def timm_module_meta(model: nn.Module) -> dict:
         activation=_timm_activation(block.mlp.act),
         eps=block.norm1.eps,
         global_pool=model.global_pool,
+        image_size=tuple(model.patch_embed.img_size),
+        no_embed_class=bool(getattr(model, "no_embed_class", False)),
     )
 
 
@@ -158,11 +160,14 @@ def timm_config_meta(config: dict) -> dict:
             f"Cannot tell the number of attention heads of timm architecture {name!r}: add "
             '"model_args": {"num_heads": N} to its config.json.'
         )
+    image_size = args.get("img_size") or (config.get("pretrained_cfg") or {}).get("input_size", [None])[1:] or None
     return dict(
         num_heads=heads,
         activation="quick_gelu" if "quickgelu" in name else "gelu",
         eps=1e-6,
         global_pool=config.get("global_pool", args.get("global_pool", "token")),
+        image_size=(image_size, image_size) if isinstance(image_size, int) else image_size,
+        no_embed_class=args.get("no_embed_class"),
     )
 
 
@@ -185,8 +190,17 @@ def from_timm_state(sd: dict[str, torch.Tensor], meta: dict, mean, std) -> Stand
     positions = sd.pop("pos_embed", None)
     if positions is None:
         raise ValueError("timm ViTs without position embeddings are not supported.")
+    image_size = meta.get("image_size")
+    if image_size and image_size[0] != image_size[1]:
+        raise ValueError(
+            f"This timm ViT takes {image_size[0]}x{image_size[1]} images; only square images and patch grids are "
+            "supported."
+        )
     length = positions.shape[1]
-    embeds_class = has_cls and math.isqrt(length - 1) ** 2 == length - 1
+    if meta.get("no_embed_class") is None:  # a timm Hub config does not say: a square remainder tells
+        embeds_class = has_cls and math.isqrt(length - 1) ** 2 == length - 1
+    else:
+        embeds_class = has_cls and not meta["no_embed_class"]
     grid = math.isqrt(length - embeds_class)
     if grid * grid != length - embeds_class:
         raise ValueError(f"Only square patch grids are supported, got {length} position embeddings.")

@@ -216,4 +216,4 @@ class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
         def logits(encoded: torch.Tensor) -> torch.Tensor:
             return self._logits(encoded)[0]
 
-        return compute_explanation(self, logits, pixel_values, target, self.config.num_channels, create_graph)
+        return compute_explanation(self, logits, pixel_values, target, create_graph)

@@ -78,10 +78,11 @@ class BcosPreTrainedModel(PreTrainedModel):
         """Context manager: detach every dynamic factor, making the model a dynamic linear map ``W(x) x + c``."""
         return explanation_mode(self)
 
-    def encode_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Checked images in [0, 1], in the model's dtype, encoded as ``[x, 1 - x]`` (see ``check_pixel_values``)."""
+    def encode_pixel_values(self, pixel_values: torch.Tensor, eager_message: bool | None = None) -> torch.Tensor:
+        """Checked images in [0, 1] with the model's number of channels, in its dtype, encoded as ``[x, 1 - x]`` (see
+        ``check_pixel_values``)."""
         num_channels = getattr(self.config, "vision_config", self.config).num_channels
-        return encode_pixel_values(pixel_values, num_channels, self.dtype)
+        return encode_pixel_values(pixel_values, num_channels, self.dtype, eager_message)
 
     def default_image_processor(self):
         """The image processor saved beside the weights: resizes and rescales to [0, 1], never normalises."""

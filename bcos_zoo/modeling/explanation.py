@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bcos_layers import encode_pixel_values, explanation_mode
+from .bcos_layers import explanation_mode
 
 
 @dataclass
@@ -19,7 +19,7 @@ class BcosExplanation:
 
     logits: torch.Tensor  # (N, K) the outputs of the forward pass (class logits, or cosines for CLIP)
     target: torch.Tensor  # (N,) the explained output per image
-    dynamic_weights: torch.Tensor  # (N, 6, H, W) the target row of W(x) over the [x, 1 - x] encoding
+    dynamic_weights: torch.Tensor  # (N, 2C, H, W) the target row of W(x) over the [x, 1 - x] encoding (C = 3: RGB)
     contributions: torch.Tensor  # (N, H, W) sum over channels of encoding * dynamic_weights
     bias: torch.Tensor  # (N,) target output minus the summed contributions
 
@@ -71,7 +71,6 @@ def compute_explanation(
     score_fn: Callable[[torch.Tensor], torch.Tensor],
     pixel_values: torch.Tensor,
     target: int | torch.Tensor | None = None,
-    num_channels: int = 3,
     create_graph: bool = False,
 ) -> BcosExplanation:
     """Explain ``score_fn(encoded) -> (N, K)`` for a batch: one forward and one backward pass in explanation mode.
@@ -80,7 +79,7 @@ def compute_explanation(
     is accumulated in float32 at least. With ``create_graph=True``, ``logits``, ``dynamic_weights`` and
     ``contributions`` keep their graph, so that a loss on them trains the model (training with explanations).
     """
-    encoded = encode_pixel_values(pixel_values.detach(), num_channels, model.dtype, eager_message=True)
+    encoded = model.encode_pixel_values(pixel_values.detach(), eager_message=True)
     with torch.enable_grad(), explanation_mode(model):
         encoded.requires_grad_(True)
         logits = score_fn(encoded)
@@ -107,12 +106,14 @@ def render_dynamic_weights(
     dynamic_weights: torch.Tensor, contributions: torch.Tensor, smooth: int = 0, percentile: float = 99.5
 ) -> torch.Tensor:
     """The B-cos papers' rendering of (N, 6, H, W) dynamic weights as (N, H, W, 4) RGBA in [0, 1]. Colour: the
-    weights scaled by their largest magnitude and clamped at 0, ``rgb = g[:3] / (g[:3] + g[3:])``; opacity: their
-    norm where the contribution is positive (averaged over ``smooth`` x ``smooth``), scaled by its ``percentile``."""
+    weights scaled by their largest magnitude and clamped at 0, ``rgb = g[:3] / (g[:3] + g[3:])`` (grey from a
+    one-channel model's (N, 2, H, W)); opacity: their norm where the contribution is positive (averaged over
+    ``smooth`` x ``smooth``), scaled by its ``percentile``."""
     eps = 1e-12
-    weights = dynamic_weights.detach()
+    weights, channels = dynamic_weights.detach(), dynamic_weights.shape[1] // 2
     gain = (weights / weights.abs().amax(dim=1, keepdim=True).clamp_min(eps)).clamp_min(0)
-    rgb = gain[:, :3] / (gain[:, :3] + gain[:, 3:]).clamp_min(eps)
+    rgb = gain[:, :channels] / (gain[:, :channels] + gain[:, channels:]).clamp_min(eps)
+    rgb = rgb.expand(-1, 3, -1, -1) if channels == 1 else rgb
     alpha = torch.linalg.vector_norm(weights, dim=1)
     alpha = torch.where(contributions.detach() < 0, torch.zeros_like(alpha), alpha)
     if smooth > 1:

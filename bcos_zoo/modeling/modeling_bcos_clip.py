@@ -154,8 +154,7 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
             embeds = self.embedding_normalizer(self.visual_projection(pooled))
             return embeds @ prompts.to(embeds.dtype).T
 
-        channels = self.vision_config.num_channels
-        return compute_explanation(self, cosines, pixel_values, target, channels, create_graph)
+        return compute_explanation(self, cosines, pixel_values, target, create_graph)
 
     def default_image_processor(self) -> CLIPImageProcessor:
         """CLIP's resize and centre crop (the source's settings where known), rescaling to [0, 1], no normalisation."""
