@@ -41,6 +41,11 @@ def test_bad_pixel_values_are_refused_by_forward_and_explain(model, pixel_values
         model.explain(pixel_values)
 
 
+def test_an_empty_batch_gives_empty_logits_and_explanations(model):
+    assert model(pixel_values=torch.rand(0, 3, 32, 32)).logits.shape == (0, 3)
+    assert model.explain(torch.rand(0, 3, 40, 24)).contributions.shape == (0, 40, 24)
+
+
 def test_a_list_is_not_pixel_values(model):
     with pytest.raises(TypeError, match="torch.Tensor"):
         model(pixel_values=[[0.5]])

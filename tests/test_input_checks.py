@@ -65,6 +65,12 @@ def test_nan_input_is_rejected(model):
         model(pixel_values=x)
 
 
+def test_an_empty_batch_is_explained_as_empty(model):
+    # the forward of an empty batch fails inside transformers' SDPA, as transformers' own ViT does
+    explanation = model.explain(torch.rand(0, 3, 32, 32))
+    assert explanation.contributions.shape == (0, 32, 32) and explanation.logits.shape == (0, 2)
+
+
 def test_invalid_config_values_are_rejected():
     with pytest.raises(ValueError, match="use_class_token"):
         BcosViTConfig(use_class_token=False, pooling="cls")

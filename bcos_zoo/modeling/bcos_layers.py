@@ -44,6 +44,8 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_
             f"pixel_values must have shape (batch, {num_channels}, height, width), got {tuple(pixel_values.shape)}. "
             "Add a batch dimension with `unsqueeze(0)` for a single image; convert grayscale or RGBA images to RGB."
         )
+    if pixel_values.numel() == 0:  # an empty batch holds no value to check
+        return
     low, high = torch.aminmax(pixel_values.detach())
     tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
     if tracing or not (pixel_values.device.type == "cpu" if eager_message is None else eager_message):

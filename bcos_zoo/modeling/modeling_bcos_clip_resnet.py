@@ -95,7 +95,7 @@ class BcosAttentionPool(DynamicModule):
             tokens = tokens + self.positions(height, columns, interpolate_pos_encoding).to(tokens.dtype)
 
         def heads(projected: torch.Tensor) -> torch.Tensor:
-            return projected.view(batch, -1, self.num_heads, width // self.num_heads).transpose(1, 2)
+            return projected.view(batch, projected.shape[1], self.num_heads, width // self.num_heads).transpose(1, 2)
 
         query = heads(self.dynamic(self.q_proj(tokens[:, :1])))
         key = heads(self.dynamic(self.k_proj(tokens)))

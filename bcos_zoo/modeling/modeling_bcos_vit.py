@@ -118,7 +118,7 @@ class BcosSelfAttention(DynamicModule):
         queries = hidden_states if first_tokens is None else hidden_states[:, :first_tokens]
 
         def heads(tokens: torch.Tensor) -> torch.Tensor:
-            return tokens.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
+            return tokens.view(batch, tokens.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
         query = heads(self.dynamic(self.q_proj(queries)))
         key = heads(self.dynamic(self.k_proj(hidden_states)))
