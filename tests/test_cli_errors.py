@@ -9,7 +9,7 @@ import time
 
 import pytest
 from fake_hub import FakeHub
-from training_testing import REPO, child_env, finetune_command, make_image_folder, make_vit_source
+from training_testing import CLASSES, REPO, child_env, finetune_command, make_image_folder, make_vit_source
 
 
 pytestmark = pytest.mark.subprocess
@@ -139,3 +139,19 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes_the_run(inputs, tm
     again = subprocess.run(resume, capture_output=True, text=True, env=child_env(), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "finished run" in again.stdout and "nothing to resume" in again.stdout
+
+
+def test_an_unreadable_image_ends_the_run_in_one_line_and_resume_finishes_it(inputs, tmp_path):
+    source, _ = inputs
+    data = tmp_path / "data"
+    make_image_folder(data / "train", per_class=4)
+    make_image_folder(data / "validation", per_class=2, seed=1)
+    broken = data / "train" / CLASSES[0] / "broken.png"
+    broken.write_bytes(b"not an image")
+    command = finetune_command(source, data, tmp_path / "out", "--save-steps", "1")
+    line = one_line_error(subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=600))
+    assert str(broken) in line and "could not be read as an image" in line and "--resume" in line
+    broken.unlink()
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=child_env(), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (tmp_path / "out" / "results.json").is_file()

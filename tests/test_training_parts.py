@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from bcos_zoo.data.datasets import (
+    FileImages,
     TransformedImages,
     image_folder,
     load_dataset_splits,
@@ -20,6 +22,7 @@ from bcos_zoo.data.datasets import (
 )
 from bcos_zoo.data.preprocessing import training_transform
 from bcos_zoo.training.trainer import StopOnInterrupt, adaptive_clip_grad_
+from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.recipes import RECIPES, get_recipe
 
 
@@ -95,6 +98,30 @@ def make_folder(root, names=("cat", "dog"), count=5):
         (root / name).mkdir(parents=True)
         for index in range(count):
             Image.new("RGB", (8, 8), (index, 0, 0)).save(root / name / f"{index}.png")
+
+
+@pytest.mark.parametrize("content", ["not an image", "truncated"])
+def test_an_unreadable_image_file_is_named_with_the_fix(tmp_path, content):
+    path = tmp_path / "broken.png"
+    if content == "truncated":
+        Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8) + 7).save(path)
+        path.write_bytes(path.read_bytes()[:80])
+    else:
+        path.write_bytes(b"plain text")
+    with pytest.raises(ValueError, match=r"broken\.png could not be read as an image.*Remove or replace it.*--resume"):
+        FileImages([path], [0])[0]
+
+
+def test_a_dataloader_worker_s_error_is_reported_as_its_own_line(tmp_path, capsys):
+    (tmp_path / "broken.png").write_bytes(b"plain text")
+
+    def main() -> None:
+        for _ in DataLoader(FileImages([tmp_path / "broken.png"], [0]), num_workers=1, collate_fn=list):
+            pass
+
+    assert run_script(main) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'broken.png'} could not be read")
 
 
 def test_image_folder_uses_its_train_and_validation_folders(tmp_path):

@@ -77,7 +77,14 @@ class FileImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return load_image(self.files[index]), self.labels[index]
+        try:
+            image = load_image(self.files[index])
+        except OSError as error:  # PIL: not an image, truncated, unreadable
+            raise ValueError(
+                f"{self.files[index]} could not be read as an image ({error}). Remove or replace it; a training run "
+                "then continues from its last checkpoint with --resume."
+            ) from None
+        return image, self.labels[index]
 
 
 class HubImages(Dataset):

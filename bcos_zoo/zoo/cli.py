@@ -21,7 +21,10 @@ def run_script(main: Callable[[], object], on_interrupt: str = "") -> int:
         print(f"\ninterrupted{'; ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
+        message = str(error)
+        if "Original Traceback" in message:  # raised in a DataLoader worker: the original error is the last line
+            message = message.strip().splitlines()[-1].partition(": ")[2]
+        message = " ".join(message.split()) or type(error).__name__
+        print(f"\nerror: {message}", file=sys.stderr)  # on a line of its own, as above
         return 2
     return code if isinstance(code, int) else 0
