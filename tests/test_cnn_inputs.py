@@ -56,6 +56,12 @@ def test_bad_target_is_refused(model):
         model.explain(torch.rand(2, 3, 32, 32), target=7)
 
 
+@pytest.mark.parametrize("target", ["LABEL_1", ["LABEL_0", "LABEL_1"]], ids=["name", "names"])
+def test_a_class_name_as_target_points_to_id2label(model, target):
+    with pytest.raises(ValueError, match=r"class indices.*model\.config\.id2label.*labels="):
+        model.explain(torch.rand(2, 3, 32, 32), target=target)
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [

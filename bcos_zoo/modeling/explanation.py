@@ -55,6 +55,11 @@ def resolve_target(target: int | torch.Tensor | None, logits: torch.Tensor) -> t
     batch, classes = logits.shape
     if target is None:
         return logits.argmax(dim=1)
+    if isinstance(target, str) or isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target):
+        raise ValueError(
+            f"target takes class indices, got {target!r}: look a name's index up in model.config.id2label (the "
+            "image-explanation pipeline takes names: labels=[...])."
+        )
     target = torch.as_tensor(target, device=logits.device)
     if target.is_floating_point() or target.is_complex():
         raise ValueError(f"target must be an int or an integer tensor, got dtype {target.dtype}.")
