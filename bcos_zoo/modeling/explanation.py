@@ -56,10 +56,7 @@ def resolve_target(target: int | torch.Tensor | None, logits: torch.Tensor) -> t
     if target is None:
         return logits.argmax(dim=1)
     if isinstance(target, str) or isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target):
-        raise ValueError(
-            f"target takes class indices, got {target!r}: look a name's index up in model.config.id2label (the "
-            "image-explanation pipeline takes names: labels=[...])."
-        )
+        raise ValueError(f"target takes class indices, got {target!r}: see model.config.id2label (pipeline: labels=).")
     target = torch.as_tensor(target, device=logits.device)
     if target.is_floating_point() or target.is_complex():
         raise ValueError(f"target must be an int or an integer tensor, got dtype {target.dtype}.")
@@ -117,8 +114,7 @@ def render_dynamic_weights(
     eps = 1e-12
     weights, channels = dynamic_weights.detach(), dynamic_weights.shape[1] // 2
     gain = (weights / weights.abs().amax(dim=1, keepdim=True).clamp_min(eps)).clamp_min(0)
-    rgb = gain[:, :channels] / (gain[:, :channels] + gain[:, channels:]).clamp_min(eps)
-    rgb = rgb.expand(-1, 3, -1, -1) if channels == 1 else rgb
+    rgb = (gain[:, :channels] / (gain[:, :channels] + gain[:, channels:]).clamp_min(eps)).expand(-1, 3, -1, -1)
     alpha = torch.linalg.vector_norm(weights, dim=1)
     alpha = torch.where(contributions.detach() < 0, torch.zeros_like(alpha), alpha)
     if smooth > 1:
