@@ -160,7 +160,8 @@ def timm_config_meta(config: dict) -> dict:
             f"Cannot tell the number of attention heads of timm architecture {name!r}: add "
             '"model_args": {"num_heads": N} to its config.json.'
         )
-    image_size = args.get("img_size") or (config.get("pretrained_cfg") or {}).get("input_size", [None])[1:] or None
+    input_size = (config.get("pretrained_cfg") or {}).get("input_size")  # [channels, height, width]
+    image_size = args.get("img_size") or (input_size[1:] if input_size else None)
     return dict(
         num_heads=heads,
         activation="quick_gelu" if "quickgelu" in name else "gelu",

@@ -76,6 +76,7 @@ def compute_explanation(
     create_graph: bool = False,
 ) -> BcosExplanation:
     """Explain ``score_fn(encoded) -> (N, K)`` for a batch: one forward and one backward pass in explanation mode.
+    ``model`` is a B-cos model: its ``encode_pixel_values`` checks the images against its config and encodes them.
 
     The range check gives its readable message on every device (an explanation reads its results anyway); the bias
     is accumulated in float32 at least. With ``create_graph=True``, ``logits``, ``dynamic_weights`` and
