@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from sources import hf_vit, perturb_
+from tiny_models import TINY_CLASSIFIERS
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
 from bcos_zoo.modeling.bcos_layers import BcosLayerNorm, GatedActivation
@@ -188,3 +189,20 @@ def test_explanation_on_gpu_matches_cpu():
     cpu = model.explain(x)
     gpu = model.cuda().explain(x.cuda())
     assert torch.allclose(gpu.contributions.cpu(), cpu.contributions, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CLASSIFIERS))
+def test_explain_works_inside_inference_mode(family):
+    """``with torch.inference_mode():`` is how many users wrap inference; an explanation needs autograd inside it,
+    and its images (and CLIP's prompt embeddings) are then inference tensors."""
+    torch.manual_seed(0)
+    model = TINY_CLASSIFIERS[family]().eval()
+    prompts = {"text_embeds": torch.randn(4, model.config.projection_dim)} if family == "clip" else {}
+    x = torch.rand(2, 3, 32, 32)
+    expected = model.explain(x, **prompts)
+    with torch.inference_mode():
+        inference_x = x.clone()
+        inference_prompts = {name: value.clone() for name, value in prompts.items()}
+        explanation = model.explain(inference_x, **inference_prompts)
+    torch.testing.assert_close(explanation.contributions, expected.contributions)
+    torch.testing.assert_close(explanation.contributions.sum(dim=(1, 2)) + explanation.bias, expected.target_logits)

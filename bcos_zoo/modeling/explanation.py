@@ -82,9 +82,8 @@ def compute_explanation(
     is accumulated in float32 at least. With ``create_graph=True``, ``logits``, ``dynamic_weights`` and
     ``contributions`` keep their graph, so that a loss on them trains the model (training with explanations).
     """
-    encoded = model.encode_pixel_values(pixel_values.detach(), eager_message=True)
-    with torch.enable_grad(), explanation_mode(model):
-        encoded.requires_grad_(True)
+    with torch.inference_mode(False), torch.enable_grad(), explanation_mode(model):  # works under inference_mode()
+        encoded = model.encode_pixel_values(pixel_values.detach(), eager_message=True).requires_grad_(True)
         logits = score_fn(encoded)
         target = resolve_target(target, logits.detach())
         selected = logits.gather(1, target[:, None]).sum()

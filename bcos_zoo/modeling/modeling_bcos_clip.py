@@ -152,7 +152,7 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         def cosines(encoded: torch.Tensor) -> torch.Tensor:
             pooled = self.vision_model.pooled_features(encoded, interpolate_pos_encoding)
             embeds = self.embedding_normalizer(self.visual_projection(pooled))
-            return embeds @ prompts.to(embeds.dtype).T
+            return embeds @ prompts.to(embeds.dtype, copy=True).T  # a copy: prompts may come from inference_mode()
 
         return compute_explanation(self, cosines, pixel_values, target, create_graph)
 
