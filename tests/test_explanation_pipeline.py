@@ -8,6 +8,7 @@ import pytest
 from cnn_sources import hf_resnet
 from PIL import Image
 from sources import hf_vit
+from transformers import pipeline
 
 from bcos_zoo import BcosResNetForImageClassification, BcosViTForImageClassification
 
@@ -82,3 +83,17 @@ def test_pipeline_returns_labels_scores_and_complete_explanations(saved, clean_p
     explained = [row for row in asked if row["explained"]]
     assert len(explained) == 1 and explained[0]["label"] == result["label_3"]
     assert asked[0]["label"] == reference[0]["label"]
+
+
+def test_explain_zero_or_no_labels_gives_scores_without_explanations(saved):
+    pipe = pipeline("image-explanation", model=str(saved), trust_remote_code=True)
+    for asked in (dict(explain=0), dict(labels=[])):
+        results = pipe(str(saved / "photo.png"), top_k=2, **asked)
+        assert len(results) == 2 and not any("explanation" in row for row in results)
+
+
+@pytest.mark.parametrize("explain", [-1, 2.5, "2"])
+def test_explain_count_that_is_not_a_non_negative_int_is_refused(saved, explain):
+    pipe = pipeline("image-explanation", model=str(saved), trust_remote_code=True)
+    with pytest.raises(ValueError, match="how many of the top labels"):
+        pipe(str(saved / "photo.png"), explain=explain)

@@ -26,6 +26,8 @@ class ImageExplanationPipeline(Pipeline):
         if top_k is not None:
             postprocess["top_k"] = top_k
         if explain is not None:
+            if not isinstance(explain, int) or explain < 0:
+                raise ValueError(f"explain takes how many of the top labels to explain, an int >= 0; got {explain!r}.")
             forward["explain"] = postprocess["explain"] = explain
         if labels is not None:
             names = [labels] if isinstance(labels, str) else list(labels)
@@ -47,7 +49,7 @@ class ImageExplanationPipeline(Pipeline):
         order = logits[0].argsort(descending=True).tolist()
         chosen = targets if targets is not None else order[:explain]
         batch = pixel_values.expand(len(chosen), *pixel_values.shape[1:])
-        explanation = self.model.explain(batch, target=torch.tensor(chosen, device=pixel_values.device))
+        explanation = self.model.explain(batch, target=pixel_values.new_tensor(chosen, dtype=torch.long))
         return {"logits": logits, "order": order, "chosen": chosen, "explanation": explanation}
 
     def postprocess(self, model_outputs, top_k=5, explain=1):
