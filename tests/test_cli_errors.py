@@ -1,6 +1,7 @@
 """A user's mistake ends a script with one clear line on stderr and exit code 2, at once; Ctrl-C says how to resume."""
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,6 +62,19 @@ def test_missing_dataset_folder_says_what_a_dataset_folder_is(inputs, tmp_path):
     source, _ = inputs
     line = one_line_error(run_script(["--model", str(source), "--dataset", "./missing"], child_env(), tmp_path))
     assert "does not exist" in line and "class sub-folders" in line
+
+
+@pytest.mark.parametrize("task", ["classification", "standard-classification"])
+def test_a_dataset_of_one_class_is_refused_before_training(inputs, tmp_path, task):
+    source, data = inputs
+    one_class = tmp_path / "one_class"
+    one_class.mkdir()
+    shutil.copytree(data / CLASSES[0], one_class / CLASSES[0])
+    line = one_line_error(
+        run_script(["--model", str(source), "--dataset", str(one_class), "--task", task], child_env(), tmp_path)
+    )
+    assert "at least two classes" in line and "has 1" in line
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,15 @@ from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
 logger = logging.getLogger(__name__)
 
 
+def check_classes(class_names: list[str]) -> None:
+    """Refuse data a classifier cannot learn from: one class is always right, whatever the model does."""
+    if len(class_names) < 2:
+        raise ValueError(
+            f"a classifier needs at least two classes, the data has {len(class_names)} ({class_names}); an image "
+            "folder needs one sub-folder per class, a Hub dataset a label column (--label-column)."
+        )
+
+
 def name_classes(model: nn.Module, class_names: list[str]) -> nn.Module:
     """Name the classes after the data. A model with another number of classes gets a new head: the same model
     with ``num_labels`` changed, every weight but the classifier's copied over (any B-cos family)."""
@@ -71,6 +80,7 @@ class BcosClassification(Task):
     def build_model(self, class_names: list[str]) -> nn.Module:
         """A B-cos classifier of any family: from scratch (``architecture``, with a ``model_type`` such as
         ``"bcos_resnet"``; a B-cos ViT without one), a B-cos checkpoint as it is, or a B-cosified standard one."""
+        check_classes(class_names)
         import bcos_zoo  # registers the B-cos families with the Auto classes
 
         recipe = self.recipe

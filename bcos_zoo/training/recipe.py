@@ -23,7 +23,8 @@ class Recipe:
 
     name: str = _flag("the run's name (default output folder: outputs/<name>)")
     source: str = _flag(
-        "Hub id or folder: a standard HF ViT/DeiT, timm ViT or HF CLIP checkpoint, a B-cos checkpoint, or 'scratch'; "
+        "Hub id or folder: a standard checkpoint (transformers, timm or open_clip) of a family docs/models.md "
+        "lists, a B-cos checkpoint, or 'scratch'; "
         "or 'bcos:<entry>', a standard model of the bcos package (with --weights)",
         aliases=("--model",),
     )

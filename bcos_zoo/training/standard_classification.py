@@ -11,7 +11,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 from ..conversion.common import VIT_DEFAULT_NORMALIZATION
 from ..data.preprocessing import ImageTransform, processor_transform, training_transform
 from ..families import family_of
-from .classification import BcosClassification
+from .classification import BcosClassification, check_classes
 from .task import CardFields
 
 
@@ -32,6 +32,7 @@ class StandardClassification(BcosClassification):
     )
 
     def build_model(self, class_names: list[str]) -> nn.Module:
+        check_classes(class_names)
         recipe = self.recipe
         labels = dict(num_labels=len(class_names), id2label=dict(enumerate(class_names)))
         if recipe.source == "scratch":
