@@ -1,9 +1,12 @@
 """Bad input gets a clear error that says how to fix it."""
 
+import inspect
+
 import pytest
 import torch
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
+from bcos_zoo.families import FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,7 @@ def test_an_empty_batch_is_explained_as_empty(model):
 def test_invalid_config_values_are_rejected():
     with pytest.raises(ValueError, match="use_class_token"):
         BcosViTConfig(use_class_token=False, pooling="cls")
-    with pytest.raises(ValueError, match="b must be >= 1"):
+    with pytest.raises(ValueError, match="b must be a finite number >= 1"):
         BcosViTConfig(b=0.5)
 
 
@@ -84,3 +87,19 @@ def test_the_device_side_range_message_fits_cuda_s_assert():
     from bcos_zoo.modeling.bcos_layers import _DEVICE_RANGE_MESSAGE
 
     assert len(_DEVICE_RANGE_MESSAGE) < 255
+
+
+B_CONFIGS = [
+    config_class
+    for family in FAMILIES.values()
+    for config_class in family.config_classes
+    if "b" in inspect.signature(config_class.__init__).parameters
+]
+
+
+@pytest.mark.parametrize("config_class", B_CONFIGS, ids=lambda config_class: config_class.__name__)
+@pytest.mark.parametrize("b", [0.5, float("nan"), float("inf")])
+def test_every_family_config_refuses_an_exponent_that_is_not_a_finite_number_of_at_least_one(config_class, b):
+    # NaN passes a plain ``b < 1`` check and makes every output NaN; an infinite B makes every cosine power 0 or NaN
+    with pytest.raises(ValueError, match="b must be a finite number >= 1"):
+        config_class(b=b)

@@ -50,8 +50,8 @@ class BcosCLIPResNetConfig(PretrainedConfig):
                 f"width must be even and the last stage's {self.pooled_size} channels a multiple of "
                 f"num_attention_heads ({num_attention_heads}); got width {width}."
             )
-        if b < 1:
-            raise ValueError(f"b must be >= 1, got {b}.")
+        if not 1 <= b < float("inf"):  # NaN fails too
+            raise ValueError(f"b must be a finite number >= 1, got {b}.")
         self.num_attention_heads = num_attention_heads
         self.image_size = image_size
         self.projection_dim = projection_dim

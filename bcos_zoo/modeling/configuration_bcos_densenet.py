@@ -55,8 +55,8 @@ class BcosDenseNetConfig(PretrainedConfig):
             raise ValueError(f"stem_pool must be 'max' or 'avg', got {stem_pool!r}.")
         if loss not in ("bce", "cross_entropy"):
             raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
-        if b < 1:
-            raise ValueError(f"b must be >= 1, got {b}.")
+        if not 1 <= b < float("inf"):  # NaN fails too
+            raise ValueError(f"b must be a finite number >= 1, got {b}.")
         self.num_channels = num_channels
         self.num_init_features = num_init_features
         self.growth_rate = growth_rate

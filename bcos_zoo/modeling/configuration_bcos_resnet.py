@@ -71,8 +71,8 @@ class BcosResNetConfig(PretrainedConfig):
             raise ValueError(f"stem_pool must be 'max' or 'avg', got {stem_pool!r}.")
         if loss not in ("bce", "cross_entropy"):
             raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
-        if b < 1:
-            raise ValueError(f"b must be >= 1, got {b}.")
+        if not 1 <= b < float("inf"):  # NaN fails too
+            raise ValueError(f"b must be a finite number >= 1, got {b}.")
         self.num_channels = num_channels
         self.embedding_size = embedding_size
         self.hidden_sizes = hidden_sizes

@@ -55,8 +55,8 @@ class BcosSimpleViTConfig(PretrainedConfig):
             )
         if loss not in ("bce", "cross_entropy"):
             raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
-        if b < 1:
-            raise ValueError(f"b must be >= 1, got {b}.")
+        if not 1 <= b < float("inf"):  # NaN fails too
+            raise ValueError(f"b must be a finite number >= 1, got {b}.")
         self.num_channels = num_channels
         self.conv_stem = list(conv_stem) if conv_stem else None
         self.patch_size = patch_size

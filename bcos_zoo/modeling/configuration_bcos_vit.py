@@ -50,8 +50,8 @@ class BcosViTConfig(PretrainedConfig):
             raise ValueError("pooling='cls' needs use_class_token=True; use pooling='mean' for a model without one.")
         if loss not in ("bce", "cross_entropy"):
             raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
-        if b < 1:
-            raise ValueError(f"b must be >= 1, got {b}.")
+        if not 1 <= b < float("inf"):  # NaN fails too
+            raise ValueError(f"b must be a finite number >= 1, got {b}.")
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
