@@ -23,20 +23,28 @@ from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.evaluation.baselines import load_standard_classifier
 from bcos_zoo.evaluation.faithfulness import ROAD_FRACTIONS, deletion_curves, insertion_curves, road_curves
 from bcos_zoo.evaluation.localisation import bcos_attribution, bcos_classifier
-from bcos_zoo.zoo.cli import run_script
+from bcos_zoo.zoo.cli import at_least, run_script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--images", type=int, help="images per curve batch (default: 64 on a GPU, 8 on the CPU)")
-    parser.add_argument("--steps", type=int, help="deletion and insertion steps (default: 100 on a GPU, 20 on the CPU)")
-    parser.add_argument("--road-images", type=int, help="images for ROAD (default: 64 on a GPU, 2 on the CPU)")
-    parser.add_argument("--road-fractions", type=int, default=len(ROAD_FRACTIONS), help="ROAD's shares (0.1, 0.2, ...)")
-    parser.add_argument("--batch-size", type=int, help="images per forward pass (default: 256 on a GPU, 16 on the CPU)")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--images", type=at_least(1), help="images per curve batch (default: 64 on a GPU, 8 on the CPU)"
+    )
+    parser.add_argument(
+        "--steps", type=at_least(1), help="deletion and insertion steps (default: 100 on a GPU, 20 on the CPU)"
+    )
+    parser.add_argument("--road-images", type=at_least(1), help="images for ROAD (default: 64 on a GPU, 2 on the CPU)")
+    parser.add_argument(
+        "--road-fractions", type=at_least(1), default=len(ROAD_FRACTIONS), help="ROAD's shares (0.1, 0.2, ...)"
+    )
+    parser.add_argument(
+        "--batch-size", type=at_least(1), help="images per forward pass (default: 256 on a GPU, 16 on the CPU)"
+    )
+    parser.add_argument("--image-size", type=at_least(1), default=224)
     parser.add_argument("--models", nargs="+", default=["bcos", "standard"], choices=["bcos", "standard"])
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=at_least(1), help="torch CPU threads")
     return parser.parse_args(argv)
 
 

@@ -28,19 +28,19 @@ import torch
 from bcos_zoo.evaluation.baselines import DEFAULT_METHODS, FUNCTION_METHODS, METHOD_NAMES
 from bcos_zoo.evaluation.faithfulness import FAITHFULNESS_METRICS, ROAD_FRACTIONS
 from bcos_zoo.evaluation.report import evaluate_side_by_side, format_table, write_report
-from bcos_zoo.zoo.cli import run_script
+from bcos_zoo.zoo.cli import at_least, fraction, run_script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="B-cos model folder or Hub id")
-    parser.add_argument("--source", help="its standard ViT source (folder or Hub id), for post-hoc methods")
+    parser.add_argument("--source", help="its standard source (folder or Hub id), for post-hoc methods")
     parser.add_argument("--dataset", default="fashion-mnist", help="'fashion-mnist', an image folder or a Hub dataset")
     parser.add_argument("--split", default="validation", choices=("train", "validation"))
-    parser.add_argument("--max-images", type=int, help="use only the split's first images (quick runs)")
-    parser.add_argument("--grid-size", type=int, default=2)
-    parser.add_argument("--num-grids", type=int, default=50)
-    parser.add_argument("--min-confidence", type=float, default=0.5)
+    parser.add_argument("--max-images", type=at_least(1), help="use only the split's first images (quick runs)")
+    parser.add_argument("--grid-size", type=at_least(1), default=2)
+    parser.add_argument("--num-grids", type=at_least(0), default=50)
+    parser.add_argument("--min-confidence", type=fraction, default=0.5)
     parser.add_argument("--methods", nargs="+", default=["bcos", *DEFAULT_METHODS], choices=list(METHOD_NAMES))
     parser.add_argument(
         "--bcos-methods",
@@ -49,19 +49,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=list(FUNCTION_METHODS),
         help="post-hoc methods of the B-cos model",
     )
-    parser.add_argument("--ig-steps", type=int, default=32, help="integrated gradients steps")
-    parser.add_argument("--lime-samples", type=int, default=256, help="LIME's random segment patterns per image")
-    parser.add_argument("--rise-masks", type=int, default=1000, help="RISE's random masks")
-    parser.add_argument("--faithfulness-images", type=int, default=32, help="images for faithfulness (0: none)")
-    parser.add_argument("--faithfulness-steps", type=int, default=20, help="deletion and insertion steps")
+    parser.add_argument("--ig-steps", type=at_least(1), default=32, help="integrated gradients steps")
     parser.add_argument(
-        "--road-fractions", type=float, nargs="+", default=list(ROAD_FRACTIONS), help="ROAD's shares of pixels removed"
+        "--lime-samples", type=at_least(1), default=256, help="LIME's random segment patterns per image"
+    )
+    parser.add_argument("--rise-masks", type=at_least(1), default=1000, help="RISE's random masks")
+    parser.add_argument("--faithfulness-images", type=at_least(0), default=32, help="images for faithfulness (0: none)")
+    parser.add_argument("--faithfulness-steps", type=at_least(1), default=20, help="deletion and insertion steps")
+    parser.add_argument(
+        "--road-fractions",
+        type=fraction,
+        nargs="+",
+        default=list(ROAD_FRACTIONS),
+        help="ROAD's shares of pixels removed",
     )
     parser.add_argument(
         "--faithfulness-metrics", nargs="+", default=list(FAITHFULNESS_METRICS), choices=list(FAITHFULNESS_METRICS)
     )
     parser.add_argument("--output-dir", default="outputs/evaluation")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=at_least(1), default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)

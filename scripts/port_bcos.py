@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bcos_zoo.zoo.cli import USER_ERRORS, run_script
+from bcos_zoo.zoo.cli import USER_ERRORS, at_least, run_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,7 +32,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--private", action="store_true", help="with --push: create the Hub repos as private")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/bcos-v2"), help="default: outputs/bcos-v2")
     parser.add_argument(
-        "--check-images", type=int, default=2, help="random images the conversion error is measured on (default 2)"
+        "--check-images",
+        type=at_least(1),
+        default=2,
+        help="random images the conversion error is measured on (default 2)",
     )
     args = parser.parse_args(argv)
     if args.entry and args.weights is None:
@@ -42,8 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "<hub-org>/bcos-v2-<entry>")  # fmt: skip
     if args.entry and args.hub_org:
         parser.error("--hub-org goes with --all; with --entry, give --hub-model-id org/name")
-    if args.check_images < 1:
-        parser.error("--check-images must be at least 1")
     return args
 
 

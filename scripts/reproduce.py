@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from bcos_zoo.evaluation.baselines import POSTHOC_METHODS
-from bcos_zoo.zoo.cli import run_script
+from bcos_zoo.zoo.cli import at_least, fraction, run_script
 from bcos_zoo.zoo.reproduction import REPRODUCTIONS, ReproductionSettings, reproduce
 
 
@@ -45,15 +45,17 @@ def parse_args(argv: list[str]) -> ReproductionSettings:
     parser.add_argument(
         "--source-epochs", type=float, default=default.source_epochs, help="epochs of the standard model"
     )
-    parser.add_argument("--max-train-samples", type=int, help="train on the first N training images (quick runs)")
-    parser.add_argument("--max-eval-samples", type=int, help="test accuracy on the first N test images")
+    parser.add_argument(
+        "--max-train-samples", type=at_least(1), help="train on the first N training images (quick runs)"
+    )
+    parser.add_argument("--max-eval-samples", type=at_least(1), help="test accuracy on the first N test images")
     parser.add_argument("--dataset", default=default.dataset, help="'fashion-mnist' or an image folder")
-    parser.add_argument("--num-grids", type=int, default=default.num_grids)
-    parser.add_argument("--grid-size", type=int, default=default.grid_size)
-    parser.add_argument("--min-confidence", type=float, default=default.min_confidence)
+    parser.add_argument("--num-grids", type=at_least(0), default=default.num_grids)
+    parser.add_argument("--grid-size", type=at_least(1), default=default.grid_size)
+    parser.add_argument("--min-confidence", type=fraction, default=default.min_confidence)
     parser.add_argument(
         "--localisation-images",
-        type=int,
+        type=at_least(1),
         default=default.localisation_images,
         help="grids are drawn from the first N test images",
     )
@@ -63,9 +65,9 @@ def parse_args(argv: list[str]) -> ReproductionSettings:
         choices=list(POSTHOC_METHODS),
         help="post-hoc methods (default: the gradient ones, gradcam and attention_rollout that apply)",
     )
-    parser.add_argument("--ig-steps", type=int, default=default.ig_steps, help="integrated gradients steps")
+    parser.add_argument("--ig-steps", type=at_least(1), default=default.ig_steps, help="integrated gradients steps")
     parser.add_argument(
-        "--num-examples", type=int, default=default.num_examples, help="columns of the explanation grid"
+        "--num-examples", type=at_least(1), default=default.num_examples, help="columns of the explanation grid"
     )
     parser.add_argument(
         "--example-method", default=default.example_method, choices=list(POSTHOC_METHODS), help="standard model's row"
@@ -83,7 +85,7 @@ def parse_args(argv: list[str]) -> ReproductionSettings:
     )
     seeds.add_argument("--seed", type=int, help="one seed only (the same as --seeds N): no verdict can be reached")
     parser.add_argument(
-        "--threads", type=int, help="torch CPU threads (1 is often much faster for small CNNs on a shared CPU)"
+        "--threads", type=at_least(1), help="torch CPU threads (1 is often much faster for small CNNs on a shared CPU)"
     )
     values = vars(parser.parse_args(argv))
     seed = values.pop("seed")

@@ -25,6 +25,8 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
+from .cli import at_least
+
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 FAST_PATHS_VARIABLE = "BCOS_FAST_PATHS"  # "0" switches every fast path of the hub-facing code off
@@ -108,10 +110,10 @@ def add_arguments(
     """The flags both benchmark scripts share."""
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each figure is their median)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (ignored on an accelerator)")
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
+    parser.add_argument("--image-size", type=at_least(1), default=224)
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="timed rounds (each figure is their median)")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="CPU threads (ignored on an accelerator)")
     parser.add_argument("--models", nargs="*", default=default_models, choices=models, help="timed (none: skip)")
     parser.add_argument(
         "--memory-models", nargs="*", default=memory_default, choices=models, help="memory growth of these (none: skip)"

@@ -1,6 +1,7 @@
 """How the scripts end: a user's mistake is one line on stderr and exit code 2, Ctrl-C is one line (with how to
 continue, where there is a way), and anything else, a bug, keeps its full traceback."""
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -28,3 +29,25 @@ def run_script(main: Callable[[], object], on_interrupt: str = "") -> int:
         print(f"\nerror: {message}", file=sys.stderr)  # on a line of its own, as above
         return 2
     return code if isinstance(code, int) else 0
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an int of at least ``minimum``, so that a count of 0 is refused with the usage line
+    instead of failing deep inside the run."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its "invalid int value" message
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse ``type``: a number in [0, 1] (a share or a probability)."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value

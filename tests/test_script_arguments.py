@@ -1,0 +1,50 @@
+"""The scripts refuse a count or a share that makes no sense when they parse their arguments, with argparse's usage
+line, instead of failing deep inside the run or silently measuring nothing."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from bcos_zoo.zoo.cli import at_least, fraction
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def parse_args(script: str):
+    spec = importlib.util.spec_from_file_location(f"{script}_script", SCRIPTS / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.parse_args
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("evaluate_model", ["--model", "m", "--grid-size", "0"], "--grid-size: must be at least 1, got 0"),
+        ("evaluate_model", ["--model", "m", "--max-images", "0"], "--max-images: must be at least 1, got 0"),
+        ("evaluate_model", ["--model", "m", "--batch-size", "-2"], "--batch-size: must be at least 1, got -2"),
+        ("evaluate_model", ["--model", "m", "--min-confidence", "2"], "--min-confidence: must lie in [0, 1], got 2.0"),
+        ("evaluate_model", ["--model", "m", "--road-fractions", "0.2", "1.5"], "--road-fractions: must lie in [0, 1]"),
+        ("reproduce", ["--num-examples", "0"], "--num-examples: must be at least 1, got 0"),
+        ("reproduce", ["--min-confidence", "-0.1"], "--min-confidence: must lie in [0, 1], got -0.1"),
+        ("benchmark_faithfulness", ["--steps", "0"], "--steps: must be at least 1, got 0"),
+        ("port_bcos", ["--all", "x", "--check-images", "0"], "--check-images: must be at least 1, got 0"),
+    ],
+)
+def test_a_meaningless_count_or_share_is_refused_with_the_usage_line(script, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(script)(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_counts_take_their_minimum_and_shares_their_bounds():
+    assert at_least(0)("0") == 0 and at_least(1)("7") == 7
+    assert fraction("0") == 0.0 and fraction("1") == 1.0 and fraction("0.25") == 0.25
+    with pytest.raises(argparse.ArgumentTypeError):
+        fraction("nan")
+    with pytest.raises(ValueError):
+        at_least(1)("2.5")  # argparse reports it as an invalid int value
