@@ -62,6 +62,8 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(input
     for name, value in straight_weights.items():
         torch.testing.assert_close(resumed_weights[name], value, rtol=1e-5, atol=1e-6, msg=name)
     assert resumed["metrics"]["accuracy"] == straight["metrics"]["accuracy"]
+    # the whole run's mean loss, not only that of the steps after the resume
+    assert resumed["metrics"]["train_loss"] == pytest.approx(straight["metrics"]["train_loss"], rel=1e-6)
 
 
 def test_resume_skips_a_checkpoint_that_was_cut_off_while_saving(inputs, tmp_path):

@@ -21,7 +21,7 @@ from bcos_zoo.data.datasets import (
     read_idx,
 )
 from bcos_zoo.data.preprocessing import training_transform
-from bcos_zoo.training.trainer import StopOnInterrupt, adaptive_clip_grad_
+from bcos_zoo.training.trainer import LogAtCheckpoints, StopOnInterrupt, adaptive_clip_grad_, mean_training_loss
 from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.recipes import RECIPES, get_recipe
 
@@ -204,3 +204,34 @@ def test_the_recipe_catalogue_in_the_docs_lists_every_recipe():
     catalogue = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     for name, recipe in RECIPES.items():
         assert f"| `{name}` |" in catalogue and recipe.hub_model_id in catalogue
+
+
+class _Regression(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+
+    def forward(self, x, y):
+        return {"loss": torch.nn.functional.mse_loss(self.linear(x)[:, 0], y)}
+
+
+def test_every_checkpoint_and_the_last_step_are_logged_so_the_run_s_mean_loss_survives_a_resume(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    data = [{"x": torch.randn(3), "y": torch.randn(())} for _ in range(32)]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=7, save_steps=3, logging_steps=2, per_device_train_batch_size=2,
+        learning_rate=0.1, report_to=[], use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Trainer(model=_Regression(), args=arguments, train_dataset=data, callbacks=[LogAtCheckpoints()])
+    output = trainer.train()
+    logged = [entry["step"] for entry in trainer.state.log_history if "loss" in entry]
+    assert logged == [2, 3, 4, 6, 7]  # every logging step, each checkpoint (3, 6) and the last step
+    assert mean_training_loss(trainer.state.log_history) == pytest.approx(output.training_loss, rel=1e-6)
+
+
+def test_mean_training_loss_weights_each_logged_mean_by_its_steps():
+    history = [{"loss": 4.0, "step": 2}, {"learning_rate": 0.1, "step": 2}, {"loss": 1.0, "step": 3}, {"train_loss": 9}]
+    assert mean_training_loss(history) == pytest.approx((4.0 * 2 + 1.0) / 3)
+    assert mean_training_loss([]) == 0.0

@@ -113,6 +113,26 @@ class TrainingClock(TrainerCallback):
             (folder / self.FILE).write_text(json.dumps({"seconds": self.seconds}))
 
 
+class LogAtCheckpoints(TrainerCallback):
+    """Log the loss at every checkpoint and at the last step, so that the log history, which each checkpoint keeps,
+    covers every step of a run, one resumed from a checkpoint included (see :func:`mean_training_loss`)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save or state.global_step >= state.max_steps:
+            control.should_log = True
+
+
+def mean_training_loss(log_history: list[dict]) -> float:
+    """The mean loss over every step of the run, from the Trainer's logged means of the steps since its last log.
+    The Trainer's own ``training_loss`` covers only the steps since the last resume."""
+    total, last_step = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - last_step)
+            last_step = entry["step"]
+    return total / last_step if last_step else 0.0
+
+
 class EpochSeededData(TrainerCallback):
     """Tell the training data which epoch is starting, so its augmentation is seeded by (seed, epoch, index).
 
@@ -227,9 +247,9 @@ def training_arguments(
 
 
 def trainer_callbacks(recipe: Recipe, train_dataset, report_folder: Path | None = None) -> list[TrainerCallback]:
-    """Every run's callbacks: epoch-seeded augmentation, a sure stop on Ctrl-C, adaptive clipping when on, and the
-    per-rank report."""
-    callbacks = [EpochSeededData(train_dataset), StopOnInterrupt()]
+    """Every run's callbacks: epoch-seeded augmentation, a sure stop on Ctrl-C, a log at each checkpoint, adaptive
+    clipping when on, and the per-rank report."""
+    callbacks = [EpochSeededData(train_dataset), StopOnInterrupt(), LogAtCheckpoints()]
     if recipe.agc_clip:
         callbacks.append(AdaptiveGradientClipping(recipe.agc_clip))
     if report_folder is not None:

@@ -19,7 +19,7 @@ from transformers import set_seed
 from ..conversion.bcos_package import bcos_source_entry, is_bcos_source
 from ..data.datasets import dataset_needs_hub, limit, looks_like_path
 from ..training import get_task
-from ..training.trainer import TrainingClock, trainer_callbacks, training_arguments
+from ..training.trainer import TrainingClock, mean_training_loss, trainer_callbacks, training_arguments
 from .cards import render_model_card
 from .hub import check_push_access, describe_tree, hub_repo_exists, hub_unavailable, push_folder
 from .recipes import Recipe
@@ -191,7 +191,7 @@ def finetune(
     metrics = {
         "train_seconds": train_seconds,
         "train_samples_per_second": train_output.metrics.get("train_samples_per_second", 0.0),
-        "train_loss": train_output.training_loss,
+        "train_loss": mean_training_loss(trainer.state.log_history),
         **task.evaluate(model, data, eval_dataset),
     }
     repo_dir = output_dir / "repo"
