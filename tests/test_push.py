@@ -144,3 +144,33 @@ def test_dry_run_writes_the_repo_tree_and_uploads_nothing(inputs, tmp_path):
     assert "exact tree" in completed.stdout
     for name in REPO_FILES:
         assert (output / "repo" / name).is_file() and name in completed.stdout
+
+
+@pytest.mark.parametrize("family", ["resnet", "clip"])
+def test_model_push_to_hub_uploads_its_code_and_processor_and_loads_as_remote_code(family, tmp_path):
+    """transformers' own ``model.push_to_hub``, as a user publishes without the finetune script."""
+    push = f"""
+        import sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        import torch
+        from tiny_models import TINY_CLASSIFIERS
+        torch.manual_seed(0)
+        TINY_CLASSIFIERS[{family!r}]().push_to_hub("test-user/tiny")
+    """
+    load = """
+        import sys, json, torch
+        sys.modules["bcos_zoo"] = None  # the Hub repo must stand on its own
+        from transformers import AutoImageProcessor, AutoModel
+        model = AutoModel.from_pretrained("test-user/tiny", trust_remote_code=True)
+        processor = AutoImageProcessor.from_pretrained("test-user/tiny")
+        print(json.dumps([type(model).__name__, bool(processor.do_normalize)]))
+    """
+    with FakeHub() as hub:
+        pushed = run([sys.executable, "-c", textwrap.dedent(push)], hub.env(tmp_path / "home1"), tmp_path)
+        assert pushed.returncode == 0, pushed.stderr[-3000:]
+        files = set(hub.files("test-user/tiny"))
+        loaded = run([sys.executable, "-c", textwrap.dedent(load)], hub.env(tmp_path / "home2"), tmp_path)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "bcos_layers.py"} <= files
+    expected = "BcosCLIPModel" if family == "clip" else "BcosResNetForImageClassification"
+    assert json.loads(loaded.stdout.strip().splitlines()[-1]) == [expected, False]  # [0, 1] images, no normalisation
