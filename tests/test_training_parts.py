@@ -133,6 +133,22 @@ def test_image_folder_uses_its_train_and_validation_folders(tmp_path):
     assert (data.evaluation_split, data.held_out) == ("validation", 0.0)
 
 
+def test_a_validation_class_folder_the_training_folder_lacks_is_refused_not_dropped(tmp_path):
+    make_folder(tmp_path / "train")
+    make_folder(tmp_path / "validation", count=2)
+    (tmp_path / "validation" / "dog").rename(tmp_path / "validation" / "Dog")
+    with pytest.raises(ValueError, match=r"validation has class folders that .*train lacks: \['Dog'\]"):
+        image_folder(tmp_path)
+
+
+def test_a_class_folder_without_images_is_refused(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "bird").mkdir()
+    (tmp_path / "bird" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=r"class folders without images .*\['bird'\]"):
+        image_folder(tmp_path)
+
+
 def test_image_folder_without_a_split_holds_out_a_seeded_tenth(tmp_path):
     make_folder(tmp_path, count=10)
     first, second = image_folder(tmp_path), image_folder(tmp_path)

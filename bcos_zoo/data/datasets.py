@@ -193,7 +193,16 @@ def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) ->
     files, labels = _class_files(base, class_names)
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}")
+    present = set(labels)
+    if empty := [name for index, name in enumerate(class_names) if index not in present]:
+        raise ValueError(f"class folders without images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}: {empty}")
     if train_dir is not None and val_dir is not None:
+        unknown = sorted({path.name for path in val_dir.iterdir() if path.is_dir()} - set(class_names))
+        if unknown:  # their images would be left out of the evaluation without a word
+            raise ValueError(
+                f"{val_dir} has class folders that {train_dir} lacks: {unknown}; the classes are {class_names}. "
+                "Rename or remove them (folder names are case-sensitive)."
+            )
         train = FileImages(files, labels)
         validation = FileImages(*_class_files(val_dir, class_names))
         split, fraction = val_dir.name, 0.0
