@@ -52,6 +52,21 @@ def test_a_source_downloaded_from_the_hub_keeps_its_hub_id(tmp_path):
     assert describe_source("google/vit-base-patch16-224")[1] == "google/vit-base-patch16-224"
 
 
+def test_card_links_a_hub_source_to_its_page_and_names_a_local_one_in_words(tmp_path):
+    metrics = {"accuracy": 0.5, "source_accuracy": 0.4}
+    hub = RECIPES["bcos-vit-fashion-mnist"].with_overrides(source="google/vit-base-patch16-224")
+    card = render_model_card(hub, TASKS["classification"].card, "org/m", metrics, fashion_like(), 10_000).text
+    link = "[`google/vit-base-patch16-224`](https://huggingface.co/google/vit-base-patch16-224)"
+    assert f"B-cosification](https://arxiv.org/abs/2411.00715) of {link}:" in card
+    assert f"| {link} (standard source) | 40.00% |" in card
+    folder = tmp_path / "repo"
+    save_hf_source(hf_vit(labels=3), folder, (0.5,) * 3, (0.5,) * 3)
+    local = hub.with_overrides(source=str(folder))
+    card = render_model_card(local, TASKS["classification"].card, "org/m", metrics, fashion_like(), 10_000).text
+    assert "of a local ViTForImageClassification checkpoint:" in card
+    assert "| a local ViTForImageClassification checkpoint (standard source) | 40.00% |" in card
+
+
 def test_card_names_the_test_split_and_a_capped_evaluation():
     recipe = RECIPES["bcos-vit-fashion-mnist"]
     card = render_model_card(recipe, TASKS["classification"].card, "org/m", {"accuracy": 0.5}, fashion_like(), 10_000)

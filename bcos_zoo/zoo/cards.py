@@ -68,6 +68,8 @@ def render_model_card(
     family, family_tag = (known.card_name, known.name) if known else ("network", model_type)
     metric_key, metric_label = fields.metric_key, fields.metric_label
     source_name, base_model = describe_source(recipe.source)
+    if base_model:  # a Hub checkpoint links to its page; a description stays words
+        source_name = f"[`{base_model}`](https://huggingface.co/{base_model})"
     evaluation = evaluation_description(data.evaluation_split, evaluated, len(data.validation), data.held_out)
     eval_results = []
     if metric_key in metrics:
@@ -97,7 +99,7 @@ def render_model_card(
         {"name": name, "value": f"{100 * metrics[key]:.2f}%"}
         for name, key in (
             (f"`{repo_id}` (this model)", metric_key),
-            (f"`{source_name}` (standard source)", f"source_{metric_key}"),
+            (f"{source_name} (standard source)", f"source_{metric_key}"),
         )
         if key in metrics and not (key.startswith("source_") and not fields.bcos)
     ]
@@ -118,7 +120,7 @@ def render_model_card(
         **dict(fields.hyperparameters),
     }
     training_summary = f"Trained with the Hugging Face `Trainer` from the `{recipe.name}` recipe. " + (
-        f"Training took {metrics['train_seconds'] / 60:.1f} minutes in all. " if metrics.get("train_seconds") else ""
+        f"Training took {metrics['train_seconds'] / 60:.1f} minutes in all." if metrics.get("train_seconds") else ""
     )
     return ModelCard.from_template(
         card_data,
