@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_conformance_outputs import build, call, images
+from tiny_models import TINY_CLASSIFIERS
 from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
 
 
@@ -113,3 +114,28 @@ def test_a_loss_on_a_differentiable_explanation_reaches_the_weights(kind):
     plain = model.explain(x, **kwargs)
     assert not plain.contributions.requires_grad
     assert torch.allclose(plain.contributions, explanation.contributions.detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CLASSIFIERS))
+def test_a_loss_on_an_explanation_trains_with_activation_checkpointing_as_without(family):
+    """A checkpointed layer is recomputed in the backward pass of the loss, after explanation mode has ended; the
+    recomputation must still detach what the explanation's forward detached."""
+    torch.manual_seed(0)
+    model = TINY_CLASSIFIERS[family]().train()
+    x = torch.rand(2, 3, 32, 32)
+    prompts = {"text_embeds": torch.randn(3, model.config.projection_dim)} if family == "clip" else {}
+
+    def gradients():
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout, if any
+        explanation = model.explain(x, create_graph=True, **prompts)
+        (explanation.contributions.square().sum() + explanation.logits.sum()).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.activation_checkpointing_enable()
+    assert any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)

@@ -5,9 +5,7 @@ deviation, an activation's gate, the attention matrix) goes through ``DynamicMod
 :func:`explanation_mode` detaches; then the network computes ``y = W(x) x + c`` exactly, with the same code.
 """
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -80,17 +78,25 @@ class DynamicModule(nn.Module):
         return factor.detach() if self.detach_dynamic else factor
 
 
-@contextlib.contextmanager
-def explanation_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Detach every dynamic factor in ``model``, so that its gradient is the dynamic linear map ``W(x)``."""
-    modules = [m for m in model.modules() if isinstance(m, DynamicModule)]
-    previous = [m.detach_dynamic for m in modules]
-    for module in modules:
-        module.detach_dynamic = True
-    try:
-        yield model
-    finally:
-        for module, flag in zip(modules, previous):
+class explanation_mode:  # a context manager, named as torch.no_grad is
+    """``with explanation_mode(model):`` detaches every dynamic factor in ``model``, so that its gradient is the
+    dynamic linear map ``W(x)``. With ``detach=None`` it sets the flags as they are now, again at each entry: how a
+    gradient-checkpointed layer's recomputation in the backward pass detaches what its forward detached."""
+
+    def __init__(self, model: nn.Module, detach: bool | None = True):
+        self.model, self.modules = model, [m for m in model.modules() if isinstance(m, DynamicModule)]
+        self.flags = [m.detach_dynamic if detach is None else detach for m in self.modules]
+
+    def __enter__(self) -> nn.Module:
+        self.previous = [m.detach_dynamic for m in self.modules]
+        self._set(self.flags)
+        return self.model
+
+    def __exit__(self, *exc_info) -> None:
+        self._set(self.previous)
+
+    def _set(self, flags: list[bool]) -> None:
+        for module, flag in zip(self.modules, flags):
             module.detach_dynamic = flag
 
 

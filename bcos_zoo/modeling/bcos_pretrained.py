@@ -78,6 +78,15 @@ class BcosPreTrainedModel(PreTrainedModel):
         """Context manager: detach every dynamic factor, making the model a dynamic linear map ``W(x) x + c``."""
         return explanation_mode(self)
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **options) -> None:
+        """transformers' activation checkpointing, whose recomputation of a layer in the backward pass detaches what
+        its forward detached: a loss on an explanation (``create_graph=True``) backpropagates after explanation mode
+        has ended."""
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        if not kwargs["use_reentrant"]:  # the only kind that takes a context_fn (and that explanations work with)
+            kwargs.setdefault("context_fn", lambda: (explanation_mode(self, None), explanation_mode(self, None)))
+        super().activation_checkpointing_enable(kwargs, **options)
+
     def encode_pixel_values(self, pixel_values: torch.Tensor, eager_message: bool | None = None) -> torch.Tensor:
         """Checked images in [0, 1] with the model's number of channels, in its dtype, encoded as ``[x, 1 - x]`` (see
         ``check_pixel_values``)."""

@@ -102,9 +102,8 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
                 "explain(text=...) needs the CLIP tokenizer, and this model has none (built from a loaded model or a "
                 "folder without one): set `model.tokenizer = CLIPTokenizer.from_pretrained(...)` or pass text_embeds=."
             )
-        inputs = tokenizer(text, padding=True, truncation=True, return_tensors="pt").to(
-            self.text_projection.weight.device
-        )
+        device = self.text_projection.weight.device
+        inputs = tokenizer(text, padding=True, truncation=True, return_tensors="pt").to(device)
         with torch.no_grad():
             return self.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
 

@@ -12,13 +12,8 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
-from .bcos_cnn import (
-    BcosBatchNorm2d,
-    BcosCNNForImageClassification,
-    BcosCNNModel,
-    BcosCNNPreTrainedModel,
-    BcosCNNStage,
-)
+from .bcos_cnn import BcosBatchNorm2d, BcosCNNPreTrainedModel, BcosCNNStage
+from .bcos_cnn_classifier import BcosCNNForImageClassification, BcosCNNModel
 from .bcos_layers import BcosConv2d, BcosLayerNorm
 from .configuration_bcos_convnext import BcosConvNextConfig
 

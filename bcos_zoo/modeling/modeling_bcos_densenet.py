@@ -9,15 +9,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
-from .bcos_cnn import (
-    BcosBatchNorm2d,
-    BcosCNNForImageClassification,
-    BcosCNNModel,
-    BcosCNNPreTrainedModel,
-    BcosCNNStage,
-    BcosConvNormAct,
-    stem_pool,
-)
+from .bcos_cnn import BcosBatchNorm2d, BcosCNNPreTrainedModel, BcosCNNStage, BcosConvNormAct, stem_pool
+from .bcos_cnn_classifier import BcosCNNForImageClassification, BcosCNNModel
 from .bcos_layers import BcosConv2d
 from .configuration_bcos_densenet import BcosDenseNetConfig
 

@@ -10,14 +10,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
-from .bcos_cnn import (
-    BcosCNNForImageClassification,
-    BcosCNNModel,
-    BcosCNNPreTrainedModel,
-    BcosCNNStage,
-    BcosConvNormAct,
-    stem_pool,
-)
+from .bcos_cnn import BcosCNNPreTrainedModel, BcosCNNStage, BcosConvNormAct, stem_pool
+from .bcos_cnn_classifier import BcosCNNForImageClassification, BcosCNNModel
 from .configuration_bcos_resnet import BcosResNetConfig
 from .fast_paths import residual_relu_, use_fast_path
 

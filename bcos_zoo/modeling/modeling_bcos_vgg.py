@@ -10,13 +10,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
-from .bcos_cnn import (
-    BcosCNNForImageClassification,
-    BcosCNNModel,
-    BcosCNNPreTrainedModel,
-    BcosCNNStage,
-    BcosConvNormAct,
-)
+from .bcos_cnn import BcosCNNPreTrainedModel, BcosCNNStage, BcosConvNormAct
+from .bcos_cnn_classifier import BcosCNNForImageClassification, BcosCNNModel
 from .bcos_layers import BcosConv2d
 from .configuration_bcos_vgg import BcosVGGConfig
 
