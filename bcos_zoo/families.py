@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -285,7 +286,13 @@ def _converter_of(family: Family) -> Callable[..., PreTrainedModel]:
                     f"A {type(source).__name__} is a source of the {owner.label} family, not of {cls.__name__}: use "
                     f"{owner.classifier.__name__}.from_pretrained_standard(...)."
                 )
-        return family.converter(cls, source, **kwargs)
+        try:
+            return family.converter(cls, source, **kwargs)
+        except SafetensorError as error:  # a truncated download, most often: say which source and what to do
+            raise ValueError(
+                f"The weights of {source} cannot be read ({error}): the file is incomplete or corrupt; download it "
+                "again (for a Hub id, pass force_download=True or delete it from the HF cache)."
+            ) from error
 
     return convert
 

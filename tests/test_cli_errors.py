@@ -65,6 +65,18 @@ def test_missing_dataset_folder_says_what_a_dataset_folder_is(inputs, tmp_path):
 
 
 @pytest.mark.parametrize("task", ["classification", "standard-classification"])
+def test_a_truncated_source_weights_file_ends_the_run_in_one_line(inputs, tmp_path, task):
+    source, data = inputs
+    copy = shutil.copytree(source, tmp_path / "source")
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    line = one_line_error(
+        run_script(["--model", str(copy), "--dataset", str(data), "--task", task], child_env(), tmp_path)
+    )
+    assert "deserializing header" in line
+
+
+@pytest.mark.parametrize("task", ["classification", "standard-classification"])
 def test_a_dataset_of_one_class_is_refused_before_training(inputs, tmp_path, task):
     source, data = inputs
     one_class = tmp_path / "one_class"

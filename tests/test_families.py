@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -111,6 +112,16 @@ def folders(tmp_path_factory):
 )
 def test_a_saved_standard_source_is_recognised_by_its_config(folders, folder, name):
     assert family_for_source(folders / folder) is FAMILIES[name]
+
+
+@pytest.mark.parametrize("folder", ["hf_vit", "timm_vit", "hf_clip", "hf_resnet", "timm_resnet18", "timm_densenet121"])
+def test_a_truncated_weights_file_is_refused_naming_the_source_and_the_fix(folders, folder, tmp_path):
+    copy = shutil.copytree(folders / folder, tmp_path / folder)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted download
+    family = family_for_source(copy)
+    with pytest.raises(ValueError, match=rf"weights of {re.escape(str(copy))} cannot be read .* download it again"):
+        family.classifier.from_pretrained_standard(str(copy))
 
 
 @pytest.mark.parametrize(

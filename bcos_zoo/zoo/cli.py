@@ -5,12 +5,14 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from safetensors import SafetensorError
+
 from .hub import PushError
 
 
 # What bad input raises throughout the package (ValueError, by convention), what a missing or unreadable file
-# raises, and a push the Hub refused.
-USER_ERRORS = (ValueError, OSError, PushError)
+# raises (a corrupt weights file included), and a push the Hub refused.
+USER_ERRORS = (ValueError, OSError, SafetensorError, PushError)
 
 
 def run_script(main: Callable[[], object], on_interrupt: str = "") -> int:
