@@ -1,9 +1,13 @@
 """bcos_zoo: inherently interpretable B-cos vision models for the Hugging Face ecosystem."""
 
+from transformers import AutoModelForImageClassification
+from transformers.pipelines import PIPELINE_REGISTRY
+
 from . import modeling
 from .conversion.bcos_package import from_bcos
 from .families import FAMILIES, register
 from .modeling import *  # noqa: F403  (every model class, config and helper, under the names modeling exports)
+from .modeling.pipeline_bcos_explanation import ImageExplanationPipeline
 from .training.clip_distillation import siglip_distillation_loss
 
 
@@ -11,5 +15,10 @@ __version__ = "0.1.0"
 
 for _family in FAMILIES.values():
     register(_family)
+# pipeline("image-explanation", model=<a model in memory>, image_processor=model.default_image_processor()); a saved
+# classifier's config names the same pipeline as remote code
+PIPELINE_REGISTRY.register_pipeline(
+    "image-explanation", ImageExplanationPipeline, pt_model=AutoModelForImageClassification, type="image"
+)
 
 __all__ = [*modeling.__all__, "from_bcos", "siglip_distillation_loss"]

@@ -97,3 +97,16 @@ def test_explain_count_that_is_not_a_non_negative_int_is_refused(saved, explain)
     pipe = pipeline("image-explanation", model=str(saved), trust_remote_code=True)
     with pytest.raises(ValueError, match="how many of the top labels"):
         pipe(str(saved / "photo.png"), explain=explain)
+
+
+def test_a_model_in_memory_runs_the_pipeline_with_its_own_processor(saved):
+    """Importing bcos_zoo registers the task, so a model just B-cosified can be tried before it is saved."""
+    model = BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=4), b=2.0).eval()
+    pipe = pipeline("image-explanation", model=model, image_processor=model.default_image_processor())
+    results = pipe(str(saved / "photo.png"), top_k=2)
+    pixels = model.default_image_processor()(Image.open(saved / "photo.png"), return_tensors="pt").pixel_values
+    expected = model.explain(pixels)
+    assert results[0]["label"] == model.config.id2label[int(expected.target[0])]
+    explanation = results[0]["explanation"]
+    np.testing.assert_allclose(explanation["contributions"], expected.contributions[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert explanation["contributions"].sum() + explanation["bias"] == pytest.approx(explanation["logit"], abs=1e-4)
