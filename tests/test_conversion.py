@@ -172,6 +172,20 @@ def test_timm_features_without_counterpart_are_rejected():
         BcosViTForImageClassification.from_pretrained_standard(source)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(final_norm=False),
+        dict(global_pool="avg", fc_norm=False),
+        dict(global_pool="avg", class_token=False, fc_norm=False),
+    ],
+    ids=["no final norm", "norm before average pooling", "gap without class token"],
+)
+def test_a_timm_vit_whose_head_reads_unnormalised_features_is_refused_by_name(options):
+    with pytest.raises(ValueError, match="no LayerNorm on what its head reads"):
+        BcosViTForImageClassification.from_pretrained_standard(timm_vit(**options))
+
+
 def test_non_square_timm_vit_is_refused_not_misread_as_a_square_grid():
     # 96x64 px at patch 16 is 24 patches + the class token: 25 positions, which also fit a 5x5 grid
     with pytest.raises(ValueError, match="96x64 images; only square"):

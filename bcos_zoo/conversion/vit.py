@@ -232,6 +232,11 @@ def from_timm_state(sd: dict[str, torch.Tensor], meta: dict, mean, std) -> Stand
     for part in ("weight", "bias"):
         _move(sd, state, f"{final_norm}.{part}", f"layernorm.{part}")
         _move(sd, state, f"head.{part}", f"classifier.{part}")
+    if "layernorm.weight" not in state:  # the B-cos ViT normalises what its head reads, as timm's defaults do
+        raise ValueError(
+            f"This timm ViT has no LayerNorm on what its head reads ({final_norm}): only ViTs with one are supported "
+            "(timm's defaults; not final_norm=False, nor fc_norm=False with global_pool='avg')."
+        )
     if sd:
         raise ValueError(f"Unsupported timm ViT: weights {sorted(sd)[:8]} have no B-cos counterpart.")
     num_classes = state["classifier.weight"].shape[0]
