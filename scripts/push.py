@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from bcos_zoo.zoo.cli import run_script
-from bcos_zoo.zoo.hub import check_push_access, push_folder
+from bcos_zoo.zoo.hub import check_push_access, check_repo_folder, push_folder
 
 
 def main(argv=None) -> int:
@@ -18,8 +18,9 @@ def main(argv=None) -> int:
     parser.add_argument("--hub-model-id", required=True)
     parser.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
+    folder = check_repo_folder(args.folder)
     check_push_access(args.hub_model_id)
-    print(push_folder(args.folder, args.hub_model_id, private=args.private))
+    print(push_folder(folder, args.hub_model_id, private=args.private))
     return 0
 
 

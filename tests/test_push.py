@@ -174,3 +174,18 @@ def test_model_push_to_hub_uploads_its_code_and_processor_and_loads_as_remote_co
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "bcos_layers.py"} <= files
     expected = "BcosCLIPModel" if family == "clip" else "BcosResNetForImageClassification"
     assert json.loads(loaded.stdout.strip().splitlines()[-1]) == [expected, False]  # [0, 1] images, no normalisation
+
+
+@pytest.mark.parametrize("content", ["nothing", "images only", "config without weights"])
+def test_push_script_refuses_a_folder_that_is_not_a_model_repo_before_touching_the_hub(content, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    if content == "images only":
+        make_image_folder(folder)
+    elif content == "config without weights":
+        (folder / "config.json").write_text("{}")
+    script = [sys.executable, str(REPO / "scripts" / "push.py"), str(folder), "--hub-model-id", TARGET_ID]
+    with FakeHub() as hub:
+        completed = run(script, hub.env(tmp_path / "home"), tmp_path)
+        assert hub.repos() == [] and hub.count("commit") == 0
+    assert completed.returncode == 2 and "is not a model repo folder" in completed.stderr, completed.stderr[-2000:]

@@ -21,7 +21,10 @@ def check_push_access(repo_id: str, token: str | None = None) -> str:
     if "/" not in repo_id:
         raise PushError(f"--hub-model-id must look like 'org/name', got {repo_id!r}")
     if constants.HF_HUB_OFFLINE:
-        raise PushError("HF_HUB_OFFLINE is set, so nothing can be pushed; unset it, or drop --push (or add --dry-run).")
+        raise PushError(
+            "HF_HUB_OFFLINE is set, so nothing can be pushed; unset it (scripts/finetune.py: or drop --push, or add "
+            "--dry-run to write the repo folder only)."
+        )
     token = token or get_token()
     if not token:
         raise PushError("No Hugging Face token found: run `hf auth login` or set HF_TOKEN, then try again.")
@@ -60,6 +63,18 @@ def hub_repo_exists(repo_id: str, repo_type: str) -> bool:
     except HfHubHTTPError as error:  # rate-limited, server trouble: loading it will say what is wrong
         return getattr(error.response, "status_code", None) != 404
     return True
+
+
+def check_repo_folder(folder: str | Path) -> Path:
+    """``folder`` as a path, when it holds a model repo (a config and weights); else a one-line error."""
+    folder = Path(folder)
+    weights = [*folder.glob("*.safetensors"), *folder.glob("*.safetensors.index.json")] if folder.is_dir() else []
+    if not (folder / "config.json").is_file() or not weights:
+        raise PushError(
+            f"{folder} is not a model repo folder (it needs config.json and *.safetensors weights): pass the repo/ "
+            "folder a run wrote, <output-dir>/repo."
+        )
+    return folder
 
 
 def push_folder(
