@@ -142,12 +142,14 @@ def explain_image_file(
     processor=None,
     output: str | Path | None = None,
     smooth: int = 0,
+    text: str | list[str] | None = None,
 ) -> Path:
     """Explain the image at ``path`` and write the titled panel next to it as ``<name>_explanation.png``.
 
     ``processor`` defaults to the model's own (resize and rescale to [0, 1], no normalisation). A processor that
     resizes to a fixed height and width (a ViT's) would squash a non-square photo, so the photo is first centred on
-    a white square; one that resizes the shortest edge and crops keeps the aspect ratio by itself.
+    a white square; one that resizes the shortest edge and crops keeps the aspect ratio by itself. A CLIP model
+    explains the image's cosine to one of the prompts ``text`` (``target``, by default the best match).
     """
     path = Path(path)
     processor = processor or model.default_image_processor()
@@ -156,7 +158,9 @@ def explain_image_file(
         image = _square_pad(image)
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
     pixel_values = pixel_values.to(model.device, model.dtype)
-    explanation = model.explain(pixel_values, target=target)
+    prompts = [text] if isinstance(text, str) else list(text or [])
+    explanation = model.explain(pixel_values, target=target, **({"text": prompts} if prompts else {}))
     output = Path(output) if output else path.with_name(f"{path.stem}_explanation.png")
-    panel = explanation_panel(pixel_values, explanation, class_names=model.config.id2label, smooth=smooth)
+    names = dict(enumerate(prompts)) if prompts else model.config.id2label
+    panel = explanation_panel(pixel_values, explanation, class_names=names, smooth=smooth)
     return save_png(panel, output)

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from clip_testing import save_source as save_clip_source
 from PIL import Image
 from sources import hf_vit
 
-from bcos_zoo import BcosViTForImageClassification
+from bcos_zoo import BcosCLIPModel, BcosViTForImageClassification
 from bcos_zoo.visualize import CAPTION, TILE, explain_image_file, explanation_panel, explanation_title
 
 
@@ -59,3 +60,17 @@ def test_explanation_is_drawn_on_white_and_the_contribution_scale_runs_red_to_bl
     column = panel[:, 3 * TILE + 20]  # through the colour scale, right of the three tiles
     bar = [tuple(pixel) for pixel in column if tuple(pixel) != (255, 255, 255)]
     assert bar[0][0] > bar[0][2] and bar[-1][2] > bar[-1][0]  # red at the top, blue at the bottom
+
+
+def test_a_clip_model_explains_a_photo_against_the_prompts_it_is_given(tmp_path):
+    save_clip_source(tmp_path / "clip")
+    clip = BcosCLIPModel.from_pretrained_standard(tmp_path / "clip", b=2.0).eval()
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
+    prompts = ["a photo of a cat", "a photo of a dog"]
+    with Image.open(explain_image_file(clip, photo, target=1, text=prompts)) as panel:
+        assert panel.text["Title"].startswith("explained: a photo of a dog (")
+    pixels = clip.default_image_processor()(Image.open(photo).convert("RGB"), return_tensors="pt").pixel_values
+    expected = clip.explain(pixels, text=prompts)
+    with Image.open(explain_image_file(clip, photo, text=prompts)) as panel:  # the best match by default
+        assert panel.text["Title"].startswith(f"explained: {prompts[int(expected.target[0])]} (")
