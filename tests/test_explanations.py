@@ -1,6 +1,7 @@
 """Explanations are exact: contributions + bias = the explained logit, batched, in every dtype."""
 
 import math
+import threading
 
 import pytest
 import torch
@@ -206,3 +207,22 @@ def test_explain_works_inside_inference_mode(family):
         explanation = model.explain(inference_x, **inference_prompts)
     torch.testing.assert_close(explanation.contributions, expected.contributions)
     torch.testing.assert_close(explanation.contributions.sum(dim=(1, 2)) + explanation.bias, expected.target_logits)
+
+
+def test_explanations_computed_by_concurrent_threads_on_one_model_are_each_exact():
+    """A server explains requests from a thread pool; explanation mode switches flags on the shared model."""
+    model = pure_bcos_vit(2.0).eval()
+    x = torch.rand(4, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    errors = []
+
+    def explain_repeatedly():
+        for _ in range(40):
+            explanation = model.explain(x)
+            errors.append(float((explanation.bias - model.config.resolved_logit_bias).abs().max()))
+
+    threads = [threading.Thread(target=explain_repeatedly) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 160 and max(errors) < 1e-9

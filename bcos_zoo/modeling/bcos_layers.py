@@ -6,6 +6,7 @@ deviation, an activation's gate, the attention matrix) goes through ``DynamicMod
 """
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,11 @@ class DynamicModule(nn.Module):
         return factor.detach() if self.detach_dynamic else factor
 
 
+# The detach flags live on modules that threads share: one thread at a time explains (a second one would find the
+# flags switched back under it, and its explanation would no longer be exact).
+_EXPLAINING = threading.RLock()
+
+
 class explanation_mode:  # a context manager, named as torch.no_grad is
     """``with explanation_mode(model):`` detaches every dynamic factor in ``model``, so that its gradient is the
     dynamic linear map ``W(x)``. With ``detach=None`` it sets the flags as they are now, again at each entry: how a
@@ -86,14 +92,19 @@ class explanation_mode:  # a context manager, named as torch.no_grad is
     def __init__(self, model: nn.Module, detach: bool | None = True):
         self.model, self.modules = model, [m for m in model.modules() if isinstance(m, DynamicModule)]
         self.flags = [m.detach_dynamic if detach is None else detach for m in self.modules]
+        self.exclusive = detach is not None  # a replay runs inside an explanation, maybe on autograd's thread
 
     def __enter__(self) -> nn.Module:
+        if self.exclusive:
+            _EXPLAINING.acquire()
         self.previous = [m.detach_dynamic for m in self.modules]
         self._set(self.flags)
         return self.model
 
     def __exit__(self, *exc_info) -> None:
         self._set(self.previous)
+        if self.exclusive:
+            _EXPLAINING.release()
 
     def _set(self, flags: list[bool]) -> None:
         for module, flag in zip(self.modules, flags):
