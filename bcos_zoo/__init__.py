@@ -4,10 +4,10 @@ from transformers import AutoModelForImageClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from . import modeling
-from .conversion.bcos_package import from_bcos
 from .families import FAMILIES, register
 from .modeling import *  # noqa: F403  (every model class, config and helper, under the names modeling exports)
 from .modeling.pipeline_bcos_explanation import ImageExplanationPipeline
+from .ports import from_bcos
 from .training.clip_distillation import siglip_distillation_loss
 
 

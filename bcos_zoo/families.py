@@ -104,7 +104,7 @@ class Family:
     marker_files: tuple[str, ...] = ()  # files that mark a standard source folder as its own (before config.json)
     posthoc_methods: tuple[str, ...] = ()  # the post-hoc baselines (evaluation.baselines) of its standard classifier
     processor: Callable[..., BaseImageProcessor] | None = None  # (size, crop_pct, **fields): its standard evaluation
-    bcos_entries: tuple[str, ...] = ()  # the ``bcos`` package's torch.hub entries it ports (conversion.bcos_package)
+    bcos_entries: tuple[str, ...] = ()  # the ``bcos`` package's torch.hub entries it ports (bcos_zoo.ports)
     bcos_module_types: tuple[str, ...] = ()  # "bcos.ClassName" of those models in memory
     bcos_port: Callable[[nn.Module], PreTrainedModel] | None = None  # a loaded bcos model -> the equivalent model
 

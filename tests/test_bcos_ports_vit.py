@@ -16,8 +16,8 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from bcos_zoo import BcosSimpleViTConfig, BcosSimpleViTForImageClassification, BcosSimpleViTModel, from_bcos
-from bcos_zoo.conversion.bcos_package import load_bcos_source
 from bcos_zoo.families import FAMILIES, bcos_classifier_class, family_for_source
+from bcos_zoo.ports import load_bcos_source
 from bcos_zoo.zoo.finetune import check_before_training
 from bcos_zoo.zoo.recipes import RECIPES
 

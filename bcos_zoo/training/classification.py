@@ -9,9 +9,9 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import AutoConfig, AutoModelForImageClassification, Trainer, TrainingArguments
 
-from ..conversion.bcos_package import is_bcos_source, load_bcos_source
 from ..data.datasets import DatasetSplits
 from ..families import bcos_classifier_class
+from ..ports import is_bcos_source, load_bcos_source
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
 
 

@@ -17,10 +17,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import PretrainedConfig, Trainer, TrainingArguments
 
-from ..conversion.bcos_package import BCOS_SOURCE_PREFIX, is_bcos_source
 from ..data.datasets import DatasetSplits, TransformedImages, load_dataset_splits, looks_like_path
 from ..data.preprocessing import ImageTransform, model_transform, training_transform
 from ..families import FAMILIES
+from ..ports import BCOS_SOURCE_PREFIX, is_bcos_source
 from .recipe import Recipe
 
 

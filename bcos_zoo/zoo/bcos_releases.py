@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..conversion.bcos_package import STANDARD_PREFIX, bcos_entry_family, build_bcos_entry, from_bcos
+from ..ports import STANDARD_PREFIX, bcos_entry_family, build_bcos_entry, from_bcos
 
 
 DEFAULT_ORG = "bcos-zoo"

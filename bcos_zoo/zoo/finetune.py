@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from ..conversion.bcos_package import bcos_source_entry, is_bcos_source
 from ..data.datasets import dataset_needs_hub, limit, looks_like_path
+from ..ports import bcos_source_entry, is_bcos_source
 from ..training import get_task
 from ..training.trainer import TrainingClock, mean_training_loss, trainer_callbacks, training_arguments
 from .cards import render_model_card
