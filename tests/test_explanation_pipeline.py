@@ -110,3 +110,24 @@ def test_a_model_in_memory_runs_the_pipeline_with_its_own_processor(saved):
     explanation = results[0]["explanation"]
     np.testing.assert_allclose(explanation["contributions"], expected.contributions[0].numpy(), rtol=1e-5, atol=1e-6)
     assert explanation["contributions"].sum() + explanation["bias"] == pytest.approx(explanation["logit"], abs=1e-4)
+
+
+@pytest.mark.parametrize("asked", [dict(explain=2), dict(labels=[1, 3])], ids=["explain", "labels"])
+def test_batched_images_get_what_each_gets_alone(saved, asked):
+    pipe = pipeline("image-explanation", model=str(saved), trust_remote_code=True)
+    if "labels" in asked:
+        asked = dict(labels=[pipe.model.config.id2label[index] for index in asked["labels"]])
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (30 + 7 * i, 40, 3), dtype=np.uint8)) for i in range(3)]
+    alone = [pipe(image, top_k=3, **asked) for image in images]
+    batched = pipe(images, top_k=3, batch_size=2, **asked)
+    assert len(batched) == 3
+    for one, other in zip(alone, batched):
+        assert [row["label"] for row in one] == [row["label"] for row in other]
+        for a, b in zip(one, other):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-5) and ("explanation" in a) == ("explanation" in b)
+            if "explanation" in a:
+                np.testing.assert_allclose(
+                    a["explanation"]["contributions"], b["explanation"]["contributions"], atol=1e-5
+                )
+                assert a["explanation"]["logit"] == pytest.approx(b["explanation"]["logit"], abs=1e-4)

@@ -43,19 +43,32 @@ class ImageExplanationPipeline(Pipeline):
         return self.image_processor(images=image, return_tensors="pt")
 
     def _forward(self, model_inputs, explain=1, targets=None):
-        """One forward pass for the scores, then one batched explanation of every label asked for."""
+        """One forward pass for the scores, then one batched explanation of every label asked for, of every image
+        (the pipeline's ``batch_size`` images at a time): each output has one row per image."""
         pixel_values = model_inputs["pixel_values"].to(self.model.device, self.model.dtype)
         logits = self.model(pixel_values=pixel_values).logits
-        order = logits[0].argsort(descending=True).tolist()
-        chosen = targets if targets is not None else order[:explain]
-        batch = pixel_values.expand(len(chosen), *pixel_values.shape[1:])
-        explanation = self.model.explain(batch, target=pixel_values.new_tensor(chosen, dtype=torch.long))
-        return {"logits": logits, "order": order, "chosen": chosen, "explanation": explanation}
+        if targets is None:
+            chosen = logits.argsort(dim=1, descending=True)[:, :explain]
+        else:
+            chosen = torch.tensor(targets, dtype=torch.long, device=logits.device).expand(len(logits), -1)
+        rows = chosen.shape  # (images, explained labels per image)
+        explanation = self.model.explain(pixel_values.repeat_interleave(rows[1], dim=0), target=chosen.flatten())
+        contributions = explanation.contributions
+        rgba = explanation.rgba if len(contributions) else contributions.new_zeros(*contributions.shape, 4)
+        return {
+            "logits": logits,
+            "targets": chosen,
+            "contributions": contributions.reshape(*rows, *contributions.shape[1:]),
+            "rgba": rgba.reshape(*rows, *rgba.shape[1:]),
+            "bias": explanation.bias.reshape(rows),
+            "explained_logits": explanation.target_logits.reshape(rows),
+        }
 
     def postprocess(self, model_outputs, top_k=5, explain=1):
         id2label = self.model.config.id2label
-        probabilities = model_outputs["logits"][0].float().softmax(dim=-1)
-        order, chosen, explanation = model_outputs["order"], model_outputs["chosen"], model_outputs["explanation"]
+        logits = model_outputs["logits"][0].float()
+        probabilities, order = logits.softmax(dim=-1), logits.argsort(descending=True).tolist()
+        chosen = model_outputs["targets"][0].tolist()
         shown = order[:top_k] + [index for index in chosen if index not in order[:top_k]]
         results = []
         for index in shown:
@@ -63,10 +76,10 @@ class ImageExplanationPipeline(Pipeline):
             if index in chosen:
                 row = chosen.index(index)
                 entry["explanation"] = {
-                    "contributions": explanation.contributions[row].float().cpu().numpy(),
-                    "rgba": explanation.rgba[row].float().cpu().numpy(),
-                    "bias": float(explanation.bias[row]),
-                    "logit": float(explanation.target_logits[row]),
+                    "contributions": model_outputs["contributions"][0, row].float().cpu().numpy(),
+                    "rgba": model_outputs["rgba"][0, row].float().cpu().numpy(),
+                    "bias": float(model_outputs["bias"][0, row]),
+                    "logit": float(model_outputs["explained_logits"][0, row]),
                 }
             results.append(entry)
         return results
