@@ -8,6 +8,7 @@ entry here, next to its files in ``modeling/`` and ``conversion/``.
 """
 
 import functools
+import inspect
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from transformers import (
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .conversion.clip import SUPPORTED_CLIP_SOURCES, bcosify_clip
+from .conversion.common import SourceMismatchError
 from .conversion.convnext import SUPPORTED_CONVNEXT_SOURCES, bcosify_convnext, port_bcos_convnext
 from .conversion.densenet import (
     BCOS_DENSENET_ENTRIES,
@@ -286,8 +288,22 @@ def _converter_of(family: Family) -> Callable[..., PreTrainedModel]:
                     f"A {type(source).__name__} is a source of the {owner.label} family, not of {cls.__name__}: use "
                     f"{owner.classifier.__name__}.from_pretrained_standard(...)."
                 )
+        overrides = sorted(set(kwargs) - {"b", "bias", "image_mean", "image_std"})
+        if unknown := [name for name in overrides if name not in _config_fields(family)]:
+            raise ValueError(
+                f"Unknown arguments {unknown}: from_pretrained_standard takes b, bias, image_mean, image_std and the "
+                f"fields of {' or '.join(c.__name__ for c in family.config_classes)} (which override the source's)."
+            )
         try:
             return family.converter(cls, source, **kwargs)
+        except SourceMismatchError as error:
+            if not overrides:
+                raise
+            raise ValueError(
+                f"{error} The overrides {overrides} may be why: they may set what the weights do not fix (dropout, "
+                "label names, outputs) but not a weight's shape (num_labels, sizes). For other classes, B-cosify with "
+                "the source's head and fine-tune a new one (scripts/finetune.py --dataset does)."
+            ) from error
         except SafetensorError as error:  # a truncated download, most often: say which source and what to do
             raise ValueError(
                 f"The weights of {source} cannot be read ({error}): the file is incomplete or corrupt; download it "
@@ -295,6 +311,14 @@ def _converter_of(family: Family) -> Callable[..., PreTrainedModel]:
             ) from error
 
     return convert
+
+
+def _config_fields(family: Family) -> set[str]:
+    """What a conversion may override: the fields of the family's configs and those every transformers config has."""
+    fields = set(PretrainedConfig().to_dict()) | {"num_labels"}
+    for config_class in family.config_classes:
+        fields |= set(inspect.signature(config_class.__init__).parameters)
+    return fields - {"self", "kwargs"}
 
 
 def family_of(model_or_config: PreTrainedModel | PretrainedConfig | str) -> Family | None:

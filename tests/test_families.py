@@ -242,3 +242,27 @@ def test_a_loaded_source_of_another_family_is_sent_to_its_class():
     twin = standard_vitc_ti_patch1_14(pretrained=False)
     with pytest.raises(ValueError, match=r"BcosSimpleViTForImageClassification\.from_pretrained_standard"):
         BcosViTForImageClassification.from_pretrained_standard(twin)
+
+
+def test_an_argument_that_is_no_config_field_is_refused_not_stored():
+    # "B" for "b", or a field the B-cos ViT does not have: a config would silently keep it and change nothing
+    for typo in (dict(B=3.0), dict(hidden_dropout_prob=0.1)):
+        with pytest.raises(ValueError, match=rf"Unknown arguments \['{next(iter(typo))}'\].*fields of BcosViTConfig"):
+            BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=3), **typo)
+
+
+def test_an_override_that_changes_a_weight_s_shape_is_named_with_what_to_do_instead():
+    with pytest.raises(ValueError, match=r"overrides \['num_labels'\] may be why.*fine-tune a new one"):
+        BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=3), num_labels=10)
+
+
+def test_config_field_overrides_take_effect_and_keep_the_conversion_exact():
+    source = hf_vit(labels=3).eval()
+    names = {0: "cat", 1: "dog", 2: "bird"}
+    model = BcosViTForImageClassification.from_pretrained_standard(
+        source, b=1.0, bias="keep", image_mean=MEAN, image_std=STD, id2label=names, loss="cross_entropy"
+    ).eval()
+    assert model.config.id2label == names and model.config.loss == "cross_entropy"
+    x = torch.rand(2, 3, 32, 32)
+    expected = source(pixel_values=(x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    torch.testing.assert_close(model(pixel_values=x).logits, expected.logits, rtol=1e-4, atol=1e-5)

@@ -123,13 +123,18 @@ def fold_normalization(weight: torch.Tensor, mean, std) -> torch.Tensor:
     return torch.cat([w * (1 - mean) / std, -w * mean / std], dim=1).to(weight.dtype)
 
 
+class SourceMismatchError(ValueError):
+    """The source's weights do not fit the B-cos model built for them (see :func:`load_exactly`)."""
+
+
 def load_exactly(
     model: nn.Module, state: dict[str, torch.Tensor], prefix: str, drop_biases: bool, supported: str
 ) -> None:
     """Load ``state`` (B-cos names without the backbone prefix) so that every parameter comes from it.
 
     A bias the source lacks is a zero bias; with ``drop_biases``, biases the model does not have are dropped.
-    Anything else missing, extra or of the wrong shape raises a ``ValueError`` naming the supported sources.
+    Anything else missing, extra or of the wrong shape raises a :class:`SourceMismatchError` naming the supported
+    sources.
     """
     prefixed = {(k if k.startswith("classifier.") else prefix + k): v for k, v in state.items()}
     expected = model.state_dict()
@@ -140,7 +145,7 @@ def load_exactly(
     extra = sorted(k for k in set(prefixed) - set(expected) if not (drop_biases and k.endswith(".bias")))
     wrong = sorted(k for k in expected if k in prefixed and prefixed[k].shape != expected[k].shape)
     if missing or extra or wrong:
-        raise ValueError(
+        raise SourceMismatchError(
             f"The source weights do not fit the B-cos model (missing: {missing[:5]}, unexpected: {extra[:5]}, "
             f"wrong shape: {wrong[:5]}). Supported sources: {supported}."
         )
