@@ -10,15 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from .data.preprocessing import load_image
 from .modeling.explanation import BcosExplanation, colorize_contributions
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, upright (EXIF orientation applied)."""
-    with Image.open(path) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
 
 
 def _to_uint8(array: torch.Tensor) -> np.ndarray:

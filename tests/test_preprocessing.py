@@ -10,8 +10,8 @@ from transformers import AutoImageProcessor
 
 from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.conversion.common import source_normalization
-from bcos_zoo.data.datasets import TransformedImages
-from bcos_zoo.data.preprocessing import model_transform
+from bcos_zoo.data.datasets import TransformedImages, image_folder
+from bcos_zoo.data.preprocessing import load_image, model_transform
 from bcos_zoo.training import get_task
 from bcos_zoo.zoo.recipes import Recipe
 
@@ -80,3 +80,30 @@ def test_a_source_that_does_not_normalise_is_converted_without_normalisation(tmp
         torch.testing.assert_close(
             converted(pixel_values=x).logits, source(pixel_values=x).logits, rtol=1e-4, atol=1e-4
         )
+
+
+def test_a_16_bit_greyscale_file_is_rescaled_not_clipped_to_white(tmp_path):
+    values = np.array([[0, 257, 32896], [65535, 1000, 20000]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as opened:
+        assert opened.mode.startswith("I")  # what Pillow's own convert("RGB") would clip at 255
+    pixels = np.asarray(load_image(tmp_path / "deep.png"))
+    assert pixels.shape == (2, 3, 3) and (pixels[..., 0] == pixels[..., 2]).all()
+    np.testing.assert_array_equal(pixels[..., 0], np.round(values / 65535 * 255).astype(np.uint8))
+
+
+def test_transparency_lies_on_white_as_a_viewer_shows_it(tmp_path):
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[0, 0] = (200, 10, 10, 255)  # opaque red; the rest is transparent black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    pixels = np.asarray(load_image(tmp_path / "cutout.png"))
+    assert tuple(pixels[0, 0]) == (200, 10, 10) and (pixels.reshape(-1, 3)[1:] == 255).all()
+
+
+def test_an_image_folder_dataset_reads_16_bit_files_as_load_image_does(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((4, 4), 30000, dtype=np.uint16)).save(tmp_path / name / "x.png")
+    data = image_folder(tmp_path, validation_fraction=0.5)
+    image, _ = data.train[0]
+    assert np.asarray(image).max() == round(30000 / 65535 * 255)

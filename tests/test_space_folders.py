@@ -9,10 +9,13 @@ import re
 import sys
 
 import gradio
+import numpy as np
 import pytest
 from huggingface_hub import SpaceCard
 from PIL import Image
 from space_testing import SPACES
+
+from bcos_zoo.data.preprocessing import to_rgb
 
 
 NAMES = ["bcos-vit-explainer", "bcos-clip-explainer"]
@@ -103,3 +106,31 @@ def test_space_readme_is_the_card_rendered_from_hub_cards(name):
 
     readme = (SPACES / name / "README.md").read_text()
     assert str(render_space_card(name, space_card_body(readme))) == readme, "run: python scripts/space_cards.py"
+
+
+def odd_mode_images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (5, 6, 4), dtype=np.uint8), "RGBA")
+    palette = Image.fromarray(rng.integers(0, 4, (5, 6), dtype=np.uint8), "P")
+    palette.info["transparency"] = 2
+    return [
+        Image.fromarray(rng.integers(0, 65536, (5, 6), dtype=np.uint16)),  # I;16
+        Image.fromarray(rng.integers(0, 65536, (5, 6)).astype(np.int32)),  # I
+        Image.fromarray(rng.random((5, 6), dtype=np.float32) * 7),  # F
+        rgba,
+        rgba.convert("LA"),
+        palette,
+        rgba.convert("CMYK"),
+        rgba.convert("L"),
+    ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_app_reads_every_image_mode_as_the_package_does(name):
+    """A Space cannot import bcos_zoo, so it carries its own to_rgb; it must give the pixels training saw."""
+    tree = ast.parse((SPACES / name / "app.py").read_text())
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "to_rgb")
+    namespace = {"Image": Image, "np": np}
+    exec(compile(ast.Module([function], type_ignores=[]), "app.py", "exec"), namespace)
+    for image in odd_mode_images():
+        np.testing.assert_array_equal(np.asarray(namespace["to_rgb"](image)), np.asarray(to_rgb(image)), image.mode)

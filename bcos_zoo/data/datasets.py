@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from ..visualize import load_image
+from .preprocessing import load_image, to_rgb
 
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -105,7 +105,7 @@ class HubImages(Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         row = self.split[index]
         label = int(row[self.label_column]) if self.label_column else -1  # image-only data (distillation)
-        return row[self.image_column].convert("RGB"), label
+        return to_rgb(row[self.image_column]), label
 
 
 class TransformedImages(Dataset):

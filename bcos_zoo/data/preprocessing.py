@@ -7,20 +7,41 @@ random augmentation (timm's random-resized crop and flip) on top.
 """
 
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers.image_processing_utils import BaseImageProcessor
 
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode as the 8-bit RGB a viewer shows: 16-bit and float greyscale rescaled to 8 bits (Pillow's own
+    conversion clips them, turning a 16-bit image white), transparency laid on white."""
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I") else max(float(values.max()), 1e-12)
+        image = Image.fromarray((values / top * 255).clip(0, 255).round().astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file as RGB (see :func:`to_rgb`), upright (EXIF orientation applied)."""
+    with Image.open(path) as image:
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
 def processor_transform(processor: BaseImageProcessor) -> ImageTransform:
     """PIL image -> (3, H, W) float tensor, exactly as ``processor`` prepares it for the model."""
 
     def transform(image: Image.Image) -> torch.Tensor:
-        return processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        return processor(images=to_rgb(image), return_tensors="pt")["pixel_values"][0]
 
     return transform
 
