@@ -64,6 +64,24 @@ def test_missing_dataset_folder_says_what_a_dataset_folder_is(inputs, tmp_path):
     assert "does not exist" in line and "class sub-folders" in line
 
 
+def test_an_output_dir_holding_other_files_is_refused_and_left_as_it_was(inputs, tmp_path):
+    source, data = inputs
+    before = sorted(path.relative_to(data) for path in data.rglob("*"))
+    line = one_line_error(
+        run_script(["--model", str(source), "--dataset", str(data), "--output-dir", str(data)], child_env(), tmp_path)
+    )
+    assert "holds other files" in line and sorted(path.relative_to(data) for path in data.rglob("*")) == before
+    (tmp_path / "a_file").write_text("")
+    line = one_line_error(
+        run_script(
+            ["--model", str(source), "--dataset", str(data), "--output-dir", str(tmp_path / "a_file")],
+            child_env(),
+            tmp_path,
+        )
+    )
+    assert "is a file" in line
+
+
 @pytest.mark.parametrize("task", ["classification", "standard-classification"])
 def test_a_truncated_source_weights_file_ends_the_run_in_one_line(inputs, tmp_path, task):
     source, data = inputs

@@ -116,6 +116,26 @@ def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
         )
 
 
+# everything a run writes into its --output-dir, and the recipe.json a reproduction keeps beside a run
+RUN_OUTPUTS = ("checkpoints", "repo", "ranks", "results.json", "recipe.json")
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse an --output-dir that is a file, or a folder that holds anything but a run's outputs (a dataset, say):
+    the run would mix its outputs into it."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file; pass a folder (a missing one is created).")
+    if output_dir.is_dir():
+        foreign = sorted(
+            p.name for p in output_dir.iterdir() if p.name not in RUN_OUTPUTS and not p.name.startswith(".")
+        )
+        if foreign:
+            raise ValueError(
+                f"--output-dir {output_dir} holds other files ({', '.join(foreign[:5])}), and a run writes "
+                f"{', '.join(RUN_OUTPUTS[:4])} there: choose an empty or a new folder. Nothing was changed."
+            )
+
+
 def finished_run(output_dir: Path, last_checkpoint: str | None) -> "FinetuneResult | None":
     """The result of a run that already reached its last step (``results.json`` written after it), else ``None``."""
     results, state = output_dir / "results.json", Path(last_checkpoint or "") / "trainer_state.json"
@@ -139,6 +159,7 @@ def finetune(
 ) -> FinetuneResult:
     """Run a recipe end to end; see the module docstring for what lands where."""
     output_dir = Path(output_dir)
+    check_output_dir(output_dir)
     repo_id = recipe.hub_model_id
     checkpoint_dir = output_dir / "checkpoints"
     last_checkpoint = last_complete_checkpoint(checkpoint_dir)
