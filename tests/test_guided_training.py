@@ -2,6 +2,7 @@
 end to end through finetune (boxes, Trainer, evaluation, card)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
 from bcos_zoo.data.boxes import BoxedImages, box_resize_transform, collate_boxed
 from bcos_zoo.evaluation.scores import energy_pointing_scores
+from bcos_zoo.training import get_task
 from bcos_zoo.training.explanation_losses import energy_loss, guidance_contributions
 from bcos_zoo.training.guided_classification import GuidedTrainer, attribution_iou
 from bcos_zoo.zoo.finetune import finetune
@@ -181,3 +183,18 @@ def test_guided_classification_runs_through_finetune(tmp_path):
     card = (tmp_path / "run" / "repo" / "README.md").read_text()
     assert "| guidance weight lambda | 0.01 |" in card and "| guided layer | input |" in card
     assert "| share of training images with boxes | 0.5 |" in card
+
+
+def test_guidance_on_a_dataset_without_boxes_is_refused_before_training(tmp_path):
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "b").mkdir()
+    recipe = Recipe(
+        name="guided-plain", source="scratch", dataset=str(tmp_path / "data"), hub_model_id="test/guided",
+        task="guided-classification", guidance_weight=0.01, max_steps=1,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="needs images with object boxes.*would never act"):
+        finetune(recipe, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()
+    unguided = get_task(replace(recipe, guidance_weight=0.0))
+    with pytest.raises(ValueError, match="no images"):
+        unguided.load_data()  # without guidance, the plain data are read (here: two empty class folders)

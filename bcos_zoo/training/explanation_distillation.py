@@ -173,6 +173,7 @@ class ExplanationDistillation(GuidedClassification):
     """
 
     name = "explanation-distillation"
+    trains_on_boxes = False  # boxes, where the data has them, serve the evaluation (EPG) only
 
     @property
     def card(self) -> CardFields:

@@ -159,6 +159,7 @@ class GuidedClassification(BcosClassification):
     """Classification with model guidance: the energy loss on the explanations of images with boxes."""
 
     name = "guided-classification"
+    trains_on_boxes = True  # the loss reads the boxes (a subclass may read them for its evaluation only)
 
     @property
     def card(self) -> CardFields:
@@ -179,6 +180,12 @@ class GuidedClassification(BcosClassification):
 
     def load_data(self) -> DatasetSplits:
         recipe = self.recipe
+        if self.trains_on_boxes and recipe.guidance_weight and spec_canvas(recipe.dataset) is None:
+            raise ValueError(
+                f"guided-classification needs images with object boxes, and {recipe.dataset!r} has none, so guidance "
+                "would never act: use a dataset with boxes (fashion-mnist-decoys-<px>, fashion-mnist-canvas-<px>), or "
+                "--guidance-weight 0 (or --task classification) to train without it."
+            )
         return load_boxed_splits(recipe.dataset, recipe.image_column, recipe.label_column)
 
     def _canvas_as_is(self, model: nn.Module) -> bool:
