@@ -251,3 +251,22 @@ def test_mean_training_loss_weights_each_logged_mean_by_its_steps():
     history = [{"loss": 4.0, "step": 2}, {"learning_rate": 0.1, "step": 2}, {"loss": 1.0, "step": 3}, {"train_loss": 9}]
     assert mean_training_loss(history) == pytest.approx((4.0 * 2 + 1.0) / 3)
     assert mean_training_loss([]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 0, "batch_size must be at least 1, got 0"),
+        ("gradient_accumulation_steps", 0, "gradient_accumulation_steps must be at least 1"),
+        ("max_eval_samples", 0, "max_eval_samples must be at least 1"),
+        ("save_steps", -5, "save_steps must be at least 1"),
+        ("epochs", -1.0, "epochs must be at least 0"),
+        ("learning_rate", 0.0, "learning_rate must be positive"),
+        ("warmup_ratio", 1.5, r"warmup_ratio must lie in \[0, 1\]"),
+        ("box_fraction", float("nan"), r"box_fraction must lie in \[0, 1\]"),
+        ("crop_scale", (0.9, 0.1), "crop_scale must be"),
+    ],
+)
+def test_a_recipe_value_no_run_can_use_is_refused_when_the_recipe_is_made(field, value, message):
+    with pytest.raises(ValueError, match=rf"recipe 'bcos-vit-s': {message}"):
+        get_recipe("bcos-vit-s").with_overrides(**{field: value})

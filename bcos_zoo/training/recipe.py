@@ -70,6 +70,32 @@ class Recipe:
     license: str = _flag("license of the published model", "apache-2.0")
     summary: str = _flag("one line for the model card", "")
 
+    def __post_init__(self) -> None:
+        """Refuse values no run can use when the recipe is made (from the catalogue or from flags), rather than deep
+        inside the run, or, for a share above 1, not at all."""
+        at_least = {"batch_size": 1, "gradient_accumulation_steps": 1, "save_steps": 1, "max_train_samples": 1}
+        at_least |= {"max_eval_samples": 1, "epochs": 0, "weight_decay": 0, "agc_clip": 0, "guidance_weight": 0}
+        at_least |= {"explanation_weight": 0, "box_dilation": 0}
+        problems = [
+            f"{name} must be at least {low}, got {getattr(self, name)}"
+            for name, low in at_least.items()
+            if getattr(self, name) is not None and not getattr(self, name) >= low
+        ]
+        problems += [
+            f"{name} must be positive, got {getattr(self, name)}"
+            for name in ("learning_rate", "kd_temperature")
+            if not getattr(self, name) > 0
+        ]
+        problems += [
+            f"{name} must lie in [0, 1], got {getattr(self, name)}"
+            for name in ("warmup_ratio", "box_fraction")
+            if not 0 <= getattr(self, name) <= 1
+        ]
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            problems.append(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {tuple(self.crop_scale)}")
+        if problems:
+            raise ValueError(f"recipe {self.name!r}: " + "; ".join(problems))
+
     def with_overrides(self, **overrides) -> "Recipe":
         """A copy with the given fields replaced; ``None`` values mean "keep the recipe's"."""
         known = {field.name for field in fields(self)}
