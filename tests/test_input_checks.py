@@ -72,6 +72,7 @@ def test_an_empty_batch_is_explained_as_empty(model):
     # the forward of an empty batch fails inside transformers' SDPA, as transformers' own ViT does
     explanation = model.explain(torch.rand(0, 3, 32, 32))
     assert explanation.contributions.shape == (0, 32, 32) and explanation.logits.shape == (0, 2)
+    assert explanation.rgba.shape == (0, 32, 32, 4) and explanation.contribution_map().shape == (0, 32, 32, 3)
 
 
 def test_invalid_config_values_are_rejected():

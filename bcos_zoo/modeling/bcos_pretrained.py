@@ -1,6 +1,7 @@
 """What every B-cos ``PreTrainedModel`` shares: losses, initialisation, explanation mode, and saving with its remote
 code and processor. B-cosification itself lives in the ``bcos_zoo`` package, not in the remote code."""
 
+import contextlib
 import copy
 import json
 import os
@@ -84,7 +85,7 @@ class BcosPreTrainedModel(PreTrainedModel):
         has ended."""
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
         if not kwargs["use_reentrant"]:  # the only kind that takes a context_fn (and that explanations work with)
-            kwargs.setdefault("context_fn", lambda: (explanation_mode(self, None), explanation_mode(self, None)))
+            kwargs.setdefault("context_fn", lambda: (contextlib.nullcontext(), explanation_mode(self, detach=None)))
         super().activation_checkpointing_enable(kwargs, **options)
 
     def encode_pixel_values(self, pixel_values: torch.Tensor, eager_message: bool | None = None) -> torch.Tensor:

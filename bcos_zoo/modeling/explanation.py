@@ -101,6 +101,8 @@ def compute_explanation(
 def _per_image_quantile(values: torch.Tensor, percentile: float) -> torch.Tensor:
     """(N,) percentile of each image's values, as a (N, 1, 1) tensor for broadcasting."""
     flat = values.flatten(1).float()
+    if not len(flat):  # an empty batch (quantile refuses empty input): no image, no quantile
+        return values.new_zeros(0, 1, 1)
     return torch.quantile(flat, percentile / 100, dim=1).to(values.dtype)[:, None, None]
 
 

@@ -53,8 +53,7 @@ class ImageExplanationPipeline(Pipeline):
             chosen = torch.tensor(targets, dtype=torch.long, device=logits.device).expand(len(logits), -1)
         rows = chosen.shape  # (images, explained labels per image)
         explanation = self.model.explain(pixel_values.repeat_interleave(rows[1], dim=0), target=chosen.flatten())
-        contributions = explanation.contributions
-        rgba = explanation.rgba if len(contributions) else contributions.new_zeros(*contributions.shape, 4)
+        contributions, rgba = explanation.contributions, explanation.rgba
         return {
             "logits": logits,
             "targets": chosen,
