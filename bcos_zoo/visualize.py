@@ -48,13 +48,14 @@ def _label(names, index: int) -> str:
 def explanation_title(
     explanation: BcosExplanation, index: int = 0, class_names=None, true_label: int | None = None
 ) -> list[str]:
-    """The lines that say what a panel shows: the class explained with its logit and bias share, the predicted
-    class and, when known, the true one."""
+    """The lines that say what a panel shows: the class explained with its output (a logit, or a CLIP cosine) and
+    bias share, the predicted class and, when known, the true one."""
     target = int(explanation.target[index])
     predicted = int(explanation.logits[index].argmax())
-    logit = float(explanation.target_logits[index])
+    output = float(explanation.target_logits[index])
     share = float(explanation.bias_share[index])
-    lines = [f"explained: {_label(class_names, target)} (logit {logit:.2f}, bias share {share:.0%})"]
+    name = f"{_label(class_names, target)} ({explanation.output_name} {output:.2f}, bias share {share:.0%})"
+    lines = [f"explained: {name}"]
     truth = f", true: {_label(class_names, true_label)}" if true_label is not None else ""
     lines.append(f"predicted: {_label(class_names, predicted)}{truth}")
     return lines

@@ -69,7 +69,7 @@ def test_a_clip_model_explains_a_photo_against_the_prompts_it_is_given(tmp_path)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
     prompts = ["a photo of a cat", "a photo of a dog"]
     with Image.open(explain_image_file(clip, photo, target=1, text=prompts)) as panel:
-        assert panel.text["Title"].startswith("explained: a photo of a dog (")
+        assert panel.text["Title"].startswith("explained: a photo of a dog (cosine ")  # not a logit
     pixels = clip.default_image_processor()(Image.open(photo).convert("RGB"), return_tensors="pt").pixel_values
     expected = clip.explain(pixels, text=prompts)
     with Image.open(explain_image_file(clip, photo, text=prompts)) as panel:  # the best match by default

@@ -22,6 +22,7 @@ class BcosExplanation:
     dynamic_weights: torch.Tensor  # (N, 2C, H, W) the target row of W(x) over the [x, 1 - x] encoding (C = 3: RGB)
     contributions: torch.Tensor  # (N, H, W) sum over channels of encoding * dynamic_weights
     bias: torch.Tensor  # (N,) target output minus the summed contributions
+    output_name: str = "logit"  # what ``logits`` hold, as a title names it ("cosine" for CLIP)
 
     @property
     def target_logits(self) -> torch.Tensor:

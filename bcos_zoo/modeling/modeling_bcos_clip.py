@@ -153,7 +153,9 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
             embeds = self.embedding_normalizer(self.visual_projection(pooled))
             return embeds @ prompts.to(embeds.dtype, copy=True).T  # a copy: prompts may come from inference_mode()
 
-        return compute_explanation(self, cosines, pixel_values, target, create_graph)
+        explanation = compute_explanation(self, cosines, pixel_values, target, create_graph)
+        explanation.output_name = "cosine"
+        return explanation
 
     def default_image_processor(self) -> CLIPImageProcessor:
         """CLIP's resize and centre crop (the source's settings where known), rescaling to [0, 1], no normalisation."""
