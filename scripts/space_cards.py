@@ -6,6 +6,7 @@ The text below each header is kept; the header (title, sdk and its version, app 
 rewritten, so it names the installed Gradio and the zoo's current model repos.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ SPACES_DIR = Path(__file__).resolve().parents[1] / "spaces"
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     for name in SPACES:
         readme = SPACES_DIR / name / "README.md"
         card = render_space_card(name, space_card_body(readme.read_text()))

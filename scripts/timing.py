@@ -351,6 +351,9 @@ TASKS = {"compare": compare, "authors": authors, "trainer": trainer, "memory": m
 
 def main() -> None:
     forbid_bcos_zoo()
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):  # run by the benchmark scripts with one JSON spec
+        print(__doc__)
+        sys.exit(0 if sys.argv[1:] in (["-h"], ["--help"]) else 2)
     spec = json.loads(sys.argv[1])
     transformers.utils.logging.disable_progress_bar()
     if spec["device"] == "cpu":

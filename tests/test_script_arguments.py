@@ -3,6 +3,8 @@ line, instead of failing deep inside the run or silently measuring nothing."""
 
 import argparse
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,25 @@ def test_counts_take_their_minimum_and_shares_their_bounds():
         fraction("nan")
     with pytest.raises(ValueError):
         at_least(1)("2.5")  # argparse reports it as an invalid int value
+
+
+def test_space_cards_help_prints_its_usage_and_rewrites_nothing(monkeypatch, capsys, tmp_path):
+    spec = importlib.util.spec_from_file_location("space_cards_script", SCRIPTS / "space_cards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "SPACES_DIR", tmp_path)  # a run would fail here: no Space folders to rewrite
+    monkeypatch.setattr("sys.argv", ["space_cards.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 0
+    assert "usage: space_cards.py" in capsys.readouterr().out
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(("argv", "code"), [(["--help"], 0), ([], 2)])
+def test_the_timing_process_explains_itself_without_a_spec(argv, code):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "timing.py"), *argv], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == code, result.stderr
+    assert 'python scripts/timing.py \'{"task": "compare"' in result.stdout

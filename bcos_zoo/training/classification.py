@@ -10,7 +10,9 @@ from torch.utils.data import Dataset
 from transformers import AutoConfig, AutoModelForImageClassification, Trainer, TrainingArguments
 
 from ..data.datasets import DatasetSplits
+from ..evaluation.localisation import bcos_classifier, predict
 from ..families import bcos_classifier_class
+from ..modeling import BcosViTConfig
 from ..ports import is_bcos_source, load_bcos_source
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
 
@@ -58,8 +60,6 @@ def accuracy_metrics(eval_prediction) -> dict[str, float]:
 
 def classification_accuracy(model: nn.Module, eval_dataset: Dataset, batch_size: int) -> float:
     """Top-1 accuracy of ``model`` on ``eval_dataset``'s images, seen through its transform."""
-    from ..evaluation.localisation import bcos_classifier, predict
-
     device = next(model.parameters()).device
     classify = bcos_classifier(model.to(device).eval())
     return predict(classify, eval_dataset.pairs, eval_dataset.transform, batch_size, device).accuracy()
@@ -81,14 +81,12 @@ class BcosClassification(Task):
         """A B-cos classifier of any family: from scratch (``architecture``, with a ``model_type`` such as
         ``"bcos_resnet"``; a B-cos ViT without one), a B-cos checkpoint as it is, or a B-cosified standard one."""
         check_classes(class_names)
-        import bcos_zoo  # registers the B-cos families with the Auto classes
-
         recipe = self.recipe
         if recipe.source == "scratch":  # the papers' baseline for B-cosification
             if not recipe.architecture:
                 raise ValueError(f"recipe {recipe.name!r} trains from scratch but gives no architecture")
             architecture = dict(recipe.architecture)
-            model_type = architecture.pop("model_type", bcos_zoo.BcosViTConfig.model_type)
+            model_type = architecture.pop("model_type", BcosViTConfig.model_type)
             config = AutoConfig.for_model(model_type, **architecture, b=recipe.b, num_labels=len(class_names))
             model = AutoModelForImageClassification.from_config(config)
         elif source_model_type(recipe.source) in BCOS_MODEL_TYPES:

@@ -15,6 +15,8 @@ from ..conversion.clip import StandardCLIP, load_standard_clip
 from ..conversion.common import IDENTITY_NORMALIZATION, OPENAI_CLIP_NORMALIZATION
 from ..conversion.open_clip import OpenCLIPSource
 from ..data.datasets import DatasetSplits
+from ..modeling import BcosCLIPModel, BcosCLIPVisionModel
+from .classification import classification_accuracy
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
 from .trainer import collate_images
 
@@ -134,8 +136,6 @@ class CLIPDistillation(Task):
     )
 
     def build_model(self, class_names: list[str]) -> nn.Module:
-        from .. import BcosCLIPModel, BcosCLIPVisionModel
-
         recipe = self.recipe
         try:
             model_type = source_model_type(recipe.source)
@@ -158,8 +158,6 @@ class CLIPDistillation(Task):
         return BcosCLIPModel.from_pretrained_standard(self.standard, b=recipe.b, bias=recipe.bias)
 
     def source_model(self) -> nn.Module | None:
-        from .. import BcosCLIPModel
-
         source = self.standard or self.recipe.source
         return BcosCLIPModel.from_pretrained_standard(source, b=1.0, bias="keep")
 
@@ -174,8 +172,6 @@ class CLIPDistillation(Task):
         return DistillationTrainer(model=model, args=arguments, teacher=self.teacher, **common)
 
     def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset) -> dict[str, float]:
-        from .classification import classification_accuracy
-
         batch_size = self.recipe.batch_size
         metrics = {"embedding_cosine": mean_embedding_cosine(model, self.teacher, eval_dataset, batch_size)}
         if not (self.recipe.label_column and data.class_names):

@@ -19,8 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
 
-from ..data.boxes import collate_boxed
+from ..data.boxes import BoxedImages, collate_boxed
 from ..data.datasets import DatasetSplits
+from ..evaluation.scores import energy_pointing_scores
 from .classification import BcosClassification
 from .explanation_losses import differentiable_explanation, e2kd_loss, explanation_cosine, frozen_running_statistics
 from .guided_classification import GuidedClassification
@@ -30,8 +31,6 @@ from .trainer import TermLoggingTrainer
 
 def load_teacher(source: str) -> nn.Module:
     """A trained B-cos classifier (folder or Hub id) as a frozen teacher, in eval mode."""
-    import bcos_zoo  # noqa: F401  (registers the B-cos classes with the Auto classes)
-
     if not source:
         raise ValueError("explanation-distillation needs a teacher: pass --teacher <folder or Hub id>")
     return AutoModelForImageClassification.from_pretrained(source).eval().requires_grad_(False)
@@ -133,8 +132,6 @@ class ExplanationDistillationTrainer(TermLoggingTrainer):
 def distillation_scores(student: nn.Module, teacher: nn.Module, dataset: Dataset, batch_size: int) -> dict[str, float]:
     """Student and teacher accuracy, top-1 agreement, the mean cosine of the student's explanation ``W(x)`` to the
     teacher's (both for the teacher's top-1 class) and, over items with boxes, the student's EPG for the label."""
-    from ..evaluation.scores import energy_pointing_scores
-
     device = next(student.parameters()).device
     student.eval()
     teacher.to(device)
@@ -198,8 +195,6 @@ class ExplanationDistillation(GuidedClassification):
         return self._teacher
 
     def dataset(self, items: Dataset, transform, seed: int | None = None) -> Dataset:
-        from ..data.boxes import BoxedImages
-
         return BoxedImages(items, transform, seed=seed, box_fraction=1.0, box_seed=self.recipe.seed)
 
     def training_arguments(self) -> dict:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.bcos_layers import explanation_mode
+from ..modeling.bcos_layers import encode_inverse, explanation_mode
 from ..modeling.explanation import BcosExplanation, compute_explanation, resolve_target
 
 
@@ -123,8 +123,6 @@ def _input_gradient(model: nn.Module, pixel_values: torch.Tensor, target: torch.
     """(feature, d target logit / d feature, logits) at the input in ordinary mode: the feature is the ``[x, 1 - x]``
     encoding for models that expose ``_logits`` of it (the CNN families, as the model guidance paper takes it),
     else the [0, 1] image itself."""
-    from ..modeling.bcos_layers import encode_inverse
-
     with torch.enable_grad():
         if hasattr(model, "_logits"):
             feature = encode_inverse(pixel_values.detach().to(model.dtype)).requires_grad_(True)

@@ -23,6 +23,8 @@ from ..data.boxes import BoxedImages, BoxTransform, as_is_transform, box_trainin
 from ..data.datasets import DatasetSplits
 from ..data.decoys import load_boxed_splits, spec_canvas
 from ..data.preprocessing import model_transform
+from ..evaluation.localisation import box_mask
+from ..evaluation.scores import energy_pointing_scores
 from .classification import BcosClassification, accuracy_metrics
 from .explanation_losses import (
     ATTRIBUTION_METHODS,
@@ -38,8 +40,6 @@ from .trainer import TermLoggingTrainer
 def processor_box_transform(model: nn.Module) -> BoxTransform:
     """Evaluation pixels from the model's own image processor, and the box mask drawn through that same processor
     (:func:`~bcos_zoo.evaluation.localisation.box_mask`), so any resize or crop it does moves the boxes too."""
-    from ..evaluation.localisation import box_mask
-
     pixels = model_transform(model)
 
     def transform(image, boxes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,8 +126,6 @@ def localisation_scores(
     """Accuracy over all items and, over the items with boxes, EPG and IoU of the attribution of each image's label:
     ``epg``/``iou`` for the attribution ``method`` at ``layer`` (what guidance trained), and ``bcos_epg``/``bcos_iou``
     for the model's own explanation at the input when that is another attribution."""
-    from ..evaluation.scores import energy_pointing_scores
-
     device = next(model.parameters()).device
     model.eval()
     correct, count = 0, 0

@@ -21,7 +21,9 @@ from ..data.datasets import DatasetSplits, TransformedImages, load_dataset_split
 from ..data.preprocessing import ImageTransform, model_transform, training_transform
 from ..families import FAMILIES
 from ..ports import BCOS_SOURCE_PREFIX, is_bcos_source
+from ..visualize import explanation_panel, save_png
 from .recipe import Recipe
+from .trainer import collate_images
 
 
 # model_type of the checkpoints a run continues as they are, instead of B-cosifying them
@@ -119,8 +121,6 @@ class Task:
 
     def collate(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         """The batches of :meth:`dataset`'s items."""
-        from .trainer import collate_images
-
         return collate_images(batch)
 
     def image_size(self, model: nn.Module) -> int:
@@ -153,8 +153,6 @@ class Task:
         """Explain a few evaluation images and save titled panels (input | explanation | contributions) as PNG.
 
         Classes are named after the data (for CLIP, the prompts are made from the same names)."""
-        from ..visualize import explanation_panel, save_png
-
         count = min(EXAMPLE_COUNT, len(eval_dataset))
         items = [eval_dataset[i] for i in range(count)]
         pixel_values = torch.stack([item["pixel_values"] for item in items])

@@ -38,7 +38,7 @@ from ..evaluation.baselines import (
     load_standard_classifier,
     posthoc_attribution,
 )
-from ..evaluation.localisation import bcos_attribution
+from ..evaluation.localisation import bcos_attribution, bcos_classifier, predict
 from ..evaluation.report import localise_model, plot_localisation
 from ..families import FAMILIES, bcos_classifier_class
 from ..modeling.explanation import colorize_contributions
@@ -169,8 +169,6 @@ def initial_accuracy(
     set_seed(recipe.seed)
     task = get_task(recipe)
     model = task.build_model(data.class_names)
-    from ..evaluation.localisation import bcos_classifier, predict
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pairs, transform = limit(data.validation, recipe.max_eval_samples), task.eval_transform(model)
     value = predict(bcos_classifier(model.to(device).eval()), pairs, transform, recipe.batch_size, device).accuracy()
