@@ -15,7 +15,12 @@ from cnn_sources import (
 )
 from safetensors.torch import load_file, save_file
 
-from bcos_zoo import BcosDenseNetForImageClassification, BcosResNetConfig, BcosResNetForImageClassification
+from bcos_zoo import (
+    BcosDenseNetForImageClassification,
+    BcosResNetConfig,
+    BcosResNetForImageClassification,
+    BcosViTForImageClassification,
+)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +123,29 @@ def test_unsupported_timm_architecture_folder_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "architecture": "resnet50d"}))
     with pytest.raises(ValueError, match="'resnet50d', which is not supported. Supported"):
         BcosResNetForImageClassification.from_pretrained_standard(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("resnet18", dict(global_pool="max"), "global pooling is 'max'"),
+        ("resnet18", dict(act_layer="silu"), "is a SiLU"),
+        ("resnet18", dict(output_stride=16), "differs from the standard layout"),
+        ("densenet121", dict(act_layer="silu"), "not BatchNorm \\+ ReLU"),
+    ],
+)
+def test_a_timm_folder_is_refused_for_what_its_config_says_not_only_its_name(name, options, message, tmp_path):
+    """The weights of these fit the plain architecture; only config.json's model_args tell the function apart."""
+    save_timm(timm_cnn(name, **options), tmp_path)
+    family = BcosDenseNetForImageClassification if name.startswith("densenet") else BcosResNetForImageClassification
+    with pytest.raises(ValueError, match=message):
+        family.from_pretrained_standard(tmp_path)
+
+
+def test_a_timm_folder_of_another_family_is_refused_by_its_class(tmp_path):
+    save_timm(timm_cnn("resnet18"), tmp_path)
+    with pytest.raises(ValueError, match="Cannot B-cosify a ResNet"):
+        BcosViTForImageClassification.from_pretrained_standard(tmp_path)
 
 
 def test_weights_that_do_not_fit_are_refused(tmp_path):

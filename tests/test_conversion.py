@@ -109,6 +109,21 @@ def test_timm_module_is_reproduced_exactly(variant):
     assert max_logit_diff(expected, bcos, x) <= TOLERANCE
 
 
+@pytest.mark.parametrize("variant", TIMM_VARIANTS, ids=list(TIMM_VARIANTS))
+def test_a_timm_folder_converts_as_the_model_it_was_saved_from(variant, tmp_path):
+    """Everything the folder's config.json says (eps of the CLIP-style ViTs, activation, pooling) is read."""
+    from timm.models import save_for_hf
+
+    source = timm_vit(**TIMM_VARIANTS[variant])
+    save_for_hf(source, str(tmp_path), safe_serialization=True)
+    from_memory = BcosViTForImageClassification.from_pretrained_standard(source, b=1, bias="keep").eval()
+    from_folder = BcosViTForImageClassification.from_pretrained_standard(tmp_path, b=1, bias="keep").eval()
+    assert from_folder.config.to_diff_dict() == from_memory.config.to_diff_dict()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(from_folder(pixel_values=x).logits, from_memory(pixel_values=x).logits)
+
+
 def test_timm_hub_layout_folder_is_reproduced_exactly(tmp_path):
     """timm's Hub layout: config.json names the architecture (no dimensions) beside model.safetensors."""
     from timm.models import save_for_hf
@@ -193,10 +208,9 @@ def test_non_square_timm_vit_is_refused_not_misread_as_a_square_grid():
 
 
 def test_non_square_timm_hub_folder_is_refused(tmp_path):
-    source = timm_vit(img_size=(96, 64))
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
-    config = {"architecture": "vit_small_patch16_224", "pretrained_cfg": {"input_size": [3, 96, 64]}}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    from timm.models import save_for_hf
+
+    save_for_hf(timm_vit(img_size=(96, 64)), str(tmp_path), safe_serialization=True)
     with pytest.raises(ValueError, match="96x64 images"):
         BcosViTForImageClassification.from_pretrained_standard(tmp_path)
 
@@ -223,11 +237,19 @@ def test_normalisation_of_another_channel_count_names_the_fix():
         BcosViTForImageClassification.from_pretrained_standard(timm_vit(in_chans=1), image_mean=(0.5,) * 3)
 
 
-def test_timm_architecture_of_unknown_size_asks_for_num_heads(tmp_path):
+def test_a_timm_architecture_timm_does_not_know_is_refused_by_name(tmp_path):
     source = timm_vit()
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_wide_patch16_224", "num_classes": 6}))
-    with pytest.raises(ValueError, match="num_heads"):
+    with pytest.raises(ValueError, match="timm cannot build the 'vit_wide_patch16_224'"):
+        BcosViTForImageClassification.from_pretrained_standard(tmp_path)
+
+
+def test_a_timm_folder_whose_config_does_not_describe_its_weights_is_refused(tmp_path):
+    source = timm_vit()  # two blocks at 32 px; a config without model_args describes the full-size ViT-S
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_small_patch16_224", "num_classes": 6}))
+    with pytest.raises(ValueError, match=r"do not fit timm's 'vit_small_patch16_224'.*missing: \['blocks\.1"):
         BcosViTForImageClassification.from_pretrained_standard(tmp_path)
 
 

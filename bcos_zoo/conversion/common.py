@@ -6,11 +6,13 @@ This is the one reader of a source's mean/std: the converters and the post-hoc b
 """
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
+from safetensors.torch import load_file
 from torch import nn
 
 
@@ -76,6 +78,42 @@ def source_normalization(folder: Path) -> Normalization | None:
         return _as_normalization(processor)
     pretrained = (read_json(folder / "config.json") or {}).get("pretrained_cfg")
     return _as_normalization(pretrained) if pretrained else None
+
+
+def load_timm_folder(folder: Path, config: dict, supported: str, architectures: re.Pattern | None = None) -> nn.Module:
+    """A folder in timm's Hub layout (``config.json`` naming an ``architecture``, ``model.safetensors``) as the timm
+    model it describes: timm builds the architecture with the folder's ``model_args`` and ``pretrained_cfg``, and the
+    weights are loaded into it. The converters then read it as a model in memory, so that every setting of the folder
+    (pooling, activation, strides) meets the same checks, and none is left unread."""
+    architecture = config.get("architecture", "")
+    if architectures is not None and not architectures.match(architecture):
+        raise ValueError(f"{folder} holds a timm {architecture!r}, which is not supported. Supported: {supported}.")
+    weights = folder / "model.safetensors"
+    if not weights.exists():
+        raise ValueError(f"{folder} holds no model.safetensors; only safetensors weights are loaded.")
+    try:
+        import timm
+    except ImportError as error:
+        message = f"{folder} is a timm checkpoint: reading it needs timm (pip install 'bcos_zoo[timm]')."
+        raise ImportError(message) from error
+    try:
+        model = timm.create_model(f"local-dir:{folder}", pretrained=False)
+    except (RuntimeError, TypeError) as error:  # an architecture timm does not know, arguments it does not take
+        raise ValueError(f"timm cannot build the {architecture!r} that {folder} describes ({error}).") from error
+    state, expected = load_file(weights), model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"The weights in {folder} do not fit timm's {architecture!r} as its config.json describes it (missing: "
+            f"{missing[:5]}, unexpected: {unexpected[:5]}, wrong shape: {wrong[:5]})."
+        )
+    model.load_state_dict(state)
+    normalization = source_normalization(folder)  # the one reader of a source's mean/std
+    if normalization is not None:
+        model.pretrained_cfg = dict(model.pretrained_cfg, mean=normalization[0], std=normalization[1])
+    return model.eval()
 
 
 def standard_labels(num_classes: int) -> dict[int, str]:

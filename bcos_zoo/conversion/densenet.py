@@ -12,15 +12,13 @@ from torch import nn
 
 from ..modeling import BcosDenseNetConfig, BcosDenseNetForImageClassification
 from .bcos_package import build_port, read_bcos_cnn
-from .common import resolve_folder, source_normalization, standard_labels
+from .common import load_timm_folder, read_json, resolve_folder, standard_labels
 from .resnet import (
     StandardCNN,
     build_bcos_cnn,
     check_plain_modules,
     is_from,
     processor_geometry,
-    read_json,
-    timm_folder,
 )
 
 
@@ -110,11 +108,9 @@ def load_standard_densenet(source) -> StandardCNN:
     if config is None or "architecture" not in config:
         kind = "no config.json" if config is None else f"a {config.get('model_type')!r} model"
         raise ValueError(f"{folder} holds {kind}. Supported sources: {SUPPORTED_DENSENET_SOURCES}.")
-    _, state, pretrained_cfg = timm_folder(folder, TIMM_DENSENET_ARCHITECTURE, SUPPORTED_DENSENET_SOURCES)
-    mean, std = source_normalization(folder) or (None, None)
-    standard = from_densenet_state(state, mean, std, 1e-5)
-    standard.architecture.update(processor_geometry(pretrained_cfg))
-    return standard
+    return load_standard_densenet(
+        load_timm_folder(folder, config, SUPPORTED_DENSENET_SOURCES, TIMM_DENSENET_ARCHITECTURE)
+    )
 
 
 def bcosify_densenet(cls, source, b: float, bias: str, image_mean=None, image_std=None, **overrides):

@@ -16,10 +16,8 @@ what is supported. timm is read by duck typing and by its Hub file layout, so it
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers import ResNetForImageClassification
 from transformers.utils import logging
@@ -31,6 +29,7 @@ from .common import (
     PIL_RESAMPLE,
     fold_normalization,
     load_exactly,
+    load_timm_folder,
     read_json,
     resolve_folder,
     source_normalization,
@@ -135,18 +134,6 @@ def check_geometry(standard: StandardCNN, model: nn.Module, supported: str) -> N
             raise ValueError(f"The source's {name} has BatchNorm eps {sub.eps}, the architecture {target.eps}.")
 
 
-def timm_folder(folder: Path, pattern: re.Pattern, supported: str) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """A timm Hub folder's config, safetensors weights and pretrained_cfg, if its architecture matches ``pattern``."""
-    config = read_json(folder / "config.json")
-    architecture = config.get("architecture", "")
-    if not pattern.match(architecture):
-        raise ValueError(f"{folder} holds a timm {architecture!r}, which is not supported. Supported: {supported}.")
-    weights = folder / "model.safetensors"
-    if not weights.exists():
-        raise ValueError(f"{folder} holds no model.safetensors; only safetensors weights are loaded.")
-    return config, load_file(weights), config.get("pretrained_cfg") or {}
-
-
 def processor_geometry(pretrained_cfg: dict | None = None, processor: dict | None = None) -> dict:
     """``image_size`` and ``crop_pct`` of the source's evaluation preprocessing, where its files state them, and
     from timm's ``pretrained_cfg`` the resize filter (``resample``: torchvision's weights are evaluated bilinear)."""
@@ -189,10 +176,9 @@ def load_standard_resnet(source) -> StandardCNN:
         raise ValueError(f"{folder} has no config.json. Supported sources: {SUPPORTED_RESNET_SOURCES}.")
     mean, std = source_normalization(folder) or (None, None)
     if "architecture" in config:
-        _, state, pretrained_cfg = timm_folder(folder, TIMM_RESNET_ARCHITECTURE, SUPPORTED_RESNET_SOURCES)
-        standard = from_torchvision_layout(state, mean, std, 1e-5)
-        standard.architecture.update(processor_geometry(pretrained_cfg))
-        return standard
+        return load_standard_resnet(
+            load_timm_folder(folder, config, SUPPORTED_RESNET_SOURCES, TIMM_RESNET_ARCHITECTURE)
+        )
     if config.get("model_type") != "resnet":
         raise ValueError(f"{folder} holds a {config.get('model_type')!r} model. Supported: {SUPPORTED_RESNET_SOURCES}.")
     model, info = ResNetForImageClassification.from_pretrained(folder, output_loading_info=True)

@@ -1,8 +1,8 @@
 """B-cosification of standard pretrained ViTs: read a transformers or timm ViT, map its weights exactly.
 
 Every weight of the B-cos model comes from the source (a missing bias is a zero bias); anything that does not fit
-raises a ``ValueError`` instead of leaving a parameter randomly initialised. timm is read by duck typing and by its
-Hub file layout, so it need not be installed.
+raises a ``ValueError`` instead of leaving a parameter randomly initialised. A timm model is read by duck typing; a
+timm Hub folder is built by timm (see :func:`~.common.load_timm_folder`), so it needs timm installed.
 """
 
 import math
@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers import ViTForImageClassification
 from transformers.utils import logging
@@ -21,6 +20,7 @@ from .common import (
     VIT_DEFAULT_NORMALIZATION,
     fold_normalization,
     load_exactly,
+    load_timm_folder,
     read_json,
     resolve_folder,
     source_normalization,
@@ -34,8 +34,6 @@ SUPPORTED_VIT_SOURCES = (
     "a transformers ViTForImageClassification (google/vit-*, or facebook/deit-* without distillation token) or a "
     "timm VisionTransformer classifier (vit_*, deit_*, deit3_*), given as a local folder, a Hub id or a loaded model"
 )
-# Attention heads of timm's named ViT sizes; timm's Hub config names the architecture but not its dimensions.
-TIMM_VIT_HEADS = {"tiny": 3, "small": 6, "medium": 8, "base": 12, "large": 16, "huge": 16, "giant": 16}
 PATCH_WEIGHT = "embeddings.patch_embeddings.projection.weight"
 
 
@@ -63,12 +61,7 @@ def load_standard_vit(source) -> StandardViT:
     if config is None:
         raise ValueError(f"{folder} has no config.json. Supported sources: {SUPPORTED_VIT_SOURCES}.")
     if "architecture" in config:
-        weights = folder / "model.safetensors"
-        if not weights.exists():
-            raise ValueError(f"{folder} holds no model.safetensors; only safetensors weights are loaded.")
-        meta = timm_config_meta(config)
-        mean, std = source_normalization(folder) or (None, None)
-        return from_timm_state(load_file(weights), meta, mean, std)
+        return load_standard_vit(load_timm_folder(folder, config, SUPPORTED_VIT_SOURCES))
     model_type = config.get("model_type")
     if model_type == "deit":
         raise ValueError(
@@ -143,32 +136,6 @@ def timm_module_meta(model: nn.Module) -> dict:
         global_pool=model.global_pool,
         image_size=tuple(model.patch_embed.img_size),
         no_embed_class=bool(getattr(model, "no_embed_class", False)),
-    )
-
-
-def timm_config_meta(config: dict) -> dict:
-    """The same facts from a timm Hub ``config.json``: the architecture name and optional ``model_args``."""
-    name = config["architecture"]
-    args = config.get("model_args", {})
-    match = re.match(r"^(?:vit|deit3?)_([a-z]+)_", name)
-    if "num_heads" in args:
-        heads = args["num_heads"]
-    elif match and match.group(1) in TIMM_VIT_HEADS:
-        heads = TIMM_VIT_HEADS[match.group(1)]
-    else:
-        raise ValueError(
-            f"Cannot tell the number of attention heads of timm architecture {name!r}: add "
-            '"model_args": {"num_heads": N} to its config.json.'
-        )
-    input_size = (config.get("pretrained_cfg") or {}).get("input_size")  # [channels, height, width]
-    image_size = args.get("img_size") or (input_size[1:] if input_size else None)
-    return dict(
-        num_heads=heads,
-        activation="quick_gelu" if "quickgelu" in name else "gelu",
-        eps=1e-6,
-        global_pool=config.get("global_pool", args.get("global_pool", "token")),
-        image_size=(image_size, image_size) if isinstance(image_size, int) else image_size,
-        no_embed_class=args.get("no_embed_class"),
     )
 
 
