@@ -38,6 +38,15 @@ def max_diff(bcos, source, size: int = 40, batch: int = 3) -> float:
     return (ours - theirs).abs().max().item()
 
 
+def test_the_converted_model_computes_the_source_logits_as_it_comes_without_a_call_to_eval():
+    source = torchvision_resnet18()
+    bcos = BcosResNetForImageClassification.from_pretrained_standard(
+        source, b=1.0, bias="keep", image_mean=MEAN, image_std=STD
+    )
+    assert max_diff(bcos, source) <= TOLERANCE
+    assert max_diff(bcos, source) <= TOLERANCE  # and its BatchNorm statistics are still the source's
+
+
 @pytest.mark.parametrize("layer_type", ["basic", "bottleneck"])
 def test_transformers_resnet_folder_is_preserved(layer_type, tmp_path):
     source = hf_resnet(layer_type)

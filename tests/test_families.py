@@ -236,6 +236,22 @@ def test_from_pretrained_standard_is_the_family_converter(name, build):
         torch.testing.assert_close(made.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.parametrize(
+    ("name", "build"),
+    [
+        ("vit", hf_vit),
+        ("clip", tiny_clip),
+        ("clip", reduced_rn),
+        ("resnet", hf_resnet),
+        ("densenet", torchvision_densenet121),
+        ("simple_vit", bcos_standard_vitc),
+    ],
+)
+def test_a_b_cosified_model_comes_in_eval_mode_as_from_pretrained_gives_it(name, build):
+    model = FAMILIES[name].classifier.from_pretrained_standard(build(), b=1.0, bias="keep")
+    assert [n for n, module in model.named_modules() if module.training] == []
+
+
 def test_a_loaded_source_of_another_family_is_sent_to_its_class():
     from bcos.models.pretrained import standard_vitc_ti_patch1_14
 

@@ -145,11 +145,12 @@ class BcosPreTrainedModel(PreTrainedModel):
 
         At ``b=1, bias="keep"`` the result computes the source's outputs exactly. The source's normalisation is folded
         into the first layer (``image_mean``/``image_std`` override its processor's); ``bias="remove"`` drops every
-        bias (the paper's choice). Other keyword arguments override config fields.
+        bias (the paper's choice). Other keyword arguments override config fields. The model comes in eval mode, as
+        ``from_pretrained`` gives it (BatchNorm uses the source's statistics; ``model.train()`` to fine-tune).
         """
         if cls._standard_converter is None:
             raise ImportError(
                 f"{cls.__name__}.from_pretrained_standard needs the bcos_zoo package, which B-cosifies standard "
                 "checkpoints: install it (pip install bcos_zoo) and use the classes it exports."
             )
-        return cls._standard_converter(cls, source, b=b, bias=bias, **options)
+        return cls._standard_converter(cls, source, b=b, bias=bias, **options).eval()
