@@ -65,6 +65,7 @@ def test_every_class_reloads_through_each_auto_class_as_remote_code(saved, clean
     out = clean_python(
         f"""
         import json, torch, transformers
+        from pathlib import Path
         from safetensors.torch import load_file
         torch.set_num_threads(1)
         results = []
@@ -80,8 +81,12 @@ def test_every_class_reloads_through_each_auto_class_as_remote_code(saved, clean
                     else:
                         out = model(pixel_values=data["x"], return_dict=False)[0]
                         states = model(pixel_values=data["x"], output_hidden_states=True)
+                resaved = folder + "_resaved_" + auto_name  # a model loaded as remote code saves again
+                model.save_pretrained(resaved)
                 results.append(dict(
                     folder=folder, auto=auto_name, cls=type(model).__name__,
+                    resaved_code=sorted(f.name for f in Path(resaved).glob("*.py")),
+                    resaved_config=json.load(open(resaved + "/config.json")),
                     from_remote_code=type(model).__module__.startswith("transformers_modules"),
                     diff=(out - data["out"]).abs().max().item(),
                     hidden_states=len(states.hidden_states or ()),
@@ -97,3 +102,7 @@ def test_every_class_reloads_through_each_auto_class_as_remote_code(saved, clean
         assert r["from_remote_code"], r
         assert r["diff"] <= 1e-5, r
         assert r["hidden_states"] >= 2, r  # the embedding and at least one block or stage
+        original = json.loads(Path(r["folder"], "config.json").read_text())
+        assert r["resaved_code"] == sorted(f.name for f in Path(r["folder"]).glob("*.py")), r["auto"]
+        for key in ("auto_map", "custom_pipelines", "model_type"):
+            assert r["resaved_config"].get(key) == original.get(key), (r["folder"], r["auto"], key)

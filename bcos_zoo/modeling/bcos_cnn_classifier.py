@@ -39,7 +39,7 @@ class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
     logit bias, the loss and exact explanations. A family's class builds its backbone under ``base_model_prefix``.
     """
 
-    _extra_auto_classes = ("AutoModel",)
+    _saved_auto_classes = ("AutoModel", "AutoModelForImageClassification")
 
     def __init__(self, config, backbone: nn.Module, channels: int):
         super().__init__(config)

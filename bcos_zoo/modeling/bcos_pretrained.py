@@ -10,12 +10,16 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import hf_hub_download
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.utils import logging
 
 from .bcos_layers import BcosLayerNorm, BcosLinear, encode_pixel_values, explanation_mode
 
+
+logger = logging.get_logger(__name__)
 
 # pipeline("image-explanation", trust_remote_code=True), as a saved classifier's config names it
 EXPLANATION_PIPELINE_FILE = "pipeline_bcos_explanation.py"
@@ -57,7 +61,9 @@ class BcosPreTrainedModel(PreTrainedModel):
 
     main_input_name = "pixel_values"
     _standard_converter: Callable | None = None  # B-cosification: set by the bcos_zoo package when it is imported
-    _extra_auto_classes: tuple[str, ...] = ()  # Auto classes a saved folder answers to besides register_for_auto_class
+    # Auto classes a saved folder answers to, where more than the one register_for_auto_class names (which loading as
+    # remote code replaces by the Auto class it loaded with)
+    _saved_auto_classes: tuple[str, ...] = ()
     accepts_loss_kwargs = False  # the losses are batch means: the Trainer divides by gradient-accumulation steps
 
     @torch.no_grad()
@@ -102,16 +108,26 @@ class BcosPreTrainedModel(PreTrainedModel):
         self.default_image_processor().save_pretrained(save_directory)
 
     def _extra_code_files(self) -> list[str]:
-        """Code a saved folder needs besides what the class's module imports: a classifier's pipeline."""
+        """Code a saved folder needs besides what the class's module imports: a classifier's pipeline, found beside
+        this module or, for a model loaded as remote code (whose module cache holds only what the model imports), in
+        the folder or Hub repo it came from."""
         if not type(self).__name__.endswith("ForImageClassification"):
             return []
-        return [os.path.join(os.path.dirname(os.path.abspath(__file__)), EXPLANATION_PIPELINE_FILE)]
+        for folder in (os.path.dirname(os.path.abspath(__file__)), self.name_or_path):
+            if os.path.isfile(os.path.join(folder, EXPLANATION_PIPELINE_FILE)):
+                return [os.path.join(folder, EXPLANATION_PIPELINE_FILE)]
+        try:
+            revision = getattr(self.config, "_commit_hash", None)
+            return [hf_hub_download(self.name_or_path, EXPLANATION_PIPELINE_FILE, revision=revision)]
+        except Exception:  # not a Hub repo, offline and not cached, or a repo without the pipeline
+            logger.warning(f"{EXPLANATION_PIPELINE_FILE} was not found: the folder is saved without it.")
+            return []
 
     def _auto_map(self) -> dict[str, str]:
         """The ``auto_map`` of a folder holding this class: its config class and the Auto classes that load it."""
         model_module = type(self).__module__.rsplit(".", 1)[-1]
         auto_map = {"AutoConfig": f"{type(self.config).__module__.rsplit('.', 1)[-1]}.{type(self.config).__name__}"}
-        for auto_class in (self._auto_class, *self._extra_auto_classes):
+        for auto_class in self._saved_auto_classes or (self._auto_class,):
             if auto_class is not None:
                 auto_map[auto_class] = f"{model_module}.{type(self).__name__}"
         return auto_map
@@ -119,15 +135,17 @@ class BcosPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Save weights, config, remote code and processor, so that the folder loads with the Auto classes. Our
         ``auto_map`` replaces, in the saved config.json, the one transformers writes for the registered class."""
-        shared, main = self.config, kwargs.get("is_main_process", True)
+        shared, main, code_files = self.config, kwargs.get("is_main_process", True), self._extra_code_files()
         self.config = copy.deepcopy(shared)  # a config shared with other models stays as it was
-        if type(self).__name__.endswith("ForImageClassification"):  # labels and explanations in one call
+        if any(path.endswith(EXPLANATION_PIPELINE_FILE) for path in code_files):  # labels and explanations in one call
             self.config.custom_pipelines = {"image-explanation": EXPLANATION_PIPELINE}
+        elif hasattr(self.config, "custom_pipelines"):  # a pipeline the folder cannot hold is not named
+            del self.config.custom_pipelines
         try:
             if main:
                 os.makedirs(save_directory, exist_ok=True)
                 self._save_processors(save_directory)
-                for path in self._extra_code_files():
+                for path in code_files:
                     shutil.copy(path, save_directory)
             super().save_pretrained(save_directory, *args, **kwargs)
             if main:

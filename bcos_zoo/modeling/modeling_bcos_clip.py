@@ -197,7 +197,7 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
     transformers' ``CLIPModel`` does, so ``pipeline("zero-shot-image-classification")`` works with it."""
 
     main_input_name = "input_ids"
-    _extra_auto_classes = ("AutoModel",)
+    _saved_auto_classes = ("AutoModel", "AutoModelForZeroShotImageClassification")
 
     def __init__(self, config: BcosCLIPConfig):
         super().__init__(config)

@@ -187,7 +187,7 @@ class BcosSimpleViTForImageClassification(BcosSimpleViTPreTrainedModel):
     """A B-cos simple ViT (or ViT-C) classifier that explains its own decisions. It takes images in [0, 1] (the saved
     image processor resizes, crops and rescales, never normalises) and returns an ``ImageClassifierOutput``."""
 
-    _extra_auto_classes = ("AutoModel",)
+    _saved_auto_classes = ("AutoModel", "AutoModelForImageClassification")
 
     def __init__(self, config: BcosSimpleViTConfig):
         super().__init__(config)

@@ -225,7 +225,7 @@ class BcosViTModel(BcosViTPreTrainedModel):
 class BcosViTForImageClassification(BcosViTPreTrainedModel):
     """A B-cos ViT image classifier of images in [0, 1] that explains its own decisions exactly (:meth:`explain`)."""
 
-    _extra_auto_classes = ("AutoModel",)
+    _saved_auto_classes = ("AutoModel", "AutoModelForImageClassification")
 
     def __init__(self, config: BcosViTConfig):
         super().__init__(config)
