@@ -10,11 +10,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import hf_hub_download
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import logging
+from transformers.utils import cached_file, logging
 
 from .bcos_layers import BcosLayerNorm, BcosLinear, encode_pixel_values, explanation_mode
 
@@ -113,14 +112,13 @@ class BcosPreTrainedModel(PreTrainedModel):
         the folder or Hub repo it came from."""
         if not type(self).__name__.endswith("ForImageClassification"):
             return []
-        for folder in (os.path.dirname(os.path.abspath(__file__)), self.name_or_path):
-            if os.path.isfile(os.path.join(folder, EXPLANATION_PIPELINE_FILE)):
-                return [os.path.join(folder, EXPLANATION_PIPELINE_FILE)]
+        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), EXPLANATION_PIPELINE_FILE)
+        if os.path.isfile(here):
+            return [here]
         try:
-            revision = getattr(self.config, "_commit_hash", None)
-            return [hf_hub_download(self.name_or_path, EXPLANATION_PIPELINE_FILE, revision=revision)]
-        except Exception:  # not a Hub repo, offline and not cached, or a repo without the pipeline
-            logger.warning(f"{EXPLANATION_PIPELINE_FILE} was not found: the folder is saved without it.")
+            return [cached_file(self.name_or_path, EXPLANATION_PIPELINE_FILE)]  # the folder or (main of) the Hub repo
+        except OSError as error:
+            logger.warning(f"The folder is saved without {EXPLANATION_PIPELINE_FILE}, which was not found: {error}")
             return []
 
     def _auto_map(self) -> dict[str, str]:
