@@ -189,8 +189,23 @@ def test_gradient_checkpointing_and_bfloat16(stem):
 def test_any_image_size_its_patches_tile_and_a_clear_error_otherwise():
     model = tiny("patches")
     assert model(pixel_values=torch.rand(1, 3, 24, 40)).logits.shape == (1, 4)
-    with pytest.raises(ValueError, match="cannot take a 20x40 input"):
+    with pytest.raises(ValueError, match="cannot take a 20x40 image: use sides that are multiples of 8"):
         model(pixel_values=torch.rand(1, 3, 20, 40))
+
+
+def test_the_size_error_of_a_conv_stem_names_the_image_and_the_multiple_it_needs():
+    model = tiny("conv_stem")  # two stride-2 convolutions, then 2x2 patches: 8x8 pixels a patch
+    assert model(pixel_values=torch.rand(1, 3, 24, 40)).logits.shape == (1, 4)
+    with pytest.raises(ValueError, match="cannot take a 36x36 image: use sides that are multiples of 8"):
+        model(pixel_values=torch.rand(1, 3, 36, 36))
+
+
+@pytest.mark.parametrize("stem", list(STEMS))
+def test_an_empty_batch_gives_empty_logits_and_explanations(stem):
+    model = tiny(stem)
+    assert model(pixel_values=torch.rand(0, 3, 32, 32)).logits.shape == (0, 4)
+    explanation = model.explain(torch.rand(0, 3, 32, 32))
+    assert explanation.contributions.shape == (0, 32, 32) and explanation.rgba.shape == (0, 32, 32, 4)
 
 
 @pytest.mark.subprocess

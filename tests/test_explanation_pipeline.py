@@ -131,3 +131,18 @@ def test_batched_images_get_what_each_gets_alone(saved, asked):
                     a["explanation"]["contributions"], b["explanation"]["contributions"], atol=1e-5
                 )
                 assert a["explanation"]["logit"] == pytest.approx(b["explanation"]["logit"], abs=1e-4)
+
+
+@pytest.mark.parametrize(("problem_type", "labels"), [(None, 4), ("multi_label_classification", 4), ("regression", 1)])
+def test_scores_are_those_image_classification_gives_for_the_problem_type(problem_type, labels, tmp_path):
+    model = BcosViTForImageClassification.from_pretrained_standard(
+        hf_vit(labels=labels), b=2.0, problem_type=problem_type
+    )
+    photo = str(tmp_path / "photo.png")
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
+    processor = model.default_image_processor()
+    explained = pipeline("image-explanation", model=model, image_processor=processor)(photo, top_k=labels)
+    classified = pipeline("image-classification", model=model, image_processor=processor)(photo, top_k=labels)
+    assert [row["label"] for row in explained] == [row["label"] for row in classified]
+    for ours, theirs in zip(explained, classified):
+        assert ours["score"] == pytest.approx(theirs["score"], abs=1e-6)

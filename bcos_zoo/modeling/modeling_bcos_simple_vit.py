@@ -60,10 +60,11 @@ class BcosSimpleViTEmbeddings(nn.Module):
 
     def __init__(self, config: BcosSimpleViTConfig):
         super().__init__()
-        self.patch_size = config.patch_size
+        self.patch_size, self.stem_stride = config.patch_size, 1
         channels, self.stem = 2 * config.num_channels, nn.Sequential()
         for width in config.conv_stem or ():
             stride = 2 if width > channels else 1
+            self.stem_stride *= stride
             conv = BcosConv2d(channels, width, 3, stride, padding=1, bias=config.use_bias, b=config.b)
             norm = BcosLayerNorm2d(width, config.layer_norm_eps, bias=config.use_bias)
             self.stem.extend([conv, norm, activation(config.hidden_act)])
@@ -72,11 +73,14 @@ class BcosSimpleViTEmbeddings(nn.Module):
         self.projection = BcosLinear(patch, config.hidden_size, bias=config.use_bias, b=config.b)
 
     def forward(self, encoded: torch.Tensor) -> torch.Tensor:
+        p, side = self.patch_size, self.patch_size * self.stem_stride  # in pixels: a patch after the stem
+        if encoded.shape[-2] % side or encoded.shape[-1] % side:
+            raise ValueError(
+                f"This model cuts patches of {side}x{side} pixels and cannot take a "
+                f"{encoded.shape[-2]}x{encoded.shape[-1]} image: use sides that are multiples of {side}."
+            )
         features = self.stem(encoded)
         batch, channels, height, width = features.shape
-        p = self.patch_size
-        if height % p or width % p:
-            raise ValueError(f"This model cuts {p}x{p} patches and cannot take a {height}x{width} input.")
         patches = features.reshape(batch, channels, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
         tokens = self.projection(patches.reshape(batch, (height // p) * (width // p), channels * p * p))
         positions = sincos_position_embeddings(height // p, width // p, tokens.shape[-1], tokens.device)
@@ -98,7 +102,11 @@ class BcosSimpleViTAttention(DynamicModule):
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, width = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = (
+            self.qkv(hidden_states)
+            .view(batch, length, 3, self.num_heads, width // self.num_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         query, key, value = self.dynamic(qkv[0]), self.dynamic(qkv[1]), qkv[2]
         if self.config._attn_implementation == "eager" or self.detach_dynamic:  # written out: twice differentiable
             probabilities = torch.softmax(torch.matmul(query, key.transpose(-1, -2)) * self.scaling, dim=-1)

@@ -65,8 +65,14 @@ class ImageExplanationPipeline(Pipeline):
 
     def postprocess(self, model_outputs, top_k=5, explain=1):
         id2label = self.model.config.id2label
-        logits = model_outputs["logits"][0].float()
-        probabilities, order = logits.softmax(dim=-1), logits.argsort(descending=True).tolist()
+        logits, problem = model_outputs["logits"][0].float(), self.model.config.problem_type
+        if problem == "regression":  # the scores image-classification gives: the logits themselves,
+            probabilities = logits
+        elif problem == "multi_label_classification" or len(logits) == 1:  # one sigmoid per label,
+            probabilities = logits.sigmoid()
+        else:  # or a softmax over the labels
+            probabilities = logits.softmax(dim=-1)
+        order = logits.argsort(descending=True).tolist()
         chosen = model_outputs["targets"][0].tolist()
         shown = order[:top_k] + [index for index in chosen if index not in order[:top_k]]
         results = []
