@@ -176,6 +176,28 @@ def test_contribution_map_is_white_at_zero_and_red_for_the_largest_positive():
     torch.testing.assert_close(constructed.contribution_map(percentile=100)[0], expected)
 
 
+def test_a_float16_explanation_renders_as_its_float32_copy_does_without_nan():
+    explanation = converted_model().half().explain(torch.rand(2, 3, 32, 32))
+    as_float32 = type(explanation)(
+        **{name: value.float() for name, value in vars(explanation).items() if name != "output_name"}
+    )
+    for rendered, reference in (
+        (explanation.rgba, as_float32.rgba),
+        (explanation.contribution_map(), as_float32.contribution_map()),
+    ):
+        assert not rendered.isnan().any()
+        torch.testing.assert_close(rendered, reference)
+    zero = type(explanation)(**{**vars(explanation), "contributions": torch.zeros_like(explanation.contributions)})
+    assert torch.equal(zero.contribution_map(), torch.ones(2, 32, 32, 3))  # white, not NaN, where nothing contributes
+
+
+@pytest.mark.parametrize("percentile", [-1, 150])
+def test_a_percentile_outside_0_to_100_is_refused_with_its_range(percentile):
+    explanation = converted_model().explain(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"percentile must lie in \[0, 100\]"):
+        explanation.render(percentile=percentile)
+
+
 @pytest.mark.parametrize("bad", [10, -1, torch.tensor([0, 1, 2])], ids=["too-large", "negative", "wrong-length"])
 def test_invalid_targets_are_rejected(bad):
     model = converted_model()

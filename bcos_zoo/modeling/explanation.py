@@ -101,6 +101,8 @@ def compute_explanation(
 
 def _per_image_quantile(values: torch.Tensor, percentile: float) -> torch.Tensor:
     """(N,) percentile of each image's values, as a (N, 1, 1) tensor for broadcasting."""
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must lie in [0, 100], got {percentile}.")
     flat = values.flatten(1).float()
     if not len(flat):  # an empty batch (quantile refuses empty input): no image, no quantile
         return values.new_zeros(0, 1, 1)
@@ -113,13 +115,14 @@ def render_dynamic_weights(
     """The B-cos papers' rendering of (N, 6, H, W) dynamic weights as (N, H, W, 4) RGBA in [0, 1]. Colour: the
     weights scaled by their largest magnitude and clamped at 0, ``rgb = g[:3] / (g[:3] + g[3:])`` (grey from a
     one-channel model's (N, 2, H, W)); opacity: their norm where the contribution is positive (averaged over
-    ``smooth`` x ``smooth``), scaled by its ``percentile``."""
-    eps = 1e-12
-    weights, channels = dynamic_weights.detach(), dynamic_weights.shape[1] // 2
+    ``smooth`` x ``smooth``), scaled by its ``percentile``. Computed in float32 at least (the guard against 0 / 0
+    underflows in float16)."""
+    eps, dtype = 1e-12, torch.promote_types(dynamic_weights.dtype, torch.float32)
+    weights, channels = dynamic_weights.detach().to(dtype), dynamic_weights.shape[1] // 2
     gain = (weights / weights.abs().amax(dim=1, keepdim=True).clamp_min(eps)).clamp_min(0)
     rgb = (gain[:, :channels] / (gain[:, :channels] + gain[:, channels:]).clamp_min(eps)).expand(-1, 3, -1, -1)
     alpha = torch.linalg.vector_norm(weights, dim=1)
-    alpha = torch.where(contributions.detach() < 0, torch.zeros_like(alpha), alpha)
+    alpha = torch.where(contributions.detach().to(dtype) < 0, torch.zeros_like(alpha), alpha)
     if smooth > 1:
         alpha = F.avg_pool2d(alpha[:, None], smooth, stride=1, padding=smooth // 2, count_include_pad=False)[:, 0]
         alpha = alpha[:, : rgb.shape[2], : rgb.shape[3]]
@@ -128,8 +131,9 @@ def render_dynamic_weights(
 
 
 def colorize_contributions(contributions: torch.Tensor, percentile: float = 99.5) -> torch.Tensor:
-    """(N, H, W) contributions as (N, H, W, 3) RGB: blue negative, white zero, red positive, clipped symmetrically."""
-    values = contributions.detach()
+    """(N, H, W) contributions as (N, H, W, 3) RGB: blue negative, white zero, red positive, clipped symmetrically
+    (in float32 at least, as :func:`render_dynamic_weights`)."""
+    values = contributions.detach().to(torch.promote_types(contributions.dtype, torch.float32))
     scale = _per_image_quantile(values.abs(), percentile).clamp_min(1e-12)
     v = (values / scale).clamp(-1, 1)
     positive, negative = v.clamp_min(0), (-v).clamp_min(0)
