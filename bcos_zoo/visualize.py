@@ -86,7 +86,7 @@ def explanation_panel(
     """One explained image as a titled picture: input | colour explanation (on white) | contributions with their
     colour scale. The title says which class is explained (logit, bias share), what was predicted and, when given,
     the true class; it is also stored in the PNG's ``Title`` text (see :func:`save_png`)."""
-    image = Image.fromarray(_to_uint8(pixel_values[index].permute(1, 2, 0)), mode="RGB")
+    image = Image.fromarray(_to_uint8(pixel_values[index].expand(3, -1, -1).permute(1, 2, 0)), mode="RGB")
     explained = Image.new("RGBA", image.size, (255, 255, 255, 255))
     explained.alpha_composite(rgba_image(explanation, index, smooth))
     contributions = contribution_image(explanation, index)
@@ -126,7 +126,7 @@ def save_png(picture: Image.Image, path: str | Path) -> Path:
 def _square_pad(image: Image.Image) -> Image.Image:
     """The image centred on a white square, so a model tied to square inputs sees it without squashing."""
     side = max(image.size)
-    square = Image.new("RGB", (side, side), "white")
+    square = Image.new(image.mode, (side, side), "white")
     square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
     return square
 
@@ -150,6 +150,8 @@ def explain_image_file(
     path = Path(path)
     processor = processor or model.default_image_processor()
     image = load_image(path)
+    if getattr(model.config, "num_channels", 3) == 1:  # a one-channel model takes the photo as grayscale
+        image = image.convert("L")
     if "shortest_edge" not in (getattr(processor, "size", None) or {}):
         image = _square_pad(image)
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]

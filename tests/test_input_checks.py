@@ -33,7 +33,7 @@ def test_uint8_images_are_rejected_with_the_fix(model):
 
 @pytest.mark.parametrize("shape", [(1, 1, 32, 32), (1, 4, 32, 32)], ids=["grayscale", "rgba"])
 def test_wrong_channel_count_is_rejected(model, shape):
-    with pytest.raises(ValueError, match=r"shape \(batch, 3, height, width\).*convert grayscale or RGBA"):
+    with pytest.raises(ValueError, match=r"shape \(batch, 3, height, width\).*this model takes RGB images"):
         model(pixel_values=torch.rand(shape))
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from clip_testing import save_source as save_clip_source
 from PIL import Image
-from sources import hf_vit
+from sources import hf_vit, timm_vit
+from transformers import pipeline
 
 from bcos_zoo import BcosCLIPModel, BcosViTForImageClassification
 from bcos_zoo.visualize import CAPTION, TILE, explain_image_file, explanation_panel, explanation_title
@@ -74,3 +75,31 @@ def test_a_clip_model_explains_a_photo_against_the_prompts_it_is_given(tmp_path)
     expected = clip.explain(pixels, text=prompts)
     with Image.open(explain_image_file(clip, photo, text=prompts)) as panel:  # the best match by default
         assert panel.text["Title"].startswith(f"explained: {prompts[int(expected.target[0])]} (")
+
+
+@pytest.fixture(scope="module")
+def one_channel_model():
+    source = timm_vit(in_chans=1, seed=2)
+    return BcosViTForImageClassification.from_pretrained_standard(source, image_mean=(0.3,), image_std=(0.2,)).eval()
+
+
+def test_a_one_channel_model_explains_a_colour_photo_as_grayscale(one_channel_model, tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(photo)
+    with Image.open(explain_image_file(one_channel_model, photo, target=1)) as panel:
+        assert panel.text["Title"].startswith(f"explained: {one_channel_model.config.id2label[1]} (logit ")
+
+
+def test_a_one_channel_model_runs_the_explanation_pipeline_on_a_colour_photo(one_channel_model, tmp_path):
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    processor = one_channel_model.default_image_processor()
+    pipe = pipeline("image-explanation", model=one_channel_model, image_processor=processor)
+    explained = pipe(photo, top_k=1)[0]["explanation"]
+    pixels = processor(photo.convert("L"), return_tensors="pt").pixel_values
+    expected = one_channel_model.explain(pixels)
+    np.testing.assert_allclose(explained["contributions"], expected.contributions[0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_colour_image_given_to_a_one_channel_model_is_refused_asking_for_grayscale(one_channel_model):
+    with pytest.raises(ValueError, match=r"shape \(batch, 1, height, width\).*this model takes grayscale images"):
+        one_channel_model(pixel_values=torch.rand(1, 3, 32, 32))
