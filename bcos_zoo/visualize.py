@@ -42,7 +42,9 @@ def _font(size: int) -> ImageFont.ImageFont:
 def _label(names, index: int) -> str:
     if names is None:
         return str(index)
-    return str(names[index] if not isinstance(names, dict) else names.get(index, names.get(str(index), index)))
+    if isinstance(names, dict):
+        return str(names.get(index, names.get(str(index), index)))
+    return str(names[index]) if 0 <= index < len(names) else str(index)
 
 
 def explanation_title(

@@ -205,6 +205,15 @@ def test_invalid_targets_are_rejected(bad):
         model.explain(torch.rand(2, 3, 32, 32), target=bad)
 
 
+@pytest.mark.parametrize("family", ["vit", "clip"])
+def test_explaining_an_array_says_a_tensor_is_needed(family):
+    model = TINY_CLASSIFIERS[family]()
+    with pytest.raises(TypeError, match="pixel_values must be a torch.Tensor, got ndarray"):
+        model.explain(
+            torch.rand(1, 3, 32, 32).numpy(), **({"text_embeds": torch.rand(2, 8)} if family == "clip" else {})
+        )
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_explanation_on_gpu_matches_cpu():
     model = converted_model().double()

@@ -39,6 +39,11 @@ def test_title_names_explained_predicted_and_true_class(model):
     assert second == f"predicted: {names[int(explanation.logits[1].argmax())]}, true: bird"
 
 
+def test_a_class_beyond_the_names_given_is_titled_by_its_number(model):
+    explanation = model.explain(torch.rand(1, 3, 32, 32), target=2)
+    assert explanation_title(explanation, 0, ["cat", "dog"])[0].startswith("explained: 2 (logit ")
+
+
 def test_a_wide_photo_is_padded_for_a_square_model_not_squashed(model, tmp_path):
     photo = tmp_path / "wide.png"
     pixels = np.zeros((20, 80, 3), dtype=np.uint8)  # a black band, four times as wide as high

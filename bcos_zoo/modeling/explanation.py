@@ -84,7 +84,7 @@ def compute_explanation(
     ``contributions`` keep their graph, so that a loss on them trains the model (training with explanations).
     """
     with torch.inference_mode(False), torch.enable_grad(), explanation_mode(model):  # works under inference_mode()
-        encoded = model.encode_pixel_values(pixel_values.detach(), eager_message=True).requires_grad_(True)
+        encoded = model.encode_pixel_values(pixel_values, eager_message=True).detach().requires_grad_(True)
         logits = score_fn(encoded)
         target = resolve_target(target, logits.detach())
         selected = logits.gather(1, target[:, None]).sum()

@@ -146,7 +146,7 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         bias`` equals it; ``logits`` are the (N, K) cosines. Prompts are ``text`` (needs the text tower) or (K, P)
         ``text_embeds``; ``target``: None (each image's best match), an int or an (N,) tensor; ``create_graph``: keep
         the graph, so that a loss on the explanation trains the image tower."""
-        prompts = self._prompt_embeds(text, text_embeds, pixel_values.device)
+        prompts = self._prompt_embeds(text, text_embeds, self.device)
 
         def cosines(encoded: torch.Tensor) -> torch.Tensor:
             pooled = self.vision_model.pooled_features(encoded, interpolate_pos_encoding)
