@@ -100,6 +100,16 @@ def test_transparency_lies_on_white_as_a_viewer_shows_it(tmp_path):
     assert tuple(pixels[0, 0]) == (200, 10, 10) and (pixels.reshape(-1, 3)[1:] == 255).all()
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_transparent_colour_key_lies_on_white_too(mode, tmp_path):
+    image = Image.new(mode, (2, 1), (10, 20, 30) if mode == "RGB" else 10)
+    image.putpixel((1, 0), (200, 10, 10) if mode == "RGB" else 200)
+    image.save(tmp_path / "keyed.png", transparency=(10, 20, 30) if mode == "RGB" else 10)  # a tRNS chunk
+    pixels = np.asarray(load_image(tmp_path / "keyed.png"))
+    assert tuple(pixels[0, 0]) == (255, 255, 255)
+    assert tuple(pixels[0, 1]) == ((200, 10, 10) if mode == "RGB" else (200, 200, 200))
+
+
 def test_an_image_folder_dataset_reads_16_bit_files_as_load_image_does(tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()

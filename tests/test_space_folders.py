@@ -122,7 +122,15 @@ def odd_mode_images() -> list[Image.Image]:
         palette,
         rgba.convert("CMYK"),
         rgba.convert("L"),
+        keyed(rgba.convert("RGB")),  # a PNG tRNS colour
+        keyed(rgba.convert("L")),
     ]
+
+
+def keyed(image: Image.Image) -> Image.Image:
+    """``image`` with its first pixel's colour marked transparent, as a PNG tRNS chunk does without an alpha band."""
+    image.info["transparency"] = image.getpixel((0, 0))
+    return image
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -60,7 +60,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         values = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I") else max(float(values.max()), 1e-12)
         image = Image.fromarray((values / top * 255).clip(0, 255).round().astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # an alpha band or a tRNS colour
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
     return image.convert("RGB")
