@@ -288,6 +288,8 @@ def _converter_of(family: Family) -> Callable[..., PreTrainedModel]:
                     f"A {type(source).__name__} is a source of the {owner.label} family, not of {cls.__name__}: use "
                     f"{owner.classifier.__name__}.from_pretrained_standard(...)."
                 )
+        if (kwargs.get("image_mean") is None) != (kwargs.get("image_std") is None):
+            raise ValueError("Pass image_mean and image_std together: the normalisation folded in needs both.")
         overrides = sorted(set(kwargs) - {"b", "bias", "image_mean", "image_std"})
         if unknown := [name for name in overrides if name not in _config_fields(family)]:
             raise ValueError(

@@ -157,14 +157,19 @@ def _max_out_densenet():
     return bcos_pretrained.densenet121(pretrained=False, bcos_args=dict(b=2, max_out=2))
 
 
+def _b_2_5_resnet():
+    return bcos_pretrained.resnet18(pretrained=False, bcos_args=dict(b=2.5))
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [
         (_position_norm_resnet, "is a DetachablePositionNorm2d, which has no counterpart here"),
         (_dilated_resnet, r"layer4.0.conv2 \(kernel, stride, padding, dilation, groups\)"),
         (_max_out_densenet, "uses MaxOut"),
+        (_b_2_5_resnet, r"B = 2.5 does not port exactly: .* \|cos\| \+ 1e-6"),
     ],
-    ids=["position-norm", "dilation", "max-out"],
+    ids=["position-norm", "dilation", "max-out", "b-2.5"],
 )
 def test_package_models_unlike_the_released_ones_are_refused(build, message):
     with pytest.raises(ValueError, match=message):

@@ -234,7 +234,9 @@ def test_one_channel_timm_vit_is_reproduced_and_explained_exactly():
 
 def test_normalisation_of_another_channel_count_names_the_fix():
     with pytest.raises(ValueError, match=r"1-channel images.*image_mean= and image_std= with 1 value"):
-        BcosViTForImageClassification.from_pretrained_standard(timm_vit(in_chans=1), image_mean=(0.5,) * 3)
+        BcosViTForImageClassification.from_pretrained_standard(
+            timm_vit(in_chans=1), image_mean=(0.5,) * 3, image_std=(0.2,) * 3
+        )
 
 
 def test_a_timm_architecture_timm_does_not_know_is_refused_by_name(tmp_path):

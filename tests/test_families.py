@@ -260,6 +260,12 @@ def test_a_loaded_source_of_another_family_is_sent_to_its_class():
         BcosViTForImageClassification.from_pretrained_standard(twin)
 
 
+@pytest.mark.parametrize("given", [dict(image_mean=MEAN), dict(image_std=STD)], ids=["mean", "std"])
+def test_a_mean_without_a_std_or_the_reverse_is_refused_not_dropped(given):
+    with pytest.raises(ValueError, match="Pass image_mean and image_std together"):
+        BcosResNetForImageClassification.from_pretrained_standard(hf_resnet(), **given)
+
+
 def test_an_argument_that_is_no_config_field_is_refused_not_stored():
     # "B" for "b", or a field the B-cos ViT does not have: a config would silently keep it and change nothing
     for typo in (dict(B=3.0), dict(hidden_dropout_prob=0.1)):

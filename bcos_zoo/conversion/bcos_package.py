@@ -49,6 +49,20 @@ class BcosPackageModel:
     processor_fields: dict
 
 
+def portable_exponent(exponents: set[float]) -> float:
+    """The one B of a ``bcos`` model's B-cos units, if a port computes what the package does: for B other than 1 and 2
+    the package raises ``|cos| + 1e-6`` to the power B - 1, which the port (``|cos|`` itself) does not."""
+    if len(exponents) != 1:
+        raise ValueError(f"The B-cos units of this model have different exponents {sorted(exponents)}.")
+    b = next(iter(exponents))
+    if b not in (1.0, 2.0):
+        raise ValueError(
+            f"A bcos model of B = {b} does not port exactly: for B other than 1 and 2 the bcos package raises "
+            "|cos| + 1e-6 to the power B - 1. Every released B-cos model has B = 2."
+        )
+    return b
+
+
 def read_bcos_cnn(model: nn.Module, supported: str) -> BcosPackageModel:
     """Read a ``bcos`` CNN, refusing what the port has no counterpart for: MaxOut, B-cos units with different B,
     a normalisation other than uncentred BatchNorm without bias ("bnu"), a logit temperature."""
@@ -74,8 +88,8 @@ def read_bcos_cnn(model: nn.Module, supported: str) -> BcosPackageModel:
             if module.logit_temperature is not None:
                 raise ValueError(f"The bcos model's logit layer has a temperature. Supported: {supported}.")
             logit_bias = float(module.logit_bias or 0.0)
-    if len(exponents) != 1 or len(eps) > 1:
-        raise ValueError(f"The bcos model mixes B-cos exponents {exponents} or BatchNorm eps {eps}.")
+    if len(eps) > 1:
+        raise ValueError(f"The bcos model mixes BatchNorm eps {sorted(eps)}.")
     state = {
         re.sub(r"\.linear\.weight$", ".weight", key): value
         for key, value in model.state_dict().items()
@@ -83,7 +97,7 @@ def read_bcos_cnn(model: nn.Module, supported: str) -> BcosPackageModel:
     }
     return BcosPackageModel(
         state=state,
-        b=exponents.pop(),
+        b=portable_exponent(exponents),
         batch_norm_eps=eps.pop() if eps else 1e-5,
         logit_bias=logit_bias,
         parameter=next(model.parameters()),

@@ -20,6 +20,7 @@ from torch import nn
 from transformers.initialization import no_init_weights
 
 from ..modeling import BcosSimpleViTConfig, BcosSimpleViTForImageClassification
+from .bcos_package import portable_exponent
 from .common import IMAGENET_NORMALIZATION, bcos_package_labels, fold_normalization, load_exactly
 
 
@@ -116,11 +117,9 @@ def port_bcos_simple_vit(model: nn.Module) -> BcosSimpleViTForImageClassificatio
     if not _is_simple_vit(vit) or type(logit_layer).__name__ != "LogitLayer":
         raise ValueError("Not a bcos B-cos SimpleViT (a BcosSequential of a SimpleViT and a LogitLayer).")
     architecture, state, exponents = read_simple_vit(vit)
-    if len(exponents) != 1:
-        raise ValueError(f"The B-cos units of this model have different exponents {sorted(exponents)}.")
     config = BcosSimpleViTConfig(
         **architecture,
-        b=exponents.pop(),
+        b=portable_exponent(exponents),
         use_bias=False,
         logit_bias=float(logit_layer.logit_bias or 0.0),  # the package's None is no bias; ours would be -log(C - 1)
         logit_temperature=logit_layer.logit_temperature,
