@@ -90,3 +90,11 @@ def test_unsupported_sources_raise_value_error(tmp_path):
         BcosCLIPModel.from_pretrained_standard("no-such-org/no-such-clip")
     with pytest.raises(ValueError, match="bias must be 'keep' or 'remove'"):
         BcosCLIPModel.from_pretrained_standard(tiny_clip(), bias="zero")
+
+
+def test_a_timm_folder_is_named_by_its_architecture(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_small_patch16_224", "num_classes": 3}))
+    with pytest.raises(ValueError, match="holds a 'timm vit_small_patch16_224' model"):
+        BcosCLIPModel.from_pretrained_standard(tmp_path)

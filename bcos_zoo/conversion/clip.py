@@ -84,7 +84,7 @@ def load_standard_clip(source, vision_only: bool) -> StandardCLIP | OpenCLIPSour
     config = read_json(folder / "config.json")
     if config is None:
         raise ValueError(f"{folder} has no config.json. Supported sources: {SUPPORTED_CLIP_SOURCES}.")
-    model_type = config.get("model_type")
+    model_type = config.get("model_type") or (f"timm {config['architecture']}" if "architecture" in config else None)
     if model_type == "clip":
         model_class = CLIPModel
     elif model_type == "clip_vision_model" and vision_only:
