@@ -1,5 +1,7 @@
 """B-cosification of CLIP is exact at b=1 with biases kept: same image embeddings, same zero-shot probabilities."""
 
+import json
+
 import pytest
 import torch
 from clip_testing import PROMPTS, SHAPES, byte_level_tokenizer, images, normalize, save_source, tiny_clip
@@ -93,8 +95,6 @@ def test_unsupported_sources_raise_value_error(tmp_path):
 
 
 def test_a_timm_folder_is_named_by_its_architecture(tmp_path):
-    import json
-
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_small_patch16_224", "num_classes": 3}))
     with pytest.raises(ValueError, match="holds a 'timm vit_small_patch16_224' model"):
         BcosCLIPModel.from_pretrained_standard(tmp_path)
