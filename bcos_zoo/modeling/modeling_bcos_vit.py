@@ -179,7 +179,8 @@ class BcosViTPreTrainedModel(BcosPreTrainedModel):
 
 
 class BcosViTModel(BcosViTPreTrainedModel):
-    """The B-cos ViT backbone; ``pooler_output`` is the final LayerNorm of the pooled token (class token or mean)."""
+    """The B-cos ViT backbone; ``pooler_output`` is the final LayerNorm of the pooled token (class token or mean),
+    ``last_hidden_state`` the last block's tokens before it (as in CLIP's vision model, not transformers' ViT)."""
 
     def __init__(self, config: BcosViTConfig):
         super().__init__(config)
