@@ -157,3 +157,10 @@ def test_a_hub_repo_in_open_clip_s_layout_is_a_source(tmp_path, fake_hub):
     assert {"open_clip_config.json", "open_clip_model.safetensors", "tokenizer.json"} <= {
         request.path.rsplit("/", 1)[-1] for request in fake_hub.requests
     }
+
+
+def test_a_float64_open_clip_resnet_converts_in_float64_exactly():
+    source = reduced_rn().double()
+    model = BcosCLIPModel.from_pretrained_standard(source, b=1.0, bias="keep")
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float64}
+    assert_exact(model, source, images(dtype=torch.float64), atol=1e-10)

@@ -252,6 +252,38 @@ def test_a_b_cosified_model_comes_in_eval_mode_as_from_pretrained_gives_it(name,
     assert [n for n, module in model.named_modules() if module.training] == []
 
 
+@pytest.mark.parametrize(
+    ("name", "build"),
+    [
+        ("vit", hf_vit),
+        ("vit", timm_vit),
+        ("resnet", hf_resnet),
+        ("densenet", torchvision_densenet121),
+        ("clip", tiny_clip),
+    ],
+)
+def test_a_float64_source_converts_in_float64_exactly(name, build):
+    source = build().double()
+    model = FAMILIES[name].classifier.from_pretrained_standard(
+        source, b=1.0, bias="keep", image_mean=MEAN, image_std=STD
+    )
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float64}
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    normalized = (x - torch.tensor(MEAN, dtype=torch.float64)[:, None, None]) / torch.tensor(STD, dtype=torch.float64)[
+        :, None, None
+    ]
+    with torch.no_grad():
+        if name == "clip":
+            ours, theirs = (
+                model.get_image_features(pixel_values=x).pooler_output,
+                source.get_image_features(pixel_values=normalized).pooler_output,
+            )
+        else:
+            ours, theirs = model(pixel_values=x).logits, source(normalized)
+            theirs = getattr(theirs, "logits", theirs)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
 def test_a_loaded_source_of_another_family_is_sent_to_its_class():
     from bcos.models.pretrained import standard_vitc_ti_patch1_14
 

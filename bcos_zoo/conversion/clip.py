@@ -194,6 +194,7 @@ def bcosify_clip(cls, source, b: float, bias: str, image_mean=None, image_std=No
                 state[name] = value
         state.pop("text_model.embeddings.position_ids", None)
         model.tokenizer = standard.tokenizer
+    model.to(next(source_model.parameters()).dtype)  # the source's dtype (before loading: float64 stays exact)
     load_exactly(model, state, "", not keep, SUPPORTED_CLIP_SOURCES)
     model._image_processor = standard.image_processor
-    return model.to(next(source_model.parameters()).dtype)
+    return model

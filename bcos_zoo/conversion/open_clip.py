@@ -297,9 +297,9 @@ def bcosify_open_clip(cls, source: OpenCLIPSource, b: float, bias: str, image_me
         }
     )
     if cls.config_class.model_type != BcosCLIPConfig.model_type:  # the image tower alone
-        model = BcosCLIPResNetVisionModel(vision_config)
+        model = BcosCLIPResNetVisionModel(vision_config).to(state["visual.conv1.weight"].dtype)  # before loading
         load_exactly(model, vision, "", not keep, SUPPORTED_OPEN_CLIP_SOURCES)
-        return model.to(state["visual.conv1.weight"].dtype)
+        return model
     text = _text_state(state)
     width, vocab_size = state["token_embedding.weight"].shape[1], state["token_embedding.weight"].shape[0]
     text_config = CLIPTextConfig(
@@ -322,10 +322,10 @@ def bcosify_open_clip(cls, source: OpenCLIPSource, b: float, bias: str, image_me
         projection_dim=vision_config.projection_dim,
         logit_scale_init_value=float(state["logit_scale"]),
     )
-    model = cls(config)
+    model = cls(config).to(state["visual.conv1.weight"].dtype)  # the source's dtype, before loading
     expected = model.state_dict()
     if "text_model.embeddings.position_ids" in expected:
         text["text_model.embeddings.position_ids"] = expected["text_model.embeddings.position_ids"]
     load_exactly(model, {**vision, **text}, "", not keep, SUPPORTED_OPEN_CLIP_SOURCES)
     model.tokenizer = source.tokenizer
-    return model.to(state["visual.conv1.weight"].dtype)
+    return model

@@ -323,7 +323,7 @@ def build_bcos_cnn(
         "logit_bias": 0.0 if keep else None,
         **overrides,
     }
-    model = cls(config_class(**fields))
+    model = cls(config_class(**fields)).to(state[standard.stem_weight].dtype)  # the source's, as from_pretrained's
     prefix = model.base_model_prefix
     backbone = getattr(model, prefix, None)
     if backbone is None:  # a backbone class: no classifier to load

@@ -248,6 +248,6 @@ def bcosify_vit(cls, source, b: float, bias: str, image_mean=None, image_std=Non
     state[PATCH_WEIGHT] = fold_normalization(state[PATCH_WEIGHT], mean, std).flatten(1)
     keep = bias == "keep"
     fields = {**standard.architecture, "b": b, "use_bias": keep, "logit_bias": 0.0 if keep else None, **overrides}
-    model = cls(BcosViTConfig(**fields))
+    model = cls(BcosViTConfig(**fields)).to(state[PATCH_WEIGHT].dtype)  # the source's dtype, as from_pretrained's
     load_exactly(model, state, f"{model.base_model_prefix}.", not keep, SUPPORTED_VIT_SOURCES)
     return model
