@@ -4,6 +4,8 @@ import inspect
 
 import pytest
 import torch
+from PIL import Image
+from transformers import ViTImageProcessor
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
 from bcos_zoo.families import FAMILIES
@@ -24,6 +26,17 @@ def test_normalised_images_are_rejected_with_the_fix(model):
         model(pixel_values=normalised)
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         model.explain(normalised)
+
+
+def test_a_float_image_a_bicubic_resize_pushed_past_the_range_is_refused_naming_the_clamp(model):
+    edge = torch.zeros(3, 40, 40)
+    edge[:, :, 20:] = 1.0  # a hard edge: bicubic resampling rings past 0 and 1 on both sides
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, resample=Image.BICUBIC, do_normalize=False)
+    resized = processor(edge, do_rescale=False, return_tensors="pt").pixel_values
+    assert resized.min() < -1e-3 and resized.max() > 1 + 1e-3  # what a user's pipeline hands the model
+    with pytest.raises(ValueError, match=r"bicubic filter overshoots \[0, 1\] a little: clamp it"):
+        model(pixel_values=resized)
+    assert model(pixel_values=resized.clamp(0, 1)).logits.shape == (1, model.config.num_labels)
 
 
 def test_uint8_images_are_rejected_with_the_fix(model):

@@ -58,7 +58,8 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_
         raise ValueError(
             f"pixel_values must lie in [0, 1], got values in [{low:.3f}, {high:.3f}]. B-cos models take unnormalised "
             "images (the source's mean/std normalisation is folded into the first layer): use the image processor "
-            "saved with the model (do_normalize=False), or undo the normalisation with `x * std + mean`."
+            "saved with the model (do_normalize=False), or undo the normalisation with `x * std + mean`. (Resizing a "
+            "float image with a bicubic filter overshoots [0, 1] a little: clamp it with `x.clamp(0, 1)`.)"
         )
 
 
