@@ -95,6 +95,7 @@ TIMM_VARIANTS = {
     "no-class-token": dict(class_token=False, global_pool="avg"),
     "layer-scale-no-embed-class": dict(init_values=0.1, no_embed_class=True, name="deit3_small_patch16_224"),
     "pre-norm": dict(pre_norm=True),
+    "fc-norm-on-the-class-token": dict(fc_norm=True),
     "quick-gelu": dict(name="vit_base_patch32_clip_224", act_layer="quick_gelu", pre_norm=True, depth=1),
 }
 

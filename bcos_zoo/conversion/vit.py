@@ -195,7 +195,9 @@ def from_timm_state(sd: dict[str, torch.Tensor], meta: dict, mean, std) -> Stand
                 state[f"{dst}{layer}.weight"] = state[f"{dst}{layer}.weight"] * gamma[:, None]
                 if f"{dst}{layer}.bias" in state:
                     state[f"{dst}{layer}.bias"] = state[f"{dst}{layer}.bias"] * gamma
-    final_norm = "norm" if meta["global_pool"] == "token" else "fc_norm"
+    # the LayerNorm before the head: timm's "norm" on every token, or "fc_norm" on the pooled one (the same for the
+    # class token: a LayerNorm acts token by token)
+    final_norm = "norm" if meta["global_pool"] == "token" and "norm.weight" in sd else "fc_norm"
     for part in ("weight", "bias"):
         _move(sd, state, f"{final_norm}.{part}", f"layernorm.{part}")
         _move(sd, state, f"head.{part}", f"classifier.{part}")
