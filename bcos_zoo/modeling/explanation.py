@@ -75,6 +75,7 @@ def compute_explanation(
     pixel_values: torch.Tensor,
     target: int | torch.Tensor | None = None,
     create_graph: bool = False,
+    output_name: str = "logit",
 ) -> BcosExplanation:
     """Explain ``score_fn(encoded) -> (N, K)`` for a batch: one forward and one backward pass in explanation mode.
     ``model`` is a B-cos model: its ``encode_pixel_values`` checks the images against its config and encodes them.
@@ -96,7 +97,7 @@ def compute_explanation(
     accumulate = torch.promote_types(contributions.dtype, torch.float32)
     target_logits = logits.gather(1, target[:, None]).squeeze(1)
     bias = (target_logits.to(accumulate) - contributions.to(accumulate).sum(dim=(1, 2))).to(contributions.dtype)
-    return BcosExplanation(logits, target, weights, contributions, bias)
+    return BcosExplanation(logits, target, weights, contributions, bias, output_name)
 
 
 def _per_image_quantile(values: torch.Tensor, percentile: float) -> torch.Tensor:

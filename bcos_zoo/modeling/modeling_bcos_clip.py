@@ -107,9 +107,7 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         with torch.no_grad():
             return self.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
 
-    def _prompt_embeds(
-        self, text: str | Sequence[str] | None, text_embeds: torch.Tensor | None, device
-    ) -> torch.Tensor:
+    def _prompt_embeds(self, text: str | Sequence[str] | None, text_embeds, device) -> torch.Tensor:
         """(K, P) unit-norm prompt embeddings from prompts or from given text embeddings, validated."""
         if (text is None) == (text_embeds is None):
             raise ValueError(
@@ -153,9 +151,7 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
             embeds = self.embedding_normalizer(self.visual_projection(pooled))
             return embeds @ prompts.to(embeds.dtype, copy=True).T  # a copy: prompts may come from inference_mode()
 
-        explanation = compute_explanation(self, cosines, pixel_values, target, create_graph)
-        explanation.output_name = "cosine"
-        return explanation
+        return compute_explanation(self, cosines, pixel_values, target, create_graph, output_name="cosine")
 
     def default_image_processor(self) -> CLIPImageProcessor:
         """CLIP's resize and centre crop (the source's settings where known), rescaling to [0, 1], no normalisation."""
