@@ -27,8 +27,8 @@ import torch
 
 from bcos_zoo.evaluation.baselines import DEFAULT_METHODS, FUNCTION_METHODS, METHOD_NAMES
 from bcos_zoo.evaluation.faithfulness import FAITHFULNESS_METRICS, ROAD_FRACTIONS
-from bcos_zoo.evaluation.report import evaluate_side_by_side, format_table, write_report
-from bcos_zoo.zoo.cli import at_least, fraction, run_script
+from bcos_zoo.evaluation.report import MATCH_CLASSES, evaluate_side_by_side, format_table, output_folder, write_report
+from bcos_zoo.zoo.cli import at_least, device, fraction, run_script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,14 +68,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output-dir", default="outputs/evaluation")
     parser.add_argument("--batch-size", type=at_least(1), default=32)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        type=device,
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:<index>",
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--match-classes",
+        default="name",
+        choices=MATCH_CLASSES,
+        help="name: the dataset's classes must be the model's (in any order); index: the dataset's i-th class "
+        "(folders in sorted order) is the model's class i, whatever the names",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = vars(parse_args(argv))
-    output_dir = args.pop("output_dir")
+    output_dir = output_folder(args.pop("output_dir"))  # checked now, not after the evaluation
     report = evaluate_side_by_side(**args)
     written = write_report(report, output_dir)
     print(format_table(report["rows"]))

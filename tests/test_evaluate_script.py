@@ -3,6 +3,8 @@ and an image folder: table, JSON report, bar plot."""
 
 import json
 import os
+import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.data.preprocessing import model_transform
 from bcos_zoo.evaluation.baselines import DEFAULT_METHODS, load_standard_classifier
 from bcos_zoo.evaluation.report import evaluate_side_by_side, score_key
+from bcos_zoo.zoo.cli import run_script
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,3 +260,69 @@ def test_faithfulness_can_be_left_out_and_a_method_that_needs_a_standard_model_i
     assert "faithfulness" not in report and report["rows"][0]["deletion"] is None
     with pytest.raises(ValueError, match="'gradcam' cannot explain the B-cos model"):
         evaluate_side_by_side(**common_settings(workspace), methods=["bcos"], bcos_methods=["gradcam"])
+
+
+def copy_with_class_names(workspace, root: Path, names: list[str], relabel_model: bool) -> tuple[Path, Path]:
+    """The workspace's data with class ``i``'s folders named ``names[i]`` and, with ``relabel_model``, its B-cos
+    model calling class ``i`` ``names[i]`` too: the same images and predictions under other names."""
+    data = root / "data"
+    for folder in workspace["data"].glob("*/class_*"):
+        shutil.copytree(folder, data / folder.parent.name / names[int(folder.name.removeprefix("class_"))])
+    model = workspace["bcos"]
+    if relabel_model:
+        model = shutil.copytree(workspace["bcos"], root / "bcos")
+        config = json.loads((model / "config.json").read_text())
+        config["id2label"] = dict(enumerate(names))
+        config["label2id"] = {name: index for index, name in enumerate(names)}
+        (model / "config.json").write_text(json.dumps(config))
+    return model, data
+
+
+def accuracy_only(workspace) -> dict:
+    return {**common_settings(workspace), "num_grids": 0, "faithfulness_images": 0, "methods": ["bcos"]}
+
+
+def test_a_dataset_whose_class_folders_sort_otherwise_is_matched_to_the_model_by_name(workspace, tmp_path):
+    names = ["f", "e", "d", "c", "b", "a"]  # the dataset's first class, "a", is the model's last
+    model, data = copy_with_class_names(workspace, tmp_path, names, relabel_model=True)
+    report = evaluate_side_by_side(**{**accuracy_only(workspace), "model": model, "dataset": str(data)})
+    assert report["models"]["bcos"]["accuracy"] == pytest.approx(workspace["accuracy"])
+
+
+def test_a_dataset_whose_class_names_are_not_the_model_s_is_refused_naming_both(workspace, tmp_path):
+    _, data = copy_with_class_names(workspace, tmp_path, list("abcdef"), relabel_model=False)
+    with pytest.raises(ValueError) as refusal:
+        evaluate_side_by_side(**{**accuracy_only(workspace), "dataset": str(data)})
+    message = str(refusal.value)
+    assert str([f"class_{i}" for i in range(CLASSES)]) in message and str(list("abcdef")) in message
+    assert "--match-classes index" in message
+
+
+def test_matching_classes_by_index_takes_the_dataset_s_i_th_class_for_the_model_s_whatever_the_names(
+    workspace, tmp_path
+):
+    _, data = copy_with_class_names(workspace, tmp_path, list("abcdef"), relabel_model=False)
+    settings = {**accuracy_only(workspace), "dataset": str(data), "match_classes": "index"}
+    assert evaluate_side_by_side(**settings)["models"]["bcos"]["accuracy"] == pytest.approx(workspace["accuracy"])
+
+
+def evaluate_script() -> dict:
+    return runpy.run_path(str(ROOT / "scripts" / "evaluate_model.py"))
+
+
+def test_an_output_dir_that_is_a_file_is_refused_in_one_line_before_evaluating(tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    argv = ["--model", str(tmp_path / "no-such-model"), "--output-dir", str(tmp_path / "taken"), "--device", "cpu"]
+    assert run_script(lambda: evaluate_script()["main"](argv)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"error: --output-dir {tmp_path / 'taken'} is a file; pass a folder (it is created when missing)."]
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda"])
+def test_a_device_this_machine_lacks_is_a_usage_error(name, capsys):
+    if name == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as stopped:
+        evaluate_script()["parse_args"](["--model", "m", "--device", name])
+    assert stopped.value.code == 2
+    assert "error: argument --device:" in capsys.readouterr().err

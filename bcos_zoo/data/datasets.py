@@ -7,6 +7,7 @@ by :mod:`bcos_zoo.data.preprocessing`, the one path from an image to a model's p
 """
 
 import gzip
+import os
 import random
 import struct
 from collections.abc import Callable, Sequence
@@ -79,7 +80,7 @@ class FileImages(Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         try:
             image = load_image(self.files[index])
-        except OSError as error:  # PIL: not an image, truncated, unreadable
+        except (OSError, Image.DecompressionBombError) as error:  # not an image, truncated, unreadable, too large
             raise ValueError(
                 f"{self.files[index]} could not be read as an image ({error}). Remove or replace it; a training run "
                 "then continues from its last checkpoint with --resume."
@@ -169,27 +170,73 @@ def fashion_mnist(folder: Path = FASHION_MNIST_DIR) -> DatasetSplits:
     return DatasetSplits(splits["train"], splits["validation"], classes, FASHION_MNIST_HUB_ID, evaluation_split="test")
 
 
+def _visible(name: str) -> bool:
+    """Whether an entry of an image folder is data: not hidden (``.ipynb_checkpoints``, ``.DS_Store``, macOS's
+    ``._`` AppleDouble files) nor tool junk (``__MACOSX``, ``__pycache__``), which would become classes or images."""
+    return not name.startswith((".", "__"))
+
+
+def _sub_folders(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if path.is_dir() and _visible(path.name))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files at any depth under ``folder``, in path order; hidden entries and their contents left out."""
+    found = []
+    for parent, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if _visible(name)]  # not descended into
+        found.extend(
+            Path(parent, name)
+            for name in names
+            if _visible(name) and Path(name).suffix.lower() in IMAGE_SUFFIXES and Path(parent, name).is_file()
+        )
+    return sorted(found)
+
+
 def _class_files(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
     files, labels = [], []
     for label, name in enumerate(class_names):
-        for file in sorted((folder / name).rglob("*")):
-            if file.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(file)
-                labels.append(label)
+        found = _image_files(folder / name) if (folder / name).is_dir() else []
+        files.extend(found)
+        labels.extend([label] * len(found))
     return files, labels
+
+
+def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
+    """``root/train`` and ``root/validation`` (or their other names) when ``root`` is split, else ``(None, None)``.
+
+    A folder named like a split is a class (``train`` is one in VOC and COCO) unless every folder beside it is
+    named like a split too. One that holds class folders and no image of its own, beside other folders, is
+    refused: whichever way it were read, some folder's images would land in the wrong place without a word.
+    """
+    folders = _sub_folders(root)
+    train = next((name for name in TRAIN_FOLDERS if name in folders), None)
+    if train is None:
+        return None, None
+    if others := [name for name in folders if name not in {*TRAIN_FOLDERS, *VALIDATION_FOLDERS}]:
+        own_images = any(path.suffix.lower() in IMAGE_SUFFIXES for path in (root / train).iterdir())
+        if _sub_folders(root / train) and not own_images:
+            raise ValueError(
+                f"{root} mixes split folders and class folders: {root / train} holds class folders "
+                f"{_sub_folders(root / train)}, beside {others}. Move {others} out of {root} (a split layout holds "
+                f"only {train}/ and validation/), or, if '{train}' is a class, put its images directly in it."
+            )
+        return None, None
+    validation = next((name for name in VALIDATION_FOLDERS if name in folders), None)
+    return root / train, root / validation if validation else None
 
 
 def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) -> DatasetSplits:
     """A folder of class sub-folders, or of ``train/`` and ``validation/`` (or ``val/``, ``test/``) folders of them.
 
-    Without a validation folder, a seeded ``validation_fraction`` of the images is held out.
+    Without a validation folder, a seeded ``validation_fraction`` of the images is held out. Names starting with
+    ``.`` or ``__`` are skipped at every level.
     """
-    train_dir = next((root / name for name in TRAIN_FOLDERS if (root / name).is_dir()), None)
-    val_dir = next((root / name for name in VALIDATION_FOLDERS if (root / name).is_dir()), None)
+    train_dir, val_dir = _split_folders(root)
     base = train_dir or root
-    class_names = sorted(path.name for path in base.iterdir() if path.is_dir())
+    class_names = _sub_folders(base)
     if not class_names:
-        raise ValueError(f"{root} has no class sub-folders; expected e.g. {root}/cat/*.jpg and {root}/dog/*.jpg")
+        raise ValueError(f"{base} has no class sub-folders; expected e.g. {base}/cat/*.jpg and {base}/dog/*.jpg")
     files, labels = _class_files(base, class_names)
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}")
@@ -197,14 +244,20 @@ def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) ->
     if empty := [name for index, name in enumerate(class_names) if index not in present]:
         raise ValueError(f"class folders without images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {base}: {empty}")
     if train_dir is not None and val_dir is not None:
-        unknown = sorted({path.name for path in val_dir.iterdir() if path.is_dir()} - set(class_names))
+        unknown = sorted(set(_sub_folders(val_dir)) - set(class_names))
         if unknown:  # their images would be left out of the evaluation without a word
             raise ValueError(
                 f"{val_dir} has class folders that {train_dir} lacks: {unknown}; the classes are {class_names}. "
                 "Rename or remove them (folder names are case-sensitive)."
             )
-        train = FileImages(files, labels)
         validation = FileImages(*_class_files(val_dir, class_names))
+        if not len(validation):  # an unlabeled test set, or an empty folder: nothing to measure accuracy on
+            raise ValueError(
+                f"{val_dir} holds no images in class folders; expected images in {val_dir}/<class>/ for classes "
+                f"{class_names}. Sort them into class folders, or remove {val_dir} to hold out a share of "
+                f"{train_dir} instead."
+            )
+        train = FileImages(files, labels)
         split, fraction = val_dir.name, 0.0
     else:
         split, fraction = "train", validation_fraction  # a folder of class folders is one split, "train" on the Hub
@@ -212,7 +265,8 @@ def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) ->
         order = torch.randperm(len(everything), generator=torch.Generator().manual_seed(seed)).tolist()
         held_out = max(1, round(validation_fraction * len(order)))
         train, validation = Subset(everything, order[held_out:]), Subset(everything, order[:held_out])
-    return DatasetSplits(train, validation, class_names, root.name, evaluation_split=split, held_out=fraction)
+    name = Path(os.path.abspath(root)).name  # "." and "data/.." name the folder they stand for
+    return DatasetSplits(train, validation, class_names, name, evaluation_split=split, held_out=fraction)
 
 
 def hub_dataset(

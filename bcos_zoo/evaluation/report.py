@@ -9,10 +9,12 @@ own image processor and go through one harness (:func:`bcos_zoo.evaluation.local
 
 import itertools
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 from transformers import AutoModelForImageClassification
 
 from ..data.datasets import limit, load_dataset_splits
@@ -38,10 +40,81 @@ from .localisation import (
 GAMES = {"grid_pointing_game": "GridPG", "energy_pointing_game": "EPG"}
 
 
-def check_classes(name: str, num_labels: int, class_names: list[str]) -> None:
-    """A model must score exactly the dataset's classes, or accuracy and grids mean nothing."""
-    if num_labels != len(class_names):
-        raise ValueError(f"{name} has {num_labels} classes but the dataset has {len(class_names)}.")
+MATCH_CLASSES = ("name", "index")
+
+
+def _shown(names: list[str], most: int = 20) -> str:
+    """A list of class names for an error message: ImageNet's thousand would bury the rest of it."""
+    return str(names) if len(names) <= most else f"{str(names[:most])[:-1]}, ...] ({len(names)} in all)"
+
+
+def _key(class_name: str) -> str:
+    """A class name as matched: without white space, as the Hub's Fashion-MNIST writes "T - shirt / top"."""
+    return "".join(class_name.split())
+
+
+def class_order(name: str, id2label: dict, class_names: list[str], match: str = "name") -> list[int]:
+    """The model's index of each of the dataset's classes: a model must score exactly the dataset's classes, or
+    accuracy and grids mean nothing.
+
+    The counts must agree. With ``match="name"``, a model that names its classes (not transformers' default
+    ``LABEL_i``) must have the dataset's class names (white space aside), in any order; a mere count check would
+    let a dataset whose folders sort differently score each image against the wrong class. ``match="index"``:
+    class ``i`` of the dataset is the model's class ``i``, whatever their names (folders that cannot carry the
+    model's names, like ``T-shirt/top``, or ImageNet's folders named by WordNet id).
+    """
+    if match not in MATCH_CLASSES:
+        raise ValueError(f"match_classes must be one of {MATCH_CLASSES}, got {match!r}")
+    model_names = [str(id2label[index]) for index in range(len(id2label))]
+    if len(model_names) != len(class_names):
+        raise ValueError(f"{name} has {len(model_names)} classes but the dataset has {len(class_names)}.")
+    in_order = list(range(len(class_names)))
+    if match == "index" or model_names == [f"LABEL_{i}" for i in in_order]:
+        return in_order
+    model_keys, keys = [_key(name) for name in model_names], [_key(name) for name in class_names]
+    if sorted(model_keys) == sorted(keys) and len(set(keys)) == len(keys):  # the same classes, in any order
+        return [model_keys.index(key) for key in keys]
+    missing = [class_name for class_name, key in zip(class_names, keys) if key not in model_keys]
+    raise ValueError(
+        f"{name}'s classes are {_shown(model_names)} but the dataset's are {_shown(class_names)} "
+        f"({_shown(missing)} not among the model's). Rename the class folders after the model's classes, or pass "
+        "--match-classes index if the dataset's i-th class (folders in sorted order) is the model's class i."
+    )
+
+
+class Relabeled(Dataset):
+    """A dataset's items ``(image, label, ...)`` with each label replaced by the model's index of that class."""
+
+    def __init__(self, items: Dataset, order: list[int]):
+        self.items, self.order = items, order
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple:
+        image, label, *rest = self.items[index]
+        return (image, self.order[label], *rest)
+
+
+def for_model(name: str, config, images: Dataset, class_names: list[str], match: str = "name") -> Dataset:
+    """``images`` as the model numbers their classes (see :func:`class_order`)."""
+    order = class_order(name, config.id2label, class_names, match)
+    return images if order == sorted(order) else Relabeled(images, order)
+
+
+def output_folder(output_dir: str | Path) -> Path:
+    """``output_dir``, created when missing: checked before an evaluation that can take hours, so that a bad
+    ``--output-dir`` does not lose it at the end."""
+    output = Path(output_dir)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output-dir {output} is a file; pass a folder (it is created when missing).")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output-dir {output} cannot be created ({error.strerror}); pass another folder.") from None
+    if not os.access(output, os.W_OK | os.X_OK):
+        raise ValueError(f"--output-dir {output} is not writable; pass a folder you can write to.")
+    return output
 
 
 def _classifier(model):
@@ -107,6 +180,7 @@ def evaluate_side_by_side(
     batch_size: int = 32,
     device: str = "cpu",
     seed: int = 0,
+    match_classes: str = "name",
 ) -> dict:
     """Run the harness on the B-cos ``model`` and, given a ``source``, on the source: the report as a JSON-able dict.
 
@@ -117,7 +191,8 @@ def evaluate_side_by_side(
     (keyed by method; ``bcos/<method>`` for post-hoc methods of the B-cos model); ``faithfulness`` the mean curves.
     Faithfulness is measured on the first ``faithfulness_images`` images (0: not at all) with
     ``faithfulness_steps`` deletion/insertion steps and ROAD at ``road_fractions``. ``seed`` seeds torch, the
-    choice of grids and the methods' random draws.
+    choice of grids and the methods' random draws. ``match_classes`` says how the dataset's classes are matched
+    to each model's (:func:`class_order`).
     """
     torch.manual_seed(seed)
     splits = load_dataset_splits(dataset)
@@ -148,28 +223,28 @@ def evaluate_side_by_side(
     bcos = AutoModelForImageClassification.from_pretrained(model).to(device).eval()
     if not hasattr(bcos, "explain"):
         raise ValueError(f"{model} is not a B-cos model (it has no explain()); pass a standard model as the source.")
-    check_classes(str(model), bcos.config.num_labels, splits.class_names)
+    bcos_images = for_model(str(model), bcos.config, images, splits.class_names, match_classes)
     unfit = [method for method in bcos_methods if method not in FUNCTION_METHODS]
     if unfit:
         raise ValueError(f"{unfit[0]!r} cannot explain the B-cos model; methods for it: {', '.join(FUNCTION_METHODS)}.")
     explainers = {"bcos": bcos_attribution(bcos)} if "bcos" in methods else {}
     explainers.update({m: posthoc_attribution(bcos, m, **options.get(m, {})) for m in bcos_methods})
-    evaluated["bcos"] = (model, bcos, explainers)
+    evaluated["bcos"] = (model, bcos, explainers, bcos_images)
     posthoc = [method for method in methods if method in POSTHOC_METHODS]
     if source:
         classifier = load_standard_classifier(source).to(device)
-        check_classes(str(source), classifier.config.num_labels, splits.class_names)
+        source_images = for_model(str(source), classifier.config, images, splits.class_names, match_classes)
         explainers = {m: posthoc_attribution(classifier, m, **options.get(m, {})) for m in posthoc}
-        evaluated["source"] = (source, classifier, explainers)
+        evaluated["source"] = (source, classifier, explainers, source_images)
     elif posthoc:
         print(f"No --source given: skipping {', '.join(posthoc)}.")
 
     rows, scores, models, curves, fractions = [], {}, {}, {}, {}
-    for role, (path, evaluated_model, explainers) in evaluated.items():
-        evaluation = localise_model(evaluated_model, explainers, images, **settings)
+    for role, (path, evaluated_model, explainers, model_images) in evaluated.items():
+        evaluation = localise_model(evaluated_model, explainers, model_images, **settings)
         faithfulness = None
         if faithfulness_images > 0 and faithfulness_metrics and explainers:
-            faithfulness = faithfulness_of_model(evaluated_model, explainers, images, **faithfulness_settings)
+            faithfulness = faithfulness_of_model(evaluated_model, explainers, model_images, **faithfulness_settings)
             fractions.update(faithfulness.fractions)
         models[role] = dict(
             path=str(path),
@@ -305,8 +380,7 @@ def plot_faithfulness(report: dict, path: Path, title: str = "Faithfulness") -> 
 def write_report(report: dict, output_dir: str | Path) -> list[Path]:
     """``evaluation.json`` (summary rows, every score, the faithfulness curves), ``localisation.png`` (bar plot)
     and, where faithfulness was measured, ``faithfulness.png`` (its curves) in ``output_dir``; the paths written."""
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    output = output_folder(output_dir)
     json_path, plot_path = output / "evaluation.json", output / "localisation.png"
     json_path.write_text(json.dumps(report, indent=2))
     title = f"Localisation on {report['dataset']} ({report['split']})"

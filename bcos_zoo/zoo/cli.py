@@ -53,3 +53,25 @@ def fraction(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
     return value
+
+
+def device(text: str) -> str:
+    """An argparse ``type``: ``cpu``, ``cuda`` or ``cuda:<index>``, refused with the usage line where this machine
+    lacks it, instead of a CUDA traceback once the models and data have loaded."""
+    import torch
+
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:<index>, got {text!r}")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise argparse.ArgumentTypeError(
+                "CUDA is not available on this machine (no GPU, or a CPU-only torch): use cpu"
+            )
+        if (parsed.index or 0) >= count:
+            raise argparse.ArgumentTypeError(f"{text} does not exist: this machine has cuda:0 to cuda:{count - 1}")
+    return text

@@ -1,0 +1,115 @@
+"""Local image folders as ``--dataset``: what counts as a class, an image and a split, and which folders are refused
+at load time rather than after a run has trained."""
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bcos_zoo.data.datasets import FileImages, image_folder, load_dataset_splits
+
+
+def save_images(folder: Path, count: int = 3) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        Image.new("RGB", (4, 4), (index, 0, 0)).save(folder / f"{index}.png")
+
+
+def all_files(dataset) -> list[Path]:
+    return [dataset.dataset.files[i] for i in dataset.indices] if hasattr(dataset, "indices") else dataset.files
+
+
+def test_hidden_and_tool_folders_at_the_root_are_not_classes(tmp_path):
+    save_images(tmp_path / "cat")
+    save_images(tmp_path / "dog")
+    save_images(tmp_path / ".ipynb_checkpoints")
+    save_images(tmp_path / "__MACOSX" / "cat")
+    assert image_folder(tmp_path).class_names == ["cat", "dog"]
+
+
+def test_hidden_files_and_folders_inside_a_class_folder_are_not_images(tmp_path):
+    save_images(tmp_path / "cat", count=2)
+    save_images(tmp_path / "dog", count=2)
+    save_images(tmp_path / "cat" / ".ipynb_checkpoints")  # Jupyter's copies: not more cats
+    (tmp_path / "cat" / "._0.png").write_bytes(b"\0\5\26\7AppleDouble")  # macOS's resource fork, not a PNG
+    data = image_folder(tmp_path, validation_fraction=0.25)
+    files = all_files(data.train) + all_files(data.validation)
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in files) == [
+        "cat/0.png",
+        "cat/1.png",
+        "dog/0.png",
+        "dog/1.png",
+    ]
+
+
+def test_a_folder_named_like_an_image_is_not_taken_for_one(tmp_path):
+    save_images(tmp_path / "cat", count=2)
+    save_images(tmp_path / "dog", count=2)
+    (tmp_path / "cat" / "x.png").mkdir()
+    data = image_folder(tmp_path, validation_fraction=0.25)
+    assert len(data.train) + len(data.validation) == 4
+
+
+def test_a_class_named_train_beside_other_classes_is_a_class(tmp_path):
+    for name in ("bus", "car", "train"):  # as in VOC and COCO
+        save_images(tmp_path / name)
+    data = image_folder(tmp_path)
+    assert data.class_names == ["bus", "car", "train"] and data.evaluation_split == "train"
+
+
+def test_hidden_folders_beside_or_inside_split_folders_leave_the_split_layout_as_it_is(tmp_path):
+    save_images(tmp_path / "train" / "cat")
+    save_images(tmp_path / "train" / "dog")
+    save_images(tmp_path / "val" / "cat", count=1)
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    data = image_folder(tmp_path)
+    assert (data.class_names, len(data.train), len(data.validation)) == (["cat", "dog"], 6, 1)
+
+
+@pytest.mark.parametrize("layout", ["only .DS_Store", "unlabeled test images"])
+def test_a_validation_folder_without_images_in_class_folders_is_refused(tmp_path, layout):
+    save_images(tmp_path / "train" / "cat")
+    save_images(tmp_path / "train" / "dog")
+    if layout == "only .DS_Store":
+        (tmp_path / "validation").mkdir()
+        (tmp_path / "validation" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        folder = tmp_path / "validation"
+    else:  # Kaggle's layout: the test images carry no labels
+        save_images(tmp_path / "test")
+        folder = tmp_path / "test"
+    with pytest.raises(ValueError, match=rf"{folder} holds no images in class folders.*\['cat', 'dog'\]"):
+        image_folder(tmp_path)
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that claims ``width`` x ``height`` pixels: PIL refuses it as a decompression bomb when it is opened."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_named_with_the_fix(tmp_path):
+    png_header_only(tmp_path / "huge.png", 40_000, 40_000)
+    with pytest.raises(ValueError, match=r"huge\.png could not be read as an image.*decompression bomb.*Remove"):
+        FileImages([tmp_path / "huge.png"], [0])[0]
+
+
+def test_the_current_folder_is_named_after_itself(tmp_path, monkeypatch):
+    save_images(tmp_path / "flowers" / "rose")
+    save_images(tmp_path / "flowers" / "tulip")
+    monkeypatch.chdir(tmp_path / "flowers")
+    assert load_dataset_splits(".").name == "flowers"
+
+
+def test_split_folders_beside_class_folders_are_refused_as_ambiguous(tmp_path):
+    save_images(tmp_path / "train" / "cat")
+    save_images(tmp_path / "train" / "dog")
+    save_images(tmp_path / "samples")
+    with pytest.raises(ValueError, match=r"mixes split folders and class folders.*\['cat', 'dog'\].*\['samples'\]"):
+        image_folder(tmp_path)
