@@ -10,7 +10,8 @@ Two conversions (``bias`` argument):
   a 1x1 B-cos convolution before global average pooling, and the logits get the bias ``-log(C - 1)``.
 
 Every weight of the B-cos model comes from the source; anything that does not fit raises a ``ValueError`` naming
-what is supported. timm is read by duck typing and by its Hub file layout, so it need not be installed.
+what is supported. A timm model is read by duck typing; a timm Hub folder is built by timm first (see
+:func:`~.common.load_timm_folder`).
 """
 
 import re
