@@ -2,7 +2,9 @@
 
     python scripts/push.py outputs/bcos-vit-s/repo --hub-model-id my-org/bcos-vit-s [--private]
 
-Used to retry a push that failed after training: the folder is complete and untouched by the failure.
+Used to retry a push that failed after training: the folder is complete and untouched by the failure. The folder
+must hold what a loaded model needs (config, safetensors weights, the remote code its config names, README.md), and
+the commit makes the Hub repo equal to it: files of an earlier push that the folder does not hold are deleted.
 """
 
 import argparse

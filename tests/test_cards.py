@@ -77,6 +77,19 @@ def test_card_names_the_test_split_and_a_capped_evaluation():
     assert evaluation_description("validation", 7, 7) == "validation split, 7 images"
 
 
+def test_card_model_index_gives_a_local_dataset_no_hub_dataset_id():
+    recipe = RECIPES["bcos-vit-fashion-mnist"]
+    local = DatasetSplits([], [None] * 10, ["a", "b"], "my_images")
+    (result,) = render_model_card(
+        recipe, TASKS["classification"].card, "org/m", {"accuracy": 0.5}, local, 10
+    ).data.eval_results
+    assert result.dataset_name == "my_images" and result.dataset_type == "imagefolder"
+    (result,) = render_model_card(
+        recipe, TASKS["classification"].card, "org/m", {"accuracy": 0.5}, fashion_like(), 10
+    ).data.eval_results
+    assert result.dataset_type == "zalando-datasets/fashion_mnist"
+
+
 def test_card_names_a_held_out_part_of_a_split_as_such():
     data = replace(fashion_like("train"), held_out=0.1)
     recipe = RECIPES["bcos-vit-fashion-mnist"]

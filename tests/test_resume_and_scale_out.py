@@ -1,6 +1,7 @@
 """Interrupted runs resume to the same result, and accelerate runs data-parallel over several processes."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,11 +72,13 @@ def test_resume_skips_a_checkpoint_that_was_cut_off_while_saving(inputs, tmp_pat
     output = tmp_path / "out"
     command = finetune_command(source, data, output, "--max-steps", "20", "--save-steps", "10")
     run(command)
-    partial = output / "checkpoints" / "checkpoint-30"
-    partial.mkdir()
-    (partial / "model.safetensors").write_bytes(b"cut off")
-    completed = run(command + ["--resume", "--max-steps", "30"])
+    # as if killed while saving checkpoint-20: its last file missing, and nothing after it written
+    (output / "checkpoints" / "checkpoint-20" / "trainer_state.json").unlink()
+    shutil.rmtree(output / "repo")
+    (output / "results.json").unlink()
+    completed = run(command + ["--resume"])
     assert "not completely written" in completed.stderr
+    assert "Resuming from" in completed.stdout and completed.stdout.split("Resuming from")[1].split()[0].endswith("-10")
 
 
 def test_two_accelerate_processes_train_the_same_model(inputs, tmp_path):

@@ -6,13 +6,17 @@ from here.
 import argparse
 import json
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from types import UnionType
 from typing import Union, get_args, get_origin, get_type_hints
 
 
 def _flag(help: str, default=MISSING, **metadata):
-    """A recipe field that is also a ``scripts/finetune.py`` flag (see :func:`add_recipe_flags`)."""
+    """A recipe field that is also a ``scripts/finetune.py`` flag (see :func:`add_recipe_flags`).
+
+    ``publishing=True`` marks a field that only names or describes the published model (its card and Hub repo), so
+    a resumed run may change it without mixing two trainings (see :func:`training_differences`).
+    """
     return field(default=default, metadata={"help": help, **metadata})
 
 
@@ -21,7 +25,7 @@ class Recipe:
     """Everything one fine-tuning run needs. Each field is also a command-line flag of the same name
     (``max_steps`` -> ``--max-steps``), generated from this class, so a field and its flag cannot drift."""
 
-    name: str = _flag("the run's name (default output folder: outputs/<name>)")
+    name: str = _flag("the run's name (default output folder: outputs/<name>)", publishing=True)
     source: str = _flag(
         "Hub id or folder: a standard checkpoint (transformers, timm or open_clip) of a family docs/models.md "
         "lists, a B-cos checkpoint, or 'scratch'; "
@@ -29,7 +33,7 @@ class Recipe:
         aliases=("--model",),
     )
     dataset: str = _flag("'fashion-mnist', an image folder (one sub-folder per class) or a Hub dataset name")
-    hub_model_id: str = _flag("org/name of the Hub repo --push uploads to")
+    hub_model_id: str = _flag("org/name of the Hub repo --push uploads to", publishing=True)
     weights: str | None = _flag(
         "the release weights file of a source named 'bcos:<entry>' (a standard model of the bcos package)", None
     )
@@ -66,9 +70,9 @@ class Recipe:
     fixed_teaching: bool = _flag(
         "explanation-distillation: compute the teacher's outputs once per image (no augmentation)", False
     )
-    card_template: str = _flag("model card template in hub_cards/", "model_card.md")
-    license: str = _flag("license of the published model", "apache-2.0")
-    summary: str = _flag("one line for the model card", "")
+    card_template: str = _flag("model card template in hub_cards/", "model_card.md", publishing=True)
+    license: str = _flag("license of the published model", "apache-2.0", publishing=True)
+    summary: str = _flag("one line for the model card", "", publishing=True)
 
     def __post_init__(self) -> None:
         """Refuse values no run can use when the recipe is made (from the catalogue or from flags), rather than deep
@@ -106,6 +110,32 @@ class Recipe:
 
 
 _NONE = object()  # "--label-column none": an explicit None, unlike an absent flag
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _parse_bool(text: str) -> bool:
+    """An argparse ``type`` for a bool field: a typo such as ``ture`` is refused, not read as false."""
+    try:
+        return _BOOLEANS[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
+
+
+def recipe_record(recipe: Recipe) -> dict:
+    """A recipe as plain JSON values (tuples become lists): what ``recipe.json`` holds, and what a fresh recipe is
+    compared with."""
+    return json.loads(json.dumps(asdict(recipe), default=str))
+
+
+def training_differences(stored: dict, recipe: Recipe) -> list[str]:
+    """The fields, other than those that only describe the published model, in which ``recipe`` differs from the
+    ``stored`` record of another (see :func:`recipe_record`)."""
+    record = recipe_record(recipe)
+    return [
+        spec.name
+        for spec in fields(Recipe)
+        if not spec.metadata.get("publishing") and stored.get(spec.name) != record[spec.name]
+    ]
 
 
 def _parser_type(annotation) -> tuple[Callable, dict]:
@@ -116,8 +146,8 @@ def _parser_type(annotation) -> tuple[Callable, dict]:
         return get_args(base)[0], {"nargs": len(get_args(base))}
     if base is dict:
         return json.loads, {}
-    if base is bool:
-        return (lambda value: value.lower() in ("1", "true", "yes", "on")), {}
+    if base is bool:  # a bare ``--flag`` is true
+        return _parse_bool, {"nargs": "?", "const": True}
     if annotation == str | None:
         return (lambda value: _NONE if value.lower() == "none" else value), {}
     return base, {}

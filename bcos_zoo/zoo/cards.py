@@ -16,7 +16,7 @@ from .recipes import Recipe, recipe_command
 
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import PretrainedConfig, PreTrainedModel
 
     from ..data.datasets import DatasetSplits
     from ..training.task import CardFields
@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 
 TAGS = ["custom_code", "b-cos", "interpretability", "explainability", "vision"]
+# model-index's dataset ``type`` (a required field) of data that is not a Hub dataset: the Hub reads the field as a
+# dataset id and links it, so a folder's name would link to somebody else's dataset; this is the datasets library's
+# name for a local image folder, the value cards of local data conventionally give
+LOCAL_DATASET_TYPE = "imagefolder"
 
 
 def template_path(name: str) -> Path:
@@ -55,15 +59,21 @@ def render_model_card(
     data: "DatasetSplits",
     evaluated: int,
     example_image: str = "",
-    model_type: str = "bcos_vit",
+    config: "PretrainedConfig | None" = None,
+    continued: bool = False,
 ) -> ModelCard:
     """The card of a trained model: metadata, usage, results, training, how to reproduce it, citations.
 
     ``fields`` are the task's (its headline metric, pipeline, objective, tags); ``metrics`` holds that metric and,
     when measured, ``source_<metric>`` for the standard source, and optionally ``embedding_cosine``. ``evaluated``
-    is how many of ``data``'s evaluation images were measured; ``model_type`` (the trained model's config) names the
-    model family.
+    is how many of ``data``'s evaluation images were measured. ``config``, the trained model's, names the model
+    family and gives B and the biases as the model has them (the recipe's apply only to B-cosification: a B-cos
+    checkpoint, ``continued``, keeps its own, and a model from scratch takes its biases from its architecture).
     """
+    model_type = config.model_type if config is not None else "bcos_vit"
+    settings = getattr(config, "vision_config", config)  # CLIP: the image tower is the B-cos part
+    b = getattr(settings, "b", recipe.b)
+    bias = ("keep" if settings.use_bias else "remove") if hasattr(settings, "use_bias") else recipe.bias
     known = family_of(model_type)
     family, family_tag = (known.card_name, known.name) if known else ("network", model_type)
     metric_key, metric_label = fields.metric_key, fields.metric_label
@@ -76,7 +86,7 @@ def render_model_card(
         eval_results.append(
             EvalResult(
                 task_type=fields.pipeline_tag,
-                dataset_type=data.name,
+                dataset_type=data.name if hub_id_or_none(data.name) else LOCAL_DATASET_TYPE,
                 dataset_name=data.name,
                 dataset_split=data.evaluation_split,
                 metric_type="accuracy",
@@ -107,7 +117,7 @@ def render_model_card(
         cosine = f"{metrics['embedding_cosine']:.4f}"
         results.append({"name": "Mean cosine to the original embeddings", "value": cosine})
     hyperparameters = {
-        **({"B": recipe.b, "biases": recipe.bias} if fields.bcos else {}),
+        **({"B": b, "biases": bias} if fields.bcos else {}),
         "objective": fields.objective,
         "optimiser": "Adam (decoupled weight decay)",
         "learning rate": recipe.learning_rate,
@@ -130,9 +140,10 @@ def render_model_card(
         pipeline_tag=fields.pipeline_tag,
         family=family,
         from_scratch=recipe.source == "scratch",
+        continued=continued,
         source=source_name,
-        b=recipe.b,
-        bias=recipe.bias,
+        b=b,
+        bias=bias,
         dataset_name=data.name,
         repo_id=repo_id,
         example_image=example_image,

@@ -3,24 +3,29 @@
 The steps are the same for every training task; what depends on the task (model, data transforms, ``Trainer``,
 evaluation, example pictures, card) is asked of the recipe's :class:`~bcos_zoo.training.task.Task`.
 
-The output folder holds ``checkpoints/`` (the Trainer's, for ``resume``), ``ranks/`` (one report per process),
-``results.json`` and ``repo/``: the exact tree that is uploaded (weights as safetensors, config, remote code,
-processor, model card and example explanations). ``scripts/finetune.py`` is the command-line face of :func:`finetune`.
+The output folder holds ``recipe.json`` (written as training starts, for ``resume`` to check), ``checkpoints/``
+(the Trainer's, for ``resume``), ``ranks/`` (one report per process), ``results.json`` and ``repo/``: the exact
+tree that is uploaded (weights as safetensors, config, remote code, processor, model card and example
+explanations). ``scripts/finetune.py`` is the command-line face of :func:`finetune`.
 """
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from transformers import set_seed
+from transformers import PretrainedConfig, set_seed
 
 from ..data.datasets import dataset_needs_hub, limit, looks_like_path
 from ..ports import bcos_source_entry, is_bcos_source
 from ..training import get_task
+from ..training.recipe import recipe_record, training_differences
+from ..training.task import BCOS_MODEL_TYPES
 from ..training.trainer import TrainingClock, mean_training_loss, trainer_callbacks, training_arguments
-from .cards import render_model_card
+from .cards import render_model_card, template_path
 from .hub import check_push_access, describe_tree, hub_repo_exists, hub_unavailable, push_folder
 from .recipes import Recipe
 
@@ -82,9 +87,45 @@ def source_needs_hub(source: str) -> bool:
     return True
 
 
+def bcos_checkpoint_config(source: str) -> dict | None:
+    """The config of a B-cos checkpoint, which a run continues as it is (at its own B, with its own biases), or
+    ``None`` for a source that is B-cosified or a run from scratch."""
+    if source == "scratch" or is_bcos_source(source):
+        return None
+    try:
+        config, _ = PretrainedConfig.get_config_dict(source)
+    except OSError:  # no config.json (open_clip's layout): not a B-cos checkpoint, and loading it says what is wrong
+        return None
+    return config if config.get("model_type") in BCOS_MODEL_TYPES else None
+
+
+def check_checkpoint_settings(recipe: Recipe) -> None:
+    """Refuse a recipe that asks a B-cos checkpoint for another B or other biases: ``b`` and ``bias`` apply to
+    B-cosification, and a checkpoint that is B-cos already keeps its own. The recipe's defaults ask for nothing."""
+    config = bcos_checkpoint_config(recipe.source)
+    if config is None:
+        return
+    config = config.get("vision_config", config)  # CLIP: the image tower is the B-cos part
+    b, keep = config.get("b", 2.0), bool(config.get("use_bias", False))
+    default = {spec.name: spec.default for spec in fields(Recipe)}
+    asked = []
+    if recipe.b != default["b"] and recipe.b != b:
+        asked.append(f"--b {recipe.b} (it has B = {b})")
+    if recipe.bias != default["bias"] and (recipe.bias == "keep") != keep:
+        asked.append(f"--bias {recipe.bias} (its biases are {'kept' if keep else 'removed'})")
+    if asked:
+        raise ValueError(
+            f"--model {recipe.source} is a B-cos checkpoint, which is fine-tuned at its own B and biases, but "
+            f"{' and '.join(asked)} was asked for: drop those flags, or B-cosify its standard source instead."
+        )
+
+
 def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
-    """Everything that can be known to fail before training fails now, in one line: missing folders, and anything
-    that needs the Hub (the source, the data, the push) when the Hub cannot be used or does not know the name."""
+    """Everything that can be known to fail before training fails now, in one line: missing folders and card
+    templates, flags a B-cos checkpoint cannot honour, and anything that needs the Hub (the source, the data, the
+    push) when the Hub cannot be used or does not know the name."""
+    if get_task(recipe).card is not None:
+        template_path(recipe.card_template)  # a missing template would fail only after training
     if is_bcos_source(recipe.source):
         bcos_source_entry(recipe.source, recipe.weights)  # a standard model of the bcos package and its weights file
     source_on_hub = not is_bcos_source(recipe.source) and source_needs_hub(recipe.source)
@@ -95,9 +136,7 @@ def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
         needs.append((f"the dataset {recipe.dataset!r}", "pass a local folder of class sub-folders with --dataset"))
     if push and not dry_run:
         needs.append(("the push", "add --dry-run to write the repo folder without uploading"))
-    if not needs:
-        return
-    reason = hub_unavailable()
+    reason = hub_unavailable() if needs else None
     if reason is not None:
         what = " and ".join(name for name, _ in needs)
         fixes = "; ".join(fix for _, fix in needs)
@@ -114,15 +153,17 @@ def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
             f"--dataset {recipe.dataset!r} is neither a local folder nor a dataset on the Hub (if it is private, log "
             "in with `hf auth login` or set HF_TOKEN); a local dataset is a folder of class sub-folders"
         )
+    check_checkpoint_settings(recipe)
 
 
-# everything a run writes into its --output-dir, and the recipe.json a reproduction keeps beside a run
+# everything a run writes into its --output-dir
 RUN_OUTPUTS = ("checkpoints", "repo", "ranks", "results.json", "recipe.json")
 
 
-def check_output_dir(output_dir: Path) -> None:
-    """Refuse an --output-dir that is a file, or a folder that holds anything but a run's outputs (a dataset, say):
-    the run would mix its outputs into it."""
+def check_output_dir(output_dir: Path, dataset: str | None = None) -> None:
+    """Refuse an --output-dir that is a file, a folder that holds anything but a run's outputs (a dataset, say), or
+    one inside the local ``dataset`` folder: the run would mix its outputs into it (its example pictures would
+    become a class of the data)."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"--output-dir {output_dir} is a file; pass a folder (a missing one is created).")
     if output_dir.is_dir():
@@ -134,17 +175,77 @@ def check_output_dir(output_dir: Path) -> None:
                 f"--output-dir {output_dir} holds other files ({', '.join(foreign[:5])}), and a run writes "
                 f"{', '.join(RUN_OUTPUTS[:4])} there: choose an empty or a new folder. Nothing was changed."
             )
+    data = Path(dataset).expanduser() if dataset else None
+    if data is not None and data.is_dir() and output_dir.resolve().is_relative_to(data.resolve()):
+        raise ValueError(
+            f"--output-dir {output_dir} lies inside the --dataset folder {dataset}, which would gain the run's "
+            "files (its pictures as a class of their own): choose a folder outside it. Nothing was changed."
+        )
 
 
-def finished_run(output_dir: Path, last_checkpoint: str | None) -> "FinetuneResult | None":
-    """The result of a run that already reached its last step (``results.json`` written after it), else ``None``."""
-    results, state = output_dir / "results.json", Path(last_checkpoint or "") / "trainer_state.json"
-    if last_checkpoint is None or not results.is_file() or not state.is_file():
+def earlier_run(output_dir: Path, last_checkpoint: str | None) -> list[str]:
+    """What an earlier run left in ``output_dir``: its last checkpoint, ``repo/``, ``results.json`` (a user may have
+    deleted the checkpoints to save space; the run is there all the same)."""
+    left = [f"checkpoints/{Path(last_checkpoint).name}"] if last_checkpoint else []
+    return left + [name for name in ("repo", "results.json") if (output_dir / name).exists()]
+
+
+def check_same_recipe(output_dir: Path, recipe: Recipe) -> None:
+    """Refuse to resume a run with a recipe that trains differently from the one it started with (its
+    ``recipe.json``): the optimiser state, data and classes of the checkpoint would be mixed with the new settings.
+    Fields that only describe the published model (its Hub id, card) may change."""
+    stored = output_dir / "recipe.json"
+    if not stored.is_file():
+        return
+    record, given = json.loads(stored.read_text()), recipe_record(recipe)
+    changed = training_differences(record, recipe)
+    if changed:
+        details = ", ".join(f"{name} {record.get(name)!r} -> {given[name]!r}" for name in changed)
+        raise ValueError(
+            f"--resume: the run in {output_dir} was started with another recipe ({details}; see {stored}); "
+            "resume it with the flags it started with, or start a fresh --output-dir. Nothing was changed."
+        )
+
+
+def write_recipe(output_dir: Path, recipe: Recipe) -> None:
+    """``recipe.json``, written as training starts so that a --resume can be checked against it. Each process of a
+    data-parallel run writes the same record to a file of its own and moves it in place, so none reads half of one."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    partial = output_dir / f".recipe.json.{os.getpid()}"
+    partial.write_text(json.dumps(recipe_record(recipe), indent=2))
+    partial.replace(output_dir / "recipe.json")
+
+
+def finished_results(output_dir: Path) -> dict | None:
+    """``results.json`` of a run that ended (it is written after ``repo/``), else ``None``."""
+    results = output_dir / "results.json"
+    if not results.is_file() or not (output_dir / "repo").is_dir():
         return None
-    progress = json.loads(state.read_text())
-    if progress.get("global_step", 0) < progress.get("max_steps", float("inf")):
-        return None
-    return FinetuneResult(output_dir, output_dir / "repo", json.loads(results.read_text())["metrics"])
+    return json.loads(results.read_text())
+
+
+def publish(result: "FinetuneResult", recipe: Recipe, push: bool, private: bool, dry_run: bool) -> "FinetuneResult":
+    """List the repo folder (a dry run), or upload it with ``push``."""
+    if dry_run:
+        print(f"Dry run: {result.repo_dir} is the exact tree a push to {recipe.hub_model_id} would upload:")
+        print("\n".join(f"  {line}" for line in describe_tree(result.repo_dir)))
+    elif push:
+        message = f"{recipe.name}: {result.metrics}"
+        result.commit_url = push_folder(result.repo_dir, recipe.hub_model_id, private=private, commit_message=message)
+    return result
+
+
+def check_finished_run_push(results: dict, result: "FinetuneResult", recipe: Recipe, push: bool, dry_run: bool) -> None:
+    """Before a finished run's ``repo/`` is pushed: the token works, and the card names the repo it goes to."""
+    if not push or dry_run:
+        return
+    if results.get("repo_id") != recipe.hub_model_id:
+        raise ValueError(
+            f"{result.repo_dir} was written for {results.get('repo_id')!r} (its card names it), not "
+            f"{recipe.hub_model_id!r}: push it with --hub-model-id {results.get('repo_id')}, or train into a fresh "
+            "--output-dir. Nothing was changed."
+        )
+    check_push_access(recipe.hub_model_id)
 
 
 def finetune(
@@ -159,35 +260,43 @@ def finetune(
 ) -> FinetuneResult:
     """Run a recipe end to end; see the module docstring for what lands where."""
     output_dir = Path(output_dir)
-    check_output_dir(output_dir)
+    check_output_dir(output_dir, recipe.dataset)
     repo_id = recipe.hub_model_id
     checkpoint_dir = output_dir / "checkpoints"
     last_checkpoint = last_complete_checkpoint(checkpoint_dir)
-    if last_checkpoint and not resume:
+    left = earlier_run(output_dir, last_checkpoint)
+    if left and not resume:
         raise ValueError(
-            f"{checkpoint_dir} holds checkpoints of an earlier run ({Path(last_checkpoint).name}); pass --resume to "
-            "continue it, or choose another --output-dir. Nothing was changed."
+            f"{output_dir} holds an earlier run ({', '.join(left)}); pass --resume to continue it (or to push it, "
+            "when it is finished), or choose another --output-dir. Nothing was changed."
         )
-    if resume and (done := finished_run(output_dir, last_checkpoint)) is not None:
-        print(f"{output_dir} holds a finished run ({Path(last_checkpoint).name}); nothing to resume, nothing changed.")
-        return done
+    if resume:
+        check_same_recipe(output_dir, recipe)
+    if resume and (results := finished_results(output_dir)) is not None:
+        if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process alone reports and pushes
+            return FinetuneResult(output_dir, None)
+        done = FinetuneResult(output_dir, output_dir / "repo", results["metrics"])
+        check_finished_run_push(results, done, recipe, push, dry_run)
+        pushing = push and not dry_run
+        print(f"{output_dir} holds a finished run; nothing to resume, {'pushing' if pushing else 'nothing changed'}.")
+        return publish(done, recipe, push, private, dry_run)
     check_before_training(recipe, push, dry_run)
+    task = get_task(recipe)
+    arguments = training_arguments(
+        recipe, checkpoint_dir, device=device, eval_each_epoch=eval_each_epoch, **task.training_arguments()
+    )
     if resume and last_checkpoint:
         print(f"Resuming from {last_checkpoint}")
     elif resume:
         logger.warning(f"--resume: no checkpoint in {checkpoint_dir}, starting from the beginning.")
 
     set_seed(recipe.seed)
-    task = get_task(recipe)
     data = task.load_data()
     model = task.build_model(data.class_names)
     train_dataset = task.dataset(
         limit(data.train, recipe.max_train_samples), task.train_transform(model), seed=recipe.seed
     )
     eval_dataset = task.dataset(limit(data.validation, recipe.max_eval_samples), task.eval_transform(model))
-    arguments = training_arguments(
-        recipe, checkpoint_dir, device=device, eval_each_epoch=eval_each_epoch, **task.training_arguments()
-    )
     clock = TrainingClock(last_checkpoint if resume else None)
     trainer = task.build_trainer(
         model,
@@ -202,6 +311,7 @@ def finetune(
         # renames a model's modules on load (5.17 for ViT) would leave every weight unread and train on at random
         # initialisation. Loading as from_pretrained does first makes the names match; the Trainer's load then agrees.
         model.load_state_dict(type(model).from_pretrained(last_checkpoint).state_dict())
+    write_recipe(output_dir, recipe)  # before the first checkpoint; a run stopped earlier leaves nothing to resume
     train_output = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
     train_seconds = clock.seconds
     end_process_group(trainer)
@@ -215,9 +325,13 @@ def finetune(
         "train_loss": mean_training_loss(trainer.state.log_history),
         **task.evaluate(model, data, eval_dataset),
     }
-    repo_dir = output_dir / "repo"
-    examples = task.write_examples(model, data, eval_dataset, repo_dir / "examples")
-    task.save_model(model, repo_dir)
+    # repo/ is built beside it and then put in its place, so it holds exactly this run's files: nothing of an earlier
+    # write (an interrupted one, or one of another run) stays behind to be pushed
+    repo_dir, partial = output_dir / "repo", output_dir / ".repo.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    examples = task.write_examples(model, data, eval_dataset, partial / "examples")
+    task.save_model(model, partial)
     if task.card is not None:
         card = render_model_card(
             recipe,
@@ -227,17 +341,14 @@ def finetune(
             data=data,
             evaluated=len(eval_dataset),
             example_image=f"examples/{examples[0]}" if examples else "",
-            model_type=model.config.model_type,
+            config=model.config,
+            continued=bcos_checkpoint_config(recipe.source) is not None,
         )
-        card.save(repo_dir / "README.md")
+        card.save(partial / "README.md")
+    if repo_dir.exists():
+        shutil.rmtree(repo_dir)
+    partial.rename(repo_dir)
     history = [entry for entry in trainer.state.log_history if "eval_loss" in entry or "eval_accuracy" in entry]
     results = {"recipe": asdict(recipe), "repo_id": repo_id, "metrics": metrics, "eval_history": history}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-
-    result = FinetuneResult(output_dir, repo_dir, metrics)
-    if dry_run:
-        print(f"Dry run: {repo_dir} is the exact tree a push to {repo_id} would upload:")
-        print("\n".join(f"  {line}" for line in describe_tree(repo_dir)))
-    elif push:
-        result.commit_url = push_folder(repo_dir, repo_id, private=private, commit_message=f"{recipe.name}: {metrics}")
-    return result
+    return publish(FinetuneResult(output_dir, repo_dir, metrics), recipe, push, private, dry_run)

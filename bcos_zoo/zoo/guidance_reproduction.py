@@ -36,6 +36,7 @@ from ..data.boxes import BoxedImages, as_is_transform, boxed_subset, collate_box
 from ..data.datasets import FASHION_MNIST_CLASSES, limit
 from ..data.decoys import DECOY_COLOURS, decoy_splits
 from ..training.explanation_losses import INPUT_LAYER, attributions
+from ..training.recipe import recipe_record
 from .guidance_report import (
     LOSS_NAMES,
     METHOD_NAMES,
@@ -47,7 +48,7 @@ from .guidance_report import (
     verdicts,
 )
 from .recipes import Recipe, get_recipe
-from .reproduction import machine_description, plot_explanations, recipe_record, run_record, train_or_reuse
+from .reproduction import machine_description, plot_explanations, run_record, train_or_reuse
 from .seed_statistics import summarise
 
 

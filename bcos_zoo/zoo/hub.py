@@ -4,12 +4,15 @@ The repo folder (``<output-dir>/repo``) is the exact tree that lands on the Hub,
 and a failed push leaves it intact for ``scripts/push.py`` to retry.
 """
 
+import json
+import shlex
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, get_token
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 
 
 class PushError(RuntimeError):
@@ -18,6 +21,10 @@ class PushError(RuntimeError):
 
 def check_push_access(repo_id: str, token: str | None = None) -> str:
     """Make sure a push can work before any training starts; returns the user name the token belongs to."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise PushError(f"--hub-model-id {repo_id!r} is not a Hub repo id: {error}") from None
     if "/" not in repo_id:
         raise PushError(f"--hub-model-id must look like 'org/name', got {repo_id!r}")
     if constants.HF_HUB_OFFLINE:
@@ -65,14 +72,32 @@ def hub_repo_exists(repo_id: str, repo_type: str) -> bool:
     return True
 
 
+def remote_code_modules(config: dict) -> set[str]:
+    """The ``.py`` files a repo's ``config.json`` names as its remote code: the modules of ``auto_map`` and of its
+    custom pipelines (code that ``auto_map`` takes from another repo, ``org/name--module.Class``, excluded)."""
+    references = [pipeline.get("impl") for pipeline in (config.get("custom_pipelines") or {}).values()]
+    for value in (config.get("auto_map") or {}).values():  # a tokenizer's entry is a [slow, fast] pair
+        references += value if isinstance(value, list) else [value]
+    return {f"{name.rsplit('.', 1)[0]}.py" for name in references if name and "--" not in name}
+
+
 def check_repo_folder(folder: str | Path) -> Path:
-    """``folder`` as a path, when it holds a model repo (a config and weights); else a one-line error."""
+    """``folder`` as a path, when it holds a complete model repo: config, weights, the remote code its config names
+    and a model card; else a one-line error, before anything is uploaded."""
     folder = Path(folder)
     weights = [*folder.glob("*.safetensors"), *folder.glob("*.safetensors.index.json")] if folder.is_dir() else []
     if not (folder / "config.json").is_file() or not weights:
         raise PushError(
             f"{folder} is not a model repo folder (it needs config.json and *.safetensors weights): pass the repo/ "
             "folder a run wrote, <output-dir>/repo."
+        )
+    needed = {"README.md"} | remote_code_modules(json.loads((folder / "config.json").read_text()))
+    missing = sorted(name for name in needed if not (folder / name).is_file())
+    if missing:
+        raise PushError(
+            f"{folder} is not a complete model repo: {', '.join(missing)} missing (config.json names the code, and "
+            "README.md is the model card); pass the repo/ folder a run wrote, or re-write it with "
+            "model.save_pretrained and a card."
         )
     return folder
 
@@ -82,7 +107,9 @@ def push_folder(
 ) -> str:
     """Upload ``folder`` as one commit to ``repo_id`` (created if missing); returns the commit URL.
 
-    A failure says where the untouched local folder is and how to retry.
+    The commit also deletes every remote file the folder does not hold (``.gitattributes`` aside), so the Hub repo
+    is the folder, not the folder over an earlier push. A failure says where the untouched local folder is and how
+    to retry.
     """
     folder = Path(folder)
     api = HfApi(endpoint=constants.ENDPOINT, token=token)
@@ -92,11 +119,13 @@ def push_folder(
             repo_id=repo_id,
             folder_path=folder,
             commit_message=commit_message or f"Upload {repo_id} from bcos_zoo",
+            delete_patterns="*",
         )
     except Exception as error:  # network, HTTP and server errors alike: the local folder is what matters
+        retry = shlex.join(["python", "scripts/push.py", str(folder), "--hub-model-id", repo_id])
         raise PushError(
             f"Pushing to {repo_id} failed ({type(error).__name__}: {error}). Nothing local was changed: "
-            f"{folder} holds the complete repo. Retry with: python scripts/push.py {folder} --hub-model-id {repo_id}"
+            f"{folder} holds the complete repo. Retry with: {retry}{' --private' if private else ''}"
         ) from error
     return commit.commit_url
 

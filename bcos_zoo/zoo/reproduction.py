@@ -43,6 +43,7 @@ from ..evaluation.report import localise_model, plot_localisation
 from ..families import FAMILIES, bcos_classifier_class
 from ..modeling.explanation import colorize_contributions
 from ..training import get_task
+from ..training.recipe import recipe_record
 from .finetune import finetune, last_complete_checkpoint
 from .recipes import Recipe, get_recipe
 from .reproduction_report import (
@@ -120,11 +121,6 @@ def speed_up(bcosified: Curve, scratch: Curve) -> SpeedUp:
     trained = [epoch for epoch, _ in bcosified if epoch > 0]
     lower_bound = bool(trained) and bcosified_epochs == trained[0]
     return SpeedUp(target, scratch_epochs, bcosified_epochs, ratio, lower_bound)
-
-
-def recipe_record(recipe: Recipe) -> dict:
-    """A recipe as plain JSON values (tuples become lists), so a stored copy compares equal to a fresh one."""
-    return json.loads(json.dumps(asdict(recipe), default=str))
 
 
 def train_or_reuse(recipe: Recipe, folder: Path, eval_each_epoch: bool = False, device: str | None = None) -> dict:

@@ -1,0 +1,177 @@
+"""What ``finetune`` refuses before it trains (and leaves untouched), what a ``resume`` may change, and that the repo
+folder holds exactly one run's files."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+from fake_hub import GITATTRIBUTES, fake_hub_fixture  # noqa: F401
+from huggingface_hub import ModelCard, constants
+from training_testing import make_image_folder, make_vit_source
+
+from bcos_zoo import BcosViTForImageClassification
+from bcos_zoo.training.recipe import recipe_record
+from bcos_zoo.zoo.finetune import check_before_training, finetune
+from bcos_zoo.zoo.hub import PushError
+from bcos_zoo.zoo.recipes import Recipe
+
+
+REPO_ID = "test-user/bcos-tiny"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    return make_vit_source(root / "source"), make_image_folder(root / "data", per_class=4)
+
+
+@pytest.fixture(scope="module")
+def bcos_checkpoint(inputs, tmp_path_factory):
+    """A B-cos checkpoint at B = 1.5 with its biases kept: neither is the recipe's default."""
+    folder = tmp_path_factory.mktemp("bcos_checkpoint")
+    model = BcosViTForImageClassification.from_pretrained_standard(str(inputs[0]), b=1.5, bias="keep")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def recipe(inputs):
+    source, data = inputs
+    return Recipe(
+        name="bcos-tiny", source=str(source), dataset=str(data), hub_model_id=REPO_ID, max_steps=2, batch_size=8
+    )
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def finished_run(output, recipe: Recipe) -> None:
+    """The outputs of a finished run whose checkpoints were deleted (to save disk)."""
+    (output / "repo" / "examples").mkdir(parents=True)
+    (output / "repo" / "README.md").write_text("# bcos-tiny\n")
+    (output / "repo" / "examples" / "explanation_0.png").write_bytes(b"png")
+    (output / "recipe.json").write_text(json.dumps(recipe_record(recipe)))
+    (output / "results.json").write_text(json.dumps({"repo_id": recipe.hub_model_id, "metrics": {"accuracy": 0.5}}))
+
+
+def test_a_rerun_into_a_used_output_dir_without_checkpoints_is_refused_and_changes_nothing(recipe, tmp_path):
+    finished_run(tmp_path / "out", recipe)
+    before = snapshot(tmp_path / "out")
+    with pytest.raises(ValueError, match="holds an earlier run .*--resume"):
+        finetune(recipe, tmp_path / "out", device="cpu")
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_resume_with_a_recipe_that_trains_differently_is_refused_naming_the_fields(recipe, tmp_path):
+    finished_run(tmp_path / "out", recipe)
+    before = snapshot(tmp_path / "out")
+    changed = replace(recipe, learning_rate=1e-2, dataset=str(tmp_path / "other"), hub_model_id="test-user/other")
+    with pytest.raises(ValueError, match="another recipe") as refusal:
+        finetune(changed, tmp_path / "out", resume=True, device="cpu")
+    message = str(refusal.value)
+    assert "learning_rate" in message and "dataset" in message and "fresh --output-dir" in message
+    assert "hub_model_id" not in message
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_resume_may_change_what_only_describes_the_published_model(recipe, tmp_path):
+    finished_run(tmp_path / "out", recipe)
+    before = snapshot(tmp_path / "out")
+    renamed = replace(recipe, name="renamed", hub_model_id="test-user/other", summary="Mine.", license="mit")
+    result = finetune(renamed, tmp_path / "out", resume=True, device="cpu")
+    assert result.metrics == {"accuracy": 0.5} and result.commit_url is None
+    assert snapshot(tmp_path / "out") == before
+
+
+@pytest.fixture
+def hub(fake_hub, monkeypatch):
+    """The loopback Hub as this process's endpoint, logged in with its token."""
+    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", fake_hub.token)
+    return fake_hub
+
+
+def test_push_with_resume_uploads_the_repo_of_a_finished_run(hub, recipe, tmp_path):
+    finished_run(tmp_path / "out", recipe)
+    result = finetune(recipe, tmp_path / "out", resume=True, push=True, device="cpu")
+    assert result.commit_url is not None
+    assert hub.files(REPO_ID) == {**snapshot(tmp_path / "out" / "repo"), ".gitattributes": GITATTRIBUTES}
+
+
+def test_push_of_a_finished_run_to_another_repo_than_its_card_names_is_refused(hub, recipe, tmp_path):
+    finished_run(tmp_path / "out", recipe)
+    with pytest.raises(ValueError, match=f"written for '{REPO_ID}'"):
+        finetune(replace(recipe, hub_model_id="test-user/other"), tmp_path / "out", resume=True, push=True)
+    assert hub.repos() == []
+
+
+def test_an_invalid_hub_model_id_is_refused_before_training(hub, recipe):
+    with pytest.raises(PushError, match="not a Hub repo id"):
+        check_before_training(replace(recipe, hub_model_id="my org/bcos tiny"), push=True, dry_run=False)
+
+
+def test_a_missing_card_template_is_refused_before_training(recipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.md"):
+        finetune(replace(recipe, card_template="nope.md"), tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_device_cuda_without_a_cuda_device_is_refused_before_training(recipe, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cuda"):
+        finetune(recipe, tmp_path / "out", device="cuda")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_dir_inside_the_dataset_folder_is_refused(inputs, recipe):
+    _, data = inputs
+    before = snapshot(data)
+    with pytest.raises(ValueError, match="inside the --dataset folder"):
+        finetune(recipe, data / "runs" / "first", device="cpu")
+    assert snapshot(data) == before
+
+
+@pytest.mark.parametrize("asked", [{"b": 3.0}, {"bias": "keep", "b": 2.5}])
+def test_a_bcos_checkpoint_is_refused_another_b_or_biases(bcos_checkpoint, recipe, tmp_path, asked):
+    with pytest.raises(ValueError, match="is a B-cos checkpoint, which is fine-tuned at its own B"):
+        finetune(replace(recipe, source=str(bcos_checkpoint), **asked), tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bcos_checkpoint_with_the_recipe_defaults_is_accepted(bcos_checkpoint, recipe):
+    check_before_training(replace(recipe, source=str(bcos_checkpoint)), push=False, dry_run=False)
+
+
+@pytest.fixture(scope="module")
+def continued(inputs, bcos_checkpoint, tmp_path_factory):
+    """A short run that continues the B-cos checkpoint with the recipe's defaults (B = 2, biases removed)."""
+    _, data = inputs
+    recipe = Recipe(
+        name="bcos-tiny",
+        source=str(bcos_checkpoint),
+        dataset=str(data),
+        hub_model_id=REPO_ID,
+        max_steps=2,
+        batch_size=8,
+    )
+    return recipe, finetune(recipe, tmp_path_factory.mktemp("continued") / "out", device="cpu")
+
+
+def test_the_card_of_a_continued_bcos_checkpoint_states_the_checkpoints_b_and_biases(continued):
+    _, result = continued
+    card = ModelCard.load(result.repo_dir / "README.md").text
+    assert "It continues the B-cos checkpoint" in card and "obtained by" not in card
+    assert "(B = 1.5, biases\nkept)" in card and "| B | 1.5 |" in card and "| biases | keep |" in card
+
+
+def test_a_rewritten_repo_holds_exactly_this_runs_files(continued, tmp_path):
+    recipe, result = continued
+    output = shutil.copytree(result.output_dir, tmp_path / "out")
+    (output / "results.json").unlink()  # stopped after the last step, before the run was written down
+    (output / "repo" / "pytorch_model.bin").write_bytes(b"stale")
+    (output / "repo" / "examples" / "explanation_9.png").write_bytes(b"stale")
+    finetune(recipe, output, resume=True, device="cpu")
+    assert set(snapshot(output / "repo")) == set(snapshot(result.repo_dir))
