@@ -64,10 +64,17 @@ def build_bcos_entry(entry: str, weights: str | os.PathLike | dict | None) -> nn
             raise FileNotFoundError(f"No weights file at {path}")
         try:
             weights = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
+        except pickle.UnpicklingError as error:  # objects beyond tensors, which weights_only=True does not run
+            lines = str(error).strip().splitlines()
+            detail = next((line.strip() for line in lines if "Unsupported" in line), lines[0])
             raise ValueError(
-                f"{path} is not a plain state dict (read with weights_only=True, as release files are): "
-                f"{str(error).strip().splitlines()[0]}"
+                f"{path} is not a plain state dict, as release files are: it holds objects that loading with "
+                f"weights_only=True refuses to run ({detail}). Is it the right file?"
+            ) from None
+        except Exception as error:  # torch.load fails on damaged files in many ways (zip, pickle, key errors)
+            raise ValueError(
+                f"{path} cannot be read as a PyTorch weights file ({type(error).__name__}: "
+                f"{str(error).strip().splitlines()[0][:200]}); a truncated or corrupt download? Download it again."
             ) from None
         if not isinstance(weights, dict):
             raise ValueError(f"{path} holds a {type(weights).__name__}, not a state dict.")

@@ -175,6 +175,10 @@ def test_a_cnn_that_was_not_ported_keeps_its_resize_filter():
         (["--entry", "resnet18", "--weights", "{file}", "--hub-model-id", "no-org"], "must look like 'org/name'"),
         (["--all", "{empty}"], "no release file of a B-cos entry there"),
         (["--all", "{file}"], "not a folder of release files"),
+        (
+            ["--entry", "resnet18", "--weights", "{cut}"],
+            "cannot be read as a PyTorch weights file .* Download it again",
+        ),
     ],
 )
 def test_mistakes_end_in_one_line_that_says_what_is_wrong(release_dir, tmp_path, capsys, argv, message):
@@ -185,8 +189,11 @@ def test_mistakes_end_in_one_line_that_says_what_is_wrong(release_dir, tmp_path,
         dir=tmp_path,
         renamed=write_release(tmp_path, "resnet18", name="my_weights.pth"),
         empty=tmp_path / "empty",
+        cut=tmp_path / "cut" / releases()["resnet18"].file_name,  # an interrupted download
     )
     paths["empty"].mkdir()
+    paths["cut"].parent.mkdir()
+    paths["cut"].write_bytes(paths["file"].read_bytes()[: paths["file"].stat().st_size // 2])
     argv = [arg.format(**paths) for arg in argv]
     assert run_main([*argv, "--output-dir", str(tmp_path / "out"), "--dry-run"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
