@@ -108,8 +108,10 @@ def main() -> None:
     args = parser.parse_args()
     if AUTHORS_CASE in args.memory_models:
         parser.error(f"--memory-models takes {', '.join(BUILDERS)}")
-    if "clip" in args.models and args.image_size % 32:
-        parser.error("--image-size must be a multiple of 32 for CLIP B/32")
+    for name in {*args.models, *args.memory_models}:  # each model's patch size must tile the images
+        patch = 32 if name == "clip" else 16
+        if args.image_size % patch:
+            parser.error(f"--image-size must be a multiple of {patch} for {name} (patches of {patch} pixels)")
     with tempfile.TemporaryDirectory(prefix="bcos-benchmark-") as root:
         bench = Benchmark(settings_from(args), TIMING, BUILDERS, Path(root))
         bench.print_settings()

@@ -23,12 +23,12 @@ from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.evaluation.baselines import load_standard_classifier
 from bcos_zoo.evaluation.faithfulness import ROAD_FRACTIONS, deletion_curves, insertion_curves, road_curves
 from bcos_zoo.evaluation.localisation import bcos_attribution, bcos_classifier
-from bcos_zoo.zoo.cli import at_least, run_script
+from bcos_zoo.zoo.cli import at_least, device, run_script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu (default), cuda or cuda:<index>")
     parser.add_argument(
         "--images", type=at_least(1), help="images per curve batch (default: 64 on a GPU, 8 on the CPU)"
     )

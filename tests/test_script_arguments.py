@@ -15,11 +15,15 @@ from bcos_zoo.zoo.cli import at_least, fraction
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def parse_args(script: str):
+def load_script(script: str):
     spec = importlib.util.spec_from_file_location(f"{script}_script", SCRIPTS / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.parse_args
+    return module
+
+
+def parse_args(script: str):
+    return load_script(script).parse_args
 
 
 @pytest.mark.parametrize(
@@ -53,9 +57,7 @@ def test_counts_take_their_minimum_and_shares_their_bounds():
 
 
 def test_space_cards_help_prints_its_usage_and_rewrites_nothing(monkeypatch, capsys, tmp_path):
-    spec = importlib.util.spec_from_file_location("space_cards_script", SCRIPTS / "space_cards.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("space_cards")
     monkeypatch.setattr(module, "SPACES_DIR", tmp_path)  # a run would fail here: no Space folders to rewrite
     monkeypatch.setattr("sys.argv", ["space_cards.py", "--help"])
     with pytest.raises(SystemExit) as exit_info:
@@ -72,3 +74,28 @@ def test_the_timing_process_explains_itself_without_a_spec(argv, code):
     )
     assert result.returncode == code, result.stderr
     assert 'python scripts/timing.py \'{"task": "compare"' in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--models", "vit", "--memory-models", "--image-size", "40"], "multiple of 16 for vit"),
+        (["--models", "--memory-models", "clip", "--image-size", "48"], "multiple of 32 for clip"),
+        (["--models", "vit", "--device", "gpu"], "expected cpu, cuda or cuda:<index>, got 'gpu'"),
+    ],
+)
+def test_the_benchmark_refuses_settings_it_cannot_time_before_building_a_model(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["benchmark.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("benchmark").main()
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["benchmark", "benchmark_cnn"])
+def test_a_csv_file_of_other_columns_is_refused_before_the_timing(script, tmp_path, monkeypatch, capsys):
+    other = tmp_path / "other.csv"
+    other.write_text("a,b,c\n1,2,3\n")
+    monkeypatch.setattr("sys.argv", [f"{script}.py", "--models", "--memory-models", "--csv", str(other)])
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(script).main()
+    assert exit_info.value.code == 2 and "has other columns than this benchmark writes" in capsys.readouterr().err

@@ -21,7 +21,13 @@ from bcos_zoo.data.datasets import (
     read_idx,
 )
 from bcos_zoo.data.preprocessing import training_transform
-from bcos_zoo.training.trainer import LogAtCheckpoints, StopOnInterrupt, adaptive_clip_grad_, mean_training_loss
+from bcos_zoo.training.trainer import (
+    LogAtCheckpoints,
+    StopOnInterrupt,
+    adaptive_clip_grad_,
+    mean_training_loss,
+    training_arguments,
+)
 from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.recipes import RECIPES, get_recipe
 
@@ -270,3 +276,10 @@ def test_mean_training_loss_weights_each_logged_mean_by_its_steps():
 def test_a_recipe_value_no_run_can_use_is_refused_when_the_recipe_is_made(field, value, message):
     with pytest.raises(ValueError, match=rf"recipe 'bcos-vit-s': {message}"):
         get_recipe("bcos-vit-s").with_overrides(**{field: value})
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_training_arguments_refuse_a_cuda_device_the_machine_lacks(device, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only machine
+    with pytest.raises(ValueError, match=f"--device {device}, but torch finds no CUDA device"):
+        training_arguments(get_recipe("bcos-vit-fashion-mnist"), tmp_path, device=device)

@@ -216,10 +216,10 @@ def training_arguments(
     With adaptive gradient clipping the Trainer's own global-norm clip is switched off (the callback replaces it).
     ``device="cuda"`` without a CUDA device is refused: the Trainer would quietly train on the CPU instead.
     """
-    if device == "cuda" and not torch.cuda.is_available():
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            "--device cuda, but torch finds no CUDA device here (no GPU, or a CPU-only torch build): pass --device "
-            "cpu, or leave --device out to use a GPU when there is one."
+            f"--device {device}, but torch finds no CUDA device here (no GPU, or a CPU-only torch build): pass "
+            "--device cpu, or leave --device out to use a GPU when there is one."
         )
     on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
     arguments = dict(

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
-from .cli import at_least
+from .cli import at_least, device
 
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -108,7 +108,7 @@ def add_arguments(
     parser: argparse.ArgumentParser, models: list[str], default_models: list[str], memory_default: list[str]
 ) -> None:
     """The flags both benchmark scripts share."""
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu (default), cuda or cuda:<index>")
     parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
     parser.add_argument("--batch-size", type=at_least(1), default=8)
     parser.add_argument("--image-size", type=at_least(1), default=224)
@@ -122,7 +122,23 @@ def add_arguments(
     parser.add_argument(
         "--reference", action="store_true", help=f"also run with every fast path off ({FAST_PATHS_VARIABLE}=0)"
     )
-    parser.add_argument("--csv", type=Path, help="append one row per model and setting to this CSV file")
+    parser.add_argument(
+        "--csv", type=csv_path, help="append one row per model and setting to this CSV file (checked before timing)"
+    )
+
+
+def csv_path(text: str) -> Path:
+    """An argparse ``type``: a CSV file this benchmark can append to (new, empty, or with its columns), refused at
+    once rather than after the timing."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; pass a CSV file")
+    if path.is_file() and path.stat().st_size:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if tuple(header) != CSV_COLUMNS:
+            raise argparse.ArgumentTypeError(f"{path} has other columns than this benchmark writes; pass a new file")
+    return path
 
 
 def settings_from(args: argparse.Namespace, flush_denormals: bool = False) -> Settings:
@@ -345,13 +361,8 @@ class Benchmark:
         return rows
 
     def append_csv(self, path: Path) -> None:
-        """Append this run's rows to ``path`` (header first in a new file; a file with other columns is refused)."""
+        """Append this run's rows to ``path`` (header first in a new file; see :func:`csv_path`)."""
         fresh = not path.exists() or path.stat().st_size == 0
-        if not fresh:
-            with path.open(newline="") as f:
-                header = next(csv.reader(f), [])
-            if tuple(header) != CSV_COLUMNS:
-                raise ValueError(f"{path} has other columns than this benchmark writes; append to a new file")
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
