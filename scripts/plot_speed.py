@@ -16,6 +16,8 @@ from pathlib import Path
 
 import matplotlib
 
+from bcos_zoo.zoo.cli import run_script
+
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -51,7 +53,10 @@ def values(rows: list[dict[str, str]], key: str) -> list[float]:
 def plot(csv_path: Path, png_path: Path) -> Path:
     """One PNG of ``csv_path``'s runs; returns where it went."""
     with csv_path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    if missing := {"model", "device", "dtype", "compile", "fast_paths"} - set(reader.fieldnames or ()):
+        raise ValueError(f"{csv_path} is not a benchmark CSV (no {', '.join(sorted(missing))} column)")
     if not rows:
         raise ValueError(f"{csv_path} holds no runs")
     categories = list(dict.fromkeys(category(row) for row in rows))
@@ -91,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

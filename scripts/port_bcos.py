@@ -12,6 +12,7 @@ exact tree that --push uploads as one commit; --dry-run writes and lists it, and
 """
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def port_one(args: argparse.Namespace, entry: str, weights: Path, repo_id: str) 
     from bcos_zoo.zoo.bcos_releases import port_release
     from bcos_zoo.zoo.hub import describe_tree, push_folder
 
-    command = f"python scripts/port_bcos.py --entry {entry} --weights {weights.name} --hub-model-id {repo_id}"
+    command = shlex.join(["python", "scripts/port_bcos.py", "--entry", entry, "--weights", weights.name])
+    command += f" --hub-model-id {shlex.quote(repo_id)}"
     port = port_release(entry, weights, repo_id, args.output_dir / entry, args.check_images, command)
     lines = [
         f"{entry}: {port.folder} ({port.parameters / 1e6:.2f}M parameters)",

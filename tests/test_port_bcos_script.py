@@ -173,6 +173,7 @@ def test_a_cnn_that_was_not_ported_keeps_its_resize_filter():
         (["--entry", "resnet34", "--weights", "{file}"], "is the release file of resnet18, not of resnet34"),
         (["--entry", "densenet121", "--weights", "{renamed}"], "do not fit bcos entry 'densenet121'"),
         (["--entry", "resnet18", "--weights", "{file}", "--hub-model-id", "no-org"], "must look like 'org/name'"),
+        (["--entry", "resnet18", "--weights", "{file}", "--hub-model-id", "my org/bcos v2!"], "is not a Hub repo id"),
         (["--all", "{empty}"], "no release file of a B-cos entry there"),
         (["--all", "{file}"], "not a folder of release files"),
         (

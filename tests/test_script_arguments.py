@@ -99,3 +99,24 @@ def test_a_csv_file_of_other_columns_is_refused_before_the_timing(script, tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         load_script(script).main()
     assert exit_info.value.code == 2 and "has other columns than this benchmark writes" in capsys.readouterr().err
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "No such file"),
+        ("a,b\n1,2\n", "is not a benchmark CSV"),
+        ("model,device,dtype,compile,fast_paths\n", "holds no runs"),
+    ],
+    ids=["missing", "other-columns", "header-only"],
+)
+def test_plot_speed_ends_in_one_line_on_a_csv_it_cannot_plot(content, message, tmp_path):
+    path = tmp_path / "speed.csv"
+    if content is not None:
+        path.write_text(content)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "plot_speed.py"), str(path)], capture_output=True, text=True, timeout=120
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and message in lines[0], result.stderr

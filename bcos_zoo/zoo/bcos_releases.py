@@ -24,6 +24,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..ports import STANDARD_PREFIX, bcos_entry_family, build_bcos_entry, from_bcos
+from .hub import check_repo_id
 
 
 DEFAULT_ORG = "bcos-zoo"
@@ -223,8 +224,7 @@ def port_release(
     from .cards import render_release_card
 
     release = get_release(entry)
-    if "/" not in repo_id:
-        raise ValueError(f"--hub-model-id must look like 'org/name', got {repo_id!r}")
+    check_repo_id(repo_id)  # the card names the repo, so a dry run checks it too
     theirs = build_bcos_entry(entry, weights)  # a missing file, or weights that do not fit, fail here
     ours = from_bcos(theirs)
     error = conversion_error(theirs, ours, images=check_images)

@@ -19,14 +19,20 @@ class PushError(RuntimeError):
     """The Hub could not be reached, refused the token, or failed during the upload."""
 
 
-def check_push_access(repo_id: str, token: str | None = None) -> str:
-    """Make sure a push can work before any training starts; returns the user name the token belongs to."""
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a ``--hub-model-id`` that is not an ``org/name`` the Hub accepts, before anything is trained or
+    written with it (a card names its repo)."""
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
         raise PushError(f"--hub-model-id {repo_id!r} is not a Hub repo id: {error}") from None
     if "/" not in repo_id:
         raise PushError(f"--hub-model-id must look like 'org/name', got {repo_id!r}")
+
+
+def check_push_access(repo_id: str, token: str | None = None) -> str:
+    """Make sure a push can work before any training starts; returns the user name the token belongs to."""
+    check_repo_id(repo_id)
     if constants.HF_HUB_OFFLINE:
         raise PushError(
             "HF_HUB_OFFLINE is set, so nothing can be pushed; unset it (scripts/finetune.py: or drop --push, or add "
