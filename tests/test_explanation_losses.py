@@ -306,13 +306,15 @@ def test_hidden_layer_attributions_reach_the_weights_and_have_the_image_size():
         attributions(model, pixels, torch.tensor([0, 2]), "gradcam")
 
 
-def test_frozen_running_statistics_leave_batch_norm_alone():
+def test_frozen_running_statistics_leave_every_batch_norm_alone():
     model = tiny_resnet().train()
-    norm = model.bcos_resnet.embedder.embedder.normalization
-    before = norm.running_var.clone()
+    model(pixel_values=torch.rand(4, 3, 16, 16, dtype=torch.float64))  # a training step's forward counts the batch
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    assert any(".encoder." in name for name in before if name.endswith("running_var"))  # norms inside the stages too
     with frozen_running_statistics(model):
-        model(pixel_values=torch.rand(4, 3, 16, 16, dtype=torch.float64))
-    torch.testing.assert_close(norm.running_var, before)
-    assert norm.momentum == 0.1
+        model(pixel_values=torch.rand(2, 3, 16, 16, dtype=torch.float64))  # the explanation's second pass
+    for name, buffer in model.named_buffers():
+        torch.testing.assert_close(buffer, before[name], msg=name)
     model(pixel_values=torch.rand(4, 3, 16, 16, dtype=torch.float64))
-    assert not torch.equal(norm.running_var, before)
+    changed = [name for name, buffer in model.named_buffers() if not torch.equal(buffer, before[name])]
+    assert all(name in changed for name in before if name.endswith("running_var"))  # counting again afterwards

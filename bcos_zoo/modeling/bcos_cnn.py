@@ -35,7 +35,7 @@ class BcosBatchNorm2d(DynamicModule):
         if not self.training:
             return self.running_var, self.running_mean
         var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-        if self.counts_batches:
+        if self.counts_batches and self.momentum:  # momentum 0: the running statistics are frozen
             count = x.numel() // x.shape[1]
             with torch.no_grad():
                 self.running_var.lerp_((var * (count / max(count - 1, 1))).to(self.running_var.dtype), self.momentum)

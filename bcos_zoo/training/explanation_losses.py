@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modeling.bcos_cnn import BcosBatchNorm2d
 from ..modeling.bcos_layers import encode_inverse, explanation_mode
 from ..modeling.explanation import BcosExplanation, compute_explanation, resolve_target
 
@@ -37,21 +38,19 @@ ATTRIBUTION_METHODS = ("bcos", "ixg", "gradcam")
 def frozen_running_statistics(model: nn.Module):
     """BatchNorm layers in training mode keep normalising with their batch statistics but leave their running
     statistics alone: a second forward pass of a training step (for an explanation, over a subset of the batch)
-    then does not count twice, or with a batch of a few boxed images, in what evaluation uses. The B-cos CNNs'
-    BatchNorm stops counting batches (``counts_batches``, as in a checkpointed replay); torch's gets momentum 0."""
-    saved = []
-    for module in model.modules():
-        if hasattr(module, "counts_batches"):
-            saved.append((module, "counts_batches", module.counts_batches))
-            module.counts_batches = False
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            saved.append((module, "momentum", module.momentum))
-            module.momentum = 0.0
+    then does not count twice, or with a batch of a few boxed images, in what evaluation uses. Every BatchNorm, the
+    B-cos CNNs' and torch's, gets momentum 0 for the while."""
+    norms = [
+        module for module in model.modules() if isinstance(module, (BcosBatchNorm2d, nn.modules.batchnorm._BatchNorm))
+    ]
+    saved = [module.momentum for module in norms]
+    for module in norms:
+        module.momentum = 0.0
     try:
         yield
     finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
+        for module, momentum in zip(norms, saved):
+            module.momentum = momentum
 
 
 def differentiable_explanation(
