@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 from sources import hf_vit
+from tiny_models import TINY_CLASSIFIERS
 from transformers import AutoImageProcessor, CLIPImageProcessor, ViTImageProcessor
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
@@ -149,6 +150,14 @@ def test_only_models_with_position_embeddings_are_explained_in_windows_of_their_
     assert explanation_window(BcosViTForImageClassification.from_pretrained_standard(hf_vit(image=16, patch=4))) == 16
     assert explanation_window(load_standard_classifier(hf_vit(image=16, patch=4))) == 16
     assert explanation_window(any_size_bcos_vit()) is None
+
+
+@pytest.mark.parametrize("family", ["resnet", "densenet", "vgg", "convnext", "simple_vit"])
+def test_models_that_take_any_input_size_are_explained_whole(family):
+    """A ConvNeXt's patchifying stem is a convolution, and the simple ViT computes its sin-cos positions per grid."""
+    model = TINY_CLASSIFIERS[family]()
+    assert explanation_window(model) is None
+    assert model(pixel_values=torch.rand(1, 3, 64, 48)).logits.shape == (1, model.config.num_labels)  # any size
 
 
 # Confident images and grids

@@ -58,13 +58,16 @@ def bcos_classifier(model) -> ClassifierFn:
 def explanation_window(model) -> int | None:
     """The window a grid must be explained in for ``model``: its input size, or None to explain the grid whole.
 
-    Only learned position embeddings over a fixed patch grid (a ViT's, unless its config turns them off) tie a
-    model to one input size; convolutions and attention without position embeddings take any size.
+    Only learned position embeddings over a fixed patch grid (a ViT's, a CLIP image tower's) tie a model to one input
+    size; convolutions (a ConvNeXt's patchifying stem too), sin-cos position embeddings computed for each grid (the
+    simple ViT's) and attention without position embeddings take any size.
     """
-    config = model.config
-    if hasattr(config, "patch_size") and getattr(config, "use_position_embeddings", True):
-        return int(config.image_size)
-    return None
+    learned = any(
+        name.endswith(("embeddings.position_embeddings", "embeddings.position_embedding.weight", "pos_embed"))
+        and not name.startswith("text_model.")
+        for name, _ in model.named_parameters()
+    )
+    return int(getattr(model.config, "vision_config", model.config).image_size) if learned else None
 
 
 @dataclass
