@@ -10,6 +10,7 @@ from tiny_models import TINY_CLASSIFIERS
 from transformers import AutoImageProcessor, CLIPImageProcessor, ViTImageProcessor
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
+from bcos_zoo.data.boxes import box_masks as training_box_masks
 from bcos_zoo.data.preprocessing import model_transform, processor_transform
 from bcos_zoo.evaluation.baselines import load_standard_classifier
 from bcos_zoo.evaluation.localisation import (
@@ -29,7 +30,7 @@ from bcos_zoo.evaluation.localisation import (
     tile_grid,
 )
 from bcos_zoo.evaluation.metrics import metric_path
-from bcos_zoo.evaluation.scores import box_masks
+from bcos_zoo.evaluation.scores import box_masks, energy_pointing_scores
 
 
 CELL = 8  # pixels per grid cell = the model's input size in these tests
@@ -293,6 +294,32 @@ def test_energy_pointing_game_explains_each_image_for_its_label_inside_its_box()
 
     scores = energy_pointing_game(white_for_class_3, [0, 1], dataset, square(8), progress=False)
     assert scores == [1.0, 0.0]
+
+
+def as_pixels(image: Image.Image) -> torch.Tensor:
+    """A transform that keeps the picture's size: (1, H, W) in [0, 1]."""
+    return torch.as_tensor(np.asarray(image), dtype=torch.float32)[None] / 255
+
+
+@pytest.mark.parametrize("box", [[2, 2, 6, 6], [1.5, 1.5, 5.5, 5.5], [1.2, 0, 3.7, 8]])
+def test_a_box_scores_the_same_in_the_metric_module_the_harness_and_guided_training(box):
+    """Each counts a pixel as in the box where its centre is."""
+    attribution = torch.ones(1, 8, 8)
+    centres = torch.arange(8) + 0.5
+    inside = ((centres >= box[1]) & (centres < box[3]))[:, None] & ((centres >= box[0]) & (centres < box[2]))[None]
+    expected = float(inside.sum()) / 64
+    module = evaluate.load(metric_path("energy_pointing_game"))
+    published = module.compute(attributions=[attribution[0].numpy()], boxes=[box])["energy_pointing_game"]
+    harness = energy_pointing_scores(attribution, box_mask(box, (8, 8), as_pixels)[None])
+    training = energy_pointing_scores(attribution, training_box_masks([box], 8, 8)[None])
+    assert published == pytest.approx(expected) and float(harness[0]) == float(training[0]) == pytest.approx(expected)
+
+
+def test_an_object_of_several_boxes_is_scored_on_their_union():
+    image = Image.new("RGB", (8, 8))
+    dataset = [(image, 0, [[0, 0, 2, 8], [6, 0, 8, 8]])]  # a (K, 4) list, as the boxed datasets give
+    scores = energy_pointing_game(lambda images, targets: torch.ones(1, 8, 8), [0], dataset, as_pixels, progress=False)
+    assert scores == [0.5]
 
 
 def test_every_method_of_a_model_is_scored_on_the_same_grids_with_its_accuracy():

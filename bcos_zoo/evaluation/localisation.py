@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..data.preprocessing import ImageTransform
-from .scores import accuracy, energy_pointing_scores, grid_pointing_scores
+from .scores import accuracy, box_masks, energy_pointing_scores, grid_pointing_scores, inside_image
 
 
 AttributionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -271,22 +271,20 @@ def grid_pointing_game(
     return scores
 
 
-def box_mask(box: Sequence[float], original_size: tuple[int, int], transform: ImageTransform) -> torch.Tensor:
-    """(H, W) mask of a box ``[x0, y0, x1, y1]`` (pixels of the (width, height) original, end-exclusive) in the
-    pixels ``transform`` makes of that image.
+def box_mask(boxes, original_size: tuple[int, int], transform: ImageTransform) -> torch.Tensor:
+    """(H, W) mask of an object's boxes ``[x0, y0, x1, y1]`` (one, or a (K, 4) list whose union is the object;
+    pixels of the (width, height) original, end-exclusive) in the pixels ``transform`` makes of that image.
 
-    The box is drawn white on a black picture of the original's size and sent through the same transform as the
+    The boxes are drawn white on a black picture of the original's size (a pixel where its centre lies in a box, as
+    :func:`~bcos_zoo.evaluation.scores.box_masks` and training decide) and sent through the same transform as the
     image, so any resize or crop the model's processor does moves the box with the object. A pixel belongs to the
     box where it is at least half as bright as the brightest (a box shrunk below a pixel keeps its pixel); a box
     the processor crops away entirely gives an empty mask. ``transform`` must not normalise (B-cos processors do
     not, and :class:`~bcos_zoo.evaluation.baselines.StandardClassifier` normalises inside the model).
     """
     width, height = original_size
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ValueError(f"Box {list(box)} does not lie inside a {width}x{height} (width x height) image.")
-    canvas = Image.new("L", (width, height), 0)
-    canvas.paste(255, (int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))))
+    drawn = box_masks(inside_image(boxes, height, width), height, width).any(dim=0)
+    canvas = Image.fromarray(drawn.numpy().astype(np.uint8) * 255, mode="L")
     brightness = transform(canvas).float().mean(dim=0)
     peak = float(brightness.max())
     return brightness >= peak / 2 if peak > 0 else torch.zeros_like(brightness, dtype=torch.bool)
@@ -309,8 +307,8 @@ def energy_pointing_game(
 ) -> list[float]:
     """Scores of the images ``indices`` of a dataset of ``(image, label, box)`` items, each explained for its label.
 
-    Boxes are ``[x0, y0, x1, y1]`` in the original image's pixels (end-exclusive); :func:`box_mask` carries them
-    through ``transform`` with the image.
+    Boxes are ``[x0, y0, x1, y1]`` in the original image's pixels (end-exclusive), one or several per object (their
+    union); :func:`box_mask` carries them through ``transform`` with the image.
     """
     scores = []
     for start in tqdm(range(0, len(indices), batch_size), desc=description, disable=not progress, leave=False):

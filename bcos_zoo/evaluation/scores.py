@@ -13,6 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..data.boxes import as_boxes
+from ..data.boxes import box_masks as union_mask
+
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence
 
@@ -67,16 +70,22 @@ def grid_pointing_scores(attributions: ArrayLike, cell_indices: ArrayLike, grid_
     return positive_share(batch, masks)
 
 
-def box_masks(boxes: ArrayLike, height: int, width: int) -> torch.Tensor:
-    """(N, H, W) masks of boxes ``[x0, y0, x1, y1]`` in pixels, end-exclusive, that must lie inside the image."""
-    boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float64)).long().reshape(-1, 4)
-    for box in boxes.tolist():
+def inside_image(boxes: ArrayLike, height: int, width: int) -> np.ndarray:
+    """Boxes ``[x0, y0, x1, y1]`` as a float64 (K, 4) array, refused unless each lies inside the image."""
+    array = as_boxes(boxes)
+    for box in array.tolist():
         x0, y0, x1, y1 = box
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
             raise ValueError(f"Box {box} does not lie inside a {height}x{width} attribution with x0 < x1, y0 < y1.")
-    ys, xs = torch.arange(height)[None, :, None], torch.arange(width)[None, None, :]
-    x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
-    return (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+    return array
+
+
+def box_masks(boxes: ArrayLike, height: int, width: int) -> torch.Tensor:
+    """(N, H, W) masks of N boxes ``[x0, y0, x1, y1]`` in pixels, end-exclusive, which must lie inside the image. A
+    pixel is in a box where its centre is: the rule of the harness and of training with boxes as well
+    (:func:`bcos_zoo.data.boxes.box_masks`), so the same box scores the same everywhere."""
+    masks = [union_mask(box, height, width) for box in inside_image(boxes, height, width)]
+    return torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.bool)
 
 
 def energy_pointing_scores(attributions: ArrayLike, masks: ArrayLike) -> torch.Tensor:
