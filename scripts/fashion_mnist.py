@@ -2,10 +2,15 @@
 
     python scripts/fashion_mnist.py [--output-root outputs] [--source-epochs 1] [--epochs 1]
 
-1. trains the small standard ViT the recipe starts from (recipe ``vit-fashion-mnist``; skipped when it exists),
+1. trains the small standard ViT the recipe starts from (recipe ``vit-fashion-mnist``),
 2. B-cosifies it and fine-tunes it (recipe ``bcos-vit-fashion-mnist``) with the HF Trainer,
 3. evaluates both on the 10k test images, writes the Hub repo folder (weights, remote code, processor, model card,
-   explanation PNGs), and prints a table. Re-running resumes or re-uses what is already there.
+   explanation PNGs), and prints a table.
+
+Re-running with the same flags re-uses a finished stage and resumes an interrupted one. A stage trained with other
+flags (``--source-epochs``, ``--epochs``), or a B-cos stage B-cosified from a standard source that was trained again
+since, is refused before anything trains: the finished models are kept. Pass another ``--output-root`` to train
+the new settings beside them, or delete the stage's folder to train it anew.
 """
 
 import argparse
@@ -15,39 +20,49 @@ import time
 from pathlib import Path
 
 from bcos_zoo.zoo.cli import run_script
-from bcos_zoo.zoo.finetune import finetune, last_complete_checkpoint
-from bcos_zoo.zoo.recipes import get_recipe
+from bcos_zoo.zoo.recipes import Recipe, get_recipe
+from bcos_zoo.zoo.reproduction import recipe_differences, train_or_reuse
 
 
-def train_source(output: Path, epochs: float | None) -> dict:
-    """The standard ViT, trained from scratch; its repo folder is the B-cos run's source."""
-    results = output / "results.json"
-    if results.is_file() and (output / "repo" / "model.safetensors").is_file():
-        print(f"Re-using the standard source in {output / 'repo'}")
-        return json.loads(results.read_text())["metrics"]
-    recipe = get_recipe("vit-fashion-mnist").with_overrides(epochs=epochs)
-    resume = last_complete_checkpoint(output / "checkpoints") is not None
-    return finetune(recipe, output, resume=resume).metrics
+def check_stage(folder: Path, recipe: Recipe, stage: str, flag: str, root: Path) -> None:
+    """Refuse, before anything trains, a stage folder that holds a run of another recipe, saying which ``flag`` (the
+    stage's epochs) re-uses it and how to train the new settings instead."""
+    stored = folder / "recipe.json"
+    earlier = json.loads(stored.read_text()) if stored.is_file() else {}
+    changed = recipe_differences(earlier, recipe, work_dir=root) if earlier else []
+    if changed == ["epochs"]:
+        trained, asked = earlier["epochs"], recipe.epochs
+        raise ValueError(
+            f"{folder} holds the {stage} trained with {flag} {trained:g}, not {asked:g}: pass {flag} {trained:g} "
+            f"to re-use it, another --output-root to train it with {flag} {asked:g} beside it, or delete {folder} to "
+            "train it anew. Nothing was changed."
+        )
+    if changed:  # the catalogue's recipe changed since the run (another release of this package)
+        raise ValueError(
+            f"{folder} holds the {stage} trained with another recipe ({', '.join(changed)} differ; see {stored}): "
+            f"pass another --output-root to train this one beside it, or delete {folder} to train it anew. Nothing "
+            "was changed."
+        )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-root", type=Path, default=Path("outputs"))
     parser.add_argument("--source-epochs", type=float, help="default: the vit-fashion-mnist recipe's")
     parser.add_argument("--epochs", type=float, help="default: the bcos-vit-fashion-mnist recipe's")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    start = time.perf_counter()
-    source_dir = args.output_root / "vit-fashion-mnist"
-    print("== 1/2 the standard source ViT ==")
-    source_metrics = train_source(source_dir, args.source_epochs)
-
-    print("== 2/2 B-cosify and fine-tune ==")
-    output = args.output_root / "bcos-vit-fashion-mnist"
+    start, root = time.perf_counter(), args.output_root
+    source_dir, output = root / "vit-fashion-mnist", root / "bcos-vit-fashion-mnist"
+    source_recipe = get_recipe("vit-fashion-mnist").with_overrides(epochs=args.source_epochs)
     recipe = get_recipe("bcos-vit-fashion-mnist").with_overrides(source=str(source_dir / "repo"), epochs=args.epochs)
-    resume = last_complete_checkpoint(output / "checkpoints") is not None
-    result = finetune(recipe, output, resume=resume)
-    metrics = result.metrics
+    check_stage(source_dir, source_recipe, "standard source", "--source-epochs", root)
+    check_stage(output, recipe, "B-cos stage", "--epochs", root)
+
+    print("== 1/2 the standard source ViT ==")
+    source_metrics = train_or_reuse(source_recipe, source_dir, work_dir=root, work_flag="--output-root")["metrics"]
+    print("== 2/2 B-cosify and fine-tune ==")
+    metrics = train_or_reuse(recipe, output, work_dir=root, work_flag="--output-root")["metrics"]
     total = time.perf_counter() - start
 
     rows = [
@@ -60,9 +75,10 @@ def main() -> None:
     print(f"|{'-' * 40}|----------|---------------|")
     for name, accuracy, seconds in rows:
         print(f"| {name:<38} | {100 * accuracy:7.2f}% | {seconds / 60:10.1f} min |")
-    print(f"\nRepo folder (what --push uploads): {result.repo_dir}")
-    print(f"Model card: {result.repo_dir / 'README.md'}")
-    print("Explanations: " + ", ".join(str(path) for path in sorted((result.repo_dir / "examples").glob("*.png"))))
+    repo_dir = output / "repo"
+    print(f"\nRepo folder (what --push uploads): {repo_dir}")
+    print(f"Model card: {repo_dir / 'README.md'}")
+    print("Explanations: " + ", ".join(str(path) for path in sorted((repo_dir / "examples").glob("*.png"))))
 
 
 if __name__ == "__main__":

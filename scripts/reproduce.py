@@ -78,12 +78,14 @@ def parse_args(argv: list[str]) -> ReproductionSettings:
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument(
         "--seeds",
-        type=int,
+        type=at_least(0),
         nargs="+",
         default=default.seeds,
         help="each trains all three models in <work-dir>/seed<N>; rows are mean +- std over them (default: 0 1 2)",
     )
-    seeds.add_argument("--seed", type=int, help="one seed only (the same as --seeds N): no verdict can be reached")
+    seeds.add_argument(
+        "--seed", type=at_least(0), help="one seed only (the same as --seeds N): no verdict can be reached"
+    )
     parser.add_argument(
         "--threads", type=at_least(1), help="torch CPU threads (1 is often much faster for small CNNs on a shared CPU)"
     )

@@ -28,8 +28,31 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from bcos_zoo.zoo.cli import run_script
+from bcos_zoo.zoo.cli import at_least, bounded, device, run_script
 from bcos_zoo.zoo.guidance_reproduction import GuidanceSettings, reproduce_guidance
+
+
+POSITIVE, NON_NEGATIVE = bounded(0, inclusive=False), bounded(0, inclusive=True)
+# each setting's type where its default's type would accept values no run can use
+TYPES = dict(
+    seeds=at_least(0),
+    train_samples=at_least(1),
+    eval_samples=at_least(1),
+    base_epochs=POSITIVE,
+    guidance_epochs=POSITIVE,
+    student_epochs=POSITIVE,
+    few_shot_per_class=at_least(1),
+    few_shot_epochs=POSITIVE,
+    energy_weight=NON_NEGATIVE,
+    l1_weight=NON_NEGATIVE,
+    rrr_weight=NON_NEGATIVE,
+    ppce_weight=NON_NEGATIVE,
+    box_fractions=bounded(0, inclusive=False, high=1),
+    explanation_weight=NON_NEGATIVE,
+    kd_temperature=POSITIVE,
+    num_examples=at_least(1),
+    device=device,
+)
 
 
 def parse_args(argv: list[str]) -> GuidanceSettings:
@@ -43,10 +66,9 @@ def parse_args(argv: list[str]) -> GuidanceSettings:
             continue
         value = getattr(default, spec.name)
         flag = f"--{spec.name.replace('_', '-')}"
-        if isinstance(value, list):
-            parser.add_argument(flag, type=type(value[0]), nargs="+", default=None)
-        else:
-            parser.add_argument(flag, type=Path if isinstance(value, Path) else type(value), default=None)
+        kind = TYPES.get(spec.name, type(value[0]) if isinstance(value, list) else type(value))
+        kind = Path if isinstance(value, Path) else kind
+        parser.add_argument(flag, type=kind, nargs="+" if isinstance(value, list) else None, default=None)
     arguments = vars(parser.parse_args(argv))
     quick, full = arguments.pop("quick"), arguments.pop("full")
     given = {name: value for name, value in arguments.items() if value is not None}

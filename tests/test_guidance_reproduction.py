@@ -69,6 +69,54 @@ def test_script_presets():
         script.parse_args(["--quick", "--full"])
 
 
+def _script():
+    sys.path.insert(0, str(REPO_SCRIPTS))
+    try:
+        import reproduce_guidance as script
+    finally:
+        sys.path.remove(str(REPO_SCRIPTS))
+    return script
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--few-shot-per-class", "0"),
+        ("--train-samples", "0"),
+        ("--energy-weight", "-1"),
+        ("--guidance-epochs", "-1"),
+        ("--student-epochs", "0"),
+        ("--kd-temperature", "0"),
+        ("--explanation-weight", "-1"),
+        ("--box-fractions", "0"),
+        ("--seeds", "-1"),
+    ],
+)
+def test_script_refuses_a_value_no_run_can_use_with_its_usage_line(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        _script().parse_args(["--quick", flag, value])
+    assert f"argument {flag}: must be" in capsys.readouterr().err
+
+
+def test_settings_refuse_a_seed_given_twice():
+    with pytest.raises(ValueError, match="each once"):
+        GuidanceSettings(seeds=[0, 0])
+
+
+def test_every_seeds_recipes_are_made_before_anything_trains(tmp_path, monkeypatch):
+    """A setting that only a later stage's recipe refuses (the few-shot students come last) fails at once."""
+    import bcos_zoo.zoo.guidance_reproduction as module
+
+    def train_or_reuse(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(module, "train_or_reuse", train_or_reuse)
+    settings = GuidanceSettings.quick(few_shot_per_class=0, work_dir=tmp_path / "work", output_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match="max_train_samples must be at least 1, got 0"):
+        reproduce_guidance(settings, command="python scripts/reproduce_guidance.py")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_explanation_figure_shows_every_default_run_and_a_screenful_of_the_full_grid():
     assert all(drawn_in_examples(run) for run in default_grid([1.0, 0.1, 0.01]))
     drawn = [run.name for run in full_grid() if drawn_in_examples(run)]

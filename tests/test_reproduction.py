@@ -406,3 +406,87 @@ def test_the_script_takes_three_seeds_by_default_one_with_seed_and_a_list_with_s
         script.parse_args(["--seed", "1", "--seeds", "2"])
     with pytest.raises(ValueError, match="each once"):
         ReproductionSettings(seeds=[1, 1])
+
+
+def _finished_run(folder: Path, recipe) -> dict:
+    """What a finished run of ``recipe`` leaves in ``folder`` (its recipe, results and repo), without training it."""
+    from bcos_zoo.training.recipe import recipe_record
+
+    results = {"metrics": {"accuracy": 0.5, "train_seconds": 1.0}, "eval_history": []}
+    (folder / "repo").mkdir(parents=True)
+    (folder / "recipe.json").write_text(json.dumps(recipe_record(recipe)))
+    (folder / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def _bcosified(source: Path | str, **overrides):
+    from bcos_zoo.zoo.recipes import get_recipe
+
+    return get_recipe("bcos-vit-fashion-mnist").with_overrides(source=str(source), **overrides)
+
+
+def test_a_finished_run_is_reused_from_its_work_folder_given_by_a_relative_or_an_absolute_path(tmp_path, monkeypatch):
+    from bcos_zoo.zoo.reproduction import train_or_reuse
+
+    monkeypatch.chdir(tmp_path)
+    work = Path("work")
+    results = _finished_run(work / "seed0" / "bcosified", _bcosified(work / "seed0" / "standard" / "repo"))
+    absolute = tmp_path / "work"
+    recipe = _bcosified(absolute / "seed0" / "standard" / "repo")
+    assert train_or_reuse(recipe, absolute / "seed0" / "bcosified") == results
+
+
+def test_a_finished_run_is_reused_from_a_moved_work_folder(tmp_path):
+    from bcos_zoo.zoo.reproduction import train_or_reuse
+
+    work = tmp_path / "moved"
+    results = _finished_run(work / "seed0" / "bcosified", _bcosified("/elsewhere/work/seed0/standard/repo"))
+    recipe = _bcosified(work / "seed0" / "standard" / "repo")
+    assert train_or_reuse(recipe, work / "seed0" / "bcosified", work_dir=work) == results
+
+
+def test_a_run_folder_of_another_recipe_is_refused_naming_the_fields_that_differ(tmp_path):
+    from bcos_zoo.zoo.reproduction import train_or_reuse
+
+    source = tmp_path / "work" / "seed0" / "standard" / "repo"
+    _finished_run(tmp_path / "work" / "seed0" / "bcosified", _bcosified(source, epochs=1))
+    with pytest.raises(ValueError, match=r"different recipe \(epochs 1 -> 2; .*another --work-dir"):
+        train_or_reuse(_bcosified(source, epochs=2), tmp_path / "work" / "seed0" / "bcosified")
+
+
+def test_a_run_whose_source_was_trained_again_since_is_refused(tmp_path):
+    from bcos_zoo.zoo.reproduction import INPUTS_RECORD, input_digests, train_or_reuse
+
+    source = tmp_path / "work" / "seed0" / "standard" / "repo"
+    source.mkdir(parents=True)
+    (source / "model.safetensors").write_bytes(b"the weights it was B-cosified from")
+    folder, recipe = tmp_path / "work" / "seed0" / "bcosified", _bcosified(source)
+    _finished_run(folder, recipe)
+    (folder / INPUTS_RECORD).write_text(json.dumps(input_digests(recipe)))
+    (source / "model.safetensors").write_bytes(b"the weights of a second training")
+    with pytest.raises(ValueError, match="other weights than its source .* holds now"):
+        train_or_reuse(recipe, folder)
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_in_a_moved_work_folder(tmp_path):
+    """A run stopped after its last checkpoint, in a work folder moved since, resumes there (``finetune``'s own
+    check of the recipe sees the paths of the call that resumes it)."""
+    from training_testing import make_vit_source
+
+    from bcos_zoo.zoo.recipes import Recipe
+    from bcos_zoo.zoo.reproduction import train_or_reuse
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+
+    def recipe(work: Path) -> Recipe:
+        source = str(work / "seed0" / "standard" / "repo")
+        return Recipe(name="t", source=source, dataset=str(data), hub_model_id="org/t", epochs=1, batch_size=8)
+
+    first, moved = tmp_path / "work", tmp_path / "moved"
+    make_vit_source(first / "seed0" / "standard" / "repo")
+    results = train_or_reuse(recipe(first), first / "seed0" / "bcosified", device="cpu", work_dir=first)
+    (first / "seed0" / "bcosified" / "results.json").unlink()
+    first.rename(moved)
+    again = train_or_reuse(recipe(moved), moved / "seed0" / "bcosified", device="cpu", work_dir=moved)
+    assert again["metrics"]["accuracy"] == results["metrics"]["accuracy"]

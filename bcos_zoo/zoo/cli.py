@@ -55,6 +55,23 @@ def fraction(text: str) -> float:
     return value
 
 
+def bounded(low: float, inclusive: bool, high: float | None = None):
+    """An argparse ``type``: a number above ``low`` (or at it, ``inclusive``) and at most ``high``, so that a value
+    no run accepts is refused with the usage line, not after the runs before the first that uses it."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (value >= low if inclusive else value > low) or (high is not None and value > high):
+            low_part = f"at least {low:g}" if inclusive else f"above {low:g}"
+            raise argparse.ArgumentTypeError(
+                f"must be {low_part}{'' if high is None else f' and at most {high:g}'}, got {text}"
+            )
+        return value
+
+    parse.__name__ = "float"  # argparse names the type in its "invalid float value" message
+    return parse
+
+
 def device(text: str) -> str:
     """An argparse ``type``: ``cpu``, ``cuda`` or ``cuda:<index>``, refused with the usage line where this machine
     lacks it, instead of a CUDA traceback once the models and data have loaded."""

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from transformers import PretrainedConfig, set_seed
+from transformers import PretrainedConfig, TrainerCallback, set_seed
 
 from ..data.datasets import dataset_needs_hub, limit, looks_like_path
 from ..ports import bcos_source_entry, is_bcos_source
@@ -183,6 +183,36 @@ def check_output_dir(output_dir: Path, dataset: str | None = None) -> None:
         )
 
 
+def unevaluated_epoch_end(checkpoint: str) -> dict | None:
+    """``{"epoch", "step"}`` of a checkpoint saved at the end of an epoch whose evaluation it does not hold, else
+    ``None``.
+
+    The Trainer saves by steps before it evaluates the epoch that step ends, so a checkpoint at an epoch's end (the
+    last step's always is) lacks that epoch's evaluation, and a run resumed from it never makes it up: the epoch loop
+    starts after it, or, at the last step, does not run at all.
+    """
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    step, epoch = state["global_step"], float(state.get("epoch") or 0.0)
+    if not (epoch.is_integer() or step >= state["max_steps"]):
+        return None  # mid-epoch: the resumed run evaluates this epoch when it ends
+    if any(
+        entry.get("step") == step and any(key.startswith("eval_") for key in entry) for entry in state["log_history"]
+    ):
+        return None
+    return {"epoch": epoch, "step": step}
+
+
+class RestoreEvaluation(TrainerCallback):
+    """Put the evaluation of a resumed checkpoint's epoch (made before training resumed, on its weights) into the log
+    the Trainer loads from it, where an uninterrupted run has it: later checkpoints and ``results.json`` keep it."""
+
+    def __init__(self, entry: dict):
+        self.entry = entry
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.log_history.append(self.entry)
+
+
 def earlier_run(output_dir: Path, last_checkpoint: str | None) -> list[str]:
     """What an earlier run left in ``output_dir``: its last checkpoint, ``repo/``, ``results.json`` (a user may have
     deleted the checkpoints to save space; the run is there all the same)."""
@@ -311,6 +341,9 @@ def finetune(
         # renames a model's modules on load (5.17 for ViT) would leave every weight unread and train on at random
         # initialisation. Loading as from_pretrained does first makes the names match; the Trainer's load then agrees.
         model.load_state_dict(type(model).from_pretrained(last_checkpoint).state_dict())
+        missing = unevaluated_epoch_end(last_checkpoint) if eval_each_epoch else None
+        if missing is not None:
+            trainer.add_callback(RestoreEvaluation({**trainer.evaluate(), **missing}))
     write_recipe(output_dir, recipe)  # before the first checkpoint; a run stopped earlier leaves nothing to resume
     train_output = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
     train_seconds = clock.seconds

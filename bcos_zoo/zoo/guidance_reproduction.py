@@ -133,8 +133,8 @@ class GuidanceSettings:
             raise ValueError(f"box fractions must lie in (0, 1], got {self.box_fractions}")
         if self.grid not in ("default", "full"):
             raise ValueError(f"grid must be 'default' or 'full', got {self.grid!r}")
-        if not self.seeds:
-            raise ValueError("give at least one seed")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"give at least one seed, each once; got {self.seeds}.")
 
     @classmethod
     def quick(cls, **overrides) -> "GuidanceSettings":
@@ -227,6 +227,18 @@ def student_recipes(settings: GuidanceSettings, seed: int) -> dict[str, Recipe]:
                 epochs=epochs,
             )
     return students
+
+
+SeedRecipes = tuple[dict[str, Recipe], dict[str, tuple[Recipe, GuidanceRun | None]], dict[str, Recipe]]
+
+
+def planned_recipes(settings: GuidanceSettings) -> dict[int, SeedRecipes]:
+    """Every seed's recipes (base models, guided runs, students), made before anything trains: a setting no recipe
+    accepts is refused at once, not when its stage is reached after the training before it."""
+    return {
+        seed: (base_recipes(settings, seed), guidance_recipes(settings, seed), student_recipes(settings, seed))
+        for seed in settings.seeds
+    }
 
 
 # -- scores ----------------------------------------------------------------------------------------------------------
@@ -336,6 +348,7 @@ def drawn_in_examples(run: GuidanceRun | None) -> bool:
 
 def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
     """Train (or re-use) every run for every seed, score, decide, draw; write ``guidance.json`` and ``report.md``."""
+    plan = planned_recipes(settings)
     load_start = machine_description()["load_average"]
     started = time.perf_counter()
     work, output = settings.work_dir, settings.output_dir
@@ -356,23 +369,23 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
     runs: dict[str, GuidanceRun | None] = {}
     student_rows: dict[str, dict[int, dict]] = {}
     examples: dict[str, Path] = {}
-    for seed in settings.seeds:
+    for seed, (bases, guided, students) in plan.items():
         folder = work / f"seed{seed}"
-        for name, recipe in base_recipes(settings, seed).items():
+        for name, recipe in bases.items():
             print(f"== seed {seed}: the {name} model ==")
             start = time.perf_counter()
-            trained(f"{name} models", train_or_reuse(recipe, folder / name, device=settings.device))
+            trained(f"{name} models", train_or_reuse(recipe, folder / name, device=settings.device, work_dir=work))
             base_rows[name][seed] = base_scores(folder / name / "repo", settings)
             base_rows[name][seed].update(decoy_evidence(folder / name / "repo", settings))
             timed(f"{name} models", time.perf_counter() - start)
         examples.setdefault("clean (teacher)", folder / "clean" / "repo")
         examples.setdefault("unguided", folder / "unguided" / "repo")
-        for name, (recipe, run) in guidance_recipes(settings, seed).items():
+        for name, (recipe, run) in guided.items():
             print(f"== seed {seed}: guidance {name} ==")
             part = "guided fine-tuning" if run else "unguided fine-tuning"
             start = time.perf_counter()
             place = folder / "guided" / (run.folder if run else "none")
-            metrics = dict(trained(part, train_or_reuse(recipe, place, device=settings.device)))
+            metrics = dict(trained(part, train_or_reuse(recipe, place, device=settings.device, work_dir=work)))
             metrics["class_accuracy"] = accuracy_on(place / "repo", "class", settings)
             metrics["clean_accuracy"] = accuracy_on(place / "repo", None, settings)
             metrics.update(decoy_evidence(place / "repo", settings))
@@ -384,12 +397,12 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
             if drawn_in_examples(run):
                 examples.setdefault(f"guided: {name}", place / "repo")
             timed(part, time.perf_counter() - start)
-        for name, recipe in student_recipes(settings, seed).items():
+        for name, recipe in students.items():
             print(f"== seed {seed}: student {name} ==")
             start = time.perf_counter()
             place = folder / "students" / name.replace(", ", "-")
             student_rows.setdefault(name, {})[seed] = trained(
-                "students", train_or_reuse(recipe, place, device=settings.device)
+                "students", train_or_reuse(recipe, place, device=settings.device, work_dir=work)
             )
             examples.setdefault(f"student: {name}", place / "repo")
             timed("students", time.perf_counter() - start)
@@ -398,9 +411,7 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
     guidance = {name: summarise(rows) for name, rows in guided_rows.items()}
     for name, summary in guidance.items():
         summary["run"] = asdict(runs[name]) if runs[name] else None
-        first = settings.seeds[0]
-        recipe = guidance_recipes(settings, first)[name][0]
-        summary["recipe"] = recipe_record(recipe)
+        summary["recipe"] = recipe_record(plan[settings.seeds[0]][1][name][0])
     distillation = {name: summarise(rows) for name, rows in student_rows.items()}
     checked = premises(base["unguided"], base["clean"])
     print(printed_premises(checked))

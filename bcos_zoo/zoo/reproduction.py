@@ -16,6 +16,7 @@ go. What the family itself is (its name in reports, the post-hoc methods of its 
 ``bcos_zoo.families``.
 """
 
+import hashlib
 import inspect
 import json
 import os
@@ -43,8 +44,8 @@ from ..evaluation.report import localise_model, plot_localisation
 from ..families import FAMILIES, bcos_classifier_class
 from ..modeling.explanation import colorize_contributions
 from ..training import get_task
-from ..training.recipe import recipe_record
-from .finetune import finetune, last_complete_checkpoint
+from ..training.recipe import recipe_record, training_differences
+from .finetune import earlier_run, finetune, last_complete_checkpoint
 from .recipes import Recipe, get_recipe
 from .reproduction_report import (
     Curve,
@@ -123,44 +124,131 @@ def speed_up(bcosified: Curve, scratch: Curve) -> SpeedUp:
     return SpeedUp(target, scratch_epochs, bcosified_epochs, ratio, lower_bound)
 
 
-def train_or_reuse(recipe: Recipe, folder: Path, eval_each_epoch: bool = False, device: str | None = None) -> dict:
+# the recipe fields that name folders: a run's source and teacher lie in the work folder, the data may be anywhere
+PATH_FIELDS = ("source", "teacher", "dataset")
+
+
+def same_place(stored: str | None, given: str | None, work_dir: Path | None) -> bool:
+    """Whether a path field of a stored recipe names what ``given`` names: the same spelling, the same place by
+    another spelling (relative or absolute), or, for a path in ``work_dir``, the same place in the work folder as it
+    lay when the run was trained (a moved work folder, or one reached from another directory)."""
+    if stored == given:
+        return True
+    if stored is None or given is None:
+        return False
+    old, new = Path(stored).expanduser(), Path(given).expanduser().resolve()
+    if old.resolve() == new:
+        return True
+    if work_dir is None or not new.is_relative_to(work_dir.resolve()):
+        return False
+    inside = new.relative_to(work_dir.resolve()).parts
+    return old.parts[-len(inside) :] == inside
+
+
+def recipe_differences(stored: dict, recipe: Recipe, work_dir: Path | None = None) -> list[str]:
+    """The fields in which ``recipe`` trains differently from the ``stored`` record of a run (see
+    :func:`~bcos_zoo.training.recipe.training_differences`), a folder named by another path aside."""
+    record = recipe_record(recipe)
+    return [
+        name
+        for name in training_differences(stored, recipe)
+        if not (name in PATH_FIELDS and same_place(stored.get(name), record[name], work_dir))
+    ]
+
+
+# beside a run: digests of the weights of the models it started from (its source, its teacher), as it started
+INPUTS_RECORD = ".inputs.json"
+
+
+def input_digests(recipe: Recipe) -> dict[str, str]:
+    """``{field: sha256}`` of the weights of each local model folder the recipe starts from (its source or teacher):
+    a run is only as current as they are."""
+    digests = {}
+    for name in ("source", "teacher"):
+        value = getattr(recipe, name)
+        if value in (None, "scratch") or not Path(value).expanduser().is_dir():
+            continue
+        digest = hashlib.sha256()
+        for weights in sorted(Path(value).expanduser().glob("*.safetensors")):
+            digest.update(weights.read_bytes())
+        digests[name] = digest.hexdigest()
+    return digests
+
+
+def check_run_folder(folder: Path, recipe: Recipe, work_dir: Path | None, work_flag: str) -> None:
+    """Refuse a run folder that holds a run of another recipe, or one trained from other weights of its source or
+    teacher than the folder holds now (retrained since), in the terms of the script that was run."""
+    stored, inputs = folder / "recipe.json", folder / INPUTS_RECORD
+    if stored.is_file():
+        earlier, record = json.loads(stored.read_text()), recipe_record(recipe)
+        changed = recipe_differences(earlier, recipe, work_dir)
+        if changed:
+            details = ", ".join(f"{name} {earlier.get(name)!r} -> {record[name]!r}" for name in changed)
+            raise ValueError(
+                f"{folder} holds a run of a different recipe ({details}; see {stored}): run again with the settings "
+                f"it was trained with, pass another {work_flag}, or delete {folder} to train it anew. Nothing was "
+                "changed."
+            )
+    if inputs.is_file():
+        recorded, current = json.loads(inputs.read_text()), input_digests(recipe)
+        retrained = [name for name, digest in recorded.items() if current.get(name) != digest]
+        if retrained:
+            names = " and ".join(f"its {name} {getattr(recipe, name)}" for name in retrained)
+            raise ValueError(
+                f"{folder} holds a run trained from other weights than {names} holds now (retrained since): delete "
+                f"{folder} to train it from them, or pass another {work_flag}."
+            )
+
+
+def train_or_reuse(
+    recipe: Recipe,
+    folder: Path,
+    eval_each_epoch: bool = False,
+    device: str | None = None,
+    work_dir: Path | None = None,
+    work_flag: str = "--work-dir",
+) -> dict:
     """``results.json`` of a finished run of ``recipe`` in ``folder``: trained now, resumed, or re-used as it is.
 
-    Training the three models is most of the reproduction's time, so a re-run (after a crash, or to redraw the
-    figures) re-uses what is finished. ``recipe.json`` is written before training, and a folder that holds another
-    recipe's run is refused rather than silently mixed in.
+    Training the models is most of a reproduction's time, so a re-run (after a crash, or to redraw the figures)
+    re-uses what is finished. A folder that holds another recipe's run, or a run from a source or teacher that was
+    retrained since, is refused (naming ``work_flag``, the script's flag for the folder) rather than silently mixed
+    in; the same ``work_dir`` by another path, or moved, holds the same runs (see :func:`same_place`).
+    ``recipe.json`` (with this call's paths, which a resume checks) and the inputs' digests are written before
+    training.
     """
     folder = Path(folder)
-    stored = folder / "recipe.json"
-    record = recipe_record(recipe)
-    if stored.is_file() and json.loads(stored.read_text()) != record:
-        raise ValueError(
-            f"{folder} holds a run of a different recipe (see {stored}); delete the folder or choose another "
-            "--work-dir."
-        )
+    check_run_folder(folder, recipe, work_dir, work_flag)
     results = folder / "results.json"
     if results.is_file() and (folder / "repo").is_dir():
         print(f"Re-using the finished run in {folder}")
         return json.loads(results.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    stored.write_text(json.dumps(record, indent=2))
-    resume = last_complete_checkpoint(folder / "checkpoints") is not None
+    (folder / "recipe.json").write_text(json.dumps(recipe_record(recipe), indent=2))
+    if not (folder / INPUTS_RECORD).is_file():
+        (folder / INPUTS_RECORD).write_text(json.dumps(input_digests(recipe), indent=2))
+    resume = bool(earlier_run(folder, last_complete_checkpoint(folder / "checkpoints")))
     finetune(recipe, folder, resume=resume, device=device, eval_each_epoch=eval_each_epoch)
     return json.loads(results.read_text())
 
 
 def initial_accuracy(
-    recipe: Recipe, data: DatasetSplits, device: str | None = None, cache: Path | None = None
+    recipe: Recipe,
+    data: DatasetSplits,
+    device: str | None = None,
+    cache: Path | None = None,
+    work_dir: Path | None = None,
 ) -> float:
     """Test accuracy of the model ``finetune(recipe)`` starts from, before its first step (the curve's epoch 0).
 
     The seed is set as ``finetune`` sets it, so a from-scratch model is the same random initialisation. With
-    ``cache`` (a JSON file), the value is kept beside the run and re-used while the recipe is unchanged.
+    ``cache`` (a JSON file), the value is kept beside the run and re-used while the recipe is unchanged (as
+    :func:`train_or_reuse` compares it, in ``work_dir``).
     """
     record = recipe_record(recipe)
     if cache is not None and cache.is_file():
         stored = json.loads(cache.read_text())
-        if stored.get("recipe") == record:
+        if not recipe_differences(stored.get("recipe", {}), recipe, work_dir):
             return float(stored["accuracy"])
     set_seed(recipe.seed)
     task = get_task(recipe)
@@ -537,7 +625,7 @@ def run_seed(settings: ReproductionSettings, data: DatasetSplits, seed: int, pos
 
     print(f"== seed {seed}{position}: 1/4 the {names['standard']}, from scratch ==")
     start = time.perf_counter()
-    standard = train_or_reuse(standard_recipe, folder / "standard", device=settings.device)
+    standard = train_or_reuse(standard_recipe, folder / "standard", device=settings.device, work_dir=settings.work_dir)
     wall[f"{names['standard']} training"] = time.perf_counter() - start
     record = dict(
         standard=dict(
@@ -549,8 +637,11 @@ def run_seed(settings: ReproductionSettings, data: DatasetSplits, seed: int, pos
     for step, (key, recipe) in enumerate((("bcosified", bcosified_recipe), ("scratch", scratch_recipe)), start=2):
         print(f"== seed {seed}{position}: {step}/4 {names[key]}: {recipe.epochs:g} epochs, evaluated after each ==")
         start = time.perf_counter()
-        results = train_or_reuse(recipe, folder / key, eval_each_epoch=True, device=settings.device)
-        initial = initial_accuracy(recipe, data, settings.device, cache=folder / key / "initial_accuracy.json")
+        results = train_or_reuse(
+            recipe, folder / key, eval_each_epoch=True, device=settings.device, work_dir=settings.work_dir
+        )
+        cache = folder / key / "initial_accuracy.json"
+        initial = initial_accuracy(recipe, data, settings.device, cache=cache, work_dir=settings.work_dir)
         record[key] = dict(
             curve=accuracy_curve(results["eval_history"], initial),
             final=results["metrics"]["accuracy"],
