@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from bcos_zoo.evaluation.baselines import POSTHOC_METHODS
-from bcos_zoo.zoo.cli import at_least, fraction, run_script
+from bcos_zoo.zoo.cli import at_least, device, fraction, run_script
 from bcos_zoo.zoo.reproduction import REPRODUCTIONS, ReproductionSettings, reproduce
 
 
@@ -74,7 +74,7 @@ def parse_args(argv: list[str]) -> ReproductionSettings:
     )
     parser.add_argument("--output-dir", type=Path, help="where the report and figures go (default: the family's)")
     parser.add_argument("--work-dir", type=Path, help="where the models are trained (default: the family's)")
-    parser.add_argument("--device", default=default.device)
+    parser.add_argument("--device", type=device, default=default.device, help="cpu, cuda or cuda:<index>")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument(
         "--seeds",

@@ -55,6 +55,22 @@ def test_no_positive_attribution_scores_zero(grid_pg):
     }
 
 
+def test_an_int_grid_size_is_a_square_grid_as_the_harness_spells_it(grid_pg):
+    as_int = grid_pg.compute(attributions=[grid_with({1: 3.0, 2: 1.0})], cell_index=[1], grid_size=2)
+    assert as_int == grid_pg.compute(attributions=[grid_with({1: 3.0, 2: 1.0})], cell_index=[1], grid_size=[2, 2])
+    assert as_int["grid_pointing_game"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_an_attribution_that_is_not_finite_is_refused_not_scored(bad, grid_pg, energy_pg):
+    attribution = grid_with({0: 1.0})
+    attribution[5, 5] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        grid_pg.compute(attributions=[attribution], cell_index=[0], grid_size=[2, 2])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        energy_pg.compute(attributions=[attribution], boxes=[[0, 0, 3, 3]])
+
+
 def test_grid_that_does_not_divide_the_attribution_is_rejected(grid_pg):
     with pytest.raises(ValueError, match="does not split"):
         grid_pg.compute(attributions=[np.ones((5, 6))], cell_index=[0], grid_size=[2, 2])

@@ -34,8 +34,12 @@ def _as_batch(attributions: ArrayLike) -> torch.Tensor:
 
 
 def positive_share(attributions: ArrayLike, masks: ArrayLike) -> torch.Tensor:
-    """(N,) share of each map's positive attribution that lies where its mask is true (0 without any)."""
-    positive = _as_batch(attributions).clamp(min=0)
+    """(N,) share of each map's positive attribution that lies where its mask is true (0 without any). A map that is
+    not finite is refused: NaN would otherwise score 0 and inf NaN, as if the method had pointed nowhere."""
+    attributions = _as_batch(attributions)
+    if not bool(torch.isfinite(attributions).all()):
+        raise ValueError("Attributions hold NaN or inf values; the method that made them failed on these images.")
+    positive = attributions.clamp(min=0)
     masks = torch.as_tensor(masks, device=positive.device).bool()
     if masks.shape != positive.shape:
         raise ValueError(f"Masks of shape {tuple(masks.shape)} do not match attributions {tuple(positive.shape)}.")
@@ -44,9 +48,10 @@ def positive_share(attributions: ArrayLike, masks: ArrayLike) -> torch.Tensor:
     return torch.where(total > 0, inside / total.where(total > 0, torch.ones_like(total)), torch.zeros_like(total))
 
 
-def cell_masks(cell_indices: ArrayLike, grid_size: tuple[int, int], height: int, width: int) -> torch.Tensor:
-    """(N, H, W) masks of one cell each of a ``rows x cols`` grid over H x W pixels, cells row-major from top left."""
-    rows, cols = (int(n) for n in grid_size)
+def cell_masks(cell_indices: ArrayLike, grid_size: int | tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """(N, H, W) masks of one cell each of a ``rows x cols`` grid (an int: square) over H x W pixels, cells row-major
+    from top left."""
+    rows, cols = (grid_size, grid_size) if isinstance(grid_size, int) else (int(n) for n in grid_size)
     if height % rows or width % cols:
         raise ValueError(f"An attribution of {height}x{width} does not split into a {rows}x{cols} grid.")
     cells = torch.as_tensor(cell_indices).long().flatten()
@@ -59,11 +64,13 @@ def cell_masks(cell_indices: ArrayLike, grid_size: tuple[int, int], height: int,
     return cell_of_pixel[None] == cells[:, None, None]
 
 
-def grid_pointing_scores(attributions: ArrayLike, cell_indices: ArrayLike, grid_size: tuple[int, int]) -> torch.Tensor:
+def grid_pointing_scores(
+    attributions: ArrayLike, cell_indices: ArrayLike, grid_size: int | tuple[int, int]
+) -> torch.Tensor:
     """Grid pointing game, (N,): positive attribution in the explained cell over positive attribution in the grid.
 
     ``attributions`` (N, H, W) explain one cell each, ``cell_indices`` (N,) numbers it row-major from the top left
-    of a ``grid_size = (rows, cols)`` grid; H and W must be divisible by rows and cols.
+    of a ``grid_size = (rows, cols)`` grid (an int ``n``: n x n); H and W must be divisible by rows and cols.
     """
     batch = _as_batch(attributions)
     masks = cell_masks(torch.as_tensor(cell_indices).to(batch.device), grid_size, *batch.shape[1:])
