@@ -8,6 +8,7 @@ process never needs ``bcos_zoo``.
 import contextlib
 import io
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -22,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import numpy as np
 import pytest
 import torch
 from clip_testing import save_source
 from cnn_sources import hf_resnet
 from PIL import Image
-from sources import hf_vit
+from sources import hf_vit, timm_vit
 
 from bcos_zoo import BcosCLIPModel, BcosResNetForImageClassification, BcosViTForImageClassification
 
@@ -53,10 +55,21 @@ CHROMIUM_ARGS = [
 STARTUP_TIMEOUT = 180
 
 
-def save_vit_folder(folder: Path, labels: int = 10) -> BcosViTForImageClassification:
+def save_vit_folder(folder: Path, labels: int = 10, problem_type: str | None = None) -> BcosViTForImageClassification:
     """A small random B-cos ViT classifier (32 px, 8 px patches) saved as a loadable model folder."""
     model = BcosViTForImageClassification.from_pretrained_standard(
         hf_vit(labels=labels), b=2.0, bias="remove", image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)
+    ).eval()
+    model.config.problem_type = problem_type
+    model.save_pretrained(folder)
+    return model
+
+
+def save_one_channel_vit_folder(folder: Path) -> BcosViTForImageClassification:
+    """A small random B-cos ViT that takes one-channel (greyscale) images, converted from a timm ViT as the docs
+    describe, saved as a loadable model folder."""
+    model = BcosViTForImageClassification.from_pretrained_standard(
+        timm_vit(in_chans=1, seed=2), image_mean=(0.3,), image_std=(0.2,)
     ).eval()
     model.save_pretrained(folder)
     return model
@@ -99,6 +112,7 @@ class RunningSpace:
     url: str
     process: subprocess.Popen
     log: Path
+    uploads: Path  # GRADIO_TEMP_DIR: where Gradio keeps what users upload
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -137,7 +151,7 @@ def start_space(name: str, model_folder: Path, workdir: Path, **env: str) -> Run
         process = subprocess.Popen(
             [sys.executable, "app.py"], cwd=SPACES / name, env=child_env, stdout=out, stderr=subprocess.STDOUT
         )
-    space = RunningSpace(f"http://127.0.0.1:{port}/", process, log)
+    space = RunningSpace(f"http://127.0.0.1:{port}/", process, log, Path(child_env["GRADIO_TEMP_DIR"]))
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if not space.alive():
@@ -151,6 +165,31 @@ def start_space(name: str, model_folder: Path, workdir: Path, **env: str) -> Run
         time.sleep(0.5)
     stop_space(space)
     raise RuntimeError(f"{name} did not serve within {STARTUP_TIMEOUT} s:\n{space.log_text()}")
+
+
+def raw_call(space: RunningSpace, api: str, data: list) -> tuple[str, str]:
+    """Call an endpoint as any HTTP client may, sending ``data`` as it is (gradio_client would mark files with
+    ``meta``): the kind of the event that ends the answer ("complete" or "error") and its data."""
+    with httpx.Client(base_url=space.url, timeout=120) as http:
+        event = http.post(f"gradio_api/call/{api}", json={"data": data}).json()["event_id"]
+        answer = http.get(f"gradio_api/call/{api}/{event}").text
+    kind, payload = re.findall(r"^event: (\w+)\ndata: (.*)$", answer, re.MULTILINE)[-1]
+    return kind, payload
+
+
+def refused_paths(space: RunningSpace, private: Path) -> dict[str, object]:
+    """Ways a request may name ``private``, a file outside the app's uploads and examples, that Gradio lets through
+    (it checks a file only when the request marks it with ``meta``), by the name the tests use for them."""
+    return {
+        "file without meta": {"path": str(private)},
+        "upload folder and ..": {"path": str(space.uploads / os.path.relpath(private, space.uploads))},
+    }
+
+
+def raw_upload(space: RunningSpace, path: Path) -> str:
+    """Upload a file as the page does; the path the app is then given for it."""
+    with open(path, "rb") as file:
+        return httpx.post(f"{space.url}gradio_api/upload", files={"files": file}, timeout=60).json()[0]
 
 
 def stop_space(space: RunningSpace) -> None:

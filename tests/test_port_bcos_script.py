@@ -288,6 +288,7 @@ def test_all_pushes_a_folder_of_release_files_to_the_hub_and_the_space_loads_the
         """
         space_env = hub.env(tmp_path / "space_home", MODEL_ID=cnn, MODEL_IDS=vit, GRADIO_ANALYTICS_ENABLED="False")
         space_env.update(OMP_NUM_THREADS="1", PYTHONPATH="")
+        space_env["GRADIO_TEMP_DIR"] = str(tmp_path)  # the Space reads only its uploads: the photo is one
         child = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(code)],
             capture_output=True,

@@ -52,6 +52,7 @@ def test_space_sees_the_processor_pixels(saved, clean_python):
         f"""
         import os, sys
         os.environ["MODEL_ID"] = {str(folder)!r}
+        os.environ["GRADIO_TEMP_DIR"] = {str(folder)!r}  # the app reads only its uploads: wide.png is one
         sys.path.insert(0, os.getcwd())
         import app
         from safetensors.torch import save_file
@@ -108,6 +109,13 @@ def test_a_transparent_colour_key_lies_on_white_too(mode, tmp_path):
     pixels = np.asarray(load_image(tmp_path / "keyed.png"))
     assert tuple(pixels[0, 0]) == (255, 255, 255)
     assert tuple(pixels[0, 1]) == ((200, 10, 10) if mode == "RGB" else (200, 200, 200))
+
+
+def test_a_16_bit_colour_key_lies_on_white_and_spares_values_that_share_its_8_bits(tmp_path):
+    values = np.array([[1000, 1001, 50000]], dtype=np.uint16)  # 1000 and 1001 both rescale to 4
+    Image.fromarray(values).save(tmp_path / "keyed16.png", transparency=1000)  # a 16-bit tRNS chunk
+    pixels = np.asarray(load_image(tmp_path / "keyed16.png"))[0]
+    assert pixels.tolist() == [[255] * 3, [4] * 3, [195] * 3]
 
 
 def test_an_image_folder_dataset_reads_16_bit_files_as_load_image_does(tmp_path):

@@ -19,6 +19,9 @@ from space_testing import (
     chromium_page,
     odd_images,
     photo,
+    raw_call,
+    raw_upload,
+    refused_paths,
     save_clip_folder,
     screenshot,
     start_space,
@@ -179,6 +182,34 @@ def test_prompts_beyond_latin_1_are_scored_and_explained(client, image_file):
 def test_missing_or_too_many_prompts_get_a_short_message(client, image_file, prompts, message):
     with pytest.raises(AppError, match=message):
         client.predict(handle_file(str(image_file)), prompts, False, api_name="/explain")
+
+
+@pytest.fixture(scope="module")
+def private_image(tmp_path_factory):
+    """An image on the server outside Gradio's upload folder and the app's examples."""
+    path = tmp_path_factory.mktemp("private") / "secret.png"
+    photo(seed=9).save(path)
+    return path
+
+
+@pytest.mark.parametrize("way", ["file without meta", "upload folder and .."])
+def test_a_file_outside_the_uploads_is_refused_while_an_upload_named_the_same_way_is_explained(
+    space, private_image, image_file, way
+):
+    """Events take the raw upload, which Gradio checks only when the request marks it as a file with ``meta``."""
+    running, *_ = space
+    kind, answer = raw_call(running, "explain", [refused_paths(running, private_image)[way], "a photo of a cat", False])
+    assert kind == "error" and "Only images uploaded to this page" in answer, answer
+    kind, answer = raw_call(running, "explain", [{"path": raw_upload(running, image_file)}, "a photo of a cat", False])
+    assert kind == "complete" and "a photo of a cat" in answer, answer
+
+
+def test_a_prompt_longer_than_the_model_reads_is_refused_by_name(space, client, image_file):
+    """Cut silently, two prompts that differ only past the limit would get the same score."""
+    limit = space[1].tokenizer.model_max_length
+    long_prompt = "x " * limit + "cat"
+    with pytest.raises(AppError, match=rf"at most {limit} tokens of a prompt; shorten '{long_prompt[:40]}…'"):
+        client.predict(handle_file(str(image_file)), f"a photo of a cat\n{long_prompt}", False, api_name="/explain")
 
 
 @pytest.fixture(scope="module")

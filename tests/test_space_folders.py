@@ -124,6 +124,8 @@ def odd_mode_images() -> list[Image.Image]:
         rgba.convert("L"),
         keyed(rgba.convert("RGB")),  # a PNG tRNS colour
         keyed(rgba.convert("L")),
+        keyed(Image.fromarray(rng.integers(0, 65536, (5, 6), dtype=np.uint16))),  # a 16-bit PNG's tRNS key
+        keyed(Image.fromarray(rng.integers(0, 65536, (5, 6)).astype(np.int32))),
     ]
 
 

@@ -24,6 +24,9 @@ from space_testing import (
     odd_images,
     photo,
     png_claiming_size,
+    raw_call,
+    raw_upload,
+    refused_paths,
     save_resnet_folder,
     save_vit_folder,
     screenshot,
@@ -153,12 +156,48 @@ def test_page_answers_a_broken_image_with_a_short_message_and_keeps_working(spac
         text = page.locator("body").inner_text()
         screenshot(page, "space_vit_explainer_broken_image")
 
-        page.get_by_label("Clear").first.click()
+        page.locator("#upload").get_by_label("Remove Image").click()
+        page.locator("#upload img").first.wait_for(state="detached", timeout=10_000)
         page.locator("input[type=file]").first.set_input_files(str(image_file))
         page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
         page.get_by_role("button", name="Explain").click()
         page.locator("#predictions").get_by_text(top_class).first.wait_for(timeout=30_000)
     assert "Traceback" not in text and 'File "' not in text
+    assert external == []
+
+
+NO_RESULTS = """() => !document.querySelector('#explanation img, #contributions img')
+    && !/class_/.test(document.querySelector('#predictions').innerText)
+    && !document.querySelector('#completeness').innerText.trim()"""
+
+
+@pytest.mark.browser
+def test_page_clears_the_results_when_the_image_is_removed_or_replaced(space, image_file, tmp_path):
+    """Results never stand beside another image: a class picked after a new upload is explained for that image,
+    and no top-5 of the old one is left."""
+    running, model, folder = space
+    other = tmp_path / "other.png"
+    photo(seed=7).save(other)
+    picked = explanation_of(model, Image.open(other), folder, target=3)
+    with chromium_page() as (page, external):
+        page.goto(running.url)
+        page.locator("input[type=file]").first.set_input_files(str(image_file))
+        page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
+        page.get_by_role("button", name="Explain").click()
+        wait_for_summary(page, str(folder))
+        page.locator("#upload").get_by_label("Remove Image").click()
+        page.wait_for_function(NO_RESULTS, timeout=10_000)  # removing the image clears its results
+
+        page.locator("input[type=file]").first.set_input_files(str(other))
+        page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
+        page.wait_for_function(NO_RESULTS, timeout=10_000)
+        open_dropdown(page, "#class-picker").get_by_role("option", name="class_3", exact=True).click()
+        summary = wait_for_summary(page, "class_3: logit")
+        predictions = page.locator("#predictions").inner_text()
+
+    logit = float(re.search(r"logit (-?\d+\.\d+)", summary)[1])
+    assert logit == pytest.approx(float(picked.target_logits[0]), abs=1e-3)  # the new image's explanation
+    assert "class_" not in predictions, predictions  # and no top-5 of the old one
     assert external == []
 
 
@@ -362,6 +401,26 @@ def test_an_offered_model_that_cannot_be_loaded_gets_a_short_message_and_the_oth
     top5, *_ = client.predict(handle_file(str(image_file)), api_name="/predict")
     assert len(top5["confidences"]) == 5
     assert space[0].alive()
+
+
+@pytest.fixture(scope="module")
+def private_image(tmp_path_factory):
+    """An image on the server outside Gradio's upload folder and the app's examples."""
+    path = tmp_path_factory.mktemp("private") / "secret.png"
+    photo(seed=9).save(path)
+    return path
+
+
+@pytest.mark.parametrize("way", ["file without meta", "upload folder and .."])
+def test_a_file_outside_the_uploads_is_refused_while_an_upload_named_the_same_way_is_explained(
+    space, private_image, image_file, way
+):
+    """Events take the raw upload, which Gradio checks only when the request marks it as a file with ``meta``."""
+    running, _, folder = space
+    kind, answer = raw_call(running, "predict", [refused_paths(running, private_image)[way], str(folder)])
+    assert kind == "error" and "Only images uploaded to this page" in answer, answer
+    kind, answer = raw_call(running, "predict", [{"path": raw_upload(running, image_file)}, str(folder)])
+    assert kind == "complete" and "class_" in answer, answer
 
 
 def test_offered_models_are_the_readme_header_list_with_model_id_first(space, clean_python):

@@ -24,7 +24,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I") or image.mode == "F":
         values = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I") else max(float(values.max()), 1e-12)
-        image = Image.fromarray((values / top * 255).clip(0, 255).round().astype(np.uint8))
+        grey = (values / top * 255).clip(0, 255).round().astype(np.uint8)
+        if "transparency" in image.info:  # a tRNS key names a 16-bit value, which the rescale would merge
+            grey[np.asarray(image) == image.info["transparency"]] = 255  # with others: key it here, on white
+        image = Image.fromarray(grey)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # an alpha band or a tRNS colour
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")

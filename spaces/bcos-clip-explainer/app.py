@@ -12,6 +12,7 @@ Gradio's own GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 import functools
 import logging
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -35,12 +36,14 @@ MAX_PIXELS = 100_000_000  # checked from the header, before anything is decoded
 Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check is replaced by MAX_PIXELS, with a clear message
 MAX_PROMPTS = 8
 DISPLAY_SIZE = 320  # pictures are enlarged (nearest neighbour, so pixels stay visible) to at least this size
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
 EXAMPLES = [
     [str(HERE / "examples" / "chelsea.jpg"), "a photo of a cat\na photo of a dog\na cup of coffee"],
     [str(HERE / "examples" / "coffee.jpg"), "a cup of coffee\na spoon\na photo of a cat"],
     [str(HERE / "examples" / "rocket.jpg"), "a rocket\nthe sky\na tree"],
 ]
+UPLOADS = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")  # where Gradio puts them
+READABLE = (UPLOADS.resolve(), HERE / "examples")  # the only files a request may have read
 CACHE_LIFETIME = (1800, 3600)  # every 30 minutes, drop uploads and results older than an hour
 DOWNLOAD = ["download", "fullscreen"]  # PNG downloads; no share button, the Space stays self-contained
 
@@ -59,11 +62,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I") or image.mode == "F":
         values = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I") else max(float(values.max()), 1e-12)
-        image = Image.fromarray((values / top * 255).clip(0, 255).round().astype(np.uint8))
+        grey = (values / top * 255).clip(0, 255).round().astype(np.uint8)
+        if "transparency" in image.info:  # a tRNS key names a 16-bit value, which the rescale would merge
+            grey[np.asarray(image) == image.info["transparency"]] = 255  # with others: key it here, on white
+        image = Image.fromarray(grey)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # an alpha band or a tRNS colour
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def upload_path(upload: str | dict | None) -> str | None:
+    """The file an upload names, refused with a ``gr.Error`` unless it is an upload or a bundled example.
+
+    Events take the raw upload (``preprocess=False``), and Gradio checks where a file lies only when the request
+    marks it with ``meta``: without this check, a request could have any image on the server read and shown back.
+    """
+    path = upload.get("path") if isinstance(upload, dict) else upload
+    if path and not any(Path(str(path)).resolve().is_relative_to(folder) for folder in READABLE):
+        raise gr.Error("Only images uploaded to this page, or its examples, can be explained.")
+    return path
 
 
 def read_image(upload: str | dict | None) -> Image.Image:
@@ -75,7 +93,7 @@ def read_image(upload: str | dict | None) -> Image.Image:
     Events take the raw upload (``preprocess=False``) so that a file Pillow cannot read is answered with a message
     instead of a server error.
     """
-    path = upload.get("path") if isinstance(upload, dict) else upload
+    path = upload_path(upload)
     if not path:
         raise gr.Error("Upload an image first, or pick an example.")
     try:
@@ -127,12 +145,19 @@ def friendly_errors(fn: Callable) -> Callable:
 
 
 def parse_prompts(text: str | None) -> list[str]:
-    """One prompt per line; blank lines and repeats are dropped."""
+    """One prompt per line; blank lines and repeats are dropped. A prompt longer than the text tower reads is
+    refused: cut silently, two prompts that differ only past the limit would get the same score."""
     prompts = list(dict.fromkeys(line.strip() for line in (text or "").splitlines() if line.strip()))
     if not prompts:
         raise gr.Error("Enter at least one prompt, one per line.")
     if len(prompts) > MAX_PROMPTS:
         raise gr.Error(f"Enter at most {MAX_PROMPTS} prompts; got {len(prompts)}.")
+    limit = tokenizer.model_max_length
+    lengths = [len(ids) for ids in tokenizer(prompts, verbose=False)["input_ids"]]
+    too_long = [prompt for prompt, length in zip(prompts, lengths) if length > limit]
+    if too_long:
+        named = ", ".join(repr(prompt[:40] + "…" if len(prompt) > 40 else prompt) for prompt in too_long)
+        raise gr.Error(f"The model reads at most {limit} tokens of a prompt; shorten {named}.")
     return prompts
 
 

@@ -16,6 +16,7 @@ GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 import functools
 import logging
 import os
+import tempfile
 import threading
 import uuid
 from collections import Counter
@@ -42,6 +43,8 @@ MAX_PIXELS = 100_000_000  # checked from the header, before anything is decoded
 Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check is replaced by MAX_PIXELS, with a clear message
 DISPLAY_SIZE = 320  # pictures are enlarged (nearest neighbour, so pixels stay visible) to at least this size
 EXAMPLES = sorted(str(path) for path in (HERE / "examples").glob("*.jpg"))
+UPLOADS = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")  # where Gradio puts them
+READABLE = (UPLOADS.resolve(), HERE / "examples")  # the only files a request may have read
 CACHE_LIFETIME = (1800, 3600)  # every 30 minutes, drop uploads and results older than an hour
 DOWNLOAD = ["download", "fullscreen"]  # PNG downloads; no share button, the Space stays self-contained
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -124,7 +127,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I") or image.mode == "F":
         values = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I") else max(float(values.max()), 1e-12)
-        image = Image.fromarray((values / top * 255).clip(0, 255).round().astype(np.uint8))
+        grey = (values / top * 255).clip(0, 255).round().astype(np.uint8)
+        if "transparency" in image.info:  # a tRNS key names a 16-bit value, which the rescale would merge
+            grey[np.asarray(image) == image.info["transparency"]] = 255  # with others: key it here, on white
+        image = Image.fromarray(grey)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # an alpha band or a tRNS colour
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
@@ -132,7 +138,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def upload_path(upload: str | dict | None) -> str | None:
-    return upload.get("path") if isinstance(upload, dict) else upload
+    """The file an upload names, refused with a ``gr.Error`` unless it is an upload or a bundled example.
+
+    Events take the raw upload (``preprocess=False``), and Gradio checks where a file lies only when the request
+    marks it with ``meta``: without this check, a request could have any image on the server read and shown back.
+    """
+    path = upload.get("path") if isinstance(upload, dict) else upload
+    if path and not any(Path(str(path)).resolve().is_relative_to(folder) for folder in READABLE):
+        raise gr.Error("Only images uploaded to this page, or its examples, can be explained.")
+    return path
 
 
 def read_image(upload: str | dict | None) -> Image.Image:
@@ -190,14 +204,17 @@ def friendly_errors(fn: Callable) -> Callable:
             raise
         except Exception:
             log.exception("explaining failed")
-            raise gr.Error("Something went wrong while explaining this image; please try another one.") from None
+            raise gr.Error("The model failed to explain this image; please try another model.") from None
 
     return wrapper
 
 
 def explain(chosen: Classifier, image: Image.Image, target: int | None) -> tuple[torch.Tensor, object]:
-    """Model input and explanation of one image for ``target`` (``None``: the top class)."""
+    """Model input and explanation of one image for ``target`` (``None``: the top class). A one-channel model gets
+    the image in greyscale, as the zoo's pipeline gives it."""
     model = chosen.model
+    if getattr(model.config, "num_channels", 3) == 1:
+        image = image.convert("L")
     pixel_values = chosen.processor(images=image, return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
     with MODEL_LOCK:
         explanation = model.explain(pixel_values, target=target)
@@ -216,18 +233,30 @@ def views(chosen: Classifier, pixel_values: torch.Tensor, explanation) -> tuple:
         f"**{label}**: logit {logit:.4f} = pixel contributions {pixels:.4f} + bias {bias:.4f} "
         f"(the pixels account for {share:.0%}). Model: `{chosen.name}`"
     )
+    seen = pixel_values[0].expand(3, -1, -1).permute(1, 2, 0)  # one channel is shown as grey
     return (
-        picture(pixel_values[0].permute(1, 2, 0), f"Input, as {chosen.name} sees it", chosen.name),
+        picture(seen, f"Input, as {chosen.name} sees it", chosen.name),
         picture(explanation.render()[0], f"B-cos explanation of {label} by {chosen.name}", chosen.name),
         picture(explanation.contribution_map()[0], f"Contributions to {label} in {chosen.name}", chosen.name),
         summary,
     )
 
 
+def class_scores(chosen: Classifier, logits: torch.Tensor) -> torch.Tensor:
+    """The scores transformers' image-classification pipeline gives, so that the Space agrees with it: a
+    regression's logits as they are, a sigmoid per label for a multi-label model or a single logit, else a softmax."""
+    problem = chosen.model.config.problem_type
+    if problem == "regression":
+        return logits
+    if problem == "multi_label_classification" or len(logits) == 1:
+        return logits.sigmoid()
+    return logits.softmax(-1)
+
+
 def top_predictions(chosen: Classifier, upload: str | dict | None) -> tuple:
     """Top-5 predictions, the explanation of the top class, and that class's name."""
     pixel_values, explanation = explain(chosen, read_image(upload), None)
-    scores = explanation.logits[0].float().softmax(-1)
+    scores = class_scores(chosen, explanation.logits[0].float())
     top = scores.topk(min(5, len(chosen.labels)))
     top5 = {chosen.labels[i]: float(s) for s, i in zip(top.values.tolist(), top.indices.tolist())}
     return top5, *views(chosen, pixel_values, explanation), chosen.labels[int(explanation.target[0])]
@@ -311,6 +340,9 @@ with gr.Blocks(title="B-cos explainer", analytics_enabled=False, delete_cache=CA
         preprocess=False,
         concurrency_id="model",
     )
+    # A new or removed image clears the results at once, in the page, so they never stand beside another image
+    # ({} empties a Label; null would leave it as it is).
+    upload.input(None, None, outputs, js="() => [{}, null, null, null, '', null]")
     model_picker.change(
         choose_model,
         [upload, model_picker],
