@@ -152,7 +152,7 @@ def explain_image_file(
     path = Path(path)
     processor = processor or model.default_image_processor()
     image = load_image(path)
-    if getattr(model.config, "num_channels", 3) == 1:  # a one-channel model takes the photo as grayscale
+    if getattr(model.config, "num_channels", 3) == 1:  # a one-channel model takes the photo in greyscale
         image = image.convert("L")
     if "shortest_edge" not in (getattr(processor, "size", None) or {}):
         image = _square_pad(image)

@@ -88,7 +88,7 @@ def one_channel_model():
     return BcosViTForImageClassification.from_pretrained_standard(source, image_mean=(0.3,), image_std=(0.2,)).eval()
 
 
-def test_a_one_channel_model_explains_a_colour_photo_as_grayscale(one_channel_model, tmp_path):
+def test_a_one_channel_model_explains_a_colour_photo_in_greyscale(one_channel_model, tmp_path):
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(photo)
     with Image.open(explain_image_file(one_channel_model, photo, target=1)) as panel:
@@ -105,6 +105,6 @@ def test_a_one_channel_model_runs_the_explanation_pipeline_on_a_colour_photo(one
     np.testing.assert_allclose(explained["contributions"], expected.contributions[0].numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_a_colour_image_given_to_a_one_channel_model_is_refused_asking_for_grayscale(one_channel_model):
-    with pytest.raises(ValueError, match=r"shape \(batch, 1, height, width\).*this model takes grayscale images"):
+def test_a_colour_image_given_to_a_one_channel_model_is_refused_asking_for_greyscale(one_channel_model):
+    with pytest.raises(ValueError, match=r"shape \(batch, 1, height, width\).*this model takes greyscale images"):
         one_channel_model(pixel_values=torch.rand(1, 3, 32, 32))

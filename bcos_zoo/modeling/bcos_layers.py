@@ -39,7 +39,7 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_
             f"pixel_values must be floating point in [0, 1], got {pixel_values.dtype}; use `x.float() / 255`."
         )
     if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
-        mode = "RGB" if num_channels == 3 else "grayscale" if num_channels == 1 else f"{num_channels} channels"
+        mode = "RGB" if num_channels == 3 else "greyscale" if num_channels == 1 else f"{num_channels} channels"
         raise ValueError(
             f"pixel_values must have shape (batch, {num_channels}, height, width), got {tuple(pixel_values.shape)}. "
             f"Add a batch dimension with `unsqueeze(0)` for a single image; this model takes {mode} images."

@@ -39,7 +39,7 @@ class ImageExplanationPipeline(Pipeline):
         return preprocess, forward, postprocess
 
     def preprocess(self, image, timeout=None):
-        image = load_image(image, timeout=timeout)  # RGB; a one-channel model takes it as grayscale
+        image = load_image(image, timeout=timeout)  # RGB; a one-channel model takes it in greyscale
         image = image.convert("L") if getattr(self.model.config, "num_channels", 3) == 1 else image
         return self.image_processor(images=image, return_tensors="pt")
 
