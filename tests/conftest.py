@@ -82,3 +82,24 @@ def fashion_mnist():
             pytest.skip(message)
         pytest.fail(message, pytrace=False)
     return FASHION_MNIST_DIR
+
+
+# Shared by the Space test modules, each of which defines the ``space`` it runs
+
+
+@pytest.fixture(scope="module")
+def client(space):
+    """A gradio_client of the module's running Space."""
+    from gradio_client import Client
+
+    return Client(space[0].url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def private_image(tmp_path_factory):
+    """An image on the server outside Gradio's upload folder and the app's examples."""
+    from space_testing import photo
+
+    path = tmp_path_factory.mktemp("private") / "secret.png"
+    photo(seed=9).save(path)
+    return path

@@ -53,11 +53,6 @@ def space(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(space):
-    return Client(space[0].url, verbose=False)
-
-
-@pytest.fixture(scope="module")
 def image_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "photo.png"
     photo(seed=3).save(path)
@@ -182,14 +177,6 @@ def test_prompts_beyond_latin_1_are_scored_and_explained(client, image_file):
 def test_missing_or_too_many_prompts_get_a_short_message(client, image_file, prompts, message):
     with pytest.raises(AppError, match=message):
         client.predict(handle_file(str(image_file)), prompts, False, api_name="/explain")
-
-
-@pytest.fixture(scope="module")
-def private_image(tmp_path_factory):
-    """An image on the server outside Gradio's upload folder and the app's examples."""
-    path = tmp_path_factory.mktemp("private") / "secret.png"
-    photo(seed=9).save(path)
-    return path
 
 
 @pytest.mark.parametrize("way", ["file without meta", "upload folder and .."])

@@ -71,11 +71,6 @@ def space(tmp_path_factory, cnn):
 
 
 @pytest.fixture(scope="module")
-def client(space):
-    return Client(space[0].url, verbose=False)
-
-
-@pytest.fixture(scope="module")
 def image_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "photo.png"
     photo().save(path)
@@ -401,14 +396,6 @@ def test_an_offered_model_that_cannot_be_loaded_gets_a_short_message_and_the_oth
     top5, *_ = client.predict(handle_file(str(image_file)), api_name="/predict")
     assert len(top5["confidences"]) == 5
     assert space[0].alive()
-
-
-@pytest.fixture(scope="module")
-def private_image(tmp_path_factory):
-    """An image on the server outside Gradio's upload folder and the app's examples."""
-    path = tmp_path_factory.mktemp("private") / "secret.png"
-    photo(seed=9).save(path)
-    return path
 
 
 @pytest.mark.parametrize("way", ["file without meta", "upload folder and .."])

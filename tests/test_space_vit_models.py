@@ -4,7 +4,7 @@ a one-channel ViT converted from timm, a multi-label model, a single-logit model
 import numpy as np
 import pytest
 import torch
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from PIL import Image
 from space_testing import photo, save_one_channel_vit_folder, save_vit_folder, start_space, stop_space
 from transformers import AutoImageProcessor, pipeline
@@ -36,11 +36,6 @@ def space(tmp_path_factory):
     running = start_space("bcos-vit-explainer", folders["one channel"], workdir, MODEL_IDS=others)
     yield running, folders
     stop_space(running)
-
-
-@pytest.fixture(scope="module")
-def client(space):
-    return Client(space[0].url, verbose=False)
 
 
 @pytest.fixture(scope="module")
