@@ -194,9 +194,10 @@ def test_any_image_size_its_patches_tile_and_a_clear_error_otherwise():
 
 
 def test_the_size_error_of_a_conv_stem_names_the_image_and_the_multiple_it_needs():
-    model = tiny("conv_stem")  # two stride-2 convolutions, then 2x2 patches: 8x8 pixels a patch
+    model = tiny("conv_stem")  # two stride-2 convolutions (padding 1), then 2x2 patches: 8x8 pixels a patch
     assert model(pixel_values=torch.rand(1, 3, 24, 40)).logits.shape == (1, 4)
-    with pytest.raises(ValueError, match="cannot take a 36x36 image: use sides that are multiples of 8"):
+    assert model(pixel_values=torch.rand(1, 3, 30, 29)).logits.shape == (1, 4)  # 8x8 maps: any size whose map tiles
+    with pytest.raises(ValueError, match="stem's 9x9 output and cannot take a 36x36 image: use sides that are multip"):
         model(pixel_values=torch.rand(1, 3, 36, 36))
 
 

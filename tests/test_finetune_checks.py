@@ -54,7 +54,8 @@ def finished_run(output, recipe: Recipe) -> None:
     (output / "repo" / "README.md").write_text("# bcos-tiny\n")
     (output / "repo" / "examples" / "explanation_0.png").write_bytes(b"png")
     (output / "recipe.json").write_text(json.dumps(recipe_record(recipe)))
-    (output / "results.json").write_text(json.dumps({"repo_id": recipe.hub_model_id, "metrics": {"accuracy": 0.5}}))
+    results = {"recipe": recipe_record(recipe), "repo_id": recipe.hub_model_id, "metrics": {"accuracy": 0.5}}
+    (output / "results.json").write_text(json.dumps(results))
 
 
 def test_a_rerun_into_a_used_output_dir_without_checkpoints_is_refused_and_changes_nothing(recipe, tmp_path):
@@ -77,12 +78,20 @@ def test_resume_with_a_recipe_that_trains_differently_is_refused_naming_the_fiel
     assert snapshot(tmp_path / "out") == before
 
 
-def test_resume_may_change_what_only_describes_the_published_model(recipe, tmp_path):
+def test_a_finished_run_reports_itself_again_with_the_card_fields_it_was_written_with(recipe, tmp_path):
     finished_run(tmp_path / "out", recipe)
     before = snapshot(tmp_path / "out")
-    renamed = replace(recipe, name="renamed", hub_model_id="test-user/other", summary="Mine.", license="mit")
-    result = finetune(renamed, tmp_path / "out", resume=True, device="cpu")
+    result = finetune(recipe, tmp_path / "out", resume=True, device="cpu")
     assert result.metrics == {"accuracy": 0.5} and result.commit_url is None
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_a_finished_run_refuses_card_fields_its_written_card_does_not_have(recipe, tmp_path):
+    finished_run(tmp_path / "out", recipe)
+    before = snapshot(tmp_path / "out")
+    renamed = replace(recipe, summary="Mine.", license="mit")
+    with pytest.raises(ValueError, match=r"were written with license 'apache-2.0', summary ''.*Nothing was changed"):
+        finetune(renamed, tmp_path / "out", resume=True, device="cpu")
     assert snapshot(tmp_path / "out") == before
 
 
@@ -103,7 +112,7 @@ def test_push_with_resume_uploads_the_repo_of_a_finished_run(hub, recipe, tmp_pa
 
 def test_push_of_a_finished_run_to_another_repo_than_its_card_names_is_refused(hub, recipe, tmp_path):
     finished_run(tmp_path / "out", recipe)
-    with pytest.raises(ValueError, match=f"written for '{REPO_ID}'"):
+    with pytest.raises(ValueError, match=f"were written with hub_model_id '{REPO_ID}'"):
         finetune(replace(recipe, hub_model_id="test-user/other"), tmp_path / "out", resume=True, push=True)
     assert hub.repos() == []
 

@@ -113,3 +113,18 @@ def test_split_folders_beside_class_folders_are_refused_as_ambiguous(tmp_path):
     save_images(tmp_path / "samples")
     with pytest.raises(ValueError, match=r"mixes split folders and class folders.*\['cat', 'dog'\].*\['samples'\]"):
         image_folder(tmp_path)
+
+
+def test_a_hidden_file_in_train_does_not_make_an_ambiguous_layout_a_class(tmp_path):
+    save_images(tmp_path / "train" / "cat")
+    save_images(tmp_path / "train" / "dog")
+    save_images(tmp_path / "samples")
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "._notes.jpg", format="JPEG")  # macOS's AppleDouble shadow
+    with pytest.raises(ValueError, match="mixes split folders and class folders"):
+        image_folder(tmp_path)
+
+
+def test_a_class_named_with_underscores_is_a_class(tmp_path):
+    save_images(tmp_path / "__background__")
+    save_images(tmp_path / "cat")
+    assert image_folder(tmp_path).class_names == ["__background__", "cat"]

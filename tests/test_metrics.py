@@ -101,6 +101,11 @@ def test_box_outside_the_image_is_rejected(energy_pg):
         energy_pg.compute(attributions=[np.ones((3, 3))], boxes=[[0, 0, 4, 2]])
 
 
+def test_a_box_that_covers_no_pixel_centre_is_refused_not_scored_zero(energy_pg):
+    with pytest.raises(ValueError, match=r"covers no pixel's centre"):
+        energy_pg.compute(attributions=[np.ones((8, 8))], boxes=[[2.6, 0, 3.4, 8]])
+
+
 def test_offline_accuracy():
     accuracy = evaluate.load(metric_path("bcos_accuracy"))
     assert accuracy.compute(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2]) == {"accuracy": 0.75}

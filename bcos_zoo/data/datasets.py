@@ -172,8 +172,9 @@ def fashion_mnist(folder: Path = FASHION_MNIST_DIR) -> DatasetSplits:
 
 def _visible(name: str) -> bool:
     """Whether an entry of an image folder is data: not hidden (``.ipynb_checkpoints``, ``.DS_Store``, macOS's
-    ``._`` AppleDouble files) nor tool junk (``__MACOSX``, ``__pycache__``), which would become classes or images."""
-    return not name.startswith((".", "__"))
+    ``._`` AppleDouble files) nor tool junk (``__MACOSX``, ``__pycache__``), which would become classes or images
+    (a class may be named ``__background__``)."""
+    return not name.startswith(".") and name not in ("__MACOSX", "__pycache__")
 
 
 def _sub_folders(folder: Path) -> list[str]:
@@ -214,7 +215,10 @@ def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
     if train is None:
         return None, None
     if others := [name for name in folders if name not in {*TRAIN_FOLDERS, *VALIDATION_FOLDERS}]:
-        own_images = any(path.suffix.lower() in IMAGE_SUFFIXES for path in (root / train).iterdir())
+        own_images = any(
+            path.is_file() and _visible(path.name) and path.suffix.lower() in IMAGE_SUFFIXES
+            for path in (root / train).iterdir()
+        )
         if _sub_folders(root / train) and not own_images:
             raise ValueError(
                 f"{root} mixes split folders and class folders: {root / train} holds class folders "
@@ -229,8 +233,8 @@ def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
 def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) -> DatasetSplits:
     """A folder of class sub-folders, or of ``train/`` and ``validation/`` (or ``val/``, ``test/``) folders of them.
 
-    Without a validation folder, a seeded ``validation_fraction`` of the images is held out. Names starting with
-    ``.`` or ``__`` are skipped at every level.
+    Without a validation folder, a seeded ``validation_fraction`` of the images is held out. Hidden names and tool
+    folders (``__MACOSX``) are skipped at every level.
     """
     train_dir, val_dir = _split_folders(root)
     base = train_dir or root

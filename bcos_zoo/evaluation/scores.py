@@ -91,7 +91,10 @@ def box_masks(boxes: ArrayLike, height: int, width: int) -> torch.Tensor:
     """(N, H, W) masks of N boxes ``[x0, y0, x1, y1]`` in pixels, end-exclusive, which must lie inside the image. A
     pixel is in a box where its centre is: the rule of the harness and of training with boxes as well
     (:func:`bcos_zoo.data.boxes.box_masks`), so the same box scores the same everywhere."""
-    masks = [union_mask(box, height, width) for box in inside_image(boxes, height, width)]
+    boxes = inside_image(boxes, height, width)
+    masks = [union_mask(box, height, width) for box in boxes]
+    if empty := [box.tolist() for box, mask in zip(boxes, masks) if not mask.any()]:  # it would score 0 for nothing
+        raise ValueError(f"Box {empty[0]} covers no pixel's centre; a box must cover at least one pixel.")
     return torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.bool)
 
 

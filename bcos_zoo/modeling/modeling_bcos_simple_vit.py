@@ -73,14 +73,14 @@ class BcosSimpleViTEmbeddings(nn.Module):
         self.projection = BcosLinear(patch, config.hidden_size, bias=config.use_bias, b=config.b)
 
     def forward(self, encoded: torch.Tensor) -> torch.Tensor:
-        p, side = self.patch_size, self.patch_size * self.stem_stride  # in pixels: a patch after the stem
-        if encoded.shape[-2] % side or encoded.shape[-1] % side:
-            raise ValueError(
-                f"This model cuts patches of {side}x{side} pixels and cannot take a "
-                f"{encoded.shape[-2]}x{encoded.shape[-1]} image: use sides that are multiples of {side}."
-            )
         features = self.stem(encoded)
         batch, channels, height, width = features.shape
+        p, side = self.patch_size, self.patch_size * self.stem_stride  # in pixels: a patch after the stem
+        if height % p or width % p:
+            raise ValueError(
+                f"This model cuts {p}x{p} patches of its stem's {height}x{width} output and cannot take a "
+                f"{encoded.shape[-2]}x{encoded.shape[-1]} image: use sides that are multiples of {side}."
+            )
         patches = features.reshape(batch, channels, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
         tokens = self.projection(patches.reshape(batch, (height // p) * (width // p), channels * p * p))
         positions = sincos_position_embeddings(height // p, width // p, tokens.shape[-1], tokens.device)

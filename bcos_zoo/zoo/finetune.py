@@ -265,17 +265,25 @@ def publish(result: "FinetuneResult", recipe: Recipe, push: bool, private: bool,
     return result
 
 
-def check_finished_run_push(results: dict, result: "FinetuneResult", recipe: Recipe, push: bool, dry_run: bool) -> None:
-    """Before a finished run's ``repo/`` is pushed: the token works, and the card names the repo it goes to."""
-    if not push or dry_run:
-        return
-    if results.get("repo_id") != recipe.hub_model_id:
+def check_finished_run(results: dict, output_dir: Path, recipe: Recipe, push: bool, dry_run: bool) -> None:
+    """Before a finished run is reported or pushed again: its ``repo/`` and card were written with the recipe's
+    publishing fields (name, Hub id, licence, summary, card), which a resume cannot change any more; and a push needs
+    a working token."""
+    stored = results.get("recipe", {})
+    given = recipe_record(recipe)
+    changed = [
+        spec.name
+        for spec in fields(Recipe)
+        if spec.metadata.get("publishing") and spec.name in stored and stored[spec.name] != given[spec.name]
+    ]
+    if changed:
+        details = ", ".join(f"{name} {stored[name]!r}" for name in changed)
         raise ValueError(
-            f"{result.repo_dir} was written for {results.get('repo_id')!r} (its card names it), not "
-            f"{recipe.hub_model_id!r}: push it with --hub-model-id {results.get('repo_id')}, or train into a fresh "
-            "--output-dir. Nothing was changed."
+            f"{output_dir} holds a finished run whose repo/ and card were written with {details}: pass those to "
+            "report or push it as it is, or train into a fresh --output-dir. Nothing was changed."
         )
-    check_push_access(recipe.hub_model_id)
+    if push and not dry_run:
+        check_push_access(recipe.hub_model_id)
 
 
 def finetune(
@@ -305,8 +313,8 @@ def finetune(
     if resume and (results := finished_results(output_dir)) is not None:
         if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process alone reports and pushes
             return FinetuneResult(output_dir, None)
+        check_finished_run(results, output_dir, recipe, push, dry_run)
         done = FinetuneResult(output_dir, output_dir / "repo", results["metrics"])
-        check_finished_run_push(results, done, recipe, push, dry_run)
         pushing = push and not dry_run
         print(f"{output_dir} holds a finished run; nothing to resume, {'pushing' if pushing else 'nothing changed'}.")
         return publish(done, recipe, push, private, dry_run)
