@@ -44,12 +44,17 @@ class CardFields:
     hyperparameters: tuple[tuple[str, object], ...] = ()  # extra (name, value) rows of the card's training table
 
 
-def source_model_type(source: str) -> str | None:
-    """The ``model_type`` in a source's config (folder or Hub id), or ``None`` when training from scratch."""
+def source_config(source: str) -> dict | None:
+    """The config of a source (folder or Hub id), or ``None`` when training from scratch or from a ``bcos:`` entry."""
     if source == "scratch" or is_bcos_source(source):
         return None
     config, _ = PretrainedConfig.get_config_dict(source)
-    return config.get("model_type")
+    return config
+
+
+def source_model_type(source: str) -> str | None:
+    """The ``model_type`` in a source's config (folder or Hub id), or ``None`` when training from scratch."""
+    return (source_config(source) or {}).get("model_type")
 
 
 def hub_id_or_none(source: str) -> str | None:

@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from transformers import PretrainedConfig, TrainerCallback, set_seed
+from transformers import TrainerCallback, set_seed
 
 from ..data.datasets import dataset_needs_hub, limit, looks_like_path
 from ..ports import bcos_source_entry, is_bcos_source
 from ..training import get_task
 from ..training.recipe import recipe_record, training_differences
-from ..training.task import BCOS_MODEL_TYPES
+from ..training.task import BCOS_MODEL_TYPES, source_config
 from ..training.trainer import TrainingClock, mean_training_loss, trainer_callbacks, training_arguments
 from .cards import render_model_card, template_path
 from .hub import check_push_access, describe_tree, hub_repo_exists, hub_unavailable, push_folder
@@ -90,13 +90,11 @@ def source_needs_hub(source: str) -> bool:
 def bcos_checkpoint_config(source: str) -> dict | None:
     """The config of a B-cos checkpoint, which a run continues as it is (at its own B, with its own biases), or
     ``None`` for a source that is B-cosified or a run from scratch."""
-    if source == "scratch" or is_bcos_source(source):
-        return None
     try:
-        config, _ = PretrainedConfig.get_config_dict(source)
+        config = source_config(source)
     except OSError:  # no config.json (open_clip's layout): not a B-cos checkpoint, and loading it says what is wrong
         return None
-    return config if config.get("model_type") in BCOS_MODEL_TYPES else None
+    return config if config is not None and config.get("model_type") in BCOS_MODEL_TYPES else None
 
 
 def check_checkpoint_settings(recipe: Recipe) -> None:
@@ -319,6 +317,7 @@ def finetune(
         print(f"{output_dir} holds a finished run; nothing to resume, {'pushing' if pushing else 'nothing changed'}.")
         return publish(done, recipe, push, private, dry_run)
     check_before_training(recipe, push, dry_run)
+    continued = bcos_checkpoint_config(recipe.source) is not None  # for the card; read now, not after training
     task = get_task(recipe)
     arguments = training_arguments(
         recipe, checkpoint_dir, device=device, eval_each_epoch=eval_each_epoch, **task.training_arguments()
@@ -383,7 +382,7 @@ def finetune(
             evaluated=len(eval_dataset),
             example_image=f"examples/{examples[0]}" if examples else "",
             config=model.config,
-            continued=bcos_checkpoint_config(recipe.source) is not None,
+            continued=continued,
         )
         card.save(partial / "README.md")
     if repo_dir.exists():
