@@ -19,9 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from bcos_zoo.training.recipe import training_differences
 from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.recipes import Recipe, get_recipe
-from bcos_zoo.zoo.reproduction import recipe_differences, train_or_reuse
+from bcos_zoo.zoo.reproduction import train_or_reuse
 
 
 def check_stage(folder: Path, recipe: Recipe, stage: str, flag: str, root: Path) -> None:
@@ -29,7 +30,7 @@ def check_stage(folder: Path, recipe: Recipe, stage: str, flag: str, root: Path)
     stage's epochs) re-uses it and how to train the new settings instead."""
     stored = folder / "recipe.json"
     earlier = json.loads(stored.read_text()) if stored.is_file() else {}
-    changed = recipe_differences(earlier, recipe, work_dir=root) if earlier else []
+    changed = training_differences(earlier, recipe, work_dir=root) if earlier else []
     if changed == ["epochs"]:
         trained, asked = earlier["epochs"], recipe.epochs
         raise ValueError(

@@ -4,6 +4,7 @@ folder holds exactly one run's files."""
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,6 +77,16 @@ def test_resume_with_a_recipe_that_trains_differently_is_refused_naming_the_fiel
     assert "learning_rate" in message and "dataset" in message and "fresh --output-dir" in message
     assert "hub_model_id" not in message
     assert snapshot(tmp_path / "out") == before
+
+
+def test_resume_accepts_the_same_folders_named_by_another_path(recipe, tmp_path, monkeypatch):
+    finished_run(tmp_path / "out", recipe)
+    monkeypatch.chdir(Path(recipe.dataset).parent)
+    respelled = replace(
+        recipe, dataset=f"./{Path(recipe.dataset).name}", source=f"../{Path(recipe.source).parent.name}/source"
+    )
+    result = finetune(respelled, tmp_path / "out", resume=True, device="cpu")
+    assert result.metrics == {"accuracy": 0.5}
 
 
 def test_a_finished_run_reports_itself_again_with_the_card_fields_it_was_written_with(recipe, tmp_path):

@@ -7,6 +7,7 @@ import argparse
 import json
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
 from types import UnionType
 from typing import Union, get_args, get_origin, get_type_hints
 
@@ -127,14 +128,38 @@ def recipe_record(recipe: Recipe) -> dict:
     return json.loads(json.dumps(asdict(recipe), default=str))
 
 
-def training_differences(stored: dict, recipe: Recipe) -> list[str]:
-    """The fields, other than those that only describe the published model, in which ``recipe`` differs from the
-    ``stored`` record of another (see :func:`recipe_record`)."""
+# the recipe fields that name folders: a run's source and teacher may lie in its work folder, the data anywhere
+PATH_FIELDS = ("source", "teacher", "dataset")
+
+
+def same_place(stored: str | None, given: str | None, work_dir: Path | None = None) -> bool:
+    """Whether a path field of a stored recipe names what ``given`` names: the same spelling, the same place by
+    another spelling (relative or absolute), or, for a path in ``work_dir``, the same place in the work folder as it
+    lay when the run was trained (a moved work folder, or one reached from another directory)."""
+    if stored == given:
+        return True
+    if stored is None or given is None:
+        return False
+    old, new = Path(stored).expanduser(), Path(given).expanduser().resolve()
+    if old.resolve() == new:
+        return True
+    if work_dir is None or not new.is_relative_to(work_dir.resolve()):
+        return False
+    inside = new.relative_to(work_dir.resolve()).parts
+    return old.parts[-len(inside) :] == inside
+
+
+def training_differences(stored: dict, recipe: Recipe, work_dir: Path | None = None) -> list[str]:
+    """The fields, other than those that only describe the published model, in which ``recipe`` trains differently
+    from the ``stored`` record of another (see :func:`recipe_record`); a folder named by another path is the same
+    folder (see :func:`same_place`). Resuming a run and re-using a reproduction's stage both ask this."""
     record = recipe_record(recipe)
     return [
         spec.name
         for spec in fields(Recipe)
-        if not spec.metadata.get("publishing") and stored.get(spec.name) != record[spec.name]
+        if not spec.metadata.get("publishing")
+        and stored.get(spec.name) != record[spec.name]
+        and not (spec.name in PATH_FIELDS and same_place(stored.get(spec.name), record[spec.name], work_dir))
     ]
 
 

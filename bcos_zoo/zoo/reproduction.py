@@ -124,38 +124,6 @@ def speed_up(bcosified: Curve, scratch: Curve) -> SpeedUp:
     return SpeedUp(target, scratch_epochs, bcosified_epochs, ratio, lower_bound)
 
 
-# the recipe fields that name folders: a run's source and teacher lie in the work folder, the data may be anywhere
-PATH_FIELDS = ("source", "teacher", "dataset")
-
-
-def same_place(stored: str | None, given: str | None, work_dir: Path | None) -> bool:
-    """Whether a path field of a stored recipe names what ``given`` names: the same spelling, the same place by
-    another spelling (relative or absolute), or, for a path in ``work_dir``, the same place in the work folder as it
-    lay when the run was trained (a moved work folder, or one reached from another directory)."""
-    if stored == given:
-        return True
-    if stored is None or given is None:
-        return False
-    old, new = Path(stored).expanduser(), Path(given).expanduser().resolve()
-    if old.resolve() == new:
-        return True
-    if work_dir is None or not new.is_relative_to(work_dir.resolve()):
-        return False
-    inside = new.relative_to(work_dir.resolve()).parts
-    return old.parts[-len(inside) :] == inside
-
-
-def recipe_differences(stored: dict, recipe: Recipe, work_dir: Path | None = None) -> list[str]:
-    """The fields in which ``recipe`` trains differently from the ``stored`` record of a run (see
-    :func:`~bcos_zoo.training.recipe.training_differences`), a folder named by another path aside."""
-    record = recipe_record(recipe)
-    return [
-        name
-        for name in training_differences(stored, recipe)
-        if not (name in PATH_FIELDS and same_place(stored.get(name), record[name], work_dir))
-    ]
-
-
 # beside a run: digests of the weights of the models it started from (its source, its teacher), as it started
 INPUTS_RECORD = ".inputs.json"
 
@@ -181,7 +149,7 @@ def check_run_folder(folder: Path, recipe: Recipe, work_dir: Path | None, work_f
     stored, inputs = folder / "recipe.json", folder / INPUTS_RECORD
     if stored.is_file():
         earlier, record = json.loads(stored.read_text()), recipe_record(recipe)
-        changed = recipe_differences(earlier, recipe, work_dir)
+        changed = training_differences(earlier, recipe, work_dir)
         if changed:
             details = ", ".join(f"{name} {earlier.get(name)!r} -> {record[name]!r}" for name in changed)
             raise ValueError(
@@ -248,7 +216,7 @@ def initial_accuracy(
     record = recipe_record(recipe)
     if cache is not None and cache.is_file():
         stored = json.loads(cache.read_text())
-        if not recipe_differences(stored.get("recipe", {}), recipe, work_dir):
+        if not training_differences(stored.get("recipe", {}), recipe, work_dir):
             return float(stored["accuracy"])
     set_seed(recipe.seed)
     task = get_task(recipe)
