@@ -22,28 +22,22 @@ from pathlib import Path
 from bcos_zoo.training.recipe import training_differences
 from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.recipes import Recipe, get_recipe
-from bcos_zoo.zoo.reproduction import train_or_reuse
+from bcos_zoo.zoo.reproduction import check_run_folder, train_or_reuse
 
 
 def check_stage(folder: Path, recipe: Recipe, stage: str, flag: str, root: Path) -> None:
-    """Refuse, before anything trains, a stage folder that holds a run of another recipe, saying which ``flag`` (the
-    stage's epochs) re-uses it and how to train the new settings instead."""
+    """Refuse, before anything trains, a stage folder that holds a run of another recipe: one trained for other
+    epochs says which ``flag`` re-uses it; anything else is refused as every reproduction refuses it."""
     stored = folder / "recipe.json"
     earlier = json.loads(stored.read_text()) if stored.is_file() else {}
-    changed = training_differences(earlier, recipe, work_dir=root) if earlier else []
-    if changed == ["epochs"]:
+    if earlier and training_differences(earlier, recipe, work_dir=root) == ["epochs"]:
         trained, asked = earlier["epochs"], recipe.epochs
         raise ValueError(
             f"{folder} holds the {stage} trained with {flag} {trained:g}, not {asked:g}: pass {flag} {trained:g} "
             f"to re-use it, another --output-root to train it with {flag} {asked:g} beside it, or delete {folder} to "
             "train it anew. Nothing was changed."
         )
-    if changed:  # the catalogue's recipe changed since the run (another release of this package)
-        raise ValueError(
-            f"{folder} holds the {stage} trained with another recipe ({', '.join(changed)} differ; see {stored}): "
-            f"pass another --output-root to train this one beside it, or delete {folder} to train it anew. Nothing "
-            "was changed."
-        )
+    check_run_folder(folder, recipe, root, "--output-root")
 
 
 def main(argv: list[str] | None = None) -> None:

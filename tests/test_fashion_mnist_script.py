@@ -64,3 +64,13 @@ def test_a_bcos_stage_from_a_source_trained_again_since_is_refused(tmp_path):
     (tmp_path / "bcos-vit-fashion-mnist" / INPUTS_RECORD).write_text(json.dumps({"source": "0" * 64}))
     with pytest.raises(ValueError, match="other weights than its source .* holds now.*another --output-root"):
         script().main(["--output-root", str(tmp_path)])
+
+
+def test_a_stage_of_another_recipe_is_refused_before_anything_trains_naming_the_field(tmp_path):
+    finished_stages(tmp_path, trained_under=tmp_path)
+    stored = tmp_path / "vit-fashion-mnist" / "recipe.json"
+    stored.write_text(json.dumps({**json.loads(stored.read_text()), "learning_rate": 0.5}))
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=r"different recipe \(learning_rate 0.5 -> .*another --output-root"):
+        script().main(["--output-root", str(tmp_path)])
+    assert snapshot(tmp_path) == before
