@@ -110,6 +110,38 @@ def test_page_shows_zero_shot_scores_and_prompt_explanations_in_chromium(space, 
     assert running.alive()
 
 
+NO_RESULTS = """() => !document.querySelector('#explanations img, #localised img')
+    && !document.querySelector('#scores').innerText.includes('a photo')"""
+
+
+@pytest.mark.browser
+def test_page_clears_the_results_when_the_image_is_removed_or_replaced(space, image_file, tmp_path):
+    """Scores and explanations never stand beside another image than the one they were computed for."""
+    running, _, _ = space
+    other = tmp_path / "other.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(other)
+    with chromium_page() as (page, external):
+        page.goto(running.url)
+        page.locator("input[type=file]").first.set_input_files(str(image_file))
+        page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
+        page.locator("#prompts textarea").fill("\n".join(PROMPTS))
+        page.get_by_label("Localisation view").check()
+        page.get_by_role("button", name="Explain").click()
+        page.locator("#localised img").first.wait_for(state="visible", timeout=60_000)
+        page.locator("#upload").get_by_label("Remove Image").click()
+        page.wait_for_function(NO_RESULTS, timeout=10_000)  # removing the image clears its results
+
+        page.locator("input[type=file]").first.set_input_files(str(image_file))  # explain again, then replace it
+        page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
+        page.get_by_role("button", name="Explain").click()
+        page.locator("#explanations img").first.wait_for(state="visible", timeout=60_000)
+        page.locator("#upload").get_by_label("Remove Image").click()
+        page.locator("input[type=file]").first.set_input_files(str(other))
+        page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
+        page.wait_for_function(NO_RESULTS, timeout=10_000)
+    assert external == []
+
+
 def test_zero_shot_scores_are_the_models_softmax_over_prompts(space, client, image_file):
     _, model, folder = space
     scores, *_ = client.predict(handle_file(str(image_file)), "\n".join(PROMPTS), False, api_name="/explain")

@@ -257,6 +257,9 @@ with gr.Blocks(title="B-cos CLIP explainer", analytics_enabled=False, delete_cac
     examples.load_input_event.then(
         zero_shot, inputs, outputs, preprocess=False, api_visibility="private", concurrency_id="model"
     )
+    # A new or removed image clears the results at once, in the page, so they never stand beside another image
+    # ({} empties a Label; null empties an Image or a Gallery).
+    upload.input(None, None, outputs, js="() => [{}, null, null, null]")
 
 
 if __name__ == "__main__":
