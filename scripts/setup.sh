@@ -14,7 +14,8 @@ if [ ${#debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
     echo "Installing Debian packages: ${debs[*]}"
     apt-get install -y -qq --no-install-recommends "${debs[@]}" > /dev/null \
-      || { apt-get update -qq > /dev/null && apt-get install -y -qq --no-install-recommends "${debs[@]}" > /dev/null; }
+      || { apt-get update -qq > /dev/null && apt-get install -y -qq --no-install-recommends "${debs[@]}" > /dev/null; } \
+      || echo "Warning: apt-get could not install ${debs[*]} (offline?); the tests that need them will fail." >&2
   else
     echo "Note: not root or no apt-get; install ${debs[*]} yourself (see README)." >&2
   fi
