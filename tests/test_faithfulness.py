@@ -113,6 +113,23 @@ def test_blur_is_a_normalised_gaussian_with_reflected_borders():
     torch.testing.assert_close(spread[5:16, 5:16], weights[:, None] * weights[None, :])
 
 
+def test_an_image_smaller_than_the_blur_repeats_its_border_pixels():
+    """A 4 x 3 image cannot be reflected by the kernel's radius of 5: its border pixels are repeated, so each
+    blurred pixel is the Gaussian average over the image extended by its edge values."""
+    image = torch.arange(12, dtype=torch.float64).view(1, 1, 4, 3)
+    weights = torch.exp(-((torch.arange(11) - 5.0) ** 2) / 50).double()
+    weights = weights / weights.sum()
+    rows = (torch.arange(-5, 6).view(-1, 1) + torch.arange(4)).clamp(0, 3)  # [offset, output row] -> input row
+    columns = (torch.arange(-5, 6).view(-1, 1) + torch.arange(3)).clamp(0, 2)
+    expected = torch.einsum(
+        "i,j,ijkl->kl", weights, weights, image[0, 0][rows[:, None, :, None], columns[None, :, None, :]]
+    )
+    torch.testing.assert_close(blur(image)[0, 0], expected)
+    maps = torch.rand(1, 4, 3)
+    curves = insertion_curves(PixelSum(), image.repeat(1, 3, 1, 1), maps, torch.zeros(1), steps=4, score="logit")
+    torch.testing.assert_close(curves.scores[0, -1], image.sum() * 3)
+
+
 def test_ties_are_broken_by_pixel_index_row_major():
     ranks = pixel_ranks(torch.tensor([[[1.0, 2.0, 2.0], [2.0, 0.0, 1.0]]]))
     assert ranks.tolist() == [[3, 0, 1, 2, 5, 4]]

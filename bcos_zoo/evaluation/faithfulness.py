@@ -160,13 +160,15 @@ def deletion_curves(
 
 
 def blur(images: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """Gaussian blur, per channel, with reflected borders: insertion's starting image (RISE: kernel 11, sigma 5)."""
+    """Gaussian blur, per channel, with reflected borders: insertion's starting image (RISE: kernel 11, sigma 5).
+    An image no wider than the kernel's radius cannot be reflected; its border pixels are repeated instead."""
     radius = kernel_size // 2
     offsets = torch.arange(kernel_size, dtype=images.dtype, device=images.device) - radius
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     channels = images.shape[1]
-    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    mode = "reflect" if radius < min(images.shape[-2:]) else "replicate"
+    padded = F.pad(images, (radius, radius, radius, radius), mode=mode)
     rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
     return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
