@@ -283,3 +283,17 @@ def test_training_arguments_refuse_a_cuda_device_the_machine_lacks(device, tmp_p
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only machine
     with pytest.raises(ValueError, match=f"--device {device}, but torch finds no CUDA device"):
         training_arguments(get_recipe("bcos-vit-fashion-mnist"), tmp_path, device=device)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
+def test_the_warmup_ratio_is_the_share_of_steps_whose_learning_rate_rises_a_ratio_of_1_included(ratio, tmp_path):
+    from transformers import Trainer
+
+    steps = 10
+    recipe = get_recipe("bcos-vit-fashion-mnist").with_overrides(warmup_ratio=ratio, max_steps=steps)
+    trainer = Trainer(model=_Regression(), args=training_arguments(recipe, tmp_path, device="cpu"))
+    trainer.create_optimizer_and_scheduler(num_training_steps=steps)
+    factors = [trainer.lr_scheduler.lr_lambdas[0](step) for step in range(steps)]
+    warmup = round(ratio * steps)
+    assert factors[:warmup] == pytest.approx([step / warmup for step in range(warmup)])
+    assert all(later < earlier for earlier, later in zip(factors[warmup:], factors[warmup + 1 :]))  # cosine decay

@@ -7,6 +7,7 @@ what differs between tasks (model, loss, evaluation) lives in the task modules b
 
 import hashlib
 import json
+import math
 import signal
 import threading
 import time
@@ -211,7 +212,8 @@ def collate_images(batch: list[dict]) -> dict[str, torch.Tensor]:
 def training_arguments(
     recipe: Recipe, checkpoint_dir: Path, device: str | None = None, eval_each_epoch: bool = False, **overrides
 ) -> TrainingArguments:
-    """``TrainingArguments`` for a recipe: Adam(W), cosine decay after linear warm-up, safetensors checkpoints.
+    """``TrainingArguments`` for a recipe: Adam(W), cosine decay after a linear warm-up over ``warmup_ratio`` of the
+    steps (1: all of them), safetensors checkpoints.
 
     With adaptive gradient clipping the Trainer's own global-norm clip is switched off (the callback replaces it).
     ``device="cuda"`` without a CUDA device is refused: the Trainer would quietly train on the CPU instead.
@@ -232,7 +234,9 @@ def training_arguments(
         num_train_epochs=recipe.epochs,
         max_steps=recipe.max_steps,
         lr_scheduler_type="cosine",
-        warmup_steps=recipe.warmup_ratio,
+        # transformers reads warmup_steps below 1 as a share of the steps and from 1 on as a count of steps, so a
+        # ratio of 1 becomes the largest float below it: ceil(steps * that) is every step
+        warmup_steps=min(recipe.warmup_ratio, math.nextafter(1.0, 0.0)),
         optim="adamw_torch",
         max_grad_norm=0.0 if recipe.agc_clip else 1.0,
         save_strategy="steps",
