@@ -124,3 +124,20 @@ def test_a_standard_resnet_trained_here_is_b_cosified_exactly(tmp_path):
         pixel_values = converted.default_image_processor()(image, return_tensors="pt").pixel_values
         logits = converted(pixel_values=pixel_values).logits
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("folder", ["vit", "hf_resnet"])
+def test_standard_training_gives_a_source_with_other_classes_a_new_head_for_the_data(sources, folder):
+    from transformers import AutoModelForImageClassification
+
+    source = AutoModelForImageClassification.from_pretrained(sources / folder)
+    model = get_task(recipe(str(sources / folder), task="standard-classification")).build_model(["cat", "dog"])
+    assert type(model) is type(source) and source.config.num_labels == 3
+    assert model.config.id2label == {0: "cat", 1: "dog"} and model.config.label2id == {"cat": 0, "dog": 1}
+    head = [name for name in model.state_dict() if name.startswith("classifier.")]
+    assert head and all(model.state_dict()[name].shape[0] == 2 for name in head)
+    for name, value in source.state_dict().items():
+        if not name.startswith("classifier."):
+            torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    with torch.no_grad():
+        assert model.eval()(pixel_values=torch.rand(1, 3, 32, 32)).logits.shape == (1, 2)

@@ -31,7 +31,8 @@ def check_classes(class_names: list[str]) -> None:
 
 def name_classes(model: nn.Module, class_names: list[str]) -> nn.Module:
     """Name the classes after the data. A model with another number of classes gets a new head: the same model
-    with ``num_labels`` changed, every weight but the classifier's copied over (any B-cos family)."""
+    with ``num_labels`` changed, every weight but the classifier's copied over (any classifier whose head is its
+    ``classifier`` module: every B-cos family, and the transformers classifiers they are B-cosified from)."""
     config = model.config
     if config.num_labels != len(class_names):
         logger.warning(f"The source has {config.num_labels} classes, the data {len(class_names)}: new classifier head.")

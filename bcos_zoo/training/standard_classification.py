@@ -11,7 +11,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 from ..conversion.common import VIT_DEFAULT_NORMALIZATION
 from ..data.preprocessing import ImageTransform, processor_transform, training_transform
 from ..families import family_of
-from .classification import BcosClassification, check_classes
+from .classification import BcosClassification, check_classes, name_classes
 from .task import CardFields
 
 
@@ -32,19 +32,20 @@ class StandardClassification(BcosClassification):
     )
 
     def build_model(self, class_names: list[str]) -> nn.Module:
+        """From scratch (``architecture``) or from a checkpoint, whose head is replaced when it has another number of
+        classes than the data (as the classification task does, :func:`name_classes`)."""
         check_classes(class_names)
         recipe = self.recipe
-        labels = dict(num_labels=len(class_names), id2label=dict(enumerate(class_names)))
         if recipe.source == "scratch":
             if not recipe.architecture:
                 raise ValueError(f"recipe {recipe.name!r} trains from scratch but gives no architecture")
             architecture = dict(recipe.architecture)
-            config = AutoConfig.for_model(architecture.pop("model_type", "vit"), **architecture, **labels)
+            model_type = architecture.pop("model_type", "vit")
+            config = AutoConfig.for_model(model_type, **architecture, num_labels=len(class_names))
             model = AutoModelForImageClassification.from_config(config)
         else:
-            model = AutoModelForImageClassification.from_pretrained(recipe.source, **labels)
-        model.config.label2id = {name: index for index, name in enumerate(class_names)}
-        return model
+            model = AutoModelForImageClassification.from_pretrained(recipe.source)
+        return name_classes(model, class_names)
 
     def source_model(self) -> nn.Module | None:
         return None
