@@ -163,3 +163,66 @@ def test_a_cnn_student_learns_from_a_vit_teacher(tmp_path):
     assert {key: metrics[key] for key in expected} == pytest.approx(expected, abs=1e-5)
     config = json.loads((tmp_path / "student" / "repo" / "config.json").read_text())
     assert config["model_type"] == "bcos_resnet"
+
+
+def image_folder(root, class_names: list[str]):
+    from PIL import Image
+
+    for name in class_names:
+        (root / name).mkdir(parents=True)
+        for index in range(2):
+            Image.new("RGB", (16, 16), (40 * index, 80, 120)).save(root / name / f"{index}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("teacher_classes", "data_classes"),
+    [
+        (["blue", "green", "red"], ["blue", "red"]),  # fewer classes
+        (["blue", "green", "red"], ["a", "b", "c"]),  # as many, named otherwise
+        (["red", "green", "blue"], ["blue", "green", "red"]),  # the same names in another order
+    ],
+)
+def test_a_teacher_of_other_classes_is_refused_naming_the_teacher_and_both_classes(
+    tmp_path, teacher_classes, data_classes
+):
+    teacher = tiny_vit(1)
+    teacher.config.id2label = dict(enumerate(teacher_classes))
+    teacher.config.label2id = {name: index for index, name in enumerate(teacher_classes)}
+    teacher.save_pretrained(tmp_path / "teacher")
+    student = Recipe(
+        name="student",
+        source="scratch",
+        dataset=str(image_folder(tmp_path / "data", data_classes)),
+        hub_model_id="test/student",
+        task="explanation-distillation",
+        architecture=dict(TINY_VIT, intermediate_size=32),
+        teacher=str(tmp_path / "teacher"),
+        max_steps=1,
+        batch_size=2,
+    )
+    with pytest.raises(ValueError) as refused:
+        finetune(student, tmp_path / "student", device="cpu")
+    message = str(refused.value)
+    assert "\n" not in message and f"--teacher {tmp_path / 'teacher'}" in message
+    assert str(teacher_classes) in message and str(data_classes) in message
+    assert not (tmp_path / "student").exists()
+
+
+def test_a_teacher_of_the_data_classes_is_accepted(tmp_path):
+    from bcos_zoo.training import get_task
+
+    teacher = tiny_vit(1)
+    teacher.config.id2label = {0: "blue", 1: "green", 2: "red"}
+    teacher.save_pretrained(tmp_path / "teacher")
+    student = Recipe(
+        name="student",
+        source="scratch",
+        dataset="unused",
+        hub_model_id="test/student",
+        task="explanation-distillation",
+        architecture=dict(TINY_VIT, intermediate_size=32),
+        teacher=str(tmp_path / "teacher"),
+    )
+    model = get_task(student).build_model(["blue", "green", "red"])
+    assert model.config.id2label == {0: "blue", 1: "green", 2: "red"}

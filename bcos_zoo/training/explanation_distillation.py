@@ -21,8 +21,9 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 
 from ..data.boxes import BoxedImages, collate_boxed
 from ..data.datasets import DatasetSplits
+from ..evaluation.report import class_order
 from ..evaluation.scores import energy_pointing_scores
-from .classification import BcosClassification
+from .classification import BcosClassification, check_classes
 from .explanation_losses import differentiable_explanation, e2kd_loss, explanation_cosine, frozen_running_statistics
 from .guided_classification import GuidedClassification
 from .task import CardFields, describe_source
@@ -34,6 +35,23 @@ def load_teacher(source: str) -> nn.Module:
     if not source:
         raise ValueError("explanation-distillation needs a teacher: pass --teacher <folder or Hub id>")
     return AutoModelForImageClassification.from_pretrained(source).eval().requires_grad_(False)
+
+
+def check_teacher_classes(teacher: nn.Module, source: str, class_names: list[str]) -> None:
+    """Refuse a teacher that does not score the data's classes, index for index: its logits would be distilled, and
+    its accuracy and agreement measured, against the wrong labels. Names are matched as the evaluation matches a
+    model's (:func:`~bcos_zoo.evaluation.report.class_order`; a teacher with transformers' default ``LABEL_i`` names
+    only needs the same count), and must also be in the data's order."""
+    try:
+        order = class_order(f"--teacher {source}", teacher.config.id2label, class_names)
+    except ValueError:
+        order = None
+    if order != list(range(len(class_names))):
+        names = [str(teacher.config.id2label[index]) for index in range(len(teacher.config.id2label))]
+        raise ValueError(
+            f"--teacher {source} scores the classes {names}, but the data's are {class_names}: distil a teacher "
+            "trained on these classes (the same names in the same order), or the data it was trained on."
+        )
 
 
 def teacher_pixels(teacher: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -187,6 +205,12 @@ class ExplanationDistillation(GuidedClassification):
                 ("explained layer", "input (dynamic weights W(x) over [x, 1 - x])"),
             ),
         )
+
+    def build_model(self, class_names: list[str]) -> nn.Module:
+        """The student, once the teacher is known to score the data's classes (checked before anything is built)."""
+        check_classes(class_names)
+        check_teacher_classes(self.teacher, self.recipe.teacher, class_names)
+        return super().build_model(class_names)
 
     @property
     def teacher(self) -> nn.Module:
