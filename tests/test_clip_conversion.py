@@ -5,7 +5,14 @@ import json
 import pytest
 import torch
 from clip_testing import PROMPTS, SHAPES, byte_level_tokenizer, images, normalize, save_source, tiny_clip
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, ViTConfig, ViTForImageClassification
+from transformers import (
+    CLIPImageProcessor,
+    CLIPProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 from bcos_zoo import BcosCLIPModel, BcosCLIPVisionModel
 from bcos_zoo.modeling.bcos_layers import BcosLinear
@@ -98,3 +105,19 @@ def test_a_timm_folder_is_named_by_its_architecture(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_small_patch16_224", "num_classes": 3}))
     with pytest.raises(ValueError, match="holds a 'timm vit_small_patch16_224' model"):
         BcosCLIPModel.from_pretrained_standard(tmp_path)
+
+
+def test_a_loaded_model_keeps_the_processor_its_source_gave_it_when_saved_again(tmp_path):
+    """The source's resize (here 40 px, bilinear, then a 32 px crop) travels: B-cosified, saved, loaded and saved
+    again, the model resizes as its source did (without normalising)."""
+    save_source(tmp_path / "source")
+    settings = {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}, "resample": 2}
+    processor = CLIPProcessor.from_pretrained(tmp_path / "source")
+    CLIPProcessor(
+        CLIPImageProcessor(**{**processor.image_processor.to_dict(), **settings}), processor.tokenizer
+    ).save_pretrained(tmp_path / "source")
+    BcosCLIPModel.from_pretrained_standard(str(tmp_path / "source")).save_pretrained(tmp_path / "first")
+    loaded = BcosCLIPModel.from_pretrained(tmp_path / "first")
+    loaded.save_pretrained(tmp_path / "second")
+    for processor in (loaded.default_image_processor(), CLIPImageProcessor.from_pretrained(tmp_path / "second")):
+        assert {key: processor.to_dict()[key] for key in settings} == settings and not processor.do_normalize

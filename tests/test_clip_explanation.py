@@ -127,7 +127,7 @@ def test_explain_value_errors(tmp_path):
         clip.explain(x, text=[])
     with pytest.raises(ValueError, match=r"text_embeds must be a floating-point \(K, 16\) tensor.*\(3, 15\)"):
         vision.explain(x, text_embeds=text_embeds[:, :15])
-    with pytest.raises(ValueError, match="holds no prompt"):
+    with pytest.raises(ValueError, match=r"one row per prompt \(K >= 1\)"):
         vision.explain(x, text_embeds=text_embeds[:0])
     with pytest.raises(ValueError, match=r"pixel_values must lie in \[0, 1\]"):
         clip.explain(x * 2 - 0.5, text=PROMPTS)

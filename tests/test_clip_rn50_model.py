@@ -3,6 +3,7 @@ contract (output flags, gradient checkpointing, dtypes, save and reload)."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from open_clip_sources import IMAGE_SIZE, PROMPTS, calibrate, images, reduced_rn
 from transformers import AutoModelForZeroShotImageClassification, AutoProcessor
 
@@ -133,3 +134,14 @@ def test_other_input_sizes():
         with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
             exact(pixel_values=x)
         assert exact(pixel_values=x, interpolate_pos_encoding=True).image_embeds.shape == (1, 16)
+
+
+def test_a_float64_model_resamples_its_position_embeddings_in_float64():
+    model = BcosCLIPVisionModel.from_pretrained_standard(reduced_rn(), b=1.0, bias="keep").double()
+    (pool,) = [module for module in model.modules() if hasattr(module, "positions")]
+    grid = pool.position_embeddings[1:].T.reshape(1, -1, pool.grid, pool.grid)
+    expected = F.interpolate(grid, size=(4, 5), mode="bicubic", align_corners=False).reshape(-1, 20).T
+    with torch.no_grad():
+        resized = pool.positions(4, 5, interpolate=True)
+    assert resized.dtype == torch.float64
+    torch.testing.assert_close(resized[1:], expected, rtol=0, atol=1e-15)

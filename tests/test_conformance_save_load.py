@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from test_conformance_outputs import build, call, images
-from transformers import AutoModelForImageClassification
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 
 AUTO = {
@@ -89,3 +89,17 @@ def test_a_bfloat16_explanation_of_float32_images_reports_its_bias_share():
     torch.testing.assert_close(share, build("classifier").explain(images()).bias_share, rtol=0, atol=1e-3)
     total = explanation.contributions.float().sum(dim=(1, 2)) + explanation.bias.float()
     assert torch.allclose(total, explanation.target_logits.float(), atol=0.05)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "tower"])
+def test_a_processor_saved_in_the_folder_first_is_kept(kind, tmp_path):
+    """As with transformers' own models, ``save_pretrained`` leaves a processor the folder holds alone; into an
+    empty folder it writes the model's own."""
+    model = build(kind)
+    mine = model.default_image_processor()
+    mine.resample, mine.size = 3, {"height": 40, "width": 40} if kind == "classifier" else {"shortest_edge": 40}
+    mine.save_pretrained(tmp_path / "mine")
+    model.save_pretrained(tmp_path / "mine")
+    model.save_pretrained(tmp_path / "fresh")
+    assert AutoImageProcessor.from_pretrained(tmp_path / "mine").to_dict() == mine.to_dict()
+    assert AutoImageProcessor.from_pretrained(tmp_path / "fresh").to_dict() == model.default_image_processor().to_dict()

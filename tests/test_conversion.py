@@ -287,3 +287,17 @@ def test_the_class_counts_of_timm_s_imagenet_heads_name_their_classes():
     full = standard_labels(21843)  # Google's ImageNet-21k head (vit_*_in21k)
     assert len(full) == 21843 and not full[5].startswith("LABEL_") and len(set(full.values())) > 20_000
     assert standard_labels(10) == {i: f"LABEL_{i}" for i in range(10)}
+
+
+def test_position_embeddings_interpolated_for_another_size_match_the_source_in_float64(tmp_path):
+    """At another image size (interpolate_pos_encoding), a float64 conversion computes its source's logits to float64
+    precision: the position embeddings are resampled in the model's own dtype, as transformers' ViT does."""
+    source = hf_vit(image=32, patch=8).double()
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    save_hf_source(source, tmp_path, mean, std)
+    bcos = BcosViTForImageClassification.from_pretrained_standard(tmp_path, b=1, bias="keep").eval()
+    x = torch.rand(2, 3, 32, 48, dtype=torch.float64)
+    with torch.no_grad():
+        expected = source(pixel_values=normalize(x, mean, std), interpolate_pos_encoding=True).logits
+        logits = bcos(pixel_values=x, interpolate_pos_encoding=True).logits
+    assert bcos.dtype == torch.float64 and (expected - logits).abs().max().item() <= 1e-12

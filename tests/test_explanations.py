@@ -198,11 +198,26 @@ def test_a_percentile_outside_0_to_100_is_refused_with_its_range(percentile):
         explanation.render(percentile=percentile)
 
 
-@pytest.mark.parametrize("bad", [10, -1, torch.tensor([0, 1, 2])], ids=["too-large", "negative", "wrong-length"])
-def test_invalid_targets_are_rejected(bad):
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (10, r"must lie in \[0, 5\)"),
+        (-1, r"must lie in \[0, 5\)"),
+        (torch.tensor([0, 1, 2]), r"shape \(2,\), got shape \(3,\)"),
+        (True, "got dtype torch.bool"),
+        (torch.tensor([True, False]), "got dtype torch.bool"),  # a mask is not a list of classes
+        ([], r"shape \(2,\), got shape \(0,\)"),
+    ],
+    ids=["too-large", "negative", "wrong-length", "bool", "bool-mask", "empty"],
+)
+def test_invalid_targets_are_rejected_saying_why(bad, message):
     model = converted_model()
-    with pytest.raises(ValueError, match="target"):
+    with pytest.raises(ValueError, match=message):
         model.explain(torch.rand(2, 3, 32, 32), target=bad)
+
+
+def test_an_empty_batch_takes_an_empty_target_list():
+    assert converted_model().explain(torch.rand(0, 3, 32, 32), target=[]).target.shape == (0,)
 
 
 @pytest.mark.parametrize("family", ["vit", "clip"])

@@ -33,6 +33,16 @@ def test_bce_loss_uses_off_target_labels_of_one_over_c():
     assert torch.allclose(soft.loss, out.loss)
 
 
+def test_one_output_without_a_problem_type_is_regression_as_in_transformers():
+    """With one output the papers' BCE would make every target 1 (off-target labels ``1/C``), so the loss is
+    transformers' default for one label: mean squared error."""
+    torch.manual_seed(0)
+    model = BcosViTForImageClassification(tiny_config(num_labels=1))
+    x, labels = torch.rand(3, 3, 16, 16), torch.tensor([0.0, 1.0, 0.5])
+    out = model(pixel_values=x, labels=labels)
+    assert torch.allclose(out.loss, F.mse_loss(out.logits.squeeze(-1), labels))
+
+
 def test_cross_entropy_is_selectable():
     torch.manual_seed(0)
     model = BcosViTForImageClassification(tiny_config(loss="cross_entropy"))

@@ -146,16 +146,25 @@ def test_dry_run_writes_the_repo_tree_and_uploads_nothing(inputs, tmp_path):
         assert (output / "repo" / name).is_file() and name in completed.stdout
 
 
+PUSHES = {
+    "push_to_hub": 'model.push_to_hub("test-user/tiny")',
+    "save_pretrained": 'model.save_pretrained("local", push_to_hub=True, repo_id="test-user/tiny")',
+}
+
+
+@pytest.mark.parametrize("how", list(PUSHES))
 @pytest.mark.parametrize("family", ["resnet", "clip"])
-def test_model_push_to_hub_uploads_its_code_and_processor_and_loads_as_remote_code(family, tmp_path):
-    """transformers' own ``model.push_to_hub``, as a user publishes without the finetune script."""
+def test_model_push_to_hub_uploads_its_code_and_processor_and_loads_as_remote_code(family, how, tmp_path):
+    """transformers' own ways to publish a model (``push_to_hub``; ``save_pretrained(push_to_hub=True)``), as a user
+    publishes without the finetune script."""
     push = f"""
         import sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         import torch
         from tiny_models import TINY_CLASSIFIERS
         torch.manual_seed(0)
-        TINY_CLASSIFIERS[{family!r}]().push_to_hub("test-user/tiny")
+        model = TINY_CLASSIFIERS[{family!r}]()
+        {PUSHES[how]}
     """
     load = """
         import sys, json, torch
@@ -172,6 +181,7 @@ def test_model_push_to_hub_uploads_its_code_and_processor_and_loads_as_remote_co
         loaded = run([sys.executable, "-c", textwrap.dedent(load)], hub.env(tmp_path / "home2"), tmp_path)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "bcos_layers.py"} <= files
+    assert ("pipeline_bcos_explanation.py" in files) == (family == "resnet")  # a classifier's pipeline
     expected = "BcosCLIPModel" if family == "clip" else "BcosResNetForImageClassification"
     assert json.loads(loaded.stdout.strip().splitlines()[-1]) == [expected, False]  # [0, 1] images, no normalisation
 

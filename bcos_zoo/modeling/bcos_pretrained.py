@@ -24,6 +24,9 @@ logger = logging.get_logger(__name__)
 EXPLANATION_PIPELINE_FILE = "pipeline_bcos_explanation.py"
 EXPLANATION_PIPELINE = {"impl": "pipeline_bcos_explanation.ImageExplanationPipeline", "type": "image"}
 EXPLANATION_PIPELINE |= {"pt": ["AutoModelForImageClassification"], "tf": []}
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # an image processor's; CLIP's processor's
+# what save_pretrained(push_to_hub=True) passes on to push_to_hub
+PUSH_OPTIONS = ("commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags")
 
 
 def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -36,10 +39,10 @@ def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
-    """The loss ``config.problem_type`` asks for, with transformers' meanings; without one, ``config.loss``: ``"bce"``
-    (:func:`uniform_off_label_bce`) or ``"cross_entropy"``."""
+    """The loss ``config.problem_type`` asks for, with transformers' meanings (one output without one: regression,
+    as in transformers); otherwise ``config.loss``: ``"bce"`` (:func:`uniform_off_label_bce`) or ``"cross_entropy"``."""
     labels, num_labels = labels.to(logits.device), logits.shape[-1]
-    problem_type = getattr(config, "problem_type", None)
+    problem_type = getattr(config, "problem_type", None) or ("regression" if num_labels == 1 else None)
     if problem_type == "multi_label_classification":
         if labels.shape != logits.shape:
             raise ValueError(
@@ -130,9 +133,18 @@ class BcosPreTrainedModel(PreTrainedModel):
                 auto_map[auto_class] = f"{model_module}.{type(self).__name__}"
         return auto_map
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
         """Save weights, config, remote code and processor, so that the folder loads with the Auto classes. Our
-        ``auto_map`` replaces, in the saved config.json, the one transformers writes for the registered class."""
+        ``auto_map`` replaces, in the saved config.json, the one transformers writes for the registered class. With
+        ``push_to_hub``, the saved files go up as ``push_to_hub`` sends them (transformers would upload only those
+        it wrote itself: no code, no processor, its own ``auto_map``)."""
+        if push_to_hub:
+            push = {key: kwargs.pop(key) for key in PUSH_OPTIONS if key in kwargs}
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            self.save_pretrained(save_directory, **kwargs)
+            if kwargs.get("is_main_process", True):
+                self.push_to_hub(repo_id, **push, max_shard_size=kwargs.get("max_shard_size", "50GB"))
+            return
         shared, main, code_files = self.config, kwargs.get("is_main_process", True), self._extra_code_files()
         self.config = copy.deepcopy(shared)  # a config shared with other models stays as it was
         if any(path.endswith(EXPLANATION_PIPELINE_FILE) for path in code_files):  # labels and explanations in one call
@@ -142,10 +154,11 @@ class BcosPreTrainedModel(PreTrainedModel):
         try:
             if main:
                 os.makedirs(save_directory, exist_ok=True)
-                self._save_processors(save_directory)
+                if not any(os.path.isfile(os.path.join(save_directory, name)) for name in PROCESSOR_FILES):
+                    self._save_processors(save_directory)  # a processor the folder holds is the user's, and kept
                 for path in code_files:
                     shutil.copy(path, save_directory)
-            super().save_pretrained(save_directory, *args, **kwargs)
+            super().save_pretrained(save_directory, **kwargs)
             if main:
                 path = os.path.join(save_directory, "config.json")
                 with open(path) as file:

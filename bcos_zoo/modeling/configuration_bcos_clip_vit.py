@@ -4,6 +4,11 @@ from .configuration_bcos_clip import BcosCLIPConfig, register_vision_config
 from .configuration_bcos_vit import BcosViTConfig
 
 
+# openai/clip-vit-base-patch32's settings, where they differ from BcosViTConfig's defaults
+CLIP_VIT_DEFAULTS = {"patch_size": 32, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072}
+CLIP_VIT_DEFAULTS |= {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "pre_layernorm": True}
+
+
 class BcosCLIPVisionConfig(BcosViTConfig):
     """A :class:`BcosViTConfig` with CLIP's defaults (those of openai/clip-vit-base-patch32: class token, position
     embeddings, pre-LayerNorm, quick-GELU) plus ``projection_dim``, the width of the joint image-text space."""
@@ -11,33 +16,9 @@ class BcosCLIPVisionConfig(BcosViTConfig):
     model_type = "bcos_clip_vision_model"
     base_config_key = "vision_config"
 
-    def __init__(
-        self,
-        image_size: int = 224,
-        patch_size: int = 32,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        intermediate_size: int = 3072,
-        hidden_act: str = "quick_gelu",
-        layer_norm_eps: float = 1e-5,
-        pre_layernorm: bool = True,
-        projection_dim: int = 512,
-        **kwargs,
-    ):
+    def __init__(self, projection_dim: int = 512, **kwargs):
         self.projection_dim = projection_dim
-        super().__init__(
-            image_size=image_size,
-            patch_size=patch_size,
-            hidden_size=hidden_size,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=num_attention_heads,
-            intermediate_size=intermediate_size,
-            hidden_act=hidden_act,
-            layer_norm_eps=layer_norm_eps,
-            pre_layernorm=pre_layernorm,
-            **kwargs,
-        )
+        super().__init__(**{**CLIP_VIT_DEFAULTS, **kwargs})
 
     @property
     def pooled_size(self) -> int:

@@ -59,7 +59,8 @@ def resolve_target(target: int | torch.Tensor | None, logits: torch.Tensor) -> t
     if isinstance(target, str) or isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target):
         raise ValueError(f"target takes class indices, got {target!r}: see model.config.id2label (pipeline: labels=).")
     target = torch.as_tensor(target, device=logits.device)
-    if target.is_floating_point() or target.is_complex():
+    target = target.long() if target.numel() == 0 else target  # [] is float
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ValueError(f"target must be an int or an integer tensor, got dtype {target.dtype}.")
     target = target.long().expand(batch) if target.ndim == 0 else target.long()
     if target.shape != (batch,):

@@ -120,15 +120,13 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
                 raise ValueError("text must be a string or a non-empty list of strings (the prompts to explain).")
             text_embeds = self._encode_prompts(prompts)
         text_embeds = torch.as_tensor(text_embeds).detach()
-        text_embeds = text_embeds[None] if text_embeds.ndim == 1 else text_embeds
-        width = self.visual_projection.out_features
-        if text_embeds.ndim != 2 or text_embeds.shape[1] != width or not text_embeds.is_floating_point():
+        text_embeds = text_embeds.reshape(1, -1) if text_embeds.ndim < 2 else text_embeds
+        width, (rows, *shape) = self.visual_projection.out_features, text_embeds.shape
+        if shape != [width] or rows == 0 or not text_embeds.is_floating_point():
             raise ValueError(
-                f"text_embeds must be a floating-point (K, {width}) tensor, one row per prompt, of the source CLIP "
-                f"model's text embeddings; got {text_embeds.dtype} {tuple(text_embeds.shape)}."
+                f"text_embeds must be a floating-point (K, {width}) tensor, one row per prompt (K >= 1), of the source "
+                f"CLIP model's text embeddings; got {text_embeds.dtype} {tuple(text_embeds.shape)}."
             )
-        if text_embeds.shape[0] == 0:
-            raise ValueError("text_embeds holds no prompt (0 rows); pass at least one.")
         return F.normalize(text_embeds.to(device), dim=-1)
 
     def explain(
@@ -161,8 +159,20 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
             "crop_size": {"height": size, "width": size},
             "do_center_crop": True,
         }
-        settings = self._image_processor.to_dict() if self._image_processor is not None else settings
+        saved = self._from_source("_image_processor", CLIPImageProcessor)
+        settings = saved.to_dict() if saved is not None else settings
         return CLIPImageProcessor(**{**settings, "do_rescale": True, "do_normalize": False})
+
+    def _from_source(self, attribute: str, kind: type):
+        """The source's tokenizer or image processor (set by B-cosification), else the one saved where the model was
+        loaded from, else ``None``."""
+        if getattr(self, attribute) is None and self.name_or_path:
+            try:
+                setattr(self, attribute, kind.from_pretrained(self.name_or_path))  # no remote-code prompt
+            except (OSError, ValueError, KeyError) as error:
+                logger.info(f"No {kind.__name__} could be loaded from {self.name_or_path}: {error}")
+                setattr(self, attribute, False)
+        return getattr(self, attribute) or None
 
 
 class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
@@ -224,13 +234,7 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
     @property
     def tokenizer(self):
         """The CLIP tokenizer ``explain(text=...)`` uses: the source's, or the one saved beside the weights."""
-        if self._tokenizer is None and self.name_or_path:
-            try:
-                self._tokenizer = CLIPTokenizer.from_pretrained(self.name_or_path)  # no remote-code prompt
-            except (OSError, ValueError, KeyError) as error:
-                logger.info(f"No tokenizer could be loaded from {self.name_or_path}: {error}")
-                self._tokenizer = False
-        return self._tokenizer or None
+        return self._from_source("_tokenizer", CLIPTokenizer)
 
     @tokenizer.setter
     def tokenizer(self, tokenizer) -> None:

@@ -83,7 +83,8 @@ class BcosAttentionPool(DynamicModule):
                 "the images (its image processor does), or pass interpolate_pos_encoding=True."
             )
         grid = self.position_embeddings[1:].T.reshape(1, -1, self.grid, self.grid)
-        resized = F.interpolate(grid.float(), size=(height, width), mode="bicubic", align_corners=False)
+        precise = grid.to(torch.promote_types(grid.dtype, torch.float32))  # float64 stays float64
+        resized = F.interpolate(precise, size=(height, width), mode="bicubic", align_corners=False)
         resized = resized.to(grid.dtype).reshape(-1, height * width).T
         return torch.cat([self.position_embeddings[:1], resized])
 

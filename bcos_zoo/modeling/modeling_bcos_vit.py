@@ -43,7 +43,8 @@ def interpolate_position_embeddings(patch_positions: torch.Tensor, grid: int, he
     """Bicubic resampling of (1, grid*grid, D) patch position embeddings to a height x width patch grid."""
     dim = patch_positions.shape[-1]
     square = patch_positions.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
-    resized = F.interpolate(square.float(), size=(height, width), mode="bicubic", align_corners=False)
+    precise = square.to(torch.promote_types(square.dtype, torch.float32))  # float64 stays float64
+    resized = F.interpolate(precise, size=(height, width), mode="bicubic", align_corners=False)
     return resized.to(patch_positions.dtype).permute(0, 2, 3, 1).reshape(1, height * width, dim)
 
 
