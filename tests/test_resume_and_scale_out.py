@@ -34,11 +34,11 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
     return completed
 
 
-def kill_after_first_checkpoint(command: list[str], checkpoint_state) -> None:
-    """Start a run and SIGKILL it as soon as its first checkpoint is completely written."""
+def kill_after_first_checkpoint(command: list[str], last_file) -> None:
+    """Start a run and SIGKILL it as soon as ``last_file`` of its first checkpoint is written."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
     deadline = time.monotonic() + 300
-    while not checkpoint_state.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not last_file.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -54,7 +54,7 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(input
     run(finetune_command(source, data, tmp_path / "straight", *STEPS))
     interrupted = tmp_path / "interrupted"
     command = finetune_command(source, data, interrupted, *STEPS)
-    kill_after_first_checkpoint(command, interrupted / "checkpoints" / "checkpoint-10" / "trainer_state.json")
+    kill_after_first_checkpoint(command, interrupted / "checkpoints" / "checkpoint-10" / "training_time.json")
     assert not (interrupted / "repo").exists()
     run(command + ["--resume"])
 
@@ -67,18 +67,43 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(input
     assert resumed["metrics"]["train_loss"] == pytest.approx(straight["metrics"]["train_loss"], rel=1e-6)
 
 
-def test_resume_skips_a_checkpoint_that_was_cut_off_while_saving(inputs, tmp_path):
+SHORT = ["--max-steps", "20", "--save-steps", "10"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(inputs, tmp_path_factory):
+    """A finished run of 20 steps, with checkpoints at steps 10 and 20."""
     source, data = inputs
+    output = tmp_path_factory.mktemp("finished") / "out"
+    run(finetune_command(source, data, output, *SHORT))
+    return output
+
+
+@pytest.mark.parametrize(
+    "cut_off", ["trainer_state.json missing", "training_time.json missing", "training_time.json empty"]
+)
+def test_resume_skips_a_checkpoint_that_was_cut_off_while_saving_and_counts_the_whole_run_s_time(
+    inputs, finished_run, tmp_path, cut_off
+):
     output = tmp_path / "out"
-    command = finetune_command(source, data, output, "--max-steps", "20", "--save-steps", "10")
-    run(command)
-    # as if killed while saving checkpoint-20: its last file missing, and nothing after it written
-    (output / "checkpoints" / "checkpoint-20" / "trainer_state.json").unlink()
+    shutil.copytree(finished_run, output)
+    # as if killed while saving checkpoint-20 (the Trainer's files first, the training time last), before anything
+    # after it was written
+    name, state = cut_off.split()
+    cut = output / "checkpoints" / "checkpoint-20" / name
+    if state == "empty":
+        cut.write_text("")
+    else:
+        cut.unlink()
     shutil.rmtree(output / "repo")
     (output / "results.json").unlink()
-    completed = run(command + ["--resume"])
+    before = json.loads((output / "checkpoints" / "checkpoint-10" / "training_time.json").read_text())["seconds"]
+
+    completed = run(finetune_command(*inputs, output, *SHORT, "--resume"))
     assert "not completely written" in completed.stderr
     assert "Resuming from" in completed.stdout and completed.stdout.split("Resuming from")[1].split()[0].endswith("-10")
+    # the time up to checkpoint-10 and that of the steps trained since, not only the latter
+    assert json.loads((output / "results.json").read_text())["metrics"]["train_seconds"] > before
 
 
 def test_two_accelerate_processes_train_the_same_model(inputs, tmp_path):

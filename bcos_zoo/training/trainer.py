@@ -92,14 +92,25 @@ class RankReport(TrainerCallback):
 
 class TrainingClock(TrainerCallback):
     """Training time of the whole run, resumes included: each checkpoint records the seconds spent up to it, and a
-    resumed run starts counting from there, so a card never reports only the time since the last resume."""
+    resumed run starts counting from there, so a card never reports only the time since the last resume.
+
+    The record is the last file of a checkpoint (``on_save`` runs after the Trainer has written its own), and it is
+    moved into place whole, so a checkpoint with a readable record is complete (see :meth:`recorded`).
+    """
 
     FILE = "training_time.json"
 
     def __init__(self, resumed_from: str | None = None):
-        path = Path(resumed_from) / self.FILE if resumed_from else None
-        self.before = json.loads(path.read_text())["seconds"] if path is not None and path.is_file() else 0.0
+        self.before = (self.recorded(resumed_from) or 0.0) if resumed_from else 0.0
         self.start = time.perf_counter()
+
+    @classmethod
+    def recorded(cls, checkpoint: str | Path) -> float | None:
+        """The seconds a checkpoint recorded, or ``None`` where the run stopped before its record was written."""
+        try:
+            return float(json.loads((Path(checkpoint) / cls.FILE).read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):  # missing, or cut off by an earlier, non-atomic write
+            return None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
@@ -111,7 +122,9 @@ class TrainingClock(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and args.process_index == 0:
-            (folder / self.FILE).write_text(json.dumps({"seconds": self.seconds}))
+            partial = folder / f".{self.FILE}.partial"
+            partial.write_text(json.dumps({"seconds": self.seconds}))
+            partial.replace(folder / self.FILE)
 
 
 class LogAtCheckpoints(TrainerCallback):

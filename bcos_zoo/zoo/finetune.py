@@ -56,9 +56,11 @@ def end_process_group(trainer) -> None:
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` that was fully written (the Trainer writes ``trainer_state.json`` last).
+    """The newest ``checkpoint-N`` that was fully written: the Trainer writes ``trainer_state.json`` last of its
+    files, and the :class:`TrainingClock` then adds the training time, the checkpoint's last file.
 
-    A run killed while saving leaves a partial folder; resuming from it would fail, so it is skipped.
+    A run killed while saving leaves a partial folder; resuming from it would fail or count the training time from
+    zero, so it is skipped for the one before it (the Trainer keeps two), and its steps are trained again.
     """
     if not checkpoint_dir.is_dir():
         return None
@@ -68,7 +70,7 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
         reverse=True,
     )
     for path in found:
-        if (path / "trainer_state.json").is_file():
+        if (path / "trainer_state.json").is_file() and TrainingClock.recorded(path) is not None:
             return str(path)
         logger.warning(f"Skipping {path.name}: it was not completely written (the run stopped while saving).")
     return None
