@@ -162,19 +162,30 @@ def test_losses():
     )
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("use_reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: BcosResNetForImageClassification(resnet_config()),
+        lambda: BcosDenseNetForImageClassification(densenet_config()),
+        lambda: BcosVGGForImageClassification(vgg_config()),  # its first stage takes the image itself
+    ],
+    ids=["resnet", "densenet", "vgg"],
+)
+def test_gradient_checkpointing_gives_the_same_gradients(make, use_reentrant):
     torch.manual_seed(0)
-    model = BcosResNetForImageClassification(resnet_config()).double().train()
+    model = make().double().train()
     x, labels = torch.rand(4, 3, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model(pixel_values=x, labels=labels).loss.backward()
     plain = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     model.load_state_dict(state)
-    model.activation_checkpointing_enable()
-    assert all(stage.gradient_checkpointing for stage in model.bcos_resnet.encoder.stages)
+    model.activation_checkpointing_enable({"use_reentrant": use_reentrant})
+    assert any(module.gradient_checkpointing for module in model.modules() if hasattr(module, "gradient_checkpointing"))
     model(pixel_values=x, labels=labels).loss.backward()
     for name, param in model.named_parameters():
+        assert param.grad is not None, name
         assert torch.allclose(param.grad, plain[name], rtol=1e-8, atol=1e-12), name
 
 
@@ -235,6 +246,25 @@ def test_centered_batchnorm_is_torch_batchnorm():
         ours.running_var, theirs.running_var
     )
     assert torch.allclose(ours.eval()(x), theirs.eval()(x), atol=1e-6)
+
+
+def test_batchnorm_without_momentum_keeps_the_cumulative_average_as_torch_does():
+    ours, theirs = BcosBatchNorm2d(3, momentum=None).train(), torch.nn.BatchNorm2d(3, momentum=None).train()
+    for scale in (1.0, 2.0, 3.0):
+        x = torch.randn(4, 3, 5, 5) * scale + scale
+        ours(x), theirs(x)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 3
+
+
+def test_batchnorm_refuses_to_train_on_one_value_per_channel_as_torch_does():
+    """A batch of one 1 x 1 feature map has no variance: torch refuses it; dividing by sqrt(eps) would not."""
+    norm = BcosBatchNorm2d(3, centered=False).train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        norm(torch.randn(1, 3, 1, 1))
+    assert torch.equal(norm.running_var, torch.ones(3)) and int(norm.num_batches_tracked) == 0
+    assert norm.eval()(torch.randn(1, 3, 1, 1)).shape == (1, 3, 1, 1)  # evaluation takes it
 
 
 def test_saved_model_reloads_identically(tmp_path):

@@ -17,10 +17,10 @@ from .fast_paths import square_conv_norm_act, use_fast_path
 class BcosBatchNorm2d(DynamicModule):
     """BatchNorm whose batch statistics are dynamic factors in training, detached in explanation mode so that each
     image's explanation depends on that image alone. ``centered=False`` is the B-cos form without constants,
-    ``x / sqrt(var + eps) * weight``. Running statistics update as in ``nn.BatchNorm2d``, except while a
-    checkpointed stage replays its forward."""
+    ``x / sqrt(var + eps) * weight``. Running statistics update as in ``nn.BatchNorm2d`` (``momentum=None``: their
+    cumulative average), except while a checkpointed stage replays its forward or with ``momentum=0`` (frozen)."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, centered: bool = True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, centered: bool = True):
         super().__init__()
         self.num_features, self.eps, self.momentum, self.centered = num_features, eps, momentum, centered
         self.counts_batches = True  # False while a checkpointed stage replays a batch it has counted already
@@ -34,14 +34,17 @@ class BcosBatchNorm2d(DynamicModule):
         """The running variance and mean in evaluation, else the batch's (updating the running ones)."""
         if not self.training:
             return self.running_var, self.running_mean
+        count = x.numel() // x.shape[1]
+        if count == 1:
+            raise ValueError(f"BatchNorm in training needs more than 1 value per channel, got input size {x.shape}.")
         var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-        if self.counts_batches and self.momentum:  # momentum 0: the running statistics are frozen
-            count = x.numel() // x.shape[1]
+        if self.counts_batches and self.momentum != 0:  # momentum 0: the running statistics are frozen
             with torch.no_grad():
-                self.running_var.lerp_((var * (count / max(count - 1, 1))).to(self.running_var.dtype), self.momentum)
-                if self.centered:
-                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
                 self.num_batches_tracked.add_(1)
+                weight = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
+                self.running_var.lerp_((var * (count / (count - 1))).to(self.running_var.dtype), weight)
+                if self.centered:
+                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), weight)
         return self.dynamic(var), self.dynamic(mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

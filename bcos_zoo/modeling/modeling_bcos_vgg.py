@@ -71,6 +71,8 @@ class BcosVGGModel(BcosCNNModel, BcosVGGPreTrainedModel):
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         """The backbone on an already ``[x, 1 - x]``-encoded image (what explanations differentiate)."""
         hidden_state, hidden_states = encoded, ()
+        if self.stages[0].gradient_checkpointing and self.training and not encoded.requires_grad:
+            hidden_state = encoded.requires_grad_()  # else reentrant checkpointing leaves the first stage untrained
         for stage in self.stages:
             hidden_state = stage(hidden_state)
             hidden_states += (hidden_state,)
