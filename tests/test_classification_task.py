@@ -141,3 +141,79 @@ def test_standard_training_gives_a_source_with_other_classes_a_new_head_for_the_
             torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0, msg=name)
     with torch.no_grad():
         assert model.eval()(pixel_values=torch.rand(1, 3, 32, 32)).logits.shape == (1, 2)
+
+
+def test_the_standard_source_is_measured_on_the_data_classes_matched_by_name(tmp_path):
+    from huggingface_hub import ModelCard
+    from training_testing import make_image_folder
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from bcos_zoo.data.datasets import load_dataset_splits
+    from bcos_zoo.zoo.finetune import finetune
+
+    data = make_image_folder(tmp_path / "data")
+    architecture = dict(model_type="vit", image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1)
+    standard = Recipe(
+        name="standard",
+        source="scratch",
+        dataset=str(data),
+        hub_model_id="org/standard",
+        task="standard-classification",
+        architecture=dict(architecture, num_attention_heads=2, intermediate_size=32),
+        max_steps=20,
+        batch_size=8,
+        save_steps=100,
+        learning_rate=3e-3,
+        agc_clip=0.0,
+    )
+    trained = finetune(standard, tmp_path / "standard", device="cpu").repo_dir
+    # the same classifier with its classes numbered otherwise: red, blue, green instead of the folders' blue, green, red
+    source = AutoModelForImageClassification.from_pretrained(trained)
+    order = [2, 0, 1]
+    with torch.no_grad():
+        source.classifier.weight.copy_(source.classifier.weight[order])
+        source.classifier.bias.copy_(source.classifier.bias[order])
+    source.config.id2label = {new: source.config.id2label[old] for new, old in enumerate(order)}
+    source.config.label2id = {name: index for index, name in source.config.id2label.items()}
+    source.save_pretrained(tmp_path / "renumbered")
+    processor = AutoImageProcessor.from_pretrained(trained)
+    processor.save_pretrained(tmp_path / "renumbered")
+
+    splits = load_dataset_splits(str(data))
+    images, labels = zip(*splits.validation)
+    with torch.no_grad():
+        predicted = source.eval()(**processor(list(images), return_tensors="pt")).logits.argmax(dim=1).tolist()
+    by_name = sum(source.config.id2label[p] == splits.class_names[y] for p, y in zip(predicted, labels)) / len(labels)
+    by_index = sum(p == y for p, y in zip(predicted, labels)) / len(labels)
+    assert by_name != by_index  # the run would tell them apart
+
+    run = Recipe(name="b", source=str(tmp_path / "renumbered"), dataset=str(data), hub_model_id="org/b", max_steps=1)
+    result = finetune(run, tmp_path / "bcos", device="cpu")
+    assert result.metrics["source_accuracy"] == pytest.approx(by_name)
+    card = ModelCard.load(result.repo_dir / "README.md").text
+    assert f"(standard source) | {100 * by_name:.2f}% |" in card
+
+
+@pytest.mark.parametrize(
+    ("source_classes", "reason"),
+    [
+        (["a", "b", "c"], "its classes ['a', 'b', 'c'] are not the data's ['blue', 'green', 'red']"),
+        (["blue", "green", "red", "white"], "it has 4 classes and the data 3"),
+    ],
+)
+def test_a_source_of_other_classes_is_left_out_of_the_results_with_the_reason(tmp_path, source_classes, reason):
+    from huggingface_hub import ModelCard
+    from training_testing import make_image_folder
+
+    from bcos_zoo.zoo.finetune import finetune
+
+    model = hf_vit(labels=len(source_classes))
+    model.config.id2label = dict(enumerate(source_classes))
+    save_hf_source(model, tmp_path / "source", (0.5,) * 3, (0.5,) * 3)
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    run = Recipe(name="b", source=str(tmp_path / "source"), dataset=str(data), hub_model_id="org/b", max_steps=1)
+    result = finetune(run, tmp_path / "out", device="cpu")
+    assert "source_accuracy" not in result.metrics and result.metrics["source_not_measured"] == reason
+    card = ModelCard.load(result.repo_dir / "README.md").text
+    assert "(standard source) |" not in card
+    assert f"The standard source is not in the table: {reason}." in card

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, Trainer, T
 
 from ..data.datasets import DatasetSplits
 from ..evaluation.localisation import bcos_classifier, predict
+from ..evaluation.report import _shown, for_model
 from ..families import bcos_classifier_class
 from ..modeling import BcosViTConfig
 from ..ports import is_bcos_source, load_bcos_source
@@ -59,11 +60,23 @@ def accuracy_metrics(eval_prediction) -> dict[str, float]:
     return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == labels))}
 
 
-def classification_accuracy(model: nn.Module, eval_dataset: Dataset, batch_size: int) -> float:
-    """Top-1 accuracy of ``model`` on ``eval_dataset``'s images, seen through its transform."""
+def classification_accuracy(
+    model: nn.Module, eval_dataset: Dataset, batch_size: int, pairs: Dataset | None = None
+) -> float:
+    """Top-1 accuracy of ``model`` on ``eval_dataset``'s images, seen through its transform (``pairs``: the same
+    images labelled as ``model`` numbers the classes, when it numbers them otherwise than the data)."""
     device = next(model.parameters()).device
     classify = bcos_classifier(model.to(device).eval())
-    return predict(classify, eval_dataset.pairs, eval_dataset.transform, batch_size, device).accuracy()
+    pairs = eval_dataset.pairs if pairs is None else pairs
+    return predict(classify, pairs, eval_dataset.transform, batch_size, device).accuracy()
+
+
+def unmatched_classes(id2label: dict, class_names: list[str]) -> str:
+    """Why a model's classes cannot be matched with the data's, in words for a model card."""
+    names = [str(id2label[index]) for index in range(len(id2label))]
+    if len(names) != len(class_names):
+        return f"it has {len(names)} classes and the data {len(class_names)}"
+    return f"its classes {_shown(names)} are not the data's {_shown(class_names)}"
 
 
 class BcosClassification(Task):
@@ -106,12 +119,24 @@ class BcosClassification(Task):
     def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
         return Trainer(model=model, args=arguments, compute_metrics=accuracy_metrics, **common)
 
-    def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset: Dataset) -> dict[str, float]:
-        """Accuracy of the trained model and of its standard source, on the same pixels."""
-        metrics = {"accuracy": classification_accuracy(model, eval_dataset, self.recipe.batch_size)}
+    def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset: Dataset) -> dict[str, float | str]:
+        """Accuracy of the trained model and of its standard source, on the same pixels.
+
+        The source is measured only when it scores the data's classes, matched by name (in any order) as the
+        evaluation matches them (:func:`~bcos_zoo.evaluation.report.class_order`): a count alone would score a source
+        whose classes sort otherwise against the wrong labels. Otherwise ``source_not_measured`` says why."""
+        metrics: dict[str, float | str] = {
+            "accuracy": classification_accuracy(model, eval_dataset, self.recipe.batch_size)
+        }
         source = self.source_model()
-        if source is not None and source.config.num_labels == len(data.class_names):
-            metrics["source_accuracy"] = classification_accuracy(source, eval_dataset, self.recipe.batch_size)
+        if source is None:
+            return metrics
+        try:
+            pairs = for_model("the standard source", source.config, eval_dataset.pairs, data.class_names)
+        except ValueError:
+            metrics["source_not_measured"] = unmatched_classes(source.config.id2label, data.class_names)
+            return metrics
+        metrics["source_accuracy"] = classification_accuracy(source, eval_dataset, self.recipe.batch_size, pairs)
         return metrics
 
     def explain_examples(self, model, data, pixel_values):

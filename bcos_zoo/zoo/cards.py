@@ -65,10 +65,11 @@ def render_model_card(
     """The card of a trained model: metadata, usage, results, training, how to reproduce it, citations.
 
     ``fields`` are the task's (its headline metric, pipeline, objective, tags); ``metrics`` holds that metric and,
-    when measured, ``source_<metric>`` for the standard source, and optionally ``embedding_cosine``. ``evaluated``
-    is how many of ``data``'s evaluation images were measured. ``config``, the trained model's, names the model
-    family and gives B and the biases as the model has them (the recipe's apply only to B-cosification: a B-cos
-    checkpoint, ``continued``, keeps its own, and a model from scratch takes its biases from its architecture).
+    when measured, ``source_<metric>`` for the standard source (else, where there is one, ``source_not_measured``
+    says why), and optionally ``embedding_cosine``. ``evaluated`` is how many of ``data``'s evaluation images were
+    measured. ``config``, the trained model's, names the model family and gives B and the biases as the model has
+    them (the recipe's apply only to B-cosification: a B-cos checkpoint, ``continued``, keeps its own, and a model
+    from scratch takes its biases from its architecture).
     """
     model_type = config.model_type if config is not None else "bcos_vit"
     settings = getattr(config, "vision_config", config)  # CLIP: the image tower is the B-cos part
@@ -150,6 +151,7 @@ def render_model_card(
         metric_label=metric_label,
         evaluation=evaluation,
         results=results,
+        source_not_measured=metrics.get("source_not_measured") if fields.bcos else None,
         training_summary=training_summary,
         hyperparameters=hyperparameters,
         command=recipe_command(recipe),
