@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bcos_zoo.data.datasets import FileImages, image_folder, load_dataset_splits
+from bcos_zoo.data.datasets import FileImages, image_folder, limit, load_dataset_splits
 
 
 def save_images(folder: Path, count: int = 3) -> None:
@@ -128,3 +128,26 @@ def test_a_class_named_with_underscores_is_a_class(tmp_path):
     save_images(tmp_path / "__background__")
     save_images(tmp_path / "cat")
     assert image_folder(tmp_path).class_names == ["__background__", "cat"]
+
+
+def test_a_limited_split_of_a_folder_sorted_by_class_draws_from_every_class(tmp_path):
+    for name in ("cat", "dog", "fox"):
+        save_images(tmp_path / "train" / name, count=12)
+        save_images(tmp_path / "validation" / name, count=4)
+    data = image_folder(tmp_path)
+    for split, count in ((data.train, 12), (data.validation, 4)):
+        labels = [split[index][1] for index in range(len(split))]
+        assert labels == sorted(labels)  # files in path order: the first `count` would be the cats alone
+        chosen = limit(split, count)
+        assert len(chosen) == count and {label for _, label in chosen} == {0, 1, 2}
+
+
+def test_a_limited_split_is_the_same_draw_each_time_and_grows_by_adding_items(tmp_path):
+    save_images(tmp_path / "cat", count=20)
+    save_images(tmp_path / "dog", count=20)
+    everything = image_folder(tmp_path, validation_fraction=0.5).train
+    small, again, large = limit(everything, 5), limit(everything, 5), limit(everything, 12)
+    assert small.indices == again.indices == sorted(small.indices)
+    assert set(small.indices) < set(large.indices)
+    assert limit(everything, 5, seed=1).indices != small.indices
+    assert limit(everything, None) is everything and limit(everything, len(everything)) is everything

@@ -340,6 +340,15 @@ def load_dataset_splits(spec: str, image_column: str = "image", label_column: st
     return hub_dataset(spec, image_column, label_column)
 
 
-def limit(dataset: Dataset, count: int | None) -> Dataset:
-    """The first ``count`` items (all when ``count`` is None): for quick runs and tests."""
-    return dataset if count is None or count >= len(dataset) else Subset(dataset, range(count))
+def limit(dataset: Dataset, count: int | None, seed: int = 0) -> Dataset:
+    """``count`` items drawn with ``seed`` (all when ``count`` is None), in the dataset's order: for quick runs.
+
+    A draw rather than the first ``count``, which in a folder sorted by class would be one class. It does not
+    depend on a run's seed, so everything that limits a split to the same count (a run's training and evaluation,
+    a reproduction's accuracy before training, the evaluation harness) sees the same items, and a larger count
+    keeps a smaller one's items.
+    """
+    if count is None or count >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, sorted(order[:count].tolist()))
