@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from test_conformance_outputs import build, call, images
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
 
 AUTO = {
@@ -103,3 +104,15 @@ def test_a_processor_saved_in_the_folder_first_is_kept(kind, tmp_path):
     model.save_pretrained(tmp_path / "fresh")
     assert AutoImageProcessor.from_pretrained(tmp_path / "mine").to_dict() == mine.to_dict()
     assert AutoImageProcessor.from_pretrained(tmp_path / "fresh").to_dict() == model.default_image_processor().to_dict()
+
+
+def test_the_feature_extraction_pipeline_on_a_classifier_s_base_model_gives_its_backbone_features(tmp_path):
+    """``AutoModel`` loads a saved classifier as the classifier (logits); its ``base_model`` gives the features."""
+    build("classifier").save_pretrained(tmp_path)
+    model = AutoModel.from_pretrained(tmp_path).eval()
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    extract = pipeline("image-feature-extraction", model=model.base_model, image_processor=processor)
+    image = Image.fromarray((torch.rand(20, 30, 3) * 255).byte().numpy())
+    with torch.no_grad():
+        expected = model.base_model(pixel_values=processor(image, return_tensors="pt").pixel_values).pooler_output
+    torch.testing.assert_close(extract(image, return_tensors=True, pool=True), expected)
