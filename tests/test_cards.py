@@ -134,3 +134,38 @@ def test_reproduce_command_shows_no_absolute_local_path(tmp_path):
     recipe = Recipe(name="mine", source=str(tmp_path / "source"), dataset="./images", hub_model_id="me/mine")
     command = recipe_command(recipe)
     assert str(tmp_path) not in command and "<folder source>" in command and "./images" in command
+
+
+def card_command(card: str) -> str:
+    return card.split("Reproduce with `")[1].split("`")[0]
+
+
+def test_card_states_the_processes_and_the_global_batch_and_launches_as_many():
+    recipe = RECIPES["bcos-vit-fashion-mnist"].with_overrides(batch_size=4, gradient_accumulation_steps=3)
+    card = render_model_card(recipe, TASKS["classification"].card, "org/m", {}, fashion_like(), 10, processes=2).text
+    for row in ("processes (data-parallel) | 2", "batch size (per process) | 4", "gradient accumulation steps | 3"):
+        assert f"| {row} |" in card
+    assert "| global batch size | 24 |" in card  # 2 processes x 4 images x 3 accumulated steps
+    command = shlex.split(card_command(card))
+    assert command[:4] == ["accelerate", "launch", "--num_processes", "2"] and command[4] == "scripts/finetune.py"
+    assert finetune_script.recipe_from_args(finetune_script.parse_args(command[5:])) == recipe
+    single = render_model_card(recipe, TASKS["classification"].card, "org/m", {}, fashion_like(), 10, processes=1)
+    assert card_command(single.text) == recipe_command(recipe) and "| global batch size | 12 |" in single.text
+
+
+@pytest.mark.subprocess
+def test_the_card_of_a_two_process_run_says_so_and_launches_two(tmp_path):
+    import subprocess
+
+    from training_testing import child_env, finetune_command, make_vit_source
+
+    output = tmp_path / "ddp"
+    source, data = make_vit_source(tmp_path / "source"), make_image_folder(tmp_path / "data", per_class=4)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command = finetune_command(source, data, output, "--max-steps", "1", "--save-steps", "1", "--batch-size", "2")
+    completed = subprocess.run(launcher + command[1:], capture_output=True, text=True, env=child_env(), timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    card = (output / "repo" / "README.md").read_text()
+    assert "| processes (data-parallel) | 2 |" in card and "| global batch size | 4 |" in card
+    assert card_command(card).startswith("accelerate launch --num_processes 2 scripts/finetune.py ")

@@ -51,6 +51,22 @@ def evaluation_description(split: str, evaluated: int, available: int, held_out:
     return f"{split} split, {evaluated:,} images"
 
 
+def training_processes() -> int:
+    """How many processes trained the model in this one: accelerate's count, which the ``Trainer`` set up (``accelerate
+    launch --num_processes N`` makes it N); 1 where no ``Trainer`` ran."""
+    from accelerate.state import AcceleratorState, is_initialized
+
+    return AcceleratorState().num_processes if is_initialized() else 1
+
+
+def launch_command(command: str, processes: int) -> str:
+    """``command`` (``python scripts/...``) as ``accelerate launch`` runs it on ``processes`` processes, when more than
+    one: the batch size is per process, so one process would train with a smaller global batch."""
+    if processes <= 1:
+        return command
+    return f"accelerate launch --num_processes {processes} {command.removeprefix('python ')}"
+
+
 def render_model_card(
     recipe: Recipe,
     fields: "CardFields",
@@ -61,6 +77,7 @@ def render_model_card(
     example_image: str = "",
     config: "PretrainedConfig | None" = None,
     continued: bool = False,
+    processes: int | None = None,
 ) -> ModelCard:
     """The card of a trained model: metadata, usage, results, training, how to reproduce it, citations.
 
@@ -69,8 +86,11 @@ def render_model_card(
     says why), and optionally ``embedding_cosine``. ``evaluated`` is how many of ``data``'s evaluation images were
     measured. ``config``, the trained model's, names the model family and gives B and the biases as the model has
     them (the recipe's apply only to B-cosification: a B-cos checkpoint, ``continued``, keeps its own, and a model
-    from scratch takes its biases from its architecture).
+    from scratch takes its biases from its architecture). ``processes`` trained it data-parallel (by default, as
+    many as trained in this process's run: :func:`training_processes`); the card states them with the global batch,
+    and its command launches as many.
     """
+    processes = training_processes() if processes is None else processes
     model_type = config.model_type if config is not None else "bcos_vit"
     settings = getattr(config, "vision_config", config)  # CLIP: the image tower is the B-cos part
     b = getattr(settings, "b", recipe.b)
@@ -123,7 +143,10 @@ def render_model_card(
         "optimiser": "Adam (decoupled weight decay)",
         "learning rate": recipe.learning_rate,
         "schedule": f"cosine, linear warm-up over {recipe.warmup_ratio:.0%} of steps",
-        "batch size (per device)": recipe.batch_size,
+        "processes (data-parallel)": processes,
+        "batch size (per process)": recipe.batch_size,
+        "gradient accumulation steps": recipe.gradient_accumulation_steps,
+        "global batch size": processes * recipe.batch_size * recipe.gradient_accumulation_steps,
         "epochs" if recipe.max_steps <= 0 else "steps": recipe.epochs if recipe.max_steps <= 0 else recipe.max_steps,
         "weight decay": recipe.weight_decay,
         "gradient clipping": f"adaptive, {recipe.agc_clip}" if recipe.agc_clip else "global norm 1.0",
@@ -154,7 +177,7 @@ def render_model_card(
         source_not_measured=metrics.get("source_not_measured") if fields.bcos else None,
         training_summary=training_summary,
         hyperparameters=hyperparameters,
-        command=recipe_command(recipe),
+        command=launch_command(recipe_command(recipe), processes),
     )
 
 
