@@ -151,3 +151,32 @@ def test_a_limited_split_is_the_same_draw_each_time_and_grows_by_adding_items(tm
     assert set(small.indices) < set(large.indices)
     assert limit(everything, 5, seed=1).indices != small.indices
     assert limit(everything, None) is everything and limit(everything, len(everything)) is everything
+
+
+def broken_image_message(folder: Path) -> str:
+    """The error of reading the one unreadable file, ``cat/broken.png``, of a folder dataset's splits."""
+    (folder / "cat" / "broken.png").write_bytes(b"plain text")
+    data = image_folder(folder.parent if folder.name == "train" else folder)
+    for split in (data.train, data.validation):
+        for index in range(len(split)):
+            try:
+                split[index]
+            except ValueError as error:
+                return str(error)
+    raise AssertionError("the broken file was read")
+
+
+def test_an_unreadable_file_of_a_folder_whose_evaluation_images_are_held_out_is_to_be_replaced_not_removed(tmp_path):
+    save_images(tmp_path / "cat")
+    save_images(tmp_path / "dog")
+    message = broken_image_message(tmp_path)
+    assert "Replace it with a readable image of the same name" in message and "Remove" not in message
+    assert "held out for evaluation" in message and "new --output-dir" in message
+
+
+def test_an_unreadable_file_of_a_train_folder_beside_a_validation_folder_may_be_removed(tmp_path):
+    save_images(tmp_path / "train" / "cat")
+    save_images(tmp_path / "train" / "dog")
+    save_images(tmp_path / "validation" / "cat", count=1)
+    message = broken_image_message(tmp_path / "train")
+    assert "Remove or replace it" in message and "--resume" in message

@@ -7,6 +7,7 @@ by :mod:`bcos_zoo.data.preprocessing`, the one path from an image to a model's p
 """
 
 import gzip
+import hashlib
 import os
 import random
 import struct
@@ -51,6 +52,9 @@ class DatasetSplits:
     name: str  # what the model card cites: a Hub dataset id where one exists
     evaluation_split: str = "validation"  # the split the evaluation images come from, as the Hub names it
     held_out: float = 0.0  # the seeded fraction of that split held out for evaluation (0: the whole split)
+    # a folder's held-out split is a seeded share of all its files, so it depends on which files there are: a digest
+    # of their relative paths, for a resumed run to check that the folder still holds the files it started with
+    held_out_from: str | None = None
 
 
 class ArrayImages(Dataset):
@@ -69,10 +73,11 @@ class ArrayImages(Dataset):
 
 
 class FileImages(Dataset):
-    """Image files with their labels, opened lazily (upright, RGB)."""
+    """Image files with their labels, opened lazily (upright, RGB). ``held_out``: the evaluation images are a seeded
+    share of these files, which removing one would reshuffle (an unreadable file is then to be replaced)."""
 
-    def __init__(self, files: Sequence[Path], labels: Sequence[int]):
-        self.files, self.labels = list(files), list(labels)
+    def __init__(self, files: Sequence[Path], labels: Sequence[int], held_out: bool = False):
+        self.files, self.labels, self.held_out = list(files), list(labels), held_out
 
     def __len__(self) -> int:
         return len(self.files)
@@ -81,10 +86,14 @@ class FileImages(Dataset):
         try:
             image = load_image(self.files[index])
         except (OSError, Image.DecompressionBombError) as error:  # not an image, truncated, unreadable, too large
-            raise ValueError(
-                f"{self.files[index]} could not be read as an image ({error}). Remove or replace it; a training run "
-                "then continues from its last checkpoint with --resume."
-            ) from None
+            fix = (
+                "Replace it with a readable image of the same name, and a training run continues from its last "
+                "checkpoint with --resume; removing it changes which images are held out for evaluation (a seeded "
+                "share of all the files), so a run without it starts afresh in a new --output-dir."
+                if self.held_out
+                else "Remove or replace it; a training run then continues from its last checkpoint with --resume."
+            )
+            raise ValueError(f"{self.files[index]} could not be read as an image ({error}). {fix}") from None
         return image, self.labels[index]
 
 
@@ -262,15 +271,25 @@ def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) ->
                 f"{train_dir} instead."
             )
         train = FileImages(files, labels)
-        split, fraction = val_dir.name, 0.0
+        split, fraction, digest = val_dir.name, 0.0, None
     else:
         split, fraction = "train", validation_fraction  # a folder of class folders is one split, "train" on the Hub
-        everything = FileImages(files, labels)
+        everything = FileImages(files, labels, held_out=True)
         order = torch.randperm(len(everything), generator=torch.Generator().manual_seed(seed)).tolist()
         held_out = max(1, round(validation_fraction * len(order)))
         train, validation = Subset(everything, order[held_out:]), Subset(everything, order[:held_out])
+        names = sorted(path.relative_to(base).as_posix() for path in files)
+        digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
     name = Path(os.path.abspath(root)).name  # "." and "data/.." name the folder they stand for
-    return DatasetSplits(train, validation, class_names, name, evaluation_split=split, held_out=fraction)
+    return DatasetSplits(
+        train,
+        validation,
+        class_names,
+        name,
+        evaluation_split=split,
+        held_out=fraction,
+        held_out_from=digest,
+    )
 
 
 def hub_dataset(

@@ -3,7 +3,8 @@
 The steps are the same for every training task; what depends on the task (model, data transforms, ``Trainer``,
 evaluation, example pictures, card) is asked of the recipe's :class:`~bcos_zoo.training.task.Task`.
 
-The output folder holds ``recipe.json`` (written as training starts, for ``resume`` to check), ``checkpoints/``
+The output folder holds ``recipe.json`` (written as training starts, for ``resume`` to check; beside it
+``held_out_from.json`` where the evaluation images are held out of a folder's files), ``checkpoints/``
 (the Trainer's, for ``resume``), ``ranks/`` (one report per process), ``results.json`` and ``repo/``: the exact
 tree that is uploaded (weights as safetensors, config, remote code, processor, model card and example
 explanations). ``scripts/finetune.py`` is the command-line face of :func:`finetune`.
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, set_seed
 
-from ..data.datasets import dataset_needs_hub, limit, looks_like_path
+from ..data.datasets import DatasetSplits, dataset_needs_hub, limit, looks_like_path
 from ..ports import bcos_source_entry, is_bcos_source
 from ..training import get_task
 from ..training.recipe import recipe_record, training_differences
@@ -157,7 +158,7 @@ def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
 
 
 # everything a run writes into its --output-dir
-RUN_OUTPUTS = ("checkpoints", "repo", "ranks", "results.json", "recipe.json")
+RUN_OUTPUTS = ("checkpoints", "repo", "ranks", "results.json", "recipe.json", "held_out_from.json")
 
 
 def check_output_dir(output_dir: Path, dataset: str | None = None) -> None:
@@ -246,6 +247,35 @@ def write_recipe(output_dir: Path, recipe: Recipe) -> None:
     partial.replace(output_dir / "recipe.json")
 
 
+def check_same_files(output_dir: Path, recipe: Recipe, data: DatasetSplits) -> None:
+    """Refuse to resume a run on a folder whose evaluation images are held out of it, when its files are not those
+    the run started with (``held_out_from.json``): the seeded share held out would be another one, and the resumed
+    run would evaluate on images it trained on."""
+    stored = output_dir / "held_out_from.json"
+    if not stored.is_file():
+        return
+    record = json.loads(stored.read_text())
+    if record["sha256"] != data.held_out_from:
+        now = len(data.train) + len(data.validation)
+        raise ValueError(
+            f"--resume: the files of --dataset {recipe.dataset} changed since the run started ({record['files']} "
+            f"images then, {now} now; see {stored}), and its evaluation images are a seeded share of all of them, so "
+            "the resumed run would evaluate on images it trained on: put the folder back as it was (replace an "
+            "unreadable image by a readable one of the same name), or start a fresh --output-dir. Nothing was changed."
+        )
+
+
+def write_held_out_from(output_dir: Path, data: DatasetSplits) -> None:
+    """``held_out_from.json``, beside ``recipe.json``, for a folder whose evaluation images are held out of its files
+    (see :func:`check_same_files`); moved in place whole, as ``recipe.json`` is."""
+    if data.held_out_from is None:
+        return
+    partial = output_dir / f".held_out_from.json.{os.getpid()}"
+    record = {"sha256": data.held_out_from, "files": len(data.train) + len(data.validation)}
+    partial.write_text(json.dumps(record, indent=2))
+    partial.replace(output_dir / "held_out_from.json")
+
+
 def finished_results(output_dir: Path) -> dict | None:
     """``results.json`` of a run that ended (it is written after ``repo/``), else ``None``."""
     results = output_dir / "results.json"
@@ -331,6 +361,8 @@ def finetune(
 
     set_seed(recipe.seed)
     data = task.load_data()
+    if resume:
+        check_same_files(output_dir, recipe, data)
     model = task.build_model(data.class_names)
     train_dataset = task.dataset(
         limit(data.train, recipe.max_train_samples), task.train_transform(model), seed=recipe.seed
@@ -354,6 +386,7 @@ def finetune(
         if missing is not None:
             trainer.add_callback(RestoreEvaluation({**trainer.evaluate(), **missing}))
     write_recipe(output_dir, recipe)  # before the first checkpoint; a run stopped earlier leaves nothing to resume
+    write_held_out_from(output_dir, data)
     train_output = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
     train_seconds = clock.seconds
     end_process_group(trainer)
