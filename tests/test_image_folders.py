@@ -130,27 +130,20 @@ def test_a_class_named_with_underscores_is_a_class(tmp_path):
     assert image_folder(tmp_path).class_names == ["__background__", "cat"]
 
 
-def test_a_limited_split_of_a_folder_sorted_by_class_draws_from_every_class(tmp_path):
+def test_a_folder_with_a_validation_folder_holds_its_images_in_a_seeded_mixed_order(tmp_path):
+    """Files sorted by path would be sorted by class: the first N (--max-train-samples, --max-eval-samples) would be
+    one class. Each split holds its files in an order drawn with a fixed seed, the same every time."""
     for name in ("cat", "dog", "fox"):
         save_images(tmp_path / "train" / name, count=12)
         save_images(tmp_path / "validation" / name, count=4)
-    data = image_folder(tmp_path)
+    data, again = image_folder(tmp_path), image_folder(tmp_path)
     for split, count in ((data.train, 12), (data.validation, 4)):
-        labels = [split[index][1] for index in range(len(split))]
-        assert labels == sorted(labels)  # files in path order: the first `count` would be the cats alone
-        chosen = limit(split, count)
-        assert len(chosen) == count and {label for _, label in chosen} == {0, 1, 2}
-
-
-def test_a_limited_split_is_the_same_draw_each_time_and_grows_by_adding_items(tmp_path):
-    save_images(tmp_path / "cat", count=20)
-    save_images(tmp_path / "dog", count=20)
-    everything = image_folder(tmp_path, validation_fraction=0.5).train
-    small, again, large = limit(everything, 5), limit(everything, 5), limit(everything, 12)
-    assert small.indices == again.indices == sorted(small.indices)
-    assert set(small.indices) < set(large.indices)
-    assert limit(everything, 5, seed=1).indices != small.indices
-    assert limit(everything, None) is everything and limit(everything, len(everything)) is everything
+        assert sorted(split.files) == sorted(Path(tmp_path, split.files[0]).parent.parent.rglob("*.png"))
+        assert {label for _, label in limit(split, count)} == {0, 1, 2}
+        assert all(
+            split.labels[i] == ["cat", "dog", "fox"].index(split.files[i].parent.name) for i in range(len(split))
+        )
+    assert data.train.files == again.train.files and data.validation.files == again.validation.files
 
 
 def broken_image_message(folder: Path) -> str:

@@ -212,6 +212,13 @@ def _class_files(folder: Path, class_names: list[str]) -> tuple[list[Path], list
     return files, labels
 
 
+def _mixed(files: list[Path], labels: list[int], seed: int = 0) -> tuple[list[Path], list[int]]:
+    """The files in an order drawn with a fixed seed. In path order they are sorted by class, and the first N
+    (``--max-train-samples``, ``--max-eval-samples``) would be one class."""
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [files[index] for index in order], [labels[index] for index in order]
+
+
 def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
     """``root/train`` and ``root/validation`` (or their other names) when ``root`` is split, else ``(None, None)``.
 
@@ -263,14 +270,14 @@ def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) ->
                 f"{val_dir} has class folders that {train_dir} lacks: {unknown}; the classes are {class_names}. "
                 "Rename or remove them (folder names are case-sensitive)."
             )
-        validation = FileImages(*_class_files(val_dir, class_names))
+        validation = FileImages(*_mixed(*_class_files(val_dir, class_names)))
         if not len(validation):  # an unlabeled test set, or an empty folder: nothing to measure accuracy on
             raise ValueError(
                 f"{val_dir} holds no images in class folders; expected images in {val_dir}/<class>/ for classes "
                 f"{class_names}. Sort them into class folders, or remove {val_dir} to hold out a share of "
                 f"{train_dir} instead."
             )
-        train = FileImages(files, labels)
+        train = FileImages(*_mixed(files, labels))
         split, fraction, digest = val_dir.name, 0.0, None
     else:
         split, fraction = "train", validation_fraction  # a folder of class folders is one split, "train" on the Hub
@@ -359,15 +366,6 @@ def load_dataset_splits(spec: str, image_column: str = "image", label_column: st
     return hub_dataset(spec, image_column, label_column)
 
 
-def limit(dataset: Dataset, count: int | None, seed: int = 0) -> Dataset:
-    """``count`` items drawn with ``seed`` (all when ``count`` is None), in the dataset's order: for quick runs.
-
-    A draw rather than the first ``count``, which in a folder sorted by class would be one class. It does not
-    depend on a run's seed, so everything that limits a split to the same count (a run's training and evaluation,
-    a reproduction's accuracy before training, the evaluation harness) sees the same items, and a larger count
-    keeps a smaller one's items.
-    """
-    if count is None or count >= len(dataset):
-        return dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    return Subset(dataset, sorted(order[:count].tolist()))
+def limit(dataset: Dataset, count: int | None) -> Dataset:
+    """The first ``count`` items (all when ``count`` is None): for quick runs and tests."""
+    return dataset if count is None or count >= len(dataset) else Subset(dataset, range(count))
