@@ -318,3 +318,66 @@ def test_frozen_running_statistics_leave_every_batch_norm_alone():
     model(pixel_values=torch.rand(4, 3, 16, 16, dtype=torch.float64))
     changed = [name for name, buffer in model.named_buffers() if not torch.equal(buffer, before[name])]
     assert all(name in changed for name in before if name.endswith("running_var"))  # counting again afterwards
+
+
+def per_token_contributions(model, pixels, target, layer) -> torch.Tensor:
+    """(N, T) contributions ``a * dy/da`` of each token of ``layer`` to the target logit, in explanation mode."""
+    from bcos_zoo.modeling.bcos_layers import explanation_mode
+
+    captured = []
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, output: captured.append(output))
+    with explanation_mode(model):
+        logits = model(pixel_values=pixels).logits
+    handle.remove()
+    (gradient,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), captured[0])
+    return (captured[0] * gradient).sum(dim=2).detach()
+
+
+def simple_vit(**overrides):
+    from bcos_zoo import BcosSimpleViTConfig, BcosSimpleViTForImageClassification
+
+    torch.manual_seed(0)
+    fields = dict(image_size=32, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=48)
+    return BcosSimpleViTForImageClassification(BcosSimpleViTConfig(**fields, num_labels=4, **overrides)).eval()
+
+
+@pytest.mark.parametrize(
+    ("make", "layer", "size", "leading", "grid"),
+    [
+        # a simple ViT at 24 x 40 px, patch 8: 15 patch tokens on 3 x 5 (a square layout kept 9 of them)
+        (lambda: simple_vit(patch_size=8), "bcos_simple_vit.layers.1", (24, 40), 0, (3, 5)),
+        # a ViT-C: a stride-4 stem, then 2 x 2 patches; its padded convolutions round 22 x 38 px up to 6 x 10
+        (lambda: simple_vit(patch_size=2, conv_stem=[12, 24]), "bcos_simple_vit.layers.1", (22, 38), 0, (3, 5)),
+        # a ViT whose class token and 2 x 4 patches make 9 tokens: the class token is no patch of a 3 x 3 grid
+        (
+            lambda: tiny_vit(image_size=8, use_position_embeddings=False, pooling="cls"),
+            "bcos_vit.layers.1",
+            (8, 16),
+            1,
+            (2, 4),
+        ),
+    ],
+)
+def test_hidden_layer_contributions_lie_on_the_model_patch_grid(make, layer, size, leading, grid):
+    import torch.nn.functional as F
+
+    model = make().double()
+    pixels = torch.rand(2, 3, *size, dtype=torch.float64)
+    target = torch.tensor([0, 2])
+    tokens = per_token_contributions(model, pixels, target, layer)
+    assert tokens.shape[1] == leading + grid[0] * grid[1]
+    patches = tokens[:, leading:].reshape(2, 1, *grid)  # row by row, as the model cuts its patches
+    expected = F.interpolate(patches, size=size, mode="bilinear", align_corners=False)[:, 0]
+    maps = attributions(model, pixels, target, "bcos", layer, create_graph=False)
+    torch.testing.assert_close(maps, expected)
+    contributions, _ = hidden_layer_contributions(model, pixels, target, layer)
+    torch.testing.assert_close(contributions.detach(), expected)
+
+
+def test_a_token_count_that_is_not_the_model_patch_grid_is_refused():
+    from bcos_zoo.training.explanation_losses import spatial_contributions
+
+    tokens = torch.rand(2, 15, 8)
+    with pytest.raises(ValueError, match=r"15 tokens .* 1 class token\(s\) and a 3x5 patch grid \(16 tokens\)"):
+        spatial_contributions(tokens, tokens, (1, 3, 5))
+    torch.testing.assert_close(spatial_contributions(tokens, tokens, (0, 3, 5))[1, 2], (tokens[1, 10:15] ** 2).sum(1))

@@ -19,7 +19,6 @@ activation weighted by its spatially averaged gradient, summed over channels, th
 
 import contextlib
 import inspect
-import math
 
 import torch
 import torch.nn.functional as F
@@ -82,22 +81,52 @@ def _layer_output(output) -> torch.Tensor:
     raise TypeError(f"cannot read a tensor from a layer output of type {type(output).__name__}")
 
 
-def spatial_contributions(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+def token_layout(model: nn.Module, image_size: tuple[int, int]) -> tuple[int, int, int]:
+    """``(leading, h, w)``: how a token model lays out an (H, W) image, ``leading`` tokens that are not patches (its
+    class token) before the h x w patches in row order.
+
+    A patch covers the model's patch size (read from the module that cuts patches) times the stride of its
+    convolutional stem (a ViT-C's) in pixels; the stem's padded stride-2 convolutions round each side up.
+    """
+    cutter = next((module for module in model.modules() if isinstance(getattr(module, "patch_size", None), int)), None)
+    if cutter is None:
+        raise ValueError(f"{type(model).__name__} cuts no patches, so its token outputs have no grid to be laid on")
+    stride, patch = getattr(cutter, "stem_stride", 1), cutter.patch_size
+    height, width = (-(-side // stride) // patch for side in image_size)
+    return int(bool(getattr(model.config, "use_class_token", False))), height, width
+
+
+def spatial_contributions(
+    activation: torch.Tensor, gradient: torch.Tensor, layout: tuple[int, int, int] | None = None
+) -> torch.Tensor:
     """(N, h, w) per-position contributions ``sum_channels a * dy/da`` of a hidden layer.
 
-    Convolutional maps (N, C, h, w) are summed over channels; token sequences (N, T, D) over features, after
-    dropping the leading tokens that are not patches (a class token), and laid out on their square patch grid.
+    Convolutional maps (N, C, h, w) are summed over channels; token sequences (N, T, D) over features and laid out as
+    the model lays out the image (``layout``, :func:`token_layout`): its leading tokens (a class token) dropped, the
+    rest on its patch grid, which need not be square. A token count that is not the layout's is refused, rather
+    than scrambled onto a grid it does not fill.
     """
     contributions = activation * gradient
     if contributions.ndim == 4:
         return contributions.sum(dim=1)
     if contributions.ndim == 3:
-        tokens = contributions.sum(dim=2)
-        side = math.isqrt(tokens.shape[1])
-        if side == 0:
-            raise ValueError(f"a layer output of {tokens.shape[1]} tokens has no patch grid")
-        return tokens[:, tokens.shape[1] - side * side :].reshape(-1, side, side)
+        if layout is None:
+            raise ValueError("a layer of tokens needs the model's token layout (token_layout) to be laid on its grid")
+        tokens, (leading, height, width) = contributions.sum(dim=2), layout
+        if tokens.shape[1] != leading + height * width:
+            raise ValueError(
+                f"the layer gives {tokens.shape[1]} tokens per image, but the model lays this image out as "
+                f"{leading} class token(s) and a {height}x{width} patch grid ({leading + height * width} tokens): "
+                "explain a layer whose outputs are the patch tokens."
+            )
+        return tokens[:, leading:].reshape(-1, height, width)
     raise ValueError(f"a hidden layer's output must be (N, C, h, w) or (N, T, D), got {tuple(activation.shape)}")
+
+
+def _hidden_map(model: nn.Module, pixel_values: torch.Tensor, activation: torch.Tensor, gradient: torch.Tensor):
+    """:func:`spatial_contributions` of a layer of ``model`` explaining ``pixel_values``."""
+    layout = token_layout(model, tuple(pixel_values.shape[-2:])) if activation.ndim == 3 else None
+    return spatial_contributions(activation, gradient, layout)
 
 
 def hidden_layer_contributions(
@@ -106,7 +135,7 @@ def hidden_layer_contributions(
     """Differentiable contributions of the module ``layer`` (a name from ``model.named_modules()``) to each image's
     ``target`` logit, upsampled bilinearly to the image size: ``((N, H, W) contributions, (N, C) logits)``."""
     activation, gradient, logits = _layer_gradient(model, pixel_values, target, layer, explain=True, create_graph=True)
-    maps = spatial_contributions(activation, gradient)
+    maps = _hidden_map(model, pixel_values, activation, gradient)
     upsampled = F.interpolate(maps[:, None], size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
     return upsampled[:, 0], logits
 
@@ -190,7 +219,11 @@ def attributions(
         feature, gradient, _ = _input_gradient(model, pixel_values, target, create_graph)
         return (feature * gradient).sum(dim=1)
     activation, gradient, _ = _layer_gradient(model, pixel_values, target, layer, method == "bcos", create_graph)
-    maps = gradcam_map(activation, gradient) if method == "gradcam" else spatial_contributions(activation, gradient)
+    maps = (
+        gradcam_map(activation, gradient)
+        if method == "gradcam"
+        else _hidden_map(model, pixel_values, activation, gradient)
+    )
     upsampled = F.interpolate(maps[:, None], size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
     return upsampled[:, 0]
 
