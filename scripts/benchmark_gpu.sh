@@ -4,9 +4,11 @@
 #                                                      or the interpreter named by $PYTHON)
 # 1. the tests that need a CUDA device; 2. scripts/benchmark.py in float32, bfloat16 and bfloat16 compiled (each
 # benchmark with and without the fast paths, --reference);
-# 3. scripts/benchmark_cnn.py in float32 and bfloat16; 4. a short real fine-tuning run (bcos-vit-fashion-mnist,
-# 300 steps) through the Trainer; 5. the reproductions at smoke size on the GPU (reproduce_guidance.py --quick, and
-# the ViT B-cosification reproduction on 6,000 images, one seed), which otherwise run only on CPUs here.
+# 3. scripts/benchmark_cnn.py in float32 and bfloat16; 4. a short real fine-tuning run through the Trainer: the small
+# standard ViT of recipe vit-fashion-mnist trained for 300 steps into OUTPUT_DIR/finetune-source (the recipe's own
+# source, outputs/vit-fashion-mnist/repo, is not in a checkout), then bcos-vit-fashion-mnist B-cosified from it and
+# fine-tuned for 300 steps; 5. the reproductions at smoke size on the GPU (reproduce_guidance.py --quick, and the ViT
+# B-cosification reproduction on 6,000 images, one seed), which otherwise run only on CPUs here.
 # Each step's output is kept in OUTPUT_DIR/<step>.log and the benchmarks' figures
 # in OUTPUT_DIR/vit.csv and OUTPUT_DIR/cnn.csv (scripts/plot_speed.py draws them); a failing step does not stop the
 # others, and the exit status says whether any failed.
@@ -31,8 +33,10 @@ step vit-clip-bfloat16 "$python" scripts/benchmark.py --device cuda --dtype bflo
 step vit-clip-bfloat16-compiled "$python" scripts/benchmark.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7 --compile --reference --csv "$out/vit.csv"
 step cnn-float32 "$python" scripts/benchmark_cnn.py --device cuda --dtype float32 --batch-size 64 --repeats 7 --reference --csv "$out/cnn.csv"
 step cnn-bfloat16 "$python" scripts/benchmark_cnn.py --device cuda --dtype bfloat16 --batch-size 64 --repeats 7 --reference --csv "$out/cnn.csv"
+step finetune-source "$python" scripts/finetune.py --recipe vit-fashion-mnist --device cuda --max-steps 300 \
+  --output-dir "$out/finetune-source"
 step finetune "$python" scripts/finetune.py --recipe bcos-vit-fashion-mnist --device cuda --max-steps 300 \
-  --output-dir "$out/finetune"
+  --source "$out/finetune-source/repo" --output-dir "$out/finetune"
 step guidance-quick "$python" scripts/reproduce_guidance.py --quick --work-dir "$out/guidance-quick" \
   --output-dir "$out/guidance-quick/report"
 step reproduction-small "$python" scripts/reproduce.py --seeds 0 --epochs 1 --source-epochs 1 --max-train-samples 6000 \
