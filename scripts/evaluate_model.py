@@ -41,7 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grid-size", type=at_least(1), default=2)
     parser.add_argument("--num-grids", type=at_least(0), default=50)
     parser.add_argument("--min-confidence", type=fraction, default=0.5)
-    parser.add_argument("--methods", nargs="+", default=["bcos", *DEFAULT_METHODS], choices=list(METHOD_NAMES))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHOD_NAMES),
+        help=f"default: bcos and those of {', '.join(DEFAULT_METHODS)} that apply to the source",
+    )
     parser.add_argument(
         "--bcos-methods",
         nargs="+",

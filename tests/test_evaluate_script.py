@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cnn_sources import hf_resnet
 from PIL import Image
 from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, save_hf_source
+from transformers import ConvNextImageProcessor
 
-from bcos_zoo import BcosViTForImageClassification
+from bcos_zoo import BcosResNetForImageClassification, BcosViTForImageClassification
 from bcos_zoo.data.preprocessing import model_transform
 from bcos_zoo.evaluation.baselines import DEFAULT_METHODS, load_standard_classifier
 from bcos_zoo.evaluation.report import evaluate_side_by_side, score_key
@@ -326,3 +328,17 @@ def test_a_device_this_machine_lacks_is_a_usage_error(name, capsys):
         evaluate_script()["parse_args"](["--model", "m", "--device", name])
     assert stopped.value.code == 2
     assert "error: argument --device:" in capsys.readouterr().err
+
+
+def test_by_default_a_resnet_source_gets_the_default_methods_that_apply_to_it(workspace, tmp_path):
+    """Attention rollout needs attention: a CNN source gets the other default methods, unless one is named."""
+    source, bcos = tmp_path / "resnet", tmp_path / "bcos-resnet"
+    hf_resnet(labels=CLASSES).save_pretrained(source)
+    ConvNextImageProcessor(size={"shortest_edge": SIZE}, crop_pct=1.0).save_pretrained(source)
+    BcosResNetForImageClassification.from_pretrained_standard(source, b=1.0, bias="keep").save_pretrained(bcos)
+    settings = {**common_settings(workspace), "model": bcos, "source": source, "faithfulness_images": 0}
+    report = evaluate_side_by_side(**settings)
+    methods = {row["method"] for row in report["rows"]}
+    assert methods == {"bcos", *DEFAULT_METHODS} - {"attention_rollout"}
+    with pytest.raises(ValueError, match="Attention Rollout does not apply to"):
+        evaluate_side_by_side(**settings, methods=["bcos", "attention_rollout"])

@@ -168,7 +168,7 @@ def evaluate_side_by_side(
     grid_size: int = 2,
     num_grids: int = 50,
     min_confidence: float = 0.5,
-    methods: Sequence[str] = ("bcos", *DEFAULT_METHODS),
+    methods: Sequence[str] | None = None,
     bcos_methods: Sequence[str] = (),
     ig_steps: int = 32,
     lime_samples: int = 256,
@@ -185,7 +185,9 @@ def evaluate_side_by_side(
     """Run the harness on the B-cos ``model`` and, given a ``source``, on the source: the report as a JSON-able dict.
 
     ``methods`` chooses among :data:`~bcos_zoo.evaluation.baselines.METHOD_NAMES` ("bcos" for the B-cos model's
-    own contributions; post-hoc ones need ``source``); ``bcos_methods`` are post-hoc methods of
+    own contributions; post-hoc ones need ``source``, and one that does not apply to it is refused); ``None``: "bcos"
+    and those of :data:`~bcos_zoo.evaluation.baselines.DEFAULT_METHODS` that apply to the source. ``bcos_methods`` are
+    post-hoc methods of
     :data:`~bcos_zoo.evaluation.baselines.FUNCTION_METHODS` run on the B-cos model itself. Rows hold each
     method's mean, std and count per game and faithfulness metric; ``scores`` every cell's and image's score
     (keyed by method; ``bcos/<method>`` for post-hoc methods of the B-cos model); ``faithfulness`` the mean curves.
@@ -227,12 +229,14 @@ def evaluate_side_by_side(
     unfit = [method for method in bcos_methods if method not in FUNCTION_METHODS]
     if unfit:
         raise ValueError(f"{unfit[0]!r} cannot explain the B-cos model; methods for it: {', '.join(FUNCTION_METHODS)}.")
-    explainers = {"bcos": bcos_attribution(bcos)} if "bcos" in methods else {}
+    explainers = {"bcos": bcos_attribution(bcos)} if methods is None or "bcos" in methods else {}
     explainers.update({m: posthoc_attribution(bcos, m, **options.get(m, {})) for m in bcos_methods})
     evaluated["bcos"] = (model, bcos, explainers, bcos_images)
-    posthoc = [method for method in methods if method in POSTHOC_METHODS]
+    posthoc = [method for method in methods or DEFAULT_METHODS if method in POSTHOC_METHODS]
     if source:
         classifier = load_standard_classifier(source).to(device)
+        if methods is None:  # the defaults that apply to this source (no attention rollout of a CNN)
+            posthoc = [method for method in posthoc if method in classifier.methods]
         source_images = for_model(str(source), classifier.config, images, splits.class_names, match_classes)
         explainers = {m: posthoc_attribution(classifier, m, **options.get(m, {})) for m in posthoc}
         evaluated["source"] = (source, classifier, explainers, source_images)
