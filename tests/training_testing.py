@@ -29,6 +29,8 @@ def make_image_folder(root: Path, per_class: int = 12, size: int = 32, seed: int
 def make_vit_source(folder: Path, seed: int = 0) -> Path:
     """A small random-initialised HF ViT classifier over :data:`CLASSES`, saved with its processor."""
     model = hf_vit(labels=len(CLASSES), seed=seed)
+    model.config.id2label = dict(enumerate(sorted(CLASSES)))  # as an image folder of CLASSES numbers them
+    model.config.label2id = {name: index for index, name in model.config.id2label.items()}
     save_hf_source(model, folder, IMAGENET_MEAN, IMAGENET_STD)
     return folder
 
