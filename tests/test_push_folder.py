@@ -61,6 +61,14 @@ def test_a_folder_without_the_remote_code_its_config_names_is_refused(repo, name
         check_repo_folder(repo)
 
 
+@pytest.mark.parametrize("name", ["bcos_layers.py", "explanation.py", "fast_paths.py"])
+def test_a_folder_without_a_module_its_remote_code_imports_is_refused(repo, name):
+    """config.json names the model's module; loading it also needs what it imports (``from .bcos_layers ...``)."""
+    (repo / name).unlink()
+    with pytest.raises(PushError, match=f"{name} missing"):
+        check_repo_folder(repo)
+
+
 def test_a_folder_without_a_model_card_is_refused(repo):
     (repo / "README.md").unlink()
     with pytest.raises(PushError, match="README.md missing"):

@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
+from transformers.dynamic_module_utils import get_relative_imports
 
 
 class PushError(RuntimeError):
@@ -98,6 +99,12 @@ def check_repo_folder(folder: str | Path) -> Path:
             "folder a run wrote, <output-dir>/repo."
         )
     needed = {"README.md"} | remote_code_modules(json.loads((folder / "config.json").read_text()))
+    unread = [name for name in needed if name.endswith(".py")]
+    while unread:  # and the modules those import (``from .bcos_layers import ...``), as loading them does
+        if (folder / (name := unread.pop())).is_file():
+            imported = {f"{module}.py" for module in get_relative_imports(str(folder / name))} - needed
+            needed |= imported
+            unread += imported
     missing = sorted(name for name in needed if not (folder / name).is_file())
     if missing:
         raise PushError(
