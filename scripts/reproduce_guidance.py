@@ -2,7 +2,7 @@ r"""Training with explanations in miniature: model guidance and e2KD on Fashion-
 
     python scripts/reproduce_guidance.py            # the default run: about half an hour on 2 CPU cores
     python scripts/reproduce_guidance.py --quick    # a smoke run at toy size (what the tests run)
-    python scripts/reproduce_guidance.py --full     # the model guidance paper's whole grid (about 2 h on 2 CPU cores)
+    python scripts/reproduce_guidance.py --full     # the model guidance paper's whole grid: hours (see below)
 
 Fashion-MNIST images on 36 px canvases with a class-coloured square outside the garment in training and a square of
 another class's colour at test time (``bcos_zoo.data.decoys``). A small B-cos ResNet from scratch learns the square
@@ -20,6 +20,11 @@ Every row is reported as mean +- standard deviation over the seeds, with a verdi
 ``--output-dir`` receives ``guidance.json``, ``report.md`` and four PNGs; ``--work-dir`` holds the models, and
 finished runs there are re-used by a later call. The device is the GPU when there is one. The work is done by
 ``bcos_zoo.zoo.guidance_reproduction``.
+
+``--full`` was measured on 2 CPU cores as three processes at once, one per seed (``--seeds 0``, ``--seeds 1``,
+``--seeds 2``, one torch thread each), in a ``--work-dir`` that held a default run's base models: 123 min of wall
+time, about 11 of them paused; the runs' own training times, the base models' included, add up to 351 min, five
+hours of them the guided fine-tuning (docs/reproductions.md).
 """
 
 import argparse
