@@ -2,9 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from transformers import AutoImageProcessor
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification, BcosViTModel
 
@@ -105,3 +108,20 @@ def test_bfloat16_forward_and_explanation_match_float32():
     # each image's map points the way the float32 one does (bfloat16 may rescale it by some per cent)
     maps = explanation.contributions.float().flatten(1), reference_explanation.contributions.flatten(1)
     assert F.cosine_similarity(*maps).min() > 0.999
+
+
+def test_the_saved_processor_resizes_as_the_config_says(tmp_path):
+    """Without crop_pct the whole image is resized to the model's size (transformers' ViT); with it, the shortest edge
+    to size / crop_pct, then the centre is cropped (timm's and DeiT's evaluation), with the config's filter."""
+    image = Image.fromarray((torch.rand(40, 60, 3) * 255).byte().numpy())
+    squash = BcosViTForImageClassification(tiny_config(resample=3)).default_image_processor()
+    expected = torch.from_numpy(np.asarray(image.resize((16, 16), Image.BICUBIC), dtype=np.float32) / 255)
+    seen = squash(image, return_tensors="pt").pixel_values[0].permute(1, 2, 0)
+    torch.testing.assert_close(seen, expected, rtol=0, atol=1.01 / 255)  # PIL's rounding: one level at most
+    model = BcosViTForImageClassification(tiny_config(crop_pct=0.8))
+    model.save_pretrained(tmp_path)
+    crop = AutoImageProcessor.from_pretrained(tmp_path)
+    resized = image.resize((30, 20), Image.BILINEAR)  # shortest edge 16 / 0.8 = 20
+    expected = torch.from_numpy(np.asarray(resized.crop((7, 2, 23, 18)), dtype=np.float32) / 255)
+    seen = crop(image, return_tensors="pt").pixel_values[0].permute(1, 2, 0)
+    torch.testing.assert_close(seen, expected, rtol=0, atol=1.01 / 255)

@@ -17,6 +17,9 @@ class BcosViTConfig(PretrainedConfig):
         pre_layernorm: a LayerNorm on the tokens before the first block (CLIP, timm ``pre_norm``).
         logit_bias: added to every logit; ``None`` means ``-log(num_labels - 1)``, the B-cos papers' choice.
         loss: ``"bce"`` (binary cross-entropy with off-target labels ``1/C``, the papers') or ``"cross_entropy"``.
+        crop_pct / resample: the saved processor resizes with PIL filter ``resample`` (2 bilinear, 3 bicubic) the
+            whole image to ``image_size`` squared (``crop_pct=None``, as transformers' ViT processor), or the
+            shortest edge to ``image_size / crop_pct`` and centre-crops ``image_size`` (timm's and DeiT's evaluation).
     """
 
     model_type = "bcos_vit"
@@ -42,6 +45,8 @@ class BcosViTConfig(PretrainedConfig):
         logit_bias: float | None = None,
         loss: str = "bce",
         initializer_range: float = 0.02,
+        crop_pct: float | None = None,
+        resample: int = 2,
         **kwargs,
     ):
         if pooling not in ("cls", "mean"):
@@ -71,6 +76,7 @@ class BcosViTConfig(PretrainedConfig):
         self.logit_bias = logit_bias
         self.loss = loss
         self.initializer_range = initializer_range
+        self.crop_pct, self.resample = crop_pct, resample
         super().__init__(**kwargs)
 
     @property

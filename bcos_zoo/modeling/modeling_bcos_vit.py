@@ -5,7 +5,7 @@ detaches, making the model a dynamic linear map of the encoded image."""
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ViTImageProcessor
+from transformers import ConvNextImageProcessor, ViTImageProcessor
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -173,10 +173,13 @@ class BcosViTPreTrainedModel(BcosPreTrainedModel):
     _can_record_outputs = {"hidden_states": BcosEncoderLayer, "attentions": BcosSelfAttention}
     _input_embed_layer = "patch_embeddings"
 
-    def default_image_processor(self) -> ViTImageProcessor:
-        """Resize to the model's size and rescale to [0, 1]; no normalisation."""
-        size = self.config.image_size
-        return ViTImageProcessor(size={"height": size, "width": size}, do_rescale=True, do_normalize=False)
+    def default_image_processor(self) -> ViTImageProcessor | ConvNextImageProcessor:
+        """The source's evaluation resize (and crop, with ``crop_pct``; see the config), rescaling to [0, 1]; no
+        normalisation."""
+        size, options = self.config.image_size, dict(resample=self.config.resample, do_rescale=True, do_normalize=False)
+        if self.config.crop_pct is None:
+            return ViTImageProcessor(size={"height": size, "width": size}, **options)
+        return ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=self.config.crop_pct, **options)
 
 
 class BcosViTModel(BcosViTPreTrainedModel):
