@@ -4,10 +4,11 @@ import evaluate
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from sources import hf_vit
 from tiny_models import TINY_CLASSIFIERS
-from transformers import AutoImageProcessor, CLIPImageProcessor, ViTImageProcessor
+from transformers import AutoImageProcessor, CLIPImageProcessor, ConvNextImageProcessor, ViTImageProcessor
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
 from bcos_zoo.data.boxes import box_masks as training_box_masks
@@ -341,14 +342,105 @@ def test_every_method_of_a_model_is_scored_on_the_same_grids_with_its_accuracy()
     assert evaluation.summary("ideal")["grid_pointing_game"] == 1.0
 
 
-def test_items_with_boxes_are_also_scored_by_the_energy_pointing_game():
-    """Boxes over the left half: a uniform explanation puts half its attribution inside."""
-    dataset = [(image, label, [0, 0, CELL // 2, CELL]) for image, label in grey_dataset([0, 1, 2, 3, 4, 5])]
-    evaluation = evaluate_localisation(
-        grey_classifier(), {"uniform": uniform}, dataset, square(CELL), window=CELL, num_grids=1, progress=False
-    )
-    assert evaluation.energy_pointing_game == {"uniform": [0.5] * 4}  # one grid's worth of images, one per class
+def test_every_boxed_image_is_scored_for_its_label_whatever_the_model_predicts_and_the_grid_settings():
+    """Boxes over the left half: a uniform explanation puts half its attribution inside. The classifier is wrong on
+    every other image and no grid is asked for: EPG still scores all twelve images (the Model Guidance paper's
+    rule), each explained for its label."""
+    labels = [0, 1, 2, 3, 4, 5] * 2
+    dataset = [(image, label, [0, 0, CELL // 2, CELL]) for image, label in grey_dataset(labels)]
+    dataset = [(image, (label + 1) % 6 if i % 2 else label, box) for i, (image, label, box) in enumerate(dataset)]
+    explained = []
+
+    def left_half_for_the_label(images, targets):
+        explained.extend(targets.tolist())
+        return uniform(images, targets)
+
+    for num_grids in (0, 1):
+        explained.clear()
+        evaluation = evaluate_localisation(
+            grey_classifier(), {"uniform": left_half_for_the_label}, dataset, square(CELL), window=CELL,
+            num_grids=num_grids, progress=False,
+        )  # fmt: skip
+        assert evaluation.accuracy == 0.5
+        assert evaluation.energy_pointing_game == {"uniform": [0.5] * 12}
+        assert explained[-12:] == [label for _, label, _ in dataset]
     assert evaluation.summary("uniform")["energy_pointing_game"] == 0.5
+    assert evaluation.energy_pointing_game_skipped == 0
+
+
+def centre_cropping(size: int, crop_pct: float = 0.875):
+    """A CNN's processor: the shortest edge to ``size / crop_pct``, then the centre ``size`` x ``size``."""
+    return processor_transform(
+        ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=crop_pct, do_normalize=False)
+    )
+
+
+def test_an_image_whose_box_the_processor_crops_away_is_skipped_and_counted_not_scored_zero():
+    """64x48 -> 48x36 (shortest edge to int(32 / 0.875)) -> the centre 32x32, resized columns 8..40 and rows 2..34
+    (original columns 10.7..53.3): a box on the left 6 columns is cut away; columns 16..48 are resized columns
+    12..36, 24 of the 32; the top half of the rows is resized rows 0..18, 16 of the 32 after the crop."""
+    image = Image.new("RGB", (64, 48), (128, 128, 128))
+    dataset = [(image, 0, [0, 0, 6, 48]), (image, 0, [16, 0, 48, 48]), (image, 0, [0, 0, 64, 24])]
+    transform = centre_cropping(32)
+    assert not box_mask([0, 0, 6, 48], image.size, transform).any()
+    evaluation = evaluate_localisation(
+        lambda images: torch.ones(len(images), 2), {"uniform": uniform}, dataset, transform, progress=False
+    )
+    assert evaluation.energy_pointing_game_skipped == 1
+    assert evaluation.energy_pointing_game["uniform"] == [24 / 32, 16 / 32]
+    with pytest.raises(ValueError, match="cover no pixel of the model's view"):
+        energy_pointing_game(uniform, [0], dataset, transform, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("original", "size", "box"),
+    [((37, 24), 64, [23, 1, 36, 2]), ((72, 71), 224, [59, 12, 60, 43]), ((89, 91), 224, [87, 79, 88, 84])],
+)
+def test_a_thin_box_under_a_resize_covers_the_model_pixels_whose_centres_lie_in_it(original, size, box):
+    """Model pixel j of a resize from W to S has its centre at (j + 0.5) W / S in the original: it is in the box
+    where that point is (the rule of training and of the evaluate module), not wherever the resampled box is half
+    as bright as its brightest pixel."""
+    width, height = original
+    columns = (torch.arange(size) + 0.5) * width / size
+    rows = (torch.arange(size) + 0.5) * height / size
+    expected = ((rows >= box[1]) & (rows < box[3]))[:, None] & ((columns >= box[0]) & (columns < box[2]))[None]
+    assert torch.equal(box_mask(box, original, square(size)), expected)
+
+
+PROCESSORS = {
+    "a CNN's: shortest edge, centre crop": ConvNextImageProcessor(
+        size={"shortest_edge": 24}, crop_pct=0.7, do_normalize=False
+    ),
+    "a CNN's at 384 px: warped": ConvNextImageProcessor(size={"shortest_edge": 384}, do_normalize=False),
+    "CLIP's: shortest edge, a non-square crop": CLIPImageProcessor(
+        size={"shortest_edge": 24}, crop_size={"height": 24, "width": 18}, do_normalize=False
+    ),
+    "a ViT's: a fixed size": ViTImageProcessor(size={"height": 16, "width": 24}, do_normalize=False),
+}
+
+
+@pytest.mark.parametrize("processor", PROCESSORS.values(), ids=PROCESSORS)
+@pytest.mark.parametrize(("original", "box"), [((50, 30), [5, 4, 40, 20]), ((30, 61), [12, 30, 29, 55])])
+def test_a_box_follows_the_processors_resize_and_crop_with_the_drawn_object(processor, original, box):
+    """The processor's own pixels of the box drawn white agree with the mask wherever the box's edge is not within
+    a resampling filter's reach."""
+    transform = processor_transform(processor)
+    drawn = np.zeros((original[1], original[0], 3), dtype=np.uint8)
+    drawn[box[1] : box[3], box[0] : box[2]] = 255
+    bright = transform(Image.fromarray(drawn)).mean(dim=0) >= 0.5
+    mask = box_mask(box, original, transform)
+    eroded = -F.max_pool2d(-mask[None, None].float(), 5, 1, 2)[0, 0] > 0  # 2 px from every edge
+    grown = F.max_pool2d(mask[None, None].float(), 5, 1, 2)[0, 0] > 0
+    assert mask.shape == bright.shape and mask.any()
+    assert bool((bright | ~eroded).all()) and bool((~bright | grown).all())
+
+
+def test_a_transform_of_no_processor_that_changes_the_size_cannot_carry_boxes():
+    def halve(image):
+        return torch.zeros(3, image.height // 2, image.width // 2)
+
+    with pytest.raises(ValueError, match="cannot carry boxes; pass the model's processor"):
+        box_mask([0, 0, 4, 4], (8, 8), halve)
 
 
 def test_without_enough_confident_classes_there_is_no_grid_to_score():

@@ -12,23 +12,32 @@ score the share of positive attribution inside that cell. A model that takes ima
 without position embeddings) explains the grid whole; a fixed-size ViT cannot take the grid at once: it is
 explained in sliding windows of its input size at half that stride, and the window attributions are summed back
 (:func:`explanation_window` tells which).
-Energy pointing game: on single images whose dataset items carry an object box, the share of positive attribution
-inside the box, the box carried through the same processor as the image.
+Energy pointing game (as the Model Guidance paper plays it): every image of the dataset whose item carries an object
+box, explained for its label whether the model classifies it correctly or not, scores the share of positive
+attribution inside the box; the box is carried through the resize and crop of the model's processor and a pixel is in
+it where its centre is (:func:`box_mask`). So every model is scored on the same images, whatever its accuracy and the
+grid settings, less those whose box its processor crops away entirely, which are counted as skipped.
 """
 
+import inspect
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import zip_longest
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+from transformers import ConvNextImageProcessor
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.image_transforms import get_resize_output_image_size
+from transformers.image_utils import ChannelDimension
 
+from ..data.boxes import as_boxes, crop_resize_boxes
+from ..data.boxes import box_masks as union_mask
 from ..data.preprocessing import ImageTransform
-from .scores import accuracy, box_masks, energy_pointing_scores, grid_pointing_scores, inside_image
+from .scores import accuracy, energy_pointing_scores, grid_pointing_scores, inside_image
 
 
 AttributionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -271,28 +280,103 @@ def grid_pointing_game(
     return scores
 
 
+Region = tuple[float, float, float, float]
+"""``(left, top, width, height)`` of an image, in its pixels."""
+
+
+def transform_processor(transform: ImageTransform) -> BaseImageProcessor | None:
+    """The image processor a transform applies (``processor_transform``/``model_transform`` make such transforms:
+    the processor is their ``processor`` attribute or the ``processor`` they close over), else None."""
+    processor = getattr(transform, "processor", None)
+    if processor is None and getattr(transform, "__closure__", None):
+        processor = inspect.getclosurevars(transform).nonlocals.get("processor")
+    return processor if isinstance(processor, BaseImageProcessor) else None
+
+
+def processor_view(processor: BaseImageProcessor, width: int, height: int) -> tuple[Region, tuple[int, int]]:
+    """The region of a ``width`` x ``height`` image that ``processor`` keeps and the ``(width, height)`` it makes of
+    it: its resize (to a fixed size; or the shortest edge to a size, with the other edge in proportion, a ConvNeXt
+    processor's to ``size / crop_pct`` below 384 px), then its centre crop (a ConvNeXt processor's to ``size``, or
+    ``crop_size`` where ``do_center_crop``), as transformers computes them. Other resize rules are refused: boxes
+    could not follow the image."""
+    size, resized, crop = processor.size, (height, width), None
+    convnext = isinstance(processor, ConvNextImageProcessor) and size.shortest_edge
+    shortest = int(size.shortest_edge / processor.crop_pct) if convnext and size.shortest_edge < 384 else None
+    if processor.do_resize:
+        if convnext and shortest is None:  # 384 px and up: warped to a square, not cropped
+            resized = (size.shortest_edge, size.shortest_edge)
+        elif size.shortest_edge and not (size.longest_edge or size.height or size.width):
+            shape = np.empty((height, width, 0))  # transformers' shortest-edge rule reads only the shape
+            edge = shortest or size.shortest_edge
+            resized = get_resize_output_image_size(shape, edge, False, input_data_format=ChannelDimension.LAST)
+            crop = (size.shortest_edge, size.shortest_edge) if shortest else None
+        elif size.height and size.width and not (size.shortest_edge or size.longest_edge):
+            resized = (size.height, size.width)
+        else:
+            raise ValueError(
+                f"Boxes cannot follow an image through a {type(processor).__name__} resizing to {size}: the harness "
+                "knows fixed sizes and shortest edges (ViT, ConvNeXt, CLIP processors)."
+            )
+    crop_size = getattr(processor, "crop_size", None)
+    if crop is None and getattr(processor, "do_center_crop", False) and crop_size is not None:
+        crop = (crop_size.height, crop_size.width)
+    (resized_height, resized_width), (out_height, out_width) = resized, crop or resized
+    top, left = int((resized_height - out_height) / 2), int((resized_width - out_width) / 2)  # transformers' offsets
+    scale_x, scale_y = width / resized_width, height / resized_height
+    region = (left * scale_x, top * scale_y, out_width * scale_x, out_height * scale_y)
+    return region, (out_width, out_height)
+
+
+def transform_view(transform: ImageTransform, width: int, height: int) -> tuple[Region, tuple[int, int]]:
+    """:func:`processor_view` of the processor behind ``transform``; a transform of no processor must keep the
+    image's size (it then keeps the whole image), since where it would move a box is unknown."""
+    processor = transform_processor(transform)
+    if processor is not None:
+        return processor_view(processor, width, height)
+    out_height, out_width = transform(Image.new("L", (width, height))).shape[-2:]
+    if (out_height, out_width) != (height, width):
+        raise ValueError(
+            f"A transform that makes {out_height}x{out_width} pixels of a {height}x{width} image cannot carry boxes; "
+            "pass the model's processor (bcos_zoo.data.preprocessing.model_transform or processor_transform)."
+        )
+    return (0.0, 0.0, float(width), float(height)), (width, height)
+
+
 def box_mask(boxes, original_size: tuple[int, int], transform: ImageTransform) -> torch.Tensor:
     """(H, W) mask of an object's boxes ``[x0, y0, x1, y1]`` (one, or a (K, 4) list whose union is the object;
     pixels of the (width, height) original, end-exclusive) in the pixels ``transform`` makes of that image.
 
-    The boxes are drawn white on a black picture of the original's size (a pixel where its centre lies in a box, as
-    :func:`~bcos_zoo.evaluation.scores.box_masks` and training decide) and sent through the same transform as the
-    image, so any resize or crop the model's processor does moves the box with the object. A pixel belongs to the
-    box where it is at least half as bright as the brightest (a box shrunk below a pixel keeps its pixel); a box
-    the processor crops away entirely gives an empty mask. ``transform`` must not normalise (B-cos processors do
-    not, and :class:`~bcos_zoo.evaluation.baselines.StandardClassifier` normalises inside the model).
+    The boxes are mapped through the resize and centre crop of the transform's processor (:func:`transform_view`)
+    and a pixel belongs to a box where its centre lies inside it (:func:`bcos_zoo.data.boxes.box_masks`), the rule
+    of training with boxes and of the ``evaluate`` module alike. A box the processor crops away, or one thinner
+    than a pixel that covers no pixel's centre, gives an empty mask.
     """
     width, height = original_size
-    drawn = box_masks(inside_image(boxes, height, width), height, width).any(dim=0)
-    canvas = Image.fromarray(drawn.numpy().astype(np.uint8) * 255, mode="L")
-    brightness = transform(canvas).float().mean(dim=0)
-    peak = float(brightness.max())
-    return brightness >= peak / 2 if peak > 0 else torch.zeros_like(brightness, dtype=torch.bool)
+    boxes = inside_image(boxes, height, width)
+    region, (out_width, out_height) = transform_view(transform, width, height)
+    return union_mask(crop_resize_boxes(boxes, region, (out_width, out_height)), out_height, out_width)
 
 
 def has_boxes(dataset: Dataset) -> bool:
     """Whether items are ``(image, label, box)``: the energy pointing game needs object boxes."""
     return len(dataset) > 0 and len(dataset[0]) > 2 and dataset[0][2] is not None
+
+
+def boxed_images(dataset: Dataset, transform: ImageTransform) -> tuple[list[int], int]:
+    """The indices of the items with boxes that cover a pixel of what ``transform`` makes of their image, and how
+    many items with boxes do not (the processor crops their object away): those cannot be scored."""
+    if not has_boxes(dataset):
+        return [], 0
+    kept, skipped = [], 0
+    for index in range(len(dataset)):
+        image, _, boxes, *_ = dataset[index]
+        if len(as_boxes(boxes)) == 0:
+            continue
+        if box_mask(boxes, image.size, transform).any():
+            kept.append(index)
+        else:
+            skipped += 1
+    return kept, skipped
 
 
 def energy_pointing_game(
@@ -308,33 +392,37 @@ def energy_pointing_game(
     """Scores of the images ``indices`` of a dataset of ``(image, label, box)`` items, each explained for its label.
 
     Boxes are ``[x0, y0, x1, y1]`` in the original image's pixels (end-exclusive), one or several per object (their
-    union); :func:`box_mask` carries them through ``transform`` with the image.
+    union); :func:`box_mask` carries them through ``transform``. An image whose box covers no pixel of the model's
+    view is refused (it would score 0 for nothing): :func:`boxed_images` leaves those out.
     """
     scores = []
     for start in tqdm(range(0, len(indices), batch_size), desc=description, disable=not progress, leave=False):
-        items = [dataset[i] for i in indices[start : start + batch_size]]
+        chunk = indices[start : start + batch_size]
+        items = [dataset[i] for i in chunk]
         images = torch.stack([transform(image) for image, *_ in items]).to(device)
         targets = torch.tensor([int(label) for _, label, *_ in items], device=device)
         masks = torch.stack([box_mask(box, image.size, transform) for image, _, box, *_ in items]).to(device)
+        if empty := [index for index, mask in zip(chunk, masks) if not mask.any()]:
+            raise ValueError(
+                f"The boxes of image {empty[0]} cover no pixel of the model's view (its processor crops them away); "
+                "leave such images out (boxed_images)."
+            )
         attributions = checked_attributions(attribute(images, targets), tuple(masks.shape))
         scores.extend(energy_pointing_scores(attributions, masks).tolist())
     return scores
 
 
-def interleave(pools: Iterable[list[int]]) -> list[int]:
-    """The first image of every class, then the second of every class, and so on."""
-    return [index for rank in zip_longest(*pools) for index in rank if index is not None]
-
-
 @dataclass
 class ModelEvaluation:
-    """Accuracy of one classifier and the localisation scores of each of its attribution methods."""
+    """Accuracy of one classifier and the localisation scores of each of its attribution methods;
+    ``energy_pointing_game_skipped``: the images with boxes its processor crops away, which EPG leaves out."""
 
     accuracy: float
     num_images: int
     num_grid_classes: int
     grid_pointing_game: dict[str, list[float]] = field(default_factory=dict)
     energy_pointing_game: dict[str, list[float]] = field(default_factory=dict)
+    energy_pointing_game_skipped: int = 0
 
     def summary(self, method: str) -> dict:
         """Mean and standard deviation of each game for one method; None where it could not be played."""
@@ -367,14 +455,16 @@ def evaluate_localisation(
     with softmax confidence >= ``min_confidence``. ``transform`` makes the model's pixels of an image (its own
     processor: :func:`bcos_zoo.data.preprocessing.model_transform`), so each cell is one model input; grids are
     explained whole when ``window`` is None, else in sliding windows of that size (:func:`explanation_window`).
-    Without enough classes for a grid, GridPG is empty.
+    Without enough classes for a grid, GridPG is empty. EPG scores every image with boxes, each explained for its
+    label (the Model Guidance paper's rule), whatever the model predicts and the grid settings, so that models
+    are compared on the same images; those whose boxes the processor crops away are counted as skipped.
     """
     predictions = predict(classify, dataset, transform, batch_size, device, progress)
     pools = confident_pools(predictions, min_confidence)
     cells = grid_size * grid_size
     result = ModelEvaluation(predictions.accuracy(), len(dataset), len(pools))
     grids = sample_grids(pools, grid_size, num_grids, seed) if len(pools) >= cells else []
-    boxed = interleave(pools.values())[: num_grids * cells] if has_boxes(dataset) else []
+    boxed, result.energy_pointing_game_skipped = boxed_images(dataset, transform)
     for name, attribute in attributions.items():
         result.grid_pointing_game[name] = grid_pointing_game(
             attribute, grids, dataset, transform, grid_size, window, batch_size, device, progress, name

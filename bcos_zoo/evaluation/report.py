@@ -255,7 +255,13 @@ def evaluate_side_by_side(
             accuracy=evaluation.accuracy,
             num_images=evaluation.num_images,
             num_grid_classes=evaluation.num_grid_classes,
+            energy_pointing_game_skipped=evaluation.energy_pointing_game_skipped,
         )
+        if evaluation.energy_pointing_game_skipped:
+            print(
+                f"EPG skipped {evaluation.energy_pointing_game_skipped} images for {path}: its processor crops their "
+                "boxes away."
+            )
         if evaluation.grid_pointing_game and evaluation.num_grid_classes < grid_size**2:
             print(
                 f"GridPG skipped for {path}: only {evaluation.num_grid_classes} classes have an image it classifies "
