@@ -342,3 +342,23 @@ def test_by_default_a_resnet_source_gets_the_default_methods_that_apply_to_it(wo
     assert methods == {"bcos", *DEFAULT_METHODS} - {"attention_rollout"}
     with pytest.raises(ValueError, match="Attention Rollout does not apply to"):
         evaluate_side_by_side(**settings, methods=["bcos", "attention_rollout"])
+
+
+def test_occlusion_explains_a_source_whose_input_size_its_default_squares_do_not_tile(workspace, tmp_path):
+    """At 72 px the default squares are 5 px at stride 2, which do not tile 72 px; the last square of each row and
+    column ends at the border, so the source is explained and the report written, not refused after the B-cos
+    model was evaluated."""
+    source, bcos = tmp_path / "source", tmp_path / "bcos"
+    save_hf_source(
+        hf_vit(hidden=24, layers=1, heads=2, mlp=48, image=72, patch=8, labels=CLASSES),
+        source,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )
+    BcosViTForImageClassification.from_pretrained_standard(source, b=1.0, bias="keep").save_pretrained(bcos)
+    settings = {**common_settings(workspace), "model": bcos, "source": source, "num_grids": 0, "max_images": 2}
+    settings.update(faithfulness_images=2, batch_size=256)
+    report = evaluate_side_by_side(**settings, methods=["bcos", "occlusion"])
+    occluded = report["scores"]["occlusion"]
+    assert [row["method"] for row in report["rows"]] == ["bcos", "occlusion"]
+    assert len(occluded["deletion"]) == 2 and all(0 <= score <= 1 for score in occluded["deletion"])

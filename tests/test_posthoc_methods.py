@@ -150,6 +150,19 @@ class PixelSum(nn.Module):
         return torch.stack([total, torch.zeros_like(total)], dim=1)
 
 
+def mean_square_sums(pixel_sums: torch.Tensor, window: int, offsets: list[int]) -> torch.Tensor:
+    """Each pixel's mean, over the ``window`` x ``window`` squares at ``offsets`` (rows and columns) that cover it,
+    of the pixel sum under the square: Occlusion of :class:`PixelSum`, whose logit drops by exactly that sum."""
+    total, count = torch.zeros_like(pixel_sums), torch.zeros(pixel_sums.shape[1:], dtype=pixel_sums.dtype)
+    for top in offsets:
+        for left in offsets:
+            square = (slice(top, top + window), slice(left, left + window))
+            total[:, square[0], square[1]] += pixel_sums[:, square[0], square[1]].sum((1, 2))[:, None, None]
+            count[square] += 1
+    assert bool((count > 0).all())
+    return total / count
+
+
 def test_occlusion_of_a_pixel_sum_is_the_sum_under_each_square():
     images, targets = images_of(size=8), torch.zeros(2, dtype=torch.long)
     pixel_sums = images.sum(1)
@@ -157,16 +170,29 @@ def test_occlusion_of_a_pixel_sum_is_the_sum_under_each_square():
     expected = squares.repeat_interleave(4, 1).repeat_interleave(4, 2)
     torch.testing.assert_close(occlusion(PixelSum(), images, targets, window=4, stride=4), expected)
     # overlapping squares: each pixel gets the mean of the sums of the squares that cover it
-    total, count = torch.zeros(2, 8, 8, dtype=torch.float64), torch.zeros(8, 8, dtype=torch.float64)
-    for top in (0, 2, 4):
-        for left in (0, 2, 4):
-            total[:, top : top + 4, left : left + 4] += pixel_sums[:, top : top + 4, left : left + 4].sum((1, 2))[
-                :, None, None
-            ]
-            count[top : top + 4, left : left + 4] += 1
-    torch.testing.assert_close(occlusion(PixelSum(), images, targets, window=4, stride=2), total / count)
-    with pytest.raises(ValueError, match="do not cover 8 pixels"):
-        occlusion(PixelSum(), images, targets, window=3, stride=2)
+    expected = mean_square_sums(pixel_sums, 4, [0, 2, 4])
+    torch.testing.assert_close(occlusion(PixelSum(), images, targets, window=4, stride=2), expected)
+
+
+def test_squares_whose_stride_does_not_tile_the_side_end_at_the_border():
+    images, targets = images_of(size=8), torch.zeros(2, dtype=torch.long)
+    expected = mean_square_sums(images.sum(1), 3, [0, 2, 4, 5])  # the last square ends at pixel 8
+    torch.testing.assert_close(occlusion(PixelSum(), images, targets, window=3, stride=2), expected)
+
+
+@pytest.mark.parametrize(
+    ("size", "window", "offsets"), [(70, 5, [*range(0, 65, 2), 65]), (128, 9, [*range(0, 119, 4), 119])]
+)
+def test_the_default_squares_cover_sizes_they_do_not_tile(size, window, offsets):
+    """1/14 of the side at half-square stride: 5 px at stride 2 on 70 px, 9 px at stride 4 on 128 px."""
+    images, targets = images_of(size=size), torch.zeros(2, dtype=torch.long)
+    expected = mean_square_sums(images.sum(1), window, offsets)
+    torch.testing.assert_close(occlusion(PixelSum(), images, targets, batch_size=512), expected)
+
+
+def test_an_occlusion_square_larger_than_the_image_is_refused():
+    with pytest.raises(ValueError, match="squares of 9 pixels do not fit 8x8 images"):
+        occlusion(PixelSum(), images_of(size=8), torch.zeros(2, dtype=torch.long), window=9)
 
 
 def test_lime_of_a_pixel_sum_gives_each_segment_its_sum():

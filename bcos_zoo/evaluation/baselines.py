@@ -7,8 +7,9 @@ attributions live on the same (N, H, W) pixel grid. The methods that need only t
 (:data:`FUNCTION_METHODS`) also explain a B-cos model itself (:class:`BcosClassifier`, its ordinary forward, not
 its explanation mode), so that post-hoc maps of a B-cos model can be set beside its own contributions.
 
-Gradient, Input x Gradient, Integrated Gradients, Guided Backprop, DeepLIFT, GradCAM, Occlusion and LIME come from
-captum; RISE is written here (captum has none); attention rollout needs attention, so only a ViT has it. Gradient
+Gradient, Input x Gradient, Integrated Gradients, Guided Backprop, DeepLIFT, GradCAM and LIME come from captum; RISE
+is written here (captum has none), and so is Occlusion (captum's squares must tile the image); attention rollout needs
+attention, so only a ViT has it. Gradient
 methods sum their per-channel maps over the colour channels; perturbation methods (Occlusion, LIME, RISE) perturb
 whole pixels and give one value per pixel.
 
@@ -332,6 +333,13 @@ def _square_side(images: torch.Tensor, share: int) -> int:
     return max(1, min(images.shape[-2:]) // share)
 
 
+def square_offsets(size: int, window: int, stride: int) -> list[int]:
+    """Start offsets of squares of ``window`` pixels at ``stride`` along ``size`` pixels, the last one ending at the
+    border (closer to the one before it where the stride does not tile the side), so every pixel is covered."""
+    return [*range(0, size - window, stride), size - window]
+
+
+@torch.no_grad()
 def occlusion(
     classifier: nn.Module,
     images: torch.Tensor,
@@ -340,28 +348,37 @@ def occlusion(
     stride: int | None = None,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Occlusion (Zeiler and Fergus, 2014), captum: the drop of the target logit when a ``window`` x ``window``
-    square of pixels is set to black, the square moved by ``stride``; each pixel gets the mean drop of the squares
-    that cover it. Defaults: 1/14 of the shorter side (16 pixels at 224), stride half a window; the squares must
-    cover the image exactly."""
-    from captum.attr import Occlusion
-
+    """Occlusion (Zeiler and Fergus, 2014): the drop of the target logit when a ``window`` x ``window`` square of
+    pixels is set to black, the square moved by ``stride`` (:func:`square_offsets`: the last one of a row or column
+    ends at the border, so any size is covered); each pixel gets the mean drop of the squares that cover it.
+    Defaults: 1/14 of the shorter side (16 pixels at 224), stride half a window. Written here: captum's squares
+    must tile the image exactly, which its default squares do not at most sizes (128, 256, 384 px ...).
+    ``batch_size`` occluded images go through the model at a time."""
     window = window or _square_side(images, 14)
     stride = stride or max(1, window // 2)
-    for side in images.shape[-2:]:
-        if window > side or (side - window) % stride:
-            raise ValueError(f"Occlusion squares of {window} pixels at stride {stride} do not cover {side} pixels.")
-    channels = images.shape[1]
-    with torch.no_grad():
-        attributions = Occlusion(classifier).attribute(
-            images,
-            sliding_window_shapes=(channels, window, window),
-            strides=(channels, stride, stride),
-            baselines=0.0,
-            target=targets,
-            perturbations_per_eval=max(1, batch_size // len(images)),
+    num, _, height, width = images.shape
+    if window > min(height, width):
+        raise ValueError(
+            f"Occlusion squares of {window} pixels do not fit {height}x{width} images; pass a smaller window."
         )
-    return attributions.mean(dim=1).detach().to(images.dtype)  # the same value in every channel of a pixel
+    squares = [
+        (top, left) for top in square_offsets(height, window, stride) for left in square_offsets(width, window, stride)
+    ]
+    targets = torch.as_tensor(targets, device=images.device).long().view(-1, 1)
+    intact = classifier(images).gather(1, targets)[:, 0]
+    drops = torch.zeros(num, height, width, dtype=torch.float64, device=images.device)
+    counts = torch.zeros(height, width, dtype=torch.float64, device=images.device)
+    per_batch = max(1, batch_size // num)
+    for start in range(0, len(squares), per_batch):
+        chunk = squares[start : start + per_batch]
+        occluded = images.repeat(len(chunk), 1, 1, 1)
+        for k, (top, left) in enumerate(chunk):
+            occluded[k * num : (k + 1) * num, :, top : top + window, left : left + window] = 0
+        scores = classifier(occluded).gather(1, targets.repeat(len(chunk), 1))[:, 0].view(len(chunk), num)
+        for (top, left), score in zip(chunk, scores):
+            drops[:, top : top + window, left : left + window] += (intact - score).double()[:, None, None]
+            counts[top : top + window, left : left + window] += 1
+    return (drops / counts).to(images.dtype)
 
 
 def segment_grid(height: int, width: int, segment: int, device=None) -> torch.Tensor:
