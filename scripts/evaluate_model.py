@@ -9,9 +9,9 @@ For each model: top-1 accuracy on the split; the grid pointing game (GridPG) on 
 ``--grid-size`` x ``--grid-size`` images of distinct classes, each classified correctly with softmax confidence
 >= ``--min-confidence`` by that model, every cell's class explained on the whole grid (a model tied to one input
 size: in sliding windows of that size, stride half of it, the window attributions summed); the energy pointing
-game (EPG) where the dataset's items carry object boxes; faithfulness on the first ``--faithfulness-images``
-images, each explained for its predicted class: pixel deletion and insertion (area under the probability curve at
-``--faithfulness-steps`` steps) and ROAD (pixels removed most and least relevant first, filled by noisy linear
+game (EPG) where the dataset's items carry object boxes (``--dataset fashion-mnist-canvas-36``: every boxed image,
+explained for its label); faithfulness on the first ``--faithfulness-images`` images, each explained for its
+predicted class: pixel deletion and insertion (area under the probability curve at ``--faithfulness-steps`` steps) and ROAD (pixels removed most and least relevant first, filled by noisy linear
 imputation, at ``--road-fractions``); ``--faithfulness-images 0`` leaves it out. The B-cos model is explained by its
 own contributions (``--bcos-methods``: also by post-hoc methods of its ordinary forward), the source by each
 post-hoc method (``--methods``; Occlusion, LIME and RISE cost hundreds of forward passes per image, so they run
@@ -35,7 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="B-cos model folder or Hub id")
     parser.add_argument("--source", help="its standard source (folder or Hub id), for post-hoc methods")
-    parser.add_argument("--dataset", default="fashion-mnist", help="'fashion-mnist', an image folder or a Hub dataset")
+    parser.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        help="'fashion-mnist', an image folder, a Hub dataset, or Fashion-MNIST on canvases with object boxes "
+        "(for EPG): 'fashion-mnist-canvas[-<px>]', 'fashion-mnist-decoys[-<px>]'",
+    )
     parser.add_argument("--split", default="validation", choices=("train", "validation"))
     parser.add_argument("--max-images", type=at_least(1), help="use only the split's first images (quick runs)")
     parser.add_argument("--grid-size", type=at_least(1), default=2)

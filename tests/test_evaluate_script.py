@@ -362,3 +362,33 @@ def test_occlusion_explains_a_source_whose_input_size_its_default_squares_do_not
     occluded = report["scores"]["occlusion"]
     assert [row["method"] for row in report["rows"]] == ["bcos", "occlusion"]
     assert len(occluded["deletion"]) == 2 and all(0 <= score <= 1 for score in occluded["deletion"])
+
+
+@pytest.mark.usefixtures("fashion_mnist")
+def test_a_boxed_dataset_named_on_the_command_line_is_scored_by_the_energy_pointing_game(tmp_path):
+    """fashion-mnist-canvas-36: garments on 36 px canvases, each item with its box. EPG recomputed: the B-cos model's
+    contributions to each label in its 16 px pixels, the box the pixels whose centres, (j + 0.5) 36 / 16 in the
+    canvas, lie in it."""
+    from bcos_zoo.data.decoys import decoy_splits
+
+    bcos = tmp_path / "bcos"
+    vit = hf_vit(hidden=24, layers=1, heads=2, mlp=48, image=16, patch=4, labels=10)
+    BcosViTForImageClassification.from_pretrained_standard(vit, b=2.0).save_pretrained(bcos)
+    main = evaluate_script()["main"]
+    argv = ["--model", str(bcos), "--dataset", "fashion-mnist-canvas-36", "--max-images", "4", "--num-grids", "0"]
+    argv += ["--faithfulness-images", "0", "--match-classes", "index", "--device", "cpu"]
+    report = main([*argv, "--output-dir", str(tmp_path / "output")])
+
+    model = BcosViTForImageClassification.from_pretrained(bcos).eval()
+    items = [decoy_splits(36, decoys=False).validation[index] for index in range(4)]
+    pixels = model_transform(model)
+    maps = model.explain(
+        torch.stack([pixels(image) for image, _, _ in items]), target=torch.tensor([label for _, label, _ in items])
+    )
+    centres = (torch.arange(16) + 0.5) * 36 / 16
+    expected = []
+    for positive, (_, _, [[x0, y0, x1, y1]]) in zip(maps.contributions.double().clamp_min(0), items):
+        inside = ((centres >= y0) & (centres < y1))[:, None] & ((centres >= x0) & (centres < x1))[None]
+        expected.append(float(positive[inside].sum() / positive.sum()))
+    assert report["scores"]["bcos"]["energy_pointing_game"] == pytest.approx(expected, abs=1e-6)
+    assert report["models"]["bcos"]["energy_pointing_game_skipped"] == 0

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import Dataset
 from transformers import AutoModelForImageClassification
 
-from ..data.datasets import limit, load_dataset_splits
+from ..data.datasets import limit
+from ..data.decoys import load_boxed_splits
 from ..data.preprocessing import model_transform
 from .baselines import (
     DEFAULT_METHODS,
@@ -194,10 +195,12 @@ def evaluate_side_by_side(
     Faithfulness is measured on the first ``faithfulness_images`` images (0: not at all) with
     ``faithfulness_steps`` deletion/insertion steps and ROAD at ``road_fractions``. ``seed`` seeds torch, the
     choice of grids and the methods' random draws. ``match_classes`` says how the dataset's classes are matched
-    to each model's (:func:`class_order`).
+    to each model's (:func:`class_order`). ``dataset`` is what ``load_dataset_splits`` takes or a boxed dataset
+    (``fashion-mnist-canvas[-<px>]``, ``fashion-mnist-decoys[-<px>]``: ``bcos_zoo.data.decoys.load_boxed_splits``),
+    whose boxes the energy pointing game scores.
     """
     torch.manual_seed(seed)
-    splits = load_dataset_splits(dataset)
+    splits = load_boxed_splits(dataset)  # the boxed datasets by name (their items carry boxes), else any other
     images = limit(getattr(splits, split), max_images)
     settings = dict(
         grid_size=grid_size,
