@@ -11,13 +11,14 @@ For each model: top-1 accuracy on the split; the grid pointing game (GridPG) on 
 size: in sliding windows of that size, stride half of it, the window attributions summed); the energy pointing
 game (EPG) where the dataset's items carry object boxes (``--dataset fashion-mnist-canvas-36``: every boxed image,
 explained for its label); faithfulness on the first ``--faithfulness-images`` images, each explained for its
-predicted class: pixel deletion and insertion (area under the probability curve at ``--faithfulness-steps`` steps) and ROAD (pixels removed most and least relevant first, filled by noisy linear
-imputation, at ``--road-fractions``); ``--faithfulness-images 0`` leaves it out. The B-cos model is explained by its
-own contributions (``--bcos-methods``: also by post-hoc methods of its ordinary forward), the source by each
-post-hoc method (``--methods``; Occlusion, LIME and RISE cost hundreds of forward passes per image, so they run
-only when named). Prints a table, writes ``<output-dir>/evaluation.json`` (summary rows, every score and the
-faithfulness curves), ``<output-dir>/localisation.png`` (bar plot) and ``<output-dir>/faithfulness.png`` (the
-curves). The work is done by ``bcos_zoo.evaluation.report``.
+predicted class: pixel deletion and insertion (area under the probability curve at ``--faithfulness-steps`` steps)
+and ROAD (pixels removed most and least relevant first, filled by noisy linear imputation, at ``--road-fractions``);
+``--faithfulness-images 0`` leaves it out. The B-cos model is explained by its own contributions (``--bcos-methods``:
+also by post-hoc methods of its ordinary forward), the source by each post-hoc method (``--methods``; Occlusion, LIME
+and RISE cost hundreds of forward passes per image, so they run only when named). Prints a table, writes
+``<output-dir>/evaluation.json`` (summary rows, every score and the faithfulness curves),
+``<output-dir>/localisation.png`` (bar plot) and ``<output-dir>/faithfulness.png`` (the curves). The work is done by
+``bcos_zoo.evaluation.report``.
 """
 
 import argparse
