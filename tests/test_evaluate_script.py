@@ -19,7 +19,7 @@ from transformers import ConvNextImageProcessor
 from bcos_zoo import BcosResNetForImageClassification, BcosViTForImageClassification
 from bcos_zoo.data.preprocessing import model_transform
 from bcos_zoo.evaluation.baselines import DEFAULT_METHODS, load_standard_classifier
-from bcos_zoo.evaluation.report import evaluate_side_by_side, score_key
+from bcos_zoo.evaluation.report import class_order, evaluate_side_by_side, score_key
 from bcos_zoo.zoo.cli import run_script
 
 
@@ -306,6 +306,18 @@ def test_matching_classes_by_index_takes_the_dataset_s_i_th_class_for_the_model_
     _, data = copy_with_class_names(workspace, tmp_path, list("abcdef"), relabel_model=False)
     settings = {**accuracy_only(workspace), "dataset": str(data), "match_classes": "index"}
     assert evaluate_side_by_side(**settings)["models"]["bcos"]["accuracy"] == pytest.approx(workspace["accuracy"])
+
+
+def test_a_model_with_the_dataset_s_class_names_in_its_order_is_accepted_even_where_a_name_repeats():
+    """ImageNet-1k has two classes named "crane" (the bird and the machine), in the model's labels and the dataset's."""
+    names = ["tench", "crane", "goldfish", "crane"]
+    assert class_order("model", dict(enumerate(names)), list(names)) == [0, 1, 2, 3]
+
+
+def test_repeated_class_names_in_another_order_are_refused_naming_the_repeated_name():
+    with pytest.raises(ValueError, match=r"\(\['crane'\] repeat, so names cannot match\)") as refusal:
+        class_order("model", dict(enumerate(["crane", "tench", "crane"])), ["tench", "crane", "crane"])
+    assert "--match-classes index" in str(refusal.value)
 
 
 def evaluate_script() -> dict:

@@ -59,7 +59,8 @@ def class_order(name: str, id2label: dict, class_names: list[str], match: str = 
     accuracy and grids mean nothing.
 
     The counts must agree. With ``match="name"``, a model that names its classes (not transformers' default
-    ``LABEL_i``) must have the dataset's class names (white space aside), in any order; a mere count check would
+    ``LABEL_i``) must have the dataset's class names (white space aside), in any order (in the same order where a
+    name repeats, as ImageNet's "crane" does: which is which cannot be told by name); a mere count check would
     let a dataset whose folders sort differently score each image against the wrong class. ``match="index"``:
     class ``i`` of the dataset is the model's class ``i``, whatever their names (folders that cannot carry the
     model's names, like ``T-shirt/top``, or ImageNet's folders named by WordNet id).
@@ -73,13 +74,17 @@ def class_order(name: str, id2label: dict, class_names: list[str], match: str = 
     if match == "index" or model_names == [f"LABEL_{i}" for i in in_order]:
         return in_order
     model_keys, keys = [_key(name) for name in model_names], [_key(name) for name in class_names]
-    if sorted(model_keys) == sorted(keys) and len(set(keys)) == len(keys):  # the same classes, in any order
+    if model_keys == keys:  # the same classes in the same order, even where a name repeats (ImageNet's two cranes)
+        return in_order
+    repeated = sorted({key for key in keys + model_keys if keys.count(key) > 1 or model_keys.count(key) > 1})
+    if sorted(model_keys) == sorted(keys) and not repeated:  # the same classes, in any order
         return [model_keys.index(key) for key in keys]
     missing = [class_name for class_name, key in zip(class_names, keys) if key not in model_keys]
+    why = f"{_shown(missing)} not among the model's" if missing else f"{_shown(repeated)} repeat, so names cannot match"
     raise ValueError(
-        f"{name}'s classes are {_shown(model_names)} but the dataset's are {_shown(class_names)} "
-        f"({_shown(missing)} not among the model's). Rename the class folders after the model's classes, or pass "
-        "--match-classes index if the dataset's i-th class (folders in sorted order) is the model's class i."
+        f"{name}'s classes are {_shown(model_names)} but the dataset's are {_shown(class_names)} ({why}). Rename "
+        "the class folders after the model's classes (in its order where a name repeats), or pass --match-classes "
+        "index if the dataset's i-th class (folders in sorted order) is the model's class i."
     )
 
 
