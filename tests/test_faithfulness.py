@@ -323,6 +323,25 @@ def test_bad_inputs_are_refused():
         insertion_curves(PixelSum(), images, maps, torch.zeros(2), score="softmax")
 
 
+@pytest.mark.parametrize("curves", [deletion_curves, insertion_curves, road_curves])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_map_holding_nan_or_inf_is_refused_before_the_model_is_called_as_the_localisation_scores_refuse_it(
+    curves, bad
+):
+    images = random_images(n=2)
+    maps = random_maps(images)
+    maps[1, 2, 3] = bad
+    calls = []
+
+    def classify(batch):
+        calls.append(batch)
+        return PixelSum()(batch)
+
+    with pytest.raises(ValueError, match="NaN or inf values; the method that made them failed"):
+        curves(classify, images, maps, torch.zeros(2))
+    assert calls == []
+
+
 def test_curve_auc_is_the_trapezoid_over_the_fractions():
     fractions = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
     assert float(curve_auc(fractions, torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64))) == pytest.approx(0.375)

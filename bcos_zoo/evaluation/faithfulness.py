@@ -13,7 +13,8 @@ attribution ranks highest are removed, or inserted, first.
   is the weighted mean of its 8 neighbours (direct ones 1/6, diagonal ones 1/12), solved jointly for all removed
   pixels, plus Gaussian noise (clipped to the image's range). The score is the mean of the curve over the shares.
 
-Every pixel's channels go together; attributions are (N, H, W) maps, ties broken by pixel index (row-major).
+Every pixel's channels go together; attributions are (N, H, W) maps, ties broken by pixel index (row-major); maps
+holding NaN or inf are refused, as the localisation scores refuse them.
 Everything is batched over images *and* curve points: one model call classifies ``batch_size`` (image, point)
 pairs, so N images and S points cost N * S / batch_size forward passes. :func:`evaluate_faithfulness` runs the
 metrics on a dataset for the evaluation report; the ``evaluate`` modules in ``bcos_zoo/evaluation/metrics``
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..data.preprocessing import ImageTransform
 from .localisation import AttributionFn, ClassifierFn, checked_attributions, load_images
+from .scores import check_finite
 
 
 Score = Literal["probability", "logit"]
@@ -97,11 +99,13 @@ def _pairs(num_images: int, num_points: int, device) -> torch.Tensor:
 
 
 def _checked(images: torch.Tensor, attributions: torch.Tensor, targets) -> torch.Tensor:
+    """The targets as a (N,) long tensor, after checking the images, and the attributions' shape and finiteness."""
     if images.ndim != 4 or tuple(attributions.shape) != (images.shape[0], *images.shape[2:]):
         raise ValueError(
             f"Images must be (N, C, H, W) and attributions their (N, H, W) maps; got {tuple(images.shape)} and "
             f"{tuple(attributions.shape)}."
         )
+    check_finite(torch.as_tensor(attributions))
     return torch.as_tensor(targets, device=images.device).long().flatten()
 
 

@@ -33,12 +33,18 @@ def _as_batch(attributions: ArrayLike) -> torch.Tensor:
     return batch
 
 
-def positive_share(attributions: ArrayLike, masks: ArrayLike) -> torch.Tensor:
-    """(N,) share of each map's positive attribution that lies where its mask is true (0 without any). A map that is
-    not finite is refused: NaN would otherwise score 0 and inf NaN, as if the method had pointed nowhere."""
-    attributions = _as_batch(attributions)
+def check_finite(attributions: torch.Tensor) -> None:
+    """Refuse maps that hold NaN or inf: a method that failed would otherwise be scored (NaN pointing nowhere in
+    the pointing games, NaN ranked first or last in the faithfulness orders) as if it had explained the image."""
     if not bool(torch.isfinite(attributions).all()):
         raise ValueError("Attributions hold NaN or inf values; the method that made them failed on these images.")
+
+
+def positive_share(attributions: ArrayLike, masks: ArrayLike) -> torch.Tensor:
+    """(N,) share of each map's positive attribution that lies where its mask is true (0 without any). A map that is
+    not finite is refused (:func:`check_finite`): NaN would otherwise score 0 and inf NaN."""
+    attributions = _as_batch(attributions)
+    check_finite(attributions)
     positive = attributions.clamp(min=0)
     masks = torch.as_tensor(masks, device=positive.device).bool()
     if masks.shape != positive.shape:
