@@ -97,6 +97,7 @@ TIMM_VARIANTS = {
     "pre-norm": dict(pre_norm=True),
     "fc-norm-on-the-class-token": dict(fc_norm=True),
     "quick-gelu": dict(name="vit_base_patch32_clip_224", act_layer="quick_gelu", pre_norm=True, depth=1),
+    "timm-s-layer-norm-class": dict(norm_layer="layernorm"),
 }
 
 
@@ -301,3 +302,31 @@ def test_position_embeddings_interpolated_for_another_size_match_the_source_in_f
         expected = source(pixel_values=normalize(x, mean, std), interpolate_pos_encoding=True).logits
         logits = bcos(pixel_values=x, interpolate_pos_encoding=True).logits
     assert bcos.dtype == torch.float64 and (expected - logits).abs().max().item() <= 1e-12
+
+
+def test_a_timm_vit_built_with_rmsnorm_is_refused_naming_the_module_and_its_class():
+    """RMSNorm's weights fit the B-cos ViT's LayerNorm, which computes another function (it takes the mean out)."""
+    with pytest.raises(ValueError, match=r"^The timm ViT's blocks\.0\.norm1 is a RmsNorm; only LayerNorm"):
+        BcosViTForImageClassification.from_pretrained_standard(timm_vit(norm_layer="rmsnorm"))
+
+
+def test_a_timm_vit_whose_average_takes_in_the_class_token_is_refused(tmp_path):
+    """global_pool='avg' with pool_include_prefix=True averages the class token in; the B-cos ViT averages the patch
+    tokens only. A timm folder records the option in its model_args, so it is refused there too."""
+    from timm.models import save_for_hf
+
+    source = timm_vit(global_pool="avg", pool_include_prefix=True)
+    save_for_hf(source, str(tmp_path), safe_serialization=True)
+    assert json.loads((tmp_path / "config.json").read_text())["model_args"]["pool_include_prefix"] is True
+    for given in (source, tmp_path):
+        with pytest.raises(ValueError, match=r"averages its class token in.*pool_include_prefix=True"):
+            BcosViTForImageClassification.from_pretrained_standard(given)
+
+
+def test_an_average_pool_without_a_class_token_to_take_in_is_reproduced_exactly():
+    source = timm_vit(global_pool="avg", class_token=False, pool_include_prefix=True)
+    bcos = BcosViTForImageClassification.from_pretrained_standard(source, b=1, bias="keep").eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(normalize(x, source.pretrained_cfg["mean"], source.pretrained_cfg["std"]))
+    assert max_logit_diff(expected, bcos, x) <= TOLERANCE

@@ -122,6 +122,26 @@ def _timm_activation(act: nn.Module) -> str:
     return names[type(act).__name__]
 
 
+def _is_layer_norm(module: nn.Module) -> bool:
+    kind = type(module)
+    timm_layer_norm = kind.__module__.startswith("timm.") and kind.__name__ in ("LayerNorm", "LayerNormFp32")
+    return kind is nn.LayerNorm or timm_layer_norm
+
+
+def check_timm_norms(model: nn.Module) -> None:
+    """The B-cos ViT normalises with LayerNorm, so a timm ViT built with another ``norm_layer`` (RMSNorm: no mean
+    taken out, no bias) is refused by name: its weights would fit and compute another function."""
+    blocks = [f"blocks.{i}.{norm}" for i in range(len(model.blocks)) for norm in ("norm1", "norm2")]
+    names = ["norm_pre", *blocks, "norm", "fc_norm"]
+    for name in names:
+        module = model.get_submodule(name)
+        if not (isinstance(module, nn.Identity) or _is_layer_norm(module)):
+            raise ValueError(
+                f"The timm ViT's {name} is a {type(module).__name__}; only LayerNorm (torch's or timm's) is supported "
+                "(the B-cos ViT's normalisation): build it with timm's default norm_layer."
+            )
+
+
 def timm_module_meta(model: nn.Module) -> dict:
     """What a timm VisionTransformer's weights do not say: heads, activation, eps, pooling."""
     block = model.blocks[0]
@@ -129,11 +149,14 @@ def timm_module_meta(model: nn.Module) -> dict:
         raise ValueError(f"Unsupported timm block type {type(block).__name__}; only the standard ViT Block is.")
     if not isinstance(block.attn.q_norm, nn.Identity):
         raise ValueError("timm ViTs with qk_norm are not supported.")
+    check_timm_norms(model)
     return dict(
         num_heads=block.attn.num_heads,
         activation=_timm_activation(block.mlp.act),
         eps=block.norm1.eps,
         global_pool=model.global_pool,
+        # an average that takes the class token in with the patch tokens (with a class token to take in)
+        pool_include_prefix=bool(getattr(model, "pool_include_prefix", False) and model.num_prefix_tokens),
         image_size=tuple(model.patch_embed.img_size),
         no_embed_class=bool(getattr(model, "no_embed_class", False)),
     )
@@ -144,6 +167,11 @@ def from_timm_state(sd: dict[str, torch.Tensor], meta: dict, mean, std) -> Stand
     sd = dict(sd)
     if meta["global_pool"] not in ("token", "avg"):
         raise ValueError(f"Unsupported timm global_pool {meta['global_pool']!r}; supported: 'token', 'avg'.")
+    if meta["global_pool"] == "avg" and meta.get("pool_include_prefix"):
+        raise ValueError(
+            "This timm ViT averages its class token in with the patch tokens (pool_include_prefix=True), which the "
+            "B-cos ViT does not: only global_pool='avg' over the patch tokens (pool_include_prefix=False) is supported."
+        )
     if "reg_token" in sd:
         raise ValueError("timm ViTs with register tokens (reg_token) are not supported.")
     if "head.weight" not in sd:
