@@ -174,3 +174,14 @@ def test_a_1000_class_torchvision_source_names_imagenet_classes():
     assert bcos.config.id2label[0] == "tench, Tinca tinca" and bcos.config.id2label[999].startswith("toilet tissue")
     five = BcosDenseNetForImageClassification.from_pretrained_standard(torchvision_densenet121(), b=1.0, bias="keep")
     assert five.config.id2label == {i: f"LABEL_{i}" for i in range(5)}
+
+
+@pytest.mark.parametrize(
+    "regulariser", [dict(drop_path_rate=0.1), dict(drop_block_rate=0.1)], ids=["drop-path", "drop-block"]
+)
+def test_a_timm_resnet_built_with_training_only_regularisers_is_reproduced_exactly(regulariser):
+    """Stochastic depth and DropBlock act in training only; in evaluation the source is the plain ResNet."""
+    source = timm_cnn("resnet18", **regulariser)
+    assert any(type(m).__name__ in ("DropPath", "DropBlock2d") for m in source.modules())
+    bcos = BcosResNetForImageClassification.from_pretrained_standard(source, b=1.0, bias="keep").eval()
+    assert max_diff(bcos, source) <= TOLERANCE

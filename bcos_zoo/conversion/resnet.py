@@ -48,7 +48,8 @@ SUPPORTED_RESNET_SOURCES = (
 )
 TIMM_RESNET_ARCHITECTURE = re.compile(r"^(resnet\d+|wide_resnet\d+_2|resnext\d+_\d+x\d+d)$")
 # Module types a torchvision/timm ResNet or DenseNet may hold; anything else (attention, blur pooling, other
-# activations or norms) changes the function and is refused.
+# activations or norms) changes the function and is refused. Dropout, DropPath (stochastic depth) and DropBlock2d
+# act in training only: in evaluation they pass their input on.
 PLAIN_CNN_MODULES = {
     "AdaptiveAvgPool2d",
     "AvgPool2d",
@@ -61,6 +62,8 @@ PLAIN_CNN_MODULES = {
     "DenseLayer",
     "DenseNet",
     "DenseTransition",
+    "DropBlock2d",
+    "DropPath",
     "Dropout",
     "Flatten",
     "Identity",
