@@ -176,6 +176,22 @@ def test_a_1000_class_torchvision_source_names_imagenet_classes():
     assert five.config.id2label == {i: f"LABEL_{i}" for i in range(5)}
 
 
+def test_a_timm_resnet_folder_s_label_names_name_the_classes(tmp_path):
+    from timm.models import save_for_hf
+
+    names = ["cat", "dog", "bird", "fish", "frog"]
+    save_for_hf(timm_cnn("resnet18"), str(tmp_path), model_config={"label_names": names}, safe_serialization=True)
+    bcos = BcosResNetForImageClassification.from_pretrained_standard(tmp_path, b=1.0, bias="keep")
+    assert bcos.config.id2label == dict(enumerate(names))
+
+
+def test_an_in_memory_timm_densenet_s_label_names_name_the_classes():
+    source = timm_cnn("densenet121")
+    source.pretrained_cfg = dict(source.pretrained_cfg, label_names={str(i): f"class {i}" for i in range(5)})
+    bcos = BcosDenseNetForImageClassification.from_pretrained_standard(source, b=1.0, bias="keep")
+    assert bcos.config.id2label == {i: f"class {i}" for i in range(5)}
+
+
 @pytest.mark.parametrize(
     "regulariser", [dict(drop_path_rate=0.1), dict(drop_block_rate=0.1)], ids=["drop-path", "drop-block"]
 )

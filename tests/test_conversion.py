@@ -330,3 +330,29 @@ def test_an_average_pool_without_a_class_token_to_take_in_is_reproduced_exactly(
     with torch.no_grad():
         expected = source(normalize(x, source.pretrained_cfg["mean"], source.pretrained_cfg["std"]))
     assert max_logit_diff(expected, bcos, x) <= TOLERANCE
+
+
+def test_a_timm_folder_s_label_names_name_the_classes(tmp_path):
+    """timm's way to publish a fine-tuned model's classes: save_for_hf(..., model_config={"label_names": [...]})."""
+    from timm.models import save_for_hf
+
+    names = ["cat", "dog", "bird", "fish", "frog", "newt"]
+    save_for_hf(timm_vit(), str(tmp_path), model_config={"label_names": names}, safe_serialization=True)
+    bcos = BcosViTForImageClassification.from_pretrained_standard(tmp_path, b=1, bias="keep")
+    assert bcos.config.id2label == dict(enumerate(names))
+
+
+def test_timm_label_descriptions_show_the_label_names_they_describe():
+    source = timm_vit(num_classes=2)
+    source.pretrained_cfg = dict(
+        source.pretrained_cfg, label_names=["n01", "n02"], label_descriptions={"n01": "tench", "n02": "goldfish"}
+    )
+    bcos = BcosViTForImageClassification.from_pretrained_standard(source, b=1, bias="keep")
+    assert bcos.config.id2label == {0: "tench", 1: "goldfish"}
+
+
+def test_timm_label_names_that_do_not_name_every_output_are_not_used():
+    source = timm_vit(num_classes=3)
+    source.pretrained_cfg = dict(source.pretrained_cfg, label_names=["cat", "dog"])
+    bcos = BcosViTForImageClassification.from_pretrained_standard(source, b=1, bias="keep")
+    assert bcos.config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}

@@ -14,7 +14,10 @@ import torch
 from huggingface_hub import snapshot_download
 from safetensors.torch import load_file
 from torch import nn
+from transformers.utils import logging
 
+
+logger = logging.get_logger(__name__)
 
 # interpolation names (torchvision's modes by value, timm's pretrained_cfg) as the PIL filter numbers that
 # transformers' image processors take
@@ -116,11 +119,28 @@ def load_timm_folder(folder: Path, config: dict, supported: str, architectures: 
     return model.eval()
 
 
-def standard_labels(num_classes: int) -> dict[int, str]:
-    """Class names for a timm or torchvision classifier, whose weights carry none: ImageNet's for the class counts of
-    its subsets (1k, and timm's 12k, 21k and 22k heads; timm's descriptions, as transformers' ImageNet checkpoints
-    name them), else ``LABEL_i``; a source trained on other classes passes ``id2label=`` to
-    ``from_pretrained_standard``."""
+def standard_labels(num_classes: int, pretrained_cfg: dict | None = None) -> dict[int, str]:
+    """Class names for a timm or torchvision classifier, whose weights carry none.
+
+    A timm model's ``pretrained_cfg`` may name them: ``label_names`` (what ``save_for_hf(model, folder,
+    model_config={"label_names": [...]})`` writes to a folder's config.json, and timm reads back), each shown by its
+    ``label_descriptions`` entry where it has one; they are used when they name every output of the head. Otherwise
+    ImageNet's for the class counts of its subsets (1k, and timm's 12k, 21k and 22k heads; timm's descriptions, as
+    transformers' ImageNet checkpoints name them), else ``LABEL_i``; a source trained on other classes passes
+    ``id2label=`` to ``from_pretrained_standard``."""
+    names = (pretrained_cfg or {}).get("label_names")
+    if isinstance(names, dict):  # timm allows id -> name (JSON keys are strings)
+        names = {int(i): name for i, name in names.items()}
+    elif names:
+        names = dict(enumerate(names))
+    if names and sorted(names) == list(range(num_classes)):
+        descriptions = (pretrained_cfg or {}).get("label_descriptions") or {}
+        return {i: str(descriptions.get(names[i], names[i])) for i in range(num_classes)}
+    if names:
+        logger.warning(
+            f"The source's label_names name {len(names)} classes, its head has {num_classes} outputs: the names are "
+            "not used. Pass id2label= to name its classes."
+        )
     try:
         from timm.data import ImageNetInfo, infer_imagenet_subset
     except ImportError:  # timm is optional: without it, the classes keep their numbers

@@ -51,8 +51,11 @@ def _densenet_name(key: str) -> str:
     raise KeyError(key)
 
 
-def from_densenet_state(sd: dict[str, torch.Tensor], mean, std, eps: float) -> StandardCNN:
-    """Read a DenseNet in torchvision's naming (which timm shares); the architecture follows from the weight shapes."""
+def from_densenet_state(
+    sd: dict[str, torch.Tensor], mean, std, eps: float, pretrained_cfg: dict | None = None
+) -> StandardCNN:
+    """Read a DenseNet in torchvision's naming (which timm shares); the architecture follows from the weight shapes,
+    the class names from a timm model's ``pretrained_cfg`` (see :func:`~.common.standard_labels`)."""
     supported = SUPPORTED_DENSENET_SOURCES
     if "classifier.weight" not in sd:
         raise ValueError(f"This DenseNet has no classification head. Supported: {supported}.")
@@ -85,7 +88,7 @@ def from_densenet_state(sd: dict[str, torch.Tensor], mean, std, eps: float) -> S
         block_config=block_config,
         bn_size=bottleneck // growth_rate,
         batch_norm_eps=eps,
-        id2label=standard_labels(num_classes),
+        id2label=standard_labels(num_classes, pretrained_cfg),
     )
     return StandardCNN(architecture, state, mean, std, rename=_densenet_name, stem_weight=STEM_WEIGHT)
 
@@ -99,7 +102,8 @@ def load_standard_densenet(source) -> StandardCNN:
             )
         check_plain_modules(source, SUPPORTED_DENSENET_SOURCES)
         cfg = getattr(source, "pretrained_cfg", None) or {}
-        standard = from_densenet_state(source.state_dict(), cfg.get("mean"), cfg.get("std"), source.features.norm0.eps)
+        eps = source.features.norm0.eps
+        standard = from_densenet_state(source.state_dict(), cfg.get("mean"), cfg.get("std"), eps, cfg)
         standard.module = source
         standard.architecture.update(processor_geometry(cfg))
         return standard

@@ -170,7 +170,7 @@ def load_standard_resnet(source) -> StandardCNN:
         check_plain_modules(source, SUPPORTED_RESNET_SOURCES)
         cfg = getattr(source, "pretrained_cfg", None) or {}
         eps = source.bn1.eps
-        standard = from_torchvision_layout(source.state_dict(), cfg.get("mean"), cfg.get("std"), eps)
+        standard = from_torchvision_layout(source.state_dict(), cfg.get("mean"), cfg.get("std"), eps, cfg)
         standard.module = source
         standard.architecture.update(processor_geometry(cfg))
         return standard
@@ -243,8 +243,11 @@ def _torchvision_resnet_name(key: str) -> str:
     raise KeyError(key)
 
 
-def from_torchvision_layout(sd: dict[str, torch.Tensor], mean, std, eps: float) -> StandardCNN:
-    """Read a ResNet in torchvision's naming (which timm shares); the architecture follows from the weight shapes."""
+def from_torchvision_layout(
+    sd: dict[str, torch.Tensor], mean, std, eps: float, pretrained_cfg: dict | None = None
+) -> StandardCNN:
+    """Read a ResNet in torchvision's naming (which timm shares); the architecture follows from the weight shapes,
+    the class names from a timm model's ``pretrained_cfg`` (see :func:`~.common.standard_labels`)."""
     supported = SUPPORTED_RESNET_SOURCES
     if "fc.weight" not in sd:
         raise ValueError(f"This ResNet has no classification head (fc). Supported: {supported}.")
@@ -284,7 +287,7 @@ def from_torchvision_layout(sd: dict[str, torch.Tensor], mean, std, eps: float) 
         bottleneck_widths=widths if bottleneck else None,
         groups=groups,
         batch_norm_eps=eps,
-        id2label=standard_labels(num_classes),
+        id2label=standard_labels(num_classes, pretrained_cfg),
     )
     return StandardCNN(
         architecture,

@@ -143,7 +143,8 @@ def check_timm_norms(model: nn.Module) -> None:
 
 
 def timm_module_meta(model: nn.Module) -> dict:
-    """What a timm VisionTransformer's weights do not say: heads, activation, eps, pooling."""
+    """What a timm VisionTransformer's weights do not say: heads, activation, eps, pooling, and its ``pretrained_cfg``
+    (class names)."""
     block = model.blocks[0]
     if type(block).__name__ != "Block" or not hasattr(block, "attn"):
         raise ValueError(f"Unsupported timm block type {type(block).__name__}; only the standard ViT Block is.")
@@ -159,6 +160,7 @@ def timm_module_meta(model: nn.Module) -> dict:
         pool_include_prefix=bool(getattr(model, "pool_include_prefix", False) and model.num_prefix_tokens),
         image_size=tuple(model.patch_embed.img_size),
         no_embed_class=bool(getattr(model, "no_embed_class", False)),
+        pretrained_cfg=dict(getattr(model, "pretrained_cfg", None) or {}),
     )
 
 
@@ -237,6 +239,7 @@ def from_timm_state(sd: dict[str, torch.Tensor], meta: dict, mean, std) -> Stand
     if sd:
         raise ValueError(f"Unsupported timm ViT: weights {sorted(sd)[:8]} have no B-cos counterpart.")
     num_classes = state["classifier.weight"].shape[0]
+    pretrained_cfg = meta.get("pretrained_cfg") or {}
     architecture = dict(
         image_size=grid * patch_size,
         patch_size=patch_size,
@@ -251,7 +254,7 @@ def from_timm_state(sd: dict[str, torch.Tensor], meta: dict, mean, std) -> Stand
         use_class_token=has_cls,
         pooling="cls" if meta["global_pool"] == "token" else "mean",
         pre_layernorm="pre_layernorm.weight" in state,
-        id2label=standard_labels(num_classes),
+        id2label=standard_labels(num_classes, pretrained_cfg),
     )
     return StandardViT(architecture, state, mean, std)
 
