@@ -2,6 +2,7 @@
 Gradient, Integrated Gradients, GradCAM and attention rollout): every method on a small ViT and a small ResNet, standard
 and B-cos, returns one pixel map per image; the methods' values on models where they are known in closed form."""
 
+import numpy as np
 import pytest
 import torch
 from cnn_sources import hf_resnet
@@ -15,6 +16,7 @@ from bcos_zoo.evaluation.baselines import (
     deeplift,
     gradient,
     guided_backprop,
+    integrated_gradients,
     lime,
     load_standard_classifier,
     occlusion,
@@ -125,6 +127,18 @@ class ReluNet(nn.Module):
         return self.second(self.relu(self.first(images.flatten(1))))
 
 
+def test_integrated_gradients_integrate_the_gradient_by_gauss_legendre_quadrature():
+    """sum_k w_k x * grad f(a_k x) at the Gauss-Legendre points a_k of [0, 1] (weights w_k summing to 1)."""
+    model, images, targets = ReluNet().double().eval(), images_of(), torch.tensor([0, 1])
+    nodes, weights = np.polynomial.legendre.leggauss(5)
+    expected = torch.zeros_like(images)
+    for node, weight in zip((nodes + 1) / 2, weights / 2):
+        path = (float(node) * images).requires_grad_(True)
+        model(path).gather(1, targets[:, None]).sum().backward()
+        expected += float(weight) * images * path.grad
+    torch.testing.assert_close(integrated_gradients(model, images, targets, steps=5), expected.sum(1))
+
+
 def test_guided_backprop_lets_only_positive_gradients_back_through_the_relu():
     model, images, targets = ReluNet().double().eval(), images_of(), torch.tensor([1, 2])
     active = (model.first(images.flatten(1)) > 0).double()
@@ -140,6 +154,30 @@ def test_deeplift_attributions_add_up_to_the_gain_over_a_black_image():
     with torch.no_grad():
         gain = (model(images) - model(torch.zeros_like(images))).gather(1, targets[:, None])[:, 0]
     torch.testing.assert_close(deeplift(model, images, targets).sum((1, 2)), gain)
+
+
+def resnet_gain_and_deeplift_sums(max_pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A transformers ResNet (convolutions, BatchNorm, ReLU, its stem's max-pool unless taken out) in float64: the
+    target logits' gain over a black image, and the sums of DeepLIFT's maps."""
+    model = hf_resnet("bottleneck", labels=4).double()
+    if not max_pool:
+        model.resnet.embedder.pooler = nn.Identity()
+    classifier = load_standard_classifier(model, (0.45, 0.5, 0.55), (0.2, 0.25, 0.3)).double()
+    images, targets = images_of(n=3, size=32), torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        gain = (classifier(images) - classifier(torch.zeros_like(images))).gather(1, targets[:, None])[:, 0]
+    return gain, deeplift(classifier, images, targets).sum((1, 2))
+
+
+def test_deeplift_of_a_resnet_adds_up_through_convolutions_batchnorm_and_relus():
+    gain, sums = resnet_gain_and_deeplift_sums(max_pool=False)
+    torch.testing.assert_close(sums, gain)
+
+
+def test_deeplift_of_a_resnet_misses_the_gain_through_its_max_pool():
+    """captum's max-pooling rule is not exact where the image and the black image pick different maxima."""
+    gain, sums = resnet_gain_and_deeplift_sums(max_pool=True)
+    assert float(((sums - gain).abs() / gain.abs()).max()) > 0.1
 
 
 class PixelSum(nn.Module):
