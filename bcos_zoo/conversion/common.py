@@ -2,10 +2,13 @@
 normalisation into the first layer, and loading weights so that no parameter is left randomly initialised.
 
 This is the one reader of a source's mean/std: the converters and the post-hoc baselines ask
-:func:`source_normalization`, so a source means the same pixels to all of them.
+:func:`source_normalization`, so a source means the same pixels to all of them. How a source resizes and crops for
+evaluation is read here too (:func:`processor_resize`, :func:`timm_resize`), so that a B-cos model's saved processor
+gives the pixels its source was evaluated on.
 """
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,20 +70,85 @@ def _as_normalization(settings: dict) -> Normalization | None:
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def source_normalization(folder: Path) -> Normalization | None:
-    """The mean/std a source folder's model expects its images normalised with, or ``None`` if the folder does not say.
-
-    Read from, in order: ``preprocessor_config.json`` (transformers image processors; ``do_normalize: false`` means
-    no normalisation), ``processor_config.json`` (newer transformers folders nest the image processor there), and the
-    ``pretrained_cfg`` of a timm ``config.json``.
-    """
+def source_processor(folder: Path) -> dict | None:
+    """The settings of a source folder's transformers image processor: ``preprocessor_config.json``, else the image
+    processor that newer folders nest in ``processor_config.json``; ``None`` when the folder has neither."""
     processor = read_json(folder / "preprocessor_config.json")
     if processor is None:
         processor = (read_json(folder / "processor_config.json") or {}).get("image_processor")
+    return processor
+
+
+def source_normalization(folder: Path) -> Normalization | None:
+    """The mean/std a source folder's model expects its images normalised with, or ``None`` if the folder does not say.
+
+    Read from, in order: the folder's transformers image processor (:func:`source_processor`; ``do_normalize: false``
+    means no normalisation) and the ``pretrained_cfg`` of a timm ``config.json``.
+    """
+    processor = source_processor(folder)
     if processor is not None:
         return _as_normalization(processor)
     pretrained = (read_json(folder / "config.json") or {}).get("pretrained_cfg")
     return _as_normalization(pretrained) if pretrained else None
+
+
+def _crop_pct(crop: int, resized: int) -> float:
+    """``crop / resized``, rounded down where needed so that the processors' ``int(crop / crop_pct)`` is ``resized``
+    again (for 9 / 14 the quotient comes back as 13.999...)."""
+    crop_pct = crop / resized
+    while int(crop / crop_pct) < resized:
+        crop_pct = math.nextafter(crop_pct, 0)
+    return crop_pct
+
+
+def processor_resize(processor: dict) -> dict:
+    """How a transformers image processor resizes for evaluation, in the fields of the B-cos configs, as far as its
+    settings state it: ``image_size`` (the side of what the model sees), ``crop_pct`` and ``resample`` (the PIL filter).
+
+    ``crop_pct`` is the B-cos processors' resize: the shortest edge to ``image_size / crop_pct``, then the centre
+    ``image_size`` cropped; ``None`` where the whole image is squashed to a square (transformers' ViT processor). A
+    processor that squashes to a larger square before its centre crop (DeiT's: 256, then 224) becomes
+    ``crop_pct = 224 / 256``: the same pixels for a square image, and for another the aspect ratio kept, as DeiT's
+    authors evaluate (timm's transform).
+    """
+    fields = {}
+    if processor.get("resample") is not None:
+        fields["resample"] = int(processor["resample"])
+    size, crop = processor.get("size"), processor.get("crop_size")
+    if isinstance(size, int):  # older files: ConvNext's processor (with crop_pct) reads a shortest edge, ViT's a square
+        size = {"shortest_edge": size} if "crop_pct" in processor else {"height": size, "width": size}
+    if isinstance(crop, int):
+        crop = {"height": crop, "width": crop}
+    if not isinstance(size, dict) or not (size.get("shortest_edge") or size.get("height")):
+        return fields
+    resized = size.get("shortest_edge") or size["height"]
+    if processor.get("do_center_crop") and isinstance(crop, dict) and crop.get("height"):
+        fields.update(image_size=int(crop["height"]), crop_pct=_crop_pct(int(crop["height"]), int(resized)))
+    elif "shortest_edge" in size:  # ConvNext's: the shortest edge to size / crop_pct, then the centre crop
+        fields["image_size"] = int(resized)
+        if processor.get("crop_pct"):
+            fields["crop_pct"] = float(processor["crop_pct"])
+    else:
+        fields.update(image_size=int(resized), crop_pct=None)
+    return fields
+
+
+def timm_resize(pretrained_cfg: dict) -> dict:
+    """How timm evaluates a model (``timm.data.create_transform`` of its ``pretrained_cfg``), in the fields of
+    :func:`processor_resize`: ``image_size`` from ``input_size``, ``crop_pct``, ``resample`` from ``interpolation``.
+
+    timm's ``crop_mode="squash"`` at ``crop_pct=1`` squashes the whole image (``crop_pct=None``); its other crop modes
+    give the centre crop's pixels for a square image, and become it.
+    """
+    fields = {}
+    if pretrained_cfg.get("input_size"):
+        fields["image_size"] = int(pretrained_cfg["input_size"][-1])
+    if pretrained_cfg.get("crop_pct"):
+        crop_pct = float(pretrained_cfg["crop_pct"])
+        fields["crop_pct"] = None if crop_pct == 1 and pretrained_cfg.get("crop_mode") == "squash" else crop_pct
+    if pretrained_cfg.get("interpolation") in PIL_RESAMPLE:
+        fields["resample"] = PIL_RESAMPLE[pretrained_cfg["interpolation"]]
+    return fields
 
 
 def load_timm_folder(folder: Path, config: dict, supported: str, architectures: re.Pattern | None = None) -> nn.Module:

@@ -18,7 +18,7 @@ from .resnet import (
     build_bcos_cnn,
     check_plain_modules,
     is_from,
-    processor_geometry,
+    module_geometry,
 )
 
 
@@ -105,7 +105,7 @@ def load_standard_densenet(source) -> StandardCNN:
         eps = source.features.norm0.eps
         standard = from_densenet_state(source.state_dict(), cfg.get("mean"), cfg.get("std"), eps, cfg)
         standard.module = source
-        standard.architecture.update(processor_geometry(cfg))
+        standard.architecture.update(module_geometry(source))
         return standard
     folder = resolve_folder(source, SUPPORTED_DENSENET_SOURCES)
     config = read_json(folder / "config.json")

@@ -31,10 +31,13 @@ from .common import (
     fold_normalization,
     load_exactly,
     load_timm_folder,
+    processor_resize,
     read_json,
     resolve_folder,
     source_normalization,
+    source_processor,
     standard_labels,
+    timm_resize,
 )
 
 
@@ -139,23 +142,24 @@ def check_geometry(standard: StandardCNN, model: nn.Module, supported: str) -> N
 
 
 def processor_geometry(pretrained_cfg: dict | None = None, processor: dict | None = None) -> dict:
-    """``image_size`` and ``crop_pct`` of the source's evaluation preprocessing, where its files state them, and
-    from timm's ``pretrained_cfg`` the resize filter (``resample``: torchvision's weights are evaluated bilinear)."""
-    fields = {}
-    if pretrained_cfg:
-        if pretrained_cfg.get("input_size"):
-            fields["image_size"] = int(pretrained_cfg["input_size"][-1])
-        if pretrained_cfg.get("crop_pct"):
-            fields["crop_pct"] = float(pretrained_cfg["crop_pct"])
-        if pretrained_cfg.get("interpolation") in PIL_RESAMPLE:
-            fields["resample"] = PIL_RESAMPLE[pretrained_cfg["interpolation"]]
-    if processor:
-        size = processor.get("size") or {}
-        if isinstance(size, dict) and "shortest_edge" in size:
-            fields["image_size"] = int(size["shortest_edge"])
-        if processor.get("crop_pct"):
-            fields["crop_pct"] = float(processor["crop_pct"])
+    """``image_size``, ``crop_pct`` and ``resample`` of the source's evaluation preprocessing, where its timm
+    ``pretrained_cfg`` or transformers image processor states them (see :func:`~.common.processor_resize`).
+
+    A CNN's processor always crops: a source that squashes the whole image gets ``crop_pct=1``, the same pixels for a
+    square image."""
+    fields = {**timm_resize(pretrained_cfg or {}), **processor_resize(processor or {})}
+    if "crop_pct" in fields and fields["crop_pct"] is None:
+        fields["crop_pct"] = 1.0
     return fields
+
+
+def module_geometry(source: nn.Module) -> dict:
+    """:func:`processor_geometry` of a timm or torchvision CNN in memory: a timm model's ``pretrained_cfg``; for a
+    torchvision model the bilinear resize that torchvision evaluates all its ResNet and DenseNet weights with (its
+    ``weights.transforms()``; the sizes are those of the V1 weights, the config's defaults)."""
+    if type(source).__module__.startswith("torchvision."):
+        return {"resample": PIL_RESAMPLE["bilinear"]}
+    return processor_geometry(getattr(source, "pretrained_cfg", None) or {})
 
 
 def load_standard_resnet(source) -> StandardCNN:
@@ -172,7 +176,7 @@ def load_standard_resnet(source) -> StandardCNN:
         eps = source.bn1.eps
         standard = from_torchvision_layout(source.state_dict(), cfg.get("mean"), cfg.get("std"), eps, cfg)
         standard.module = source
-        standard.architecture.update(processor_geometry(cfg))
+        standard.architecture.update(module_geometry(source))
         return standard
     folder = resolve_folder(source, SUPPORTED_RESNET_SOURCES)
     config = read_json(folder / "config.json")
@@ -192,7 +196,7 @@ def load_standard_resnet(source) -> StandardCNN:
             f"The weights in {folder} do not fit a ResNet image classifier (missing or mismatched: {problems[:8]})."
         )
     standard = from_transformers_resnet(model, mean, std)
-    standard.architecture.update(processor_geometry(processor=read_json(folder / "preprocessor_config.json")))
+    standard.architecture.update(processor_geometry(processor=source_processor(folder)))
     return standard
 
 

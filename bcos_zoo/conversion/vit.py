@@ -21,10 +21,13 @@ from .common import (
     fold_normalization,
     load_exactly,
     load_timm_folder,
+    processor_resize,
     read_json,
     resolve_folder,
     source_normalization,
+    source_processor,
     standard_labels,
+    timm_resize,
 )
 
 
@@ -39,7 +42,8 @@ PATCH_WEIGHT = "embeddings.patch_embeddings.projection.weight"
 
 @dataclass
 class StandardViT:
-    """A source ViT in B-cos naming: architecture fields of ``BcosViTConfig``, weights, and its normalisation."""
+    """A source ViT in B-cos naming: fields of ``BcosViTConfig`` (its architecture, class names and evaluation resize),
+    weights, and its normalisation."""
 
     architecture: dict
     state: dict[str, torch.Tensor]
@@ -79,7 +83,15 @@ def load_standard_vit(source) -> StandardViT:
             "as a classifier."
         )
     mean, std = source_normalization(folder) or (None, None)
-    return from_transformers_vit(model, mean, std)
+    standard = from_transformers_vit(model, mean, std)
+    standard.architecture.update(resize_fields(processor_resize(source_processor(folder) or {})))
+    return standard
+
+
+def resize_fields(resize: dict) -> dict:
+    """The ``crop_pct`` and ``resample`` of a source's evaluation resize (see :func:`~.common.processor_resize`); its
+    image size is the ViT's own, that of its position embeddings."""
+    return {name: resize[name] for name in ("crop_pct", "resample") if name in resize}
 
 
 def transformers_vit_fields(config) -> dict:
@@ -144,7 +156,7 @@ def check_timm_norms(model: nn.Module) -> None:
 
 def timm_module_meta(model: nn.Module) -> dict:
     """What a timm VisionTransformer's weights do not say: heads, activation, eps, pooling, and its ``pretrained_cfg``
-    (class names)."""
+    (class names, evaluation resize)."""
     block = model.blocks[0]
     if type(block).__name__ != "Block" or not hasattr(block, "attn"):
         raise ValueError(f"Unsupported timm block type {type(block).__name__}; only the standard ViT Block is.")
@@ -255,6 +267,7 @@ def from_timm_state(sd: dict[str, torch.Tensor], meta: dict, mean, std) -> Stand
         pooling="cls" if meta["global_pool"] == "token" else "mean",
         pre_layernorm="pre_layernorm.weight" in state,
         id2label=standard_labels(num_classes, pretrained_cfg),
+        **resize_fields(timm_resize(pretrained_cfg)),
     )
     return StandardViT(architecture, state, mean, std)
 
