@@ -21,12 +21,9 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForZeroShotImageClassification,
-    ConvNextImageProcessor,
     PretrainedConfig,
     PreTrainedModel,
-    ViTImageProcessor,
 )
-from transformers.image_processing_utils import BaseImageProcessor
 
 from .conversion.clip import SUPPORTED_CLIP_SOURCES, bcosify_clip
 from .conversion.common import SourceMismatchError
@@ -73,17 +70,6 @@ from .modeling import (
 )
 
 
-def squashing_processor(size: int, crop_pct: float, **fields) -> ViTImageProcessor:
-    """Resize the whole image to ``size`` x ``size``, as ViTs are evaluated (``crop_pct`` does not apply)."""
-    return ViTImageProcessor(size={"height": size, "width": size}, **fields)
-
-
-def cropping_processor(size: int, crop_pct: float, **fields) -> ConvNextImageProcessor:
-    """Resize the shortest edge to ``size / crop_pct`` and crop the centre ``size``, as torchvision and timm
-    evaluate their CNNs."""
-    return ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=crop_pct, **fields)
-
-
 @dataclass(frozen=True)
 class Family:
     """One model family: its B-cos classes, how they are registered and made, and the standard models they come from.
@@ -105,7 +91,6 @@ class Family:
     module_types: tuple[str, ...] = ()  # "package.ClassName" of its standard models in memory
     marker_files: tuple[str, ...] = ()  # files that mark a standard source folder as its own (before config.json)
     posthoc_methods: tuple[str, ...] = ()  # the post-hoc baselines (evaluation.baselines) of its standard classifier
-    processor: Callable[..., BaseImageProcessor] | None = None  # (size, crop_pct, **fields): its standard evaluation
     bcos_entries: tuple[str, ...] = ()  # the ``bcos`` package's torch.hub entries it ports (bcos_zoo.ports)
     bcos_module_types: tuple[str, ...] = ()  # "bcos.ClassName" of those models in memory
     bcos_port: Callable[[nn.Module], PreTrainedModel] | None = None  # a loaded bcos model -> the equivalent model
@@ -152,7 +137,6 @@ FAMILIES: dict[str, Family] = {
                 "lime",
                 "rise",
             ),  # fmt: skip
-            processor=squashing_processor,
         ),
         Family(
             name="clip",
@@ -194,7 +178,6 @@ FAMILIES: dict[str, Family] = {
                 "lime",
                 "rise",
             ),  # fmt: skip
-            processor=cropping_processor,
             bcos_entries=BCOS_RESNET_ENTRIES,
             bcos_module_types=("bcos.BcosResNet",),
             bcos_port=port_bcos_resnet,
@@ -236,7 +219,6 @@ FAMILIES: dict[str, Family] = {
             auto_classes={BcosConvNextForImageClassification: (AutoModel, AutoModelForImageClassification)},
             converter=bcosify_convnext,
             sources=SUPPORTED_CONVNEXT_SOURCES,
-            processor=cropping_processor,  # the bcos package's test transform: resize to 232, centre-crop 224
             bcos_entries=("convnext_tiny", "convnext_base", "convnext_tiny_bnu", "convnext_base_bnu"),
             bcos_module_types=("bcos.BcosConvNeXt",),
             bcos_port=port_bcos_convnext,
@@ -251,7 +233,6 @@ FAMILIES: dict[str, Family] = {
             converter=bcosify_simple_vit,
             sources=SUPPORTED_SIMPLE_VIT_SOURCES,
             module_types=("bcos.SimpleViT",),  # the bcos package's standard twins
-            processor=cropping_processor,  # the package's test transform: resize to 256, crop the centre 224
             bcos_entries=BCOS_SIMPLE_VIT_ENTRIES,
             bcos_module_types=("bcos.BcosSequential",),  # the package wraps its B-cos ViTs with their logit layer
             bcos_port=port_bcos_simple_vit,

@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, normalize, save_hf_source
+from transformers import DeiTImageProcessor
 
+from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.evaluation.baselines import POSTHOC_METHODS, load_standard_classifier, posthoc_attribution
 from bcos_zoo.families import FAMILIES
 
@@ -256,3 +258,22 @@ def test_attention_rollout_of_a_resnet_is_refused_naming_the_methods_that_apply(
 def test_an_in_memory_model_of_another_kind_is_rejected():
     with pytest.raises(ValueError, match="they explain transformers ViT or ResNet image classifiers"):
         load_standard_classifier(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    "processor",
+    [
+        dict(size={"height": 40, "width": 40}, crop_size={"height": 32, "width": 32}, do_center_crop=True, resample=3),
+        dict(size={"height": 32, "width": 32}, resample=2),
+    ],
+    ids=["deit-like", "vit-like"],
+)
+def test_a_vit_source_is_explained_on_the_pixels_its_bcos_form_sees(processor, tmp_path):
+    """The source and its B-cos model are compared on the same pixels: the baseline's processor is the one the
+    B-cos model saves, the source's resize, crop and filter included."""
+    hf_vit().save_pretrained(tmp_path)
+    DeiTImageProcessor(**processor, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(
+        tmp_path
+    )
+    bcos = BcosViTForImageClassification.from_pretrained_standard(tmp_path).default_image_processor()
+    assert load_standard_classifier(tmp_path).default_image_processor().to_dict() == bcos.to_dict()

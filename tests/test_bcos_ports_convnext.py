@@ -116,7 +116,7 @@ def test_the_config_records_the_entry_s_architecture_and_test_transform(entry):
     assert config.resolved_logit_bias == pytest.approx(-np.log(999))
     assert config.id2label[0] == "tench" and config.num_labels == 1000
     processor = port.default_image_processor()
-    assert processor.size == {"shortest_edge": 224} and int(224 / processor.crop_pct) == 232
+    assert processor.size == {"shortest_edge": 232} and processor.crop_size == {"height": 224, "width": 224}
     assert (model.transform.resize.size, model.transform.center_crop.size) == (232, (224, 224))
     assert sum(p.numel() for p in port.parameters()) == sum(p.numel() for p in model.parameters())
 
@@ -258,8 +258,8 @@ def test_the_saved_folder_holds_code_processor_and_auto_map(saved):
     for name in ("modeling_bcos_convnext.py", "configuration_bcos_convnext.py", "bcos_cnn.py", "bcos_layers.py"):
         assert (folder / name).exists(), name
     processor = json.loads((folder / "preprocessor_config.json").read_text())
-    assert processor["do_normalize"] is False and processor["size"] == {"shortest_edge": 224}
-    assert processor["crop_pct"] == pytest.approx(224 / 232)
+    assert processor["do_normalize"] is False and processor["size"] == {"shortest_edge": 232}
+    assert processor["crop_size"] == {"height": 224, "width": 224} and processor["do_center_crop"]
 
 
 @pytest.mark.subprocess

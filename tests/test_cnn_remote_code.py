@@ -51,7 +51,7 @@ def test_folder_holds_code_processor_and_auto_map(saved):
         assert (folder / name).exists(), name
     assert (folder / "model.safetensors").exists()
     processor = json.loads((folder / "preprocessor_config.json").read_text())
-    assert processor["do_normalize"] is False and processor["size"] == {"shortest_edge": 32}
+    assert processor["do_normalize"] is False and processor["crop_size"] == {"height": 32, "width": 32}
 
 
 @pytest.mark.subprocess

@@ -38,7 +38,6 @@ from bcos_zoo.families import (
     FAMILIES,
     Family,
     bcos_classifier_class,
-    cropping_processor,
     family_for_source,
     family_of,
     register,
@@ -193,7 +192,6 @@ ALEXNET = Family(
     sources="a timm AlexNet",
     model_types=("alexnet",),
     timm_architectures=re.compile(r"^alexnet$"),
-    processor=cropping_processor,
 )
 
 

@@ -125,3 +125,13 @@ def test_the_saved_processor_resizes_as_the_config_says(tmp_path):
     expected = torch.from_numpy(np.asarray(resized.crop((7, 2, 23, 18)), dtype=np.float32) / 255)
     seen = crop(image, return_tensors="pt").pixel_values[0].permute(1, 2, 0)
     torch.testing.assert_close(seen, expected, rtol=0, atol=1.01 / 255)
+
+
+@pytest.mark.parametrize("size", [24, 384])  # transformers' ConvNeXt processor skips its crop from 384 px on
+def test_a_cropping_processor_keeps_the_aspect_ratio_and_crops_the_centre_at_every_size(size):
+    image = Image.fromarray((torch.rand(size + 8, 2 * size + 16, 3) * 255).byte().numpy())
+    processor = BcosViTForImageClassification(tiny_config(image_size=size, crop_pct=1.0)).default_image_processor()
+    resized = image.resize((2 * size, size), Image.BILINEAR)
+    expected = torch.from_numpy(np.asarray(resized.crop((size // 2, 0, size // 2 + size, size)), dtype=np.float32))
+    seen = processor(image, return_tensors="pt").pixel_values[0].permute(1, 2, 0)
+    torch.testing.assert_close(seen, expected / 255, rtol=0, atol=1.01 / 255)

@@ -31,10 +31,17 @@ from torch import nn
 from transformers import AutoModelForImageClassification, PreTrainedModel, ResNetForImageClassification
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ..conversion.common import VIT_DEFAULT_NORMALIZATION, read_json, resolve_folder, source_normalization
-from ..conversion.resnet import processor_geometry
+from ..conversion.common import (
+    VIT_DEFAULT_NORMALIZATION,
+    processor_resize,
+    read_json,
+    resolve_folder,
+    source_normalization,
+    source_processor,
+)
 from ..families import FAMILIES, Family, family_of
 from ..modeling import BcosResNetConfig
+from ..modeling.bcos_pretrained import resizing_processor
 from .localisation import AttributionFn
 
 
@@ -134,11 +141,15 @@ class StandardClassifier(nn.Module):
         return getattr(self.config, "image_size", None) or self.geometry.get("image_size", default)
 
     def default_image_processor(self) -> BaseImageProcessor:
-        """The processor a B-cos model of this source saves: a ViT's resizes to the input size, a CNN's resizes the
-        shortest edge to ``image_size / crop_pct`` and crops the centre; both rescale to [0, 1] and do not normalise
+        """The processor a B-cos model of this source saves: its resize and crop as the source's processor states
+        them, else as the family's B-cos config has them by default; it rescales to [0, 1] and does not normalise
         (that happens in :meth:`forward`), so the source and its B-cos form see the same pixels."""
-        crop_pct = self.geometry.get("crop_pct", BcosResNetConfig().crop_pct)
-        return self.family.processor(self.image_size, crop_pct, do_rescale=True, do_normalize=False)
+        defaults = self.family.classifier.config_class()
+        crop_pct = self.geometry.get("crop_pct", defaults.crop_pct)
+        if crop_pct is None and defaults.crop_pct is not None:  # a B-cos CNN always crops: all of a square image
+            crop_pct = 1.0
+        resample = self.geometry.get("resample", defaults.resample)
+        return resizing_processor(self.image_size, crop_pct, resample, do_rescale=True, do_normalize=False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.model.dtype)
@@ -171,7 +182,7 @@ def load_standard_classifier(
             )
         model = AutoModelForImageClassification.from_pretrained(folder)
         mean, std = source_normalization(folder) or (mean, std)
-        geometry = processor_geometry(processor=read_json(folder / "preprocessor_config.json"))
+        geometry = processor_resize(source_processor(folder) or {})
     mean = image_mean if image_mean is not None else mean
     std = image_std if image_std is not None else std
     return StandardClassifier(model, mean, std, **geometry).eval()

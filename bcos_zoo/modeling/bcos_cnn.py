@@ -5,12 +5,12 @@ image processor (also a CLIP ResNet image tower's). The CNN classifiers' backbon
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ConvNextImageProcessor
+from transformers import CLIPImageProcessor
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .bcos_layers import BcosConv2d, DynamicModule
-from .bcos_pretrained import BcosPreTrainedModel
+from .bcos_pretrained import BcosPreTrainedModel, resizing_processor
 from .fast_paths import square_conv_norm_act, use_fast_path
 
 
@@ -131,13 +131,10 @@ class BcosCNNPreTrainedModel(BcosPreTrainedModel):
         else:
             super()._init_weights(module)
 
-    def default_image_processor(self) -> ConvNextImageProcessor:
+    def default_image_processor(self) -> CLIPImageProcessor:
         """Resize the shortest edge to ``image_size / crop_pct``, centre-crop ``image_size`` and rescale to [0, 1]
         (how torchvision and timm evaluate their CNNs); no normalisation, the model folds it in."""
-        return ConvNextImageProcessor(
-            size={"shortest_edge": self.config.image_size},
-            crop_pct=self.config.crop_pct,
-            resample=self.config.resample,
-            do_rescale=True,
-            do_normalize=False,
+        config = self.config
+        return resizing_processor(
+            config.image_size, config.crop_pct, config.resample, do_rescale=True, do_normalize=False
         )

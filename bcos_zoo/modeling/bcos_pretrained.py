@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import CLIPImageProcessor, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import cached_file, logging
 
@@ -27,6 +27,17 @@ EXPLANATION_PIPELINE |= {"pt": ["AutoModelForImageClassification"], "tf": []}
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # an image processor's; CLIP's processor's
 # what save_pretrained(push_to_hub=True) passes on to push_to_hub
 PUSH_OPTIONS = ("commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags")
+
+
+def resizing_processor(size: int, crop_pct: float | None, resample: int, **fields) -> CLIPImageProcessor:
+    """How the B-cos processors (and the evaluation of their sources) resize: the whole image squashed to ``size``
+    squared (``crop_pct=None``, as transformers' ViT processor), or the shortest edge to ``int(size / crop_pct)`` and
+    the centre ``size`` cropped, at every size (transformers' ConvNeXt processor skips the crop from 384 px on), with
+    PIL filter ``resample``. ``fields``: rescaling and normalisation."""
+    square = {"height": size, "width": size}
+    resize = square if crop_pct is None else {"shortest_edge": int(size / crop_pct)}
+    options = dict(crop_size=square, do_center_crop=crop_pct is not None, do_convert_rgb=False, resample=resample)
+    return CLIPImageProcessor(size=resize, **options, **fields)
 
 
 def uniform_off_label_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

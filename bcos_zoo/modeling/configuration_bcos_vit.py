@@ -57,9 +57,7 @@ class BcosViTConfig(PretrainedConfig):
             raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
         if not 1 <= b < float("inf"):  # NaN fails too
             raise ValueError(f"b must be a finite number >= 1, got {b}.")
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.num_channels = num_channels
+        self.image_size, self.patch_size, self.num_channels = image_size, patch_size, num_channels
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
@@ -69,12 +67,10 @@ class BcosViTConfig(PretrainedConfig):
         self.b = float(b)
         self.use_bias = use_bias
         self.attention_qk_bias = attention_qk_bias
-        self.use_class_token = use_class_token
-        self.use_position_embeddings = use_position_embeddings
+        self.use_class_token, self.use_position_embeddings = use_class_token, use_position_embeddings
         self.pooling = pooling
         self.pre_layernorm = pre_layernorm
-        self.logit_bias = logit_bias
-        self.loss = loss
+        self.logit_bias, self.loss = logit_bias, loss
         self.initializer_range = initializer_range
         self.crop_pct, self.resample = crop_pct, resample
         super().__init__(**kwargs)

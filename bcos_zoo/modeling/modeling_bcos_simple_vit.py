@@ -7,7 +7,7 @@ reads the dynamic linear map off with one backward pass.
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ConvNextImageProcessor
+from transformers import CLIPImageProcessor
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
@@ -15,7 +15,7 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .bcos_layers import BcosConv2d, BcosLayerNorm, BcosLinear, DynamicModule, GatedActivation
-from .bcos_pretrained import BcosPreTrainedModel, classification_loss
+from .bcos_pretrained import BcosPreTrainedModel, classification_loss, resizing_processor
 from .configuration_bcos_simple_vit import BcosSimpleViTConfig
 from .explanation import BcosExplanation, compute_explanation
 
@@ -154,11 +154,10 @@ class BcosSimpleViTPreTrainedModel(BcosPreTrainedModel):
             init.zeros_(module.bias)
         super()._init_weights(module)
 
-    def default_image_processor(self) -> ConvNextImageProcessor:
+    def default_image_processor(self) -> CLIPImageProcessor:
         """Resize the shortest edge bilinearly to ``image_size / crop_pct``, crop the centre ``image_size`` and
         rescale to [0, 1], as the package's test transform does; no normalisation."""
-        size, crop_pct = {"shortest_edge": self.config.image_size}, self.config.crop_pct
-        return ConvNextImageProcessor(size=size, crop_pct=crop_pct, resample=2, do_rescale=True, do_normalize=False)
+        return resizing_processor(self.config.image_size, self.config.crop_pct, 2, do_rescale=True, do_normalize=False)
 
 
 class BcosSimpleViTModel(BcosSimpleViTPreTrainedModel):

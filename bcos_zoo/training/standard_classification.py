@@ -11,6 +11,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 from ..conversion.common import VIT_DEFAULT_NORMALIZATION
 from ..data.preprocessing import ImageTransform, processor_transform, training_transform
 from ..families import family_of
+from ..modeling.bcos_pretrained import resizing_processor
 from .classification import BcosClassification, check_classes, name_classes
 from .task import CardFields
 
@@ -51,11 +52,14 @@ class StandardClassification(BcosClassification):
         return None
 
     def image_processor(self, model: nn.Module) -> BaseImageProcessor:
+        """Resize bilinearly and normalise: a ViT squashes the whole image (as transformers' ViT processor), a CNN crops
+        all of a square image; a B-cos model B-cosified from it reads the same resize from this processor."""
         family = family_of(model)
-        if family is None or family.processor is None:
+        if family is None or not family.posthoc_methods:  # the transformers classifiers the baselines explain
             raise ValueError(f"A standard {model.config.model_type} classifier is not the source of any B-cos family.")
         mean, std = VIT_DEFAULT_NORMALIZATION
-        return family.processor(model.config.image_size, 1.0, image_mean=mean, image_std=std)
+        crop_pct = None if family.classifier.config_class().crop_pct is None else 1.0
+        return resizing_processor(model.config.image_size, crop_pct, 2, image_mean=mean, image_std=std)
 
     def train_transform(self, model: nn.Module) -> ImageTransform:
         mean, std = VIT_DEFAULT_NORMALIZATION
