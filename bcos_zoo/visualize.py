@@ -151,6 +151,7 @@ def explain_image_file(
     """
     path = Path(path)
     processor = processor or model.default_image_processor()
+    processor = getattr(processor, "image_processor", processor)  # a CLIPProcessor (AutoProcessor) holds one
     image = load_image(path)
     if getattr(model.config, "num_channels", 3) == 1:  # a one-channel model takes the photo in greyscale
         image = image.convert("L")

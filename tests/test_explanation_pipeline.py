@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from cnn_sources import hf_resnet
 from PIL import Image
 from sources import hf_vit
@@ -146,3 +147,59 @@ def test_scores_are_those_image_classification_gives_for_the_problem_type(proble
     assert [row["label"] for row in explained] == [row["label"] for row in classified]
     for ours, theirs in zip(explained, classified):
         assert ours["score"] == pytest.approx(theirs["score"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (45, 60, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def in_memory_pipeline(id2label=None):
+    model = BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=4), b=2.0).eval()
+    if id2label is not None:
+        model.config.id2label, model.config.label2id = id2label, {name: i for i, name in id2label.items()}
+    return pipeline("image-explanation", model=model, image_processor=model.default_image_processor()), model
+
+
+def test_a_name_two_classes_share_is_refused_naming_both_and_an_index_explains_either(photo):
+    pipe, model = in_memory_pipeline({0: "crane", 1: "dog", 2: "crane", 3: "cat"})
+    with pytest.raises(ValueError, match=r"'crane' names classes \[0, 2\]: pass the index instead"):
+        pipe(str(photo), labels=["crane"])
+    with pytest.raises(ValueError, match="'fox' is not one of this model's"):
+        pipe(str(photo), labels=["fox"])
+    results = pipe(str(photo), top_k=0, labels=[2, "dog", 2, "dog"])  # each label once
+    pixels = model.default_image_processor()(Image.open(photo), return_tensors="pt").pixel_values
+    assert [row["explanation"]["logit"] for row in results] == pytest.approx(
+        model(pixel_values=pixels).logits[0, [2, 1]].tolist(), abs=1e-5
+    )
+
+
+def test_a_16_bit_or_transparent_image_is_read_as_a_viewer_shows_it(tmp_path):
+    """As the package reads files (to_rgb): 16-bit greyscale rescaled, not clipped to white; transparency on white."""
+    pipe, model = in_memory_pipeline()
+    ramp = np.tile(np.linspace(0, 65535, 60).astype(np.uint16), (45, 1))
+    half = np.zeros((45, 60, 4), dtype=np.uint8)
+    half[..., 3] = 255
+    half[:, 30:, 3] = 0  # transparent right half: white
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    Image.fromarray(half).save(tmp_path / "half.png")
+    for name, shown in (("ramp.png", np.repeat((ramp / 257).round()[..., None], 3, 2)), ("half.png", None)):
+        if shown is None:
+            shown = np.where(half[..., 3:] == 0, 255, half[..., :3])
+        pixels = model.default_image_processor()(Image.fromarray(shown.astype(np.uint8)), return_tensors="pt")
+        expected = model(pixel_values=pixels.pixel_values).logits[0].max()
+        assert pipe(str(tmp_path / name), top_k=1)[0]["explanation"]["logit"] == pytest.approx(
+            float(expected), abs=1e-4
+        )
+
+
+def test_arrays_are_taken_as_image_classification_takes_them(photo):
+    pipe, model = in_memory_pipeline()
+    array = np.asarray(Image.open(photo))
+    classified = pipeline("image-classification", model=model, image_processor=model.default_image_processor())
+    for image in (array, torch.from_numpy(array).permute(2, 0, 1)):
+        explained, reference = pipe(image, top_k=2), classified(image, top_k=2)
+        assert [row["label"] for row in explained] == [row["label"] for row in reference]
+        assert [row["score"] for row in explained] == pytest.approx([row["score"] for row in reference], abs=1e-6)

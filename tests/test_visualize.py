@@ -6,7 +6,7 @@ import torch
 from clip_testing import save_source as save_clip_source
 from PIL import Image
 from sources import hf_vit, timm_vit
-from transformers import pipeline
+from transformers import AutoProcessor, pipeline
 
 from bcos_zoo import BcosCLIPModel, BcosViTForImageClassification
 from bcos_zoo.visualize import CAPTION, TILE, explain_image_file, explanation_panel, explanation_title
@@ -80,6 +80,22 @@ def test_a_clip_model_explains_a_photo_against_the_prompts_it_is_given(tmp_path)
     expected = clip.explain(pixels, text=prompts)
     with Image.open(explain_image_file(clip, photo, text=prompts)) as panel:  # the best match by default
         assert panel.text["Title"].startswith(f"explained: {prompts[int(expected.target[0])]} (")
+
+
+def test_a_clip_model_s_own_processor_crops_a_wide_photo_as_its_image_processor_does(tmp_path):
+    """Given the folder's AutoProcessor (a CLIPProcessor, tokenizer included), the photo is cropped by its image
+    processor, not padded onto a white square."""
+    save_clip_source(tmp_path / "clip")
+    BcosCLIPModel.from_pretrained_standard(tmp_path / "clip", b=2.0).save_pretrained(tmp_path / "bcos")
+    clip = BcosCLIPModel.from_pretrained(tmp_path / "bcos").eval()
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 80, 3), dtype=np.uint8)).save(photo)
+    prompts = ["a photo of a cat", "a photo of a dog"]
+    own = explain_image_file(clip, photo, text=prompts, output=tmp_path / "own.png")
+    auto = explain_image_file(clip, photo, text=prompts, output=tmp_path / "auto.png",
+                              processor=AutoProcessor.from_pretrained(tmp_path / "bcos"))  # fmt: skip
+    with Image.open(own) as first, Image.open(auto) as second:
+        assert np.array_equal(np.asarray(first), np.asarray(second))
 
 
 @pytest.fixture(scope="module")

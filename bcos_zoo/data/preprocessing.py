@@ -3,35 +3,21 @@
 Evaluation, localisation, the example explanations and the Spaces all see an image through the image processor
 saved beside the model's weights (for a B-cos model: resize and rescale to [0, 1], never normalise), so the same
 image gives the same pixels everywhere, including to a user who loads the model from the Hub. Only training adds
-random augmentation (timm's random-resized crop and flip) on top.
+random augmentation (timm's random-resized crop and flip) on top. An image file is read as a viewer shows it
+(``to_rgb``, which lives in the image-explanation pipeline's module, the one a saved classifier's users run).
 """
 
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageOps
 from transformers.image_processing_utils import BaseImageProcessor
 
+from ..modeling.pipeline_bcos_explanation import to_rgb  # the saved pipeline reads images as the package does
+
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode as the 8-bit RGB a viewer shows: 16-bit and float greyscale rescaled to 8 bits (Pillow's own
-    conversion clips them, turning a 16-bit image white), transparency laid on white."""
-    if image.mode.startswith("I") or image.mode == "F":
-        values = np.asarray(image, dtype=np.float32)
-        top = 65535.0 if image.mode.startswith("I") else max(float(values.max()), 1e-12)
-        grey = (values / top * 255).clip(0, 255).round().astype(np.uint8)
-        if "transparency" in image.info:  # a tRNS key names a 16-bit value, which the rescale would merge
-            grey[np.asarray(image) == image.info["transparency"]] = 255  # with others: key it here, on white
-        image = Image.fromarray(grey)
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # an alpha band or a tRNS colour
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def load_image(path: str | Path) -> Image.Image:

@@ -7,9 +7,42 @@ explanation of each label asked for. It travels with the weights (the config's `
     pipe("cat.jpg", labels=["tabby, tabby cat"])  # explain these labels, whatever their rank
 """
 
+import os
+from io import BytesIO
+
+import httpx
+import numpy as np
 import torch
+from PIL import Image, ImageOps
 from transformers import Pipeline
 from transformers.image_utils import load_image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode as the 8-bit RGB a viewer shows: 16-bit and float greyscale rescaled to 8 bits (Pillow's own
+    conversion clips them, turning a 16-bit image white), transparency laid on white."""
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I") else max(float(values.max()), 1e-12)
+        grey = (values / top * 255).clip(0, 255).round().astype(np.uint8)
+        if "transparency" in image.info:  # a tRNS key names a 16-bit value, which the rescale would merge
+            grey[np.asarray(image) == image.info["transparency"]] = 255  # with others: key it here, on white
+        image = Image.fromarray(grey)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # an alpha band or a tRNS colour
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_image(image, timeout: float | None = None) -> Image.Image:
+    """A path, URL or PIL image, upright, as :func:`to_rgb` reads it; a base64 string as transformers reads it."""
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        image = Image.open(BytesIO(httpx.get(image, timeout=timeout, follow_redirects=True).content))
+    elif isinstance(image, str) and os.path.isfile(image):
+        image = Image.open(image)
+    elif not isinstance(image, Image.Image):
+        return load_image(image, timeout=timeout)
+    return to_rgb(ImageOps.exif_transpose(image))
 
 
 class ImageExplanationPipeline(Pipeline):
@@ -30,17 +63,25 @@ class ImageExplanationPipeline(Pipeline):
                 raise ValueError(f"explain takes how many of the top labels to explain, an int >= 0; got {explain!r}.")
             forward["explain"] = postprocess["explain"] = explain
         if labels is not None:
-            names = [labels] if isinstance(labels, str) else list(labels)
-            indices = {name: int(index) for index, name in self.model.config.id2label.items()}
-            unknown = [name for name in names if name not in indices]
-            if unknown:
-                raise ValueError(f"Unknown labels {unknown}; this model's labels are in model.config.id2label.")
-            forward["targets"] = [indices[name] for name in names]
+            asked = [labels] if isinstance(labels, (str, int)) else list(labels)
+            forward["targets"] = [self._label_index(label) for label in dict.fromkeys(asked)]  # each label once
         return preprocess, forward, postprocess
 
+    def _label_index(self, label: str | int) -> int:
+        """The class a label names (its name in ``id2label``, or its index): exactly one."""
+        id2label = self.model.config.id2label
+        found = [int(index) for index, name in id2label.items() if name == label or int(index) == label]
+        if len(found) != 1:
+            problem = f"names classes {found}: pass the index instead" if found else "is not one of this model's"
+            raise ValueError(f"The label {label!r} {problem} (labels= takes names or indices of config.id2label).")
+        return found[0]
+
     def preprocess(self, image, timeout=None):
-        image = load_image(image, timeout=timeout)  # RGB; a one-channel model takes it in greyscale
-        image = image.convert("L") if getattr(self.model.config, "num_channels", 3) == 1 else image
+        """An image as a viewer shows it (arrays as they are, as image-classification takes them); a one-channel
+        model takes it in greyscale."""
+        if not isinstance(image, (np.ndarray, torch.Tensor)):
+            image = read_image(image, timeout=timeout)
+            image = image.convert("L") if getattr(self.model.config, "num_channels", 3) == 1 else image
         return self.image_processor(images=image, return_tensors="pt")
 
     def _forward(self, model_inputs, explain=1, targets=None):
