@@ -32,6 +32,7 @@ def processor_transform(processor: BaseImageProcessor) -> ImageTransform:
     def transform(image: Image.Image) -> torch.Tensor:
         return processor(images=to_rgb(image), return_tensors="pt")["pixel_values"][0]
 
+    transform.processor = processor  # what localisation reads to carry boxes through the resize and crop
     return transform
 
 

@@ -19,7 +19,6 @@ it where its centre is (:func:`box_mask`). So every model is scored on the same 
 grid settings, less those whose box its processor crops away entirely, which are counted as skipped.
 """
 
-import inspect
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -285,11 +284,9 @@ Region = tuple[float, float, float, float]
 
 
 def transform_processor(transform: ImageTransform) -> BaseImageProcessor | None:
-    """The image processor a transform applies (``processor_transform``/``model_transform`` make such transforms:
-    the processor is their ``processor`` attribute or the ``processor`` they close over), else None."""
+    """The image processor a transform applies (the ``processor`` attribute of what ``processor_transform`` and
+    ``model_transform`` make), else None."""
     processor = getattr(transform, "processor", None)
-    if processor is None and getattr(transform, "__closure__", None):
-        processor = inspect.getclosurevars(transform).nonlocals.get("processor")
     return processor if isinstance(processor, BaseImageProcessor) else None
 
 
