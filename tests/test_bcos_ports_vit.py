@@ -215,7 +215,7 @@ def test_a_port_reloads_as_remote_code_with_its_processor_and_pipeline(tmp_path,
     model.save_pretrained(tmp_path / "classifier")
     tiny("conv_stem", BcosSimpleViTModel).save_pretrained(tmp_path / "backbone")
     processor = json.loads((tmp_path / "classifier" / "preprocessor_config.json").read_text())
-    assert processor["size"] == {"shortest_edge": 224} and processor["crop_pct"] == 0.875
+    assert processor["size"] == {"shortest_edge": 256} and processor["crop_size"] == {"height": 224, "width": 224}
     assert processor["resample"] == 2 and processor["do_normalize"] is False
     x = images().float()
     with torch.no_grad():
