@@ -169,3 +169,33 @@ def test_the_card_of_a_two_process_run_says_so_and_launches_two(tmp_path):
     card = (output / "repo" / "README.md").read_text()
     assert "| processes (data-parallel) | 2 |" in card and "| global batch size | 4 |" in card
     assert card_command(card).startswith("accelerate launch --num_processes 2 scripts/finetune.py ")
+
+
+def test_a_clip_card_without_labels_shows_what_was_measured_and_no_empty_picture():
+    """CLIP distillation on images alone measures only the cosine to the original embeddings: no accuracy table or
+    metadata, and no picture link without a picture."""
+    recipe = RECIPES["bcos-clip-vit-b32"].with_overrides(source="openai/clip-vit-base-patch32")
+    card = render_model_card(
+        recipe, TASKS["clip-distillation"].card, "org/m", {"embedding_cosine": 0.8156}, fashion_like(), 10
+    )
+    assert "![" not in card.text and "Left to right" not in card.text
+    assert "Zero-shot top-1 accuracy" not in card.text and "| Model |" not in card.text
+    assert (
+        "Mean cosine between the model's image embeddings and the original CLIP's" in card.text
+        and "0.8156" in card.text
+    )
+    assert card.data.metrics is None and not card.data.eval_results
+    labelled = render_model_card(
+        recipe,
+        TASKS["clip-distillation"].card,
+        "org/m",
+        {"zero_shot_accuracy": 0.5, "embedding_cosine": 0.8},
+        fashion_like(),
+        10,
+        example_image="examples/explanation_0.png",
+    )
+    assert (
+        "## Results\n\n| Model | Zero-shot top-1 accuracy on" in labelled.text
+        and "| `org/m` (this model) | 50.00% |" in labelled.text
+    )
+    assert "![Explanations](examples/explanation_0.png)" in labelled.text and labelled.data.metrics == ["accuracy"]

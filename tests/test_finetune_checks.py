@@ -11,6 +11,7 @@ import torch
 from fake_hub import GITATTRIBUTES, fake_hub_fixture  # noqa: F401
 from huggingface_hub import ModelCard, constants
 from training_testing import make_image_folder, make_vit_source
+from transformers import ViTForImageClassification
 
 from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.training.recipe import recipe_record
@@ -195,3 +196,27 @@ def test_a_rewritten_repo_holds_exactly_this_runs_files(continued, tmp_path):
     (output / "repo" / "examples" / "explanation_9.png").write_bytes(b"stale")
     finetune(recipe, output, resume=True, device="cpu")
     assert set(snapshot(output / "repo")) == set(snapshot(result.repo_dir))
+
+
+def test_a_float16_source_is_trained_in_float32(inputs, recipe, tmp_path):
+    """AdamW steps on float16 weights overflow to inf and NaN: the model trains, and is saved, in float32."""
+    source, _ = inputs
+    half = tmp_path / "half"
+    ViTForImageClassification.from_pretrained(source).half().save_pretrained(half)
+    shutil.copy(source / "preprocessor_config.json", half)
+    result = finetune(replace(recipe, source=str(half)), tmp_path / "out", device="cpu")
+    trained = BcosViTForImageClassification.from_pretrained(result.repo_dir)
+    assert trained.dtype == torch.float32 and all(p.isfinite().all() for p in trained.parameters())
+
+
+def test_a_run_whose_weights_diverge_writes_no_repo_and_says_so(inputs, recipe, tmp_path):
+    source, _ = inputs
+    broken = tmp_path / "broken"
+    model = ViTForImageClassification.from_pretrained(source)
+    with torch.no_grad():
+        next(p for name, p in model.named_parameters() if "mlp" in name or "intermediate" in name)[0, 0] = float("nan")
+    model.save_pretrained(broken)
+    shutil.copy(source / "preprocessor_config.json", broken)
+    with pytest.raises(ValueError, match="Training diverged: .* not finite .* no repo/ is written"):
+        finetune(replace(recipe, source=str(broken)), tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out" / "repo").exists() and (tmp_path / "out" / "checkpoints").is_dir()

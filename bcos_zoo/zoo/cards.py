@@ -123,7 +123,7 @@ def render_model_card(
         pipeline_tag=fields.pipeline_tag,
         license=recipe.license,
         tags=([] if not fields.bcos else TAGS) + [family_tag, *fields.tags],
-        metrics=["accuracy"],
+        metrics=["accuracy"] if eval_results else None,
         eval_results=eval_results or None,
     )
     results = [
@@ -134,9 +134,6 @@ def render_model_card(
         )
         if key in metrics and not (key.startswith("source_") and not fields.bcos)
     ]
-    if "embedding_cosine" in metrics:
-        cosine = f"{metrics['embedding_cosine']:.4f}"
-        results.append({"name": "Mean cosine to the original embeddings", "value": cosine})
     hyperparameters = {
         **({"B": b, "biases": bias} if fields.bcos else {}),
         "objective": fields.objective,
@@ -174,6 +171,7 @@ def render_model_card(
         metric_label=metric_label,
         evaluation=evaluation,
         results=results,
+        embedding_cosine=f"{metrics['embedding_cosine']:.4f}" if "embedding_cosine" in metrics else None,
         source_not_measured=metrics.get("source_not_measured") if fields.bcos else None,
         training_summary=training_summary,
         hyperparameters=hyperparameters,

@@ -364,6 +364,9 @@ def finetune(
     if resume:
         check_same_files(output_dir, recipe, data)
     model = task.build_model(data.class_names)
+    if model.dtype in (torch.float16, torch.bfloat16):  # an AdamW step on float16 weights overflows to inf and NaN,
+        logger.warning(f"The {model.dtype} model is trained in float32.")  # bfloat16 rounds small updates away
+        model = model.float()
     train_dataset = task.dataset(
         limit(data.train, recipe.max_train_samples), task.train_transform(model), seed=recipe.seed
     )
@@ -394,6 +397,12 @@ def finetune(
         return FinetuneResult(output_dir, None)
 
     model = trainer.model.eval()
+    if diverged := [name for name, parameter in model.named_parameters() if not parameter.isfinite().all()]:
+        raise ValueError(
+            f"Training diverged: {len(diverged)} weights are not finite (the first: {diverged[0]}), so no repo/ is "
+            f"written. The checkpoints are in {checkpoint_dir}; train again with a lower --learning-rate in a new "
+            "--output-dir."
+        )
     metrics = {
         "train_seconds": train_seconds,
         "train_samples_per_second": train_output.metrics.get("train_samples_per_second", 0.0),
