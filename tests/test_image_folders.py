@@ -173,3 +173,34 @@ def test_an_unreadable_file_of_a_train_folder_beside_a_validation_folder_may_be_
     save_images(tmp_path / "validation" / "cat", count=1)
     message = broken_image_message(tmp_path / "train")
     assert "Remove or replace it" in message and "--resume" in message
+
+
+@pytest.mark.parametrize("splits", [("Train", "Test"), ("Training", "Testing"), ("TRAIN", "Validation")])
+def test_capitalised_split_folders_are_splits_not_classes(tmp_path, splits):
+    for split, count in zip(splits, (3, 2)):
+        save_images(tmp_path / split / "cat", count)
+        save_images(tmp_path / split / "dog", count)
+    data = image_folder(tmp_path)
+    assert (data.class_names, data.evaluation_split) == (["cat", "dog"], splits[1])
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in data.validation.files) == [
+        f"{splits[1]}/{name}/{index}.png" for name in ("cat", "dog") for index in range(2)
+    ]
+    assert sorted(zip(data.train.files, data.train.labels)) == [
+        (tmp_path / splits[0] / name / f"{index}.png", label)
+        for label, name in enumerate(("cat", "dog"))
+        for index in range(3)
+    ]
+
+
+def test_a_capitalised_train_folder_of_class_folders_beside_other_folders_is_refused_as_ambiguous(tmp_path):
+    save_images(tmp_path / "Train" / "cat")
+    save_images(tmp_path / "Train" / "dog")
+    save_images(tmp_path / "samples")
+    with pytest.raises(ValueError, match=r"mixes split folders and class folders.*\['cat', 'dog'\].*\['samples'\]"):
+        image_folder(tmp_path)
+
+
+def test_a_class_named_train_in_capitals_beside_other_classes_is_a_class(tmp_path):
+    for name in ("Bus", "Car", "Train"):
+        save_images(tmp_path / name)
+    assert image_folder(tmp_path).class_names == ["Bus", "Car", "Train"]

@@ -39,7 +39,7 @@ FASHION_MNIST_CLASSES = [
 ]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TRAIN_FOLDERS = ("train", "training")
-VALIDATION_FOLDERS = ("validation", "val", "valid", "test")
+VALIDATION_FOLDERS = ("validation", "val", "valid", "test", "testing")
 
 
 @dataclass
@@ -219,18 +219,25 @@ def _mixed(files: list[Path], labels: list[int], seed: int = 0) -> tuple[list[Pa
     return [files[index] for index in order], [labels[index] for index in order]
 
 
+def _split_name(folders: list[str], names: tuple[str, ...]) -> str | None:
+    """The folder named like one of ``names`` in any case (``Train/``, Kaggle's ``Testing/``), earlier names first."""
+    return next((folder for name in names for folder in folders if folder.lower() == name), None)
+
+
 def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
     """``root/train`` and ``root/validation`` (or their other names) when ``root`` is split, else ``(None, None)``.
 
     A folder named like a split is a class (``train`` is one in VOC and COCO) unless every folder beside it is
     named like a split too. One that holds class folders and no image of its own, beside other folders, is
     refused: whichever way it were read, some folder's images would land in the wrong place without a word.
+    Split names are matched in any case: ``Train/`` beside ``Test/`` read as two classes would be a classifier of
+    the splits.
     """
     folders = _sub_folders(root)
-    train = next((name for name in TRAIN_FOLDERS if name in folders), None)
+    train = _split_name(folders, TRAIN_FOLDERS)
     if train is None:
         return None, None
-    if others := [name for name in folders if name not in {*TRAIN_FOLDERS, *VALIDATION_FOLDERS}]:
+    if others := [name for name in folders if name.lower() not in {*TRAIN_FOLDERS, *VALIDATION_FOLDERS}]:
         own_images = any(
             path.is_file() and _visible(path.name) and path.suffix.lower() in IMAGE_SUFFIXES
             for path in (root / train).iterdir()
@@ -242,12 +249,13 @@ def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
                 f"only {train}/ and validation/), or, if '{train}' is a class, put its images directly in it."
             )
         return None, None
-    validation = next((name for name in VALIDATION_FOLDERS if name in folders), None)
+    validation = _split_name(folders, VALIDATION_FOLDERS)
     return root / train, root / validation if validation else None
 
 
 def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) -> DatasetSplits:
-    """A folder of class sub-folders, or of ``train/`` and ``validation/`` (or ``val/``, ``test/``) folders of them.
+    """A folder of class sub-folders, or of ``train/`` and ``validation/`` (or ``val/``, ``test/``, in any case)
+    folders of them.
 
     Without a validation folder, a seeded ``validation_fraction`` of the images is held out. Hidden names and tool
     folders (``__MACOSX``) are skipped at every level.
