@@ -204,3 +204,27 @@ def test_a_class_named_train_in_capitals_beside_other_classes_is_a_class(tmp_pat
     for name in ("Bus", "Car", "Train"):
         save_images(tmp_path / name)
     assert image_folder(tmp_path).class_names == ["Bus", "Car", "Train"]
+
+
+def test_a_linked_folder_inside_a_class_folder_holds_images_of_that_class(tmp_path):
+    save_images(tmp_path / "more_cats", count=2)
+    save_images(tmp_path / "data" / "cat", count=1)
+    save_images(tmp_path / "data" / "dog", count=1)
+    (tmp_path / "data" / "cat" / "extra").symlink_to(tmp_path / "more_cats", target_is_directory=True)
+    everything = image_folder(tmp_path / "data", validation_fraction=0.25).train.dataset
+    assert sorted(
+        (path.relative_to(tmp_path / "data").as_posix(), label)
+        for path, label in zip(everything.files, everything.labels)
+    ) == [("cat/0.png", 0), ("cat/extra/0.png", 0), ("cat/extra/1.png", 0), ("dog/0.png", 1)]
+
+
+def test_a_link_loop_inside_a_class_folder_ends_and_counts_each_image_once(tmp_path):
+    save_images(tmp_path / "cat" / "inner", count=2)
+    save_images(tmp_path / "dog", count=1)
+    (tmp_path / "cat" / "inner" / "again").symlink_to(tmp_path / "cat", target_is_directory=True)
+    everything = image_folder(tmp_path, validation_fraction=0.25).train.dataset
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in everything.files) == [
+        "cat/inner/0.png",
+        "cat/inner/1.png",
+        "dog/0.png",
+    ]

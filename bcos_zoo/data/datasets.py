@@ -191,10 +191,19 @@ def _sub_folders(folder: Path) -> list[str]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """The image files at any depth under ``folder``, in path order; hidden entries and their contents left out."""
-    found = []
-    for parent, folders, names in os.walk(folder):
-        folders[:] = [name for name in folders if _visible(name)]  # not descended into
+    """The image files at any depth under ``folder``, in path order; hidden entries and their contents left out.
+
+    Linked folders are followed, as a linked class folder is; a folder already walked (a link to it or to a folder
+    above it) is not walked again, so that a link loop ends and no image is counted twice."""
+    found, walked = [], {os.path.realpath(folder)}
+    for parent, folders, names in os.walk(folder, followlinks=True):
+        kept = []  # the folders descended into; sorted, so that of two links to one folder the same one is kept
+        for name in sorted(folders):
+            real = os.path.realpath(os.path.join(parent, name))
+            if _visible(name) and real not in walked:
+                walked.add(real)
+                kept.append(name)
+        folders[:] = kept
         found.extend(
             Path(parent, name)
             for name in names
