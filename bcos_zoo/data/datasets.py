@@ -98,15 +98,10 @@ class FileImages(Dataset):
 
 
 class HubImages(Dataset):
-    """One split of a ``datasets`` dataset, seen through its image and label columns."""
+    """One split of a ``datasets`` dataset, seen through its image and label columns (:func:`hub_dataset` checks
+    that they exist). The image column holds images, or paths of image files, which are opened as a folder's are."""
 
     def __init__(self, split, image_column: str, label_column: str | None):
-        missing = {image_column, label_column or image_column} - set(split.column_names)
-        if missing:
-            raise ValueError(
-                f"the dataset has no column {sorted(missing)}; its columns are {split.column_names}. "
-                "Pass --image-column / --label-column."
-            )
         self.split, self.image_column, self.label_column = split, image_column, label_column
 
     def __len__(self) -> int:
@@ -115,7 +110,16 @@ class HubImages(Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         row = self.split[index]
         label = int(row[self.label_column]) if self.label_column else -1  # image-only data (distillation)
-        return to_rgb(row[self.image_column]), label
+        image = row[self.image_column]
+        if not isinstance(image, str):
+            return to_rgb(image), label
+        try:
+            return load_image(image), label
+        except (OSError, Image.DecompressionBombError) as error:  # no such file, not an image, too large
+            raise ValueError(
+                f"{image} (row {index} of the image column '{self.image_column}') could not be read as an image "
+                f"({error}). Pass --image-column naming a column of images or of paths of image files."
+            ) from None
 
 
 class TransformedImages(Dataset):
@@ -316,6 +320,19 @@ def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) ->
     )
 
 
+def _check_columns(name: str, split_name: str, split, image_column: str, label_column: str | None) -> None:
+    """Refuse a split without the image or label column the flags name, saying which columns it has."""
+    columns = split.column_names
+    flags = {"--image-column": image_column, "--label-column": label_column}
+    if missing := {flag: column for flag, column in flags.items() if column and column not in columns}:
+        named = " nor ".join(f"{flag[2:].replace('-', ' ')} '{column}' ({flag})" for flag, column in missing.items())
+        image_only = " (--label-column none for image-only data)" if "--label-column" in missing else ""
+        raise ValueError(
+            f"the {split_name} split of {name} has no {named}; its columns are {columns}. Pass the flag naming "
+            f"one of them{image_only}."
+        )
+
+
 def hub_dataset(
     name: str, image_column: str = "image", label_column: str | None = "label", validation_fraction: float = 0.1
 ) -> DatasetSplits:
@@ -326,6 +343,7 @@ def hub_dataset(
     if "train" not in loaded:
         raise ValueError(f"{name} has no 'train' split (it has {list(loaded)})")
     train = loaded["train"]
+    _check_columns(name, "train", train, image_column, label_column)
     validation_name = next((split for split in ("validation", "valid", "val", "test") if split in loaded), None)
     if validation_name is None:
         parts = train.train_test_split(test_size=validation_fraction, seed=0)
@@ -333,6 +351,7 @@ def hub_dataset(
         split, held_out = "train", validation_fraction
     else:
         validation, split, held_out = loaded[validation_name], validation_name, 0.0
+        _check_columns(name, split, validation, image_column, label_column)
     class_names = []
     if label_column:
         feature = train.features.get(label_column)
