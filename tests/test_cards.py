@@ -185,6 +185,7 @@ def test_a_clip_card_without_labels_shows_what_was_measured_and_no_empty_picture
         and "0.8156" in card.text
     )
     assert card.data.metrics is None and not card.data.eval_results
+    assert "the results table shows both" not in card.text and "which was not measured here" in card.text
     labelled = render_model_card(
         recipe,
         TASKS["clip-distillation"].card,

@@ -4,7 +4,9 @@ scratch, with a new head when the data has another number of classes."""
 import pytest
 import torch
 from cnn_sources import hf_resnet, save_timm, timm_cnn
+from PIL import Image
 from sources import hf_vit, save_hf_source
+from transformers import ConvNextImageProcessor, ViTImageProcessor
 
 from bcos_zoo import BcosDenseNetForImageClassification, BcosResNetForImageClassification, BcosViTForImageClassification
 from bcos_zoo.families import bcos_classifier_class
@@ -217,3 +219,21 @@ def test_a_source_of_other_classes_is_left_out_of_the_results_with_the_reason(tm
     card = ModelCard.load(result.repo_dir / "README.md").text
     assert "(standard source) |" not in card
     assert f"The standard source is not in the table: {reason}." in card
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet"])
+def test_standard_training_resizes_as_transformers_processors_of_the_family_do(family):
+    """A standard ViT squashes bilinearly (ViTImageProcessor's defaults), a standard ResNet crops all of a square
+    image bicubically (ConvNextImageProcessor's at crop_pct 1): the pixels its runs were trained and evaluated on."""
+    model = hf_vit(image=32) if family == "vit" else hf_resnet()
+    model.config.image_size = 32
+    processor = get_task(recipe("scratch", task="standard-classification")).image_processor(model)
+    if family == "vit":
+        reference = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    else:
+        reference = ConvNextImageProcessor(
+            size={"shortest_edge": 32}, crop_pct=1.0, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
+    image = Image.fromarray((torch.rand(40, 70, 3) * 255).byte().numpy())
+    ours, theirs = (p(image, return_tensors="pt").pixel_values for p in (processor, reference))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=2.1 / 255 / 0.5)  # PIL's rounding: a level or two

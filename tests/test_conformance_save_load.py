@@ -92,18 +92,14 @@ def test_a_bfloat16_explanation_of_float32_images_reports_its_bias_share():
     assert torch.allclose(total, explanation.target_logits.float(), atol=0.05)
 
 
-@pytest.mark.parametrize("kind", ["classifier", "tower"])
-def test_a_processor_saved_in_the_folder_first_is_kept(kind, tmp_path):
-    """As with transformers' own models, ``save_pretrained`` leaves a processor the folder holds alone; into an
-    empty folder it writes the model's own."""
-    model = build(kind)
-    mine = model.default_image_processor()
-    mine.resample, mine.size = 3, {"height": 40, "width": 40} if kind == "classifier" else {"shortest_edge": 40}
-    mine.save_pretrained(tmp_path / "mine")
-    model.save_pretrained(tmp_path / "mine")
-    model.save_pretrained(tmp_path / "fresh")
-    assert AutoImageProcessor.from_pretrained(tmp_path / "mine").to_dict() == mine.to_dict()
-    assert AutoImageProcessor.from_pretrained(tmp_path / "fresh").to_dict() == model.default_image_processor().to_dict()
+def test_a_process_that_is_not_the_main_one_writes_no_file_as_transformers_says(tmp_path):
+    """``is_main_process`` (by keyword or, as transformers orders it, by position) keeps the other processes of a
+    data-parallel run from writing."""
+    model = build("classifier")
+    model.save_pretrained(tmp_path / "positional", False)
+    model.save_pretrained(tmp_path / "keyword", is_main_process=False)
+    for folder in ("positional", "keyword"):
+        assert not (tmp_path / folder).exists() or not any((tmp_path / folder).iterdir())
 
 
 def test_the_feature_extraction_pipeline_on_a_classifier_s_base_model_gives_its_backbone_features(tmp_path):

@@ -169,7 +169,9 @@ def test_a_name_two_classes_share_is_refused_naming_both_and_an_index_explains_e
         pipe(str(photo), labels=["crane"])
     with pytest.raises(ValueError, match="'fox' is not one of this model's"):
         pipe(str(photo), labels=["fox"])
-    results = pipe(str(photo), top_k=0, labels=[2, "dog", 2, "dog"])  # each label once
+    with pytest.raises(ValueError, match="True is not one of this model's"):
+        pipe(str(photo), labels=[True])
+    results = pipe(str(photo), top_k=0, labels=[2, "dog", 2, 1])  # each class once
     pixels = model.default_image_processor()(Image.open(photo), return_tensors="pt").pixel_values
     assert [row["explanation"]["logit"] for row in results] == pytest.approx(
         model(pixel_values=pixels).logits[0, [2, 1]].tolist(), abs=1e-5

@@ -133,6 +133,12 @@ def processor_resize(processor: dict) -> dict:
     return fields
 
 
+def bcos_crop(config_class: type, crop_pct: float | None) -> float | None:
+    """``crop_pct`` as a B-cos config of ``config_class`` holds it: a ViT's processor may squash the whole image
+    (``None``), a CNN's always crops, so a source that squashes gets 1 (all of a square image)."""
+    return 1.0 if crop_pct is None and config_class().crop_pct is not None else crop_pct
+
+
 def timm_resize(pretrained_cfg: dict) -> dict:
     """How timm evaluates a model (``timm.data.create_transform`` of its ``pretrained_cfg``), in the fields of
     :func:`processor_resize`: ``image_size`` from ``input_size``, ``crop_pct``, ``resample`` from ``interpolation``.

@@ -28,6 +28,7 @@ from .bcos_package import build_port, read_bcos_cnn
 from .common import (
     IMAGENET_NORMALIZATION,
     PIL_RESAMPLE,
+    bcos_crop,
     fold_normalization,
     load_exactly,
     load_timm_folder,
@@ -148,8 +149,8 @@ def processor_geometry(pretrained_cfg: dict | None = None, processor: dict | Non
     A CNN's processor always crops: a source that squashes the whole image gets ``crop_pct=1``, the same pixels for a
     square image."""
     fields = {**timm_resize(pretrained_cfg or {}), **processor_resize(processor or {})}
-    if "crop_pct" in fields and fields["crop_pct"] is None:
-        fields["crop_pct"] = 1.0
+    if "crop_pct" in fields:
+        fields["crop_pct"] = bcos_crop(BcosResNetConfig, fields["crop_pct"])
     return fields
 
 

@@ -33,6 +33,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from ..conversion.common import (
     VIT_DEFAULT_NORMALIZATION,
+    bcos_crop,
     processor_resize,
     read_json,
     resolve_folder,
@@ -144,11 +145,9 @@ class StandardClassifier(nn.Module):
         """The processor a B-cos model of this source saves: its resize and crop as the source's processor states
         them, else as the family's B-cos config has them by default; it rescales to [0, 1] and does not normalise
         (that happens in :meth:`forward`), so the source and its B-cos form see the same pixels."""
-        defaults = self.family.classifier.config_class()
-        crop_pct = self.geometry.get("crop_pct", defaults.crop_pct)
-        if crop_pct is None and defaults.crop_pct is not None:  # a B-cos CNN always crops: all of a square image
-            crop_pct = 1.0
-        resample = self.geometry.get("resample", defaults.resample)
+        config_class = self.family.classifier.config_class
+        crop_pct = bcos_crop(config_class, self.geometry.get("crop_pct", config_class().crop_pct))
+        resample = self.geometry.get("resample", config_class().resample)
         return resizing_processor(self.image_size, crop_pct, resample, do_rescale=True, do_normalize=False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

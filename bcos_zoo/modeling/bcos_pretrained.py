@@ -24,7 +24,6 @@ logger = logging.get_logger(__name__)
 EXPLANATION_PIPELINE_FILE = "pipeline_bcos_explanation.py"
 EXPLANATION_PIPELINE = {"impl": "pipeline_bcos_explanation.ImageExplanationPipeline", "type": "image"}
 EXPLANATION_PIPELINE |= {"pt": ["AutoModelForImageClassification"], "tf": []}
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # an image processor's; CLIP's processor's
 # what save_pretrained(push_to_hub=True) passes on to push_to_hub
 PUSH_OPTIONS = ("commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags")
 
@@ -144,19 +143,20 @@ class BcosPreTrainedModel(PreTrainedModel):
                 auto_map[auto_class] = f"{model_module}.{type(self).__name__}"
         return auto_map
 
-    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs) -> None:
         """Save weights, config, remote code and processor, so that the folder loads with the Auto classes. Our
         ``auto_map`` replaces, in the saved config.json, the one transformers writes for the registered class. With
         ``push_to_hub``, the saved files go up as ``push_to_hub`` sends them (transformers would upload only those
         it wrote itself: no code, no processor, its own ``auto_map``)."""
+        main = kwargs.get("is_main_process", args[0] if args else True)
         if push_to_hub:
             push = {key: kwargs.pop(key) for key in PUSH_OPTIONS if key in kwargs}
             repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
-            self.save_pretrained(save_directory, **kwargs)
-            if kwargs.get("is_main_process", True):
+            self.save_pretrained(save_directory, *args, **kwargs)
+            if main:
                 self.push_to_hub(repo_id, **push, max_shard_size=kwargs.get("max_shard_size", "50GB"))
             return
-        shared, main, code_files = self.config, kwargs.get("is_main_process", True), self._extra_code_files()
+        shared, code_files = self.config, self._extra_code_files()
         self.config = copy.deepcopy(shared)  # a config shared with other models stays as it was
         if any(path.endswith(EXPLANATION_PIPELINE_FILE) for path in code_files):  # labels and explanations in one call
             self.config.custom_pipelines = {"image-explanation": EXPLANATION_PIPELINE}
@@ -165,11 +165,10 @@ class BcosPreTrainedModel(PreTrainedModel):
         try:
             if main:
                 os.makedirs(save_directory, exist_ok=True)
-                if not any(os.path.isfile(os.path.join(save_directory, name)) for name in PROCESSOR_FILES):
-                    self._save_processors(save_directory)  # a processor the folder holds is the user's, and kept
+                self._save_processors(save_directory)
                 for path in code_files:
                     shutil.copy(path, save_directory)
-            super().save_pretrained(save_directory, **kwargs)
+            super().save_pretrained(save_directory, *args, **kwargs)
             if main:
                 path = os.path.join(save_directory, "config.json")
                 with open(path) as file:

@@ -64,13 +64,14 @@ class ImageExplanationPipeline(Pipeline):
             forward["explain"] = postprocess["explain"] = explain
         if labels is not None:
             asked = [labels] if isinstance(labels, (str, int)) else list(labels)
-            forward["targets"] = [self._label_index(label) for label in dict.fromkeys(asked)]  # each label once
+            forward["targets"] = list(dict.fromkeys(self._label_index(label) for label in asked))  # each class once
         return preprocess, forward, postprocess
 
     def _label_index(self, label: str | int) -> int:
         """The class a label names (its name in ``id2label``, or its index): exactly one."""
         id2label = self.model.config.id2label
-        found = [int(index) for index, name in id2label.items() if name == label or int(index) == label]
+        by_index = isinstance(label, int) and not isinstance(label, bool)
+        found = [int(index) for index, name in id2label.items() if name == label or by_index and int(index) == label]
         if len(found) != 1:
             problem = f"names classes {found}: pass the index instead" if found else "is not one of this model's"
             raise ValueError(f"The label {label!r} {problem} (labels= takes names or indices of config.id2label).")

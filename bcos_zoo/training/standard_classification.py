@@ -8,7 +8,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ..conversion.common import VIT_DEFAULT_NORMALIZATION
+from ..conversion.common import VIT_DEFAULT_NORMALIZATION, bcos_crop
 from ..data.preprocessing import ImageTransform, processor_transform, training_transform
 from ..families import family_of
 from ..modeling.bcos_pretrained import resizing_processor
@@ -52,14 +52,16 @@ class StandardClassification(BcosClassification):
         return None
 
     def image_processor(self, model: nn.Module) -> BaseImageProcessor:
-        """Resize bilinearly and normalise: a ViT squashes the whole image (as transformers' ViT processor), a CNN crops
-        all of a square image; a B-cos model B-cosified from it reads the same resize from this processor."""
+        """Resize and normalise as the family's B-cos processor resizes by default, without a crop (a ViT squashes the
+        whole image, as transformers' ViT processor; a CNN crops all of a square image, bicubic); a B-cos model
+        B-cosified from it reads the same resize from this processor."""
         family = family_of(model)
         if family is None or not family.posthoc_methods:  # the transformers classifiers the baselines explain
             raise ValueError(f"A standard {model.config.model_type} classifier is not the source of any B-cos family.")
         mean, std = VIT_DEFAULT_NORMALIZATION
-        crop_pct = None if family.classifier.config_class().crop_pct is None else 1.0
-        return resizing_processor(model.config.image_size, crop_pct, 2, image_mean=mean, image_std=std)
+        config_class = family.classifier.config_class
+        crop_pct, resample = bcos_crop(config_class, None), config_class().resample
+        return resizing_processor(model.config.image_size, crop_pct, resample, image_mean=mean, image_std=std)
 
     def train_transform(self, model: nn.Module) -> ImageTransform:
         mean, std = VIT_DEFAULT_NORMALIZATION
