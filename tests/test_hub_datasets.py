@@ -4,12 +4,17 @@ The Hub is stood in for by in-memory ``datasets`` objects: ``datasets.load_datas
 ``org/data``, so that ``hub_dataset`` reads them exactly as it reads a downloaded dataset.
 """
 
+import json
+
 import datasets
 import numpy as np
 import pytest
 from PIL import Image
+from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, save_hf_source
 
+import bcos_zoo.zoo.finetune as finetuning
 from bcos_zoo.data.datasets import hub_dataset
+from bcos_zoo.zoo.recipes import Recipe
 
 
 def colour_images(count: int) -> list[Image.Image]:
@@ -22,10 +27,13 @@ def colour_index(image: Image.Image) -> int:
 
 
 def serve(monkeypatch, features: dict, **splits: dict) -> None:
-    """Let ``datasets.load_dataset("org/data")`` return ``splits`` (columns as lists) with ``features``."""
+    """Let ``datasets.load_dataset("org/data")`` return ``splits`` (columns as lists), each column with its feature
+    in ``features``."""
     loaded = datasets.DatasetDict(
         {
-            name: datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+            name: datasets.Dataset.from_dict(
+                columns, features=datasets.Features({column: features[column] for column in columns})
+            )
             for name, columns in splits.items()
         }
     )
@@ -73,3 +81,116 @@ def test_a_path_that_is_not_an_image_file_is_named_with_the_flag(monkeypatch, tm
     serve(monkeypatch, features, train={"image": [missing, missing], "label": [0, 1]})
     with pytest.raises(ValueError, match=rf"{missing} \(row 0 of the image column 'image'\).*--image-column"):
         hub_dataset("org/data").train[0]
+
+
+def labelled(monkeypatch, feature, train_labels: list, validation_labels: list) -> None:
+    """A train and a validation split of colour images (train first, then validation) with these labels."""
+    images = colour_images(len(train_labels) + len(validation_labels))
+    serve(
+        monkeypatch,
+        {"image": datasets.Image(), "label": feature},
+        train={"image": images[: len(train_labels)], "label": train_labels},
+        validation={"image": images[len(train_labels) :], "label": validation_labels},
+    )
+
+
+def labels_of(split) -> list[int]:
+    return [split[index][1] for index in range(len(split))]
+
+
+def test_integer_labels_that_are_not_0_to_k_minus_1_are_class_indices_in_numeric_order(monkeypatch):
+    labelled(monkeypatch, datasets.Value("int64"), [10, 3, 7, 3, 10], [7, 10])
+    data = hub_dataset("org/data")
+    assert data.class_names == ["3", "7", "10"]  # numeric order: "10" sorts before "3" as text
+    assert (labels_of(data.train), labels_of(data.validation)) == ([2, 0, 1, 0, 2], [1, 2])
+
+
+def test_string_labels_are_the_indices_of_their_sorted_names(monkeypatch):
+    labelled(monkeypatch, datasets.Value("string"), ["dog", "cat", "bird", "dog"], ["cat", "bird"])
+    data = hub_dataset("org/data")
+    assert data.class_names == ["bird", "cat", "dog"]
+    assert (labels_of(data.train), labels_of(data.validation)) == ([2, 1, 0, 2], [1, 0])
+
+
+def test_a_class_label_column_keeps_its_own_numbering_and_names(monkeypatch):
+    labelled(monkeypatch, datasets.ClassLabel(names=["dog", "cat", "ant"]), [0, 1, 0], [1, 2])
+    data = hub_dataset("org/data")
+    assert data.class_names == ["dog", "cat", "ant"]
+    assert (labels_of(data.train), labels_of(data.validation)) == ([0, 1, 0], [1, 2])
+
+
+@pytest.mark.parametrize(
+    ("feature", "train", "validation", "unknown"),
+    [
+        (datasets.Value("string"), ["cat", "dog"], ["cat", "fox"], "['fox']"),
+        (datasets.Value("int64"), [1, 2], [2, 3], "[3]"),
+        (datasets.ClassLabel(names=["cat", "dog"]), [0, 1], [1, -1], "[-1]"),  # partly unlabeled
+    ],
+)
+def test_an_evaluation_label_that_is_no_training_class_is_refused_at_load_time(
+    monkeypatch, feature, train, validation, unknown
+):
+    labelled(monkeypatch, feature, train, validation)
+    with pytest.raises(ValueError) as refusal:
+        hub_dataset("org/data")
+    message = str(refusal.value)
+    assert f"the validation split of org/data has labels {unknown}" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("unlabeled", ["labels all -1", "no label column"])
+def test_an_unlabeled_test_split_is_replaced_by_a_seeded_share_of_train_held_out(monkeypatch, caplog, unlabeled):
+    """As many Hub test splits are: accuracy on it would read 0%. A tenth of the train images are held out for
+    evaluation (the same ones every time), and the model trains on the others."""
+    images = colour_images(20)  # train: images 0-15, labelled by their parity; test: images 16-19
+    test = {"image": images[16:]} | ({"label": [-1] * 4} if unlabeled == "labels all -1" else {})
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=["even", "odd"])}
+    serve(monkeypatch, features, train={"image": images[:16], "label": [index % 2 for index in range(16)]}, test=test)
+    data, again = hub_dataset("org/data"), hub_dataset("org/data")
+    assert (data.evaluation_split, data.held_out) == ("train", 0.1)
+    held_out = [(colour_index(image), label) for image, label in (data.validation[i] for i in range(2))]
+    trained = sorted(colour_index(data.train[i][0]) for i in range(len(data.train)))
+    assert len(data.validation) == 2 and all(index < 16 and label == index % 2 for index, label in held_out)
+    assert sorted(trained + [index for index, _ in held_out]) == list(range(16))
+    assert [colour_index(again.validation[i][0]) for i in range(2)] == [index for index, _ in held_out]
+    assert "The test split of org/data carries no labels: evaluating on a seeded 10% of train held out." in caplog.text
+
+
+def test_a_labelled_validation_split_is_evaluated_on_beside_an_unlabelled_test_split(monkeypatch):
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])}
+    images = colour_images(8)
+    serve(
+        monkeypatch,
+        features,
+        train={"image": images[:4], "label": [0, 1, 0, 1]},
+        validation={"image": images[4:6], "label": [1, 0]},
+        test={"image": images[6:], "label": [-1, -1]},
+    )
+    data = hub_dataset("org/data")
+    assert data.evaluation_split == "validation" and [colour_index(data.validation[i][0]) for i in range(2)] == [4, 5]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("labels", "classes"), [([1, 2], ["1", "2"]), (["cat", "dog"], ["cat", "dog"])])
+def test_a_run_on_labels_that_are_not_class_indices_trains_and_names_its_classes(
+    monkeypatch, tmp_path, labels, classes
+):
+    """One-based integers and strings as labels: the loss reads class indices (a raw label 2 of two classes, or
+    'dog', ended the run), and the saved model names its classes after the labels."""
+    feature = datasets.Value("int64" if isinstance(labels[0], int) else "string")
+    labelled(monkeypatch, feature, labels * 6, labels * 2)
+    monkeypatch.setattr(finetuning, "hub_unavailable", lambda *args, **kwargs: None)  # the Hub stood in for
+    monkeypatch.setattr(finetuning, "hub_repo_exists", lambda *args, **kwargs: True)
+    save_hf_source(hf_vit(labels=2), tmp_path / "source", IMAGENET_MEAN, IMAGENET_STD)
+    recipe = Recipe(
+        name="bcos-tiny",
+        source=str(tmp_path / "source"),
+        dataset="org/data",
+        hub_model_id="org/bcos-tiny",
+        max_steps=2,
+        batch_size=4,
+        learning_rate=1e-3,
+        save_steps=100,
+    )
+    result = finetuning.finetune(recipe, tmp_path / "out", device="cpu")
+    config = json.loads((result.repo_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": classes[0], "1": classes[1]} and 0 <= result.metrics["accuracy"] <= 1

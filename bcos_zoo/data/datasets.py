@@ -8,6 +8,7 @@ by :mod:`bcos_zoo.data.preprocessing`, the one path from an image to a model's p
 
 import gzip
 import hashlib
+import logging
 import os
 import random
 import struct
@@ -22,6 +23,8 @@ from torch.utils.data import Dataset, Subset
 
 from .preprocessing import load_image, to_rgb
 
+
+logger = logging.getLogger(__name__)
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
@@ -101,15 +104,19 @@ class HubImages(Dataset):
     """One split of a ``datasets`` dataset, seen through its image and label columns (:func:`hub_dataset` checks
     that they exist). The image column holds images, or paths of image files, which are opened as a folder's are."""
 
-    def __init__(self, split, image_column: str, label_column: str | None):
+    def __init__(self, split, image_column: str, label_column: str | None, label_index: dict | None = None):
         self.split, self.image_column, self.label_column = split, image_column, label_column
+        self.label_index = label_index  # a label value -> its class index; None: the values are the indices
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         row = self.split[index]
-        label = int(row[self.label_column]) if self.label_column else -1  # image-only data (distillation)
+        label = -1  # image-only data (distillation)
+        if self.label_column:
+            value = row[self.label_column]
+            label = int(value) if self.label_index is None else self.label_index[value]
         image = row[self.image_column]
         if not isinstance(image, str):
             return to_rgb(image), label
@@ -333,10 +340,34 @@ def _check_columns(name: str, split_name: str, split, image_column: str, label_c
         )
 
 
+def _hub_classes(train, label_column: str | None) -> tuple[list[str], dict | None]:
+    """The class names of a Hub dataset, and the map from a label value to its class index: ``None`` for a
+    ``ClassLabel`` column, whose values are its classes' indices already. Other labels (strings, or integers that
+    need not be 0..K-1) are the train split's values, sorted, each named after itself."""
+    if not label_column:
+        return [], None
+    if names := getattr(train.features.get(label_column), "names", None):
+        return list(names), None
+    values = sorted(set(train[label_column]))
+    return [str(value) for value in values], {value: index for index, value in enumerate(values)}
+
+
+def _unlabeled(split, label_column: str) -> bool:
+    """Whether a split carries no labels: no label column, or only -1 and missing values (as many test splits)."""
+    return label_column not in split.column_names or all(value in (-1, None) for value in split[label_column])
+
+
+def _shown(values: list) -> str:
+    return f"{values[:5]}{f' and {len(values) - 5} more' if len(values) > 5 else ''}"
+
+
 def hub_dataset(
     name: str, image_column: str = "image", label_column: str | None = "label", validation_fraction: float = 0.1
 ) -> DatasetSplits:
-    """A Hub dataset: its ``train`` split and its validation (or test) split, or a seeded hold-out of ``train``."""
+    """A Hub dataset: its ``train`` split and its validation (or test) split, or a seeded hold-out of ``train``.
+
+    A split that carries no labels is not evaluated on (its accuracy would read 0%): as for a folder without a
+    validation folder, a seeded share of ``train`` is held out instead, and a warning says so."""
     import datasets
 
     loaded = datasets.load_dataset(name)
@@ -344,7 +375,10 @@ def hub_dataset(
         raise ValueError(f"{name} has no 'train' split (it has {list(loaded)})")
     train = loaded["train"]
     _check_columns(name, "train", train, image_column, label_column)
-    validation_name = next((split for split in ("validation", "valid", "val", "test") if split in loaded), None)
+    class_names, label_index = _hub_classes(train, label_column)
+    named = [split for split in ("validation", "valid", "val", "test") if split in loaded]
+    unlabeled = [split for split in named if label_column and _unlabeled(loaded[split], label_column)]
+    validation_name = next((split for split in named if split not in unlabeled), None)
     if validation_name is None:
         parts = train.train_test_split(test_size=validation_fraction, seed=0)
         train, validation = parts["train"], parts["test"]
@@ -352,13 +386,20 @@ def hub_dataset(
     else:
         validation, split, held_out = loaded[validation_name], validation_name, 0.0
         _check_columns(name, split, validation, image_column, label_column)
-    class_names = []
-    if label_column:
-        feature = train.features.get(label_column)
-        class_names = list(getattr(feature, "names", None) or [str(i) for i in sorted(set(train[label_column]))])
+    if unlabeled:
+        instead = f"the {validation_name} split" if validation_name else f"a seeded {held_out:.0%} of train held out"
+        logger.warning(f"The {' and '.join(unlabeled)} split of {name} carries no labels: evaluating on {instead}.")
+    if label_column and validation_name:
+        known = range(len(class_names)) if label_index is None else label_index
+        if unknown := sorted({value for value in validation[label_column] if value not in known}, key=str):
+            raise ValueError(
+                f"the {split} split of {name} has labels {_shown(unknown)} that are none of the train split's "
+                f"{len(class_names)} classes {_shown(class_names)} (-1: no label), so accuracy on them cannot be "
+                "measured; pass --label-column naming a column of the same classes in both splits, or another dataset."
+            )
     return DatasetSplits(
-        HubImages(train, image_column, label_column),
-        HubImages(validation, image_column, label_column),
+        HubImages(train, image_column, label_column, label_index),
+        HubImages(validation, image_column, label_column, label_index),
         class_names,
         name,
         evaluation_split=split,
