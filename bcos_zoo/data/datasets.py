@@ -357,8 +357,9 @@ def _unlabeled(split, label_column: str) -> bool:
     return label_column not in split.column_names or all(value in (-1, None) for value in split[label_column])
 
 
-def _shown(values: list) -> str:
-    return f"{values[:5]}{f' and {len(values) - 5} more' if len(values) > 5 else ''}"
+def shown(names: list, most: int = 20) -> str:
+    """A list of class names or labels for an error message: ImageNet's thousand would bury the rest of it."""
+    return str(names) if len(names) <= most else f"{str(names[:most])[:-1]}, ...] ({len(names)} in all)"
 
 
 def hub_dataset(
@@ -393,8 +394,8 @@ def hub_dataset(
         known = range(len(class_names)) if label_index is None else label_index
         if unknown := sorted({value for value in validation[label_column] if value not in known}, key=str):
             raise ValueError(
-                f"the {split} split of {name} has labels {_shown(unknown)} that are none of the train split's "
-                f"{len(class_names)} classes {_shown(class_names)} (-1: no label), so accuracy on them cannot be "
+                f"the {split} split of {name} has labels {shown(unknown)} that are none of the train split's "
+                f"{len(class_names)} classes {shown(class_names)} (-1: no label), so accuracy on them cannot be "
                 "measured; pass --label-column naming a column of the same classes in both splits, or another dataset."
             )
     return DatasetSplits(

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import AutoModelForImageClassification
 
-from ..data.datasets import limit
+from ..data.datasets import limit, shown
 from ..data.decoys import load_boxed_splits
 from ..data.preprocessing import model_transform
 from .baselines import (
@@ -42,11 +42,6 @@ GAMES = {"grid_pointing_game": "GridPG", "energy_pointing_game": "EPG"}
 
 
 MATCH_CLASSES = ("name", "index")
-
-
-def _shown(names: list[str], most: int = 20) -> str:
-    """A list of class names for an error message: ImageNet's thousand would bury the rest of it."""
-    return str(names) if len(names) <= most else f"{str(names[:most])[:-1]}, ...] ({len(names)} in all)"
 
 
 def _key(class_name: str) -> str:
@@ -80,9 +75,9 @@ def class_order(name: str, id2label: dict, class_names: list[str], match: str = 
     if sorted(model_keys) == sorted(keys) and not repeated:  # the same classes, in any order
         return [model_keys.index(key) for key in keys]
     missing = [class_name for class_name, key in zip(class_names, keys) if key not in model_keys]
-    why = f"{_shown(missing)} not among the model's" if missing else f"{_shown(repeated)} repeat, so names cannot match"
+    why = f"{shown(missing)} not among the model's" if missing else f"{shown(repeated)} repeat, so names cannot match"
     raise ValueError(
-        f"{name}'s classes are {_shown(model_names)} but the dataset's are {_shown(class_names)} ({why}). Rename "
+        f"{name}'s classes are {shown(model_names)} but the dataset's are {shown(class_names)} ({why}). Rename "
         "the class folders after the model's classes (in its order where a name repeats), or pass --match-classes "
         "index if the dataset's i-th class (folders in sorted order) is the model's class i."
     )

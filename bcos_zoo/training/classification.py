@@ -9,9 +9,9 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import AutoConfig, AutoModelForImageClassification, Trainer, TrainingArguments
 
-from ..data.datasets import DatasetSplits
+from ..data.datasets import DatasetSplits, shown
 from ..evaluation.localisation import bcos_classifier, predict
-from ..evaluation.report import _shown, for_model
+from ..evaluation.report import for_model
 from ..families import bcos_classifier_class
 from ..modeling import BcosViTConfig
 from ..ports import is_bcos_source, load_bcos_source
@@ -76,7 +76,7 @@ def unmatched_classes(id2label: dict, class_names: list[str]) -> str:
     names = [str(id2label[index]) for index in range(len(id2label))]
     if len(names) != len(class_names):
         return f"it has {len(names)} classes and the data {len(class_names)}"
-    return f"its classes {_shown(names)} are not the data's {_shown(class_names)}"
+    return f"its classes {shown(names)} are not the data's {shown(class_names)}"
 
 
 class BcosClassification(Task):

@@ -163,6 +163,17 @@ def training_differences(stored: dict, recipe: Recipe, work_dir: Path | None = N
     ]
 
 
+def publishing_differences(stored: dict, recipe: Recipe) -> list[str]:
+    """The fields that only describe the published model (name, Hub id, card, licence, summary) in which ``recipe``
+    differs from the ``stored`` record: what a finished run's ``repo/`` was written with and a resume cannot change."""
+    record = recipe_record(recipe)
+    return [
+        spec.name
+        for spec in fields(Recipe)
+        if spec.metadata.get("publishing") and spec.name in stored and stored[spec.name] != record[spec.name]
+    ]
+
+
 def _parser_type(annotation) -> tuple[Callable, dict]:
     """argparse ``type`` and extra keywords for a recipe field's annotation."""
     args = [arg for arg in get_args(annotation) if arg is not type(None)]

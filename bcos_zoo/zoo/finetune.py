@@ -23,7 +23,7 @@ from transformers import TrainerCallback, set_seed
 from ..data.datasets import DatasetSplits, dataset_needs_hub, limit, looks_like_path
 from ..ports import bcos_source_entry, is_bcos_source
 from ..training import get_task
-from ..training.recipe import recipe_record, training_differences
+from ..training.recipe import publishing_differences, recipe_record, training_differences
 from ..training.task import BCOS_MODEL_TYPES, source_config
 from ..training.trainer import TrainingClock, mean_training_loss, trainer_callbacks, training_arguments
 from .cards import render_model_card, template_path
@@ -300,13 +300,7 @@ def check_finished_run(results: dict, output_dir: Path, recipe: Recipe, push: bo
     publishing fields (name, Hub id, licence, summary, card), which a resume cannot change any more; and a push needs
     a working token."""
     stored = results.get("recipe", {})
-    given = recipe_record(recipe)
-    changed = [
-        spec.name
-        for spec in fields(Recipe)
-        if spec.metadata.get("publishing") and spec.name in stored and stored[spec.name] != given[spec.name]
-    ]
-    if changed:
+    if changed := publishing_differences(stored, recipe):
         details = ", ".join(f"{name} {stored[name]!r}" for name in changed)
         raise ValueError(
             f"{output_dir} holds a finished run whose repo/ and card were written with {details}: pass those to "
