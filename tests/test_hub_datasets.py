@@ -120,6 +120,28 @@ def test_a_class_label_column_keeps_its_own_numbering_and_names(monkeypatch):
 
 
 @pytest.mark.parametrize(
+    ("feature", "train", "kept"),
+    [
+        (datasets.ClassLabel(names=["cat", "dog"]), [0, -1, 1, None, 0], [(0, 0), (2, 1), (4, 0)]),
+        (datasets.Value("int64"), [5, None, 7, 5, -1], [(0, 1), (2, 2), (3, 1), (4, 0)]),  # -1 is a value here
+        (datasets.Value("string"), ["dog", None, "cat", "dog", "cat"], [(0, 1), (2, 0), (3, 1), (4, 0)]),
+    ],
+)
+def test_train_rows_without_a_label_are_left_out_with_a_warning(monkeypatch, caplog, feature, train, kept):
+    labelled(monkeypatch, feature, train, [train[0]])
+    data = hub_dataset("org/data")
+    assert [(colour_index(image), label) for image, label in (data.train[i] for i in range(len(data.train)))] == kept
+    left_out = len(train) - len(kept)
+    assert f"{left_out} of the {len(train)} train rows of org/data carry no label: left out." in caplog.text
+
+
+def test_a_train_split_without_any_label_is_refused_naming_the_flag_for_image_only_data(monkeypatch):
+    labelled(monkeypatch, datasets.ClassLabel(names=["cat", "dog"]), [-1, -1], [0])
+    with pytest.raises(ValueError, match="the train split of org/data carries no labels.*--label-column none"):
+        hub_dataset("org/data")
+
+
+@pytest.mark.parametrize(
     ("feature", "train", "validation", "unknown"),
     [
         (datasets.Value("string"), ["cat", "dog"], ["cat", "fox"], "['fox']"),

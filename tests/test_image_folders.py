@@ -192,6 +192,26 @@ def test_capitalised_split_folders_are_splits_not_classes(tmp_path, splits):
     ]
 
 
+@pytest.mark.parametrize(
+    ("splits", "doubled"),
+    [(("train", "training", "val"), "'train', 'training'"), (("Train", "val", "validation"), "'val', 'validation'")],
+)
+def test_two_folders_for_one_split_are_refused_naming_both(tmp_path, splits, doubled):
+    for split in splits:
+        save_images(tmp_path / split / "cat")
+        save_images(tmp_path / split / "dog")
+    with pytest.raises(ValueError, match=rf"has 2 folders for one split: \[{doubled}\]\. Merge them"):
+        image_folder(tmp_path)
+
+
+def test_a_validation_folder_is_evaluated_on_beside_a_test_folder(tmp_path):
+    for split in ("test", "train", "val"):
+        save_images(tmp_path / split / "cat")
+        save_images(tmp_path / split / "dog")
+    data = image_folder(tmp_path)
+    assert data.evaluation_split == "val" and all(path.parent.parent.name == "val" for path in data.validation.files)
+
+
 def test_a_capitalised_train_folder_of_class_folders_beside_other_folders_is_refused_as_ambiguous(tmp_path):
     save_images(tmp_path / "Train" / "cat")
     save_images(tmp_path / "Train" / "dog")

@@ -42,7 +42,7 @@ FASHION_MNIST_CLASSES = [
 ]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TRAIN_FOLDERS = ("train", "training")
-VALIDATION_FOLDERS = ("validation", "val", "valid", "test", "testing")
+VALIDATION_NAMES, TEST_NAMES = ("validation", "val", "valid"), ("test", "testing")  # a validation folder first
 
 
 @dataclass
@@ -239,9 +239,16 @@ def _mixed(files: list[Path], labels: list[int], seed: int = 0) -> tuple[list[Pa
     return [files[index] for index in order], [labels[index] for index in order]
 
 
-def _split_name(folders: list[str], names: tuple[str, ...]) -> str | None:
-    """The folder named like one of ``names`` in any case (``Train/``, Kaggle's ``Testing/``), earlier names first."""
-    return next((folder for name in names for folder in folders if folder.lower() == name), None)
+def _split_name(root: Path, folders: list[str], names: tuple[str, ...]) -> str | None:
+    """The folder named like one of ``names`` in any case (``Train/``, Kaggle's ``Testing/``). Two such folders
+    (``train/`` beside ``training/`` or ``Train/``) are refused: taking one would leave the other's images out
+    without a word."""
+    found = [folder for folder in folders if folder.lower() in names]
+    if len(found) > 1:
+        raise ValueError(
+            f"{root} has {len(found)} folders for one split: {found}. Merge them into one, or move all but one out."
+        )
+    return found[0] if found else None
 
 
 def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
@@ -254,10 +261,10 @@ def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
     the splits.
     """
     folders = _sub_folders(root)
-    train = _split_name(folders, TRAIN_FOLDERS)
+    train = _split_name(root, folders, TRAIN_FOLDERS)
     if train is None:
         return None, None
-    if others := [name for name in folders if name.lower() not in {*TRAIN_FOLDERS, *VALIDATION_FOLDERS}]:
+    if others := [name for name in folders if name.lower() not in {*TRAIN_FOLDERS, *VALIDATION_NAMES, *TEST_NAMES}]:
         own_images = any(
             path.is_file() and _visible(path.name) and path.suffix.lower() in IMAGE_SUFFIXES
             for path in (root / train).iterdir()
@@ -269,7 +276,7 @@ def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
                 f"only {train}/ and validation/), or, if '{train}' is a class, put its images directly in it."
             )
         return None, None
-    validation = _split_name(folders, VALIDATION_FOLDERS)
+    validation = _split_name(root, folders, VALIDATION_NAMES) or _split_name(root, folders, TEST_NAMES)
     return root / train, root / validation if validation else None
 
 
@@ -352,6 +359,26 @@ def _hub_classes(train, label_column: str | None) -> tuple[list[str], dict | Non
     return [str(value) for value in values], {value: index for index, value in enumerate(values)}
 
 
+def _without_unlabeled_rows(name: str, train, label_column: str | None):
+    """The train split without its rows that carry no label (missing values; -1 in a ``ClassLabel`` column, as in
+    semi-supervised datasets), which would reach the loss as a class index of -1 or stop the sorting of the
+    classes; a warning says how many were left out."""
+    if not label_column:
+        return train
+    is_class_label = hasattr(train.features.get(label_column), "names")
+    values = train[label_column]
+    kept = [index for index, value in enumerate(values) if value is not None and not (is_class_label and value == -1)]
+    if not kept:
+        raise ValueError(
+            f"the train split of {name} carries no labels in its column '{label_column}'. Pass --label-column naming "
+            "a column of labels, or --label-column none for image-only data (CLIP distillation)."
+        )
+    if len(kept) < len(values):
+        logger.warning(f"{len(values) - len(kept)} of the {len(values)} train rows of {name} carry no label: left out.")
+        train = train.select(kept)
+    return train
+
+
 def _unlabeled(split, label_column: str) -> bool:
     """Whether a split carries no labels: no label column, or only -1 and missing values (as many test splits)."""
     return label_column not in split.column_names or all(value in (-1, None) for value in split[label_column])
@@ -376,6 +403,7 @@ def hub_dataset(
         raise ValueError(f"{name} has no 'train' split (it has {list(loaded)})")
     train = loaded["train"]
     _check_columns(name, "train", train, image_column, label_column)
+    train = _without_unlabeled_rows(name, train, label_column)
     class_names, label_index = _hub_classes(train, label_column)
     named = [split for split in ("validation", "valid", "val", "test") if split in loaded]
     unlabeled = [split for split in named if label_column and _unlabeled(loaded[split], label_column)]
