@@ -267,6 +267,7 @@ def test_mean_training_loss_weights_each_logged_mean_by_its_steps():
         ("max_eval_samples", 0, "max_eval_samples must be at least 1"),
         ("save_steps", -5, "save_steps must be at least 1"),
         ("epochs", -1.0, "epochs must be at least 0"),
+        ("epochs", 0.0, r"epochs must be positive \(or max_steps set\), got 0"),
         ("learning_rate", 0.0, "learning_rate must be positive"),
         ("warmup_ratio", 1.5, r"warmup_ratio must lie in \[0, 1\]"),
         ("box_fraction", float("nan"), r"box_fraction must lie in \[0, 1\]"),

@@ -91,6 +91,8 @@ class Recipe:
             for name in ("learning_rate", "kd_temperature")
             if not getattr(self, name) > 0
         ]
+        if self.max_steps <= 0 and self.epochs == 0:  # no step: the card would call the starting model fine-tuned
+            problems.append("epochs must be positive (or max_steps set), got 0: a run of no step trains nothing")
         problems += [
             f"{name} must lie in [0, 1], got {getattr(self, name)}"
             for name in ("warmup_ratio", "box_fraction")
