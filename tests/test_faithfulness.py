@@ -342,6 +342,16 @@ def test_a_map_holding_nan_or_inf_is_refused_before_the_model_is_called_as_the_l
     assert calls == []
 
 
+@pytest.mark.parametrize("curves", [deletion_curves, insertion_curves])
+def test_a_half_precision_model_is_scored_in_float32(curves):
+    images = random_images(dtype=torch.float32)
+    scored = curves(PixelSum(), images.bfloat16(), random_maps(images), targets=[0, 0, 0], steps=4)
+    assert scored.scores.dtype == torch.float32
+    intact = PixelSum()(images.bfloat16()).float().softmax(dim=1)[:, 0]
+    at = 0 if curves is deletion_curves else -1  # the intact image: deletion's first point, insertion's last
+    torch.testing.assert_close(scored.scores[:, at], intact, rtol=0, atol=0)
+
+
 def test_curve_auc_is_the_trapezoid_over_the_fractions():
     fractions = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
     assert float(curve_auc(fractions, torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64))) == pytest.approx(0.375)
