@@ -65,6 +65,8 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(input
     assert resumed["metrics"]["accuracy"] == straight["metrics"]["accuracy"]
     # the whole run's mean loss, not only that of the steps after the resume
     assert resumed["metrics"]["train_loss"] == pytest.approx(straight["metrics"]["train_loss"], rel=1e-6)
+    report = json.loads((interrupted / "ranks" / "rank-0.json").read_text())
+    assert (report["global_step"], report["samples_seen_here"]) == (40, 40 * 8)  # the whole run's, not since step 10
 
 
 SHORT = ["--max-steps", "20", "--save-steps", "10"]

@@ -60,7 +60,8 @@ def weights_digest(model: nn.Module) -> str:
 
 
 class RankReport(TrainerCallback):
-    """Each process writes ``ranks/rank-<i>.json``: steps taken, samples seen and weight digests.
+    """Each process writes ``ranks/rank-<i>.json``: steps taken, samples seen and weight digests (at the start of
+    this process: a resumed run's start is its checkpoint's weights).
 
     On a multi-GPU or multi-node run this shows at a glance that every rank trained (its weights changed) and that
     all ranks ended on the same weights (data parallelism kept them in sync).
@@ -68,22 +69,19 @@ class RankReport(TrainerCallback):
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.samples = 0
         self.start_digest = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.start_digest = weights_digest(model)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.samples += args.per_device_train_batch_size * args.gradient_accumulation_steps
+        self.start_digest = weights_digest(model)  # a resumed run's: the checkpoint's
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.folder.mkdir(parents=True, exist_ok=True)
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
         report = {
             "process_index": args.process_index,
             "world_size": args.world_size,
             "global_step": state.global_step,
-            "samples_seen_here": self.samples,
+            "samples_seen_here": state.global_step * per_step,  # every step of the run, resumes included
             "start_weights": self.start_digest,
             "end_weights": weights_digest(model),
         }
