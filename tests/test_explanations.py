@@ -191,6 +191,32 @@ def test_a_float16_explanation_renders_as_its_float32_copy_does_without_nan():
     assert torch.equal(zero.contribution_map(), torch.ones(2, 32, 32, 3))  # white, not NaN, where nothing contributes
 
 
+@pytest.mark.parametrize("scale", [1e-15, 1e20])
+def test_a_picture_does_not_depend_on_the_scale_of_its_map(scale):
+    """Opacity and colour are relative to each image's own map: a map far from 1 neither overflows (the norm of
+    the weights) nor fades (the guards against 0 / 0)."""
+    explanation = converted_model().explain(torch.rand(2, 3, 32, 32))
+    scaled = type(explanation)(
+        **{
+            **vars(explanation),
+            "dynamic_weights": explanation.dynamic_weights * scale,
+            "contributions": explanation.contributions * scale,
+        }
+    )
+    torch.testing.assert_close(scaled.rgba, explanation.rgba)
+    torch.testing.assert_close(scaled.contribution_map(), explanation.contribution_map())
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_map_holding_a_value_that_is_not_finite_is_refused_rather_than_drawn_blank(value):
+    explanation = converted_model().explain(torch.rand(2, 3, 32, 32))
+    explanation.contributions[1, 3, 4] = value
+    explanation.dynamic_weights[1, 0, 3, 4] = value
+    for render in (lambda: explanation.rgba, explanation.contribution_map):
+        with pytest.raises(ValueError, match="the explanation holds NaN or infinite values"):
+            render()
+
+
 @pytest.mark.parametrize("percentile", [-1, 150])
 def test_a_percentile_outside_0_to_100_is_refused_with_its_range(percentile):
     explanation = converted_model().explain(torch.rand(1, 3, 32, 32))
@@ -253,6 +279,20 @@ def test_explain_works_inside_inference_mode(family):
         explanation = model.explain(inference_x, **inference_prompts)
     torch.testing.assert_close(explanation.contributions, expected.contributions)
     torch.testing.assert_close(explanation.contributions.sum(dim=(1, 2)) + explanation.bias, expected.target_logits)
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_a_differentiable_explanation_keeps_the_graph_of_its_contributions_inside_a_no_grad_block(context):
+    model = pure_bcos_vit(2.0).train()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = model.explain(x, create_graph=True)
+    with context():
+        explanation = model.explain(x, create_graph=True)
+    assert explanation.contributions.requires_grad and explanation.bias.requires_grad
+    weight = model.classifier.weight
+    (gradient,) = torch.autograd.grad(explanation.contributions.square().sum(), weight)
+    (reference,) = torch.autograd.grad(expected.contributions.square().sum(), weight)
+    torch.testing.assert_close(gradient, reference)
 
 
 def test_explanations_computed_by_concurrent_threads_on_one_model_are_each_exact():

@@ -91,13 +91,13 @@ def compute_explanation(
         target = resolve_target(target, logits.detach())
         selected = logits.gather(1, target[:, None]).sum()
         (weights,) = torch.autograd.grad(selected, encoded, create_graph=create_graph)
-    encoded = encoded.detach()
-    if not create_graph:
-        logits, weights = logits.detach(), weights.detach()
-    contributions = (encoded * weights).sum(dim=1)
-    accumulate = torch.promote_types(contributions.dtype, torch.float32)
-    target_logits = logits.gather(1, target[:, None]).squeeze(1)
-    bias = (target_logits.to(accumulate) - contributions.to(accumulate).sum(dim=(1, 2))).to(contributions.dtype)
+        encoded = encoded.detach()
+        if not create_graph:
+            logits, weights = logits.detach(), weights.detach()
+        contributions = (encoded * weights).sum(dim=1)  # in the block: a graph is kept under no_grad() too
+        accumulate = torch.promote_types(contributions.dtype, torch.float32)
+        target_logits = logits.gather(1, target[:, None]).squeeze(1)
+        bias = (target_logits.to(accumulate) - contributions.to(accumulate).sum(dim=(1, 2))).to(contributions.dtype)
     return BcosExplanation(logits, target, weights, contributions, bias, output_name)
 
 
@@ -105,10 +105,21 @@ def _per_image_quantile(values: torch.Tensor, percentile: float) -> torch.Tensor
     """(N,) percentile of each image's values, as a (N, 1, 1) tensor for broadcasting."""
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must lie in [0, 100], got {percentile}.")
-    flat = values.flatten(1).float()
+    flat = values.flatten(1).to(torch.promote_types(values.dtype, torch.float32))
     if not len(flat):  # an empty batch (quantile refuses empty input): no image, no quantile
         return values.new_zeros(0, 1, 1)
     return torch.quantile(flat, percentile / 100, dim=1).to(values.dtype)[:, None, None]
+
+
+def _finite_and_scaled(values: torch.Tensor) -> torch.Tensor:
+    """``values`` in float32 at least (the guard against 0 / 0 underflows in float16), each image divided by its
+    largest magnitude, so that a picture neither overflows nor fades with the scale of its map. A value that is not
+    finite has no colour: it is refused (it would turn the whole picture blank)."""
+    values = values.detach().to(torch.promote_types(values.dtype, torch.float32))
+    if not torch.isfinite(values).all():
+        raise ValueError("the explanation holds NaN or infinite values: the model's output is not finite.")
+    peak = values.flatten(1).abs().amax(dim=1).clamp_min(torch.finfo(values.dtype).tiny)
+    return values / peak.view(-1, *(1,) * (values.ndim - 1))
 
 
 def render_dynamic_weights(
@@ -117,14 +128,13 @@ def render_dynamic_weights(
     """The B-cos papers' rendering of (N, 6, H, W) dynamic weights as (N, H, W, 4) RGBA in [0, 1]. Colour: the
     weights scaled by their largest magnitude and clamped at 0, ``rgb = g[:3] / (g[:3] + g[3:])`` (grey from a
     one-channel model's (N, 2, H, W)); opacity: their norm where the contribution is positive (averaged over
-    ``smooth`` x ``smooth``), scaled by its ``percentile``. Computed in float32 at least (the guard against 0 / 0
-    underflows in float16)."""
-    eps, dtype = 1e-12, torch.promote_types(dynamic_weights.dtype, torch.float32)
-    weights, channels = dynamic_weights.detach().to(dtype), dynamic_weights.shape[1] // 2
+    ``smooth`` x ``smooth``), scaled by its ``percentile`` (:func:`_finite_and_scaled` first)."""
+    eps, channels = 1e-12, dynamic_weights.shape[1] // 2
+    weights = _finite_and_scaled(dynamic_weights)
     gain = (weights / weights.abs().amax(dim=1, keepdim=True).clamp_min(eps)).clamp_min(0)
     rgb = (gain[:, :channels] / (gain[:, :channels] + gain[:, channels:]).clamp_min(eps)).expand(-1, 3, -1, -1)
     alpha = torch.linalg.vector_norm(weights, dim=1)
-    alpha = torch.where(contributions.detach().to(dtype) < 0, torch.zeros_like(alpha), alpha)
+    alpha = torch.where(contributions.detach() < 0, torch.zeros_like(alpha), alpha)
     if smooth > 1:
         alpha = F.avg_pool2d(alpha[:, None], smooth, stride=1, padding=smooth // 2, count_include_pad=False)[:, 0]
         alpha = alpha[:, : rgb.shape[2], : rgb.shape[3]]
@@ -134,8 +144,8 @@ def render_dynamic_weights(
 
 def colorize_contributions(contributions: torch.Tensor, percentile: float = 99.5) -> torch.Tensor:
     """(N, H, W) contributions as (N, H, W, 3) RGB: blue negative, white zero, red positive, clipped symmetrically
-    (in float32 at least, as :func:`render_dynamic_weights`)."""
-    values = contributions.detach().to(torch.promote_types(contributions.dtype, torch.float32))
+    (:func:`_finite_and_scaled` first)."""
+    values = _finite_and_scaled(contributions)
     scale = _per_image_quantile(values.abs(), percentile).clamp_min(1e-12)
     v = (values / scale).clamp(-1, 1)
     positive, negative = v.clamp_min(0), (-v).clamp_min(0)
