@@ -3,12 +3,16 @@ would reach for; saving leaves a config the caller shares untouched; loading in 
 """
 
 import json
+import pickle
 
 import pytest
 import torch
 from PIL import Image
 from test_conformance_outputs import build, call, images
+from tiny_models import TINY_CLASSIFIERS, TOWER
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
+
+from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
 
 
 AUTO = {
@@ -112,3 +116,27 @@ def test_the_feature_extraction_pipeline_on_a_classifier_s_base_model_gives_its_
     with torch.no_grad():
         expected = model.base_model(pixel_values=processor(image, return_tensors="pt").pixel_values).pooler_output
     torch.testing.assert_close(extract(image, return_tensors=True, pool=True), expected)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CLASSIFIERS))
+@pytest.mark.parametrize("activation_checkpointing", [False, True])
+def test_a_model_pickles_whole_as_torch_save_does_with_a_transformers_model(family, activation_checkpointing):
+    """``torch.save(model)`` and multiprocessing pickle the module tree: no lambda may hang on it (CLIP's vision
+    tower takes quick_gelu; activation checkpointing binds its recomputation context to the model)."""
+    if activation_checkpointing and family == "clip":
+        pytest.skip("transformers hooks a local function on a text model's embeddings, which pickle cannot save")
+    torch.manual_seed(0)
+    model = TINY_CLASSIFIERS[family]().eval()
+    if activation_checkpointing:
+        model.activation_checkpointing_enable()
+    x = torch.rand(2, 3, 32, 32)
+    prompts = {"text_embeds": torch.randn(3, model.config.projection_dim)} if family == "clip" else {}
+    restored = pickle.loads(pickle.dumps(model))
+    torch.testing.assert_close(restored.explain(x, **prompts).contributions, model.explain(x, **prompts).contributions)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "gelu_pytorch_tanh", "quick_gelu"])
+def test_a_vit_of_every_activation_pickles(activation):
+    model = BcosViTForImageClassification(BcosViTConfig(**TOWER, hidden_act=activation)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(model))(pixel_values=x).logits, model(pixel_values=x).logits)

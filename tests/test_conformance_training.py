@@ -2,6 +2,8 @@
 gradients, and through the Trainer), initialisation of every weight, and differentiable explanations.
 """
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,17 +127,34 @@ def test_a_loss_on_an_explanation_trains_with_activation_checkpointing_as_withou
     x = torch.rand(2, 3, 32, 32)
     prompts = {"text_embeds": torch.randn(3, model.config.projection_dim)} if family == "clip" else {}
 
-    def gradients():
-        model.zero_grad()
-        torch.manual_seed(1)  # the same dropout, if any
-        explanation = model.explain(x, create_graph=True, **prompts)
-        (explanation.contributions.square().sum() + explanation.logits.sum()).backward()
-        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-    plain = gradients()
+    plain = explanation_loss_gradients(model, x, prompts)
     model.activation_checkpointing_enable()
     assert any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
-    checkpointed = gradients()
+    checkpointed = explanation_loss_gradients(model, x, prompts)
     assert plain.keys() == checkpointed.keys() and plain
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+def explanation_loss_gradients(model, x: torch.Tensor, prompts: dict) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    torch.manual_seed(1)  # the same dropout, if any
+    explanation = model.explain(x, create_graph=True, **prompts)
+    (explanation.contributions.square().sum() + explanation.logits.sum()).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet", "clip"])
+def test_a_copy_of_a_checkpointed_model_recomputes_its_own_layers(family):
+    """The recomputation's context is bound to the model; a deep copy's must be bound to the copy (else it
+    switches the original's layers and the copy's backward fails on mismatched recomputed tensors)."""
+    torch.manual_seed(0)
+    model = TINY_CLASSIFIERS[family]().train()
+    x = torch.rand(2, 3, 32, 32)
+    prompts = {"text_embeds": torch.randn(3, model.config.projection_dim)} if family == "clip" else {}
+    model.activation_checkpointing_enable()
+    expected = explanation_loss_gradients(model, x, prompts)
+    copied = explanation_loss_gradients(copy.deepcopy(model), x, prompts)
+    assert expected.keys() == copied.keys() and expected
+    for name in expected:
+        torch.testing.assert_close(copied[name], expected[name], msg=name)

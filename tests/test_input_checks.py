@@ -46,8 +46,9 @@ def test_uint8_images_are_rejected_with_the_fix(model):
 
 @pytest.mark.parametrize("shape", [(1, 1, 32, 32), (1, 4, 32, 32)], ids=["grayscale", "rgba"])
 def test_wrong_channel_count_is_rejected(model, shape):
-    with pytest.raises(ValueError, match=r"shape \(batch, 3, height, width\).*this model takes RGB images"):
+    with pytest.raises(ValueError, match=r"shape \(batch, 3, height, width\).*this model takes RGB images") as refusal:
         model(pixel_values=torch.rand(shape))
+    assert "Convert them to RGB" in str(refusal.value) and "unsqueeze" not in str(refusal.value)  # it has a batch
 
 
 def test_missing_batch_dimension_is_rejected(model):

@@ -5,6 +5,7 @@ deviation, an activation's gate, the attention matrix) goes through ``DynamicMod
 :func:`explanation_mode` detaches; then the network computes ``y = W(x) x + c`` exactly, with the same code.
 """
 
+import functools
 import math
 import threading
 
@@ -40,9 +41,10 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_
         )
     if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
         mode = "RGB" if num_channels == 3 else "greyscale" if num_channels == 1 else f"{num_channels} channels"
+        fix = "Add a batch dimension with `x.unsqueeze(0)`" if pixel_values.ndim == 3 else f"Convert them to {mode}"
         raise ValueError(
             f"pixel_values must have shape (batch, {num_channels}, height, width), got {tuple(pixel_values.shape)}. "
-            f"Add a batch dimension with `unsqueeze(0)` for a single image; this model takes {mode} images."
+            f"{fix}; this model takes {mode} images."
         )
     if pixel_values.numel() == 0:  # an empty batch holds no value to check
         return
@@ -246,11 +248,13 @@ class BcosLayerNorm(DynamicModule):
 # transformers' names of the GELU-type activations a B-cos ViT takes, and what each computes
 ACTIVATION_ALIASES = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 ACTIVATION_ALIASES |= {"gelu_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
-_ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-}
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:  # functions, not lambdas: a model holding one pickles
+    return x * torch.sigmoid(1.702 * x)
+
+
+_ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh"), "quick_gelu": quick_gelu}
 
 
 class GatedActivation(DynamicModule):

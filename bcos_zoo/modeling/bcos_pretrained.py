@@ -103,8 +103,13 @@ class BcosPreTrainedModel(PreTrainedModel):
         has ended."""
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
         if not kwargs["use_reentrant"]:  # the only kind that takes a context_fn (and that explanations work with)
-            kwargs.setdefault("context_fn", lambda: (contextlib.nullcontext(), explanation_mode(self, detach=None)))
+            kwargs.setdefault("context_fn", self._checkpoint_contexts)  # a method: a copy's binds the copy
         super().activation_checkpointing_enable(kwargs, **options)
+
+    def _checkpoint_contexts(self) -> tuple:
+        """The contexts of a checkpointed layer's forward and of its recomputation, which detaches what the forward
+        detached."""
+        return contextlib.nullcontext(), explanation_mode(self, detach=None)
 
     def encode_pixel_values(self, pixel_values: torch.Tensor, eager_message: bool | None = None) -> torch.Tensor:
         """Checked images in [0, 1] with the model's number of channels, in its dtype, encoded as ``[x, 1 - x]`` (see

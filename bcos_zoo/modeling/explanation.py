@@ -118,8 +118,7 @@ def _finite_and_scaled(values: torch.Tensor) -> torch.Tensor:
     values = values.detach().to(torch.promote_types(values.dtype, torch.float32))
     if not torch.isfinite(values).all():
         raise ValueError("the explanation holds NaN or infinite values: the model's output is not finite.")
-    peak = values.flatten(1).abs().amax(dim=1).clamp_min(torch.finfo(values.dtype).tiny)
-    return values / peak.view(-1, *(1,) * (values.ndim - 1))
+    return values / values.abs().amax(dim=tuple(range(1, values.ndim)), keepdim=True).clamp_min(1e-30)
 
 
 def render_dynamic_weights(
