@@ -114,6 +114,13 @@ def test_torchvision_densenet121_is_preserved():
     assert max_diff(bcos, source) <= TOLERANCE
 
 
+def test_a_torchvision_resnet_whose_head_is_not_one_linear_layer_is_refused_naming_its_layers():
+    source = torchvision_resnet18()
+    source.fc = torch.nn.Sequential(torch.nn.Dropout(0.2), source.fc)  # a common fine-tuning head
+    with pytest.raises(ValueError, match=r"classification head is not one linear layer fc \(fc holds layers \['1'\]\)"):
+        BcosResNetForImageClassification.from_pretrained_standard(source)
+
+
 def test_wrong_normalisation_is_not_preserved():
     """The check above can fail: folding another mean/std changes the logits."""
     source = torchvision_resnet18()

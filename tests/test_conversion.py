@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, normalize, save_hf_source, timm_vit
+from transformers import ViTImageProcessor
 
 from bcos_zoo import BcosViTForImageClassification
 
@@ -234,11 +235,35 @@ def test_one_channel_timm_vit_is_reproduced_and_explained_exactly():
     assert torch.equal(rgb[..., 0], rgb[..., 1]) and torch.equal(rgb[..., 1], rgb[..., 2])  # grey
 
 
+def test_a_processor_s_single_mean_and_std_stand_for_every_channel_as_in_transformers(tmp_path):
+    """``ViTImageProcessor(image_mean=0.5, image_std=0.25)`` saves numbers, not lists, and normalises every channel
+    with them; so does ``from_pretrained_standard(image_mean=0.5, image_std=0.25)``."""
+    source = hf_vit(seed=2)
+    source.save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=0.5, image_std=0.25).save_pretrained(tmp_path)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(pixel_values=(x - 0.5) / 0.25).logits
+    from_folder = BcosViTForImageClassification.from_pretrained_standard(tmp_path, b=1, bias="keep").eval()
+    given = BcosViTForImageClassification.from_pretrained_standard(
+        source, b=1, bias="keep", image_mean=0.5, image_std=0.25
+    ).eval()
+    assert max_logit_diff(expected, from_folder, x) <= TOLERANCE and max_logit_diff(expected, given, x) <= TOLERANCE
+
+
 def test_normalisation_of_another_channel_count_names_the_fix():
     with pytest.raises(ValueError, match=r"1-channel images.*image_mean= and image_std= with 1 value"):
         BcosViTForImageClassification.from_pretrained_standard(
             timm_vit(in_chans=1), image_mean=(0.5,) * 3, image_std=(0.2,) * 3
         )
+
+
+@pytest.mark.parametrize(("image_size", "patch_size"), [(60, 14), (33, 8)])
+def test_a_transformers_vit_that_leaves_pixels_unread_is_refused_naming_the_multiple(image_size, patch_size):
+    source = hf_vit(image=image_size, patch=patch_size)
+    fit = image_size // patch_size * patch_size
+    with pytest.raises(ValueError, match=rf"image_size {image_size} is not a multiple of its patch_size.*\({fit}\)"):
+        BcosViTForImageClassification.from_pretrained_standard(source)
 
 
 def test_a_timm_architecture_timm_does_not_know_is_refused_by_name(tmp_path):

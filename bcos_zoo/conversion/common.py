@@ -67,7 +67,13 @@ def _as_normalization(settings: dict) -> Normalization | None:
     mean, std = settings.get("image_mean", settings.get("mean")), settings.get("image_std", settings.get("std"))
     if mean is None or std is None:
         return None
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    return _values(mean), _values(std)
+
+
+def _values(setting) -> tuple[float, ...]:
+    """A mean or std as a tuple: one value (transformers' processors take a number for every channel) or one per
+    channel."""
+    return tuple(torch.as_tensor(setting, dtype=torch.float64).flatten().tolist())
 
 
 def source_processor(folder: Path) -> dict | None:
@@ -240,9 +246,11 @@ def bcos_package_labels(num_classes: int) -> dict[int, str]:
 def fold_normalization(weight: torch.Tensor, mean, std) -> torch.Tensor:
     """Make a first-layer weight acting on ``(x - mean) / std`` act on ``[x, 1 - x]`` instead, exactly and bias-free.
 
-    ``W (x - mu) / sigma = W (1 - mu) / sigma * x  -  W mu / sigma * (1 - x)``, because ``x + (1 - x) = 1``.
+    ``W (x - mu) / sigma = W (1 - mu) / sigma * x  -  W mu / sigma * (1 - x)``, because ``x + (1 - x) = 1``. One
+    value of mean or std stands for every channel's, as in transformers' processors.
     """
     channels = weight.shape[1]
+    mean, std = (values * channels if len(values) == 1 else values for values in (_values(mean), _values(std)))
     if not len(mean) == len(std) == channels:
         raise ValueError(
             f"The source's first layer takes {channels}-channel images, but its normalisation has mean {tuple(mean)} "

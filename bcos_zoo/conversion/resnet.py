@@ -255,7 +255,11 @@ def from_torchvision_layout(
     the class names from a timm model's ``pretrained_cfg`` (see :func:`~.common.standard_labels`)."""
     supported = SUPPORTED_RESNET_SOURCES
     if "fc.weight" not in sd:
-        raise ValueError(f"This ResNet has no classification head (fc). Supported: {supported}.")
+        heads = sorted({key.split(".")[1] for key in sd if key.startswith("fc.")})  # fc = Sequential(Dropout, Linear)?
+        raise ValueError(
+            f"This ResNet's classification head is not one linear layer fc"
+            f"{f' (fc holds layers {heads})' if heads else ''}. Supported: {supported}."
+        )
     if "conv1.weight" not in sd:
         raise ValueError(f"This ResNet has no single stem convolution conv1 (a deep stem?). Supported: {supported}.")
     state, unknown = {}, []

@@ -98,6 +98,13 @@ def transformers_vit_fields(config) -> dict:
     """The ``BcosViTConfig`` fields a transformers ViT-style config (ViT, CLIP vision) states as they are."""
     if not isinstance(config.image_size, int) or not isinstance(config.patch_size, int):
         raise ValueError("Only square images and patches (integer image_size and patch_size) are supported.")
+    if config.image_size % config.patch_size:  # the source's patch convolution leaves the last pixels unread
+        raise ValueError(
+            f"The source's image_size {config.image_size} is not a multiple of its patch_size {config.patch_size}, "
+            f"so it never reads its images' last {config.image_size % config.patch_size} rows and columns; a B-cos "
+            "ViT reads every pixel. Set the source config's image_size to a multiple of patch_size "
+            f"({config.image_size // config.patch_size * config.patch_size}) if its images may be resized to it."
+        )
     if config.hidden_act not in ACTIVATION_ALIASES:
         raise ValueError(f"Unsupported activation {config.hidden_act!r}; supported: {sorted(ACTIVATION_ALIASES)}.")
     names = ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads")
