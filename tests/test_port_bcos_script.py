@@ -130,6 +130,25 @@ def test_dry_run_writes_the_repo_folder_lists_it_and_uploads_nothing(dry_run):
     assert card.data.license == "other" and "bcos-v2" in card.data.tags
 
 
+def test_a_previous_port_is_replaced_and_a_folder_of_the_user_s_is_left_alone(release_dir, tmp_path, capsys):
+    weights = str(release_dir / releases()["resnet18"].file_name)
+    argv = ["--entry", "resnet18", "--weights", weights, "--output-dir", str(tmp_path), "--dry-run"]
+    assert run_main(argv) == 0 and run_main(argv) == 0  # the second run replaces the first's port
+    assert ModelCard.load(tmp_path / "resnet18" / "README.md").data.tags
+    mine = tmp_path / "mine"
+    (mine / "resnet18").mkdir(parents=True)
+    for name, text in {"config.json": "{}", "README.md": "my notes", "training_notes.txt": "keep me"}.items():
+        (mine / "resnet18" / name).write_text(text)
+    capsys.readouterr()
+    assert run_main([*argv[:4], "--output-dir", str(mine), "--dry-run"]) == 2
+    assert "does not hold a ported release" in capsys.readouterr().err
+    assert sorted(path.name for path in (mine / "resnet18").iterdir()) == [
+        "README.md",
+        "config.json",
+        "training_notes.txt",
+    ]
+
+
 def test_the_processor_is_the_entrys_test_transform_and_the_port_computes_the_package_model(dry_run, tmp_path):
     """Resize 232 (ConvNeXt) or 256, bilinear, centre crop 224, [0, 1], no normalisation: the same pixels as the
     package's own test transform; the saved model gives the package model's logits on them."""

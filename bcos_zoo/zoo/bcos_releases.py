@@ -20,6 +20,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from huggingface_hub import ModelCard
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -207,10 +208,22 @@ class Port:
     parameters: int
 
 
+RELEASE_TAG = "bcos-v2"  # every release card's tag: what tells a previous port from a folder of the user's
+
+
+def is_release_port(folder: Path) -> bool:
+    """Whether ``folder`` holds a port this module wrote: a model card tagged :data:`RELEASE_TAG`."""
+    card = folder / "README.md"
+    return card.is_file() and RELEASE_TAG in (ModelCard.load(card).data.tags or [])
+
+
 def prepare_folder(folder: Path) -> None:
     """An empty ``folder`` for the repo: a previous port there is replaced; anything else is left alone and refused."""
-    if folder.is_file() or (folder.is_dir() and any(folder.iterdir()) and not (folder / "config.json").is_file()):
-        raise ValueError(f"{folder} exists and does not hold a ported model; choose another --output-dir.")
+    if folder.is_file() or (folder.is_dir() and any(folder.iterdir()) and not is_release_port(folder)):
+        raise ValueError(
+            f"{folder} exists and does not hold a ported release (no model card tagged {RELEASE_TAG}); it is left as "
+            "it is: choose another --output-dir."
+        )
     if folder.is_dir():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)

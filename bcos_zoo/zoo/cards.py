@@ -294,7 +294,7 @@ def render_release_card(port: "Port", model: "PreTrainedModel", command: str = "
     """The card of a model released with the ``bcos`` package and ported here (``bcos_releases.port_release``):
     the architecture, the authors' reported ImageNet numbers (as a model-index credited to them, not verified), the
     release file, the measured conversion error, the ImageNet terms and the citation."""
-    from .bcos_releases import REPOSITORY
+    from .bcos_releases import RELEASE_TAG, REPOSITORY
 
     release, family = port.release, family_of(model)
     reported = [
@@ -323,7 +323,7 @@ def render_release_card(port: "Port", model: "PreTrainedModel", command: str = "
         license="other",
         license_name="imagenet-terms-of-access",
         license_link="https://image-net.org/download",
-        tags=[*TAGS, family.name, "bcos-v2"],
+        tags=[*TAGS, family.name, RELEASE_TAG],
         metrics=["accuracy"],
         eval_results=reported or None,
     )
