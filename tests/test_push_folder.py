@@ -75,6 +75,43 @@ def test_a_folder_without_a_model_card_is_refused(repo):
         check_repo_folder(repo)
 
 
+def cut_off(path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])  # an interrupted copy
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda repo: cut_off(repo / "model.safetensors"), "model.safetensors cannot be read as safetensors weights"),
+        (lambda repo: (repo / "model.safetensors").write_bytes(b""), "cannot be read as safetensors weights"),
+        (lambda repo: (repo / "config.json").write_text("{'b': 2}"), "config.json is not valid JSON"),
+        (lambda repo: (repo / "config.json").write_text("[]"), "config.json holds a JSON list, not an object"),
+        (lambda repo: (repo / "preprocessor_config.json").unlink(), "preprocessor_config.json missing"),
+        (lambda repo: (repo / "README.md").write_text("---\ntags: [a\n---\n"), "README.md is not valid YAML"),
+    ],
+    ids=["cut-off-weights", "empty-weights", "config-not-json", "config-not-object", "no-processor", "card-yaml"],
+)
+def test_a_folder_that_could_not_load_is_refused_by_the_push_itself_and_the_hub_repo_is_kept(
+    hub, saved, repo, damage, message
+):
+    """``finetune --resume --push`` and ``port_bcos --push`` call the push directly: it checks the folder itself."""
+    push_folder(saved, REPO_ID)
+    before = hub.files(REPO_ID)
+    damage(repo)
+    with pytest.raises(PushError, match=message):
+        push_folder(repo, REPO_ID)
+    assert hub.files(REPO_ID) == before
+
+
+def test_an_index_naming_a_shard_the_folder_lacks_is_refused(repo):
+    BcosViTForImageClassification.from_pretrained(repo).save_pretrained(repo, max_shard_size="20KB")
+    shards = sorted(repo.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (repo / "model.safetensors.index.json").is_file()
+    shards[-1].unlink()
+    with pytest.raises(PushError, match=f"{shards[-1].name} missing"):
+        check_repo_folder(repo)
+
+
 def test_a_complete_folder_is_accepted(repo):
     assert check_repo_folder(repo) == repo
 

@@ -10,9 +10,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from huggingface_hub import HfApi, constants, get_token
+import yaml
+from huggingface_hub import HfApi, constants, get_token, metadata_load
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
+from safetensors import safe_open
 from transformers.dynamic_module_utils import get_relative_imports
 
 
@@ -89,8 +91,9 @@ def remote_code_modules(config: dict) -> set[str]:
 
 
 def check_repo_folder(folder: str | Path) -> Path:
-    """``folder`` as a path, when it holds a complete model repo: config, weights, the remote code its config names
-    and a model card; else a one-line error, before anything is uploaded."""
+    """``folder`` as a path, when it holds a complete model repo: a readable config, weights whose every file opens
+    (an index's shards included), the remote code its config names, the image processor and a model card whose
+    metadata parses; else a one-line error, before anything is uploaded (a push replaces the Hub repo's files)."""
     folder = Path(folder)
     weights = [*folder.glob("*.safetensors"), *folder.glob("*.safetensors.index.json")] if folder.is_dir() else []
     if not (folder / "config.json").is_file() or not weights:
@@ -98,21 +101,46 @@ def check_repo_folder(folder: str | Path) -> Path:
             f"{folder} is not a model repo folder (it needs config.json and *.safetensors weights): pass the repo/ "
             "folder a run wrote, <output-dir>/repo."
         )
-    needed = {"README.md"} | remote_code_modules(json.loads((folder / "config.json").read_text()))
+    config = _json_object(folder / "config.json")
+    needed = {"README.md", "preprocessor_config.json"} | remote_code_modules(config)
     unread = [name for name in needed if name.endswith(".py")]
     while unread:  # and the modules those import (``from .bcos_layers import ...``), as loading them does
         if (folder / (name := unread.pop())).is_file():
             imported = {f"{module}.py" for module in get_relative_imports(str(folder / name))} - needed
             needed |= imported
             unread += imported
+    for index in folder.glob("*.safetensors.index.json"):  # the shards it names
+        needed |= set(_json_object(index).get("weight_map", {}).values())
     missing = sorted(name for name in needed if not (folder / name).is_file())
     if missing:
         raise PushError(
-            f"{folder} is not a complete model repo: {', '.join(missing)} missing (config.json names the code, and "
-            "README.md is the model card); pass the repo/ folder a run wrote, or re-write it with "
-            "model.save_pretrained and a card."
+            f"{folder} is not a complete model repo: {', '.join(missing)} missing (config.json names the code, an "
+            "index its shards, README.md is the model card, the card's code loads the image processor); pass the "
+            "repo/ folder a run wrote, or re-write it with model.save_pretrained and a card."
         )
+    for path in folder.glob("*.safetensors"):
+        try:
+            with safe_open(path, "pt") as weights_file:
+                weights_file.keys()
+        except Exception as error:  # a cut-off or empty file: its header does not parse
+            raise PushError(
+                f"{path} cannot be read as safetensors weights ({error}); write the folder again."
+            ) from None
+    try:
+        metadata_load(folder / "README.md")
+    except yaml.YAMLError as error:
+        raise PushError(f"the metadata at the top of {folder / 'README.md'} is not valid YAML: {error}") from None
     return folder
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PushError(f"{path} is not valid JSON ({error}); write the folder again.") from None
+    if not isinstance(value, dict):
+        raise PushError(f"{path} holds a JSON {type(value).__name__}, not an object; write the folder again.")
+    return value
 
 
 def push_folder(
@@ -121,10 +149,10 @@ def push_folder(
     """Upload ``folder`` as one commit to ``repo_id`` (created if missing); returns the commit URL.
 
     The commit also deletes every remote file the folder does not hold (``.gitattributes`` aside), so the Hub repo
-    is the folder, not the folder over an earlier push. A failure says where the untouched local folder is and how
-    to retry.
+    is the folder, not the folder over an earlier push: a folder that could not load is refused first
+    (:func:`check_repo_folder`). A failure says where the untouched local folder is and how to retry.
     """
-    folder = Path(folder)
+    folder = check_repo_folder(folder)
     api = HfApi(endpoint=constants.ENDPOINT, token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
