@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import TrainerCallback
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
 from bcos_zoo.data.boxes import BoxedImages, box_resize_transform, collate_boxed
@@ -88,6 +89,38 @@ def test_guided_trainer_adds_the_energy_loss_only_for_boxed_images(tmp_path):
     assert float(guided.compute_loss(model, batch).detach()) == pytest.approx(expected, rel=1e-5)
     unboxed = dict(batch, has_boxes=torch.zeros_like(batch["has_boxes"]))
     assert float(guided.compute_loss(model, unboxed).detach()) == pytest.approx(base, rel=1e-6)
+
+
+class GradientsBeforeTheStep(TrainerCallback):
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("task", ["guided", "unguided"])
+def test_splitting_a_batch_into_accumulation_steps_leaves_the_guided_update_alone(tmp_path, task):
+    """One optimiser step on the same 8 images, as one batch of 8 or two accumulated batches of 4: the same
+    gradient, the guidance term included (lambda sums over an optimiser step's images)."""
+    from transformers import TrainingArguments
+
+    def gradients(batch_size: int, accumulation: int) -> dict:
+        arguments = TrainingArguments(
+            output_dir=str(tmp_path / f"{batch_size}"), use_cpu=True, report_to="none", max_steps=1,
+            per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation, max_grad_norm=0,
+            dataloader_num_workers=0, disable_tqdm=True, seed=0, remove_unused_columns=False,
+        )  # fmt: skip
+        grab = GradientsBeforeTheStep()
+        trainer = GuidedTrainer(
+            model=tiny_vit().train(), args=arguments, guidance_weight=0.5 if task == "guided" else 0.0,
+            train_dataset=BoxedImages(toy_items(8), box_resize_transform(16)), data_collator=collate_boxed,
+            callbacks=[grab],
+        )  # fmt: skip
+        trainer.train()
+        return grab.gradients
+
+    whole, accumulated = gradients(8, 1), gradients(4, 2)
+    assert whole.keys() == accumulated.keys() and whole
+    for name in whole:
+        torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_guided_trainer_applies_the_chosen_loss_to_the_chosen_attribution(tmp_path):

@@ -112,7 +112,11 @@ class GuidedTrainer(TermLoggingTrainer):
                     self.guidance_layer,
                 )
             localisation = GUIDANCE_LOSSES[self.guidance_loss](maps, inputs["box_masks"][boxed])
-            loss = loss + self.guidance_weight * localisation.sum()
+            # summed over an optimiser step's images (the Trainer divides by the accumulation steps, DDP averages
+            # over processes): splitting a batch into accumulation steps or processes leaves lambda's meaning alone
+            accumulated = getattr(self, "current_gradient_accumulation_steps", 1)  # set by the training loop
+            steps = accumulated * self.accelerator.num_processes
+            loss = loss + self.guidance_weight * steps * localisation.sum()
             self.tally(f"{self.guidance_loss}_loss", localisation.detach().mean())
         if model.training and boxed is not None:
             self.tally("boxed_share", boxed.float().mean())
