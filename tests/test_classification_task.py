@@ -237,3 +237,27 @@ def test_standard_training_resizes_as_transformers_processors_of_the_family_do(f
     image = Image.fromarray((torch.rand(40, 70, 3) * 255).byte().numpy())
     ours, theirs = (p(image, return_tensors="pt").pixel_values for p in (processor, reference))
     torch.testing.assert_close(ours, theirs, rtol=0, atol=2.1 / 255 / 0.5)  # PIL's rounding: a level or two
+
+
+@pytest.mark.parametrize("folder", ["hf_resnet", "vit"])
+def test_a_standard_model_s_loss_is_scaled_for_gradient_accumulation_as_a_b_cos_model_s(sources, folder, tmp_path):
+    """transformers' ResNet takes ``**kwargs`` but not ``num_items_in_batch``: the Trainer must divide its batch mean
+    by the accumulation steps itself, or two accumulated batches of 4 step twice as far as one batch of 8."""
+    from transformers import Trainer, TrainingArguments
+
+    model = get_task(recipe(str(sources / folder), task="standard-classification")).build_model(["cat", "dog"])
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", gradient_accumulation_steps=2
+    )
+    trainer = Trainer(model=model, args=arguments)
+    trainer.current_gradient_accumulation_steps = 2  # as the training loop sets it: one of two accumulated batches
+    batch = {
+        "pixel_values": torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+        "labels": torch.tensor([0, 1, 1, 0]),
+    }
+    trainer.training_step(model, batch, num_items_in_batch=torch.tensor(8))
+    accumulated = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    (model(**batch).loss / 2).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(accumulated[name], p.grad, msg=name)

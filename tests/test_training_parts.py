@@ -272,6 +272,8 @@ def test_mean_training_loss_weights_each_logged_mean_by_its_steps():
         ("warmup_ratio", 1.5, r"warmup_ratio must lie in \[0, 1\]"),
         ("box_fraction", float("nan"), r"box_fraction must lie in \[0, 1\]"),
         ("crop_scale", (0.9, 0.1), "crop_scale must be"),
+        ("architecture", {"hidden_size": 8, "b": 1.5}, r"architecture sets \['b'\]: B comes from b \(--b\)"),
+        ("architecture", {"num_labels": 3}, r"architecture sets \['num_labels'\]: .* the classes from the data"),
     ],
 )
 def test_a_recipe_value_no_run_can_use_is_refused_when_the_recipe_is_made(field, value, message):

@@ -98,6 +98,8 @@ class Recipe:
             for name in ("warmup_ratio", "box_fraction")
             if not 0 <= getattr(self, name) <= 1
         ]
+        if taken := sorted({"b", "num_labels", "id2label", "label2id"} & set(self.architecture or {})):
+            problems.append(f"architecture sets {taken}: B comes from b (--b), the classes from the data")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             problems.append(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {tuple(self.crop_scale)}")
         if problems:

@@ -46,7 +46,11 @@ class StandardClassification(BcosClassification):
             model = AutoModelForImageClassification.from_config(config)
         else:
             model = AutoModelForImageClassification.from_pretrained(recipe.source)
-        return name_classes(model, class_names)
+        model = name_classes(model, class_names)
+        # a forward that takes **kwargs but not num_items_in_batch (transformers' ResNet) would leave its loss
+        # unscaled for gradient accumulation: the Trainer then divides a batch's mean loss by the steps itself
+        model.accepts_loss_kwargs = False
+        return model
 
     def source_model(self) -> nn.Module | None:
         return None
