@@ -181,6 +181,13 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
     assert not torch.equal(dataset[1]["pixel_values"], first)
 
 
+def test_the_largest_seed_a_recipe_takes_seeds_every_item_of_a_late_epoch(tmp_path):
+    pairs = [(Image.fromarray(np.full((40, 40, 3), 9, dtype=np.uint8)), 0)] * 3
+    dataset = TransformedImages(pairs, training_transform(32), seed=2**32 - 1)  # item seeds beyond int64
+    dataset.set_epoch(89)
+    assert torch.equal(dataset[2]["pixel_values"], dataset[2]["pixel_values"])
+
+
 def test_adaptive_clipping_bounds_each_row_relative_to_its_weight_norm():
     weight = torch.nn.Parameter(torch.tensor([[3.0, 4.0], [0.3, 0.4]]))
     weight.grad = torch.tensor([[0.0, 10.0], [0.001, 0.0]])
@@ -268,6 +275,9 @@ def test_mean_training_loss_weights_each_logged_mean_by_its_steps():
         ("save_steps", -5, "save_steps must be at least 1"),
         ("epochs", -1.0, "epochs must be at least 0"),
         ("epochs", 0.0, r"epochs must be positive \(or max_steps set\), got 0"),
+        ("epochs", float("inf"), "epochs must be finite, got inf"),
+        ("seed", -1, r"seed must lie in \[0, 2\*\*32\), got -1"),
+        ("seed", 2**32, r"seed must lie in \[0, 2\*\*32\)"),
         ("learning_rate", 0.0, "learning_rate must be positive"),
         ("warmup_ratio", 1.5, r"warmup_ratio must lie in \[0, 1\]"),
         ("box_fraction", float("nan"), r"box_fraction must lie in \[0, 1\]"),

@@ -8,13 +8,14 @@ with explanations (model guidance) needs that: its loss compares an explanation 
 """
 
 import math
-import random
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
+
+from .datasets import seeded
 
 
 BoxTransform = Callable[[Image.Image, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
@@ -223,13 +224,7 @@ class BoxedImages(Dataset):
         if self.seed is None or self.transform is as_is_transform:  # nothing random to seed
             pixels, mask = self.transform(image, boxes)
         else:
-            item_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
-            python_state = random.getstate()
-            with torch.random.fork_rng(devices=[]):
-                random.seed(item_seed)
-                torch.manual_seed(item_seed)
-                pixels, mask = self.transform(image, boxes)
-            random.setstate(python_state)
+            pixels, mask = seeded(self.seed, self.epoch, index, lambda: self.transform(image, boxes))
         has_boxes = index in self.with_boxes and bool(mask.any())
         return {"pixel_values": pixels, "labels": int(label), "box_mask": mask, "has_boxes": has_boxes}
 

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from .preprocessing import load_image, to_rgb
 
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
@@ -151,14 +153,20 @@ class TransformedImages(Dataset):
         image, label = self.pairs[index]
         if self.seed is None:
             return {"pixel_values": self.transform(image), "labels": label}
-        item_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
-        python_state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            random.seed(item_seed)
-            torch.manual_seed(item_seed)
-            pixel_values = self.transform(image)
-        random.setstate(python_state)
-        return {"pixel_values": pixel_values, "labels": label}
+        return {"pixel_values": seeded(self.seed, self.epoch, index, lambda: self.transform(image)), "labels": label}
+
+
+def seeded(seed: int, epoch: int, index: int, make: Callable[[], T]) -> T:
+    """``make()`` with Python's and torch's generators seeded by ``(seed, epoch, index)`` alone and restored after:
+    an item's random augmentation does not depend on what ran before it (a resumed run, another worker)."""
+    item_seed = ((seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63  # torch takes at most 2**64 - 1
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(item_seed)
+        torch.manual_seed(item_seed)
+        made = make()
+    random.setstate(python_state)
+    return made
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -5,6 +5,7 @@ from here.
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -98,6 +99,10 @@ class Recipe:
             for name in ("warmup_ratio", "box_fraction")
             if not 0 <= getattr(self, name) <= 1
         ]
+        if not 0 <= self.seed < 2**32:  # numpy's generators take no other (set_seed seeds them)
+            problems.append(f"seed must lie in [0, 2**32), got {self.seed}")
+        if not math.isfinite(self.epochs):
+            problems.append(f"epochs must be finite, got {self.epochs}")
         if taken := sorted({"b", "num_labels", "id2label", "label2id"} & set(self.architecture or {})):
             problems.append(f"architecture sets {taken}: B comes from b (--b), the classes from the data")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
