@@ -184,18 +184,22 @@ def publishing_differences(stored: dict, recipe: Recipe) -> list[str]:
 
 
 def _parser_type(annotation) -> tuple[Callable, dict]:
-    """argparse ``type`` and extra keywords for a recipe field's annotation."""
+    """argparse ``type`` and extra keywords for a recipe field's annotation; an optional field takes ``none``."""
     args = [arg for arg in get_args(annotation) if arg is not type(None)]
     base = args[0] if get_origin(annotation) in (Union, UnionType) else annotation
     if get_origin(base) is tuple:
         return get_args(base)[0], {"nargs": len(get_args(base))}
-    if base is dict:
-        return json.loads, {}
     if base is bool:  # a bare ``--flag`` is true
         return _parse_bool, {"nargs": "?", "const": True}
-    if annotation == str | None:
-        return (lambda value: _NONE if value.lower() == "none" else value), {}
-    return base, {}
+    convert = json.loads if base is dict else base
+    if type(None) not in get_args(annotation):
+        return convert, {}
+
+    def convert_or_none(value: str):  # "--max-train-samples none", as a card's command writes it
+        return _NONE if value.lower() == "none" else convert(value)
+
+    convert_or_none.__name__ = convert.__name__  # argparse names the type in its error: "invalid int value"
+    return convert_or_none, {}
 
 
 def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
