@@ -21,6 +21,7 @@ from bcos_zoo.data.datasets import (
     read_idx,
 )
 from bcos_zoo.data.preprocessing import training_transform
+from bcos_zoo.training.recipe import recipe_record, training_differences
 from bcos_zoo.training.trainer import (
     LogAtCheckpoints,
     StopOnInterrupt,
@@ -277,6 +278,8 @@ def test_mean_training_loss_weights_each_logged_mean_by_its_steps():
         ("epochs", 0.0, r"epochs must be positive \(or max_steps set\), got 0"),
         ("epochs", float("inf"), "epochs must be finite, got inf"),
         ("seed", -1, r"seed must lie in \[0, 2\*\*32\), got -1"),
+        ("teacher", "org/teacher", r"teacher is read by the explanation-distillation task only \(--task\)"),
+        ("guidance_loss", "l1", r"guidance_loss is read by the guided-classification task only"),
         ("seed", 2**32, r"seed must lie in \[0, 2\*\*32\)"),
         ("learning_rate", 0.0, "learning_rate must be positive"),
         ("warmup_ratio", 1.5, r"warmup_ratio must lie in \[0, 1\]"),
@@ -289,6 +292,15 @@ def test_mean_training_loss_weights_each_logged_mean_by_its_steps():
 def test_a_recipe_value_no_run_can_use_is_refused_when_the_recipe_is_made(field, value, message):
     with pytest.raises(ValueError, match=rf"recipe 'bcos-vit-s': {message}"):
         get_recipe("bcos-vit-s").with_overrides(**{field: value})
+
+
+def test_a_field_of_another_task_is_no_training_difference_of_a_stored_run():
+    """An e2KD run stored when its recipe carried guidance_weight 0 (which e2KD never read) is resumed as the same
+    training; a field the task reads still differs."""
+    recipe = get_recipe("bcos-resnet-e2kd-decoys")
+    stored = recipe_record(recipe) | {"guidance_weight": 0.0}
+    assert training_differences(stored, recipe) == []
+    assert training_differences(stored | {"kd_temperature": 4.0}, recipe) == ["kd_temperature"]
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:0"])

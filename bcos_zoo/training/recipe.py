@@ -13,13 +13,17 @@ from types import UnionType
 from typing import Union, get_args, get_origin, get_type_hints
 
 
-def _flag(help: str, default=MISSING, **metadata):
+def _flag(help: str, default=MISSING, task: str | None = None, **metadata):
     """A recipe field that is also a ``scripts/finetune.py`` flag (see :func:`add_recipe_flags`).
 
     ``publishing=True`` marks a field that only names or describes the published model (its card and Hub repo), so
-    a resumed run may change it without mixing two trainings (see :func:`training_differences`).
+    a resumed run may change it without mixing two trainings (see :func:`training_differences`). ``task`` marks a
+    field that only that task reads: another task's recipe refuses a value other than its default.
     """
-    return field(default=default, metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": f"{task}: {help}" if task else help, "task": task, **metadata})
+
+
+GUIDED, E2KD = "guided-classification", "explanation-distillation"  # the tasks with fields of their own
 
 
 @dataclass(frozen=True)
@@ -59,19 +63,17 @@ class Recipe:
     seed: int = _flag("seed of initialisation, data order and augmentation", 0)
     architecture: dict | None = _flag("config fields of a model trained from scratch (JSON)", None)
     guidance_weight: float = _flag(
-        "guided-classification: lambda of the localisation loss (summed over the boxed images)", 1e-3
+        "lambda of the localisation loss (summed over an optimiser step's boxed images)", 1e-3, task=GUIDED
     )
-    guidance_loss: str = _flag("guided-classification: localisation loss: 'energy', 'l1', 'rrr' or 'ppce'", "energy")
-    attribution: str = _flag("guided-classification: 'bcos', 'ixg' or 'gradcam' (a hidden layer) attributions", "bcos")
-    guidance_layer: str = _flag("guided-classification: 'input' or a module name whose explanation is guided", "input")
-    box_fraction: float = _flag("guided-classification: share of training images whose boxes the loss uses", 1.0)
-    box_dilation: float = _flag("guided-classification: grow each training box by this share of its size per side", 0.0)
-    teacher: str | None = _flag("explanation-distillation: the B-cos teacher (folder or Hub id)", None)
-    kd_temperature: float = _flag("explanation-distillation: softmax temperature T of the KD term", 1.0)
-    explanation_weight: float = _flag("explanation-distillation: lambda_exp of 1 - cos(E_s, E_t); 0 = plain KD", 1.0)
-    fixed_teaching: bool = _flag(
-        "explanation-distillation: compute the teacher's outputs once per image (no augmentation)", False
-    )
+    guidance_loss: str = _flag("localisation loss: 'energy', 'l1', 'rrr' or 'ppce'", "energy", task=GUIDED)
+    attribution: str = _flag("'bcos', 'ixg' or 'gradcam' (a hidden layer) attributions", "bcos", task=GUIDED)
+    guidance_layer: str = _flag("'input' or a module name whose explanation is guided", "input", task=GUIDED)
+    box_fraction: float = _flag("share of training images whose boxes the loss uses", 1.0, task=GUIDED)
+    box_dilation: float = _flag("grow each training box by this share of its size per side", 0.0, task=GUIDED)
+    teacher: str | None = _flag("the B-cos teacher (folder or Hub id)", None, task=E2KD)
+    kd_temperature: float = _flag("softmax temperature T of the KD term", 1.0, task=E2KD)
+    explanation_weight: float = _flag("lambda_exp of 1 - cos(E_s, E_t); 0 = plain KD", 1.0, task=E2KD)
+    fixed_teaching: bool = _flag("compute the teacher's outputs once per image (no augmentation)", False, task=E2KD)
     card_template: str = _flag("model card template in hub_cards/", "model_card.md", publishing=True)
     license: str = _flag("license of the published model", "apache-2.0", publishing=True)
     summary: str = _flag("one line for the model card", "", publishing=True)
@@ -105,6 +107,11 @@ class Recipe:
             problems.append(f"epochs must be finite, got {self.epochs}")
         if taken := sorted({"b", "num_labels", "id2label", "label2id"} & set(self.architecture or {})):
             problems.append(f"architecture sets {taken}: B comes from b (--b), the classes from the data")
+        problems += [
+            f"{spec.name} is read by the {spec.metadata['task']} task only (--task), and this recipe's is {self.task}"
+            for spec in fields(self)
+            if spec.metadata["task"] not in (None, self.task) and getattr(self, spec.name) != spec.default
+        ]
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             problems.append(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {tuple(self.crop_scale)}")
         if problems:
@@ -167,6 +174,7 @@ def training_differences(stored: dict, recipe: Recipe, work_dir: Path | None = N
         spec.name
         for spec in fields(Recipe)
         if not spec.metadata.get("publishing")
+        and spec.metadata["task"] in (None, recipe.task)  # another task's field trains nothing here
         and stored.get(spec.name) != record[spec.name]
         and not (spec.name in PATH_FIELDS and same_place(stored.get(spec.name), record[spec.name], work_dir))
     ]

@@ -129,7 +129,6 @@ _DECOY_RESNET_TRAINING = dict(
     warmup_ratio=0.1,
     agc_clip=0.05,
     crop_scale=(1.0, 1.0),  # canvases as drawn: their random placement is the augmentation
-    guidance_weight=0.0,
 )
 
 RECIPES: dict[str, Recipe] = {
@@ -324,6 +323,7 @@ RECIPES: dict[str, Recipe] = {
             dataset="fashion-mnist-decoys-36",
             hub_model_id="bcos-zoo/bcos-resnet-decoys",
             task="guided-classification",
+            guidance_weight=0.0,
             summary="A small B-cos ResNet trained on Fashion-MNIST canvases whose class-coloured decoy is a shortcut.",
             **_DECOY_RESNET_TRAINING,
         ),
@@ -332,6 +332,7 @@ RECIPES: dict[str, Recipe] = {
             dataset="fashion-mnist-canvas-36",
             hub_model_id="bcos-zoo/bcos-resnet-canvas",
             task="guided-classification",
+            guidance_weight=0.0,
             summary="A small B-cos ResNet trained on clean Fashion-MNIST canvases (the e2KD miniature's teacher).",
             **_DECOY_RESNET_TRAINING,
         ),
