@@ -226,3 +226,32 @@ def test_a_teacher_of_the_data_classes_is_accepted(tmp_path):
     )
     model = get_task(student).build_model(["blue", "green", "red"])
     assert model.config.id2label == {0: "blue", 1: "green", 2: "red"}
+
+
+def student_of(teacher: str) -> Recipe:
+    return Recipe(
+        name="student",
+        source="scratch",
+        dataset="unused",
+        hub_model_id="test/student",
+        task="explanation-distillation",
+        architecture=dict(TINY_VIT, intermediate_size=32),
+        teacher=teacher,
+    )
+
+
+def test_a_teacher_folder_that_does_not_exist_is_refused_before_anything_is_loaded(tmp_path):
+    from bcos_zoo.zoo.finetune import check_before_training
+
+    with pytest.raises(ValueError, match=f"--teacher {tmp_path / 'nowhere'}: the folder .* does not exist"):
+        check_before_training(student_of(str(tmp_path / "nowhere")), push=False, dry_run=False)
+
+
+def test_a_standard_teacher_is_refused_saying_to_b_cosify_it_first(tmp_path):
+    from sources import hf_vit
+
+    from bcos_zoo.training.explanation_distillation import load_teacher
+
+    hf_vit(labels=3).save_pretrained(tmp_path / "standard")
+    with pytest.raises(ValueError, match="is a standard vit classifier, not a B-cos model: B-cosify and fine-tune it"):
+        load_teacher(str(tmp_path / "standard"))

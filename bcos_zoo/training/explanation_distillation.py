@@ -34,7 +34,13 @@ def load_teacher(source: str) -> nn.Module:
     """A trained B-cos classifier (folder or Hub id) as a frozen teacher, in eval mode."""
     if not source:
         raise ValueError("explanation-distillation needs a teacher: pass --teacher <folder or Hub id>")
-    return AutoModelForImageClassification.from_pretrained(source).eval().requires_grad_(False)
+    teacher = AutoModelForImageClassification.from_pretrained(source).eval().requires_grad_(False)
+    if not hasattr(teacher, "explain"):  # its explanations are what e2KD distils
+        raise ValueError(
+            f"--teacher {source} is a standard {teacher.config.model_type} classifier, not a B-cos model: B-cosify and "
+            "fine-tune it first (finetune --model <it> --task classification), and distil from that run's repo/."
+        )
+    return teacher
 
 
 def check_teacher_classes(teacher: nn.Module, source: str, class_names: list[str]) -> None:

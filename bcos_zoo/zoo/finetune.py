@@ -77,8 +77,9 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     return None
 
 
-def source_needs_hub(source: str) -> bool:
-    """Whether the source model must come from the Hub; a local path that does not exist is refused here, at once."""
+def source_needs_hub(source: str, flag: str = "--model") -> bool:
+    """Whether a model (the source, or the teacher) must come from the Hub; a local path that does not exist is
+    refused here, at once."""
     if source == "scratch":
         return False
     path = Path(source).expanduser()
@@ -86,7 +87,7 @@ def source_needs_hub(source: str) -> bool:
         return False
     if path.exists() or looks_like_path(source):
         state = "is a file, not a model folder" if path.exists() else "does not exist"
-        raise ValueError(f"--model {source}: the folder {path} {state}; pass a model folder or a Hub model id")
+        raise ValueError(f"{flag} {source}: the folder {path} {state}; pass a model folder or a Hub model id")
     return True
 
 
@@ -130,9 +131,12 @@ def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
     if is_bcos_source(recipe.source):
         bcos_source_entry(recipe.source, recipe.weights)  # a standard model of the bcos package and its weights file
     source_on_hub = not is_bcos_source(recipe.source) and source_needs_hub(recipe.source)
+    teacher_on_hub = recipe.teacher is not None and source_needs_hub(recipe.teacher, "--teacher")
     needs, dataset_on_hub = [], dataset_needs_hub(recipe.dataset)
     if source_on_hub:
         needs.append((f"the model {recipe.source!r}", "pass a local model folder with --model"))
+    if teacher_on_hub:
+        needs.append((f"the teacher {recipe.teacher!r}", "pass a local model folder with --teacher"))
     if dataset_on_hub:
         needs.append((f"the dataset {recipe.dataset!r}", "pass a local folder of class sub-folders with --dataset"))
     if push and not dry_run:
@@ -149,6 +153,8 @@ def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
             f"--model {recipe.source!r} is neither a local folder nor a model on the Hub (if it is private, log in "
             "with `hf auth login` or set HF_TOKEN)"
         )
+    if teacher_on_hub and not hub_repo_exists(recipe.teacher, "model"):
+        raise ValueError(f"--teacher {recipe.teacher!r} is neither a local folder nor a model on the Hub")
     if dataset_on_hub and not hub_repo_exists(recipe.dataset, "dataset"):
         raise ValueError(
             f"--dataset {recipe.dataset!r} is neither a local folder nor a dataset on the Hub (if it is private, log "
