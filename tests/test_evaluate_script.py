@@ -404,3 +404,23 @@ def test_a_boxed_dataset_named_on_the_command_line_is_scored_by_the_energy_point
         expected.append(float(positive[inside].sum() / positive.sum()))
     assert report["scores"]["bcos"]["energy_pointing_game"] == pytest.approx(expected, abs=1e-6)
     assert report["models"]["bcos"]["energy_pointing_game_skipped"] == 0
+
+
+@pytest.mark.parametrize("model", ["missing", "image file", "cut-off weights"])
+def test_a_model_that_cannot_be_loaded_is_named_in_one_line(workspace, tmp_path, capsys, model):
+    path = {"missing": tmp_path / "no-such-model", "image file": tmp_path / "0.png", "cut-off weights": tmp_path / "m"}
+    Image.new("RGB", (4, 4)).save(tmp_path / "0.png")
+    shutil.copytree(workspace["bcos"], tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    argv = [*common_args(workspace, tmp_path / "out"), "--model", str(path[model])]  # the later --model counts
+    assert run_script(lambda: evaluate_script()["main"](argv)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    expected = {
+        "missing": "does not exist",
+        "image file": "is a file, not a model folder",
+        "cut-off weights": "weights cannot be read",
+    }
+    assert len(lines) == 1 and lines[0].startswith(f"error: --model {path[model]}") and expected[model] in lines[0], (
+        lines
+    )

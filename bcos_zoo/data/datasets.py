@@ -453,6 +453,20 @@ def looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
 
 
+def model_needs_hub(source: str, flag: str = "--model") -> bool:
+    """Whether a model (the source, or the teacher) must come from the Hub; a local path that does not exist is
+    refused here, at once."""
+    if source == "scratch":
+        return False
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return False
+    if path.exists() or looks_like_path(source):
+        state = "is a file, not a model folder" if path.exists() else "does not exist"
+        raise ValueError(f"{flag} {source}: the folder {path} {state}; pass a model folder or a Hub model id")
+    return True
+
+
 def dataset_needs_hub(spec: str) -> bool:
     """Whether ``--dataset`` must come from the Hub; a local path that does not exist is refused here, at once."""
     from .decoys import is_decoy_spec  # Fashion-MNIST on canvases, built from the same files

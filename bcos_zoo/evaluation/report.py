@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch.utils.data import Dataset
 from transformers import AutoModelForImageClassification
 
-from ..data.datasets import limit, shown
+from ..data.datasets import limit, model_needs_hub, shown
 from ..data.decoys import load_boxed_splits
 from ..data.preprocessing import model_transform
 from .baselines import (
@@ -200,6 +201,7 @@ def evaluate_side_by_side(
     whose boxes the energy pointing game scores.
     """
     torch.manual_seed(seed)
+    model_needs_hub(str(model))  # a folder that does not exist is refused before the data is read
     splits = load_boxed_splits(dataset)  # the boxed datasets by name (their items carry boxes), else any other
     images = limit(getattr(splits, split), max_images)
     settings = dict(
@@ -225,7 +227,12 @@ def evaluate_side_by_side(
         "rise": {"masks": rise_masks, "seed": seed},
     }
     evaluated = {}
-    bcos = AutoModelForImageClassification.from_pretrained(model).to(device).eval()
+    try:
+        bcos = AutoModelForImageClassification.from_pretrained(model).to(device).eval()
+    except SafetensorError as error:  # a cut-off copy: say which model
+        raise ValueError(
+            f"--model {model}: its weights cannot be read ({error}); copy or download them again."
+        ) from None
     if not hasattr(bcos, "explain"):
         raise ValueError(f"{model} is not a B-cos model (it has no explain()); pass a standard model as the source.")
     bcos_images = for_model(str(model), bcos.config, images, splits.class_names, match_classes)

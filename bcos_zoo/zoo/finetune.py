@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, set_seed
 
-from ..data.datasets import DatasetSplits, dataset_needs_hub, limit, looks_like_path
+from ..data.datasets import DatasetSplits, dataset_needs_hub, limit, model_needs_hub
 from ..ports import bcos_source_entry, is_bcos_source
 from ..training import get_task
 from ..training.recipe import publishing_differences, recipe_record, training_differences
@@ -77,20 +77,6 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     return None
 
 
-def source_needs_hub(source: str, flag: str = "--model") -> bool:
-    """Whether a model (the source, or the teacher) must come from the Hub; a local path that does not exist is
-    refused here, at once."""
-    if source == "scratch":
-        return False
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return False
-    if path.exists() or looks_like_path(source):
-        state = "is a file, not a model folder" if path.exists() else "does not exist"
-        raise ValueError(f"{flag} {source}: the folder {path} {state}; pass a model folder or a Hub model id")
-    return True
-
-
 def bcos_checkpoint_config(source: str) -> dict | None:
     """The config of a B-cos checkpoint, which a run continues as it is (at its own B, with its own biases), or
     ``None`` for a source that is B-cosified or a run from scratch."""
@@ -130,8 +116,8 @@ def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
         template_path(recipe.card_template)  # a missing template would fail only after training
     if is_bcos_source(recipe.source):
         bcos_source_entry(recipe.source, recipe.weights)  # a standard model of the bcos package and its weights file
-    source_on_hub = not is_bcos_source(recipe.source) and source_needs_hub(recipe.source)
-    teacher_on_hub = recipe.teacher is not None and source_needs_hub(recipe.teacher, "--teacher")
+    source_on_hub = not is_bcos_source(recipe.source) and model_needs_hub(recipe.source)
+    teacher_on_hub = recipe.teacher is not None and model_needs_hub(recipe.teacher, "--teacher")
     needs, dataset_on_hub = [], dataset_needs_hub(recipe.dataset)
     if source_on_hub:
         needs.append((f"the model {recipe.source!r}", "pass a local model folder with --model"))
