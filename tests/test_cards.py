@@ -201,3 +201,40 @@ def test_a_clip_card_without_labels_shows_what_was_measured_and_no_empty_picture
         and "| `org/m` (this model) | 50.00% |" in labelled.text
     )
     assert "![Explanations](examples/explanation_0.png)" in labelled.text and labelled.data.metrics == ["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("task", "template"), [("standard-classification", "model_card.md"), ("classification", "standard_model_card.md")]
+)
+def test_a_built_in_template_is_the_card_of_what_the_task_trains(task, template):
+    """A standard run named by --model/--dataset keeps the recipe's default template, the B-cos card; it gets the
+    standard card, and a B-cos run never gets the standard one."""
+    recipe = Recipe(
+        name="run", source="org/vit", dataset="data", hub_model_id="org/run", task=task, card_template=template
+    )
+    fields = TASKS[task](recipe).card
+    card = render_model_card(recipe, fields, "org/run", {"accuracy": 0.5}, fashion_like(), 10_000).text
+    assert ("trust_remote_code" in card) == fields.bcos and ("model.explain" in card) == fields.bcos
+
+
+@pytest.mark.parametrize(
+    ("name", "weight", "claims"),  # objective, tag and table rows (the recipe's own summary aside)
+    [
+        ("bcos-resnet-decoys", {"guidance_weight": 0.0}, ("(model guidance)", "- model-guidance", "guidance weight")),
+        ("bcos-resnet-e2kd-decoys", {"explanation_weight": 0.0}, ("e2KD: T^2", "- e2kd", "1 - cos")),
+    ],
+)
+def test_a_card_claims_no_guidance_or_explanation_distillation_of_a_run_that_weighted_it_zero(name, weight, claims):
+    recipe = RECIPES[name].with_overrides(**weight)
+    card = render_model_card(recipe, TASKS[recipe.task](recipe).card, "org/run", {"accuracy": 0.5}, fashion_like(), 9)
+    assert not [claim for claim in claims if claim in str(card)], str(card)  # the tags are in the metadata
+    weighted = RECIPES[name].with_overrides(**{key: 0.5 for key in weight})
+    fields = TASKS[recipe.task](weighted).card
+    assert all(claim in str(render_model_card(weighted, fields, "org/run", {}, fashion_like(), 9)) for claim in claims)
+
+
+def test_a_short_warm_up_and_a_short_run_are_stated_as_they_were():
+    recipe = RECIPES["bcos-vit-fashion-mnist"].with_overrides(warmup_ratio=0.004)
+    metrics = {"accuracy": 0.5, "train_seconds": 2.6}
+    card = render_model_card(recipe, TASKS["classification"].card, "org/m", metrics, fashion_like(), 10_000).text
+    assert "linear warm-up over 0.4% of steps" in card and "Training took 3 seconds in all." in card

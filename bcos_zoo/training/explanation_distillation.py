@@ -201,8 +201,10 @@ class ExplanationDistillation(GuidedClassification):
         recipe = self.recipe
         return replace(
             BcosClassification.card,
-            objective="e2KD: T^2 KL to the teacher + lambda_exp (1 - cos of the explanations W(x))",
-            tags=("knowledge-distillation", "e2kd"),
+            objective="e2KD: T^2 KL to the teacher + lambda_exp (1 - cos of the explanations W(x))"
+            if recipe.explanation_weight
+            else "knowledge distillation: T^2 KL to the teacher",
+            tags=("knowledge-distillation", "e2kd") if recipe.explanation_weight else ("knowledge-distillation",),
             hyperparameters=(
                 ("teacher", describe_source(recipe.teacher)[0] if recipe.teacher else None),
                 ("teaching", "fixed (teacher outputs computed once per image)" if recipe.fixed_teaching else "online"),

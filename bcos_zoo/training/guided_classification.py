@@ -166,6 +166,8 @@ class GuidedClassification(BcosClassification):
     @property
     def card(self) -> CardFields:
         recipe = self.recipe
+        if not recipe.guidance_weight:  # trained without guidance (a baseline, or a teacher): a plain classifier
+            return BcosClassification.card
         return replace(
             BcosClassification.card,
             objective=f"classification loss + lambda x {recipe.guidance_loss} localisation loss (model guidance)",

@@ -30,12 +30,27 @@ TAGS = ["custom_code", "b-cos", "interpretability", "explainability", "vision"]
 LOCAL_DATASET_TYPE = "imagefolder"
 
 
+BUILT_IN_TEMPLATES = {True: "model_card.md", False: "standard_model_card.md"}  # by CardFields.bcos
+
+
+def card_template(recipe: Recipe, fields: "CardFields") -> str:
+    """The recipe's card template; a built-in one is the built-in card of what the task trains (a B-cos or a
+    standard model), whichever the recipe names, so that a standard run never gets the B-cos card or the reverse."""
+    name = recipe.card_template
+    return BUILT_IN_TEMPLATES[fields.bcos] if name in BUILT_IN_TEMPLATES.values() else name
+
+
 def template_path(name: str) -> Path:
     """A template in ``hub_cards/`` (installed with the package as ``bcos_zoo.hub_cards``)."""
     path = Path(str(files("bcos_zoo.hub_cards") / name))
     if not path.is_file():
         raise FileNotFoundError(f"card template {name!r} not found in {path.parent}; the templates are hub_cards/*.md")
     return path
+
+
+def duration(seconds: float) -> str:
+    """``12 seconds`` below a minute, else ``4.5 minutes``."""
+    return f"{seconds:.0f} seconds" if seconds < 60 else f"{seconds / 60:.1f} minutes"
 
 
 def evaluation_description(split: str, evaluated: int, available: int, held_out: float = 0.0) -> str:
@@ -139,7 +154,7 @@ def render_model_card(
         "objective": fields.objective,
         "optimiser": "Adam (decoupled weight decay)",
         "learning rate": recipe.learning_rate,
-        "schedule": f"cosine, linear warm-up over {recipe.warmup_ratio:.0%} of steps",
+        "schedule": f"cosine, linear warm-up over {100 * recipe.warmup_ratio:g}% of steps",
         "processes (data-parallel)": processes,
         "batch size (per process)": recipe.batch_size,
         "gradient accumulation steps": recipe.gradient_accumulation_steps,
@@ -151,11 +166,11 @@ def render_model_card(
         **dict(fields.hyperparameters),
     }
     training_summary = f"Trained with the Hugging Face `Trainer` from the `{recipe.name}` recipe. " + (
-        f"Training took {metrics['train_seconds'] / 60:.1f} minutes in all." if metrics.get("train_seconds") else ""
+        f"Training took {duration(metrics['train_seconds'])} in all." if metrics.get("train_seconds") else ""
     )
     return ModelCard.from_template(
         card_data,
-        template_path=str(template_path(recipe.card_template)),
+        template_path=str(template_path(card_template(recipe, fields))),
         model_title=repo_id.split("/")[-1],
         summary=recipe.summary,
         pipeline_tag=fields.pipeline_tag,
