@@ -129,6 +129,7 @@ def test_standard_source_gets_its_own_card(tmp_path):
     assert "trust_remote_code" not in card.text and "b-cos" not in card.data.tags
     assert card.data.eval_results[0].metric_value == pytest.approx(result.metrics["accuracy"], abs=1e-4)
     assert "--recipe vit-fashion-mnist" in card.text and "--max-steps 2" in card.text
+    assert "trained from scratch on " in card.text
 
 
 def test_reproduce_command_shows_no_absolute_local_path(tmp_path):

@@ -50,7 +50,7 @@ class Recipe:
     max_steps: int = _flag("stop after this many optimiser steps (overrides --epochs when positive)", -1)
     learning_rate: float = _flag("peak learning rate", 1e-4)
     batch_size: int = _flag("images per device and step", 64)
-    gradient_accumulation_steps: int = _flag("steps whose gradients are summed before each update", 1)
+    gradient_accumulation_steps: int = _flag("batches whose gradients are averaged into each update", 1)
     weight_decay: float = _flag("decoupled weight decay", 0.0)
     warmup_ratio: float = _flag("fraction of the steps spent in linear warm-up", 0.05)
     agc_clip: float = _flag("adaptive gradient clipping factor; 0 means global-norm clipping at 1.0 instead", 0.01)

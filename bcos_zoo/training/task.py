@@ -70,7 +70,7 @@ def describe_source(source: str) -> tuple[str, str | None]:
     name on its own model card, else its architecture.
     """
     if source == "scratch":
-        return "random initialisation (trained from scratch)", None
+        return "scratch", None  # "trained from scratch on ..."
     if is_bcos_source(source):
         return f"the bcos package's {source.removeprefix(BCOS_SOURCE_PREFIX)} (B-cos v2 release)", None
     if hub_id_or_none(source):
