@@ -38,7 +38,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     if args.recipe:
         return replace(get_recipe(args.recipe), **overrides)
     if not (args.source and args.dataset):
-        raise SystemExit("error: give --recipe, or both --model and --dataset")
+        raise ValueError("give --recipe, or both --model and --dataset")  # a usage error: exit 2
     name = args.source.rstrip("/").split("/")[-1]
     defaults = {"name": f"bcos-{name}", "hub_model_id": f"bcos-{name}"}
     return Recipe(**{**defaults, **overrides})

@@ -58,6 +58,12 @@ def test_missing_model_folder_is_named(inputs, tmp_path):
     assert "./nope" in line and "does not exist" in line
 
 
+def test_a_model_without_a_dataset_is_a_usage_error(inputs, tmp_path):
+    source, _ = inputs
+    line = one_line_error(run_script(["--model", str(source)], child_env(), tmp_path))
+    assert line == "error: give --recipe, or both --model and --dataset"
+
+
 def test_missing_dataset_folder_says_what_a_dataset_folder_is(inputs, tmp_path):
     source, _ = inputs
     line = one_line_error(run_script(["--model", str(source), "--dataset", "./missing"], child_env(), tmp_path))
