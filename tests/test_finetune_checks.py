@@ -51,7 +51,9 @@ def snapshot(folder) -> dict[str, bytes]:
 
 
 def finished_run(output, recipe: Recipe) -> None:
-    """The outputs of a finished run whose checkpoints were deleted (to save disk)."""
+    """The outputs of a finished run whose checkpoints were deleted (to save disk): a repo/ that loads (a push
+    checks that), results and the recipe."""
+    BcosViTForImageClassification.from_pretrained_standard(recipe.source).save_pretrained(output / "repo")
     (output / "repo" / "examples").mkdir(parents=True)
     (output / "repo" / "README.md").write_text("# bcos-tiny\n")
     (output / "repo" / "examples" / "explanation_0.png").write_bytes(b"png")

@@ -86,7 +86,7 @@ def pixel_ranks(attributions: torch.Tensor, descending: bool = True) -> torch.Te
 def _target_scores(logits: torch.Tensor, targets: torch.Tensor, score: Score) -> tuple[torch.Tensor, torch.Tensor]:
     if score not in ("probability", "logit"):
         raise ValueError(f"score must be 'probability' or 'logit', got {score!r}.")
-    logits = logits.float()  # a half-precision model's scores would keep 2-3 digits, its curve's area fewer
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision keeps 2-3 digits
     values = logits.softmax(dim=1) if score == "probability" else logits
     return values.gather(1, targets[:, None])[:, 0], logits.argmax(dim=1)
 
