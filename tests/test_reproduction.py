@@ -228,6 +228,14 @@ def test_script_refuses_a_work_dir_trained_with_other_settings(tiny_reproduction
         reproduce(replace(settings, max_train_samples=24), command="python scripts/reproduce.py")
 
 
+def test_an_output_dir_that_is_a_file_is_refused_before_anything_is_read_or_made(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    settings = ReproductionSettings(output_dir=tmp_path / "taken", work_dir=tmp_path / "work", dataset="./nowhere")
+    with pytest.raises(ValueError, match="--output-dir .*taken is a file"):
+        reproduce(settings, command="python scripts/reproduce.py")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["taken"]
+
+
 def test_a_family_brings_its_folders_and_the_posthoc_methods_that_apply_to_its_standard_model():
     vit, resnet = ReproductionSettings(family="vit"), ReproductionSettings(family="resnet")
     assert (vit.output_dir, vit.work_dir) == (Path("docs/reproduction"), Path("outputs/reproduction"))

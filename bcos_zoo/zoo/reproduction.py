@@ -651,7 +651,8 @@ def _reproduce(settings: ReproductionSettings, command: str) -> dict:
     load_start = machine_description()["load_average"]
     started = time.perf_counter()
     output = settings.output_dir
-    output.mkdir(parents=True, exist_ok=True)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output-dir {output} is a file; pass a folder (it is created when missing).")
     data = load_dataset_splits(settings.dataset)
     names, label = settings.names, FAMILIES[settings.family].label
 
@@ -672,6 +673,7 @@ def _reproduce(settings: ReproductionSettings, command: str) -> dict:
 
     print("== figures ==")
     start = time.perf_counter()
+    output.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     count = f"mean ± std over {len(settings.seeds)} seed{'s' if len(settings.seeds) != 1 else ''}"
     plot_accuracy_curves(
         {
