@@ -154,11 +154,7 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
     def default_image_processor(self) -> CLIPImageProcessor:
         """CLIP's resize and centre crop (the source's settings where known), rescaling to [0, 1], no normalisation."""
         size = self.vision_config.image_size
-        settings = {
-            "size": {"shortest_edge": size},
-            "crop_size": {"height": size, "width": size},
-            "do_center_crop": True,
-        }
+        settings = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}  # crops by default
         saved = self._from_source("_image_processor", CLIPImageProcessor)
         settings = saved.to_dict() if saved is not None else settings
         return CLIPImageProcessor(**{**settings, "do_rescale": True, "do_normalize": False})
