@@ -34,6 +34,8 @@ def test_compare_decides_from_the_spread():
     same = compare([0.3, 0.3], [0.3, 0.3], 0.02)
     assert same["verdict"] == "does not hold" and same["difference"] == 0
     assert compare([0.3, 0.3], [0.4, 0.4], 0.02)["verdict"] == "holds"
+    tiny = compare([0.100, 0.101, 0.102], [0.105, 0.106, 0.107], 0.02)  # significant, but the whole rise < 2 points
+    assert tiny["p_value"] < 0.05 and tiny["ci_high"] < 0.02 and tiny["verdict"] == "does not hold"
     welch = compare([1.0, 2.0, 3.0], [2.0, 4.0, 6.0], 0.02)  # Welch: t = 1.549, df = 2.94, p = 0.2210
     assert welch["p_value"] == pytest.approx(0.2210, abs=2e-4) and welch["difference"] == pytest.approx(2.0)
 

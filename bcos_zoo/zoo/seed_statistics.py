@@ -68,19 +68,19 @@ def welch(baseline: list[float], treated: list[float]) -> dict:
 def compare(baseline: list[float], treated: list[float], minimal_effect: float, alpha: float = 0.05) -> dict:
     """Whether ``treated`` is higher than ``baseline``, decided from the spread over seeds (Welch's t-test).
 
-    ``holds``: the difference of means is positive and significant (two-sided p < ``alpha``). ``does not hold``:
-    it is significantly negative, or the upper end of its 95% confidence interval lies below ``minimal_effect`` (any
-    rise is smaller than the least that would count). Otherwise (too few seeds, too much spread): ``not resolved at
-    this size``.
+    ``does not hold``: the upper end of the difference's 95% confidence interval lies below ``minimal_effect``
+    (any rise is smaller than the least that would count, however significant), or the difference is significantly
+    negative. ``holds``: otherwise, the difference of means is positive and significant (two-sided p < ``alpha``).
+    Otherwise (too few seeds, too much spread): ``not resolved at this size``.
     """
     result = welch(baseline, treated)
     p_value, difference, high = result["p_value"], result["difference"], result["ci_high"]
     if p_value is None:
         verdict = NOT_RESOLVED
+    elif high < minimal_effect or (p_value < alpha and difference < 0):
+        verdict = DOES_NOT_HOLD
     elif p_value < alpha and difference > 0:
         verdict = HOLDS
-    elif (p_value < alpha and difference < 0) or high < minimal_effect:
-        verdict = DOES_NOT_HOLD
     else:
         verdict = NOT_RESOLVED
     return {**result, "verdict": verdict}
