@@ -36,10 +36,12 @@ from ..data.boxes import BoxedImages, as_is_transform, boxed_subset, collate_box
 from ..data.datasets import FASHION_MNIST_CLASSES, limit
 from ..data.decoys import DECOY_COLOURS, decoy_splits
 from ..training.explanation_losses import INPUT_LAYER, attributions
+from ..training.guided_classification import localisation_scores
 from ..training.recipe import recipe_record
 from .guidance_report import (
     LOSS_NAMES,
     METHOD_NAMES,
+    epg_of,
     markdown,
     plot_metrics,
     plot_pareto,
@@ -74,8 +76,8 @@ class GuidanceRun:
     def name(self) -> str:
         where = "input" if self.layer == INPUT_LAYER else "final layer"
         name = f"{LOSS_NAMES[self.loss]}, {METHOD_NAMES[self.attribution]} at the {where}"
-        name += f", {self.box_fraction:.0%} boxes"
-        return name + (f", dilated {self.dilation:.0%}" if self.dilation else "")
+        name += f", {100 * self.box_fraction:g}% boxes"  # 0.5% is not 0% (nor 1%, the name of another run)
+        return name + (f", dilated {100 * self.dilation:g}%" if self.dilation else "")
 
     @property
     def folder(self) -> str:
@@ -131,6 +133,8 @@ class GuidanceSettings:
         self.seeds = [int(seed) for seed in self.seeds]
         if any(not 0 < fraction <= 1 for fraction in self.box_fractions):
             raise ValueError(f"box fractions must lie in (0, 1], got {self.box_fractions}")
+        if len(set(self.box_fractions)) != len(self.box_fractions):  # one run each: a repeat would overwrite its row
+            raise ValueError(f"give each box fraction once; got {self.box_fractions}")
         if self.grid not in ("default", "full"):
             raise ValueError(f"grid must be 'default' or 'full', got {self.grid!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -317,6 +321,22 @@ def decoy_evidence(folder: Path, settings: GuidanceSettings) -> dict[str, float]
     return {key: value / len(dataset) for key, value in sums.items()}
 
 
+def unguided_epg(folder: Path, settings: GuidanceSettings) -> dict[str, float]:
+    """The unguided model's EPG under every other attribution and place than B-cos at the input that a guided run
+    trains (IxG, GradCAM, the final layer), keyed by :func:`epg_of`: each guided run's EPG is compared with its own
+    attribution of the unguided model, whose attributions localise differently."""
+    pairs = sorted({(run.attribution, run.layer) for run in settings.runs()} - {("bcos", INPUT_LAYER)})
+    if not pairs:
+        return {}
+    model, dataset = _load(folder, settings.device), test_images("shuffled", settings.eval_samples)
+    return {
+        epg_of({"attribution": method, "layer": layer}): localisation_scores(
+            model, dataset, 256, INPUT_LAYER if layer == INPUT_LAYER else settings.hidden_layer, method
+        )["epg"]
+        for method, layer in pairs
+    }
+
+
 def explanation_examples(folders: dict[str, Path], settings: GuidanceSettings, path: Path) -> list[int]:
     """The first shuffled-decoy test image of each of ``num_examples`` classes, explained for its label by every
     model (its own contributions at the input)."""
@@ -389,6 +409,8 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
             metrics["class_accuracy"] = accuracy_on(place / "repo", "class", settings)
             metrics["clean_accuracy"] = accuracy_on(place / "repo", None, settings)
             metrics.update(decoy_evidence(place / "repo", settings))
+            if run is None:
+                metrics.update(unguided_epg(place / "repo", settings))
             metrics["boxed_training_images"] = (
                 len(boxed_subset(min(settings.train_samples, 60_000), run.box_fraction)) if run else 0
             )
