@@ -56,9 +56,36 @@ def check_compare_row(cells: list[str], class_token: bool) -> list[float]:
 
 
 def check_memory_row(figures: list[float]) -> None:
-    source_growth, bcos_growth, weights, extra_pct = figures
+    source_growth, bcos_growth, weights, extra_pct, held_pct = figures
     assert weights > 1
     assert abs(extra_pct - 100 * (bcos_growth - source_growth) / weights) <= 0.1 + 0.1 * 100 / weights
+    assert abs(held_pct) < 5  # neither model holds a tensor more after its forward passes than before
+
+
+def timing_module():
+    spec = importlib.util.spec_from_file_location("timing_under_test", SCRIPTS / "timing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("caches", [False, True])
+def test_held_tensors_show_a_copy_of_the_weights_a_model_caches_in_its_forward(caches):
+    """What the memory target is about, measured exactly: a module that keeps a derived copy of its weight grows by
+    that weight's bytes; one that does not, by nothing."""
+
+    class Layer(torch.nn.Linear):
+        def forward(self, x):
+            if caches:
+                self.scaled = self.weight / self.weight.norm(dim=1, keepdim=True)  # a second copy, kept
+            return super().forward(x)
+
+    held = timing_module().held_tensor_bytes
+    layer, x = Layer(256, 128), torch.rand(4, 256)
+    before = held()
+    with torch.inference_mode():
+        layer(x)
+    assert held() - before == (256 * 128 * 4 if caches else 0)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -86,6 +113,7 @@ def test_transformer_benchmark_times_remote_code_and_prints_ratios_memory_and_cs
     assert row["model"] == "ViT-S/16 32px" and row["fast_paths"] == "on" and row["threads"] == "1"
     assert close(float(row["forward_ratio"]), compare[2]) and close(float(row["step_ratio"]), compare[7])
     assert close(float(row["memory_extra_growth_pct"]), memory[3]) and row["forward_target"] == "0.9"
+    assert close(float(row["memory_extra_held_pct"]), memory[4])
     assert compare[8] > 0 and close(float(row["class_token_forward_ratio"]), compare[8])
 
 
@@ -203,3 +231,18 @@ def test_faithfulness_benchmark_times_each_metric_of_both_models_at_tiny_size(ca
     assert [(row["images"], row["points"]) for row in rows[:3]] == [(2, 4), (2, 4), (1, 2)]
     assert all(row["seconds"] > 0 for row in rows)
     assert "forwards/s" in capsys.readouterr().out
+
+
+def test_a_figure_measured_at_other_settings_than_the_run_s_gets_a_row_that_states_them(tmp_path):
+    """The authors' ViT only takes 224 px and is never compiled; the memory passes and the Trainer are not compiled
+    either: their rows say so instead of carrying the run's --image-size and --compile."""
+    settings = Settings("cpu", "float32", 2, 32, 1, 1, True, True, (True,))
+    bench = Benchmark(settings, SCRIPTS / "timing.py", {}, tmp_path)
+    bench.record("ViT-S/16 32px", True, forward_ratio=1.0)
+    bench.record("ViT-S/16 32px", True, {"compile": False}, memory_extra_held_pct=0.0)
+    bench.record("ViT-S/16 224px", True, {"image_size": 224, "compile": False}, authors_forward_speedup=1.1)
+    bench.record("ViT-S/16 32px", True, {"image_size": 32}, class_token_forward_ratio=1.0)  # the run's own: no row
+    rows = {(row["model"], row["image_size"], row["compile"]): row for row in bench.csv_rows()}
+    assert set(rows) == {("ViT-S/16 32px", 32, True), ("ViT-S/16 32px", 32, False), ("ViT-S/16 224px", 224, False)}
+    assert rows[("ViT-S/16 32px", 32, True)]["class_token_forward_ratio"] == 1.0
+    assert "forward_ratio" not in rows[("ViT-S/16 32px", 32, False)]
