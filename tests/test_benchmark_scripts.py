@@ -246,3 +246,11 @@ def test_a_figure_measured_at_other_settings_than_the_run_s_gets_a_row_that_stat
     assert set(rows) == {("ViT-S/16 32px", 32, True), ("ViT-S/16 32px", 32, False), ("ViT-S/16 224px", 224, False)}
     assert rows[("ViT-S/16 32px", 32, True)]["class_token_forward_ratio"] == 1.0
     assert "forward_ratio" not in rows[("ViT-S/16 32px", 32, False)]
+
+
+@pytest.mark.subprocess
+def test_a_cnn_benchmark_whose_training_step_would_see_one_value_per_channel_is_refused_at_once():
+    command = [sys.executable, str(SCRIPTS / "benchmark_cnn.py"), "--models", "resnet18", "--batch-size", "1"]
+    completed = subprocess.run([*command, "--image-size", "32"], capture_output=True, text=True, env=child_env())
+    assert completed.returncode == 2 and "use --batch-size 2 or more" in completed.stderr
+    assert "Traceback" not in completed.stderr
