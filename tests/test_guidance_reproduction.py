@@ -227,3 +227,13 @@ def test_box_fractions_that_round_alike_are_runs_of_their_own_and_a_repeat_is_re
     assert [run.name.split(", ")[-1] for run in runs] == ["100% boxes", "1% boxes", "0.5% boxes", "0.1% boxes"]
     with pytest.raises(ValueError, match="give each box fraction once"):
         GuidanceSettings(box_fractions=[0.1, 0.1])
+
+
+def test_a_setting_the_chosen_grid_does_not_read_is_refused():
+    from bcos_zoo.zoo.guidance_reproduction import GuidanceSettings
+
+    with pytest.raises(ValueError, match="--hidden-layer is the whole grid's"):
+        GuidanceSettings(hidden_layer="bcos_resnet.encoder.stages.1")
+    with pytest.raises(ValueError, match="--box-fractions are the default runs'"):
+        GuidanceSettings(grid="full", box_fractions=[1.0, 0.5])
+    assert GuidanceSettings(grid="full", hidden_layer="bcos_resnet.encoder.stages.1").runs()

@@ -55,6 +55,7 @@ from .seed_statistics import summarise
 
 
 CANVAS = 36  # the canvases of the bcos-resnet-*decoys / -canvas recipes
+DEFAULT_BOX_FRACTIONS = [1.0, 0.1, 0.01]
 HIDDEN_LAYER = "bcos_resnet.encoder.stages.2"  # the last stage of the small B-cos ResNet: the paper's "final" layer
 
 
@@ -119,8 +120,8 @@ class GuidanceSettings:
     l1_weight: float = 0.05
     rrr_weight: float = 0.001
     ppce_weight: float = 0.005
-    box_fractions: list[float] = field(default_factory=lambda: [1.0, 0.1, 0.01])
-    hidden_layer: str = HIDDEN_LAYER
+    box_fractions: list[float] = field(default_factory=lambda: list(DEFAULT_BOX_FRACTIONS))  # the default grid's
+    hidden_layer: str = HIDDEN_LAYER  # the whole grid's final layer
     explanation_weight: float = 1.0  # lambda_exp of e2KD
     kd_temperature: float = 1.0
     num_examples: int = 6
@@ -137,6 +138,12 @@ class GuidanceSettings:
             raise ValueError(f"give each box fraction once; got {self.box_fractions}")
         if self.grid not in ("default", "full"):
             raise ValueError(f"grid must be 'default' or 'full', got {self.grid!r}")
+        if self.grid == "default" and self.hidden_layer != HIDDEN_LAYER:  # a setting no run would read
+            raise ValueError("--hidden-layer is the whole grid's (--full): the default runs guide at the input")
+        if self.grid == "full" and self.box_fractions != DEFAULT_BOX_FRACTIONS:
+            raise ValueError(
+                "--box-fractions are the default runs': the whole grid (--full) has its own (1, 0.1, 0.01)"
+            )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"give at least one seed, each once; got {self.seeds}.")
 
