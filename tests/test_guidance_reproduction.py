@@ -63,7 +63,7 @@ def test_script_presets():
         sys.path.remove(str(REPO_SCRIPTS))
     quick = script.parse_args(["--quick", "--seeds", "3", "4"])
     assert quick.seeds == [3, 4] and quick.train_samples == GuidanceSettings.quick().train_samples
-    full = script.parse_args(["--full", "--box-fractions", "0.5"])
+    full = script.parse_args(["--full"])  # its own box fractions: --box-fractions is refused with it
     assert full.grid == "full" and full.runs() == full_grid() and full.seeds == [0, 1, 2]
     default = script.parse_args([])
     assert [run.box_fraction for run in default.runs()] == [1.0, 0.1, 0.01]
