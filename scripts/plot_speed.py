@@ -90,10 +90,14 @@ def main() -> None:
     parser.add_argument("csv", nargs="+", type=Path, help="CSV files written by the benchmark scripts' --csv")
     parser.add_argument("--output-dir", type=Path, help="where the PNGs go (default: beside each CSV)")
     args = parser.parse_args()
-    for csv_path in args.csv:
-        folder = args.output_dir or csv_path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        print(plot(csv_path, folder / f"{csv_path.stem}.png"))
+    pictures = [(args.output_dir or csv_path.parent) / f"{csv_path.stem}.png" for csv_path in args.csv]
+    if len(set(pictures)) < len(pictures):  # two CSVs of one name into one folder: the second would overwrite
+        raise ValueError(
+            f"two of the CSVs would be drawn to one file ({', '.join(map(str, pictures))}): plot them apart"
+        )
+    for csv_path, picture in zip(args.csv, pictures):
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        print(plot(csv_path, picture))
 
 
 if __name__ == "__main__":

@@ -254,3 +254,21 @@ def test_a_cnn_benchmark_whose_training_step_would_see_one_value_per_channel_is_
     completed = subprocess.run([*command, "--image-size", "32"], capture_output=True, text=True, env=child_env())
     assert completed.returncode == 2 and "use --batch-size 2 or more" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.subprocess
+def test_two_csvs_of_one_name_drawn_into_one_folder_are_refused_before_either_is_drawn(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "cnn.csv").write_text(",".join(CSV_COLUMNS) + "\n")
+    command = [
+        sys.executable,
+        str(SCRIPTS / "plot_speed.py"),
+        str(tmp_path / "a" / "cnn.csv"),
+        str(tmp_path / "b" / "cnn.csv"),
+    ]
+    completed = subprocess.run(
+        [*command, "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, env=child_env()
+    )
+    assert completed.returncode == 2 and "would be drawn to one file" in completed.stderr
+    assert not (tmp_path / "out").exists()
