@@ -84,3 +84,49 @@ def test_saved_folders_load_as_remote_code_in_a_clean_interpreter(tmp_path, clea
         cwd=tmp_path,
     )
     assert "remote ok" in stdout
+
+
+@pytest.mark.subprocess
+def test_a_clip_loaded_at_a_pinned_revision_explains_with_that_revision_s_tokenizer(tmp_path):
+    """A later commit on main that changes the tokenizer must not change what a pinned model embeds its prompts with
+    (``explain(text=...)``), nor what it saves."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from fake_hub import FakeHub
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    save_source(tmp_path / "source")
+    BcosCLIPModel.from_pretrained_standard(tmp_path / "source").save_pretrained(tmp_path / "bcos-clip")
+    pinned = {path.name: path.read_bytes() for path in (tmp_path / "bcos-clip").iterdir() if path.is_file()}
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}  # the same symbols in reverse order: other ids
+    for suffix in ("", "</w>"):
+        vocab |= {
+            symbol + suffix: len(vocab) + index for index, symbol in enumerate(sorted(ByteLevel.alphabet())[::-1])
+        }
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=64).save_pretrained(tmp_path / "later")
+    later = {name: (tmp_path / "later" / name).read_bytes() for name in ("tokenizer.json", "tokenizer_config.json")}
+    code = """
+        import sys
+        sys.modules["bcos_zoo"] = None
+        from transformers import AutoModel, AutoTokenizer
+        model = AutoModel.from_pretrained("org/bcos-clip", revision="{sha}", trust_remote_code=True)
+        pinned = AutoTokenizer.from_pretrained("org/bcos-clip", revision="{sha}")
+        assert model.tokenizer("a cat").input_ids == pinned("a cat").input_ids, (model.tokenizer, pinned)
+        print("same tokenizer")
+    """
+    with FakeHub() as hub:
+        first = hub.seed("org/bcos-clip", pinned)
+        hub.seed("org/bcos-clip", later)
+        (tmp_path / "home").mkdir()
+        completed = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code.format(sha=first.sha))],
+            cwd=tmp_path / "home",
+            env=hub.env(home=tmp_path / "home", PYTHONPATH=""),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert completed.returncode == 0 and "same tokenizer" in completed.stdout, completed.stderr[-3000:]

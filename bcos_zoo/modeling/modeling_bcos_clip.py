@@ -159,12 +159,22 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         settings = saved.to_dict() if saved is not None else settings
         return CLIPImageProcessor(**{**settings, "do_rescale": True, "do_normalize": False})
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Loading, which keeps where from (the revision, token, cache) for the tokenizer and image processor."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model._hub_options = {key: kwargs[key] for key in ("revision", "token", "cache_dir") if key in kwargs}
+        if hasattr(model, "freeze_text_model"):  # loading replaces the parameters frozen in __init__
+            model.freeze_text_model()
+        return loaded
+
     def _from_source(self, attribute: str, kind: type):
         """The source's tokenizer or image processor (set by B-cosification), else the one saved where the model was
-        loaded from, else ``None``."""
+        loaded from (at the revision it was loaded at), else ``None``."""
         if getattr(self, attribute) is None and self.name_or_path:
-            try:
-                setattr(self, attribute, kind.from_pretrained(self.name_or_path))  # no remote-code prompt
+            try:  # no remote-code prompt
+                setattr(self, attribute, kind.from_pretrained(self.name_or_path, **getattr(self, "_hub_options", {})))
             except (OSError, ValueError, KeyError) as error:
                 logger.info(f"No {kind.__name__} could be loaded from {self.name_or_path}: {error}")
                 setattr(self, attribute, False)
@@ -220,12 +230,6 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
         if self.config.freeze_text_model:
             for module in (self.text_model, self.text_projection, self.logit_scale):
                 module.requires_grad_(False)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)  # loading replaces the parameters frozen in __init__
-        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_text_model()
-        return loaded
 
     @property
     def tokenizer(self):
