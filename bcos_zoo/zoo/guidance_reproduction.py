@@ -155,7 +155,7 @@ class GuidanceSettings:
             train_samples=192,
             eval_samples=48,
             base_epochs=1.0,
-            guidance_epochs=0.5,
+            guidance_epochs=1.0,  # two steps: the first, in warm-up, has a learning rate of 0
             student_epochs=0.5,
             few_shot_per_class=2,
             few_shot_epochs=1.0,
