@@ -209,25 +209,6 @@ def test_a_teacher_of_other_classes_is_refused_naming_the_teacher_and_both_class
     assert not (tmp_path / "student").exists()
 
 
-def test_a_teacher_of_the_data_classes_is_accepted(tmp_path):
-    from bcos_zoo.training import get_task
-
-    teacher = tiny_vit(1)
-    teacher.config.id2label = {0: "blue", 1: "green", 2: "red"}
-    teacher.save_pretrained(tmp_path / "teacher")
-    student = Recipe(
-        name="student",
-        source="scratch",
-        dataset="unused",
-        hub_model_id="test/student",
-        task="explanation-distillation",
-        architecture=dict(TINY_VIT, intermediate_size=32),
-        teacher=str(tmp_path / "teacher"),
-    )
-    model = get_task(student).build_model(["blue", "green", "red"])
-    assert model.config.id2label == {0: "blue", 1: "green", 2: "red"}
-
-
 def student_of(teacher: str) -> Recipe:
     return Recipe(
         name="student",
@@ -238,6 +219,16 @@ def student_of(teacher: str) -> Recipe:
         architecture=dict(TINY_VIT, intermediate_size=32),
         teacher=teacher,
     )
+
+
+def test_a_teacher_of_the_data_classes_is_accepted(tmp_path):
+    from bcos_zoo.training import get_task
+
+    teacher = tiny_vit(1)
+    teacher.config.id2label = {0: "blue", 1: "green", 2: "red"}
+    teacher.save_pretrained(tmp_path / "teacher")
+    model = get_task(student_of(str(tmp_path / "teacher"))).build_model(["blue", "green", "red"])
+    assert model.config.id2label == {0: "blue", 1: "green", 2: "red"}
 
 
 def test_a_teacher_folder_that_does_not_exist_is_refused_before_anything_is_loaded(tmp_path):
