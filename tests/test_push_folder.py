@@ -86,7 +86,10 @@ def cut_off(path) -> None:
         (lambda repo: (repo / "model.safetensors").write_bytes(b""), "cannot be read as safetensors weights"),
         (lambda repo: (repo / "config.json").write_text("{'b': 2}"), "config.json is not valid JSON"),
         (lambda repo: (repo / "config.json").write_text("[]"), "config.json holds a JSON list, not an object"),
-        (lambda repo: (repo / "preprocessor_config.json").unlink(), "preprocessor_config.json missing"),
+        (
+            lambda repo: (repo / "preprocessor_config.json").unlink(),
+            "preprocessor_config.json or processor_config.json missing",
+        ),
         (lambda repo: (repo / "README.md").write_text("---\ntags: [a\n---\n"), "README.md is not valid YAML"),
     ],
     ids=["cut-off-weights", "empty-weights", "config-not-json", "config-not-object", "no-processor", "card-yaml"],
@@ -110,6 +113,19 @@ def test_an_index_naming_a_shard_the_folder_lacks_is_refused(repo):
     shards[-1].unlink()
     with pytest.raises(PushError, match=f"{shards[-1].name} missing"):
         check_repo_folder(repo)
+
+
+def test_a_clip_folder_whose_processor_holds_its_tokenizer_is_accepted(tmp_path):
+    """transformers saves a CLIPProcessor (image processor and tokenizer) as processor_config.json."""
+    from clip_testing import save_source
+
+    from bcos_zoo import BcosCLIPModel
+
+    save_source(tmp_path / "source")
+    BcosCLIPModel.from_pretrained_standard(tmp_path / "source").save_pretrained(tmp_path / "repo")
+    (tmp_path / "repo" / "README.md").write_text("# bcos-clip\n")
+    assert (tmp_path / "repo" / "processor_config.json").is_file()
+    assert check_repo_folder(tmp_path / "repo") == tmp_path / "repo"
 
 
 def test_a_complete_folder_is_accepted(repo):

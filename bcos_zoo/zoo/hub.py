@@ -102,7 +102,7 @@ def check_repo_folder(folder: str | Path) -> Path:
             "folder a run wrote, <output-dir>/repo."
         )
     config = _json_object(folder / "config.json")
-    needed = {"README.md", "preprocessor_config.json"} | remote_code_modules(config)
+    needed = {"README.md"} | remote_code_modules(config)
     unread = [name for name in needed if name.endswith(".py")]
     while unread:  # and the modules those import (``from .bcos_layers import ...``), as loading them does
         if (folder / (name := unread.pop())).is_file():
@@ -110,8 +110,12 @@ def check_repo_folder(folder: str | Path) -> Path:
             needed |= imported
             unread += imported
     for index in folder.glob("*.safetensors.index.json"):  # the shards it names
-        needed |= set(_json_object(index).get("weight_map", {}).values())
+        weight_map = _json_object(index).get("weight_map")
+        needed |= set(weight_map.values()) if isinstance(weight_map, dict) else {f"{index.name}'s weight_map"}
     missing = sorted(name for name in needed if not (folder / name).is_file())
+    processors = ("preprocessor_config.json", "processor_config.json")  # an image processor, or one with a tokenizer
+    if not any((folder / name).is_file() for name in processors):
+        missing.append(" or ".join(processors))
     if missing:
         raise PushError(
             f"{folder} is not a complete model repo: {', '.join(missing)} missing (config.json names the code, an "
