@@ -130,3 +130,13 @@ def test_a_clip_loaded_at_a_pinned_revision_explains_with_that_revision_s_tokeni
             timeout=300,
         )
     assert completed.returncode == 0 and "same tokenizer" in completed.stdout, completed.stderr[-3000:]
+
+
+def test_a_clip_loaded_with_a_token_does_not_keep_it_where_a_pickle_would_carry_it(tmp_path):
+    import pickle
+
+    save_source(tmp_path / "source")
+    BcosCLIPModel.from_pretrained_standard(tmp_path / "source").save_pretrained(tmp_path / "bcos-clip")
+    model = BcosCLIPModel.from_pretrained(tmp_path / "bcos-clip", token="hf_secret_token", revision="main")
+    assert model._hub_options == {"revision": "main"}
+    assert b"hf_secret_token" not in pickle.dumps(model)

@@ -161,10 +161,11 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """Loading, which keeps where from (the revision, token, cache) for the tokenizer and image processor."""
+        """Loading, which keeps where from (the revision, cache; no token, which a pickled model would carry) for
+        the tokenizer and image processor."""
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        model._hub_options = {key: kwargs[key] for key in ("revision", "token", "cache_dir") if key in kwargs}
+        model._hub_options = {key: kwargs[key] for key in ("revision", "cache_dir") if key in kwargs}
         if hasattr(model, "freeze_text_model"):  # loading replaces the parameters frozen in __init__
             model.freeze_text_model()
         return loaded
