@@ -22,7 +22,6 @@ The flush applies to both models and does not change the source's numbers.
 """
 
 import argparse
-import math
 import sys
 import tempfile
 from functools import partial
@@ -59,10 +58,10 @@ def main() -> None:
     add_arguments(parser, list(BUILDERS), ["resnet50"], memory_default=["resnet50"])
     parser.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats to zero")
     args = parser.parse_args()
-    if args.models and args.batch_size * math.ceil(args.image_size / 32) ** 2 < 2:  # the last stage's map is 1x1
+    if args.models and args.batch_size * (args.image_size // 32) ** 2 < 2:  # the last stage's map is 1x1 (or less)
         raise ValueError(
-            "the training step's BatchNorm needs more than one value per channel, and the CNNs' last stage sees one "
-            f"per image at {args.image_size} px: use --batch-size 2 or more, or --image-size 64 or more"
+            "the training step's BatchNorm needs more than one value per channel, and the CNNs' last stage sees at"
+            f" most one per image at {args.image_size} px: use --batch-size 2 or more, or --image-size 64 or more"
         )
     with tempfile.TemporaryDirectory(prefix="bcos-benchmark-") as root:
         flush = args.device == "cpu" and not args.keep_denormals

@@ -355,11 +355,13 @@ def memory(spec: dict) -> dict:
     with torch.inference_mode():  # weights mapped from the file become resident here, not in the first forward
         for tensor in (*model.parameters(), *model.buffers()):
             tensor.sum()
-    loaded, held = memory_in_use(spec["device"]), held_tensor_bytes()
+    held = held_tensor_bytes()  # before the resident set is read: the count's own allocations stay out of its growth
+    loaded = memory_in_use(spec["device"])
     with torch.inference_mode():
         for _ in range(3):
             output(model, pixels)
-    grown, still_held = memory_in_use(spec["device"]), held_tensor_bytes()
+    grown = memory_in_use(spec["device"])
+    still_held = held_tensor_bytes()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return dict(
         loaded_bytes=loaded, growth_bytes=grown - loaded, held_growth_bytes=still_held - held, weights_bytes=weights

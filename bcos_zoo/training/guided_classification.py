@@ -188,7 +188,7 @@ class GuidedClassification(BcosClassification):
             raise ValueError(
                 f"guided-classification needs images with object boxes, and {recipe.dataset!r} has none, so guidance "
                 "would never act: use a dataset with boxes (fashion-mnist-decoys-<px>, fashion-mnist-canvas-<px>), or "
-                "--guidance-weight 0 (or --task classification) to train without it."
+                "--guidance-weight 0 to train without it."
             )
         return load_boxed_splits(recipe.dataset, recipe.image_column, recipe.label_column)
 

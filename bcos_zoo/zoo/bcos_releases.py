@@ -214,7 +214,10 @@ RELEASE_TAG = "bcos-v2"  # every release card's tag: what tells a previous port 
 def is_release_port(folder: Path) -> bool:
     """Whether ``folder`` holds a port this module wrote: a model card tagged :data:`RELEASE_TAG`."""
     card = folder / "README.md"
-    return card.is_file() and RELEASE_TAG in (ModelCard.load(card).data.tags or [])
+    try:
+        return card.is_file() and RELEASE_TAG in (ModelCard.load(card).data.tags or [])
+    except Exception:  # a card whose metadata does not parse (YAML errors have no common base here) is none of ours
+        return False
 
 
 def prepare_folder(folder: Path) -> None:

@@ -134,7 +134,8 @@ class GuidanceSettings:
         self.seeds = [int(seed) for seed in self.seeds]
         if any(not 0 < fraction <= 1 for fraction in self.box_fractions):
             raise ValueError(f"box fractions must lie in (0, 1], got {self.box_fractions}")
-        if len(set(self.box_fractions)) != len(self.box_fractions):  # one run each: a repeat would overwrite its row
+        folders = [GuidanceRun(box_fraction=fraction).folder for fraction in self.box_fractions]
+        if len(set(folders)) != len(folders):  # one run each, by the name its folder and row take
             raise ValueError(f"give each box fraction once; got {self.box_fractions}")
         if self.grid not in ("default", "full"):
             raise ValueError(f"grid must be 'default' or 'full', got {self.grid!r}")
