@@ -142,12 +142,25 @@ def test_explain_value_errors(tmp_path):
         clip.explain(x, text=PROMPTS)
 
 
+def test_a_model_saved_without_a_tokenizer_refuses_text_prompts_after_loading(tmp_path):
+    """Not an empty tokenizer built from nothing, which would explain every prompt as the same unknown token."""
+    save_source(tmp_path / "source")
+    model = BcosCLIPModel.from_pretrained_standard(tmp_path / "source")
+    model.tokenizer = None
+    model.save_pretrained(tmp_path / "bcos")
+    reloaded = BcosCLIPModel.from_pretrained(tmp_path / "bcos")
+    assert reloaded.tokenizer is None
+    with pytest.raises(ValueError, match="needs the CLIP tokenizer"):
+        reloaded.explain(images(1), text=PROMPTS[:2])
+    reloaded.save_pretrained(tmp_path / "again")
+    assert not (tmp_path / "again" / "tokenizer_config.json").exists()
+
+
 def test_saved_model_finds_its_tokenizer_for_text_prompts(tmp_path):
     save_source(tmp_path / "source")
     model = BcosCLIPModel.from_pretrained_standard(tmp_path / "source")
     model.save_pretrained(tmp_path / "bcos")
     reloaded = BcosCLIPModel.from_pretrained(tmp_path / "bcos").eval()
-    assert reloaded._tokenizer is None
     explanation = reloaded.explain(images(1), text=PROMPTS[:2])
     inputs = byte_level_tokenizer()(PROMPTS[:2], padding=True, return_tensors="pt")  # the source folder's tokenizer
     with torch.no_grad():

@@ -132,11 +132,60 @@ def test_a_clip_loaded_at_a_pinned_revision_explains_with_that_revision_s_tokeni
     assert completed.returncode == 0 and "same tokenizer" in completed.stdout, completed.stderr[-3000:]
 
 
+@pytest.mark.subprocess
+def test_a_private_clip_loaded_with_a_token_reads_its_tokenizer_with_that_token(tmp_path):
+    """``token=`` reaches the tokenizer and image processor lookup as it reaches the weights: a private repo's CLIP
+    loaded with a token (none in the environment) explains text prompts."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from fake_hub import FakeHub
+
+    save_source(tmp_path / "source")
+    BcosCLIPModel.from_pretrained_standard(tmp_path / "source").save_pretrained(tmp_path / "bcos-clip")
+    ids = byte_level_tokenizer()(PROMPTS).input_ids  # the source folder's tokenizer, which the B-cos folder saved
+    files = {path.name: path.read_bytes() for path in (tmp_path / "bcos-clip").iterdir() if path.is_file()}
+    code = """
+        import sys
+        sys.modules["bcos_zoo"] = None
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained("org/private-clip", token="{token}", trust_remote_code=True)
+        assert model.tokenizer({prompts!r}).input_ids == {ids!r}, model.tokenizer
+        assert model.default_image_processor().crop_size["height"] == 32
+        explanation = model.explain(torch.rand(1, 3, 32, 32), text=["a cat", "a dog"])
+        print("explained", tuple(explanation.contributions.shape))
+    """
+    with FakeHub() as hub:
+        hub.seed("org/private-clip", files, private=True)
+        (tmp_path / "home").mkdir()
+        env = hub.env(home=tmp_path / "home", PYTHONPATH="")
+        del env["HF_TOKEN"]
+        completed = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code.format(token=hub.token, prompts=PROMPTS, ids=ids))],
+            cwd=tmp_path / "home",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert completed.returncode == 0 and "explained" in completed.stdout, completed.stderr[-3000:]
+
+
+def test_a_clip_loaded_from_a_subfolder_reads_its_tokenizer_and_processor_there(tmp_path):
+    save_source(tmp_path / "source")
+    BcosCLIPModel.from_pretrained_standard(tmp_path / "source").save_pretrained(tmp_path / "outer" / "clip")
+    model = BcosCLIPModel.from_pretrained(tmp_path / "outer", subfolder="clip")
+    saved = byte_level_tokenizer()  # the source folder's tokenizer, which the B-cos folder saved
+    assert model.tokenizer(PROMPTS).input_ids == saved(PROMPTS).input_ids
+    assert model.default_image_processor().crop_size["height"] == 32
+
+
 def test_a_clip_loaded_with_a_token_does_not_keep_it_where_a_pickle_would_carry_it(tmp_path):
     import pickle
 
     save_source(tmp_path / "source")
     BcosCLIPModel.from_pretrained_standard(tmp_path / "source").save_pretrained(tmp_path / "bcos-clip")
     model = BcosCLIPModel.from_pretrained(tmp_path / "bcos-clip", token="hf_secret_token", revision="main")
-    assert model._hub_options == {"revision": "main"}
     assert b"hf_secret_token" not in pickle.dumps(model)

@@ -2,13 +2,14 @@
 B-cosification paper's recipe). A prompt is explained through its cosine with the image embedding, whose norm
 explanation mode detaches: the contributions then add up to the cosine."""
 
+import functools
 import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTokenizer
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPProcessor, CLIPTextModel
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput, CLIPVisionModelOutput
@@ -27,6 +28,11 @@ logger = logging.get_logger(__name__)
 # a pooler_output) and has pooled_features(encoded) of [x, 1 - x]-encoded images. A tower is registered by its own
 # module (modeling_bcos_clip_vit, modeling_bcos_clip_resnet), which a saved model's auto_map names.
 IMAGE_TOWERS: dict[str, tuple[type[nn.Module], str]] = {}
+# The tokenizer saved beside the weights, without a remote-code prompt. (CLIPTokenizer.from_pretrained builds an empty
+# tokenizer from a folder without one, which explains every prompt as the same unknown token; AutoTokenizer refuses.)
+_load_tokenizer = functools.partial(AutoTokenizer.from_pretrained, trust_remote_code=False)
+_load_image_processor = CLIPImageProcessor.from_pretrained
+_HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "subfolder", "token")  # where the weights were read from
 
 
 def register_image_tower(model_type: str, tower: type[nn.Module], module_file: str) -> None:
@@ -155,31 +161,24 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         """CLIP's resize and centre crop (the source's settings where known), rescaling to [0, 1], no normalisation."""
         size = self.vision_config.image_size
         settings = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}  # crops by default
-        saved = self._from_source("_image_processor", CLIPImageProcessor)
-        settings = saved.to_dict() if saved is not None else settings
+        settings = self._image_processor.to_dict() if self._image_processor else settings
         return CLIPImageProcessor(**{**settings, "do_rescale": True, "do_normalize": False})
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """Loading, which keeps where from (the revision, cache; no token, which a pickled model would carry) for
-        the tokenizer and image processor."""
+        """Loading, which reads the tokenizer and image processor saved beside the weights from where they were
+        read (revision, subfolder, token, ...) at once: the model keeps no token, which a pickle would carry."""
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        model._hub_options = {key: kwargs[key] for key in ("revision", "cache_dir") if key in kwargs}
+        options = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
+        for attribute, load in (("_tokenizer", _load_tokenizer), ("_image_processor", _load_image_processor)):
+            try:
+                setattr(model, attribute, load(model.name_or_path, **options))
+            except (OSError, ValueError, KeyError) as error:
+                logger.info(f"No {attribute[1:]} could be loaded from {model.name_or_path}: {error}")
         if hasattr(model, "freeze_text_model"):  # loading replaces the parameters frozen in __init__
             model.freeze_text_model()
         return loaded
-
-    def _from_source(self, attribute: str, kind: type):
-        """The source's tokenizer or image processor (set by B-cosification), else the one saved where the model was
-        loaded from (at the revision it was loaded at), else ``None``."""
-        if getattr(self, attribute) is None and self.name_or_path:
-            try:  # no remote-code prompt
-                setattr(self, attribute, kind.from_pretrained(self.name_or_path, **getattr(self, "_hub_options", {})))
-            except (OSError, ValueError, KeyError) as error:
-                logger.info(f"No {kind.__name__} could be loaded from {self.name_or_path}: {error}")
-                setattr(self, attribute, False)
-        return getattr(self, attribute) or None
 
 
 class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
@@ -235,7 +234,7 @@ class BcosCLIPModel(BcosCLIPPreTrainedModel):
     @property
     def tokenizer(self):
         """The CLIP tokenizer ``explain(text=...)`` uses: the source's, or the one saved beside the weights."""
-        return self._from_source("_tokenizer", CLIPTokenizer)
+        return self._tokenizer
 
     @tokenizer.setter
     def tokenizer(self, tokenizer) -> None:
