@@ -296,7 +296,7 @@ def test_a_differentiable_explanation_keeps_the_graph_of_its_contributions_insid
 
 
 def test_explanations_computed_by_concurrent_threads_on_one_model_are_each_exact():
-    """A server explains requests from a thread pool; explanation mode switches flags on the shared model."""
+    """A server explains requests from a thread pool on one model."""
     model = pure_bcos_vit(2.0).eval()
     x = torch.rand(4, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     errors = []
@@ -312,3 +312,44 @@ def test_explanations_computed_by_concurrent_threads_on_one_model_are_each_exact
     for thread in threads:
         thread.join()
     assert len(errors) == 160 and max(errors) < 1e-9
+
+
+def input_gradient(model, x: torch.Tensor) -> torch.Tensor:
+    """The gradient of the first logit with respect to the image, with autograd's whole graph."""
+    x = x.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(model(pixel_values=x).logits[:, 0].sum(), x)
+    return gradient
+
+
+def in_another_thread(function, *args):
+    """``function(*args)`` run in a new thread, whose result (or error) comes back within a minute."""
+    results = []
+    thread = threading.Thread(target=lambda: results.append(function(*args)), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert results, "the other thread did not finish"
+    return results[0]
+
+
+def test_a_gradient_taken_in_another_thread_is_whole_while_one_thread_explains():
+    """Explanation mode is per thread: a training step or a post-hoc gradient beside an explanation keeps the
+    gradient through every dynamic factor."""
+    model = pure_bcos_vit(2.0).eval()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    whole = input_gradient(model, x)
+    with model.explanation_mode():
+        detached = input_gradient(model, x)
+        beside = in_another_thread(input_gradient, model, x)
+    assert not torch.allclose(detached, whole)
+    torch.testing.assert_close(beside, whole, rtol=0, atol=0)
+
+
+def test_a_thread_explains_while_another_is_in_explanation_mode_and_leaves_it_there():
+    model = pure_bcos_vit(2.0).eval()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with model.explanation_mode():
+        explanation = in_another_thread(lambda: model.explain(x, target=0))
+        detached = input_gradient(model, x)
+    bias = torch.full((2,), float(model.config.resolved_logit_bias), dtype=torch.float64)
+    torch.testing.assert_close(explanation.bias, bias, rtol=0, atol=1e-9)
+    torch.testing.assert_close(detached, explanation.dynamic_weights[:, :3] - explanation.dynamic_weights[:, 3:])

@@ -5,9 +5,9 @@ deviation, an activation's gate, the attention matrix) goes through ``DynamicMod
 :func:`explanation_mode` detaches; then the network computes ``y = W(x) x + c`` exactly, with the same code.
 """
 
+import contextvars
 import functools
 import math
-import threading
 
 import torch
 import torch.nn.functional as F
@@ -73,46 +73,41 @@ def encode_pixel_values(
     return encode_inverse(pixel_values.to(dtype))
 
 
+# The modules that explanation mode detaches in this thread (or asyncio task): explanation mode is per thread, so
+# that threads sharing a model (a server's pool) explain at once, and a forward or training step in another thread
+# keeps its whole gradient.
+_DETACHED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("bcos_detached", default=frozenset())
+
+
 class DynamicModule(nn.Module):
     """A module with an input-dependent factor, which :func:`explanation_mode` detaches."""
 
-    detach_dynamic: bool = False
+    @property
+    def detach_dynamic(self) -> bool:
+        """Whether explanation mode detaches this module's factor in the current thread."""
+        return self in _DETACHED.get()
 
     def dynamic(self, factor: torch.Tensor) -> torch.Tensor:
         """``factor``, detached in explanation mode: the one place where the two modes differ."""
         return factor.detach() if self.detach_dynamic else factor
 
 
-# The detach flags live on modules that threads share: one thread at a time explains (a second one would find the
-# flags switched back under it, and its explanation would no longer be exact).
-_EXPLAINING = threading.RLock()
-
-
 class explanation_mode:  # a context manager, named as torch.no_grad is
-    """``with explanation_mode(model):`` detaches every dynamic factor in ``model``, so that its gradient is the
-    dynamic linear map ``W(x)``. With ``detach=None`` it sets the flags as they are now, again at each entry: how a
-    gradient-checkpointed layer's recomputation in the backward pass detaches what its forward detached."""
+    """``with explanation_mode(model):`` detaches every dynamic factor in ``model`` in the current thread, so that its
+    gradient is the dynamic linear map ``W(x)``. With ``detach=None`` it detaches what is detached now, again at each
+    entry, in whichever thread enters: how a gradient-checkpointed layer's recomputation in the backward pass
+    detaches what its forward detached."""
 
     def __init__(self, model: nn.Module, detach: bool | None = True):
-        self.model, self.modules = model, [m for m in model.modules() if isinstance(m, DynamicModule)]
-        self.flags = [m.detach_dynamic if detach is None else detach for m in self.modules]
-        self.exclusive = detach is not None  # a replay runs inside an explanation, maybe on autograd's thread
+        self.model, self.modules = model, frozenset(m for m in model.modules() if isinstance(m, DynamicModule))
+        self.detached = frozenset(m for m in self.modules if (m.detach_dynamic if detach is None else detach))
 
     def __enter__(self) -> nn.Module:
-        if self.exclusive:
-            _EXPLAINING.acquire()
-        self.previous = [m.detach_dynamic for m in self.modules]
-        self._set(self.flags)
+        self.token = _DETACHED.set(_DETACHED.get() - self.modules | self.detached)
         return self.model
 
     def __exit__(self, *exc_info) -> None:
-        self._set(self.previous)
-        if self.exclusive:
-            _EXPLAINING.release()
-
-    def _set(self, flags: list[bool]) -> None:
-        for module, flag in zip(self.modules, flags):
-            module.detach_dynamic = flag
+        _DETACHED.reset(self.token)
 
 
 def guarded_norm(squared_sum: torch.Tensor) -> torch.Tensor:
