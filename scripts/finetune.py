@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 
 from bcos_zoo.training.recipe import Recipe, add_recipe_flags, recipe_overrides
-from bcos_zoo.zoo.cli import run_script
+from bcos_zoo.zoo.cli import at_least, run_script
 from bcos_zoo.zoo.recipes import RECIPES, get_recipe
 
 
@@ -24,6 +24,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--recipe", choices=sorted(RECIPES), help="a zoo recipe (see README); flags override it")
     parser.add_argument("--output-dir", help="default: outputs/<recipe name>")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    parser.add_argument(
+        "--dataloader-num-workers",
+        type=at_least(0),
+        help="processes that load and augment images (default: none on the CPU, up to 8 beside a GPU)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     parser.add_argument("--push", action="store_true", help="upload repo/ to the Hub as one commit")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
@@ -57,6 +62,7 @@ def main(argv=None) -> int:
         private=args.private,
         dry_run=args.dry_run,
         device=args.device,
+        dataloader_num_workers=args.dataloader_num_workers,
     )
     if result.repo_dir is not None:  # the main process
         print(json.dumps({"repo_dir": str(result.repo_dir), "commit_url": result.commit_url, **result.metrics}))

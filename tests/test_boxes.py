@@ -8,10 +8,10 @@ from PIL import Image
 
 from bcos_zoo.data.boxes import (
     BoxedImages,
+    BoxResizeTransform,
+    BoxTrainingTransform,
     as_is_transform,
     box_masks,
-    box_resize_transform,
-    box_training_transform,
     boxed_subset,
     collate_boxed,
     crop_resize_boxes,
@@ -78,7 +78,7 @@ def test_box_masks_take_pixel_centres_and_unions():
 
 def test_boxed_images_are_seeded_and_use_a_fraction_of_the_boxes():
     items = [(drawn_box(), i % 3, [BOX]) for i in range(40)] + [(drawn_box(), 0)]  # the last has no boxes
-    dataset = BoxedImages(items, box_training_transform(32), seed=3, box_fraction=0.25, box_seed=1)
+    dataset = BoxedImages(items, BoxTrainingTransform(32), seed=3, box_fraction=0.25, box_seed=1)
     assert len(dataset.with_boxes) == 10 and dataset.with_boxes == boxed_subset(41, 0.25, seed=1)
     first, again = dataset[5], dataset[5]
     assert torch.equal(first["pixel_values"], again["pixel_values"])
@@ -88,7 +88,7 @@ def test_boxed_images_are_seeded_and_use_a_fraction_of_the_boxes():
     assert batch["box_masks"].shape == (41, 32, 32) and batch["pixel_values"].shape == (41, 3, 32, 32)
     assert int(batch["has_boxes"].sum()) <= 10 and not batch["has_boxes"][40]
     assert not batch["box_masks"][40].any()
-    resized = BoxedImages(items, box_resize_transform(32))[0]
+    resized = BoxedImages(items, BoxResizeTransform(32))[0]
     bright = resized["pixel_values"].mean(dim=0) >= 0.5
     assert (resized["box_mask"] & bright).sum() / (resized["box_mask"] | bright).sum() > 0.85
 

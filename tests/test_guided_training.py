@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import TrainerCallback
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
-from bcos_zoo.data.boxes import BoxedImages, box_resize_transform, collate_boxed
+from bcos_zoo.data.boxes import BoxedImages, BoxResizeTransform, collate_boxed
 from bcos_zoo.evaluation.scores import energy_pointing_scores
 from bcos_zoo.training import get_task
 from bcos_zoo.training.explanation_losses import energy_loss, guidance_contributions
@@ -52,7 +52,7 @@ def tiny_vit() -> BcosViTForImageClassification:
 @pytest.mark.slow
 def test_a_few_guided_steps_lower_the_energy_loss_and_raise_epg():
     model = tiny_vit()
-    batch = collate_boxed(BoxedImages(toy_items(), box_resize_transform(16)))
+    batch = collate_boxed(BoxedImages(toy_items(), BoxResizeTransform(16)))
     pixels, labels, masks = batch["pixel_values"], batch["labels"], batch["box_masks"]
 
     def measure() -> tuple[float, float]:
@@ -79,7 +79,7 @@ def test_guided_trainer_adds_the_energy_loss_only_for_boxed_images(tmp_path):
     from transformers import TrainingArguments
 
     model = tiny_vit().train()
-    batch = collate_boxed(BoxedImages(toy_items(), box_resize_transform(16)))
+    batch = collate_boxed(BoxedImages(toy_items(), BoxResizeTransform(16)))
     arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     plain = GuidedTrainer(model=model, args=arguments, guidance_weight=0.0)
     guided = GuidedTrainer(model=model, args=arguments, guidance_weight=0.5)
@@ -111,7 +111,7 @@ def test_splitting_a_batch_into_accumulation_steps_leaves_the_guided_update_alon
         grab = GradientsBeforeTheStep()
         trainer = GuidedTrainer(
             model=tiny_vit().train(), args=arguments, guidance_weight=0.5 if task == "guided" else 0.0,
-            train_dataset=BoxedImages(toy_items(8), box_resize_transform(16)), data_collator=collate_boxed,
+            train_dataset=BoxedImages(toy_items(8), BoxResizeTransform(16)), data_collator=collate_boxed,
             callbacks=[grab],
         )  # fmt: skip
         trainer.train()
@@ -130,7 +130,7 @@ def test_guided_trainer_applies_the_chosen_loss_to_the_chosen_attribution(tmp_pa
     from bcos_zoo.training.guided_classification import check_guidance
 
     model = tiny_vit().train()
-    batch = collate_boxed(BoxedImages(toy_items(), box_resize_transform(16)))
+    batch = collate_boxed(BoxedImages(toy_items(), BoxResizeTransform(16)))
     batch["has_boxes"][::2] = False
     arguments = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     layer = "bcos_vit.layers.0"

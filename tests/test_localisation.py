@@ -12,7 +12,7 @@ from transformers import AutoImageProcessor, CLIPImageProcessor, ConvNextImagePr
 
 from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
 from bcos_zoo.data.boxes import box_masks as training_box_masks
-from bcos_zoo.data.preprocessing import model_transform, processor_transform
+from bcos_zoo.data.preprocessing import ProcessorTransform, model_transform
 from bcos_zoo.evaluation.baselines import load_standard_classifier
 from bcos_zoo.evaluation.localisation import (
     Grid,
@@ -39,7 +39,7 @@ CELL = 8  # pixels per grid cell = the model's input size in these tests
 
 def square(size: int):
     """A B-cos model's processor for ``size`` x ``size`` inputs: resize and rescale to [0, 1], no normalisation."""
-    return processor_transform(ViTImageProcessor(size={"height": size, "width": size}, do_normalize=False))
+    return ProcessorTransform(ViTImageProcessor(size={"height": size, "width": size}, do_normalize=False))
 
 
 def any_size_bcos_vit(image: int = 16, labels: int = 6) -> BcosViTForImageClassification:
@@ -271,7 +271,7 @@ def test_boxes_follow_a_processor_that_resizes_the_short_side_and_crops_the_cent
     processor = CLIPImageProcessor(
         size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}, do_normalize=False, do_convert_rgb=True
     )
-    transform = processor_transform(processor)
+    transform = ProcessorTransform(processor)
     image = np.zeros((16, 32, 3), dtype=np.uint8)
     image[:, 16:] = 255
     mask = box_mask([16, 0, 32, 16], original_size=(32, 16), transform=transform)
@@ -370,7 +370,7 @@ def test_every_boxed_image_is_scored_for_its_label_whatever_the_model_predicts_a
 
 def centre_cropping(size: int, crop_pct: float = 0.875):
     """A CNN's processor: the shortest edge to ``size / crop_pct``, then the centre ``size`` x ``size``."""
-    return processor_transform(
+    return ProcessorTransform(
         ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=crop_pct, do_normalize=False)
     )
 
@@ -424,7 +424,7 @@ PROCESSORS = {
 def test_a_box_follows_the_processors_resize_and_crop_with_the_drawn_object(processor, original, box):
     """The processor's own pixels of the box drawn white agree with the mask wherever the box's edge is not within
     a resampling filter's reach."""
-    transform = processor_transform(processor)
+    transform = ProcessorTransform(processor)
     drawn = np.zeros((original[1], original[0], 3), dtype=np.uint8)
     drawn[box[1] : box[3], box[0] : box[2]] = 255
     bright = transform(Image.fromarray(drawn)).mean(dim=0) >= 0.5
@@ -545,5 +545,5 @@ def test_the_harness_a_bcos_model_and_its_source_see_one_non_square_image_as_the
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (11, 27, 3), dtype=np.uint8))
     pixels = model_transform(model)(image)
     assert pixels.shape == (3, 16, 16) and float(pixels.min()) >= 0 and float(pixels.max()) <= 1
-    torch.testing.assert_close(processor_transform(AutoImageProcessor.from_pretrained(tmp_path))(image), pixels)
+    torch.testing.assert_close(ProcessorTransform(AutoImageProcessor.from_pretrained(tmp_path))(image), pixels)
     torch.testing.assert_close(model_transform(load_standard_classifier(source))(image), pixels)

@@ -9,6 +9,7 @@ with explanations (model guidance) needs that: its loss compares an explanation 
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -121,22 +122,22 @@ def box_masks(boxes, height: int, width: int) -> torch.Tensor:
     return mask
 
 
-def box_training_transform(
-    image_size: int,
-    crop_scale: tuple[float, float] = (0.5, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip_probability: float = 0.5,
-) -> BoxTransform:
+@dataclass
+class BoxTrainingTransform:
     """The training transform with boxes: random-resized crop and horizontal flip (as the zoo's image-only training
     transform does, without normalisation), then the pixels and the mask of the moved boxes."""
 
-    def transform(image: Image.Image, boxes) -> tuple[torch.Tensor, torch.Tensor]:
-        picture, moved = random_resized_crop_with_boxes(
-            image.convert("RGB"), boxes, image_size, tuple(crop_scale), tuple(ratio), flip_probability
-        )
-        return to_pixels(picture), box_masks(moved, image_size, image_size)
+    image_size: int
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_probability: float = 0.5
 
-    return transform
+    def __call__(self, image: Image.Image, boxes) -> tuple[torch.Tensor, torch.Tensor]:
+        size, scale, ratio = self.image_size, tuple(self.crop_scale), tuple(self.ratio)
+        picture, moved = random_resized_crop_with_boxes(
+            image.convert("RGB"), boxes, size, scale, ratio, self.flip_probability
+        )
+        return to_pixels(picture), box_masks(moved, size, size)
 
 
 def as_is_transform(image: "Image.Image | torch.Tensor", boxes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,14 +159,15 @@ def dilate_boxes(boxes, fraction: float, width: int, height: int) -> np.ndarray:
     return np.clip(grown, 0, [width, height, width, height])
 
 
-def box_resize_transform(image_size: int) -> BoxTransform:
+@dataclass
+class BoxResizeTransform:
     """Resize to ``image_size`` x ``image_size``, boxes with it: pixels and box mask, without randomness."""
 
-    def transform(image: Image.Image, boxes) -> tuple[torch.Tensor, torch.Tensor]:
-        picture, moved = resize_with_boxes(image.convert("RGB"), boxes, image_size)
-        return to_pixels(picture), box_masks(moved, image_size, image_size)
+    image_size: int
 
-    return transform
+    def __call__(self, image: Image.Image, boxes) -> tuple[torch.Tensor, torch.Tensor]:
+        picture, moved = resize_with_boxes(image.convert("RGB"), boxes, self.image_size)
+        return to_pixels(picture), box_masks(moved, self.image_size, self.image_size)
 
 
 def boxed_subset(count: int, fraction: float, seed: int = 0) -> set[int]:

@@ -8,6 +8,7 @@ random augmentation (timm's random-resized crop and flip) on top. An image file 
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,19 +27,21 @@ def load_image(path: str | Path) -> Image.Image:
         return to_rgb(ImageOps.exif_transpose(image))
 
 
-def processor_transform(processor: BaseImageProcessor) -> ImageTransform:
-    """PIL image -> (3, H, W) float tensor, exactly as ``processor`` prepares it for the model."""
+@dataclass
+class ProcessorTransform:
+    """PIL image -> (3, H, W) float tensor, exactly as ``processor`` prepares it for the model. A transform is a
+    class rather than a closure wherever a dataset holds it: DataLoader workers started by spawn or forkserver (the
+    default on macOS, Windows and, from Python 3.14, Linux) receive the dataset pickled."""
 
-    def transform(image: Image.Image) -> torch.Tensor:
-        return processor(images=to_rgb(image), return_tensors="pt")["pixel_values"][0]
+    processor: BaseImageProcessor  # what localisation reads to carry boxes through the resize and crop
 
-    transform.processor = processor  # what localisation reads to carry boxes through the resize and crop
-    return transform
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=to_rgb(image), return_tensors="pt")["pixel_values"][0]
 
 
 def model_transform(model) -> ImageTransform:
     """The evaluation transform of a B-cos model: its own saved processor (see ``default_image_processor``)."""
-    return processor_transform(model.default_image_processor())
+    return ProcessorTransform(model.default_image_processor())
 
 
 def training_transform(

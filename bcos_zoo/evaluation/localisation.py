@@ -284,7 +284,7 @@ Region = tuple[float, float, float, float]
 
 
 def transform_processor(transform: ImageTransform) -> BaseImageProcessor | None:
-    """The image processor a transform applies (the ``processor`` attribute of what ``processor_transform`` and
+    """The image processor a transform applies (the ``processor`` attribute of what ``ProcessorTransform`` and
     ``model_transform`` make), else None."""
     processor = getattr(transform, "processor", None)
     return processor if isinstance(processor, BaseImageProcessor) else None
@@ -334,7 +334,7 @@ def transform_view(transform: ImageTransform, width: int, height: int) -> tuple[
     if (out_height, out_width) != (height, width):
         raise ValueError(
             f"A transform that makes {out_height}x{out_width} pixels of a {height}x{width} image cannot carry boxes; "
-            "pass the model's processor (bcos_zoo.data.preprocessing.model_transform or processor_transform)."
+            "pass the model's processor (bcos_zoo.data.preprocessing.model_transform or ProcessorTransform)."
         )
     return (0.0, 0.0, float(width), float(height)), (width, height)
 

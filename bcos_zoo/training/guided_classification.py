@@ -12,17 +12,17 @@ thresholded positive attribution with the box mask, for the guided attribution a
 """
 
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainingArguments
 
-from ..data.boxes import BoxedImages, BoxTransform, as_is_transform, box_training_transform, collate_boxed
+from ..data.boxes import BoxedImages, BoxTrainingTransform, BoxTransform, as_is_transform, collate_boxed
 from ..data.datasets import DatasetSplits
 from ..data.decoys import load_boxed_splits, spec_canvas
-from ..data.preprocessing import model_transform
+from ..data.preprocessing import ImageTransform, model_transform
 from ..evaluation.localisation import box_mask
 from ..evaluation.scores import energy_pointing_scores
 from .classification import BcosClassification, accuracy_metrics
@@ -40,16 +40,21 @@ from .trainer import TermLoggingTrainer
 def processor_box_transform(model: nn.Module) -> BoxTransform:
     """Evaluation pixels from the model's own image processor, and the box mask drawn through that same processor
     (:func:`~bcos_zoo.evaluation.localisation.box_mask`), so any resize or crop it does moves the boxes too."""
-    pixels = model_transform(model)
+    return ProcessorBoxTransform(model_transform(model))
 
-    def transform(image, boxes) -> tuple[torch.Tensor, torch.Tensor]:
-        values = pixels(image)
+
+@dataclass
+class ProcessorBoxTransform:
+    """:func:`processor_box_transform`'s transform: a class, which DataLoader workers can unpickle."""
+
+    pixels: ImageTransform
+
+    def __call__(self, image, boxes) -> tuple[torch.Tensor, torch.Tensor]:
+        values = self.pixels(image)
         mask = torch.zeros(values.shape[-2:], dtype=torch.bool)
         for box in boxes:
-            mask |= box_mask(box, image.size, pixels)
+            mask |= box_mask(box, image.size, self.pixels)
         return values, mask
-
-    return transform
 
 
 def attribution_iou(attributions: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -204,7 +209,7 @@ class GuidedClassification(BcosClassification):
         the canvases as drawn (their random placement is the augmentation)."""
         if tuple(self.recipe.crop_scale) == (1.0, 1.0) and self._canvas_as_is(model):
             return as_is_transform
-        return box_training_transform(self.image_size(model), crop_scale=self.recipe.crop_scale)
+        return BoxTrainingTransform(self.image_size(model), crop_scale=self.recipe.crop_scale)
 
     def eval_transform(self, model: nn.Module) -> BoxTransform:
         """The model's own processor (the same pixels, read without it, on canvases it leaves as they are)."""

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.image_processing_utils import BaseImageProcessor
 
 from ..conversion.common import VIT_DEFAULT_NORMALIZATION, bcos_crop
-from ..data.preprocessing import ImageTransform, processor_transform, training_transform
+from ..data.preprocessing import ImageTransform, ProcessorTransform, training_transform
 from ..families import family_of
 from ..modeling.bcos_pretrained import resizing_processor
 from .classification import BcosClassification, check_classes, name_classes
@@ -72,7 +72,7 @@ class StandardClassification(BcosClassification):
         return training_transform(self.image_size(model), crop_scale=self.recipe.crop_scale, mean=mean, std=std)
 
     def eval_transform(self, model: nn.Module) -> ImageTransform:
-        return processor_transform(self.image_processor(model))
+        return ProcessorTransform(self.image_processor(model))
 
     def evaluate(self, model, data, eval_dataset) -> dict[str, float]:
         metrics = super().evaluate(model, data, eval_dataset)

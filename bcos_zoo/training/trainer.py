@@ -8,6 +8,7 @@ what differs between tasks (model, loss, evaluation) lives in the task modules b
 import hashlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -261,7 +262,7 @@ def training_arguments(
         remove_unused_columns=False,
         use_cpu=on_cpu,
         bf16=not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        dataloader_num_workers=0 if on_cpu else 8,
+        dataloader_num_workers=0 if on_cpu else min(8, os.cpu_count() or 1),
     )
     arguments.update(overrides)
     return TrainingArguments(**arguments)

@@ -311,6 +311,7 @@ def finetune(
     dry_run: bool = False,
     device: str | None = None,
     eval_each_epoch: bool = False,
+    dataloader_num_workers: int | None = None,
 ) -> FinetuneResult:
     """Run a recipe end to end; see the module docstring for what lands where."""
     output_dir = Path(output_dir)
@@ -337,8 +338,9 @@ def finetune(
     check_before_training(recipe, push, dry_run)
     continued = bcos_checkpoint_config(recipe.source) is not None  # for the card; read now, not after training
     task = get_task(recipe)
+    workers = {} if dataloader_num_workers is None else {"dataloader_num_workers": dataloader_num_workers}
     arguments = training_arguments(
-        recipe, checkpoint_dir, device=device, eval_each_epoch=eval_each_epoch, **task.training_arguments()
+        recipe, checkpoint_dir, device=device, eval_each_epoch=eval_each_epoch, **task.training_arguments(), **workers
     )
     if resume and last_checkpoint:
         print(f"Resuming from {last_checkpoint}")

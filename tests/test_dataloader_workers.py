@@ -1,0 +1,81 @@
+"""Data loading in worker processes: the transforms a dataset holds survive pickling, which DataLoader workers
+started by spawn or forkserver (the default on macOS, Windows and, from Python 3.14, Linux) need, and a run loaded
+by such workers trains exactly as one loaded in the main process."""
+
+import pickle
+import random
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from tiny_models import TINY_CLASSIFIERS
+from training_testing import child_env, make_image_folder, make_vit_source
+
+from bcos_zoo.data.boxes import BoxResizeTransform, BoxTrainingTransform
+from bcos_zoo.data.preprocessing import ProcessorTransform, model_transform, training_transform
+from bcos_zoo.training.guided_classification import processor_box_transform
+from bcos_zoo.zoo.finetune import finetune
+from bcos_zoo.zoo.recipes import Recipe
+
+
+IMAGE = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+BOXES = np.array([[4.0, 6.0, 30.0, 28.0]])
+MODEL = TINY_CLASSIFIERS["resnet"]()
+
+TRANSFORMS = {
+    "the model's processor": lambda: ProcessorTransform(MODEL.default_image_processor()),
+    "the model's transform": lambda: model_transform(MODEL),
+    "training augmentation": lambda: training_transform(32),
+    "boxes, training augmentation": lambda: BoxTrainingTransform(32, (0.3, 1.0)),
+    "boxes, resized": lambda: BoxResizeTransform(32),
+    "boxes, the model's processor": lambda: processor_box_transform(MODEL),
+}
+
+
+def applied(transform, takes_boxes: bool):
+    random.seed(0), torch.manual_seed(0)  # the same augmentation for the transform and its copy (timm: random)
+    return transform(IMAGE, BOXES) if takes_boxes else transform(IMAGE)
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_a_transform_gives_the_same_pixels_after_a_pickle_round_trip(name):
+    transform = TRANSFORMS[name]()
+    copy = pickle.loads(pickle.dumps(transform))
+    takes_boxes = name.startswith("boxes")
+    expected, result = applied(transform, takes_boxes), applied(copy, takes_boxes)
+    for left, right in zip(*((x,) if torch.is_tensor(x) else x for x in (expected, result))):
+        assert torch.equal(left, right)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_run_loaded_by_spawned_workers_trains_and_evaluates_as_one_loaded_in_process(tmp_path):
+    source, data = make_vit_source(tmp_path / "source"), make_image_folder(tmp_path / "data", per_class=4)
+    recipe = Recipe(
+        name="bcos-tiny", source=str(source), dataset=str(data), hub_model_id="org/t", epochs=1, batch_size=8
+    )
+    finetune(recipe, tmp_path / "in-process", device="cpu", eval_each_epoch=True)
+    code = f"""
+        import multiprocessing
+        from bcos_zoo.zoo.finetune import finetune
+        from bcos_zoo.zoo.recipes import Recipe
+        if __name__ == "__main__":
+            multiprocessing.set_start_method("spawn")
+            recipe = Recipe(**{recipe.__dict__!r})
+            workers = {str(tmp_path / "workers")!r}
+            finetune(recipe, workers, device="cpu", eval_each_epoch=True, dataloader_num_workers=2)
+    """
+    (tmp_path / "run.py").write_text(textwrap.dedent(code))
+    completed = subprocess.run(
+        [sys.executable, str(tmp_path / "run.py")], env=child_env(), capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    expected = load_file(tmp_path / "in-process" / "repo" / "model.safetensors")
+    trained = load_file(tmp_path / "workers" / "repo" / "model.safetensors")
+    assert expected.keys() == trained.keys()
+    assert all(torch.equal(expected[name], trained[name]) for name in expected)
