@@ -15,8 +15,8 @@ from .fast_paths import square_conv_norm_act, use_fast_path
 
 
 class BcosBatchNorm2d(DynamicModule):
-    """BatchNorm whose batch statistics are dynamic factors in training, detached in explanation mode so that each
-    image's explanation depends on that image alone. ``centered=False`` is the B-cos form without constants,
+    """BatchNorm whose batch statistics are dynamic factors in training, detached in explanation mode so that no
+    image's contributions run through another image's pixels (the batch still scales its map). ``centered=False`` is the B-cos form without constants,
     ``x / sqrt(var + eps) * weight``. Running statistics update as in ``nn.BatchNorm2d`` (``momentum=None``: their
     cumulative average), except while a checkpointed stage replays its forward or with ``momentum=0`` (frozen)."""
 
