@@ -266,7 +266,7 @@ def _converter_of(family: Family) -> Callable[..., PreTrainedModel]:
             owner = next((other for other in FAMILIES.values() if kind in other.module_types), family)
             if owner is not family:
                 raise ValueError(
-                    f"A {type(source).__name__} is a source of the {owner.label} family, not of {cls.__name__}: use "
+                    f"The {type(source).__name__} is a source of the {owner.label} family, not of {cls.__name__}: use "
                     f"{owner.classifier.__name__}.from_pretrained_standard(...)."
                 )
         if (kwargs.get("image_mean") is None) != (kwargs.get("image_std") is None):
@@ -320,7 +320,7 @@ def family_for_source(source: str | os.PathLike | nn.Module) -> Family:
     if isinstance(source, nn.Module):
         kind = f"{type(source).__module__.split('.')[0]}.{type(source).__name__}"
         matches = [family for family in FAMILIES.values() if kind in family.module_types]
-        what = f"A {type(source).__name__}"
+        what = f"The {type(source).__name__}"
     else:
         folder = os.fspath(source)
         for family in FAMILIES.values():
@@ -334,7 +334,7 @@ def family_for_source(source: str | os.PathLike | nn.Module) -> Family:
             if model_type in family.model_types
             or (family.timm_architectures is not None and family.timm_architectures.match(architecture))
         ]
-        what = f"{os.fspath(source)} holds a {architecture or model_type or 'model'} that"
+        what = f"The model in {folder} ({architecture or model_type or 'no architecture named'})"
     if not matches:
         supported = "; ".join(f"{family.label}: {family.sources}" for family in FAMILIES.values())
         raise ValueError(f"{what} is not a source of any B-cos family. Supported: {supported}.")

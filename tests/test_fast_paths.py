@@ -21,6 +21,7 @@ from bcos_zoo import (
     BcosViTConfig,
     BcosViTForImageClassification,
 )
+from bcos_zoo.families import FAMILIES as REGISTRY
 from bcos_zoo.modeling import bcos_cnn, bcos_layers, fast_paths
 from bcos_zoo.modeling.fast_paths import set_fast_paths
 
@@ -66,6 +67,13 @@ FAMILIES = {
         BcosSimpleViTConfig(**{**TOWER, "patch_size": 2}, conv_stem=[8, 16], intermediate_size=48, num_labels=5)
     ),
 }
+
+
+def test_every_registered_family_is_checked():
+    """A family added to the registry needs a model here: its fast paths would otherwise go unchecked."""
+    checked = {type(build()) for build in FAMILIES.values()}
+    for family in REGISTRY.values():
+        assert {family.classifier, family.backbone} & checked, f"add a {family.label} model to FAMILIES"
 
 
 def build(family: str) -> torch.nn.Module:
