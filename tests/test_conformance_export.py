@@ -49,6 +49,27 @@ def test_torch_compile_fullgraph(kind):
             compiled(pixel_values=x * 4 - 2)
 
 
+def test_a_compiled_model_detaches_in_explanation_mode_and_only_there():
+    """The compiled graph is guarded on explanation mode (a per-thread setting): inside it, the input gradient is the
+    explanation's dynamic linear map; outside, autograd's whole gradient."""
+    torch._dynamo.reset()
+    model, x = build("classifier"), images()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+
+    def input_gradient(run):
+        pixels = x.clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(run(pixel_values=pixels).logits[:, 0].sum(), pixels)
+        return gradient
+
+    whole = input_gradient(compiled)
+    with model.explanation_mode():
+        detached, eager_detached = input_gradient(compiled), input_gradient(model)
+    torch.testing.assert_close(whole, input_gradient(model), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(detached, eager_detached, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(detached, whole, rtol=1e-2)
+    torch.testing.assert_close(input_gradient(compiled), whole, rtol=0, atol=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["classifier", "tower"])
 def test_a_compiled_training_step_gives_the_eager_gradients(kind):
