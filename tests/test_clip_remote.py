@@ -87,6 +87,32 @@ def test_saved_folders_load_as_remote_code_in_a_clean_interpreter(tmp_path, clea
 
 
 @pytest.mark.subprocess
+def test_a_folder_saved_without_a_tokenizer_loads_as_remote_code_with_none_and_no_config_warning(
+    tmp_path, clean_python
+):
+    """The tokenizer lookup reads the model's own config, not config.json as a tokenizer's (a model type transformers
+    does not know there, which it warned about)."""
+    save_source(tmp_path / "source")
+    model = BcosCLIPModel.from_pretrained_standard(tmp_path / "source")
+    model.tokenizer = None
+    model.save_pretrained(tmp_path / "bcos-clip")
+    stdout = clean_python(
+        """
+        import io
+        import logging
+        from transformers import AutoModel
+        from transformers.utils import logging as transformers_logging
+        log = io.StringIO()
+        transformers_logging.add_handler(logging.StreamHandler(log))
+        model = AutoModel.from_pretrained("bcos-clip", trust_remote_code=True)
+        print("tokenizer:", model.tokenizer, "log:", repr(log.getvalue()))
+        """,
+        cwd=tmp_path,
+    )
+    assert "tokenizer: None" in stdout and "You are using a model of type" not in stdout, stdout
+
+
+@pytest.mark.subprocess
 def test_a_clip_loaded_at_a_pinned_revision_explains_with_that_revision_s_tokenizer(tmp_path):
     """A later commit on main that changes the tokenizer must not change what a pinned model embeds its prompts with
     (``explain(text=...)``), nor what it saves."""

@@ -5,25 +5,27 @@ image processor (also a CLIP ResNet image tower's). The CNN classifiers' backbon
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPImageProcessor
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .bcos_layers import BcosConv2d, DynamicModule
-from .bcos_pretrained import BcosPreTrainedModel, resizing_processor
+from .bcos_pretrained import BcosPreTrainedModel
 from .fast_paths import square_conv_norm_act, use_fast_path
 
 
 class BcosBatchNorm2d(DynamicModule):
     """BatchNorm whose batch statistics are dynamic factors in training, detached in explanation mode so that no
-    image's contributions run through another image's pixels (the batch still scales its map). ``centered=False`` is the B-cos form without constants,
-    ``x / sqrt(var + eps) * weight``. Running statistics update as in ``nn.BatchNorm2d`` (``momentum=None``: their
-    cumulative average), except while a checkpointed stage replays its forward or with ``momentum=0`` (frozen)."""
+    image's contributions run through another image's pixels (the batch still scales its map). ``centered=False`` is
+    the B-cos form without constants, ``x / sqrt(var + eps) * weight``. Running statistics update as in
+    ``nn.BatchNorm2d`` (``momentum=None``: their cumulative average), except while a checkpointed stage replays its
+    forward or with ``momentum=0`` (frozen)."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, centered: bool = True):
         super().__init__()
         self.num_features, self.eps, self.momentum, self.centered = num_features, eps, momentum, centered
-        self.counts_batches = True  # False while a checkpointed stage replays a batch it has counted already
+        # inside a stage, True only during the stage's __call__: a checkpoint replay calls its forward directly, and
+        # must not count a batch counted already
+        self.counts_batches = True
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features)) if centered else None
         self.register_buffer("running_mean", torch.zeros(num_features) if centered else None)
@@ -130,11 +132,3 @@ class BcosCNNPreTrainedModel(BcosPreTrainedModel):
                     init.zeros_(tensor)
         else:
             super()._init_weights(module)
-
-    def default_image_processor(self) -> CLIPImageProcessor:
-        """Resize the shortest edge to ``image_size / crop_pct``, centre-crop ``image_size`` and rescale to [0, 1]
-        (how torchvision and timm evaluate their CNNs); no normalisation, the model folds it in."""
-        config = self.config
-        return resizing_processor(
-            config.image_size, config.crop_pct, config.resample, do_rescale=True, do_normalize=False
-        )

@@ -246,7 +246,7 @@ ACTIVATION_ALIASES |= {"gelu_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:  # functions, not lambdas: a model holding one pickles
-    return x * torch.sigmoid(1.702 * x)
+    return x * torch.sigmoid(1.702 * x)  # OpenAI CLIP's sigmoid approximation of GELU
 
 
 _ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh"), "quick_gelu": quick_gelu}

@@ -117,9 +117,14 @@ class BcosPreTrainedModel(PreTrainedModel):
         num_channels = getattr(self.config, "vision_config", self.config).num_channels
         return encode_pixel_values(pixel_values, num_channels, self.dtype, eager_message)
 
-    def default_image_processor(self):
-        """The image processor saved beside the weights: resizes and rescales to [0, 1], never normalises."""
-        raise NotImplementedError
+    def default_image_processor(self) -> CLIPImageProcessor:
+        """The image processor saved beside the weights: the source's evaluation resize (the config's ``image_size``,
+        ``crop_pct`` and ``resample``; see ``resizing_processor``) and rescaling to [0, 1], never normalisation, which
+        the model folds into its first layer."""
+        config = self.config
+        return resizing_processor(
+            config.image_size, config.crop_pct, config.resample, do_rescale=True, do_normalize=False
+        )
 
     def _save_processors(self, save_directory: str | os.PathLike) -> None:
         self.default_image_processor().save_pretrained(save_directory)

@@ -34,7 +34,7 @@ class BcosCLIPConfig(PretrainedConfig):
         text_config: dict | CLIPTextConfig | None = None,
         vision_config: dict | PretrainedConfig | None = None,
         projection_dim: int = 512,
-        logit_scale_init_value: float = 2.6592,
+        logit_scale_init_value: float = 2.6592,  # log(1 / 0.07), CLIP's initial temperature
         freeze_text_model: bool = True,
         initializer_factor: float = 1.0,
         **kwargs,

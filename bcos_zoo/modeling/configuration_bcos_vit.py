@@ -6,12 +6,13 @@ from transformers import PretrainedConfig
 
 
 class BcosViTConfig(PretrainedConfig):
-    """Configuration of :class:`BcosViTForImageClassification`; the architecture fields follow ``ViTConfig``.
+    """Configuration of :class:`BcosViTForImageClassification`; the architecture fields follow ``ViTConfig`` (the
+    defaults are a ViT-S/16's).
 
     Args:
         b: the B-cos exponent (1 = the original linear maps; the papers train at 2).
-        use_bias: keep the biases that add constants to the output; without them, a class token and position
-            embeddings, explanations account for the whole logit except ``logit_bias``.
+        use_bias: keep the biases that add constants to the output; without them, and without a class token and
+            position embeddings, explanations account for the whole logit except ``logit_bias``.
         attention_qk_bias: biases of the query and key projections (they only shape the detached attention matrix).
         pooling: ``"cls"`` (the class token) or ``"mean"`` (of the patch tokens), before the final LayerNorm.
         pre_layernorm: a LayerNorm on the tokens before the first block (CLIP, timm ``pre_norm``).

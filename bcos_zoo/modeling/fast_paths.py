@@ -1,6 +1,7 @@
 """Faster forms of reference computations, each behind its own switch (``BCOS_FAST_PATHS=0`` turns all off at import,
 :func:`set_fast_paths` one by one). Each returns what the reference layer computes, up to round-off, in fewer passes
-over memory; a layer asks :func:`use_fast_path` first. ``scripts/benchmark*.py --reference`` shows what each pays.
+over memory; a layer asks :func:`use_fast_path` first. What each pays is measured by the benchmarks of the bcos_zoo
+repository (``scripts/benchmark*.py --reference``, docs/speed.md).
 """
 
 import contextlib
@@ -21,14 +22,15 @@ if os.environ.get("BCOS_FAST_PATHS", "1") == "0":
 
 
 def use_fast_path(name: str, x: torch.Tensor) -> bool:
-    """Whether fast path ``name`` is on and ``x`` is on the CPU, the one device where each was measured to pay (on
-    an H200 they cost 24% of a ResNet-50 explanation)."""
+    """Whether fast path ``name`` is on and ``x`` is on the CPU, the one device where each was measured to pay (on a
+    GPU they did not; docs/speed.md)."""
     return _SWITCHES[name] and x.device.type == "cpu"
 
 
 @contextlib.contextmanager
 def set_fast_paths(enabled: bool | None = None, **switches: bool) -> Iterator[None]:
-    """Within the block, switch every fast path to ``enabled`` and then the named ones to their values."""
+    """Within the block, switch every fast path to ``enabled`` and then the named ones to their values, for the whole
+    process (a switch for comparing with the reference path, not a per-thread setting)."""
     if unknown := set(switches) - set(_SWITCHES):
         raise ValueError(f"Unknown fast paths {sorted(unknown)}; the fast paths are {sorted(_SWITCHES)}.")
     previous = dict(_SWITCHES)

@@ -2,7 +2,6 @@
 B-cosification paper's recipe). A prompt is explained through its cosine with the image embedding, whose norm
 explanation mode detaches: the contributions then add up to the cosine."""
 
-import functools
 import os
 from collections.abc import Sequence
 
@@ -28,10 +27,6 @@ logger = logging.get_logger(__name__)
 # a pooler_output) and has pooled_features(encoded) of [x, 1 - x]-encoded images. A tower is registered by its own
 # module (modeling_bcos_clip_vit, modeling_bcos_clip_resnet), which a saved model's auto_map names.
 IMAGE_TOWERS: dict[str, tuple[type[nn.Module], str]] = {}
-# The tokenizer saved beside the weights, without a remote-code prompt. (CLIPTokenizer.from_pretrained builds an empty
-# tokenizer from a folder without one, which explains every prompt as the same unknown token; AutoTokenizer refuses.)
-_load_tokenizer = functools.partial(AutoTokenizer.from_pretrained, trust_remote_code=False)
-_load_image_processor = CLIPImageProcessor.from_pretrained
 _HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "subfolder", "token")  # where the weights were read from
 
 
@@ -39,6 +34,14 @@ def register_image_tower(model_type: str, tower: type[nn.Module], module_file: s
     """Make ``tower`` the image tower of CLIP models whose vision config has ``model_type``; ``module_file`` (the
     caller's ``__file__``) is the module that a saved model's ``auto_map`` names."""
     IMAGE_TOWERS[model_type] = (tower, module_file)
+
+
+def _saved(kind: type, model: nn.Module, **options):
+    """``kind`` as saved where ``model`` was loaded from, else ``None``."""
+    try:
+        return kind.from_pretrained(model.name_or_path, **options)
+    except (OSError, ValueError, KeyError) as error:
+        logger.info(f"No {kind.__name__} could be loaded from {model.name_or_path}: {error}")
 
 
 class EmbeddingNormalizer(DynamicModule):
@@ -171,11 +174,10 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         options = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
-        for attribute, load in (("_tokenizer", _load_tokenizer), ("_image_processor", _load_image_processor)):
-            try:
-                setattr(model, attribute, load(model.name_or_path, **options))
-            except (OSError, ValueError, KeyError) as error:
-                logger.info(f"No {attribute[1:]} could be loaded from {model.name_or_path}: {error}")
+        # AutoTokenizer (given the config, no remote-code prompt) refuses a folder without a tokenizer, where
+        # CLIPTokenizer builds an empty one, which would explain every prompt as the same unknown token
+        model._tokenizer = _saved(AutoTokenizer, model, config=model.config, trust_remote_code=False, **options)
+        model._image_processor = _saved(CLIPImageProcessor, model, **options)
         if hasattr(model, "freeze_text_model"):  # loading replaces the parameters frozen in __init__
             model.freeze_text_model()
         return loaded

@@ -5,7 +5,6 @@ detaches, making the model a dynamic linear map of the encoded image."""
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPImageProcessor
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -13,7 +12,7 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .bcos_layers import BcosLayerNorm, BcosLinear, DynamicModule, GatedActivation
-from .bcos_pretrained import BcosPreTrainedModel, classification_loss, resizing_processor
+from .bcos_pretrained import BcosPreTrainedModel, classification_loss
 from .configuration_bcos_vit import BcosViTConfig
 from .explanation import BcosExplanation, compute_explanation
 
@@ -172,13 +171,6 @@ class BcosViTPreTrainedModel(BcosPreTrainedModel):
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": BcosEncoderLayer, "attentions": BcosSelfAttention}
     _input_embed_layer = "patch_embeddings"
-
-    def default_image_processor(self) -> CLIPImageProcessor:
-        """The source's evaluation resize (see the config), rescaling to [0, 1]; no normalisation."""
-        config = self.config
-        return resizing_processor(
-            config.image_size, config.crop_pct, config.resample, do_rescale=True, do_normalize=False
-        )
 
 
 class BcosViTModel(BcosViTPreTrainedModel):
