@@ -142,6 +142,28 @@ def test_page_clears_the_results_when_the_image_is_removed_or_replaced(space, im
     assert external == []
 
 
+@pytest.mark.browser
+def test_an_explanation_still_running_when_the_image_is_replaced_never_lands_beside_the_new_image(
+    space, client, odd_files, image_file
+):
+    running = space[0]
+    huge, _ = odd_files["huge.png"]  # seconds to decode: the explanation is still running when the image changes
+    with chromium_page() as (page, external):
+        page.goto(running.url)
+        page.locator("input[type=file]").first.set_input_files(str(huge))
+        page.locator("#upload img").first.wait_for(state="visible", timeout=60_000)
+        page.locator("#prompts textarea").fill("\n".join(PROMPTS))
+        page.get_by_role("button", name="Explain").click()
+        running_for = "() => /processing|\\d\\.\\ds/.test(document.querySelector('#scores').innerText)"
+        page.wait_for_function(running_for, timeout=30_000)  # Gradio's progress text: the explanation is running
+        page.locator("input[type=file]").first.set_input_files(str(image_file))
+        page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
+        client.predict(handle_file(str(image_file)), PROMPTS[0], False, api_name="/explain")  # queued behind it
+        page.wait_for_timeout(1000)
+        assert page.evaluate(NO_RESULTS), page.locator("#scores").inner_text()
+    assert external == []
+
+
 def test_zero_shot_scores_are_the_models_softmax_over_prompts(space, client, image_file):
     _, model, folder = space
     scores, *_ = client.predict(handle_file(str(image_file)), "\n".join(PROMPTS), False, api_name="/explain")

@@ -196,6 +196,27 @@ def test_page_clears_the_results_when_the_image_is_removed_or_replaced(space, im
     assert external == []
 
 
+@pytest.mark.browser
+def test_an_explanation_still_running_when_the_image_is_replaced_never_lands_beside_the_new_image(
+    space, client, odd_files, image_file
+):
+    running, _, _ = space
+    huge, _ = odd_files["huge.png"]  # seconds to decode: the explanation is still running when the image changes
+    with chromium_page() as (page, external):
+        page.goto(running.url)
+        page.locator("input[type=file]").first.set_input_files(str(huge))
+        page.locator("#upload img").first.wait_for(state="visible", timeout=60_000)
+        page.get_by_role("button", name="Explain").click()
+        running_for = "() => /processing|\\d\\.\\ds/.test(document.querySelector('#completeness').innerText)"
+        page.wait_for_function(running_for, timeout=30_000)  # Gradio's progress text: the explanation is running
+        page.locator("input[type=file]").first.set_input_files(str(image_file))
+        page.locator("#upload img").first.wait_for(state="visible", timeout=30_000)
+        client.predict(handle_file(str(image_file)), api_name="/predict")  # queued behind the first: it has ended
+        page.wait_for_timeout(1000)
+        assert page.evaluate(NO_RESULTS), page.locator("#completeness").inner_text()
+    assert external == []
+
+
 def test_predict_returns_the_models_top5_and_explains_its_top_class(space, client, image_file):
     _, model, folder = space
     top5, seen, colour, contributions, summary, picked = client.predict(

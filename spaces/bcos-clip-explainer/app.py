@@ -253,13 +253,15 @@ with gr.Blocks(title="B-cos CLIP explainer", analytics_enabled=False, delete_cac
 
     # The events take the raw upload (preprocess=False): read_image answers unreadable files with a message.
     inputs, outputs = [upload, prompts, localise], [scores, seen, explanations, localised]
-    button.click(zero_shot, inputs, outputs, api_name="explain", preprocess=False, concurrency_id="model")
-    examples.load_input_event.then(
-        zero_shot, inputs, outputs, preprocess=False, api_visibility="private", concurrency_id="model"
-    )
+    running = [
+        button.click(zero_shot, inputs, outputs, api_name="explain", preprocess=False, concurrency_id="model"),
+        examples.load_input_event.then(
+            zero_shot, inputs, outputs, preprocess=False, api_visibility="private", concurrency_id="model"
+        ),
+    ]
     # A new or removed image clears the results at once, in the page, so they never stand beside another image
-    # ({} empties a Label; null empties an Image or a Gallery).
-    upload.input(None, None, outputs, js="() => [{}, null, null, null]")
+    # ({} empties a Label; null empties an Image or a Gallery); what was still being computed for it is cancelled.
+    upload.input(None, None, outputs, js="() => [{}, null, null, null]", cancels=running)
 
 
 if __name__ == "__main__":

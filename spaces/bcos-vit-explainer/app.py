@@ -326,10 +326,14 @@ with gr.Blocks(title="B-cos explainer", analytics_enabled=False, delete_cache=CA
     # The events take the raw inputs (preprocess=False): read_image answers unreadable files with a message, and
     # classifier() refuses models that are not offered.
     outputs = [top5, *explained, class_picker]
-    button.click(predict, [upload, model_picker], outputs, api_name="predict", preprocess=False, concurrency_id="model")
-    examples.load_input_event.then(
-        predict, [upload, model_picker], outputs, preprocess=False, api_visibility="private", concurrency_id="model"
-    )
+    running = [
+        button.click(
+            predict, [upload, model_picker], outputs, api_name="predict", preprocess=False, concurrency_id="model"
+        ),
+        examples.load_input_event.then(
+            predict, [upload, model_picker], outputs, preprocess=False, api_visibility="private", concurrency_id="model"
+        ),
+    ]
     # A pick in a dropdown fires its input event twice, so the pickers listen to select (the class picker, which
     # the results also set) and change (the model picker, which only the user sets): one explanation per pick.
     class_picker.select(
@@ -340,17 +344,21 @@ with gr.Blocks(title="B-cos explainer", analytics_enabled=False, delete_cache=CA
         preprocess=False,
         concurrency_id="model",
     )
-    # A new or removed image clears the results at once, in the page, so they never stand beside another image
-    # ({} empties a Label; null would leave it as it is).
-    upload.input(None, None, outputs, js="() => [{}, null, null, null, '', null]")
-    model_picker.change(
-        choose_model,
-        [upload, model_picker],
-        outputs,
-        preprocess=False,
-        api_visibility="private",
-        concurrency_id="model",
+    running.append(
+        model_picker.change(
+            choose_model,
+            [upload, model_picker],
+            outputs,
+            preprocess=False,
+            api_visibility="private",
+            concurrency_id="model",
+        )
     )
+    # A new or removed image clears the results at once, in the page, so they never stand beside another image
+    # ({} empties a Label; null would leave it as it is), and cancels the top-5 explanations still running for the
+    # old one. (Not the class picker's: as the target of a cancel, Gradio 6's dropdown stops offering its options.)
+    upload.input(None, None, outputs, js="() => [{}, null, null, null, '', null]", cancels=running)
+
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
