@@ -211,6 +211,28 @@ def test_explanation_mode_restores_the_previous_state():
     assert not module.detach_dynamic
 
 
+def test_explanation_modes_closed_out_of_order_each_restore_their_own_model():
+    """A generator that explains one model may finish while its caller explains another."""
+    first, second = layer_norm(bias=False), layer_norm(bias=False)
+    outer, inner = explanation_mode(first), explanation_mode(second)
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)
+    assert not first.detach_dynamic and second.detach_dynamic
+    inner.__exit__(None, None, None)
+    assert not first.detach_dynamic and not second.detach_dynamic
+
+
+def test_one_explanation_mode_entered_twice_nests():
+    module = layer_norm(bias=False)
+    mode = explanation_mode(module)
+    with mode:
+        with mode:
+            assert module.detach_dynamic
+        assert module.detach_dynamic
+    assert not module.detach_dynamic
+
+
 def test_unknown_activation_is_rejected():
     with pytest.raises(ValueError, match="Unsupported activation 'relu'"):
         GatedActivation("relu")

@@ -101,13 +101,16 @@ class explanation_mode:  # a context manager, named as torch.no_grad is
     def __init__(self, model: nn.Module, detach: bool | None = True):
         self.model, self.modules = model, frozenset(m for m in model.modules() if isinstance(m, DynamicModule))
         self.detached = frozenset(m for m in self.modules if (m.detach_dynamic if detach is None else detach))
+        self.previous = []  # at each entry, this model's modules detached before it
 
     def __enter__(self) -> nn.Module:
-        self.token = _DETACHED.set(_DETACHED.get() - self.modules | self.detached)
+        current = _DETACHED.get()
+        self.previous.append(current & self.modules)
+        _DETACHED.set(current - self.modules | self.detached)
         return self.model
 
-    def __exit__(self, *exc_info) -> None:
-        _DETACHED.reset(self.token)
+    def __exit__(self, *exc_info) -> None:  # puts back this model's modules only: modes may close in any order
+        _DETACHED.set(_DETACHED.get() - self.modules | self.previous.pop())
 
 
 def guarded_norm(squared_sum: torch.Tensor) -> torch.Tensor:
