@@ -289,6 +289,22 @@ def test_input_x_gradient_is_the_bcos_explanation_at_b_1_only():
         assert torch.allclose(ixg, own, rtol=1e-9, atol=1e-12) == same, b
 
 
+@pytest.mark.parametrize("layer", ["input", "bcos_vit.layers.0"])
+def test_input_x_gradient_guidance_of_a_vit_trains_through_its_attention_as_written_out(layer):
+    """A loss on a gradient differentiates the attention twice, which the fused kernels cannot: the gradient of
+    the loss with the default attention equals the one with written-out (eager) attention."""
+    pixels = torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    masks = quadrant_mask(2, 16)
+    gradients = []
+    for implementation in ("sdpa", "eager"):
+        model = tiny_vit(attn_implementation=implementation).double().train()
+        maps = attributions(model, pixels, torch.tensor([0, 2]), "ixg", layer)
+        GUIDANCE_LOSSES["rrr"](maps, masks).sum().backward()
+        gradients.append(model.bcos_vit.embeddings.patch_embeddings.projection.weight.grad)
+    assert gradients[0].abs().sum() > 0
+    torch.testing.assert_close(*gradients)
+
+
 def test_hidden_layer_attributions_reach_the_weights_and_have_the_image_size():
     model = tiny_resnet().train()
     pixels = torch.rand(2, 3, 16, 16, dtype=torch.float64)
