@@ -208,6 +208,23 @@ def test_a_clip_loaded_from_a_subfolder_reads_its_tokenizer_and_processor_there(
     assert model.default_image_processor().crop_size["height"] == 32
 
 
+def test_a_clip_loaded_from_a_state_dict_looks_up_no_tokenizer(tmp_path, monkeypatch):
+    """Without a path there is nothing saved beside the weights: no lookup of a repo named 'None' (online, it
+    retried for minutes)."""
+    from transformers import AutoTokenizer, CLIPImageProcessor
+
+    save_source(tmp_path / "source")
+    model = BcosCLIPModel.from_pretrained_standard(tmp_path / "source")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"looked up {args}")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", refuse)
+    monkeypatch.setattr(CLIPImageProcessor, "from_pretrained", refuse)
+    loaded = BcosCLIPModel.from_pretrained(None, config=model.config, state_dict=model.state_dict())
+    assert loaded.tokenizer is None
+
+
 def test_a_clip_loaded_with_a_token_does_not_keep_it_where_a_pickle_would_carry_it(tmp_path):
     import pickle
 

@@ -206,6 +206,9 @@ def toynet_registered(monkeypatch):
         monkeypatch.setattr(mapping, "_extra_content", dict(mapping._extra_content))
     register(TOYNET)
     yield TOYNET
+    monkeypatch.undo()  # and then it leaves no trace in the registry or in transformers
+    assert TOYNET.name not in FAMILIES and "bcos_toynet_for_tests" not in CONFIG_MAPPING
+    assert ToyNetConfig not in AutoModelForImageClassification._model_mapping._extra_content
 
 
 def test_a_new_family_is_one_registry_entry(toynet_registered, tmp_path):
@@ -221,12 +224,6 @@ def test_register_hooks_the_converter_as_from_pretrained_standard_calls_it(toyne
     for model_class in (BcosToyNetModel, BcosToyNetForImageClassification):
         made = model_class._standard_converter(model_class, "src", b=1.5, bias="keep", image_mean=MEAN, image_std=STD)
         assert made == {"cls": model_class, "source": "src", "b": 1.5, "bias": "keep", "mean": MEAN, "std": STD}
-
-
-def test_a_registered_test_family_leaves_no_trace_in_transformers():
-    assert TOYNET.name not in FAMILIES
-    assert "bcos_toynet_for_tests" not in CONFIG_MAPPING
-    assert ToyNetConfig not in AutoModelForImageClassification._model_mapping._extra_content
 
 
 @pytest.mark.parametrize(

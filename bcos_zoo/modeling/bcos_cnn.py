@@ -1,6 +1,5 @@
-"""What the B-cos CNNs share: the B-cos BatchNorm, the convolution-BatchNorm-ReLU unit, checkpointed stages and the
-image processor (also a CLIP ResNet image tower's). The CNN classifiers' backbone and head are in
-``bcos_cnn_classifier``."""
+"""What the B-cos CNNs share (a CLIP ResNet image tower too): the B-cos BatchNorm, the convolution-BatchNorm-ReLU
+unit and checkpointed stages. The CNN classifiers' backbone and head are in ``bcos_cnn_classifier``."""
 
 import torch
 import torch.nn.functional as F

@@ -96,7 +96,8 @@ class explanation_mode:  # a context manager, named as torch.no_grad is
     """``with explanation_mode(model):`` detaches every dynamic factor in ``model`` in the current thread, so that its
     gradient is the dynamic linear map ``W(x)``. With ``detach=None`` it detaches what is detached now, again at each
     entry, in whichever thread enters: how a gradient-checkpointed layer's recomputation in the backward pass
-    detaches what its forward detached. A mode is left in the thread that entered it."""
+    detaches what its forward detached. A mode is left in the thread that entered it; a mode object is entered by
+    one thread at a time."""
 
     def __init__(self, model: nn.Module, detach: bool | None = True):
         self.model, self.modules = model, frozenset(m for m in model.modules() if isinstance(m, DynamicModule))

@@ -226,8 +226,7 @@ class GuidedClassification(BcosClassification):
             box_dilation=recipe.box_dilation if training else 0.0,
         )
 
-    def collate(self, batch: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_boxed(batch)
+    collate = staticmethod(collate_boxed)
 
     def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
         return GuidedTrainer(

@@ -124,9 +124,9 @@ class Task:
         """The dataset the ``Trainer`` reads: items seen through ``transform`` (augmentation seeded when ``seed``)."""
         return TransformedImages(items, transform, seed=seed)
 
-    def collate(self, batch: list[dict]) -> dict[str, torch.Tensor]:
-        """The batches of :meth:`dataset`'s items."""
-        return collate_images(batch)
+    # The batches of :meth:`dataset`'s items: a plain function, which DataLoader workers started by spawn receive
+    # pickled (a method would take the whole task with them, a distillation teacher included).
+    collate = staticmethod(collate_images)
 
     def image_size(self, model: nn.Module) -> int:
         return model.config.image_size

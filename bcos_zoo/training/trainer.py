@@ -221,6 +221,11 @@ def collate_images(batch: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use (a container's limit on Linux), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def training_arguments(
     recipe: Recipe, checkpoint_dir: Path, device: str | None = None, eval_each_epoch: bool = False, **overrides
 ) -> TrainingArguments:
@@ -262,7 +267,7 @@ def training_arguments(
         remove_unused_columns=False,
         use_cpu=on_cpu,
         bf16=not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        dataloader_num_workers=0 if on_cpu else min(8, os.cpu_count() or 1),
+        dataloader_num_workers=0 if on_cpu else min(8, usable_cpus()),
     )
     arguments.update(overrides)
     return TrainingArguments(**arguments)

@@ -104,7 +104,8 @@ def load_classifier(name: str) -> Classifier:
 # traceback; the others on first use, each under its own lock so two users asking for it load it once.
 LOADED: dict[str, Classifier] = {MODEL_ID: load_classifier(MODEL_ID)}
 LOADING = {name: threading.Lock() for name in MODEL_CHOICES}
-# explain() switches a shared model into explanation mode, so two explanations must never overlap.
+# One explanation at a time per model: models saved before explanation mode was per thread switch flags on their
+# shared modules (a pinned revision may be such a model), and one at a time also bounds the memory in use.
 MODEL_LOCK = threading.Lock()
 
 
@@ -344,19 +345,18 @@ with gr.Blocks(title="B-cos explainer", analytics_enabled=False, delete_cache=CA
         preprocess=False,
         concurrency_id="model",
     )
-    running.append(
-        model_picker.change(
-            choose_model,
-            [upload, model_picker],
-            outputs,
-            preprocess=False,
-            api_visibility="private",
-            concurrency_id="model",
-        )
+    model_picker.change(
+        choose_model,
+        [upload, model_picker],
+        outputs,
+        preprocess=False,
+        api_visibility="private",
+        concurrency_id="model",
     )
     # A new or removed image clears the results at once, in the page, so they never stand beside another image
     # ({} empties a Label; null would leave it as it is), and cancels the top-5 explanations still running for the
-    # old one. (Not the class picker's: as the target of a cancel, Gradio 6's dropdown stops offering its options.)
+    # old one. Not a model switch, which gives the class picker the new model's classes, nor a class pick (as the
+    # target of a cancel, Gradio 6's dropdown stops offering its options).
     upload.input(None, None, outputs, js="() => [{}, null, null, null, '', null]", cancels=running)
 
 
