@@ -21,3 +21,20 @@ def test_a_bool_flag_refuses_a_typo(capsys):
     with pytest.raises(SystemExit):
         finetune_script.parse_args(["--fixed-teaching", "ture"])
     assert "--fixed-teaching: expected true or false, got 'ture'" in capsys.readouterr().err
+
+
+def test_the_dataloader_worker_count_reaches_the_run_and_a_negative_one_is_refused(monkeypatch, capsys):
+    import bcos_zoo.zoo.finetune
+
+    seen = {}
+
+    def run(recipe, output_dir, **kwargs):  # what the script hands the run, which a recipe test need not train
+        seen.update(kwargs)
+        return bcos_zoo.zoo.finetune.FinetuneResult(output_dir, None)
+
+    monkeypatch.setattr(bcos_zoo.zoo.finetune, "finetune", run)
+    finetune_script.main(["--model", "scratch", "--dataset", "d", "--dataloader-num-workers", "3"])
+    assert seen["dataloader_num_workers"] == 3
+    with pytest.raises(SystemExit):
+        finetune_script.parse_args(["--dataloader-num-workers", "-1"])
+    assert "--dataloader-num-workers" in capsys.readouterr().err
