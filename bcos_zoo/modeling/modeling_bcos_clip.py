@@ -175,10 +175,11 @@ class BcosCLIPPreTrainedModel(BcosPreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         options = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
         if (args[0] if args else kwargs.get("pretrained_model_name_or_path")) is not None:  # None: a state_dict
-            # AutoTokenizer (given the config, no remote-code prompt) refuses a folder without a tokenizer, where
-            # CLIPTokenizer builds an empty one, which would explain every prompt as the same unknown token
-            model._tokenizer = _saved(AutoTokenizer, model, config=model.config, trust_remote_code=False, **options)
             model._image_processor = _saved(CLIPImageProcessor, model, **options)
+            if hasattr(model, "text_model"):  # only the image-text model embeds prompts: the tower alone reads none
+                # AutoTokenizer (given the config, no remote-code prompt) refuses a folder without a tokenizer, where
+                # CLIPTokenizer builds an empty one, which would explain every prompt as the same unknown token
+                model._tokenizer = _saved(AutoTokenizer, model, config=model.config, trust_remote_code=False, **options)
         if hasattr(model, "freeze_text_model"):  # loading replaces the parameters frozen in __init__
             model.freeze_text_model()
         return loaded

@@ -148,18 +148,19 @@ def guidance_contributions(
     return attributions(model, pixel_values, target, "bcos", layer)
 
 
-def twice_differentiable_attention():
-    """Attention computed by its written-out formula (softmax of products), whose gradient can be differentiated again:
-    a loss on a gradient in ordinary mode (Input x Gradient, a hidden layer's) backpropagates through it, which the
-    fused kernels cannot (explanation mode writes it out itself)."""
-    return sdpa_kernel(SDPBackend.MATH)
+def twice_differentiable_attention(create_graph: bool):
+    """With ``create_graph``, attention computed by its written-out formula (softmax of products), whose gradient can
+    be differentiated again: a loss on a gradient in ordinary mode (Input x Gradient, a hidden layer's)
+    backpropagates through it, which the fused kernels cannot (explanation mode writes it out itself). Without, the
+    fused kernels stay."""
+    return sdpa_kernel(SDPBackend.MATH) if create_graph else contextlib.nullcontext()
 
 
 def _input_gradient(model: nn.Module, pixel_values: torch.Tensor, target: torch.Tensor, create_graph: bool):
     """(feature, d target logit / d feature, logits) at the input in ordinary mode: the feature is the ``[x, 1 - x]``
     encoding for models that expose ``_logits`` of it (the CNN families, as the model guidance paper takes it),
     else the [0, 1] image itself."""
-    with torch.enable_grad(), twice_differentiable_attention():
+    with torch.enable_grad(), twice_differentiable_attention(create_graph):
         if hasattr(model, "_logits"):
             feature = encode_inverse(pixel_values.detach().to(model.dtype)).requires_grad_(True)
             logits = model._logits(feature)
@@ -184,7 +185,7 @@ def _layer_gradient(
     handle = modules[layer].register_forward_hook(lambda module, inputs, output: captured.append(_layer_output(output)))
     try:
         explaining = explanation_mode(model) if explain else contextlib.nullcontext()
-        with torch.enable_grad(), explaining, twice_differentiable_attention():
+        with torch.enable_grad(), explaining, twice_differentiable_attention(create_graph):
             logits = model(pixel_values=pixel_values).logits
             if len(captured) != 1:
                 raise ValueError(f"layer {layer!r} ran {len(captured)} times in one forward pass; choose another")
