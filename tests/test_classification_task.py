@@ -128,6 +128,53 @@ def test_a_standard_resnet_trained_here_is_b_cosified_exactly(tmp_path):
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
+SHUFFLED = ["class_2", "class_0", "class_1"]  # the sources' classes, named class_i, in another order
+
+
+def logits_by_name(model, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        logits = model.eval()(pixel_values=pixel_values).logits
+    return {model.config.id2label[index]: logits[:, index] for index in range(logits.shape[1])}
+
+
+@pytest.mark.parametrize(
+    ("folder", "task", "bcos_source"),
+    [
+        ("vit", "classification", False),
+        ("hf_resnet", "classification", False),
+        ("vit", "classification", True),
+        ("hf_resnet", "standard-classification", False),
+    ],
+)
+def test_a_source_with_the_data_classes_in_another_order_keeps_each_class_score(
+    sources, folder, task, bcos_source, tmp_path
+):
+    source = str(sources / folder)
+    if task == "standard-classification":
+        from transformers import AutoModelForImageClassification
+
+        reference = AutoModelForImageClassification.from_pretrained(source)
+    else:
+        reference = bcos_classifier_class(source).from_pretrained_standard(source)
+    if bcos_source:
+        reference.save_pretrained(tmp_path / "bcos")
+        source = str(tmp_path / "bcos")
+    model = get_task(recipe(source, task=task)).build_model(SHUFFLED)
+    assert model.config.id2label == dict(enumerate(SHUFFLED))
+    pixel_values = torch.rand(2, 3, 32, 32)
+    expected, scores = logits_by_name(reference, pixel_values), logits_by_name(model, pixel_values)
+    for name in SHUFFLED:
+        torch.testing.assert_close(scores[name], expected[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_a_source_naming_other_classes_keeps_its_class_order_with_a_warning(sources, caplog):
+    source = str(sources / "vit")
+    reference = bcos_classifier_class(source).from_pretrained_standard(source)
+    model = get_task(recipe(source)).build_model(["a", "b", "c"])
+    assert "are not the data's ['a', 'b', 'c'] by name" in caplog.text
+    torch.testing.assert_close(model.classifier.weight, reference.classifier.weight, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("folder", ["vit", "hf_resnet"])
 def test_standard_training_gives_a_source_with_other_classes_a_new_head_for_the_data(sources, folder):
     from transformers import AutoModelForImageClassification

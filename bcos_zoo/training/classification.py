@@ -5,13 +5,14 @@ from ``labels``."""
 import logging
 
 import numpy as np
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 from transformers import AutoConfig, AutoModelForImageClassification, Trainer, TrainingArguments
 
 from ..data.datasets import DatasetSplits, shown
 from ..evaluation.localisation import bcos_classifier, predict
-from ..evaluation.report import for_model
+from ..evaluation.report import class_order, for_model
 from ..families import bcos_classifier_class
 from ..modeling import BcosViTConfig
 from ..ports import is_bcos_source, load_bcos_source
@@ -43,9 +44,35 @@ def name_classes(model: nn.Module, class_names: list[str]) -> nn.Module:
         missing, _ = fresh.load_state_dict(backbone, strict=False)
         assert all(key.startswith("classifier.") for key in missing), missing
         model = fresh
+    else:
+        in_data_order(model, class_names)
     config.id2label = dict(enumerate(class_names))
     config.label2id = {name: index for index, name in enumerate(class_names)}
     return model
+
+
+def in_data_order(model: nn.Module, class_names: list[str]) -> None:
+    """Reorder a head whose classes are the data's in another order, so that its class ``i`` is the data's class
+    ``i``: naming the rows after the data without moving them would start training from a head that scores every
+    class under another's name. Classes that cannot be matched by name (unnamed, or named otherwise) keep their
+    index, with a warning where they were named otherwise."""
+    try:
+        order = class_order("The source", model.config.id2label, class_names)
+    except ValueError:
+        names = [str(model.config.id2label[index]) for index in range(len(class_names))]
+        logger.warning(
+            f"The source's classes {shown(names)} are not the data's {shown(class_names)} by name: its class i is "
+            "renamed after the data's class i and trained from there."
+        )
+        return
+    if order == sorted(order):
+        return
+    logger.info("The source's classes are the data's in another order: its classifier's rows are reordered.")
+    rows = torch.tensor(order)
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            if name.startswith("classifier.") and tensor.shape[:1] == rows.shape:
+                tensor.copy_(tensor[rows.to(tensor.device)])
 
 
 def standard_source(recipe) -> str | nn.Module:
