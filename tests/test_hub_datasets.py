@@ -4,6 +4,7 @@ The Hub is stood in for by in-memory ``datasets`` objects: ``datasets.load_datas
 ``org/data``, so that ``hub_dataset`` reads them exactly as it reads a downloaded dataset.
 """
 
+import io
 import json
 
 import datasets
@@ -80,6 +81,50 @@ def test_a_path_that_is_not_an_image_file_is_named_with_the_flag(monkeypatch, tm
     missing = str(tmp_path / "missing.png")
     serve(monkeypatch, features, train={"image": [missing, missing], "label": [0, 1]})
     with pytest.raises(ValueError, match=rf"{missing} \(row 0 of the image column 'image'\).*--image-column"):
+        hub_dataset("org/data").train[0]
+
+
+@pytest.mark.parametrize(
+    ("image_feature", "images"),
+    [(datasets.Value("int64"), [1, 2]), (datasets.Array2D((2, 2), "float32"), [[[0.0] * 2] * 2] * 2)],
+    ids=["integers", "arrays"],
+)
+def test_an_image_column_of_neither_images_nor_paths_is_refused_naming_the_flag(monkeypatch, image_feature, images):
+    features = {"image": image_feature, "label": datasets.ClassLabel(names=["a", "b"])}
+    serve(monkeypatch, features, train={"image": images, "label": [0, 1]})
+    with pytest.raises(ValueError, match=r"image column 'image' of org/data's train split holds .*--image-column"):
+        hub_dataset("org/data")
+
+
+def test_a_label_column_of_several_labels_per_image_is_refused_naming_the_flag(monkeypatch):
+    features = {"image": datasets.Image(), "label": datasets.Sequence(datasets.Value("int64"))}
+    serve(monkeypatch, features, train={"image": colour_images(2), "label": [[0, 1], [1]]})
+    with pytest.raises(ValueError, match=r"label column 'label' .* not one label per image.*--label-column"):
+        hub_dataset("org/data")
+
+
+def test_a_row_without_an_image_is_named_when_it_is_read(monkeypatch):
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    images = colour_images(3)
+    serve(
+        monkeypatch,
+        features,
+        train={"image": images[:2], "label": [0, 1]},
+        validation={"image": [images[2], None], "label": [0, 1]},
+    )
+    validation = hub_dataset("org/data").validation
+    assert colour_index(validation[0][0]) == 2
+    with pytest.raises(ValueError, match=r"^Row 1 of the image column 'image' holds no image\.$"):
+        validation[1]
+
+
+def test_an_undecodable_image_is_named_with_its_row_when_it_is_read(monkeypatch):
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    png = io.BytesIO()
+    colour_images(1)[0].resize((64, 64)).save(png, format="PNG")
+    truncated = {"bytes": png.getvalue()[:60], "path": None}
+    serve(monkeypatch, features, train={"image": [truncated] * 4, "label": [0, 1, 0, 1]})
+    with pytest.raises(ValueError, match=r"The image in row 0 of the image column 'image' could not be read \("):
         hub_dataset("org/data").train[0]
 
 
@@ -216,3 +261,11 @@ def test_a_run_on_labels_that_are_not_class_indices_trains_and_names_its_classes
     result = finetuning.finetune(recipe, tmp_path / "out", device="cpu")
     config = json.loads((result.repo_dir / "config.json").read_text())
     assert config["id2label"] == {"0": classes[0], "1": classes[1]} and 0 <= result.metrics["accuracy"] <= 1
+
+
+def test_a_class_whose_every_train_row_is_held_out_is_named_in_a_warning(monkeypatch, caplog):
+    features = {"image": datasets.Image(), "label": datasets.Value("string")}
+    serve(monkeypatch, features, train={"image": colour_images(2), "label": ["cat", "dog"]})
+    data = hub_dataset("org/data", validation_fraction=0.5)
+    (held_out,) = {label for _, label in (data.validation[index] for index in range(len(data.validation)))}
+    assert f"Every image of the classes ['{data.class_names[held_out]}'] of org/data" in caplog.text

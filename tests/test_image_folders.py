@@ -241,3 +241,19 @@ def test_a_link_loop_inside_a_class_folder_ends_and_counts_each_image_once(tmp_p
         "cat/inner/1.png",
         "dog/0.png",
     ]
+
+
+def test_a_class_whose_every_image_is_held_out_is_named_in_a_warning(tmp_path, caplog):
+    save_images(tmp_path / "cat", count=1)
+    save_images(tmp_path / "dog", count=1)
+    data = image_folder(tmp_path, validation_fraction=0.5)
+    (held_out,) = {label for _, label in (data.validation[index] for index in range(len(data.validation)))}
+    assert f"Every image of the classes ['{data.class_names[held_out]}']" in caplog.text
+    assert "training never sees them" in caplog.text
+
+
+def test_no_warning_when_every_class_keeps_training_images(tmp_path, caplog):
+    save_images(tmp_path / "cat", count=5)
+    save_images(tmp_path / "dog", count=5)
+    image_folder(tmp_path, validation_fraction=0.2)
+    assert "held out for evaluation" not in caplog.text

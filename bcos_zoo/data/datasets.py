@@ -114,20 +114,26 @@ class HubImages(Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        row = self.split[index]
+        where = f"row {index} of the image column '{self.image_column}'"
+        try:
+            row = self.split[index]  # decodes the image
+        except (OSError, Image.DecompressionBombError) as error:  # truncated or not an image, too large
+            raise ValueError(f"The image in {where} could not be read ({error}).") from None
         label = -1  # image-only data (distillation)
         if self.label_column:
             value = row[self.label_column]
             label = int(value) if self.label_index is None else self.label_index[value]
         image = row[self.image_column]
+        if image is None:
+            raise ValueError(f"{where.capitalize()} holds no image.")
         if not isinstance(image, str):
             return to_rgb(image), label
         try:
             return load_image(image), label
         except (OSError, Image.DecompressionBombError) as error:  # no such file, not an image, too large
             raise ValueError(
-                f"{image} (row {index} of the image column '{self.image_column}') could not be read as an image "
-                f"({error}). Pass --image-column naming a column of images or of paths of image files."
+                f"{image} ({where}) could not be read as an image ({error}). Pass --image-column naming a column of "
+                "images or of paths of image files."
             ) from None
 
 
@@ -328,6 +334,7 @@ def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) ->
         order = torch.randperm(len(everything), generator=torch.Generator().manual_seed(seed)).tolist()
         held_out = max(1, round(validation_fraction * len(order)))
         train, validation = Subset(everything, order[held_out:]), Subset(everything, order[:held_out])
+        warn_of_untrained_classes(str(root), class_names, [labels[index] for index in order[held_out:]])
         names = sorted(path.relative_to(base).as_posix() for path in files)
         digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
     name = Path(os.path.abspath(root)).name  # "." and "data/.." name the folder they stand for
@@ -352,6 +359,19 @@ def _check_columns(name: str, split_name: str, split, image_column: str, label_c
         raise ValueError(
             f"the {split_name} split of {name} has no {named}; its columns are {columns}. Pass the flag naming "
             f"one of them{image_only}."
+        )
+    import datasets
+
+    image, label = split.features[image_column], split.features[label_column] if label_column else None
+    if not isinstance(image, datasets.Image) and getattr(image, "dtype", None) not in ("string", "large_string"):
+        raise ValueError(
+            f"the image column '{image_column}' of {name}'s {split_name} split holds {image}, not images or paths of "
+            f"image files; pass --image-column naming one of its columns {columns}."
+        )
+    if label is not None and not isinstance(label, datasets.ClassLabel | datasets.Value):
+        raise ValueError(
+            f"the label column '{label_column}' of {name}'s {split_name} split holds {label}, not one label per "
+            f"image (a class name or index); pass --label-column naming one of its columns {columns}."
         )
 
 
@@ -397,6 +417,15 @@ def shown(names: list, most: int = 20) -> str:
     return str(names) if len(names) <= most else f"{str(names[:most])[:-1]}, ...] ({len(names)} in all)"
 
 
+def warn_of_untrained_classes(name: str, class_names: list[str], train_labels) -> None:
+    """Warn when the share held out for evaluation took every image of a class: the model never sees it in training."""
+    if untrained := [class_names[index] for index in sorted(set(range(len(class_names))) - set(train_labels))]:
+        logger.warning(
+            f"Every image of the classes {shown(untrained)} of {name} is held out for evaluation: training never sees "
+            "them. Give each class more images, or a validation split of its own."
+        )
+
+
 def hub_dataset(
     name: str, image_column: str = "image", label_column: str | None = "label", validation_fraction: float = 0.1
 ) -> DatasetSplits:
@@ -419,6 +448,9 @@ def hub_dataset(
     if validation_name is None:
         parts = train.train_test_split(test_size=validation_fraction, seed=0)
         train, validation = parts["train"], parts["test"]
+        if label_column:
+            labels = train[label_column] if label_index is None else map(label_index.get, train[label_column])
+            warn_of_untrained_classes(name, class_names, labels)
         split, held_out = "train", validation_fraction
     else:
         validation, split, held_out = loaded[validation_name], validation_name, 0.0
