@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bcos_zoo.training.recipe import training_differences
+from bcos_zoo.training.trainer import with_precision
 from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.recipes import Recipe, get_recipe
 from bcos_zoo.zoo.reproduction import check_run_folder, train_or_reuse
@@ -49,8 +50,9 @@ def main(argv: list[str] | None = None) -> None:
 
     start, root = time.perf_counter(), args.output_root
     source_dir, output = root / "vit-fashion-mnist", root / "bcos-vit-fashion-mnist"
-    source_recipe = get_recipe("vit-fashion-mnist").with_overrides(epochs=args.source_epochs)
+    source_recipe = with_precision(get_recipe("vit-fashion-mnist").with_overrides(epochs=args.source_epochs))
     recipe = get_recipe("bcos-vit-fashion-mnist").with_overrides(source=str(source_dir / "repo"), epochs=args.epochs)
+    recipe = with_precision(recipe)  # as the run will record it
     check_stage(source_dir, source_recipe, "standard source", "--source-epochs", root)
     check_stage(output, recipe, "B-cos stage", "--epochs", root)
 

@@ -102,7 +102,7 @@ def test_card_names_a_held_out_part_of_a_split_as_such():
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_reproduce_command_rebuilds_the_recipe_with_its_overrides(name):
-    recipe = replace(RECIPES[name], epochs=2.5, crop_scale=(0.3, 0.9), label_column=None, seed=7)
+    recipe = replace(RECIPES[name], epochs=2.5, crop_scale=(0.3, 0.9), label_column=None, seed=7, precision="bf16")
     recipe = replace(recipe, max_train_samples=None, max_eval_samples=None, architecture=None)  # "none" on the line
     command = recipe_command(recipe)
     assert command.startswith(f"python scripts/finetune.py --recipe {name} ")

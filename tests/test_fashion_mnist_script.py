@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bcos_zoo.training.recipe import recipe_record
+from bcos_zoo.training.trainer import with_precision
 from bcos_zoo.zoo.recipes import get_recipe
 from bcos_zoo.zoo.reproduction import INPUTS_RECORD
 
@@ -34,7 +35,7 @@ def finished_stages(root: Path, trained_under: Path) -> None:
     for recipe in (source, bcos):
         folder = root / recipe.name
         (folder / "repo" / "examples").mkdir(parents=True)
-        (folder / "recipe.json").write_text(json.dumps(recipe_record(recipe)))
+        (folder / "recipe.json").write_text(json.dumps(recipe_record(with_precision(recipe))))
         (folder / "results.json").write_text(json.dumps({"metrics": metrics[recipe.name]}))
 
 

@@ -15,6 +15,7 @@ from transformers import ViTForImageClassification
 
 from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.training.recipe import recipe_record
+from bcos_zoo.training.trainer import with_precision
 from bcos_zoo.zoo.finetune import check_before_training, finetune
 from bcos_zoo.zoo.hub import PushError
 from bcos_zoo.zoo.recipes import Recipe
@@ -52,7 +53,8 @@ def snapshot(folder) -> dict[str, bytes]:
 
 def finished_run(output, recipe: Recipe) -> None:
     """The outputs of a finished run whose checkpoints were deleted (to save disk): a repo/ that loads (a push
-    checks that), results and the recipe."""
+    checks that), results and the recipe (in the precision a run on the CPU records)."""
+    recipe = with_precision(recipe, "cpu")
     BcosViTForImageClassification.from_pretrained_standard(recipe.source).save_pretrained(output / "repo")
     (output / "repo" / "examples").mkdir(parents=True)
     (output / "repo" / "README.md").write_text("# bcos-tiny\n")
@@ -80,6 +82,16 @@ def test_resume_with_a_recipe_that_trains_differently_is_refused_naming_the_fiel
     assert "learning_rate" in message and "dataset" in message and "fresh --output-dir" in message
     assert "hub_model_id" not in message
     assert snapshot(tmp_path / "out") == before
+
+
+def test_a_run_records_the_precision_it_trained_in_and_a_resume_in_another_is_refused(recipe, tmp_path):
+    result = finetune(recipe, tmp_path / "out", device="cpu")
+    assert json.loads((tmp_path / "out" / "recipe.json").read_text())["precision"] == "fp32"
+    card = (result.repo_dir / "README.md").read_text()
+    assert "| precision | float32 |" in card and " --precision fp32" in card.split("Reproduce with `")[1]
+    shutil.rmtree(tmp_path / "out" / "repo")  # as after an interruption: the run resumes from its checkpoint
+    with pytest.raises(ValueError, match=r"another recipe \(precision 'fp32' -> 'bf16'"):
+        finetune(replace(recipe, precision="bf16"), tmp_path / "out", resume=True, device="cpu")
 
 
 def test_resume_accepts_the_same_folders_named_by_another_path(recipe, tmp_path, monkeypatch):

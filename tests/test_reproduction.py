@@ -419,10 +419,11 @@ def test_the_script_takes_three_seeds_by_default_one_with_seed_and_a_list_with_s
 def _finished_run(folder: Path, recipe) -> dict:
     """What a finished run of ``recipe`` leaves in ``folder`` (its recipe, results and repo), without training it."""
     from bcos_zoo.training.recipe import recipe_record
+    from bcos_zoo.training.trainer import with_precision
 
     results = {"metrics": {"accuracy": 0.5, "train_seconds": 1.0}, "eval_history": []}
     (folder / "repo").mkdir(parents=True)
-    (folder / "recipe.json").write_text(json.dumps(recipe_record(recipe)))
+    (folder / "recipe.json").write_text(json.dumps(recipe_record(with_precision(recipe))))
     (folder / "results.json").write_text(json.dumps(results))
     return results
 

@@ -23,6 +23,7 @@ def _flag(help: str, default=MISSING, task: str | None = None, **metadata):
     return field(default=default, metadata={"help": f"{task}: {help}" if task else help, "task": task, **metadata})
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
 GUIDED, E2KD = "guided-classification", "explanation-distillation"  # the tasks with fields of their own
 
 
@@ -61,6 +62,11 @@ class Recipe:
     max_eval_samples: int | None = _flag("evaluate on the first N evaluation images only", None)
     save_steps: int = _flag("checkpoint every N steps (what --resume continues from)", 500)
     seed: int = _flag("seed of initialisation, data order and augmentation", 0)
+    precision: str = _flag(
+        "'fp32', 'bf16' (bfloat16 mixed precision) or 'auto' (bf16 on a GPU that has it, else fp32); a run records "
+        "the one it used",
+        "auto",
+    )
     architecture: dict | None = _flag("config fields of a model trained from scratch (JSON)", None)
     guidance_weight: float = _flag(
         "lambda of the localisation loss (summed over an optimiser step's boxed images)", 1e-3, task=GUIDED
@@ -103,6 +109,8 @@ class Recipe:
         ]
         if not 0 <= self.seed < 2**32:  # numpy's generators take no other (set_seed seeds them)
             problems.append(f"seed must lie in [0, 2**32), got {self.seed}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not math.isfinite(self.epochs):
             problems.append(f"epochs must be finite, got {self.epochs}")
         if taken := sorted({"b", "num_labels", "id2label", "label2id"} & set(self.architecture or {})):

@@ -226,6 +226,21 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def on_cpu(device: str | None) -> bool:
+    """Whether a run on ``device`` (``None``: the Trainer's choice, a GPU when there is one) trains on the CPU."""
+    return device == "cpu" or (device is None and not torch.cuda.is_available())
+
+
+def with_precision(recipe: Recipe, device: str | None = None) -> Recipe:
+    """The recipe with ``precision="auto"`` made the one this machine trains in (bf16 on a GPU that has it, else
+    fp32), so that the run's record, its card's command and a resume's check name it: the same command on a GPU
+    machine would otherwise train in another precision, to other weights."""
+    if recipe.precision != "auto":
+        return recipe
+    bf16 = not on_cpu(device) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return recipe.with_overrides(precision="bf16" if bf16 else "fp32")
+
+
 def training_arguments(
     recipe: Recipe, checkpoint_dir: Path, device: str | None = None, eval_each_epoch: bool = False, **overrides
 ) -> TrainingArguments:
@@ -240,7 +255,7 @@ def training_arguments(
             f"--device {device}, but torch finds no CUDA device here (no GPU, or a CPU-only torch build): pass "
             "--device cpu, or leave --device out to use a GPU when there is one."
         )
-    on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    cpu, recipe = on_cpu(device), with_precision(recipe, device)
     arguments = dict(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=recipe.batch_size,
@@ -265,9 +280,9 @@ def training_arguments(
         report_to="none",
         seed=recipe.seed,
         remove_unused_columns=False,
-        use_cpu=on_cpu,
-        bf16=not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        dataloader_num_workers=0 if on_cpu else min(8, usable_cpus()),
+        use_cpu=cpu,
+        bf16=recipe.precision == "bf16",
+        dataloader_num_workers=0 if cpu else min(8, usable_cpus()),
     )
     arguments.update(overrides)
     return TrainingArguments(**arguments)

@@ -163,6 +163,7 @@ def render_model_card(
         "weight decay": recipe.weight_decay,
         "gradient clipping": f"adaptive, {recipe.agc_clip}" if recipe.agc_clip else "global norm 1.0",
         "seed": recipe.seed,
+        "precision": {"fp32": "float32", "bf16": "bfloat16 mixed precision"}.get(recipe.precision, recipe.precision),
         **dict(fields.hyperparameters),
     }
     training_summary = f"Trained with the Hugging Face `Trainer` from the `{recipe.name}` recipe. " + (

@@ -25,7 +25,13 @@ from ..ports import bcos_source_entry, is_bcos_source
 from ..training import get_task
 from ..training.recipe import publishing_differences, recipe_record, training_differences
 from ..training.task import BCOS_MODEL_TYPES, source_config
-from ..training.trainer import TrainingClock, mean_training_loss, trainer_callbacks, training_arguments
+from ..training.trainer import (
+    TrainingClock,
+    mean_training_loss,
+    trainer_callbacks,
+    training_arguments,
+    with_precision,
+)
 from .cards import render_model_card, template_path
 from .hub import check_push_access, describe_tree, hub_repo_exists, hub_unavailable, push_folder
 from .recipes import Recipe
@@ -314,7 +320,7 @@ def finetune(
     dataloader_num_workers: int | None = None,
 ) -> FinetuneResult:
     """Run a recipe end to end; see the module docstring for what lands where."""
-    output_dir = Path(output_dir)
+    output_dir, recipe = Path(output_dir), with_precision(recipe, device)
     check_output_dir(output_dir, recipe.dataset)
     repo_id = recipe.hub_model_id
     checkpoint_dir = output_dir / "checkpoints"

@@ -45,6 +45,7 @@ from ..families import FAMILIES, bcos_classifier_class
 from ..modeling.explanation import colorize_contributions
 from ..training import get_task
 from ..training.recipe import recipe_record, training_differences
+from ..training.trainer import with_precision
 from .finetune import earlier_run, finetune, last_complete_checkpoint
 from .recipes import Recipe, get_recipe
 from .reproduction_report import (
@@ -143,10 +144,13 @@ def input_digests(recipe: Recipe) -> dict[str, str]:
     return digests
 
 
-def check_run_folder(folder: Path, recipe: Recipe, work_dir: Path | None, work_flag: str) -> None:
-    """Refuse a run folder that holds a run of another recipe, or one trained from other weights of its source or
-    teacher than the folder holds now (retrained since), in the terms of the script that was run."""
-    stored, inputs = folder / "recipe.json", folder / INPUTS_RECORD
+def check_run_folder(
+    folder: Path, recipe: Recipe, work_dir: Path | None, work_flag: str, device: str | None = None
+) -> None:
+    """Refuse a run folder that holds a run of another recipe (its precision on ``device`` included), or one trained
+    from other weights of its source or teacher than the folder holds now (retrained since), in the terms of the
+    script that was run."""
+    stored, inputs, recipe = folder / "recipe.json", folder / INPUTS_RECORD, with_precision(recipe, device)
     if stored.is_file():
         earlier, record = json.loads(stored.read_text()), recipe_record(recipe)
         changed = training_differences(earlier, recipe, work_dir)
@@ -185,8 +189,8 @@ def train_or_reuse(
     ``recipe.json`` (with this call's paths, which a resume checks) and the inputs' digests are written before
     training.
     """
-    folder = Path(folder)
-    check_run_folder(folder, recipe, work_dir, work_flag)
+    folder, recipe = Path(folder), with_precision(recipe, device)
+    check_run_folder(folder, recipe, work_dir, work_flag, device)
     results = folder / "results.json"
     if results.is_file() and (folder / "repo").is_dir():
         print(f"Re-using the finished run in {folder}")
