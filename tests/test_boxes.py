@@ -93,6 +93,29 @@ def test_boxed_images_are_seeded_and_use_a_fraction_of_the_boxes():
     assert (resized["box_mask"] & bright).sum() / (resized["box_mask"] | bright).sum() > 0.85
 
 
+class _Indices(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 200
+
+    def __getitem__(self, index: int) -> dict[str, int]:
+        return {"index": index}
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_boxed_share_is_spread_over_the_trainer_s_first_epoch(seed, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    arguments = TrainingArguments(
+        str(tmp_path), per_device_train_batch_size=10, seed=seed, use_cpu=True, remove_unused_columns=False
+    )
+    loader = Trainer(model=torch.nn.Linear(1, 1), args=arguments, train_dataset=_Indices()).get_train_dataloader()
+    order = torch.cat([batch["index"] for batch in loader]).tolist()
+    boxed = boxed_subset(200, 0.2, seed=seed)
+    per_fifth = [len(boxed & set(order[start : start + 40])) for start in range(0, 200, 40)]
+    assert sorted(order) == list(range(200)) and sum(per_fifth) == 40
+    assert max(per_fifth) <= 16, per_fifth  # about 8 in each fifth; all 40 in the first when drawn as the epoch is
+
+
 def test_boxed_subset_fractions():
     assert boxed_subset(1000, 0.0) == set()
     assert len(boxed_subset(1000, 0.01)) == 10

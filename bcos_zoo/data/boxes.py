@@ -178,7 +178,11 @@ def boxed_subset(count: int, fraction: float, seed: int = 0) -> set[int]:
     if fraction == 0 or count == 0:
         return set()
     chosen = max(1, round(fraction * count))
-    return set(torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:chosen].tolist())
+    # The Trainer shuffles epoch 0 with the run's seed: the same permutation would put every boxed image in epoch 0's
+    # first steps (guided in warm-up only). The seed with the bits of a fixed mask flipped is more than 10**9 away
+    # from it, and from its next epochs' seeds (torch's generator reads the low 32 bits).
+    generator = torch.Generator().manual_seed((seed ^ 0x9E3779B9) % 2**32)
+    return set(torch.randperm(count, generator=generator)[:chosen].tolist())
 
 
 class BoxedImages(Dataset):
