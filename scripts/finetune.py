@@ -2,7 +2,7 @@
 
     python scripts/finetune.py --recipe bcos-vit-s --push                  # a zoo recipe, as published
     python scripts/finetune.py --model google/vit-base-patch16-224 --dataset ./my_images --epochs 5
-    accelerate launch --num_processes 8 scripts/finetune.py --recipe bcos-vit-b   # data-parallel on 8 GPUs
+    accelerate launch --multi_gpu --num_processes 8 scripts/finetune.py --recipe bcos-vit-b   # data-parallel, 8 GPUs
 
 Flags override the recipe's fields. Outputs go to --output-dir (default outputs/<recipe>): checkpoints/ (for
 --resume), repo/ (exactly what --push uploads; --dry-run stops there), results.json.
@@ -10,11 +10,13 @@ Flags override the recipe's fields. Outputs go to --output-dir (default outputs/
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from dataclasses import replace
 
 from bcos_zoo.training.recipe import Recipe, add_recipe_flags, recipe_overrides
+from bcos_zoo.zoo.cards import launch_command
 from bcos_zoo.zoo.cli import at_least, run_script
 from bcos_zoo.zoo.recipes import RECIPES, get_recipe
 
@@ -70,10 +72,11 @@ def main(argv=None) -> int:
 
 
 def resume_command(argv: list[str]) -> str:
-    """The command that continues this run."""
-    return "continue with: python scripts/finetune.py " + shlex.join(
-        [*argv, *(["--resume"] if "--resume" not in argv else [])]
-    )
+    """The command that continues this run, on as many processes as it runs on (the batch size is per process)."""
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process alone says it
+        return ""
+    command = "python scripts/finetune.py " + shlex.join([*argv, *(["--resume"] if "--resume" not in argv else [])])
+    return "continue with: " + launch_command(command, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 if __name__ == "__main__":

@@ -149,8 +149,9 @@ def test_card_states_the_processes_and_the_global_batch_and_launches_as_many():
         assert f"| {row} |" in card
     assert "| global batch size | 24 |" in card  # 2 processes x 4 images x 3 accumulated steps
     command = shlex.split(card_command(card))
-    assert command[:4] == ["accelerate", "launch", "--num_processes", "2"] and command[4] == "scripts/finetune.py"
-    assert finetune_script.recipe_from_args(finetune_script.parse_args(command[5:])) == recipe
+    assert command[:5] == ["accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
+    assert command[5] == "scripts/finetune.py"
+    assert finetune_script.recipe_from_args(finetune_script.parse_args(command[6:])) == recipe
     single = render_model_card(recipe, TASKS["classification"].card, "org/m", {}, fashion_like(), 10, processes=1)
     assert card_command(single.text) == recipe_command(recipe) and "| global batch size | 12 |" in single.text
 
@@ -170,7 +171,7 @@ def test_the_card_of_a_two_process_run_says_so_and_launches_two(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     card = (output / "repo" / "README.md").read_text()
     assert "| processes (data-parallel) | 2 |" in card and "| global batch size | 4 |" in card
-    assert card_command(card).startswith("accelerate launch --num_processes 2 scripts/finetune.py ")
+    assert card_command(card).startswith("accelerate launch --multi_gpu --num_processes 2 scripts/finetune.py ")
 
 
 def test_a_clip_card_without_labels_shows_what_was_measured_and_no_empty_picture():
@@ -239,3 +240,18 @@ def test_a_short_warm_up_and_a_short_run_are_stated_as_they_were():
     metrics = {"accuracy": 0.5, "train_seconds": 2.6}
     card = render_model_card(recipe, TASKS["classification"].card, "org/m", metrics, fashion_like(), 10_000).text
     assert "linear warm-up over 0.4% of steps" in card and "Training took 3 seconds in all." in card
+
+
+def test_ctrl_c_under_accelerate_tells_the_main_process_to_resume_on_as_many_processes(monkeypatch):
+    argv = ["--recipe", "bcos-vit-s", "--batch-size", "4"]
+    assert finetune_script.resume_command(argv) == "continue with: " + recipe_command_line(argv)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    launch = "accelerate launch --multi_gpu --num_processes 2 scripts/finetune.py "
+    assert finetune_script.resume_command(argv) == f"continue with: {launch}{shlex.join(argv)} --resume"
+    monkeypatch.setenv("RANK", "1")
+    assert finetune_script.resume_command(argv) == ""  # said once, by the main process
+
+
+def recipe_command_line(argv: list[str]) -> str:
+    return f"python scripts/finetune.py {shlex.join(argv)} --resume"

@@ -39,6 +39,21 @@ def test_loss_formula_and_teacher_gets_no_gradient():
         siglip_distillation_loss(student, teacher[:3])
 
 
+def test_the_losses_of_batch_shares_against_all_teachers_average_to_the_whole_batch_loss():
+    generator = torch.Generator().manual_seed(1)
+    student = torch.randn(12, 8, generator=generator, requires_grad=True)
+    teacher = torch.randn(12, 8, generator=generator)
+    whole = siglip_distillation_loss(student, teacher)
+    (whole_grad,) = torch.autograd.grad(whole, student)
+    shares = [siglip_distillation_loss(student[i : i + 4], teacher, first=i) for i in (0, 4, 8)]  # three processes
+    mean = sum(shares) / 3  # data-parallel gradients are averaged over the processes
+    (shares_grad,) = torch.autograd.grad(mean, student)
+    torch.testing.assert_close(mean, whole)
+    torch.testing.assert_close(shares_grad, whole_grad)
+    with pytest.raises(ValueError, match="at least 10 \\+ batch rows"):
+        siglip_distillation_loss(student[:4], teacher, first=10)
+
+
 def test_short_optimisation_of_a_bcos_tower_lowers_the_distillation_loss():
     teacher_clip = tiny_clip("openai_like", seed=7)
     config = CLIPVisionConfig(**{**teacher_clip.config.vision_config.to_dict(), "projection_dim": 16})

@@ -84,14 +84,25 @@ def test_resume_with_a_recipe_that_trains_differently_is_refused_naming_the_fiel
     assert snapshot(tmp_path / "out") == before
 
 
-def test_a_run_records_the_precision_it_trained_in_and_a_resume_in_another_is_refused(recipe, tmp_path):
+def test_a_run_records_its_precision_and_processes_and_a_resume_in_another_precision_is_refused(recipe, tmp_path):
     result = finetune(recipe, tmp_path / "out", device="cpu")
-    assert json.loads((tmp_path / "out" / "recipe.json").read_text())["precision"] == "fp32"
+    record = json.loads((tmp_path / "out" / "recipe.json").read_text())
+    assert record["precision"] == "fp32" and record["processes"] == 1
     card = (result.repo_dir / "README.md").read_text()
     assert "| precision | float32 |" in card and " --precision fp32" in card.split("Reproduce with `")[1]
     shutil.rmtree(tmp_path / "out" / "repo")  # as after an interruption: the run resumes from its checkpoint
     with pytest.raises(ValueError, match=r"another recipe \(precision 'fp32' -> 'bf16'"):
         finetune(replace(recipe, precision="bf16"), tmp_path / "out", resume=True, device="cpu")
+
+
+def test_resume_on_another_number_of_processes_is_refused_with_the_launch_that_continues_it(recipe, tmp_path):
+    finished_run(tmp_path / "out", recipe)
+    stored = tmp_path / "out" / "recipe.json"
+    stored.write_text(json.dumps({**json.loads(stored.read_text()), "processes": 2}))
+    before = snapshot(tmp_path / "out")
+    with pytest.raises(ValueError, match=r"started on 2 process\(es\), this one has 1.*--multi_gpu --num_processes 2"):
+        finetune(recipe, tmp_path / "out", resume=True, device="cpu")
+    assert snapshot(tmp_path / "out") == before
 
 
 def test_resume_accepts_the_same_folders_named_by_another_path(recipe, tmp_path, monkeypatch):

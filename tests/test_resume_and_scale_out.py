@@ -124,3 +124,24 @@ def test_two_accelerate_processes_train_the_same_model(inputs, tmp_path):
     assert reports[0]["end_weights"] == reports[1]["end_weights"], "the ranks ended on different weights"
     saved = BcosViTForImageClassification.from_pretrained(output / "repo")
     assert weights_digest(saved) == reports[0]["end_weights"]
+
+
+def test_two_processes_distil_clip_as_one_process_with_their_global_batch(inputs, tmp_path):
+    import clip_testing
+
+    _, data = inputs
+    source = tmp_path / "clip"
+    clip_testing.save_source(source)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    steps = ["--task", "clip-distillation", "--max-steps", "3", "--save-steps", "3", "--seed", "3"]
+    one = finetune_command(source, data, tmp_path / "one", *steps, "--batch-size", "8")
+    two = finetune_command(source, data, tmp_path / "two", *steps, "--batch-size", "4")
+    run(one)
+    run(launcher + two[1:])
+    alone, together = (load_file(tmp_path / name / "repo" / "model.safetensors") for name in ("one", "two"))
+    assert alone.keys() == together.keys()
+    for name, value in alone.items():
+        torch.testing.assert_close(together[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    report = json.loads((tmp_path / "two" / "ranks" / "rank-0.json").read_text())
+    assert report["world_size"] == 2 and report["start_weights"] != report["end_weights"]

@@ -22,19 +22,30 @@ from .trainer import collate_images
 
 
 def siglip_distillation_loss(
-    student_embeds: torch.Tensor, teacher_embeds: torch.Tensor, scale: float = 10.0, bias: float = -10.0
+    student_embeds: torch.Tensor,
+    teacher_embeds: torch.Tensor,
+    scale: float = 10.0,
+    bias: float = -10.0,
+    first: int = 0,
 ):
     """The B-cosification paper's CLIP objective: SigLIP-style distillation of (N, P) student image embeddings to the
     original tower's for the same images. Each (student i, teacher j) pair is a binary problem, positive when
-    ``i == j``: ``-mean log sigmoid(label_ij (scale <s_i, t_j> + bias))`` on unit vectors."""
-    if student_embeds.ndim != 2 or student_embeds.shape != teacher_embeds.shape:
+    ``j`` is student i's own image: ``-mean log sigmoid(label_ij (scale <s_i, t_j> + bias))`` on unit vectors.
+
+    ``teacher_embeds`` may hold more images than the students (the whole batch of several processes); student i's own
+    teacher is then row ``first + i``. The mean over each process's pairs, averaged over the processes as data-parallel
+    gradients are, is the loss of the whole batch in one process."""
+    n, width = student_embeds.shape if student_embeds.ndim == 2 else (0, None)
+    if width is None or teacher_embeds.ndim != 2 or teacher_embeds.shape[1] != width or first + n > len(teacher_embeds):
         raise ValueError(
-            "student_embeds and teacher_embeds must both have shape (batch, projection_dim), got "
-            f"{tuple(student_embeds.shape)} and {tuple(teacher_embeds.shape)}."
+            "student_embeds and teacher_embeds must both have shape (batch, projection_dim) (the teachers: at least "
+            f"{first} + batch rows), got {tuple(student_embeds.shape)} and {tuple(teacher_embeds.shape)}."
         )
     student = F.normalize(student_embeds, dim=-1)
     teacher = F.normalize(teacher_embeds.detach().to(student.dtype), dim=-1)
-    labels = 2 * torch.eye(len(student), device=student.device, dtype=student.dtype) - 1
+    own = torch.arange(n, device=student.device)
+    labels = -torch.ones(n, len(teacher), device=student.device, dtype=student.dtype)
+    labels[own, first + own] = 1
     return -F.logsigmoid(labels * (scale * student @ teacher.T + bias)).mean()
 
 
@@ -81,7 +92,10 @@ class DistillationTrainer(Trainer):
     """A ``Trainer`` whose loss is the SigLIP-style distillation to a frozen teacher's image embeddings.
 
     ``teacher`` is a :class:`FrozenCLIPTeacher`; it is moved to the batch's device on first use and never trained.
-    The loss is computed from the student's ``forward(pixel_values=)``, the call data-parallel wrappers see.
+    The loss is computed from the student's ``forward(pixel_values=)``, the call data-parallel wrappers see. With
+    several processes each student embedding is paired with the teachers of the whole global batch (gathered), so N
+    processes train as one process with the global batch would (accelerate gives every process an equal batch).
+    Gradient accumulation pairs the images of each accumulated batch among themselves.
     """
 
     def __init__(self, *args, teacher: FrozenCLIPTeacher, **kwargs):
@@ -92,7 +106,13 @@ class DistillationTrainer(Trainer):
         pixel_values = inputs["pixel_values"]
         self.teacher.to(pixel_values.device)
         outputs = model(pixel_values=pixel_values)
-        loss = siglip_distillation_loss(outputs.image_embeds, self.teacher.teacher_embeds(pixel_values))
+        teacher, first = self.teacher.teacher_embeds(pixel_values), 0
+        if self.accelerator.num_processes > 1:  # pair each image with every image of the global batch, as one process
+            teacher, first = (
+                self.accelerator.gather(teacher.contiguous()),
+                self.accelerator.process_index * len(teacher),
+            )
+        loss = siglip_distillation_loss(outputs.image_embeds, teacher, first=first)
         return (loss, outputs) if return_outputs else loss
 
 

@@ -79,7 +79,8 @@ def launch_command(command: str, processes: int) -> str:
     one: the batch size is per process, so one process would train with a smaller global batch."""
     if processes <= 1:
         return command
-    return f"accelerate launch --num_processes {processes} {command.removeprefix('python ')}"
+    # --multi_gpu: accelerate starts several processes on a machine without GPUs only when told to
+    return f"accelerate launch --multi_gpu --num_processes {processes} {command.removeprefix('python ')}"
 
 
 def render_model_card(

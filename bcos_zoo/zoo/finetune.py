@@ -32,7 +32,7 @@ from ..training.trainer import (
     training_arguments,
     with_precision,
 )
-from .cards import render_model_card, template_path
+from .cards import launch_command, render_model_card, template_path
 from .hub import check_push_access, describe_tree, hub_repo_exists, hub_unavailable, push_folder
 from .recipes import Recipe
 
@@ -227,6 +227,14 @@ def check_same_recipe(output_dir: Path, recipe: Recipe) -> None:
     if not stored.is_file():
         return
     record, given = json.loads(stored.read_text()), recipe_record(recipe)
+    started_on, processes = record.get("processes", 1), processes_now()
+    if started_on != processes:
+        command = launch_command("python scripts/finetune.py ... --resume", started_on)
+        raise ValueError(
+            f"--resume: the run in {output_dir} was started on {started_on} process(es), this one has {processes}: "
+            f"the batch size is per process, so the global batch would change. Resume it as it started "
+            f"(`{command}`), or start a fresh --output-dir. Nothing was changed."
+        )
     changed = training_differences(record, recipe)
     if changed:
         details = ", ".join(f"{name} {record.get(name)!r} -> {given[name]!r}" for name in changed)
@@ -236,12 +244,18 @@ def check_same_recipe(output_dir: Path, recipe: Recipe) -> None:
         )
 
 
+def processes_now() -> int:
+    """The data-parallel processes of this run (``accelerate launch`` says how many in ``WORLD_SIZE``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def write_recipe(output_dir: Path, recipe: Recipe) -> None:
-    """``recipe.json``, written as training starts so that a --resume can be checked against it. Each process of a
-    data-parallel run writes the same record to a file of its own and moves it in place, so none reads half of one."""
+    """``recipe.json``, written as training starts so that a --resume can be checked against it (with the number of
+    processes: the batch size is per process). Each process of a data-parallel run writes the same record to a file
+    of its own and moves it in place, so none reads half of one."""
     output_dir.mkdir(parents=True, exist_ok=True)
     partial = output_dir / f".recipe.json.{os.getpid()}"
-    partial.write_text(json.dumps(recipe_record(recipe), indent=2))
+    partial.write_text(json.dumps({**recipe_record(recipe), "processes": processes_now()}, indent=2))
     partial.replace(output_dir / "recipe.json")
 
 
