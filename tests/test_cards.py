@@ -255,3 +255,18 @@ def test_ctrl_c_under_accelerate_tells_the_main_process_to_resume_on_as_many_pro
 
 def recipe_command_line(argv: list[str]) -> str:
     return f"python scripts/finetune.py {shlex.join(argv)} --resume"
+
+
+@pytest.mark.parametrize("task", ["classification", "standard-classification"])
+def test_a_card_from_a_local_source_says_how_that_source_was_made(tmp_path, task):
+    made = "python scripts/finetune.py --recipe vit-fashion-mnist --max-steps 3"
+    (tmp_path / "README.md").write_text(
+        f"# vit-fashion-mnist\n\nReproduce with `{made}` from the bcos_zoo repository.\n"
+    )
+    recipe = RECIPES["bcos-vit-fashion-mnist"].with_overrides(source=str(tmp_path), task=task)
+    card = render_model_card(recipe, TASKS[task].card, "org/m", {}, fashion_like(), 10).text
+    assert f"Its source, a local checkpoint, is made first with `{made}`." in card
+    hub = render_model_card(
+        recipe.with_overrides(source="google/vit-base"), TASKS[task].card, "org/m", {}, fashion_like(), 10
+    )
+    assert "is made first with" not in hub.text

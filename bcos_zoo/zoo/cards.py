@@ -4,6 +4,7 @@ The card's YAML header comes from ``ModelCardData``: ``EvalResult`` entries beco
 as an evaluation widget, and ``base_model`` links the card to its source checkpoint's page.
 """
 
+import re
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,6 +73,16 @@ def training_processes() -> int:
     from accelerate.state import AcceleratorState, is_initialized
 
     return AcceleratorState().num_processes if is_initialized() else 1
+
+
+def source_command(source: str) -> str | None:
+    """The command that made a local source, as the card written beside it says: a card whose command starts from a
+    local checkpoint must say how to make that checkpoint first."""
+    card = Path(source).expanduser() / "README.md"
+    if source == "scratch" or hub_id_or_none(source) or not card.is_file():
+        return None
+    found = re.search(r"Reproduce with `([^`]+)`", card.read_text(encoding="utf-8", errors="replace"))
+    return found.group(1) if found else None
 
 
 def launch_command(command: str, processes: int) -> str:
@@ -193,6 +204,7 @@ def render_model_card(
         training_summary=training_summary,
         hyperparameters=hyperparameters,
         command=launch_command(recipe_command(recipe), processes),
+        source_command=source_command(recipe.source),
     )
 
 
