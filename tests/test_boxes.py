@@ -188,6 +188,7 @@ def test_dilated_boxes_grow_by_whole_pixels_and_stay_in_the_image():
     # 20 x 4 grows by 5 and 1; 5 x 5 by 1 (floor of 1.25), clipped at the top-left corner
     np.testing.assert_array_equal(grown, [[5, 19, 35 - 3, 25], [0, 0, 6, 6]])
     np.testing.assert_array_equal(dilate_boxes(boxes, 0.0, 32, 26), boxes)
+    np.testing.assert_array_equal(dilate_boxes([[10, 10, 17, 17]], 0.25, 64, 64), [[9, 9, 18, 18]])  # floor(1.75)
 
 
 def test_decoy_canvases_read_as_tensors_equal_the_pictures():

@@ -336,6 +336,22 @@ def test_frozen_running_statistics_leave_every_batch_norm_alone():
     assert all(name in changed for name in before if name.endswith("running_var"))  # counting again afterwards
 
 
+def test_frozen_running_statistics_leave_torch_s_batch_norm_alone_too():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    with frozen_running_statistics(model):
+        model(torch.rand(2, 3, 8, 8))
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+
+
+def test_e2kd_loss_sends_no_gradient_to_the_teacher_explanation():
+    student, teacher = torch.randn(3, 5, 6, 6, requires_grad=True), torch.randn(3, 5, 6, 6, requires_grad=True)
+    terms = e2kd_loss(torch.randn(3, 4, requires_grad=True), torch.randn(3, 4), student, teacher)
+    terms["loss"].backward()
+    assert teacher.grad is None and student.grad is not None and student.grad.abs().sum() > 0
+
+
 def per_token_contributions(model, pixels, target, layer) -> torch.Tensor:
     """(N, T) contributions ``a * dy/da`` of each token of ``layer`` to the target logit, in explanation mode."""
     from bcos_zoo.modeling.bcos_layers import explanation_mode

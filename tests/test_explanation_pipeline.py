@@ -134,7 +134,9 @@ def test_batched_images_get_what_each_gets_alone(saved, asked):
                 assert a["explanation"]["logit"] == pytest.approx(b["explanation"]["logit"], abs=1e-4)
 
 
-@pytest.mark.parametrize(("problem_type", "labels"), [(None, 4), ("multi_label_classification", 4), ("regression", 1)])
+@pytest.mark.parametrize(
+    ("problem_type", "labels"), [(None, 4), ("multi_label_classification", 4), ("regression", 1), (None, 1)]
+)
 def test_scores_are_those_image_classification_gives_for_the_problem_type(problem_type, labels, tmp_path):
     model = BcosViTForImageClassification.from_pretrained_standard(
         hf_vit(labels=labels), b=2.0, problem_type=problem_type

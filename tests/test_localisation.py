@@ -152,6 +152,12 @@ def test_only_models_with_position_embeddings_are_explained_in_windows_of_their_
     assert explanation_window(BcosViTForImageClassification.from_pretrained_standard(hf_vit(image=16, patch=4))) == 16
     assert explanation_window(load_standard_classifier(hf_vit(image=16, patch=4))) == 16
     assert explanation_window(any_size_bcos_vit()) is None
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    tower = CLIPVisionConfig(
+        image_size=24, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    assert explanation_window(CLIPVisionModel(tower)) == 24  # learned positions named position_embedding.weight
 
 
 @pytest.mark.parametrize("family", ["resnet", "densenet", "vgg", "convnext", "simple_vit"])

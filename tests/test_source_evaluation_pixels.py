@@ -125,6 +125,7 @@ TIMM_EVALUATIONS = {
     "centre-crop-bicubic": dict(crop_pct=0.8, interpolation="bicubic"),
     "centre-crop-bilinear": dict(crop_pct=0.875, interpolation="bilinear"),
     "squash": dict(crop_pct=1.0, interpolation="bicubic", crop_mode="squash"),
+    "centre-crop-of-all": dict(crop_pct=1.0, interpolation="bicubic", crop_mode="center"),  # crops, not squashes
 }
 
 

@@ -39,18 +39,22 @@ def frozen_running_statistics(model: nn.Module):
     """BatchNorm layers in training mode keep normalising with their batch statistics but leave their running
     statistics alone: a second forward pass of a training step (for an explanation, over a subset of the batch)
     then does not count twice, or with a batch of a few boxed images, in what evaluation uses. Every BatchNorm, the
-    B-cos CNNs' and torch's, gets momentum 0 for the while."""
+    B-cos CNNs' and torch's, gets momentum 0 for the while (and torch's its count of batches back, which it counts
+    whatever the momentum, and which a cumulative average, ``momentum=None``, divides by)."""
     norms = [
         module for module in model.modules() if isinstance(module, (BcosBatchNorm2d, nn.modules.batchnorm._BatchNorm))
     ]
-    saved = [module.momentum for module in norms]
+    counts = [getattr(module, "num_batches_tracked", None) for module in norms]
+    saved = [(module.momentum, None if count is None else count.clone()) for module, count in zip(norms, counts)]
     for module in norms:
         module.momentum = 0.0
     try:
         yield
     finally:
-        for module, momentum in zip(norms, saved):
+        for module, (momentum, count) in zip(norms, saved):
             module.momentum = momentum
+            if count is not None:
+                module.num_batches_tracked.copy_(count)
 
 
 def differentiable_explanation(
