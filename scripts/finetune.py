@@ -18,6 +18,7 @@ from dataclasses import replace
 from bcos_zoo.training.recipe import Recipe, add_recipe_flags, recipe_overrides
 from bcos_zoo.zoo.cards import launch_command
 from bcos_zoo.zoo.cli import at_least, run_script
+from bcos_zoo.zoo.finetune import processes_now
 from bcos_zoo.zoo.recipes import RECIPES, get_recipe
 
 
@@ -76,7 +77,7 @@ def resume_command(argv: list[str]) -> str:
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process alone says it
         return ""
     command = "python scripts/finetune.py " + shlex.join([*argv, *(["--resume"] if "--resume" not in argv else [])])
-    return "continue with: " + launch_command(command, int(os.environ.get("WORLD_SIZE", "1")))
+    return "continue with: " + launch_command(command, processes_now())
 
 
 if __name__ == "__main__":

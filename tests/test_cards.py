@@ -11,8 +11,8 @@ from sources import hf_vit, save_hf_source
 from training_testing import REPO, make_image_folder
 
 from bcos_zoo.data.datasets import DatasetSplits
-from bcos_zoo.training import TASKS
-from bcos_zoo.zoo.cards import describe_source, evaluation_description, render_model_card
+from bcos_zoo.training import TASKS, get_task
+from bcos_zoo.zoo.cards import describe_source, evaluation_description, launch_command, render_model_card
 from bcos_zoo.zoo.finetune import finetune
 from bcos_zoo.zoo.recipes import RECIPES, Recipe, recipe_command
 
@@ -264,9 +264,22 @@ def test_a_card_from_a_local_source_says_how_that_source_was_made(tmp_path, task
         f"# vit-fashion-mnist\n\nReproduce with `{made}` from the bcos_zoo repository.\n"
     )
     recipe = RECIPES["bcos-vit-fashion-mnist"].with_overrides(source=str(tmp_path), task=task)
-    card = render_model_card(recipe, TASKS[task].card, "org/m", {}, fashion_like(), 10).text
-    assert f"Its source, a local checkpoint, is made first with `{made}`." in card
-    hub = render_model_card(
-        recipe.with_overrides(source="google/vit-base"), TASKS[task].card, "org/m", {}, fashion_like(), 10
-    )
-    assert "is made first with" not in hub.text
+    card = " ".join(render_model_card(recipe, TASKS[task].card, "org/m", {}, fashion_like(), 10).text.split())
+    assert f"Its source, a local checkpoint, is the `repo/` folder of a run of `{made}` (made first;" in card
+    hub = recipe.with_overrides(source="google/vit-base")
+    assert "a run of" not in render_model_card(hub, TASKS[task].card, "org/m", {}, fashion_like(), 10).text
+
+
+def test_a_card_from_a_local_teacher_says_how_that_teacher_was_made(tmp_path):
+    made = "python scripts/finetune.py --recipe bcos-vit-canvas-teacher"
+    (tmp_path / "README.md").write_text(f"Reproduce with `{made}` from the bcos_zoo repository.\n")
+    recipe = RECIPES["bcos-vit-e2kd-decoys"].with_overrides(teacher=str(tmp_path))
+    card = render_model_card(recipe, get_task(recipe).card, "org/m", {}, fashion_like(), 10).text
+    assert f"Its teacher, a local checkpoint, is the `repo/` folder of a run of `{made}`" in " ".join(card.split())
+
+
+def test_the_launch_of_a_sharded_run_leaves_its_accelerate_config_in_charge(monkeypatch):
+    command = "python scripts/finetune.py --recipe bcos-vit-b"
+    assert launch_command(command, 8).startswith("accelerate launch --multi_gpu --num_processes 8 scripts/")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # --multi_gpu would override the config's FSDP
+    assert launch_command(command, 8).startswith("accelerate launch --num_processes 8 scripts/")

@@ -97,12 +97,27 @@ def test_a_run_records_its_precision_and_processes_and_a_resume_in_another_preci
 
 def test_resume_on_another_number_of_processes_is_refused_with_the_launch_that_continues_it(recipe, tmp_path):
     finished_run(tmp_path / "out", recipe)
+    (tmp_path / "out" / "results.json").unlink()  # not finished: the resume would train
     stored = tmp_path / "out" / "recipe.json"
     stored.write_text(json.dumps({**json.loads(stored.read_text()), "processes": 2}))
     before = snapshot(tmp_path / "out")
     with pytest.raises(ValueError, match=r"started on 2 process\(es\), this one has 1.*--multi_gpu --num_processes 2"):
         finetune(recipe, tmp_path / "out", resume=True, device="cpu")
     assert snapshot(tmp_path / "out") == before
+
+
+def test_a_run_recorded_before_runs_recorded_their_precision_resumes(recipe, tmp_path):
+    finished_run(tmp_path / "out", recipe)
+    stored = tmp_path / "out" / "recipe.json"
+    stored.write_text(json.dumps({k: v for k, v in json.loads(stored.read_text()).items() if k != "precision"}))
+    assert finetune(recipe, tmp_path / "out", resume=True, device="cpu").metrics == {"accuracy": 0.5}
+
+
+def test_a_finished_run_of_other_processes_and_precision_is_reported_here_as_it_was_recorded(recipe, tmp_path):
+    finished_run(tmp_path / "out", replace(recipe, precision="bf16"))  # as two bf16 GPUs left it
+    stored = tmp_path / "out" / "recipe.json"
+    stored.write_text(json.dumps({**json.loads(stored.read_text()), "processes": 2}))
+    assert finetune(recipe, tmp_path / "out", resume=True, device="cpu").metrics == {"accuracy": 0.5}
 
 
 def test_resume_accepts_the_same_folders_named_by_another_path(recipe, tmp_path, monkeypatch):

@@ -104,17 +104,17 @@ def test_a_label_column_of_several_labels_per_image_is_refused_naming_the_flag(m
 
 
 def test_a_row_without_an_image_is_named_when_it_is_read(monkeypatch):
-    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    features = {"Photo": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
     images = colour_images(3)
     serve(
         monkeypatch,
         features,
-        train={"image": images[:2], "label": [0, 1]},
-        validation={"image": [images[2], None], "label": [0, 1]},
+        train={"Photo": images[:2], "label": [0, 1]},
+        validation={"Photo": [images[2], None], "label": [0, 1]},
     )
-    validation = hub_dataset("org/data").validation
+    validation = hub_dataset("org/data", image_column="Photo").validation
     assert colour_index(validation[0][0]) == 2
-    with pytest.raises(ValueError, match=r"^Row 1 of the image column 'image' holds no image\.$"):
+    with pytest.raises(ValueError, match=r"^Row 1 of the image column 'Photo' holds no image\.$"):
         validation[1]
 
 
@@ -269,3 +269,10 @@ def test_a_class_whose_every_train_row_is_held_out_is_named_in_a_warning(monkeyp
     data = hub_dataset("org/data", validation_fraction=0.5)
     (held_out,) = {label for _, label in (data.validation[index] for index in range(len(data.validation)))}
     assert f"Every image of the classes ['{data.class_names[held_out]}'] of org/data" in caplog.text
+
+
+def test_a_class_no_train_row_has_is_not_said_to_be_held_out(monkeypatch, caplog):
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "bird"])}
+    serve(monkeypatch, features, train={"image": colour_images(20), "label": [0, 1] * 10})
+    hub_dataset("org/data", validation_fraction=0.2)
+    assert "held out for evaluation" not in caplog.text

@@ -28,6 +28,7 @@ from bcos_zoo.training.trainer import (
     adaptive_clip_grad_,
     mean_training_loss,
     training_arguments,
+    with_precision,
 )
 from bcos_zoo.zoo.cli import run_script
 from bcos_zoo.zoo.recipes import RECIPES, get_recipe
@@ -322,3 +323,20 @@ def test_the_warmup_ratio_is_the_share_of_steps_whose_learning_rate_rises_a_rati
     warmup = round(ratio * steps)
     assert factors[:warmup] == pytest.approx([step / warmup for step in range(warmup)])
     assert all(later < earlier for earlier, later in zip(factors[warmup:], factors[warmup + 1 :]))  # cosine decay
+
+
+@pytest.mark.parametrize(
+    ("launched", "asked", "expected"),
+    [("no", "auto", "fp32"), ("bf16", "auto", "bf16"), ("bf16", "bf16", "bf16"), ("no", "bf16", "bf16")],
+)
+def test_the_precision_a_run_records_is_the_one_accelerate_launch_trains_in(monkeypatch, launched, asked, expected):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
+    recipe = get_recipe("bcos-vit-fashion-mnist").with_overrides(precision=asked)
+    assert with_precision(recipe, "cpu").precision == expected
+
+
+@pytest.mark.parametrize(("launched", "asked"), [("bf16", "fp32"), ("fp16", "auto"), ("fp8", "bf16")])
+def test_a_launch_in_another_precision_than_the_recipe_s_is_refused(monkeypatch, launched, asked):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
+    with pytest.raises(ValueError, match=f"--mixed_precision {launched} and the recipe for precision {asked}"):
+        with_precision(get_recipe("bcos-vit-fashion-mnist").with_overrides(precision=asked), "cpu")

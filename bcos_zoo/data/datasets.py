@@ -125,7 +125,7 @@ class HubImages(Dataset):
             label = int(value) if self.label_index is None else self.label_index[value]
         image = row[self.image_column]
         if image is None:
-            raise ValueError(f"{where.capitalize()} holds no image.")
+            raise ValueError(f"Row {index} of the image column '{self.image_column}' holds no image.")
         if not isinstance(image, str):
             return to_rgb(image), label
         try:
@@ -334,7 +334,7 @@ def image_folder(root: Path, validation_fraction: float = 0.1, seed: int = 0) ->
         order = torch.randperm(len(everything), generator=torch.Generator().manual_seed(seed)).tolist()
         held_out = max(1, round(validation_fraction * len(order)))
         train, validation = Subset(everything, order[held_out:]), Subset(everything, order[:held_out])
-        warn_of_untrained_classes(str(root), class_names, [labels[index] for index in order[held_out:]])
+        warn_of_untrained_classes(str(root), class_names, labels, [labels[index] for index in order[held_out:]])
         names = sorted(path.relative_to(base).as_posix() for path in files)
         digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
     name = Path(os.path.abspath(root)).name  # "." and "data/.." name the folder they stand for
@@ -417,9 +417,10 @@ def shown(names: list, most: int = 20) -> str:
     return str(names) if len(names) <= most else f"{str(names[:most])[:-1]}, ...] ({len(names)} in all)"
 
 
-def warn_of_untrained_classes(name: str, class_names: list[str], train_labels) -> None:
-    """Warn when the share held out for evaluation took every image of a class: the model never sees it in training."""
-    if untrained := [class_names[index] for index in sorted(set(range(len(class_names))) - set(train_labels))]:
+def warn_of_untrained_classes(name: str, class_names: list[str], labels, train_labels) -> None:
+    """Warn when the share held out for evaluation took every image of a class (among ``labels``, those of every
+    image): the model never sees it in training."""
+    if untrained := [class_names[index] for index in sorted(set(labels) - set(train_labels))]:
         logger.warning(
             f"Every image of the classes {shown(untrained)} of {name} is held out for evaluation: training never sees "
             "them. Give each class more images, or a validation split of its own."
@@ -447,10 +448,12 @@ def hub_dataset(
     validation_name = next((split for split in named if split not in unlabeled), None)
     if validation_name is None:
         parts = train.train_test_split(test_size=validation_fraction, seed=0)
-        train, validation = parts["train"], parts["test"]
         if label_column:
-            labels = train[label_column] if label_index is None else map(label_index.get, train[label_column])
-            warn_of_untrained_classes(name, class_names, labels)
+            classes = [train[label_column], parts["train"][label_column]]  # of every row, then of those trained on
+            if label_index is not None:
+                classes = [[label_index[value] for value in values] for values in classes]
+            warn_of_untrained_classes(name, class_names, *classes)
+        train, validation = parts["train"], parts["test"]
         split, held_out = "train", validation_fraction
     else:
         validation, split, held_out = loaded[validation_name], validation_name, 0.0

@@ -178,6 +178,8 @@ def training_differences(stored: dict, recipe: Recipe, work_dir: Path | None = N
     from the ``stored`` record of another (see :func:`recipe_record`); a folder named by another path is the same
     folder (see :func:`same_place`). Resuming a run and re-using a reproduction's stage both ask this."""
     record = recipe_record(recipe)
+    # a record from before runs recorded their precision is taken to match: they chose it by the rule of "auto"
+    stored = {"precision": record["precision"], **stored}
     return [
         spec.name
         for spec in fields(Recipe)

@@ -231,13 +231,22 @@ def on_cpu(device: str | None) -> bool:
     return device == "cpu" or (device is None and not torch.cuda.is_available())
 
 
-def with_precision(recipe: Recipe, device: str | None = None) -> Recipe:
-    """The recipe with ``precision="auto"`` made the one this machine trains in (bf16 on a GPU that has it, else
-    fp32), so that the run's record, its card's command and a resume's check name it: the same command on a GPU
-    machine would otherwise train in another precision, to other weights."""
+def with_precision(recipe: Recipe, device: str | None = None, recorded: str | None = None) -> Recipe:
+    """The recipe with ``precision="auto"`` made the one this run trains in, so that the run's record, its card's
+    command and a resume's check name it: the same command on a GPU machine would otherwise train in another
+    precision, to other weights. ``auto`` is ``recorded`` where a finished run is only reported, else what
+    ``accelerate launch --mixed_precision`` (or its config) asked for, else bf16 on a GPU that has it, else fp32."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched not in ("no", "bf16") or recipe.precision not in ("auto", "bf16") and launched == "bf16":
+        raise ValueError(
+            f"accelerate launch asks for --mixed_precision {launched} and the recipe for precision {recipe.precision}:"
+            " pass --precision (fp32 or bf16) and launch with --mixed_precision no, or with bf16 and --precision bf16."
+        )
     if recipe.precision != "auto":
         return recipe
-    bf16 = not on_cpu(device) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if recorded is not None:
+        return recipe.with_overrides(precision=recorded)
+    bf16 = launched == "bf16" or not on_cpu(device) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return recipe.with_overrides(precision="bf16" if bf16 else "fp32")
 
 

@@ -4,6 +4,7 @@ The card's YAML header comes from ``ModelCardData``: ``EvalResult`` entries beco
 as an evaluation widget, and ``base_model`` links the card to its source checkpoint's page.
 """
 
+import os
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -90,8 +91,11 @@ def launch_command(command: str, processes: int) -> str:
     one: the batch size is per process, so one process would train with a smaller global batch."""
     if processes <= 1:
         return command
-    # --multi_gpu: accelerate starts several processes on a machine without GPUs only when told to
-    return f"accelerate launch --multi_gpu --num_processes {processes} {command.removeprefix('python ')}"
+    # --multi_gpu: accelerate starts several processes on a machine without GPUs only when told to; a run sharded by
+    # an accelerate config (FSDP, DeepSpeed) is launched with that config, which the flag would override
+    sharded = any(os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true" for name in ("FSDP", "DEEPSPEED"))
+    launch = "accelerate launch" if sharded else "accelerate launch --multi_gpu"
+    return f"{launch} --num_processes {processes} {command.removeprefix('python ')}"
 
 
 def render_model_card(
@@ -205,6 +209,7 @@ def render_model_card(
         hyperparameters=hyperparameters,
         command=launch_command(recipe_command(recipe), processes),
         source_command=source_command(recipe.source),
+        teacher_command=source_command(recipe.teacher) if recipe.teacher else None,
     )
 
 

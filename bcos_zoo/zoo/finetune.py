@@ -219,16 +219,17 @@ def earlier_run(output_dir: Path, last_checkpoint: str | None) -> list[str]:
     return left + [name for name in ("repo", "results.json") if (output_dir / name).exists()]
 
 
-def check_same_recipe(output_dir: Path, recipe: Recipe) -> None:
+def check_same_recipe(output_dir: Path, recipe: Recipe, training: bool = True) -> None:
     """Refuse to resume a run with a recipe that trains differently from the one it started with (its
     ``recipe.json``): the optimiser state, data and classes of the checkpoint would be mixed with the new settings.
-    Fields that only describe the published model (its Hub id, card) may change."""
+    Fields that only describe the published model (its Hub id, card) may change; so may the number of processes,
+    where the run is finished (``training=False``: it is only reported or pushed)."""
     stored = output_dir / "recipe.json"
     if not stored.is_file():
         return
     record, given = json.loads(stored.read_text()), recipe_record(recipe)
     started_on, processes = record.get("processes", 1), processes_now()
-    if started_on != processes:
+    if training and started_on != processes:
         command = launch_command("python scripts/finetune.py ... --resume", started_on)
         raise ValueError(
             f"--resume: the run in {output_dir} was started on {started_on} process(es), this one has {processes}: "
@@ -334,7 +335,12 @@ def finetune(
     dataloader_num_workers: int | None = None,
 ) -> FinetuneResult:
     """Run a recipe end to end; see the module docstring for what lands where."""
-    output_dir, recipe = Path(output_dir), with_precision(recipe, device)
+    output_dir = Path(output_dir)
+    finished = finished_results(output_dir) if resume else None
+    # a finished run is only reported or pushed, on any machine: it keeps the precision it recorded
+    stored = output_dir / "recipe.json"
+    recorded = json.loads(stored.read_text()).get("precision") if finished and stored.is_file() else None
+    recipe = with_precision(recipe, device, recorded=recorded)
     check_output_dir(output_dir, recipe.dataset)
     repo_id = recipe.hub_model_id
     checkpoint_dir = output_dir / "checkpoints"
@@ -346,8 +352,8 @@ def finetune(
             "when it is finished), or choose another --output-dir. Nothing was changed."
         )
     if resume:
-        check_same_recipe(output_dir, recipe)
-    if resume and (results := finished_results(output_dir)) is not None:
+        check_same_recipe(output_dir, recipe, training=finished is None)
+    if (results := finished) is not None:
         if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process alone reports and pushes
             return FinetuneResult(output_dir, None)
         check_finished_run(results, output_dir, recipe, push, dry_run)
