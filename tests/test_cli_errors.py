@@ -176,6 +176,8 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes_the_run(inputs, tm
     assert "Traceback" not in stderr
     (line,) = [line for line in stderr.splitlines() if "interrupted" in line]
     assert line.startswith("interrupted; continue with: python scripts/finetune.py ") and line.endswith("--resume")
+    (stopped,) = [line for line in stderr.splitlines() if line.startswith("Stopped after step ")]
+    step = int(stopped.split()[3].rstrip(","))  # the step Ctrl-C landed in: its checkpoint is the one resumed from
 
     checkpoints = sorted((output / "checkpoints").glob("checkpoint-*/training_time.json"))
     seconds_before = json.loads(checkpoints[-1].read_text())["seconds"]
@@ -183,7 +185,7 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes_the_run(inputs, tm
     resume = command + ["--resume"]
     resumed = subprocess.run(resume, capture_output=True, text=True, env=child_env(), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming from" in resumed.stdout and "checkpoint-" in resumed.stdout
+    assert "Resuming from" in resumed.stdout and f"checkpoint-{step}" in resumed.stdout.split("Resuming from")[1]
     # the card and results count the time before the interruption too
     assert json.loads((output / "results.json").read_text())["metrics"]["train_seconds"] > seconds_before
     again = subprocess.run(resume, capture_output=True, text=True, env=child_env(), timeout=600)

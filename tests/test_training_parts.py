@@ -6,12 +6,14 @@ import signal
 import struct
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bcos_zoo.data.datasets import (
     FileImages,
@@ -214,11 +216,11 @@ def python_ctrl_c_handler():
 
 
 @pytest.mark.usefixtures("python_ctrl_c_handler")
-def test_ctrl_c_swallowed_by_a_finaliser_still_stops_training_at_the_step_end(monkeypatch):
+def test_ctrl_c_swallowed_by_a_finaliser_still_stops_several_processes_at_the_step_end(monkeypatch):
     dropped = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: dropped.append(unraisable.exc_type))
     stop = StopOnInterrupt()
-    stop.on_train_begin(None, None, None)
+    stop.on_train_begin(SimpleNamespace(world_size=2), None, None)  # several processes stop at once
     try:
         finaliser = _Finaliser()
         del finaliser
@@ -227,8 +229,48 @@ def test_ctrl_c_swallowed_by_a_finaliser_still_stops_training_at_the_step_end(mo
         with pytest.raises(KeyboardInterrupt):
             stop.on_step_end(None, None, None)
     finally:
-        stop.on_train_end(None, None, None)
+        stop.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class _CtrlC(TrainerCallback):
+    """Presses Ctrl-C ``times`` times during step ``step`` (counted from 1)."""
+
+    def __init__(self, step: int, times: int):
+        self.step, self.times = step, times
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            for _ in range(self.times):
+                signal.raise_signal(signal.SIGINT)
+
+
+def _interrupted_training(tmp_path, times: int) -> Trainer:
+    torch.manual_seed(0)
+    data = [{"x": torch.randn(3), "y": torch.randn(())} for _ in range(32)]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=8, save_steps=100, per_device_train_batch_size=2, report_to=[],
+        use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    callbacks = [StopOnInterrupt(), _CtrlC(step=3, times=times)]
+    trainer = Trainer(model=_Regression(), args=arguments, train_dataset=data, callbacks=callbacks)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    return trainer
+
+
+@pytest.mark.usefixtures("python_ctrl_c_handler")
+def test_ctrl_c_saves_the_running_step_as_a_checkpoint_and_ends_training_as_interrupted(tmp_path, capsys):
+    trainer = _interrupted_training(tmp_path, times=1)
+    assert trainer.state.global_step == 3 and [path.name for path in tmp_path.glob("checkpoint-*")] == ["checkpoint-3"]
+    assert "Stopped after step 3, saved as checkpoint-3." in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("python_ctrl_c_handler")
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path):
+    _interrupted_training(tmp_path, times=2)
+    assert not list(tmp_path.glob("checkpoint-*"))
 
 
 def test_the_recipe_catalogue_in_the_docs_lists_every_recipe():

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -162,37 +163,59 @@ class EpochSeededData(TrainerCallback):
 
 
 class StopOnInterrupt(TrainerCallback):
-    """Ctrl-C stops training even when its ``KeyboardInterrupt`` lands where Python swallows it.
+    """Ctrl-C ends training at the end of the running step with a checkpoint, so that ``--resume`` loses no step; a
+    second Ctrl-C stops at once (``--resume`` then continues from the last checkpoint).
 
-    An exception raised inside a ``__del__`` or a weakref callback (a progress bar or a file closed by the garbage
-    collector mid-step) is printed and dropped, so now and then a run would go on after Ctrl-C. The handler notes
-    the interrupt before raising as usual, and the end of every step raises it again if it was noted.
+    The first Ctrl-C only takes note: the step's end asks the Trainer to save and stop, and the end of training
+    raises ``KeyboardInterrupt``, so the run ends as interrupted (nothing is evaluated or written). Several processes
+    stop at once, as at a second Ctrl-C: each would take note at a step end of its own, and they must save at the
+    same step. A ``KeyboardInterrupt`` raised where Python swallows it (in a ``__del__`` or a weakref callback, when
+    a progress bar or a file is closed mid-step) is raised again at the step's end, as it was noted.
     """
 
     def __init__(self):
-        self.interrupted = False
-        self.previous = None
+        self.interrupted, self.previous, self.at_once = False, None, False
 
     def _handle(self, signum, frame):
-        self.interrupted = True
-        if callable(self.previous):
-            self.previous(signum, frame)
+        if not (self.interrupted or self.at_once):
+            self.interrupted = True
+            print(
+                "\nCtrl-C: a checkpoint at the end of this step, then stop (Ctrl-C again: stop now).", file=sys.stderr
+            )
+            return
+        self.interrupted, previous = True, self.restore()  # the handler goes with the training it stops
+        if callable(previous):
+            previous(signum, frame)
         else:
             raise KeyboardInterrupt
 
+    def restore(self):
+        """Put back the Ctrl-C handler training began with, and return it."""
+        previous, self.previous = self.previous, None
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        return previous
+
     def on_train_begin(self, args, state, control, **kwargs):
+        self.at_once = args is not None and args.world_size > 1
         in_main_thread = threading.current_thread() is threading.main_thread()
         if in_main_thread and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self.previous = signal.signal(signal.SIGINT, self._handle)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.interrupted:
+        if self.interrupted and self.at_once:
+            self.restore()
             raise KeyboardInterrupt
+        if self.interrupted:
+            control.should_save = control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
+        self.restore()
+        if self.interrupted:
+            print(
+                f"\nStopped after step {state.global_step}, saved as checkpoint-{state.global_step}.", file=sys.stderr
+            )
+            raise KeyboardInterrupt
 
 
 class TermLoggingTrainer(Trainer):
