@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from bcos_zoo.training.recipe import training_differences
-from bcos_zoo.training.trainer import with_precision
 from bcos_zoo.zoo.cli import run_script
+from bcos_zoo.zoo.finetune import with_run_precision
 from bcos_zoo.zoo.recipes import Recipe, get_recipe
 from bcos_zoo.zoo.reproduction import check_run_folder, train_or_reuse
 
@@ -29,7 +29,7 @@ from bcos_zoo.zoo.reproduction import check_run_folder, train_or_reuse
 def check_stage(folder: Path, recipe: Recipe, stage: str, flag: str, root: Path) -> None:
     """Refuse, before anything trains, a stage folder that holds a run of another recipe: one trained for other
     epochs says which ``flag`` re-uses it; anything else is refused as every reproduction refuses it."""
-    stored = folder / "recipe.json"
+    stored, recipe = folder / "recipe.json", with_run_precision(recipe, folder)  # as the run records it
     earlier = json.loads(stored.read_text()) if stored.is_file() else {}
     if earlier and training_differences(earlier, recipe, work_dir=root) == ["epochs"]:
         trained, asked = earlier["epochs"], recipe.epochs
@@ -50,9 +50,8 @@ def main(argv: list[str] | None = None) -> None:
 
     start, root = time.perf_counter(), args.output_root
     source_dir, output = root / "vit-fashion-mnist", root / "bcos-vit-fashion-mnist"
-    source_recipe = with_precision(get_recipe("vit-fashion-mnist").with_overrides(epochs=args.source_epochs))
+    source_recipe = get_recipe("vit-fashion-mnist").with_overrides(epochs=args.source_epochs)
     recipe = get_recipe("bcos-vit-fashion-mnist").with_overrides(source=str(source_dir / "repo"), epochs=args.epochs)
-    recipe = with_precision(recipe)  # as the run will record it
     check_stage(source_dir, source_recipe, "standard source", "--source-epochs", root)
     check_stage(output, recipe, "B-cos stage", "--epochs", root)
 

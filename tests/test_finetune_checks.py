@@ -120,6 +120,22 @@ def test_a_finished_run_of_other_processes_and_precision_is_reported_here_as_it_
     assert finetune(recipe, tmp_path / "out", resume=True, device="cpu").metrics == {"accuracy": 0.5}
 
 
+def test_a_run_that_fails_in_training_gives_ctrl_c_back(recipe, tmp_path):
+    import signal
+
+    data = tmp_path / "data"
+    shutil.copytree(recipe.dataset, data)
+    for image in data.rglob("*.png"):
+        image.write_bytes(b"not an image")  # the first batch fails
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(ValueError, match="could not be read as an image"):
+            finetune(replace(recipe, dataset=str(data)), tmp_path / "out", device="cpu")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_resume_accepts_the_same_folders_named_by_another_path(recipe, tmp_path, monkeypatch):
     finished_run(tmp_path / "out", recipe)
     monkeypatch.chdir(Path(recipe.dataset).parent)

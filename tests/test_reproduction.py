@@ -454,6 +454,14 @@ def test_a_finished_run_is_reused_from_a_moved_work_folder(tmp_path):
     assert train_or_reuse(recipe, work / "seed0" / "bcosified", work_dir=work) == results
 
 
+def test_a_finished_run_trained_in_another_precision_is_reused_here(tmp_path):
+    from bcos_zoo.zoo.reproduction import train_or_reuse
+
+    source = tmp_path / "work" / "seed0" / "standard" / "repo"
+    results = _finished_run(tmp_path / "work" / "seed0" / "bcosified", _bcosified(source, precision="bf16"))
+    assert train_or_reuse(_bcosified(source), tmp_path / "work" / "seed0" / "bcosified", device="cpu") == results
+
+
 def test_a_run_folder_of_another_recipe_is_refused_naming_the_fields_that_differ(tmp_path):
     from bcos_zoo.zoo.reproduction import train_or_reuse
 

@@ -250,10 +250,10 @@ def _interrupted_training(tmp_path, times: int) -> Trainer:
     data = [{"x": torch.randn(3), "y": torch.randn(())} for _ in range(32)]
     arguments = TrainingArguments(
         output_dir=str(tmp_path), max_steps=8, save_steps=100, per_device_train_batch_size=2, report_to=[],
-        use_cpu=True, disable_tqdm=True,
+        use_cpu=True, disable_tqdm=True, eval_strategy="epoch",
     )  # fmt: skip
     callbacks = [StopOnInterrupt(), _CtrlC(step=3, times=times)]
-    trainer = Trainer(model=_Regression(), args=arguments, train_dataset=data, callbacks=callbacks)
+    trainer = Trainer(model=_Regression(), args=arguments, train_dataset=data, eval_dataset=data, callbacks=callbacks)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
@@ -265,6 +265,27 @@ def test_ctrl_c_saves_the_running_step_as_a_checkpoint_and_ends_training_as_inte
     trainer = _interrupted_training(tmp_path, times=1)
     assert trainer.state.global_step == 3 and [path.name for path in tmp_path.glob("checkpoint-*")] == ["checkpoint-3"]
     assert "Stopped after step 3, saved as checkpoint-3." in capsys.readouterr().err
+    assert not [entry for entry in trainer.state.log_history if "eval_loss" in entry]  # the cut epoch is not evaluated
+
+
+@pytest.mark.usefixtures("python_ctrl_c_handler")
+def test_training_again_after_a_ctrl_c_trains_until_the_next(tmp_path):
+    trainer = _interrupted_training(tmp_path, times=1)
+    trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks if not isinstance(c, _CtrlC)]
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+    assert trainer.state.global_step == 8
+
+
+@pytest.mark.usefixtures("python_ctrl_c_handler")
+def test_a_data_loading_worker_leaves_ctrl_c_to_the_main_process():
+    stop = StopOnInterrupt()
+    stop.on_train_begin(None, None, None)
+    try:
+        stop.pid = -1  # as in a worker forked with the handler
+        signal.raise_signal(signal.SIGINT)
+        assert not stop.interrupted
+    finally:
+        stop.restore()
 
 
 @pytest.mark.usefixtures("python_ctrl_c_handler")

@@ -174,9 +174,11 @@ class StopOnInterrupt(TrainerCallback):
     """
 
     def __init__(self):
-        self.interrupted, self.previous, self.at_once = False, None, False
+        self.interrupted, self.previous, self.at_once, self.pid = False, None, False, os.getpid()
 
     def _handle(self, signum, frame):
+        if os.getpid() != self.pid:  # a data-loading worker forked with the handler: the main process decides
+            return
         if not (self.interrupted or self.at_once):
             self.interrupted = True
             print(
@@ -197,6 +199,7 @@ class StopOnInterrupt(TrainerCallback):
         return previous
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.interrupted, self.pid = False, os.getpid()
         self.at_once = args is not None and args.world_size > 1
         in_main_thread = threading.current_thread() is threading.main_thread()
         if in_main_thread and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
@@ -208,6 +211,10 @@ class StopOnInterrupt(TrainerCallback):
             raise KeyboardInterrupt
         if self.interrupted:
             control.should_save = control.should_training_stop = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.interrupted:  # no evaluation of the epoch cut short (a resume evaluates it when it ends)
+            control.should_evaluate = False
 
     def on_train_end(self, args, state, control, **kwargs):
         self.restore()

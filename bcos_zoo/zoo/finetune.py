@@ -26,6 +26,7 @@ from ..training import get_task
 from ..training.recipe import publishing_differences, recipe_record, training_differences
 from ..training.task import BCOS_MODEL_TYPES, source_config
 from ..training.trainer import (
+    StopOnInterrupt,
     TrainingClock,
     mean_training_loss,
     trainer_callbacks,
@@ -297,6 +298,16 @@ def finished_results(output_dir: Path) -> dict | None:
     return json.loads(results.read_text())
 
 
+def with_run_precision(recipe: Recipe, output_dir: Path, device: str | None = None) -> Recipe:
+    """``recipe`` with ``precision="auto"`` made the run's: as the finished run in ``output_dir`` recorded it (it is
+    only reported or pushed, on any machine), else as this machine and launch train (:func:`with_precision`)."""
+    stored = Path(output_dir) / "recipe.json"
+    finished = finished_results(Path(output_dir)) is not None and stored.is_file()
+    return with_precision(
+        recipe, device, recorded=json.loads(stored.read_text()).get("precision") if finished else None
+    )
+
+
 def publish(result: "FinetuneResult", recipe: Recipe, push: bool, private: bool, dry_run: bool) -> "FinetuneResult":
     """List the repo folder (a dry run), or upload it with ``push``."""
     if dry_run:
@@ -337,10 +348,7 @@ def finetune(
     """Run a recipe end to end; see the module docstring for what lands where."""
     output_dir = Path(output_dir)
     finished = finished_results(output_dir) if resume else None
-    # a finished run is only reported or pushed, on any machine: it keeps the precision it recorded
-    stored = output_dir / "recipe.json"
-    recorded = json.loads(stored.read_text()).get("precision") if finished and stored.is_file() else None
-    recipe = with_precision(recipe, device, recorded=recorded)
+    recipe = with_run_precision(recipe, output_dir, device)
     check_output_dir(output_dir, recipe.dataset)
     repo_id = recipe.hub_model_id
     checkpoint_dir = output_dir / "checkpoints"
@@ -404,7 +412,12 @@ def finetune(
             trainer.add_callback(RestoreEvaluation({**trainer.evaluate(), **missing}))
     write_recipe(output_dir, recipe)  # before the first checkpoint; a run stopped earlier leaves nothing to resume
     write_held_out_from(output_dir, data)
-    train_output = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
+    try:
+        train_output = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
+    finally:  # an error in training skips the callbacks' end: Ctrl-C is the caller's again all the same
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, StopOnInterrupt):
+                callback.restore()
     train_seconds = clock.seconds
     end_process_group(trainer)
     if not trainer.is_world_process_zero():

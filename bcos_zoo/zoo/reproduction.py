@@ -45,8 +45,7 @@ from ..families import FAMILIES, bcos_classifier_class
 from ..modeling.explanation import colorize_contributions
 from ..training import get_task
 from ..training.recipe import recipe_record, training_differences
-from ..training.trainer import with_precision
-from .finetune import earlier_run, finetune, last_complete_checkpoint
+from .finetune import earlier_run, finetune, last_complete_checkpoint, with_run_precision
 from .recipes import Recipe, get_recipe
 from .reproduction_report import (
     Curve,
@@ -150,7 +149,7 @@ def check_run_folder(
     """Refuse a run folder that holds a run of another recipe (its precision on ``device`` included), or one trained
     from other weights of its source or teacher than the folder holds now (retrained since), in the terms of the
     script that was run."""
-    stored, inputs, recipe = folder / "recipe.json", folder / INPUTS_RECORD, with_precision(recipe, device)
+    stored, inputs, recipe = folder / "recipe.json", folder / INPUTS_RECORD, with_run_precision(recipe, folder, device)
     if stored.is_file():
         earlier, record = json.loads(stored.read_text()), recipe_record(recipe)
         changed = training_differences(earlier, recipe, work_dir)
@@ -189,7 +188,8 @@ def train_or_reuse(
     ``recipe.json`` (with this call's paths, which a resume checks) and the inputs' digests are written before
     training.
     """
-    folder, recipe = Path(folder), with_precision(recipe, device)
+    folder = Path(folder)
+    recipe = with_run_precision(recipe, folder, device)
     check_run_folder(folder, recipe, work_dir, work_flag, device)
     results = folder / "results.json"
     if results.is_file() and (folder / "repo").is_dir():
