@@ -282,4 +282,4 @@ def test_the_launch_of_a_sharded_run_leaves_its_accelerate_config_in_charge(monk
     command = "python scripts/finetune.py --recipe bcos-vit-b"
     assert launch_command(command, 8).startswith("accelerate launch --multi_gpu --num_processes 8 scripts/")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # --multi_gpu would override the config's FSDP
-    assert launch_command(command, 8).startswith("accelerate launch --num_processes 8 scripts/")
+    assert launch_command(command, 8).startswith("accelerate launch --config_file '<its accelerate config>' --num_proc")

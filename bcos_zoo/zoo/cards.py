@@ -94,7 +94,7 @@ def launch_command(command: str, processes: int) -> str:
     # --multi_gpu: accelerate starts several processes on a machine without GPUs only when told to; a run sharded by
     # an accelerate config (FSDP, DeepSpeed) is launched with that config, which the flag would override
     sharded = any(os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true" for name in ("FSDP", "DEEPSPEED"))
-    launch = "accelerate launch" if sharded else "accelerate launch --multi_gpu"
+    launch = "accelerate launch --config_file '<its accelerate config>'" if sharded else "accelerate launch --multi_gpu"
     return f"{launch} --num_processes {processes} {command.removeprefix('python ')}"
 
 
