@@ -35,16 +35,20 @@ def siglip_distillation_loss(
     ``teacher_embeds`` may hold more images than the students (the whole batch of several processes); student i's own
     teacher is then row ``first + i``. The mean over each process's pairs, averaged over the processes as data-parallel
     gradients are, is the loss of the whole batch in one process."""
-    n, width = student_embeds.shape if student_embeds.ndim == 2 else (0, None)
-    if width is None or teacher_embeds.ndim != 2 or teacher_embeds.shape[1] != width or first + n > len(teacher_embeds):
+    both_2d = student_embeds.ndim == teacher_embeds.ndim == 2
+    if (
+        not both_2d
+        or student_embeds.shape[1] != teacher_embeds.shape[1]
+        or first + len(student_embeds) > len(teacher_embeds)
+    ):
         raise ValueError(
             "student_embeds and teacher_embeds must both have shape (batch, projection_dim) (the teachers: at least "
             f"{first} + batch rows), got {tuple(student_embeds.shape)} and {tuple(teacher_embeds.shape)}."
         )
     student = F.normalize(student_embeds, dim=-1)
     teacher = F.normalize(teacher_embeds.detach().to(student.dtype), dim=-1)
-    own = torch.arange(n, device=student.device)
-    labels = -torch.ones(n, len(teacher), device=student.device, dtype=student.dtype)
+    own = torch.arange(len(student), device=student.device)
+    labels = -torch.ones(len(student), len(teacher), device=student.device, dtype=student.dtype)
     labels[own, first + own] = 1
     return -F.logsigmoid(labels * (scale * student @ teacher.T + bias)).mean()
 

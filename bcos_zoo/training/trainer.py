@@ -267,7 +267,7 @@ def with_precision(recipe: Recipe, device: str | None = None, recorded: str | No
     precision, to other weights. ``auto`` is ``recorded`` where a finished run is only reported, else what
     ``accelerate launch --mixed_precision`` (or its config) asked for, else bf16 on a GPU that has it, else fp32."""
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if launched not in ("no", "bf16") or recipe.precision not in ("auto", "bf16") and launched == "bf16":
+    if launched not in ("no", "bf16") or (launched == "bf16" and recipe.precision == "fp32"):
         raise ValueError(
             f"accelerate launch asks for --mixed_precision {launched} and the recipe for precision {recipe.precision}:"
             " pass --precision (fp32 or bf16) and launch with --mixed_precision no, or with bf16 and --precision bf16."

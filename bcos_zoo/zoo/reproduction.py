@@ -143,13 +143,11 @@ def input_digests(recipe: Recipe) -> dict[str, str]:
     return digests
 
 
-def check_run_folder(
-    folder: Path, recipe: Recipe, work_dir: Path | None, work_flag: str, device: str | None = None
-) -> None:
-    """Refuse a run folder that holds a run of another recipe (its precision on ``device`` included), or one trained
-    from other weights of its source or teacher than the folder holds now (retrained since), in the terms of the
-    script that was run."""
-    stored, inputs, recipe = folder / "recipe.json", folder / INPUTS_RECORD, with_run_precision(recipe, folder, device)
+def check_run_folder(folder: Path, recipe: Recipe, work_dir: Path | None, work_flag: str) -> None:
+    """Refuse a run folder that holds a run of another recipe (``recipe`` with its precision as the run takes it:
+    :func:`~bcos_zoo.zoo.finetune.with_run_precision`), or one trained from other weights of its source or teacher
+    than the folder holds now (retrained since), in the terms of the script that was run."""
+    stored, inputs = folder / "recipe.json", folder / INPUTS_RECORD
     if stored.is_file():
         earlier, record = json.loads(stored.read_text()), recipe_record(recipe)
         changed = training_differences(earlier, recipe, work_dir)
@@ -190,7 +188,7 @@ def train_or_reuse(
     """
     folder = Path(folder)
     recipe = with_run_precision(recipe, folder, device)
-    check_run_folder(folder, recipe, work_dir, work_flag, device)
+    check_run_folder(folder, recipe, work_dir, work_flag)
     results = folder / "results.json"
     if results.is_file() and (folder / "repo").is_dir():
         print(f"Re-using the finished run in {folder}")
