@@ -1,7 +1,12 @@
 """``pipeline("image-explanation", trust_remote_code=True)``: labels, scores and exact explanations, in a process that
 has only transformers, for every B-cos image classifier family."""
 
+import http.server
 import json
+import re
+import socketserver
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +17,7 @@ from sources import hf_vit
 from transformers import pipeline
 
 from bcos_zoo import BcosResNetForImageClassification, BcosViTForImageClassification
+from bcos_zoo.modeling.pipeline_bcos_explanation import to_rgb
 
 
 @pytest.fixture(scope="module", params=["vit", "resnet"])
@@ -207,3 +213,93 @@ def test_arrays_are_taken_as_image_classification_takes_them(photo):
         explained, reference = pipe(image, top_k=2), classified(image, top_k=2)
         assert [row["label"] for row in explained] == [row["label"] for row in reference]
         assert [row["score"] for row in explained] == pytest.approx([row["score"] for row in reference], abs=1e-6)
+
+
+def test_a_float_image_in_0_1_is_not_divided_by_255_again(photo):
+    """The model's own input format, handed in as an array or tensor, reads as the same picture its 8-bit file does
+    (an 8-bit resize and a float one differ by rounding only), not as a black one."""
+    pipe, _ = in_memory_pipeline()
+    array = np.asarray(Image.open(photo))
+    expected, black = (pipe(image, top_k=1, labels=[1])[-1]["explanation"]["logit"] for image in (array, 0 * array))
+    floats = array.astype(np.float32) / 255
+    for image in (floats, torch.from_numpy(floats).permute(2, 0, 1), torch.from_numpy(floats).permute(2, 0, 1)[None]):
+        explained = pipe(image, top_k=1, labels=[1])[-1]["explanation"]
+        assert abs(explained["logit"] - expected) < abs(black - expected) / 20
+        assert explained["contributions"].sum() + explained["bias"] == pytest.approx(explained["logit"], abs=1e-4)
+
+
+def test_a_float_image_in_0_1_that_resizing_overshoots_is_clamped_and_a_negative_one_refused():
+    pipe, model = in_memory_pipeline()
+    pipe.image_processor.resample = Image.Resampling.BICUBIC  # as timm sources resize
+    stripes = np.zeros((6, 6, 3), dtype=np.float32)
+    stripes[:, ::2] = 1.0  # a bicubic enlargement of hard edges overshoots [0, 1]
+    processed = pipe.image_processor(stripes, do_rescale=False, return_tensors="pt").pixel_values
+    assert processed.min() < -0.01 and processed.max() > 1.01
+    expected = model(pixel_values=processed.clamp(0, 1)).logits[0, 1]
+    assert pipe(stripes, top_k=1, labels=[1])[-1]["explanation"]["logit"] == pytest.approx(float(expected), abs=1e-5)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        pipe((stripes - 0.485) / 0.229)  # normalised: refused, not clamped into a picture
+
+
+def test_a_batch_of_several_images_in_one_array_is_refused_naming_a_list(photo):
+    pipe, _ = in_memory_pipeline()
+    batch = torch.from_numpy(np.asarray(Image.open(photo))).permute(2, 0, 1).expand(2, -1, -1, -1)
+    with pytest.raises(ValueError, match="batch of 2: pass them as a list"):
+        pipe(batch)
+    assert len(pipe(list(batch), top_k=1)) == 2
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_a_2d_array_is_the_greyscale_picture_its_l_image_is(photo, kind):
+    pipe, _ = in_memory_pipeline()
+    grey = Image.open(photo).convert("L")
+    array = np.asarray(grey) if kind == "numpy" else torch.from_numpy(np.asarray(grey).copy())
+    from_array, from_image = pipe(array, top_k=4, explain=4), pipe(grey, top_k=4, explain=4)
+    assert [row["label"] for row in from_array] == [row["label"] for row in from_image]
+    logits = [[row["explanation"]["logit"] for row in rows] for rows in (from_array, from_image)]
+    assert logits[0] == pytest.approx(logits[1], abs=1e-5)
+
+
+def test_deep_greyscale_modes_are_read_on_the_scale_their_values_are_on():
+    """Pillow's own conversions write 32-bit and float greyscale on the 8-bit scale, a float file often 0..1, a 16-bit
+    one 0..65535: each reads as the same grey picture (Pillow's ``convert("RGB")`` clips, ``I`` to white or black)."""
+    grey = Image.fromarray(np.random.default_rng(3).integers(0, 256, (5, 6), dtype=np.uint8))
+    values = np.asarray(grey)
+    same_picture = [
+        grey.convert("I"),
+        grey.convert("F"),
+        Image.fromarray(values.astype(np.float32) / 255),  # F, 0..1
+        Image.fromarray(values.astype(np.uint16) * 257),  # I;16
+        Image.fromarray(values.astype(np.int32) * 257),  # I holding 16-bit values
+    ]
+    for image in same_picture:
+        np.testing.assert_array_equal(np.asarray(to_rgb(image)), np.asarray(grey.convert("RGB")), image.mode)
+
+
+class Silent(socketserver.BaseRequestHandler):
+    def handle(self):
+        time.sleep(5)  # takes the connection, never answers
+
+
+class NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(
+    "handler, message", [(Silent, "could not be fetched: .*timed out"), (NotFound, "could not be fetched: .*404")]
+)
+def test_a_url_that_does_not_answer_or_answers_an_error_is_refused_naming_it(handler, message):
+    pipe, _ = in_memory_pipeline()
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/cat.jpg"
+        started = time.monotonic()
+        with pytest.raises(ValueError, match=f"The image at {re.escape(url)} {message}"):
+            pipe(url, timeout=0.5)
+        assert time.monotonic() - started < 4
+        server.shutdown()

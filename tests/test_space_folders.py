@@ -117,6 +117,9 @@ def odd_mode_images() -> list[Image.Image]:
         Image.fromarray(rng.integers(0, 65536, (5, 6), dtype=np.uint16)),  # I;16
         Image.fromarray(rng.integers(0, 65536, (5, 6)).astype(np.int32)),  # I
         Image.fromarray(rng.random((5, 6), dtype=np.float32) * 7),  # F
+        Image.fromarray(rng.random((5, 6), dtype=np.float32)),  # F in [0, 1]
+        rgba.convert("L").convert("F"),  # F and I on the 8-bit scale, as Pillow converts
+        rgba.convert("L").convert("I"),
         rgba,
         rgba.convert("LA"),
         palette,

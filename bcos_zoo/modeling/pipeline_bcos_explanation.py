@@ -19,11 +19,17 @@ from transformers.image_utils import load_image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode as the 8-bit RGB a viewer shows: 16-bit and float greyscale rescaled to 8 bits (Pillow's own
-    conversion clips them, turning a 16-bit image white), transparency laid on white."""
+    """Any Pillow mode as the 8-bit RGB a viewer shows: transparency laid on white, and deep greyscale brought to 8
+    bits by the scale its values are on (Pillow's own conversion clips them, turning a 16-bit image white): 16-bit
+    modes 0..65535; 32-bit and float modes 0..255 as Pillow's conversions write them, floats no greater than 1 as
+    0..1, larger values as 16-bit, or up to their maximum."""
     if image.mode.startswith("I") or image.mode == "F":
         values = np.asarray(image, dtype=np.float32)
-        top = 65535.0 if image.mode.startswith("I") else max(float(values.max()), 1e-12)
+        most = float(values.max(initial=0))
+        if image.mode.startswith("I;16") or 255 < most <= 65535:
+            top = 65535.0
+        else:
+            top = 1.0 if image.mode == "F" and most <= 1 else max(most, 255.0)
         grey = (values / top * 255).clip(0, 255).round().astype(np.uint8)
         if "transparency" in image.info:  # a tRNS key names a 16-bit value, which the rescale would merge
             grey[np.asarray(image) == image.info["transparency"]] = 255  # with others: key it here, on white
@@ -35,9 +41,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def read_image(image, timeout: float | None = None) -> Image.Image:
-    """A path, URL or PIL image, upright, as :func:`to_rgb` reads it; a base64 string as transformers reads it."""
+    """A path, URL or PIL image, upright, as :func:`to_rgb` reads it; a base64 string as transformers reads it. A URL
+    that does not answer within ``timeout`` seconds (30 when not given) is refused, as is one answered with an error."""
     if isinstance(image, str) and image.startswith(("http://", "https://")):
-        image = Image.open(BytesIO(httpx.get(image, timeout=timeout, follow_redirects=True).content))
+        try:
+            response = httpx.get(image, timeout=30.0 if timeout is None else timeout, follow_redirects=True)
+            response.raise_for_status()
+        except httpx.HTTPError as error:
+            raise ValueError(f"The image at {image} could not be fetched: {error}") from None
+        image = Image.open(BytesIO(response.content))
     elif isinstance(image, str) and os.path.isfile(image):
         image = Image.open(image)
     elif not isinstance(image, Image.Image):
@@ -78,12 +90,31 @@ class ImageExplanationPipeline(Pipeline):
         return found[0]
 
     def preprocess(self, image, timeout=None):
-        """An image as a viewer shows it (arrays as they are, as image-classification takes them); a one-channel
-        model takes it in greyscale."""
+        """An image as a viewer shows it; a one-channel model takes it in greyscale. Arrays and tensors are taken as
+        image-classification takes them (channels first or last, 0..255), but for three things: floats no greater
+        than 1 are the [0, 1] images the model takes (not divided by 255 again: the picture would be black), a 2-D
+        array is a greyscale picture, and a batch of several images is refused (the pipeline explains one per call:
+        pass a list)."""
+        channels = getattr(self.model.config, "num_channels", 3)
         if not isinstance(image, (np.ndarray, torch.Tensor)):
             image = read_image(image, timeout=timeout)
-            image = image.convert("L") if getattr(self.model.config, "num_channels", 3) == 1 else image
-        return self.image_processor(images=image, return_tensors="pt")
+            return self.image_processor(images=image.convert("L") if channels == 1 else image, return_tensors="pt")
+        if image.ndim == 4 and len(image) > 1:
+            raise ValueError(f"One image per call, got a batch of {len(image)}: pass them as a list of images.")
+        if image.ndim == 2:  # greyscale, in as many channels as the model takes (channels first in a tensor)
+            if isinstance(image, torch.Tensor):
+                image = image[None].expand(channels, -1, -1)
+            else:
+                image = np.repeat(image[..., None], channels, axis=-1)
+        floating = (
+            image.is_floating_point() if isinstance(image, torch.Tensor) else np.issubdtype(image.dtype, np.floating)
+        )
+        if not floating or image.max() > 1:
+            return self.image_processor(images=image, return_tensors="pt")
+        inputs = self.image_processor(images=image, do_rescale=False, return_tensors="pt")
+        if image.min() >= 0:  # resampling overshoots [0, 1] a little; a negative image is left for the model to refuse
+            inputs["pixel_values"] = inputs["pixel_values"].clamp(0, 1)
+        return inputs
 
     def _forward(self, model_inputs, explain=1, targets=None):
         """One forward pass for the scores, then one batched explanation of every label asked for, of every image
