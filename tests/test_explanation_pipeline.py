@@ -8,6 +8,7 @@ import socketserver
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -238,7 +239,11 @@ def test_a_float_image_in_0_1_that_resizing_overshoots_is_clamped_and_a_negative
     expected = model(pixel_values=processed.clamp(0, 1)).logits[0, 1]
     assert pipe(stripes, top_k=1, labels=[1])[-1]["explanation"]["logit"] == pytest.approx(float(expected), abs=1e-5)
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
-        pipe((stripes - 0.485) / 0.229)  # normalised: refused, not clamped into a picture
+        pipe(stripes - 0.5)  # negative, so not a [0, 1] image: refused, not clamped into one
+    pipe.image_processor.do_normalize = True  # a processor with a mean and std, passed by mistake: refused
+    pipe.image_processor.image_mean, pipe.image_processor.image_std = [0.5] * 3, [0.5] * 3
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        pipe(stripes)
 
 
 def test_a_batch_of_several_images_in_one_array_is_refused_naming_a_list(photo):
@@ -260,20 +265,32 @@ def test_a_2d_array_is_the_greyscale_picture_its_l_image_is(photo, kind):
     assert logits[0] == pytest.approx(logits[1], abs=1e-5)
 
 
-def test_deep_greyscale_modes_are_read_on_the_scale_their_values_are_on():
-    """Pillow's own conversions write 32-bit and float greyscale on the 8-bit scale, a float file often 0..1, a 16-bit
-    one 0..65535: each reads as the same grey picture (Pillow's ``convert("RGB")`` clips, ``I`` to white or black)."""
+def test_deep_greyscale_modes_are_read_on_the_scale_they_are_written_on():
+    """Integer modes as 16-bit (how Pillow opens a 16-bit file), a float image as 0..1 or, above 1, as Pillow converts
+    an 8-bit one: each reads as the same grey picture (Pillow's ``convert("RGB")`` clips them to white)."""
     grey = Image.fromarray(np.random.default_rng(3).integers(0, 256, (5, 6), dtype=np.uint8))
     values = np.asarray(grey)
     same_picture = [
-        grey.convert("I"),
         grey.convert("F"),
         Image.fromarray(values.astype(np.float32) / 255),  # F, 0..1
         Image.fromarray(values.astype(np.uint16) * 257),  # I;16
-        Image.fromarray(values.astype(np.int32) * 257),  # I holding 16-bit values
+        Image.fromarray(values.astype(np.int32) * 257),  # I
     ]
     for image in same_picture:
         np.testing.assert_array_equal(np.asarray(to_rgb(image)), np.asarray(grey.convert("RGB")), image.mode)
+
+
+def test_a_16_bit_file_pillow_opens_as_i_reads_on_the_16_bit_scale_however_dark(tmp_path):
+    dark = np.array([[0, 64, 128, 255]], dtype=np.uint16)  # a 16-bit PGM whose brightest value is 255 of 65535
+    (tmp_path / "dark.pgm").write_bytes(b"P5\n4 1\n65535\n" + dark.astype(">u2").tobytes())
+    image = Image.open(tmp_path / "dark.pgm")
+    assert image.mode == "I"
+    assert np.asarray(to_rgb(image))[..., 0].tolist() == [[0, 0, 0, 1]]
+
+
+def test_nan_in_a_float_image_is_black_and_leaves_the_rest_on_its_scale():
+    image = Image.fromarray(np.array([[np.nan, 0.5, 1.0]], dtype=np.float32))
+    assert np.asarray(to_rgb(image))[..., 0].tolist() == [[0, 128, 255]]
 
 
 class Silent(socketserver.BaseRequestHandler):
@@ -289,17 +306,50 @@ class NotFound(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class NotAnImage(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html>moved</html>")
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.mark.parametrize(
-    "handler, message", [(Silent, "could not be fetched: .*timed out"), (NotFound, "could not be fetched: .*404")]
+    "handler, message",
+    [
+        (Silent, "The image at {url} could not be fetched: .*timed out"),
+        (NotFound, "The image at {url} could not be fetched: .*404"),
+        (NotAnImage, "{url} answered with something that is not an image \\(text/html\\)"),
+    ],
 )
-def test_a_url_that_does_not_answer_or_answers_an_error_is_refused_naming_it(handler, message):
+def test_a_url_that_does_not_answer_or_answers_no_image_is_refused_naming_it(handler, message):
     pipe, _ = in_memory_pipeline()
     with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as server:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/cat.jpg"
-        started = time.monotonic()
-        with pytest.raises(ValueError, match=f"The image at {re.escape(url)} {message}"):
-            pipe(url, timeout=0.5)
-        assert time.monotonic() - started < 4
-        server.shutdown()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/cat.jpg"
+            started = time.monotonic()
+            with pytest.raises(ValueError, match=message.format(url=re.escape(url))):
+                pipe(url, timeout=0.5)
+            assert time.monotonic() - started < 4
+        finally:
+            server.shutdown()
+
+
+def test_a_url_waits_30_seconds_unless_told_otherwise(monkeypatch):
+    waits = []
+
+    def no_network(url, timeout, **options):
+        waits.append(timeout)
+        raise httpx.ConnectError("offline")
+
+    monkeypatch.setattr(httpx, "get", no_network)
+    pipe, _ = in_memory_pipeline()
+    for asked in ({}, {"timeout": 2.0}):
+        with pytest.raises(ValueError, match="could not be fetched: offline"):
+            pipe("https://example.com/cat.jpg", **asked)
+    assert waits == [30.0, 2.0]

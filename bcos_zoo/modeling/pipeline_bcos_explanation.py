@@ -20,16 +20,14 @@ from transformers.image_utils import load_image
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode as the 8-bit RGB a viewer shows: transparency laid on white, and deep greyscale brought to 8
-    bits by the scale its values are on (Pillow's own conversion clips them, turning a 16-bit image white): 16-bit
-    modes 0..65535; 32-bit and float modes 0..255 as Pillow's conversions write them, floats no greater than 1 as
-    0..1, larger values as 16-bit, or up to their maximum."""
+    bits (Pillow's own conversion clips it, turning a 16-bit image white): integer modes (``I;16``, ``I``: how Pillow
+    opens 16-bit files) as 0..65535, up to their maximum if larger; ``F`` as 0..1 when no value exceeds 1, else as
+    0..255 (how Pillow converts an 8-bit image), up to its maximum if larger. NaN is black."""
     if image.mode.startswith("I") or image.mode == "F":
-        values = np.asarray(image, dtype=np.float32)
-        most = float(values.max(initial=0))
-        if image.mode.startswith("I;16") or 255 < most <= 65535:
-            top = 65535.0
-        else:
-            top = 1.0 if image.mode == "F" and most <= 1 else max(most, 255.0)
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=np.inf, neginf=0.0)
+        most = float(values[np.isfinite(values)].max(initial=0))
+        scale = 65535.0 if image.mode != "F" else 255.0 if most > 1 else 1.0
+        top = max(most, scale)
         grey = (values / top * 255).clip(0, 255).round().astype(np.uint8)
         if "transparency" in image.info:  # a tRNS key names a 16-bit value, which the rescale would merge
             grey[np.asarray(image) == image.info["transparency"]] = 255  # with others: key it here, on white
@@ -42,14 +40,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def read_image(image, timeout: float | None = None) -> Image.Image:
     """A path, URL or PIL image, upright, as :func:`to_rgb` reads it; a base64 string as transformers reads it. A URL
-    that does not answer within ``timeout`` seconds (30 when not given) is refused, as is one answered with an error."""
+    is refused, naming it, when connecting to it or any read from it waits longer than ``timeout`` seconds (30 when
+    not given), when it answers with an error, or with something that is not an image."""
     if isinstance(image, str) and image.startswith(("http://", "https://")):
+        url = image
         try:
-            response = httpx.get(image, timeout=30.0 if timeout is None else timeout, follow_redirects=True)
+            response = httpx.get(url, timeout=30.0 if timeout is None else timeout, follow_redirects=True)
             response.raise_for_status()
-        except httpx.HTTPError as error:
-            raise ValueError(f"The image at {image} could not be fetched: {error}") from None
-        image = Image.open(BytesIO(response.content))
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
+            raise ValueError(f"The image at {url} could not be fetched: {error}") from None
+        try:
+            image = Image.open(BytesIO(response.content))
+        except OSError as error:
+            kind = response.headers.get("content-type", "no content type")
+            raise ValueError(f"{url} answered with something that is not an image ({kind}): {error}") from None
     elif isinstance(image, str) and os.path.isfile(image):
         image = Image.open(image)
     elif not isinstance(image, Image.Image):
@@ -112,8 +116,8 @@ class ImageExplanationPipeline(Pipeline):
         if not floating or image.max() > 1:
             return self.image_processor(images=image, return_tensors="pt")
         inputs = self.image_processor(images=image, do_rescale=False, return_tensors="pt")
-        if image.min() >= 0:  # resampling overshoots [0, 1] a little; a negative image is left for the model to refuse
-            inputs["pixel_values"] = inputs["pixel_values"].clamp(0, 1)
+        if image.min() >= 0 and not getattr(self.image_processor, "do_normalize", False):  # resampling overshoots
+            inputs["pixel_values"] = inputs["pixel_values"].clamp(0, 1)  # [0, 1] a little; anything else is refused
         return inputs
 
     def _forward(self, model_inputs, explain=1, targets=None):

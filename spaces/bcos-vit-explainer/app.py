@@ -125,16 +125,14 @@ def classifier(name: str | None) -> Classifier:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode as the 8-bit RGB a viewer shows: transparency laid on white, and deep greyscale brought to 8
-    bits by the scale its values are on (Pillow's own conversion clips them, turning a 16-bit image white): 16-bit
-    modes 0..65535; 32-bit and float modes 0..255 as Pillow's conversions write them, floats no greater than 1 as
-    0..1, larger values as 16-bit, or up to their maximum."""
+    bits (Pillow's own conversion clips it, turning a 16-bit image white): integer modes (``I;16``, ``I``: how Pillow
+    opens 16-bit files) as 0..65535, up to their maximum if larger; ``F`` as 0..1 when no value exceeds 1, else as
+    0..255 (how Pillow converts an 8-bit image), up to its maximum if larger. NaN is black."""
     if image.mode.startswith("I") or image.mode == "F":
-        values = np.asarray(image, dtype=np.float32)
-        most = float(values.max(initial=0))
-        if image.mode.startswith("I;16") or 255 < most <= 65535:
-            top = 65535.0
-        else:
-            top = 1.0 if image.mode == "F" and most <= 1 else max(most, 255.0)
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=np.inf, neginf=0.0)
+        most = float(values[np.isfinite(values)].max(initial=0))
+        scale = 65535.0 if image.mode != "F" else 255.0 if most > 1 else 1.0
+        top = max(most, scale)
         grey = (values / top * 255).clip(0, 255).round().astype(np.uint8)
         if "transparency" in image.info:  # a tRNS key names a 16-bit value, which the rescale would merge
             grey[np.asarray(image) == image.info["transparency"]] = 255  # with others: key it here, on white
