@@ -22,9 +22,9 @@ finished runs there are re-used by a later call. The device is the GPU when ther
 ``bcos_zoo.zoo.guidance_reproduction``.
 
 ``--full`` was measured on 2 CPU cores as three processes at once, one per seed (``--seeds 0``, ``--seeds 1``,
-``--seeds 2``, one torch thread each), in a ``--work-dir`` that held a default run's base models: 123 min of wall
-time, about 11 of them paused; the runs' own training times, the base models' included, add up to 351 min, five
-hours of them the guided fine-tuning (docs/reproductions.md).
+``--seeds 2``, one torch thread each, one ``--work-dir``), trained from nothing: 124 min of wall time; the runs' own
+training times add up to 348 min, five hours of them the guided fine-tuning. A last call with all seeds then re-uses
+the runs and writes the report (5 min; docs/reproductions.md).
 """
 
 import argparse
