@@ -201,16 +201,6 @@ def _difference(decided: dict) -> str:
     return f"{scale * decided['difference']:+.{1 if scale == 100 else 3}f}{unit} (p = {p_value})"
 
 
-def _unlike(report: dict, decided: dict) -> str:
-    """A mark on an EPG verdict that compared a guided run's attribution with the unguided model's B-cos EPG at the
-    input, as reports recorded before the unguided model was scored under each guided attribution did."""
-    name = decided["claim"].removeprefix("guidance (").removesuffix(") raises EPG")
-    row, none = report["guidance"].get(name), report["guidance"]["none"]
-    if decided["metric"] != "epg" or row is None or epg_of(row["run"]) in none["values"]:
-        return ""
-    return " (against B-cos at the input of the unguided model: not like with like)"
-
-
 def _wall_parts(wall: dict[str, float]) -> str:
     return ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in wall.items() if name != "total")
 
@@ -335,7 +325,7 @@ def markdown(report: dict) -> str:
         "",
         "| claim | difference (mean) | verdict |",
         "|---|---|---|",
-        *[f"| {v['claim']} | {_difference(v)} | {v['verdict']}{_unlike(report, v)} |" for v in report["verdicts"]],
+        *[f"| {v['claim']} | {_difference(v)} | {v['verdict']} |" for v in report["verdicts"]],
         "",
     ]
     return "\n".join(lines)
