@@ -10,6 +10,7 @@ import torch
 from fake_hub import FakeHub
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+from tiny_models import TINY_CLASSIFIERS
 from training_testing import REPO, child_env, finetune_command, make_image_folder, make_vit_source
 
 from bcos_zoo import BcosViTForImageClassification
@@ -184,6 +185,30 @@ def test_model_push_to_hub_uploads_its_code_and_processor_and_loads_as_remote_co
     assert ("pipeline_bcos_explanation.py" in files) == (family == "resnet")  # a classifier's pipeline
     expected = "BcosCLIPModel" if family == "clip" else "BcosResNetForImageClassification"
     assert json.loads(loaded.stdout.strip().splitlines()[-1]) == [expected, False]  # [0, 1] images, no normalisation
+
+
+def test_a_model_loaded_at_a_pinned_revision_is_saved_with_that_revision_s_pipeline(tmp_path):
+    """A user who read the code of one commit and loads the model at it (``revision=``) saves that commit's pipeline
+    again, not the one a later commit to the repo holds, which nobody read."""
+    torch.manual_seed(0)
+    TINY_CLASSIFIERS["vit"]().save_pretrained(tmp_path / "model")
+    files = {path.name: path.read_bytes() for path in (tmp_path / "model").iterdir() if path.is_file()}
+    reviewed_pipeline = files["pipeline_bcos_explanation.py"]
+    save = """
+        import sys
+        sys.modules["bcos_zoo"] = None  # the model's code is the repo's, as a user without bcos_zoo loads it
+        from transformers import AutoModelForImageClassification
+        reviewed = sys.argv[1]
+        model = AutoModelForImageClassification.from_pretrained("org/tiny", revision=reviewed, trust_remote_code=True)
+        model.save_pretrained("saved")
+    """
+    with FakeHub() as hub:
+        reviewed = hub.seed("org/tiny", files, "reviewed")
+        hub.seed("org/tiny", {"pipeline_bcos_explanation.py": reviewed_pipeline + b"\nLATER = 1\n"}, "not reviewed")
+        command = [sys.executable, "-c", textwrap.dedent(save), reviewed.sha]
+        saved = run(command, hub.env(tmp_path / "home"), tmp_path)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    assert (tmp_path / "saved" / "pipeline_bcos_explanation.py").read_bytes() == reviewed_pipeline
 
 
 @pytest.mark.parametrize("content", ["nothing", "images only", "config without weights"])

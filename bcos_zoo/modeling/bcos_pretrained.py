@@ -132,14 +132,15 @@ class BcosPreTrainedModel(PreTrainedModel):
     def _extra_code_files(self) -> list[str]:
         """Code a saved folder needs besides what the class's module imports: a classifier's pipeline, found beside
         this module or, for a model loaded as remote code (whose module cache holds only what the model imports), in
-        the folder or Hub repo it came from."""
+        the folder it came from or in its Hub repo at the commit its code was read at, which names the module cache's
+        folder: a model loaded at a reviewed revision never saves the pipeline of a later one."""
         if not type(self).__name__.endswith("ForImageClassification"):
             return []
-        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), EXPLANATION_PIPELINE_FILE)
-        if os.path.isfile(here):
+        folder = os.path.dirname(os.path.abspath(__file__))
+        if os.path.isfile(here := os.path.join(folder, EXPLANATION_PIPELINE_FILE)):
             return [here]
-        try:
-            return [cached_file(self.name_or_path, EXPLANATION_PIPELINE_FILE)]  # the folder or (main of) the Hub repo
+        try:  # a local folder's revision is ignored
+            return [cached_file(self.name_or_path, EXPLANATION_PIPELINE_FILE, revision=os.path.basename(folder))]
         except OSError as error:
             logger.warning(f"The folder is saved without {EXPLANATION_PIPELINE_FILE}, which was not found: {error}")
             return []
