@@ -72,6 +72,30 @@ def test_a_rerun_into_a_used_output_dir_without_checkpoints_is_refused_and_chang
     assert snapshot(tmp_path / "out") == before
 
 
+MADE_BY_HAND = {  # a user's own folder that holds one of the names a run writes
+    "repo": {"repo/notes.txt": "mine"},
+    "results.json": {"results.json": "{}"},
+    "checkpoint": {
+        "checkpoints/checkpoint-1/trainer_state.json": "{}",
+        "checkpoints/checkpoint-1/training_time.json": '{"seconds": 1}',
+    },
+}
+
+
+@pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.parametrize("made", list(MADE_BY_HAND))
+def test_a_folder_with_a_run_s_names_but_no_recipe_is_refused_and_changes_nothing(recipe, tmp_path, made, resume):
+    """A folder of the user's own that happens to hold ``repo/`` (or another of a run's names) is no run: resuming
+    it would replace that ``repo/`` with the new run's."""
+    for name, text in MADE_BY_HAND[made].items():
+        (tmp_path / "out" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out" / name).write_text(text)
+    before = snapshot(tmp_path / "out")
+    with pytest.raises(ValueError, match="no recipe.json, which every run writes before it trains"):
+        finetune(recipe, tmp_path / "out", resume=resume, device="cpu")
+    assert snapshot(tmp_path / "out") == before
+
+
 def test_resume_with_a_recipe_that_trains_differently_is_refused_naming_the_fields(recipe, tmp_path):
     finished_run(tmp_path / "out", recipe)
     before = snapshot(tmp_path / "out")

@@ -347,18 +347,24 @@ def finetune(
 ) -> FinetuneResult:
     """Run a recipe end to end; see the module docstring for what lands where."""
     output_dir = Path(output_dir)
-    finished = finished_results(output_dir) if resume else None
-    recipe = with_run_precision(recipe, output_dir, device)
     check_output_dir(output_dir, recipe.dataset)
-    repo_id = recipe.hub_model_id
     checkpoint_dir = output_dir / "checkpoints"
     last_checkpoint = last_complete_checkpoint(checkpoint_dir)
     left = earlier_run(output_dir, last_checkpoint)
+    if left and not (output_dir / "recipe.json").is_file():  # a run writes it first: these are no run's outputs
+        raise ValueError(
+            f"{output_dir} holds {', '.join(left)} but no recipe.json, which every run writes before it trains, so it "
+            "is no run to resume (or its recipe.json was deleted), and a run would replace what it holds: choose an "
+            "empty or a new --output-dir. Nothing was changed."
+        )
     if left and not resume:
         raise ValueError(
             f"{output_dir} holds an earlier run ({', '.join(left)}); pass --resume to continue it (or to push it, "
             "when it is finished), or choose another --output-dir. Nothing was changed."
         )
+    finished = finished_results(output_dir) if resume else None
+    recipe = with_run_precision(recipe, output_dir, device)
+    repo_id = recipe.hub_model_id
     if resume:
         check_same_recipe(output_dir, recipe, training=finished is None)
     if (results := finished) is not None:
