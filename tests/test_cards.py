@@ -7,12 +7,20 @@ from dataclasses import replace
 
 import pytest
 from huggingface_hub import ModelCard
+from markdown_it import MarkdownIt
 from sources import hf_vit, save_hf_source
 from training_testing import REPO, make_image_folder
 
 from bcos_zoo.data.datasets import DatasetSplits
 from bcos_zoo.training import TASKS, get_task
-from bcos_zoo.zoo.cards import describe_source, evaluation_description, launch_command, render_model_card
+from bcos_zoo.zoo.cards import (
+    code,
+    describe_source,
+    evaluation_description,
+    launch_command,
+    render_model_card,
+    source_command,
+)
 from bcos_zoo.zoo.finetune import finetune
 from bcos_zoo.zoo.recipes import RECIPES, Recipe, recipe_command
 
@@ -268,6 +276,34 @@ def test_a_card_from_a_local_source_says_how_that_source_was_made(tmp_path, task
     assert f"Its source, a local checkpoint, is the `repo/` folder of a run of `{made}` (made first;" in card
     hub = recipe.with_overrides(source="google/vit-base")
     assert "a run of" not in render_model_card(hub, TASKS[task].card, "org/m", {}, fashion_like(), 10).text
+
+
+MARKDOWN = MarkdownIt("commonmark").enable("table")  # GitHub's and the Hub's reading of a card, tables included
+
+
+@pytest.mark.parametrize("text", ["python x.py", "--summary 'a `b` c'", "``a", "a``", "`", "x ``` y ` z"])
+def test_a_code_span_shows_its_text_whole_backticks_included(text):
+    html = MARKDOWN.render(f"see {code(text)} here")
+    assert html == f"<p>see <code>{text}</code> here</p>\n"
+
+
+@pytest.mark.parametrize("task", ["classification", "standard-classification"])
+def test_a_command_with_backticks_is_read_back_from_its_card_as_it_was(tmp_path, task):
+    recipe = RECIPES["bcos-vit-fashion-mnist"].with_overrides(task=task, summary="A ViT for `my` ``data``.")
+    card = render_model_card(recipe, TASKS[task].card, "org/m", {}, fashion_like(), 10).text
+    (tmp_path / "README.md").write_text(card)
+    assert source_command(str(tmp_path)) == recipe_command(recipe)
+    assert "--summary" in shlex.split(source_command(str(tmp_path)))
+
+
+@pytest.mark.parametrize("task", ["classification", "standard-classification"])
+def test_a_pipe_in_a_dataset_name_stays_inside_its_table_cell(task):
+    data = replace(fashion_like(), name="cats|dogs")
+    recipe = RECIPES["bcos-vit-fashion-mnist"].with_overrides(task=task, dataset="cats|dogs")
+    metrics = {"accuracy": 0.5}
+    html = MARKDOWN.render(render_model_card(recipe, TASKS[task].card, "org/m", metrics, data, 10).text)
+    assert "<th>Top-1 accuracy on cats|dogs (the first 10 of the 10,000 images of the test split)</th>" in html
+    assert "<td><code>org/m</code> (this model)</td>\n<td>50.00%</td>" in html
 
 
 def test_a_card_from_a_local_teacher_says_how_that_teacher_was_made(tmp_path):

@@ -76,14 +76,31 @@ def training_processes() -> int:
     return AcceleratorState().num_processes if is_initialized() else 1
 
 
+def code(text: str) -> str:
+    """``text`` as a Markdown code span that shows it whole (a card's command may hold a backtick, in a ``--summary``
+    say): fenced by one backtick more than its longest run of backticks, and, where it holds one, padded with a space
+    on each side, which Markdown strips."""
+    fence = "`" * (1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    return f"{fence} {text} {fence}" if "`" in text else f"{fence}{text}{fence}"
+
+
+def cell(value: object) -> str:
+    """``value`` as the text of a Markdown table cell: on one line, with ``|``, which would end the cell, escaped."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
 def source_command(source: str) -> str | None:
-    """The command that made a local source, as the card written beside it says: a card whose command starts from a
-    local checkpoint must say how to make that checkpoint first."""
+    """The command that made a local source, as the card written beside it says (the :func:`code` span after
+    "Reproduce with"): a card whose command starts from a local checkpoint must say how to make that checkpoint
+    first."""
     card = Path(source).expanduser() / "README.md"
     if source == "scratch" or hub_id_or_none(source) or not card.is_file():
         return None
-    found = re.search(r"Reproduce with `([^`]+)`", card.read_text(encoding="utf-8", errors="replace"))
-    return found.group(1) if found else None
+    text = card.read_text(encoding="utf-8", errors="replace")
+    if not (found := re.search(r"Reproduce with (`+)(.+?)(?<!`)\1(?!`)", text)):
+        return None
+    command = found.group(2)
+    return command[1:-1] if command.startswith(" ") and command.endswith(" ") and command.strip() else command
 
 
 def launch_command(command: str, processes: int) -> str:
@@ -210,6 +227,8 @@ def render_model_card(
         command=launch_command(recipe_command(recipe), processes),
         source_command=source_command(recipe.source),
         teacher_command=source_command(recipe.teacher) if recipe.teacher else None,
+        code=code,
+        cell=cell,
     )
 
 
