@@ -40,11 +40,29 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _label(names, index: int) -> str:
+    """The name of class ``index`` on one line (a newline or tab in it is a space), else its number."""
     if names is None:
         return str(index)
     if isinstance(names, dict):
-        return str(names.get(index, names.get(str(index), index)))
-    return str(names[index]) if 0 <= index < len(names) else str(index)
+        name = names.get(index, names.get(str(index), index))
+    else:
+        name = names[index] if 0 <= index < len(names) else index
+    return " ".join(str(name).split())
+
+
+def _wrapped(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
+    """``text`` in lines no wider than ``width``, broken between words (inside a word only where it is wider)."""
+    lines = [""]
+    for word in text.split(" "):
+        joined = f"{lines[-1]} {word}" if lines[-1] else word
+        if lines[-1] and font.getlength(joined) > width:
+            lines.append(word)
+        else:
+            lines[-1] = joined
+        while len(lines[-1]) > 1 and font.getlength(lines[-1]) > width:
+            cut = next((n for n in range(len(lines[-1]) - 1, 1, -1) if font.getlength(lines[-1][:n]) <= width), 1)
+            lines[-1:] = [lines[-1][:cut], lines[-1][cut:]]
+    return lines
 
 
 def explanation_title(
@@ -99,11 +117,13 @@ def explanation_panel(
     scale = _colour_scale(size[1], limit)
 
     lines = explanation_title(explanation, index, class_names, true_label)
-    font, gap, header = _font(13), 6, 18 * len(lines) + 6
+    font, gap = _font(13), 6
     width = 3 * size[0] + 2 * gap + scale.width + gap
+    drawn = [part for line in lines for part in _wrapped(line, font, width - 8)]  # a long class name wraps
+    header = 18 * len(drawn) + 6
     panel = Image.new("RGB", (width, header + size[1] + CAPTION), "white")
     draw = ImageDraw.Draw(panel)
-    for row, line in enumerate(lines):
+    for row, line in enumerate(drawn):
         draw.text((4, 4 + 18 * row), line, fill="black", font=font)
     captions = ("input", "explanation", "contributions")
     for column, (tile, caption) in enumerate(zip(tiles, captions)):

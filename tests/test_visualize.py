@@ -44,6 +44,27 @@ def test_a_class_beyond_the_names_given_is_titled_by_its_number(model):
     assert explanation_title(explanation, 0, ["cat", "dog"])[0].startswith("explained: 2 (logit ")
 
 
+LONG_NAME = "yellow lady's slipper, yellow lady-slipper, Cypripedium calceolus, Cypripedium parviflorum"  # ImageNet's
+
+
+@pytest.mark.parametrize("name", [LONG_NAME, "x" * 200])
+def test_a_long_class_name_wraps_inside_the_panel_and_the_title_keeps_it_whole(model, name):
+    x = torch.rand(1, 3, 32, 32)
+    panel = explanation_panel(x, model.explain(x, target=0), class_names=[name, "dog", "bird"])
+    pixels = np.asarray(panel).astype(int)
+    header = pixels[: pixels.shape[0] - TILE - CAPTION]
+    assert header.shape[0] > 3 * 18  # more than the two lines of a short title
+    assert (header[:, -4:] == 255).all()  # no text runs into the panel's edge
+    assert panel.info["Title"].startswith(f"explained: {name} (logit ")
+
+
+def test_a_newline_or_tab_in_a_class_name_is_a_space_in_the_title(model):
+    explanation = model.explain(torch.rand(1, 3, 32, 32), target=0)
+    assert explanation_title(explanation, 0, ["tabby\ncat\tsitting", "dog", "bird"])[0].startswith(
+        "explained: tabby cat sitting (logit "
+    )
+
+
 def test_a_wide_photo_is_padded_for_a_square_model_not_squashed(model, tmp_path):
     photo = tmp_path / "wide.png"
     pixels = np.zeros((20, 80, 3), dtype=np.uint8)  # a black band, four times as wide as high
