@@ -60,6 +60,16 @@ def test_every_class_reloads_with_its_auto_class_in_a_clean_process(tmp_path, cl
     )
 
 
+def test_a_saved_config_lists_the_classes_in_number_order_as_transformers_writes_them(tmp_path):
+    """``list(config.id2label.values())[i]`` is class ``i``'s name, past class 9 too (not "0", "1", "10", ...)."""
+    names = [f"class {index}" for index in range(12)]
+    config = BcosViTConfig(**TOWER, id2label=dict(enumerate(names)))
+    BcosViTForImageClassification(config).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert list(saved["id2label"]) == [str(index) for index in range(12)]
+    assert list(BcosViTForImageClassification.from_pretrained(tmp_path).config.id2label.values()) == names
+
+
 def test_save_pretrained_leaves_a_shared_config_alone(tmp_path):
     model = build("classifier")
     shared = model.config

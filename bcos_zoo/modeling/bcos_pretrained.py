@@ -185,7 +185,7 @@ class BcosPreTrainedModel(PreTrainedModel):
                 with open(path) as file:
                     saved = json.load(file)
                 with open(path, "w") as file:
-                    file.write(json.dumps({**saved, "auto_map": self._auto_map()}, indent=2, sort_keys=True) + "\n")
+                    file.write(json.dumps({**saved, "auto_map": self._auto_map()}, indent=2) + "\n")
         finally:
             self.config = shared
 
