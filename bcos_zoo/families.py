@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from .conversion.clip import SUPPORTED_CLIP_SOURCES, bcosify_clip
-from .conversion.common import SourceMismatchError
+from .conversion.common import SourceMismatchError, check_class_numbers
 from .conversion.convnext import SUPPORTED_CONVNEXT_SOURCES, bcosify_convnext, port_bcos_convnext
 from .conversion.densenet import (
     BCOS_DENSENET_ENTRIES,
@@ -277,8 +277,10 @@ def _converter_of(family: Family) -> Callable[..., PreTrainedModel]:
                 f"Unknown arguments {unknown}: from_pretrained_standard takes b, bias, image_mean, image_std and the "
                 f"fields of {' or '.join(c.__name__ for c in family.config_classes)} (which override the source's)."
             )
+        if "id2label" in kwargs:
+            check_class_numbers(kwargs["id2label"], "id2label=")
         try:
-            return family.converter(cls, source, **kwargs)
+            model = family.converter(cls, source, **kwargs)
         except SourceMismatchError as error:
             if not overrides:
                 raise
@@ -292,6 +294,9 @@ def _converter_of(family: Family) -> Callable[..., PreTrainedModel]:
                 f"The weights of {source} cannot be read ({error}): the file is incomplete or corrupt; download it "
                 "again (for a Hub id, pass force_download=True or delete it from the HF cache)."
             ) from error
+        named = isinstance(source, (str, os.PathLike))
+        check_class_numbers(model.config.id2label, f"The id2label of {source}" if named else "The source's id2label")
+        return model
 
     return convert
 

@@ -180,7 +180,10 @@ class BcosToyNetForImageClassification(BcosToyNetModel):
 
 
 def bcosify_toynet(cls, source, b: float, bias: str, image_mean=None, image_std=None, **overrides):
-    return {"cls": cls, "source": source, "b": b, "bias": bias, "mean": image_mean, "std": image_std, **overrides}
+    """A model of ``cls`` that records what its converter was given."""
+    model = cls(ToyNetConfig(**overrides))
+    model.given = {"source": source, "b": b, "bias": bias, "mean": image_mean, "std": image_std}
+    return model
 
 
 TOYNET = Family(
@@ -223,7 +226,8 @@ def test_a_new_family_is_one_registry_entry(toynet_registered, tmp_path):
 def test_register_hooks_the_converter_as_from_pretrained_standard_calls_it(toynet_registered):
     for model_class in (BcosToyNetModel, BcosToyNetForImageClassification):
         made = model_class._standard_converter(model_class, "src", b=1.5, bias="keep", image_mean=MEAN, image_std=STD)
-        assert made == {"cls": model_class, "source": "src", "b": 1.5, "bias": "keep", "mean": MEAN, "std": STD}
+        assert type(made) is model_class
+        assert made.given == {"source": "src", "b": 1.5, "bias": "keep", "mean": MEAN, "std": STD}
 
 
 @pytest.mark.parametrize(
@@ -319,6 +323,18 @@ def test_an_argument_that_is_no_config_field_is_refused_not_stored():
 def test_an_override_that_changes_a_weight_s_shape_is_named_with_what_to_do_instead():
     with pytest.raises(ValueError, match=r"overrides \['num_labels'\] may be why.*fine-tune a new one"):
         BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=3), num_labels=10)
+
+
+def test_class_names_not_numbered_from_0_are_refused_naming_their_numbers():
+    """A pipeline, the Space and evaluation look each output's name up by its number: a gap fails them later."""
+    odd = hf_vit(labels=3)
+    odd.config.id2label = {0: "cat", 5: "dog", 9: "bird"}
+    with pytest.raises(ValueError, match=r"The source's id2label numbers its 3 classes \[0, 5, 9\]"):
+        BcosViTForImageClassification.from_pretrained_standard(odd)
+    with pytest.raises(ValueError, match=r"id2label= numbers its 3 classes \[1, 2, 3\].* 0 to 2"):
+        BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=3), id2label={1: "a", 2: "b", 3: "c"})
+    with pytest.raises(ValueError, match=r"id2label= must be a dict \{class number: name\}, got a list"):
+        BcosResNetForImageClassification.from_pretrained_standard(hf_resnet(), id2label=["a", "b"])
 
 
 def test_config_field_overrides_take_effect_and_keep_the_conversion_exact():

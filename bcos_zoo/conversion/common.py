@@ -10,7 +10,7 @@ gives the pixels its source was evaluated on.
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -231,6 +231,20 @@ def standard_labels(num_classes: int, pretrained_cfg: dict | None = None) -> dic
         return {i: f"LABEL_{i}" for i in range(num_classes)}
     info = ImageNetInfo(subset)
     return {i: info.index_to_description(i) for i in range(num_classes)}
+
+
+def check_class_numbers(id2label: object, whose: str) -> None:
+    """Refuse class names that are not numbered 0 to N - 1, the rows of the head they name: a pipeline, the Space and
+    evaluation look each output's name up by its number, and would fail on the first one missing."""
+    if not isinstance(id2label, Mapping):
+        raise ValueError(f"{whose} must be a dict {{class number: name}}, got a {type(id2label).__name__}.")
+    if set(map(str, id2label)) != {str(number) for number in range(len(id2label))}:
+        numbers = list(id2label)
+        raise ValueError(
+            f"{whose} numbers its {len(numbers)} classes {numbers[:8]}{' ...' if len(numbers) > 8 else ''}; the "
+            f"outputs of a head are numbered 0 to {len(numbers) - 1}: pass id2label= numbered so, in the order of "
+            "the head's outputs."
+        )
 
 
 def bcos_package_labels(num_classes: int) -> dict[int, str]:
