@@ -1,12 +1,15 @@
 """``pipeline("image-explanation", trust_remote_code=True)``: labels, scores and exact explanations, in a process that
 has only transformers, for every B-cos image classifier family."""
 
+import gc
 import http.server
 import json
+import os
 import re
 import socketserver
 import threading
 import time
+import warnings
 
 import httpx
 import numpy as np
@@ -18,7 +21,7 @@ from sources import hf_vit
 from transformers import pipeline
 
 from bcos_zoo import BcosResNetForImageClassification, BcosViTForImageClassification
-from bcos_zoo.modeling.pipeline_bcos_explanation import to_rgb
+from bcos_zoo.modeling.pipeline_bcos_explanation import read_image, to_rgb
 
 
 @pytest.fixture(scope="module", params=["vit", "resnet"])
@@ -100,11 +103,12 @@ def test_explain_zero_or_no_labels_gives_scores_without_explanations(saved):
         assert len(results) == 2 and not any("explanation" in row for row in results)
 
 
-@pytest.mark.parametrize("explain", [-1, 2.5, "2"])
-def test_explain_count_that_is_not_a_non_negative_int_is_refused(saved, explain):
+@pytest.mark.parametrize("count", [-1, 2.5, "2", True])
+@pytest.mark.parametrize("name", ["explain", "top_k"])
+def test_an_explain_or_top_k_count_that_is_not_a_non_negative_int_is_refused(saved, name, count):
     pipe = pipeline("image-explanation", model=str(saved), trust_remote_code=True)
-    with pytest.raises(ValueError, match="how many of the top labels"):
-        pipe(str(saved / "photo.png"), explain=explain)
+    with pytest.raises(ValueError, match=f"{name} takes how many of the top labels"):
+        pipe(str(saved / "photo.png"), **{name: count})
 
 
 def test_a_model_in_memory_runs_the_pipeline_with_its_own_processor(saved):
@@ -185,6 +189,20 @@ def test_a_name_two_classes_share_is_refused_naming_both_and_an_index_explains_e
     assert [row["explanation"]["logit"] for row in results] == pytest.approx(
         model(pixel_values=pixels).logits[0, [2, 1]].tolist(), abs=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [np.int64(2), torch.tensor(2), [np.int64(2), 1], np.array([2, 1]), torch.tensor([2, 1])],
+    ids=["numpy int", "0-d tensor", "list with a numpy int", "numpy array", "tensor"],
+)
+def test_labels_may_be_numpy_or_torch_integers_as_explain_takes_them(photo, labels):
+    pipe, _ = in_memory_pipeline({0: "crane", 1: "dog", 2: "crane", 3: "cat"})
+    expected = [2] if np.ndim(labels) == 0 else [2, 1]
+    results = pipe(str(photo), top_k=0, labels=labels)
+    by_hand = pipe(str(photo), top_k=0, labels=expected)
+    assert [row["explanation"]["logit"] for row in results] == [row["explanation"]["logit"] for row in by_hand]
+    assert len(results) == len(expected)
 
 
 def test_a_16_bit_or_transparent_image_is_read_as_a_viewer_shows_it(tmp_path):
@@ -353,3 +371,24 @@ def test_a_url_waits_30_seconds_unless_told_otherwise(monkeypatch):
         with pytest.raises(ValueError, match="could not be fetched: offline"):
             pipe("https://example.com/cat.jpg", **asked)
     assert waits == [30.0, 2.0]
+
+
+def test_an_image_file_is_closed_once_read_also_when_it_cannot_be_read(tmp_path):
+    """A notebook keeps the errors it shows: a file read for one must not stay open as long as its error lives."""
+    frames = [Image.new("RGB", (8, 8), (value,) * 3) for value in (10, 100, 200)]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:])  # read lazily, frame by frame
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "whole.png")
+    whole = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
+    open_files = len(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        kept = [read_image(str(tmp_path / "moving.gif"))]
+        for _ in range(3):
+            with pytest.raises(OSError, match="truncated") as refused:
+                read_image(str(tmp_path / "cut.png"))
+            kept.append(refused.value)
+        assert len(os.listdir("/proc/self/fd")) == open_files
+        gc.collect()
+    assert not [warning for warning in caught if issubclass(warning.category, ResourceWarning)]

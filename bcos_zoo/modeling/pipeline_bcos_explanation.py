@@ -55,7 +55,8 @@ def read_image(image, timeout: float | None = None) -> Image.Image:
             kind = response.headers.get("content-type", "no content type")
             raise ValueError(f"{url} answered with something that is not an image ({kind}): {error}") from None
     elif isinstance(image, str) and os.path.isfile(image):
-        image = Image.open(image)
+        with Image.open(image) as opened:  # closed once read, also when reading fails
+            return to_rgb(ImageOps.exif_transpose(opened))
     elif not isinstance(image, Image.Image):
         return load_image(image, timeout=timeout)
     return to_rgb(ImageOps.exif_transpose(image))
@@ -72,14 +73,18 @@ class ImageExplanationPipeline(Pipeline):
     def _sanitize_parameters(self, top_k=None, explain=None, labels=None, timeout=None):
         preprocess = {} if timeout is None else {"timeout": timeout}
         forward, postprocess = {}, {}
+        for name, count in (("top_k", top_k), ("explain", explain)):
+            if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+                raise ValueError(
+                    f"{name} takes how many of the top labels to list or explain, an int >= 0; got {count!r}."
+                )
         if top_k is not None:
             postprocess["top_k"] = top_k
         if explain is not None:
-            if not isinstance(explain, int) or explain < 0:
-                raise ValueError(f"explain takes how many of the top labels to explain, an int >= 0; got {explain!r}.")
             forward["explain"] = postprocess["explain"] = explain
         if labels is not None:
-            asked = [labels] if isinstance(labels, (str, int)) else list(labels)
+            asked = [labels] if isinstance(labels, str) or np.ndim(labels) == 0 else list(labels)
+            asked = [label.item() if hasattr(label, "item") else label for label in asked]  # numpy, torch scalars
             forward["targets"] = list(dict.fromkeys(self._label_index(label) for label in asked))  # each class once
         return preprocess, forward, postprocess
 
