@@ -35,6 +35,15 @@ BAR = 14  # width of the contribution map's colour scale
 CAPTION = 22  # height of the captions under the tiles
 
 
+def subplots(rows: int = 1, columns: int = 1, **options):
+    """A matplotlib figure and its axes (``Figure.subplots``'s ``options``, ``figsize`` too), made without pyplot:
+    a report plotted in a notebook switches no backend and leaves no figure open, also where saving it fails."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=options.pop("figsize", None))
+    return figure, figure.subplots(rows, columns, **options)
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 

@@ -76,6 +76,23 @@ def test_localisation_plot_shows_rows_without_a_score_as_not_available(tmp_path)
     assert (tmp_path / "localisation.png").stat().st_size > 0
 
 
+def test_plotting_a_report_switches_no_backend_and_leaves_no_figure_open_also_when_saving_fails(tmp_path):
+    """In a notebook, a report's plot must leave the user's plotting as it was."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # as a notebook's own backend
+    try:
+        rows = [dict(label="B-cos", method="bcos", grid_pointing_game=0.8, grid_pointing_game_std=0.1)]
+        plot_localisation(rows, 2, tmp_path / "localisation.png")
+        with pytest.raises(FileNotFoundError):
+            plot_localisation(rows, 2, tmp_path / "missing" / "localisation.png")
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == []
+    finally:
+        matplotlib.use(backend)
+
+
 @pytest.fixture(scope="module")
 def tiny_reproduction(tmp_path_factory):
     """The whole reproduction for seeds 0 and 1 on 48 training and 12 test images of 3 colour classes: one optimiser

@@ -21,6 +21,7 @@ from transformers import AutoModelForImageClassification
 from ..data.datasets import limit, model_needs_hub, shown
 from ..data.decoys import load_boxed_splits
 from ..data.preprocessing import model_transform
+from ..visualize import subplots
 from .baselines import (
     DEFAULT_METHODS,
     FUNCTION_METHODS,
@@ -331,14 +332,9 @@ def plot_localisation(rows: list[dict], grid_size: int, path: Path, title: str =
     mean and ``<game>_std`` (None or absent where the game was not played, shown as n/a). A game gets a panel when
     any row has its score; the grid pointing game always does, with the score of a uniform map as a dashed line.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [row for row in rows if row.get("method") is not None]
     games = [game for game in GAMES if any(row.get(game) is not None for row in rows)] or ["grid_pointing_game"]
-    figure, axes = plt.subplots(1, len(games), figsize=(1.8 + 1.3 * max(len(rows), 1) * len(games), 4.2), squeeze=False)
+    figure, axes = subplots(1, len(games), figsize=(1.8 + 1.3 * max(len(rows), 1) * len(games), 4.2), squeeze=False)
     for axis, game in zip(axes[0], games):
         means = [row.get(game) or 0.0 for row in rows]
         errors = [row.get(f"{game}_std") or 0.0 for row in rows]
@@ -358,20 +354,14 @@ def plot_localisation(rows: list[dict], grid_size: int, path: Path, title: str =
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_faithfulness(report: dict, path: Path, title: str = "Faithfulness") -> None:
     """One panel per faithfulness metric: the mean curve of each row (a model and explanation method), its mean
     score in the legend (deletion and insertion: area under the curve; ROAD: mean of the curve)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     faithfulness = report["faithfulness"]
     metrics = [metric for metric in FAITHFULNESS_METRICS if metric in faithfulness["fractions"]]
-    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.0), squeeze=False)
+    figure, axes = subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.0), squeeze=False)
     rows = [row for row in report["rows"] if row.get("method") is not None]
     others = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive"]
     palette = itertools.cycle(others)  # B-cos contributions red, every other method its own colour
@@ -394,7 +384,6 @@ def plot_faithfulness(report: dict, path: Path, title: str = "Faithfulness") -> 
     figure.suptitle(f"{title} ({faithfulness['num_images']} images)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def write_report(report: dict, output_dir: str | Path) -> list[Path]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..data.decoys import spec_canvas
 from ..training.explanation_losses import INPUT_LAYER
-from .reproduction import _pyplot
+from ..visualize import subplots
 from .reproduction_report import PREMISES_NOT_MET, command_block, machine_sentence
 from .seed_statistics import compare, mean_std
 
@@ -88,9 +88,8 @@ def premises(unguided: dict, clean: dict) -> list[dict]:
 def plot_metrics(rows: dict[str, dict], metrics: dict[str, str], path: Path, title: str) -> None:
     """One panel per metric, one horizontal bar per row (mean over seeds, the standard deviation as an error bar),
     so that the names stay readable for the whole grid's forty-odd rows."""
-    plt = _pyplot()
     names = list(rows)
-    figure, axes = plt.subplots(
+    figure, axes = subplots(
         1, len(metrics), figsize=(3.2 * len(metrics) + 3.0, 1.6 + 0.26 * len(names)), sharey=True, squeeze=False
     )
     for axis, (key, label) in zip(axes[0], metrics.items()):
@@ -106,7 +105,6 @@ def plot_metrics(rows: dict[str, dict], metrics: dict[str, str], path: Path, tit
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -128,12 +126,11 @@ def plot_pareto(guidance: dict[str, dict], path: Path) -> None:
     """The model guidance paper's trade-off view: EPG of the guided attribution against accuracy on shuffled
     decoys, one point per configuration (mean over seeds, standard deviations as error bars), the Pareto front
     joined."""
-    plt = _pyplot()
     names = list(guidance)
     points = [(guidance[n]["mean"]["epg"], guidance[n]["mean"]["accuracy"]) for n in names]
     markers = {"bcos": "o", "ixg": "s", "gradcam": "^", None: "*"}
     colours = {"energy": "tab:red", "l1": "tab:blue", "rrr": "tab:green", "ppce": "tab:purple", None: "black"}
-    figure, axis = plt.subplots(figsize=(7.5, 5.2))
+    figure, axis = subplots(figsize=(7.5, 5.2))
     for name, (x, y) in zip(names, points):
         run = guidance[name].get("run") or {}
         axis.errorbar(
@@ -179,7 +176,6 @@ def plot_pareto(guidance: dict[str, dict], path: Path) -> None:
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 # -- report ----------------------------------------------------------------------------------------------------------

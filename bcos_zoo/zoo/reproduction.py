@@ -45,6 +45,7 @@ from ..families import FAMILIES, bcos_classifier_class
 from ..modeling.explanation import colorize_contributions
 from ..training import get_task
 from ..training.recipe import recipe_record, training_differences
+from ..visualize import subplots
 from .finetune import earlier_run, finetune, last_complete_checkpoint, with_run_precision
 from .recipes import Recipe, get_recipe
 from .reproduction_report import (
@@ -266,15 +267,6 @@ def run_record(command: str, settings, load_start: list[float]) -> dict:
     return dict(command=command, machine=machine, settings=settings)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_accuracy_curves(
     curves: dict[str, list[Curve]],
     path: Path,
@@ -285,8 +277,7 @@ def plot_accuracy_curves(
     """The paper's Figure 1 in miniature, over seeds: each B-cos model's mean curve with a band of one standard
     deviation and each seed's curve as a thin line, the from-scratch model's mean final accuracy (the speed-up's
     target) as a dashed line and the standard model's mean accuracy as a dotted one."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure, axis = subplots(figsize=(6.4, 4.2))
     colours = {"bcosified": "tab:red", "scratch": "tab:blue"}
     labels = {"bcosified": "B-cosified", "scratch": "B-cos from scratch"}
     for key, runs in curves.items():
@@ -325,7 +316,6 @@ def plot_accuracy_curves(
     axis.legend(loc="best", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_explanations(
@@ -336,9 +326,8 @@ def plot_explanations(
     Every map is drawn alike (red positive, blue negative, clipped symmetrically at its own ``percentile`` of
     absolute values), so B-cos contributions and post-hoc attributions are compared on one footing.
     """
-    plt = _pyplot()
     columns = len(images)
-    figure, axes = plt.subplots(1 + len(rows), columns, figsize=(1.3 * columns + 1.6, 1.35 * (1 + len(rows))))
+    figure, axes = subplots(1 + len(rows), columns, figsize=(1.3 * columns + 1.6, 1.35 * (1 + len(rows))))
     axes = axes.reshape(1 + len(rows), columns)
     pictures = [images.permute(0, 2, 3, 1).clamp(0, 1)]
     pictures += [colorize_contributions(maps.detach().float().cpu(), percentile) for maps in rows.values()]
@@ -355,7 +344,6 @@ def plot_explanations(
                 axis.set_ylabel(name, fontsize="small", rotation=0, ha="right", va="center")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def same_architecture(standard: Recipe, bcosified: Recipe) -> dict:
