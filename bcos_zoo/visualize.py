@@ -49,14 +49,16 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _label(names, index: int) -> str:
-    """The name of class ``index`` on one line (a newline or tab in it is a space), else its number."""
+    """The name of class ``index`` on one line (a newline or tab in it is a space), with its number where another
+    class has the same name (ImageNet's two "crane" classes), else its number."""
     if names is None:
         return str(index)
     if isinstance(names, dict):
-        name = names.get(index, names.get(str(index), index))
+        name, every = names.get(index, names.get(str(index), index)), list(names.values())
     else:
-        name = names[index] if 0 <= index < len(names) else index
-    return " ".join(str(name).split())
+        name, every = (names[index] if 0 <= index < len(names) else index), list(names)
+    shared = every.count(name) > 1
+    return " ".join(str(name).split()) + (f" ({index})" if shared else "")
 
 
 def _wrapped(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:

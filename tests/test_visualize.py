@@ -39,6 +39,12 @@ def test_title_names_explained_predicted_and_true_class(model):
     assert second == f"predicted: {names[int(explanation.logits[1].argmax())]}, true: bird"
 
 
+def test_a_name_two_classes_share_is_titled_with_the_class_number(model):
+    explanation = model.explain(torch.rand(1, 3, 32, 32), target=2)
+    first, second = explanation_title(explanation, 0, {0: "crane", 1: "dog", 2: "crane"}, true_label=1)
+    assert first.startswith("explained: crane (2) (logit ") and second.endswith(", true: dog")
+
+
 def test_a_class_beyond_the_names_given_is_titled_by_its_number(model):
     explanation = model.explain(torch.rand(1, 3, 32, 32), target=2)
     assert explanation_title(explanation, 0, ["cat", "dog"])[0].startswith("explained: 2 (logit ")
