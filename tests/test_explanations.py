@@ -281,6 +281,24 @@ def test_explain_works_inside_inference_mode(family):
     torch.testing.assert_close(explanation.contributions.sum(dim=(1, 2)) + explanation.bias, expected.target_logits)
 
 
+@pytest.mark.parametrize("made", ["built", "cast"])
+def test_a_model_made_under_inference_mode_is_refused_saying_to_make_it_outside(made):
+    """Weights made there are inference tensors, which autograd cannot differentiate (loading there is fine)."""
+    with torch.inference_mode():
+        model = TINY_CLASSIFIERS["vit"]() if made == "built" else TINY_CLASSIFIERS["vit"]().eval().half().float()
+    with pytest.raises(ValueError, match=r"built, converted or cast under torch.inference_mode\(\): do that outside"):
+        model.explain(torch.rand(1, 3, 32, 32))
+
+
+def test_an_explanation_shows_its_shapes_not_its_values_and_compares_by_identity():
+    model = TINY_CLASSIFIERS["vit"]().eval()
+    first, second = (model.explain(torch.rand(8, 3, 32, 32)) for _ in range(2))
+    text = repr(first)
+    assert text.startswith("BcosExplanation(logits=(8, 3), target=(8,), dynamic_weights=(8, 6, 32, 32), ")
+    assert "tensor(" not in text and len(text) < 300
+    assert first == first and first != second and first not in [second]  # no "ambiguous truth value of a tensor"
+
+
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
 def test_a_differentiable_explanation_keeps_the_graph_of_its_contributions_inside_a_no_grad_block(context):
     model = pure_bcos_vit(2.0).train()

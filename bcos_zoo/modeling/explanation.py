@@ -13,16 +13,32 @@ from torch import nn
 from .bcos_layers import explanation_mode
 
 
-@dataclass
+@dataclass(eq=False)
 class BcosExplanation:
-    """One explained output per image."""
+    """One explained output per image: ``contributions.sum((1, 2)) + bias`` is the explained output, exactly.
 
-    logits: torch.Tensor  # (N, K) the outputs of the forward pass (class logits, or cosines for CLIP)
-    target: torch.Tensor  # (N,) the explained output per image
-    dynamic_weights: torch.Tensor  # (N, 2C, H, W) the target row of W(x) over the [x, 1 - x] encoding (C = 3: RGB)
-    contributions: torch.Tensor  # (N, H, W) sum over channels of encoding * dynamic_weights
-    bias: torch.Tensor  # (N,) target output minus the summed contributions
-    output_name: str = "logit"  # what ``logits`` hold, as a title names it ("cosine" for CLIP)
+    Attributes:
+        logits: (N, K) the outputs of the forward pass (class logits, or cosines for CLIP).
+        target: (N,) the explained output of each image.
+        dynamic_weights: (N, 2C, H, W) the target row of ``W(x)`` over the ``[x, 1 - x]`` encoding (C = 3: RGB).
+        contributions: (N, H, W) the sum over channels of encoding * dynamic_weights.
+        bias: (N,) the explained output minus the summed contributions.
+        output_name: what ``logits`` hold, as a title names it ("logit"; "cosine" for CLIP).
+
+    ``render()`` (or ``rgba``) and ``contribution_map()`` are its pictures; the package's ``bcos_zoo.visualize`` draws
+    them as panels.
+    """
+
+    logits: torch.Tensor
+    target: torch.Tensor
+    dynamic_weights: torch.Tensor
+    contributions: torch.Tensor
+    bias: torch.Tensor
+    output_name: str = "logit"
+
+    def __repr__(self) -> str:  # shapes, not values: a batch's tensors would fill a notebook
+        shapes = ", ".join(f"{key}={tuple(value.shape)}" for key, value in vars(self).items() if key != "output_name")
+        return f"BcosExplanation({shapes}, dtype={self.contributions.dtype}, output_name={self.output_name!r})"
 
     @property
     def target_logits(self) -> torch.Tensor:
@@ -85,6 +101,8 @@ def compute_explanation(
     is accumulated in float32 at least. With ``create_graph=True``, ``logits``, ``dynamic_weights`` and
     ``contributions`` keep their graph, so that a loss on them trains the model (training with explanations).
     """
+    if any(parameter.is_inference() for parameter in model.parameters()):  # which autograd cannot differentiate
+        raise ValueError("The model was built, converted or cast under torch.inference_mode(): do that outside it.")
     with torch.inference_mode(False), torch.enable_grad(), explanation_mode(model):  # works under inference_mode()
         encoded = model.encode_pixel_values(pixel_values, eager_message=True).detach().requires_grad_(True)
         logits = score_fn(encoded)
