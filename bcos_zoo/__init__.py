@@ -1,7 +1,7 @@
 """bcos_zoo: inherently interpretable B-cos vision models for the Hugging Face ecosystem."""
 
-from transformers import AutoModelForImageClassification
-from transformers.pipelines import PIPELINE_REGISTRY
+from transformers import AutoModelForImageClassification as _AutoModelForImageClassification
+from transformers.pipelines import PIPELINE_REGISTRY as _PIPELINE_REGISTRY
 
 from . import modeling
 from .families import FAMILIES, register
@@ -17,8 +17,15 @@ for _family in FAMILIES.values():
     register(_family)
 # pipeline("image-explanation", model=<a model in memory>, image_processor=model.default_image_processor()); a saved
 # classifier's config names the same pipeline as remote code
-PIPELINE_REGISTRY.register_pipeline(
-    "image-explanation", ImageExplanationPipeline, pt_model=AutoModelForImageClassification, type="image"
+_PIPELINE_REGISTRY.register_pipeline(
+    "image-explanation", ImageExplanationPipeline, pt_model=_AutoModelForImageClassification, type="image"
 )
 
-__all__ = [*modeling.__all__, "from_bcos", "siglip_distillation_loss"]
+__all__ = [
+    *modeling.__all__,
+    "FAMILIES",
+    "ImageExplanationPipeline",
+    "from_bcos",
+    "register",
+    "siglip_distillation_loss",
+]

@@ -26,6 +26,7 @@ from bcos_zoo.evaluation.localisation import (
     explanation_window,
     grid_attribution,
     grid_pointing_game,
+    predict,
     sample_grids,
     sliding_window_attribution,
     tile_grid,
@@ -553,3 +554,15 @@ def test_the_harness_a_bcos_model_and_its_source_see_one_non_square_image_as_the
     assert pixels.shape == (3, 16, 16) and float(pixels.min()) >= 0 and float(pixels.max()) <= 1
     torch.testing.assert_close(ProcessorTransform(AutoImageProcessor.from_pretrained(tmp_path))(image), pixels)
     torch.testing.assert_close(model_transform(load_standard_classifier(source))(image), pixels)
+
+
+@pytest.mark.parametrize("bars", [True, False])
+def test_evaluation_progress_bars_are_off_where_transformers_bars_are(capsys, monkeypatch, bars):
+    """``transformers.utils.logging.disable_progress_bar()`` (or HF_HUB_DISABLE_PROGRESS_BARS=1) silences them too."""
+    from transformers.utils import logging
+
+    monkeypatch.setattr(logging, "_tqdm_active", bars)  # what enable_/disable_progress_bar() set
+    model = TINY_CLASSIFIERS["vit"]().eval()
+    images = [(Image.new("RGB", (40, 40), (i * 20, 0, 0)), i % 3) for i in range(4)]
+    predict(bcos_classifier(model), images, model_transform(model), batch_size=2)
+    assert ("classifying" in capsys.readouterr().err) == bars

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm  # tqdm.auto, off where transformers' progress bars are
 
 from ..data.preprocessing import ImageTransform
 from .localisation import AttributionFn, ClassifierFn, checked_attributions, load_images

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 from transformers import ConvNextImageProcessor
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_transforms import get_resize_output_image_size
 from transformers.image_utils import ChannelDimension
+from transformers.utils.logging import tqdm  # tqdm.auto, off where transformers' progress bars are
 
 from ..data.boxes import as_boxes, crop_resize_boxes
 from ..data.boxes import box_masks as union_mask

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils.logging import tqdm  # tqdm.auto, off where transformers' progress bars are
 
 from ..conversion.clip import StandardCLIP, load_standard_clip
 from ..conversion.common import IDENTITY_NORMALIZATION, OPENAI_CLIP_NORMALIZATION
