@@ -8,7 +8,6 @@ from .families import FAMILIES, register
 from .modeling import *  # noqa: F403  (every model class, config and helper, under the names modeling exports)
 from .modeling.pipeline_bcos_explanation import ImageExplanationPipeline
 from .ports import from_bcos
-from .training.clip_distillation import siglip_distillation_loss
 
 
 __version__ = "0.1.0"
@@ -27,5 +26,15 @@ __all__ = [
     "ImageExplanationPipeline",
     "from_bcos",
     "register",
-    "siglip_distillation_loss",
+    "siglip_distillation_loss",  # noqa: F405  (imported on first use: see __getattr__)
 ]
+
+
+def __getattr__(name: str):
+    """``siglip_distillation_loss``, imported when first asked for: the training package it lives in imports the
+    Trainer and datasets (half a second), which loading and explaining a model do not need."""
+    if name == "siglip_distillation_loss":
+        from .training.clip_distillation import siglip_distillation_loss
+
+        return siglip_distillation_loss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,11 +11,11 @@ import threading
 import time
 import warnings
 
-import httpx
 import numpy as np
 import pytest
 import torch
 from cnn_sources import hf_resnet
+from huggingface_hub.utils import httpx
 from PIL import Image
 from sources import hf_vit
 from transformers import pipeline

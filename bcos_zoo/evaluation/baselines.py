@@ -19,8 +19,9 @@ whole pixels and give one value per pixel.
     posthoc_attribution(bcos_model, "deeplift")(images, targets)   # the same on a B-cos model
 """
 
+import importlib.util
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -509,10 +510,27 @@ def rise(
     return saliency / (masks * keep)
 
 
+# what each method imports beyond the core install and the `train` extra (the `eval` extra brings them)
+METHOD_PACKAGES = dict.fromkeys(("input_x_gradient", "integrated_gradients", "gradcam", "gradient"), ("captum",))
+METHOD_PACKAGES |= {"guided_backprop": ("captum",), "deeplift": ("captum",), "lime": ("captum", "sklearn")}
+
+
+def check_packages(methods: Iterable[str]) -> None:
+    """Refuse methods whose packages are not installed, before anything is trained or explained (not after the
+    rest of an evaluation has run)."""
+    for method in methods:
+        if missing := [name for name in METHOD_PACKAGES.get(method, ()) if importlib.util.find_spec(name) is None]:
+            raise ValueError(
+                f"{METHOD_NAMES[method]} needs {' and '.join(missing)}, which is not installed: "
+                "pip install 'bcos_zoo[eval]' (or bash scripts/setup.sh eval)."
+            )
+
+
 def check_method(classifier: Classifier, method: str) -> None:
-    """Refuse a method that does not apply to the classifier, naming those that do."""
+    """Refuse a method that does not apply to the classifier, naming those that do, or whose package is missing."""
     if method not in POSTHOC_METHODS:
         raise ValueError(f"Unknown post-hoc method {method!r}; available: {', '.join(POSTHOC_METHODS)}.")
+    check_packages([method])
     if method not in classifier.methods:
         if isinstance(classifier, BcosClassifier):
             what = "a B-cos model (it needs a standard ViT's or ResNet's feature map or attention)"

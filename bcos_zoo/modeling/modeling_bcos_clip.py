@@ -40,7 +40,7 @@ def _saved(kind: type, model: nn.Module, **options):
     """``kind`` as saved where ``model`` was loaded from, else ``None``."""
     try:
         return kind.from_pretrained(model.name_or_path, **options)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, ImportError) as error:  # ImportError: a processor needs Pillow
         logger.info(f"No {kind.__name__} could be loaded from {model.name_or_path}: {error}")
 
 

@@ -10,9 +10,9 @@ explanation of each label asked for. It travels with the weights (the config's `
 import os
 from io import BytesIO
 
-import httpx
 import numpy as np
 import torch
+from huggingface_hub.utils import httpx  # the HTTP client huggingface_hub (and transformers) use
 from PIL import Image, ImageOps
 from transformers import Pipeline
 from transformers.image_utils import load_image

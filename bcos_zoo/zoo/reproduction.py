@@ -36,6 +36,7 @@ from ..evaluation.baselines import (
     DEFAULT_METHODS,
     METHOD_NAMES,
     POSTHOC_METHODS,
+    check_packages,
     load_standard_classifier,
     posthoc_attribution,
 )
@@ -455,6 +456,7 @@ class ReproductionSettings:
                     f"{METHOD_NAMES[method]} does not apply to the {family.label} family; methods for it: "
                     f"{', '.join(applicable)}."
                 )
+        check_packages([*self.methods, self.example_method])  # before any model trains
 
     @property
     def names(self) -> dict[str, str]:
