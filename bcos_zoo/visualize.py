@@ -6,6 +6,7 @@ contributes positively. The contributions tile shows each pixel's signed share o
 on the symmetric scale at its side.
 """
 
+import bisect
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +71,9 @@ def _wrapped(text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
             lines.append(word)
         else:
             lines[-1] = joined
-        while len(lines[-1]) > 1 and font.getlength(lines[-1]) > width:
-            cut = next((n for n in range(len(lines[-1]) - 1, 1, -1) if font.getlength(lines[-1][:n]) <= width), 1)
-            lines[-1:] = [lines[-1][:cut], lines[-1][cut:]]
+        while len(line := lines[-1]) > 1 and font.getlength(line) > width:  # the longest start that fits
+            fits = bisect.bisect_right(range(len(line) + 1), width, key=lambda n: font.getlength(line[:n])) - 1
+            lines[-1:] = [line[: max(fits, 1)], line[max(fits, 1) :]]
     return lines
 
 

@@ -281,7 +281,7 @@ def test_a_card_from_a_local_source_says_how_that_source_was_made(tmp_path, task
 MARKDOWN = MarkdownIt("commonmark").enable("table")  # GitHub's and the Hub's reading of a card, tables included
 
 
-@pytest.mark.parametrize("text", ["python x.py", "--summary 'a `b` c'", "``a", "a``", "`", "x ``` y ` z"])
+@pytest.mark.parametrize("text", ["python x.py", "--summary 'a `b` c'", "``a", "a``", "`", "x ``` y ` z", " a "])
 def test_a_code_span_shows_its_text_whole_backticks_included(text):
     html = MARKDOWN.render(f"see {code(text)} here")
     assert html == f"<p>see <code>{text}</code> here</p>\n"

@@ -111,6 +111,12 @@ def test_an_explain_or_top_k_count_that_is_not_a_non_negative_int_is_refused(sav
         pipe(str(saved / "photo.png"), **{name: count})
 
 
+def test_explain_and_top_k_take_numpy_integers(saved):
+    pipe = pipeline("image-explanation", model=str(saved), trust_remote_code=True)
+    results = pipe(str(saved / "photo.png"), top_k=np.int64(2), explain=np.int32(1))
+    assert len(results) == 2 and "explanation" in results[0] and "explanation" not in results[1]
+
+
 def test_a_model_in_memory_runs_the_pipeline_with_its_own_processor(saved):
     """Importing bcos_zoo registers the task, so a model just B-cosified can be tried before it is saved."""
     model = BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=4), b=2.0).eval()
@@ -193,12 +199,12 @@ def test_a_name_two_classes_share_is_refused_naming_both_and_an_index_explains_e
 
 @pytest.mark.parametrize(
     "labels",
-    [np.int64(2), torch.tensor(2), [np.int64(2), 1], np.array([2, 1]), torch.tensor([2, 1])],
-    ids=["numpy int", "0-d tensor", "list with a numpy int", "numpy array", "tensor"],
+    [np.int64(2), torch.tensor(2), [np.int64(2), 1], np.array([2, 1]), torch.tensor([2, 1]), (2, "dog"), {2: "a"}],
+    ids=["numpy int", "0-d tensor", "list with a numpy int", "numpy array", "tensor", "tuple", "dict keys"],
 )
-def test_labels_may_be_numpy_or_torch_integers_as_explain_takes_them(photo, labels):
+def test_labels_may_be_numpy_or_torch_integers_or_any_collection_of_labels(photo, labels):
     pipe, _ = in_memory_pipeline({0: "crane", 1: "dog", 2: "crane", 3: "cat"})
-    expected = [2] if np.ndim(labels) == 0 else [2, 1]
+    expected = [2] if np.ndim(labels) == 0 or isinstance(labels, dict) else [2, 1]
     results = pipe(str(photo), top_k=0, labels=labels)
     by_hand = pipe(str(photo), top_k=0, labels=expected)
     assert [row["explanation"]["logit"] for row in results] == [row["explanation"]["logit"] for row in by_hand]

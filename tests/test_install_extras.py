@@ -52,9 +52,8 @@ def installed_closure(requirements: list[Requirement]) -> list[importlib.metadat
         if requirement.marker and not requirement.marker.evaluate({**environment, "extra": extra}):
             continue
         name = canonicalize_name(requirement.name)
-        asked = found.setdefault(name, set())
-        if name not in installed or (asked and requirement.extras <= asked):
-            asked |= requirement.extras
+        seen, asked = name in found, found.setdefault(name, set())
+        if name not in installed or (seen and requirement.extras <= asked):  # nothing new to follow (or a cycle)
             continue
         asked |= requirement.extras
         for text in installed[name].requires or []:

@@ -74,16 +74,18 @@ class ImageExplanationPipeline(Pipeline):
         preprocess = {} if timeout is None else {"timeout": timeout}
         forward, postprocess = {}, {}
         for name, count in (("top_k", top_k), ("explain", explain)):
-            if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+            whole = isinstance(count, (int, np.integer)) and not isinstance(count, bool)  # numpy's ints too
+            if count is not None and not (whole and count >= 0):
                 raise ValueError(
                     f"{name} takes how many of the top labels to list or explain, an int >= 0; got {count!r}."
                 )
         if top_k is not None:
-            postprocess["top_k"] = top_k
+            postprocess["top_k"] = int(top_k)
         if explain is not None:
-            forward["explain"] = postprocess["explain"] = explain
+            forward["explain"] = postprocess["explain"] = int(explain)
         if labels is not None:
-            asked = [labels] if isinstance(labels, str) or np.ndim(labels) == 0 else list(labels)
+            single = isinstance(labels, (str, int, np.integer)) or getattr(labels, "ndim", None) == 0
+            asked = [labels] if single else list(labels)
             asked = [label.item() if hasattr(label, "item") else label for label in asked]  # numpy, torch scalars
             forward["targets"] = list(dict.fromkeys(self._label_index(label) for label in asked))  # each class once
         return preprocess, forward, postprocess

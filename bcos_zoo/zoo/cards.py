@@ -78,10 +78,11 @@ def training_processes() -> int:
 
 def code(text: str) -> str:
     """``text`` as a Markdown code span that shows it whole (a card's command may hold a backtick, in a ``--summary``
-    say): fenced by one backtick more than its longest run of backticks, and, where it holds one, padded with a space
-    on each side, which Markdown strips."""
+    say): fenced by one backtick more than its longest run of backticks, and, where it holds one or starts and ends
+    with a space, padded with a space on each side, which Markdown strips."""
     fence = "`" * (1 + max((len(run) for run in re.findall("`+", text)), default=0))
-    return f"{fence} {text} {fence}" if "`" in text else f"{fence}{text}{fence}"
+    padded = "`" in text or text.startswith(" ") and text.endswith(" ") and text.strip()
+    return f"{fence} {text} {fence}" if padded else f"{fence}{text}{fence}"
 
 
 def cell(value: object) -> str:
