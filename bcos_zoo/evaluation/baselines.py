@@ -511,8 +511,8 @@ def rise(
 
 
 # what each method imports beyond the core install and the `train` extra (the `eval` extra brings them)
-METHOD_PACKAGES = dict.fromkeys(("input_x_gradient", "integrated_gradients", "gradcam", "gradient"), ("captum",))
-METHOD_PACKAGES |= {"guided_backprop": ("captum",), "deeplift": ("captum",), "lime": ("captum", "sklearn")}
+CAPTUM_METHODS = ("input_x_gradient", "integrated_gradients", "gradcam", "gradient", "guided_backprop", "deeplift")
+METHOD_PACKAGES = {**dict.fromkeys(CAPTUM_METHODS, ("captum",)), "lime": ("captum", "sklearn")}
 
 
 def check_packages(methods: Iterable[str]) -> None:
