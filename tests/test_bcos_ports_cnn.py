@@ -140,6 +140,17 @@ def test_unknown_entries_and_missing_weights_are_refused(tmp_path):
         from_bcos(nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("family", ["resnet", "densenet", "vgg"])
+def test_a_family_port_refuses_another_familys_model(family):
+    from bcos_zoo.conversion import densenet, resnet, vgg
+
+    port = {"resnet": resnet.port_bcos_resnet, "densenet": densenet.port_bcos_densenet, "vgg": vgg.port_bcos_vgg}
+    other = bcos_pretrained.vgg11_bnu if family != "vgg" else bcos_pretrained.resnet18
+    kind = {"resnet": "ResNet", "densenet": "DenseNet", "vgg": "VGG"}[family]
+    with pytest.raises(ValueError, match=rf"A Bcos\w+ is not a bcos {kind}\. Supported: the bcos package's"):
+        port[family](other(pretrained=False))
+
+
 def _position_norm_resnet():
     from bcos.models.resnet import resnet18
 

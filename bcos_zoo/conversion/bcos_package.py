@@ -63,9 +63,11 @@ def portable_exponent(exponents: set[float]) -> float:
     return b
 
 
-def read_bcos_cnn(model: nn.Module, supported: str) -> BcosPackageModel:
-    """Read a ``bcos`` CNN, refusing what the port has no counterpart for: MaxOut, B-cos units with different B,
-    a normalisation other than uncentred BatchNorm without bias ("bnu"), a logit temperature."""
+def read_bcos_cnn(model: nn.Module, kind: str, supported: str) -> BcosPackageModel:
+    """Read a ``bcos`` CNN of class ``kind``, refusing what the port has no counterpart for: MaxOut, B-cos units
+    with different B, a normalisation other than uncentred BatchNorm without bias ("bnu"), a logit temperature."""
+    if type(model).__name__ != kind:
+        raise ValueError(f"A {type(model).__name__} is not a bcos {kind.removeprefix('Bcos')}. Supported: {supported}.")
     exponents, eps, logit_bias = set(), set(), 0.0
     for name, module in model.named_modules():
         kind, where = type(module).__name__, name or "model"
@@ -103,6 +105,15 @@ def read_bcos_cnn(model: nn.Module, supported: str) -> BcosPackageModel:
         parameter=next(model.parameters()),
         processor_fields=processor_fields(model),
     )
+
+
+def torchvision_port_fields(architecture: dict, state: dict[str, torch.Tensor], stem: str, head: str) -> dict:
+    """The config fields of a port of a torchvision-layout CNN (ResNet, DenseNet) from its standard ``architecture``:
+    channels and classes read from the ``stem`` and ``head`` convolutions' weights (the stem sees ``[x, 1 - x]``),
+    the package's average pooling after the stem; the class names are the package's (``build_port``)."""
+    fields = {**architecture, "num_channels": state[stem].shape[1] // 2, "num_labels": state[head].shape[0]}
+    fields.pop("id2label")
+    return {**fields, "stem_pool": "avg"}
 
 
 def transform_resample(transform: object) -> int:

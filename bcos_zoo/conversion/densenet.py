@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..modeling import BcosDenseNetConfig, BcosDenseNetForImageClassification
-from .bcos_package import build_port, read_bcos_cnn
+from .bcos_package import build_port, read_bcos_cnn, torchvision_port_fields
 from .common import load_timm_folder, read_json, resolve_folder, standard_labels
 from .resnet import (
     StandardCNN,
@@ -139,23 +139,8 @@ def port_bcos_densenet(model: nn.Module) -> BcosDenseNetForImageClassification:
     either), 3x3 stride-2 average pooling after the stem, the classifier before global average pooling and the logit
     bias ``-log(C - 1)``.
     """
-    if type(model).__name__ != "BcosDenseNet":
-        raise ValueError(f"A {type(model).__name__} is not a bcos DenseNet. Supported: {SUPPORTED_BCOS_DENSENETS}.")
-    package = read_bcos_cnn(model, SUPPORTED_BCOS_DENSENETS)
+    package = read_bcos_cnn(model, "BcosDenseNet", SUPPORTED_BCOS_DENSENETS)
     standard = from_densenet_state(package.state, None, None, package.batch_norm_eps)
-    fields = {
-        **standard.architecture,
-        "num_channels": package.state["features.conv0.weight"].shape[1] // 2,
-        "num_labels": package.state["classifier.weight"].shape[0],
-        "stem_pool": "avg",
-    }
-    fields.pop("id2label")
-    return build_port(
-        BcosDenseNetForImageClassification,
-        fields,
-        package,
-        model,
-        standard.state,
-        _densenet_name,
-        SUPPORTED_BCOS_DENSENETS,
-    )
+    fields = torchvision_port_fields(standard.architecture, package.state, "features.conv0.weight", "classifier.weight")
+    cls, rename = BcosDenseNetForImageClassification, _densenet_name
+    return build_port(cls, fields, package, model, standard.state, rename, SUPPORTED_BCOS_DENSENETS)

@@ -24,7 +24,7 @@ from transformers import ResNetForImageClassification
 from transformers.utils import logging
 
 from ..modeling import BcosResNetConfig, BcosResNetForImageClassification
-from .bcos_package import build_port, read_bcos_cnn
+from .bcos_package import build_port, read_bcos_cnn, torchvision_port_fields
 from .common import (
     IMAGENET_NORMALIZATION,
     PIL_RESAMPLE,
@@ -380,23 +380,8 @@ def port_bcos_resnet(model: nn.Module) -> BcosResNetForImageClassification:
     convolution with unit-norm weights, uncentred BatchNorm without bias, no ReLU anywhere, 3x3 stride-2 average
     pooling after the stem, the classifier before global average pooling and the logit bias ``-log(C - 1)``.
     """
-    if type(model).__name__ != "BcosResNet":
-        raise ValueError(f"A {type(model).__name__} is not a bcos ResNet. Supported: {SUPPORTED_BCOS_RESNETS}.")
-    package = read_bcos_cnn(model, SUPPORTED_BCOS_RESNETS)
+    package = read_bcos_cnn(model, "BcosResNet", SUPPORTED_BCOS_RESNETS)
     standard = from_torchvision_layout(package.state, None, None, package.batch_norm_eps)
-    fields = {
-        **standard.architecture,
-        "num_channels": package.state["conv1.weight"].shape[1] // 2,
-        "num_labels": package.state["fc.weight"].shape[0],
-        "stem_pool": "avg",
-    }
-    fields.pop("id2label")
-    return build_port(
-        BcosResNetForImageClassification,
-        fields,
-        package,
-        model,
-        standard.state,
-        _torchvision_resnet_name,
-        SUPPORTED_BCOS_RESNETS,
-    )
+    fields = torchvision_port_fields(standard.architecture, package.state, "conv1.weight", "fc.weight")
+    cls, rename = BcosResNetForImageClassification, _torchvision_resnet_name
+    return build_port(cls, fields, package, model, standard.state, rename, SUPPORTED_BCOS_RESNETS)

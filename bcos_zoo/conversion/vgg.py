@@ -66,9 +66,7 @@ def port_bcos_vgg(model: nn.Module) -> BcosVGGForImageClassification:
     ReLU, 2x2 average pooling closing each stage; then B-cos convolutions 7x7 (padding 3) and 1x1 to 4096 channels
     and 1x1 to the classes, all before global average pooling, and the logit bias ``-log(C - 1)``.
     """
-    if type(model).__name__ != "BcosVGG":
-        raise ValueError(f"A {type(model).__name__} is not a bcos VGG. Supported: {SUPPORTED_BCOS_VGGS}.")
-    package = read_bcos_cnn(model, SUPPORTED_BCOS_VGGS)
+    package = read_bcos_cnn(model, "BcosVGG", SUPPORTED_BCOS_VGGS)
     fields, names = vgg_layout(model)
 
     def rename(key: str) -> str:
