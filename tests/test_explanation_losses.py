@@ -17,8 +17,6 @@ from bcos_zoo.training.explanation_losses import (
     explanation_cosine,
     frozen_running_statistics,
     gradcam_map,
-    guidance_contributions,
-    hidden_layer_contributions,
     l1_loss,
     max_normalised,
     ppce_loss,
@@ -66,9 +64,9 @@ def test_energy_loss_gradient_reaches_every_bcos_weight():
     masks[:, 4:12, 4:12] = True
     for layer in ("input", "bcos_vit.layers.0"):
         model.zero_grad()
-        attributions = guidance_contributions(model, pixels, torch.tensor([0, 2]), layer)
-        assert attributions.shape == (2, 16, 16)
-        energy_loss(attributions, masks).sum().backward()
+        maps = attributions(model, pixels, torch.tensor([0, 2]), "bcos", layer)
+        assert maps.shape == (2, 16, 16)
+        energy_loss(maps, masks).sum().backward()
         weights = {
             "patch embedding": model.bcos_vit.embeddings.patch_embeddings.projection.weight,
             "value projection": model.bcos_vit.layers[1].attention.v_proj.weight,
@@ -101,11 +99,14 @@ def test_hidden_layer_contributions_are_complete():
     ).double()
     pixels = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     target = torch.tensor([2, 0])
-    contributions, logits = hidden_layer_contributions(model, pixels, target, "bcos_vit.layers.0")
+    contributions = attributions(model, pixels, target, "bcos", "bcos_vit.layers.0")
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits
     explained = logits.gather(1, target[:, None])[:, 0] - model.config.resolved_logit_bias
     torch.testing.assert_close(contributions.sum(dim=(1, 2)), explained)
+    assert contributions.requires_grad
     with pytest.raises(ValueError, match="no layer"):
-        hidden_layer_contributions(model, pixels, target, "bcos_vit.nowhere")
+        attributions(model, pixels, target, "bcos", "bcos_vit.nowhere")
 
 
 def e2kd_terms_by_hand(student_logits, teacher_logits, student_weights, teacher, temperature) -> dict[str, float]:
@@ -402,8 +403,7 @@ def test_hidden_layer_contributions_lie_on_the_model_patch_grid(make, layer, siz
     expected = F.interpolate(patches, size=size, mode="bilinear", align_corners=False)[:, 0]
     maps = attributions(model, pixels, target, "bcos", layer, create_graph=False)
     torch.testing.assert_close(maps, expected)
-    contributions, _ = hidden_layer_contributions(model, pixels, target, layer)
-    torch.testing.assert_close(contributions.detach(), expected)
+    torch.testing.assert_close(attributions(model, pixels, target, "bcos", layer).detach(), expected)
 
 
 def test_a_token_count_that_is_not_the_model_patch_grid_is_refused():

@@ -14,7 +14,7 @@ from bcos_zoo import BcosViTConfig, BcosViTForImageClassification
 from bcos_zoo.data.boxes import BoxedImages, BoxResizeTransform, collate_boxed
 from bcos_zoo.evaluation.scores import energy_pointing_scores
 from bcos_zoo.training import get_task
-from bcos_zoo.training.explanation_losses import energy_loss, guidance_contributions
+from bcos_zoo.training.explanation_losses import attributions, energy_loss
 from bcos_zoo.training.guided_classification import GuidedTrainer, attribution_iou
 from bcos_zoo.zoo.finetune import finetune
 from bcos_zoo.zoo.recipes import Recipe
@@ -66,7 +66,7 @@ def test_a_few_guided_steps_lower_the_energy_loss_and_raise_epg():
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(12):
         loss = model(pixel_values=pixels, labels=labels).loss
-        loss = loss + 0.05 * energy_loss(guidance_contributions(model, pixels, labels), masks).sum()
+        loss = loss + 0.05 * energy_loss(attributions(model, pixels, labels), masks).sum()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -84,7 +84,7 @@ def test_guided_trainer_adds_the_energy_loss_only_for_boxed_images(tmp_path):
     plain = GuidedTrainer(model=model, args=arguments, guidance_weight=0.0)
     guided = GuidedTrainer(model=model, args=arguments, guidance_weight=0.5)
     base = float(plain.compute_loss(model, batch).detach())
-    energy = energy_loss(guidance_contributions(model, batch["pixel_values"], batch["labels"]), batch["box_masks"])
+    energy = energy_loss(attributions(model, batch["pixel_values"], batch["labels"]), batch["box_masks"])
     expected = base + 0.5 * float(energy.detach().sum())
     assert float(guided.compute_loss(model, batch).detach()) == pytest.approx(expected, rel=1e-5)
     unboxed = dict(batch, has_boxes=torch.zeros_like(batch["has_boxes"]))

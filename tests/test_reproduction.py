@@ -524,3 +524,15 @@ def test_an_interrupted_run_resumes_in_a_moved_work_folder(tmp_path):
     first.rename(moved)
     again = train_or_reuse(recipe(moved), moved / "seed0" / "bcosified", device="cpu", work_dir=moved)
     assert again["metrics"]["accuracy"] == results["metrics"]["accuracy"]
+
+
+def test_printed_premises_give_each_premise_and_warn_when_one_is_not_met():
+    from bcos_zoo.zoo import guidance_report, reproduction_report
+
+    met = {"premise": "source accuracy", "mean": 0.8123, "std": 0.0101, "lowest": 0.8, "threshold": 0.5, "met": True}
+    missed = {**met, "premise": "B-cos accuracy", "mean": 0.31, "lowest": 0.29, "met": False}
+    printed = reproduction_report.printed_premises([met])
+    assert printed == ("premise: source accuracy: 81.23 ± 1.01% (lowest seed 80.00%, needed >= 50% in every seed): met")
+    assert guidance_report.printed_premises([met]).startswith("premise: source accuracy: 81.2 ± 1.0 (lowest seed 80.0,")
+    lines = reproduction_report.printed_premises([met, missed]).splitlines()
+    assert lines[1].endswith("NOT MET") and lines[2].startswith("A premise is not met") and "**" not in lines[2]

@@ -166,13 +166,6 @@ def decoy_splits(
     return DatasetSplits(train, test, source.class_names, name, evaluation_split=source.evaluation_split)
 
 
-def decoy_dataset(items: Dataset) -> "DecoyImages | None":
-    """The :class:`DecoyImages` under ``items`` (itself or a ``Subset`` of it), or ``None``."""
-    while isinstance(items, Subset):
-        items = items.dataset
-    return items if isinstance(items, DecoyImages) else None
-
-
 def spec_canvas(spec: str) -> int | None:
     """The canvas size a decoy dataset spec names (``fashion-mnist-decoys-36`` -> 36), ``None`` for other specs."""
     match = SPEC.fullmatch(spec.lower())

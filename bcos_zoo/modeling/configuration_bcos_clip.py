@@ -36,7 +36,6 @@ class BcosCLIPConfig(PretrainedConfig):
         projection_dim: int = 512,
         logit_scale_init_value: float = 2.6592,  # log(1 / 0.07), CLIP's initial temperature
         freeze_text_model: bool = True,
-        initializer_factor: float = 1.0,
         **kwargs,
     ):
         if not isinstance(text_config, CLIPTextConfig):
@@ -52,5 +51,4 @@ class BcosCLIPConfig(PretrainedConfig):
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
         self.freeze_text_model = freeze_text_model
-        self.initializer_factor = initializer_factor
         super().__init__(**kwargs)

@@ -8,8 +8,8 @@ from transformers import PretrainedConfig
 class BcosVGGConfig(PretrainedConfig):
     """Configuration of :class:`BcosVGGForImageClassification`.
 
-    A VGG is stages of 3x3 convolutions, each stage ending in 2x2 pooling, then two "fully connected" layers and the
-    classifier, here all B-cos convolutions that slide over the feature map (the first one with a
+    A VGG is stages of 3x3 convolutions, each stage ending in 2x2 average pooling, then two "fully connected" layers
+    and the classifier, here all B-cos convolutions that slide over the feature map (the first one with a
     ``head_kernel_size`` window: VGG's fully connected layer over the 7x7 map of a 224 image). The defaults are the
     authors' B-cos VGG-11 with uncentred BatchNorm (the ``bcos`` package's ``vgg11_bnu``); VGG-13/16/19 are
     ``depths=[2, 2, 2, 2, 2]``, ``[2, 2, 3, 3, 3]``, ``[2, 2, 4, 4, 4]``.
@@ -19,7 +19,6 @@ class BcosVGGConfig(PretrainedConfig):
         depths: convolutions per stage.
         head_size: channels of the two fully connected layers.
         head_kernel_size: the window of the first one.
-        stage_pool: ``"avg"`` (the B-cos VGG's 2x2 average pooling) or ``"max"`` (the standard VGG's).
         hidden_act: ``"relu"``, or ``None`` for no activation (the authors' B-cos v2 networks).
         b, normalize_weights, use_bias, classify_before_pooling, logit_bias, loss, image_size, crop_pct, resample:
             as in ``BcosResNetConfig``; ``use_bias`` also gives the fully connected layers biases.
@@ -34,7 +33,6 @@ class BcosVGGConfig(PretrainedConfig):
         depths: list[int] | None = None,
         head_size: int = 4096,
         head_kernel_size: int = 7,
-        stage_pool: str = "avg",
         hidden_act: str | None = None,
         batch_norm_eps: float = 1e-5,
         b: float = 2.0,
@@ -53,8 +51,6 @@ class BcosVGGConfig(PretrainedConfig):
         depths = list(depths if depths is not None else [1, 1, 2, 2, 2])
         if len(hidden_sizes) != len(depths) or not depths or min(depths) < 1:
             raise ValueError(f"hidden_sizes {hidden_sizes} and depths {depths} must list the same stages, each >= 1.")
-        if stage_pool not in ("max", "avg"):
-            raise ValueError(f"stage_pool must be 'max' or 'avg', got {stage_pool!r}.")
         if hidden_act not in ("relu", None):
             raise ValueError(f"hidden_act must be 'relu' or None (no activation), got {hidden_act!r}.")
         if loss not in ("bce", "cross_entropy"):
@@ -66,7 +62,6 @@ class BcosVGGConfig(PretrainedConfig):
         self.depths = depths
         self.head_size = head_size
         self.head_kernel_size = head_kernel_size
-        self.stage_pool = stage_pool
         self.hidden_act = hidden_act
         self.batch_norm_eps = batch_norm_eps
         self.b = float(b)

@@ -25,7 +25,7 @@ class BcosVGGStage(BcosCNNStage):
         self.layers = nn.Sequential(
             *(BcosConvNormAct(in_channels if i == 0 else width, width, 3, config) for i in range(config.depths[index]))
         )
-        self.pool = (nn.AvgPool2d if config.stage_pool == "avg" else nn.MaxPool2d)(kernel_size=2, stride=2)
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         return self.pool(self.layers(hidden_state))

@@ -134,24 +134,6 @@ def _hidden_map(model: nn.Module, pixel_values: torch.Tensor, activation: torch.
     return spatial_contributions(activation, gradient, layout)
 
 
-def hidden_layer_contributions(
-    model: nn.Module, pixel_values: torch.Tensor, target: torch.Tensor, layer: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable contributions of the module ``layer`` (a name from ``model.named_modules()``) to each image's
-    ``target`` logit, upsampled bilinearly to the image size: ``((N, H, W) contributions, (N, C) logits)``."""
-    activation, gradient, logits = _layer_gradient(model, pixel_values, target, layer, explain=True, create_graph=True)
-    maps = _hidden_map(model, pixel_values, activation, gradient)
-    upsampled = F.interpolate(maps[:, None], size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
-    return upsampled[:, 0], logits
-
-
-def guidance_contributions(
-    model: nn.Module, pixel_values: torch.Tensor, target: torch.Tensor, layer: str = INPUT_LAYER
-) -> torch.Tensor:
-    """(N, H, W) differentiable contributions to the ``target`` logits, at the input or at a hidden ``layer``."""
-    return attributions(model, pixel_values, target, "bcos", layer)
-
-
 def twice_differentiable_attention(create_graph: bool):
     """With ``create_graph``, attention computed by its written-out formula (softmax of products), whose gradient can
     be differentiated again: a loss on a gradient in ordinary mode (Input x Gradient, a hidden layer's)
@@ -325,13 +307,10 @@ def e2kd_loss(
     temperature: float = 1.0,
     kd_weight: float = 1.0,
     explanation_weight: float = 1.0,
-    labels: torch.Tensor | None = None,
-    label_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Explanation-enhanced knowledge distillation (Parchami-Araghi et al., 2024), averaged over the batch:
 
-        L = lambda_gt CE(z_s, y) + lambda_kd T^2 KL(softmax(z_t / T) || softmax(z_s / T))
-            + lambda_exp (1 - cos(vec E_s, vec E_t)),
+        L = lambda_kd T^2 KL(softmax(z_t / T) || softmax(z_s / T)) + lambda_exp (1 - cos(vec E_s, vec E_t)),
 
     both explanations ``E`` taken for the teacher's top-1 class; for B-cos models ``E`` is the dynamic weight
     ``W(x)`` (N, 6, H, W) over the ``[x, 1 - x]`` encoding. Returns the total (``loss``) and each term. The teacher's
@@ -347,9 +326,4 @@ def e2kd_loss(
         explanation = (1 - explanation_cosine(student_explanation, teacher_explanation.detach())).mean()
         loss = loss + explanation_weight * explanation
         terms["explanation"] = explanation
-    if label_weight:
-        if labels is None:
-            raise ValueError("label_weight > 0 needs the labels")
-        terms["label"] = F.cross_entropy(student_logits, labels)
-        loss = loss + label_weight * terms["label"]
     return {"loss": loss, **terms}

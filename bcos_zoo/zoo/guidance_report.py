@@ -7,6 +7,7 @@ from pathlib import Path
 from ..data.decoys import spec_canvas
 from ..training.explanation_losses import INPUT_LAYER
 from ..visualize import subplots
+from . import reproduction_report
 from .reproduction_report import PREMISES_NOT_MET, command_block, machine_sentence
 from .seed_statistics import compare, mean_std
 
@@ -328,9 +329,5 @@ def markdown(report: dict) -> str:
 
 
 def printed_premises(rows: list[dict]) -> str:
-    lines = [
-        f"premise: {row['premise']}: {100 * row['mean']:.1f} ± {100 * row['std']:.1f} (lowest seed "
-        f"{100 * row['lowest']:.1f}, needed >= {100 * row['threshold']:.0f}): {'met' if row['met'] else 'NOT MET'}"
-        for row in rows
-    ]
-    return "\n".join(lines if all(row["met"] for row in rows) else [*lines, PREMISES_NOT_MET.replace("**", "")])
+    """The premises as the B-cosification reproductions print them, in points of percent to one decimal."""
+    return reproduction_report.printed_premises(rows, digits=1, unit="")

@@ -50,17 +50,13 @@ from .guidance_report import (
     verdicts,
 )
 from .recipes import Recipe, get_recipe
-from .reproduction import machine_description, plot_explanations, run_record, train_or_reuse
+from .reproduction import default_device, machine_description, plot_explanations, run_record, train_or_reuse
 from .seed_statistics import summarise
 
 
 CANVAS = 36  # the canvases of the bcos-resnet-*decoys / -canvas recipes
 DEFAULT_BOX_FRACTIONS = [1.0, 0.1, 0.01]
 HIDDEN_LAYER = "bcos_resnet.encoder.stages.2"  # the last stage of the small B-cos ResNet: the paper's "final" layer
-
-
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -127,7 +123,7 @@ class GuidanceSettings:
     num_examples: int = 6
     output_dir: Path = Path("docs/guidance")
     work_dir: Path = Path("outputs/guidance")
-    device: str = field(default_factory=_default_device)
+    device: str = field(default_factory=default_device)
 
     def __post_init__(self):
         self.output_dir, self.work_dir = Path(self.output_dir), Path(self.work_dir)

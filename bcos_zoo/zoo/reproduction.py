@@ -207,7 +207,7 @@ def train_or_reuse(
 def initial_accuracy(
     recipe: Recipe,
     data: DatasetSplits,
-    device: str | None = None,
+    device: str,
     cache: Path | None = None,
     work_dir: Path | None = None,
 ) -> float:
@@ -225,7 +225,6 @@ def initial_accuracy(
     set_seed(recipe.seed)
     task = get_task(recipe)
     model = task.build_model(data.class_names)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pairs, transform = limit(data.validation, recipe.max_eval_samples), task.eval_transform(model)
     value = predict(bcos_classifier(model.to(device).eval()), pairs, transform, recipe.batch_size, device).accuracy()
     if cache is not None:
@@ -396,10 +395,7 @@ REPRODUCTIONS = {
 }  # fmt: skip
 
 
-MODEL_NAMES = model_names("vit")
-
-
-def _default_device() -> str:
+def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -428,7 +424,7 @@ class ReproductionSettings:
     example_method: str = "integrated_gradients"  # the standard model's row of the explanation grid
     output_dir: Path | None = None
     work_dir: Path | None = None
-    device: str = field(default_factory=_default_device)
+    device: str = field(default_factory=default_device)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # torch's CPU threads; None keeps torch's choice. On a shared CPU, 1 thread can be many times faster for small
     # CNNs: threads that wait on each other across a busy machine cost far more than they share.

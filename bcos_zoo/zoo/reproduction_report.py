@@ -414,10 +414,12 @@ PREMISES_NOT_MET = (
 )
 
 
-def printed_premises(rows: list[dict]) -> str:
+def printed_premises(rows: list[dict], digits: int = 2, unit: str = "%") -> str:
+    """One line per premise (mean ± spread over the seeds, the lowest seed, the threshold, in percent with ``unit``
+    after each figure), and the warning when any is not met."""
     lines = [
-        f"premise: {row['premise']}: {100 * row['mean']:.2f} ± {100 * row['std']:.2f}% (lowest seed "
-        f"{100 * row['lowest']:.2f}%, needed >= {100 * row['threshold']:.0f}% in every seed): "
+        f"premise: {row['premise']}: {100 * row['mean']:.{digits}f} ± {100 * row['std']:.{digits}f}{unit} (lowest "
+        f"seed {100 * row['lowest']:.{digits}f}{unit}, needed >= {100 * row['threshold']:.0f}{unit} in every seed): "
         f"{'met' if row['met'] else 'NOT MET'}"
         for row in rows
     ]

@@ -52,7 +52,6 @@ model = AutoModel.from_pretrained(MODEL_ID, revision=REVISION, trust_remote_code
 model.to("cuda" if torch.cuda.is_available() else "cpu")
 processor = AutoImageProcessor.from_pretrained(MODEL_ID, revision=REVISION)
 tokenizer = AutoTokenizer.from_pretrained(MODEL_ID, revision=REVISION, trust_remote_code=True)
-SIZE = model.config.vision_config.image_size
 # One explanation at a time: a model saved before explanation mode was per thread switches flags on its shared
 # modules (a pinned revision may be such a model), and one at a time also bounds the memory in use.
 MODEL_LOCK = threading.Lock()
