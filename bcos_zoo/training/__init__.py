@@ -1,7 +1,7 @@
 """Training through the HF ``Trainer``: the shared parts (``trainer``) and one module per training task.
 
 A recipe names its task; :data:`TASKS` maps the name to the :class:`~bcos_zoo.training.task.Task` that builds, trains,
-evaluates and publishes it. Adding a task is a new module and one line here.
+evaluates and publishes it. Adding a task is a new module and its entry here (docs/architecture.md).
 """
 
 from .classification import BcosClassification

@@ -3,11 +3,12 @@
 A task knows everything about a run that depends on *what* is trained: how to build the model (and a teacher), the
 pixels it trains and evaluates on, its ``Trainer``, how it is evaluated, which example explanations it shows and
 what its model card says. ``bcos_zoo.zoo.finetune`` only sequences these steps and never names a task; a new task
-is a new module with a :class:`Task` subclass and one line in ``bcos_zoo.training.TASKS``.
+is a new module with a :class:`Task` subclass and its entry in ``bcos_zoo.training.TASKS``.
 """
 
 import json
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import PretrainedConfig, Trainer, TrainingArguments
 
-from ..data.datasets import DatasetSplits, TransformedImages, load_dataset_splits, looks_like_path
+from ..data.datasets import (
+    DatasetSplits,
+    TransformedImages,
+    dataset_needs_hub,
+    load_dataset_splits,
+    looks_like_path,
+)
 from ..data.preprocessing import ImageTransform, model_transform, training_transform
 from ..families import FAMILIES
 from ..ports import BCOS_SOURCE_PREFIX, is_bcos_source
@@ -36,12 +43,15 @@ class CardFields:
     """What a task's model card says about it (``None`` for a task that publishes no card)."""
 
     pipeline_tag: str
-    metric_key: str  # the headline metric in the run's metrics; ``source_<key>`` is the source's
+    metric_key: (
+        str  # the headline metric in the run's metrics (a fraction, shown in %); ``source_<key>`` is the source's
+    )
     metric_label: str
     objective: str
     tags: tuple[str, ...]
     bcos: bool = True  # a B-cos model (B, biases, remote code, explanations); False for a standard source
     hyperparameters: tuple[tuple[str, object], ...] = ()  # extra (name, value) rows of the card's training table
+    metric_type: str = "accuracy"  # the headline metric's id in the card's metadata (the Hub's metric names)
 
 
 def source_config(source: str) -> dict | None:
@@ -92,8 +102,9 @@ def describe_source(source: str) -> tuple[str, str | None]:
     return f"a local {architecture} checkpoint", None
 
 
-class Task:
-    """One training task. Instantiated per run with its recipe; defaults suit a B-cos image classifier."""
+class Task(ABC):
+    """One training task. Instantiated per run with its recipe; defaults suit a B-cos image classifier. A task must
+    define :meth:`build_model` and :meth:`evaluate`; a task without them is refused when the run is set up."""
 
     name: str = ""
     card: CardFields | None = None
@@ -104,9 +115,9 @@ class Task:
 
     # -- model -------------------------------------------------------------------------------------------------
 
+    @abstractmethod
     def build_model(self, class_names: list[str]) -> nn.Module:
         """The model to train, with its classes named after the data."""
-        raise NotImplementedError
 
     def source_model(self) -> nn.Module | None:
         """The standard source as an exactly equivalent model that takes [0, 1] images like the trained one, so that
@@ -119,6 +130,11 @@ class Task:
         """The run's training and evaluation splits, from ``recipe.dataset``."""
         recipe = self.recipe
         return load_dataset_splits(recipe.dataset, recipe.image_column, recipe.label_column)
+
+    def data_needs_hub(self) -> bool:
+        """Whether :meth:`load_data` reads from the Hub (asked before training, so that an offline run fails at once);
+        a task that makes or finds its data itself says ``False``."""
+        return dataset_needs_hub(self.recipe.dataset)
 
     def dataset(self, items: Dataset, transform, seed: int | None = None) -> Dataset:
         """The dataset the ``Trainer`` reads: items seen through ``transform`` (augmentation seeded when ``seed``)."""
@@ -147,8 +163,9 @@ class Task:
 
     # -- evaluation and publishing -----------------------------------------------------------------------------
 
+    @abstractmethod
     def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset: Dataset) -> dict[str, float]:
-        raise NotImplementedError
+        """The run's metrics on the evaluation split (``card.metric_key`` among them, for the card's results)."""
 
     def explain_examples(self, model: nn.Module, data: DatasetSplits, pixel_values: torch.Tensor):
         """Explanations of a few evaluation images for the card's example pictures, or ``None`` for no pictures."""
@@ -168,13 +185,10 @@ class Task:
         names = []
         for index, item in enumerate(items):
             name = f"explanation_{index}.png"
-            true_label = item.get("labels")
+            label = item.get("labels")  # a class number, -1 for none; a task's other labels (multi-hot) are not titled
+            known = label is not None and torch.as_tensor(label).ndim == 0 and int(label) >= 0
             panel = explanation_panel(
-                pixel_values,
-                explanation,
-                index,
-                class_names=data.class_names,
-                true_label=int(true_label) if true_label is not None and int(true_label) >= 0 else None,
+                pixel_values, explanation, index, class_names=data.class_names, true_label=int(label) if known else None
             )
             save_png(panel, folder / name)
             names.append(name)

@@ -159,7 +159,7 @@ def render_model_card(
                 dataset_type=data.name if hub_id_or_none(data.name) else LOCAL_DATASET_TYPE,
                 dataset_name=data.name,
                 dataset_split=data.evaluation_split,
-                metric_type="accuracy",
+                metric_type=fields.metric_type,
                 metric_name=metric_label,
                 metric_value=round(float(metrics[metric_key]), 4),
             )
@@ -172,7 +172,7 @@ def render_model_card(
         pipeline_tag=fields.pipeline_tag,
         license=recipe.license,
         tags=([] if not fields.bcos else TAGS) + [family_tag, *fields.tags],
-        metrics=["accuracy"] if eval_results else None,
+        metrics=[fields.metric_type] if eval_results else None,
         eval_results=eval_results or None,
     )
     results = [

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, set_seed
 
-from ..data.datasets import DatasetSplits, dataset_needs_hub, limit, model_needs_hub
+from ..data.datasets import DatasetSplits, limit, model_needs_hub
 from ..ports import bcos_source_entry, is_bcos_source
 from ..training import get_task
 from ..training.recipe import publishing_differences, recipe_record, training_differences
@@ -119,13 +119,19 @@ def check_before_training(recipe: Recipe, push: bool, dry_run: bool) -> None:
     """Everything that can be known to fail before training fails now, in one line: missing folders and card
     templates, flags a B-cos checkpoint cannot honour, and anything that needs the Hub (the source, the data, the
     push) when the Hub cannot be used or does not know the name."""
-    if get_task(recipe).card is not None:
+    task = get_task(recipe)
+    if task.card is not None:
         template_path(recipe.card_template)  # a missing template would fail only after training
+    elif push:
+        raise ValueError(
+            f"--push: the {recipe.task} task writes no model card, and a repo is pushed with its card; train without "
+            "--push"
+        )
     if is_bcos_source(recipe.source):
         bcos_source_entry(recipe.source, recipe.weights)  # a standard model of the bcos package and its weights file
     source_on_hub = not is_bcos_source(recipe.source) and model_needs_hub(recipe.source)
     teacher_on_hub = recipe.teacher is not None and model_needs_hub(recipe.teacher, "--teacher")
-    needs, dataset_on_hub = [], dataset_needs_hub(recipe.dataset)
+    needs, dataset_on_hub = [], task.data_needs_hub()
     if source_on_hub:
         needs.append((f"the model {recipe.source!r}", "pass a local model folder with --model"))
     if teacher_on_hub:
