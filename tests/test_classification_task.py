@@ -1,6 +1,7 @@
 """The classification task trains a B-cos classifier of any family: ViT, ResNet or DenseNet, converted or from
 scratch, with a new head when the data has another number of classes."""
 
+import numpy as np
 import pytest
 import torch
 from cnn_sources import hf_resnet, save_timm, timm_cnn
@@ -308,3 +309,36 @@ def test_a_standard_model_s_loss_is_scaled_for_gradient_accumulation_as_a_b_cos_
     (model(**batch).loss / 2).backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(accumulated[name], p.grad, msg=name)
+
+
+def test_a_greyscale_source_fine_tunes_and_is_evaluated_in_greyscale(tmp_path):
+    """A one-channel source (B-cosified to a one-channel model): training, evaluation and the example pictures take
+    the colour images of the data in greyscale, as the model's pipeline does."""
+    from training_testing import make_image_folder
+
+    from bcos_zoo.data.preprocessing import model_transform
+    from bcos_zoo.zoo.finetune import finetune
+
+    source = hf_vit(labels=3)
+    source.config.num_channels = 1
+    source.config.id2label = dict(enumerate(["blue", "green", "red"]))  # the data's classes: its accuracy is measured
+    source.config.label2id = {name: index for index, name in source.config.id2label.items()}
+    source = type(source)(source.config)
+    save_hf_source(source, tmp_path / "grey", (0.5,), (0.5,))
+    data = make_image_folder(tmp_path / "data", size=32)
+    run = Recipe(
+        name="grey",
+        source=str(tmp_path / "grey"),
+        dataset=str(data),
+        hub_model_id="org/grey",
+        max_steps=2,
+        batch_size=8,
+    )
+    result = finetune(run, tmp_path / "out", device="cpu")
+    assert {"accuracy", "source_accuracy"} <= result.metrics.keys()
+    assert list((result.repo_dir / "examples").glob("*.png"))
+    model = BcosViTForImageClassification.from_pretrained(result.repo_dir)
+    with Image.open(next((data / "red").glob("*.png"))) as image:  # 32 px: the processor's resize keeps it
+        pixels, grey = model_transform(model)(image), np.asarray(image.convert("L"), dtype=np.float32) / 255
+    assert pixels.shape == (1, 32, 32)
+    torch.testing.assert_close(pixels[0], torch.from_numpy(grey), atol=1e-6, rtol=0)

@@ -37,6 +37,23 @@ def test_saved_processor_and_model_transform_give_the_same_pixels(saved):
     assert from_repo.shape == (3, model.config.image_size, model.config.image_size)
 
 
+def test_an_image_with_an_exif_rotation_is_taken_upright_as_the_pipeline_takes_it(saved, tmp_path):
+    from bcos_zoo.modeling.pipeline_bcos_explanation import read_image
+
+    _, model, _ = saved
+    picture = np.zeros((40, 64, 3), dtype=np.uint8)
+    picture[:, :32, 0] = 255  # red left, black right: a quarter turn puts red on top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: shown turned a quarter clockwise
+    Image.fromarray(picture).save(tmp_path / "turned.png", exif=exif)
+    with Image.open(tmp_path / "turned.png") as opened:
+        pixels = model_transform(model)(opened)
+    upright = model_transform(model)(read_image(str(tmp_path / "turned.png")))
+    torch.testing.assert_close(pixels, upright, rtol=0, atol=0)
+    half = model.config.image_size // 2
+    assert pixels[0, :half].mean() > 0.9 and pixels[0, half:].mean() < 0.1
+
+
 def test_finetune_evaluation_sees_the_processor_pixels(saved):
     folder, model, image = saved
     recipe = Recipe(name="run", source=str(folder), dataset="unused", hub_model_id="org/run")

@@ -3,8 +3,9 @@
 Evaluation, localisation, the example explanations and the Spaces all see an image through the image processor
 saved beside the model's weights (for a B-cos model: resize and rescale to [0, 1], never normalise), so the same
 image gives the same pixels everywhere, including to a user who loads the model from the Hub. Only training adds
-random augmentation (timm's random-resized crop and flip) on top. An image file is read as a viewer shows it
-(``to_rgb``, which lives in the image-explanation pipeline's module, the one a saved classifier's users run).
+random augmentation (timm's random-resized crop and flip) on top. An image is taken as a viewer shows it (upright,
+``to_rgb``, which lives in the image-explanation pipeline's module, the one a saved classifier's users run), and in
+greyscale by a one-channel model, as that pipeline gives it.
 """
 
 from collections.abc import Callable
@@ -27,38 +28,50 @@ def load_image(path: str | Path) -> Image.Image:
         return to_rgb(ImageOps.exif_transpose(image))
 
 
+def model_channels(model) -> int:
+    """The channels of a model's pixels: 1 for a greyscale model, else 3 (a CLIP model's config names none)."""
+    return getattr(model.config, "num_channels", 3)
+
+
 @dataclass
 class ProcessorTransform:
-    """PIL image -> (3, H, W) float tensor, exactly as ``processor`` prepares it for the model. A transform is a
+    """PIL image -> (C, H, W) float tensor, exactly as ``processor`` prepares it for the model. A transform is a
     class rather than a closure wherever a dataset holds it: DataLoader workers started by spawn or forkserver (the
     default on macOS, Windows and, from Python 3.14, Linux) receive the dataset pickled."""
 
     processor: BaseImageProcessor  # what localisation reads to carry boxes through the resize and crop
+    channels: int = 3  # 1: the image in greyscale
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.processor(images=to_rgb(image), return_tensors="pt")["pixel_values"][0]
+        image = to_rgb(ImageOps.exif_transpose(image))
+        image = image.convert("L") if self.channels == 1 else image
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
 def model_transform(model) -> ImageTransform:
     """The evaluation transform of a B-cos model: its own saved processor (see ``default_image_processor``)."""
-    return ProcessorTransform(model.default_image_processor())
+    return ProcessorTransform(model.default_image_processor(), model_channels(model))
 
 
 def training_transform(
     image_size: int,
     crop_scale: tuple[float, float] = (0.5, 1.0),
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    channels: int = 3,
 ) -> ImageTransform:
     """timm's training transform (random-resized crop and horizontal flip, no colour jitter), by default without
-    normalisation: a B-cos model takes images in [0, 1]. A standard model being trained passes its own mean/std."""
+    normalisation: a B-cos model takes images in [0, 1]. A standard model being trained passes its own mean/std.
+    With ``channels=1`` the image is taken in greyscale first."""
     from timm.data import create_transform
+    from torchvision.transforms import Compose, Grayscale
 
-    return create_transform(
-        input_size=(3, image_size, image_size),
+    augment = create_transform(
+        input_size=(channels, image_size, image_size),
         is_training=True,
         scale=crop_scale,
         color_jitter=None,
-        mean=mean,
-        std=std,
+        mean=mean or (0.0,) * channels,
+        std=std or (1.0,) * channels,
     )
+    return Compose([Grayscale(), augment]) if channels == 1 else augment

@@ -25,7 +25,7 @@ from ..data.datasets import (
     load_dataset_splits,
     looks_like_path,
 )
-from ..data.preprocessing import ImageTransform, model_transform, training_transform
+from ..data.preprocessing import ImageTransform, model_channels, model_transform, training_transform
 from ..families import FAMILIES
 from ..ports import BCOS_SOURCE_PREFIX, is_bcos_source
 from ..visualize import explanation_panel, save_png
@@ -148,7 +148,7 @@ class Task(ABC):
         return model.config.image_size
 
     def train_transform(self, model: nn.Module) -> ImageTransform:
-        return training_transform(self.image_size(model), crop_scale=self.recipe.crop_scale)
+        return training_transform(self.image_size(model), self.recipe.crop_scale, channels=model_channels(model))
 
     def eval_transform(self, model: nn.Module) -> ImageTransform:
         """The pixels a user gets from the model's saved image processor (see ``bcos_zoo.data.preprocessing``)."""
