@@ -96,6 +96,33 @@ def test_invalid_config_values_are_rejected():
         BcosViTConfig(b=0.5)
 
 
+def test_a_vit_whose_image_size_its_patches_do_not_tile_is_refused_at_its_config(tmp_path):
+    """The saved processor resizes every image to image_size: a model that cannot take that size is no model."""
+    from sources import hf_vit
+
+    with pytest.raises(ValueError, match="image_size 36 must be a multiple of patch_size 8"):
+        BcosViTConfig(image_size=36, patch_size=8)
+    with pytest.raises(ValueError, match="image_size 36 must be a multiple of patch_size 8"):
+        BcosViTForImageClassification.from_pretrained_standard(hf_vit(labels=2), image_size=36)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(image_size=30, patch_size=4), r"image_size 30 does not fit 4x4 patches .*use a multiple of 4\."),
+        (dict(image_size=36, patch_size=2, conv_stem=[8, 16]), r"stem's 9x9 output\): use a multiple of 8\."),
+    ],
+)
+def test_a_simple_vit_whose_image_size_its_patches_do_not_tile_is_refused(fields, message):
+    from bcos_zoo import BcosSimpleViTConfig, BcosSimpleViTForImageClassification
+
+    small = dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=3, intermediate_size=48)
+    with pytest.raises(ValueError, match=message):
+        BcosSimpleViTForImageClassification(BcosSimpleViTConfig(**small, **fields))
+    # a size that the stem's output does tile is taken: 30 -> 15 -> 8 with 1x1 patches
+    BcosSimpleViTForImageClassification(BcosSimpleViTConfig(**small, image_size=30, patch_size=1, conv_stem=[8, 16]))
+
+
 def test_the_device_side_range_message_fits_cuda_s_assert():
     # torch._assert_async on a CUDA tensor refuses messages of 255 characters or more (seen on an H200): the
     # check would break every GPU forward pass instead of guarding it

@@ -58,6 +58,8 @@ class BcosViTConfig(PretrainedConfig):
             raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
         if not 1 <= b < float("inf"):  # NaN fails too
             raise ValueError(f"b must be a finite number >= 1, got {b}.")
+        if image_size % patch_size:  # the saved processor makes images of this size, which the patches must tile
+            raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}.")
         self.image_size, self.patch_size, self.num_channels = image_size, patch_size, num_channels
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers

@@ -60,15 +60,20 @@ class BcosSimpleViTEmbeddings(nn.Module):
 
     def __init__(self, config: BcosSimpleViTConfig):
         super().__init__()
-        self.patch_size, self.stem_stride = config.patch_size, 1
+        self.patch_size, self.stem_stride, grid = config.patch_size, 1, config.image_size
         channels, self.stem = 2 * config.num_channels, nn.Sequential()
         for width in config.conv_stem or ():
             stride = 2 if width > channels else 1
-            self.stem_stride *= stride
+            self.stem_stride, grid = self.stem_stride * stride, -(-grid // stride)  # a padded 3x3 convolution's output
             conv = BcosConv2d(channels, width, 3, stride, padding=1, bias=config.use_bias, b=config.b)
             norm = BcosLayerNorm2d(width, config.layer_norm_eps, bias=config.use_bias)
             self.stem.extend([conv, norm, activation(config.hidden_act)])
             channels = width
+        if grid % config.patch_size:  # the saved processor makes images of image_size, which the patches must tile
+            raise ValueError(
+                f"image_size {config.image_size} does not fit {config.patch_size}x{config.patch_size} patches (of "
+                f"the stem's {grid}x{grid} output): use a multiple of {config.patch_size * self.stem_stride}."
+            )
         patch = channels * config.patch_size**2
         self.projection = BcosLinear(patch, config.hidden_size, bias=config.use_bias, b=config.b)
 
