@@ -22,7 +22,7 @@ class BcosCNNModel(BcosCNNPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        """Feature maps of (N, 3, H, W) images in [0, 1], any size."""
+        """Feature maps of (N, 3, H, W) images in [0, 1], of any size the poolings leave a map of."""
         hidden = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         outputs = self.forward_encoded(self.encode_pixel_values(pixel_values), bool(hidden))
         return outputs if (return_dict if return_dict is not None else self.config.return_dict) else outputs.to_tuple()
@@ -68,8 +68,8 @@ class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutputWithNoAttention | tuple:
-        """Logits of (N, 3, H, W) images in [0, 1], any size, and the loss of ``labels``: (N,) class indices, or
-        (N, C) class probabilities for the B-cos BCE loss."""
+        """Logits of (N, 3, H, W) images in [0, 1], of any size the poolings leave a map of, and the loss of
+        ``labels``: (N,) class indices, or (N, C) class probabilities for the B-cos BCE loss."""
         hidden = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         logits, outputs = self._logits(self.encode_pixel_values(pixel_values), bool(hidden))
         loss = None if labels is None else classification_loss(logits, labels, self.config)
