@@ -342,3 +342,26 @@ def test_a_greyscale_source_fine_tunes_and_is_evaluated_in_greyscale(tmp_path):
         pixels, grey = model_transform(model)(image), np.asarray(image.convert("L"), dtype=np.float32) / 255
     assert pixels.shape == (1, 32, 32)
     torch.testing.assert_close(pixels[0], torch.from_numpy(grey), atol=1e-6, rtol=0)
+
+
+def test_a_greyscale_standard_model_trains_here_on_greyscale_pixels(tmp_path):
+    from training_testing import make_image_folder
+
+    from bcos_zoo.zoo.finetune import finetune
+
+    data = make_image_folder(tmp_path / "data", size=16)
+    architecture = dict(model_type="vit", image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1)
+    run = Recipe(
+        name="grey-standard",
+        source="scratch",
+        dataset=str(data),
+        hub_model_id="org/grey-standard",
+        task="standard-classification",
+        architecture=dict(architecture, num_attention_heads=2, intermediate_size=32, num_channels=1),
+        max_steps=2,
+        batch_size=8,
+    )
+    result = finetune(run, tmp_path / "out", device="cpu")
+    assert 0 <= result.metrics["accuracy"] <= 1
+    processor = ViTImageProcessor.from_pretrained(result.repo_dir)
+    assert list(processor.image_mean) == [0.5] and list(processor.image_std) == [0.5]

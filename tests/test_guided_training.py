@@ -231,3 +231,38 @@ def test_guidance_on_a_dataset_without_boxes_is_refused_before_training(tmp_path
     unguided = get_task(replace(recipe, guidance_weight=0.0))
     with pytest.raises(ValueError, match="no images"):
         unguided.load_data()  # without guidance, the plain data are read (here: two empty class folders)
+
+
+def test_guidance_refuses_a_greyscale_model_before_training(tmp_path):
+    config = BcosViTConfig(image_size=16, patch_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=2)
+    BcosViTForImageClassification(replace_config(config, num_channels=1, num_labels=2)).save_pretrained(tmp_path / "m")
+    recipe = Recipe(
+        name="g", source=str(tmp_path / "m"), dataset="unused", hub_model_id="org/g", task="guided-classification"
+    )
+    with pytest.raises(ValueError, match="colour images with boxes .* 1-channel images: train it with --task classif"):
+        get_task(recipe).build_model(["a", "b"])
+
+
+def replace_config(config, **fields):
+    config.update(fields)
+    return config
+
+
+def test_boxes_lie_on_the_upright_image_as_its_pixels_do(tmp_path):
+    """An image stored on its side with an EXIF rotation: the pixels are read upright, and so is the box drawn on
+    what a viewer shows (the red upper half)."""
+    from bcos_zoo.training.guided_classification import processor_box_transform
+
+    model = BcosViTForImageClassification(
+        BcosViTConfig(image_size=32, patch_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2)
+    )
+    stored = np.zeros((32, 48, 3), dtype=np.uint8)  # 48 wide as stored, 48 tall as shown
+    stored[:, :24, 0] = 255  # red on the left as stored: on top once turned a quarter clockwise (orientation 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "turned.png", exif=exif)
+    with Image.open(tmp_path / "turned.png") as image:
+        pixels, mask = processor_box_transform(model)(image, [[0, 0, 32, 24]])  # squashed to 32 x 32
+    red = pixels[0] > 0.5
+    assert red[:16].all() and not red[16:].any()
+    assert torch.equal(mask, red)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from tiny_models import TINY_CLASSIFIERS
+from training_testing import make_image_folder
 
 from bcos_zoo.data.datasets import DatasetSplits
 from bcos_zoo.training import TASKS
@@ -49,8 +50,8 @@ def test_a_task_without_evaluate_is_refused_when_the_run_is_set_up(monkeypatch):
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
-def test_a_push_of_a_task_without_a_card_is_refused_before_training(monkeypatch, dry_run):
-    recipe = recipe_of(NoCard, monkeypatch)
+def test_a_push_of_a_task_without_a_card_is_refused_before_training(monkeypatch, tmp_path, dry_run):
+    recipe = recipe_of(NoCard, monkeypatch, dataset=str(make_image_folder(tmp_path / "data", per_class=1)))
     with pytest.raises(ValueError, match="the no-card task writes no model card.*train without --push"):
         check_before_training(recipe, push=True, dry_run=dry_run)
     check_before_training(recipe, push=False, dry_run=False)  # training without a card is fine

@@ -63,11 +63,12 @@ def portable_exponent(exponents: set[float]) -> float:
     return b
 
 
-def read_bcos_cnn(model: nn.Module, kind: str, supported: str) -> BcosPackageModel:
-    """Read a ``bcos`` CNN of class ``kind``, refusing what the port has no counterpart for: MaxOut, B-cos units
+def read_bcos_cnn(model: nn.Module, class_name: str, supported: str) -> BcosPackageModel:
+    """Read a ``bcos`` CNN of class ``class_name``, refusing what the port has no counterpart for: MaxOut, B-cos units
     with different B, a normalisation other than uncentred BatchNorm without bias ("bnu"), a logit temperature."""
-    if type(model).__name__ != kind:
-        raise ValueError(f"A {type(model).__name__} is not a bcos {kind.removeprefix('Bcos')}. Supported: {supported}.")
+    if type(model).__name__ != class_name:
+        name = class_name.removeprefix("Bcos")
+        raise ValueError(f"A {type(model).__name__} is not a bcos {name}. Supported: {supported}.")
     exponents, eps, logit_bias = set(), set(), 0.0
     for name, module in model.named_modules():
         kind, where = type(module).__name__, name or "model"

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from ..modeling.pipeline_bcos_explanation import read_image
 from .datasets import seeded
 
 
@@ -135,7 +136,7 @@ class BoxTrainingTransform:
     def __call__(self, image: Image.Image, boxes) -> tuple[torch.Tensor, torch.Tensor]:
         size, scale, ratio = self.image_size, tuple(self.crop_scale), tuple(self.ratio)
         picture, moved = random_resized_crop_with_boxes(
-            image.convert("RGB"), boxes, size, scale, ratio, self.flip_probability
+            read_image(image), boxes, size, scale, ratio, self.flip_probability
         )
         return to_pixels(picture), box_masks(moved, size, size)
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageOps
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ..modeling.pipeline_bcos_explanation import to_rgb  # the saved pipeline reads images as the package does
+from ..modeling.pipeline_bcos_explanation import read_image, to_rgb  # as the saved pipeline reads images
 
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
@@ -43,7 +43,7 @@ class ProcessorTransform:
     channels: int = 3  # 1: the image in greyscale
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = to_rgb(ImageOps.exif_transpose(image))
+        image = read_image(image)  # upright, as a viewer shows it
         image = image.convert("L") if self.channels == 1 else image
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 

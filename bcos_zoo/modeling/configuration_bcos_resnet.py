@@ -27,7 +27,7 @@ class BcosResNetConfig(PretrainedConfig):
             a ``problem_type`` takes precedence.
         image_size / crop_pct / resample: the saved processor resizes the shortest edge to ``image_size / crop_pct``
             with PIL filter ``resample`` (3 bicubic, 2 bilinear) and centre-crops ``image_size``; the model takes
-            any size its downsampling leaves a feature map of (as the source does).
+            any size.
     """
 
     model_type = "bcos_resnet"

@@ -51,6 +51,8 @@ class BcosVGGConfig(PretrainedConfig):
         depths = list(depths if depths is not None else [1, 1, 2, 2, 2])
         if len(hidden_sizes) != len(depths) or not depths or min(depths) < 1:
             raise ValueError(f"hidden_sizes {hidden_sizes} and depths {depths} must list the same stages, each >= 1.")
+        if kwargs.pop("stage_pool", "avg") != "avg":  # configs of earlier versions named the pooling
+            raise ValueError("stage_pool other than 'avg' is not supported: the B-cos VGG pools by averaging.")
         if hidden_act not in ("relu", None):
             raise ValueError(f"hidden_act must be 'relu' or None (no activation), got {hidden_act!r}.")
         if loss not in ("bce", "cross_entropy"):

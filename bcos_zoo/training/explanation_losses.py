@@ -143,7 +143,7 @@ def twice_differentiable_attention(create_graph: bool):
 
 
 def _input_gradient(model: nn.Module, pixel_values: torch.Tensor, target: torch.Tensor, create_graph: bool):
-    """(feature, d target logit / d feature, logits) at the input in ordinary mode: the feature is the ``[x, 1 - x]``
+    """(feature, d target logit / d feature) at the input in ordinary mode: the feature is the ``[x, 1 - x]``
     encoding for models that expose ``_logits`` of it (the CNN families, as the model guidance paper takes it),
     else the [0, 1] image itself."""
     with torch.enable_grad(), twice_differentiable_attention(create_graph):
@@ -156,13 +156,13 @@ def _input_gradient(model: nn.Module, pixel_values: torch.Tensor, target: torch.
             logits = model(pixel_values=feature).logits
         target = resolve_target(target, logits.detach())
         (gradient,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), feature, create_graph=create_graph)
-    return feature, gradient, logits
+    return feature, gradient
 
 
 def _layer_gradient(
     model: nn.Module, pixel_values: torch.Tensor, target: torch.Tensor, layer: str, explain: bool, create_graph: bool
 ):
-    """(activation of ``layer``, d target logit / d activation, logits), in explanation mode when ``explain``."""
+    """(activation of ``layer``, d target logit / d activation), in explanation mode when ``explain``."""
     modules = dict(model.named_modules())
     if layer not in modules:
         hidden = [name for name in modules if name.count(".") <= 3 and name]
@@ -180,7 +180,7 @@ def _layer_gradient(
             (gradient,) = torch.autograd.grad(selected, captured[0], create_graph=create_graph)
     finally:
         handle.remove()
-    return captured[0], gradient, logits
+    return captured[0], gradient
 
 
 def gradcam_map(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
@@ -212,9 +212,9 @@ def attributions(
         if method == "bcos":
             explanation = differentiable_explanation(model, pixel_values, target)
             return explanation.contributions if create_graph else explanation.contributions.detach()
-        feature, gradient, _ = _input_gradient(model, pixel_values, target, create_graph)
+        feature, gradient = _input_gradient(model, pixel_values, target, create_graph)
         return (feature * gradient).sum(dim=1)
-    activation, gradient, _ = _layer_gradient(model, pixel_values, target, layer, method == "bcos", create_graph)
+    activation, gradient = _layer_gradient(model, pixel_values, target, layer, method == "bcos", create_graph)
     maps = (
         gradcam_map(activation, gradient)
         if method == "gradcam"

@@ -22,9 +22,10 @@ from transformers import Trainer, TrainingArguments
 from ..data.boxes import BoxedImages, BoxTrainingTransform, BoxTransform, as_is_transform, collate_boxed
 from ..data.datasets import DatasetSplits
 from ..data.decoys import load_boxed_splits, spec_canvas
-from ..data.preprocessing import ImageTransform, model_transform
+from ..data.preprocessing import ImageTransform, model_channels, model_transform
 from ..evaluation.localisation import box_mask
 from ..evaluation.scores import energy_pointing_scores
+from ..modeling.pipeline_bcos_explanation import read_image
 from .classification import BcosClassification, accuracy_metrics
 from .explanation_losses import (
     ATTRIBUTION_METHODS,
@@ -50,6 +51,7 @@ class ProcessorBoxTransform:
     pixels: ImageTransform
 
     def __call__(self, image, boxes) -> tuple[torch.Tensor, torch.Tensor]:
+        image = read_image(image)  # boxes lie on the upright image, as the pixels do
         values = self.pixels(image)
         mask = torch.zeros(values.shape[-2:], dtype=torch.bool)
         for box in boxes:
@@ -186,6 +188,15 @@ class GuidedClassification(BcosClassification):
                 ("box dilation", recipe.box_dilation),
             ),
         )
+
+    def build_model(self, class_names: list[str]) -> nn.Module:
+        model = super().build_model(class_names)
+        if model_channels(model) != 3:
+            raise ValueError(
+                f"The {self.name} task trains on colour images with boxes (the decoys are colours), and this model "
+                f"takes {model_channels(model)}-channel images: train it with --task classification."
+            )
+        return model
 
     def load_data(self) -> DatasetSplits:
         recipe = self.recipe

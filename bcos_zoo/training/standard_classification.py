@@ -8,12 +8,19 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ..conversion.common import VIT_DEFAULT_NORMALIZATION, bcos_crop
-from ..data.preprocessing import ImageTransform, ProcessorTransform, training_transform
+from ..conversion.common import bcos_crop
+from ..data.preprocessing import ImageTransform, ProcessorTransform, model_channels, training_transform
 from ..families import family_of
 from ..modeling.bcos_pretrained import resizing_processor
 from .classification import BcosClassification, check_classes, name_classes
 from .task import CardFields
+
+
+def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std a standard model trained here normalises with: transformers' ViT default, 0.5 in every
+    channel."""
+    half = (0.5,) * model_channels(model)
+    return half, half
 
 
 class StandardClassification(BcosClassification):
@@ -62,17 +69,18 @@ class StandardClassification(BcosClassification):
         family = family_of(model)
         if family is None or not family.posthoc_methods:  # the transformers classifiers the baselines explain
             raise ValueError(f"A standard {model.config.model_type} classifier is not the source of any B-cos family.")
-        mean, std = VIT_DEFAULT_NORMALIZATION
+        mean, std = normalization(model)
         config_class = family.classifier.config_class
         crop_pct, resample = bcos_crop(config_class, None), config_class().resample
         return resizing_processor(model.config.image_size, crop_pct, resample, image_mean=mean, image_std=std)
 
     def train_transform(self, model: nn.Module) -> ImageTransform:
-        mean, std = VIT_DEFAULT_NORMALIZATION
-        return training_transform(self.image_size(model), crop_scale=self.recipe.crop_scale, mean=mean, std=std)
+        mean, std = normalization(model)
+        size, channels = self.image_size(model), model_channels(model)
+        return training_transform(size, self.recipe.crop_scale, mean=mean, std=std, channels=channels)
 
     def eval_transform(self, model: nn.Module) -> ImageTransform:
-        return ProcessorTransform(self.image_processor(model))
+        return ProcessorTransform(self.image_processor(model), model_channels(model))
 
     def evaluate(self, model, data, eval_dataset) -> dict[str, float]:
         metrics = super().evaluate(model, data, eval_dataset)

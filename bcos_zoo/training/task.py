@@ -43,9 +43,8 @@ class CardFields:
     """What a task's model card says about it (``None`` for a task that publishes no card)."""
 
     pipeline_tag: str
-    metric_key: (
-        str  # the headline metric in the run's metrics (a fraction, shown in %); ``source_<key>`` is the source's
-    )
+    # the headline metric in the run's metrics, a fraction (shown in percent); ``source_<key>`` is the source's
+    metric_key: str
     metric_label: str
     objective: str
     tags: tuple[str, ...]
