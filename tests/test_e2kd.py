@@ -246,3 +246,40 @@ def test_a_standard_teacher_is_refused_saying_to_b_cosify_it_first(tmp_path):
     hf_vit(labels=3).save_pretrained(tmp_path / "standard")
     with pytest.raises(ValueError, match="is a standard vit classifier, not a B-cos model: B-cosify and fine-tune it"):
         load_teacher(str(tmp_path / "standard"))
+
+
+@pytest.mark.parametrize("kind", ["clip", "no model"])
+def test_a_teacher_that_is_no_image_classifier_is_refused_naming_the_flag(tmp_path, kind):
+    from tiny_models import TINY_CLASSIFIERS
+
+    from bcos_zoo.training.explanation_distillation import load_teacher
+
+    folder = tmp_path / "teacher"
+    if kind == "clip":
+        TINY_CLASSIFIERS["clip"]().save_pretrained(folder)
+    else:
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=f"--teacher {folder} is not a B-cos image classifier that loads"):
+        load_teacher(str(folder))
+
+
+def test_a_one_channel_teacher_is_refused_naming_the_flag(tmp_path):
+    from bcos_zoo.training.explanation_distillation import load_teacher
+
+    BcosViTForImageClassification(BcosViTConfig(**TINY_VIT, num_channels=1)).save_pretrained(tmp_path / "grey")
+    with pytest.raises(ValueError, match=r"--teacher .*grey takes 1-channel images; explanation-distillation distils"):
+        load_teacher(str(tmp_path / "grey"))
+
+
+@pytest.mark.parametrize("family", ["resnet", "densenet"])
+def test_a_cnn_teacher_sees_the_student_s_pixels_at_its_own_size(family):
+    """At the scale it was trained at (a DenseNet-121 could not even take 8 px images as they are)."""
+    from tiny_models import TINY_CLASSIFIERS
+
+    from bcos_zoo.training.explanation_distillation import teach
+
+    teacher = TINY_CLASSIFIERS[family]().eval()
+    teacher.config.image_size = 32
+    taught = teach(teacher, torch.rand(2, 3, 8, 8))
+    assert taught.dynamic_weights.shape == (2, 6, 32, 32)

@@ -3,8 +3,10 @@
 A frozen B-cos teacher (a folder or Hub id, any B-cos image-classifier family) teaches a B-cos student (any family
 and size) with :func:`~bcos_zoo.training.explanation_losses.e2kd_loss`: the KD term on the logits plus
 ``explanation_weight`` times one minus the cosine between the two models' dynamic weights ``W(x)`` for the
-teacher's top-1 class. ``explanation_weight = 0`` is plain KD. The student is evaluated on accuracy, top-1
-agreement with the teacher, the cosine of its explanations to the teacher's and, on data with boxes, EPG.
+teacher's top-1 class. The teacher sees the student's pixels at its own input size, and the two explanations are
+compared there (:func:`teacher_pixels`). ``explanation_weight = 0`` is plain KD. The student is evaluated on
+accuracy, top-1 agreement with the teacher, the cosine of its explanations to the teacher's and, on data with boxes,
+EPG.
 """
 
 import functools
@@ -21,6 +23,7 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 
 from ..data.boxes import BoxedImages, collate_boxed
 from ..data.datasets import DatasetSplits
+from ..data.preprocessing import model_channels
 from ..evaluation.report import class_order
 from ..evaluation.scores import energy_pointing_scores
 from .classification import BcosClassification, check_classes
@@ -34,7 +37,16 @@ def load_teacher(source: str) -> nn.Module:
     """A trained B-cos classifier (folder or Hub id) as a frozen teacher, in eval mode."""
     if not source:
         raise ValueError("explanation-distillation needs a teacher: pass --teacher <folder or Hub id>")
-    teacher = AutoModelForImageClassification.from_pretrained(source).eval().requires_grad_(False)
+    try:
+        teacher = AutoModelForImageClassification.from_pretrained(source).eval().requires_grad_(False)
+    except (OSError, ValueError) as error:  # no model there, or one that is no image classifier (a CLIP model)
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(f"--teacher {source} is not a B-cos image classifier that loads ({reason})") from None
+    if model_channels(teacher) != 3:
+        raise ValueError(
+            f"--teacher {source} takes {model_channels(teacher)}-channel images; explanation-distillation distils "
+            "colour (three-channel) models."
+        )
     if not hasattr(teacher, "explain"):  # its explanations are what e2KD distils
         raise ValueError(
             f"--teacher {source} is a standard {teacher.config.model_type} classifier, not a B-cos model: B-cosify and "
@@ -61,10 +73,10 @@ def check_teacher_classes(teacher: nn.Module, source: str, class_names: list[str
 
 
 def teacher_pixels(teacher: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The student's pixels at the teacher's input size (bilinear), when the teacher takes a fixed size."""
+    """The student's pixels at the teacher's input size (bilinear): the image the student sees, at the scale the
+    teacher was trained at (a CNN teacher too: it might not even take a smaller student's size)."""
     size = getattr(teacher.config, "image_size", None)
-    fixed = hasattr(teacher.config, "patch_size") and getattr(teacher.config, "use_position_embeddings", True)
-    if size is None or not fixed or tuple(pixel_values.shape[-2:]) == (size, size):
+    if size is None or tuple(pixel_values.shape[-2:]) == (size, size):
         return pixel_values
     resized = F.interpolate(pixel_values, size=(size, size), mode="bilinear", align_corners=False)
     return resized.clamp(0, 1)

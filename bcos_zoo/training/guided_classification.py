@@ -193,8 +193,8 @@ class GuidedClassification(BcosClassification):
         model = super().build_model(class_names)
         if model_channels(model) != 3:
             raise ValueError(
-                f"The {self.name} task trains on colour images with boxes (the decoys are colours), and this model "
-                f"takes {model_channels(model)}-channel images: train it with --task classification."
+                f"The {self.name} task trains colour (three-channel) models, and this model takes "
+                f"{model_channels(model)}-channel images: train it with --task classification."
             )
         return model
 
