@@ -300,3 +300,21 @@ def test_a_run_whose_weights_diverge_writes_no_repo_and_says_so(inputs, recipe, 
     with pytest.raises(ValueError, match="Training diverged: .* not finite .* no repo/ is written"):
         finetune(replace(recipe, source=str(broken)), tmp_path / "out", device="cpu")
     assert not (tmp_path / "out" / "repo").exists() and (tmp_path / "out" / "checkpoints").is_dir()
+
+
+def test_a_resume_from_a_source_retrained_since_the_run_started_is_refused(recipe, tmp_path):
+    source, out = tmp_path / "source", tmp_path / "out"
+    shutil.copytree(recipe.source, source)
+    run = replace(recipe, source=str(source), save_steps=1)
+    finetune(run, out, device="cpu")
+    shutil.rmtree(out / "repo")  # as after an interruption: the run resumes from its checkpoint
+    (out / "results.json").unlink()
+    assert json.loads((out / "recipe.json").read_text())["inputs"].keys() == {"source"}
+    retrained = ViTForImageClassification.from_pretrained(source)
+    with torch.no_grad():
+        retrained.classifier.weight.add_(0.1)
+    retrained.save_pretrained(source)
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=r"--resume: --model .*source holds other weights than the run in .* from"):
+        finetune(run, out, resume=True, device="cpu")
+    assert snapshot(out) == before

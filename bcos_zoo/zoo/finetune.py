@@ -10,6 +10,7 @@ tree that is uploaded (weights as safetensors, config, remote code, processor, m
 explanations). ``scripts/finetune.py`` is the command-line face of :func:`finetune`.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -250,6 +251,16 @@ def check_same_recipe(output_dir: Path, recipe: Recipe, training: bool = True) -
             f"--resume: the run in {output_dir} was started with another recipe ({details}; see {stored}); "
             "resume it with the flags it started with, or start a fresh --output-dir. Nothing was changed."
         )
+    recorded = record.get("inputs", {}) if training else {}
+    current = input_digests(recipe) if recorded else {}
+    if retrained := [name for name, digest in recorded.items() if current.get(name) != digest]:
+        flags = {"source": "--model", "teacher": "--teacher"}
+        folders = " and ".join(f"{flags[name]} {getattr(recipe, name)}" for name in retrained)
+        raise ValueError(
+            f"--resume: {folders} holds other weights than the run in {output_dir} started from (retrained since?), "
+            "and the run would go on from them: resume with the weights it started from, or start a fresh "
+            "--output-dir. Nothing was changed."
+        )
 
 
 def processes_now() -> int:
@@ -257,13 +268,32 @@ def processes_now() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def input_digests(recipe: Recipe) -> dict[str, str]:
+    """``{field: sha256}`` of the weights of each local model folder the recipe starts from (its source or teacher):
+    a run is only as current as they are."""
+    digests = {}
+    for name in ("source", "teacher"):
+        value = getattr(recipe, name)
+        if value in (None, "scratch") or not Path(value).expanduser().is_dir():
+            continue
+        digest = hashlib.sha256()
+        for weights in sorted(Path(value).expanduser().glob("*.safetensors")):
+            with open(weights, "rb") as file:  # in pieces: a large model's weights need not fit in memory twice
+                for piece in iter(lambda: file.read(1 << 24), b""):
+                    digest.update(piece)
+        digests[name] = digest.hexdigest()
+    return digests
+
+
 def write_recipe(output_dir: Path, recipe: Recipe) -> None:
     """``recipe.json``, written as training starts so that a --resume can be checked against it (with the number of
-    processes: the batch size is per process). Each process of a data-parallel run writes the same record to a file
-    of its own and moves it in place, so none reads half of one."""
+    processes: the batch size is per process; and the digests of the source's and teacher's weights). Each process
+    of a data-parallel run writes the same record to a file of its own and moves it in place, so none reads half of
+    one."""
     output_dir.mkdir(parents=True, exist_ok=True)
     partial = output_dir / f".recipe.json.{os.getpid()}"
-    partial.write_text(json.dumps({**recipe_record(recipe), "processes": processes_now()}, indent=2))
+    record = {**recipe_record(recipe), "processes": processes_now(), "inputs": input_digests(recipe)}
+    partial.write_text(json.dumps(record, indent=2))
     partial.replace(output_dir / "recipe.json")
 
 

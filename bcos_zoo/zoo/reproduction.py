@@ -16,7 +16,6 @@ go. What the family itself is (its name in reports, the post-hoc methods of its 
 ``bcos_zoo.families``.
 """
 
-import hashlib
 import inspect
 import json
 import os
@@ -47,7 +46,7 @@ from ..modeling.explanation import colorize_contributions
 from ..training import get_task
 from ..training.recipe import recipe_record, training_differences
 from ..visualize import subplots
-from .finetune import earlier_run, finetune, last_complete_checkpoint, with_run_precision
+from .finetune import earlier_run, finetune, input_digests, last_complete_checkpoint, with_run_precision
 from .recipes import Recipe, get_recipe
 from .reproduction_report import (
     Curve,
@@ -128,21 +127,6 @@ def speed_up(bcosified: Curve, scratch: Curve) -> SpeedUp:
 
 # beside a run: digests of the weights of the models it started from (its source, its teacher), as it started
 INPUTS_RECORD = ".inputs.json"
-
-
-def input_digests(recipe: Recipe) -> dict[str, str]:
-    """``{field: sha256}`` of the weights of each local model folder the recipe starts from (its source or teacher):
-    a run is only as current as they are."""
-    digests = {}
-    for name in ("source", "teacher"):
-        value = getattr(recipe, name)
-        if value in (None, "scratch") or not Path(value).expanduser().is_dir():
-            continue
-        digest = hashlib.sha256()
-        for weights in sorted(Path(value).expanduser().glob("*.safetensors")):
-            digest.update(weights.read_bytes())
-        digests[name] = digest.hexdigest()
-    return digests
 
 
 def check_run_folder(folder: Path, recipe: Recipe, work_dir: Path | None, work_flag: str) -> None:
