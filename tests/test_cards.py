@@ -319,3 +319,36 @@ def test_the_launch_of_a_sharded_run_leaves_its_accelerate_config_in_charge(monk
     assert launch_command(command, 8).startswith("accelerate launch --multi_gpu --num_processes 8 scripts/")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # --multi_gpu would override the config's FSDP
     assert launch_command(command, 8).startswith("accelerate launch --config_file '<its accelerate config>' --num_proc")
+
+
+def test_a_distilled_model_s_card_states_what_the_distillation_measured_and_cites_e2kd():
+    recipe = RECIPES["bcos-vit-e2kd-decoys"]
+    metrics = {"accuracy": 0.8, "teacher_accuracy": 0.9, "agreement": 0.85, "explanation_cosine": 0.71234}
+    text = render_model_card(recipe, get_task(recipe).card, "org/m", metrics, fashion_like(), 10).text
+    assert "\nThe teacher's top-1 accuracy on the same images: 90.00%.\n" in text
+    assert "\nTop-1 agreement of the model with its teacher: 85.00%.\n" in text
+    assert "to the teacher's, both for the teacher's top-1 class: 0.7123." in text
+    assert "Energy pointing game" not in text  # not measured: no boxes
+    assert "title   = {Good Teachers Explain: Explanation-Enhanced Knowledge Distillation}" in text
+    plain = render_model_card(
+        replace(recipe, explanation_weight=0.0),
+        get_task(replace(recipe, explanation_weight=0.0)).card,
+        "org/m",
+        metrics,
+        fashion_like(),
+        10,
+    )
+    assert "Good Teachers Explain" not in plain.text  # plain KD is not e2KD
+
+
+def test_a_guided_model_s_card_states_its_localisation_and_cites_model_guidance():
+    recipe = RECIPES["bcos-vit-guided-decoys"]
+    metrics = {"accuracy": 0.8, "epg": 0.61, "iou": 0.25}
+    text = render_model_card(recipe, get_task(recipe).card, "org/m", metrics, fashion_like(), 10).text
+    assert "guided attributions in the images' boxes: 61.00%." in text and "with the boxes: 25.00%." in text
+    assert "Studying How to Efficiently and Effectively Guide Models with Explanations" in text
+    teacher = RECIPES["bcos-vit-canvas-teacher"]  # trained without guidance: a plain classifier's card
+    assert (
+        "Guide Models"
+        not in render_model_card(teacher, get_task(teacher).card, "org/m", metrics, fashion_like(), 10).text
+    )

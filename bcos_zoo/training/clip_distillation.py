@@ -155,6 +155,13 @@ class CLIPDistillation(Task):
         pipeline_tag="zero-shot-image-classification",
         metric_key="zero_shot_accuracy",
         metric_label="Zero-shot top-1 accuracy",
+        measured=(
+            (
+                "embedding_cosine",
+                "Mean cosine between the model's image embeddings and the original CLIP's, on {dataset} "
+                "({evaluation}): {value:.4f}.",
+            ),
+        ),
         objective="SigLIP-style distillation",
         tags=("clip",),
     )

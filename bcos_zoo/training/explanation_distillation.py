@@ -33,6 +33,25 @@ from .task import CardFields, describe_source
 from .trainer import TermLoggingTrainer
 
 
+E2KD_CITATION = """@article{parchami2024goodteachers,
+  title   = {Good Teachers Explain: Explanation-Enhanced Knowledge Distillation},
+  author  = {Parchami-Araghi, Amin and B{\\"o}hle, Moritz and Rao, Sukrut and Schiele, Bernt},
+  journal = {arXiv preprint arXiv:2402.03119},
+  year    = {2024}
+}"""
+# what the evaluation measures beside the accuracy (distillation_scores), as the card states it
+DISTILLATION_MEASURED = (
+    ("teacher_accuracy", "The teacher's top-1 accuracy on the same images: {value:.2%}."),
+    ("agreement", "Top-1 agreement of the model with its teacher: {value:.2%}."),
+    (
+        "explanation_cosine",
+        "Mean cosine of the model's explanations W(x) to the teacher's, both for the teacher's top-1 class: "
+        "{value:.4f}.",
+    ),
+    ("epg", "Energy pointing game (EPG) of the model's explanations in the images' boxes: {value:.2%}."),
+)
+
+
 def load_teacher(source: str) -> nn.Module:
     """A trained B-cos classifier (folder or Hub id) as a frozen teacher, in eval mode."""
     if not source:
@@ -217,6 +236,8 @@ class ExplanationDistillation(GuidedClassification):
             if recipe.explanation_weight
             else "knowledge distillation: T^2 KL to the teacher",
             tags=("knowledge-distillation", "e2kd") if recipe.explanation_weight else ("knowledge-distillation",),
+            measured=DISTILLATION_MEASURED,
+            citation=E2KD_CITATION if recipe.explanation_weight else "",
             hyperparameters=(
                 ("teacher", describe_source(recipe.teacher)[0] if recipe.teacher else None),
                 ("teaching", "fixed (teacher outputs computed once per image)" if recipe.fixed_teaching else "online"),

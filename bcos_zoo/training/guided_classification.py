@@ -164,6 +164,20 @@ def localisation_scores(
     return metrics
 
 
+GUIDANCE_CITATION = """@inproceedings{rao2023guide,
+  title     = {Studying How to Efficiently and Effectively Guide Models with Explanations},
+  author    = {Rao, Sukrut and B{\\"o}hle, Moritz and Parchami-Araghi, Amin and Schiele, Bernt},
+  booktitle = {IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year      = {2023}
+}"""
+# what the evaluation measures beside the accuracy (localisation_scores), as the card states it
+GUIDANCE_MEASURED = (
+    ("epg", "Energy pointing game (EPG) of the guided attributions in the images' boxes: {value:.2%}."),
+    ("iou", "IoU of the guided attributions (min-max normalised, thresholded at 0.5) with the boxes: {value:.2%}."),
+    ("bcos_epg", "EPG of the model's own B-cos explanations: {value:.2%}."),
+)
+
+
 class GuidedClassification(BcosClassification):
     """Classification with model guidance: the energy loss on the explanations of images with boxes."""
 
@@ -179,6 +193,8 @@ class GuidedClassification(BcosClassification):
             BcosClassification.card,
             objective=f"classification loss + lambda x {recipe.guidance_loss} localisation loss (model guidance)",
             tags=("model-guidance",),
+            measured=GUIDANCE_MEASURED,
+            citation=GUIDANCE_CITATION,
             hyperparameters=(
                 ("guidance weight lambda", recipe.guidance_weight),
                 ("localisation loss", recipe.guidance_loss),

@@ -51,6 +51,10 @@ class CardFields:
     bcos: bool = True  # a B-cos model (B, biases, remote code, explanations); False for a standard source
     hyperparameters: tuple[tuple[str, object], ...] = ()  # extra (name, value) rows of the card's training table
     metric_type: str = "accuracy"  # the headline metric's id in the card's metadata (the Hub's metric names)
+    # (metric key, sentence) lines under the results, for the metrics the run returned: the sentence is formatted
+    # with the metric's ``value``, the ``dataset`` name and the ``evaluation`` split as the card describes it
+    measured: tuple[tuple[str, str], ...] = ()
+    citation: str = ""  # a BibTeX entry of the task's own paper, after the B-cos papers'
 
 
 def source_config(source: str) -> dict | None:

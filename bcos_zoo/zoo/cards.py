@@ -132,12 +132,12 @@ def render_model_card(
 
     ``fields`` are the task's (its headline metric, pipeline, objective, tags); ``metrics`` holds that metric and,
     when measured, ``source_<metric>`` for the standard source (else, where there is one, ``source_not_measured``
-    says why), and optionally ``embedding_cosine``. ``evaluated`` is how many of ``data``'s evaluation images were
-    measured. ``config``, the trained model's, names the model family and gives B and the biases as the model has
-    them (the recipe's apply only to B-cosification: a B-cos checkpoint, ``continued``, keeps its own, and a model
-    from scratch takes its biases from its architecture). ``processes`` trained it data-parallel (by default, as
-    many as trained in this process's run: :func:`training_processes`); the card states them with the global batch,
-    and its command launches as many.
+    says why), and the metrics of the task's ``measured`` lines. ``evaluated`` is how many of ``data``'s evaluation
+    images were measured. ``config``, the trained model's, names the model family and gives B and the biases as the
+    model has them (the recipe's apply only to B-cosification: a B-cos checkpoint, ``continued``, keeps its own, and
+    a model from scratch takes its biases from its architecture). ``processes`` trained it data-parallel (by
+    default, as many as trained in this process's run: :func:`training_processes`); the card states them with the
+    global batch, and its command launches as many.
     """
     processes = training_processes() if processes is None else processes
     model_type = config.model_type if config is not None else "bcos_vit"
@@ -221,7 +221,12 @@ def render_model_card(
         metric_label=metric_label,
         evaluation=evaluation,
         results=results,
-        embedding_cosine=f"{metrics['embedding_cosine']:.4f}" if "embedding_cosine" in metrics else None,
+        measured=[
+            text.format(value=metrics[key], dataset=data.name, evaluation=evaluation)
+            for key, text in fields.measured
+            if key in metrics
+        ],
+        citation=fields.citation,
         source_not_measured=metrics.get("source_not_measured") if fields.bcos else None,
         training_summary=training_summary,
         hyperparameters=hyperparameters,
