@@ -73,6 +73,18 @@ def test_an_all_zero_input_gives_zero_output_and_finite_gradients(make):
     assert torch.equal(out, torch.zeros_like(out)) and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_a_nearly_orthogonal_input_gives_finite_gradients_below_b_2_in_every_dtype(dtype):
+    """The power |cos|^(B-1) has an infinite slope at 0: the clamp that keeps it finite must be a number the dtype
+    holds (1e-12 is 0 in float16)."""
+    unit = BcosLinear(2, 1, bias=False, b=1.25).to(dtype)
+    with torch.no_grad():
+        unit.weight.copy_(torch.tensor([[1.0, 0.0]]))
+    x = torch.tensor([[1e-7, 1.0]], dtype=dtype, requires_grad=True)
+    unit(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(unit.weight.grad).all()
+
+
 @pytest.mark.parametrize("b", [1.5, 2.0])
 def test_bcos_unit_dynamic_weight_is_the_cosine_scaled_weight(b):
     """W(x) = diag(|cos(x, w)|^(B-1)) W. Completeness alone cannot see this detach: the unit is 1-homogeneous."""

@@ -121,9 +121,10 @@ def guarded_norm(squared_sum: torch.Tensor) -> torch.Tensor:
 
 def bcos_factor(linear_output: torch.Tensor, input_norm: torch.Tensor, weight_norm: torch.Tensor, b: float):
     """``|cos(x, w)|^(B-1)`` from ``w . x`` and the two norms. Other exponents than 2 raise a cosine clamped away
-    from 0, where the power's gradient is infinite."""
+    from 0, where the power's gradient is infinite (at 1e-12, or float16's smallest normal number, which 1e-12 is
+    below)."""
     abs_cos = linear_output.abs() / (input_norm * weight_norm)
-    return abs_cos if b == 2 else abs_cos.clamp_min(1e-12).pow(b - 1)
+    return abs_cos if b == 2 else abs_cos.clamp_min(max(1e-12, torch.finfo(abs_cos.dtype).tiny)).pow(b - 1)
 
 
 class BcosLinear(DynamicModule):
