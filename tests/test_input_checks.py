@@ -145,3 +145,11 @@ def test_every_family_config_refuses_an_exponent_that_is_not_a_finite_number_of_
     # NaN passes a plain ``b < 1`` check and makes every output NaN; an infinite B makes every cosine power 0 or NaN
     with pytest.raises(ValueError, match="b must be a finite number >= 1"):
         config_class(b=b)
+
+
+@pytest.mark.parametrize("config_class", B_CONFIGS, ids=lambda config_class: config_class.__name__)
+def test_every_family_config_reads_an_exponent_written_as_a_string(config_class):
+    # a hand-edited config.json: "b": "3" compared a string with a number and failed with a TypeError about "<="
+    assert config_class(b="3").b == 3.0
+    with pytest.raises(ValueError, match="could not convert string to float: 'three'"):
+        config_class(b="three")

@@ -50,7 +50,7 @@ class BcosCLIPResNetConfig(PretrainedConfig):
                 f"width must be even and the last stage's {self.pooled_size} channels a multiple of "
                 f"num_attention_heads ({num_attention_heads}); got width {width}."
             )
-        if not 1 <= b < float("inf"):  # NaN fails too
+        if not 1 <= float(b) < float("inf"):  # NaN fails too; a number in a string (a hand-edited config) is one
             raise ValueError(f"b must be a finite number >= 1, got {b}.")
         self.num_attention_heads = num_attention_heads
         self.image_size = image_size

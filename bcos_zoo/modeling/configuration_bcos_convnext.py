@@ -66,7 +66,7 @@ class BcosConvNextConfig(PretrainedConfig):
             raise ValueError(f"drop_path_rate must lie in [0, 1), got {drop_path_rate}.")
         if loss not in ("bce", "cross_entropy"):
             raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
-        if not 1 <= b < float("inf"):  # NaN fails too
+        if not 1 <= float(b) < float("inf"):  # NaN fails too; a number in a string (a hand-edited config) is one
             raise ValueError(f"b must be a finite number >= 1, got {b}.")
         self.num_channels = num_channels
         self.patch_size = patch_size

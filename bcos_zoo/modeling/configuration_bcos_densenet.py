@@ -55,7 +55,7 @@ class BcosDenseNetConfig(PretrainedConfig):
             raise ValueError(f"stem_pool must be 'max' or 'avg', got {stem_pool!r}.")
         if loss not in ("bce", "cross_entropy"):
             raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
-        if not 1 <= b < float("inf"):  # NaN fails too
+        if not 1 <= float(b) < float("inf"):  # NaN fails too; a number in a string (a hand-edited config) is one
             raise ValueError(f"b must be a finite number >= 1, got {b}.")
         self.num_channels = num_channels
         self.num_init_features = num_init_features

@@ -57,7 +57,7 @@ class BcosVGGConfig(PretrainedConfig):
             raise ValueError(f"hidden_act must be 'relu' or None (no activation), got {hidden_act!r}.")
         if loss not in ("bce", "cross_entropy"):
             raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
-        if not 1 <= b < float("inf"):  # NaN fails too
+        if not 1 <= float(b) < float("inf"):  # NaN fails too; a number in a string (a hand-edited config) is one
             raise ValueError(f"b must be a finite number >= 1, got {b}.")
         self.num_channels = num_channels
         self.hidden_sizes = hidden_sizes

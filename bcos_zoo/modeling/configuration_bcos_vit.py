@@ -56,7 +56,7 @@ class BcosViTConfig(PretrainedConfig):
             raise ValueError("pooling='cls' needs use_class_token=True; use pooling='mean' for a model without one.")
         if loss not in ("bce", "cross_entropy"):
             raise ValueError(f"loss must be 'bce' or 'cross_entropy', got {loss!r}.")
-        if not 1 <= b < float("inf"):  # NaN fails too
+        if not 1 <= float(b) < float("inf"):  # NaN fails too; a number in a string (a hand-edited config) is one
             raise ValueError(f"b must be a finite number >= 1, got {b}.")
         if image_size % patch_size:  # the saved processor makes images of this size, which the patches must tile
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}.")
