@@ -196,9 +196,13 @@ def test_resnet_without_classifier_is_refused():
 
 def test_a_vgg_config_that_pools_by_maximum_is_refused_not_ignored(tmp_path):
     # an option of earlier versions: a saved config naming it would otherwise load with average pooling
+    import json
+
     from bcos_zoo import BcosVGGConfig
 
     BcosVGGConfig(hidden_sizes=[8], depths=[1], head_size=8, stage_pool="avg").save_pretrained(tmp_path)
     assert not hasattr(BcosVGGConfig.from_pretrained(tmp_path), "stage_pool")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "stage_pool": "max"}))
     with pytest.raises(ValueError, match="stage_pool other than 'avg' is not supported"):
-        BcosVGGConfig(stage_pool="max")
+        BcosVGGConfig.from_pretrained(tmp_path)

@@ -283,3 +283,12 @@ def test_a_cnn_teacher_sees_the_student_s_pixels_at_its_own_size(family):
     teacher.config.image_size = 32
     taught = teach(teacher, torch.rand(2, 3, 8, 8))
     assert taught.dynamic_weights.shape == (2, 6, 32, 32)
+
+
+def test_a_teacher_with_corrupt_weights_is_refused_naming_the_flag(tmp_path):
+    from bcos_zoo.training.explanation_distillation import load_teacher
+
+    tiny_vit(1).save_pretrained(tmp_path / "teacher")
+    (tmp_path / "teacher" / "model.safetensors").write_bytes(b"\x01\x00")  # an upload cut short
+    with pytest.raises(ValueError, match=r"--teacher .*teacher is not a B-cos image classifier that loads"):
+        load_teacher(str(tmp_path / "teacher"))

@@ -315,6 +315,9 @@ def test_a_resume_from_a_source_retrained_since_the_run_started_is_refused(recip
         retrained.classifier.weight.add_(0.1)
     retrained.save_pretrained(source)
     before = snapshot(out)
-    with pytest.raises(ValueError, match=r"--resume: --model .*source holds other weights than the run in .* from"):
+    with pytest.raises(ValueError, match=r"--resume: --model .*source holds other weights than the run started from"):
+        finetune(run, out, resume=True, device="cpu")
+    shutil.rmtree(source)  # moved away: no folder to compare
+    with pytest.raises(ValueError, match=r"--resume: --model .*source is no folder here \(moved, or a relative"):
         finetune(run, out, resume=True, device="cpu")
     assert snapshot(out) == before

@@ -29,8 +29,6 @@ PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 IDENTITY_NORMALIZATION: Normalization = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-# transformers' ViTImageProcessor default, assumed for a transformers ViT that comes without its processor
-VIT_DEFAULT_NORMALIZATION: Normalization = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 # what OpenAI's CLIP models (and laion's CLIP-ViTs) were trained with, assumed for a CLIP without its processor
 OPENAI_CLIP_NORMALIZATION: Normalization = (
     (0.48145466, 0.4578275, 0.40821073),
@@ -38,6 +36,12 @@ OPENAI_CLIP_NORMALIZATION: Normalization = (
 )
 # what torchvision's, timm's and microsoft/resnet-* CNNs were trained with, assumed for a CNN without its settings
 IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def vit_default_normalization(channels: int = 3) -> Normalization:
+    """transformers' ViTImageProcessor default, 0.5 in every channel: assumed for a transformers ViT that comes
+    without its processor (and used by the standard models trained here)."""
+    return (0.5,) * channels, (0.5,) * channels
 
 
 def read_json(path: Path) -> dict | None:

@@ -17,7 +17,6 @@ from transformers.utils import logging
 from ..modeling import BcosViTConfig
 from ..modeling.bcos_layers import ACTIVATION_ALIASES
 from .common import (
-    VIT_DEFAULT_NORMALIZATION,
     fold_normalization,
     load_exactly,
     load_timm_folder,
@@ -28,6 +27,7 @@ from .common import (
     source_processor,
     standard_labels,
     timm_resize,
+    vit_default_normalization,
 )
 
 
@@ -292,7 +292,7 @@ def bcosify_vit(cls, source, b: float, bias: str, image_mean=None, image_std=Non
     mean = image_mean if image_mean is not None else standard.mean
     std = image_std if image_std is not None else standard.std
     if mean is None or std is None:
-        mean, std = VIT_DEFAULT_NORMALIZATION
+        mean, std = vit_default_normalization(standard.architecture["num_channels"])
         logger.warning(
             "The source came without its image processor, so its normalisation is unknown; assuming mean=std=0.5 "
             "(transformers' ViTImageProcessor default). Pass image_mean=/image_std= if the source used others."

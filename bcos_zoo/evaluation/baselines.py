@@ -33,13 +33,13 @@ from transformers import AutoModelForImageClassification, PreTrainedModel, ResNe
 from transformers.image_processing_utils import BaseImageProcessor
 
 from ..conversion.common import (
-    VIT_DEFAULT_NORMALIZATION,
     bcos_crop,
     processor_resize,
     read_json,
     resolve_folder,
     source_normalization,
     source_processor,
+    vit_default_normalization,
 )
 from ..families import FAMILIES, Family, family_of
 from ..modeling import BcosResNetConfig
@@ -168,8 +168,7 @@ def load_standard_classifier(
     else transformers' default of 0.5. A ResNet folder's processor also gives the evaluation geometry
     (``image_size``, ``crop_pct``) its B-cos form is saved with.
     """
-    mean, std = VIT_DEFAULT_NORMALIZATION
-    geometry = {}
+    geometry, normalization = {}, None
     if isinstance(source, nn.Module):
         model = source
     else:
@@ -181,8 +180,10 @@ def load_standard_classifier(
                 "the post-hoc baselines explain those."
             )
         model = AutoModelForImageClassification.from_pretrained(folder)
-        mean, std = source_normalization(folder) or (mean, std)
+        normalization = source_normalization(folder)
         geometry = processor_resize(source_processor(folder) or {})
+    channels = getattr(getattr(model, "config", None), "num_channels", 3)  # StandardClassifier checks the kind
+    mean, std = normalization or vit_default_normalization(channels)
     mean = image_mean if image_mean is not None else mean
     std = image_std if image_std is not None else std
     return StandardClassifier(model, mean, std, **geometry).eval()

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
@@ -58,7 +59,7 @@ def load_teacher(source: str) -> nn.Module:
         raise ValueError("explanation-distillation needs a teacher: pass --teacher <folder or Hub id>")
     try:
         teacher = AutoModelForImageClassification.from_pretrained(source).eval().requires_grad_(False)
-    except (OSError, ValueError) as error:  # no model there, or one that is no image classifier (a CLIP model)
+    except (OSError, ValueError, SafetensorError) as error:  # no model there, no image classifier (CLIP), corrupt
         reason = str(error).strip().splitlines()[0]
         raise ValueError(f"--teacher {source} is not a B-cos image classifier that loads ({reason})") from None
     if model_channels(teacher) != 3:

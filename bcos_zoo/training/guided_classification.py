@@ -210,7 +210,7 @@ class GuidedClassification(BcosClassification):
         if model_channels(model) != 3:
             raise ValueError(
                 f"The {self.name} task trains colour (three-channel) models, and this model takes "
-                f"{model_channels(model)}-channel images: train it with --task classification."
+                f"{model_channels(model)}-channel images."
             )
         return model
 

@@ -8,7 +8,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ..conversion.common import bcos_crop
+from ..conversion.common import bcos_crop, vit_default_normalization
 from ..data.preprocessing import ImageTransform, ProcessorTransform, model_channels, training_transform
 from ..families import family_of
 from ..modeling.bcos_pretrained import resizing_processor
@@ -17,10 +17,8 @@ from .task import CardFields
 
 
 def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean and std a standard model trained here normalises with: transformers' ViT default, 0.5 in every
-    channel."""
-    half = (0.5,) * model_channels(model)
-    return half, half
+    """The mean and std a standard model trained here normalises with: transformers' ViT default."""
+    return vit_default_normalization(model_channels(model))
 
 
 class StandardClassification(BcosClassification):

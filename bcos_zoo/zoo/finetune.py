@@ -231,7 +231,8 @@ def check_same_recipe(output_dir: Path, recipe: Recipe, training: bool = True) -
     """Refuse to resume a run with a recipe that trains differently from the one it started with (its
     ``recipe.json``): the optimiser state, data and classes of the checkpoint would be mixed with the new settings.
     Fields that only describe the published model (its Hub id, card) may change; so may the number of processes,
-    where the run is finished (``training=False``: it is only reported or pushed)."""
+    where the run is finished (``training=False``: it is only reported or pushed). The source's and teacher's
+    weights must be those it started from (their digests, recorded in ``recipe.json``)."""
     stored = output_dir / "recipe.json"
     if not stored.is_file():
         return
@@ -251,14 +252,10 @@ def check_same_recipe(output_dir: Path, recipe: Recipe, training: bool = True) -
             f"--resume: the run in {output_dir} was started with another recipe ({details}; see {stored}); "
             "resume it with the flags it started with, or start a fresh --output-dir. Nothing was changed."
         )
-    recorded = record.get("inputs", {}) if training else {}
-    current = input_digests(recipe) if recorded else {}
-    if retrained := [name for name, digest in recorded.items() if current.get(name) != digest]:
-        flags = {"source": "--model", "teacher": "--teacher"}
-        folders = " and ".join(f"{flags[name]} {getattr(recipe, name)}" for name in retrained)
+    if changed := changed_inputs(record.get("inputs", {}) if training else {}, recipe):
+        details = "; ".join(input_change(name, recipe) for name in changed)
         raise ValueError(
-            f"--resume: {folders} holds other weights than the run in {output_dir} started from (retrained since?), "
-            "and the run would go on from them: resume with the weights it started from, or start a fresh "
+            f"--resume: {details}. Resume the run in {output_dir} with the weights it started from, or start a fresh "
             "--output-dir. Nothing was changed."
         )
 
@@ -266,6 +263,9 @@ def check_same_recipe(output_dir: Path, recipe: Recipe, training: bool = True) -
 def processes_now() -> int:
     """The data-parallel processes of this run (``accelerate launch`` says how many in ``WORLD_SIZE``)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")  # what the loaders of a source or teacher read
 
 
 def input_digests(recipe: Recipe) -> dict[str, str]:
@@ -276,13 +276,32 @@ def input_digests(recipe: Recipe) -> dict[str, str]:
         value = getattr(recipe, name)
         if value in (None, "scratch") or not Path(value).expanduser().is_dir():
             continue
-        digest = hashlib.sha256()
-        for weights in sorted(Path(value).expanduser().glob("*.safetensors")):
+        digest, folder = hashlib.sha256(), Path(value).expanduser()
+        for weights in sorted(path for pattern in WEIGHT_FILES for path in folder.glob(pattern)):
             with open(weights, "rb") as file:  # in pieces: a large model's weights need not fit in memory twice
                 for piece in iter(lambda: file.read(1 << 24), b""):
                     digest.update(piece)
         digests[name] = digest.hexdigest()
     return digests
+
+
+def changed_inputs(recorded: dict[str, str], recipe: Recipe) -> list[str]:
+    """The inputs of ``recorded`` (:func:`input_digests` of an earlier run) whose folder holds other weights now, or
+    is no folder here any more."""
+    current = input_digests(recipe) if recorded else {}
+    return [name for name, digest in recorded.items() if current.get(name) != digest]
+
+
+def input_change(name: str, recipe: Recipe) -> str:
+    """What a resume would get wrong from a changed input (see :func:`changed_inputs`), in the flag's terms."""
+    flag, value = {"source": "--model", "teacher": "--teacher"}[name], getattr(recipe, name)
+    if not Path(value).expanduser().is_dir():
+        return f"{flag} {value} is no folder here (moved, or a relative path given from another folder?)"
+    harm = {
+        "source": "the card would name and measure another source than the one it was trained from",
+        "teacher": "the rest of the run would be taught by other weights",
+    }[name]
+    return f"{flag} {value} holds other weights than the run started from (retrained since?), and {harm}"
 
 
 def write_recipe(output_dir: Path, recipe: Recipe) -> None:

@@ -46,7 +46,14 @@ from ..modeling.explanation import colorize_contributions
 from ..training import get_task
 from ..training.recipe import recipe_record, training_differences
 from ..visualize import subplots
-from .finetune import earlier_run, finetune, input_digests, last_complete_checkpoint, with_run_precision
+from .finetune import (
+    changed_inputs,
+    earlier_run,
+    finetune,
+    input_digests,
+    last_complete_checkpoint,
+    with_run_precision,
+)
 from .recipes import Recipe, get_recipe
 from .reproduction_report import (
     Curve,
@@ -144,15 +151,12 @@ def check_run_folder(folder: Path, recipe: Recipe, work_dir: Path | None, work_f
                 f"it was trained with, pass another {work_flag}, or delete {folder} to train it anew. Nothing was "
                 "changed."
             )
-    if inputs.is_file():
-        recorded, current = json.loads(inputs.read_text()), input_digests(recipe)
-        retrained = [name for name, digest in recorded.items() if current.get(name) != digest]
-        if retrained:
-            names = " and ".join(f"its {name} {getattr(recipe, name)}" for name in retrained)
-            raise ValueError(
-                f"{folder} holds a run trained from other weights than {names} holds now (retrained since): delete "
-                f"{folder} to train it from them, or pass another {work_flag}."
-            )
+    if inputs.is_file() and (retrained := changed_inputs(json.loads(inputs.read_text()), recipe)):
+        names = " and ".join(f"its {name} {getattr(recipe, name)}" for name in retrained)
+        raise ValueError(
+            f"{folder} holds a run trained from other weights than {names} holds now (retrained since): delete "
+            f"{folder} to train it from them, or pass another {work_flag}."
+        )
 
 
 def train_or_reuse(
