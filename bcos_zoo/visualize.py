@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from .data.preprocessing import load_image
+from .data.preprocessing import load_image, model_channels
 from .modeling.explanation import BcosExplanation, colorize_contributions
 
 
@@ -115,11 +115,13 @@ def explanation_panel(
     true_label: int | None = None,
     smooth: int = 0,
 ) -> Image.Image:
-    """One explained image as a titled picture: input | colour explanation (on white) | contributions with their
-    colour scale. The title says which class is explained (logit, bias share), what was predicted and, when given,
-    the true class; it is also stored in the PNG's ``Title`` text (see :func:`save_png`)."""
+    """One explained image as a titled picture: input | colour explanation (on white; on grey for a one-channel
+    model, whose explanation is black where dark pixels speak for the class and white where bright ones do) |
+    contributions with their colour scale. The title says which class is explained (logit, bias share), what was
+    predicted and, when given, the true class; it is also stored in the PNG's ``Title`` text (see :func:`save_png`)."""
     image = Image.fromarray(_to_uint8(pixel_values[index].expand(3, -1, -1).permute(1, 2, 0)), mode="RGB")
-    explained = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    grey = explanation.dynamic_weights.shape[1] == 2  # [x, 1 - x] of one channel
+    explained = Image.new("RGBA", image.size, (128, 128, 128, 255) if grey else (255, 255, 255, 255))
     explained.alpha_composite(rgba_image(explanation, index, smooth))
     contributions = contribution_image(explanation, index)
     factor = max(1, -(-TILE // image.width))
@@ -185,7 +187,7 @@ def explain_image_file(
     processor = processor or model.default_image_processor()
     processor = getattr(processor, "image_processor", processor)  # a CLIPProcessor (AutoProcessor) holds one
     image = load_image(path)
-    if getattr(model.config, "num_channels", 3) == 1:  # a one-channel model takes the photo in greyscale
+    if model_channels(model) == 1:  # a one-channel model takes the photo in greyscale
         image = image.convert("L")
     if "shortest_edge" not in (getattr(processor, "size", None) or {}):
         image = _square_pad(image)

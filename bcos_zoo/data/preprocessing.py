@@ -28,9 +28,15 @@ def load_image(path: str | Path) -> Image.Image:
         return to_rgb(ImageOps.exif_transpose(image))
 
 
+def config_channels(config) -> int:
+    """The channels of the pixels a model of ``config`` takes: 1 for a greyscale model, else 3 (a CLIP model's are
+    its image tower's)."""
+    return getattr(getattr(config, "vision_config", config), "num_channels", 3)
+
+
 def model_channels(model) -> int:
-    """The channels of a model's pixels: 1 for a greyscale model, else 3 (a CLIP model's config names none)."""
-    return getattr(model.config, "num_channels", 3)
+    """:func:`config_channels` of a model."""
+    return config_channels(model.config)
 
 
 @dataclass

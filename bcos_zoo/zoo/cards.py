@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 
+from ..data.preprocessing import config_channels
 from ..families import family_of
 from ..training.task import describe_source, hub_id_or_none
 from .recipes import Recipe, recipe_command
@@ -221,6 +222,7 @@ def render_model_card(
         metric_label=metric_label,
         evaluation=evaluation,
         results=results,
+        channels=config_channels(config),
         measured=[
             text.format(value=metrics[key], dataset=data.name, evaluation=evaluation)
             for key, text in fields.measured
