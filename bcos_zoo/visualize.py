@@ -2,8 +2,8 @@
 
 How to read a panel: the explanation tile shows, in colour, the pixels whose dynamic weights increase the explained
 logit (their colour is the colour the model's weights align with; opacity is how strongly), on white where nothing
-contributes positively. The contributions tile shows each pixel's signed share of the logit, red for, blue against,
-on the symmetric scale at its side.
+contributes positively (a one-channel model's, black or white, on grey). The contributions tile shows each pixel's
+signed share of the logit, red for, blue against, on the symmetric scale at its side.
 """
 
 import bisect

@@ -71,3 +71,24 @@ def test_a_greyscale_explanation_is_drawn_on_grey_where_its_white_evidence_shows
     assert transparent.any() and (tile[transparent] == 128).all()
     shown = (explanation.rgba[0, ..., 3] > 0.5).numpy()
     assert (tile[shown] != 128).any()  # the evidence itself is drawn
+
+
+def test_a_greyscale_source_whose_processor_does_not_normalise_converts_and_is_a_baselines_source(tmp_path):
+    from transformers import ViTImageProcessor
+
+    source = grey_vit()
+    source.save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 32, "width": 32}, do_normalize=False).save_pretrained(tmp_path)
+    model = BcosViTForImageClassification.from_pretrained_standard(str(tmp_path), b=1.0, bias="keep").eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = source(pixel_values=x).logits
+        torch.testing.assert_close(model(pixel_values=x).logits, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(load_standard_classifier(str(tmp_path))(x), expected)
+
+
+def test_a_greyscale_standard_model_s_card_converts_images_to_greyscale():
+    data = DatasetSplits([], [None] * 10, ["a", "b", "c"], "org/data", "test")
+    recipe, card = get_recipe("vit-fashion-mnist"), TASKS["standard-classification"].card
+    text = render_model_card(recipe, card, "org/m", {"accuracy": 0.5}, data, 10, config=grey_vit().config).text
+    assert '.convert("L")' in text and '.convert("RGB")' not in text

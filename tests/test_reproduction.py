@@ -500,6 +500,9 @@ def test_a_run_whose_source_was_trained_again_since_is_refused(tmp_path):
     (source / "model.safetensors").write_bytes(b"the weights of a second training")
     with pytest.raises(ValueError, match="other weights than its source .* holds now"):
         train_or_reuse(recipe, folder)
+    source.rename(source.with_name("moved"))
+    with pytest.raises(ValueError, match=r"trained from its source .*repo, which is no folder here \(moved\?\)"):
+        train_or_reuse(recipe, folder)
 
 
 @pytest.mark.slow

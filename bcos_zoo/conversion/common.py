@@ -28,7 +28,7 @@ PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 
 
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
-IDENTITY_NORMALIZATION: Normalization = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+IDENTITY_NORMALIZATION: Normalization = ((0.0,), (1.0,))  # one value: every channel's, however many
 # what OpenAI's CLIP models (and laion's CLIP-ViTs) were trained with, assumed for a CLIP without its processor
 OPENAI_CLIP_NORMALIZATION: Normalization = (
     (0.48145466, 0.4578275, 0.40821073),

@@ -41,6 +41,7 @@ from ..conversion.common import (
     source_processor,
     vit_default_normalization,
 )
+from ..data.preprocessing import config_channels
 from ..families import FAMILIES, Family, family_of
 from ..modeling import BcosResNetConfig
 from ..modeling.bcos_pretrained import resizing_processor
@@ -182,7 +183,7 @@ def load_standard_classifier(
         model = AutoModelForImageClassification.from_pretrained(folder)
         normalization = source_normalization(folder)
         geometry = processor_resize(source_processor(folder) or {})
-    channels = getattr(getattr(model, "config", None), "num_channels", 3)  # StandardClassifier checks the kind
+    channels = config_channels(getattr(model, "config", None))  # (StandardClassifier checks the model's kind)
     mean, std = normalization or vit_default_normalization(channels)
     mean = image_mean if image_mean is not None else mean
     std = image_std if image_std is not None else std

@@ -153,6 +153,11 @@ def check_run_folder(folder: Path, recipe: Recipe, work_dir: Path | None, work_f
             )
     if inputs.is_file() and (retrained := changed_inputs(json.loads(inputs.read_text()), recipe)):
         names = " and ".join(f"its {name} {getattr(recipe, name)}" for name in retrained)
+        if gone := [name for name in retrained if not Path(getattr(recipe, name)).expanduser().is_dir()]:
+            raise ValueError(
+                f"{folder} holds a run trained from its {gone[0]} {getattr(recipe, gone[0])}, which is no folder here "
+                f"(moved?): put it back, or pass another {work_flag}."
+            )
         raise ValueError(
             f"{folder} holds a run trained from other weights than {names} holds now (retrained since): delete "
             f"{folder} to train it from them, or pass another {work_flag}."
