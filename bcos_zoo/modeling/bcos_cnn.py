@@ -114,7 +114,7 @@ class BcosCNNPreTrainedModel(BcosPreTrainedModel):
 
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    # no attention, so any attention implementation a composite model asks of its parts (a CLIP tower) holds
+    # no attention implementation is used here, so any that a composite model asks of its parts (a CLIP tower) holds
     _supports_sdpa = True
 
     @torch.no_grad()

@@ -22,15 +22,10 @@ class BcosCNNModel(BcosCNNPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        """Feature maps of (N, 3, H, W) images in [0, 1], of any size the poolings leave a map of."""
+        """Feature maps of (N, C, H, W) images in [0, 1], of any size the poolings leave a map of."""
         hidden = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         outputs = self.forward_encoded(self.encode_pixel_values(pixel_values), bool(hidden))
         return outputs if (return_dict if return_dict is not None else self.config.return_dict) else outputs.to_tuple()
-
-    def pooled_features(self, encoded: torch.Tensor, *args) -> torch.Tensor:
-        """(N, C) pooled features of ``[x, 1 - x]``-encoded images: what a head on the backbone (a CLIP image
-        tower's projection) reads."""
-        return self.forward_encoded(encoded).pooler_output.flatten(1)
 
 
 class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
@@ -68,7 +63,7 @@ class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutputWithNoAttention | tuple:
-        """Logits of (N, 3, H, W) images in [0, 1], of any size the poolings leave a map of, and the loss of
+        """Logits of (N, C, H, W) images in [0, 1], of any size the poolings leave a map of, and the loss of
         ``labels``: (N,) class indices, or (N, C) class probabilities for the B-cos BCE loss."""
         hidden = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         logits, outputs = self._logits(self.encode_pixel_values(pixel_values), bool(hidden))
@@ -79,7 +74,7 @@ class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
     def explain(
         self, pixel_values: torch.Tensor, target: int | torch.Tensor | None = None, create_graph: bool = False
     ) -> BcosExplanation:
-        """Explain one logit per image of (N, 3, H, W) images in [0, 1] exactly: ``contributions.sum() + bias ==
+        """Explain one logit per image of (N, C, H, W) images in [0, 1] exactly: ``contributions.sum() + bias ==
         logit``. ``target``: None (each image's top class), an int or an (N,) tensor; ``create_graph``: keep the graph,
         so that a loss on the explanation trains the model."""
 

@@ -32,7 +32,8 @@ def encode_inverse(pixel_values: torch.Tensor) -> torch.Tensor:
 
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int = 3, eager_message: bool | None = None) -> None:
     """Reject inputs the model would silently misread. On the CPU (or with ``eager_message``) a ``ValueError`` names
-    the range found; on an accelerator or in a graph capture an asynchronous assert avoids a host synchronisation."""
+    the range found; on an accelerator or in a graph capture an asynchronous assert avoids a host synchronisation (a
+    failed one on CUDA leaves the process's CUDA context unusable, as torch documents: docs/models.md)."""
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
     if not pixel_values.is_floating_point():
@@ -88,7 +89,8 @@ class DynamicModule(nn.Module):
         return self in _DETACHED.get()
 
     def dynamic(self, factor: torch.Tensor) -> torch.Tensor:
-        """``factor``, detached in explanation mode: the one place where the two modes differ."""
+        """``factor``, detached in explanation mode: what the mode changes (the fast paths, which compute the same
+        values, stand aside in it)."""
         return factor.detach() if self.detach_dynamic else factor
 
 
@@ -121,8 +123,8 @@ def guarded_norm(squared_sum: torch.Tensor) -> torch.Tensor:
 
 def bcos_factor(linear_output: torch.Tensor, input_norm: torch.Tensor, weight_norm: torch.Tensor, b: float):
     """``|cos(x, w)|^(B-1)`` from ``w . x`` and the two norms. Other exponents than 2 raise a cosine clamped away
-    from 0, where the power's gradient is infinite (at 1e-12, or float16's smallest normal number, which 1e-12 is
-    below)."""
+    from 0 (at 1e-12, or float16's smallest normal number, which 1e-12 is below): below B = 2 the power's gradient at
+    0 is infinite."""
     abs_cos = linear_output.abs() / (input_norm * weight_norm)
     return abs_cos if b == 2 else abs_cos.clamp_min(max(1e-12, torch.finfo(abs_cos.dtype).tiny)).pow(b - 1)
 

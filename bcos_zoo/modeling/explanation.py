@@ -20,7 +20,8 @@ class BcosExplanation:
     Attributes:
         logits: (N, K) the outputs of the forward pass (class logits, or cosines for CLIP).
         target: (N,) the explained output of each image.
-        dynamic_weights: (N, 2C, H, W) the target row of ``W(x)`` over the ``[x, 1 - x]`` encoding (C = 3: RGB).
+        dynamic_weights: (N, 2C, H, W) the target row of ``W(x)`` over the ``[x, 1 - x]`` encoding (C: the
+            model's channels, 3 for RGB, 1 for greyscale).
         contributions: (N, H, W) the sum over channels of encoding * dynamic_weights.
         bias: (N,) the explained output minus the summed contributions.
         output_name: what ``logits`` hold, as a title names it ("logit"; "cosine" for CLIP).

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 
 _SWITCHES = {
-    "square_unit": True,  # the B = 2 unit outside explanation mode
-    "conv_norm_act": True,  # a B = 2 convolution, BatchNorm and ReLU in evaluation, in place
-    "residual_in_place": True,  # a residual block's sum and ReLU in evaluation, in place
+    "square_unit": True,  # the B = 2 unit outside explanation mode (a convolution only without autograd)
+    "conv_norm_act": True,  # a B = 2 convolution, BatchNorm and ReLU in evaluation without autograd, in place
+    "residual_in_place": True,  # a residual block's sum and ReLU without autograd, in place
 }
 if os.environ.get("BCOS_FAST_PATHS", "1") == "0":
     _SWITCHES = dict.fromkeys(_SWITCHES, False)

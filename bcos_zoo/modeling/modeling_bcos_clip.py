@@ -198,7 +198,7 @@ class BcosCLIPVisionModel(BcosCLIPPreTrainedModel):
 
     @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding=False, **kwargs) -> CLIPVisionModelOutput:
-        """Embeddings of (N, 3, H, W) images in [0, 1]: ``image_embeds`` are projected, not normalised."""
+        """Embeddings of (N, C, H, W) images in [0, 1]: ``image_embeds`` are projected, not normalised."""
         outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, **{**kwargs, "return_dict": True})
         return CLIPVisionModelOutput(
             image_embeds=outputs.pooler_output,

@@ -90,13 +90,13 @@ class BcosAttentionPool(DynamicModule):
 
     def forward(self, features: torch.Tensor, interpolate_pos_encoding: bool = False):
         """(N, C) pooled features and the (N, heads, 1, 1 + h*w) attention of (N, C, h, w) features."""
-        (batch, width, height, columns), tokens = features.shape, features.flatten(2).transpose(1, 2)
+        (batch, channels, height, width), tokens = features.shape, features.flatten(2).transpose(1, 2)
         tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
         if self.position_embeddings is not None:
-            tokens = tokens + self.positions(height, columns, interpolate_pos_encoding).to(tokens.dtype)
+            tokens = tokens + self.positions(height, width, interpolate_pos_encoding).to(tokens.dtype)
 
         def heads(projected: torch.Tensor) -> torch.Tensor:
-            return projected.view(batch, projected.shape[1], self.num_heads, width // self.num_heads).transpose(1, 2)
+            return projected.view(batch, projected.shape[1], self.num_heads, channels // self.num_heads).transpose(1, 2)
 
         query = heads(self.dynamic(self.q_proj(tokens[:, :1])))
         key = heads(self.dynamic(self.k_proj(tokens)))
@@ -104,7 +104,7 @@ class BcosAttentionPool(DynamicModule):
         softmax_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
         scores = torch.matmul(query * self.scaling, key.transpose(-1, -2))
         probabilities = F.softmax(scores, dim=-1, dtype=softmax_dtype).to(query.dtype)
-        return torch.matmul(probabilities, value).reshape(batch, width), probabilities
+        return torch.matmul(probabilities, value).reshape(batch, channels), probabilities
 
 
 class BcosCLIPResNetModel(BcosCNNPreTrainedModel):
@@ -159,7 +159,7 @@ class BcosCLIPResNetModel(BcosCNNPreTrainedModel):
         output_attentions=None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """Feature map and pooled features of (N, 3, H, W) images in [0, 1]; output flags as in transformers."""
+        """Feature map and pooled features of (N, C, H, W) images in [0, 1]; output flags as in transformers."""
         hidden = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         encoded = self.encode_pixel_values(pixel_values)

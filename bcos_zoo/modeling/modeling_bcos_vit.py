@@ -19,7 +19,7 @@ from .explanation import BcosExplanation, compute_explanation
 
 class BcosPatchEmbedding(nn.Module):
     """One B-cos unit on each patch of the ``[x, 1 - x]`` image, flattened in (channel, row, column) order: the B-cos
-    norm is the norm of the whole 6-channel patch."""
+    norm is the norm of the whole encoded patch (2 x num_channels channels: 6 for RGB)."""
 
     def __init__(self, num_channels: int, patch_size: int, hidden_size: int, bias: bool, b: float):
         super().__init__()
@@ -248,7 +248,7 @@ class BcosViTForImageClassification(BcosViTPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         create_graph: bool = False,
     ) -> BcosExplanation:
-        """Explain one logit per image of (N, 3, H, W) images in [0, 1] exactly: ``contributions.sum() + bias ==
+        """Explain one logit per image of (N, C, H, W) images in [0, 1] exactly: ``contributions.sum() + bias ==
         logit``. ``target``: None (each image's top class), an int or an (N,) tensor; ``create_graph``: keep the graph,
         so that a loss on the explanation trains the model."""
 
