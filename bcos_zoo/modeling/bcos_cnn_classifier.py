@@ -27,6 +27,11 @@ class BcosCNNModel(BcosCNNPreTrainedModel):
         outputs = self.forward_encoded(self.encode_pixel_values(pixel_values), bool(hidden))
         return outputs if (return_dict if return_dict is not None else self.config.return_dict) else outputs.to_tuple()
 
+    def pooled_features(self, encoded: torch.Tensor, *args) -> torch.Tensor:
+        """(N, C) pooled features of ``[x, 1 - x]``-encoded images: what a head on the backbone (the projection of a
+        CLIP image tower, for a CNN registered as one) reads."""
+        return self.forward_encoded(encoded).pooler_output.flatten(1)
+
 
 class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
     """What the B-cos CNN classifiers share: a 1x1 B-cos convolution as classifier (applied before global average
@@ -64,7 +69,7 @@ class BcosCNNForImageClassification(BcosCNNPreTrainedModel):
         **kwargs,
     ) -> ImageClassifierOutputWithNoAttention | tuple:
         """Logits of (N, C, H, W) images in [0, 1], of any size the poolings leave a map of, and the loss of
-        ``labels``: (N,) class indices, or (N, C) class probabilities for the B-cos BCE loss."""
+        ``labels``: (N,) class indices, or (N, K) class probabilities (K classes) for the B-cos BCE loss."""
         hidden = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         logits, outputs = self._logits(self.encode_pixel_values(pixel_values), bool(hidden))
         loss = None if labels is None else classification_loss(logits, labels, self.config)
