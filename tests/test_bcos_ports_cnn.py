@@ -70,7 +70,14 @@ def relative(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return float((ours - theirs).abs().max() / theirs.abs().max())
 
 
-@pytest.mark.parametrize("entry", list(ENTRIES))
+# the quick selection (-m "not slow") ports the smallest entry of each block kind; the deeper and wider ones take
+# seconds each (VGG-11's classifier alone holds 120M weights)
+QUICK = {"resnet18", "resnet50", "densenet121"}
+
+
+@pytest.mark.parametrize(
+    "entry", [entry if entry in QUICK else pytest.param(entry, marks=pytest.mark.slow) for entry in ENTRIES]
+)
 def test_port_computes_the_package_model_s_logits_and_explanation(entry):
     cls, size = ENTRIES[entry]
     torch.manual_seed(0)

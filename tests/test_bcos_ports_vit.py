@@ -28,7 +28,7 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 
 
 
 def sized(entry: str):
-    heavy = "_b_" in entry or "_l_" in entry
+    heavy = "_s_" in entry or "_b_" in entry or "_l_" in entry  # the tiny ones stay in the quick selection
     return pytest.param(entry, marks=pytest.mark.slow) if heavy else entry
 
 

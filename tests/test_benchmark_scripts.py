@@ -221,6 +221,7 @@ def test_gpu_benchmark_refuses_a_machine_without_cuda_before_running_anything(tm
     assert list((tmp_path / "gpu").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_faithfulness_benchmark_times_each_metric_of_both_models_at_tiny_size(capsys):
     benchmark = runpy.run_path(str(SCRIPTS / "benchmark_faithfulness.py"))
     arguments = ["--image-size", "32", "--images", "2", "--steps", "3", "--road-images", "1", "--road-fractions", "2"]

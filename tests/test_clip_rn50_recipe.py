@@ -29,6 +29,7 @@ def test_the_paper_s_clip_recipe():
     assert recipe.agc_clip == 0.01 and "B-cosification paper" in recipe.summary
 
 
+@pytest.mark.slow
 def test_the_recipe_distils_a_clip_resnet_on_fashion_mnist_and_reports_zero_shot_accuracy(tmp_path, fashion_mnist):
     source = reduced_rn(quick_gelu=True)
     folder = save_open_clip_folder(source, tmp_path / "rn50", reduced_config(quick_gelu=True))

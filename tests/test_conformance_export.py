@@ -38,6 +38,7 @@ def test_torch_export_keeps_the_batch_size_dynamic(kind):
         assert torch.allclose(_first(program.module()(batch)), expected, atol=1e-6)
 
 
+@pytest.mark.slow  # compiling takes seconds
 @pytest.mark.parametrize("kind", ["classifier", "tower"])
 def test_torch_compile_fullgraph(kind):
     torch._dynamo.reset()
@@ -49,6 +50,7 @@ def test_torch_compile_fullgraph(kind):
             compiled(pixel_values=x * 4 - 2)
 
 
+@pytest.mark.slow
 def test_a_compiled_model_detaches_in_explanation_mode_and_only_there():
     """The compiled graph is guarded on explanation mode (a per-thread setting): inside it, the input gradient is the
     explanation's dynamic linear map; outside, autograd's whole gradient."""

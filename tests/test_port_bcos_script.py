@@ -111,6 +111,7 @@ def dry_run(release_dir, tmp_path_factory):
     return output / "convnext_tiny", stdout.getvalue()
 
 
+@pytest.mark.slow  # the dry run ports a full-size ConvNeXt-T
 def test_dry_run_writes_the_repo_folder_lists_it_and_uploads_nothing(dry_run):
     folder, stdout = dry_run
     names = {path.name for path in folder.iterdir()}
@@ -130,6 +131,7 @@ def test_dry_run_writes_the_repo_folder_lists_it_and_uploads_nothing(dry_run):
     assert card.data.license == "other" and "bcos-v2" in card.data.tags
 
 
+@pytest.mark.slow  # ports several entries
 def test_a_previous_port_is_replaced_and_a_folder_of_the_user_s_is_left_alone(release_dir, tmp_path, capsys):
     weights = str(release_dir / releases()["resnet18"].file_name)
     argv = ["--entry", "resnet18", "--weights", weights, "--output-dir", str(tmp_path), "--dry-run"]
@@ -149,6 +151,7 @@ def test_a_previous_port_is_replaced_and_a_folder_of_the_user_s_is_left_alone(re
     ]
 
 
+@pytest.mark.slow  # the dry run ports a full-size ConvNeXt-T
 def test_the_processor_is_the_entrys_test_transform_and_the_port_computes_the_package_model(dry_run, tmp_path):
     """Resize 232 (ConvNeXt) or 256, bilinear, centre crop 224, [0, 1], no normalisation: the same pixels as the
     package's own test transform; the saved model gives the package model's logits on them."""
@@ -241,6 +244,7 @@ def test_push_without_the_hub_fails_before_porting(release_dir, tmp_path, capsys
     assert not (tmp_path / "resnet18").exists()
 
 
+@pytest.mark.slow  # ports several entries
 def test_all_reports_a_file_that_fails_and_ports_the_others(tmp_path, capsys):
     write_release(tmp_path, "resnet18")
     write_release(tmp_path, "resnet18", name=releases()["resnet34"].file_name)  # resnet34's name, resnet18's weights

@@ -122,6 +122,7 @@ def test_an_unreadable_image_file_is_named_with_the_fix(tmp_path, content):
         FileImages([path], [0])[0]
 
 
+@pytest.mark.slow  # under pytest the failed worker takes the DataLoader's 5 s status interval to shut down
 def test_a_dataloader_worker_s_error_is_reported_as_its_own_line(tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"plain text")
 
