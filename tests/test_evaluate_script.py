@@ -7,6 +7,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -318,6 +319,22 @@ def test_repeated_class_names_in_another_order_are_refused_naming_the_repeated_n
     with pytest.raises(ValueError, match=r"\(\['crane'\] repeat, so names cannot match\)") as refusal:
         class_order("model", dict(enumerate(["crane", "tench", "crane"])), ["tench", "crane", "crane"])
     assert "--match-classes index" in str(refusal.value)
+
+
+def test_class_names_spelled_with_combining_accents_are_the_model_s_composed_names():
+    """A folder copied from macOS names "école" as "e" + a combining accent; the model's labels have "é"."""
+    model_names = ["zebra", "\u00e9cole", "caf\u00e9"]  # the model's order
+    folders = sorted(unicodedata.normalize("NFD", name) for name in model_names)  # "école" sorts first spelt so
+    order = class_order("model", dict(enumerate(model_names)), folders)
+    assert [model_names[index] for index in order] == [unicodedata.normalize("NFC", name) for name in folders]
+    assert order == [2, 1, 0]
+
+
+def test_many_classes_in_another_order_each_find_their_own_index():
+    model_names = [f"class {i}" for i in range(5000)]
+    folders = sorted(model_names)  # "class 10" before "class 2"
+    order = class_order("model", dict(enumerate(model_names)), folders)
+    assert [model_names[index] for index in order] == folders
 
 
 def evaluate_script() -> dict:

@@ -10,6 +10,8 @@ own image processor and go through one harness (:func:`bcos_zoo.evaluation.local
 import itertools
 import json
 import os
+import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,8 +49,9 @@ MATCH_CLASSES = ("name", "index")
 
 
 def _key(class_name: str) -> str:
-    """A class name as matched: without white space, as the Hub's Fashion-MNIST writes "T - shirt / top"."""
-    return "".join(class_name.split())
+    """A class name as matched: without white space, as the Hub's Fashion-MNIST writes "T - shirt / top", and in
+    Unicode's composed form (a folder copied from macOS or out of many zip files spells "é" as "e" and an accent)."""
+    return unicodedata.normalize("NFC", "".join(class_name.split()))
 
 
 def class_order(name: str, id2label: dict, class_names: list[str], match: str = "name") -> list[int]:
@@ -73,10 +76,12 @@ def class_order(name: str, id2label: dict, class_names: list[str], match: str = 
     model_keys, keys = [_key(name) for name in model_names], [_key(name) for name in class_names]
     if model_keys == keys:  # the same classes in the same order, even where a name repeats (ImageNet's two cranes)
         return in_order
-    repeated = sorted({key for key in keys + model_keys if keys.count(key) > 1 or model_keys.count(key) > 1})
-    if sorted(model_keys) == sorted(keys) and not repeated:  # the same classes, in any order
-        return [model_keys.index(key) for key in keys]
-    missing = [class_name for class_name, key in zip(class_names, keys) if key not in model_keys]
+    counts, model_counts = Counter(keys), Counter(model_keys)
+    repeated = sorted(key for key in counts | model_counts if counts[key] > 1 or model_counts[key] > 1)
+    if counts == model_counts and not repeated:  # the same classes, in any order
+        model_index = {key: index for index, key in enumerate(model_keys)}
+        return [model_index[key] for key in keys]
+    missing = [class_name for class_name, key in zip(class_names, keys) if key not in model_counts]
     why = f"{shown(missing)} not among the model's" if missing else f"{shown(repeated)} repeat, so names cannot match"
     raise ValueError(
         f"{name}'s classes are {shown(model_names)} but the dataset's are {shown(class_names)} ({why}). Rename "
