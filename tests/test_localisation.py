@@ -183,13 +183,13 @@ def test_pools_keep_correct_images_above_the_confidence_threshold_most_confident
             [0.0, 0.0, 1.0],  # 5: class 2, right, 1.0
         ]
     )
-    predictions = Predictions(probabilities, torch.tensor([0, 0, 0, 1, 1, 2]))
+    predictions = Predictions.from_probabilities(probabilities, torch.tensor([0, 0, 0, 1, 1, 2]))
     assert confident_pools(predictions, min_confidence=0.6) == {0: [1, 0], 1: [3], 2: [5]}
 
 
 def test_pools_hold_at_most_max_per_class_of_the_most_confident():
     probabilities = torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.7, 0.3], [0.2, 0.8]])
-    predictions = Predictions(probabilities, torch.tensor([0, 0, 0, 1]))
+    predictions = Predictions.from_probabilities(probabilities, torch.tensor([0, 0, 0, 1]))
     assert confident_pools(predictions, max_per_class=2) == {0: [1, 2], 1: [3]}
 
 
@@ -566,3 +566,23 @@ def test_evaluation_progress_bars_are_off_where_transformers_bars_are(capsys, mo
     images = [(Image.new("RGB", (40, 40), (i * 20, 0, 0)), i % 3) for i in range(4)]
     predict(bcos_classifier(model), images, model_transform(model), batch_size=2)
     assert ("classifying" in capsys.readouterr().err) == bars
+
+
+def test_predictions_keep_each_image_s_top_class_and_its_probability_not_every_class_s():
+    """All N x C probabilities would take gigabytes at ImageNet-21k's 21,843 classes."""
+    logits = torch.randn(5, 3000, generator=torch.Generator().manual_seed(0))
+    images = [(Image.new("RGB", (4, 4)), i % 2) for i in range(5)]
+    logits_of = iter(logits.split(2))  # batches of 2, 2 and 1
+    predictions = predict(lambda pixels: next(logits_of), images, lambda image: torch.zeros(3, 4, 4), 2, progress=False)
+    assert {name: tuple(value.shape) for name, value in vars(predictions).items()} == dict.fromkeys(
+        ("predicted", "confidence", "labels"), (5,)
+    )
+    assert torch.equal(predictions.predicted, logits.argmax(dim=1))
+    torch.testing.assert_close(predictions.confidence, logits.softmax(dim=1).amax(dim=1))
+    assert predictions.labels.tolist() == [0, 1, 0, 1, 0]
+
+
+def test_predictions_of_no_images_are_empty():
+    predictions = predict(lambda pixels: pixels, [], lambda image: image, progress=False)
+    assert predictions.predicted.dtype == torch.long and len(predictions.confidence) == len(predictions.labels) == 0
+    assert predictions.accuracy() == 0.0

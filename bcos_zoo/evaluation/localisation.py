@@ -80,18 +80,18 @@ def explanation_window(model) -> int | None:
 
 @dataclass
 class Predictions:
-    """Softmax probabilities (N, C) and true labels (N,) of a whole split."""
+    """The predicted class (N,), its softmax probability (N,) and the true label (N,) of each image of a split: only
+    what is read is kept (all N x C probabilities would take gigabytes at ImageNet-21k's 21,843 classes)."""
 
-    probabilities: torch.Tensor
+    predicted: torch.Tensor
+    confidence: torch.Tensor
     labels: torch.Tensor
 
-    @property
-    def predicted(self) -> torch.Tensor:
-        return self.probabilities.argmax(dim=1)
-
-    @property
-    def confidence(self) -> torch.Tensor:
-        return self.probabilities.amax(dim=1)
+    @classmethod
+    def from_probabilities(cls, probabilities: torch.Tensor, labels: torch.Tensor) -> "Predictions":
+        """From softmax probabilities (N, C) and labels (N,)."""
+        confidence, predicted = probabilities.max(dim=1)
+        return cls(predicted, confidence, labels)
 
     def accuracy(self) -> float:
         """Top-1 accuracy (:func:`bcos_zoo.evaluation.scores.accuracy`)."""
@@ -108,16 +108,15 @@ def predict(
     progress: bool = True,
 ) -> Predictions:
     """Classify every item ``(image, label, ...)`` of ``dataset``."""
-    probabilities, labels = [], []
+    predicted, confidence, labels = [torch.empty(0, dtype=torch.long)], [torch.empty(0)], []
     for start in tqdm(range(0, len(dataset), batch_size), desc="classifying", disable=not progress, leave=False):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         images = torch.stack([transform(item[0]) for item in items]).to(device)
-        probabilities.append(classify(images).float().softmax(dim=1).cpu())
+        top = classify(images).float().softmax(dim=1).max(dim=1)
+        predicted.append(top.indices.cpu())
+        confidence.append(top.values.cpu())
         labels.extend(int(item[1]) for item in items)
-    classes = probabilities[0].shape[1] if probabilities else 0
-    return Predictions(
-        torch.cat(probabilities) if probabilities else torch.empty(0, classes), torch.tensor(labels, dtype=torch.long)
-    )
+    return Predictions(torch.cat(predicted), torch.cat(confidence), torch.tensor(labels, dtype=torch.long))
 
 
 def confident_pools(
