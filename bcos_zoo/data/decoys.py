@@ -67,7 +67,6 @@ class DecoyImages(Dataset):
             raise ValueError(f"decoy colours exist for {len(DECOY_COLOURS)} classes, not {num_classes}")
         self.pairs, self.canvas, self.decoys = pairs, canvas, decoys
         self.decoy_size, self.seed, self.num_classes = decoy_size, seed, num_classes
-        self._drawn: dict[int, tuple[np.ndarray, int, list[list[float]]]] = {}  # pictures drawn so far, by index
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -87,13 +86,8 @@ class DecoyImages(Dataset):
         return np.asarray(image.convert("L"), dtype=np.uint8), int(label)
 
     def render(self, index: int) -> tuple[np.ndarray, int, list[list[float]]]:
-        """(canvas, canvas, 3) uint8 picture, label and boxes of item ``index``, drawn once and kept (a few MB per
-        thousand canvases): every later epoch reads them back."""
-        if index not in self._drawn:
-            self._drawn[index] = self._draw(index)
-        return self._drawn[index]
-
-    def _draw(self, index: int) -> tuple[np.ndarray, int, list[list[float]]]:
+        """(canvas, canvas, 3) uint8 picture, label and boxes of item ``index``, a function of the seed and the index:
+        drawn again each time it is read (tens of microseconds; keeping every canvas would take gigabytes at 224 px)."""
         garment, label = self._garment(index)
         height, width = garment.shape
         if height > self.canvas or width > self.canvas:
@@ -152,7 +146,7 @@ def decoy_splits(
 ) -> DatasetSplits:
     """Fashion-MNIST on canvases: training with class-coloured decoys and testing with shuffled ones (``decoys``),
     or clean canvases in both splits. ``decoy_size`` defaults to :func:`default_decoy_size`. The splits are made
-    once per process (they are read-only), so that the runs of a reproduction share the canvases drawn."""
+    once per process (they are read-only), so that the runs of a reproduction share the Fashion-MNIST arrays read."""
     decoy_size = default_decoy_size(canvas) if decoy_size is None else decoy_size
     if decoy_size < 1 or canvas < FASHION_MNIST_SIZE + 2 * decoy_size:
         raise ValueError(
