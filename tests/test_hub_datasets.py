@@ -14,7 +14,7 @@ from PIL import Image
 from sources import IMAGENET_MEAN, IMAGENET_STD, hf_vit, save_hf_source
 
 import bcos_zoo.zoo.finetune as finetuning
-from bcos_zoo.data.datasets import hub_dataset
+from bcos_zoo.data.datasets import hub_dataset, limit
 from bcos_zoo.zoo.recipes import Recipe
 
 
@@ -276,3 +276,19 @@ def test_a_class_no_train_row_has_is_not_said_to_be_held_out(monkeypatch, caplog
     serve(monkeypatch, features, train={"image": colour_images(20), "label": [0, 1] * 10})
     hub_dataset("org/data", validation_fraction=0.2)
     assert "held out for evaluation" not in caplog.text
+
+
+def test_the_images_a_quick_run_keeps_of_a_split_sorted_by_class_are_spread_over_its_classes(monkeypatch):
+    """``--max-train-samples`` and ``--max-eval-samples`` of a Hub split sorted by class: its first rows would all be
+    one class."""
+    labels = [index // 10 for index in range(100)]  # ten classes, ten rows each, in class order
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(c) for c in range(10)])}
+    split = {"image": colour_images(100), "label": labels}
+    serve(monkeypatch, features, train=split, validation=split)
+    validation = hub_dataset("org/data").validation
+    kept = limit(validation, 10)
+    rows = [colour_index(kept[index][0]) for index in range(len(kept))]
+    assert len(rows) == 10 and rows == sorted(rows)  # in the split's order
+    assert len({labels[row] for row in rows}) >= 5  # the first ten rows are all class 0
+    assert [colour_index(limit(validation, 10)[index][0]) for index in range(10)] == rows  # the same draw each time
+    assert limit(validation, None) is validation and limit(validation, 1000) is validation
