@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(for EPG): 'fashion-mnist-canvas[-<px>]', 'fashion-mnist-decoys[-<px>]'",
     )
     parser.add_argument("--split", default="validation", choices=("train", "validation"))
-    parser.add_argument("--max-images", type=at_least(1), help="use only the split's first images (quick runs)")
+    parser.add_argument("--max-images", type=at_least(1), help="use only this many of the split's images (quick runs)")
     parser.add_argument("--grid-size", type=at_least(1), default=2)
     parser.add_argument("--num-grids", type=at_least(0), default=50)
     parser.add_argument("--min-confidence", type=fraction, default=0.5)
@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output-dir", default="outputs/evaluation")
     parser.add_argument("--batch-size", type=at_least(1), default=32)
+    parser.add_argument(
+        "--num-workers", type=at_least(0), default=0, help="processes that read the images classified (0: this one)"
+    )
     parser.add_argument(
         "--device",
         type=device,

@@ -586,3 +586,24 @@ def test_predictions_of_no_images_are_empty():
     predictions = predict(lambda pixels: pixels, [], lambda image: image, progress=False)
     assert predictions.predicted.dtype == torch.long and len(predictions.confidence) == len(predictions.labels) == 0
     assert predictions.accuracy() == 0.0
+
+
+def _read_here(image: Image.Image) -> torch.Tensor:
+    """Pixels that say which process made them: 1 in a DataLoader worker, 0 in the test's own process."""
+    return torch.full((3, 4, 4), float(torch.utils.data.get_worker_info() is not None))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_images_are_read_by_the_chosen_number_of_worker_processes_and_predicted_as_in_one(workers):
+    images = [(Image.new("RGB", (4, 4)), i % 2) for i in range(7)]
+    seen = []
+
+    def classify(pixels: torch.Tensor) -> torch.Tensor:
+        seen.append(pixels[:, 0, 0, 0])
+        return torch.eye(3)[torch.arange(len(pixels)) % 3] * 5
+
+    predictions = predict(classify, images, _read_here, batch_size=3, progress=False, num_workers=workers)
+    assert torch.cat(seen).tolist() == [float(workers > 0)] * 7
+    assert predictions.predicted.tolist() == [0, 1, 2, 0, 1, 2, 0]  # batches of 3, 3 and 1
+    assert predictions.labels.tolist() == [0, 1, 0, 1, 0, 1, 0]
+    assert predictions.accuracy() == pytest.approx(3 / 7)  # images 0, 1 and 6

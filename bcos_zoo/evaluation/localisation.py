@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from transformers import ConvNextImageProcessor
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_transforms import get_resize_output_image_size
@@ -98,6 +98,20 @@ class Predictions:
         return accuracy(self.predicted, self.labels)
 
 
+class ModelInputs(Dataset):
+    """Each item's model pixels and label: what a DataLoader's workers (if any) read and transform."""
+
+    def __init__(self, dataset: Dataset, transform: ImageTransform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label, *_ = self.dataset[index]
+        return self.transform(image), int(label)
+
+
 @torch.no_grad()
 def predict(
     classify: ClassifierFn,
@@ -106,17 +120,18 @@ def predict(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    num_workers: int = 0,
 ) -> Predictions:
-    """Classify every item ``(image, label, ...)`` of ``dataset``."""
+    """Classify every item ``(image, label, ...)`` of ``dataset``, its images read and transformed by
+    ``num_workers`` processes (0: in this one); on a GPU, reading and resizing images is most of the time."""
     predicted, confidence, labels = [torch.empty(0, dtype=torch.long)], [torch.empty(0)], []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="classifying", disable=not progress, leave=False):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images = torch.stack([transform(item[0]) for item in items]).to(device)
-        top = classify(images).float().softmax(dim=1).max(dim=1)
+    loader = DataLoader(ModelInputs(dataset, transform), batch_size=batch_size, num_workers=num_workers)
+    for images, batch_labels in tqdm(loader, desc="classifying", disable=not progress, leave=False):
+        top = classify(images.to(device)).float().softmax(dim=1).max(dim=1)
         predicted.append(top.indices.cpu())
         confidence.append(top.values.cpu())
-        labels.extend(int(item[1]) for item in items)
-    return Predictions(torch.cat(predicted), torch.cat(confidence), torch.tensor(labels, dtype=torch.long))
+        labels.append(batch_labels)
+    return Predictions(torch.cat(predicted), torch.cat(confidence), torch.cat([torch.empty(0).long(), *labels]))
 
 
 def confident_pools(
@@ -444,18 +459,19 @@ def evaluate_localisation(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> ModelEvaluation:
     """Accuracy, then GridPG (and EPG where items carry boxes) of each named attribution function.
 
-    All methods of one classifier are scored on the same grids, drawn from the images it classifies correctly
-    with softmax confidence >= ``min_confidence``. ``transform`` makes the model's pixels of an image (its own
-    processor: :func:`bcos_zoo.data.preprocessing.model_transform`), so each cell is one model input; grids are
-    explained whole when ``window`` is None, else in sliding windows of that size (:func:`explanation_window`).
-    Without enough classes for a grid, GridPG is empty. EPG scores every image with boxes, each explained for its
-    label (the Model Guidance paper's rule), whatever the model predicts and the grid settings, so that models
-    are compared on the same images; those whose boxes the processor crops away are counted as skipped.
-    """
-    predictions = predict(classify, dataset, transform, batch_size, device, progress)
+    All methods of one classifier are scored on the same grids, drawn from the images it classifies correctly with
+    softmax confidence >= ``min_confidence``. ``transform`` makes the model's pixels of an image (its own processor:
+    :func:`bcos_zoo.data.preprocessing.model_transform`), so each cell is one model input; grids are explained whole
+    when ``window`` is None, else in sliding windows of that size (:func:`explanation_window`). ``num_workers``
+    processes read the images that are classified. Without enough classes for a grid, GridPG is empty. EPG scores every
+    image with boxes, each explained for its label (the Model Guidance paper's rule), whatever the model predicts and
+    the grid settings, so that models are compared on the same images; those whose boxes the processor crops away are
+    counted as skipped."""
+    predictions = predict(classify, dataset, transform, batch_size, device, progress, num_workers)
     pools = confident_pools(predictions, min_confidence)
     cells = grid_size * grid_size
     result = ModelEvaluation(predictions.accuracy(), len(dataset), len(pools))

@@ -189,6 +189,7 @@ def evaluate_side_by_side(
     device: str = "cpu",
     seed: int = 0,
     match_classes: str = "name",
+    num_workers: int = 0,
 ) -> dict:
     """Run the harness on the B-cos ``model`` and, given a ``source``, on the source: the report as a JSON-able dict.
 
@@ -199,12 +200,12 @@ def evaluate_side_by_side(
     :data:`~bcos_zoo.evaluation.baselines.FUNCTION_METHODS` run on the B-cos model itself. Rows hold each
     method's mean, std and count per game and faithfulness metric; ``scores`` every cell's and image's score
     (keyed by method; ``bcos/<method>`` for post-hoc methods of the B-cos model); ``faithfulness`` the mean curves.
-    Faithfulness is measured on the first ``faithfulness_images`` images (0: not at all) with
-    ``faithfulness_steps`` deletion/insertion steps and ROAD at ``road_fractions``. ``seed`` seeds torch, the
-    choice of grids and the methods' random draws. ``match_classes`` says how the dataset's classes are matched
-    to each model's (:func:`class_order`). ``dataset`` is what ``load_dataset_splits`` takes or a boxed dataset
-    (``fashion-mnist-canvas[-<px>]``, ``fashion-mnist-decoys[-<px>]``: ``bcos_zoo.data.decoys.load_boxed_splits``),
-    whose boxes the energy pointing game scores.
+    Faithfulness is measured on the first ``faithfulness_images`` images (0: not at all) with ``faithfulness_steps``
+    deletion/insertion steps and ROAD at ``road_fractions``. ``seed`` seeds torch, the choice of grids and the methods'
+    random draws. ``match_classes`` says how the dataset's classes are matched to each model's (:func:`class_order`);
+    ``num_workers`` processes read the images classified. ``dataset`` is what ``load_dataset_splits`` takes or a boxed
+    dataset (``fashion-mnist-canvas[-<px>]``, ``fashion-mnist-decoys[-<px>]``:
+    ``bcos_zoo.data.decoys.load_boxed_splits``), whose boxes the energy pointing game scores.
     """
     torch.manual_seed(seed)
     model_needs_hub(str(model))  # a folder that does not exist is refused before the data is read
@@ -217,6 +218,7 @@ def evaluate_side_by_side(
         batch_size=batch_size,
         device=device,
         seed=seed,
+        num_workers=num_workers,
     )
     faithfulness_settings = dict(
         num_images=faithfulness_images,
