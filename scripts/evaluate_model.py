@@ -80,7 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default="outputs/evaluation")
     parser.add_argument("--batch-size", type=at_least(1), default=32)
     parser.add_argument(
-        "--num-workers", type=at_least(0), default=0, help="processes that read the images classified (0: this one)"
+        "--dataloader-num-workers",
+        type=at_least(0),
+        help="processes that read and resize the images classified (default: none on the CPU, up to 8 beside a GPU)",
     )
     parser.add_argument(
         "--device",

@@ -17,7 +17,9 @@ from tiny_models import TINY_CLASSIFIERS
 from training_testing import child_env, make_image_folder, make_vit_source
 
 from bcos_zoo.data.boxes import BoxResizeTransform, BoxTrainingTransform
+from bcos_zoo.data.datasets import FileImages
 from bcos_zoo.data.preprocessing import ProcessorTransform, model_transform, training_transform
+from bcos_zoo.evaluation.localisation import ModelInputs
 from bcos_zoo.training import TASKS, get_task
 from bcos_zoo.training.guided_classification import processor_box_transform
 from bcos_zoo.zoo.finetune import finetune
@@ -63,6 +65,14 @@ def test_a_task_s_collate_pickles_without_the_task(task):
     """Workers receive the collate function pickled: a bound method would carry the task, a teacher included."""
     collate = get_task(Recipe(name="t", source="scratch", dataset="d", hub_model_id="o/t", task=task)).collate
     assert len(pickle.dumps(collate)) < 200
+
+
+def test_the_evaluation_s_images_pickle_with_their_transform_for_its_workers(tmp_path):
+    """``evaluate_model.py --dataloader-num-workers``: its workers receive the images and the model's transform."""
+    IMAGE.save(tmp_path / "image.png")
+    inputs = ModelInputs(FileImages([tmp_path / "image.png"], [1]), model_transform(MODEL))
+    copy = pickle.loads(pickle.dumps(inputs))
+    assert torch.equal(copy[0][0], inputs[0][0]) and copy[0][1] == 1
 
 
 @pytest.mark.slow

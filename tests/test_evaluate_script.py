@@ -68,7 +68,7 @@ def common_args(workspace, output: Path) -> list[str]:
         "--faithfulness-steps", "4",
         "--road-fractions", "0.25", "0.5",
         "--batch-size", "16",
-        "--num-workers", "1",
+        "--dataloader-num-workers", "1",
         "--output-dir", str(output),
         "--device", "cpu",
     ]  # fmt: skip
@@ -87,7 +87,7 @@ def common_settings(workspace) -> dict:
         road_fractions=(0.25, 0.5),
         batch_size=16,
         device="cpu",
-        num_workers=1,
+        dataloader_num_workers=1,
     )
 
 

@@ -529,6 +529,13 @@ def load_dataset_splits(spec: str, image_column: str = "image", label_column: st
     return hub_dataset(spec, image_column, label_column)
 
 
+def default_workers(on_cpu: bool) -> int:
+    """DataLoader worker processes by default: none for a model on the CPU (its threads use the cores), else up to 8
+    (as many as this process may use: a container's limit on Linux)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if on_cpu else min(8, usable)
+
+
 def limit(dataset: Dataset, count: int | None) -> Dataset:
     """``count`` items (all when ``count`` is None): for quick runs and tests. The first ones, as a folder's files
     and Fashion-MNIST's images lie in an order that mixes the classes; a Hub split's, often sorted by class (the first

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ..data.datasets import default_workers
 from .recipe import Recipe
 
 
@@ -251,11 +252,6 @@ def collate_images(batch: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may use (a container's limit on Linux), else the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def on_cpu(device: str | None) -> bool:
     """Whether a run on ``device`` (``None``: the Trainer's choice, a GPU when there is one) trains on the CPU."""
     return device == "cpu" or (device is None and not torch.cuda.is_available())
@@ -321,7 +317,7 @@ def training_arguments(
         remove_unused_columns=False,
         use_cpu=cpu,
         bf16=recipe.precision == "bf16",
-        dataloader_num_workers=0 if cpu else min(8, usable_cpus()),
+        dataloader_num_workers=default_workers(cpu),
     )
     arguments.update(overrides)
     return TrainingArguments(**arguments)
