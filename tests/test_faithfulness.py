@@ -324,6 +324,30 @@ def test_bad_inputs_are_refused():
 
 
 @pytest.mark.parametrize("curves", [deletion_curves, insertion_curves, road_curves])
+@pytest.mark.parametrize("targets", [torch.zeros(4), torch.zeros(1), torch.zeros(2, 1)])
+def test_targets_that_are_not_one_per_image_are_refused_not_cut_to_size(curves, targets):
+    """The labels of a whole dataset beside a slice of its images would score every curve for another class."""
+    images = random_images(n=2)
+    with pytest.raises(ValueError, match=r"one class per image, \(N,\) = \(2,\), got "):
+        curves(PixelSum(), images, random_maps(images), targets)
+
+
+@pytest.mark.parametrize("curves", [deletion_curves, insertion_curves, road_curves])
+def test_a_target_out_of_the_model_s_classes_is_refused_and_one_class_is_every_image_s(curves):
+    images = random_images(n=2)
+    with pytest.raises(ValueError, match=r"target indices must lie in \[0, 2\), got \[7\]"):
+        curves(PixelSum(), images, random_maps(images), torch.tensor([7, 0]))
+    one, each = (curves(PixelSum(), images, random_maps(images), t).scores for t in (1, torch.ones(2)))
+    torch.testing.assert_close(one, each)
+
+
+def test_road_fractions_outside_0_to_1_are_refused():
+    images = random_images(n=2)
+    with pytest.raises(ValueError, match=r"shares of the pixels, in \[0, 1\]; got \[0.5, 1.5\]"):
+        road_curves(PixelSum(), images, random_maps(images), torch.zeros(2), (0.5, 1.5))
+
+
+@pytest.mark.parametrize("curves", [deletion_curves, insertion_curves, road_curves])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_a_map_holding_nan_or_inf_is_refused_before_the_model_is_called_as_the_localisation_scores_refuse_it(
     curves, bad

@@ -87,6 +87,9 @@ def _target_scores(logits: torch.Tensor, targets: torch.Tensor, score: Score) ->
     if score not in ("probability", "logit"):
         raise ValueError(f"score must be 'probability' or 'logit', got {score!r}.")
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision keeps 2-3 digits
+    outside = targets[(targets < 0) | (targets >= logits.shape[1])]
+    if len(outside):
+        raise ValueError(f"target indices must lie in [0, {logits.shape[1]}), got {outside.unique().tolist()}.")
     values = logits.softmax(dim=1) if score == "probability" else logits
     return values.gather(1, targets[:, None])[:, 0], logits.argmax(dim=1)
 
@@ -100,14 +103,20 @@ def _pairs(num_images: int, num_points: int, device) -> torch.Tensor:
 
 
 def _checked(images: torch.Tensor, attributions: torch.Tensor, targets) -> torch.Tensor:
-    """The targets as a (N,) long tensor, after checking the images, and the attributions' shape and finiteness."""
+    """The targets as a (N,) long tensor (an int: the same class for every image), after checking the images, and
+    the attributions' shape and finiteness."""
     if images.ndim != 4 or tuple(attributions.shape) != (images.shape[0], *images.shape[2:]):
         raise ValueError(
             f"Images must be (N, C, H, W) and attributions their (N, H, W) maps; got {tuple(images.shape)} and "
             f"{tuple(attributions.shape)}."
         )
     check_finite(torch.as_tensor(attributions))
-    return torch.as_tensor(targets, device=images.device).long().flatten()
+    targets = torch.as_tensor(targets, device=images.device).long()
+    if targets.ndim == 0:
+        return targets.expand(len(images))
+    if tuple(targets.shape) != (len(images),):
+        raise ValueError(f"targets must be one class per image, (N,) = ({len(images)},), got {tuple(targets.shape)}.")
+    return targets
 
 
 @torch.no_grad()
@@ -318,6 +327,8 @@ def road_curves(
     targets = _checked(images, attributions, targets)
     num, _, height, width = images.shape
     shares = torch.as_tensor(list(fractions), dtype=torch.float64)
+    if not bool(((shares >= 0) & (shares <= 1)).all()):
+        raise ValueError(f"ROAD's fractions are shares of the pixels, in [0, 1]; got {shares.tolist()}.")
     counts = torch.tensor([int(round(float(f) * height * width, 9)) for f in shares], device=images.device)
     ranks = pixel_ranks(attributions.to(images.device), descending=order == "morf")
     generator = torch.Generator(images.device).manual_seed(seed)
