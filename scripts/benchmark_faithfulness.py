@@ -23,7 +23,7 @@ from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.evaluation.baselines import load_standard_classifier
 from bcos_zoo.evaluation.faithfulness import ROAD_FRACTIONS, deletion_curves, insertion_curves, road_curves
 from bcos_zoo.evaluation.localisation import bcos_attribution, bcos_classifier
-from bcos_zoo.zoo.cli import at_least, device, run_script
+from bcos_zoo.zoo.cli import at_least, device, fraction, run_script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,13 +37,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--road-images", type=at_least(1), help="images for ROAD (default: 64 on a GPU, 2 on the CPU)")
     parser.add_argument(
-        "--road-fractions", type=at_least(1), default=len(ROAD_FRACTIONS), help="ROAD's shares (0.1, 0.2, ...)"
+        "--road-fractions",
+        type=fraction,
+        nargs="+",
+        default=list(ROAD_FRACTIONS),
+        help="ROAD's shares of pixels removed, as evaluate_model.py takes them (default: 0.1 0.2 ... 0.9)",
     )
     parser.add_argument(
         "--batch-size", type=at_least(1), help="images per forward pass (default: 256 on a GPU, 16 on the CPU)"
     )
-    parser.add_argument("--image-size", type=at_least(1), default=224)
-    parser.add_argument("--models", nargs="+", default=["bcos", "standard"], choices=["bcos", "standard"])
+    parser.add_argument("--image-size", type=at_least(1), default=224, help="default: %(default)s")
+    parser.add_argument(
+        "--models", nargs="+", default=["bcos", "standard"], choices=["bcos", "standard"], help="default: both"
+    )
     parser.add_argument("--threads", type=at_least(1), help="torch CPU threads")
     return parser.parse_args(argv)
 
@@ -82,8 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     steps = args.steps or (100 if gpu else 20)
     road_count = args.road_images or (64 if gpu else 2)
     batch_size = args.batch_size or (256 if gpu else 16)
-    fractions = [(i + 1) / (args.road_fractions + 1) for i in range(args.road_fractions)]
-    fractions = ROAD_FRACTIONS if args.road_fractions == len(ROAD_FRACTIONS) else fractions
+    fractions = args.road_fractions
 
     standard = vit_s(args.image_size)
     models = {}

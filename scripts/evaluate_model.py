@@ -42,11 +42,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="'fashion-mnist', an image folder, a Hub dataset, or Fashion-MNIST on canvases with object boxes "
         "(for EPG): 'fashion-mnist-canvas[-<px>]', 'fashion-mnist-decoys[-<px>]'",
     )
-    parser.add_argument("--split", default="validation", choices=("train", "validation"))
+    parser.add_argument("--split", default="validation", choices=("train", "validation"), help="default: %(default)s")
     parser.add_argument("--max-images", type=at_least(1), help="use only this many of the split's images (quick runs)")
-    parser.add_argument("--grid-size", type=at_least(1), default=2)
-    parser.add_argument("--num-grids", type=at_least(0), default=50)
-    parser.add_argument("--min-confidence", type=fraction, default=0.5)
+    parser.add_argument(
+        "--grid-size", type=at_least(1), default=2, help="GridPG grids of N x N images (default: %(default)s)"
+    )
+    parser.add_argument("--num-grids", type=at_least(0), default=50, help="GridPG grids (default: %(default)s)")
+    parser.add_argument(
+        "--min-confidence",
+        type=fraction,
+        default=0.5,
+        help="grids hold images classified correctly with at least this softmax probability (default: %(default)s)",
+    )
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -75,10 +82,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ROAD's shares of pixels removed",
     )
     parser.add_argument(
-        "--faithfulness-metrics", nargs="+", default=list(FAITHFULNESS_METRICS), choices=list(FAITHFULNESS_METRICS)
+        "--faithfulness-metrics",
+        nargs="+",
+        default=list(FAITHFULNESS_METRICS),
+        choices=list(FAITHFULNESS_METRICS),
+        help="default: all",
     )
-    parser.add_argument("--output-dir", default="outputs/evaluation")
-    parser.add_argument("--batch-size", type=at_least(1), default=32)
+    parser.add_argument(
+        "--output-dir",
+        default="outputs/evaluation",
+        help="where the table, JSON report and plot go (default: %(default)s)",
+    )
+    parser.add_argument("--batch-size", type=at_least(1), default=32, help="default: %(default)s")
     parser.add_argument(
         "--dataloader-num-workers",
         type=at_least(0),
@@ -90,7 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="cpu, cuda or cuda:<index>",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the grids and the methods' draws (default: %(default)s)"
+    )
     parser.add_argument(
         "--match-classes",
         default="name",

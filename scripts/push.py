@@ -16,9 +16,9 @@ from bcos_zoo.zoo.hub import check_push_access, check_repo_folder, push_folder
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder")
-    parser.add_argument("--hub-model-id", required=True)
-    parser.add_argument("--private", action="store_true")
+    parser.add_argument("folder", help="the repo folder a run wrote (its <output-dir>/repo)")
+    parser.add_argument("--hub-model-id", required=True, help="the Hub repo to create or update: <org>/<name>")
+    parser.add_argument("--private", action="store_true", help="create the repo as a private one")
     args = parser.parse_args(argv)
     folder = check_repo_folder(args.folder)
     check_push_access(args.hub_model_id)

@@ -50,9 +50,18 @@ def parse_args(argv: list[str]) -> ReproductionSettings:
     )
     parser.add_argument("--max-eval-samples", type=at_least(1), help="test accuracy on the first N test images")
     parser.add_argument("--dataset", default=default.dataset, help="'fashion-mnist' or an image folder")
-    parser.add_argument("--num-grids", type=at_least(0), default=default.num_grids)
-    parser.add_argument("--grid-size", type=at_least(1), default=default.grid_size)
-    parser.add_argument("--min-confidence", type=fraction, default=default.min_confidence)
+    parser.add_argument(
+        "--num-grids", type=at_least(0), default=default.num_grids, help="GridPG grids (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--grid-size", type=at_least(1), default=default.grid_size, help="grids of N x N images (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--min-confidence",
+        type=fraction,
+        default=default.min_confidence,
+        help="grids hold images classified correctly with at least this softmax probability (default: %(default)s)",
+    )
     parser.add_argument(
         "--localisation-images",
         type=at_least(1),

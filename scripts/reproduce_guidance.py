@@ -73,7 +73,9 @@ def parse_args(argv: list[str]) -> GuidanceSettings:
         flag = f"--{spec.name.replace('_', '-')}"
         kind = TYPES.get(spec.name, type(value[0]) if isinstance(value, list) else type(value))
         kind = Path if isinstance(value, Path) else kind
-        parser.add_argument(flag, type=kind, nargs="+" if isinstance(value, list) else None, default=None)
+        shown = " ".join(map(str, value)) if isinstance(value, list) else value
+        help = f"{spec.metadata['help']} (default: {shown})"
+        parser.add_argument(flag, type=kind, nargs="+" if isinstance(value, list) else None, default=None, help=help)
     arguments = vars(parser.parse_args(argv))
     quick, full = arguments.pop("quick"), arguments.pop("full")
     given = {name: value for name, value in arguments.items() if value is not None}

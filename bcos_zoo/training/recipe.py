@@ -58,8 +58,8 @@ class Recipe:
     crop_scale: tuple[float, float] = _flag("area range of the random-resized crop during training", (0.5, 1.0))
     image_column: str = _flag("image column of a Hub dataset", "image")
     label_column: str | None = _flag("label column of a Hub dataset ('none' for image-only data)", "label")
-    max_train_samples: int | None = _flag("use only the first N training images", None)
-    max_eval_samples: int | None = _flag("evaluate on the first N evaluation images only", None)
+    max_train_samples: int | None = _flag("use only N training images (docs/training.md says which)", None)
+    max_eval_samples: int | None = _flag("evaluate on N evaluation images only (docs/training.md says which)", None)
     save_steps: int = _flag("checkpoint every N steps (what --resume continues from)", 500)
     seed: int = _flag("seed of initialisation, data order and augmentation", 0)
     precision: str = _flag(

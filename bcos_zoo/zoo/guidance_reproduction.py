@@ -99,31 +99,42 @@ def full_grid() -> list[GuidanceRun]:
     return grid
 
 
+def _setting(help: str, default=None, factory=None):
+    """A GuidanceSettings field and its flag's help."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class GuidanceSettings:
     """What one run of the miniature trains and measures; each field is a flag of ``scripts/reproduce_guidance.py``."""
 
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = _setting("seeds of every run", factory=lambda: [0, 1, 2])
     grid: str = "default"  # "default" (energy loss, B-cos at the input, box_fractions) or "full" (full_grid())
-    train_samples: int = 60_000  # the first N decoy (or clean) training images
-    eval_samples: int = 2_000  # the first N test images
-    base_epochs: float = 4.0  # the unguided model and the clean-canvas model (the e2KD teacher) from scratch
-    guidance_epochs: float = 1.0  # guided fine-tuning of the unguided model (and the unguided fine-tuning beside it)
-    student_epochs: float = 1.0  # e2KD and KD students on all training images, from scratch
-    few_shot_per_class: int = 50  # few-shot students train on the first 10 x N images
-    few_shot_epochs: float = 30.0
-    energy_weight: float = 0.05  # lambda of each localisation loss (summed over the boxed images of a batch)
-    l1_weight: float = 0.05
-    rrr_weight: float = 0.001
-    ppce_weight: float = 0.005
-    box_fractions: list[float] = field(default_factory=lambda: list(DEFAULT_BOX_FRACTIONS))  # the default grid's
-    hidden_layer: str = HIDDEN_LAYER  # the whole grid's final layer
-    explanation_weight: float = 1.0  # lambda_exp of e2KD
-    kd_temperature: float = 1.0
-    num_examples: int = 6
-    output_dir: Path = Path("docs/guidance")
-    work_dir: Path = Path("outputs/guidance")
-    device: str = field(default_factory=default_device)
+    train_samples: int = _setting("the first N decoy (or clean) training images", 60_000)
+    eval_samples: int = _setting("the first N test images", 2_000)
+    base_epochs: float = _setting("epochs of the unguided model and the clean-canvas model (e2KD's teacher)", 4.0)
+    guidance_epochs: float = _setting("epochs of guided fine-tuning (and of the unguided fine-tuning beside it)", 1.0)
+    student_epochs: float = _setting("epochs of the e2KD and KD students, from scratch on all images", 1.0)
+    few_shot_per_class: int = _setting("few-shot students train on the first 10 x N images", 50)
+    few_shot_epochs: float = _setting("epochs of the few-shot students", 30.0)
+    energy_weight: float = _setting("lambda of the energy loss (summed over a batch's boxed images)", 0.05)
+    l1_weight: float = _setting("lambda of the L1 loss", 0.05)
+    rrr_weight: float = _setting("lambda of the RRR loss", 0.001)
+    ppce_weight: float = _setting("lambda of the PPCE loss", 0.005)
+    box_fractions: list[float] = _setting(
+        "shares of boxed images of the default runs", factory=lambda: list(DEFAULT_BOX_FRACTIONS)
+    )
+    hidden_layer: str = _setting("the hidden layer of the whole grid (--full)", HIDDEN_LAYER)
+    explanation_weight: float = _setting("lambda_exp of e2KD", 1.0)
+    kd_temperature: float = _setting("e2KD's and KD's temperature", 1.0)
+    num_examples: int = _setting("images in the example figures", 6)
+    output_dir: Path = _setting("where the report, figures and CSVs go", Path("docs/guidance"))
+    work_dir: Path = _setting(
+        "where the runs train (re-used while their recipes are unchanged)", Path("outputs/guidance")
+    )
+    device: str = _setting("cpu or cuda (by default cuda where there is one)", factory=default_device)
 
     def __post_init__(self):
         self.output_dir, self.work_dir = Path(self.output_dir), Path(self.work_dir)
