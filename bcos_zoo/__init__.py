@@ -38,3 +38,8 @@ def __getattr__(name: str):
 
         return siglip_distillation_loss
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names with those :func:`__getattr__` imports on first use (for tab completion and ``dir``)."""
+    return sorted({*globals(), *__all__})

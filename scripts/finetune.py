@@ -26,7 +26,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", choices=sorted(RECIPES), help="a zoo recipe (see README); flags override it")
     parser.add_argument("--output-dir", help="default: outputs/<recipe name>")
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="default: cuda when available (pick GPUs with CUDA_VISIBLE_DEVICES, or use accelerate launch)",
+    )
     parser.add_argument(
         "--dataloader-num-workers",
         type=at_least(0),

@@ -148,9 +148,12 @@ class Task(ABC):
     collate = staticmethod(collate_images)
 
     def image_size(self, model: nn.Module) -> int:
+        """The side of the square training crops: the model's (a CLIP task reads its image tower's)."""
         return model.config.image_size
 
     def train_transform(self, model: nn.Module) -> ImageTransform:
+        """Training augmentation (random-resized crop at ``--crop-scale``, flip) to [0, 1] pixels in the model's
+        channels."""
         return training_transform(self.image_size(model), self.recipe.crop_scale, channels=model_channels(model))
 
     def eval_transform(self, model: nn.Module) -> ImageTransform:
@@ -162,6 +165,8 @@ class Task(ABC):
         return {}
 
     def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
+        """The task's ``Trainer``; ``common`` holds what every run passes (``train_dataset``, ``eval_dataset``,
+        ``data_collator``, ``callbacks``)."""
         return self.trainer_class(model=model, args=arguments, **common)
 
     # -- evaluation and publishing -----------------------------------------------------------------------------
