@@ -43,7 +43,9 @@ def check_stage(folder: Path, recipe: Recipe, stage: str, flag: str, root: Path)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-root", type=Path, default=Path("outputs"))
+    parser.add_argument(
+        "--output-root", type=Path, default=Path("outputs"), help="where both runs are trained (default: %(default)s)"
+    )
     parser.add_argument("--source-epochs", type=float, help="default: the vit-fashion-mnist recipe's")
     parser.add_argument("--epochs", type=float, help="default: the bcos-vit-fashion-mnist recipe's")
     args = parser.parse_args(argv)

@@ -131,7 +131,7 @@ def test_dry_run_writes_the_repo_folder_lists_it_and_uploads_nothing(dry_run):
     assert card.data.license == "other" and "bcos-v2" in card.data.tags
 
 
-@pytest.mark.slow  # ports several entries
+@pytest.mark.slow  # ports resnet18 twice
 def test_a_previous_port_is_replaced_and_a_folder_of_the_user_s_is_left_alone(release_dir, tmp_path, capsys):
     weights = str(release_dir / releases()["resnet18"].file_name)
     argv = ["--entry", "resnet18", "--weights", weights, "--output-dir", str(tmp_path), "--dry-run"]

@@ -3,6 +3,7 @@ line, instead of failing deep inside the run or silently measuring nothing."""
 
 import argparse
 import importlib.util
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ def parse_args(script: str):
         ("reproduce", ["--num-examples", "0"], "--num-examples: must be at least 1, got 0"),
         ("reproduce", ["--min-confidence", "-0.1"], "--min-confidence: must lie in [0, 1], got -0.1"),
         ("benchmark_faithfulness", ["--steps", "0"], "--steps: must be at least 1, got 0"),
+        ("benchmark_faithfulness", ["--road-fractions", "9"], "--road-fractions: must lie in [0, 1], got 9.0"),
         ("port_bcos", ["--all", "x", "--check-images", "0"], "--check-images: must be at least 1, got 0"),
     ],
 )
@@ -120,3 +122,27 @@ def test_plot_speed_ends_in_one_line_on_a_csv_it_cannot_plot(content, message, t
     )
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+class _Parsed(Exception):
+    """Raised in place of parsing: the test has the parser it wanted."""
+
+
+# timing.py is the benchmarks' timing process, started with a spec file; it refuses to run where bcos_zoo is imported
+@pytest.mark.parametrize("script", sorted(path.stem for path in SCRIPTS.glob("*.py") if path.stem != "timing"))
+def test_every_flag_of_every_script_says_what_it_means(script, monkeypatch):
+    parsers = []
+
+    def capture(parser, *args, **kwargs):
+        parsers.append(parser)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", capture)
+    monkeypatch.setattr(sys, "argv", [script])
+    module = load_script(script)
+    main = module.main
+    with pytest.raises(_Parsed):
+        main() if not inspect.signature(main).parameters else main([])
+    silent = [action.dest for action in parsers[0]._actions if not action.help]
+    assert silent == [], f"{script}: flags without help: {silent}"

@@ -110,9 +110,9 @@ def add_arguments(
 ) -> None:
     """The flags both benchmark scripts share."""
     parser.add_argument("--device", type=device, default="cpu", help="cpu (default), cuda or cuda:<index>")
-    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
-    parser.add_argument("--batch-size", type=at_least(1), default=8)
-    parser.add_argument("--image-size", type=at_least(1), default=224)
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="both models' (default: %(default)s)")
+    parser.add_argument("--batch-size", type=at_least(1), default=8, help="images per pass (default: %(default)s)")
+    parser.add_argument("--image-size", type=at_least(1), default=224, help="default: %(default)s")
     parser.add_argument("--repeats", type=at_least(1), default=5, help="timed rounds (each figure is their median)")
     parser.add_argument("--threads", type=at_least(1), default=2, help="CPU threads (ignored on an accelerator)")
     parser.add_argument("--models", nargs="*", default=default_models, choices=models, help="timed (none: skip)")

@@ -130,11 +130,11 @@ class GuidanceSettings:
     explanation_weight: float = _setting("lambda_exp of e2KD", 1.0)
     kd_temperature: float = _setting("e2KD's and KD's temperature", 1.0)
     num_examples: int = _setting("images in the example figures", 6)
-    output_dir: Path = _setting("where the report, figures and CSVs go", Path("docs/guidance"))
+    output_dir: Path = _setting("where guidance.json, report.md and the figures go", Path("docs/guidance"))
     work_dir: Path = _setting(
         "where the runs train (re-used while their recipes are unchanged)", Path("outputs/guidance")
     )
-    device: str = _setting("cpu or cuda (by default cuda where there is one)", factory=default_device)
+    device: str = _setting("cpu or cuda, cuda where there is one", factory=default_device)
 
     def __post_init__(self):
         self.output_dir, self.work_dir = Path(self.output_dir), Path(self.work_dir)
