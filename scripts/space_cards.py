@@ -21,8 +21,8 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     for name in SPACES:
         readme = SPACES_DIR / name / "README.md"
-        card = render_space_card(name, space_card_body(readme.read_text()))
-        readme.write_text(str(card))
+        card = render_space_card(name, space_card_body(readme.read_text(encoding="utf-8")))
+        readme.write_text(str(card), encoding="utf-8")
         print(f"wrote {readme}")
 
 

@@ -2,8 +2,10 @@
 started by spawn or forkserver (the default on macOS, Windows and, from Python 3.14, Linux) need, and a run loaded
 by such workers trains exactly as one loaded in the main process."""
 
+import os
 import pickle
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -102,3 +104,54 @@ def test_a_run_loaded_by_spawned_workers_trains_and_evaluates_as_one_loaded_in_p
     trained = load_file(tmp_path / "workers" / "repo" / "model.safetensors")
     assert expected.keys() == trained.keys()
     assert all(torch.equal(expected[name], trained[name]) for name in expected)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_ctrl_c_to_a_run_with_spawned_workers_saves_the_step_and_ends_as_interrupted(tmp_path, start):
+    """A terminal's Ctrl-C reaches every process of the group, the workers too (Windows' console likewise)."""
+    source, data = make_vit_source(tmp_path / "source"), make_image_folder(tmp_path / "data", per_class=16)
+    recipe = Recipe(
+        name="t", source=str(source), dataset=str(data), hub_model_id="org/t", epochs=8, batch_size=4, save_steps=1000
+    )
+    code = f"""
+        import multiprocessing, sys, time
+        from transformers import TrainerCallback
+        import bcos_zoo.zoo.finetune as finetuning
+        from bcos_zoo.zoo.recipes import Recipe
+
+        class Steps(TrainerCallback):  # says where training is, and gives the signal time to land mid-run
+            def on_step_end(self, args, state, control, **kwargs):
+                print(f"step {{state.global_step}}", flush=True)
+                time.sleep(0.2)
+
+        if __name__ == "__main__":
+            multiprocessing.set_start_method({start!r})
+            callbacks = finetuning.trainer_callbacks
+            finetuning.trainer_callbacks = lambda *args, **kwargs: [*callbacks(*args, **kwargs), Steps()]
+            try:
+                finetuning.finetune(Recipe(**{recipe.__dict__!r}), {str(tmp_path / "run")!r}, device="cpu",
+                                    dataloader_num_workers=1)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+    """
+    (tmp_path / "run.py").write_text(textwrap.dedent(code))
+    child = subprocess.Popen(
+        [sys.executable, str(tmp_path / "run.py")],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's
+    )
+    lines = []
+    for line in child.stdout:
+        lines.append(line)
+        if line.rstrip().endswith("step 3"):  # after the progress bar, on its line
+            os.killpg(child.pid, signal.SIGINT)
+            break
+    output = "".join(lines) + child.communicate(timeout=300)[0]
+    assert "interrupted" in output.splitlines() and "Stopped after step " in output, output[-3000:]
+    saved = [path.name for path in (tmp_path / "run" / "checkpoints").glob("checkpoint-*")]
+    assert len(saved) == 1 and f"saved as {saved[0]}" in output, output[-3000:]

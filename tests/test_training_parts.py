@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+import bcos_zoo.data.datasets as datasets_module
 from bcos_zoo.data.datasets import (
     FileImages,
     TransformedImages,
@@ -166,6 +167,27 @@ def test_image_folder_without_a_split_holds_out_a_seeded_tenth(tmp_path):
     assert (len(first.train), len(first.validation)) == (18, 2)
     assert first.validation.indices == second.validation.indices
     assert (first.evaluation_split, first.held_out) == ("train", 0.1)
+
+
+class _CaseBlindPath(type(Path())):
+    """A path that sorts as Windows' paths do: by their parts without case."""
+
+    def __lt__(self, other):
+        return [part.lower() for part in self.parts] < [part.lower() for part in other.parts]
+
+
+def test_the_held_out_share_of_a_folder_is_the_same_where_paths_sort_without_case(tmp_path, monkeypatch):
+    """Windows compares paths case-blind, POSIX by code point: the files' order, which the seeded share is drawn
+    from, must not depend on it (and the digest a resume checks, taken over POSIX names, could not tell)."""
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for index, stem in enumerate(["IMG_1", "img_0", "Img_2", "img_3", "IMG_4"]):
+            Image.new("RGB", (8, 8), (index, 0, 0)).save(tmp_path / name / f"{stem}.png")
+    here = image_folder(tmp_path, validation_fraction=0.3)
+    monkeypatch.setattr(datasets_module, "Path", _CaseBlindPath)
+    elsewhere = image_folder(tmp_path, validation_fraction=0.3)
+    assert [str(path) for path in elsewhere.train.dataset.files] == [str(path) for path in here.train.dataset.files]
+    assert elsewhere.validation.indices == here.validation.indices
 
 
 def test_folder_without_class_folders_says_what_layout_is_expected(tmp_path):

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from ..modeling.pipeline_bcos_explanation import read_image
-from .datasets import seeded
+from .datasets import leave_ctrl_c_to_the_main_process, seeded
 
 
 BoxTransform = Callable[[Image.Image, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
@@ -220,6 +220,7 @@ class BoxedImages(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
+        leave_ctrl_c_to_the_main_process()
         if self._tensors is not None:
             image, label, *rest = self._tensors.tensor_item(index if self._indices is None else self._indices[index])
         else:

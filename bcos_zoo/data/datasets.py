@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import random
+import signal
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -156,10 +157,20 @@ class TransformedImages(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        leave_ctrl_c_to_the_main_process()
         image, label = self.pairs[index]
         if self.seed is None:
             return {"pixel_values": self.transform(image), "labels": label}
         return {"pixel_values": seeded(self.seed, self.epoch, index, lambda: self.transform(image)), "labels": label}
+
+
+def leave_ctrl_c_to_the_main_process() -> None:
+    """In a DataLoader worker, ignore Ctrl-C: the main process stops training at the step's end with a checkpoint
+    (``bcos_zoo.training.trainer.StopOnInterrupt``), for which its workers must live on. A forked worker inherits that
+    handler; one started by spawn or forkserver (Windows, Python 3.14's default on Linux) would die of the Ctrl-C
+    that a terminal sends the whole process group, and fail the step."""
+    if torch.utils.data.get_worker_info() is not None and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def seeded(seed: int, epoch: int, index: int, make: Callable[[], T]) -> T:
@@ -234,7 +245,7 @@ def _image_files(folder: Path) -> list[Path]:
             for name in names
             if _visible(name) and Path(name).suffix.lower() in IMAGE_SUFFIXES and Path(parent, name).is_file()
         )
-    return sorted(found)
+    return sorted(found, key=lambda path: path.parts)  # as POSIX paths sort (Windows' compare case-blind)
 
 
 def _class_files(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:

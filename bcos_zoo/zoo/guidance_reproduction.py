@@ -490,7 +490,7 @@ def reproduce_guidance(settings: GuidanceSettings, command: str) -> dict:
     )
     (output / "guidance.json").write_text(json.dumps(report, indent=2, default=str))
     text = markdown(report)
-    (output / "report.md").write_text(text)
+    (output / "report.md").write_text(text, encoding="utf-8")  # Windows would write its code page
     print("\n" + text)
     print(printed_premises(checked))
     return report

@@ -704,7 +704,7 @@ def _reproduce(settings: ReproductionSettings, command: str) -> dict:
     )
     (output / "reproduction.json").write_text(json.dumps(report, indent=2))
     text = markdown(report)
-    (output / "reproduction.md").write_text(text)
+    (output / "reproduction.md").write_text(text, encoding="utf-8")  # Windows would write its code page
     print("\n" + text)
     print(printed_premises(checked))
     print(f"Wrote {', '.join(str(output / name) for name in sorted(p.name for p in output.iterdir()))}")
