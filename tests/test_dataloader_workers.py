@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -106,11 +107,9 @@ def test_a_run_loaded_by_spawned_workers_trains_and_evaluates_as_one_loaded_in_p
     assert all(torch.equal(expected[name], trained[name]) for name in expected)
 
 
-@pytest.mark.slow
-@pytest.mark.subprocess
-@pytest.mark.parametrize("start", ["spawn", "forkserver"])
-def test_ctrl_c_to_a_run_with_spawned_workers_saves_the_step_and_ends_as_interrupted(tmp_path, start):
-    """A terminal's Ctrl-C reaches every process of the group, the workers too (Windows' console likewise)."""
+def _ctrl_c_run(tmp_path, start: str, at: str) -> str:
+    """A tiny run with one data-loading worker started by ``start`` in a process group of its own, given a terminal's
+    Ctrl-C (to every process of the group) when its output shows ``at``; what it printed."""
     source, data = make_vit_source(tmp_path / "source"), make_image_folder(tmp_path / "data", per_class=16)
     recipe = Recipe(
         name="t", source=str(source), dataset=str(data), hub_model_id="org/t", epochs=8, batch_size=4, save_steps=1000
@@ -125,6 +124,9 @@ def test_ctrl_c_to_a_run_with_spawned_workers_saves_the_step_and_ends_as_interru
             def on_step_end(self, args, state, control, **kwargs):
                 print(f"step {{state.global_step}}", flush=True)
                 time.sleep(0.2)
+
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                print(f"epoch {{state.epoch:g}} begins", flush=True)
 
         if __name__ == "__main__":
             multiprocessing.set_start_method({start!r})
@@ -145,13 +147,37 @@ def test_ctrl_c_to_a_run_with_spawned_workers_saves_the_step_and_ends_as_interru
         text=True,
         start_new_session=True,  # a process group of its own, as a terminal's
     )
-    lines = []
-    for line in child.stdout:
-        lines.append(line)
-        if line.rstrip().endswith("step 3"):  # after the progress bar, on its line
-            os.killpg(child.pid, signal.SIGINT)
-            break
-    output = "".join(lines) + child.communicate(timeout=300)[0]
+    try:
+        lines = []
+        for line in child.stdout:
+            lines.append(line)
+            if line.rstrip().endswith(at):  # after the progress bar, on its line
+                time.sleep(0.5)
+                os.killpg(child.pid, signal.SIGINT)
+                break
+        return "".join(lines) + child.communicate(timeout=300)[0]
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_ctrl_c_to_a_run_with_spawned_workers_saves_the_step_and_ends_as_interrupted(tmp_path, start):
+    """A terminal's Ctrl-C reaches every process of the group, the workers too (Windows' console likewise)."""
+    output = _ctrl_c_run(tmp_path, start, "step 3")
     assert "interrupted" in output.splitlines() and "Stopped after step " in output, output[-3000:]
     saved = [path.name for path in (tmp_path / "run" / "checkpoints").glob("checkpoint-*")]
     assert len(saved) == 1 and f"saved as {saved[0]}" in output, output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_ctrl_c_while_an_epoch_s_spawned_worker_starts_ends_the_run_as_interrupted_saying_the_step_is_lost(tmp_path):
+    """Each epoch starts its workers anew, and a spawned one dies of a Ctrl-C in its seconds of start-up, before it
+    can leave Ctrl-C to the main process."""
+    output = _ctrl_c_run(tmp_path, "spawn", "epoch 1 begins")
+    assert "interrupted" in output.splitlines(), output[-3000:]
+    assert "A data-loading worker was starting and died of the Ctrl-C: this step is not saved." in output
+    assert "RuntimeError" not in output, output[-3000:]  # the worker's own dying words are its KeyboardInterrupt

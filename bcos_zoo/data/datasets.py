@@ -168,7 +168,8 @@ def leave_ctrl_c_to_the_main_process() -> None:
     """In a DataLoader worker, ignore Ctrl-C: the main process stops training at the step's end with a checkpoint
     (``bcos_zoo.training.trainer.StopOnInterrupt``), for which its workers must live on. A forked worker inherits that
     handler; one started by spawn or forkserver (Windows, Python 3.14's default on Linux) would die of the Ctrl-C
-    that a terminal sends the whole process group, and fail the step."""
+    that a terminal sends the whole process group, and fail the step (during its start-up, before its first item, it
+    still does: ``StopOnInterrupt.killed_a_starting_worker``)."""
     if torch.utils.data.get_worker_info() is not None and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 

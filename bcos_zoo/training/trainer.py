@@ -192,6 +192,16 @@ class StopOnInterrupt(TrainerCallback):
         else:
             raise KeyboardInterrupt
 
+    def killed_a_starting_worker(self, error: Exception) -> bool:
+        """Whether ``error`` is a data-loading worker's death from the Ctrl-C noted: a worker leaves Ctrl-C to the main
+        process from its first item on (``bcos_zoo.data.datasets.leave_ctrl_c_to_the_main_process``), but one started
+        by spawn or forkserver, as each epoch starts its own, dies of a Ctrl-C during its seconds of start-up. The run
+        then ends as interrupted, from the last checkpoint, which this says."""
+        if not (self.interrupted and "DataLoader worker" in str(error)):
+            return False
+        print("A data-loading worker was starting and died of the Ctrl-C: this step is not saved.", file=sys.stderr)
+        return True
+
     def restore(self):
         """Put back the Ctrl-C handler training began with, and return it."""
         previous, self.previous = self.previous, None

@@ -473,12 +473,15 @@ def finetune(
             trainer.add_callback(RestoreEvaluation({**trainer.evaluate(), **missing}))
     write_recipe(output_dir, recipe)  # before the first checkpoint; a run stopped earlier leaves nothing to resume
     write_held_out_from(output_dir, data)
+    stop = next(callback for callback in trainer.callback_handler.callbacks if isinstance(callback, StopOnInterrupt))
     try:
         train_output = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
+    except RuntimeError as error:
+        if stop.killed_a_starting_worker(error):
+            raise KeyboardInterrupt from error
+        raise
     finally:  # an error in training skips the callbacks' end: Ctrl-C is the caller's again all the same
-        for callback in trainer.callback_handler.callbacks:
-            if isinstance(callback, StopOnInterrupt):
-                callback.restore()
+        stop.restore()
     train_seconds = clock.seconds
     end_process_group(trainer)
     if not trainer.is_world_process_zero():
