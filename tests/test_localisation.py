@@ -172,6 +172,12 @@ def test_models_that_take_any_input_size_are_explained_whole(family):
 # Confident images and grids
 
 
+def predictions_of(probabilities: torch.Tensor, labels: torch.Tensor) -> Predictions:
+    """The predictions of softmax probabilities (N, C): each image's top class and its probability."""
+    confidence, predicted = probabilities.max(dim=1)
+    return Predictions(predicted, confidence, labels)
+
+
 def test_pools_keep_correct_images_above_the_confidence_threshold_most_confident_first():
     probabilities = torch.tensor(
         [
@@ -183,13 +189,13 @@ def test_pools_keep_correct_images_above_the_confidence_threshold_most_confident
             [0.0, 0.0, 1.0],  # 5: class 2, right, 1.0
         ]
     )
-    predictions = Predictions.from_probabilities(probabilities, torch.tensor([0, 0, 0, 1, 1, 2]))
+    predictions = predictions_of(probabilities, torch.tensor([0, 0, 0, 1, 1, 2]))
     assert confident_pools(predictions, min_confidence=0.6) == {0: [1, 0], 1: [3], 2: [5]}
 
 
 def test_pools_hold_at_most_max_per_class_of_the_most_confident():
     probabilities = torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.7, 0.3], [0.2, 0.8]])
-    predictions = Predictions.from_probabilities(probabilities, torch.tensor([0, 0, 0, 1]))
+    predictions = predictions_of(probabilities, torch.tensor([0, 0, 0, 1]))
     assert confident_pools(predictions, max_per_class=2) == {0: [1, 2], 1: [3]}
 
 

@@ -87,12 +87,6 @@ class Predictions:
     confidence: torch.Tensor
     labels: torch.Tensor
 
-    @classmethod
-    def from_probabilities(cls, probabilities: torch.Tensor, labels: torch.Tensor) -> "Predictions":
-        """From softmax probabilities (N, C) and labels (N,)."""
-        confidence, predicted = probabilities.max(dim=1)
-        return cls(predicted, confidence, labels)
-
     def accuracy(self) -> float:
         """Top-1 accuracy (:func:`bcos_zoo.evaluation.scores.accuracy`)."""
         return accuracy(self.predicted, self.labels)
@@ -124,14 +118,15 @@ def predict(
 ) -> Predictions:
     """Classify every item ``(image, label, ...)`` of ``dataset``, its images read and transformed by
     ``num_workers`` processes (0: in this one); on a GPU, reading and resizing images is most of the time."""
-    predicted, confidence, labels = [torch.empty(0, dtype=torch.long)], [torch.empty(0)], []
+    none = torch.empty(0, dtype=torch.long)  # what each list holds for an empty dataset
+    predicted, confidence, labels = [none], [none.float()], [none]
     loader = DataLoader(ModelInputs(dataset, transform), batch_size=batch_size, num_workers=num_workers)
     for images, batch_labels in tqdm(loader, desc="classifying", disable=not progress, leave=False):
         top = classify(images.to(device)).float().softmax(dim=1).max(dim=1)
         predicted.append(top.indices.cpu())
         confidence.append(top.values.cpu())
         labels.append(batch_labels)
-    return Predictions(torch.cat(predicted), torch.cat(confidence), torch.cat([torch.empty(0).long(), *labels]))
+    return Predictions(torch.cat(predicted), torch.cat(confidence), torch.cat(labels))
 
 
 def confident_pools(

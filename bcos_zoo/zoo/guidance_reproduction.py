@@ -25,7 +25,7 @@ finished runs); this module sets the recipes up and scores the models, and
 import functools
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -99,11 +99,9 @@ def full_grid() -> list[GuidanceRun]:
     return grid
 
 
-def _setting(help: str, default=None, factory=None):
+def _setting(help: str, default=MISSING, factory=MISSING):
     """A GuidanceSettings field and its flag's help."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+    return field(default=default, default_factory=factory, metadata={"help": help})
 
 
 @dataclass
