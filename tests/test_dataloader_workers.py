@@ -174,10 +174,12 @@ def test_ctrl_c_to_a_run_with_spawned_workers_saves_the_step_and_ends_as_interru
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_ctrl_c_while_an_epoch_s_spawned_worker_starts_ends_the_run_as_interrupted_saying_the_step_is_lost(tmp_path):
+def test_ctrl_c_while_an_epoch_s_spawned_worker_starts_ends_the_run_as_interrupted_with_the_steps_done_saved(tmp_path):
     """Each epoch starts its workers anew, and a spawned one dies of a Ctrl-C in its seconds of start-up, before it
     can leave Ctrl-C to the main process."""
     output = _ctrl_c_run(tmp_path, "spawn", "epoch 1 begins")
     assert "interrupted" in output.splitlines(), output[-3000:]
-    assert "A data-loading worker was starting and died of the Ctrl-C: this step is not saved." in output
+    assert "A data-loading worker was starting and died of the Ctrl-C." in output
+    saved = sorted(int(path.name.split("-")[1]) for path in (tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
+    assert f"Saved the steps done as checkpoint-{saved[-1]}." in output, output[-3000:]
     assert "RuntimeError" not in output, output[-3000:]  # the worker's own dying words are its KeyboardInterrupt

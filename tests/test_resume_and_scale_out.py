@@ -69,6 +69,38 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(input
     assert (report["global_step"], report["samples_seen_here"]) == (40, 40 * 8)  # the whole run's, not since step 10
 
 
+@pytest.mark.slow
+def test_an_unreadable_training_image_saves_the_steps_done_and_resume_reaches_the_uninterrupted_result(
+    inputs, tmp_path
+):
+    source, _ = inputs
+    data = tmp_path / "data"
+    make_image_folder(data / "train")
+    make_image_folder(data / "validation", per_class=2, seed=1)
+    steps = ["--max-steps", "12", "--save-steps", "100", "--seed", "3"]  # no checkpoint before the run ends
+    run(finetune_command(source, data, tmp_path / "straight", *steps))
+    image = data / "train" / "red" / "5.png"
+    readable = image.read_bytes()
+    image.write_bytes(readable[:100])  # truncated: read when its batch comes, not when the folder is listed
+    output = tmp_path / "broken"
+    command = finetune_command(source, data, output, *steps)
+    failed = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=600)
+    assert failed.returncode == 2 and str(image) in failed.stderr, failed.stderr[-3000:]
+    (saved,) = [line for line in failed.stderr.splitlines() if line.startswith("Saved the steps done as checkpoint-")]
+    step = int(saved.rstrip(".").rsplit("-", 1)[1])
+    assert step >= 1, "the seed put the image in the first step: nothing to save"
+    assert (output / "checkpoints" / f"checkpoint-{step}" / "training_time.json").is_file()
+
+    image.write_bytes(readable)
+    resumed = run(command + ["--resume"])
+    assert f"checkpoint-{step}" in resumed.stdout.split("Resuming from")[1].split()[0]
+    straight_weights, straight = final_state(tmp_path / "straight")
+    resumed_weights, result = final_state(output)
+    for name, value in straight_weights.items():
+        torch.testing.assert_close(resumed_weights[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert result["metrics"]["train_loss"] == pytest.approx(straight["metrics"]["train_loss"], rel=1e-6)
+
+
 SHORT = ["--max-steps", "20", "--save-steps", "10"]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from transformers import AutoConfig, AutoModelForImageClassification, Trainer, TrainingArguments
+from transformers import AutoConfig, AutoModelForImageClassification, TrainingArguments
 
 from ..data.datasets import DatasetSplits, shown
 from ..evaluation.localisation import bcos_classifier, predict
@@ -17,6 +17,7 @@ from ..families import bcos_classifier_class
 from ..modeling import BcosViTConfig
 from ..ports import is_bcos_source, load_bcos_source
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
+from .trainer import ZooTrainer
 
 
 logger = logging.getLogger(__name__)
@@ -143,8 +144,8 @@ class BcosClassification(Task):
         source = standard_source(self.recipe)
         return bcos_classifier_class(source).from_pretrained_standard(source, b=1.0, bias="keep")
 
-    def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
-        return Trainer(model=model, args=arguments, compute_metrics=accuracy_metrics, **common)
+    def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> ZooTrainer:
+        return self.trainer_class(model=model, args=arguments, compute_metrics=accuracy_metrics, **common)
 
     def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset: Dataset) -> dict[str, float | str]:
         """Accuracy of the trained model and of its standard source, on the same pixels.

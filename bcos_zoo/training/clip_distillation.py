@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils.logging import tqdm  # tqdm.auto, off where transformers' progress bars are
 
@@ -18,7 +18,7 @@ from ..data.datasets import DatasetSplits
 from ..modeling import BcosCLIPModel, BcosCLIPVisionModel
 from .classification import classification_accuracy
 from .task import BCOS_MODEL_TYPES, CardFields, Task, source_model_type
-from .trainer import collate_images
+from .trainer import ZooTrainer, collate_images
 
 
 def siglip_distillation_loss(
@@ -92,7 +92,7 @@ class FrozenCLIPTeacher(nn.Module):
         return embeds if embeds is not None else outputs.pooler_output
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(ZooTrainer):
     """A ``Trainer`` whose loss is the SigLIP-style distillation to a frozen teacher's image embeddings.
 
     ``teacher`` is a :class:`FrozenCLIPTeacher`; it is moved to the batch's device on first use and never trained.
@@ -199,7 +199,7 @@ class CLIPDistillation(Task):
         # the loss is the only output; the unused logit scale must not stall data-parallel training
         return dict(prediction_loss_only=True, ddp_find_unused_parameters=True)
 
-    def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
+    def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> ZooTrainer:
         return DistillationTrainer(model=model, args=arguments, teacher=self.teacher, **common)
 
     def evaluate(self, model: nn.Module, data: DatasetSplits, eval_dataset) -> dict[str, float]:

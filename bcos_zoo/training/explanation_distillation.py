@@ -31,7 +31,7 @@ from .classification import BcosClassification, check_classes
 from .explanation_losses import differentiable_explanation, e2kd_loss, explanation_cosine, frozen_running_statistics
 from .guided_classification import GuidedClassification
 from .task import CardFields, describe_source
-from .trainer import TermLoggingTrainer
+from .trainer import ZooTrainer
 
 
 E2KD_CITATION = """@article{parchami2024goodteachers,
@@ -143,7 +143,7 @@ class FixedTeaching:
         return SimpleNamespace(logits=logits, dynamic_weights=dynamic)
 
 
-class ExplanationDistillationTrainer(TermLoggingTrainer):
+class ExplanationDistillationTrainer(ZooTrainer):
     """A ``Trainer`` whose loss is :func:`e2kd_loss` to a frozen teacher (moved to the batch's device on first use).
 
     The KD term differentiates the student's ordinary forward pass; the explanation term a second pass in

@@ -35,7 +35,7 @@ from .explanation_losses import (
     frozen_running_statistics,
 )
 from .task import CardFields
-from .trainer import TermLoggingTrainer
+from .trainer import ZooTrainer
 
 
 def processor_box_transform(model: nn.Module) -> BoxTransform:
@@ -81,7 +81,7 @@ def check_guidance(loss: str, method: str, layer: str) -> None:
         raise ValueError("GradCAM explains a hidden layer: set guidance_layer to a module name")
 
 
-class GuidedTrainer(TermLoggingTrainer):
+class GuidedTrainer(ZooTrainer):
     """A ``Trainer`` whose training loss adds ``guidance_weight`` times the localisation loss of the boxed images.
 
     The classification loss comes from the model's ordinary forward pass; the attributions come from a second pass

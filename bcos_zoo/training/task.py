@@ -30,7 +30,7 @@ from ..families import FAMILIES
 from ..ports import BCOS_SOURCE_PREFIX, is_bcos_source
 from ..visualize import explanation_panel, save_png
 from .recipe import Recipe
-from .trainer import collate_images
+from .trainer import ZooTrainer, collate_images
 
 
 # model_type of the checkpoints a run continues as they are, instead of B-cosifying them
@@ -111,7 +111,7 @@ class Task(ABC):
 
     name: str = ""
     card: CardFields | None = None
-    trainer_class: type[Trainer] = Trainer
+    trainer_class: type[Trainer] = ZooTrainer
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -165,8 +165,9 @@ class Task(ABC):
         return {}
 
     def build_trainer(self, model: nn.Module, arguments: TrainingArguments, **common) -> Trainer:
-        """The task's ``Trainer``; ``common`` holds what every run passes (``train_dataset``, ``eval_dataset``,
-        ``data_collator``, ``callbacks``)."""
+        """The task's ``Trainer``, a :class:`~bcos_zoo.training.trainer.ZooTrainer` (which saves the steps done when
+        the training data cannot be read); ``common`` holds what every run passes (``train_dataset``,
+        ``eval_dataset``, ``data_collator``, ``callbacks``)."""
         return self.trainer_class(model=model, args=arguments, **common)
 
     # -- evaluation and publishing -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""What every training task shares: ``TrainingArguments`` from a recipe, the callbacks (adaptive gradient clipping,
-epoch-seeded augmentation, a sure stop on Ctrl-C, a per-rank report) and the collator.
+"""What every training task shares: the ``Trainer`` (:class:`ZooTrainer`), ``TrainingArguments`` from a recipe, the
+callbacks (adaptive gradient clipping, epoch-seeded augmentation, a sure stop on Ctrl-C, a per-rank report) and the
+collator.
 
 Everything else (mixed precision, data parallelism through accelerate, checkpoints, resume) is the ``Trainer``'s own;
 what differs between tasks (model, loss, evaluation) lives in the task modules beside this one.
@@ -196,10 +197,10 @@ class StopOnInterrupt(TrainerCallback):
         """Whether ``error`` is a data-loading worker's death from the Ctrl-C noted: a worker leaves Ctrl-C to the main
         process from its first item on (``bcos_zoo.data.datasets.leave_ctrl_c_to_the_main_process``), but one started
         by spawn or forkserver, as each epoch starts its own, dies of a Ctrl-C during its seconds of start-up. The run
-        then ends as interrupted, from the last checkpoint, which this says."""
+        then ends as interrupted, which this says, with the steps done saved (:meth:`ZooTrainer.get_batch_samples`)."""
         if not (self.interrupted and "DataLoader worker" in str(error)):
             return False
-        print("A data-loading worker was starting and died of the Ctrl-C: this step is not saved.", file=sys.stderr)
+        print("A data-loading worker was starting and died of the Ctrl-C.", file=sys.stderr)
         return True
 
     def restore(self):
@@ -236,9 +237,10 @@ class StopOnInterrupt(TrainerCallback):
             raise KeyboardInterrupt
 
 
-class TermLoggingTrainer(Trainer):
-    """A ``Trainer`` that also logs the mean of each named loss term since the last log (``self.tally``), so a loss
-    made of several terms shows each of them in the training log."""
+class ZooTrainer(Trainer):
+    """The ``Trainer`` every task runs. It logs the mean of each named loss term since the last log (``self.tally``),
+    so a loss made of several terms shows each of them in the training log, and it saves the steps done when the
+    training data cannot be read (:meth:`get_batch_samples`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -252,6 +254,28 @@ class TermLoggingTrainer(Trainer):
             logs.update({name: sum(values) / len(values) for name, values in self._tallies.items() if values})
             self._tallies.clear()
         super().log(logs, *args, **kwargs)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The next step's batches. The Trainer reads all of a step's batches before the step begins, so when reading
+        fails (an unreadable image) the model is between two steps: the steps done since the last checkpoint are
+        saved as one before the error ends the run, and ``--resume`` once the data is mended loses none of them.
+
+        A data-parallel run saves nothing here: its other processes are not between steps at the same moment."""
+        try:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        except Exception:
+            self.save_steps_done()
+            raise
+
+    def save_steps_done(self) -> None:
+        """Log and checkpoint the steps done, as the Trainer does at a checkpoint step, unless they are saved."""
+        step = self.state.global_step
+        if self.args.world_size > 1 or step == 0 or (Path(self.args.output_dir) / f"checkpoint-{step}").is_dir():
+            return
+        self.control.should_log = self.control.should_save = True
+        self.control.should_evaluate = False
+        self._maybe_log_save_evaluate(self._tr_loss, None, self.model, None, self.state.epoch, None, None)
+        print(f"\nSaved the steps done as checkpoint-{step}.", file=sys.stderr)
 
 
 def collate_images(batch: list[dict]) -> dict[str, torch.Tensor]:
