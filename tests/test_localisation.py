@@ -613,3 +613,29 @@ def test_images_are_read_by_the_chosen_number_of_worker_processes_and_predicted_
     assert predictions.predicted.tolist() == [0, 1, 2, 0, 1, 2, 0]  # batches of 3, 3 and 1
     assert predictions.labels.tolist() == [0, 1, 0, 1, 0, 1, 0]
     assert predictions.accuracy() == pytest.approx(3 / 7)  # images 0, 1 and 6
+
+
+class _SaysWhereItIsRead(torch.utils.data.Dataset):
+    """Four images, each labelled 1 when read in a DataLoader worker, 0 when read in the test's own process."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return Image.new("RGB", (4, 4)), int(torch.utils.data.get_worker_info() is not None)
+
+
+@pytest.mark.parametrize("device, by_workers", [("cpu", False), ("meta", True)])
+def test_by_default_images_are_read_here_for_a_model_on_the_cpu_and_by_workers_beside_any_other_device(
+    device, by_workers
+):
+    """Beside a GPU, reading and resizing images is most of an evaluation ("meta" stands in for the GPU here)."""
+    predictions = predict(
+        lambda pixels: torch.zeros(len(pixels), 2),
+        _SaysWhereItIsRead(),
+        _read_here,
+        batch_size=2,
+        device=device,
+        progress=False,
+    )
+    assert predictions.labels.tolist() == [int(by_workers)] * 4

@@ -35,6 +35,7 @@ from transformers.utils.logging import tqdm  # tqdm.auto, off where transformers
 
 from ..data.boxes import as_boxes, crop_resize_boxes
 from ..data.boxes import box_masks as union_mask
+from ..data.datasets import default_workers
 from ..data.preprocessing import ImageTransform
 from .scores import accuracy, energy_pointing_scores, grid_pointing_scores, inside_image
 
@@ -114,10 +115,13 @@ def predict(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = True,
-    num_workers: int = 0,
+    num_workers: int | None = None,
 ) -> Predictions:
     """Classify every item ``(image, label, ...)`` of ``dataset``, its images read and transformed by
-    ``num_workers`` processes (0: in this one); on a GPU, reading and resizing images is most of the time."""
+    ``num_workers`` processes (0: in this one; ``None``: none on the CPU, up to 8 beside a GPU, where reading and
+    resizing images is most of the time)."""
+    if num_workers is None:
+        num_workers = default_workers(torch.device(device).type == "cpu")
     none = torch.empty(0, dtype=torch.long)  # what each list holds for an empty dataset
     predicted, confidence, labels = [none], [none.float()], [none]
     loader = DataLoader(ModelInputs(dataset, transform), batch_size=batch_size, num_workers=num_workers)
@@ -454,7 +458,7 @@ def evaluate_localisation(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
-    num_workers: int = 0,
+    num_workers: int | None = None,
 ) -> ModelEvaluation:
     """Accuracy, then GridPG (and EPG where items carry boxes) of each named attribution function.
 
@@ -462,10 +466,11 @@ def evaluate_localisation(
     softmax confidence >= ``min_confidence``. ``transform`` makes the model's pixels of an image (its own processor:
     :func:`bcos_zoo.data.preprocessing.model_transform`), so each cell is one model input; grids are explained whole
     when ``window`` is None, else in sliding windows of that size (:func:`explanation_window`). ``num_workers``
-    processes read the images that are classified. Without enough classes for a grid, GridPG is empty. EPG scores every
-    image with boxes, each explained for its label (the Model Guidance paper's rule), whatever the model predicts and
-    the grid settings, so that models are compared on the same images; those whose boxes the processor crops away are
-    counted as skipped."""
+    processes read the images that are classified (as :func:`predict` reads them). Without enough classes for a
+    grid, GridPG is empty. EPG scores every image with boxes, each explained for its label (the Model Guidance
+    paper's rule), whatever the model predicts and the grid settings, so that models are compared on the same
+    images; those whose boxes the processor crops away are counted as skipped.
+    """
     predictions = predict(classify, dataset, transform, batch_size, device, progress, num_workers)
     pools = confident_pools(predictions, min_confidence)
     cells = grid_size * grid_size

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from torch.utils.data import Dataset
 from transformers import AutoModelForImageClassification
 
-from ..data.datasets import default_workers, limit, model_needs_hub, shown
+from ..data.datasets import limit, model_needs_hub, shown
 from ..data.decoys import load_boxed_splits
 from ..data.preprocessing import model_transform
 from ..visualize import subplots
@@ -219,9 +219,7 @@ def evaluate_side_by_side(
         batch_size=batch_size,
         device=device,
         seed=seed,
-        num_workers=default_workers(torch.device(device).type == "cpu")
-        if dataloader_num_workers is None
-        else dataloader_num_workers,
+        num_workers=dataloader_num_workers,
     )
     faithfulness_settings = dict(
         num_images=faithfulness_images,
