@@ -107,9 +107,9 @@ def test_a_run_loaded_by_spawned_workers_trains_and_evaluates_as_one_loaded_in_p
     assert all(torch.equal(expected[name], trained[name]) for name in expected)
 
 
-def _ctrl_c_run(tmp_path, start: str, at: str) -> str:
+def _ctrl_c_run(tmp_path, start: str, at: str, signum: int = signal.SIGINT) -> str:
     """A tiny run with one data-loading worker started by ``start`` in a process group of its own, given a terminal's
-    Ctrl-C (to every process of the group) when its output shows ``at``; what it printed."""
+    Ctrl-C (or ``signum``) to every process of the group when its output shows ``at``; what it printed."""
     source, data = make_vit_source(tmp_path / "source"), make_image_folder(tmp_path / "data", per_class=16)
     recipe = Recipe(
         name="t", source=str(source), dataset=str(data), hub_model_id="org/t", epochs=8, batch_size=4, save_steps=1000
@@ -153,7 +153,7 @@ def _ctrl_c_run(tmp_path, start: str, at: str) -> str:
             lines.append(line)
             if line.rstrip().endswith(at):  # after the progress bar, on its line
                 time.sleep(0.5)
-                os.killpg(child.pid, signal.SIGINT)
+                os.killpg(child.pid, signum)
                 break
         return "".join(lines) + child.communicate(timeout=300)[0]
     finally:
@@ -179,7 +179,16 @@ def test_ctrl_c_while_an_epoch_s_spawned_worker_starts_ends_the_run_as_interrupt
     can leave Ctrl-C to the main process."""
     output = _ctrl_c_run(tmp_path, "spawn", "epoch 1 begins")
     assert "interrupted" in output.splitlines(), output[-3000:]
-    assert "A data-loading worker was starting and died of the Ctrl-C." in output
+    assert "A data-loading worker died of the same signal." in output
     saved = sorted(int(path.name.split("-")[1]) for path in (tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
     assert f"Saved the steps done as checkpoint-{saved[-1]}." in output, output[-3000:]
     assert "RuntimeError" not in output, output[-3000:]  # the worker's own dying words are its KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_sigterm_to_every_process_of_a_run_with_workers_ends_it_as_interrupted(tmp_path):
+    """As a cluster's scheduler sends it at a time limit: the workers die of it, the main process takes note."""
+    output = _ctrl_c_run(tmp_path, "fork", "step 3", signal.SIGTERM)
+    assert "interrupted" in output.splitlines() and "SIGTERM: a checkpoint" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]

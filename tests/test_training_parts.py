@@ -257,30 +257,60 @@ def test_ctrl_c_swallowed_by_a_finaliser_still_stops_several_processes_at_the_st
 
 
 class _CtrlC(TrainerCallback):
-    """Presses Ctrl-C ``times`` times during step ``step`` (counted from 1)."""
+    """Presses Ctrl-C (or sends ``signum``) ``times`` times during step ``step`` (counted from 1)."""
 
-    def __init__(self, step: int, times: int):
-        self.step, self.times = step, times
+    def __init__(self, step: int, times: int, signum: int = signal.SIGINT):
+        self.step, self.times, self.signum = step, times, signum
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step + 1 == self.step:
             for _ in range(self.times):
-                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(self.signum)
 
 
-def _interrupted_training(tmp_path, times: int) -> Trainer:
+def _interrupted_training(tmp_path, times: int, signum: int = signal.SIGINT) -> Trainer:
     torch.manual_seed(0)
     data = [{"x": torch.randn(3), "y": torch.randn(())} for _ in range(32)]
     arguments = TrainingArguments(
         output_dir=str(tmp_path), max_steps=8, save_steps=100, per_device_train_batch_size=2, report_to=[],
         use_cpu=True, disable_tqdm=True, eval_strategy="epoch",
     )  # fmt: skip
-    callbacks = [StopOnInterrupt(), _CtrlC(step=3, times=times)]
+    callbacks = [StopOnInterrupt(), _CtrlC(step=3, times=times, signum=signum)]
     trainer = Trainer(model=_Regression(), args=arguments, train_dataset=data, eval_dataset=data, callbacks=callbacks)
+    before = signal.getsignal(signum)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signum) is before  # put back
     return trainer
+
+
+class _Terminated(Exception):
+    """What the test process does on SIGTERM, in place of dying."""
+
+
+@pytest.fixture
+def sigterm_raises():
+    def terminated(signum, frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.usefixtures("sigterm_raises")
+def test_sigterm_saves_the_running_step_as_a_checkpoint_and_ends_training_as_interrupted(tmp_path, capsys):
+    """What ``kill``, a container's stop and a cluster's scheduler send before they kill."""
+    trainer = _interrupted_training(tmp_path, times=1, signum=signal.SIGTERM)
+    assert trainer.state.global_step == 3 and [path.name for path in tmp_path.glob("checkpoint-*")] == ["checkpoint-3"]
+    assert "SIGTERM: a checkpoint at the end of this step" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("sigterm_raises")
+def test_a_second_sigterm_hands_it_to_the_handler_training_began_with(tmp_path):
+    with pytest.raises(_Terminated):
+        _interrupted_training(tmp_path, times=2, signum=signal.SIGTERM)
+    assert not list(tmp_path.glob("checkpoint-*"))
 
 
 @pytest.mark.usefixtures("python_ctrl_c_handler")

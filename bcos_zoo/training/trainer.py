@@ -165,29 +165,32 @@ class EpochSeededData(TrainerCallback):
 
 
 class StopOnInterrupt(TrainerCallback):
-    """Ctrl-C ends training at the end of the running step with a checkpoint, so that ``--resume`` loses no step; a
-    second Ctrl-C stops at once (``--resume`` then continues from the last checkpoint).
+    """Ctrl-C, or SIGTERM (what ``kill``, a container's stop and a cluster's scheduler send before they kill), ends
+    training at the end of the running step with a checkpoint, so that ``--resume`` loses no step; a second signal
+    stops at once (``--resume`` then continues from the last checkpoint).
 
-    The first Ctrl-C only takes note: the step's end asks the Trainer to save and stop, and the end of training
+    The first signal only takes note: the step's end asks the Trainer to save and stop, and the end of training
     raises ``KeyboardInterrupt``, so the run ends as interrupted (nothing is evaluated or written). Several processes
-    stop at once, as at a second Ctrl-C: each would take note at a step end of its own, and they must save at the
+    stop at once, as at a second signal: each would take note at a step end of its own, and they must save at the
     same step. A ``KeyboardInterrupt`` raised where Python swallows it (in a ``__del__`` or a weakref callback, when
     a progress bar or a file is closed mid-step) is raised again at the step's end, as it was noted.
     """
 
+    SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
     def __init__(self):
-        self.interrupted, self.previous, self.at_once, self.pid = False, None, False, os.getpid()
+        self.interrupted, self.previous, self.at_once, self.pid = False, {}, False, os.getpid()
 
     def _handle(self, signum, frame):
         if os.getpid() != self.pid:  # a data-loading worker forked with the handler: the main process decides
             return
         if not (self.interrupted or self.at_once):
-            self.interrupted = True
+            self.interrupted, name = True, self.SIGNALS[signum]
             print(
-                "\nCtrl-C: a checkpoint at the end of this step, then stop (Ctrl-C again: stop now).", file=sys.stderr
+                f"\n{name}: a checkpoint at the end of this step, then stop ({name} again: stop now).", file=sys.stderr
             )
             return
-        self.interrupted, previous = True, self.restore()  # the handler goes with the training it stops
+        self.interrupted, previous = True, self.restore().get(signum)  # the handlers go with the training they stop
         if callable(previous):
             previous(signum, frame)
         else:
@@ -197,25 +200,27 @@ class StopOnInterrupt(TrainerCallback):
         """Whether ``error`` is a data-loading worker's death from the Ctrl-C noted: a worker leaves Ctrl-C to the main
         process from its first item on (``bcos_zoo.data.datasets.leave_ctrl_c_to_the_main_process``), but one started
         by spawn or forkserver, as each epoch starts its own, dies of a Ctrl-C during its seconds of start-up. The run
-        then ends as interrupted, which this says, with the steps done saved (:meth:`ZooTrainer.get_batch_samples`)."""
+        then ends as interrupted, which this says, with the steps done saved (:meth:`ZooTrainer.get_batch_samples`).
+        (A SIGTERM sent to every process of the run, as a cluster's scheduler sends it, kills running workers too.)"""
         if not (self.interrupted and "DataLoader worker" in str(error)):
             return False
-        print("A data-loading worker was starting and died of the Ctrl-C.", file=sys.stderr)
+        print("A data-loading worker died of the same signal.", file=sys.stderr)
         return True
 
-    def restore(self):
-        """Put back the Ctrl-C handler training began with, and return it."""
-        previous, self.previous = self.previous, None
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+    def restore(self) -> dict:
+        """Put back the handlers training began with, and return them (by signal)."""
+        previous, self.previous = self.previous, {}
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         return previous
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.interrupted, self.pid = False, os.getpid()
         self.at_once = args is not None and args.world_size > 1
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        if in_main_thread and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is threading.main_thread():  # where Python lets a handler be set
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self.previous[signum] = signal.signal(signum, self._handle)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.interrupted and self.at_once:
