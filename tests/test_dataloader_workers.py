@@ -192,3 +192,20 @@ def test_sigterm_to_every_process_of_a_run_with_workers_ends_it_as_interrupted(t
     output = _ctrl_c_run(tmp_path, "fork", "step 3", signal.SIGTERM)
     assert "interrupted" in output.splitlines() and "SIGTERM: a checkpoint" in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
+
+
+def test_a_run_s_final_evaluation_reads_its_images_with_the_run_s_worker_count(tmp_path, monkeypatch):
+    """A user who turns workers off (e.g. where shared memory is too small for them) keeps them off to the end."""
+    import bcos_zoo.training.classification as classification
+
+    source, data = make_vit_source(tmp_path / "source"), make_image_folder(tmp_path / "data", per_class=3)
+    recipe = Recipe(name="t", source=str(source), dataset=str(data), hub_model_id="org/t", max_steps=1, batch_size=8)
+    counts, predict = [], classification.predict
+
+    def counted_predict(*args, num_workers=None, **kwargs):
+        counts.append(num_workers)
+        return predict(*args, num_workers=num_workers, **kwargs)
+
+    monkeypatch.setattr(classification, "predict", counted_predict)
+    finetune(recipe, tmp_path / "run", device="cpu", dataloader_num_workers=1)
+    assert counts == [1, 1]  # the B-cos model and its source

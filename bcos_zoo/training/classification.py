@@ -89,14 +89,15 @@ def accuracy_metrics(eval_prediction) -> dict[str, float]:
 
 
 def classification_accuracy(
-    model: nn.Module, eval_dataset: Dataset, batch_size: int, pairs: Dataset | None = None
+    model: nn.Module, eval_dataset: Dataset, batch_size: int, pairs: Dataset | None = None, workers: int | None = None
 ) -> float:
     """Top-1 accuracy of ``model`` on ``eval_dataset``'s images, seen through its transform (``pairs``: the same
-    images labelled as ``model`` numbers the classes, when it numbers them otherwise than the data)."""
+    images labelled as ``model`` numbers the classes, when it numbers them otherwise than the data), read by
+    ``workers`` processes (:func:`~bcos_zoo.evaluation.localisation.predict`)."""
     device = next(model.parameters()).device
     classify = bcos_classifier(model.to(device).eval())
     pairs = eval_dataset.pairs if pairs is None else pairs
-    return predict(classify, pairs, eval_dataset.transform, batch_size, device).accuracy()
+    return predict(classify, pairs, eval_dataset.transform, batch_size, device, num_workers=workers).accuracy()
 
 
 def unmatched_classes(id2label: dict, class_names: list[str]) -> str:
@@ -154,7 +155,7 @@ class BcosClassification(Task):
         evaluation matches them (:func:`~bcos_zoo.evaluation.report.class_order`): a count alone would score a source
         whose classes sort otherwise against the wrong labels. Otherwise ``source_not_measured`` says why."""
         metrics: dict[str, float | str] = {
-            "accuracy": classification_accuracy(model, eval_dataset, self.recipe.batch_size)
+            "accuracy": classification_accuracy(model, eval_dataset, self.recipe.batch_size, workers=self.workers)
         }
         source = self.source_model()
         if source is None:
@@ -164,7 +165,9 @@ class BcosClassification(Task):
         except ValueError:
             metrics["source_not_measured"] = unmatched_classes(source.config.id2label, data.class_names)
             return metrics
-        metrics["source_accuracy"] = classification_accuracy(source, eval_dataset, self.recipe.batch_size, pairs)
+        metrics["source_accuracy"] = classification_accuracy(
+            source, eval_dataset, self.recipe.batch_size, pairs, self.workers
+        )
         return metrics
 
     def explain_examples(self, model, data, pixel_values):

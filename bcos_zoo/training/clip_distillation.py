@@ -210,11 +210,11 @@ class CLIPDistillation(Task):
         device = next(model.parameters()).device
         texts = prompt_embeds(model, data.class_names).to(device)
         metrics["zero_shot_accuracy"] = classification_accuracy(
-            ZeroShotClassifier(model, texts), eval_dataset, batch_size
+            ZeroShotClassifier(model, texts), eval_dataset, batch_size, workers=self.workers
         )
         source = self.source_model().to(device)
         metrics["source_zero_shot_accuracy"] = classification_accuracy(
-            ZeroShotClassifier(source, texts), eval_dataset, batch_size
+            ZeroShotClassifier(source, texts), eval_dataset, batch_size, workers=self.workers
         )
         return metrics
 

@@ -115,6 +115,9 @@ class Task(ABC):
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
+        # DataLoader worker processes that read the evaluation images: the run's (--dataloader-num-workers), which
+        # the run sets; None: as ``bcos_zoo.evaluation.localisation.predict`` chooses by device
+        self.workers: int | None = None
 
     # -- model -------------------------------------------------------------------------------------------------
 

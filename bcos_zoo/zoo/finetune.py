@@ -437,6 +437,7 @@ def finetune(
     arguments = training_arguments(
         recipe, checkpoint_dir, device=device, eval_each_epoch=eval_each_epoch, **task.training_arguments(), **workers
     )
+    task.workers = arguments.dataloader_num_workers  # its evaluation reads images as its training does
     if resume and last_checkpoint:
         print(f"Resuming from {last_checkpoint}")
     elif resume:
