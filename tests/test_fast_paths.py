@@ -244,3 +244,14 @@ def test_the_folded_batchnorm_is_the_reference_with_trained_statistics(family, u
             return model(pixel_values=images()).logits
 
     close(*both(run))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_torch_jit_trace_with_autograd_on_records_a_graph_that_passes_its_own_check(family):
+    """``torch.jit.trace`` checks its graph against one recorded without autograd, where the fast paths would take
+    their in-place form: while it records, they stand aside (``torch.export``, which keeps the range check, is the
+    way to capture a model; ``tests/test_conformance_export.py``)."""
+    model, x = build(family).eval(), images()
+    traced = torch.jit.trace(model, (x,), strict=False)
+    other = images(batch=2)
+    close(scores(model, other), next(iter(traced(other).values())))

@@ -24,8 +24,9 @@ if os.environ.get("BCOS_FAST_PATHS", "1") == "0":
 def use_fast_path(name: str, x: torch.Tensor) -> bool:
     """Whether fast path ``name`` is on and ``x`` is on the CPU, the one device where each was measured to pay (on a
     GPU they did not; docs/speed.md), outside autocast (whose low-precision products the reference path lifts to the
-    factor's float32, and an in-place factor would not)."""
-    return _SWITCHES[name] and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+    factor's float32, and an in-place factor would not), and not while ``torch.jit.trace`` records (which checks its
+    graph against one recorded without autograd, where the fast paths take another form)."""
+    return _SWITCHES[name] and x.is_cpu and not (torch.is_autocast_enabled("cpu") or torch.jit.is_tracing())
 
 
 @contextlib.contextmanager
