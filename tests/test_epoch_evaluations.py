@@ -5,6 +5,8 @@ import json
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from training_testing import make_image_folder, make_vit_source
 
 from bcos_zoo.zoo.finetune import finetune
@@ -37,3 +39,25 @@ def test_a_run_resumed_from_its_last_checkpoint_keeps_the_last_epochs_evaluation
     resumed = evaluations(output)
     assert [(epoch, step) for epoch, step, _ in resumed] == [(1.0, 2), (2.0, 4)]
     assert [loss for *_, loss in resumed] == pytest.approx([loss for *_, loss in uninterrupted])
+
+
+def test_a_run_resumed_from_its_last_checkpoint_part_way_through_an_epoch_trains_no_step_more(tmp_path):
+    """transformers would train one step more, at learning rate 0: BatchNorm would count its batch."""
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    resnet = {"model_type": "bcos_resnet", "image_size": 32, "embedding_size": 8, "hidden_sizes": [8, 16]}
+    recipe = Recipe(
+        name="t", source="scratch", architecture={**resnet, "depths": [1, 1], "layer_type": "basic"},
+        dataset=str(data), hub_model_id="org/t", max_steps=2, batch_size=8,
+    )  # fmt: skip
+    output = tmp_path / "out"
+    finetune(recipe, output, device="cpu", eval_each_epoch=True)
+    uninterrupted, weights = evaluations(output), load_file(output / "repo" / "model.safetensors")
+    assert [(epoch, step) for epoch, step, _ in uninterrupted] == [(pytest.approx(2 / 3), 2)]  # 3 batches an epoch
+    shutil.rmtree(output / "repo")  # what a kill after the last checkpoint leaves
+    (output / "results.json").unlink()
+    finetune(recipe, output, device="cpu", eval_each_epoch=True, resume=True)
+    resumed = load_file(output / "repo" / "model.safetensors")
+    assert [name for name in weights if not torch.equal(weights[name], resumed[name])] == []  # running statistics too
+    assert json.loads((output / "ranks" / "rank-0.json").read_text())["global_step"] == 2
+    assert [entry[:2] for entry in evaluations(output)] == [entry[:2] for entry in uninterrupted]
+    assert [entry[2] for entry in evaluations(output)] == pytest.approx([entry[2] for entry in uninterrupted])

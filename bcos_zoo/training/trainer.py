@@ -265,7 +265,12 @@ class ZooTrainer(Trainer):
         fails (an unreadable image) the model is between two steps: the steps done since the last checkpoint are
         saved as one before the error ends the run, and ``--resume`` once the data is mended loses none of them.
 
-        A data-parallel run saves nothing here: its other processes are not between steps at the same moment."""
+        A data-parallel run saves nothing here: its other processes are not between steps at the same moment. A run
+        resumed from its last step's checkpoint, part-way through an epoch, gets no batch: transformers would train
+        one step more (at learning rate 0, but BatchNorm would count the batch)."""
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return [], None
         try:
             return super().get_batch_samples(epoch_iterator, num_batches, device)
         except Exception:

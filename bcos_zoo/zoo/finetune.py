@@ -194,14 +194,13 @@ def unevaluated_epoch_end(checkpoint: str) -> dict | None:
     """``{"epoch", "step"}`` of a checkpoint saved at the end of an epoch whose evaluation it does not hold, else
     ``None``.
 
-    The Trainer saves by steps before it evaluates the epoch that step ends, so a checkpoint at an epoch's end (the
-    last step's always is) lacks that epoch's evaluation, and a run resumed from it never makes it up: the epoch loop
-    starts after it, or, at the last step, does not run at all.
+    The Trainer saves by steps before it evaluates the epoch that step ends, so a checkpoint at an epoch's end lacks
+    that epoch's evaluation, and a run resumed from it never makes it up: the epoch loop starts after it.
     """
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
     step, epoch = state["global_step"], float(state.get("epoch") or 0.0)
-    if not (epoch.is_integer() or step >= state["max_steps"]):
-        return None  # mid-epoch: the resumed run evaluates this epoch when it ends
+    if not epoch.is_integer():
+        return None  # mid-epoch (the last step's too): the resumed run evaluates this epoch when it ends
     if any(
         entry.get("step") == step and any(key.startswith("eval_") for key in entry) for entry in state["log_history"]
     ):
