@@ -76,13 +76,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command that continues this run, on as many processes as it runs on (the batch size is per process)."""
+def resume_command(argv: list[str], script: str = "scripts/finetune.py") -> str:
+    """The command that continues this run, on as many processes as it runs on (the batch size is per process), with
+    the script named as this run named it (so that it runs from where this one was started)."""
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process alone says it
         return ""
-    command = "python scripts/finetune.py " + shlex.join([*argv, *(["--resume"] if "--resume" not in argv else [])])
+    command = "python " + shlex.join([script, *argv, *(["--resume"] if "--resume" not in argv else [])])
     return "continue with: " + launch_command(command, processes_now())
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(main, on_interrupt=resume_command(sys.argv[1:])))
+    sys.exit(run_script(main, on_interrupt=resume_command(sys.argv[1:], sys.argv[0])))

@@ -175,7 +175,8 @@ def test_ctrl_c_prints_the_resume_command_and_resume_finishes_the_run(inputs, tm
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     (line,) = [line for line in stderr.splitlines() if "interrupted" in line]
-    assert line.startswith("interrupted; continue with: python scripts/finetune.py ") and line.endswith("--resume")
+    # the script as the run named it: the command runs from where the run was started
+    assert line.startswith(f"interrupted; continue with: python {FINETUNE} ") and line.endswith("--resume")
     (stopped,) = [line for line in stderr.splitlines() if line.startswith("Stopped after step ")]
     step = int(stopped.split()[3].rstrip(","))  # the step Ctrl-C landed in: its checkpoint is the one resumed from
 

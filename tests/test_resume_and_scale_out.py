@@ -140,6 +140,21 @@ def test_resume_skips_a_checkpoint_that_was_cut_off_while_saving_and_counts_the_
     assert json.loads((output / "results.json").read_text())["metrics"]["train_seconds"] > before
 
 
+@pytest.mark.slow
+def test_resume_makes_the_end_of_a_run_again_when_its_results_were_cut_off(inputs, finished_run, tmp_path):
+    output = tmp_path / "out"
+    shutil.copytree(finished_run, output)
+    written = (output / "results.json").read_text()
+    (output / "results.json").write_text(written[: len(written) // 2])  # as a write killed part-way leaves it
+
+    completed = run(finetune_command(*inputs, output, *SHORT, "--resume"))
+    assert "results.json is cut off" in completed.stderr
+    assert (
+        json.loads((output / "results.json").read_text())["metrics"]["accuracy"]
+        == json.loads(written)["metrics"]["accuracy"]
+    )
+
+
 def test_two_accelerate_processes_train_the_same_model(inputs, tmp_path):
     source, data = inputs
     output = tmp_path / "ddp"

@@ -345,11 +345,16 @@ def write_held_out_from(output_dir: Path, data: DatasetSplits) -> None:
 
 
 def finished_results(output_dir: Path) -> dict | None:
-    """``results.json`` of a run that ended (it is written after ``repo/``), else ``None``."""
+    """``results.json`` of a run that ended (it is written after ``repo/``, and moved in place whole), else ``None``;
+    one cut off (as a kill mid-write left it before it was moved in place) is no end: a resume makes it again."""
     results = output_dir / "results.json"
     if not results.is_file() or not (output_dir / "repo").is_dir():
         return None
-    return json.loads(results.read_text())
+    try:
+        return json.loads(results.read_text())
+    except ValueError:
+        logger.warning(f"{results} is cut off; the run's end is made again from its last checkpoint.")
+        return None
 
 
 def with_run_precision(recipe: Recipe, output_dir: Path, device: str | None = None) -> Recipe:
@@ -525,5 +530,7 @@ def finetune(
     partial.rename(repo_dir)
     history = [entry for entry in trainer.state.log_history if "eval_loss" in entry or "eval_accuracy" in entry]
     results = {"recipe": asdict(recipe), "repo_id": repo_id, "metrics": metrics, "eval_history": history}
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    partial_results = output_dir / f".results.json.{os.getpid()}"  # moved in place whole: it marks the run's end
+    partial_results.write_text(json.dumps(results, indent=2, default=str))
+    partial_results.replace(output_dir / "results.json")
     return publish(FinetuneResult(output_dir, repo_dir, metrics), recipe, push, private, dry_run)
