@@ -16,7 +16,7 @@ from transformers import ViTForImageClassification
 from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.training.recipe import recipe_record
 from bcos_zoo.training.trainer import with_precision
-from bcos_zoo.zoo.finetune import check_before_training, finetune
+from bcos_zoo.zoo.finetune import RunFolderLock, check_before_training, finetune
 from bcos_zoo.zoo.hub import PushError
 from bcos_zoo.zoo.recipes import Recipe
 
@@ -321,3 +321,37 @@ def test_a_resume_from_a_source_retrained_since_the_run_started_is_refused(recip
     with pytest.raises(ValueError, match=r"--resume: --model .*source is no folder here \(moved, or a relative"):
         finetune(run, out, resume=True, device="cpu")
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_another_run_is_writing_is_refused_and_changes_nothing(recipe, tmp_path, resume):
+    """Two runs in one folder would replace each other's checkpoints and repo/, and both report success."""
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "recipe.json").write_text(json.dumps(recipe_record(with_precision(recipe, "cpu"))))  # just started
+    before = snapshot(output)
+    with RunFolderLock(output) as running:  # the other run, as a process of its own would hold it
+        running.take()
+        with pytest.raises(ValueError, match="is being written by another run that has not ended"):
+            finetune(recipe, output, resume=resume, device="cpu")
+    assert snapshot(output) == before
+
+
+def test_a_run_into_a_new_folder_holds_it_until_it_ends(recipe, tmp_path, monkeypatch):
+    import bcos_zoo.zoo.finetune as finetuning
+
+    output, seen = tmp_path / "new" / "out", []
+    write_recipe = finetuning.write_recipe
+
+    def second_run_meanwhile(folder, run_recipe):
+        with pytest.raises(ValueError, match="is being written by another run"):
+            finetune(recipe, output, resume=True, device="cpu")
+        seen.append(True)
+        write_recipe(folder, run_recipe)
+
+    monkeypatch.setattr(finetuning, "write_recipe", second_run_meanwhile)
+    finetune(recipe, output, device="cpu")
+    assert seen == [True]
+    with RunFolderLock(output) as after:  # given back at the end
+        after.take()
+        assert after.descriptor is not None

@@ -39,6 +39,12 @@ from .hub import check_push_access, describe_tree, hub_repo_exists, hub_unavaila
 from .recipes import Recipe
 
 
+try:
+    import fcntl  # POSIX: the lock on a run's folder
+except ImportError:  # Windows
+    fcntl = None
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -393,6 +399,44 @@ def check_finished_run(results: dict, output_dir: Path, recipe: Recipe, push: bo
         check_push_access(recipe.hub_model_id)
 
 
+class RunFolderLock:
+    """Keeps a second run out of an --output-dir while a run writes it: two runs in one folder would replace each
+    other's checkpoints and repo/, and both report success. An exclusive lock on the folder (``flock``), taken by the
+    main process once the folder exists and held until the run ends; none where the system or the file system has
+    no such lock (Windows, some network file systems)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.descriptor = folder, None
+
+    def take(self) -> None:
+        """Lock the folder, if it exists and is not locked by this run already; refuse it when another run holds it."""
+        if self.descriptor is not None or fcntl is None or int(os.environ.get("RANK", "0")) != 0:
+            return
+        if not self.folder.is_dir():
+            return
+        descriptor = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise ValueError(
+                f"--output-dir {self.folder} is being written by another run that has not ended: wait for it to end "
+                "(then --resume continues it, if it was stopped), or choose another --output-dir. Nothing was changed."
+            ) from None
+        except OSError:  # a file system without locks: run unlocked
+            os.close(descriptor)
+            return
+        self.descriptor = descriptor
+
+    def __enter__(self) -> "RunFolderLock":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.descriptor is not None:
+            os.close(self.descriptor)  # which releases the lock
+            self.descriptor = None
+
+
 def finetune(
     recipe: Recipe,
     output_dir: str | Path,
@@ -404,9 +448,29 @@ def finetune(
     eval_each_epoch: bool = False,
     dataloader_num_workers: int | None = None,
 ) -> FinetuneResult:
-    """Run a recipe end to end; see the module docstring for what lands where."""
+    """Run a recipe end to end; see the module docstring for what lands where. Only one run at a time writes an
+    --output-dir (:class:`RunFolderLock`)."""
     output_dir = Path(output_dir)
     check_output_dir(output_dir, recipe.dataset)
+    with RunFolderLock(output_dir) as lock:
+        lock.take()  # before anything in the folder is read
+        options = dict(push=push, private=private, dry_run=dry_run, device=device, eval_each_epoch=eval_each_epoch)
+        return _run(recipe, output_dir, lock, resume, dataloader_num_workers=dataloader_num_workers, **options)
+
+
+def _run(
+    recipe: Recipe,
+    output_dir: Path,
+    lock: RunFolderLock,
+    resume: bool,
+    push: bool,
+    private: bool,
+    dry_run: bool,
+    device: str | None,
+    eval_each_epoch: bool,
+    dataloader_num_workers: int | None,
+) -> FinetuneResult:
+    """:func:`finetune`, in its checked --output-dir, with ``lock`` to take once the folder exists."""
     checkpoint_dir = output_dir / "checkpoints"
     last_checkpoint = last_complete_checkpoint(checkpoint_dir)
     left = earlier_run(output_dir, last_checkpoint)
@@ -476,6 +540,8 @@ def finetune(
         missing = unevaluated_epoch_end(last_checkpoint) if eval_each_epoch else None
         if missing is not None:
             trainer.add_callback(RestoreEvaluation({**trainer.evaluate(), **missing}))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock.take()  # a folder made by this run: before it writes anything there
     write_recipe(output_dir, recipe)  # before the first checkpoint; a run stopped earlier leaves nothing to resume
     write_held_out_from(output_dir, data)
     stop = next(callback for callback in trainer.callback_handler.callbacks if isinstance(callback, StopOnInterrupt))
