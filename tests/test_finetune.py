@@ -1,7 +1,10 @@
 """The fine-tuning path: B-cosify, train with the HF Trainer, evaluate, write the repo folder."""
 
 import json
+import os
+import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,6 +100,17 @@ def test_checkpoints_are_kept_for_resuming(tiny_run):
     _, result = tiny_run
     checkpoint = last_complete_checkpoint(result.output_dir / "checkpoints")
     assert checkpoint is not None and checkpoint.endswith("checkpoint-12")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_the_run_s_weights_are_as_readable_as_its_other_files(tiny_run):
+    """The safetensors writer makes its files 0600: another user, or a container's, could read all but the weights."""
+    _, result = tiny_run
+    checkpoint = Path(last_complete_checkpoint(result.output_dir / "checkpoints"))
+    for folder in (result.repo_dir, checkpoint):
+        assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == stat.S_IMODE(
+            (folder / "config.json").stat().st_mode
+        ), folder
 
 
 @pytest.mark.subprocess

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..ports import STANDARD_PREFIX, bcos_entry_family, build_bcos_entry, from_bcos
+from ..training.trainer import readable_weights
 from .hub import check_repo_id
 
 
@@ -254,5 +255,6 @@ def port_release(
     )
     prepare_folder(port.folder)
     ours.save_pretrained(port.folder)
+    readable_weights(port.folder)
     render_release_card(port, ours, command=command).save(port.folder / "README.md")
     return port

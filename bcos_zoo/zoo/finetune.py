@@ -30,6 +30,7 @@ from ..training.trainer import (
     StopOnInterrupt,
     TrainingClock,
     mean_training_loss,
+    readable_weights,
     trainer_callbacks,
     training_arguments,
     with_precision,
@@ -578,6 +579,7 @@ def _run(
         shutil.rmtree(partial)
     examples = task.write_examples(model, data, eval_dataset, partial / "examples")
     task.save_model(model, partial)
+    readable_weights(partial)
     if task.card is not None:
         card = render_model_card(
             recipe,
