@@ -231,6 +231,15 @@ def test_a_linked_folder_inside_a_class_folder_holds_images_of_that_class(tmp_pa
     ) == [("cat/0.png", 0), ("cat/extra/0.png", 0), ("cat/extra/1.png", 0), ("dog/0.png", 1)]
 
 
+def test_a_class_folder_that_links_to_another_class_s_folder_is_refused(tmp_path):
+    """Its images would be in both classes."""
+    save_images(tmp_path / "cat", count=2)
+    save_images(tmp_path / "dog", count=2)
+    (tmp_path / "kitten").symlink_to(tmp_path / "cat", target_is_directory=True)
+    with pytest.raises(ValueError, match="'cat' and 'kitten' of .* are one folder"):
+        image_folder(tmp_path)
+
+
 def test_a_link_loop_inside_a_class_folder_ends_and_counts_each_image_once(tmp_path):
     save_images(tmp_path / "cat" / "inner", count=2)
     save_images(tmp_path / "dog", count=1)

@@ -250,6 +250,16 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _class_files(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
+    """Each class folder's images, labelled. Two class names that are one folder (a link to another class's folder)
+    are refused: its images would be in both classes."""
+    named = {}
+    for name in class_names:
+        if (real := os.path.realpath(folder / name)) in named:
+            raise ValueError(
+                f"The class folders '{named[real]}' and '{name}' of {folder} are one folder (a link), so its images "
+                f"would be in both classes: remove the link, or make '{name}' a folder of its own."
+            )
+        named[real] = name
     files, labels = [], []
     for label, name in enumerate(class_names):
         found = _image_files(folder / name) if (folder / name).is_dir() else []
