@@ -110,8 +110,9 @@ def bcos_source_entry(source: str, weights: str | os.PathLike | None) -> str:
         raise ValueError(f"{source!r} names no standard model of the bcos package. Supported: bcos:<one of {twins}>.")
     if weights is None or (weights != RANDOM and not Path(weights).is_file()):
         raise ValueError(
-            f"The source {source!r} needs its release weights file (--weights path/to/{entry}.pth, as the bcos "
-            f"package downloads it); got {weights!r}."
+            f"The source {source!r} needs its release weights file (--weights path/to/<its release file>, as the "
+            "bcos package downloads it into ~/.cache/torch/hub/checkpoints/; docs/zoo.md names each entry's file); "
+            f"got {weights!r}."
         )
     return entry
 
