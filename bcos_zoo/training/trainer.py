@@ -265,8 +265,8 @@ class StopOnInterrupt(TrainerCallback):
 
 class ZooTrainer(Trainer):
     """The ``Trainer`` every task runs. It logs the mean of each named loss term since the last log (``self.tally``),
-    so a loss made of several terms shows each of them in the training log, and it saves the steps done when the
-    training data cannot be read (:meth:`get_batch_samples`)."""
+    so a loss made of several terms shows each of them in the training log; it saves the steps done when the training
+    data cannot be read, and trains no step past the last (:meth:`get_batch_samples`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
