@@ -180,7 +180,7 @@ class ExplanationDistillationTrainer(ZooTrainer):
         if model.training:
             for name, value in terms.items():
                 if name != "loss":
-                    self.tally(f"{name}_loss", value.detach())
+                    self.tally(f"{name}_loss", value.detach(), count=len(pixel_values))
         return (terms["loss"], outputs) if return_outputs else terms["loss"]
 
 

@@ -124,9 +124,9 @@ class GuidedTrainer(ZooTrainer):
             accumulated = getattr(self, "current_gradient_accumulation_steps", 1)  # set by the training loop
             steps = accumulated * self.accelerator.num_processes
             loss = loss + self.guidance_weight * steps * localisation.sum()
-            self.tally(f"{self.guidance_loss}_loss", localisation.detach().mean())
+            self.tally(f"{self.guidance_loss}_loss", localisation.detach().mean(), count=len(localisation))
         if model.training and boxed is not None:
-            self.tally("boxed_share", boxed.float().mean())
+            self.tally("boxed_share", boxed.float().mean(), count=len(boxed))
         return (loss, outputs) if return_outputs else loss
 
 

@@ -264,20 +264,25 @@ class StopOnInterrupt(TrainerCallback):
 
 
 class ZooTrainer(Trainer):
-    """The ``Trainer`` every task runs. It logs the mean of each named loss term since the last log (``self.tally``),
-    so a loss made of several terms shows each of them in the training log; it saves the steps done when the training
-    data cannot be read, and trains no step past the last (:meth:`get_batch_samples`)."""
+    """The ``Trainer`` every task runs. A batch's loss counts by its share of the step's images (:meth:`training_step`).
+    It logs the mean of each named loss term since the last log, over the images it was computed on (``self.tally``),
+    so a loss made of several terms shows each of them in the training log. It saves the steps done when the training
+    data cannot be read, and trains no step past the last (:meth:`get_batch_samples`). A task's batches hold
+    ``pixel_values``."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._tallies: dict[str, list[float]] = defaultdict(list)
+        self._tallies: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])  # name -> [sum, count]
+        self._step_images = 0  # in the running optimiser step's batches
 
-    def tally(self, name: str, value: torch.Tensor | float) -> None:
-        self._tallies[name].append(float(value.detach() if isinstance(value, torch.Tensor) else value))
+    def tally(self, name: str, mean: torch.Tensor | float, count: int = 1) -> None:
+        """Note ``mean``, the mean of a loss term over ``count`` images, for the next log."""
+        self._tallies[name][0] += float(mean.detach() if isinstance(mean, torch.Tensor) else mean) * count
+        self._tallies[name][1] += count
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:
-            logs.update({name: sum(values) / len(values) for name, values in self._tallies.items() if values})
+            logs.update({name: total / count for name, (total, count) in self._tallies.items() if count})
             self._tallies.clear()
         super().log(logs, *args, **kwargs)
 
@@ -293,10 +298,20 @@ class ZooTrainer(Trainer):
             self.control.should_training_stop = True
             return [], None
         try:
-            return super().get_batch_samples(epoch_iterator, num_batches, device)
+            batches, count = super().get_batch_samples(epoch_iterator, num_batches, device)
         except Exception:
             self.save_steps_done()
             raise
+        self._step_images = sum(len(batch["pixel_values"]) for batch in batches)
+        return batches, count
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """One batch's forward and backward pass, its mean loss weighted by the batch's share of the step's images, so
+        that accumulated batches train as one batch of all their images: the Trainer divides each batch's mean by
+        the number of batches in the step, which counts the images of a short last batch of an epoch more."""
+        if self._step_images:
+            self.current_gradient_accumulation_steps = self._step_images / len(inputs["pixel_values"])
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def save_steps_done(self) -> None:
         """Log and checkpoint the steps done, as the Trainer does at a checkpoint step, unless they are saved."""
