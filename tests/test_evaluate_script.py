@@ -444,3 +444,14 @@ def test_a_model_that_cannot_be_loaded_is_named_in_one_line(workspace, tmp_path,
     assert len(lines) == 1 and lines[0].startswith(f"error: --model {path[model]}") and expected[model] in lines[0], (
         lines
     )
+
+
+def test_an_evaluation_without_faithfulness_leaves_no_earlier_faithfulness_figure_beside_it(full_run, tmp_path):
+    """An earlier run's curves in the same --output-dir would pass for this one's."""
+    from bcos_zoo.evaluation.report import write_report
+
+    shutil.copy(full_run["output"] / "faithfulness.png", tmp_path / "faithfulness.png")
+    report = {key: value for key, value in full_run["report"].items() if key != "faithfulness"}
+    written = write_report(report, tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in written)
+    assert not (tmp_path / "faithfulness.png").exists()

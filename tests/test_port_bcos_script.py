@@ -22,7 +22,7 @@ from PIL import Image
 from training_testing import REPO
 
 from bcos_zoo import FAMILIES
-from bcos_zoo.zoo.bcos_releases import default_repo_id, release_of_file, releases
+from bcos_zoo.zoo.bcos_releases import default_repo_id, is_release_port, release_of_file, releases
 from bcos_zoo.zoo.cli import run_script
 
 
@@ -149,6 +149,29 @@ def test_a_previous_port_is_replaced_and_a_folder_of_the_user_s_is_left_alone(re
         "config.json",
         "training_notes.txt",
     ]
+
+
+@pytest.mark.slow  # ports resnet18 three times
+def test_a_port_stopped_part_way_leaves_the_previous_port_as_it_was_and_a_rerun_replaces_it(
+    release_dir, tmp_path, monkeypatch
+):
+    import bcos_zoo.zoo.bcos_releases as bcos_releases
+
+    weights = str(release_dir / releases()["resnet18"].file_name)
+    argv = ["--entry", "resnet18", "--weights", weights, "--output-dir", str(tmp_path), "--dry-run"]
+    assert run_main(argv) == 0
+    before = {path.name: path.read_bytes() for path in (tmp_path / "resnet18").iterdir() if path.is_file()}
+
+    def killed(folder):  # as a kill after the weights were written, before the model card
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bcos_releases, "readable_weights", killed)
+    assert run_main(argv) == 130
+    after = {path.name: path.read_bytes() for path in (tmp_path / "resnet18").iterdir() if path.is_file()}
+    assert after == before
+    monkeypatch.undo()
+    assert run_main(argv) == 0 and is_release_port(tmp_path / "resnet18")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["resnet18"]
 
 
 @pytest.mark.slow  # the dry run ports a full-size ConvNeXt-T

@@ -539,3 +539,19 @@ def test_printed_premises_give_each_premise_and_warn_when_one_is_not_met():
     assert guidance_report.printed_premises([met]).startswith("premise: source accuracy: 81.2 ± 1.0 (lowest seed 80.0,")
     lines = reproduction_report.printed_premises([met, missed]).splitlines()
     assert lines[1].endswith("NOT MET") and lines[2].startswith("A premise is not met") and "**" not in lines[2]
+
+
+def test_a_cached_starting_accuracy_cut_off_by_a_kill_is_measured_again(tmp_path):
+    from bcos_zoo.data.datasets import load_dataset_splits
+    from bcos_zoo.zoo.recipes import Recipe
+    from bcos_zoo.zoo.reproduction import initial_accuracy
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    architecture = dict(image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=1, num_attention_heads=3)
+    recipe = Recipe(name="t", source="scratch", dataset=str(data), hub_model_id="o/t", architecture=architecture)
+    splits, cache = load_dataset_splits(str(data)), tmp_path / "initial_accuracy.json"
+    measured = initial_accuracy(recipe, splits, "cpu", cache=cache)
+    written = cache.read_text()
+    cache.write_text(written[: len(written) // 2])
+    assert initial_accuracy(recipe, splits, "cpu", cache=cache) == measured
+    assert json.loads(cache.read_text())["accuracy"] == measured  # written again, whole

@@ -406,4 +406,6 @@ def write_report(report: dict, output_dir: str | Path) -> list[Path]:
     if report.get("faithfulness"):
         written.append(output / "faithfulness.png")
         plot_faithfulness(report, written[-1], title=f"Faithfulness on {report['dataset']} ({report['split']})")
+    else:  # an earlier evaluation's curves would pass for this one's
+        (output / "faithfulness.png").unlink(missing_ok=True)
     return written

@@ -221,16 +221,20 @@ def is_release_port(folder: Path) -> bool:
         return False
 
 
-def prepare_folder(folder: Path) -> None:
-    """An empty ``folder`` for the repo: a previous port there is replaced; anything else is left alone and refused."""
+def prepare_folder(folder: Path) -> Path:
+    """An empty folder beside ``folder`` to build the repo in, which :func:`port_release` then moves in place whole
+    (a port stopped part-way leaves ``folder`` as it was): a previous port in ``folder`` is to be replaced; anything
+    else is left alone and refused."""
     if folder.is_file() or (folder.is_dir() and any(folder.iterdir()) and not is_release_port(folder)):
         raise ValueError(
             f"{folder} exists and does not hold a ported release (no model card tagged {RELEASE_TAG}); it is left as "
             "it is: choose another --output-dir."
         )
-    if folder.is_dir():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    partial = folder.with_name(f".{folder.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return partial
 
 
 def port_release(
@@ -253,8 +257,11 @@ def port_release(
         sha256_matches=sha256_of(weights).startswith(release.sha256_prefix),
         parameters=sum(parameter.numel() for parameter in ours.parameters()),
     )
-    prepare_folder(port.folder)
-    ours.save_pretrained(port.folder)
-    readable_weights(port.folder)
-    render_release_card(port, ours, command=command).save(port.folder / "README.md")
+    partial = prepare_folder(port.folder)
+    ours.save_pretrained(partial)
+    readable_weights(partial)
+    render_release_card(port, ours, command=command).save(partial / "README.md")
+    if port.folder.is_dir():
+        shutil.rmtree(port.folder)
+    partial.rename(port.folder)
     return port

@@ -310,16 +310,20 @@ def input_change(name: str, recipe: Recipe) -> str:
     return f"{flag} {value} holds other weights than the run started from (retrained since?), and {harm}"
 
 
+def write_json(path: Path, record: dict) -> None:
+    """``record`` as JSON at ``path``, written beside it and moved in place whole, so that a kill mid-write leaves the
+    file as it was, never cut off; each process writes a file of its own (a data-parallel run's write the same)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(record, indent=2, default=str))
+    partial.replace(path)
+
+
 def write_recipe(output_dir: Path, recipe: Recipe) -> None:
     """``recipe.json``, written as training starts so that a --resume can be checked against it (with the number of
-    processes: the batch size is per process; and the digests of the source's and teacher's weights). Each process
-    of a data-parallel run writes the same record to a file of its own and moves it in place, so none reads half of
-    one."""
+    processes: the batch size is per process; and the digests of the source's and teacher's weights)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    partial = output_dir / f".recipe.json.{os.getpid()}"
     record = {**recipe_record(recipe), "processes": processes_now(), "inputs": input_digests(recipe)}
-    partial.write_text(json.dumps(record, indent=2))
-    partial.replace(output_dir / "recipe.json")
+    write_json(output_dir / "recipe.json", record)
 
 
 def check_same_files(output_dir: Path, recipe: Recipe, data: DatasetSplits) -> None:
@@ -342,13 +346,10 @@ def check_same_files(output_dir: Path, recipe: Recipe, data: DatasetSplits) -> N
 
 def write_held_out_from(output_dir: Path, data: DatasetSplits) -> None:
     """``held_out_from.json``, beside ``recipe.json``, for a folder whose evaluation images are held out of its files
-    (see :func:`check_same_files`); moved in place whole, as ``recipe.json`` is."""
-    if data.held_out_from is None:
-        return
-    partial = output_dir / f".held_out_from.json.{os.getpid()}"
-    record = {"sha256": data.held_out_from, "files": len(data.train) + len(data.validation)}
-    partial.write_text(json.dumps(record, indent=2))
-    partial.replace(output_dir / "held_out_from.json")
+    (see :func:`check_same_files`)."""
+    if data.held_out_from is not None:
+        record = {"sha256": data.held_out_from, "files": len(data.train) + len(data.validation)}
+        write_json(output_dir / "held_out_from.json", record)
 
 
 def finished_results(output_dir: Path) -> dict | None:
@@ -421,8 +422,8 @@ class RunFolderLock:
         except BlockingIOError:
             os.close(descriptor)
             raise ValueError(
-                f"--output-dir {self.folder} is being written by another run that has not ended: wait for it to end "
-                "(then --resume continues it, if it was stopped), or choose another --output-dir. Nothing was changed."
+                f"{self.folder} is being written by another run that has not ended: wait for it to end, or run into "
+                "another folder. Nothing was changed."
             ) from None
         except OSError:  # a file system without locks: run unlocked
             os.close(descriptor)
@@ -598,7 +599,5 @@ def _run(
     partial.rename(repo_dir)
     history = [entry for entry in trainer.state.log_history if "eval_loss" in entry or "eval_accuracy" in entry]
     results = {"recipe": asdict(recipe), "repo_id": repo_id, "metrics": metrics, "eval_history": history}
-    partial_results = output_dir / f".results.json.{os.getpid()}"  # moved in place whole: it marks the run's end
-    partial_results.write_text(json.dumps(results, indent=2, default=str))
-    partial_results.replace(output_dir / "results.json")
+    write_json(output_dir / "results.json", results)  # whole, as it marks the run's end
     return publish(FinetuneResult(output_dir, repo_dir, metrics), recipe, push, private, dry_run)

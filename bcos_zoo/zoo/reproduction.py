@@ -53,6 +53,7 @@ from .finetune import (
     input_digests,
     last_complete_checkpoint,
     with_run_precision,
+    write_json,
 )
 from .recipes import Recipe, get_recipe
 from .reproduction_report import (
@@ -189,9 +190,9 @@ def train_or_reuse(
         print(f"Re-using the finished run in {folder}")
         return json.loads(results.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "recipe.json").write_text(json.dumps(recipe_record(recipe), indent=2))
+    write_json(folder / "recipe.json", recipe_record(recipe))
     if not (folder / INPUTS_RECORD).is_file():
-        (folder / INPUTS_RECORD).write_text(json.dumps(input_digests(recipe), indent=2))
+        write_json(folder / INPUTS_RECORD, input_digests(recipe))
     resume = bool(earlier_run(folder, last_complete_checkpoint(folder / "checkpoints")))
     finetune(recipe, folder, resume=resume, device=device, eval_each_epoch=eval_each_epoch)
     return json.loads(results.read_text())
@@ -211,10 +212,12 @@ def initial_accuracy(
     :func:`train_or_reuse` compares it, in ``work_dir``).
     """
     record = recipe_record(recipe)
-    if cache is not None and cache.is_file():
-        stored = json.loads(cache.read_text())
-        if not training_differences(stored.get("recipe", {}), recipe, work_dir):
-            return float(stored["accuracy"])
+    try:  # a file cut off by a kill (before it was written whole) is measured again
+        stored = json.loads(cache.read_text()) if cache is not None and cache.is_file() else None
+    except ValueError:
+        stored = None
+    if stored is not None and not training_differences(stored.get("recipe", {}), recipe, work_dir):
+        return float(stored["accuracy"])
     set_seed(recipe.seed)
     task = get_task(recipe)
     model = task.build_model(data.class_names)
@@ -222,7 +225,7 @@ def initial_accuracy(
     value = predict(bcos_classifier(model.to(device).eval()), pairs, transform, recipe.batch_size, device).accuracy()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"recipe": record, "accuracy": value}, indent=2))
+        write_json(cache, {"recipe": record, "accuracy": value})
     return value
 
 
