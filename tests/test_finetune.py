@@ -37,7 +37,11 @@ def tiny_run(tmp_path_factory):
         learning_rate=1e-3,
         save_steps=6,
     )
-    result = finetune(recipe, root / "out", device="cpu")
+    umask = os.umask(0o022)  # a shared machine's: files readable by all
+    try:
+        result = finetune(recipe, root / "out", device="cpu")
+    finally:
+        os.umask(umask)
     return source, result
 
 

@@ -16,7 +16,7 @@ from transformers import ViTForImageClassification
 from bcos_zoo import BcosViTForImageClassification
 from bcos_zoo.training.recipe import recipe_record
 from bcos_zoo.training.trainer import with_precision
-from bcos_zoo.zoo.finetune import RunFolderLock, check_before_training, finetune
+from bcos_zoo.zoo.finetune import check_before_training, finetune, run_folder
 from bcos_zoo.zoo.hub import PushError
 from bcos_zoo.zoo.recipes import Recipe
 
@@ -330,28 +330,34 @@ def test_a_folder_another_run_is_writing_is_refused_and_changes_nothing(recipe, 
     output.mkdir()
     (output / "recipe.json").write_text(json.dumps(recipe_record(with_precision(recipe, "cpu"))))  # just started
     before = snapshot(output)
-    with RunFolderLock(output) as running:  # the other run, as a process of its own would hold it
-        running.take()
-        with pytest.raises(ValueError, match="is being written by another run that has not ended"):
-            finetune(recipe, output, resume=resume, device="cpu")
+    refused = pytest.raises(ValueError, match="is being written by another run that has not ended")
+    with run_folder(output), refused:  # the other run holds the folder, as a process of its own would
+        finetune(recipe, output, resume=resume, device="cpu")
     assert snapshot(output) == before
 
 
-def test_a_run_into_a_new_folder_holds_it_until_it_ends(recipe, tmp_path, monkeypatch):
+def test_a_run_holds_its_folder_from_before_it_reads_it_until_it_ends(recipe, tmp_path, monkeypatch):
+    """A run that started before another made the folder, and finished there, must not train over it unchecked."""
     import bcos_zoo.zoo.finetune as finetuning
 
     output, seen = tmp_path / "new" / "out", []
-    write_recipe = finetuning.write_recipe
+    earlier_run = finetuning.earlier_run
 
-    def second_run_meanwhile(folder, run_recipe):
+    def second_run_meanwhile(*args):
         with pytest.raises(ValueError, match="is being written by another run"):
             finetune(recipe, output, resume=True, device="cpu")
         seen.append(True)
-        write_recipe(folder, run_recipe)
+        return earlier_run(*args)
 
-    monkeypatch.setattr(finetuning, "write_recipe", second_run_meanwhile)
+    monkeypatch.setattr(finetuning, "earlier_run", second_run_meanwhile)
     finetune(recipe, output, device="cpu")
     assert seen == [True]
-    with RunFolderLock(output) as after:  # given back at the end
-        after.take()
-        assert after.descriptor is not None
+    with run_folder(output):  # given back at the end
+        pass
+
+
+def test_a_run_refused_before_it_wrote_anything_leaves_no_folder_behind(recipe, tmp_path):
+    output = tmp_path / "new"
+    with pytest.raises(FileNotFoundError, match="card template"):
+        finetune(replace(recipe, card_template="no_such_card.md"), output, device="cpu")
+    assert not output.exists()

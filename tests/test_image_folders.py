@@ -231,12 +231,20 @@ def test_a_linked_folder_inside_a_class_folder_holds_images_of_that_class(tmp_pa
     ) == [("cat/0.png", 0), ("cat/extra/0.png", 0), ("cat/extra/1.png", 0), ("dog/0.png", 1)]
 
 
-def test_a_class_folder_that_links_to_another_class_s_folder_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    "link, target, names",
+    [
+        ("kitten", "cat", ("cat", "kitten")),  # a class folder that is another's
+        ("kitten", "cat/small", ("cat", "kitten")),  # ... or a folder inside another's
+        ("cat/dogs", "dog", ("cat", "dog")),  # a class folder holding a link to another's
+    ],
+)
+def test_a_folder_reached_from_two_class_folders_is_refused(tmp_path, link, target, names):
     """Its images would be in both classes."""
-    save_images(tmp_path / "cat", count=2)
+    save_images(tmp_path / "cat" / "small", count=2)
     save_images(tmp_path / "dog", count=2)
-    (tmp_path / "kitten").symlink_to(tmp_path / "cat", target_is_directory=True)
-    with pytest.raises(ValueError, match="'cat' and 'kitten' of .* are one folder"):
+    (tmp_path / link).symlink_to(tmp_path / target, target_is_directory=True)
+    with pytest.raises(ValueError, match=f"'{names[0]}' and '{names[1]}' of .* both reach"):
         image_folder(tmp_path)
 
 

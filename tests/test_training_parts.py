@@ -307,9 +307,10 @@ def test_sigterm_saves_the_running_step_as_a_checkpoint_and_ends_training_as_int
 
 
 @pytest.mark.usefixtures("sigterm_raises")
-def test_a_second_sigterm_hands_it_to_the_handler_training_began_with(tmp_path):
+def test_a_second_sigterm_hands_it_to_the_handler_training_began_with(tmp_path, capsys):
     with pytest.raises(_Terminated):
         _interrupted_training(tmp_path, times=2, signum=signal.SIGTERM)
+    assert "SIGTERM: a checkpoint at the end of this step" in capsys.readouterr().err  # the first was noted
     assert not list(tmp_path.glob("checkpoint-*"))
 
 

@@ -227,12 +227,14 @@ def _sub_folders(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir() if path.is_dir() and _visible(path.name))
 
 
-def _image_files(folder: Path) -> list[Path]:
+def _image_files(folder: Path, walked: set[str]) -> list[Path]:
     """The image files at any depth under ``folder``, in path order; hidden entries and their contents left out.
+    ``walked`` gains the real path of every folder walked.
 
     Linked folders are followed, as a linked class folder is; a folder already walked (a link to it or to a folder
     above it) is not walked again, so that a link loop ends and no image is counted twice."""
-    found, walked = [], {os.path.realpath(folder)}
+    found = []
+    walked.add(os.path.realpath(folder))
     for parent, folders, names in os.walk(folder, followlinks=True):
         kept = []  # the folders descended into; sorted, so that of two links to one folder the same one is kept
         for name in sorted(folders):
@@ -250,19 +252,18 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _class_files(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
-    """Each class folder's images, labelled. Two class names that are one folder (a link to another class's folder)
-    are refused: its images would be in both classes."""
-    named = {}
-    for name in class_names:
-        if (real := os.path.realpath(folder / name)) in named:
-            raise ValueError(
-                f"The class folders '{named[real]}' and '{name}' of {folder} are one folder (a link), so its images "
-                f"would be in both classes: remove the link, or make '{name}' a folder of its own."
-            )
-        named[real] = name
-    files, labels = [], []
+    """Each class folder's images, labelled. A folder reached from two classes (a class folder that links to
+    another's, or holds a link into another) is refused: its images would be in both classes."""
+    files, labels, walked_by = [], [], {}
     for label, name in enumerate(class_names):
-        found = _image_files(folder / name) if (folder / name).is_dir() else []
+        walked: set[str] = set()
+        found = _image_files(folder / name, walked) if (folder / name).is_dir() else []
+        for real in walked:
+            if (other := walked_by.setdefault(real, name)) != name:
+                raise ValueError(
+                    f"The class folders '{other}' and '{name}' of {folder} both reach {real} (through a link), so its "
+                    f"images would be in both classes: remove the link, or copy the images into one of them."
+                )
         files.extend(found)
         labels.extend([label] * len(found))
     return files, labels

@@ -129,27 +129,6 @@ class TrainingClock(TrainerCallback):
             partial.replace(folder / self.FILE)
 
 
-def readable_weights(folder: Path) -> None:
-    """Give the weights files in ``folder`` the mode any new file gets (0666 less the umask). The safetensors writer
-    (0.8) makes them 0600, so that another user of a shared machine, or a container's user, could read every file
-    of a model a run wrote but its weights (and loading says the file does not exist)."""
-    if os.name != "posix":
-        return
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in Path(folder).glob("*.safetensors"):
-        path.chmod(0o666 & ~umask)
-
-
-class ReadableCheckpoints(TrainerCallback):
-    """Each checkpoint's weights readable as its other files are (:func:`readable_weights`), so that anyone who can
-    read the run can resume it."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if args.process_index == 0:
-            readable_weights(Path(args.output_dir) / f"checkpoint-{state.global_step}")
-
-
 class LogAtCheckpoints(TrainerCallback):
     """Log the loss at every checkpoint and at the last step, so that the log history, which each checkpoint keeps,
     covers every step of a run, one resumed from a checkpoint included (see :func:`mean_training_loss`)."""
@@ -404,9 +383,9 @@ def training_arguments(
 
 
 def trainer_callbacks(recipe: Recipe, train_dataset, report_folder: Path | None = None) -> list[TrainerCallback]:
-    """Every run's callbacks: epoch-seeded augmentation, a sure stop on Ctrl-C, a log at each checkpoint, readable
-    checkpoint weights, adaptive clipping when on, and the per-rank report."""
-    callbacks = [EpochSeededData(train_dataset), StopOnInterrupt(), LogAtCheckpoints(), ReadableCheckpoints()]
+    """Every run's callbacks: epoch-seeded augmentation, a sure stop on Ctrl-C, a log at each checkpoint, adaptive
+    clipping when on, and the per-rank report."""
+    callbacks = [EpochSeededData(train_dataset), StopOnInterrupt(), LogAtCheckpoints()]
     if recipe.agc_clip:
         callbacks.append(AdaptiveGradientClipping(recipe.agc_clip))
     if report_folder is not None:

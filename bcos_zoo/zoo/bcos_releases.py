@@ -25,8 +25,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..ports import STANDARD_PREFIX, bcos_entry_family, build_bcos_entry, from_bcos
-from ..training.trainer import readable_weights
-from .hub import check_repo_id
+from .hub import check_repo_id, readable_weights
 
 
 DEFAULT_ORG = "bcos-zoo"

@@ -10,11 +10,13 @@ tree that is uploaded (weights as safetensors, config, remote code, processor, m
 explanations). ``scripts/finetune.py`` is the command-line face of :func:`finetune`.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -30,13 +32,19 @@ from ..training.trainer import (
     StopOnInterrupt,
     TrainingClock,
     mean_training_loss,
-    readable_weights,
     trainer_callbacks,
     training_arguments,
     with_precision,
 )
 from .cards import launch_command, render_model_card, template_path
-from .hub import check_push_access, describe_tree, hub_repo_exists, hub_unavailable, push_folder
+from .hub import (
+    check_push_access,
+    describe_tree,
+    hub_repo_exists,
+    hub_unavailable,
+    push_folder,
+    readable_weights,
+)
 from .recipes import Recipe
 
 
@@ -213,6 +221,15 @@ def unevaluated_epoch_end(checkpoint: str) -> dict | None:
     ):
         return None
     return {"epoch": epoch, "step": step}
+
+
+class ReadableCheckpoints(TrainerCallback):
+    """Each checkpoint's weights as readable as its other files (:func:`~bcos_zoo.zoo.hub.readable_weights`), so that
+    anyone who can read the run can resume it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.process_index == 0:
+            readable_weights(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 class RestoreEvaluation(TrainerCallback):
@@ -401,42 +418,39 @@ def check_finished_run(results: dict, output_dir: Path, recipe: Recipe, push: bo
         check_push_access(recipe.hub_model_id)
 
 
-class RunFolderLock:
-    """Keeps a second run out of an --output-dir while a run writes it: two runs in one folder would replace each
-    other's checkpoints and repo/, and both report success. An exclusive lock on the folder (``flock``), taken by the
-    main process once the folder exists and held until the run ends; none where the system or the file system has
-    no such lock (Windows, some network file systems)."""
+def is_main_process() -> bool:
+    """Whether this is the process that writes a run's records: the only one, or rank 0 under accelerate launch."""
+    return int(os.environ.get("RANK", "0")) == 0
 
-    def __init__(self, folder: Path):
-        self.folder, self.descriptor = folder, None
 
-    def take(self) -> None:
-        """Lock the folder, if it exists and is not locked by this run already; refuse it when another run holds it."""
-        if self.descriptor is not None or fcntl is None or int(os.environ.get("RANK", "0")) != 0:
-            return
-        if not self.folder.is_dir():
-            return
-        descriptor = os.open(self.folder, os.O_RDONLY)
+@contextlib.contextmanager
+def run_folder(output_dir: Path) -> Iterator[None]:
+    """Keep a second run out of ``output_dir`` while this one writes it: two runs in one folder would replace each
+    other's checkpoints and repo/, and both report success. The main process makes the folder (a refused run removes
+    the empty folder it made) and holds an exclusive lock on it (``flock``) from before anything in it is read to
+    the run's end; none where the system or file system has no such lock (Windows, some network file systems). The
+    other processes of a data-parallel run write nothing before the first step, which waits for the main one."""
+    if not is_main_process() or fcntl is None:
+        yield
+        return
+    made = not output_dir.exists()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(output_dir, os.O_RDONLY)
+    try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(descriptor)
             raise ValueError(
-                f"{self.folder} is being written by another run that has not ended: wait for it to end, or run into "
+                f"{output_dir} is being written by another run that has not ended: wait for it to end, or run into "
                 "another folder. Nothing was changed."
             ) from None
         except OSError:  # a file system without locks: run unlocked
-            os.close(descriptor)
-            return
-        self.descriptor = descriptor
-
-    def __enter__(self) -> "RunFolderLock":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.descriptor is not None:
-            os.close(self.descriptor)  # which releases the lock
-            self.descriptor = None
+            pass
+        yield
+    finally:
+        os.close(descriptor)  # which releases the lock
+        if made and not any(output_dir.iterdir()):  # a run refused before it wrote anything
+            output_dir.rmdir()
 
 
 def finetune(
@@ -451,153 +465,150 @@ def finetune(
     dataloader_num_workers: int | None = None,
 ) -> FinetuneResult:
     """Run a recipe end to end; see the module docstring for what lands where. Only one run at a time writes an
-    --output-dir (:class:`RunFolderLock`)."""
+    --output-dir (:func:`run_folder`)."""
     output_dir = Path(output_dir)
     check_output_dir(output_dir, recipe.dataset)
-    with RunFolderLock(output_dir) as lock:
-        lock.take()  # before anything in the folder is read
-        options = dict(push=push, private=private, dry_run=dry_run, device=device, eval_each_epoch=eval_each_epoch)
-        return _run(recipe, output_dir, lock, resume, dataloader_num_workers=dataloader_num_workers, **options)
-
-
-def _run(
-    recipe: Recipe,
-    output_dir: Path,
-    lock: RunFolderLock,
-    resume: bool,
-    push: bool,
-    private: bool,
-    dry_run: bool,
-    device: str | None,
-    eval_each_epoch: bool,
-    dataloader_num_workers: int | None,
-) -> FinetuneResult:
-    """:func:`finetune`, in its checked --output-dir, with ``lock`` to take once the folder exists."""
-    checkpoint_dir = output_dir / "checkpoints"
-    last_checkpoint = last_complete_checkpoint(checkpoint_dir)
-    left = earlier_run(output_dir, last_checkpoint)
-    if left and not (output_dir / "recipe.json").is_file():  # a run writes it first: these are no run's outputs
-        raise ValueError(
-            f"{output_dir} holds {', '.join(left)} but no recipe.json, which every run writes before it trains, so it "
-            "is no run to resume (or its recipe.json was deleted), and a run would replace what it holds: choose an "
-            "empty or a new --output-dir. Nothing was changed."
-        )
-    if left and not resume:
-        raise ValueError(
-            f"{output_dir} holds an earlier run ({', '.join(left)}); pass --resume to continue it (or to push it, "
-            "when it is finished), or choose another --output-dir. Nothing was changed."
-        )
-    finished = finished_results(output_dir) if resume else None
-    recipe = with_run_precision(recipe, output_dir, device)
-    repo_id = recipe.hub_model_id
-    if resume:
-        check_same_recipe(output_dir, recipe, training=finished is None)
-    if (results := finished) is not None:
-        if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process alone reports and pushes
-            return FinetuneResult(output_dir, None)
-        check_finished_run(results, output_dir, recipe, push, dry_run)
-        done = FinetuneResult(output_dir, output_dir / "repo", results["metrics"])
-        pushing = push and not dry_run
-        print(f"{output_dir} holds a finished run; nothing to resume, {'pushing' if pushing else 'nothing changed'}.")
-        return publish(done, recipe, push, private, dry_run)
-    check_before_training(recipe, push, dry_run)
-    continued = bcos_checkpoint_config(recipe.source) is not None  # for the card; read now, not after training
-    task = get_task(recipe)
-    workers = {} if dataloader_num_workers is None else {"dataloader_num_workers": dataloader_num_workers}
-    arguments = training_arguments(
-        recipe, checkpoint_dir, device=device, eval_each_epoch=eval_each_epoch, **task.training_arguments(), **workers
-    )
-    task.workers = arguments.dataloader_num_workers  # its evaluation reads images as its training does
-    if resume and last_checkpoint:
-        print(f"Resuming from {last_checkpoint}")
-    elif resume:
-        logger.warning(f"--resume: no checkpoint in {checkpoint_dir}, starting from the beginning.")
-
-    set_seed(recipe.seed)
-    data = task.load_data()
-    if resume:
-        check_same_files(output_dir, recipe, data)
-    model = task.build_model(data.class_names)
-    if model.dtype in (torch.float16, torch.bfloat16):  # an AdamW step on float16 weights overflows to inf and NaN,
-        logger.warning(f"The {model.dtype} model is trained in float32.")  # bfloat16 rounds small updates away
-        model = model.float()
-    train_dataset = task.dataset(
-        limit(data.train, recipe.max_train_samples), task.train_transform(model), seed=recipe.seed
-    )
-    eval_dataset = task.dataset(limit(data.validation, recipe.max_eval_samples), task.eval_transform(model))
-    clock = TrainingClock(last_checkpoint if resume else None)
-    trainer = task.build_trainer(
-        model,
-        arguments,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=task.collate,
-        callbacks=[*trainer_callbacks(recipe, train_dataset, report_folder=output_dir / "ranks"), clock],
-    )
-    if resume and last_checkpoint:
-        # The Trainer reads a checkpoint's weights file by the names it was saved under; a transformers release that
-        # renames a model's modules on load (5.17 for ViT) would leave every weight unread and train on at random
-        # initialisation. Loading as from_pretrained does first makes the names match; the Trainer's load then agrees.
-        model.load_state_dict(type(model).from_pretrained(last_checkpoint).state_dict())
-        missing = unevaluated_epoch_end(last_checkpoint) if eval_each_epoch else None
-        if missing is not None:
-            trainer.add_callback(RestoreEvaluation({**trainer.evaluate(), **missing}))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    lock.take()  # a folder made by this run: before it writes anything there
-    write_recipe(output_dir, recipe)  # before the first checkpoint; a run stopped earlier leaves nothing to resume
-    write_held_out_from(output_dir, data)
-    stop = next(callback for callback in trainer.callback_handler.callbacks if isinstance(callback, StopOnInterrupt))
-    try:
-        train_output = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
-    except RuntimeError as error:
-        if stop.killed_a_starting_worker(error):
-            raise KeyboardInterrupt from error
-        raise
-    finally:  # an error in training skips the callbacks' end: Ctrl-C is the caller's again all the same
-        stop.restore()
-    train_seconds = clock.seconds
-    end_process_group(trainer)
-    if not trainer.is_world_process_zero():
-        return FinetuneResult(output_dir, None)
-
-    model = trainer.model.eval()
-    if diverged := [name for name, parameter in model.named_parameters() if not parameter.isfinite().all()]:
-        raise ValueError(
-            f"Training diverged: {len(diverged)} weights are not finite (the first: {diverged[0]}), so no repo/ is "
-            f"written. The checkpoints are in {checkpoint_dir}; train again with a lower --learning-rate in a new "
-            "--output-dir."
-        )
-    metrics = {
-        "train_seconds": train_seconds,
-        "train_samples_per_second": train_output.metrics.get("train_samples_per_second", 0.0),
-        "train_loss": mean_training_loss(trainer.state.log_history),
-        **task.evaluate(model, data, eval_dataset),
-    }
-    # repo/ is built beside it and then put in its place, so it holds exactly this run's files: nothing of an earlier
-    # write (an interrupted one, or one of another run) stays behind to be pushed
-    repo_dir, partial = output_dir / "repo", output_dir / ".repo.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    examples = task.write_examples(model, data, eval_dataset, partial / "examples")
-    task.save_model(model, partial)
-    readable_weights(partial)
-    if task.card is not None:
-        card = render_model_card(
+    with run_folder(output_dir):
+        checkpoint_dir = output_dir / "checkpoints"
+        last_checkpoint = last_complete_checkpoint(checkpoint_dir)
+        left = earlier_run(output_dir, last_checkpoint)
+        if left and not (output_dir / "recipe.json").is_file():  # a run writes it first: these are no run's outputs
+            raise ValueError(
+                f"{output_dir} holds {', '.join(left)} but no recipe.json, which every run writes before it trains, so "
+                "it is no run to resume (or its recipe.json was deleted), and a run would replace what it holds: "
+                "choose an empty or a new --output-dir. Nothing was changed."
+            )
+        if left and not resume:
+            raise ValueError(
+                f"{output_dir} holds an earlier run ({', '.join(left)}); pass --resume to continue it (or to push it, "
+                "when it is finished), or choose another --output-dir. Nothing was changed."
+            )
+        finished = finished_results(output_dir) if resume else None
+        recipe = with_run_precision(recipe, output_dir, device)
+        repo_id = recipe.hub_model_id
+        if resume:
+            check_same_recipe(output_dir, recipe, training=finished is None)
+        if (results := finished) is not None:
+            if (
+                int(os.environ.get("RANK", "0")) != 0
+            ):  # under accelerate launch, the main process alone reports and pushes
+                return FinetuneResult(output_dir, None)
+            check_finished_run(results, output_dir, recipe, push, dry_run)
+            done = FinetuneResult(output_dir, output_dir / "repo", results["metrics"])
+            pushing = push and not dry_run
+            print(
+                f"{output_dir} holds a finished run; nothing to resume, {'pushing' if pushing else 'nothing changed'}."
+            )
+            return publish(done, recipe, push, private, dry_run)
+        check_before_training(recipe, push, dry_run)
+        continued = bcos_checkpoint_config(recipe.source) is not None  # for the card; read now, not after training
+        task = get_task(recipe)
+        workers = {} if dataloader_num_workers is None else {"dataloader_num_workers": dataloader_num_workers}
+        arguments = training_arguments(
             recipe,
-            task.card,
-            repo_id=repo_id,
-            metrics=metrics,
-            data=data,
-            evaluated=len(eval_dataset),
-            example_image=f"examples/{examples[0]}" if examples else "",
-            config=model.config,
-            continued=continued,
+            checkpoint_dir,
+            device=device,
+            eval_each_epoch=eval_each_epoch,
+            **task.training_arguments(),
+            **workers,
         )
-        card.save(partial / "README.md")
-    if repo_dir.exists():
-        shutil.rmtree(repo_dir)
-    partial.rename(repo_dir)
-    history = [entry for entry in trainer.state.log_history if "eval_loss" in entry or "eval_accuracy" in entry]
-    results = {"recipe": asdict(recipe), "repo_id": repo_id, "metrics": metrics, "eval_history": history}
-    write_json(output_dir / "results.json", results)  # whole, as it marks the run's end
-    return publish(FinetuneResult(output_dir, repo_dir, metrics), recipe, push, private, dry_run)
+        task.workers = arguments.dataloader_num_workers  # its evaluation reads images as its training does
+        if resume and last_checkpoint:
+            print(f"Resuming from {last_checkpoint}")
+        elif resume:
+            logger.warning(f"--resume: no checkpoint in {checkpoint_dir}, starting from the beginning.")
+
+        set_seed(recipe.seed)
+        data = task.load_data()
+        if resume:
+            check_same_files(output_dir, recipe, data)
+        model = task.build_model(data.class_names)
+        if model.dtype in (torch.float16, torch.bfloat16):  # an AdamW step on float16 weights overflows to inf and NaN,
+            logger.warning(f"The {model.dtype} model is trained in float32.")  # bfloat16 rounds small updates away
+            model = model.float()
+        train_dataset = task.dataset(
+            limit(data.train, recipe.max_train_samples), task.train_transform(model), seed=recipe.seed
+        )
+        eval_dataset = task.dataset(limit(data.validation, recipe.max_eval_samples), task.eval_transform(model))
+        clock = TrainingClock(last_checkpoint if resume else None)
+        trainer = task.build_trainer(
+            model,
+            arguments,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=task.collate,
+            callbacks=[
+                *trainer_callbacks(recipe, train_dataset, report_folder=output_dir / "ranks"),
+                clock,
+                ReadableCheckpoints(),
+            ],
+        )
+        if resume and last_checkpoint:
+            # The Trainer reads a checkpoint's weights file by the names it was saved under; a transformers release
+            # that renames a model's modules on load (5.17 for ViT) would leave every weight unread and train on at
+            # random initialisation. Loading as from_pretrained does first makes the names match; the Trainer's load
+            # then agrees.
+            model.load_state_dict(type(model).from_pretrained(last_checkpoint).state_dict())
+            missing = unevaluated_epoch_end(last_checkpoint) if eval_each_epoch else None
+            if missing is not None:
+                trainer.add_callback(RestoreEvaluation({**trainer.evaluate(), **missing}))
+        if is_main_process():  # the others wait for it at the first step (a refused main process ends them)
+            write_recipe(
+                output_dir, recipe
+            )  # before the first checkpoint; a run stopped earlier leaves nothing to resume
+            write_held_out_from(output_dir, data)
+        stop = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnInterrupt))
+        try:
+            train_output = trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
+        except RuntimeError as error:
+            if stop.killed_a_starting_worker(error):
+                raise KeyboardInterrupt from error
+            raise
+        finally:  # an error in training skips the callbacks' end: Ctrl-C is the caller's again all the same
+            stop.restore()
+        train_seconds = clock.seconds
+        end_process_group(trainer)
+        if not trainer.is_world_process_zero():
+            return FinetuneResult(output_dir, None)
+
+        model = trainer.model.eval()
+        if diverged := [name for name, parameter in model.named_parameters() if not parameter.isfinite().all()]:
+            raise ValueError(
+                f"Training diverged: {len(diverged)} weights are not finite (the first: {diverged[0]}), so no repo/ is "
+                f"written. The checkpoints are in {checkpoint_dir}; train again with a lower --learning-rate in a new "
+                "--output-dir."
+            )
+        metrics = {
+            "train_seconds": train_seconds,
+            "train_samples_per_second": train_output.metrics.get("train_samples_per_second", 0.0),
+            "train_loss": mean_training_loss(trainer.state.log_history),
+            **task.evaluate(model, data, eval_dataset),
+        }
+        # repo/ is built beside it and then put in its place, so it holds exactly this run's files: nothing of an
+        # earlier write (an interrupted one, or one of another run) stays behind to be pushed
+        repo_dir, partial = output_dir / "repo", output_dir / ".repo.partial"
+        if partial.exists():
+            shutil.rmtree(partial)
+        examples = task.write_examples(model, data, eval_dataset, partial / "examples")
+        task.save_model(model, partial)
+        readable_weights(partial)
+        if task.card is not None:
+            card = render_model_card(
+                recipe,
+                task.card,
+                repo_id=repo_id,
+                metrics=metrics,
+                data=data,
+                evaluated=len(eval_dataset),
+                example_image=f"examples/{examples[0]}" if examples else "",
+                config=model.config,
+                continued=continued,
+            )
+            card.save(partial / "README.md")
+        if repo_dir.exists():
+            shutil.rmtree(repo_dir)
+        partial.rename(repo_dir)
+        history = [entry for entry in trainer.state.log_history if "eval_loss" in entry or "eval_accuracy" in entry]
+        results = {"recipe": asdict(recipe), "repo_id": repo_id, "metrics": metrics, "eval_history": history}
+        write_json(output_dir / "results.json", results)  # whole, as it marks the run's end
+        return publish(FinetuneResult(output_dir, repo_dir, metrics), recipe, push, private, dry_run)

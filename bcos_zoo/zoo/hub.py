@@ -1,11 +1,14 @@
-"""Publishing to the Hub: a fail-fast access check before training, and a one-commit push of the repo folder.
+"""Publishing to the Hub: a fail-fast access check before training, a one-commit push of the repo folder, and weights
+files as readable as the folder's others.
 
 The repo folder (``<output-dir>/repo``) is the exact tree that lands on the Hub, so a dry run is simply that folder,
 and a failed push leaves it intact for ``scripts/push.py`` to retry.
 """
 
 import json
+import os
 import shlex
+import stat
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -173,6 +176,16 @@ def push_folder(
             f"{folder} holds the complete repo. Retry with: {retry}{' --private' if private else ''}"
         ) from error
     return commit.commit_url
+
+
+def readable_weights(folder: str | Path) -> None:
+    """Give the weights files of a model folder the mode of its ``config.json``: the safetensors writer (0.8) makes
+    them 0600 whatever the umask, so that another user of a shared machine, or a container's user, could read every
+    file of a model but its weights (and loading then says the file does not exist)."""
+    config = Path(folder) / "config.json"
+    if os.name == "posix" and config.is_file():
+        for path in Path(folder).glob("*.safetensors"):
+            path.chmod(stat.S_IMODE(config.stat().st_mode))
 
 
 def describe_tree(folder: str | Path) -> list[str]:
