@@ -10,7 +10,6 @@ Flags override the recipe's fields. Outputs go to --output-dir (default outputs/
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from dataclasses import replace
@@ -18,7 +17,7 @@ from dataclasses import replace
 from bcos_zoo.training.recipe import Recipe, add_recipe_flags, recipe_overrides
 from bcos_zoo.zoo.cards import launch_command
 from bcos_zoo.zoo.cli import at_least, run_script
-from bcos_zoo.zoo.finetune import processes_now
+from bcos_zoo.zoo.finetune import is_main_process, processes_now
 from bcos_zoo.zoo.recipes import RECIPES, get_recipe
 
 
@@ -79,7 +78,7 @@ def main(argv=None) -> int:
 def resume_command(argv: list[str], script: str = "scripts/finetune.py") -> str:
     """The command that continues this run, on as many processes as it runs on (the batch size is per process), with
     the script named as this run named it (so that it runs from where this one was started)."""
-    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process alone says it
+    if not is_main_process():  # under accelerate launch, the main process alone says it
         return ""
     command = "python " + shlex.join([script, *argv, *(["--resume"] if "--resume" not in argv else [])])
     return "continue with: " + launch_command(command, processes_now())

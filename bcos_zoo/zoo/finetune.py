@@ -371,7 +371,7 @@ def write_held_out_from(output_dir: Path, data: DatasetSplits) -> None:
 
 def finished_results(output_dir: Path) -> dict | None:
     """``results.json`` of a run that ended (it is written after ``repo/``, and moved in place whole), else ``None``;
-    one cut off (as a kill mid-write left it before it was moved in place) is no end: a resume makes it again."""
+    one cut off (by a kill mid-write, before results were moved in place) is no end: a resume makes it again."""
     results = output_dir / "results.json"
     if not results.is_file() or not (output_dir / "repo").is_dir():
         return None
@@ -427,13 +427,13 @@ def is_main_process() -> bool:
 def run_folder(output_dir: Path) -> Iterator[None]:
     """Keep a second run out of ``output_dir`` while this one writes it: two runs in one folder would replace each
     other's checkpoints and repo/, and both report success. The main process makes the folder (a refused run removes
-    the empty folder it made) and holds an exclusive lock on it (``flock``) from before anything in it is read to
+    the empty folders it made) and holds an exclusive lock on it (``flock``) from before anything in it is read to
     the run's end; none where the system or file system has no such lock (Windows, some network file systems). The
     other processes of a data-parallel run write nothing before the first step, which waits for the main one."""
     if not is_main_process() or fcntl is None:
         yield
         return
-    made = not output_dir.exists()
+    made = [folder for folder in (output_dir, *output_dir.absolute().parents) if not folder.exists()]  # innermost first
     output_dir.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(output_dir, os.O_RDONLY)
     try:
@@ -449,8 +449,10 @@ def run_folder(output_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)  # which releases the lock
-        if made and not any(output_dir.iterdir()):  # a run refused before it wrote anything
-            output_dir.rmdir()
+        for folder in made:  # of a run refused before it wrote anything
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def finetune(
@@ -489,9 +491,7 @@ def finetune(
         if resume:
             check_same_recipe(output_dir, recipe, training=finished is None)
         if (results := finished) is not None:
-            if (
-                int(os.environ.get("RANK", "0")) != 0
-            ):  # under accelerate launch, the main process alone reports and pushes
+            if not is_main_process():  # under accelerate launch, the main process alone reports and pushes
                 return FinetuneResult(output_dir, None)
             check_finished_run(results, output_dir, recipe, push, dry_run)
             done = FinetuneResult(output_dir, output_dir / "repo", results["metrics"])
