@@ -94,7 +94,7 @@ def test_a_run_loaded_by_spawned_workers_trains_and_evaluates_as_one_loaded_in_p
             multiprocessing.set_start_method("spawn")
             recipe = Recipe(**{recipe.__dict__!r})
             workers = {str(tmp_path / "workers")!r}
-            finetune(recipe, workers, device="cpu", eval_each_epoch=True, dataloader_num_workers=2)
+            finetune(recipe, workers, device="cpu", eval_each_epoch=True, dataloader_num_workers=1)
     """
     (tmp_path / "run.py").write_text(textwrap.dedent(code))
     completed = subprocess.run(
