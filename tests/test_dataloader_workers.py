@@ -194,6 +194,7 @@ def test_sigterm_to_every_process_of_a_run_with_workers_ends_it_as_interrupted(t
     assert "Traceback" not in output, output[-3000:]
 
 
+@pytest.mark.slow  # a short run
 def test_a_run_s_final_evaluation_reads_its_images_with_the_run_s_worker_count(tmp_path, monkeypatch):
     """A user who turns workers off (e.g. where shared memory is too small for them) keeps them off to the end."""
     import bcos_zoo.training.classification as classification

@@ -57,6 +57,7 @@ def first_step(task_name: str, items, batch_size: int, accumulation: int, tmp_pa
     return grab.gradients, trainer.state.log_history
 
 
+@pytest.mark.slow  # two short trainings per task
 @pytest.mark.parametrize("task_name", ["classification", "standard-classification"])
 def test_a_step_of_a_batch_of_four_and_a_short_one_of_two_trains_as_one_batch_of_six(task_name, tmp_path):
     items = colour_items(6)  # one epoch: batches (6) or (4, 2)
