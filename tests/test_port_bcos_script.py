@@ -155,17 +155,17 @@ def test_a_previous_port_is_replaced_and_a_folder_of_the_user_s_is_left_alone(re
 def test_a_port_stopped_part_way_leaves_the_previous_port_as_it_was_and_a_rerun_replaces_it(
     release_dir, tmp_path, monkeypatch
 ):
-    import bcos_zoo.zoo.bcos_releases as bcos_releases
+    import bcos_zoo.zoo.cards as cards
 
     weights = str(release_dir / releases()["resnet18"].file_name)
     argv = ["--entry", "resnet18", "--weights", weights, "--output-dir", str(tmp_path), "--dry-run"]
     assert run_main(argv) == 0
     before = {path.name: path.read_bytes() for path in (tmp_path / "resnet18").iterdir() if path.is_file()}
 
-    def killed(folder):  # as a kill after the weights were written, before the model card
+    def killed(*args, **kwargs):  # as a kill after the weights were written, before the model card
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bcos_releases, "readable_weights", killed)
+    monkeypatch.setattr(cards, "render_release_card", killed)
     assert run_main(argv) == 130
     after = {path.name: path.read_bytes() for path in (tmp_path / "resnet18").iterdir() if path.is_file()}
     assert after == before

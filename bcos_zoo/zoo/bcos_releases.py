@@ -14,7 +14,6 @@ import functools
 import hashlib
 import inspect
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -25,7 +24,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..ports import STANDARD_PREFIX, bcos_entry_family, build_bcos_entry, from_bcos
-from .hub import check_repo_id, readable_weights
+from .hub import check_repo_id, new_repo_folder
 
 
 DEFAULT_ORG = "bcos-zoo"
@@ -220,20 +219,13 @@ def is_release_port(folder: Path) -> bool:
         return False
 
 
-def prepare_folder(folder: Path) -> Path:
-    """An empty folder beside ``folder`` to build the repo in, which :func:`port_release` then moves in place whole
-    (a port stopped part-way leaves ``folder`` as it was): a previous port in ``folder`` is to be replaced; anything
-    else is left alone and refused."""
+def check_port_folder(folder: Path) -> None:
+    """Refuse a ``folder`` that holds anything but a previous port (which the port replaces)."""
     if folder.is_file() or (folder.is_dir() and any(folder.iterdir()) and not is_release_port(folder)):
         raise ValueError(
             f"{folder} exists and does not hold a ported release (no model card tagged {RELEASE_TAG}); it is left as "
             "it is: choose another --output-dir."
         )
-    partial = folder.with_name(f".{folder.name}.partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    return partial
 
 
 def port_release(
@@ -256,11 +248,8 @@ def port_release(
         sha256_matches=sha256_of(weights).startswith(release.sha256_prefix),
         parameters=sum(parameter.numel() for parameter in ours.parameters()),
     )
-    partial = prepare_folder(port.folder)
-    ours.save_pretrained(partial)
-    readable_weights(partial)
-    render_release_card(port, ours, command=command).save(partial / "README.md")
-    if port.folder.is_dir():
-        shutil.rmtree(port.folder)
-    partial.rename(port.folder)
+    check_port_folder(port.folder)
+    with new_repo_folder(port.folder) as partial:  # a port stopped part-way leaves an earlier one as it was
+        ours.save_pretrained(partial)
+        render_release_card(port, ours, command=command).save(partial / "README.md")
     return port

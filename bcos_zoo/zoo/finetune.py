@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -42,6 +41,7 @@ from .hub import (
     describe_tree,
     hub_repo_exists,
     hub_unavailable,
+    new_repo_folder,
     push_folder,
     readable_weights,
 )
@@ -329,7 +329,7 @@ def input_change(name: str, recipe: Recipe) -> str:
 
 def write_json(path: Path, record: dict) -> None:
     """``record`` as JSON at ``path``, written beside it and moved in place whole, so that a kill mid-write leaves the
-    file as it was, never cut off; each process writes a file of its own (a data-parallel run's write the same)."""
+    file as it was, never cut off (the file written beside is this process's own)."""
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     partial.write_text(json.dumps(record, indent=2, default=str))
     partial.replace(path)
@@ -584,30 +584,23 @@ def finetune(
             "train_loss": mean_training_loss(trainer.state.log_history),
             **task.evaluate(model, data, eval_dataset),
         }
-        # repo/ is built beside it and then put in its place, so it holds exactly this run's files: nothing of an
-        # earlier write (an interrupted one, or one of another run) stays behind to be pushed
-        repo_dir, partial = output_dir / "repo", output_dir / ".repo.partial"
-        if partial.exists():
-            shutil.rmtree(partial)
-        examples = task.write_examples(model, data, eval_dataset, partial / "examples")
-        task.save_model(model, partial)
-        readable_weights(partial)
-        if task.card is not None:
-            card = render_model_card(
-                recipe,
-                task.card,
-                repo_id=repo_id,
-                metrics=metrics,
-                data=data,
-                evaluated=len(eval_dataset),
-                example_image=f"examples/{examples[0]}" if examples else "",
-                config=model.config,
-                continued=continued,
-            )
-            card.save(partial / "README.md")
-        if repo_dir.exists():
-            shutil.rmtree(repo_dir)
-        partial.rename(repo_dir)
+        repo_dir = output_dir / "repo"
+        with new_repo_folder(repo_dir) as partial:
+            examples = task.write_examples(model, data, eval_dataset, partial / "examples")
+            task.save_model(model, partial)
+            if task.card is not None:
+                card = render_model_card(
+                    recipe,
+                    task.card,
+                    repo_id=repo_id,
+                    metrics=metrics,
+                    data=data,
+                    evaluated=len(eval_dataset),
+                    example_image=f"examples/{examples[0]}" if examples else "",
+                    config=model.config,
+                    continued=continued,
+                )
+                card.save(partial / "README.md")
         history = [entry for entry in trainer.state.log_history if "eval_loss" in entry or "eval_accuracy" in entry]
         results = {"recipe": asdict(recipe), "repo_id": repo_id, "metrics": metrics, "eval_history": history}
         write_json(output_dir / "results.json", results)  # whole, as it marks the run's end

@@ -1,16 +1,19 @@
-"""Publishing to the Hub: a fail-fast access check before training, a one-commit push of the repo folder, and weights
-files as readable as the folder's others.
+"""Publishing to the Hub: a fail-fast access check before training, a repo folder built whole (its weights as
+readable as its other files), and a one-commit push of it.
 
 The repo folder (``<output-dir>/repo``) is the exact tree that lands on the Hub, so a dry run is simply that folder,
 and a failed push leaves it intact for ``scripts/push.py`` to retry.
 """
 
+import contextlib
 import json
 import os
 import shlex
+import shutil
 import stat
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -176,6 +179,23 @@ def push_folder(
             f"{folder} holds the complete repo. Retry with: {retry}{' --private' if private else ''}"
         ) from error
     return commit.commit_url
+
+
+@contextlib.contextmanager
+def new_repo_folder(folder: Path) -> Iterator[Path]:
+    """A fresh folder beside ``folder`` to build a repo in, put in ``folder``'s place (replacing what was there) when
+    the block ends without error, its weights as readable as its other files: a build stopped part-way leaves
+    ``folder`` as it was, and the new one holds exactly this build's files (nothing of an earlier build stays behind
+    to be pushed)."""
+    partial = folder.with_name(f".{folder.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    yield partial
+    readable_weights(partial)
+    if folder.exists():
+        shutil.rmtree(folder)
+    partial.rename(folder)
 
 
 def readable_weights(folder: str | Path) -> None:
